@@ -1,0 +1,84 @@
+/**
+ * Typed errors for kvprec. Every error names the offending value, index or byte offset, and every
+ * operation that throws one leaves its inputs and its own state unchanged.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { KvprecError, ShapeError } from "./errors.ts";
+ * const e = new ShapeError("k has length 31, expected 32");
+ * if (!(e instanceof KvprecError)) throw new Error("unreachable");
+ * ```
+ * @module
+ */
+
+/** Base class of every error kvprec throws on purpose. */
+export class KvprecError extends Error {
+  /**
+   * @param message what went wrong, with the offending value
+   * @param options standard error options (a cause)
+   */
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** An unknown or unsupported format name, or a format used where it cannot apply. */
+export class FormatError extends KvprecError {}
+
+/** A length, dimension or index that does not fit what the operation expects. */
+export class ShapeError extends KvprecError {}
+
+/** A value that is not allowed: NaN or ±Inf in data, ε ≤ 0, a negative budget. */
+export class InvalidValueError extends KvprecError {
+  /** Index of the first offending element, when the value came from an array. */
+  readonly index?: number;
+  /**
+   * @param message what was wrong
+   * @param index the first offending element's index, if any
+   */
+  constructor(message: string, index?: number) {
+    super(message);
+    this.index = index;
+  }
+}
+
+/** Bytes that are truncated, oversized or fail a checksum or magic-number check. */
+export class CorruptDataError extends KvprecError {
+  /** Byte offset at which the problem was found, if known. */
+  readonly offset?: number;
+  /**
+   * @param message what was wrong, with expected vs actual sizes
+   * @param offset byte offset of the problem, if known
+   */
+  constructor(message: string, offset?: number) {
+    super(message);
+    this.offset = offset;
+  }
+}
+
+/** WebGPU is unavailable, or the device was lost. Callers fall back to the WASM backend. */
+export class DeviceError extends KvprecError {}
+
+/** A bits-per-element or memory budget that cannot be met. */
+export class BudgetError extends KvprecError {}
+
+/** Appending past a cache's capacity. */
+export class CapacityError extends KvprecError {}
+
+/**
+ * Throws {@linkcode InvalidValueError} naming the first non-finite element of `x`.
+ *
+ * @param x values to check
+ * @param what name of the array, used in the message
+ */
+export function assertFinite(x: ArrayLike<number>, what: string): void {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i];
+    if (v - v !== 0) {
+      throw new InvalidValueError(`${what}[${i}] is ${v}, expected a finite number`, i);
+    }
+  }
+}

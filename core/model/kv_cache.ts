@@ -1,0 +1,288 @@
+/**
+ * The interface between the transformer and its key/value cache, and the full-precision reference
+ * cache. The model talks to its cache only through {@linkcode KVCache}: compressed caches, the
+ * analyzer's recording cache and the GPU cache plug in without changes to the model.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { Float32KVCache } from "./kv_cache.ts";
+ * const cache = new Float32KVCache({ nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 2, maxSeqLen: 4 });
+ * cache.append(0, 0, new Float32Array([1, 0]), new Float32Array([3, 4]));
+ * const out = new Float32Array(4);
+ * cache.attend(0, new Float32Array([1, 1, 0, 1]), out);
+ * if (out[0] !== 3 || out[3] !== 4) throw new Error("one cached position: output is its value");
+ * ```
+ * @module
+ */
+
+import { CapacityError, ShapeError } from "../errors.ts";
+
+/** Shape of a cache: one slot per layer, KV head and position. */
+export interface KVCacheShape {
+  /** Transformer layers. */
+  nLayers: number;
+  /** Query heads; a multiple of nKvHeads (grouped-query attention). */
+  nHeads: number;
+  /** Key/value heads. */
+  nKvHeads: number;
+  /** Elements per head vector. */
+  headDim: number;
+  /** Positions the cache can hold per layer. */
+  maxSeqLen: number;
+}
+
+/** Bytes a cache holds, all metadata counted. */
+export interface CacheMemory {
+  /** Bytes in buffers that hold cached data, scales and page tables. */
+  bytes: number;
+  /** K and V elements held (positions × kvDim × 2, summed over layers). */
+  elements: number;
+  /** 8 × bytes / elements (0 when empty). */
+  bitsPerElement: number;
+}
+
+/**
+ * A key/value cache for a decoder-only transformer. Keys arrive after RoPE, so attention over the
+ * cache does not depend on where a position is stored.
+ */
+export interface KVCache {
+  /** The cache's shape. */
+  readonly shape: KVCacheShape;
+  /**
+   * Positions held in `layer`.
+   * @param layer layer index
+   * @returns the number of positions appended to that layer since the last reset
+   */
+  length(layer: number): number;
+  /**
+   * Stores the key and value of position `pos` of `layer`, for all KV heads at once.
+   * @param layer layer index
+   * @param pos position; must equal `length(layer)`
+   * @param k nKvHeads × headDim key elements, head-major, after RoPE
+   * @param v nKvHeads × headDim value elements, head-major
+   */
+  append(layer: number, pos: number, k: Float32Array, v: Float32Array): void;
+  /**
+   * Attention of every query head over every position held in `layer`:
+   * out_h = Σ_t softmax_t(q_h·k_t/√d) v_t, where query head h reads KV head
+   * ⌊h / (nHeads / nKvHeads)⌋. May complete asynchronously (the GPU cache does).
+   * @param layer layer index
+   * @param q nHeads × headDim query elements, after RoPE
+   * @param out nHeads × headDim outputs, overwritten
+   */
+  attend(layer: number, q: Float32Array, out: Float32Array): void | Promise<void>;
+  /**
+   * Bytes held, all metadata counted.
+   * @returns the memory report
+   */
+  memory(): CacheMemory;
+  /** Empties every layer; the cache can be reused for a new sequence. */
+  reset(): void;
+}
+
+/**
+ * Checks the arguments of {@linkcode KVCache.append} against a shape and current length; shared by
+ * every cache so their errors read the same.
+ *
+ * @param shape the cache's shape
+ * @param layer layer index
+ * @param pos position being appended
+ * @param length positions already held in that layer
+ * @param k key elements
+ * @param v value elements
+ */
+export function checkAppend(
+  shape: KVCacheShape,
+  layer: number,
+  pos: number,
+  length: number,
+  k: Float32Array,
+  v: Float32Array,
+): void {
+  checkLayer(shape, layer);
+  const kvDim = shape.nKvHeads * shape.headDim;
+  if (k.length !== kvDim) throw new ShapeError(`k has length ${k.length}, expected ${kvDim}`);
+  if (v.length !== kvDim) throw new ShapeError(`v has length ${v.length}, expected ${kvDim}`);
+  if (pos !== length) {
+    throw new ShapeError(
+      `position ${pos} appended to layer ${layer} out of order: expected ${length}`,
+    );
+  }
+  if (length >= shape.maxSeqLen) {
+    throw new CapacityError(`layer ${layer} is full: capacity is ${shape.maxSeqLen} positions`);
+  }
+}
+
+/**
+ * Checks the arguments of {@linkcode KVCache.attend}.
+ *
+ * @param shape the cache's shape
+ * @param layer layer index
+ * @param q query elements
+ * @param out output elements
+ */
+export function checkAttend(
+  shape: KVCacheShape,
+  layer: number,
+  q: Float32Array,
+  out: Float32Array,
+): void {
+  checkLayer(shape, layer);
+  const qDim = shape.nHeads * shape.headDim;
+  if (q.length !== qDim) throw new ShapeError(`q has length ${q.length}, expected ${qDim}`);
+  if (out.length !== qDim) throw new ShapeError(`out has length ${out.length}, expected ${qDim}`);
+}
+
+function checkLayer(shape: KVCacheShape, layer: number): void {
+  if (!Number.isInteger(layer) || layer < 0 || layer >= shape.nLayers) {
+    throw new ShapeError(`layer ${layer} out of range [0, ${shape.nLayers})`);
+  }
+}
+
+/**
+ * Checks that a shape is usable: positive integers, and heads divisible for grouped-query attention.
+ *
+ * @param shape the shape to check
+ */
+export function checkCacheShape(shape: KVCacheShape): void {
+  for (const key of ["nLayers", "nHeads", "nKvHeads", "headDim", "maxSeqLen"] as const) {
+    const value = shape[key];
+    if (!Number.isInteger(value) || value <= 0) {
+      throw new ShapeError(`cache shape ${key} is ${value}, expected a positive integer`);
+    }
+  }
+  if (shape.nHeads % shape.nKvHeads !== 0) {
+    throw new ShapeError(`nHeads ${shape.nHeads} is not a multiple of nKvHeads ${shape.nKvHeads}`);
+  }
+}
+
+/**
+ * Full-precision reference cache: keys and values as float32, laid out
+ * [layer][kvHead][position][headDim] so one head's keys are contiguous.
+ */
+export class Float32KVCache implements KVCache {
+  readonly shape: KVCacheShape;
+  /** Keys, [layer][kvHead][position][headDim]. */
+  readonly keys: Float32Array;
+  /** Values, same layout as keys. */
+  readonly values: Float32Array;
+  readonly #lengths: Int32Array;
+  #scores: Float32Array;
+
+  /** @param shape the cache's shape; all of maxSeqLen is allocated up front */
+  constructor(shape: KVCacheShape) {
+    checkCacheShape(shape);
+    this.shape = { ...shape };
+    const size = shape.nLayers * shape.nKvHeads * shape.maxSeqLen * shape.headDim;
+    this.keys = new Float32Array(size);
+    this.values = new Float32Array(size);
+    this.#lengths = new Int32Array(shape.nLayers);
+    this.#scores = new Float32Array(shape.maxSeqLen);
+  }
+
+  length(layer: number): number {
+    return this.#lengths[layer];
+  }
+
+  /**
+   * Offset of (layer, kvHead, position 0) in {@linkcode keys} and {@linkcode values}.
+   * @param layer layer index
+   * @param kvHead KV head index
+   * @returns the element offset
+   */
+  headOffset(layer: number, kvHead: number): number {
+    const { nKvHeads, maxSeqLen, headDim } = this.shape;
+    return ((layer * nKvHeads) + kvHead) * maxSeqLen * headDim;
+  }
+
+  append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
+    checkAppend(this.shape, layer, pos, this.#lengths[layer], k, v);
+    const { nKvHeads, headDim } = this.shape;
+    for (let h = 0; h < nKvHeads; h++) {
+      const dst = this.headOffset(layer, h) + pos * headDim;
+      this.keys.set(k.subarray(h * headDim, (h + 1) * headDim), dst);
+      this.values.set(v.subarray(h * headDim, (h + 1) * headDim), dst);
+    }
+    this.#lengths[layer] = pos + 1;
+  }
+
+  attend(layer: number, q: Float32Array, out: Float32Array): void {
+    checkAttend(this.shape, layer, q, out);
+    const { nHeads, nKvHeads, headDim } = this.shape;
+    const group = nHeads / nKvHeads;
+    const n = this.#lengths[layer];
+    for (let h = 0; h < nHeads; h++) {
+      const base = this.headOffset(layer, Math.floor(h / group));
+      attendHead(
+        q.subarray(h * headDim, (h + 1) * headDim),
+        this.keys.subarray(base, base + n * headDim),
+        this.values.subarray(base, base + n * headDim),
+        n,
+        headDim,
+        this.#scores,
+        out.subarray(h * headDim, (h + 1) * headDim),
+      );
+    }
+  }
+
+  memory(): CacheMemory {
+    let positions = 0;
+    for (const n of this.#lengths) positions += n;
+    const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
+    // The reference cache allocates all of maxSeqLen up front; it reports what it allocated.
+    const bytes = this.keys.byteLength + this.values.byteLength;
+    return { bytes, elements, bitsPerElement: elements === 0 ? 0 : (8 * bytes) / elements };
+  }
+
+  reset(): void {
+    this.#lengths.fill(0);
+  }
+}
+
+/**
+ * Attention of one query head over n contiguous keys and values (float32, row-major n × d):
+ * out = softmax(K q / √d)ᵀ V, with the max subtracted before exp for stability.
+ *
+ * @param q query, length d
+ * @param keys n × d keys
+ * @param values n × d values
+ * @param n positions
+ * @param d head dimension
+ * @param scores scratch of at least n elements
+ * @param out output, length d, overwritten
+ */
+export function attendHead(
+  q: Float32Array,
+  keys: Float32Array,
+  values: Float32Array,
+  n: number,
+  d: number,
+  scores: Float32Array,
+  out: Float32Array,
+): void {
+  const scale = 1 / Math.sqrt(d);
+  let max = -Infinity;
+  for (let t = 0; t < n; t++) {
+    let s = 0;
+    const o = t * d;
+    for (let i = 0; i < d; i++) s += q[i] * keys[o + i];
+    s *= scale;
+    scores[t] = s;
+    if (s > max) max = s;
+  }
+  let sum = 0;
+  for (let t = 0; t < n; t++) {
+    const e = Math.exp(scores[t] - max);
+    scores[t] = e;
+    sum += e;
+  }
+  out.fill(0);
+  const inv = 1 / sum;
+  for (let t = 0; t < n; t++) {
+    const w = scores[t] * inv;
+    const o = t * d;
+    for (let i = 0; i < d; i++) out[i] += w * values[o + i];
+  }
+}
