@@ -1,0 +1,131 @@
+/**
+ * Outward-rounded float64 arithmetic for bounds whose verdict rounding could flip: every `*Up`
+ * result is ≥ the exact real result and every `*Down` result is ≤ it. Basic operations are
+ * correctly rounded in IEEE 754, so one ulp outward suffices for them; `Math.exp`, `Math.log` and
+ * `Math.sqrt` are given two ulps (V8's fdlibm ports are within one).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { addUp, nextDown, nextUp } from "./interval.ts";
+ * if (!(nextUp(1) > 1 && nextDown(1) < 1)) throw new Error("next float");
+ * if (!(addUp(0.1, 0.2) >= 0.1 + 0.2)) throw new Error("rounded up");
+ * ```
+ * @module
+ */
+
+const _f64 = new Float64Array(1);
+const _i64 = new BigInt64Array(_f64.buffer);
+
+/**
+ * The smallest float64 greater than x (x itself for +Infinity and NaN).
+ * @param x a float64
+ * @returns the next representable value towards +Infinity
+ */
+export function nextUp(x: number): number {
+  if (x !== x || x === Infinity) return x;
+  if (x === 0) return Number.MIN_VALUE;
+  _f64[0] = x;
+  _i64[0] += x > 0 ? 1n : -1n;
+  return _f64[0];
+}
+
+/**
+ * The largest float64 smaller than x (x itself for -Infinity and NaN).
+ * @param x a float64
+ * @returns the next representable value towards -Infinity
+ */
+export function nextDown(x: number): number {
+  return -nextUp(-x);
+}
+
+/**
+ * a + b rounded towards +Infinity.
+ * @param a addend
+ * @param b addend
+ * @returns an upper bound on the exact sum
+ */
+export function addUp(a: number, b: number): number {
+  return nextUp(a + b);
+}
+
+/**
+ * a − b rounded towards +Infinity.
+ * @param a minuend
+ * @param b subtrahend
+ * @returns an upper bound on the exact difference
+ */
+export function subUp(a: number, b: number): number {
+  return nextUp(a - b);
+}
+
+/**
+ * a · b rounded towards +Infinity.
+ * @param a factor
+ * @param b factor
+ * @returns an upper bound on the exact product
+ */
+export function mulUp(a: number, b: number): number {
+  return nextUp(a * b);
+}
+
+/**
+ * a / b rounded towards +Infinity.
+ * @param a dividend
+ * @param b divisor
+ * @returns an upper bound on the exact quotient
+ */
+export function divUp(a: number, b: number): number {
+  return nextUp(a / b);
+}
+
+/**
+ * a / b rounded towards −Infinity.
+ * @param a dividend
+ * @param b divisor
+ * @returns a lower bound on the exact quotient
+ */
+export function divDown(a: number, b: number): number {
+  return nextDown(a / b);
+}
+
+/**
+ * e^x rounded towards +Infinity (two ulps of margin for the library exp).
+ * @param x exponent
+ * @returns an upper bound on e^x
+ */
+export function expUp(x: number): number {
+  return nextUp(nextUp(Math.exp(x)));
+}
+
+/**
+ * e^x rounded towards −Infinity, never below 0.
+ * @param x exponent
+ * @returns a lower bound on e^x
+ */
+export function expDown(x: number): number {
+  return Math.max(0, nextDown(nextDown(Math.exp(x))));
+}
+
+/**
+ * √x rounded towards +Infinity.
+ * @param x a non-negative number
+ * @returns an upper bound on √x
+ */
+export function sqrtUp(x: number): number {
+  return nextUp(Math.sqrt(x));
+}
+
+/**
+ * Euclidean norm of x, rounded towards +Infinity: a sum of squares accumulated upwards, then √.
+ * @param x the vector
+ * @param offset first element
+ * @param length elements
+ * @returns an upper bound on ‖x[offset .. offset+length)‖₂
+ */
+export function normUp(x: ArrayLike<number>, offset = 0, length = x.length - offset): number {
+  let s = 0;
+  for (let i = 0; i < length; i++) s = addUp(s, mulUp(x[offset + i], x[offset + i]));
+  return sqrtUp(s);
+}

@@ -1,0 +1,109 @@
+import assert from "node:assert/strict";
+import {
+  attentionErrorBound,
+  attentionErrorFirstOrder,
+  attentionOutputError,
+} from "../../core/attention_bound.ts";
+import { gaussian, makeRng, randomArray } from "./_rng.ts";
+
+/**
+ * Independent reference quantizer for this test: asymmetric integer groups of `group` elements,
+ * along each token (axis "token") or along tokens within one channel (axis "channel"); returns the
+ * decoded values and the per-element bound scale/2.
+ */
+function quantizeInt(
+  x: Float32Array,
+  n: number,
+  d: number,
+  bits: number,
+  group: number,
+  axis: "token" | "channel",
+): { decoded: Float64Array; bound: Float64Array } {
+  const decoded = new Float64Array(n * d);
+  const bound = new Float64Array(n * d);
+  const levels = 2 ** bits - 1;
+  const groups: number[][] = [];
+  if (axis === "token") {
+    for (let t = 0; t < n; t++) {
+      for (let g = 0; g < d; g += group) {
+        const idx = [];
+        for (let i = g; i < Math.min(d, g + group); i++) idx.push(t * d + i);
+        groups.push(idx);
+      }
+    }
+  } else {
+    for (let c = 0; c < d; c++) {
+      for (let g = 0; g < n; g += group) {
+        const idx = [];
+        for (let t = g; t < Math.min(n, g + group); t++) idx.push(t * d + c);
+        groups.push(idx);
+      }
+    }
+  }
+  for (const idx of groups) {
+    let lo = Infinity, hi = -Infinity;
+    for (const i of idx) lo = Math.min(lo, x[i]), hi = Math.max(hi, x[i]);
+    const scale = (hi - lo) / levels;
+    for (const i of idx) {
+      const code = scale === 0 ? 0 : Math.round((x[i] - lo) / scale);
+      decoded[i] = lo + code * scale;
+      bound[i] = (scale / 2) * (1 + 1e-12);
+    }
+  }
+  return { decoded, bound };
+}
+
+Deno.test("attentionErrorBound() is never below the realized error: 10,000 random cases", () => {
+  const rng = makeRng(20240601);
+  const dims = [2, 4, 8, 16, 32, 64];
+  const bitsList = [2, 3, 4, 5, 6, 8];
+  let minSlack = Infinity;
+  for (let c = 0; c < 10_000; c++) {
+    const d = dims[Math.floor(rng() * dims.length)];
+    const n = 1 + Math.floor(rng() * (d >= 32 ? 24 : 64));
+    const qScale = 0.1 + 8 * rng();
+    const kScale = 0.2 + 3 * rng();
+    const q = randomArray(rng, d, qScale);
+    const keys = randomArray(rng, n * d, kScale);
+    const values = randomArray(rng, n * d, 0.2 + 3 * rng());
+    // A few outlier channels, as real keys have.
+    if (rng() < 0.3) { for (let t = 0; t < n; t++) keys[t * d] *= 8; }
+    const bits = bitsList[Math.floor(rng() * bitsList.length)];
+    const axis = rng() < 0.5 ? "token" : "channel";
+    const group = axis === "token"
+      ? Math.min(d, 8 << Math.floor(rng() * 2))
+      : 8 << Math.floor(rng() * 2);
+    const kq = quantizeInt(keys, n, d, bits, group, axis);
+    const vq = quantizeInt(values, n, d, bits, Math.min(d, group), "token");
+    const bound = attentionErrorBound(q, keys, values, n, d, kq.bound, vq.bound);
+    const realized = attentionOutputError(q, keys, values, kq.decoded, vq.decoded, n, d);
+    assert.ok(realized <= bound, `case ${c}: realized ${realized} > bound ${bound}`);
+    // Adversarial corner: every element at ± its bound, signs chosen to push scores apart.
+    const kc = Float64Array.from(keys);
+    const vc = Float64Array.from(values);
+    for (let j = 0; j < n * d; j++) {
+      kc[j] += (gaussian(rng) > 0 ? 1 : -1) * kq.bound[j];
+      vc[j] += (gaussian(rng) > 0 ? 1 : -1) * vq.bound[j];
+    }
+    const corner = attentionOutputError(q, keys, values, kc, vc, n, d);
+    assert.ok(corner <= bound, `case ${c}: corner ${corner} > bound ${bound}`);
+    if (realized > 0) minSlack = Math.min(minSlack, bound / realized);
+  }
+  assert.ok(minSlack >= 1, `smallest bound/realized ratio ${minSlack}`);
+});
+
+Deno.test("attentionErrorBound() is zero for exact caches and tight to first order for tiny errors", () => {
+  const rng = makeRng(7);
+  for (const { n, d } of [{ n: 16, d: 8 }, { n: 40, d: 32 }]) {
+    const q = randomArray(rng, d, 2);
+    const keys = randomArray(rng, n * d);
+    const values = randomArray(rng, n * d);
+    const zero = new Float64Array(n * d);
+    assert.ok(attentionErrorBound(q, keys, values, n, d, zero, zero) < 1e-10);
+    const tiny = new Float64Array(n * d).fill(1e-7);
+    const bound = attentionErrorBound(q, keys, values, n, d, tiny, tiny);
+    const first = attentionErrorFirstOrder(q, keys, values, n, d, tiny, tiny);
+    // Hölder's b_j = Σ|q_i|e/√d is ≤ √d·‖q‖e/√d, so the bound is at most √d-ish above first order.
+    assert.ok(bound > 0 && bound < 4 * Math.sqrt(d) * first, `bound ${bound} first ${first}`);
+  }
+});
