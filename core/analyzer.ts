@@ -1,0 +1,485 @@
+/**
+ * Calibration: how much every cached position matters, measured on real attention. For every
+ * layer, KV head and cached position t it accumulates, over the queries j ≥ t of the KV head's
+ * query heads (grouped-query attention), the attention α_{j,t} (sum and max), the key-gradient norm
+ * α‖v_t − o_j‖‖q_j‖/√d, the Hessian-trace norm α|1 − 2α|‖v_t − o_j‖‖q_j‖²/d and the curvature
+ * κ = α·‖∂o/∂k‖·√‖tr H‖ (sum and max; formulas in attention_sensitivity.ts), plus the attention a
+ * token gathers while it is within a recent window of each size in `windows` (what a cache can
+ * observe online). {@linkcode calibrate} runs the model over token sequences with a recording
+ * cache; {@linkcode analyzeHeadGroup} is the kernel for one (layer, KV head).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { analyzeHeadGroup } from "./analyzer.ts";
+ * // Two positions, one query head, d = 2: q, k, v for positions 0 and 1.
+ * const q = new Float32Array([1, 0, 1, 1]);
+ * const k = new Float32Array([1, 0, 0, 1]);
+ * const v = new Float32Array([1, 2, 3, 4]);
+ * const h = analyzeHeadGroup({ queries: q, keys: k, values: v, length: 2, headDim: 2 });
+ * // Position 0 is seen by both queries (weights 1 and 1/2), position 1 by the second only.
+ * if (Math.abs(h.attentionSum[0] - 1.5) > 1e-12) throw new Error("accumulated attention");
+ * ```
+ * @module
+ */
+
+import { assertFinite, InvalidValueError, ShapeError } from "./errors.ts";
+import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
+import { RecordingKVCache } from "./recording_cache.ts";
+
+/** Per-position statistics of one (layer, KV head) over one sequence. */
+export interface HeadCalibration {
+  /** Positions T in the sequence. */
+  length: number;
+  /** Query heads sharing this KV head. */
+  group: number;
+  /** Σ_j,h α_{h,j,t}: attention accumulated over every query that sees t (also Σ‖∂o/∂v_t‖). */
+  attentionSum: Float64Array;
+  /** max_j,h α_{h,j,t}. */
+  attentionMax: Float64Array;
+  /** Σ_j,h ‖∂o_{h,j}/∂k_t‖ = Σ α‖v_t − o‖‖q‖/√d. */
+  keyGradSum: Float64Array;
+  /** max_j,h ‖∂o_{h,j}/∂k_t‖. */
+  keyGradMax: Float64Array;
+  /** Σ_j,h ‖tr ∂²o_{h,j}/∂k_t²‖. */
+  hessianSum: Float64Array;
+  /** Σ_j,h κ_{h,j,t}. */
+  curvatureSum: Float64Array;
+  /** max_j,h κ_{h,j,t}. */
+  curvatureMax: Float64Array;
+  /**
+   * For each window size W (key: W as a string), the score a cache observes when t leaves its
+   * window: Σ_{j=t}^{t+W−1} mean_h α_{h,j,t} (fewer terms near the end of the sequence).
+   */
+  windowScores: Record<string, Float64Array>;
+  /** [min, max] over every key element. */
+  keyRange: [number, number];
+  /** [min, max] over every value element. */
+  valueRange: [number, number];
+  /** max |k| over every key element. */
+  keyAbsMax: number;
+  /** max |v| over every value element. */
+  valueAbsMax: number;
+  /** Σ over queries of the attention on the first `sinkTokens` positions. */
+  sinkMass: number;
+  /** Σ over queries of the attention on the last `recentWindow` positions (own included). */
+  recentMass: number;
+  /** Number of (query head, query) pairs: group · T. */
+  queryCount: number;
+}
+
+/** Inputs of {@linkcode analyzeHeadGroup}. */
+export interface HeadGroupInput {
+  /** Queries, [position][…][headDim] with a stride of `queryStride` elements per position. */
+  queries: Float32Array;
+  /** Keys, [position][headDim]. */
+  keys: Float32Array;
+  /** Values, [position][headDim]. */
+  values: Float32Array;
+  /** Positions T (every position is a query and a cached position, causally). */
+  length: number;
+  /** Head dimension d. */
+  headDim: number;
+  /** Query heads sharing the KV head (default 1). */
+  group?: number;
+  /** Elements between consecutive positions' queries (default group · headDim). */
+  queryStride?: number;
+  /** Offset of the group's first query head within a position's queries (default 0). */
+  queryOffset?: number;
+}
+
+/** Options of the analysis. */
+export interface AnalyzeOptions {
+  /** Window sizes whose online scores are recorded (default [4, 8, 16, 32, 64, 128]). */
+  windows?: number[];
+  /** Positions counted as sink tokens in the summaries (default 4). */
+  sinkTokens?: number;
+  /** Window counted as recent in the summaries (default 32). */
+  recentWindow?: number;
+}
+
+/** Default window sizes whose online scores are recorded. */
+export const DEFAULT_WINDOWS: readonly number[] = [4, 8, 16, 32, 64, 128];
+
+/**
+ * Analyzes one (layer, KV head) over a causal sequence: for every query j and query head h of the
+ * group, attention over positions 0..j in float64, and the per-position statistics of
+ * {@linkcode HeadCalibration}. Cost: about 3·d·T²/2 multiply-adds per query head.
+ *
+ * @param input queries, keys, values and shape
+ * @param options window sizes and summary settings
+ * @returns the per-position statistics
+ * @throws ShapeError when T < 1 or arrays are too short; InvalidValueError on NaN or ±Inf
+ */
+export function analyzeHeadGroup(
+  input: HeadGroupInput,
+  options: AnalyzeOptions = {},
+): HeadCalibration {
+  const { queries, keys, values, length: n, headDim: d } = input;
+  const group = input.group ?? 1;
+  const stride = input.queryStride ?? group * d;
+  const qOff = input.queryOffset ?? 0;
+  const windows = [...(options.windows ?? DEFAULT_WINDOWS)];
+  const sinkTokens = options.sinkTokens ?? 4;
+  const recentWindow = options.recentWindow ?? 32;
+  if (!Number.isInteger(n) || n < 1) throw new ShapeError(`sequence length ${n}, expected ≥ 1`);
+  if (!Number.isInteger(d) || d < 1) throw new ShapeError(`head dimension ${d}, expected ≥ 1`);
+  if (keys.length < n * d) {
+    throw new ShapeError(`keys has ${keys.length} elements, expected ${n * d}`);
+  }
+  if (values.length < n * d) {
+    throw new ShapeError(`values has ${values.length} elements, expected ${n * d}`);
+  }
+  const qNeed = (n - 1) * stride + qOff + group * d;
+  if (queries.length < qNeed) {
+    throw new ShapeError(`queries has ${queries.length} elements, expected ≥ ${qNeed}`);
+  }
+  for (const w of windows) {
+    if (!Number.isInteger(w) || w < 1) throw new ShapeError(`window size ${w}, expected ≥ 1`);
+  }
+  assertFinite(keys.subarray(0, n * d), "keys");
+  assertFinite(values.subarray(0, n * d), "values");
+  for (let j = 0; j < n; j++) {
+    const base = j * stride + qOff;
+    for (let i = 0; i < group * d; i++) {
+      const x = queries[base + i];
+      if (x - x !== 0) {
+        throw new InvalidValueError(
+          `queries[${base + i}] is ${x}, expected a finite number`,
+          base + i,
+        );
+      }
+    }
+  }
+
+  const attentionSum = new Float64Array(n);
+  const attentionMax = new Float64Array(n);
+  const keyGradSum = new Float64Array(n);
+  const keyGradMax = new Float64Array(n);
+  const hessianSum = new Float64Array(n);
+  const curvatureSum = new Float64Array(n);
+  const curvatureMax = new Float64Array(n);
+  const windowScores: Record<string, Float64Array> = {};
+  const windowArrays = windows.map((w) => (windowScores[String(w)] = new Float64Array(n)));
+  const scores = new Float64Array(n);
+  const out = new Float64Array(d);
+  const invSqrtD = 1 / Math.sqrt(d);
+  const invGroup = 1 / group;
+  let sinkMass = 0;
+  let recentMass = 0;
+
+  for (let j = 0; j < n; j++) {
+    const m = j + 1;
+    for (let h = 0; h < group; h++) {
+      const qb = j * stride + qOff + h * d;
+      let qq = 0;
+      for (let i = 0; i < d; i++) qq += queries[qb + i] * queries[qb + i];
+      let max = -Infinity;
+      for (let t = 0; t < m; t++) {
+        let s = 0;
+        const kb = t * d;
+        for (let i = 0; i < d; i++) s += queries[qb + i] * keys[kb + i];
+        s *= invSqrtD;
+        scores[t] = s;
+        if (s > max) max = s;
+      }
+      let sum = 0;
+      for (let t = 0; t < m; t++) {
+        const e = Math.exp(scores[t] - max);
+        scores[t] = e;
+        sum += e;
+      }
+      const inv = 1 / sum;
+      out.fill(0);
+      for (let t = 0; t < m; t++) {
+        const a = scores[t] * inv;
+        scores[t] = a;
+        const vb = t * d;
+        for (let i = 0; i < d; i++) out[i] += a * values[vb + i];
+      }
+      const gradScale = Math.sqrt(qq) * invSqrtD;
+      const hessScale = qq / d;
+      for (let t = 0; t < m; t++) {
+        const a = scores[t];
+        const vb = t * d;
+        let r = 0;
+        for (let i = 0; i < d; i++) {
+          const e = values[vb + i] - out[i];
+          r += e * e;
+        }
+        const spread = Math.sqrt(r);
+        const g = a * spread * gradScale;
+        const hess = a * Math.abs(1 - 2 * a) * spread * hessScale;
+        const kappa = a * g * Math.sqrt(hess);
+        attentionSum[t] += a;
+        if (a > attentionMax[t]) attentionMax[t] = a;
+        keyGradSum[t] += g;
+        if (g > keyGradMax[t]) keyGradMax[t] = g;
+        hessianSum[t] += hess;
+        curvatureSum[t] += kappa;
+        if (kappa > curvatureMax[t]) curvatureMax[t] = kappa;
+      }
+      for (let t = 0; t < Math.min(sinkTokens, m); t++) sinkMass += scores[t];
+      for (let t = Math.max(0, m - recentWindow); t < m; t++) recentMass += scores[t];
+      for (let w = 0; w < windows.length; w++) {
+        const arr = windowArrays[w];
+        for (let t = Math.max(0, j - windows[w] + 1); t <= j; t++) arr[t] += scores[t] * invGroup;
+      }
+    }
+  }
+
+  let kMin = Infinity, kMax = -Infinity, vMin = Infinity, vMax = -Infinity;
+  for (let i = 0; i < n * d; i++) {
+    const k = keys[i], v = values[i];
+    if (k < kMin) kMin = k;
+    if (k > kMax) kMax = k;
+    if (v < vMin) vMin = v;
+    if (v > vMax) vMax = v;
+  }
+  return {
+    length: n,
+    group,
+    attentionSum,
+    attentionMax,
+    keyGradSum,
+    keyGradMax,
+    hessianSum,
+    curvatureSum,
+    curvatureMax,
+    windowScores,
+    keyRange: [kMin, kMax],
+    valueRange: [vMin, vMax],
+    keyAbsMax: Math.max(-kMin, kMax),
+    valueAbsMax: Math.max(-vMin, vMax),
+    sinkMass,
+    recentMass,
+    queryCount: group * n,
+  };
+}
+
+/** One calibration sequence's statistics, [layer][kvHead]. */
+export interface SequenceCalibration {
+  /** Tokens in the sequence. */
+  length: number;
+  /** Per layer, per KV head. */
+  heads: HeadCalibration[][];
+}
+
+/** Summary of one (layer, KV head) over every calibration sequence. */
+export interface HeadSummary {
+  /** Layer index. */
+  layer: number;
+  /** KV head index (-1 in a per-layer summary). */
+  head: number;
+  /** Mean over positions of the mean-over-queries curvature Σκ/(queries seeing t). */
+  meanCurvature: number;
+  /** Largest single-query curvature. */
+  maxCurvature: number;
+  /** Share of all attention mass on the first `sinkTokens` positions. */
+  sinkShare: number;
+  /** Share of all attention mass on the last `recentWindow` positions. */
+  recentShare: number;
+  /** Mean over positions of max_j α_{j,t}. */
+  meanMaxAttention: number;
+}
+
+/** The calibration of a model over several sequences. */
+export interface Analysis {
+  /** Layout version of this object. */
+  version: 1;
+  /** Model shape (maxSeqLen: the longest calibration sequence). */
+  shape: KVCacheShape;
+  /** Window sizes with recorded online scores. */
+  windows: number[];
+  /** Sink positions used in the summaries. */
+  sinkTokens: number;
+  /** Recent window used in the summaries. */
+  recentWindow: number;
+  /** Per calibration sequence. */
+  sequences: SequenceCalibration[];
+}
+
+/** Progress of a calibration, for a progress bar. */
+export interface CalibrationProgress {
+  /** "forward" while running the model, "analyze" while analyzing a layer. */
+  phase: "forward" | "analyze";
+  /** Sequence index. */
+  sequence: number;
+  /** Work units done (one per token forwarded, one per layer analyzed). */
+  done: number;
+  /** Work units in the whole calibration. */
+  total: number;
+}
+
+/** What {@linkcode calibrate} needs from a model: one forward step through a pluggable cache. */
+export interface CalibrationModel {
+  /**
+   * Runs one token through the model.
+   * @param token token id
+   * @param pos position of the token
+   * @param cache the cache to read and append to
+   * @returns the logits
+   */
+  forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> | Float32Array;
+}
+
+/** Options of {@linkcode calibrate}. */
+export interface CalibrateOptions extends AnalyzeOptions {
+  /** Called after each token and each analyzed layer. */
+  onProgress?: (progress: CalibrationProgress) => void;
+}
+
+/**
+ * Analyzes a recording cache after a forward pass: every layer and KV head.
+ *
+ * @param cache a recording cache holding one sequence
+ * @param options window sizes and summary settings
+ * @param onLayer called after each layer
+ * @returns the sequence's statistics
+ */
+export function analyzeRecording(
+  cache: RecordingKVCache,
+  options: AnalyzeOptions = {},
+  onLayer?: (layer: number) => void,
+): SequenceCalibration {
+  const { nLayers, nHeads, nKvHeads, headDim } = cache.shape;
+  const group = nHeads / nKvHeads;
+  const length = cache.length(0);
+  const heads: HeadCalibration[][] = [];
+  for (let l = 0; l < nLayers; l++) {
+    if (cache.length(l) !== length) {
+      throw new ShapeError(`layer ${l} holds ${cache.length(l)} positions, layer 0 ${length}`);
+    }
+    const row: HeadCalibration[] = [];
+    for (let kh = 0; kh < nKvHeads; kh++) {
+      row.push(analyzeHeadGroup({
+        queries: cache.queries(l),
+        keys: cache.keys(l, kh),
+        values: cache.values(l, kh),
+        length,
+        headDim,
+        group,
+        queryStride: nHeads * headDim,
+        queryOffset: kh * group * headDim,
+      }, options));
+    }
+    heads.push(row);
+    onLayer?.(l);
+  }
+  return { length, heads };
+}
+
+/**
+ * Runs the model over each token sequence with a recording cache and analyzes every layer, KV
+ * head and position.
+ *
+ * @param model the model (its forward step)
+ * @param shape the model's layers, heads, KV heads and head dimension
+ * @param sequences token ids, one array per calibration sequence (each non-empty)
+ * @param options window sizes, summary settings and a progress callback
+ * @returns the analysis
+ * @throws ShapeError on an empty list or an empty sequence
+ */
+export async function calibrate(
+  model: CalibrationModel,
+  shape: Omit<KVCacheShape, "maxSeqLen">,
+  sequences: number[][],
+  options: CalibrateOptions = {},
+): Promise<Analysis> {
+  if (sequences.length === 0) throw new ShapeError("no calibration sequences");
+  sequences.forEach((s, i) => {
+    if (s.length === 0) throw new ShapeError(`calibration sequence ${i} is empty`);
+  });
+  const maxSeqLen = Math.max(...sequences.map((s) => s.length));
+  const full: KVCacheShape = { ...shape, maxSeqLen };
+  const cache = new RecordingKVCache(full);
+  const total = sequences.reduce((a, s) => a + s.length + shape.nLayers, 0);
+  let done = 0;
+  const out: SequenceCalibration[] = [];
+  for (let si = 0; si < sequences.length; si++) {
+    cache.reset();
+    const seq = sequences[si];
+    for (let pos = 0; pos < seq.length; pos++) {
+      await model.forward(seq[pos], pos, cache);
+      options.onProgress?.({ phase: "forward", sequence: si, done: ++done, total });
+    }
+    out.push(analyzeRecording(cache, options, () => {
+      options.onProgress?.({ phase: "analyze", sequence: si, done: ++done, total });
+    }));
+  }
+  return {
+    version: 1,
+    shape: full,
+    windows: [...(options.windows ?? DEFAULT_WINDOWS)],
+    sinkTokens: options.sinkTokens ?? 4,
+    recentWindow: options.recentWindow ?? 32,
+    sequences: out,
+  };
+}
+
+/**
+ * Summaries per (layer, KV head) and per layer, over every calibration sequence.
+ *
+ * @param analysis the analysis
+ * @returns per-head summaries and per-layer summaries (head = -1)
+ */
+export function summarizeAnalysis(
+  analysis: Analysis,
+): { heads: HeadSummary[]; layers: HeadSummary[] } {
+  const { nLayers, nKvHeads } = analysis.shape;
+  const heads: HeadSummary[] = [];
+  const layers: HeadSummary[] = [];
+  for (let l = 0; l < nLayers; l++) {
+    const acc = { curv: 0, max: 0, sink: 0, recent: 0, mass: 0, maxAtt: 0, positions: 0 };
+    for (let kh = 0; kh < nKvHeads; kh++) {
+      const h = { curv: 0, max: 0, sink: 0, recent: 0, mass: 0, maxAtt: 0, positions: 0 };
+      for (const seq of analysis.sequences) {
+        const c = seq.heads[l][kh];
+        for (let t = 0; t < c.length; t++) {
+          h.curv += c.curvatureSum[t] / (c.group * (c.length - t));
+          h.max = Math.max(h.max, c.curvatureMax[t]);
+          h.maxAtt += c.attentionMax[t];
+        }
+        h.positions += c.length;
+        h.sink += c.sinkMass;
+        h.recent += c.recentMass;
+        h.mass += c.queryCount;
+      }
+      heads.push(_summary(l, kh, h));
+      acc.curv += h.curv;
+      acc.max = Math.max(acc.max, h.max);
+      acc.sink += h.sink;
+      acc.recent += h.recent;
+      acc.mass += h.mass;
+      acc.maxAtt += h.maxAtt;
+      acc.positions += h.positions;
+    }
+    layers.push(_summary(l, -1, acc));
+  }
+  return { heads, layers };
+}
+
+function _summary(
+  layer: number,
+  head: number,
+  a: {
+    curv: number;
+    max: number;
+    sink: number;
+    recent: number;
+    mass: number;
+    maxAtt: number;
+    positions: number;
+  },
+): HeadSummary {
+  return {
+    layer,
+    head,
+    meanCurvature: a.curv / a.positions,
+    maxCurvature: a.max,
+    sinkShare: a.sink / a.mass,
+    recentShare: a.recent / a.mass,
+    meanMaxAttention: a.maxAtt / a.positions,
+  };
+}

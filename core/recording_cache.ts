@@ -1,0 +1,107 @@
+/**
+ * A full-precision KV cache that also records every query, so after a forward pass over a sequence
+ * the analyzer has, per layer, q for every query head and position and k, v for every position.
+ * It plugs into the model through the {@linkcode KVCache} interface; the model does not change.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { RecordingKVCache } from "./recording_cache.ts";
+ * const cache = new RecordingKVCache({ nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 2, maxSeqLen: 4 });
+ * cache.append(0, 0, new Float32Array([1, 0]), new Float32Array([3, 4]));
+ * cache.attend(0, new Float32Array([1, 2, 3, 4]), new Float32Array(4));
+ * if (cache.queries(0)[3] !== 4) throw new Error("the query of position 0 is recorded");
+ * ```
+ * @module
+ */
+
+import { ShapeError } from "./errors.ts";
+import {
+  type CacheMemory,
+  checkAttend,
+  Float32KVCache,
+  type KVCache,
+  type KVCacheShape,
+} from "./model/kv_cache.ts";
+
+/** A float32 cache that records the queries of every attend call. */
+export class RecordingKVCache implements KVCache {
+  readonly shape: KVCacheShape;
+  /** The underlying float32 cache: keys and values, [layer][kvHead][position][headDim]. */
+  readonly inner: Float32KVCache;
+  readonly #queries: Float32Array[];
+
+  /** @param shape the cache's shape */
+  constructor(shape: KVCacheShape) {
+    this.inner = new Float32KVCache(shape);
+    this.shape = this.inner.shape;
+    const qDim = shape.nHeads * shape.headDim;
+    this.#queries = Array.from(
+      { length: shape.nLayers },
+      () => new Float32Array(shape.maxSeqLen * qDim),
+    );
+  }
+
+  length(layer: number): number {
+    return this.inner.length(layer);
+  }
+
+  append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
+    this.inner.append(layer, pos, k, v);
+  }
+
+  attend(layer: number, q: Float32Array, out: Float32Array): void {
+    checkAttend(this.shape, layer, q, out);
+    const pos = this.inner.length(layer) - 1;
+    if (pos < 0) throw new ShapeError(`attend on layer ${layer} before any append`);
+    this.#queries[layer].set(q, pos * q.length);
+    this.inner.attend(layer, q, out);
+  }
+
+  /**
+   * Recorded queries of one layer, [position][nHeads][headDim]; valid for positions < length(layer).
+   * @param layer layer index
+   * @returns a view of the recorded queries
+   */
+  queries(layer: number): Float32Array {
+    return this.#queries[layer];
+  }
+
+  /**
+   * Keys of one (layer, KV head), [position][headDim], for the positions held.
+   * @param layer layer index
+   * @param kvHead KV head index
+   * @returns a view of the keys
+   */
+  keys(layer: number, kvHead: number): Float32Array {
+    const base = this.inner.headOffset(layer, kvHead);
+    return this.inner.keys.subarray(base, base + this.length(layer) * this.shape.headDim);
+  }
+
+  /**
+   * Values of one (layer, KV head), [position][headDim], for the positions held.
+   * @param layer layer index
+   * @param kvHead KV head index
+   * @returns a view of the values
+   */
+  values(layer: number, kvHead: number): Float32Array {
+    const base = this.inner.headOffset(layer, kvHead);
+    return this.inner.values.subarray(base, base + this.length(layer) * this.shape.headDim);
+  }
+
+  memory(): CacheMemory {
+    const m = this.inner.memory();
+    let qBytes = 0;
+    for (const q of this.#queries) qBytes += q.byteLength;
+    return {
+      ...m,
+      bytes: m.bytes + qBytes,
+      bitsPerElement: m.elements ? 8 * (m.bytes + qBytes) / m.elements : 0,
+    };
+  }
+
+  reset(): void {
+    this.inner.reset();
+  }
+}

@@ -1,0 +1,146 @@
+import assert from "node:assert/strict";
+import { analyzeHeadGroup, calibrate, summarizeAnalysis } from "../../core/analyzer.ts";
+import { headSensitivity } from "../../core/attention_sensitivity.ts";
+import { InvalidValueError, ShapeError } from "../../core/errors.ts";
+import type { KVCache } from "../../core/model/kv_cache.ts";
+import { makeRng, randomArray } from "./_rng.ts";
+
+function close(a: number, b: number, tol = 1e-9): boolean {
+  return Math.abs(a - b) <= tol * Math.max(1, Math.abs(a), Math.abs(b));
+}
+
+Deno.test("analyzeHeadGroup() matches per-query headSensitivity() accumulated by hand", () => {
+  const cases = [
+    { seed: 11, n: 9, d: 4, group: 1 },
+    { seed: 12, n: 23, d: 8, group: 2 },
+    { seed: 13, n: 40, d: 16, group: 4 },
+  ];
+  for (const { seed, n, d, group } of cases) {
+    const rng = makeRng(seed);
+    const queries = randomArray(rng, n * group * d, 2);
+    const keys = randomArray(rng, n * d);
+    const values = randomArray(rng, n * d);
+    const windows = [1, 3, 8];
+    const got = analyzeHeadGroup({ queries, keys, values, length: n, headDim: d, group }, {
+      windows,
+      sinkTokens: 2,
+      recentWindow: 5,
+    });
+    const attn = new Float64Array(n), kg = new Float64Array(n), kMax = new Float64Array(n);
+    const hess = new Float64Array(n), curv = new Float64Array(n);
+    const win = windows.map(() => new Float64Array(n));
+    let sink = 0;
+    for (let j = 0; j < n; j++) {
+      for (let h = 0; h < group; h++) {
+        const q = queries.subarray((j * group + h) * d, (j * group + h + 1) * d);
+        const s = headSensitivity(q, keys, values, j + 1, d);
+        for (let t = 0; t <= j; t++) {
+          attn[t] += s.attention[t];
+          kg[t] += s.keyGradNorm[t];
+          kMax[t] = Math.max(kMax[t], s.keyGradNorm[t]);
+          hess[t] += s.hessianTraceNorm[t];
+          curv[t] += s.curvature[t];
+          windows.forEach((w, wi) => {
+            if (j - t < w) win[wi][t] += s.attention[t] / group;
+          });
+        }
+        sink += s.attention[0] + (j >= 1 ? s.attention[1] : 0);
+      }
+    }
+    for (let t = 0; t < n; t++) {
+      assert.ok(close(got.attentionSum[t], attn[t]), `attention t=${t}`);
+      assert.ok(close(got.keyGradSum[t], kg[t]), `key grad t=${t}`);
+      assert.ok(close(got.keyGradMax[t], kMax[t]), `key grad max t=${t}`);
+      assert.ok(close(got.hessianSum[t], hess[t]), `hessian t=${t}`);
+      assert.ok(close(got.curvatureSum[t], curv[t]), `curvature t=${t}`);
+      windows.forEach((w, wi) => {
+        assert.ok(close(got.windowScores[String(w)][t], win[wi][t]), `window ${w} t=${t}`);
+      });
+    }
+    assert.ok(close(got.sinkMass, sink));
+    assert.equal(got.queryCount, n * group);
+    // Every query's weights sum to one.
+    let total = 0;
+    for (const a of got.attentionSum) total += a;
+    assert.ok(close(total, n * group));
+  }
+});
+
+Deno.test("analyzeHeadGroup() rejects NaN, empty sequences and short arrays with typed errors", () => {
+  const rng = makeRng(3);
+  const base = () => ({
+    queries: randomArray(rng, 8 * 4),
+    keys: randomArray(rng, 8 * 4),
+    values: randomArray(rng, 8 * 4),
+    length: 8,
+    headDim: 4,
+  });
+  const table: { name: string; edit: (x: ReturnType<typeof base>) => void; error: unknown }[] = [
+    { name: "NaN query", edit: (x) => (x.queries[5] = NaN), error: InvalidValueError },
+    { name: "Inf key", edit: (x) => (x.keys[9] = Infinity), error: InvalidValueError },
+    { name: "NaN value", edit: (x) => (x.values[31] = NaN), error: InvalidValueError },
+    { name: "empty", edit: (x) => (x.length = 0), error: ShapeError },
+    { name: "short keys", edit: (x) => (x.keys = x.keys.subarray(0, 7)), error: ShapeError },
+  ];
+  for (const { name, edit, error } of table) {
+    const input = base();
+    edit(input);
+    assert.throws(() => analyzeHeadGroup(input), error as Error, name);
+  }
+  const input = base();
+  input.values[31] = NaN;
+  try {
+    analyzeHeadGroup(input);
+  } catch (e) {
+    assert.equal((e as InvalidValueError).index, 31);
+  }
+});
+
+/** A fake model: deterministic q, k, v from the token and position, through any KVCache. */
+class FakeModel {
+  constructor(
+    readonly nLayers: number,
+    readonly nHeads: number,
+    readonly nKvHeads: number,
+    readonly d: number,
+  ) {}
+  forward(token: number, pos: number, cache: KVCache): Float32Array {
+    const rng = makeRng(token * 1000 + pos);
+    const out = new Float32Array(this.nHeads * this.d);
+    for (let l = 0; l < this.nLayers; l++) {
+      cache.append(
+        l,
+        pos,
+        randomArray(rng, this.nKvHeads * this.d),
+        randomArray(rng, this.nKvHeads * this.d),
+      );
+      cache.attend(l, randomArray(rng, this.nHeads * this.d, 2), out);
+    }
+    return out;
+  }
+}
+
+Deno.test("calibrate() analyzes every layer and head of each sequence and reports progress", async () => {
+  const model = new FakeModel(2, 4, 2, 4);
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 4 };
+  const seen: number[] = [];
+  const analysis = await calibrate(model, shape, [[1, 2, 3, 4, 5], [7, 8, 9]], {
+    onProgress: (p) => seen.push(p.done),
+    windows: [2],
+  });
+  assert.equal(analysis.sequences.length, 2);
+  assert.equal(analysis.sequences[1].length, 3);
+  assert.equal(analysis.sequences[0].heads.length, 2);
+  assert.equal(analysis.sequences[0].heads[1].length, 2);
+  assert.equal(seen.length, 5 + 3 + 2 * 2);
+  assert.equal(seen.at(-1), 12);
+  const summary = summarizeAnalysis(analysis);
+  assert.equal(summary.heads.length, 4);
+  assert.equal(summary.layers.length, 2);
+  for (const s of summary.heads) {
+    assert.ok(s.sinkShare > 0 && s.sinkShare <= 1 + 1e-12);
+    assert.ok(s.maxCurvature >= s.meanCurvature);
+  }
+  await assert.rejects(() => calibrate(model, shape, []), ShapeError);
+  await assert.rejects(() => calibrate(model, shape, [[1], []]), ShapeError);
+});
