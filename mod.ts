@@ -15,3 +15,9 @@
 
 export * from "./core/errors.ts";
 export * from "./core/model/kv_cache.ts";
+export * from "./core/tensor.ts";
+export * from "./core/model/checkpoint.ts";
+export * from "./core/model/tokenizer.ts";
+export * from "./core/model/transformer.ts";
+export * from "./core/eval/perplexity.ts";
+export * from "./core/model/generate.ts";

@@ -16,6 +16,7 @@
 /** Base class of every error kvprec throws on purpose. */
 export class KvprecError extends Error {
   /**
+   * Creates the instance.
    * @param message what went wrong, with the offending value
    * @param options standard error options (a cause)
    */
@@ -36,6 +37,7 @@ export class InvalidValueError extends KvprecError {
   /** Index of the first offending element, when the value came from an array. */
   readonly index?: number;
   /**
+   * Creates the instance.
    * @param message what was wrong
    * @param index the first offending element's index, if any
    */
@@ -50,6 +52,7 @@ export class CorruptDataError extends KvprecError {
   /** Byte offset at which the problem was found, if known. */
   readonly offset?: number;
   /**
+   * Creates the instance.
    * @param message what was wrong, with expected vs actual sizes
    * @param offset byte offset of the problem, if known
    */

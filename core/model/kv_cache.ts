@@ -171,7 +171,10 @@ export class Float32KVCache implements KVCache {
   readonly #lengths: Int32Array;
   #scores: Float32Array;
 
-  /** @param shape the cache's shape; all of maxSeqLen is allocated up front */
+  /**
+   * Creates the instance.
+   * @param shape the cache's shape; all of maxSeqLen is allocated up front
+   */
   constructor(shape: KVCacheShape) {
     checkCacheShape(shape);
     this.shape = { ...shape };

@@ -1,0 +1,43 @@
+/**
+ * Greedy generation: the argmax token at every step, through any {@linkcode KVCache}.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts ignore
+ * const ids = await generateGreedy(model, cache, [1, 403, 407, 261, 378], 100);
+ * ```
+ * @module
+ */
+
+import { argmax } from "../tensor.ts";
+import type { KVCache } from "./kv_cache.ts";
+import type { Transformer } from "./transformer.ts";
+
+/**
+ * Prefills the prompt, then appends the argmax token `steps` times. The cache is reset first.
+ *
+ * @param model the transformer
+ * @param cache the cache attention runs through
+ * @param prompt prompt token ids (at least one)
+ * @param steps tokens to generate
+ * @returns the generated ids (not including the prompt)
+ */
+export async function generateGreedy(
+  model: Transformer,
+  cache: KVCache,
+  prompt: number[],
+  steps: number,
+): Promise<number[]> {
+  cache.reset();
+  const vocab = model.config.vocabSize;
+  const logits = await model.prefill(prompt, 0, cache);
+  let next = argmax(logits.subarray((prompt.length - 1) * vocab));
+  const out: number[] = [];
+  for (let pos = prompt.length; out.length < steps; pos++) {
+    out.push(next);
+    if (out.length === steps) break;
+    next = argmax(await model.forward(next, pos, cache));
+  }
+  return out;
+}

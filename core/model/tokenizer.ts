@@ -1,0 +1,221 @@
+/**
+ * The BPE tokenizer of llama2.c (tokenizer.bin: int32 max_token_length, then per token a float32
+ * merge score, an int32 byte length and the bytes). Encoding follows run.c's `encode`: an optional
+ * BOS, a dummy space before non-empty text, one token per UTF-8 code point with `<0xNN>` byte
+ * fallback, then repeated merges of the adjacent pair whose concatenation has the highest score.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { parseTokenizer } from "./tokenizer.ts";
+ * import { CorruptDataError } from "../errors.ts";
+ * try {
+ *   parseTokenizer(new Uint8Array(6), 3);
+ *   throw new Error("unreachable");
+ * } catch (e) {
+ *   if (!(e instanceof CorruptDataError)) throw e;
+ * }
+ * ```
+ * @module
+ */
+
+import { CorruptDataError, ShapeError } from "../errors.ts";
+
+/** Beginning-of-sequence token id in llama2.c vocabularies. */
+export const BOS = 1;
+/** End-of-sequence token id. */
+export const EOS = 2;
+
+/** Options of {@linkcode Tokenizer.encode}. */
+export interface EncodeOptions {
+  /** Prepend BOS (default true). */
+  bos?: boolean;
+  /** Append EOS (default false). */
+  eos?: boolean;
+}
+
+/** A parsed llama2.c vocabulary with encode and decode. */
+export class Tokenizer {
+  /** Each token's bytes. */
+  readonly pieces: Uint8Array[];
+  /** Each token's merge score. */
+  readonly scores: Float32Array;
+  readonly #ids = new Map<string, number>();
+  readonly #byteToken = new Int32Array(256).fill(-1);
+
+  /**
+
+   * Creates the instance.
+   * @param pieces token bytes by id
+   * @param scores merge scores by id
+   */
+  constructor(pieces: Uint8Array[], scores: Float32Array) {
+    this.pieces = pieces;
+    this.scores = scores;
+    pieces.forEach((p, id) => {
+      const key = latin1(p);
+      if (!this.#ids.has(key)) this.#ids.set(key, id);
+      const m = /^<0x([0-9A-F]{2})>$/.exec(key);
+      if (m) this.#byteToken[parseInt(m[1], 16)] = id;
+    });
+  }
+
+  /** Number of tokens. */
+  get vocabSize(): number {
+    return this.pieces.length;
+  }
+
+  /**
+   * Encodes text as run.c does.
+   *
+   * @param text the text
+   * @param options BOS/EOS
+   * @returns token ids
+   */
+  encode(text: string, options: EncodeOptions = {}): number[] {
+    const { bos = true, eos = false } = options;
+    const tokens: number[] = [];
+    if (bos) tokens.push(BOS);
+    // the dummy space takes part in merges (" Once" is one token)
+    const start = tokens.length;
+    const bytes = new TextEncoder().encode(text);
+    if (bytes.length > 0) {
+      const space = this.#ids.get(" ");
+      if (space !== undefined) tokens.push(space);
+    }
+    let i = 0;
+    while (i < bytes.length) {
+      const len = utf8Length(bytes[i]);
+      const end = Math.min(i + len, bytes.length);
+      const id = this.#ids.get(latin1(bytes.subarray(i, end)));
+      if (id !== undefined) tokens.push(id);
+      else {
+        for (let j = i; j < end; j++) {
+          const b = this.#byteToken[bytes[j]];
+          tokens.push(b >= 0 ? b : bytes[j] + 3); // run.c's fallback: byte + 3
+        }
+      }
+      i = end;
+    }
+    this.#merge(tokens, start);
+    if (eos) tokens.push(EOS);
+    return tokens;
+  }
+
+  /** Greedy BPE: merge the best-scoring adjacent pair until none is in the vocabulary. */
+  #merge(tokens: number[], start: number): void {
+    const keys = tokens.map((t) => latin1(this.pieces[t]));
+    for (;;) {
+      let bestScore = -Infinity, bestId = -1, bestIdx = -1;
+      for (let i = start; i < tokens.length - 1; i++) {
+        const id = this.#ids.get(keys[i] + keys[i + 1]);
+        if (id !== undefined && this.scores[id] > bestScore) {
+          bestScore = this.scores[id];
+          bestId = id;
+          bestIdx = i;
+        }
+      }
+      if (bestIdx < 0) return;
+      tokens.splice(bestIdx, 2, bestId);
+      keys.splice(bestIdx, 2, keys[bestIdx] + keys[bestIdx + 1]);
+    }
+  }
+
+  /**
+   * Decodes ids to text as run.c prints them: BOS and EOS print nothing, the space after BOS is
+   * dropped, and `<0xNN>` tokens are raw bytes.
+   *
+   * @param ids token ids
+   * @returns the text (invalid UTF-8 becomes U+FFFD)
+   */
+  decode(ids: ArrayLike<number>): string {
+    const out: number[] = [];
+    let prev = -1;
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i];
+      if (!Number.isInteger(id) || id < 0 || id >= this.pieces.length) {
+        throw new ShapeError(
+          `token id ${id} at index ${i} out of range [0, ${this.pieces.length})`,
+        );
+      }
+      if (id === BOS || id === EOS) {
+        prev = id;
+        continue;
+      }
+      let piece = this.pieces[id];
+      const m = /^<0x([0-9A-F]{2})>$/.exec(latin1(piece));
+      if (m) piece = Uint8Array.of(parseInt(m[1], 16));
+      else if (prev === BOS && piece[0] === 0x20) piece = piece.subarray(1);
+      for (const b of piece) out.push(b);
+      prev = id;
+    }
+    return new TextDecoder().decode(Uint8Array.from(out));
+  }
+}
+
+/**
+ * Parses tokenizer.bin. Throws {@linkcode CorruptDataError} naming the token and the expected vs
+ * actual bytes when the file ends early or has trailing bytes.
+ *
+ * @param bytes the file
+ * @param vocabSize number of tokens (the model's vocab_size)
+ * @returns the tokenizer
+ */
+export function parseTokenizer(bytes: Uint8Array, vocabSize: number): Tokenizer {
+  if (!Number.isInteger(vocabSize) || vocabSize <= 0) {
+    throw new ShapeError(`vocabSize is ${vocabSize}, expected a positive integer`);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const need = (offset: number, n: number, what: string) => {
+    if (offset + n > bytes.byteLength) {
+      throw new CorruptDataError(
+        `tokenizer ends early reading ${what}: needs ${
+          offset + n
+        } bytes, file has ${bytes.byteLength}`,
+        bytes.byteLength,
+      );
+    }
+  };
+  need(0, 4, "max_token_length");
+  const maxLen = view.getInt32(0, true);
+  const pieces: Uint8Array[] = [];
+  const scores = new Float32Array(vocabSize);
+  let o = 4;
+  for (let id = 0; id < vocabSize; id++) {
+    need(o, 8, `the header of token ${id} of ${vocabSize}`);
+    scores[id] = view.getFloat32(o, true);
+    const len = view.getInt32(o + 4, true);
+    o += 8;
+    if (len < 0 || len > maxLen) {
+      throw new CorruptDataError(`token ${id} has length ${len}, outside [0, ${maxLen}]`, o - 4);
+    }
+    need(o, len, `the ${len} bytes of token ${id}`);
+    pieces.push(bytes.slice(o, o + len));
+    o += len;
+  }
+  if (o !== bytes.byteLength) {
+    throw new CorruptDataError(
+      `tokenizer has ${
+        bytes.byteLength - o
+      } trailing bytes after ${vocabSize} tokens (expected ${o} bytes)`,
+      o,
+    );
+  }
+  return new Tokenizer(pieces, scores);
+}
+
+/** Bytes as a string of code units 0–255, a cheap exact map key. */
+function latin1(bytes: Uint8Array): string {
+  let s = "";
+  for (const b of bytes) s += String.fromCharCode(b);
+  return s;
+}
+
+/** Length of a UTF-8 sequence from its lead byte (1 for stray continuation bytes). */
+function utf8Length(lead: number): number {
+  if (lead < 0xc0) return 1;
+  if (lead < 0xe0) return 2;
+  if (lead < 0xf0) return 3;
+  return 4;
+}

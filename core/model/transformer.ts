@@ -1,0 +1,181 @@
+/**
+ * The forward pass of a llama-style decoder (llama2.c's run.c), one token at a time or as a batched
+ * prefill. The model reaches its key/value cache only through {@linkcode KVCache}, so any cache
+ * (full precision, mixed precision, recording, GPU) plugs in unchanged.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts ignore
+ * import { parseCheckpoint, Transformer, Float32KVCache, cacheShape } from "../../mod.ts";
+ * const model = new Transformer(parseCheckpoint(bytes));
+ * const cache = new Float32KVCache(cacheShape(model.config));
+ * const logits = await model.forward(1, 0, cache);
+ * ```
+ * @module
+ */
+
+import { ShapeError } from "../errors.ts";
+import { matmul, matvec, rmsnorm, Rope, siluGate } from "../tensor.ts";
+import type { ModelConfig, ModelWeights } from "./checkpoint.ts";
+import type { KVCache, KVCacheShape } from "./kv_cache.ts";
+
+/**
+ * The cache shape a model needs.
+ *
+ * @param config the model's hyperparameters
+ * @param maxSeqLen positions per layer (defaults to the model's context)
+ * @returns the shape for a {@linkcode KVCache}
+ */
+export function cacheShape(config: ModelConfig, maxSeqLen: number = config.seqLen): KVCacheShape {
+  return {
+    nLayers: config.nLayers,
+    nHeads: config.nHeads,
+    nKvHeads: config.nKvHeads,
+    headDim: config.headDim,
+    maxSeqLen,
+  };
+}
+
+/** A llama2.c-style transformer over loaded weights. */
+export class Transformer {
+  /** The model's hyperparameters. */
+  readonly config: ModelConfig;
+  readonly #w: ModelWeights;
+  readonly #rope: Rope;
+  // scratch for one token, reused across calls
+  readonly #x: Float32Array;
+  readonly #xb: Float32Array;
+  readonly #att: Float32Array;
+  readonly #q: Float32Array;
+  readonly #k: Float32Array;
+  readonly #v: Float32Array;
+  readonly #hb: Float32Array;
+  readonly #hb2: Float32Array;
+  readonly #logits: Float32Array;
+
+  /**
+   * Creates the instance.
+   * @param weights weights from {@linkcode parseCheckpoint}
+   */
+  constructor(weights: ModelWeights) {
+    this.#w = weights;
+    const c = (this.config = weights.config);
+    this.#rope = new Rope(c.headDim, c.seqLen);
+    this.#x = new Float32Array(c.dim);
+    this.#xb = new Float32Array(c.dim);
+    this.#att = new Float32Array(c.dim);
+    this.#q = new Float32Array(c.dim);
+    this.#k = new Float32Array(c.kvDim);
+    this.#v = new Float32Array(c.kvDim);
+    this.#hb = new Float32Array(c.hiddenDim);
+    this.#hb2 = new Float32Array(c.hiddenDim);
+    this.#logits = new Float32Array(c.vocabSize);
+  }
+
+  /**
+   * Runs one token at position pos, appending its keys and values to the cache.
+   *
+   * @param token token id
+   * @param pos position; the cache must hold exactly pos positions in every layer
+   * @param cache the key/value cache
+   * @returns the next-token logits (a buffer reused by the next call)
+   */
+  async forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> {
+    const c = this.config, w = this.#w;
+    this.#checkToken(token, pos);
+    const x = this.#x, xb = this.#xb;
+    x.set(w.tokenEmbedding.subarray(token * c.dim, (token + 1) * c.dim));
+    for (let l = 0; l < c.nLayers; l++) {
+      rmsnorm(xb, x, w.rmsAtt[l]);
+      matvec(this.#q, xb, w.wq[l], c.dim, c.dim);
+      matvec(this.#k, xb, w.wk[l], c.kvDim, c.dim);
+      matvec(this.#v, xb, w.wv[l], c.kvDim, c.dim);
+      this.#rope.apply(this.#q, pos);
+      this.#rope.apply(this.#k, pos);
+      cache.append(l, pos, this.#k, this.#v);
+      const pending = cache.attend(l, this.#q, this.#att);
+      if (pending) await pending;
+      matvec(xb, this.#att, w.wo[l], c.dim, c.dim);
+      for (let i = 0; i < c.dim; i++) x[i] += xb[i];
+      this.#feedForward(x, l);
+    }
+    rmsnorm(x, x, w.rmsFinal);
+    matvec(this.#logits, x, w.classifier, c.vocabSize, c.dim);
+    return this.#logits;
+  }
+
+  /**
+   * Runs tokens at positions startPos… as one batch: the projections of each layer run as matrix
+   * products over all tokens, attention runs token by token (causal) through the cache.
+   *
+   * @param tokens token ids
+   * @param startPos position of the first token; the cache must hold exactly that many
+   * @param cache the key/value cache
+   * @returns logits for every token, tokens.length × vocabSize
+   */
+  async prefill(
+    tokens: ArrayLike<number>,
+    startPos: number,
+    cache: KVCache,
+  ): Promise<Float32Array> {
+    const c = this.config, w = this.#w, n = tokens.length;
+    for (let i = 0; i < n; i++) this.#checkToken(tokens[i], startPos + i);
+    const x = new Float32Array(n * c.dim);
+    const xb = new Float32Array(n * c.dim);
+    const q = new Float32Array(n * c.dim);
+    const k = new Float32Array(n * c.kvDim);
+    const v = new Float32Array(n * c.kvDim);
+    const att = new Float32Array(n * c.dim);
+    for (let i = 0; i < n; i++) {
+      x.set(w.tokenEmbedding.subarray(tokens[i] * c.dim, (tokens[i] + 1) * c.dim), i * c.dim);
+    }
+    const row = (a: Float32Array, i: number, width: number) =>
+      a.subarray(i * width, (i + 1) * width);
+    for (let l = 0; l < c.nLayers; l++) {
+      for (let i = 0; i < n; i++) rmsnorm(row(xb, i, c.dim), row(x, i, c.dim), w.rmsAtt[l]);
+      matmul(q, xb, w.wq[l], n, c.dim, c.dim);
+      matmul(k, xb, w.wk[l], n, c.kvDim, c.dim);
+      matmul(v, xb, w.wv[l], n, c.kvDim, c.dim);
+      for (let i = 0; i < n; i++) {
+        const pos = startPos + i;
+        this.#rope.apply(row(q, i, c.dim), pos);
+        this.#rope.apply(row(k, i, c.kvDim), pos);
+        cache.append(l, pos, row(k, i, c.kvDim), row(v, i, c.kvDim));
+        const pending = cache.attend(l, row(q, i, c.dim), row(att, i, c.dim));
+        if (pending) await pending;
+      }
+      matmul(xb, att, w.wo[l], n, c.dim, c.dim);
+      for (let i = 0; i < n * c.dim; i++) x[i] += xb[i];
+      for (let i = 0; i < n; i++) this.#feedForward(row(x, i, c.dim), l);
+    }
+    const logits = new Float32Array(n * c.vocabSize);
+    for (let i = 0; i < n; i++) {
+      const xi = row(x, i, c.dim);
+      rmsnorm(xi, xi, w.rmsFinal);
+      matvec(row(logits, i, c.vocabSize), xi, w.classifier, c.vocabSize, c.dim);
+    }
+    return logits;
+  }
+
+  /** x += W2 (silu(W1 norm(x)) ⊙ W3 norm(x)) for layer l. */
+  #feedForward(x: Float32Array, l: number): void {
+    const c = this.config, w = this.#w, xb = this.#xb;
+    rmsnorm(xb, x, w.rmsFfn[l]);
+    matvec(this.#hb, xb, w.w1[l], c.hiddenDim, c.dim);
+    matvec(this.#hb2, xb, w.w3[l], c.hiddenDim, c.dim);
+    siluGate(this.#hb, this.#hb2);
+    matvec(xb, this.#hb, w.w2[l], c.dim, c.hiddenDim);
+    for (let i = 0; i < c.dim; i++) x[i] += xb[i];
+  }
+
+  #checkToken(token: number, pos: number): void {
+    const c = this.config;
+    if (!Number.isInteger(token) || token < 0 || token >= c.vocabSize) {
+      throw new ShapeError(`token id ${token} out of range [0, ${c.vocabSize})`);
+    }
+    if (!Number.isInteger(pos) || pos < 0 || pos >= c.seqLen) {
+      throw new ShapeError(`position ${pos} out of range [0, ${c.seqLen})`);
+    }
+  }
+}

@@ -1,0 +1,187 @@
+/**
+ * Float32 kernels for a llama-style transformer: matrix-vector and matrix-matrix products, RMSNorm,
+ * softmax, SiLU gating and rotary position embedding. Plain typed arrays, row-major, no allocation
+ * inside the kernels. Sums accumulate in float64 (JS numbers) and are stored as float32.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { matvec } from "./tensor.ts";
+ * const out = new Float32Array(2);
+ * matvec(out, new Float32Array([1, 2]), new Float32Array([1, 0, 0, 1]), 2, 2);
+ * if (out[0] !== 1 || out[1] !== 2) throw new Error("identity matrix");
+ * ```
+ * @module
+ */
+
+/**
+ * out = W x, with W row-major rows × cols (llama2.c's `matmul(xout, x, w, n=cols, d=rows)`).
+ *
+ * @param out rows outputs, overwritten
+ * @param x cols inputs
+ * @param w rows × cols weights
+ * @param rows output size
+ * @param cols input size
+ */
+export function matvec(
+  out: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  rows: number,
+  cols: number,
+): void {
+  for (let r = 0; r < rows; r++) {
+    const o = r * cols;
+    // four accumulators break the dependency chain of one long sum
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    let c = 0;
+    for (; c + 4 <= cols; c += 4) {
+      s0 += w[o + c] * x[c];
+      s1 += w[o + c + 1] * x[c + 1];
+      s2 += w[o + c + 2] * x[c + 2];
+      s3 += w[o + c + 3] * x[c + 3];
+    }
+    for (; c < cols; c++) s0 += w[o + c] * x[c];
+    out[r] = s0 + s1 + s2 + s3;
+  }
+}
+
+/**
+ * out[n] = W x[n] for n batch rows: out is n × rows, x is n × cols, W rows × cols.
+ *
+ * @param out n × rows outputs
+ * @param x n × cols inputs
+ * @param w rows × cols weights
+ * @param n batch size
+ * @param rows output size
+ * @param cols input size
+ */
+export function matmul(
+  out: Float32Array,
+  x: Float32Array,
+  w: Float32Array,
+  n: number,
+  rows: number,
+  cols: number,
+): void {
+  for (let b = 0; b < n; b++) {
+    matvec(
+      out.subarray(b * rows, (b + 1) * rows),
+      x.subarray(b * cols, (b + 1) * cols),
+      w,
+      rows,
+      cols,
+    );
+  }
+}
+
+/**
+ * RMSNorm as llama2.c computes it: out = weight ⊙ x / √(mean(x²) + 1e-5).
+ *
+ * @param out output, may alias x
+ * @param x input
+ * @param weight per-element gain
+ */
+export function rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array): void {
+  const n = x.length;
+  let ss = 0;
+  for (let i = 0; i < n; i++) ss += x[i] * x[i];
+  const inv = 1 / Math.sqrt(Math.fround(ss / n + 1e-5));
+  for (let i = 0; i < n; i++) out[i] = weight[i] * (x[i] * inv);
+}
+
+/**
+ * In-place numerically stable softmax over x[0..n).
+ *
+ * @param x values, overwritten by probabilities
+ * @param n number of leading elements to use (defaults to all)
+ */
+export function softmax(x: Float32Array, n: number = x.length): void {
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) if (x[i] > max) max = x[i];
+  let sum = 0;
+  for (let i = 0; i < n; i++) {
+    const e = Math.exp(x[i] - max);
+    x[i] = e;
+    sum += e;
+  }
+  const inv = 1 / sum;
+  for (let i = 0; i < n; i++) x[i] *= inv;
+}
+
+/**
+ * SwiGLU gate in place: h1 = silu(h1) ⊙ h3, silu(x) = x / (1 + e^{−x}).
+ *
+ * @param h1 gate input, overwritten
+ * @param h3 up-projection
+ */
+export function siluGate(h1: Float32Array, h3: Float32Array): void {
+  for (let i = 0; i < h1.length; i++) {
+    const x = h1[i];
+    h1[i] = (x / (1 + Math.exp(-x))) * h3[i];
+  }
+}
+
+/**
+ * Precomputed rotary embedding tables for llama2.c's RoPE: adjacent pairs (2i, 2i+1) of each head
+ * rotate by pos · base^(−2i/headDim).
+ */
+export class Rope {
+  readonly #cos: Float32Array;
+  readonly #sin: Float32Array;
+  readonly #half: number;
+
+  /**
+
+   * Creates the instance.
+   * @param headDim head dimension (even)
+   * @param maxPos positions to precompute
+   * @param base frequency base (10000 in llama2.c)
+   */
+  constructor(headDim: number, maxPos: number, base = 10000) {
+    this.#half = headDim / 2;
+    this.#cos = new Float32Array(maxPos * this.#half);
+    this.#sin = new Float32Array(maxPos * this.#half);
+    for (let p = 0; p < maxPos; p++) {
+      for (let i = 0; i < this.#half; i++) {
+        // float32 like run.c: freq = 1 / powf(10000, headDim_i / head_size); val = pos * freq
+        const freq = Math.fround(1 / Math.fround(Math.pow(base, Math.fround((2 * i) / headDim))));
+        const val = Math.fround(p * freq);
+        this.#cos[p * this.#half + i] = Math.cos(val);
+        this.#sin[p * this.#half + i] = Math.sin(val);
+      }
+    }
+  }
+
+  /**
+   * Rotates every head of x (length a multiple of headDim) in place for position pos.
+   *
+   * @param x one or more heads, head-major
+   * @param pos position
+   */
+  apply(x: Float32Array, pos: number): void {
+    const half = this.#half;
+    const base = pos * half;
+    for (let o = 0; o < x.length; o += 2 * half) {
+      for (let i = 0; i < half; i++) {
+        const c = this.#cos[base + i], s = this.#sin[base + i];
+        const v0 = x[o + 2 * i], v1 = x[o + 2 * i + 1];
+        x[o + 2 * i] = v0 * c - v1 * s;
+        x[o + 2 * i + 1] = v0 * s + v1 * c;
+      }
+    }
+  }
+}
+
+/**
+ * Index of the largest element (the first one on ties).
+ *
+ * @param x values
+ * @returns the argmax index
+ */
+export function argmax(x: Float32Array): number {
+  let best = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  return best;
+}

@@ -1,0 +1,67 @@
+import assert from "node:assert/strict";
+import { CorruptDataError, parseCheckpoint, ShapeError } from "../../../mod.ts";
+import { fixtureBytes } from "../../_fixtures.ts";
+
+function withHeader(bytes: Uint8Array, header: number[]): Uint8Array {
+  const copy = bytes.slice();
+  const view = new DataView(copy.buffer);
+  header.forEach((v, i) => view.setInt32(4 * i, v, true));
+  return copy;
+}
+
+Deno.test("parseCheckpoint() reads the fixture's header and weights", async () => {
+  const w = parseCheckpoint(await fixtureBytes("stories260K.bin"));
+  assert.deepEqual(
+    [w.config.dim, w.config.hiddenDim, w.config.nLayers, w.config.nHeads, w.config.nKvHeads],
+    [64, 172, 5, 8, 4],
+  );
+  assert.equal(w.config.vocabSize, 512);
+  assert.equal(w.config.headDim, 8);
+  assert.ok(w.config.sharedClassifier);
+  assert.equal(w.classifier, w.tokenEmbedding);
+  assert.equal(w.w2[4].length, 64 * 172);
+  // weights are real numbers, not zeros
+  assert.ok(w.rmsFinal.some((x) => x !== 0) && w.rmsFinal.every(Number.isFinite));
+});
+
+Deno.test("parseCheckpoint() names expected vs actual bytes of truncated and oversized files", async () => {
+  const bytes = await fixtureBytes("stories260K.bin");
+  for (const bad of [bytes.subarray(0, bytes.length - 1), bytes.subarray(0, 1000)]) {
+    assert.throws(() => parseCheckpoint(bad), (e: Error) => {
+      return e instanceof CorruptDataError && e.message.includes(`is ${bad.length} bytes`) &&
+        e.message.includes(`expected ${bytes.length}`) && e.message.includes("truncated");
+    });
+  }
+  const long = new Uint8Array(bytes.length + 4);
+  long.set(bytes);
+  assert.throws(() => parseCheckpoint(long), /trailing bytes/);
+  assert.throws(() => parseCheckpoint(bytes.subarray(0, 20)), CorruptDataError);
+});
+
+Deno.test("parseCheckpoint() rejects impossible header sizes", async () => {
+  const bytes = await fixtureBytes("stories260K.bin");
+  const cases: [number[], RegExp][] = [
+    [[0, 172, 5, 8, 4, 512, 512], /dim is 0/],
+    [[64, -1, 5, 8, 4, 512, 512], /hidden_dim is -1/],
+    [[64, 172, 0, 8, 4, 512, 512], /n_layers is 0/],
+    [[64, 172, 5, 7, 4, 512, 512], /n_heads 7 does not divide dim 64/],
+    [[64, 172, 5, 8, 3, 512, 512], /n_kv_heads 3 does not divide n_heads 8/],
+    [[64, 172, 5, 8, 4, 0, 512], /vocab_size is 0/],
+    [[64, 172, 5, 8, 4, 512, -5], /seq_len is -5/],
+  ];
+  for (const [header, message] of cases) {
+    assert.throws(() => parseCheckpoint(withHeader(bytes, header)), (e: Error) => {
+      return e instanceof ShapeError && message.test(e.message);
+    }, String(header));
+  }
+  // a plausible header that does not match the file's size
+  assert.throws(
+    () => parseCheckpoint(withHeader(bytes, [64, 172, 6, 8, 4, 512, 512])),
+    CorruptDataError,
+  );
+  // a negative vocab size means an unshared classifier, which needs more bytes
+  assert.throws(
+    () => parseCheckpoint(withHeader(bytes, [64, 172, 5, 8, 4, -512, 512])),
+    /truncated/,
+  );
+});

@@ -1,0 +1,48 @@
+import assert from "node:assert/strict";
+import { BOS, CorruptDataError, parseTokenizer, ShapeError } from "../../../mod.ts";
+import { fixtureBytes, loadFixture, REFERENCE } from "../../_fixtures.ts";
+
+Deno.test("Tokenizer.encode() matches llama2.c on the reference prompt", async () => {
+  const { tokenizer } = await loadFixture();
+  assert.deepEqual(tokenizer.encode("Once upon a time"), REFERENCE.promptIds);
+  assert.deepEqual(tokenizer.encode("Once upon a time", { bos: false, eos: true }), [
+    403,
+    407,
+    261,
+    378,
+    2,
+  ]);
+  assert.deepEqual(tokenizer.encode("", { bos: true }), [BOS]);
+});
+
+Deno.test("Tokenizer.decode() round-trips every line of the evaluation text exactly", async () => {
+  const { tokenizer, lines, sequences } = await loadFixture();
+  assert.equal(lines.length, 19);
+  let tokens = 0;
+  for (let i = 0; i < lines.length; i++) {
+    assert.equal(tokenizer.decode(sequences[i]), lines[i], `line ${i}`);
+    tokens += sequences[i].length;
+  }
+  assert.ok(lines.some((l) => l.endsWith("\r")), "CRLF bytes are kept");
+  assert.equal(tokens - lines.length, REFERENCE.tokensScored);
+});
+
+Deno.test("Tokenizer round-trips non-ASCII text through byte fallback", async () => {
+  const { tokenizer } = await loadFixture();
+  for (const text of ["café ünïcödé", "日本語 🎉", "tab\tand\u0000nul"]) {
+    assert.equal(tokenizer.decode(tokenizer.encode(text)), text);
+  }
+  assert.throws(() => tokenizer.decode([1, 600]), ShapeError);
+});
+
+Deno.test("parseTokenizer() names where a short file ends", async () => {
+  const bytes = await fixtureBytes("tok512.bin");
+  for (const cut of [2, 100, bytes.length - 1]) {
+    assert.throws(() => parseTokenizer(bytes.subarray(0, cut), 512), (e: Error) => {
+      return e instanceof CorruptDataError && e.message.includes(`file has ${cut}`) &&
+        /needs \d+ bytes/.test(e.message);
+    });
+  }
+  assert.throws(() => parseTokenizer(bytes, 513), /ends early reading the header of token 512/);
+  assert.throws(() => parseTokenizer(bytes, 511), /trailing bytes/);
+});
