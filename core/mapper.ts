@@ -1,0 +1,339 @@
+/**
+ * From sensitivity to bits. Two ways:
+ *
+ * - the precision rule p ≥ log2(c·κ·D²/ε) (κ the curvature, D the diameter of the head's K/V
+ *   values, ε the target error, c = 4 by default), mapped to the smallest format (in bits per
+ *   element, metadata counted) whose effective precision meets p: {@linkcode requiredBits},
+ *   {@linkcode selectFormat};
+ * - a budget: given an average bits-per-element budget, choose a format per item that minimises
+ *   the predicted error Σ_i (wK_i·eK(f_i) + wV_i·eV(g_i)), by Lagrangian search over the discrete
+ *   formats (each item picks argmin error + λ·bits, λ bisected to the budget), a greedy fill of
+ *   the bits left by the last λ step, and a final check against every uniform allocation:
+ *   {@linkcode allocateBudget}.
+ *
+ * A format's effective precision is −log2(2·r) where r is its worst-case per-element error relative
+ * to the data's range: log2(2^b − 1) for b-bit integers, log2(127) for int8s, and the mantissa
+ * width for floats (10 for fp16, 23 for fp32, 3 for e4m3, 2 for e5m2, 7 for bf16).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { requiredBits, selectFormat } from "./mapper.ts";
+ * const formats = [
+ *   { name: "int2", kind: "int", bits: 2, bitsPerElement: 3 },
+ *   { name: "int4", kind: "int", bits: 4, bitsPerElement: 5 },
+ *   { name: "fp16", kind: "fp16", bits: 16, bitsPerElement: 16 },
+ * ];
+ * const p = requiredBits(0.01, { epsilon: 1e-2, diameter: 2 }); // log2(4·0.01·4/0.01) = 4
+ * if (selectFormat(p, formats).format.name !== "int4") throw new Error("int4 has 3.9 bits < 4");
+ * ```
+ * @module
+ */
+
+import { BudgetError, FormatError, InvalidValueError } from "./errors.ts";
+
+/** What the mapper needs to know of a storage format (codecs' FormatSpec satisfies it). */
+export interface MapperFormat {
+  /** Registry name. */
+  readonly name: string;
+  /** Element encoding: "int", "int8s", "fp16", "bf16", "fp32", "fp8e4m3", "fp8e5m2". */
+  readonly kind: string;
+  /** Bits of one code. */
+  readonly bits: number;
+  /** Storage cost per element, all metadata counted. */
+  readonly bitsPerElement: number;
+}
+
+const _MANTISSA: Record<string, number> = {
+  fp32: 23,
+  fp16: 10,
+  bf16: 7,
+  fp8e4m3: 3,
+  fp8e5m2: 2,
+};
+
+/**
+ * Effective precision of a format: −log2(2·r), r its worst-case error relative to the data range.
+ *
+ * @param format the format
+ * @returns bits of precision the rule compares against
+ * @throws FormatError for an unknown kind
+ */
+export function precisionBits(format: MapperFormat): number {
+  if (format.kind === "int") return Math.log2(2 ** format.bits - 1);
+  if (format.kind === "int8s") return Math.log2(127);
+  const m = _MANTISSA[format.kind];
+  if (m === undefined) {
+    throw new FormatError(`format ${format.name} has unknown kind ${format.kind}`);
+  }
+  return m;
+}
+
+/** Options of the precision rule. */
+export interface RuleOptions {
+  /** Target error ε > 0. */
+  epsilon: number;
+  /** Diameter D > 0 of the K/V values. */
+  diameter: number;
+  /** Safety constant c (default 4). */
+  c?: number;
+}
+
+/**
+ * The precision rule p = log2(c·κ·D²/ε) (−Infinity when κ = 0: any format will do).
+ *
+ * @param curvature κ ≥ 0
+ * @param options ε, D and c
+ * @returns the required precision in bits
+ * @throws InvalidValueError for ε ≤ 0, D ≤ 0, c ≤ 0, κ < 0 or any non-finite input
+ */
+export function requiredBits(curvature: number, options: RuleOptions): number {
+  const { epsilon, diameter } = options;
+  const c = options.c ?? 4;
+  if (!(epsilon > 0) || !Number.isFinite(epsilon)) {
+    throw new InvalidValueError(`target error ε is ${epsilon}, expected a finite number > 0`);
+  }
+  if (!(diameter > 0) || !Number.isFinite(diameter)) {
+    throw new InvalidValueError(`diameter D is ${diameter}, expected a finite number > 0`);
+  }
+  if (!(c > 0) || !Number.isFinite(c)) {
+    throw new InvalidValueError(`constant c is ${c}, expected a finite number > 0`);
+  }
+  if (!(curvature >= 0) || !Number.isFinite(curvature)) {
+    throw new InvalidValueError(`curvature κ is ${curvature}, expected a finite number ≥ 0`);
+  }
+  return Math.log2(c * curvature * diameter * diameter / epsilon);
+}
+
+/**
+ * The cheapest format (fewest bits per element, then most precision) whose effective precision
+ * meets `required`; when none does, the most precise one, with `meets: false`.
+ *
+ * @param required required precision in bits
+ * @param candidates formats to choose from (non-empty)
+ * @returns the chosen format and whether it meets the requirement
+ * @throws FormatError for an empty candidate list
+ */
+export function selectFormat(
+  required: number,
+  candidates: readonly MapperFormat[],
+): { format: MapperFormat; meets: boolean } {
+  if (candidates.length === 0) throw new FormatError("no candidate formats");
+  let best: MapperFormat | undefined;
+  let most = candidates[0];
+  for (const f of candidates) {
+    const p = precisionBits(f);
+    if (p > precisionBits(most)) most = f;
+    if (p >= required) {
+      if (
+        !best || f.bitsPerElement < best.bitsPerElement ||
+        (f.bitsPerElement === best.bitsPerElement && p > precisionBits(best))
+      ) best = f;
+    }
+  }
+  return best ? { format: best, meets: true } : { format: most, meets: false };
+}
+
+/** A budget allocation problem over items that each get one key and one value format. */
+export interface BudgetProblem {
+  /** Key-error weight of each item (the error is weight × per-element error of the format). */
+  keyWeight: Float64Array;
+  /** Value-error weight of each item. */
+  valueWeight: Float64Array;
+  /** Which error table row each item uses (e.g. its (layer, head)). */
+  row: Int32Array;
+  /** Elements each item stores per K and per V (e.g. head_dim × positions it stands for). */
+  elements: Float64Array;
+  /** keyError[row][f]: per-element error of key format f in that row. */
+  keyError: Float64Array[];
+  /** valueError[row][f]: per-element error of value format f in that row. */
+  valueError: Float64Array[];
+  /** Bits per element of each key format. */
+  keyBits: Float64Array;
+  /** Bits per element of each value format. */
+  valueBits: Float64Array;
+  /** Bits spent outside the items (sinks, recent window), counted in the budget. */
+  fixedBits: number;
+  /** Elements stored outside the items, counted in the average. */
+  fixedElements: number;
+}
+
+/** Result of {@linkcode allocateBudget}. */
+export interface BudgetAllocation {
+  /** Key format index of each item. */
+  keyFormat: Int16Array;
+  /** Value format index of each item. */
+  valueFormat: Int16Array;
+  /** Average bits per element over items and fixed storage. */
+  bitsPerElement: number;
+  /** Predicted error Σ_i wK_i eK + wV_i eV. */
+  predictedError: number;
+  /** Which search produced the answer. */
+  method: "lagrangian" | "uniform";
+}
+
+/**
+ * Chooses a key and a value format per item minimising the predicted error with the average bits
+ * per element (fixed storage included) at most `budget`. Never exceeds the budget, and never
+ * predicts more error than the best uniform allocation that fits.
+ *
+ * @param problem items, weights, error tables and format costs
+ * @param budget average bits per element allowed
+ * @returns the allocation
+ * @throws BudgetError when even the cheapest formats exceed the budget; InvalidValueError for a
+ *   non-finite or non-positive budget or a NaN weight
+ */
+export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAllocation {
+  if (!(budget > 0) || !Number.isFinite(budget)) {
+    throw new InvalidValueError(
+      `budget is ${budget} bits per element, expected a finite number > 0`,
+    );
+  }
+  const { keyWeight, valueWeight, row, elements, keyError, valueError, keyBits, valueBits } =
+    problem;
+  const n = keyWeight.length;
+  for (let i = 0; i < n; i++) {
+    if (!(keyWeight[i] >= 0) || !(valueWeight[i] >= 0)) {
+      throw new InvalidValueError(`item ${i} has weight ${keyWeight[i]}/${valueWeight[i]}`, i);
+    }
+  }
+  let totalElements = problem.fixedElements;
+  for (let i = 0; i < n; i++) totalElements += 2 * elements[i];
+  const budgetBits = budget * totalElements;
+  const cheapK = _argmin(keyBits), cheapV = _argmin(valueBits);
+  let minBits = problem.fixedBits;
+  for (let i = 0; i < n; i++) minBits += elements[i] * (keyBits[cheapK] + valueBits[cheapV]);
+  if (minBits > budgetBits * (1 + 1e-12)) {
+    throw new BudgetError(
+      `budget ${budget} bits per element is below the cheapest allocation, ` +
+        `${(minBits / totalElements).toFixed(4)} bits per element`,
+    );
+  }
+  const kf = new Int16Array(n), vf = new Int16Array(n);
+  const choose = (lambda: number, kOut: Int16Array, vOut: Int16Array): number => {
+    let bits = problem.fixedBits;
+    for (let i = 0; i < n; i++) {
+      const r = row[i], e = elements[i];
+      kOut[i] = _best(keyWeight[i], keyError[r], keyBits, lambda * e);
+      vOut[i] = _best(valueWeight[i], valueError[r], valueBits, lambda * e);
+      bits += e * (keyBits[kOut[i]] + valueBits[vOut[i]]);
+    }
+    return bits;
+  };
+  // λ large enough makes every item pick its cheapest format; bisect in log space.
+  let lo = 0, hi = 1;
+  const kTmp = new Int16Array(n), vTmp = new Int16Array(n);
+  while (choose(hi, kTmp, vTmp) > budgetBits && hi < 1e300) hi *= 16;
+  if (choose(lo, kf, vf) <= budgetBits) {
+    // Even the most precise choices fit.
+  } else {
+    for (let it = 0; it < 100; it++) {
+      const mid = lo === 0 ? hi / 2 ** 40 : Math.sqrt(lo * hi);
+      if (choose(mid, kTmp, vTmp) <= budgetBits) hi = mid;
+      else lo = mid;
+      if (hi / Math.max(lo, Number.MIN_VALUE) < 1 + 1e-9) break;
+    }
+    choose(hi, kf, vf);
+    // Greedy fill: upgrades towards the λ = lo choice, best error saved per bit first.
+    const kLo = new Int16Array(n), vLo = new Int16Array(n);
+    choose(lo, kLo, vLo);
+    let bits = _bits(problem, kf, vf);
+    const moves: { i: number; key: boolean; to: number; dBits: number; gain: number }[] = [];
+    for (let i = 0; i < n; i++) {
+      const r = row[i], e = elements[i];
+      if (kLo[i] !== kf[i]) {
+        const dBits = e * (keyBits[kLo[i]] - keyBits[kf[i]]);
+        const gain = keyWeight[i] * (keyError[r][kf[i]] - keyError[r][kLo[i]]);
+        moves.push({ i, key: true, to: kLo[i], dBits, gain });
+      }
+      if (vLo[i] !== vf[i]) {
+        const dBits = e * (valueBits[vLo[i]] - valueBits[vf[i]]);
+        const gain = valueWeight[i] * (valueError[r][vf[i]] - valueError[r][vLo[i]]);
+        moves.push({ i, key: false, to: vLo[i], dBits, gain });
+      }
+    }
+    moves.sort((a, b) => b.gain / b.dBits - a.gain / a.dBits);
+    for (const m of moves) {
+      if (m.gain <= 0 || bits + m.dBits > budgetBits) continue;
+      bits += m.dBits;
+      if (m.key) kf[m.i] = m.to;
+      else vf[m.i] = m.to;
+    }
+  }
+  let result: BudgetAllocation = {
+    keyFormat: kf,
+    valueFormat: vf,
+    bitsPerElement: _bits(problem, kf, vf) / totalElements,
+    predictedError: predictError(problem, kf, vf),
+    method: "lagrangian",
+  };
+  // A uniform allocation is one feasible point; never return worse than the best that fits.
+  for (let a = 0; a < keyBits.length; a++) {
+    for (let b = 0; b < valueBits.length; b++) {
+      const ku = new Int16Array(n).fill(a), vu = new Int16Array(n).fill(b);
+      const bits = _bits(problem, ku, vu);
+      if (bits > budgetBits) continue;
+      const err = predictError(problem, ku, vu);
+      if (err < result.predictedError) {
+        result = {
+          keyFormat: ku,
+          valueFormat: vu,
+          bitsPerElement: bits / totalElements,
+          predictedError: err,
+          method: "uniform",
+        };
+      }
+    }
+  }
+  return result;
+}
+
+/**
+ * Predicted error Σ_i wK_i·keyError[row_i][k_i] + wV_i·valueError[row_i][v_i] of an allocation.
+ *
+ * @param problem the allocation problem
+ * @param keyFormat key format index per item
+ * @param valueFormat value format index per item
+ * @returns the predicted error
+ */
+export function predictError(
+  problem: BudgetProblem,
+  keyFormat: ArrayLike<number>,
+  valueFormat: ArrayLike<number>,
+): number {
+  let err = 0;
+  for (let i = 0; i < problem.keyWeight.length; i++) {
+    const r = problem.row[i];
+    err += problem.keyWeight[i] * problem.keyError[r][keyFormat[i]] +
+      problem.valueWeight[i] * problem.valueError[r][valueFormat[i]];
+  }
+  return err;
+}
+
+function _bits(p: BudgetProblem, kf: ArrayLike<number>, vf: ArrayLike<number>): number {
+  let bits = p.fixedBits;
+  for (let i = 0; i < kf.length; i++) {
+    bits += p.elements[i] * (p.keyBits[kf[i]] + p.valueBits[vf[i]]);
+  }
+  return bits;
+}
+
+function _best(w: number, err: Float64Array, bits: Float64Array, lambdaE: number): number {
+  let best = 0, bestCost = Infinity;
+  for (let f = 0; f < bits.length; f++) {
+    const cost = w * err[f] + lambdaE * bits[f];
+    // Ties go to the cheaper format, so λ → ∞ picks the cheapest.
+    if (cost < bestCost || (cost === bestCost && bits[f] < bits[best])) {
+      best = f;
+      bestCost = cost;
+    }
+  }
+  return best;
+}
+
+function _argmin(x: Float64Array): number {
+  let b = 0;
+  for (let i = 1; i < x.length; i++) if (x[i] < x[b]) b = i;
+  return b;
+}

@@ -1,0 +1,165 @@
+import assert from "node:assert/strict";
+import {
+  allocateBudget,
+  type BudgetProblem,
+  type MapperFormat,
+  precisionBits,
+  predictError,
+  requiredBits,
+  selectFormat,
+} from "../../core/mapper.ts";
+import { BudgetError, FormatError, InvalidValueError } from "../../core/errors.ts";
+import { makeRng } from "./_rng.ts";
+
+const int = (b: number, g: number): MapperFormat => ({
+  name: `int${b}-g${g}-token`,
+  kind: "int",
+  bits: b,
+  bitsPerElement: b + 32 / g,
+});
+const FORMATS: MapperFormat[] = [
+  int(2, 8),
+  int(3, 8),
+  int(4, 8),
+  int(5, 8),
+  int(6, 8),
+  int(8, 8),
+  int(4, 32),
+  int(2, 32),
+  int(3, 32),
+  { name: "fp8e4m3", kind: "fp8e4m3", bits: 8, bitsPerElement: 8 },
+  { name: "fp16", kind: "fp16", bits: 16, bitsPerElement: 16 },
+  { name: "fp32", kind: "fp32", bits: 32, bitsPerElement: 32 },
+];
+
+Deno.test("precisionBits() follows each format's relative error", () => {
+  const table: [MapperFormat, number][] = [
+    [int(4, 8), Math.log2(15)],
+    [int(8, 8), Math.log2(255)],
+    [FORMATS[10], 10],
+    [FORMATS[11], 23],
+    [FORMATS[9], 3],
+  ];
+  for (const [f, p] of table) assert.equal(precisionBits(f), p, f.name);
+  assert.throws(
+    () => precisionBits({ name: "x", kind: "mystery", bits: 4, bitsPerElement: 4 }),
+    FormatError,
+  );
+});
+
+Deno.test("selectFormat() is monotone: more curvature or smaller ε never gives fewer bits", () => {
+  const rng = makeRng(42);
+  for (let trial = 0; trial < 2000; trial++) {
+    const kappa = 10 ** (-8 + 8 * rng());
+    const eps = 10 ** (-6 + 5 * rng());
+    const diameter = 0.1 + 10 * rng();
+    const base = selectFormat(requiredBits(kappa, { epsilon: eps, diameter }), FORMATS);
+    const moreK = selectFormat(
+      requiredBits(kappa * (1 + 10 * rng()), { epsilon: eps, diameter }),
+      FORMATS,
+    );
+    const lessE = selectFormat(requiredBits(kappa, { epsilon: eps * rng(), diameter }), FORMATS);
+    assert.ok(moreK.format.bitsPerElement >= base.format.bitsPerElement, `κ trial ${trial}`);
+    assert.ok(lessE.format.bitsPerElement >= base.format.bitsPerElement, `ε trial ${trial}`);
+    if (base.meets) {
+      assert.ok(precisionBits(base.format) >= requiredBits(kappa, { epsilon: eps, diameter }));
+    }
+  }
+  // The cheapest format meeting the rule, and the most precise when none does.
+  assert.equal(selectFormat(-5, FORMATS).format.name, "int2-g32-token");
+  assert.equal(selectFormat(1.55, FORMATS).format.name, "int2-g32-token");
+  assert.equal(selectFormat(1.6, FORMATS).format.name, "int3-g32-token");
+  assert.equal(selectFormat(3.5, FORMATS).format.name, "int4-g32-token");
+  assert.equal(selectFormat(3.95, FORMATS).format.name, "int5-g8-token");
+  const none = selectFormat(40, FORMATS);
+  assert.equal(none.format.name, "fp32");
+  assert.equal(none.meets, false);
+});
+
+Deno.test("requiredBits() rejects ε ≤ 0, NaN curvature and bad diameters with typed errors", () => {
+  const table: [number, number, number][] = [
+    [1, 0, 1],
+    [1, -1e-3, 1],
+    [NaN, 1e-3, 1],
+    [-1, 1e-3, 1],
+    [1, 1e-3, 0],
+    [1, 1e-3, Infinity],
+  ];
+  for (const [k, e, d] of table) {
+    assert.throws(
+      () => requiredBits(k, { epsilon: e, diameter: d }),
+      InvalidValueError,
+      `${k} ${e} ${d}`,
+    );
+  }
+  assert.throws(() => selectFormat(1, []), FormatError);
+});
+
+function randomProblem(seed: number, n: number, rows: number): BudgetProblem {
+  const rng = makeRng(seed);
+  const keyBits = Float64Array.from(FORMATS, (f) => f.bitsPerElement);
+  const table = () =>
+    Array.from({ length: rows }, () => {
+      const scale = 0.1 + rng();
+      return Float64Array.from(FORMATS, (f) => scale * 2 ** -precisionBits(f));
+    });
+  const keyWeight = new Float64Array(n), valueWeight = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    // Heavy-tailed weights, as attention is.
+    keyWeight[i] = Math.exp(6 * rng() - 3) ** 2;
+    valueWeight[i] = Math.exp(6 * rng() - 3);
+  }
+  return {
+    keyWeight,
+    valueWeight,
+    row: Int32Array.from({ length: n }, () => Math.floor(rng() * rows)),
+    elements: new Float64Array(n).fill(8),
+    keyError: table(),
+    valueError: table(),
+    keyBits,
+    valueBits: keyBits,
+    fixedBits: 16 * 8 * 2 * 10,
+    fixedElements: 8 * 2 * 10,
+  };
+}
+
+Deno.test("allocateBudget() never exceeds the budget and beats or equals every uniform allocation", () => {
+  const budgets = [3.3, 3.7, 4, 4.5, 5, 6.5, 8, 12];
+  for (let seed = 1; seed <= 6; seed++) {
+    const p = randomProblem(seed, 500, 4);
+    const total = p.fixedElements + 2 * 8 * 500;
+    for (const budget of budgets) {
+      const a = allocateBudget(p, budget);
+      assert.ok(
+        a.bitsPerElement <= budget + 1e-12,
+        `seed ${seed} budget ${budget}: ${a.bitsPerElement}`,
+      );
+      assert.ok(Math.abs(a.predictedError - predictError(p, a.keyFormat, a.valueFormat)) < 1e-9);
+      for (let f = 0; f < FORMATS.length; f++) {
+        for (let g = 0; g < FORMATS.length; g++) {
+          const bits = (p.fixedBits + 8 * 500 * (p.keyBits[f] + p.valueBits[g])) / total;
+          if (bits > budget) continue;
+          const err = predictError(p, new Int16Array(500).fill(f), new Int16Array(500).fill(g));
+          assert.ok(a.predictedError <= err + 1e-12, `seed ${seed} budget ${budget} vs ${f}/${g}`);
+        }
+      }
+    }
+    // More budget never predicts more error.
+    let last = Infinity;
+    for (const budget of budgets) {
+      const err = allocateBudget(p, budget).predictedError;
+      assert.ok(err <= last * (1 + 1e-12), `seed ${seed}: budget ${budget} error ${err} > ${last}`);
+      last = err;
+    }
+  }
+});
+
+Deno.test("allocateBudget() rejects budgets below the cheapest format and non-positive budgets", () => {
+  const p = randomProblem(9, 50, 2);
+  for (const bad of [0, -1, NaN]) assert.throws(() => allocateBudget(p, bad), InvalidValueError);
+  // Cheapest: int2-g32 = 3 bits; with the fixed fp16 storage the floor is above 3.
+  assert.throws(() => allocateBudget(p, 2.5), BudgetError);
+  assert.throws(() => allocateBudget(p, 3.0), BudgetError);
+  const floor = (p.fixedBits + 50 * 8 * 6) / (p.fixedElements + 50 * 16);
+  assert.ok(allocateBudget(p, floor).bitsPerElement <= floor);
+});
