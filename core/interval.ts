@@ -15,24 +15,20 @@
  * @module
  */
 
-const _f64 = new Float64Array(1);
-const _i64 = new BigInt64Array(_f64.buffer);
-
 /**
- * The smallest float64 greater than x (x itself for +Infinity and NaN).
+ * A float64 strictly above x and at most two ulps above it (x itself for ±Infinity and NaN).
+ * Computed as x + (|x|·2⁻⁵² + 2⁻¹⁰⁷⁴): the exact sum is ≥ x + ulp(x), which is representable, so
+ * round-to-nearest cannot land below it; cheaper than stepping the bit pattern.
  * @param x a float64
- * @returns the next representable value towards +Infinity
+ * @returns a value above x
  */
 export function nextUp(x: number): number {
-  if (x !== x || x === Infinity) return x;
-  if (x === 0) return Number.MIN_VALUE;
-  _f64[0] = x;
-  _i64[0] += x > 0 ? 1n : -1n;
-  return _f64[0];
+  if (x !== x || x === Infinity || x === -Infinity) return x;
+  return x + (Math.abs(x) * 2.220446049250313e-16 + Number.MIN_VALUE);
 }
 
 /**
- * The largest float64 smaller than x (x itself for -Infinity and NaN).
+ * A float64 strictly below x and at most two ulps below it.
  * @param x a float64
  * @returns the next representable value towards -Infinity
  */

@@ -1,0 +1,748 @@
+/**
+ * Turns a calibration into a {@linkcode PrecisionPlan} the cache can apply online. At inference a
+ * token's future attention is unknown; what the cache observes is the attention the token gathers
+ * while it sits in the full-precision recent window. The plan keeps sinks and the window at
+ * `windowFormat`, and when a token leaves the window of (layer, KV head) it gets the first tier whose
+ * `minScore` ≤ its observed score (Σ over the queries it saw in the window of the mean over the
+ * group's query heads of α).
+ *
+ * {@linkcode buildPrecisionPlan} first assigns formats to every calibration position with full
+ * knowledge (the oracle: the precision rule, or the budget allocation of mapper.ts), then fits the
+ * tiers by count matching: per head, positions sorted by observed score take the oracle's formats
+ * in order of bits, so on the calibration data the plan spends the oracle's bits. It reports the
+ * oracle's and the plan's bits and predicted error, and the rank correlation (Spearman) between
+ * the observed score and the calibration curvature and sensitivity.
+ *
+ * Predicted error (first order, mean over every layer, query head and query): Σ_t
+ * r_t·√d·(A^K_t·eK + A^V_t·eV) / queries, with A^K_t = Σ_j α‖v_t − o_j‖‖q_j‖/√d, A^V_t = Σ_j α,
+ * eK, eV the per-element errors of the formats (D·2^−p/2 for effective precision p, D the head's
+ * range, unless an error model is given) and r_t the optional recency factor
+ * 1 + exp(−(T − t − 1)/(T/4)).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { tierFor, type PrecisionPlan } from "./plan.ts";
+ * const plan: PrecisionPlan = {
+ *   version: 1, sinkTokens: 4, recentWindow: 32, windowFormat: "fp16",
+ *   layers: [{ heads: [{ tiers: [
+ *     { minScore: 0.5, keyFormat: "int8-g8-token", valueFormat: "int8-g8-token" },
+ *     { minScore: 0, keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" },
+ *   ] }] }],
+ * };
+ * if (tierFor(plan, 0, 0, 0.7).keyFormat !== "int8-g8-token") throw new Error("high score, high bits");
+ * ```
+ * @module
+ */
+
+import type { Analysis, HeadCalibration } from "./analyzer.ts";
+import {
+  BudgetError,
+  CorruptDataError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+} from "./errors.ts";
+import {
+  allocateBudget,
+  type BudgetProblem,
+  type MapperFormat,
+  precisionBits,
+  predictError,
+  requiredBits,
+  selectFormat,
+} from "./mapper.ts";
+
+/** One tier of a head's plan: tokens whose observed score ≥ minScore get these formats. */
+export interface PrecisionTier {
+  /** Lowest observed score of the tier (the last tier has 0). */
+  minScore: number;
+  /** Key format name. */
+  keyFormat: string;
+  /** Value format name. */
+  valueFormat: string;
+}
+
+/** A serialisable precision plan, applied online by the cache. */
+export interface PrecisionPlan {
+  /** Layout version. */
+  version: 1;
+  /** The first sinkTokens positions stay at windowFormat forever. */
+  sinkTokens: number;
+  /** Positions held at windowFormat before a tier is chosen. */
+  recentWindow: number;
+  /** Storage of sinks and the window. */
+  windowFormat: "fp16" | "fp32";
+  /** Per layer, per KV head: tiers sorted by minScore descending. */
+  layers: { heads: { tiers: PrecisionTier[] }[] }[];
+  /** How the plan was made (informational). */
+  meta?: Record<string, unknown>;
+}
+
+/** Per-element error of a format for one (layer, head), keys or values. */
+export type ErrorModel = (
+  layer: number,
+  head: number,
+  kind: "key" | "value",
+  format: MapperFormat,
+) => number;
+
+/** Options of {@linkcode buildPrecisionPlan}. */
+export interface PlanOptions {
+  /** "rule": the precision rule at `epsilon`; "budget": average `bitsPerElement`. */
+  mode: "rule" | "budget";
+  /** Target error ε of the rule. */
+  epsilon?: number;
+  /** Constant c of the rule (default 4). */
+  c?: number;
+  /** Budget in average bits per element, window and sinks counted. */
+  bitsPerElement?: number;
+  /** Candidate key formats. */
+  keyFormats: readonly MapperFormat[];
+  /** Candidate value formats. */
+  valueFormats: readonly MapperFormat[];
+  /** Sink tokens (default 4; 0 for the no-sinks ablation). */
+  sinkTokens?: number;
+  /** Recent window (default 32; 0 for the no-window ablation). Must be one of analysis.windows. */
+  recentWindow?: number;
+  /** Storage of sinks and window (default "fp16"). */
+  windowFormat?: "fp16" | "fp32";
+  /** Multiply sensitivities by the recency factor (default true). */
+  recency?: boolean;
+  /** "curvature" (default) or "attention" (the ablation: attention alone as sensitivity). */
+  sensitivity?: "curvature" | "attention";
+  /** Rule mode: κ over queries as "max" (default) or "mean". */
+  aggregate?: "max" | "mean";
+  /** Separate tiers per KV head (default true) or one set per layer. */
+  perHead?: boolean;
+  /** Per-element format errors (default: range·2^−p/2). */
+  errorModel?: ErrorModel;
+}
+
+/** Figures of one assignment on the calibration data. */
+export interface AssignmentFigures {
+  /** Average bits per element, sinks and window counted. */
+  bitsPerElement: number;
+  /** Predicted mean output error per (layer, query head, query), first order. */
+  predictedError: number;
+}
+
+/** Formats of every calibration position: indices into `keyFormats` / `valueFormats`. */
+export interface Assignment {
+  /** Key format names; index −1 in the arrays means windowFormat. */
+  keyFormats: string[];
+  /** Value format names. */
+  valueFormats: string[];
+  /** Storage of sinks and window. */
+  windowFormat: "fp16" | "fp32";
+  /** Per sequence, [layer][kvHead]: format index per position (−1: window format). */
+  sequences: { key: Int16Array; value: Int16Array }[][][];
+}
+
+/** What {@linkcode buildPrecisionPlan} reports besides the plan. */
+export interface PlanReport {
+  /** The oracle assignment (full knowledge of the calibration). */
+  oracle: AssignmentFigures;
+  /** The plan applied to the calibration data through observed scores. */
+  plan: AssignmentFigures;
+  /** Positions decided by the plan (neither sink nor in the final window). */
+  decidedPositions: number;
+  /** Spearman correlation of the observed score with the curvature, mean over heads. */
+  scoreVsCurvature: number;
+  /** Spearman correlation of the observed score with the sensitivity A^K + A^V, mean over heads. */
+  scoreVsSensitivity: number;
+  /** Per (layer, head) correlations. */
+  perHead: { layer: number; head: number; scoreVsCurvature: number; scoreVsSensitivity: number }[];
+  /** Rule mode: decided positions where the plan gives less precision than the rule requires. */
+  ruleShortfalls?: number;
+  /** The oracle assignment. */
+  oracleAssignment: Assignment;
+  /** The plan's assignment on the calibration data. */
+  planAssignment: Assignment;
+}
+
+interface _Item {
+  seq: number;
+  layer: number;
+  head: number;
+  t: number;
+  score: number;
+  kappa: number;
+  wK: number;
+  wV: number;
+}
+
+const _WINDOW_BITS = { fp16: 16, fp32: 32 } as const;
+
+/**
+ * Builds a precision plan from a calibration (see the module doc).
+ *
+ * @param analysis the calibration
+ * @param options mode (rule or budget), candidate formats, window, sinks and ablation switches
+ * @returns the plan and its report
+ * @throws InvalidValueError for ε ≤ 0 or a bad budget; BudgetError for a budget below the cheapest
+ *   formats; FormatError for empty candidate lists; ShapeError for a window without scores
+ */
+export function buildPrecisionPlan(
+  analysis: Analysis,
+  options: PlanOptions,
+): { plan: PrecisionPlan; report: PlanReport } {
+  const o = _resolve(analysis, options);
+  const { nLayers, nKvHeads, headDim: d } = analysis.shape;
+  const items = _items(analysis, o);
+  const kF = o.keyFormats, vF = o.valueFormats;
+  const rows = nLayers * nKvHeads;
+  const errTable = (kind: "key" | "value", formats: readonly MapperFormat[]) =>
+    Array.from(
+      { length: rows },
+      (_, r) =>
+        Float64Array.from(formats, (f) =>
+          o.errorModel(Math.floor(r / nKvHeads), r % nKvHeads, kind, f)),
+    );
+  const keyError = errTable("key", kF), valueError = errTable("value", vF);
+  const keyBits = Float64Array.from(kF, (f) => f.bitsPerElement);
+  const valueBits = Float64Array.from(vF, (f) => f.bitsPerElement);
+  const wBits = _WINDOW_BITS[o.windowFormat];
+  const fixed = _fixedStorage(analysis, o, wBits);
+  const problem: BudgetProblem = {
+    keyWeight: Float64Array.from(items, (it) => it.wK),
+    valueWeight: Float64Array.from(items, (it) => it.wV),
+    row: Int32Array.from(items, (it) => it.layer * nKvHeads + it.head),
+    elements: new Float64Array(items.length).fill(d),
+    keyError,
+    valueError,
+    keyBits,
+    valueBits,
+    fixedBits: fixed.bits,
+    fixedElements: fixed.elements,
+  };
+  const totalElements = fixed.elements + 2 * d * items.length;
+  const figures = (kf: ArrayLike<number>, vf: ArrayLike<number>): AssignmentFigures => {
+    let bits = fixed.bits;
+    for (let i = 0; i < items.length; i++) bits += d * (keyBits[kf[i]] + valueBits[vf[i]]);
+    return {
+      bitsPerElement: bits / totalElements,
+      predictedError: predictError(problem, kf, vf) + fixed.error,
+    };
+  };
+
+  // 1. The oracle.
+  let oracleK: Int16Array, oracleV: Int16Array;
+  const required = new Float64Array(items.length);
+  if (o.mode === "rule") {
+    oracleK = new Int16Array(items.length);
+    oracleV = new Int16Array(items.length);
+    for (let i = 0; i < items.length; i++) {
+      const it = items[i];
+      required[i] = requiredBits(it.kappa, {
+        epsilon: o.epsilon,
+        diameter: o.diameter[it.layer][it.head],
+        c: o.c,
+      });
+      oracleK[i] = kF.indexOf(selectFormat(required[i], kF).format);
+      oracleV[i] = vF.indexOf(selectFormat(required[i], vF).format);
+    }
+  } else {
+    const a = allocateBudget(problem, o.bitsPerElement);
+    oracleK = a.keyFormat;
+    oracleV = a.valueFormat;
+  }
+
+  // 2. Tiers by count matching on the observed score, per head (or per layer).
+  const groups = new Map<number, number[]>();
+  items.forEach((it, i) => {
+    const key = o.perHead ? it.layer * nKvHeads + it.head : it.layer;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key)!.push(i);
+  });
+  const layers: PrecisionPlan["layers"] = [];
+  for (let l = 0; l < nLayers; l++) {
+    const heads: { tiers: PrecisionTier[] }[] = [];
+    for (let h = 0; h < nKvHeads; h++) {
+      const members = groups.get(o.perHead ? l * nKvHeads + h : l) ?? [];
+      heads.push({
+        tiers: _fitTiers(members, items, oracleK, oracleV, kF, vF, keyBits, valueBits, o, problem),
+      });
+    }
+    layers.push({ heads });
+  }
+  const plan: PrecisionPlan = {
+    version: 1,
+    sinkTokens: o.sinkTokens,
+    recentWindow: o.recentWindow,
+    windowFormat: o.windowFormat,
+    layers,
+    meta: {
+      mode: o.mode,
+      epsilon: o.mode === "rule" ? o.epsilon : undefined,
+      bitsPerElement: o.mode === "budget" ? o.bitsPerElement : undefined,
+      recency: o.recency,
+      sensitivity: o.sensitivity,
+      calibrationSequences: analysis.sequences.length,
+    },
+  };
+
+  // 3. The plan on the calibration data.
+  const planK = new Int16Array(items.length), planV = new Int16Array(items.length);
+  let shortfalls = 0;
+  for (let i = 0; i < items.length; i++) {
+    const tier = tierFor(plan, items[i].layer, items[i].head, items[i].score);
+    planK[i] = kF.findIndex((f) => f.name === tier.keyFormat);
+    planV[i] = vF.findIndex((f) => f.name === tier.valueFormat);
+    if (
+      o.mode === "rule" &&
+      Math.min(precisionBits(kF[planK[i]]), precisionBits(vF[planV[i]])) < required[i] &&
+      Math.min(precisionBits(kF[oracleK[i]]), precisionBits(vF[oracleV[i]])) >= required[i]
+    ) shortfalls++;
+  }
+  if (o.mode === "budget") {
+    _trimToBudget(items, planK, planV, problem, o.bitsPerElement, totalElements);
+  }
+
+  const corr = _correlations(items, analysis);
+  const report: PlanReport = {
+    oracle: figures(oracleK, oracleV),
+    plan: figures(planK, planV),
+    decidedPositions: items.length,
+    scoreVsCurvature: corr.curvature,
+    scoreVsSensitivity: corr.sensitivity,
+    perHead: corr.perHead,
+    ruleShortfalls: o.mode === "rule" ? shortfalls : undefined,
+    oracleAssignment: _assignment(analysis, items, oracleK, oracleV, o),
+    planAssignment: _assignment(analysis, items, planK, planV, o),
+  };
+  return { plan, report };
+}
+
+/**
+ * The tier a token gets when it leaves the window: the first whose minScore ≤ score.
+ *
+ * @param plan the plan
+ * @param layer layer index
+ * @param head KV head index
+ * @param score the attention the token gathered while in the window
+ * @returns the tier
+ * @throws ShapeError for a layer or head outside the plan
+ */
+export function tierFor(
+  plan: PrecisionPlan,
+  layer: number,
+  head: number,
+  score: number,
+): PrecisionTier {
+  const heads = plan.layers[layer]?.heads;
+  const tiers = heads?.[head]?.tiers;
+  if (!tiers) throw new ShapeError(`plan has no layer ${layer} head ${head}`);
+  for (const tier of tiers) if (tier.minScore <= score) return tier;
+  return tiers[tiers.length - 1];
+}
+
+/**
+ * Checks parsed JSON against the PrecisionPlan shape: version 1, non-negative integers for sinks
+ * and window, a window format, and per head a non-empty tier list sorted by minScore descending
+ * ending at 0, with format names accepted by `isFormat`.
+ *
+ * @param value parsed JSON
+ * @param isFormat accepts known format names (default: any non-empty string)
+ * @returns the value, typed
+ * @throws CorruptDataError naming the first offending field; FormatError for an unknown format
+ */
+export function validatePrecisionPlan(
+  value: unknown,
+  isFormat: (name: string) => boolean = (n) => n.length > 0,
+): PrecisionPlan {
+  const p = value as PrecisionPlan;
+  const bad = (what: string) => new CorruptDataError(`precision plan: ${what}`);
+  if (typeof p !== "object" || p === null) throw bad("not an object");
+  if (p.version !== 1) throw bad(`version is ${p.version}, expected 1`);
+  for (const key of ["sinkTokens", "recentWindow"] as const) {
+    if (!Number.isInteger(p[key]) || p[key] < 0) throw bad(`${key} is ${p[key]}`);
+  }
+  if (p.windowFormat !== "fp16" && p.windowFormat !== "fp32") {
+    throw bad(`windowFormat is ${p.windowFormat}`);
+  }
+  if (!Array.isArray(p.layers) || p.layers.length === 0) throw bad("no layers");
+  p.layers.forEach((layer, l) => {
+    if (!Array.isArray(layer?.heads) || layer.heads.length === 0) {
+      throw bad(`layer ${l} has no heads`);
+    }
+    layer.heads.forEach((head, h) => {
+      const tiers = head?.tiers;
+      if (!Array.isArray(tiers) || tiers.length === 0) {
+        throw bad(`layer ${l} head ${h} has no tiers`);
+      }
+      let last = Infinity;
+      tiers.forEach((tier, i) => {
+        if (!(tier.minScore >= 0) || !(tier.minScore <= last)) {
+          throw bad(`layer ${l} head ${h} tier ${i} minScore ${tier.minScore} not in [0, ${last}]`);
+        }
+        last = tier.minScore;
+        for (const name of [tier.keyFormat, tier.valueFormat]) {
+          if (typeof name !== "string" || !isFormat(name)) {
+            throw new FormatError(`layer ${l} head ${h} tier ${i}: unknown format ${name}`);
+          }
+        }
+      });
+      if (last !== 0) throw bad(`layer ${l} head ${h}: last tier minScore ${last}, expected 0`);
+    });
+  });
+  return p;
+}
+
+/**
+ * Spearman rank correlation of two equally long samples (average ranks for ties).
+ *
+ * @param x first sample
+ * @param y second sample
+ * @returns ρ in [−1, 1] (0 when either sample is constant or has < 2 points)
+ */
+export function spearman(x: ArrayLike<number>, y: ArrayLike<number>): number {
+  const n = x.length;
+  if (n !== y.length) throw new ShapeError(`samples of ${n} and ${y.length} points`);
+  if (n < 2) return 0;
+  const rx = _ranks(x), ry = _ranks(y);
+  let mx = 0, my = 0;
+  for (let i = 0; i < n; i++) mx += rx[i], my += ry[i];
+  mx /= n, my /= n;
+  let sxy = 0, sxx = 0, syy = 0;
+  for (let i = 0; i < n; i++) {
+    const a = rx[i] - mx, b = ry[i] - my;
+    sxy += a * b, sxx += a * a, syy += b * b;
+  }
+  return sxx === 0 || syy === 0 ? 0 : sxy / Math.sqrt(sxx * syy);
+}
+
+function _ranks(x: ArrayLike<number>): Float64Array {
+  const idx = Array.from({ length: x.length }, (_, i) => i).sort((a, b) => x[a] - x[b]);
+  const r = new Float64Array(x.length);
+  for (let i = 0; i < idx.length;) {
+    let j = i;
+    while (j + 1 < idx.length && x[idx[j + 1]] === x[idx[i]]) j++;
+    for (let k = i; k <= j; k++) r[idx[k]] = (i + j) / 2;
+    i = j + 1;
+  }
+  return r;
+}
+
+type _Resolved = Required<Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c">> & {
+  epsilon: number;
+  bitsPerElement: number;
+  c: number;
+  diameter: number[][];
+};
+
+function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
+  const { nLayers, nKvHeads } = analysis.shape;
+  if (options.keyFormats.length === 0 || options.valueFormats.length === 0) {
+    throw new FormatError("no candidate key or value formats");
+  }
+  const recentWindow = options.recentWindow ?? 32;
+  if (recentWindow > 0 && !analysis.windows.includes(recentWindow)) {
+    throw new ShapeError(
+      `window ${recentWindow} has no scores; analysis windows: ${analysis.windows}`,
+    );
+  }
+  const sinkTokens = options.sinkTokens ?? 4;
+  if (!Number.isInteger(sinkTokens) || sinkTokens < 0) {
+    throw new ShapeError(`sinkTokens ${sinkTokens}`);
+  }
+  if (options.mode === "rule") {
+    const e = options.epsilon;
+    if (e === undefined || !(e > 0) || !Number.isFinite(e)) {
+      throw new InvalidValueError(`target error ε is ${e}, expected a finite number > 0`);
+    }
+  } else if (options.mode === "budget") {
+    const b = options.bitsPerElement;
+    if (b === undefined || !(b > 0) || !Number.isFinite(b)) {
+      throw new InvalidValueError(`budget is ${b} bits per element, expected a finite number > 0`);
+    }
+  } else {
+    throw new InvalidValueError(
+      `mode ${(options as PlanOptions).mode}, expected "rule" or "budget"`,
+    );
+  }
+  // Per-head ranges over every calibration sequence.
+  const range = (kind: "key" | "value", l: number, h: number) => {
+    let lo = Infinity, hi = -Infinity;
+    for (const s of analysis.sequences) {
+      const c = s.heads[l][h];
+      const [a, b] = kind === "key" ? c.keyRange : c.valueRange;
+      lo = Math.min(lo, a), hi = Math.max(hi, b);
+    }
+    return Math.max(hi - lo, Math.max(-lo, hi), Number.MIN_VALUE);
+  };
+  const ranges = Array.from(
+    { length: nLayers },
+    (_, l) =>
+      Array.from(
+        { length: nKvHeads },
+        (_, h) => ({ key: range("key", l, h), value: range("value", l, h) }),
+      ),
+  );
+  const errorModel: ErrorModel = options.errorModel ??
+    ((l, h, kind, f) => ranges[l][h][kind] * 2 ** -precisionBits(f) / 2);
+  return {
+    mode: options.mode,
+    epsilon: options.epsilon ?? 0,
+    c: options.c ?? 4,
+    bitsPerElement: options.bitsPerElement ?? 0,
+    keyFormats: options.keyFormats,
+    valueFormats: options.valueFormats,
+    sinkTokens,
+    recentWindow,
+    windowFormat: options.windowFormat ?? "fp16",
+    recency: options.recency ?? true,
+    sensitivity: options.sensitivity ?? "curvature",
+    aggregate: options.aggregate ?? "max",
+    perHead: options.perHead ?? true,
+    errorModel,
+    diameter: ranges.map((row) => row.map((r) => Math.max(r.key, r.value))),
+  };
+}
+
+function _recency(o: _Resolved, t: number, n: number): number {
+  return o.recency ? 1 + Math.exp(-(n - t - 1) / (n / 4)) : 1;
+}
+
+function _queries(analysis: Analysis): number {
+  let q = 0;
+  for (const s of analysis.sequences) {
+    for (const row of s.heads) for (const c of row) q += c.queryCount;
+  }
+  return q;
+}
+
+function _weights(c: HeadCalibration, t: number, o: _Resolved, d: number, q: number) {
+  const r = _recency(o, t, c.length) * Math.sqrt(d) / q;
+  if (o.sensitivity === "attention") {
+    return { wK: r * c.attentionSum[t], wV: r * c.attentionSum[t] };
+  }
+  return { wK: r * c.keyGradSum[t], wV: r * c.attentionSum[t] };
+}
+
+function _items(analysis: Analysis, o: _Resolved): _Item[] {
+  const { headDim: d } = analysis.shape;
+  const q = _queries(analysis);
+  const items: _Item[] = [];
+  analysis.sequences.forEach((s, si) => {
+    s.heads.forEach((row, l) =>
+      row.forEach((c, h) => {
+        const scores = o.recentWindow > 0 ? c.windowScores[String(o.recentWindow)] : undefined;
+        for (let t = o.sinkTokens; t < c.length - o.recentWindow; t++) {
+          const count = c.group * (c.length - t);
+          const base = o.sensitivity === "attention"
+            ? (o.aggregate === "max" ? c.attentionMax[t] : c.attentionSum[t] / count)
+            : (o.aggregate === "max" ? c.curvatureMax[t] : c.curvatureSum[t] / count);
+          items.push({
+            seq: si,
+            layer: l,
+            head: h,
+            t,
+            score: scores ? scores[t] : 0,
+            kappa: base * _recency(o, t, c.length),
+            ..._weights(c, t, o, d, q),
+          });
+        }
+      })
+    );
+  });
+  return items;
+}
+
+function _fixedStorage(analysis: Analysis, o: _Resolved, wBits: number) {
+  const { headDim: d } = analysis.shape;
+  const q = _queries(analysis);
+  let elements = 0, error = 0;
+  for (const s of analysis.sequences) {
+    s.heads.forEach((row, l) =>
+      row.forEach((c, h) => {
+        const wf = {
+          name: o.windowFormat,
+          kind: o.windowFormat,
+          bits: wBits,
+          bitsPerElement: wBits,
+        };
+        const eK = o.errorModel(l, h, "key", wf), eV = o.errorModel(l, h, "value", wf);
+        for (let t = 0; t < c.length; t++) {
+          if (t >= o.sinkTokens && t < c.length - o.recentWindow) continue;
+          elements += 2 * d;
+          const w = _weights(c, t, o, d, q);
+          error += w.wK * eK + w.wV * eV;
+        }
+      })
+    );
+  }
+  return { bits: elements * wBits, elements, error };
+}
+
+function _fitTiers(
+  members: number[],
+  items: _Item[],
+  oK: Int16Array,
+  oV: Int16Array,
+  kF: readonly MapperFormat[],
+  vF: readonly MapperFormat[],
+  keyBits: Float64Array,
+  valueBits: Float64Array,
+  o: _Resolved,
+  problem: BudgetProblem,
+): PrecisionTier[] {
+  const tier = (k: number, v: number, minScore: number): PrecisionTier => ({
+    minScore,
+    keyFormat: kF[k].name,
+    valueFormat: vF[v].name,
+  });
+  if (members.length === 0) return [tier(_cheapest(keyBits), _cheapest(valueBits), 0)];
+  if (o.recentWindow === 0) {
+    // Nothing observable: one tier per head. Rule: the pair meeting every position's requirement
+    // (the most demanding one). Budget: the most common oracle pair, bits rounded down so the
+    // head spends no more than the oracle gave it.
+    if (o.mode === "rule") {
+      let kBest = 0, vBest = 0;
+      for (const i of members) {
+        if (
+          keyBits[oK[i]] > keyBits[kBest] || precisionBits(kF[oK[i]]) > precisionBits(kF[kBest])
+        ) kBest = oK[i];
+        if (
+          valueBits[oV[i]] > valueBits[vBest] || precisionBits(vF[oV[i]]) > precisionBits(vF[vBest])
+        ) vBest = oV[i];
+      }
+      return [tier(kBest, vBest, 0)];
+    }
+    let oracleBits = 0;
+    for (const i of members) oracleBits += keyBits[oK[i]] + valueBits[oV[i]];
+    let best: [number, number] = [_cheapest(keyBits), _cheapest(valueBits)];
+    let bestErr = Infinity;
+    for (let k = 0; k < kF.length; k++) {
+      for (let v = 0; v < vF.length; v++) {
+        if (members.length * (keyBits[k] + valueBits[v]) > oracleBits) continue;
+        let err = 0;
+        for (const i of members) {
+          const r = problem.row[i];
+          err += problem.keyWeight[i] * problem.keyError[r][k] +
+            problem.valueWeight[i] * problem.valueError[r][v];
+        }
+        if (err < bestErr) bestErr = err, best = [k, v];
+      }
+    }
+    return [tier(best[0], best[1], 0)];
+  }
+  // Count matching: order pairs by bits (then precision), positions by observed score.
+  const pairCount = new Map<number, number>();
+  const stride = vF.length;
+  for (const i of members) {
+    pairCount.set(oK[i] * stride + oV[i], (pairCount.get(oK[i] * stride + oV[i]) ?? 0) + 1);
+  }
+  const pairs = [...pairCount.keys()].sort((a, b) => {
+    const ka = Math.floor(a / stride),
+      va = a % stride,
+      kb = Math.floor(b / stride),
+      vb = b % stride;
+    const bits = (keyBits[kb] + valueBits[vb]) - (keyBits[ka] + valueBits[va]);
+    if (bits !== 0) return bits;
+    return (precisionBits(kF[kb]) + precisionBits(vF[vb])) -
+      (precisionBits(kF[ka]) + precisionBits(vF[va]));
+  });
+  const sorted = [...members].sort((a, b) => items[b].score - items[a].score);
+  const tiers: PrecisionTier[] = [];
+  let start = 0;
+  for (let p = 0; p < pairs.length; p++) {
+    const end = start + pairCount.get(pairs[p])!;
+    const k = Math.floor(pairs[p] / stride), v = pairs[p] % stride;
+    if (p === pairs.length - 1) {
+      tiers.push(tier(k, v, 0));
+      break;
+    }
+    const last = items[sorted[end - 1]].score, next = items[sorted[end]].score;
+    // Between the tier's lowest score and the next one; on a tie, rule mode rounds the tie up to
+    // this tier (precision first), budget mode leaves it to the next tier (bits first).
+    let minScore = last > next ? (last + next) / 2 : (o.mode === "rule" ? last : _above(last));
+    if (tiers.length > 0) minScore = Math.min(minScore, tiers[tiers.length - 1].minScore);
+    tiers.push(tier(k, v, Math.max(minScore, 0)));
+    start = end;
+  }
+  return tiers;
+}
+
+function _above(x: number): number {
+  return x + Math.max(Math.abs(x) * 2 ** -50, Number.MIN_VALUE);
+}
+
+function _cheapest(bits: Float64Array): number {
+  let b = 0;
+  for (let i = 1; i < bits.length; i++) if (bits[i] < bits[b]) b = i;
+  return b;
+}
+
+/** Demotes the lowest-score positions of the dearest tiers if ties pushed the plan over budget. */
+function _trimToBudget(
+  items: _Item[],
+  planK: Int16Array,
+  planV: Int16Array,
+  p: BudgetProblem,
+  budget: number,
+  totalElements: number,
+): void {
+  let bits = p.fixedBits;
+  for (let i = 0; i < items.length; i++) {
+    bits += p.elements[i] * (p.keyBits[planK[i]] + p.valueBits[planV[i]]);
+  }
+  if (bits <= budget * totalElements) return;
+  const k0 = _cheapest(p.keyBits), v0 = _cheapest(p.valueBits);
+  const order = Array.from({ length: items.length }, (_, i) => i).sort((a, b) =>
+    items[a].score - items[b].score
+  );
+  for (const i of order) {
+    if (bits <= budget * totalElements) return;
+    bits -= p.elements[i] *
+      (p.keyBits[planK[i]] - p.keyBits[k0] + p.valueBits[planV[i]] - p.valueBits[v0]);
+    planK[i] = k0, planV[i] = v0;
+  }
+  if (bits > budget * totalElements) throw new BudgetError(`plan cannot meet budget ${budget}`);
+}
+
+function _correlations(items: _Item[], analysis: Analysis) {
+  const { nLayers, nKvHeads } = analysis.shape;
+  const perHead: PlanReport["perHead"] = [];
+  let sc = 0, ss = 0, weight = 0;
+  for (let l = 0; l < nLayers; l++) {
+    for (let h = 0; h < nKvHeads; h++) {
+      const mine = items.filter((it) => it.layer === l && it.head === h);
+      const score = mine.map((it) => it.score);
+      const c = spearman(score, mine.map((it) => it.kappa));
+      const s = spearman(score, mine.map((it) => it.wK + it.wV));
+      perHead.push({ layer: l, head: h, scoreVsCurvature: c, scoreVsSensitivity: s });
+      sc += c * mine.length, ss += s * mine.length, weight += mine.length;
+    }
+  }
+  return { curvature: weight ? sc / weight : 0, sensitivity: weight ? ss / weight : 0, perHead };
+}
+
+function _assignment(
+  analysis: Analysis,
+  items: _Item[],
+  kf: Int16Array,
+  vf: Int16Array,
+  o: _Resolved,
+): Assignment {
+  const sequences = analysis.sequences.map((s) =>
+    s.heads.map((row) =>
+      row.map(() => ({
+        key: new Int16Array(s.length).fill(-1),
+        value: new Int16Array(s.length).fill(-1),
+      }))
+    )
+  );
+  items.forEach((it, i) => {
+    const cell = sequences[it.seq][it.layer][it.head];
+    cell.key[it.t] = kf[i];
+    cell.value[it.t] = vf[i];
+  });
+  return {
+    keyFormats: o.keyFormats.map((f) => f.name),
+    valueFormats: o.valueFormats.map((f) => f.name),
+    windowFormat: o.windowFormat,
+    sequences,
+  };
+}
