@@ -15,3 +15,4 @@
 
 export * from "./core/errors.ts";
 export * from "./core/model/kv_cache.ts";
+export * from "./codecs/mod.ts";
