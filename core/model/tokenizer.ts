@@ -28,7 +28,7 @@ export const BOS = 1;
 export const EOS = 2;
 
 /** Options of {@linkcode Tokenizer.encode}. */
-export interface EncodeOptions {
+export interface TokenizeOptions {
   /** Prepend BOS (default true). */
   bos?: boolean;
   /** Append EOS (default false). */
@@ -73,7 +73,7 @@ export class Tokenizer {
    * @param options BOS/EOS
    * @returns token ids
    */
-  encode(text: string, options: EncodeOptions = {}): number[] {
+  encode(text: string, options: TokenizeOptions = {}): number[] {
     const { bos = true, eos = false } = options;
     const tokens: number[] = [];
     if (bos) tokens.push(BOS);

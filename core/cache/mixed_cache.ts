@@ -1,0 +1,517 @@
+/**
+ * The mixed-precision paged KV cache. Per layer and KV head: sink tokens and a recent window in the
+ * window format; a token leaving the window goes to the page pool of the format pair its policy
+ * chooses from the attention it received while in the window. Attention runs over every segment
+ * and merges partial softmax results, so token order does not matter (keys carry RoPE).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { MixedPrecisionKVCache } from "./mixed_cache.ts";
+ * import { uniformPolicy } from "./policy.ts";
+ * const cache = new MixedPrecisionKVCache(
+ *   { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8, maxSeqLen: 64 },
+ *   uniformPolicy({ keyFormat: "int8-g8-token", valueFormat: "int8-g8-token", recentWindow: 4 }),
+ * );
+ * const x = new Float32Array(8).map((_, i) => i / 8);
+ * for (let p = 0; p < 10; p++) cache.append(0, p, x, x);
+ * const out = new Float32Array(8);
+ * cache.attend(0, x, out);
+ * if (Math.abs(out[7] - 7 / 8) > 0.01) throw new Error("identical values attend to themselves");
+ * ```
+ * @module
+ */
+
+import { type Codec, tsCodec } from "../../codecs/mod.ts";
+import { InvalidValueError } from "../errors.ts";
+import {
+  type CacheMemory,
+  checkAppend,
+  checkAttend,
+  checkCacheShape,
+  type KVCache,
+  type KVCacheShape,
+} from "../model/kv_cache.ts";
+import { checkPageFormat, Page } from "./page.ts";
+import { Partial } from "./partial.ts";
+import type { CachePolicy, FormatPair } from "./policy.ts";
+
+/** Largest magnitude the cache accepts: every stored format's scale and minimum are fp16. */
+export const MAX_CACHE_VALUE = 65504;
+
+/**
+ * Tokens of one format pair for one KV head: pages, and a staging area in the window format where
+ * tokens wait until a whole channel group can be encoded.
+ */
+export class PagePool {
+  /** The pool's formats. */
+  readonly pair: FormatPair;
+  /** Pages in fill order; only the last may be partly full. */
+  readonly pages: Page[] = [];
+  /** Staged keys, encoded in the window format, token-major. */
+  readonly stagedK: Uint32Array;
+  /** Staged values. */
+  readonly stagedV: Uint32Array;
+  /** Staged token count. */
+  staged = 0;
+  /** Tokens a page write takes at once. */
+  readonly quantum: number;
+  readonly #keyCodec: Codec;
+  readonly #valueCodec: Codec;
+  readonly #stagingCodec: Codec;
+  readonly #pageTokens: number;
+  readonly #d: number;
+
+  /**
+   * Creates an empty pool.
+   * @param pair formats
+   * @param codecFor codec lookup by format name
+   * @param stagingFormat format of the staging area (the cache's window format)
+   * @param pageTokens tokens per page
+   * @param headDim elements per token
+   */
+  constructor(
+    pair: FormatPair,
+    codecFor: (format: string) => Codec,
+    stagingFormat: string,
+    pageTokens: number,
+    headDim: number,
+  ) {
+    this.pair = pair;
+    this.#keyCodec = codecFor(pair.keyFormat);
+    this.#valueCodec = codecFor(pair.valueFormat);
+    this.#stagingCodec = codecFor(stagingFormat);
+    this.#pageTokens = pageTokens;
+    this.#d = headDim;
+    const q = (c: Codec) => (c.spec.axis === "channel" ? c.spec.group : 1);
+    this.quantum = Math.max(q(this.#keyCodec), q(this.#valueCodec));
+    const words = this.quantum > 1 ? this.quantum * this.#stagingCodec.wordsFor(headDim) : 0;
+    this.stagedK = new Uint32Array(words);
+    this.stagedV = new Uint32Array(words);
+  }
+
+  /** Tokens held, staged included. */
+  get length(): number {
+    return this.pages.reduce((a, p) => a + p.n, 0) + this.staged;
+  }
+
+  /** Bytes held: pages (with page-table entries) and the staging buffers. */
+  get bytes(): number {
+    return this.pages.reduce((a, p) => a + p.bytes, 0) + this.stagedK.byteLength +
+      this.stagedV.byteLength;
+  }
+
+  /**
+   * Adds one token.
+   * @param k key, d elements
+   * @param v value, d elements
+   */
+  add(k: Float32Array, v: Float32Array): void {
+    if (this.quantum === 1) {
+      this.#page().write(k, v, 1);
+      return;
+    }
+    const d = this.#d, sw = this.#stagingCodec.wordsFor(d);
+    this.#stagingCodec.encodeInto(k, this.stagedK.subarray(this.staged * sw));
+    this.#stagingCodec.encodeInto(v, this.stagedV.subarray(this.staged * sw));
+    if (++this.staged === this.quantum) {
+      const k32 = new Float32Array(this.quantum * d), v32 = new Float32Array(this.quantum * d);
+      this.decodeStaged(k32, v32);
+      this.#page().write(k32, v32, this.quantum);
+      this.staged = 0;
+      this.stagedK.fill(0);
+      this.stagedV.fill(0);
+    }
+  }
+
+  /**
+   * Decodes the staged tokens token-major into k and v.
+   * @param k destination of at least staged × d keys
+   * @param v destination of at least staged × d values
+   */
+  decodeStaged(k: Float32Array, v: Float32Array): void {
+    if (this.staged === 0) return;
+    const n = this.staged * this.#d, sw = this.staged * this.#stagingCodec.wordsFor(this.#d);
+    this.#stagingCodec.decodeWords(this.stagedK.subarray(0, sw), n, k.subarray(0, n));
+    this.#stagingCodec.decodeWords(this.stagedV.subarray(0, sw), n, v.subarray(0, n));
+  }
+
+  /**
+   * Appends an empty page (deserialisation fills it).
+   * @returns the page
+   */
+  newPage(): Page {
+    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d);
+    this.pages.push(page);
+    return page;
+  }
+
+  #page(): Page {
+    const last = this.pages[this.pages.length - 1];
+    if (last && last.n < last.capacity) return last;
+    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d);
+    this.pages.push(page);
+    return page;
+  }
+}
+
+/** Per layer and KV head: sinks, the window ring and the pools. */
+class HeadStore {
+  readonly sinkK: Uint32Array;
+  readonly sinkV: Uint32Array;
+  sinkN = 0;
+  readonly windowK: Uint32Array;
+  readonly windowV: Uint32Array;
+  /** Attention accumulated by each window slot (mean over the group's query heads). */
+  readonly windowScore: Float32Array;
+  windowStart = 0;
+  windowN = 0;
+  readonly pools = new Map<string, PagePool>();
+
+  constructor(sinks: number, window: number, slotWords: number) {
+    this.sinkK = new Uint32Array(sinks * slotWords);
+    this.sinkV = new Uint32Array(sinks * slotWords);
+    this.windowK = new Uint32Array(window * slotWords);
+    this.windowV = new Uint32Array(window * slotWords);
+    this.windowScore = new Float32Array(window);
+  }
+}
+
+/** Options of {@linkcode MixedPrecisionKVCache}. */
+export interface MixedCacheOptions {
+  /** Codec lookup by format name (default: the TypeScript reference codecs). */
+  codecFor?: (format: string) => Codec;
+}
+
+/**
+ * A paged mixed-precision KV cache driven by a {@linkcode CachePolicy}.
+ */
+export class MixedPrecisionKVCache implements KVCache {
+  readonly shape: KVCacheShape;
+  /** The policy deciding where tokens go. */
+  readonly policy: CachePolicy;
+  readonly #codecFor: (format: string) => Codec;
+  readonly #window: Codec;
+  readonly #slotWords: number;
+  #heads: HeadStore[][];
+  readonly #lengths: Int32Array;
+  // scratch, reused across calls
+  readonly #k: Float32Array;
+  readonly #v: Float32Array;
+  readonly #scores: Float64Array;
+  readonly #partial: Partial;
+  readonly #slotK: Float32Array;
+  readonly #slotV: Float32Array;
+
+  /**
+   * Creates an empty cache; every format the policy can choose is checked now.
+   * @param shape the cache's shape
+   * @param policy where tokens go
+   * @param options codec backend
+   */
+  constructor(shape: KVCacheShape, policy: CachePolicy, options: MixedCacheOptions = {}) {
+    checkCacheShape(shape);
+    this.shape = { ...shape };
+    this.policy = policy;
+    this.#codecFor = options.codecFor ?? tsCodec;
+    const d = shape.headDim;
+    this.#window = this.#codecFor(policy.windowFormat);
+    checkPageFormat(this.#window, policy.pageTokens, d);
+    if (this.#window.spec.axis === "channel") {
+      throw new InvalidValueError(
+        `window format ${policy.windowFormat} must not group along tokens`,
+      );
+    }
+    for (const pair of policy.pairs()) {
+      checkPageFormat(this.#codecFor(pair.keyFormat), policy.pageTokens, d);
+      checkPageFormat(this.#codecFor(pair.valueFormat), policy.pageTokens, d);
+    }
+    this.#slotWords = this.#window.wordsFor(d);
+    this.#heads = this.#freshHeads();
+    this.#lengths = new Int32Array(shape.nLayers);
+    this.#k = new Float32Array(shape.maxSeqLen * d);
+    this.#v = new Float32Array(shape.maxSeqLen * d);
+    this.#scores = new Float64Array(shape.maxSeqLen);
+    this.#partial = new Partial(d);
+    this.#slotK = new Float32Array(d);
+    this.#slotV = new Float32Array(d);
+  }
+
+  #freshHeads(): HeadStore[][] {
+    const { nLayers, nKvHeads } = this.shape;
+    const { sinkTokens, recentWindow } = this.policy;
+    return Array.from(
+      { length: nLayers },
+      () =>
+        Array.from(
+          { length: nKvHeads },
+          () => new HeadStore(sinkTokens, recentWindow, this.#slotWords),
+        ),
+    );
+  }
+
+  length(layer: number): number {
+    return this.#lengths[layer];
+  }
+
+  append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
+    checkAppend(this.shape, layer, pos, this.#lengths[layer], k, v);
+    checkRange(k, "k");
+    checkRange(v, "v");
+    // nothing below can throw: the cache changes only after every check passed
+    const d = this.shape.headDim, W = this.policy.recentWindow, sw = this.#slotWords;
+    for (let h = 0; h < this.shape.nKvHeads; h++) {
+      const store = this.#heads[layer][h];
+      const kh = k.subarray(h * d, (h + 1) * d), vh = v.subarray(h * d, (h + 1) * d);
+      if (pos < this.policy.sinkTokens) {
+        this.#window.encodeInto(kh, store.sinkK.subarray(store.sinkN * sw));
+        this.#window.encodeInto(vh, store.sinkV.subarray(store.sinkN * sw));
+        store.sinkN++;
+        continue;
+      }
+      if (W === 0) {
+        this.#pool(store, layer, h, 0).add(kh, vh);
+        continue;
+      }
+      let slot: number;
+      if (store.windowN === W) {
+        slot = store.windowStart;
+        this.#window.decodeWords(store.windowK.subarray(slot * sw), d, this.#slotK);
+        this.#window.decodeWords(store.windowV.subarray(slot * sw), d, this.#slotV);
+        this.#pool(store, layer, h, store.windowScore[slot]).add(this.#slotK, this.#slotV);
+        store.windowStart = (slot + 1) % W;
+      } else {
+        slot = (store.windowStart + store.windowN) % W;
+        store.windowN++;
+      }
+      this.#window.encodeInto(kh, store.windowK.subarray(slot * sw));
+      this.#window.encodeInto(vh, store.windowV.subarray(slot * sw));
+      store.windowScore[slot] = 0;
+    }
+    this.#lengths[layer] = pos + 1;
+  }
+
+  #pool(store: HeadStore, layer: number, kvHead: number, score: number): PagePool {
+    const pair = this.policy.formatFor(layer, kvHead, score);
+    const key = `${pair.keyFormat}|${pair.valueFormat}`;
+    let pool = store.pools.get(key);
+    if (!pool) {
+      pool = this.createPool(pair);
+      store.pools.set(key, pool);
+    }
+    return pool;
+  }
+
+  /**
+   * The TypeScript reference attention: decode each segment to float32, then exact softmax over
+   * the union. Window tokens come first so their scores can be credited back to their slots.
+   */
+  attend(layer: number, q: Float32Array, out: Float32Array): void {
+    checkAttend(this.shape, layer, q, out);
+    const { nHeads, nKvHeads, headDim: d } = this.shape;
+    const group = nHeads / nKvHeads;
+    for (let kv = 0; kv < nKvHeads; kv++) {
+      const store = this.#heads[layer][kv];
+      const n = this.#gather(store);
+      for (let g = 0; g < group; g++) {
+        const h = kv * group + g;
+        const partial = this.#partial;
+        partial.reset();
+        partial.addBlock(q.subarray(h * d, (h + 1) * d), this.#k, this.#v, n, this.#scores);
+        partial.finish(out.subarray(h * d, (h + 1) * d));
+        this.#creditWindow(store, partial, group);
+      }
+    }
+  }
+
+  /** Adds each window token's attention weight, averaged over the group, to its slot's score. */
+  #creditWindow(store: HeadStore, partial: Partial, group: number): void {
+    const W = this.policy.recentWindow;
+    const inv = 1 / (partial.l * group);
+    for (let i = 0; i < store.windowN; i++) {
+      const slot = (store.windowStart + i) % W;
+      store.windowScore[slot] += Math.exp(this.#scores[i] - partial.m) * inv;
+    }
+  }
+
+  /** Decodes window, sinks, pages and staged tokens of one head into #k/#v; returns the count. */
+  #gather(store: HeadStore): number {
+    const d = this.shape.headDim, sw = this.#slotWords, W = this.policy.recentWindow;
+    let n = 0;
+    for (let i = 0; i < store.windowN; i++, n++) {
+      const slot = (store.windowStart + i) % W;
+      this.#window.decodeWords(
+        store.windowK.subarray(slot * sw),
+        d,
+        this.#k.subarray(n * d, (n + 1) * d),
+      );
+      this.#window.decodeWords(
+        store.windowV.subarray(slot * sw),
+        d,
+        this.#v.subarray(n * d, (n + 1) * d),
+      );
+    }
+    if (store.sinkN > 0) {
+      this.#window.decodeWords(
+        store.sinkK,
+        store.sinkN * d,
+        this.#k.subarray(n * d, (n + store.sinkN) * d),
+      );
+      this.#window.decodeWords(
+        store.sinkV,
+        store.sinkN * d,
+        this.#v.subarray(n * d, (n + store.sinkN) * d),
+      );
+      n += store.sinkN;
+    }
+    for (const pool of store.pools.values()) {
+      for (const page of pool.pages) {
+        page.decodeKeys(this.#k.subarray(n * d));
+        page.decodeValues(this.#v.subarray(n * d));
+        n += page.n;
+      }
+      pool.decodeStaged(this.#k.subarray(n * d), this.#v.subarray(n * d));
+      n += pool.staged;
+    }
+    return n;
+  }
+
+  /**
+   * Visits every stored segment of one layer and KV head (for the fused backends, serialisation
+   * and the tests).
+   * @param layer layer index
+   * @param kvHead KV head index
+   * @returns sinks and window as encoded words, and the pools
+   */
+  segments(layer: number, kvHead: number): {
+    sinkK: Uint32Array;
+    sinkV: Uint32Array;
+    sinkN: number;
+    windowK: Uint32Array;
+    windowV: Uint32Array;
+    windowN: number;
+    windowStart: number;
+    pools: PagePool[];
+  } {
+    const s = this.#heads[layer][kvHead];
+    return {
+      sinkK: s.sinkK,
+      sinkV: s.sinkV,
+      sinkN: s.sinkN,
+      windowK: s.windowK,
+      windowV: s.windowV,
+      windowN: s.windowN,
+      windowStart: s.windowStart,
+      pools: [...s.pools.values()],
+    };
+  }
+
+  /**
+   * Replaces the state of one layer and KV head with deserialised segments (used by
+   * core/cache/serialize.ts; the arrays are copied, shapes checked by the caller).
+   * @param layer layer index
+   * @param kvHead KV head index
+   * @param state sinks, window and pools as {@linkcode segments} returns them
+   */
+  restoreSegments(
+    layer: number,
+    kvHead: number,
+    state: ReturnType<MixedPrecisionKVCache["segments"]>,
+  ): void {
+    const s = this.#heads[layer][kvHead];
+    s.sinkK.set(state.sinkK);
+    s.sinkV.set(state.sinkV);
+    s.sinkN = state.sinkN;
+    s.windowK.set(state.windowK);
+    s.windowV.set(state.windowV);
+    s.windowN = state.windowN;
+    s.windowStart = state.windowStart;
+    s.pools.clear();
+    for (const pool of state.pools) {
+      s.pools.set(`${pool.pair.keyFormat}|${pool.pair.valueFormat}`, pool);
+    }
+  }
+
+  /**
+   * Sets the positions held per layer (deserialisation).
+   * @param lengths positions per layer
+   */
+  restoreLengths(lengths: ArrayLike<number>): void {
+    this.#lengths.set(lengths);
+  }
+
+  /**
+   * Window scores of one layer and KV head, by slot (serialisation).
+   * @param layer layer index
+   * @param kvHead KV head index
+   * @returns the live score array
+   */
+  windowScores(layer: number, kvHead: number): Float32Array {
+    return this.#heads[layer][kvHead].windowScore;
+  }
+
+  /**
+   * A new empty pool for a format pair, with this cache's codecs and page size (deserialisation).
+   * @param pair the formats
+   * @returns the pool
+   */
+  createPool(pair: FormatPair): PagePool {
+    return new PagePool(
+      pair,
+      this.#codecFor,
+      this.policy.windowFormat,
+      this.policy.pageTokens,
+      this.shape.headDim,
+    );
+  }
+
+  /**
+   * Share of stored tokens (sinks and window counted as the window format) per format pair label.
+   * @returns tokens per "keyFormat|valueFormat" key, summed over layers and heads
+   */
+  tokensByFormat(): Map<string, number> {
+    const counts = new Map<string, number>();
+    const add = (key: string, n: number) => counts.set(key, (counts.get(key) ?? 0) + n);
+    for (const layer of this.#heads) {
+      for (const s of layer) {
+        add(`${this.policy.windowFormat}|${this.policy.windowFormat}`, s.sinkN + s.windowN);
+        for (const [key, pool] of s.pools) add(key, pool.length);
+      }
+    }
+    return counts;
+  }
+
+  memory(): CacheMemory {
+    let bytes = 0;
+    for (const layer of this.#heads) {
+      for (const s of layer) {
+        bytes += s.sinkK.byteLength + s.sinkV.byteLength + s.windowK.byteLength +
+          s.windowV.byteLength +
+          s.windowScore.byteLength;
+        for (const pool of s.pools.values()) bytes += pool.bytes;
+      }
+    }
+    let positions = 0;
+    for (const n of this.#lengths) positions += n;
+    const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
+    return { bytes, elements, bitsPerElement: elements === 0 ? 0 : (8 * bytes) / elements };
+  }
+
+  reset(): void {
+    this.#heads = this.#freshHeads();
+    this.#lengths.fill(0);
+  }
+}
+
+function checkRange(x: Float32Array, what: string): void {
+  for (let i = 0; i < x.length; i++) {
+    const a = Math.abs(x[i]);
+    if (!(a <= MAX_CACHE_VALUE)) {
+      throw new InvalidValueError(
+        `${what}[${i}] is ${x[i]}, expected a finite number within ±${MAX_CACHE_VALUE}`,
+        i,
+      );
+    }
+  }
+}

@@ -1,0 +1,183 @@
+/**
+ * Cache policies: which tokens stay at full precision (sinks, recent window) and which format pair a
+ * token gets when it leaves the window, from the attention it accumulated there.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { uniformPolicy } from "./policy.ts";
+ * const p = uniformPolicy({ keyFormat: "int4-g32-channel", valueFormat: "int4-g32-channel" });
+ * if (p.formatFor(0, 0, 0.5).keyFormat !== "int4-g32-channel") throw new Error("uniform");
+ * ```
+ * @module
+ */
+
+import { InvalidValueError } from "../errors.ts";
+
+/** The formats of one token's key and value. */
+export interface FormatPair {
+  /** Format of the key. */
+  readonly keyFormat: string;
+  /** Format of the value. */
+  readonly valueFormat: string;
+}
+
+/** Decides where each token of a {@linkcode MixedPrecisionKVCache} is stored. */
+export interface CachePolicy {
+  /** Short human-readable name, e.g. "int4-g32-channel" or "plan ε=0.01". */
+  readonly label: string;
+  /** The first sinkTokens positions stay in the window format for good. */
+  readonly sinkTokens: number;
+  /** The most recent tokens kept in the window format. */
+  readonly recentWindow: number;
+  /** Format of sinks and window ("fp32" or "fp16"). */
+  readonly windowFormat: string;
+  /** Tokens per page. */
+  readonly pageTokens: number;
+  /**
+   * Format pair for a token leaving the recent window.
+   * @param layer layer index
+   * @param kvHead KV head index
+   * @param score attention the token accumulated while in the window (mean over the query heads
+   *   of its group, summed over the queries it saw); 0 when there is no window
+   * @returns the formats to store it in
+   */
+  formatFor(layer: number, kvHead: number, score: number): FormatPair;
+  /**
+   * Every pair formatFor can return, so a cache can check them all up front.
+   * @returns the pairs
+   */
+  pairs(): FormatPair[];
+  /** The options that rebuild this policy with {@linkcode policyFromJSON} (serialisation). */
+  readonly options: PolicyJSON;
+}
+
+/** The JSON form of a policy: how a serialised cache records where its tokens go. */
+export type PolicyJSON =
+  | ({ kind: "uniform" } & UniformOptions)
+  | ({ kind: "tiered" } & TieredOptions);
+
+/**
+ * Rebuilds a policy from its JSON form.
+ *
+ * @param json the `options` of a policy
+ * @returns the policy
+ */
+export function policyFromJSON(json: PolicyJSON): CachePolicy {
+  if (json.kind === "uniform") return uniformPolicy(json);
+  if (json.kind === "tiered") return tieredPolicy(json);
+  throw new InvalidValueError(
+    `unknown policy kind ${JSON.stringify((json as { kind: unknown }).kind)}`,
+  );
+}
+
+/** Options shared by the policies' constructors. */
+export interface WindowOptions {
+  /** Sink tokens kept at the window format (default 0). */
+  sinkTokens?: number;
+  /** Recent tokens kept at the window format (default 0). */
+  recentWindow?: number;
+  /** Format of sinks and window (default "fp16"). */
+  windowFormat?: string;
+  /** Tokens per page (default 32). */
+  pageTokens?: number;
+}
+
+/** Options of {@linkcode uniformPolicy}. */
+export interface UniformOptions extends WindowOptions {
+  /** Format of every key outside sinks and window. */
+  keyFormat: string;
+  /** Format of every value outside sinks and window. */
+  valueFormat: string;
+  /** Label (defaults to the formats). */
+  label?: string;
+}
+
+function windowFields(o: WindowOptions) {
+  const sinkTokens = o.sinkTokens ?? 0, recentWindow = o.recentWindow ?? 0;
+  const pageTokens = o.pageTokens ?? 32;
+  for (const [name, v] of [["sinkTokens", sinkTokens], ["recentWindow", recentWindow]] as const) {
+    if (!Number.isInteger(v) || v < 0) {
+      throw new InvalidValueError(`${name} is ${v}, expected an integer ≥ 0`);
+    }
+  }
+  if (!Number.isInteger(pageTokens) || pageTokens <= 0) {
+    throw new InvalidValueError(`pageTokens is ${pageTokens}, expected a positive integer`);
+  }
+  return { sinkTokens, recentWindow, windowFormat: o.windowFormat ?? "fp16", pageTokens };
+}
+
+/**
+ * One format pair for every token outside sinks and window: the uniform baselines (FP16, INT8,
+ * INT4, KIVI-style with a residual window, …).
+ *
+ * @param options formats and window
+ * @returns the policy
+ */
+export function uniformPolicy(options: UniformOptions): CachePolicy {
+  const pair = { keyFormat: options.keyFormat, valueFormat: options.valueFormat };
+  const label = options.label ??
+    (pair.keyFormat === pair.valueFormat
+      ? pair.keyFormat
+      : `K ${pair.keyFormat} / V ${pair.valueFormat}`);
+  return {
+    label,
+    ...windowFields(options),
+    formatFor: () => pair,
+    pairs: () => [pair],
+    options: { kind: "uniform", ...options },
+  };
+}
+
+/** One tier of a tiered policy: tokens whose score is at least minScore get these formats. */
+export interface Tier extends FormatPair {
+  /** Lowest observed score for this tier. */
+  readonly minScore: number;
+}
+
+/** Options of {@linkcode tieredPolicy}. */
+export interface TieredOptions extends WindowOptions {
+  /** tiers[layer][kvHead]: tiers sorted by minScore descending; the last has minScore 0. */
+  tiers: Tier[][][];
+  /** Label. */
+  label: string;
+}
+
+/**
+ * A policy that picks the first tier whose minScore ≤ the token's observed score, per layer and
+ * KV head: the online form of a PrecisionPlan.
+ *
+ * @param options tiers and window
+ * @returns the policy
+ */
+export function tieredPolicy(options: TieredOptions): CachePolicy {
+  const tiers = options.tiers.map((layer) =>
+    layer.map((head) => [...head].sort((a, b) => b.minScore - a.minScore))
+  );
+  const unique = new Map<string, FormatPair>();
+  for (const layer of tiers) {
+    for (const head of layer) {
+      if (head.length === 0 || head[head.length - 1].minScore > 0) {
+        throw new InvalidValueError("every head needs a last tier with minScore 0");
+      }
+      for (const t of head) {
+        unique.set(`${t.keyFormat}|${t.valueFormat}`, {
+          keyFormat: t.keyFormat,
+          valueFormat: t.valueFormat,
+        });
+      }
+    }
+  }
+  return {
+    label: options.label,
+    ...windowFields(options),
+    formatFor(layer, kvHead, score) {
+      const head = tiers[layer][kvHead];
+      for (const t of head) if (score >= t.minScore) return t;
+      return head[head.length - 1];
+    },
+    pairs: () => [...unique.values()],
+    options: { kind: "tiered", ...options },
+  };
+}

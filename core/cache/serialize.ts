@@ -1,0 +1,222 @@
+/**
+ * Saving and loading a {@linkcode MixedPrecisionKVCache} as bytes. Layout (little-endian):
+ * magic "KVPC", u32 version, u32 JSON length, the JSON description (shape, policy, lengths and every
+ * segment's counts), padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
+ * blocks sinks-K, sinks-V, window-K, window-V, window scores, and per pool each page's K and V words
+ * and the staging buffers, every block followed by its u32 CRC-32. Loading checks the magic, the
+ * version, the exact total size (naming expected vs actual bytes) and every checksum (naming the
+ * block and byte offset), and builds a new cache, so a failed load changes nothing.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { loadCache, saveCache } from "./serialize.ts";
+ * import { MixedPrecisionKVCache } from "./mixed_cache.ts";
+ * import { uniformPolicy } from "./policy.ts";
+ * const c = new MixedPrecisionKVCache({ nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8, maxSeqLen: 8 },
+ *   uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" }));
+ * c.append(0, 0, new Float32Array(8).fill(1), new Float32Array(8).fill(2));
+ * const copy = loadCache(saveCache(c));
+ * if (copy.length(0) !== 1) throw new Error("round trip");
+ * ```
+ * @module
+ */
+
+import { CorruptDataError } from "../errors.ts";
+import type { KVCacheShape } from "../model/kv_cache.ts";
+import { MixedPrecisionKVCache } from "./mixed_cache.ts";
+import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
+
+const MAGIC = 0x4350564b; // "KVPC" little-endian
+const VERSION = 1;
+
+interface HeadJSON {
+  sinkN: number;
+  windowN: number;
+  windowStart: number;
+  pools: { pair: FormatPair; staged: number; pages: number[] }[];
+}
+
+interface CacheJSON {
+  shape: KVCacheShape;
+  policy: PolicyJSON;
+  lengths: number[];
+  heads: HeadJSON[][];
+}
+
+let crcTable: Uint32Array | undefined;
+
+/**
+ * CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320) of bytes.
+ * @param bytes input
+ * @returns the checksum
+ */
+export function crc32(bytes: Uint8Array): number {
+  crcTable ??= Uint32Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  let c = 0xffffffff;
+  for (let i = 0; i < bytes.length; i++) c = crcTable[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+  return (c ^ 0xffffffff) >>> 0;
+}
+
+function blocksOf(
+  cache: MixedPrecisionKVCache,
+  layer: number,
+  kv: number,
+): [string, Uint32Array | Float32Array][] {
+  const s = cache.segments(layer, kv);
+  const blocks: [string, Uint32Array | Float32Array][] = [
+    ["sinks K", s.sinkK],
+    ["sinks V", s.sinkV],
+    ["window K", s.windowK],
+    ["window V", s.windowV],
+    ["window scores", cache.windowScores(layer, kv)],
+  ];
+  s.pools.forEach((pool, p) => {
+    pool.pages.forEach((page, i) => {
+      blocks.push([`pool ${p} page ${i} K`, page.kWords], [`pool ${p} page ${i} V`, page.vWords]);
+    });
+    blocks.push([`pool ${p} staged K`, pool.stagedK], [`pool ${p} staged V`, pool.stagedV]);
+  });
+  return blocks;
+}
+
+/**
+ * Serialises a cache.
+ * @param cache the cache
+ * @returns the bytes
+ */
+export function saveCache(cache: MixedPrecisionKVCache): Uint8Array {
+  const { nLayers, nKvHeads } = cache.shape;
+  const heads: HeadJSON[][] = [];
+  for (let l = 0; l < nLayers; l++) {
+    heads.push([]);
+    for (let h = 0; h < nKvHeads; h++) {
+      const s = cache.segments(l, h);
+      heads[l].push({
+        sinkN: s.sinkN,
+        windowN: s.windowN,
+        windowStart: s.windowStart,
+        pools: s.pools.map((p) => ({
+          pair: p.pair,
+          staged: p.staged,
+          pages: p.pages.map((g) => g.n),
+        })),
+      });
+    }
+  }
+  const json: CacheJSON = {
+    shape: cache.shape,
+    policy: cache.policy.options,
+    lengths: Array.from({ length: nLayers }, (_, l) => cache.length(l)),
+    heads,
+  };
+  const text = new TextEncoder().encode(JSON.stringify(json));
+  const textPadded = (text.length + 3) & ~3;
+  const blocks = [];
+  for (let l = 0; l < nLayers; l++) {
+    for (let h = 0; h < nKvHeads; h++) blocks.push(...blocksOf(cache, l, h));
+  }
+  const size = 12 + textPadded + 4 + blocks.reduce((a, [, b]) => a + b.byteLength + 4, 0);
+  const out = new Uint8Array(size);
+  const view = new DataView(out.buffer);
+  view.setUint32(0, MAGIC, true);
+  view.setUint32(4, VERSION, true);
+  view.setUint32(8, text.length, true);
+  out.set(text, 12);
+  let o = 12 + textPadded;
+  view.setUint32(o, crc32(text), true);
+  o += 4;
+  for (const [, block] of blocks) {
+    const bytes = new Uint8Array(block.buffer, block.byteOffset, block.byteLength);
+    out.set(bytes, o);
+    o += bytes.length;
+    view.setUint32(o, crc32(bytes), true);
+    o += 4;
+  }
+  return out;
+}
+
+/**
+ * Loads a cache saved by {@linkcode saveCache}. Throws {@linkcode CorruptDataError} for a wrong
+ * magic or version, truncated or oversized input (expected vs actual bytes) and checksum mismatches
+ * (naming the block and its byte offset).
+ * @param bytes the serialised cache
+ * @returns a new cache equal to the saved one
+ */
+export function loadCache(bytes: Uint8Array): MixedPrecisionKVCache {
+  if (bytes.length < 16) {
+    throw new CorruptDataError(`cache data is ${bytes.length} bytes, shorter than its header`, 0);
+  }
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (view.getUint32(0, true) !== MAGIC) {
+    throw new CorruptDataError("cache data does not start with magic KVPC", 0);
+  }
+  const version = view.getUint32(4, true);
+  if (version !== VERSION) {
+    throw new CorruptDataError(`cache format version ${version}, expected ${VERSION}`, 4);
+  }
+  const textLength = view.getUint32(8, true);
+  const textPadded = (textLength + 3) & ~3;
+  if (12 + textPadded + 4 > bytes.length) {
+    throw new CorruptDataError(
+      `cache data is ${bytes.length} bytes, its header alone needs ${
+        12 + textPadded + 4
+      } (truncated)`,
+      bytes.length,
+    );
+  }
+  const text = bytes.subarray(12, 12 + textLength);
+  if (view.getUint32(12 + textPadded, true) !== crc32(text)) {
+    throw new CorruptDataError("cache description fails its checksum at byte 12", 12);
+  }
+  const json = JSON.parse(new TextDecoder().decode(text)) as CacheJSON;
+  const cache = new MixedPrecisionKVCache(json.shape, policyFromJSON(json.policy));
+  // rebuild pools and pages from the description, then fill every block from the bytes
+  for (let l = 0; l < json.shape.nLayers; l++) {
+    for (let h = 0; h < json.shape.nKvHeads; h++) {
+      const head = json.heads[l][h];
+      const seg = cache.segments(l, h);
+      const pools = head.pools.map((p) => {
+        const pool = cache.createPool(p.pair);
+        for (const n of p.pages) pool.newPage().n = n;
+        pool.staged = p.staged;
+        return pool;
+      });
+      cache.restoreSegments(l, h, {
+        ...seg,
+        sinkN: head.sinkN,
+        windowN: head.windowN,
+        windowStart: head.windowStart,
+        pools,
+      });
+    }
+  }
+  const blocks = [];
+  for (let l = 0; l < json.shape.nLayers; l++) {
+    for (let h = 0; h < json.shape.nKvHeads; h++) blocks.push(...blocksOf(cache, l, h));
+  }
+  const expected = 12 + textPadded + 4 + blocks.reduce((a, [, b]) => a + b.byteLength + 4, 0);
+  if (bytes.length !== expected) {
+    throw new CorruptDataError(
+      `cache data is ${bytes.length} bytes, expected ${expected}` +
+        (bytes.length < expected ? " (truncated)" : " (trailing bytes)"),
+      Math.min(bytes.length, expected),
+    );
+  }
+  let o = 12 + textPadded + 4;
+  for (const [name, block] of blocks) {
+    const src = bytes.subarray(o, o + block.byteLength);
+    if (view.getUint32(o + block.byteLength, true) !== crc32(src)) {
+      throw new CorruptDataError(`cache block "${name}" at byte ${o} fails its checksum`, o);
+    }
+    new Uint8Array(block.buffer, block.byteOffset, block.byteLength).set(src);
+    o += block.byteLength + 4;
+  }
+  cache.restoreLengths(json.lengths);
+  return cache;
+}

@@ -1,0 +1,131 @@
+/**
+ * Quality of a cache against the full-precision cache on a real model: perplexity, mean KL
+ * divergence of the next-token distributions (teacher-forced, every scored position), top-1
+ * agreement, and bits per element held, all over the windowed scoring protocol of perplexity.ts.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { klDivergence } from "./compare.ts";
+ * const p = Float32Array.of(1, 2, 3);
+ * if (klDivergence(p, p) !== 0) throw new Error("KL(p‖p) = 0");
+ * ```
+ * @module
+ */
+
+import type { KVCache } from "../model/kv_cache.ts";
+import type { Transformer } from "../model/transformer.ts";
+import { argmax } from "../tensor.ts";
+import { logProbability, scoringWindows } from "./perplexity.ts";
+
+/**
+ * KL(P‖Q) in nats between the softmax distributions of two logit vectors, computed in float64.
+ * @param p reference logits
+ * @param q candidate logits
+ * @returns Σ P log(P/Q) ≥ 0
+ */
+export function klDivergence(p: Float32Array, q: Float32Array): number {
+  const lse = (x: Float32Array) => {
+    let m = -Infinity;
+    for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
+    let s = 0;
+    for (let i = 0; i < x.length; i++) s += Math.exp(x[i] - m);
+    return m + Math.log(s);
+  };
+  const lp = lse(p), lq = lse(q);
+  let kl = 0;
+  for (let i = 0; i < p.length; i++) {
+    const logP = p[i] - lp;
+    kl += Math.exp(logP) * (logP - (q[i] - lq));
+  }
+  return Math.max(0, kl);
+}
+
+/** Logits of the reference cache for every window, computed once and reused per configuration. */
+export interface ReferenceRun {
+  /** Window length. */
+  context: number;
+  /** Per window: the tokens and their logits (tokens × vocab). */
+  windows: { tokens: number[]; logits: Float32Array }[];
+}
+
+/**
+ * Runs the reference cache over every scoring window and keeps the logits.
+ * @param model the transformer
+ * @param cache the reference cache (usually Float32KVCache)
+ * @param sequences token ids per sequence
+ * @param context window length
+ * @returns the reference run
+ */
+export async function referenceRun(
+  model: Transformer,
+  cache: KVCache,
+  sequences: number[][],
+  context: number,
+): Promise<ReferenceRun> {
+  const windows = [];
+  for (const seq of sequences) {
+    for (const { start, end } of scoringWindows(seq.length, context)) {
+      const tokens = seq.slice(start, end);
+      cache.reset();
+      windows.push({ tokens, logits: await model.prefill(tokens, 0, cache) });
+    }
+  }
+  return { context, windows };
+}
+
+/** Quality and size of one cache configuration against the reference. */
+export interface CacheQuality {
+  /** Tokens scored. */
+  tokens: number;
+  /** Perplexity with this cache. */
+  perplexity: number;
+  /** Mean KL(reference ‖ this) over scored positions, nats. */
+  meanKl: number;
+  /** Share of scored positions whose argmax equals the reference's. */
+  top1Agreement: number;
+  /** 8 × Σ bytes / Σ elements over the windows, measured when each window is complete. */
+  bitsPerElement: number;
+}
+
+/**
+ * Scores a cache against a reference run (teacher-forced on the same windows).
+ * @param model the transformer
+ * @param cache the candidate cache (reset before each window)
+ * @param reference from {@linkcode referenceRun}
+ * @param onProgress called after each window with (done, total) windows
+ * @returns the quality figures
+ */
+export async function compareCache(
+  model: Transformer,
+  cache: KVCache,
+  reference: ReferenceRun,
+  onProgress?: (done: number, total: number) => void,
+): Promise<CacheQuality> {
+  const V = model.config.vocabSize;
+  let nll = 0, kl = 0, agree = 0, tokens = 0, bytes = 0, elements = 0;
+  let done = 0;
+  for (const { tokens: ids, logits: ref } of reference.windows) {
+    cache.reset();
+    const logits = await model.prefill(ids, 0, cache);
+    const mem = cache.memory();
+    bytes += mem.bytes;
+    elements += mem.elements;
+    for (let i = 0; i + 1 < ids.length; i++) {
+      const p = ref.subarray(i * V, (i + 1) * V), q = logits.subarray(i * V, (i + 1) * V);
+      nll -= logProbability(q, ids[i + 1]);
+      kl += klDivergence(p, q);
+      if (argmax(p) === argmax(q)) agree++;
+      tokens++;
+    }
+    onProgress?.(++done, reference.windows.length);
+  }
+  return {
+    tokens,
+    perplexity: Math.exp(nll / tokens),
+    meanKl: kl / tokens,
+    top1Agreement: agree / tokens,
+    bitsPerElement: (8 * bytes) / elements,
+  };
+}

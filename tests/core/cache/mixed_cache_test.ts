@@ -1,0 +1,314 @@
+import assert from "node:assert/strict";
+import {
+  attendHead,
+  cacheShape,
+  CapacityError,
+  CorruptDataError,
+  Float32KVCache,
+  InvalidValueError,
+  loadCache,
+  MixedPrecisionKVCache,
+  perplexity,
+  saveCache,
+  ShapeError,
+  tieredPolicy,
+  tsCodec,
+  uniformPolicy,
+} from "../../../mod.ts";
+import { loadFixture, normals, REFERENCE, rng } from "../../_fixtures.ts";
+
+const FORMATS = [
+  "fp32",
+  "fp16",
+  "bf16",
+  "fp8e4m3",
+  "int8-g8-token",
+  "int4-g8-token",
+  "int8s-g8-token",
+  "int4-g32-channel",
+  "int2-g16-channel",
+  "int3-g64-channel",
+  "fp8e5m2-g8-channel",
+];
+
+/** Reference: every stored token decoded on its own, then plain softmax attention. */
+function referenceAttend(
+  keys: Float32Array[],
+  values: Float32Array[],
+  q: Float32Array,
+  d: number,
+): Float32Array {
+  const n = keys.length;
+  const K = new Float32Array(n * d), V = new Float32Array(n * d);
+  keys.forEach((k, t) => K.set(k, t * d));
+  values.forEach((v, t) => V.set(v, t * d));
+  const out = new Float32Array(d);
+  attendHead(q, K, V, n, d, new Float32Array(n), out);
+  return out;
+}
+
+Deno.test("MixedPrecisionKVCache with fp32 pages equals Float32KVCache across pages and GQA", () => {
+  const next = rng(11);
+  const shape = { nLayers: 2, nHeads: 6, nKvHeads: 2, headDim: 8, maxSeqLen: 100 };
+  const ref = new Float32KVCache(shape);
+  const cache = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({
+      keyFormat: "fp32",
+      valueFormat: "fp32",
+      sinkTokens: 2,
+      recentWindow: 5,
+      windowFormat: "fp32",
+      pageTokens: 16,
+    }),
+  );
+  const a = new Float32Array(48), b = new Float32Array(48);
+  for (let p = 0; p < 70; p++) {
+    const k = normals(16, next), v = normals(16, next);
+    for (const l of [0, 1]) {
+      ref.append(l, p, k, v);
+      cache.append(l, p, k, v);
+      const q = normals(48, next);
+      ref.attend(l, q, a);
+      cache.attend(l, q, b);
+      for (let i = 0; i < 48; i++) {
+        assert.ok(Math.abs(a[i] - b[i]) <= 1e-6 * (1 + Math.abs(a[i])), `p ${p} i ${i}`);
+      }
+    }
+  }
+});
+
+Deno.test("MixedPrecisionKVCache.attend() equals attention over individually decoded tokens, every format", () => {
+  const next = rng(12);
+  const d = 8;
+  for (const format of FORMATS) {
+    const codec = tsCodec(format);
+    for (const T of [1, 7, 33, 100]) {
+      const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: d, maxSeqLen: 128 };
+      const cache = new MixedPrecisionKVCache(
+        shape,
+        uniformPolicy({
+          keyFormat: format,
+          valueFormat: format,
+          recentWindow: 3,
+          pageTokens: 64,
+          windowFormat: "fp16",
+        }),
+      );
+      const ks: Float32Array[] = [], vs: Float32Array[] = [];
+      for (let p = 0; p < T; p++) {
+        const k = normals(d, next), v = normals(d, next);
+        cache.append(0, p, k, v);
+        ks.push(k);
+        vs.push(v);
+      }
+      // what the cache should hold: window tokens at fp16, the rest decoded from `format`
+      const seg = cache.segments(0, 0);
+      // tokens pass through the fp16 window before they are evicted to a page
+      const viaWindow = (x: Float32Array) => {
+        const y = new Float32Array(d);
+        tsCodec("fp16").decode(tsCodec("fp16").encode(x), y);
+        return y;
+      };
+      const stored = (raw: Float32Array[], p: number) => {
+        const x = raw.map(viaWindow);
+        const inWindow = p >= T - seg.windowN;
+        const staged = seg.pools.reduce((a, pool) => a + pool.staged, 0);
+        const inStaging = !inWindow && p >= T - seg.windowN - staged;
+        if (inStaging) return x[p];
+        const c = inWindow ? tsCodec("fp16") : codec;
+        if (!inWindow && codec.spec.axis === "channel") {
+          // channel groups: decode the group of G tokens containing p along each channel
+          const G = codec.spec.group, g0 = Math.floor(p / G) * G, out = new Float32Array(d);
+          for (let ch = 0; ch < d; ch++) {
+            const col = Float32Array.from({ length: G }, (_, t) => x[g0 + t][ch]);
+            const dec = new Float32Array(G);
+            codec.decode(codec.encode(col), dec);
+            out[ch] = dec[p - g0];
+          }
+          return out;
+        }
+        const dec = new Float32Array(d);
+        c.decode(c.encode(x[p]), dec);
+        return dec;
+      };
+      const K = ks.map((_, p) => stored(ks, p)), V = vs.map((_, p) => stored(vs, p));
+      const q = normals(2 * d, next);
+      const out = new Float32Array(2 * d);
+      cache.attend(0, q, out);
+      for (let h = 0; h < 2; h++) {
+        const want = referenceAttend(K, V, q.subarray(h * d, (h + 1) * d), d);
+        for (let i = 0; i < d; i++) {
+          assert.ok(
+            Math.abs(out[h * d + i] - want[i]) <= 1e-6 * (1 + Math.abs(want[i])),
+            `${format} T=${T}: ${out[h * d + i]} vs ${want[i]}`,
+          );
+        }
+      }
+    }
+  }
+});
+
+Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffers", () => {
+  const next = rng(13);
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: 8, maxSeqLen: 200 };
+  const policy = uniformPolicy({
+    keyFormat: "int4-g32-channel",
+    valueFormat: "int4-g8-token",
+    sinkTokens: 4,
+    recentWindow: 8,
+    pageTokens: 64,
+    windowFormat: "fp16",
+  });
+  const cache = new MixedPrecisionKVCache(shape, policy);
+  for (let p = 0; p < 150; p++) cache.append(0, p, normals(16, next), normals(16, next));
+  // 150 = 4 sinks + 8 window + 138 evicted = 2 pages (64 + 64 written), staging 10 of 32
+  const perHead = () => {
+    const sinks = 2 * 4 * 16; // K and V, 4 tokens × 8 fp16
+    const window = 2 * 8 * 16 + 8 * 4; // slots + f32 scores
+    const kPage = (8 * (64 / 32)) * 5 * 4; // 8 channels × 2 groups × 5 words
+    const vPage = 64 * 2 * 4 * 2 / 2; // 64 tokens × one 8-group of int4 = 2 words... see below
+    return { sinks, window, kPage, vPage };
+  };
+  const { sinks, window, kPage } = perHead();
+  const vPage = 64 * tsCodec("int4-g8-token").wordsFor(8) * 4;
+  const staging = 2 * 32 * 4 * 4; // K and V, 32 tokens × 8 fp16 (4 words)
+  const expected = 2 * (sinks + window + 2 * (kPage + vPage + 16) + staging);
+  const mem = cache.memory();
+  assert.equal(mem.bytes, expected);
+  assert.equal(mem.elements, 150 * 16 * 2);
+  const seg = cache.segments(0, 1);
+  assert.equal(seg.pools[0].pages.length, 2);
+  assert.equal(seg.pools[0].staged, 10);
+});
+
+Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a failed call", () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
+  const cache = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "int4-g8-token", recentWindow: 1 }),
+  );
+  const good = normals(8, rng(1));
+  cache.append(0, 0, good, good);
+  cache.append(0, 1, good, good);
+  const before = saveCache(cache);
+  const bad = good.slice();
+  bad[5] = NaN;
+  assert.throws(
+    () => cache.append(0, 2, good, bad),
+    (e: Error) =>
+      e instanceof InvalidValueError && e.index === 5 && /v\[5\] is NaN/.test(e.message),
+  );
+  bad[5] = 1e6;
+  assert.throws(() => cache.append(0, 2, bad, good), /k\[5\] is 1000000/);
+  assert.throws(() => cache.append(0, 3, good, good), /out of order: expected 2/);
+  assert.throws(() => cache.append(0, 2, good.subarray(1), good), ShapeError);
+  assert.deepEqual(saveCache(cache), before, "failed appends change nothing");
+  cache.append(0, 2, good, good);
+  cache.append(0, 3, good, good);
+  assert.throws(() => cache.append(0, 4, good, good), CapacityError);
+  assert.throws(
+    () =>
+      new MixedPrecisionKVCache(
+        shape,
+        uniformPolicy({ keyFormat: "int4-g32-token", valueFormat: "fp16" }),
+      ),
+    /head_dim 8 is not a multiple of group 32/,
+  );
+  assert.throws(
+    () =>
+      new MixedPrecisionKVCache(
+        shape,
+        uniformPolicy({ keyFormat: "int4-g32-heads", valueFormat: "fp16" }),
+      ),
+    /groups across KV heads/,
+  );
+});
+
+Deno.test("tieredPolicy sends tokens that drew attention in the window to the higher tier", () => {
+  const d = 8;
+  const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: d, maxSeqLen: 64 };
+  const policy = tieredPolicy({
+    label: "two tiers",
+    recentWindow: 4,
+    tiers: [[[
+      { minScore: 0.5, keyFormat: "fp16", valueFormat: "fp16" },
+      { minScore: 0, keyFormat: "int2-g8-token", valueFormat: "int2-g8-token" },
+    ]]],
+  });
+  const cache = new MixedPrecisionKVCache(shape, policy);
+  const hot = Float32Array.from({ length: d }, () => 3),
+    cold = Float32Array.from({ length: d }, (_, i) => (i % 2 ? -3 : 3));
+  const out = new Float32Array(d);
+  for (let p = 0; p < 20; p++) {
+    cache.append(0, p, p % 5 === 0 ? hot : cold, hot);
+    cache.attend(0, hot, out); // the query matches `hot` keys
+  }
+  const counts = cache.tokensByFormat();
+  assert.equal(counts.get("fp16|fp16"), 4 + 4, "window (4) + evicted hot tokens 0, 5, 10, 15");
+  assert.equal(counts.get("int2-g8-token|int2-g8-token"), 12);
+});
+
+Deno.test("saveCache()/loadCache() round-trip exactly and detect corruption", () => {
+  const next = rng(14);
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 80 };
+  const cache = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({
+      keyFormat: "int3-g16-channel",
+      valueFormat: "int4-g8-token",
+      sinkTokens: 2,
+      recentWindow: 6,
+      pageTokens: 32,
+    }),
+  );
+  for (let p = 0; p < 75; p++) {
+    for (const l of [0, 1]) cache.append(l, p, normals(16, next), normals(16, next));
+  }
+  const bytes = saveCache(cache);
+  const copy = loadCache(bytes);
+  assert.deepEqual(saveCache(copy), bytes);
+  const q = normals(32, next), a = new Float32Array(32), b = new Float32Array(32);
+  cache.attend(1, q, a);
+  copy.attend(1, q, b);
+  assert.deepEqual(a, b);
+  assert.deepEqual(copy.memory(), cache.memory());
+  assert.throws(
+    () => loadCache(bytes.subarray(0, bytes.length - 3)),
+    (e: Error) =>
+      e instanceof CorruptDataError && e.message.includes(`expected ${bytes.length}`) &&
+      e.message.includes("truncated"),
+  );
+  for (const at of [bytes.length - 10, Math.floor(bytes.length / 2), 20]) {
+    const bad = bytes.slice();
+    bad[at] ^= 0x10;
+    assert.throws(() => loadCache(bad), CorruptDataError, `flip at ${at}`);
+  }
+  const badMagic = bytes.slice();
+  badMagic[0] = 0;
+  assert.throws(() => loadCache(badMagic), /magic/);
+});
+
+Deno.test("MixedPrecisionKVCache with fp32 pages reproduces the FP32 perplexity", async () => {
+  const { model, sequences } = await loadFixture();
+  const cache = new MixedPrecisionKVCache(
+    cacheShape(model.config),
+    uniformPolicy({
+      keyFormat: "fp32",
+      valueFormat: "fp32",
+      sinkTokens: 4,
+      recentWindow: 16,
+      windowFormat: "fp32",
+    }),
+  );
+  const r = await perplexity(model, cache, sequences.slice(0, 4), { context: 512 });
+  const ref = await perplexity(
+    model,
+    new Float32KVCache(cacheShape(model.config)),
+    sequences.slice(0, 4),
+    { context: 512 },
+  );
+  assert.equal(r.tokens, ref.tokens);
+  assert.ok(Math.abs(r.meanNll - ref.meanNll) < 1e-6, `${r.meanNll} vs ${ref.meanNll}`);
+  assert.ok(REFERENCE.perplexity[512] > 0);
+});
