@@ -28,3 +28,4 @@ export * from "./core/cache/policy.ts";
 export * from "./core/cache/mixed_cache.ts";
 export * from "./core/cache/serialize.ts";
 export * from "./core/eval/compare.ts";
+export * from "./core/cache/plan_policy.ts";
