@@ -218,8 +218,8 @@ export function decodeRun(
 }
 
 /**
- * Bytes of scratch `attendPage` needs: f32 row/group buffer, f32 scores/weights for hq × cap
- * tokens and f32 accumulators for hq × d.
+ * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: f32 row/group buffer, f32
+ * scores/weights for hq × cap tokens and f32 accumulators for hq × d.
  */
 export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const row = max(d, 128);
@@ -260,7 +260,7 @@ export function attendPage(
 ): void {
   const row = scratch;
   const sc = row + (<usize>max(d, 128) << 2); // f32 [hq][n]: scores, then weights
-  const acc = sc + (<usize>(hq * cap) << 2); // f32 [hq][d]
+  const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
   const dBytes = <usize>d << 2;
 
   // 1. scores
