@@ -89,7 +89,7 @@ function _decodeIntGroup(src: usize, G: i32, b: i32, codeWords: i32, dst: usize)
     }
     return;
   }
-  if (b == 2) {
+  if (b == 2 && G >= 16) {
     // one word = 16 codes: repeat each byte 4×, move field j of each byte to bits 6..7 (×4^(3−j)
     // in 16-bit lanes), shift down, mask
     const s = f32x4.splat(sc), m = f32x4.splat(mn);
