@@ -24,7 +24,7 @@
  */
 
 import { type Codec, tsCodec } from "../../codecs/mod.ts";
-import { InvalidValueError } from "../errors.ts";
+import { InvalidValueError, ShapeError } from "../errors.ts";
 import {
   type CacheMemory,
   checkAppend,
@@ -34,8 +34,10 @@ import {
   type KVCacheShape,
 } from "../model/kv_cache.ts";
 import { checkPageFormat, Page } from "./page.ts";
+import type { PageArena } from "./page_arena.ts";
 import { Partial } from "./partial.ts";
 import type { CachePolicy, FormatPair } from "./policy.ts";
+import { WasmAttention } from "./wasm_attention.ts";
 
 /** Largest magnitude the cache accepts: every stored format's scale and minimum are fp16. */
 export const MAX_CACHE_VALUE = 65504;
@@ -62,6 +64,7 @@ export class PagePool {
   readonly #stagingCodec: Codec;
   readonly #pageTokens: number;
   readonly #d: number;
+  readonly #arena: PageArena | undefined;
 
   /**
    * Creates an empty pool.
@@ -70,6 +73,7 @@ export class PagePool {
    * @param stagingFormat format of the staging area (the cache's window format)
    * @param pageTokens tokens per page
    * @param headDim elements per token
+   * @param arena WebAssembly memory for the pages (wasm backend), else JS arrays
    */
   constructor(
     pair: FormatPair,
@@ -77,7 +81,9 @@ export class PagePool {
     stagingFormat: string,
     pageTokens: number,
     headDim: number,
+    arena?: PageArena,
   ) {
+    this.#arena = arena;
     this.pair = pair;
     this.#keyCodec = codecFor(pair.keyFormat);
     this.#valueCodec = codecFor(pair.valueFormat);
@@ -142,15 +148,20 @@ export class PagePool {
    * @returns the page
    */
   newPage(): Page {
-    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d);
+    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d, this.#arena);
     this.pages.push(page);
     return page;
+  }
+
+  /** Returns the pages' arena storage; the pool must not be used afterwards. */
+  release(): void {
+    for (const page of this.pages) page.release();
   }
 
   #page(): Page {
     const last = this.pages[this.pages.length - 1];
     if (last && last.n < last.capacity) return last;
-    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d);
+    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d, this.#arena);
     this.pages.push(page);
     return page;
   }
@@ -182,6 +193,12 @@ class HeadStore {
 export interface MixedCacheOptions {
   /** Codec lookup by format name (default: the TypeScript reference codecs). */
   codecFor?: (format: string) => Codec;
+  /**
+   * Attention backend. `ts` (default): the reference, decoding every segment to f32 and one exact
+   * softmax. `wasm`: pages live in WebAssembly memory and fused-dequant SIMD kernels attend each
+   * page in place, merging flash-decoding partials (head_dim must be a multiple of 4).
+   */
+  backend?: "ts" | "wasm";
 }
 
 /**
@@ -203,17 +220,32 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #partial: Partial;
   readonly #slotK: Float32Array;
   readonly #slotV: Float32Array;
+  /** The attention backend in use. */
+  readonly backend: "ts" | "wasm";
+  readonly #wasm: WasmAttention | undefined;
+  #partials: Partial[] = [];
+  #segment: Partial;
+  #windowScores = new Float64Array(0);
 
   /**
    * Creates an empty cache; every format the policy can choose is checked now.
    * @param shape the cache's shape
    * @param policy where tokens go
-   * @param options codec backend
+   * @param options codecs and attention backend
    */
   constructor(shape: KVCacheShape, policy: CachePolicy, options: MixedCacheOptions = {}) {
     checkCacheShape(shape);
     this.shape = { ...shape };
     this.policy = policy;
+    this.backend = options.backend ?? "ts";
+    if (this.backend !== "ts" && this.backend !== "wasm") {
+      throw new InvalidValueError(`backend ${this.backend}: expected "ts" or "wasm"`);
+    }
+    if (this.backend === "wasm" && shape.headDim % 4 !== 0) {
+      throw new ShapeError(
+        `backend wasm needs head_dim a multiple of 4, got ${shape.headDim}`,
+      );
+    }
     this.#codecFor = options.codecFor ?? tsCodec;
     const d = shape.headDim;
     this.#window = this.#codecFor(policy.windowFormat);
@@ -236,6 +268,13 @@ export class MixedPrecisionKVCache implements KVCache {
     this.#partial = new Partial(d);
     this.#slotK = new Float32Array(d);
     this.#slotV = new Float32Array(d);
+    this.#segment = new Partial(d);
+    if (this.backend === "wasm") {
+      const hq = shape.nHeads / shape.nKvHeads;
+      this.#wasm = new WasmAttention();
+      this.#partials = Array.from({ length: hq }, () => new Partial(d));
+      this.#windowScores = new Float64Array(hq * policy.recentWindow);
+    }
   }
 
   #freshHeads(): HeadStore[][] {
@@ -309,6 +348,10 @@ export class MixedPrecisionKVCache implements KVCache {
    */
   attend(layer: number, q: Float32Array, out: Float32Array): void {
     checkAttend(this.shape, layer, q, out);
+    if (this.#wasm) {
+      this.#attendWasm(this.#wasm, layer, q, out);
+      return;
+    }
     const { nHeads, nKvHeads, headDim: d } = this.shape;
     const group = nHeads / nKvHeads;
     for (let kv = 0; kv < nKvHeads; kv++) {
@@ -322,6 +365,88 @@ export class MixedPrecisionKVCache implements KVCache {
         partial.finish(out.subarray(h * d, (h + 1) * d));
         this.#creditWindow(store, partial, group);
       }
+    }
+  }
+
+  /**
+   * The fused WASM attention: one kernel call over the full-precision tokens (window in slot
+   * order, sinks, staged tokens of every pool; copied per call, all in the window format) and one
+   * per page, read in place; partials merge by log-sum-exp. Window scores come from the first
+   * call's scores, credited as the reference does.
+   */
+  #attendWasm(wasm: WasmAttention, layer: number, q: Float32Array, out: Float32Array): void {
+    const { nHeads, nKvHeads, headDim: d } = this.shape;
+    const group = nHeads / nKvHeads, W = this.policy.recentWindow, sw = this.#slotWords;
+    const P = this.policy.pageTokens, win = this.#window;
+    for (let kv = 0; kv < nKvHeads; kv++) {
+      const store = this.#heads[layer][kv];
+      let nf = store.windowN + store.sinkN;
+      for (const pool of store.pools.values()) nf += pool.staged;
+      wasm.reserve(d, Math.max(P, nf), group, Math.max(nf, 1) * sw);
+      wasm.q().set(q.subarray(kv * group * d, (kv + 1) * group * d));
+      for (const p of this.#partials) p.reset();
+      if (nf > 0) {
+        const segK = wasm.segK(), segV = wasm.segV();
+        let at = 0;
+        for (let i = 0; i < store.windowN; i++, at += sw) {
+          const slot = ((store.windowStart + i) % W) * sw;
+          segK.set(store.windowK.subarray(slot, slot + sw), at);
+          segV.set(store.windowV.subarray(slot, slot + sw), at);
+        }
+        segK.set(store.sinkK.subarray(0, store.sinkN * sw), at);
+        segV.set(store.sinkV.subarray(0, store.sinkN * sw), at);
+        at += store.sinkN * sw;
+        for (const pool of store.pools.values()) {
+          segK.set(pool.stagedK.subarray(0, pool.staged * sw), at);
+          segV.set(pool.stagedV.subarray(0, pool.staged * sw), at);
+          at += pool.staged * sw;
+        }
+        wasm.attendSegment(win, wasm.segKPtr, win, wasm.segVPtr, nf, nf, d, group);
+        this.#mergeOut(wasm, d);
+        const scores = wasm.scores(nf);
+        for (let g = 0; g < group; g++) {
+          for (let i = 0; i < store.windowN; i++) {
+            this.#windowScores[g * W + i] = scores[g * nf + i];
+          }
+        }
+      }
+      for (const pool of store.pools.values()) {
+        for (const page of pool.pages) {
+          if (page.n === 0) continue;
+          wasm.attendSegment(
+            page.keyCodec,
+            page.kPtr,
+            page.valueCodec,
+            page.vPtr,
+            page.n,
+            P,
+            d,
+            group,
+          );
+          this.#mergeOut(wasm, d);
+        }
+      }
+      for (let g = 0; g < group; g++) {
+        const partial = this.#partials[g], h = kv * group + g;
+        partial.finish(out.subarray(h * d, (h + 1) * d));
+        const inv = 1 / (partial.l * group);
+        for (let i = 0; i < store.windowN; i++) {
+          const slot = (store.windowStart + i) % W;
+          store.windowScore[slot] += Math.exp(this.#windowScores[g * W + i] - partial.m) * inv;
+        }
+      }
+    }
+  }
+
+  /** Merges the kernel's per-head partials into the running ones. */
+  #mergeOut(wasm: WasmAttention, d: number): void {
+    const o = wasm.out(), seg = this.#segment;
+    for (let g = 0; g < this.#partials.length; g++) {
+      const base = g * (d + 2);
+      seg.m = o[base];
+      seg.l = o[base + 1];
+      seg.acc.set(o.subarray(base + 2, base + 2 + d));
+      this.#partials[g].merge(seg);
     }
   }
 
@@ -420,6 +545,9 @@ export class MixedPrecisionKVCache implements KVCache {
     state: ReturnType<MixedPrecisionKVCache["segments"]>,
   ): void {
     const s = this.#heads[layer][kvHead];
+    for (const pool of s.pools.values()) {
+      if (!state.pools.includes(pool)) pool.release();
+    }
     s.sinkK.set(state.sinkK);
     s.sinkV.set(state.sinkV);
     s.sinkN = state.sinkN;
@@ -463,6 +591,7 @@ export class MixedPrecisionKVCache implements KVCache {
       this.policy.windowFormat,
       this.policy.pageTokens,
       this.shape.headDim,
+      this.#wasm?.arena,
     );
   }
 
@@ -499,6 +628,9 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 
   reset(): void {
+    for (const layer of this.#heads) {
+      for (const s of layer) for (const pool of s.pools.values()) pool.release();
+    }
     this.#heads = this.#freshHeads();
     this.#lengths.fill(0);
   }

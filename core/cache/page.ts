@@ -20,6 +20,7 @@
 
 import type { Codec } from "../../codecs/mod.ts";
 import { FormatError } from "../errors.ts";
+import { PageArena } from "./page_arena.ts";
 
 /** Bytes of one page-table entry (key offset, value offset, format pair id, token count as u32). */
 export const PAGE_TABLE_ENTRY_BYTES = 16;
@@ -34,13 +35,18 @@ export class Page {
   readonly capacity: number;
   /** Head dimension d. */
   readonly headDim: number;
-  /** Packed keys. */
-  readonly kWords: Uint32Array;
-  /** Packed values. */
-  readonly vWords: Uint32Array;
   /** Valid tokens. */
   n = 0;
-  readonly #scratch: Float32Array;
+  /** Byte offset of the keys in the arena's memory (0 without an arena). */
+  readonly kPtr: number = 0;
+  /** Byte offset of the values in the arena's memory (0 without an arena). */
+  readonly vPtr: number = 0;
+  readonly #arena: PageArena | undefined;
+  #k: Uint32Array;
+  #v: Uint32Array;
+  // word counts, kept apart because a view detached by memory growth reports length 0
+  readonly #kn: number;
+  readonly #vn: number;
 
   /**
    * Creates an empty page.
@@ -48,16 +54,56 @@ export class Page {
    * @param valueCodec codec of the values
    * @param capacity tokens per page, a multiple of every channel-axis group size
    * @param headDim elements per token and head
+   * @param arena WebAssembly memory to hold the words in (the wasm backend), else JS arrays
    */
-  constructor(keyCodec: Codec, valueCodec: Codec, capacity: number, headDim: number) {
+  constructor(
+    keyCodec: Codec,
+    valueCodec: Codec,
+    capacity: number,
+    headDim: number,
+    arena?: PageArena,
+  ) {
     for (const codec of [keyCodec, valueCodec]) checkPageFormat(codec, capacity, headDim);
     this.keyCodec = keyCodec;
     this.valueCodec = valueCodec;
     this.capacity = capacity;
     this.headDim = headDim;
-    this.kWords = new Uint32Array(keyCodec.wordsFor(capacity * headDim));
-    this.vWords = new Uint32Array(valueCodec.wordsFor(capacity * headDim));
-    this.#scratch = new Float32Array(capacity * headDim);
+    const kn = keyCodec.wordsFor(capacity * headDim), vn = valueCodec.wordsFor(capacity * headDim);
+    this.#arena = arena;
+    this.#kn = kn;
+    this.#vn = vn;
+    if (arena) {
+      this.kPtr = arena.alloc(4 * kn);
+      this.vPtr = arena.alloc(4 * vn);
+      this.#k = arena.u32(this.kPtr, kn);
+      this.#v = arena.u32(this.vPtr, vn);
+    } else {
+      this.#k = new Uint32Array(kn);
+      this.#v = new Uint32Array(vn);
+    }
+  }
+
+  /** Packed keys (a view into the arena's memory when there is one; re-derived after it grows). */
+  get kWords(): Uint32Array {
+    if (this.#arena && this.#k.buffer !== this.#arena.memory.buffer) {
+      this.#k = this.#arena.u32(this.kPtr, this.#kn);
+    }
+    return this.#k;
+  }
+
+  /** Packed values (see kWords). */
+  get vWords(): Uint32Array {
+    if (this.#arena && this.#v.buffer !== this.#arena.memory.buffer) {
+      this.#v = this.#arena.u32(this.vPtr, this.#vn);
+    }
+    return this.#v;
+  }
+
+  /** Returns arena storage (no-op without an arena); the page must not be used afterwards. */
+  release(): void {
+    if (!this.#arena) return;
+    this.#arena.free(this.kPtr, 4 * this.#kn);
+    this.#arena.free(this.vPtr, 4 * this.#vn);
   }
 
   /** Tokens a write must come in multiples of: the largest channel-axis group, else 1. */
@@ -65,9 +111,11 @@ export class Page {
     return Math.max(quantum(this.keyCodec), quantum(this.valueCodec));
   }
 
-  /** Bytes held: packed words plus this page's page-table entry. */
+  /** Bytes held: packed words (arena blocks with their alignment) plus the page-table entry. */
   get bytes(): number {
-    return this.kWords.byteLength + this.vWords.byteLength + PAGE_TABLE_ENTRY_BYTES;
+    const k = 4 * this.#kn, v = 4 * this.#vn;
+    const words = this.#arena ? PageArena.blockBytes(k) + PageArena.blockBytes(v) : k + v;
+    return words + PAGE_TABLE_ENTRY_BYTES;
   }
 
   /**
@@ -113,7 +161,7 @@ export class Page {
     }
     // channel-major: element (c, t) at c·P + t; groups of G tokens per channel
     const G = codec.spec.group, wpg = codec.spec.wordsPerGroup;
-    const column = this.#scratch.subarray(0, count);
+    const column = _column(count);
     for (let c = 0; c < d; c++) {
       for (let t = 0; t < count; t++) column[t] = x[t * d + c];
       codec.encodeInto(column, words.subarray(((c * P) / G + n / G) * wpg));
@@ -128,12 +176,19 @@ export class Page {
       return;
     }
     const G = codec.spec.group, wpg = codec.spec.wordsPerGroup;
-    const column = this.#scratch.subarray(0, n);
+    const column = _column(n);
     for (let c = 0; c < d; c++) {
       codec.decodeWords(words.subarray(((c * P) / G) * wpg), n, column);
       for (let t = 0; t < n; t++) out[t * d + c] = column[t];
     }
   }
+}
+
+// One channel column being transposed, shared by all pages (never held across calls).
+let _columnBuf = new Float32Array(128);
+function _column(n: number): Float32Array {
+  if (_columnBuf.length < n) _columnBuf = new Float32Array(n);
+  return _columnBuf.subarray(0, n);
 }
 
 function quantum(codec: Codec): number {

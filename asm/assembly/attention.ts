@@ -1,0 +1,366 @@
+// Attention over one page of the mixed-precision cache with dequantization fused in: the page's
+// packed u32 words (core/cache/PAGES.md layout, codecs/FORMAT.md encodings) are decoded one group
+// (channel axis) or one token row (token axis) at a time into a tiny f32 scratch and consumed at
+// once, so no f32 copy of the page is ever materialised. The result is one flash-decoding partial
+// (m, l, acc) per query head of the KV head's group; the host merges partials by log-sum-exp.
+//
+// Decoded values follow FORMAT.md exactly: int x̂ = f32(f32(code·s) + m) (f32x4.mul then
+// f32x4.add, never fused), fp16/bf16/fp8 by exact bit algorithms, int8s/scaled fp8 f32(v·s).
+
+// Format kind ids (codecs/format.ts FORMAT_KIND_IDS).
+const KIND_INT: i32 = 0;
+const KIND_INT8S: i32 = 1;
+const KIND_FP16: i32 = 2;
+const KIND_BF16: i32 = 3;
+const KIND_FP32: i32 = 4;
+const KIND_FP8E4M3: i32 = 5;
+const KIND_FP8E5M2: i32 = 6;
+
+// f32 value of fp16 bits h (exact; FORMAT.md "Float formats").
+// @ts-ignore: decorator
+@inline function _h2f(h: u32): f32 {
+  const sign = (h & 0x8000) << 16;
+  const e = (h >>> 10) & 31;
+  const m = h & 0x3ff;
+  if (e == 31) return reinterpret<f32>(sign | 0x7f800000 | (m << 13));
+  if (e != 0) return reinterpret<f32>(sign | ((e + 112) << 23) | (m << 13));
+  return reinterpret<f32>(sign | reinterpret<u32>(<f32>m * 5.9604644775390625e-8)); // m·2^−24
+}
+
+// f32 value of an fp8 code (e4m3 when e4m3, else e5m2 = high byte of an fp16).
+// @ts-ignore: decorator
+@inline function _fp8(c: u32, e4m3: bool): f32 {
+  if (!e4m3) return _h2f(c << 8);
+  const sign = (c & 0x80) << 24;
+  const e = (c >>> 3) & 15;
+  const m = c & 7;
+  if (e == 15 && m == 7) return reinterpret<f32>(sign | 0x7fc00000);
+  if (e != 0) return reinterpret<f32>(sign | ((e + 120) << 23) | (m << 20));
+  return reinterpret<f32>(sign | reinterpret<u32>(<f32>m * 0.001953125)); // m·2^−9
+}
+
+// x̂ = f32(f32(c·s) + m) for four u32 codes.
+// @ts-ignore: decorator
+@inline function _affine(codes: v128, s: v128, m: v128): v128 {
+  return f32x4.add(f32x4.mul(f32x4.convert_i32x4_u(codes), s), m);
+}
+
+// Stores 16 decoded values from 16 u8 codes (bytes of c).
+// @ts-ignore: decorator
+@inline function _store16(dst: usize, c: v128, s: v128, m: v128): void {
+  const lo = i16x8.extend_low_i8x16_u(c), hi = i16x8.extend_high_i8x16_u(c);
+  v128.store(dst, _affine(i32x4.extend_low_i16x8_u(lo), s, m));
+  v128.store(dst + 16, _affine(i32x4.extend_high_i16x8_u(lo), s, m));
+  v128.store(dst + 32, _affine(i32x4.extend_low_i16x8_u(hi), s, m));
+  v128.store(dst + 48, _affine(i32x4.extend_high_i16x8_u(hi), s, m));
+}
+
+// Decodes one asymmetric int group of G codes (b bits, header word first) into dst.
+function _decodeIntGroup(src: usize, G: i32, b: i32, codeWords: i32, dst: usize): void {
+  const hdr = load<u32>(src);
+  const sc = _h2f(hdr & 0xffff), mn = _h2f(hdr >>> 16);
+  const codes = src + 4;
+  if ((codeWords & 3) == 0 && (b == 8 || b == 4)) {
+    const s = f32x4.splat(sc), m = f32x4.splat(mn);
+    const mask = i8x16.splat(0x0f);
+    let out = dst;
+    for (let w = 0; w < codeWords; w += 4) {
+      const v = v128.load(codes + (<usize>w << 2));
+      if (b == 8) {
+        _store16(out, v, s, m);
+        out += 64;
+      } else {
+        // byte k holds codes 2k (low nibble) and 2k+1 (high nibble): split, then interleave
+        const lo = v128.and(v, mask), hi = v128.and(i16x8.shr_u(v, 4), mask);
+        _store16(
+          out,
+          i8x16.shuffle(lo, hi, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+          s,
+          m,
+        );
+        _store16(
+          out + 64,
+          i8x16.shuffle(lo, hi, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+          s,
+          m,
+        );
+        out += 128;
+      }
+    }
+    return;
+  }
+  if (b == 2 && G >= 16) {
+    // one word = 16 codes: repeat each byte 4×, move field j of each byte to bits 6..7 (×4^(3−j)
+    // in 16-bit lanes), shift down, mask
+    const s = f32x4.splat(sc), m = f32x4.splat(mn);
+    const rep = i8x16(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const mul = i16x8(64, 16, 4, 1, 64, 16, 4, 1);
+    const three = i16x8.splat(3);
+    for (let w = 0; w < codeWords; w++) {
+      const bytes = i8x16.swizzle(i32x4.splat(load<i32>(codes + (<usize>w << 2))), rep);
+      const a = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_low_i8x16_u(bytes), mul), 6), three);
+      const c = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_high_i8x16_u(bytes), mul), 6), three);
+      const out = dst + (<usize>w << 6);
+      v128.store(out, _affine(i32x4.extend_low_i16x8_u(a), s, m));
+      v128.store(out + 16, _affine(i32x4.extend_high_i16x8_u(a), s, m));
+      v128.store(out + 32, _affine(i32x4.extend_low_i16x8_u(c), s, m));
+      v128.store(out + 48, _affine(i32x4.extend_high_i16x8_u(c), s, m));
+    }
+    return;
+  }
+  // generic LSB-first bit stream (codes may straddle two words)
+  const qmask: u32 = (<u32>1 << b) - 1;
+  for (let i = 0; i < G; i++) {
+    const bit = i * b, w = bit >>> 5, o = bit & 31;
+    let c = load<u32>(codes + (<usize>w << 2)) >>> o;
+    if (o + b > 32) c |= load<u32>(codes + (<usize>(w + 1) << 2)) << (32 - o);
+    store<f32>(dst + (<usize>i << 2), <f32>(c & qmask) * sc + mn);
+  }
+}
+
+// Decodes one group of G elements (scaled kinds) or one word's worth of an unscaled kind.
+// @ts-ignore: decorator
+@inline function _decodeGroup(
+  kind: i32,
+  b: i32,
+  G: i32,
+  codeWords: i32,
+  src: usize,
+  dst: usize,
+): void {
+  if (kind == KIND_INT) {
+    _decodeIntGroup(src, G, b, codeWords, dst);
+  } else if (kind == KIND_INT8S) {
+    const sc = _h2f(load<u32>(src) & 0xffff);
+    for (let i = 0; i < G; i++) {
+      const c = <i32>load<i8>(src + 4 + <usize>i);
+      store<f32>(dst + (<usize>i << 2), <f32>c * sc);
+    }
+  } else if (kind == KIND_FP8E4M3 || kind == KIND_FP8E5M2) {
+    const e4 = kind == KIND_FP8E4M3;
+    const sc = _h2f(load<u32>(src) & 0xffff);
+    for (let i = 0; i < G; i++) {
+      store<f32>(dst + (<usize>i << 2), _fp8(<u32>load<u8>(src + 4 + <usize>i), e4) * sc);
+    }
+  }
+}
+
+/**
+ * Decodes `n` elements (a multiple of the group) of a flat encoded run at `src` into f32 at `dst`.
+ * `scaled` formats have a header word per group; unscaled fp16/bf16/fp8 have none.
+ */
+export function decodeRun(
+  kind: i32,
+  b: i32,
+  G: i32,
+  wpg: i32,
+  scaled: i32,
+  src: usize,
+  n: i32,
+  dst: usize,
+): void {
+  if (kind == KIND_FP32) {
+    memory.copy(dst, src, <usize>n << 2);
+    return;
+  }
+  if (scaled != 0) {
+    const cw = wpg - 1;
+    for (let g = 0; g < n; g += G) {
+      _decodeGroup(kind, b, G, cw, src + (<usize>((g / G) * wpg) << 2), dst + (<usize>g << 2));
+    }
+    return;
+  }
+  if (kind == KIND_FP16) {
+    for (let i = 0; i < n; i += 2) {
+      const w = load<u32>(src + (<usize>i << 1));
+      store<f32>(dst + (<usize>i << 2), _h2f(w & 0xffff));
+      store<f32>(dst + (<usize>i << 2) + 4, _h2f(w >>> 16));
+    }
+  } else if (kind == KIND_BF16) {
+    for (let i = 0; i < n; i += 2) {
+      const w = load<u32>(src + (<usize>i << 1));
+      store<u32>(dst + (<usize>i << 2), w << 16);
+      store<u32>(dst + (<usize>i << 2) + 4, w & 0xffff0000);
+    }
+  } else {
+    const e4 = kind == KIND_FP8E4M3;
+    for (let i = 0; i < n; i++) store<f32>(dst + (<usize>i << 2), _fp8(<u32>load<u8>(src + i), e4));
+  }
+}
+
+// Σ a[i]·b[i] over n (multiple of 4) f32 elements, four lanes then a fixed-order lane sum.
+// @ts-ignore: decorator
+@inline function _dot(a: usize, b: usize, n: i32): f32 {
+  let s0 = f32x4.splat(0), s1 = f32x4.splat(0);
+  let i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const o = <usize>i << 2;
+    s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
+    s1 = f32x4.add(s1, f32x4.mul(v128.load(a + o + 16), v128.load(b + o + 16)));
+  }
+  if (i < n) {
+    const o = <usize>i << 2;
+    s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
+  }
+  const s = f32x4.add(s0, s1);
+  return (f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)) +
+    (f32x4.extract_lane(s, 2) + f32x4.extract_lane(s, 3));
+}
+
+// acc[0..n) += w · x[0..n) (n multiple of 4).
+// @ts-ignore: decorator
+@inline function _axpy(acc: usize, w: f32, x: usize, n: i32): void {
+  const wv = f32x4.splat(w);
+  for (let i = 0; i < n; i += 4) {
+    const o = <usize>i << 2;
+    v128.store(acc + o, f32x4.add(v128.load(acc + o), f32x4.mul(wv, v128.load(x + o))));
+  }
+}
+
+/**
+ * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: f32 row/group buffer, f32
+ * scores/weights for hq × cap tokens and f32 accumulators for hq × d.
+ */
+export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
+  const row = max(d, 128);
+  return (row + hq * cap + hq * d) * 4 + 64;
+}
+
+/**
+ * One flash-decoding partial per query head over `n` tokens of one page (or one token-major run).
+ *
+ * A format is passed as (kind, bits, group G, words per group, scaled, channel): channel-axis
+ * formats are channel-major with `cap` tokens per channel (PAGES.md), the others token-major.
+ * q holds hq query heads × d f32; out receives per head f64 [m, l, acc_0 … acc_{d−1}]; scores
+ * receives f64 s[h·n + t] = q_h·k_t/√d; scratch has attendScratchBytes(d, cap, hq) bytes.
+ */
+export function attendPage(
+  kKind: i32,
+  kBits: i32,
+  kG: i32,
+  kWpg: i32,
+  kScaled: i32,
+  kChannel: i32,
+  kPtr: usize,
+  vKind: i32,
+  vBits: i32,
+  vG: i32,
+  vWpg: i32,
+  vScaled: i32,
+  vChannel: i32,
+  vPtr: usize,
+  n: i32,
+  cap: i32,
+  d: i32,
+  hq: i32,
+  qPtr: usize,
+  outPtr: usize,
+  scorePtr: usize,
+  scratch: usize,
+): void {
+  const row = scratch;
+  const sc = row + (<usize>max(d, 128) << 2); // f32 [hq][n]: scores, then weights
+  const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
+  const dBytes = <usize>d << 2;
+
+  // 1. scores
+  if (kChannel != 0) {
+    memory.fill(sc, 0, <usize>(hq * n) << 2);
+    const groups = n / kG, perChannel = cap / kG;
+    for (let c = 0; c < d; c++) {
+      for (let g = 0; g < groups; g++) {
+        decodeRun(
+          kKind,
+          kBits,
+          kG,
+          kWpg,
+          kScaled,
+          kPtr + (<usize>((c * perChannel + g) * kWpg) << 2),
+          kG,
+          row,
+        );
+        for (let h = 0; h < hq; h++) {
+          const qc = f32x4.splat(load<f32>(qPtr + (<usize>(h * d + c) << 2)));
+          const dst = sc + (<usize>(h * n + g * kG) << 2);
+          for (let t = 0; t < kG; t += 4) {
+            const o = <usize>t << 2;
+            v128.store(dst + o, f32x4.add(v128.load(dst + o), f32x4.mul(qc, v128.load(row + o))));
+          }
+        }
+      }
+    }
+  } else {
+    const tokenBytes = <usize>(kKind == KIND_FP32 ? d : (d / kG) * kWpg) << 2;
+    for (let t = 0; t < n; t++) {
+      let k = kPtr + <usize>t * tokenBytes;
+      if (kKind != KIND_FP32) {
+        decodeRun(kKind, kBits, kG, kWpg, kScaled, k, d, row);
+        k = row;
+      }
+      for (let h = 0; h < hq; h++) {
+        store<f32>(sc + (<usize>(h * n + t) << 2), _dot(qPtr + <usize>h * dBytes, k, d));
+      }
+    }
+  }
+
+  // 2. softmax statistics per head: m, l (f64) and f32 weights e^{s−m} in place of the scores
+  const inv = 1 / Math.sqrt(<f64>d);
+  for (let h = 0; h < hq; h++) {
+    let m = -Infinity;
+    for (let t = 0; t < n; t++) {
+      const s = <f64>load<f32>(sc + (<usize>(h * n + t) << 2)) * inv;
+      store<f64>(scorePtr + (<usize>(h * n + t) << 3), s);
+      if (s > m) m = s;
+    }
+    let l: f64 = 0;
+    for (let t = 0; t < n; t++) {
+      const w = Math.exp(load<f64>(scorePtr + (<usize>(h * n + t) << 3)) - m);
+      l += w;
+      store<f32>(sc + (<usize>(h * n + t) << 2), <f32>w);
+    }
+    store<f64>(outPtr + (<usize>(h * (d + 2)) << 3), m);
+    store<f64>(outPtr + (<usize>(h * (d + 2) + 1) << 3), l);
+  }
+
+  // 3. acc_h = Σ_t w_{h,t} v_t
+  memory.fill(acc, 0, <usize>(hq * d) << 2);
+  if (vChannel != 0) {
+    const groups = n / vG, perChannel = cap / vG;
+    for (let c = 0; c < d; c++) {
+      for (let g = 0; g < groups; g++) {
+        decodeRun(
+          vKind,
+          vBits,
+          vG,
+          vWpg,
+          vScaled,
+          vPtr + (<usize>((c * perChannel + g) * vWpg) << 2),
+          vG,
+          row,
+        );
+        for (let h = 0; h < hq; h++) {
+          const a = acc + (<usize>(h * d + c) << 2);
+          store<f32>(a, load<f32>(a) + _dot(sc + (<usize>(h * n + g * vG) << 2), row, vG));
+        }
+      }
+    }
+  } else {
+    const tokenBytes = <usize>(vKind == KIND_FP32 ? d : (d / vG) * vWpg) << 2;
+    for (let t = 0; t < n; t++) {
+      let v = vPtr + <usize>t * tokenBytes;
+      if (vKind != KIND_FP32) {
+        decodeRun(vKind, vBits, vG, vWpg, vScaled, v, d, row);
+        v = row;
+      }
+      for (let h = 0; h < hq; h++) {
+        _axpy(acc + <usize>h * dBytes, load<f32>(sc + (<usize>(h * n + t) << 2)), v, d);
+      }
+    }
+  }
+  for (let h = 0; h < hq; h++) {
+    const o = outPtr + (<usize>(h * (d + 2) + 2) << 3);
+    for (let i = 0; i < d; i++) {
+      store<f64>(o + (<usize>i << 3), <f64>load<f32>(acc + (<usize>(h * d + i) << 2)));
+    }
+  }
+}

@@ -1,0 +1,217 @@
+/**
+ * Host side of the fused WASM attention (asm/assembly/attention.ts): one module instance per
+ * cache, whose linear memory holds the cache's pages (a {@linkcode PageArena}) and the per-call
+ * scratch. `attendSegment` runs the kernel over one page (or one token-major run copied into the
+ * scratch) for all query heads of a KV head and leaves one flash-decoding partial per head.
+ *
+ * Browser compatible (compiles the embedded module synchronously; browsers allow that off the main
+ * thread or for small modules).
+ *
+ * @example
+ * ```ts
+ * import { WasmAttention } from "./wasm_attention.ts";
+ * import { tsCodec } from "../../codecs/mod.ts";
+ * const wa = new WasmAttention();
+ * const fp32 = tsCodec("fp32");
+ * wa.reserve(4, 2, 1);
+ * wa.q().set([1, 0, 0, 0]);
+ * wa.segK().set([1, 0, 0, 0, 0, 0, 0, 0]);
+ * wa.segV().set(new Uint32Array(new Float32Array([1, 2, 3, 4, 5, 6, 7, 8]).buffer));
+ * wa.attendSegment(fp32, wa.segKPtr, fp32, wa.segVPtr, 2, 2, 4, 1);
+ * const out = wa.out(); // [m, l, acc…]
+ * if (out[0] !== 0.5 || out[1] !== 1 + Math.exp(-0.5)) throw new Error("scores 0.5 and 0");
+ * ```
+ * @module
+ */
+
+import type { Codec } from "../../codecs/mod.ts";
+import { wasmBytes } from "../../codecs/wasm.ts";
+import { PageArena } from "./page_arena.ts";
+
+interface AttentionKernels {
+  readonly memory: WebAssembly.Memory;
+  heapBase(): number;
+  attendScratchBytes(d: number, cap: number, hq: number): number;
+  attendPage(
+    kKind: number,
+    kBits: number,
+    kG: number,
+    kWpg: number,
+    kScaled: number,
+    kChannel: number,
+    kPtr: number,
+    vKind: number,
+    vBits: number,
+    vG: number,
+    vWpg: number,
+    vScaled: number,
+    vChannel: number,
+    vPtr: number,
+    n: number,
+    cap: number,
+    d: number,
+    hq: number,
+    qPtr: number,
+    outPtr: number,
+    scorePtr: number,
+    scratch: number,
+  ): void;
+}
+
+let _module: WebAssembly.Module | undefined;
+
+/** One module instance: page arena, scratch, and the attention kernel. */
+export class WasmAttention {
+  /** Where the cache's pages live. */
+  readonly arena: PageArena;
+  readonly #k: AttentionKernels;
+  #scratch = 0;
+  #scratchBytes = 0;
+  #d = 0;
+  #hq = 0;
+  #tokens = 0;
+  #segWords = 0;
+  /** Byte offset of the query heads (f32, hq × d). */
+  qPtr = 0;
+  /** Byte offset of the kernel's output (f64, hq × (d + 2)). */
+  outPtr = 0;
+  /** Byte offset of the scores (f64, hq × tokens). */
+  scorePtr = 0;
+  /** Byte offset of the token-major key run copied per call (sinks, window, staging). */
+  segKPtr = 0;
+  /** Byte offset of the matching value run. */
+  segVPtr = 0;
+  #kernelPtr = 0;
+
+  /** Instantiates the embedded module (compiled once per process). */
+  constructor() {
+    _module ??= new WebAssembly.Module(wasmBytes());
+    this.#k = new WebAssembly.Instance(_module, {}).exports as unknown as AttentionKernels;
+    this.arena = new PageArena(this.#k.memory, this.#k.heapBase());
+  }
+
+  /**
+   * Makes the scratch large enough for `tokens` tokens per call, d, hq heads and `segWords` words
+   * per copied K or V run; may grow memory (views taken before are then stale).
+   * @param d head dimension
+   * @param tokens most tokens one kernel call sees
+   * @param hq query heads per KV head
+   * @param segWords words of the copied key (and value) run
+   */
+  reserve(d: number, tokens: number, hq: number, segWords = tokens * d): void {
+    if (d === this.#d && hq === this.#hq && tokens <= this.#tokens && segWords <= this.#segWords) {
+      return;
+    }
+    tokens = Math.max(tokens, this.#tokens);
+    segWords = Math.max(segWords, this.#segWords);
+    const sizes = [
+      4 * hq * d,
+      8 * hq * (d + 2),
+      8 * hq * tokens,
+      4 * segWords,
+      4 * segWords,
+      this.#k.attendScratchBytes(d, tokens, hq),
+    ].map(PageArena.blockBytes);
+    const bytes = sizes.reduce((a, b) => a + b, 0);
+    if (this.#scratchBytes) this.arena.free(this.#scratch, this.#scratchBytes);
+    this.#scratch = this.arena.alloc(bytes);
+    this.#scratchBytes = bytes;
+    let p = this.#scratch;
+    [this.qPtr, this.outPtr, this.scorePtr, this.segKPtr, this.segVPtr, this.#kernelPtr] = sizes
+      .map((s) => (p += s) - s);
+    this.#d = d;
+    this.#hq = hq;
+    this.#tokens = tokens;
+    this.#segWords = segWords;
+  }
+
+  /**
+   * The query heads' f32 view.
+   * @returns hq × d floats
+   */
+  q(): Float32Array {
+    return new Float32Array(this.arena.memory.buffer, this.qPtr, this.#hq * this.#d);
+  }
+
+  /**
+   * The copied key run's words.
+   * @returns the view
+   */
+  segK(): Uint32Array {
+    return this.arena.u32(this.segKPtr, this.#segWords);
+  }
+
+  /**
+   * The copied value run's words.
+   * @returns the view
+   */
+  segV(): Uint32Array {
+    return this.arena.u32(this.segVPtr, this.#segWords);
+  }
+
+  /**
+   * The last call's partials: per head [m, l, acc_0 … acc_{d−1}].
+   * @returns hq × (d + 2) doubles
+   */
+  out(): Float64Array {
+    return new Float64Array(this.arena.memory.buffer, this.outPtr, this.#hq * (this.#d + 2));
+  }
+
+  /**
+   * The last call's scores q_h·k_t/√d at [h·n + t].
+   * @param n tokens of the last call
+   * @returns hq × n doubles
+   */
+  scores(n: number): Float64Array {
+    return new Float64Array(this.arena.memory.buffer, this.scorePtr, this.#hq * n);
+  }
+
+  /**
+   * Runs the fused kernel over n tokens stored at kPtr/vPtr (PAGES.md layout of the codecs'
+   * formats; channel-axis formats channel-major with `cap` tokens per channel).
+   * @param kc key codec
+   * @param kPtr byte offset of the key words
+   * @param vc value codec
+   * @param vPtr byte offset of the value words
+   * @param n valid tokens (> 0, ≤ the reserved tokens)
+   * @param cap tokens per channel of channel-major blocks (the page capacity)
+   * @param d head dimension (a multiple of 4)
+   * @param hq query heads sharing this KV head
+   */
+  attendSegment(
+    kc: Codec,
+    kPtr: number,
+    vc: Codec,
+    vPtr: number,
+    n: number,
+    cap: number,
+    d: number,
+    hq: number,
+  ): void {
+    const k = kc.spec, v = vc.spec;
+    this.#k.attendPage(
+      k.kindId,
+      k.bits,
+      k.group,
+      k.wordsPerGroup,
+      k.scaled ? 1 : 0,
+      k.axis === "channel" ? 1 : 0,
+      kPtr,
+      v.kindId,
+      v.bits,
+      v.group,
+      v.wordsPerGroup,
+      v.scaled ? 1 : 0,
+      v.axis === "channel" ? 1 : 0,
+      vPtr,
+      n,
+      cap,
+      d,
+      hq,
+      this.qPtr,
+      this.outPtr,
+      this.scorePtr,
+      this.#kernelPtr,
+    );
+  }
+}

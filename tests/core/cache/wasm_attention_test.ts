@@ -1,0 +1,158 @@
+import assert from "node:assert/strict";
+import { formatNames, getFormat } from "../../../codecs/format.ts";
+import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
+import { type CachePolicy, tieredPolicy, uniformPolicy } from "../../../core/cache/policy.ts";
+import { saveCache } from "../../../core/cache/serialize.ts";
+import { ShapeError } from "../../../core/errors.ts";
+import type { KVCacheShape } from "../../../core/model/kv_cache.ts";
+import { normals, rng } from "../../_fixtures.ts";
+
+const TOLERANCE = 1e-6;
+
+/** Both backends over the same policy and shape. */
+function pair(shape: KVCacheShape, policy: () => CachePolicy) {
+  return {
+    ts: new MixedPrecisionKVCache(shape, policy()),
+    wasm: new MixedPrecisionKVCache(shape, policy(), { backend: "wasm" }),
+  };
+}
+
+/** Largest |a − b| over a query head's output, relative to that head's largest |b|. */
+function relError(a: Float32Array, b: Float32Array, d: number): number {
+  let worst = 0;
+  for (let h = 0; h < a.length / d; h++) {
+    let err = 0, mag = 0;
+    for (let i = h * d; i < (h + 1) * d; i++) {
+      err = Math.max(err, Math.abs(a[i] - b[i]));
+      mag = Math.max(mag, Math.abs(b[i]));
+    }
+    worst = Math.max(worst, err / mag);
+  }
+  return worst;
+}
+
+/**
+ * Appends T random tokens to both caches, attending every `every` steps (so window scores and
+ * therefore tiered routing evolve), and checks outputs and window scores agree at each attend.
+ */
+function drive(
+  c: ReturnType<typeof pair>,
+  T: number,
+  every: number,
+  seed: number,
+  label: string,
+): void {
+  const { nLayers, nHeads, nKvHeads, headDim: d } = c.ts.shape;
+  const next = rng(seed);
+  const outTs = new Float32Array(nHeads * d), outWasm = new Float32Array(nHeads * d);
+  for (let p = 0; p < T; p++) {
+    for (let l = 0; l < nLayers; l++) {
+      const k = normals(nKvHeads * d, next), v = normals(nKvHeads * d, next);
+      c.ts.append(l, p, k, v);
+      c.wasm.append(l, p, k, v);
+      if ((p + 1) % every !== 0 && p !== T - 1) continue;
+      const q = normals(nHeads * d, next);
+      c.ts.attend(l, q, outTs);
+      c.wasm.attend(l, q, outWasm);
+      const err = relError(outWasm, outTs, d);
+      assert.ok(err <= TOLERANCE, `${label} T=${p + 1} layer ${l}: relative error ${err}`);
+      for (let h = 0; h < nKvHeads; h++) {
+        const a = c.ts.windowScores(l, h), b = c.wasm.windowScores(l, h);
+        for (let i = 0; i < a.length; i++) {
+          assert.ok(
+            Math.abs(a[i] - b[i]) <= TOLERANCE * Math.max(Math.abs(a[i]), 1e-3),
+            `${label} T=${p + 1} window score ${i}: ${b[i]} vs ${a[i]}`,
+          );
+        }
+      }
+    }
+  }
+  assert.deepEqual(c.wasm.tokensByFormat(), c.ts.tokensByFormat(), `${label}: routing`);
+  assert.deepEqual(c.wasm.memory(), c.ts.memory(), `${label}: memory`);
+  // the serialised form holds window scores (f32), which may differ in the last bits
+  if (c.ts.policy.recentWindow === 0) {
+    assert.deepEqual(saveCache(c.wasm), saveCache(c.ts), `${label}: stored words`);
+  }
+}
+
+Deno.test("MixedPrecisionKVCache.attend() wasm matches ts for every storable format", () => {
+  // d = 128 admits every token-axis group; 128-token pages every channel-axis group; T = 300 is
+  // two full pages, a partial page and (channel formats) staged tokens
+  const names = formatNames().filter((n) => getFormat(n).axis !== "heads");
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 128, maxSeqLen: 300 };
+  names.forEach((keyFormat, i) => {
+    const valueFormat = names[(i * 7 + 3) % names.length];
+    const c = pair(
+      shape,
+      () => uniformPolicy({ keyFormat, valueFormat, pageTokens: 128, windowFormat: "fp32" }),
+    );
+    drive(c, 300, 300, 1000 + i, `${keyFormat}|${valueFormat}`);
+  });
+});
+
+Deno.test("MixedPrecisionKVCache.attend() wasm matches ts across GQA shapes, sinks and windows", () => {
+  const cases = [
+    { nHeads: 8, nKvHeads: 4, headDim: 8, T: 70, sinks: 0, window: 0, win: "fp16" },
+    { nHeads: 8, nKvHeads: 4, headDim: 64, T: 1, sinks: 0, window: 0, win: "fp16" },
+    { nHeads: 8, nKvHeads: 4, headDim: 64, T: 150, sinks: 4, window: 16, win: "fp16" },
+    { nHeads: 4, nKvHeads: 1, headDim: 128, T: 140, sinks: 2, window: 8, win: "bf16" },
+    { nHeads: 2, nKvHeads: 2, headDim: 64, T: 100, sinks: 3, window: 0, win: "fp32" },
+    { nHeads: 8, nKvHeads: 4, headDim: 8, T: 90, sinks: 1, window: 24, win: "fp32" },
+  ];
+  cases.forEach((s, i) => {
+    const shape = { nLayers: 2, nHeads: s.nHeads, nKvHeads: s.nKvHeads, headDim: s.headDim };
+    const tiers = [
+      { minScore: 0.05, keyFormat: "int8-g8-token", valueFormat: "int8-g8-token" },
+      { minScore: 0.01, keyFormat: "int4-g32-channel", valueFormat: "int4-g8-token" },
+      { minScore: 0, keyFormat: "int2-g16-channel", valueFormat: "int2-g8-token" },
+    ];
+    const policy = () =>
+      tieredPolicy({
+        label: "t",
+        tiers: Array.from({ length: 2 }, () => Array.from({ length: s.nKvHeads }, () => tiers)),
+        sinkTokens: s.sinks,
+        recentWindow: s.window,
+        windowFormat: s.win,
+      });
+    const c = pair({ ...shape, maxSeqLen: s.T }, policy);
+    drive(c, s.T, 7, 2000 + i, JSON.stringify(s));
+  });
+});
+
+Deno.test("MixedPrecisionKVCache() wasm backend keeps pages in WASM memory and reuses it", () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: 64, maxSeqLen: 256 };
+  const policy = () =>
+    uniformPolicy({ keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" });
+  const c = pair(shape, policy);
+  drive(c, 256, 64, 7, "fill");
+  const seg = c.wasm.segments(0, 0).pools[0];
+  const page = seg.pages[0];
+  assert.ok(
+    page.kPtr > 0 && page.kWords.buffer !== c.ts.segments(0, 0).pools[0].pages[0].kWords.buffer,
+  );
+  const held = page.kWords.buffer.byteLength;
+  const ptrs = () =>
+    [0, 1].flatMap((h) => c.wasm.segments(0, h).pools[0].pages.flatMap((p) => [p.kPtr, p.vPtr]))
+      .sort();
+  const before = ptrs();
+  c.wasm.reset();
+  c.ts.reset();
+  // refilling after reset reuses the freed pages: same offsets, no growth
+  drive(c, 256, 64, 8, "refill");
+  assert.deepEqual(ptrs(), before);
+  assert.equal(c.wasm.segments(0, 0).pools[0].pages[0].kWords.buffer.byteLength, held);
+});
+
+Deno.test("MixedPrecisionKVCache() wasm backend rejects a head_dim that is not a multiple of 4", () => {
+  for (const headDim of [2, 6, 10]) {
+    assert.throws(
+      () =>
+        new MixedPrecisionKVCache(
+          { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim, maxSeqLen: 8 },
+          uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" }),
+          { backend: "wasm" },
+        ),
+      (e) => e instanceof ShapeError && e.message.includes(`${headDim}`),
+    );
+  }
+});
