@@ -21,3 +21,4 @@ export * from "./core/model/tokenizer.ts";
 export * from "./core/model/transformer.ts";
 export * from "./core/eval/perplexity.ts";
 export * from "./core/model/generate.ts";
+export * from "./codecs/mod.ts";
