@@ -1,0 +1,131 @@
+/**
+ * Dequantization on the GPU: packed words of any format → f32, one invocation per element, with
+ * the same generated decoder the attention kernel fuses into its dot products. Its output is
+ * bit-identical to the codecs' decode (tests check every format).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { PipelineCache } from "./program.ts";
+ * import { gpuDecode } from "./dequantize.ts";
+ * import { getFormat } from "../codecs/format.ts";
+ * import { DeviceError } from "../core/errors.ts";
+ * try {
+ *   const gpu = await requestGpu();
+ *   // bf16 0x3fc0 is 1.5, 0xc000 is -2
+ *   const y = await gpuDecode(gpu, new PipelineCache(gpu), getFormat("bf16"), Uint32Array.of(0xc0003fc0), 2);
+ *   if (y[0] !== 1.5 || y[1] !== -2) throw new Error("bf16 decodes by shifting");
+ *   gpu.destroy();
+ * } catch (e) {
+ *   if (!(e instanceof DeviceError)) throw e;
+ * }
+ * ```
+ * @module
+ */
+
+import { ShapeError } from "../core/errors.ts";
+import { type FormatSpec, wordsForLength } from "../codecs/format.ts";
+import type { GpuDevice } from "./device.ts";
+import type { GpuProgram, PipelineCache } from "./program.ts";
+import { WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
+import { dispatchSize } from "./quantize.ts";
+import { bufferFrom, readBack } from "./_io.ts";
+
+const WG = 64;
+
+/**
+ * The dequantize kernel for one format. Bindings: 0 `words: array<u32>` (read), 1
+ * `out: array<u32>` (read_write, f32 bit patterns), 2 `params: vec4<u32>` (uniform; x = first
+ * word, y = element count). Dispatch ceil(count / 64) workgroups.
+ *
+ * @param spec the format
+ * @returns the program
+ */
+export function dequantizeProgram(spec: FormatSpec): GpuProgram {
+  return {
+    shaderKey: `dequantize:${spec.name}`,
+    workgroupSize: WG,
+    source: () =>
+      `${WGSL_CODEC_HELPERS}
+@group(0) @binding(0) var<storage, read> words: array<u32>;
+@group(0) @binding(1) var<storage, read_write> out: array<u32>;
+@group(0) @binding(2) var<uniform> params: vec4<u32>;
+${wgslDecoder(spec, "decode_element", "words")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let e = gid.x + gid.y * nwg.x * ${WG}u;
+  if (e >= params.y) { return; }
+  out[e] = bitcast<u32>(decode_element(params.x, e));
+}
+`,
+  };
+}
+
+/**
+ * Decodes `length` elements of `words` on the GPU.
+ *
+ * @param gpu the device
+ * @param pipelines the pipeline cache
+ * @param spec the format
+ * @param words packed words (at least wordsForLength(spec, length))
+ * @param length element count, a multiple of the group
+ * @returns the decoded values
+ * @throws {ShapeError} when the words are too few or the length does not fit
+ * @throws {DeviceError} when the device is lost
+ */
+export async function gpuDecode(
+  gpu: GpuDevice,
+  pipelines: PipelineCache,
+  spec: FormatSpec,
+  words: Uint32Array,
+  length: number,
+): Promise<Float32Array> {
+  const need = wordsForLength(spec, length);
+  if (words.length < need) {
+    throw new ShapeError(
+      `${spec.name}: ${length} elements need ${need} words, got ${words.length}`,
+    );
+  }
+  gpu.check("gpuDecode");
+  const device = gpu.device;
+  const pipeline = await pipelines.get(dequantizeProgram(spec));
+  const S = GPUBufferUsage.STORAGE;
+  const src = bufferFrom(device, words.subarray(0, need), S, "decode words");
+  const out = device.createBuffer({
+    size: Math.max(16, length * 4),
+    usage: S | GPUBufferUsage.COPY_SRC,
+  });
+  const params = bufferFrom(
+    device,
+    Uint32Array.of(0, length, 0, 0),
+    GPUBufferUsage.UNIFORM,
+    "decode params",
+  );
+  const rb = device.createBuffer({
+    size: Math.max(16, length * 4),
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  try {
+    const enc = device.createCommandEncoder();
+    const pass = enc.beginComputePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(
+      0,
+      device.createBindGroup({
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: src } },
+          { binding: 1, resource: { buffer: out } },
+          { binding: 2, resource: { buffer: params } },
+        ],
+      }),
+    );
+    pass.dispatchWorkgroups(...dispatchSize(length, WG));
+    pass.end();
+    return new Float32Array(await readBack(gpu, out, rb, length * 4, enc));
+  } finally {
+    for (const b of [src, out, params, rb]) b.destroy();
+  }
+}

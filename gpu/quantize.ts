@@ -1,0 +1,146 @@
+/**
+ * Page quantization on the GPU: f32 → packed u32 words (+ fp16 scales) in any format of the
+ * table, one invocation per group. A job names a group's source (first element and stride, so one
+ * kernel serves token-major rows and channel-major columns) and its destination word; the GPU
+ * cache uses it to move tokens from its fp32 window into pages. {@linkcode gpuEncode} encodes a
+ * flat array, as the codecs' `encode` does, for tests and tools.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { requestGpu } from "./device.ts";
+ * import { PipelineCache } from "./program.ts";
+ * import { gpuEncode } from "./quantize.ts";
+ * import { getFormat } from "../codecs/format.ts";
+ * import { DeviceError } from "../core/errors.ts";
+ * try {
+ *   const gpu = await requestGpu();
+ *   const words = await gpuEncode(gpu, new PipelineCache(gpu), getFormat("fp32"), Float32Array.of(1.5, -2));
+ *   if (new Float32Array(words.buffer)[1] !== -2) throw new Error("fp32 stores the bits");
+ *   gpu.destroy();
+ * } catch (e) {
+ *   if (!(e instanceof DeviceError)) throw e;
+ * }
+ * ```
+ * @module
+ */
+
+import { assertFinite } from "../core/errors.ts";
+import { checkLength, type FormatSpec, wordsForLength } from "../codecs/format.ts";
+import type { GpuDevice } from "./device.ts";
+import type { GpuProgram, PipelineCache } from "./program.ts";
+import { WGSL_CODEC_HELPERS, wgslGroupEncoder } from "./wgsl_format.ts";
+import { bufferFrom, readBack } from "./_io.ts";
+
+/** Invocations per workgroup of the quantize kernel. */
+const WG = 64;
+
+/**
+ * The quantize kernel for one format. Bindings: 0 `src: array<f32>` (read), 1 `dst: array<u32>`
+ * (read_write), 2 `jobs: array<vec4<u32>>` (read; x = first source element, y = source stride,
+ * z = destination word). Dispatch ceil(jobs / 64) workgroups (x, wrapping into y past 65535).
+ *
+ * @param spec the format
+ * @returns the program
+ */
+export function quantizeProgram(spec: FormatSpec): GpuProgram {
+  return {
+    shaderKey: `quantize:${spec.name}`,
+    workgroupSize: WG,
+    source: () =>
+      `${WGSL_CODEC_HELPERS}
+@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+@group(0) @binding(2) var<storage, read> jobs: array<vec4<u32>>;
+${wgslGroupEncoder(spec, "encode_group", "src", "dst")}
+@compute @workgroup_size(${WG})
+fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+  let j = gid.x + gid.y * nwg.x * ${WG}u;
+  if (j >= arrayLength(&jobs)) { return; }
+  let job = jobs[j];
+  encode_group(job.x, job.y, job.z);
+}
+`,
+  };
+}
+
+/**
+ * Workgroup counts covering `n` invocations of `wg` threads, wrapping x at 65535.
+ * @param n invocations
+ * @param wg threads per workgroup
+ * @returns [x, y]
+ */
+export function dispatchSize(n: number, wg: number): [number, number] {
+  const groups = Math.ceil(n / wg);
+  if (groups <= 65535) return [Math.max(groups, 1), 1];
+  return [65535, Math.ceil(groups / 65535)];
+}
+
+/**
+ * Encodes `x` (length a multiple of the group) on the GPU into the format's words, as the codecs'
+ * encode does for a flat array.
+ *
+ * @param gpu the device
+ * @param pipelines the pipeline cache
+ * @param spec the format
+ * @param x values (finite)
+ * @returns the packed words
+ * @throws {ShapeError} when the length does not fit the format
+ * @throws {InvalidValueError} at the first non-finite element
+ * @throws {DeviceError} when the device is lost
+ */
+export async function gpuEncode(
+  gpu: GpuDevice,
+  pipelines: PipelineCache,
+  spec: FormatSpec,
+  x: Float32Array,
+): Promise<Uint32Array> {
+  checkLength(spec, x.length);
+  assertFinite(x, "x");
+  gpu.check("gpuEncode");
+  const nWords = wordsForLength(spec, x.length);
+  const groups = x.length / spec.group;
+  const jobs = new Uint32Array(4 * Math.max(groups, 1));
+  for (let g = 0; g < groups; g++) {
+    jobs[4 * g] = g * spec.group;
+    jobs[4 * g + 1] = 1;
+    jobs[4 * g + 2] = g * spec.wordsPerGroup;
+  }
+  const device = gpu.device;
+  const pipeline = await pipelines.get(quantizeProgram(spec));
+  const S = GPUBufferUsage.STORAGE;
+  const src = bufferFrom(device, x, S, "encode src");
+  const dst = device.createBuffer({
+    size: Math.max(16, nWords * 4),
+    usage: S | GPUBufferUsage.COPY_SRC,
+  });
+  const jobBuf = bufferFrom(device, jobs.subarray(0, 4 * groups), S, "encode jobs");
+  const rb = device.createBuffer({
+    size: Math.max(16, nWords * 4),
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  try {
+    const enc = device.createCommandEncoder();
+    if (groups > 0) {
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(
+        0,
+        device.createBindGroup({
+          layout: pipeline.getBindGroupLayout(0),
+          entries: [
+            { binding: 0, resource: { buffer: src } },
+            { binding: 1, resource: { buffer: dst } },
+            { binding: 2, resource: { buffer: jobBuf, size: groups * 16 } },
+          ],
+        }),
+      );
+      pass.dispatchWorkgroups(...dispatchSize(groups, WG));
+      pass.end();
+    }
+    return new Uint32Array(await readBack(gpu, dst, rb, nWords * 4, enc));
+  } finally {
+    for (const b of [src, dst, jobBuf, rb]) b.destroy();
+  }
+}
