@@ -2,22 +2,31 @@
 // configuration: bits per element (all metadata, window and sinks at their stored width),
 // compression vs FP16, perplexity and its change vs the FP32 cache, mean KL of the next-token
 // distributions from the FP32 cache's (teacher-forced), top-1 agreement, and greedy-token match
-// over 100 generated tokens.
+// over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
+// on the text's last two lines, as `deno task analyze` does).
 // Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING]
-import {
-  cacheShape,
-  compareCache,
-  Float32KVCache,
-  generateGreedy,
-  MixedPrecisionKVCache,
-  referenceRun,
-} from "../mod.ts";
+//                       [--eps E]... [--budget B]...
 import { loadFixture } from "../tests/_fixtures.ts";
+import { evalSetup, measureRow } from "./eval_measure.ts";
 import { evalRows } from "./eval_rows.ts";
+import {
+  calibrateModel,
+  calibrationLines,
+  calibrationSequences,
+  kvprecPlan,
+  kvprecRow,
+  type PlanTarget,
+} from "./kvprec_rows.ts";
 
 function flag(name: string): string | undefined {
   const i = Deno.args.indexOf(name);
   return i >= 0 ? Deno.args[i + 1] : undefined;
+}
+function flags(name: string): string[] {
+  return Deno.args.flatMap((
+    a,
+    i,
+  ) => (a === name && i + 1 < Deno.args.length ? [Deno.args[i + 1]] : []));
 }
 
 const { model, tokenizer, sequences } = await loadFixture();
@@ -26,33 +35,44 @@ const lines = Number(flag("--lines") ?? sequences.length);
 const only = flag("--only");
 const jsonPath = flag("--json");
 const seqs = sequences.slice(0, lines);
-const shape = cacheShape(model.config);
+const shape = { ...model.config, maxSeqLen: model.config.seqLen };
+const targets: PlanTarget[] = [
+  ...flags("--eps").map((e) => ({ epsilon: Number(e) })),
+  ...flags("--budget").map((b) => ({ budget: Number(b) })),
+];
 
-let t0 = performance.now();
-const fp32 = new Float32KVCache(shape);
-const reference = await referenceRun(model, fp32, seqs, context);
-const prefillSeconds = (performance.now() - t0) / 1000;
-const scored = reference.windows.reduce((a, w) => a + w.tokens.length - 1, 0);
-const prompt = tokenizer.encode("Once upon a time");
-t0 = performance.now();
-const refGreedy = await generateGreedy(model, fp32, prompt, 100);
-const decodeSeconds = (performance.now() - t0) / 1000;
+const setup = await evalSetup(model, tokenizer, seqs, context);
 
 console.log(
   `fixture: stories260K (dim ${model.config.dim}, ${model.config.nLayers} layers, ` +
     `${model.config.nHeads} heads, ${model.config.nKvHeads} KV heads, head_dim ${model.config.headDim}); ` +
-    `${seqs.length} lines, context ${context}, ${scored} tokens scored`,
+    `${seqs.length} lines, context ${context}, ${setup.tokens} tokens scored`,
 );
 console.log(
-  `FP32 forward: batched prefill ${(scored / prefillSeconds).toFixed(0)} tokens/s, ` +
-    `greedy decode ${(100 / decodeSeconds).toFixed(0)} tokens/s`,
+  `FP32 forward: batched prefill ${(setup.tokens / setup.prefillSeconds).toFixed(0)} tokens/s, ` +
+    `greedy decode ${(100 / setup.decodeSeconds).toFixed(0)} tokens/s`,
 );
 console.log(
-  `greedy continuation (FP32): ${JSON.stringify(tokenizer.decode([...prompt, ...refGreedy]))}`,
+  `greedy continuation (FP32): ${
+    JSON.stringify(tokenizer.decode([...setup.prompt, ...setup.referenceGreedy]))
+  }`,
 );
 console.log();
 
-const rows = (await evalRows(model, seqs, shape)).filter((r) => !only || r.name.includes(only));
+const rows = await evalRows(model, seqs, {
+  nLayers: shape.nLayers,
+  nHeads: shape.nHeads,
+  nKvHeads: shape.nKvHeads,
+  headDim: shape.headDim,
+  maxSeqLen: shape.maxSeqLen,
+});
+if (targets.length > 0) {
+  const analysis = await calibrateModel(
+    model,
+    calibrationSequences(calibrationLines(sequences)),
+  );
+  for (const t of targets) rows.push(kvprecRow(kvprecPlan(analysis, t).plan, t));
+}
 const header = [
   "configuration",
   "bits/elem",
@@ -68,38 +88,26 @@ console.log(header.join(" | "));
 console.log(header.map(() => "---").join(" | "));
 const results = [];
 let fp32Ppl = NaN;
-for (const row of rows) {
-  const cache = new MixedPrecisionKVCache(shape, row.policy);
-  const t = performance.now();
-  const q = await compareCache(model, cache, reference);
-  const greedy = await generateGreedy(model, cache, prompt, 100);
-  const match = greedy.filter((id, i) => id === refGreedy[i]).length;
-  if (row.kind === "reference") fp32Ppl = q.perplexity;
-  const result = {
-    name: row.name,
-    kind: row.kind,
-    ...q,
-    greedyMatch: match / 100,
-    boundHeld: row.boundHeld ?? null,
-    seconds: (performance.now() - t) / 1000,
-  };
-  results.push(result);
+for (const row of rows.filter((r) => !only || r.name.includes(only))) {
+  const r = await measureRow(model, row, setup);
+  if (row.kind === "reference") fp32Ppl = r.perplexity;
+  results.push(r);
   console.log([
     row.name,
-    q.bitsPerElement.toFixed(3),
-    `${(16 / q.bitsPerElement).toFixed(2)}×`,
-    q.perplexity.toFixed(4),
-    `${(100 * (q.perplexity / fp32Ppl - 1)).toFixed(2)}%`,
-    q.meanKl.toExponential(2),
-    `${(100 * q.top1Agreement).toFixed(2)}%`,
-    `${match}/100`,
+    r.bitsPerElement.toFixed(3),
+    `${(16 / r.bitsPerElement).toFixed(2)}×`,
+    r.perplexity.toFixed(4),
+    `${(100 * (r.perplexity / fp32Ppl - 1)).toFixed(2)}%`,
+    r.meanKl.toExponential(2),
+    `${(100 * r.top1Agreement).toFixed(2)}%`,
+    `${Math.round(r.greedyMatch * 100)}/100`,
     row.boundHeld === undefined ? "—" : row.boundHeld ? "yes" : "NO",
   ].join(" | "));
 }
 if (jsonPath) {
   await Deno.writeTextFile(
     jsonPath,
-    JSON.stringify({ context, lines: seqs.length, tokens: scored, rows: results }, null, 2),
+    JSON.stringify({ context, lines: seqs.length, tokens: setup.tokens, rows: results }, null, 2),
   );
   console.log(`\nwrote ${jsonPath}`);
 }

@@ -1,0 +1,89 @@
+// deno run -A examples/simple_demo.ts [--eps E | --budget B] [--lines N] [--context N]
+// The short story: configure, analyze, see what the plan keeps and what it saves. Figures come from
+// bench/analysis_run.ts, which measures with the eval harness, so they equal `deno task eval
+// --eps E --lines N` for the same flags. Evaluates 3 lines by default to stay under a minute.
+import { runAnalysis } from "../bench/analysis_run.ts";
+import { loadAnalyzeInputs } from "../bench/cli_args.ts";
+import { calibrationLines } from "../bench/kvprec_rows.ts";
+import { cacheShape, MixedPrecisionKVCache } from "../mod.ts";
+import { planPolicy } from "../bench/kvprec_rows.ts";
+import { demoArgs } from "./_demo_args.ts";
+
+const args = demoArgs(Deno.args);
+const { model, tokenizer, sequences } = await loadAnalyzeInputs(args);
+const c = model.config;
+const context = args.context ?? c.seqLen;
+const target = "epsilon" in args.target
+  ? `precision rule, target error ε = ${args.target.epsilon}`
+  : `budget ${args.target.budget} bits per element`;
+console.log("== configuration");
+console.log(
+  `model stories260K: ${c.nLayers} layers, ${c.nHeads} query heads / ${c.nKvHeads} KV heads, ` +
+    `head size ${c.headDim}; quality target: ${target}`,
+);
+
+const a = await runAnalysis({
+  model,
+  tokenizer,
+  evaluation: sequences.slice(0, args.lines),
+  calibration: calibrationLines(sequences, args.calibrationLines),
+  target: args.target,
+  context,
+  backend: "ts",
+  baselines: false,
+});
+if (args.json) await Deno.writeTextFile(args.json, JSON.stringify(a));
+const ref = a.rows.find((r) => r.kind === "reference")!;
+const kv = a.rows.find((r) => r.name === a.kvprecRow)!;
+
+console.log("\n== analysis report");
+console.log(
+  `calibrated on ${a.config.calibrationLengths.length} sequences (${
+    a.config.calibrationLengths.join(", ")
+  } tokens) in ${a.seconds.calibrate.toFixed(1)} s; evaluated on ${a.config.evalLines} lines, ` +
+    `${kv.tokens} tokens, context ${context}`,
+);
+console.log(`bits per element held  ${kv.bitsPerElement.toFixed(3)}`);
+console.log(`compression vs FP16    ${(16 / kv.bitsPerElement).toFixed(2)}×`);
+console.log(
+  `perplexity             ${kv.perplexity.toFixed(4)} (FP32 ${ref.perplexity.toFixed(4)}, ${
+    (100 * (kv.perplexity / ref.perplexity - 1)).toFixed(2)
+  }%)`,
+);
+console.log(`greedy match           ${Math.round(100 * kv.greedyMatch)}/100 tokens`);
+console.log(`top-1 agreement        ${(100 * kv.top1Agreement).toFixed(2)}%`);
+
+console.log("\n== per layer (first evaluation window)");
+console.log("layer | bytes | FP16 bytes | vs FP16");
+for (const l of a.layers) {
+  console.log(
+    `L${l.layer} | ${l.bytes} | ${l.fp16Bytes} | ${(l.fp16Bytes / l.bytes).toFixed(2)}×`,
+  );
+}
+
+console.log("\n== precision distribution (share of stored positions, K|V formats)");
+for (const [pair, share] of Object.entries(a.distribution).sort((x, y) => y[1] - x[1])) {
+  console.log(`${(100 * share).toFixed(1).padStart(5)}%  ${pair}`);
+}
+
+console.log("\n== memory while appending tokens (first evaluation line)");
+const cache = new MixedPrecisionKVCache(cacheShape(c), planPolicy(a.plan, a.kvprecRow));
+const line = sequences[0].slice(0, context);
+console.log("tokens | bytes held | FP16 bytes | FP32 bytes | vs FP16");
+for (let pos = 0; pos < line.length; pos++) {
+  await model.forward(line[pos], pos, cache);
+  const n = pos + 1;
+  if (n === 64 || n === 128 || n === 256 || n === line.length) {
+    const m = cache.memory();
+    console.log(
+      `${n} | ${m.bytes} | ${m.elements * 2} | ${m.elements * 4} | ${
+        (m.elements * 2 / m.bytes).toFixed(2)
+      }×`,
+    );
+  }
+}
+console.log(
+  `predicted on the calibration data: ${a.predicted.plan.bitsPerElement.toFixed(3)} bits → ${
+    (16 / a.predicted.plan.bitsPerElement).toFixed(2)
+  }× vs FP16; measured by eval: ${(16 / kv.bitsPerElement).toFixed(2)}×`,
+);
