@@ -37,39 +37,38 @@ import { type FormatSpec, getFormat, wordsForLength } from "./format.ts";
 import { tsCodec } from "./ts_codec.ts";
 import { WasmArena } from "./wasm_arena.ts";
 
-type Ptr = number;
 /** The kernels the module exports (pointers are byte offsets into `memory`). */
 export interface WasmKernels {
   /** The module's linear memory. */
   readonly memory: WebAssembly.Memory;
   /** First byte free for the host's arena. */
-  heapBase(): Ptr;
+  heapBase(): number;
   /** Kind of the last error a kernel returned: 1 non-finite, 2 out of range, 3 corrupt header. */
   lastErrorKind(): number;
   /** In-place clamp to ±limit, NaN → 0. */
-  clampInPlace(src: Ptr, n: number, limit: number): void;
+  clampInPlace(src: number, n: number, limit: number): void;
   /** Asymmetric integer encode. */
-  encodeInt(src: Ptr, dst: Ptr, n: number, bits: number, group: number): number;
+  encodeInt(src: number, dst: number, n: number, bits: number, group: number): number;
   /** Asymmetric integer decode. */
-  decodeInt(src: Ptr, dst: Ptr, n: number, bits: number, group: number): number;
+  decodeInt(src: number, dst: number, n: number, bits: number, group: number): number;
   /** Symmetric int8 encode. */
-  encodeInt8s(src: Ptr, dst: Ptr, n: number, group: number): number;
+  encodeInt8s(src: number, dst: number, n: number, group: number): number;
   /** Symmetric int8 decode. */
-  decodeInt8s(src: Ptr, dst: Ptr, n: number, group: number): number;
+  decodeInt8s(src: number, dst: number, n: number, group: number): number;
   /** fp32 copy with finite check. */
-  encodeF32(src: Ptr, dst: Ptr, n: number): number;
+  encodeF32(src: number, dst: number, n: number): number;
   /** fp16 (brain = 0) or bf16 (brain = 1) encode. */
-  encodeHalf(src: Ptr, dst: Ptr, n: number, brain: number): number;
+  encodeHalf(src: number, dst: number, n: number, brain: number): number;
   /** fp16 or bf16 decode. */
-  decodeHalf(src: Ptr, dst: Ptr, n: number, brain: number): void;
+  decodeHalf(src: number, dst: number, n: number, brain: number): void;
   /** Unscaled fp8 encode (bias 7: e4m3, 15: e5m2). */
-  encodeFp8(src: Ptr, dst: Ptr, n: number, bias: number): number;
+  encodeFp8(src: number, dst: number, n: number, bias: number): number;
   /** Unscaled fp8 decode. */
-  decodeFp8(src: Ptr, dst: Ptr, n: number, bias: number): void;
+  decodeFp8(src: number, dst: number, n: number, bias: number): void;
   /** Scaled fp8 encode. */
-  encodeFp8Scaled(src: Ptr, dst: Ptr, n: number, group: number, bias: number): number;
+  encodeFp8Scaled(src: number, dst: number, n: number, group: number, bias: number): number;
   /** Scaled fp8 decode. */
-  decodeFp8Scaled(src: Ptr, dst: Ptr, n: number, group: number, bias: number): number;
+  decodeFp8Scaled(src: number, dst: number, n: number, group: number, bias: number): number;
 }
 
 /**
