@@ -2,7 +2,7 @@
 // into linear memory that the host (codecs/wasm.ts) manages as a growable arena above heapBase().
 
 export { lastErrorKind } from "./errors";
-export { clampInPlace, decodeInt, encodeInt } from "./int";
+export { clampInPlace, decodeInt, encodeInt, firstBadHeader } from "./int";
 export {
   decodeFp8,
   decodeFp8Scaled,
