@@ -325,14 +325,7 @@ export class WasmCodec implements Codec {
         s.wordsPerGroup,
         s.kind === "int" ? 1 : 0,
       );
-      if (bad >= 0) {
-        const h = words[bad * s.wordsPerGroup];
-        throw new CorruptDataError(
-          `${s.name}: group ${bad} header 0x${h.toString(16).padStart(8, "0")} is not one an ` +
-            `encoder writes (non-finite or negative scale, non-finite minimum, non-zero high half)`,
-          bad * s.wordsPerGroup * 4,
-        );
-      }
+      if (bad >= 0) throw _headerError(s, words, bad);
       const stage = arena.f32(dst, chunk);
       for (let off = 0; off < length; off += chunk) {
         const len = Math.min(chunk, length - off);
@@ -354,6 +347,40 @@ export class WasmCodec implements Codec {
   }
 
   /**
+   * Decodes into WASM memory and returns a view of the result, with no copy out: for callers that
+   * read the values once (or hand them to another kernel). The view is valid until the next call
+   * on any codec of this module instance; copy it to keep it.
+   *
+   * @param words packed words, at least `wordsFor(length)` long
+   * @param length element count
+   * @returns a view of the decoded values in WASM memory
+   */
+  decodeView(words: Uint32Array, length: number): Float32Array {
+    const s = this.spec;
+    const nw = wordsForLength(s, length);
+    if (words.length < nw) {
+      throw new CorruptDataError(
+        `${s.name}: packed data has ${words.length * 4} bytes, ${length} elements need ${nw * 4}`,
+        words.length * 4,
+      );
+    }
+    const { kernels: k, arena } = this.#owner;
+    const [src, dst] = arena.layout(4 * nw, 4 * length);
+    arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
+    if (s.scaled) {
+      const bad = k.firstBadHeader(
+        src,
+        length / s.group,
+        s.wordsPerGroup,
+        s.kind === "int" ? 1 : 0,
+      );
+      if (bad >= 0) throw _headerError(s, words, bad);
+    }
+    this.#decodeKernel(src, dst, length);
+    return arena.f32(dst, length);
+  }
+
+  /**
    * Writes per-element error bounds (the reference implementation's; FORMAT.md, "Error bounds").
    *
    * @param words packed words
@@ -363,4 +390,13 @@ export class WasmCodec implements Codec {
   errorBound(words: Uint32Array, length: number, out: Float32Array): void {
     tsCodec(this.spec.name).errorBound(words, length, out);
   }
+}
+
+function _headerError(s: FormatSpec, words: Uint32Array, g: number): CorruptDataError {
+  const h = words[g * s.wordsPerGroup];
+  return new CorruptDataError(
+    `${s.name}: group ${g} header 0x${h.toString(16).padStart(8, "0")} is not one an encoder ` +
+      `writes (non-finite or negative scale, non-finite minimum, non-zero high half)`,
+    g * s.wordsPerGroup * 4,
+  );
 }
