@@ -73,7 +73,8 @@ Deno.test("getFormat() agrees with the bits-per-element table in FORMAT.md", asy
   const md = await Deno.readTextFile(new URL("../../codecs/FORMAT.md", import.meta.url));
   // the table rows: a format label and five numbers
   const rows = md.split("\n").filter((l) =>
-    /^\| (int\d|int8s|fp8e4m3-g)[^|]*(\| [\d.]+ ){5}\|$/.test(l)
+    /^\| (int\d|int8s|fp8e4m3-g)[^|]*(\|\s*[\d.]+\s*){5}\|$/.test(l)
+  );
   );
   assert.equal(rows.length, 8);
   for (const row of rows) {
