@@ -75,7 +75,6 @@ Deno.test("getFormat() agrees with the bits-per-element table in FORMAT.md", asy
   const rows = md.split("\n").filter((l) =>
     /^\| (int\d|int8s|fp8e4m3-g)[^|]*(\|\s*[\d.]+\s*){5}\|$/.test(l)
   );
-  );
   assert.equal(rows.length, 8);
   for (const row of rows) {
     const [label, ...cells] = row.split("|").slice(1, -1).map((c) => c.trim());
