@@ -37,6 +37,12 @@ import { type FormatSpec, getFormat, wordsForLength } from "./format.ts";
 import { tsCodec } from "./ts_codec.ts";
 import { WasmArena } from "./wasm_arena.ts";
 
+/**
+ * Elements per chunk staged through WASM memory (64 KiB of f32: stays in L2 between the copy and
+ * the kernel). A multiple of every group size.
+ */
+const CHUNK = 16384;
+
 /** The kernels the module exports (pointers are byte offsets into `memory`). */
 export interface WasmKernels {
   /** The module's linear memory. */
@@ -47,6 +53,8 @@ export interface WasmKernels {
   lastErrorKind(): number;
   /** In-place clamp to ±limit, NaN → 0. */
   clampInPlace(src: number, n: number, limit: number): void;
+  /** First corrupt group header (asym: `int` rules, else int8s/fp8 rules), or −1. */
+  firstBadHeader(src: number, groups: number, wpg: number, asym: number): number;
   /** Asymmetric integer encode. */
   encodeInt(src: number, dst: number, n: number, bits: number, group: number): number;
   /** Asymmetric integer decode. */
@@ -215,40 +223,71 @@ export class WasmCodec implements Codec {
    */
   encodeInto(x: Float32Array, words: Uint32Array, opts?: EncodeOptions): void {
     const nw = checkEncodeArgs(this.spec, x, words);
-    const n = x.length;
+    const n = x.length, s = this.spec;
     const { kernels: k, arena } = this.#owner;
-    const [src, dst] = arena.layout(4 * n, 4 * nw);
-    arena.f32(src, n).set(x);
-    if (opts?.clamp === true) k.clampInPlace(src, n, this.spec.clampLimit);
-    const s = this.spec;
-    let bad: number;
+    // input goes through an L2-sized chunk; the packed output stays whole in WASM memory and is
+    // copied out only when every chunk encoded, so an error writes nothing
+    const chunk = Math.min(n, CHUNK);
+    const [src, dst] = arena.layout(4 * chunk, 4 * nw);
+    const stage = arena.f32(src, chunk);
+    const clamp = opts?.clamp === true;
+    for (let off = 0; off < n; off += chunk) {
+      const len = Math.min(chunk, n - off);
+      stage.set(len === n ? x : x.subarray(off, off + len));
+      if (clamp) k.clampInPlace(src, len, s.clampLimit);
+      const bad = this.#encodeKernel(src, dst + 4 * (off / s.group) * s.wordsPerGroup, len);
+      if (bad >= 0) {
+        throw k.lastErrorKind() === 1
+          ? nonFiniteError(s, x, off + bad)
+          : rangeError(s, x, off + bad, `the ${s.name} encoding of its group cannot hold it`);
+      }
+    }
+    words.set(arena.u32(dst, nw));
+  }
+
+  #encodeKernel(src: number, dst: number, n: number): number {
+    const s = this.spec, k = this.#owner.kernels;
     switch (s.kind) {
       case "int":
-        bad = k.encodeInt(src, dst, n, s.bits, s.group);
-        break;
+        return k.encodeInt(src, dst, n, s.bits, s.group);
       case "int8s":
-        bad = k.encodeInt8s(src, dst, n, s.group);
-        break;
+        return k.encodeInt8s(src, dst, n, s.group);
       case "fp32":
-        bad = k.encodeF32(src, dst, n);
-        break;
+        return k.encodeF32(src, dst, n);
       case "fp16":
       case "bf16":
-        bad = k.encodeHalf(src, dst, n, s.kind === "bf16" ? 1 : 0);
-        break;
+        return k.encodeHalf(src, dst, n, s.kind === "bf16" ? 1 : 0);
       default: {
         const bias = s.kind === "fp8e4m3" ? 7 : 15;
-        bad = s.scaled
+        return s.scaled
           ? k.encodeFp8Scaled(src, dst, n, s.group, bias)
           : k.encodeFp8(src, dst, n, bias);
       }
     }
-    if (bad >= 0) {
-      throw k.lastErrorKind() === 1
-        ? nonFiniteError(s, x, bad)
-        : rangeError(s, x, bad, `the ${s.name} encoding of its group cannot hold it`);
+  }
+
+  #decodeKernel(src: number, dst: number, n: number): void {
+    const s = this.spec, k = this.#owner.kernels;
+    switch (s.kind) {
+      case "int":
+        k.decodeInt(src, dst, n, s.bits, s.group);
+        return;
+      case "int8s":
+        k.decodeInt8s(src, dst, n, s.group);
+        return;
+      case "fp32":
+        this.#owner.arena.u32(dst, n).set(this.#owner.arena.u32(src, n));
+        return;
+      case "fp16":
+      case "bf16":
+        k.decodeHalf(src, dst, n, s.kind === "bf16" ? 1 : 0);
+        return;
+      default: {
+        const bias = s.kind === "fp8e4m3" ? 7 : 15;
+        if (s.scaled) k.decodeFp8Scaled(src, dst, n, s.group, bias);
+        else k.decodeFp8(src, dst, n, bias);
+      }
     }
-    words.set(arena.u32(dst, nw));
   }
 
   /**
@@ -271,40 +310,74 @@ export class WasmCodec implements Codec {
    */
   decodeWords(words: Uint32Array, length: number, out: Float32Array): void {
     const nw = checkDecodeArgs(this.spec, words, length, out);
+    const s = this.spec;
+    const { kernels: k, arena } = this.#owner;
+    const chunk = Math.min(length, CHUNK);
+    const chunkWords = (chunk / s.group) * s.wordsPerGroup;
+    if (s.scaled) {
+      // whole packed input in (it is small), headers checked before any output is written, then
+      // the output goes through an L2-sized chunk
+      const [src, dst] = arena.layout(4 * nw, 4 * chunk);
+      arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
+      const bad = k.firstBadHeader(
+        src,
+        length / s.group,
+        s.wordsPerGroup,
+        s.kind === "int" ? 1 : 0,
+      );
+      if (bad >= 0) throw _headerError(s, words, bad);
+      const stage = arena.f32(dst, chunk);
+      for (let off = 0; off < length; off += chunk) {
+        const len = Math.min(chunk, length - off);
+        this.#decodeKernel(src + 4 * (off / s.group) * s.wordsPerGroup, dst, len);
+        out.set(len === chunk ? stage : stage.subarray(0, len), off);
+      }
+      return;
+    }
+    // no headers, nothing can fail: input and output both go through chunks
+    const [src, dst] = arena.layout(4 * chunkWords, 4 * chunk);
+    const inStage = arena.u32(src, chunkWords), outStage = arena.f32(dst, chunk);
+    for (let off = 0; off < length; off += chunk) {
+      const len = Math.min(chunk, length - off);
+      const w0 = (off / s.group) * s.wordsPerGroup, wn = (len / s.group) * s.wordsPerGroup;
+      inStage.set(words.subarray(w0, w0 + wn));
+      this.#decodeKernel(src, dst, len);
+      out.set(len === chunk ? outStage : outStage.subarray(0, len), off);
+    }
+  }
+
+  /**
+   * Decodes into WASM memory and returns a view of the result, with no copy out: for callers that
+   * read the values once (or hand them to another kernel). The view is valid until the next call
+   * on any codec of this module instance; copy it to keep it.
+   *
+   * @param words packed words, at least `wordsFor(length)` long
+   * @param length element count
+   * @returns a view of the decoded values in WASM memory
+   */
+  decodeView(words: Uint32Array, length: number): Float32Array {
+    const s = this.spec;
+    const nw = wordsForLength(s, length);
+    if (words.length < nw) {
+      throw new CorruptDataError(
+        `${s.name}: packed data has ${words.length * 4} bytes, ${length} elements need ${nw * 4}`,
+        words.length * 4,
+      );
+    }
     const { kernels: k, arena } = this.#owner;
     const [src, dst] = arena.layout(4 * nw, 4 * length);
     arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
-    const s = this.spec;
-    let bad = -1;
-    switch (s.kind) {
-      case "int":
-        bad = k.decodeInt(src, dst, length, s.bits, s.group);
-        break;
-      case "int8s":
-        bad = k.decodeInt8s(src, dst, length, s.group);
-        break;
-      case "fp32":
-        out.set(arena.f32(src, length));
-        return;
-      case "fp16":
-      case "bf16":
-        k.decodeHalf(src, dst, length, s.kind === "bf16" ? 1 : 0);
-        break;
-      default: {
-        const bias = s.kind === "fp8e4m3" ? 7 : 15;
-        if (s.scaled) bad = k.decodeFp8Scaled(src, dst, length, s.group, bias);
-        else k.decodeFp8(src, dst, length, bias);
-      }
-    }
-    if (bad >= 0) {
-      const h = words[bad * s.wordsPerGroup];
-      throw new CorruptDataError(
-        `${s.name}: group ${bad} header 0x${h.toString(16).padStart(8, "0")} is not one an ` +
-          `encoder writes (non-finite or negative scale, non-finite minimum, non-zero high half)`,
-        bad * s.wordsPerGroup * 4,
+    if (s.scaled) {
+      const bad = k.firstBadHeader(
+        src,
+        length / s.group,
+        s.wordsPerGroup,
+        s.kind === "int" ? 1 : 0,
       );
+      if (bad >= 0) throw _headerError(s, words, bad);
     }
-    out.set(arena.f32(dst, length));
+    this.#decodeKernel(src, dst, length);
+    return arena.f32(dst, length);
   }
 
   /**
@@ -317,4 +390,13 @@ export class WasmCodec implements Codec {
   errorBound(words: Uint32Array, length: number, out: Float32Array): void {
     tsCodec(this.spec.name).errorBound(words, length, out);
   }
+}
+
+function _headerError(s: FormatSpec, words: Uint32Array, g: number): CorruptDataError {
+  const h = words[g * s.wordsPerGroup];
+  return new CorruptDataError(
+    `${s.name}: group ${g} header 0x${h.toString(16).padStart(8, "0")} is not one an encoder ` +
+      `writes (non-finite or negative scale, non-finite minimum, non-zero high half)`,
+    g * s.wordsPerGroup * 4,
+  );
 }

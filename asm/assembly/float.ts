@@ -1,21 +1,30 @@
 // Symmetric int8 and the float formats (fp32, fp16, bf16, fp8 e4m3/e5m2, scaled fp8): SIMD ports
 // of codecs/int8s.ts and codecs/float.ts. Layout and arithmetic: codecs/FORMAT.md.
 
-import { f16ToF32, f16Up, f32ToF16, nonFinite, roundMagnitude } from "./f16";
+import {
+  f16Lanes,
+  f16ToF32,
+  f16ToF32Lanes,
+  f16Up,
+  f32ToF16,
+  nonFinite,
+  roundMagnitude,
+} from "./f16";
 import { fail } from "./errors";
-import { firstAbsEqual, firstNonFinite } from "./int";
+import { firstAbsEqual, firstNonFinite, horizontalMaxU } from "./int";
 
 // ---- shared lane helpers -------------------------------------------------------------------
 
-// max |x| over a group (NaN propagates; ±Inf shows as Inf)
+// max |x| over a group as f32 bits: for non-negative floats integer order is value order, and
+// NaN/±Inf magnitudes (≥ 0x7f800000) exceed every finite one
 // @ts-ignore: decorator
 @inline function groupAbsMax(x: usize, group: i32): f32 {
-  let v = f32x4.abs(v128.load(x));
-  for (let i = 4; i < group; i += 4) v = f32x4.max(v, f32x4.abs(v128.load(x + (<usize>i << 2))));
-  return max<f32>(
-    max<f32>(f32x4.extract_lane(v, 0), f32x4.extract_lane(v, 1)),
-    max<f32>(f32x4.extract_lane(v, 2), f32x4.extract_lane(v, 3)),
-  );
+  const absMask = i32x4.splat(0x7fffffff);
+  let v = v128.and(v128.load(x), absMask);
+  for (let i = 4; i < group; i += 4) {
+    v = i32x4.max_u(v, v128.and(v128.load(x + (<usize>i << 2)), absMask));
+  }
+  return reinterpret<f32>(horizontalMaxU(v));
 }
 
 // Narrows 16 i32 lanes (values 0..255) to 16 bytes.
@@ -55,10 +64,18 @@ import { firstAbsEqual, firstNonFinite } from "./int";
 
 // ---- int8s ---------------------------------------------------------------------------------
 
+// clamp(rne(u), ±127) as i32 lanes: adding 1.5·2^23 rounds |u| < 2^22 to an integer, ties to
+// even, and keeps negative results in the mantissa (biased by 2^22)
+// @ts-ignore: decorator
+@inline function quantize8s(u: v128, lim: v128, nlim: v128): v128 {
+  const magic = f32x4.splat(12582912);
+  return i32x4.max_s(i32x4.min_s(i32x4.sub(f32x4.add(u, magic), magic), lim), nlim);
+}
+
 /** Encodes symmetric int8 groups; returns −1 or the first offending index (errorKind 1 or 2). */
 export function encodeInt8s(src: usize, dst: usize, n: i32, group: i32): i32 {
   const wpg = 1 + (group >> 2);
-  const lim = f32x4.splat(127), nlim = f32x4.splat(-127);
+  const lim = i32x4.splat(127), nlim = i32x4.splat(-127);
   for (let base = 0, g = 0; base < n; base += group, g++) {
     const x = src + (<usize>base << 2);
     const amax = groupAbsMax(x, group);
@@ -71,12 +88,8 @@ export function encodeInt8s(src: usize, dst: usize, n: i32, group: i32): i32 {
     store<u32>(w, sBits);
     for (let i = 0; i < group; i += 8) {
       const p = x + (<usize>i << 2);
-      const q0 = i32x4.trunc_sat_f32x4_s(
-        f32x4.min(f32x4.max(f32x4.nearest(f32x4.mul(v128.load(p), inv)), nlim), lim),
-      );
-      const q1 = i32x4.trunc_sat_f32x4_s(
-        f32x4.min(f32x4.max(f32x4.nearest(f32x4.mul(v128.load(p, 16), inv)), nlim), lim),
-      );
+      const q0 = quantize8s(f32x4.mul(v128.load(p), inv), lim, nlim);
+      const q1 = quantize8s(f32x4.mul(v128.load(p, 16), inv), lim, nlim);
       const b = i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(q0, q1), i16x8.splat(0));
       store<i64>(w + 4 + <usize>i, i64x2.extract_lane(b, 0));
     }
@@ -116,18 +129,6 @@ export function encodeF32(src: usize, dst: usize, n: i32): i32 {
 }
 
 // ---- fp16 and bf16 -------------------------------------------------------------------------
-
-// fp16 lanes of f32 lanes, |x| < 65520 (Giesen's float_to_half_fast3_rtne, vectorised)
-// @ts-ignore: decorator
-@inline function f16Lanes(x: v128): v128 {
-  const a = v128.and(x, i32x4.splat(0x7fffffff));
-  const magic = i32x4.splat(0x3f000000); // 0.5: its f32 ulp is 2^−24, the fp16 subnormal step
-  const sub = i32x4.sub(f32x4.add(a, magic), magic);
-  const odd = v128.and(i32x4.shr_u(a, 13), i32x4.splat(1));
-  const nrm = i32x4.shr_u(i32x4.add(i32x4.add(a, i32x4.splat(-0x37fff001)), odd), 13);
-  const c = v128.bitselect(sub, nrm, i32x4.lt_u(a, i32x4.splat(0x38800000)));
-  return v128.or(c, v128.and(i32x4.shr_u(x, 16), i32x4.splat(0x8000)));
-}
 
 // bf16 lanes of f32 lanes (finite, |x| below the bf16 overflow threshold)
 // @ts-ignore: decorator
@@ -176,17 +177,6 @@ export function encodeHalf(src: usize, dst: usize, n: i32, brain: bool): i32 {
     store<u16>(dst + (<usize>i << 1), <u16>h);
   }
   return -1;
-}
-
-// f32 lanes of fp16 lanes (u32 lanes holding 16-bit patterns), exact, NaN payload kept
-// @ts-ignore: decorator
-@inline function f16ToF32Lanes(h: v128): v128 {
-  const em = v128.and(h, i32x4.splat(0x7fff));
-  const shifted = i32x4.shl(em, 13);
-  const ns = f32x4.mul(shifted, f32x4.splat(5.192296858534828e33)); // ·2^112 (exact, subnormals too)
-  const inf = v128.or(shifted, i32x4.splat(0x7f800000));
-  const r = v128.bitselect(inf, ns, i32x4.ge_u(em, i32x4.splat(0x7c00)));
-  return v128.or(r, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
 }
 
 /** Decodes n fp16 (bf16 when `brain`) halves at src into f32 at dst. */

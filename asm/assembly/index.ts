@@ -3,7 +3,7 @@
 
 export { attendPage, attendScratchBytes, decodeRun } from "./attention";
 export { lastErrorKind } from "./errors";
-export { clampInPlace, decodeInt, encodeInt } from "./int";
+export { clampInPlace, decodeInt, encodeInt, firstBadHeader } from "./int";
 export {
   decodeFp8,
   decodeFp8Scaled,

@@ -177,3 +177,21 @@ Deno.test("loadWasmCodecs() shares one instance whose memory stops growing acros
   );
   assert.ok(size < (x.length * 4) * 3, `memory ${size} bytes stays near one call's footprint`);
 });
+
+Deno.test("WasmCodec.decodeView() returns the decodeWords() values without copying out", () => {
+  const r = rng(45);
+  for (const name of ["int4-g32-token", "int3-g16-heads", "fp8e4m3-g8-channel", "fp16", "bf16"]) {
+    const c = wasmCodec(name);
+    const x = Float32Array.from({ length: 512 }, () => normal(r));
+    const block = c.encode(x);
+    const y = new Float32Array(512);
+    c.decodeWords(block.words, 512, y);
+    const v = c.decodeView(block.words, 512);
+    assert.ok(v.buffer !== y.buffer && v.every((e, i) => Object.is(e, y[i])), name);
+  }
+  const c = wasmCodec("int4-g32-token");
+  const w = c.encode(Float32Array.from({ length: 64 }, () => normal(r))).words;
+  w[5] = 0x7c00;
+  assert.throws(() => c.decodeView(w, 64), CorruptDataError);
+  assert.throws(() => c.decodeView(w.subarray(0, 9), 64), CorruptDataError);
+});
