@@ -22,9 +22,9 @@
 /** Running (max, sum, weighted sum) of one query head over a set of tokens. */
 export class Partial {
   /** Running max of the scores seen. */
-  m = -Infinity;
+  m: number = -Infinity;
   /** Σ e^{s − m}. */
-  l = 0;
+  l: number = 0;
   /** Σ e^{s − m} v, length d. */
   readonly acc: Float64Array;
 
