@@ -1,0 +1,159 @@
+/**
+ * Decode-attention benchmark over the mixed-precision cache: one query step against T cached
+ * tokens, FP32 vs INT8 vs INT4 vs a mixed int8/int4/int2 page mix, TS reference vs fused WASM,
+ * all in one run. Each case first checks that the two backends agree (relative error ≤ 1e-6),
+ * then times both and prints a table with the ratios the targets are stated in (INT4 WASM / FP32
+ * WASM ≤ 0.8).
+ *
+ *     deno run -A bench/attention_report.ts [--heads 8] [--kv-heads 2] [--T 512,4096,32768]
+ *
+ * @module
+ */
+
+import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
+import type { CachePolicy, FormatPair } from "../core/cache/policy.ts";
+import { uniformPolicy } from "../core/cache/policy.ts";
+
+function arg(name: string, fallback: string): string {
+  const i = Deno.args.indexOf(`--${name}`);
+  return i >= 0 ? Deno.args[i + 1] : fallback;
+}
+
+const N_HEADS = Number(arg("heads", "8"));
+const N_KV = Number(arg("kv-heads", "2"));
+const TS = arg("T", "512,4096,32768").split(",").map(Number);
+const DIMS = arg("d", "64,128").split(",").map(Number);
+const PAGE = 128;
+
+/** Pages cycle int8, int4, int4, int2 (by arrival, a page at a time): a tiered-like mix. */
+function mixedPolicy(): CachePolicy {
+  const tiers: FormatPair[] = [
+    { keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" },
+    { keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" },
+    { keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" },
+    { keyFormat: "int2-g32-token", valueFormat: "int2-g32-token" },
+  ];
+  const base = uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32", pageTokens: PAGE });
+  let count = 0;
+  return {
+    ...base,
+    label: "mixed",
+    formatFor: () => tiers[Math.floor(count++ / (PAGE * N_KV)) % tiers.length],
+    pairs: () => tiers.slice(0, 2).concat(tiers[3]),
+  };
+}
+
+const CASES: { name: string; policy: () => CachePolicy }[] = [
+  { name: "fp32", policy: () => uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32" }) },
+  {
+    name: "int8-g32",
+    policy: () => uniformPolicy({ keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" }),
+  },
+  {
+    name: "int4-g32",
+    policy: () => uniformPolicy({ keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" }),
+  },
+  { name: "mixed 8/4/4/2", policy: mixedPolicy },
+];
+
+let seed = 12345;
+function rand(): number {
+  seed = (seed + 0x6d2b79f5) >>> 0;
+  let t = seed;
+  t = Math.imul(t ^ (t >>> 15), t | 1);
+  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+  return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * 2 - 1;
+}
+
+/** Median ms per call, running for about budgetMs (at least minIters calls). */
+function time(f: () => void, budgetMs: number, minIters: number): number {
+  f();
+  const samples: number[] = [];
+  const start = performance.now();
+  while (samples.length < minIters || performance.now() - start < budgetMs) {
+    const t0 = performance.now();
+    f();
+    samples.push(performance.now() - t0);
+    if (samples.length >= 200) break;
+  }
+  samples.sort((a, b) => a - b);
+  return samples[samples.length >> 1];
+}
+
+interface Row {
+  d: number;
+  T: number;
+  name: string;
+  bits: number;
+  ts: number;
+  wasm: number;
+  err: number;
+}
+
+const rows: Row[] = [];
+for (const d of DIMS) {
+  for (const T of TS) {
+    for (const c of CASES) {
+      const shape = { nLayers: 1, nHeads: N_HEADS, nKvHeads: N_KV, headDim: d, maxSeqLen: T };
+      const ts = new MixedPrecisionKVCache(shape, c.policy());
+      const wasm = new MixedPrecisionKVCache(shape, c.policy(), { backend: "wasm" });
+      const k = new Float32Array(N_KV * d), v = new Float32Array(N_KV * d);
+      for (let p = 0; p < T; p++) {
+        for (let i = 0; i < k.length; i++) {
+          k[i] = rand();
+          v[i] = rand();
+        }
+        ts.append(0, p, k, v);
+        wasm.append(0, p, k, v);
+      }
+      const q = Float32Array.from({ length: N_HEADS * d }, () => 2 * rand());
+      const a = new Float32Array(N_HEADS * d), b = new Float32Array(N_HEADS * d);
+      ts.attend(0, q, a);
+      wasm.attend(0, q, b);
+      let err = 0, mag = 0;
+      for (let i = 0; i < a.length; i++) {
+        err = Math.max(err, Math.abs(a[i] - b[i]));
+        mag = Math.max(mag, Math.abs(a[i]));
+      }
+      err /= mag;
+      if (!(err <= 1e-6)) throw new Error(`${c.name} d=${d} T=${T}: backends differ by ${err}`);
+      const tsMs = time(() => ts.attend(0, q, a), T >= 32768 ? 300 : 500, T >= 32768 ? 2 : 5);
+      const wasmMs = time(() => wasm.attend(0, q, b), 500, 10);
+      rows.push({
+        d,
+        T,
+        name: c.name,
+        bits: wasm.memory().bitsPerElement,
+        ts: tsMs,
+        wasm: wasmMs,
+        err,
+      });
+    }
+  }
+}
+
+const pad = (s: string | number, n: number) => String(s).padStart(n);
+console.log(
+  `decode attention, ${N_HEADS} query heads over ${N_KV} KV heads, pages of ${PAGE}, no window; ` +
+    `median ms per attend() call`,
+);
+console.log(
+  `${pad("d", 4)} ${pad("T", 6)} ${pad("format", 14)} ${pad("bits/el", 8)} ${pad("TS ms", 9)} ` +
+    `${pad("WASM ms", 9)} ${pad("TS/WASM", 8)} ${pad("/FP32 WASM", 10)} ${pad("rel err", 9)}`,
+);
+for (const r of rows) {
+  const fp32 = rows.find((x) => x.d === r.d && x.T === r.T && x.name === "fp32")!;
+  console.log(
+    `${pad(r.d, 4)} ${pad(r.T, 6)} ${pad(r.name, 14)} ${pad(r.bits.toFixed(2), 8)} ` +
+      `${pad(r.ts.toFixed(3), 9)} ${pad(r.wasm.toFixed(3), 9)} ${
+        pad((r.ts / r.wasm).toFixed(1), 8)
+      } ` +
+      `${pad((r.wasm / fp32.wasm).toFixed(2), 10)} ${pad(r.err.toExponential(1), 9)}`,
+  );
+}
+console.log("\ntarget INT4 WASM / FP32 WASM <= 0.8:");
+for (const r of rows.filter((x) => x.name === "int4-g32")) {
+  const fp32 = rows.find((x) => x.d === r.d && x.T === r.T && x.name === "fp32")!;
+  const ratio = r.wasm / fp32.wasm;
+  console.log(`  d=${r.d} T=${r.T}: ${ratio.toFixed(2)} ${ratio <= 0.8 ? "holds" : "MISSED"}`);
+}
