@@ -32,7 +32,10 @@ export class RecordingKVCache implements KVCache {
   readonly inner: Float32KVCache;
   readonly #queries: Float32Array[];
 
-  /** @param shape the cache's shape */
+  /**
+   * Creates an empty recording cache.
+   * @param shape the cache's shape
+   */
   constructor(shape: KVCacheShape) {
     this.inner = new Float32KVCache(shape);
     this.shape = this.inner.shape;
