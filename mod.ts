@@ -35,3 +35,6 @@ export * from "./core/plan.ts";
 export * from "./core/attention_sensitivity.ts";
 export * from "./core/attention_bound.ts";
 export * from "./core/recording_cache.ts";
+export * from "./core/interval.ts";
+export * from "./core/quantize_head.ts";
+export * from "./core/verifier.ts";

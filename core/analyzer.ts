@@ -26,6 +26,7 @@
 
 import { assertFinite, InvalidValueError, ShapeError } from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
+import { meanErrorBound } from "./quantize_head.ts";
 import { RecordingKVCache } from "./recording_cache.ts";
 
 /** Per-position statistics of one (layer, KV head) over one sequence. */
@@ -298,6 +299,11 @@ export interface Analysis {
   recentWindow: number;
   /** Per calibration sequence. */
   sequences: SequenceCalibration[];
+  /**
+   * Measured mean per-element error bound of each format, [layer][kvHead], averaged over the
+   * sequences' positions (present when calibrate was given measureFormats).
+   */
+  formatErrors?: Record<string, { key: number[][]; value: number[][] }>;
 }
 
 /** Progress of a calibration, for a progress bar. */
@@ -326,6 +332,11 @@ export interface CalibrationModel {
 
 /** Options of {@linkcode calibrate}. */
 export interface CalibrateOptions extends AnalyzeOptions {
+  /**
+   * Formats whose mean per-element error bound is measured on every (layer, KV head)'s keys and
+   * values with the real codecs (the planner's error model; default none).
+   */
+  measureFormats?: string[];
   /** Called after each token and each analyzed layer. */
   onProgress?: (progress: CalibrationProgress) => void;
 }
@@ -397,6 +408,11 @@ export async function calibrate(
   const total = sequences.reduce((a, s) => a + s.length + shape.nLayers, 0);
   let done = 0;
   const out: SequenceCalibration[] = [];
+  const formatErrors: NonNullable<Analysis["formatErrors"]> = {};
+  const zeros = () =>
+    Array.from({ length: shape.nLayers }, () => new Array(shape.nKvHeads).fill(0));
+  for (const f of options.measureFormats ?? []) formatErrors[f] = { key: zeros(), value: zeros() };
+  const positions = sequences.reduce((a, s) => a + s.length, 0);
   for (let si = 0; si < sequences.length; si++) {
     cache.reset();
     const seq = sequences[si];
@@ -407,6 +423,15 @@ export async function calibrate(
     out.push(analyzeRecording(cache, options, () => {
       options.onProgress?.({ phase: "analyze", sequence: si, done: ++done, total });
     }));
+    for (const [f, e] of Object.entries(formatErrors)) {
+      for (let l = 0; l < shape.nLayers; l++) {
+        for (let h = 0; h < shape.nKvHeads; h++) {
+          const w = seq.length / positions;
+          e.key[l][h] += w * meanErrorBound(cache.keys(l, h), seq.length, shape.headDim, f);
+          e.value[l][h] += w * meanErrorBound(cache.values(l, h), seq.length, shape.headDim, f);
+        }
+      }
+    }
   }
   return {
     version: 1,
@@ -415,6 +440,7 @@ export async function calibrate(
     sinkTokens: options.sinkTokens ?? 4,
     recentWindow: options.recentWindow ?? 32,
     sequences: out,
+    ...(options.measureFormats?.length ? { formatErrors } : {}),
   };
 }
 

@@ -1,0 +1,98 @@
+/**
+ * Quantizes the keys or values of one (layer, KV head) with the real codecs, laid out as the cache
+ * stores them (core/cache/PAGES.md): token-axis and ungrouped formats encode tokens one after the
+ * other; channel-axis formats encode blocks of G tokens channel-major, so each group is G tokens of
+ * one channel. Returns the decoded values and the codec's rigorous per-element error bounds.
+ *
+ * A trailing partial group is padded by repeating its last element (token axis) or last token
+ * (channel axis), which leaves every group's range unchanged; the padding is dropped afterwards.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { quantizeHead } from "./quantize_head.ts";
+ * const x = Float32Array.from({ length: 40 }, (_, i) => Math.sin(i));
+ * const { decoded, bound } = quantizeHead(x, 5, 8, "int4-g8-channel");
+ * if (!x.every((v, i) => Math.abs(v - decoded[i]) <= bound[i])) throw new Error("bounded");
+ * ```
+ * @module
+ */
+
+import { getFormat } from "../codecs/format.ts";
+import { tsCodec } from "../codecs/ts_codec.ts";
+import { ShapeError } from "./errors.ts";
+
+/**
+ * Round trip of n tokens × d elements (row-major) through a format.
+ *
+ * @param x n × d values, token-major
+ * @param n tokens
+ * @param d elements per token (head dimension)
+ * @param format registered format name
+ * @returns decoded values and per-element error bounds, both n × d token-major
+ * @throws FormatError for an unknown format; ShapeError when x is shorter than n × d
+ */
+export function quantizeHead(
+  x: Float32Array,
+  n: number,
+  d: number,
+  format: string,
+): { decoded: Float32Array; bound: Float32Array } {
+  const spec = getFormat(format);
+  if (x.length < n * d) throw new ShapeError(`x has ${x.length} elements, expected ${n * d}`);
+  const decoded = new Float32Array(n * d), bound = new Float32Array(n * d);
+  if (n === 0) return { decoded, bound };
+  const codec = tsCodec(format);
+  const roundTrip = (flat: Float32Array) => {
+    const block = codec.encode(flat);
+    const y = new Float32Array(flat.length), b = new Float32Array(flat.length);
+    codec.decode(block, y);
+    codec.errorBound(block.words, flat.length, b);
+    return { y, b };
+  };
+  if (spec.axis === "channel") {
+    const g = spec.group;
+    for (let start = 0; start < n; start += g) {
+      const flat = new Float32Array(g * d);
+      for (let c = 0; c < d; c++) {
+        for (let t = 0; t < g; t++) flat[c * g + t] = x[Math.min(start + t, n - 1) * d + c];
+      }
+      const { y, b } = roundTrip(flat);
+      for (let t = 0; t < g && start + t < n; t++) {
+        for (let c = 0; c < d; c++) {
+          decoded[(start + t) * d + c] = y[c * g + t];
+          bound[(start + t) * d + c] = b[c * g + t];
+        }
+      }
+    }
+    return { decoded, bound };
+  }
+  // Token-major: pad to a whole number of groups (and of 4 elements, for fp8 words).
+  const unit = Math.max(spec.group, 4);
+  const len = Math.ceil((n * d) / unit) * unit;
+  const flat = new Float32Array(len);
+  flat.set(x.subarray(0, n * d));
+  flat.fill(x[n * d - 1], n * d);
+  const { y, b } = roundTrip(flat);
+  decoded.set(y.subarray(0, n * d));
+  bound.set(b.subarray(0, n * d));
+  return { decoded, bound };
+}
+
+/**
+ * Mean per-element error bound of a format on one head's data: the error model the planner uses
+ * when the calibration measured it.
+ *
+ * @param x n × d values
+ * @param n tokens
+ * @param d head dimension
+ * @param format format name
+ * @returns mean of the codec's per-element bounds
+ */
+export function meanErrorBound(x: Float32Array, n: number, d: number, format: string): number {
+  const { bound } = quantizeHead(x, n, d, format);
+  let s = 0;
+  for (let i = 0; i < n * d; i++) s += bound[i];
+  return s / (n * d);
+}

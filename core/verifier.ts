@@ -1,0 +1,425 @@
+/**
+ * Checks an assignment of formats against the precision rule, bounds the output error it can cause
+ * and measures the error it does cause.
+ *
+ * - {@linkcode checkAssignment}: every position whose format gives less precision than the rule
+ *   requires, with layer, head, position, required and given bits.
+ * - {@linkcode verifyHeads}: quantizes every (layer, KV head) of a recorded sequence with the real
+ *   codecs as the assignment says, and for every query head and query compares the rigorous bound
+ *   of attention_bound.ts with the realized error (both in float64, the bound outward-rounded).
+ * - {@linkcode composeLayerBounds}: the composition law Φ_{g∘f}(ε) ≤ Φ_g(Φ_f(ε)) + L_g·Φ_f(ε)
+ *   unrolled over layers: E_l = Φ_l(E_{l−1}) + L_l·E_{l−1}.
+ * - {@linkcode attentionOutputGains}: empirical gains from each layer's attention output to the
+ *   logits (random sequence-wide perturbations injected through a cache wrapper), the L factors the
+ *   model-level estimate uses; estimates, not bounds.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { composeLayerBounds } from "./verifier.ts";
+ * // Local errors 0.1 and 0.2, Lipschitz constants 2 and 3: E1 = 0.1, E2 = 0.2 + 3·0.1.
+ * const e = composeLayerBounds([0.1, 0.2], [2, 3]);
+ * if (Math.abs(e[1] - 0.5) > 1e-12) throw new Error("composed");
+ * ```
+ * @module
+ */
+
+import type { Analysis } from "./analyzer.ts";
+import { attentionErrorBound, attentionErrorFirstOrder } from "./attention_bound.ts";
+import { attentionWeights } from "./attention_sensitivity.ts";
+import { getFormat } from "../codecs/format.ts";
+import { InvalidValueError, ShapeError } from "./errors.ts";
+import { addUp, mulUp } from "./interval.ts";
+import { precisionBits, requiredBits } from "./mapper.ts";
+import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
+import type { Assignment } from "./plan.ts";
+import { quantizeHead } from "./quantize_head.ts";
+import type { RecordingKVCache } from "./recording_cache.ts";
+import type { CalibrationModel } from "./analyzer.ts";
+
+/** A position whose format is less precise than the rule requires. */
+export interface RuleViolation {
+  /** Calibration sequence. */
+  sequence: number;
+  /** Layer. */
+  layer: number;
+  /** KV head. */
+  head: number;
+  /** Position. */
+  position: number;
+  /** Bits the rule requires. */
+  requiredBits: number;
+  /** Effective bits of the key format given. */
+  keyBits: number;
+  /** Effective bits of the value format given. */
+  valueBits: number;
+}
+
+/** Options of {@linkcode checkAssignment}: the rule as the planner applied it. */
+export interface CheckOptions {
+  /** Target error ε > 0. */
+  epsilon: number;
+  /** Rule constant (default 4). */
+  c?: number;
+  /** Recency factor on (default true). */
+  recency?: boolean;
+  /** "curvature" (default) or "attention". */
+  sensitivity?: "curvature" | "attention";
+  /** κ over queries: "max" (default) or "mean". */
+  aggregate?: "max" | "mean";
+}
+
+/**
+ * Every position of the calibration whose key or value format has less effective precision than
+ * p = log2(c·κ·D²/ε) (sinks and window count at the window format).
+ *
+ * @param analysis the calibration
+ * @param assignment formats per position (e.g. a plan's report.planAssignment)
+ * @param options the rule
+ * @returns the violations, in sequence, layer, head, position order
+ * @throws InvalidValueError for ε ≤ 0
+ */
+export function checkAssignment(
+  analysis: Analysis,
+  assignment: Assignment,
+  options: CheckOptions,
+): RuleViolation[] {
+  const { nLayers, nKvHeads } = analysis.shape;
+  const recency = options.recency ?? true;
+  const byAttention = options.sensitivity === "attention";
+  const mean = options.aggregate === "mean";
+  const window = precisionBits(getFormat(assignment.windowFormat));
+  const kBits = assignment.keyFormats.map((f) => precisionBits(getFormat(f)));
+  const vBits = assignment.valueFormats.map((f) => precisionBits(getFormat(f)));
+  const diameter: number[][] = [];
+  for (let l = 0; l < nLayers; l++) {
+    diameter.push([]);
+    for (let h = 0; h < nKvHeads; h++) {
+      let lo = Infinity, hi = -Infinity;
+      for (const s of analysis.sequences) {
+        const c = s.heads[l][h];
+        lo = Math.min(lo, c.keyRange[0], c.valueRange[0]);
+        hi = Math.max(hi, c.keyRange[1], c.valueRange[1]);
+      }
+      diameter[l].push(Math.max(hi - lo, -lo, hi, Number.MIN_VALUE));
+    }
+  }
+  const out: RuleViolation[] = [];
+  analysis.sequences.forEach((s, si) => {
+    for (let l = 0; l < nLayers; l++) {
+      for (let h = 0; h < nKvHeads; h++) {
+        const c = s.heads[l][h];
+        const cell = assignment.sequences[si]?.[l]?.[h];
+        if (!cell || cell.key.length !== c.length) {
+          throw new ShapeError(`assignment lacks sequence ${si} layer ${l} head ${h}`);
+        }
+        for (let t = 0; t < c.length; t++) {
+          const count = c.group * (c.length - t);
+          const base = byAttention
+            ? (mean ? c.attentionSum[t] / count : c.attentionMax[t])
+            : (mean ? c.curvatureSum[t] / count : c.curvatureMax[t]);
+          const r = recency ? 1 + Math.exp(-(c.length - t - 1) / (c.length / 4)) : 1;
+          const need = requiredBits(base * r, {
+            epsilon: options.epsilon,
+            diameter: diameter[l][h],
+            c: options.c,
+          });
+          const kb = cell.key[t] < 0 ? window : kBits[cell.key[t]];
+          const vb = cell.value[t] < 0 ? window : vBits[cell.value[t]];
+          if (Math.min(kb, vb) < need) {
+            out.push({
+              sequence: si,
+              layer: l,
+              head: h,
+              position: t,
+              requiredBits: need,
+              keyBits: kb,
+              valueBits: vb,
+            });
+          }
+        }
+      }
+    }
+  });
+  return out;
+}
+
+/** Bound against realized error for one (layer, KV head) over every query of a sequence. */
+export interface HeadVerification {
+  /** Layer. */
+  layer: number;
+  /** KV head. */
+  head: number;
+  /** Queries checked (query heads × positions). */
+  queries: number;
+  /** Queries whose realized error exceeded the bound (must be 0). */
+  exceeded: number;
+  /** Largest rigorous bound. */
+  maxBound: number;
+  /** Largest realized error. */
+  maxRealized: number;
+  /** Mean rigorous bound. */
+  meanBound: number;
+  /** Mean realized error. */
+  meanRealized: number;
+  /** Mean first-order prediction with the codecs' element bounds. */
+  meanFirstOrder: number;
+  /** Smallest bound / realized over queries with a non-zero realized error. */
+  minRatio: number;
+  /** Per position j: max over the group's query heads of the bound (for composition). */
+  boundPerQuery: Float64Array;
+}
+
+/**
+ * Quantizes every (layer, KV head) of a recorded sequence with the real codecs as `formats`
+ * says (per position a format index, −1 for the window format) and, for every query head and
+ * query position j, compares the rigorous bound over positions 0..j with the realized error.
+ *
+ * @param cache a recording cache holding one sequence
+ * @param assignment formats: `sequences[sequence]` is used
+ * @param sequence which sequence of the assignment the cache holds
+ * @returns one verification per (layer, KV head)
+ * @throws ShapeError when the assignment does not match the cache
+ */
+export function verifyHeads(
+  cache: RecordingKVCache,
+  assignment: Assignment,
+  sequence = 0,
+): HeadVerification[] {
+  const { nLayers, nHeads, nKvHeads, headDim: d } = cache.shape;
+  const group = nHeads / nKvHeads;
+  const n = cache.length(0);
+  const out: HeadVerification[] = [];
+  for (let l = 0; l < nLayers; l++) {
+    const queries = cache.queries(l);
+    for (let h = 0; h < nKvHeads; h++) {
+      const cell = assignment.sequences[sequence]?.[l]?.[h];
+      if (!cell || cell.key.length !== n) {
+        throw new ShapeError(
+          `assignment of sequence ${sequence} does not cover layer ${l} head ${h}`,
+        );
+      }
+      const keys = cache.keys(l, h), values = cache.values(l, h);
+      const k = _quantize(keys, n, d, cell.key, assignment.keyFormats, assignment.windowFormat);
+      const v = _quantize(
+        values,
+        n,
+        d,
+        cell.value,
+        assignment.valueFormats,
+        assignment.windowFormat,
+      );
+      const res: HeadVerification = {
+        layer: l,
+        head: h,
+        queries: 0,
+        exceeded: 0,
+        maxBound: 0,
+        maxRealized: 0,
+        meanBound: 0,
+        meanRealized: 0,
+        meanFirstOrder: 0,
+        minRatio: Infinity,
+        boundPerQuery: new Float64Array(n),
+      };
+      const w = new Float64Array(n), o1 = new Float64Array(d), o2 = new Float64Array(d);
+      for (let j = 0; j < n; j++) {
+        const m = j + 1;
+        for (let g = 0; g < group; g++) {
+          const q = queries.subarray(
+            j * nHeads * d + (h * group + g) * d,
+            j * nHeads * d + (h * group + g + 1) * d,
+          );
+          const bound = attentionErrorBound(q, keys, values, m, d, k.bound, v.bound);
+          attentionWeights(q, keys, values, m, d, w, o1);
+          attentionWeights(q, k.decoded, v.decoded, m, d, w, o2);
+          let s = 0;
+          for (let i = 0; i < d; i++) s += (o2[i] - o1[i]) ** 2;
+          const realized = Math.sqrt(s);
+          res.queries++;
+          if (realized > bound) res.exceeded++;
+          res.maxBound = Math.max(res.maxBound, bound);
+          res.maxRealized = Math.max(res.maxRealized, realized);
+          res.meanBound += bound;
+          res.meanRealized += realized;
+          res.meanFirstOrder += attentionErrorFirstOrder(q, keys, values, m, d, k.bound, v.bound);
+          if (realized > 0) res.minRatio = Math.min(res.minRatio, bound / realized);
+          res.boundPerQuery[j] = Math.max(res.boundPerQuery[j], bound);
+        }
+      }
+      res.meanBound /= res.queries;
+      res.meanRealized /= res.queries;
+      res.meanFirstOrder /= res.queries;
+      out.push(res);
+    }
+  }
+  return out;
+}
+
+function _quantize(
+  x: Float32Array,
+  n: number,
+  d: number,
+  formatIndex: Int16Array,
+  names: string[],
+  windowFormat: string,
+): { decoded: Float32Array; bound: Float32Array } {
+  const decoded = new Float32Array(n * d), bound = new Float32Array(n * d);
+  const byFormat = new Map<number, number[]>();
+  for (let t = 0; t < n; t++) {
+    if (!byFormat.has(formatIndex[t])) byFormat.set(formatIndex[t], []);
+    byFormat.get(formatIndex[t])!.push(t);
+  }
+  // Tokens of one format are stored together in arrival order, as the cache's page pools do.
+  for (const [f, positions] of byFormat) {
+    const name = f < 0 ? windowFormat : names[f];
+    const packed = new Float32Array(positions.length * d);
+    positions.forEach((t, i) => packed.set(x.subarray(t * d, (t + 1) * d), i * d));
+    const r = quantizeHead(packed, positions.length, d, name);
+    positions.forEach((t, i) => {
+      decoded.set(r.decoded.subarray(i * d, (i + 1) * d), t * d);
+      bound.set(r.bound.subarray(i * d, (i + 1) * d), t * d);
+    });
+  }
+  return { decoded, bound };
+}
+
+/**
+ * The composition law unrolled over layers, rounded upwards: E_0 = inputError,
+ * E_l = Φ_l(E_{l−1}) + L_l·E_{l−1}, where Φ_l is layer l's own error given its input error
+ * (a constant when `local` holds numbers).
+ *
+ * @param local per layer: Φ_l as a number (its error at the exact input) or a function of E_{l−1}
+ * @param lipschitz per layer: L_l ≥ 0
+ * @param inputError error entering the first layer (default 0)
+ * @returns E_l for every layer
+ * @throws InvalidValueError for negative or non-finite constants; ShapeError for unequal lengths
+ */
+export function composeLayerBounds(
+  local: readonly (number | ((inputError: number) => number))[],
+  lipschitz: readonly number[],
+  inputError = 0,
+): number[] {
+  if (local.length !== lipschitz.length) {
+    throw new ShapeError(
+      `${local.length} local bounds but ${lipschitz.length} Lipschitz constants`,
+    );
+  }
+  const out: number[] = [];
+  let e = inputError;
+  for (let l = 0; l < local.length; l++) {
+    const L = lipschitz[l];
+    const phiL = local[l];
+    const phi = typeof phiL === "number" ? phiL : phiL(e);
+    if (!(L >= 0) || !Number.isFinite(L) || !(phi >= 0) || !Number.isFinite(phi)) {
+      throw new InvalidValueError(
+        `layer ${l}: Φ = ${phi}, L = ${L}; expected finite numbers ≥ 0`,
+        l,
+      );
+    }
+    e = addUp(phi, mulUp(L, e));
+    out.push(e);
+  }
+  return out;
+}
+
+/** A cache wrapper that adds a fixed perturbation to one layer's attention output. */
+class _PerturbingCache implements KVCache {
+  readonly shape: KVCacheShape;
+  constructor(
+    readonly inner: Float32KVCache,
+    readonly layer: number,
+    readonly delta: (pos: number, out: Float32Array) => void,
+  ) {
+    this.shape = inner.shape;
+  }
+  length(layer: number): number {
+    return this.inner.length(layer);
+  }
+  append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
+    this.inner.append(layer, pos, k, v);
+  }
+  attend(layer: number, q: Float32Array, out: Float32Array): void {
+    this.inner.attend(layer, q, out);
+    if (layer === this.layer) this.delta(this.inner.length(layer) - 1, out);
+  }
+  memory() {
+    return this.inner.memory();
+  }
+  reset(): void {
+    this.inner.reset();
+  }
+}
+
+/** Options of {@linkcode attentionOutputGains}. */
+export interface GainOptions {
+  /** Size η of the per-position perturbation (default 1e-3). */
+  size?: number;
+  /** Random directions tried per layer; the largest gain is kept (default 3). */
+  trials?: number;
+  /** Seed of the directions (default 1). */
+  seed?: number;
+}
+
+/**
+ * Empirical gain G_l = max_j ‖Δlogits_j‖ / η when every position's attention output of layer l
+ * (all query heads concatenated) moves by a random vector of norm η: the product L_head·Π L_m of
+ * the composition law for an error entering at layer l, measured end to end through the model
+ * (the KVCache interface does not expose the residual stream). An estimate, not a bound.
+ *
+ * @param model the model
+ * @param shape cache shape (maxSeqLen ≥ tokens.length)
+ * @param tokens the sequence
+ * @param options perturbation size, trials and seed
+ * @returns G_l per layer
+ */
+export async function attentionOutputGains(
+  model: CalibrationModel,
+  shape: KVCacheShape,
+  tokens: number[],
+  options: GainOptions = {},
+): Promise<number[]> {
+  const eta = options.size ?? 1e-3, trials = options.trials ?? 3;
+  let seed = (options.seed ?? 1) >>> 0;
+  const rand = () => {
+    seed = (seed + 0x6d2b79f5) >>> 0;
+    let t = Math.imul(seed ^ (seed >>> 15), seed | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
+  };
+  const run = async (cache: KVCache) => {
+    const logits: Float32Array[] = [];
+    for (let p = 0; p < tokens.length; p++) {
+      logits.push((await model.forward(tokens[p], p, cache)).slice());
+    }
+    return logits;
+  };
+  const exact = await run(new Float32KVCache(shape));
+  const gains: number[] = [];
+  for (let l = 0; l < shape.nLayers; l++) {
+    let best = 0;
+    for (let trial = 0; trial < trials; trial++) {
+      const dim = shape.nHeads * shape.headDim;
+      const dirs = Array.from({ length: tokens.length }, () => {
+        const x = Float32Array.from({ length: dim }, rand);
+        let s = 0;
+        for (const v of x) s += v * v;
+        return x.map((v) => (v * eta) / Math.sqrt(s));
+      });
+      const cache = new _PerturbingCache(new Float32KVCache(shape), l, (pos, out) => {
+        for (let i = 0; i < out.length; i++) out[i] += dirs[pos][i];
+      });
+      const moved = await run(cache);
+      let worst = 0;
+      for (let p = 0; p < tokens.length; p++) {
+        let s = 0;
+        for (let i = 0; i < moved[p].length; i++) s += (moved[p][i] - exact[p][i]) ** 2;
+        worst = Math.max(worst, Math.sqrt(s));
+      }
+      best = Math.max(best, worst / eta);
+    }
+    gains.push(best);
+  }
+  return gains;
+}

@@ -1,0 +1,159 @@
+import assert from "node:assert/strict";
+import { calibrate, summarizeAnalysis } from "../../core/analyzer.ts";
+import {
+  attentionWeights,
+  keyJacobian,
+  keySecondDerivative,
+} from "../../core/attention_sensitivity.ts";
+import { getFormat } from "../../codecs/format.ts";
+import { BudgetError, InvalidValueError } from "../../core/errors.ts";
+import { parseCheckpoint } from "../../core/model/checkpoint.ts";
+import { parseTokenizer } from "../../core/model/tokenizer.ts";
+import { cacheShape, Transformer } from "../../core/model/transformer.ts";
+import { buildPrecisionPlan, planToPolicy, validatePrecisionPlan } from "../../core/plan.ts";
+import { RecordingKVCache } from "../../core/recording_cache.ts";
+import { checkAssignment, verifyHeads } from "../../core/verifier.ts";
+
+const weights = parseCheckpoint(await Deno.readFile("fixtures/stories260K.bin"));
+const model = new Transformer(weights);
+const tokenizer = parseTokenizer(
+  await Deno.readFile("fixtures/tok512.bin"),
+  weights.config.vocabSize,
+);
+const text = new TextDecoder().decode(
+  await Deno.readFile("fixtures/tinystories_valid_excerpt.txt"),
+);
+const ids = tokenizer.encode(text, { bos: true });
+const NAMES = [
+  "int2-g32-channel",
+  "int3-g32-channel",
+  "int4-g32-channel",
+  "int8-g32-channel",
+  "int4-g8-token",
+  "fp16",
+];
+const FORMATS = NAMES.map(getFormat);
+const seqs = [ids.slice(0, 96), ids.slice(300, 380)];
+const analysis = await calibrate(model, weights.config, seqs, {
+  measureFormats: NAMES,
+  windows: [8, 16],
+});
+
+Deno.test("keyJacobian() and keySecondDerivative() agree with finite differences on real heads", async () => {
+  const rec = new RecordingKVCache(cacheShape(weights.config, 64));
+  for (let p = 0; p < 64; p++) await model.forward(ids[p], p, rec);
+  const d = weights.config.headDim;
+  for (const [layer, head, pos] of [[0, 0, 63], [2, 5, 40], [4, 7, 20]]) {
+    const kv = Math.floor(head / (weights.config.nHeads / weights.config.nKvHeads));
+    const q = rec.queries(layer).subarray(
+      (pos * weights.config.nHeads + head) * d,
+      (pos * weights.config.nHeads + head + 1) * d,
+    );
+    const keys = Float64Array.from(rec.keys(layer, kv).subarray(0, (pos + 1) * d));
+    const values = rec.values(layer, kv);
+    const n = pos + 1;
+    const w = new Float64Array(n), o = new Float64Array(d);
+    attentionWeights(q, keys, values, n, d, w, o);
+    let t = 0;
+    for (let i = 1; i < n; i++) if (w[i] > w[t]) t = i;
+    const jac = keyJacobian(q, keys, values, n, d, t);
+    const out = (c: number, h: number) => {
+      const k = Float64Array.from(keys);
+      k[t * d + c] += h;
+      const o2 = new Float64Array(d);
+      attentionWeights(q, k, values, n, d, new Float64Array(n), o2);
+      return o2;
+    };
+    let num = 0, den = 0, trNum = 0, trDen = 0;
+    const trace = new Float64Array(d), traceAn = new Float64Array(d);
+    for (let c = 0; c < d; c++) {
+      const p = out(c, 1e-5), m = out(c, -1e-5);
+      for (let i = 0; i < d; i++) {
+        const fd = (p[i] - m[i]) / 2e-5;
+        num += (fd - jac[i * d + c]) ** 2, den += fd * fd;
+      }
+      const p2 = out(c, 1e-4), m2 = out(c, -1e-4);
+      const e = new Float64Array(d);
+      e[c] = 1;
+      const an = keySecondDerivative(q, keys, values, n, d, t, e);
+      for (let i = 0; i < d; i++) {
+        trace[i] += (p2[i] - 2 * o[i] + m2[i]) / 1e-8, traceAn[i] += an[i];
+      }
+    }
+    for (let i = 0; i < d; i++) trNum += (trace[i] - traceAn[i]) ** 2, trDen += traceAn[i] ** 2;
+    assert.ok(
+      Math.sqrt(num / den) < 1e-3,
+      `layer ${layer} head ${head}: Jacobian ${Math.sqrt(num / den)}`,
+    );
+    assert.ok(
+      Math.sqrt(trNum / trDen) < 1e-3,
+      `layer ${layer} head ${head}: trace ${Math.sqrt(trNum / trDen)}`,
+    );
+  }
+});
+
+Deno.test("verifyHeads() bound holds on every layer and head of the fixture model", async () => {
+  const { report } = buildPrecisionPlan(analysis, {
+    mode: "budget",
+    bitsPerElement: 5,
+    keyFormats: FORMATS,
+    valueFormats: FORMATS,
+    recentWindow: 8,
+  });
+  const rec = new RecordingKVCache(cacheShape(weights.config, seqs[0].length));
+  for (let p = 0; p < seqs[0].length; p++) await model.forward(seqs[0][p], p, rec);
+  const result = verifyHeads(rec, report.planAssignment, 0);
+  assert.equal(result.length, weights.config.nLayers * weights.config.nKvHeads);
+  for (const h of result) {
+    assert.equal(h.exceeded, 0, `layer ${h.layer} head ${h.head}`);
+    assert.ok(h.maxRealized > 0 && h.minRatio >= 1);
+  }
+});
+
+Deno.test("buildPrecisionPlan() meets budgets on the fixture and rejects bad input", () => {
+  for (const bits of [5, 6, 8]) {
+    const { plan, report } = buildPrecisionPlan(analysis, {
+      mode: "budget",
+      bitsPerElement: bits,
+      keyFormats: FORMATS,
+      valueFormats: FORMATS,
+      recentWindow: 8,
+      sinkTokens: 2,
+    });
+    assert.ok(report.oracle.bitsPerElement <= bits + 1e-12);
+    assert.ok(
+      report.plan.bitsPerElement <= bits + 1e-12,
+      `plan ${report.plan.bitsPerElement} > ${bits}`,
+    );
+    const json = JSON.parse(JSON.stringify(plan));
+    assert.deepEqual(validatePrecisionPlan(json, (n) => NAMES.includes(n)), json);
+    assert.equal(planToPolicy(plan).recentWindow, 8);
+    assert.ok(report.scoreVsSensitivity > 0.3, `ρ ${report.scoreVsSensitivity}`);
+  }
+  // The rule: smaller ε never needs fewer bits; the oracle has no violations.
+  let last = 0;
+  for (const epsilon of [1, 0.1, 0.01]) {
+    const { report } = buildPrecisionPlan(analysis, {
+      mode: "rule",
+      epsilon,
+      keyFormats: FORMATS,
+      valueFormats: FORMATS,
+      recentWindow: 8,
+    });
+    assert.ok(report.oracle.bitsPerElement >= last);
+    last = report.oracle.bitsPerElement;
+    const v = checkAssignment(analysis, report.oracleAssignment, { epsilon });
+    const fp16Short = v.filter((x) => x.requiredBits <= 10);
+    assert.equal(fp16Short.length, 0, "the oracle meets every requirement a candidate can meet");
+  }
+  const base = { keyFormats: FORMATS, valueFormats: FORMATS, recentWindow: 8 };
+  assert.throws(
+    () => buildPrecisionPlan(analysis, { ...base, mode: "rule", epsilon: 0 }),
+    InvalidValueError,
+  );
+  assert.throws(
+    () => buildPrecisionPlan(analysis, { ...base, mode: "budget", bitsPerElement: 2 }),
+    BudgetError,
+  );
+  assert.ok(summarizeAnalysis(analysis).layers.every((l) => l.sinkShare > 0 && l.recentShare > 0));
+});
