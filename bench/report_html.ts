@@ -108,7 +108,7 @@ function _bars(
 }
 
 function _frontier(a: AnalysisResult): string {
-  const w = 640, h = 300, left = 70, bottom = 40, top = 20, right = 20;
+  const w = 640, h = 300, left = 70, bottom = 40, top = 20, right = 110;
   const pts = a.rows.filter((r) => r.kind !== "reference" && r.meanKl > 0);
   const xs = pts.map((r) => r.bitsPerElement);
   const ys = pts.map((r) => Math.log10(r.meanKl));

@@ -1,20 +1,128 @@
-// deno task demo: the end-to-end story on the bundled model. First version: load the real model,
-// generate with the full-precision cache and report what that cache holds.
-import { cacheShape, Float32KVCache, generateGreedy } from "../mod.ts";
-import { loadFixture } from "../tests/_fixtures.ts";
+// deno task demo: the end-to-end story on the bundled model. Calibrates over several sequence
+// lengths (with progress), shows per layer the curvature and the precision chosen across positions
+// (one character per bucket of positions), measures the plan with the eval harness (the same
+// figures as `deno task eval --eps E --lines N`) and derives recommendations from the numbers.
+// Flags as examples/simple_demo.ts; evaluates 3 lines by default to stay under a minute.
+import { pairBits, runAnalysis } from "../bench/analysis_run.ts";
+import { loadAnalyzeInputs } from "../bench/cli_args.ts";
+import { calibrationLines } from "../bench/kvprec_rows.ts";
+import { stderrProgress } from "../bench/progress.ts";
+import { demoArgs } from "./_demo_args.ts";
 
-const { model, tokenizer } = await loadFixture();
+const args = demoArgs(Deno.args);
+const { model, tokenizer, sequences } = await loadAnalyzeInputs(args);
 const c = model.config;
 console.log(
-  `model: stories260K, ${c.nLayers} layers, ${c.nHeads} query heads over ${c.nKvHeads} KV heads, head_dim ${c.headDim}`,
+  `model: stories260K, ${c.nLayers} layers, ${c.nHeads} query heads over ${c.nKvHeads} KV heads, ` +
+    `head_dim ${c.headDim}`,
 );
-const prompt = tokenizer.encode("Once upon a time");
-const cache = new Float32KVCache(cacheShape(c, prompt.length + 100));
-const ids = await generateGreedy(model, cache, prompt, 100);
-console.log(tokenizer.decode([...prompt, ...ids]));
-const mem = cache.memory();
+const bar = stderrProgress();
+const a = await runAnalysis({
+  model,
+  tokenizer,
+  evaluation: sequences.slice(0, args.lines),
+  calibration: calibrationLines(sequences, args.calibrationLines),
+  target: args.target,
+  context: args.context ?? c.seqLen,
+  backend: "ts",
+  baselines: false,
+  onProgress: (phase, done, total) => bar(phase, done, total),
+});
+if (args.json) await Deno.writeTextFile(args.json, JSON.stringify(a));
 console.log(
-  `KV cache: ${mem.elements} elements in ${mem.bytes} bytes (${
-    mem.bitsPerElement.toFixed(1)
-  } bits/element)`,
+  `calibration: ${a.config.calibrationLengths.length} sequences of ${
+    a.config.calibrationLengths.join(", ")
+  } tokens, ${a.seconds.calibrate.toFixed(1)} s`,
 );
+
+// One character per format, fewest bits first; '#' is the full-precision window format.
+const formats = a.heatmap.formats;
+const order = [...formats.keys()].sort((x, y) => pairBits(formats[x]) - pairBits(formats[y]));
+const glyphs = "123456789abcdef";
+const glyph = new Map(
+  order.map((f, i) => [f, formats[f].startsWith("fp16|fp16") ? "#" : glyphs[i]]),
+);
+const width = 64;
+console.log(
+  `\nprecision across positions (${width} buckets, the most frequent format per bucket):`,
+);
+for (const l of a.layers) {
+  console.log(
+    `\nlayer ${l.layer}: curvature mean ${l.meanCurvature.toExponential(2)}, max ${
+      l.maxCurvature.toExponential(2)
+    }, sink attention ${(100 * l.sinkShare).toFixed(1)}%`,
+  );
+  for (const row of a.heatmap.rows.filter((r) => r.layer === l.layer)) {
+    const n = row.cells.length, per = Math.ceil(n / width);
+    let s = "";
+    for (let b = 0; b * per < n; b++) {
+      const cells = row.cells.slice(b * per, (b + 1) * per);
+      // The most frequent format of the bucket (ties: the more precise).
+      const count = new Map<number, number>();
+      for (const f of cells) count.set(f, (count.get(f) ?? 0) + 1);
+      const best = [...count].reduce((x, y) =>
+        y[1] > x[1] || (y[1] === x[1] && pairBits(formats[y[0]]) > pairBits(formats[x[0]])) ? y : x
+      );
+      s += glyph.get(best[0]);
+    }
+    console.log(`  head ${row.head} |${s}|`);
+  }
+}
+console.log("\nlegend:");
+for (const f of order) {
+  console.log(`  ${glyph.get(f)}  ${formats[f]} (${pairBits(formats[f]).toFixed(2)} bits)`);
+}
+
+const ref = a.rows.find((r) => r.kind === "reference")!;
+const kv = a.rows.find((r) => r.name === a.kvprecRow)!;
+console.log(
+  `\n${kv.name}: ${kv.bitsPerElement.toFixed(3)} bits/element (${
+    (16 / kv.bitsPerElement).toFixed(2)
+  }× vs FP16), perplexity ${kv.perplexity.toFixed(4)} vs FP32 ${ref.perplexity.toFixed(4)} (${
+    (100 * (kv.perplexity / ref.perplexity - 1)).toFixed(2)
+  }%), greedy match ${Math.round(100 * kv.greedyMatch)}/100`,
+);
+
+console.log("\nrecommendations:");
+const meanCurv = a.layers.reduce((s, l) => s + l.meanCurvature, 0) / a.layers.length;
+for (const l of a.layers) {
+  const fp16 = l.tokensByFormat["fp16|fp16"] ?? 0;
+  const total = Object.values(l.tokensByFormat).reduce((x, y) => x + y, 0);
+  if (l.meanCurvature > 1.2 * meanCurv) {
+    console.log(
+      `- layer ${l.layer} needs more precision: mean curvature ${
+        (l.meanCurvature / meanCurv).toFixed(2)
+      }× the model average; ${(100 * fp16 / total).toFixed(0)}% of its positions stay at fp16`,
+    );
+  } else if (l.meanCurvature < 0.8 * meanCurv) {
+    console.log(
+      `- layer ${l.layer} tolerates fewer bits: mean curvature ${
+        (l.meanCurvature / meanCurv).toFixed(2)
+      }× the average`,
+    );
+  }
+}
+const base = a.windowStudy.find((w) => w.recentWindow === a.plan.recentWindow)!;
+for (const w of a.windowStudy) {
+  if (w.recentWindow === base.recentWindow) continue;
+  const dBits = w.bitsPerElement - base.bitsPerElement;
+  const dErr = w.predictedError / base.predictedError - 1;
+  const pays = w.recentWindow > base.recentWindow
+    ? dErr < 0 && -dErr > Math.max(0, dBits) / base.bitsPerElement
+    : dErr <= 0.05 && dBits < 0;
+  console.log(
+    `- recent window ${w.recentWindow} instead of ${base.recentWindow}: ${dBits >= 0 ? "+" : ""}${
+      dBits.toFixed(3)
+    } bits/element, predicted error ${dErr >= 0 ? "+" : ""}${(100 * dErr).toFixed(1)}% → ${
+      pays ? "worth it" : "does not pay"
+    }`,
+  );
+}
+if (kv.bitsPerElement > a.predicted.plan.bitsPerElement + 0.5) {
+  console.log(
+    `- measured ${kv.bitsPerElement.toFixed(2)} bits vs ${
+      a.predicted.plan.bitsPerElement.toFixed(2)
+    } predicted: partly filled pages of the many format pools cost bits on short windows; ` +
+      `fewer tiers or smaller pages would close the gap`,
+  );
+}

@@ -1,0 +1,52 @@
+import assert from "node:assert/strict";
+import { parseAnalyzeArgs, UsageError } from "../../bench/cli_args.ts";
+
+Deno.test("parseAnalyzeArgs() reads every flag, both spellings", () => {
+  const cases: [string[], Partial<ReturnType<typeof parseAnalyzeArgs>>][] = [
+    [[], { target: { epsilon: 0.5 }, backend: "auto", out: "analysis_out", lines: 3 }],
+    [["--eps", "0.25", "--lines", "2"], { target: { epsilon: 0.25 }, lines: 2 }],
+    [["--budget=7.5", "--out", "x"], { target: { budget: 7.5 }, out: "x" }],
+    [["--model", "m.bin", "--tokenizer=t.bin", "--text", "a.txt"], {
+      model: "m.bin",
+      tokenizer: "t.bin",
+      text: "a.txt",
+    }],
+    [["--backend", "ts", "--context", "128", "--calib-lines", "1"], {
+      backend: "ts",
+      context: 128,
+      calibrationLines: 1,
+    }],
+    [["--help"], { help: true }],
+  ];
+  for (const [args, want] of cases) {
+    const got = parseAnalyzeArgs(args);
+    for (const [k, v] of Object.entries(want)) {
+      assert.deepEqual(got[k as keyof typeof got], v, `${args.join(" ")}: ${k}`);
+    }
+  }
+});
+
+Deno.test("parseAnalyzeArgs() rejects bad flags and values with one line naming them", () => {
+  const cases: [string[], RegExp][] = [
+    [["--eps", "0"], /--eps is 0, expected a number > 0/],
+    [["--eps", "-1e-3"], /--eps is -0.001/],
+    [["--eps", "abc"], /--eps is "abc"/],
+    [["--budget", "0"], /--budget is 0/],
+    [["--eps", "1", "--budget", "4"], /not both/],
+    [["--backend", "gpu"], /gpu is not available/],
+    [["--backend", "cuda"], /expected one of ts, auto/],
+    [["--lines", "0"], /--lines is 0/],
+    [["--lines", "2.5"], /expected an integer/],
+    [["--context", "1"], /--context is 1/],
+    [["--frobnicate"], /unknown flag --frobnicate/],
+    [["--model"], /--model needs a value/],
+  ];
+  for (const [args, re] of cases) {
+    assert.throws(() => parseAnalyzeArgs(args), (e: Error) => {
+      assert.ok(e instanceof UsageError, `${args.join(" ")}: ${e}`);
+      assert.match(e.message, re);
+      assert.ok(!e.message.includes("\n"));
+      return true;
+    });
+  }
+});
