@@ -509,3 +509,59 @@ function _summary(
     meanMaxAttention: a.maxAtt / a.positions,
   };
 }
+
+/**
+ * A JSON-ready copy of an analysis with its summaries: typed arrays become plain arrays (per
+ * position statistics only when `positions` is true, the default).
+ *
+ * @param analysis the analysis
+ * @param options whether to include the per-position arrays
+ * @returns a plain object for JSON.stringify
+ */
+export function analysisToJSON(
+  analysis: Analysis,
+  options: { positions?: boolean } = {},
+): Record<string, unknown> {
+  const positions = options.positions ?? true;
+  const plain = (c: HeadCalibration) => {
+    const out: Record<string, unknown> = {
+      length: c.length,
+      group: c.group,
+      keyRange: c.keyRange,
+      valueRange: c.valueRange,
+      sinkMass: c.sinkMass,
+      recentMass: c.recentMass,
+      queryCount: c.queryCount,
+    };
+    if (positions) {
+      for (
+        const k of [
+          "attentionSum",
+          "attentionMax",
+          "keyGradSum",
+          "keyGradMax",
+          "hessianSum",
+          "curvatureSum",
+          "curvatureMax",
+        ] as const
+      ) out[k] = Array.from(c[k]);
+      out.windowScores = Object.fromEntries(
+        Object.entries(c.windowScores).map(([w, a]) => [w, Array.from(a)]),
+      );
+    }
+    return out;
+  };
+  return {
+    version: analysis.version,
+    shape: analysis.shape,
+    windows: analysis.windows,
+    sinkTokens: analysis.sinkTokens,
+    recentWindow: analysis.recentWindow,
+    summary: summarizeAnalysis(analysis),
+    formatErrors: analysis.formatErrors,
+    sequences: analysis.sequences.map((s) => ({
+      length: s.length,
+      heads: s.heads.map((row) => row.map(plain)),
+    })),
+  };
+}
