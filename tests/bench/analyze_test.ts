@@ -47,7 +47,7 @@ Deno.test("analyze, simple_demo and transformer_demo report the figures of deno 
   const ev = await run("bench/eval.ts", [
     ...SMALL,
     "--only",
-    "kvprec",
+    "kvprec ε=",
     "--json",
     `${dir}/eval.json`,
   ]);
