@@ -22,3 +22,7 @@ export * from "./core/model/transformer.ts";
 export * from "./core/eval/perplexity.ts";
 export * from "./core/model/generate.ts";
 export * from "./codecs/mod.ts";
+// both the tokenizer and the codecs export an EncodeOptions; the explicit export picks the
+// tokenizer's (the codecs' stays reachable as codecs/mod.ts EncodeOptions) until one is renamed
+export type { EncodeOptions } from "./core/model/tokenizer.ts";
+export * from "./gpu/mod.ts";
