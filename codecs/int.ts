@@ -85,6 +85,9 @@ export function encodeIntGroups(spec: FormatSpec, x: Float32Array, words: Uint32
       lo = Math.min(lo, v);
       hi = Math.max(hi, v);
     }
+    // + 0 makes a −0 extreme +0 (FORMAT.md step 1), so SIMD min/max may pick either zero
+    lo += 0;
+    hi += 0;
     const header = chooseIntHeader(spec, x, base, lo, hi);
     if (header < 0) {
       throw rangeError(

@@ -52,3 +52,13 @@ export {
   type Fp8Kind,
 } from "./float_bits.ts";
 export { TsCodec, tsCodec } from "./ts_codec.ts";
+export {
+  loadWasmCodecs,
+  loadWasmCodecsSync,
+  wasmBytes,
+  WasmCodec,
+  wasmCodec,
+  WasmCodecs,
+  type WasmKernels,
+} from "./wasm.ts";
+export { WasmArena } from "./wasm_arena.ts";

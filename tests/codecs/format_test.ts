@@ -68,3 +68,20 @@ Deno.test("wordsForLength() counts whole groups and rejects lengths off the grou
   }
   assert.throws(() => wordsForLength(getFormat("fp16"), 3), /group size 2/);
 });
+
+Deno.test("getFormat() agrees with the bits-per-element table in FORMAT.md", async () => {
+  const md = await Deno.readTextFile(new URL("../../codecs/FORMAT.md", import.meta.url));
+  // the table rows: a format label and five numbers
+  const rows = md.split("\n").filter((l) =>
+    /^\| (int\d|int8s|fp8e4m3-g)[^|]*(\|\s*[\d.]+\s*){5}\|$/.test(l)
+  );
+  assert.equal(rows.length, 8);
+  for (const row of rows) {
+    const [label, ...cells] = row.split("|").slice(1, -1).map((c) => c.trim());
+    const name = (g: number) =>
+      label.startsWith("fp8") ? `fp8e4m3-g${g}-token` : `${label}-g${g}-token`;
+    GROUP_SIZES.forEach((g, i) =>
+      assert.equal(getFormat(name(g)).bitsPerElement, Number(cells[i]), `${label} G=${g}`)
+    );
+  }
+});

@@ -1,0 +1,102 @@
+/**
+ * Prints the codec throughput table: GB/s of f32 (input for encode, output for decode) for the
+ * TS and WASM paths on 16 MiB of f32 through the Codec interface (one copy into and one out of
+ * WASM memory), the WASM/TS ratio measured in the same run, WasmCodec.decodeView (no copy out)
+ * with its ratio, and the WASM kernel alone (data already in WASM memory), with bits per element.
+ * Times are the fastest of several runs (the least disturbed by other load on a shared machine).
+ *
+ *     deno run -A bench/codecs_report.ts
+ *
+ * @module
+ */
+
+import { getFormat } from "../codecs/format.ts";
+import { tsCodec } from "../codecs/ts_codec.ts";
+import { loadWasmCodecsSync, wasmCodec } from "../codecs/wasm.ts";
+import { BENCH_FORMATS, BENCH_LENGTH, benchInput, checkAgreement } from "./_codecs_cases.ts";
+
+/** Fastest of `reps` runs of fn after one warm-up (the least disturbed by other load). */
+function timeIt(fn: () => void, reps: number): number {
+  fn();
+  const t: number[] = [];
+  for (let i = 0; i < reps; i++) {
+    const t0 = performance.now();
+    fn();
+    t.push((performance.now() - t0) / 1000);
+  }
+  t.sort((a, b) => a - b);
+  return t[0];
+}
+
+const x = benchInput();
+const y = new Float32Array(x.length);
+const bytes = BENCH_LENGTH * 4;
+const gbs = (s: number) => bytes / s / 1e9;
+const mod = loadWasmCodecsSync();
+const k = mod.kernels;
+
+const rows: string[][] = [];
+for (const name of BENCH_FORMATS) {
+  const spec = getFormat(name);
+  const words = checkAgreement(name, x);
+  const out = new Uint32Array(words.length);
+  const ts = tsCodec(name), wasm = wasmCodec(name);
+  // kernel only: input and output already in WASM memory
+  const kernel = (op: "encode" | "decode") => {
+    const nw = words.length, n = x.length;
+    const [src, dst] = op === "encode"
+      ? mod.arena.layout(4 * n, 4 * nw)
+      : mod.arena.layout(4 * nw, 4 * n);
+    if (op === "encode") mod.arena.f32(src, n).set(x);
+    else mod.arena.u32(src, nw).set(words);
+    const run = spec.kind === "int"
+      ? op === "encode"
+        ? () => k.encodeInt(src, dst, n, spec.bits, spec.group)
+        : () => k.decodeInt(src, dst, n, spec.bits, spec.group)
+      : op === "encode"
+      ? () => k.encodeHalf(src, dst, n, 0)
+      : () => k.decodeHalf(src, dst, n, 0);
+    return timeIt(run, 15);
+  };
+  for (const op of ["encode", "decode"] as const) {
+    const tTs = timeIt(
+      op === "encode" ? () => ts.encodeInto(x, out) : () => ts.decodeWords(words, x.length, y),
+      3,
+    );
+    const tW = timeIt(
+      op === "encode" ? () => wasm.encodeInto(x, out) : () => wasm.decodeWords(words, x.length, y),
+      15,
+    );
+    const tK = kernel(op);
+    const tV = op === "decode" ? timeIt(() => wasm.decodeView(words, x.length), 15) : NaN;
+    rows.push([
+      name,
+      String(spec.bitsPerElement),
+      op,
+      gbs(tTs).toFixed(2),
+      gbs(tW).toFixed(2),
+      (tTs / tW).toFixed(1) + "×",
+      op === "decode" ? gbs(tV).toFixed(2) : "",
+      op === "decode" ? (tTs / tV).toFixed(1) + "×" : "",
+      gbs(tK).toFixed(2),
+    ]);
+  }
+}
+
+const head = [
+  "format",
+  "bits/elem",
+  "op",
+  "TS GB/s",
+  "WASM GB/s",
+  "WASM/TS",
+  "WASM view GB/s",
+  "view/TS",
+  "WASM kernel GB/s",
+];
+const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+const line = (r: string[]) => "| " + r.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
+console.log(`codec throughput, 16 MiB of f32 (${BENCH_LENGTH} elements), GB/s of f32, one core`);
+console.log(line(head));
+console.log("| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |");
+for (const r of rows) console.log(line(r));

@@ -1,0 +1,402 @@
+/**
+ * The WebAssembly SIMD codecs: the {@linkcode Codec} interface over the embedded module built from
+ * asm/ (see codecs/_wasm_bytes.ts). Each call copies its input into a {@linkcode WasmArena} once,
+ * runs the kernel there and copies the result out once; on error nothing is copied out, so the
+ * caller's buffers stay untouched. Encode and decode are bit-identical to the TypeScript reference;
+ * `errorBound` is the reference's (it reads only the packed words).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { loadWasmCodecs } from "./wasm.ts";
+ * import { tsCodec } from "./ts_codec.ts";
+ * const wasm = await loadWasmCodecs();
+ * const x = Float32Array.from({ length: 64 }, (_, i) => Math.sin(i));
+ * const a = wasm.codec("int4-g32-token").encode(x).words;
+ * const b = tsCodec("int4-g32-token").encode(x).words;
+ * if (a.join() !== b.join()) throw new Error("WASM and TS encode identically");
+ * ```
+ * @module
+ */
+
+import { CorruptDataError } from "../core/errors.ts";
+import { WASM_BASE64 } from "./_wasm_bytes.ts";
+import {
+  checkBlock,
+  checkDecodeArgs,
+  checkEncodeArgs,
+  checkInput,
+  type Codec,
+  type EncodeOptions,
+  nonFiniteError,
+  type PackedBlock,
+  rangeError,
+} from "./codec.ts";
+import { type FormatSpec, getFormat, wordsForLength } from "./format.ts";
+import { tsCodec } from "./ts_codec.ts";
+import { WasmArena } from "./wasm_arena.ts";
+
+/**
+ * Elements per chunk staged through WASM memory (64 KiB of f32: stays in L2 between the copy and
+ * the kernel). A multiple of every group size.
+ */
+const CHUNK = 16384;
+
+/** The kernels the module exports (pointers are byte offsets into `memory`). */
+export interface WasmKernels {
+  /** The module's linear memory. */
+  readonly memory: WebAssembly.Memory;
+  /** First byte free for the host's arena. */
+  heapBase(): number;
+  /** Kind of the last error a kernel returned: 1 non-finite, 2 out of range, 3 corrupt header. */
+  lastErrorKind(): number;
+  /** In-place clamp to ±limit, NaN → 0. */
+  clampInPlace(src: number, n: number, limit: number): void;
+  /** First corrupt group header (asym: `int` rules, else int8s/fp8 rules), or −1. */
+  firstBadHeader(src: number, groups: number, wpg: number, asym: number): number;
+  /** Asymmetric integer encode. */
+  encodeInt(src: number, dst: number, n: number, bits: number, group: number): number;
+  /** Asymmetric integer decode. */
+  decodeInt(src: number, dst: number, n: number, bits: number, group: number): number;
+  /** Symmetric int8 encode. */
+  encodeInt8s(src: number, dst: number, n: number, group: number): number;
+  /** Symmetric int8 decode. */
+  decodeInt8s(src: number, dst: number, n: number, group: number): number;
+  /** fp32 copy with finite check. */
+  encodeF32(src: number, dst: number, n: number): number;
+  /** fp16 (brain = 0) or bf16 (brain = 1) encode. */
+  encodeHalf(src: number, dst: number, n: number, brain: number): number;
+  /** fp16 or bf16 decode. */
+  decodeHalf(src: number, dst: number, n: number, brain: number): void;
+  /** Unscaled fp8 encode (bias 7: e4m3, 15: e5m2). */
+  encodeFp8(src: number, dst: number, n: number, bias: number): number;
+  /** Unscaled fp8 decode. */
+  decodeFp8(src: number, dst: number, n: number, bias: number): void;
+  /** Scaled fp8 encode. */
+  encodeFp8Scaled(src: number, dst: number, n: number, group: number, bias: number): number;
+  /** Scaled fp8 decode. */
+  decodeFp8Scaled(src: number, dst: number, n: number, group: number, bias: number): number;
+}
+
+/**
+ * The embedded module's bytes (decoded from base64 on each call).
+ *
+ * @returns the .wasm bytes
+ */
+export function wasmBytes(): Uint8Array<ArrayBuffer> {
+  const s = atob(WASM_BASE64);
+  const out = new Uint8Array(s.length);
+  for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
+  return out;
+}
+
+/** An instantiated module: its kernels, its scratch arena and a codec per format. */
+export class WasmCodecs {
+  /** The module's exports. */
+  readonly kernels: WasmKernels;
+  /** Scratch memory shared by every codec of this instance. */
+  readonly arena: WasmArena;
+  #codecs = new Map<string, WasmCodec>();
+
+  /**
+   * Wraps an instance of the embedded module.
+   *
+   * @param instance the instantiated module
+   */
+  constructor(instance: WebAssembly.Instance) {
+    this.kernels = instance.exports as unknown as WasmKernels;
+    this.arena = new WasmArena(this.kernels.memory, this.kernels.heapBase());
+  }
+
+  /**
+   * The WASM codec of a format.
+   *
+   * @param name registry name
+   * @returns the codec (cached per name)
+   * @throws {FormatError} for an unknown name
+   */
+  codec(name: string): WasmCodec {
+    let c = this.#codecs.get(name);
+    if (c === undefined) {
+      c = new WasmCodec(getFormat(name), this);
+      this.#codecs.set(name, c);
+    }
+    return c;
+  }
+}
+
+let _shared: WasmCodecs | undefined;
+
+/**
+ * Instantiates the embedded module (once; later calls return the same instance).
+ *
+ * @returns the codecs
+ */
+export async function loadWasmCodecs(): Promise<WasmCodecs> {
+  if (_shared === undefined) {
+    const { instance } = await WebAssembly.instantiate(wasmBytes(), {});
+    _shared ??= new WasmCodecs(instance);
+  }
+  return _shared;
+}
+
+/**
+ * Instantiates the embedded module synchronously (Deno, servers, workers; browsers may refuse
+ * synchronous compilation of large modules on the main thread).
+ *
+ * @returns the codecs (the same instance as {@linkcode loadWasmCodecs})
+ */
+export function loadWasmCodecsSync(): WasmCodecs {
+  _shared ??= new WasmCodecs(new WebAssembly.Instance(new WebAssembly.Module(wasmBytes()), {}));
+  return _shared;
+}
+
+/**
+ * The WASM codec of a format, instantiating the module synchronously on first use.
+ *
+ * @param name registry name
+ * @returns the codec
+ */
+export function wasmCodec(name: string): WasmCodec {
+  return loadWasmCodecsSync().codec(name);
+}
+
+/** One format's codec over the WASM kernels. */
+export class WasmCodec implements Codec {
+  /** The format. */
+  readonly spec: FormatSpec;
+  /** Always `"wasm"`. */
+  readonly backend = "wasm" as const;
+  #owner: WasmCodecs;
+
+  /**
+   * Creates the codec (prefer {@linkcode WasmCodecs.codec}, which caches).
+   *
+   * @param spec the format
+   * @param owner the module instance
+   */
+  constructor(spec: FormatSpec, owner: WasmCodecs) {
+    this.spec = spec;
+    this.#owner = owner;
+  }
+
+  /**
+   * Words an encoding of `length` elements takes.
+   *
+   * @param length element count
+   * @returns words needed
+   */
+  wordsFor(length: number): number {
+    return wordsForLength(this.spec, length);
+  }
+
+  /**
+   * Bytes an encoding of `length` elements takes.
+   *
+   * @param length element count
+   * @returns bytes needed
+   */
+  byteSize(length: number): number {
+    return 4 * this.wordsFor(length);
+  }
+
+  /**
+   * Encodes into a new block.
+   *
+   * @param x values
+   * @param opts clamping
+   * @returns the block
+   */
+  encode(x: Float32Array, opts?: EncodeOptions): PackedBlock {
+    const words = new Uint32Array(checkInput(this.spec, x));
+    this.encodeInto(x, words, opts);
+    return { format: this.spec.name, length: x.length, words };
+  }
+
+  /**
+   * Encodes into `words`; writes nothing on error.
+   *
+   * @param x values
+   * @param words destination
+   * @param opts clamping
+   */
+  encodeInto(x: Float32Array, words: Uint32Array, opts?: EncodeOptions): void {
+    const nw = checkEncodeArgs(this.spec, x, words);
+    const n = x.length, s = this.spec;
+    const { kernels: k, arena } = this.#owner;
+    // input goes through an L2-sized chunk; the packed output stays whole in WASM memory and is
+    // copied out only when every chunk encoded, so an error writes nothing
+    const chunk = Math.min(n, CHUNK);
+    const [src, dst] = arena.layout(4 * chunk, 4 * nw);
+    const stage = arena.f32(src, chunk);
+    const clamp = opts?.clamp === true;
+    for (let off = 0; off < n; off += chunk) {
+      const len = Math.min(chunk, n - off);
+      stage.set(len === n ? x : x.subarray(off, off + len));
+      if (clamp) k.clampInPlace(src, len, s.clampLimit);
+      const bad = this.#encodeKernel(src, dst + 4 * (off / s.group) * s.wordsPerGroup, len);
+      if (bad >= 0) {
+        throw k.lastErrorKind() === 1
+          ? nonFiniteError(s, x, off + bad)
+          : rangeError(s, x, off + bad, `the ${s.name} encoding of its group cannot hold it`);
+      }
+    }
+    words.set(arena.u32(dst, nw));
+  }
+
+  #encodeKernel(src: number, dst: number, n: number): number {
+    const s = this.spec, k = this.#owner.kernels;
+    switch (s.kind) {
+      case "int":
+        return k.encodeInt(src, dst, n, s.bits, s.group);
+      case "int8s":
+        return k.encodeInt8s(src, dst, n, s.group);
+      case "fp32":
+        return k.encodeF32(src, dst, n);
+      case "fp16":
+      case "bf16":
+        return k.encodeHalf(src, dst, n, s.kind === "bf16" ? 1 : 0);
+      default: {
+        const bias = s.kind === "fp8e4m3" ? 7 : 15;
+        return s.scaled
+          ? k.encodeFp8Scaled(src, dst, n, s.group, bias)
+          : k.encodeFp8(src, dst, n, bias);
+      }
+    }
+  }
+
+  #decodeKernel(src: number, dst: number, n: number): void {
+    const s = this.spec, k = this.#owner.kernels;
+    switch (s.kind) {
+      case "int":
+        k.decodeInt(src, dst, n, s.bits, s.group);
+        return;
+      case "int8s":
+        k.decodeInt8s(src, dst, n, s.group);
+        return;
+      case "fp32":
+        this.#owner.arena.u32(dst, n).set(this.#owner.arena.u32(src, n));
+        return;
+      case "fp16":
+      case "bf16":
+        k.decodeHalf(src, dst, n, s.kind === "bf16" ? 1 : 0);
+        return;
+      default: {
+        const bias = s.kind === "fp8e4m3" ? 7 : 15;
+        if (s.scaled) k.decodeFp8Scaled(src, dst, n, s.group, bias);
+        else k.decodeFp8(src, dst, n, bias);
+      }
+    }
+  }
+
+  /**
+   * Decodes a block; writes nothing on error.
+   *
+   * @param block a block of this format
+   * @param out destination
+   */
+  decode(block: PackedBlock, out: Float32Array): void {
+    checkBlock(this.spec, block);
+    this.decodeWords(block.words, block.length, out);
+  }
+
+  /**
+   * Decodes `length` elements from `words`; writes nothing on error.
+   *
+   * @param words packed words
+   * @param length element count
+   * @param out destination
+   */
+  decodeWords(words: Uint32Array, length: number, out: Float32Array): void {
+    const nw = checkDecodeArgs(this.spec, words, length, out);
+    const s = this.spec;
+    const { kernels: k, arena } = this.#owner;
+    const chunk = Math.min(length, CHUNK);
+    const chunkWords = (chunk / s.group) * s.wordsPerGroup;
+    if (s.scaled) {
+      // whole packed input in (it is small), headers checked before any output is written, then
+      // the output goes through an L2-sized chunk
+      const [src, dst] = arena.layout(4 * nw, 4 * chunk);
+      arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
+      const bad = k.firstBadHeader(
+        src,
+        length / s.group,
+        s.wordsPerGroup,
+        s.kind === "int" ? 1 : 0,
+      );
+      if (bad >= 0) throw _headerError(s, words, bad);
+      const stage = arena.f32(dst, chunk);
+      for (let off = 0; off < length; off += chunk) {
+        const len = Math.min(chunk, length - off);
+        this.#decodeKernel(src + 4 * (off / s.group) * s.wordsPerGroup, dst, len);
+        out.set(len === chunk ? stage : stage.subarray(0, len), off);
+      }
+      return;
+    }
+    // no headers, nothing can fail: input and output both go through chunks
+    const [src, dst] = arena.layout(4 * chunkWords, 4 * chunk);
+    const inStage = arena.u32(src, chunkWords), outStage = arena.f32(dst, chunk);
+    for (let off = 0; off < length; off += chunk) {
+      const len = Math.min(chunk, length - off);
+      const w0 = (off / s.group) * s.wordsPerGroup, wn = (len / s.group) * s.wordsPerGroup;
+      inStage.set(words.subarray(w0, w0 + wn));
+      this.#decodeKernel(src, dst, len);
+      out.set(len === chunk ? outStage : outStage.subarray(0, len), off);
+    }
+  }
+
+  /**
+   * Decodes into WASM memory and returns a view of the result, with no copy out: for callers that
+   * read the values once (or hand them to another kernel). The view is valid until the next call
+   * on any codec of this module instance; copy it to keep it.
+   *
+   * @param words packed words, at least `wordsFor(length)` long
+   * @param length element count
+   * @returns a view of the decoded values in WASM memory
+   */
+  decodeView(words: Uint32Array, length: number): Float32Array {
+    const s = this.spec;
+    const nw = wordsForLength(s, length);
+    if (words.length < nw) {
+      throw new CorruptDataError(
+        `${s.name}: packed data has ${words.length * 4} bytes, ${length} elements need ${nw * 4}`,
+        words.length * 4,
+      );
+    }
+    const { kernels: k, arena } = this.#owner;
+    const [src, dst] = arena.layout(4 * nw, 4 * length);
+    arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
+    if (s.scaled) {
+      const bad = k.firstBadHeader(
+        src,
+        length / s.group,
+        s.wordsPerGroup,
+        s.kind === "int" ? 1 : 0,
+      );
+      if (bad >= 0) throw _headerError(s, words, bad);
+    }
+    this.#decodeKernel(src, dst, length);
+    return arena.f32(dst, length);
+  }
+
+  /**
+   * Writes per-element error bounds (the reference implementation's; FORMAT.md, "Error bounds").
+   *
+   * @param words packed words
+   * @param length element count
+   * @param out destination
+   */
+  errorBound(words: Uint32Array, length: number, out: Float32Array): void {
+    tsCodec(this.spec.name).errorBound(words, length, out);
+  }
+}
+
+function _headerError(s: FormatSpec, words: Uint32Array, g: number): CorruptDataError {
+  const h = words[g * s.wordsPerGroup];
+  return new CorruptDataError(
+    `${s.name}: group ${g} header 0x${h.toString(16).padStart(8, "0")} is not one an encoder ` +
+      `writes (non-finite or negative scale, non-finite minimum, non-zero high half)`,
+    g * s.wordsPerGroup * 4,
+  );
+}

@@ -1,0 +1,197 @@
+import assert from "node:assert/strict";
+import { formatNames, getFormat } from "../../codecs/format.ts";
+import { tsCodec } from "../../codecs/ts_codec.ts";
+import { loadWasmCodecs, loadWasmCodecsSync, wasmCodec } from "../../codecs/wasm.ts";
+import { CorruptDataError, InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { DISTRIBUTIONS, normal, rng } from "./_inputs.ts";
+
+function bitsOf(x: Float32Array): Uint32Array {
+  return new Uint32Array(x.buffer, x.byteOffset, x.length);
+}
+
+/** Encodes with both back ends; asserts identical words, or identical error class and index. */
+function crossEncode(
+  name: string,
+  x: Float32Array,
+  what: string,
+  clamp = false,
+): Uint32Array | undefined {
+  const run = (c: typeof tsCodec extends (n: string) => infer C ? C : never) => {
+    try {
+      return { words: c.encode(x, { clamp }).words };
+    } catch (e) {
+      return { error: e as InvalidValueError };
+    }
+  };
+  const t = run(tsCodec(name)), w = run(wasmCodec(name) as never);
+  if (t.error || w.error) {
+    assert.ok(t.error instanceof InvalidValueError, `${what}: ts ${t.error}`);
+    assert.ok(w.error instanceof InvalidValueError, `${what}: wasm ${w.error} vs ts ${t.error}`);
+    assert.equal(w.error.index, t.error.index, `${what}: error index`);
+    assert.equal(w.error.message.split(":")[1], t.error.message.split(":")[1], `${what}: message`);
+    return undefined;
+  }
+  const i = t.words!.findIndex((v, k) => v !== w.words![k]);
+  if (i >= 0) {
+    assert.fail(
+      `${what}: word ${i} ts 0x${t.words![i].toString(16)} wasm 0x${w.words![i].toString(16)}`,
+    );
+  }
+  return t.words;
+}
+
+function crossDecode(name: string, words: Uint32Array, n: number, what: string): Float32Array {
+  const a = new Float32Array(n), b = new Float32Array(n);
+  tsCodec(name).decodeWords(words, n, a);
+  wasmCodec(name).decodeWords(words, n, b);
+  const ab = bitsOf(a), bb = bitsOf(b);
+  const i = ab.findIndex((v, k) => v !== bb[k]);
+  if (i >= 0) {
+    assert.fail(
+      `${what}: element ${i} ts ${a[i]} (0x${ab[i].toString(16)}) wasm ${b[i]} (0x${
+        bb[i].toString(16)
+      })`,
+    );
+  }
+  return a;
+}
+
+Deno.test("WasmCodec encodes and decodes bit-identically to TsCodec for every format and distribution", () => {
+  const r = rng(41);
+  for (const name of formatNames()) {
+    const G = getFormat(name).group;
+    for (const dist of DISTRIBUTIONS) {
+      // odd group counts exercise the SIMD tails
+      const n = Math.max(G, 4) * (3 + Math.floor(r() * 40)) + (G === 1 ? 3 : G === 2 ? 2 : 0);
+      const x = dist.make(r, n - (n % G), G);
+      const what = `${name} ${dist.name} n=${x.length}`;
+      const words = crossEncode(name, x, what) ?? crossEncode(name, x, what + " clamped", true)!;
+      crossDecode(name, words, x.length, what);
+    }
+  }
+});
+
+Deno.test("WasmCodec decodes all 65,536 fp16/bf16 patterns and all 256 fp8 codes like TsCodec", () => {
+  const all16 = new Uint32Array(32768);
+  for (let i = 0; i < 32768; i++) all16[i] = (2 * i) | ((2 * i + 1) << 16);
+  crossDecode("fp16", all16, 65536, "fp16");
+  crossDecode("bf16", all16, 65536, "bf16");
+  const all8 = new Uint32Array(64);
+  for (let i = 0; i < 64; i++) {
+    all8[i] = (4 * i) | ((4 * i + 1) << 8) | ((4 * i + 2) << 16) | ((4 * i + 3) << 24);
+  }
+  for (const name of ["fp8e4m3", "fp8e5m2"]) {
+    const y = crossDecode(name, all8, 256, name);
+    // and back: every finite value encodes to its own code on both back ends
+    const finite = y.filter((v) => Number.isFinite(v));
+    const words = crossEncode(name, finite.slice(0, finite.length - (finite.length % 4)), name)!;
+    assert.ok(words.length > 0);
+  }
+});
+
+Deno.test("WasmCodec encodes random f32 bit patterns to fp16/bf16/fp8 like TsCodec", () => {
+  const r = rng(42);
+  const x = new Float32Array(4096);
+  const xb = bitsOf(x);
+  for (
+    const [name, maxBits] of [["fp16", 0x477fefff], ["bf16", 0x7f7f7fff], ["fp8e4m3", 0x43e80000], [
+      "fp8e5m2",
+      0x476fffff,
+    ]] as const
+  ) {
+    for (let i = 0; i < x.length; i++) {
+      xb[i] = (Math.floor(r() * maxBits) | (r() < 0.5 ? 0x80000000 : 0)) >>> 0;
+    }
+    crossDecode(name, crossEncode(name, x, name)!, x.length, name);
+  }
+});
+
+Deno.test("WasmCodec reports the same typed errors as TsCodec and writes nothing", () => {
+  const r = rng(43);
+  for (
+    const name of [
+      "int4-g32-token",
+      "int3-g8-heads",
+      "int8s-g16-heads",
+      "fp16",
+      "bf16",
+      "fp32",
+      "fp8e4m3",
+      "fp8e5m2-g32-channel",
+    ]
+  ) {
+    const w = wasmCodec(name);
+    for (const bad of [NaN, Infinity, -Infinity, 1e30]) {
+      const x = Float32Array.from({ length: 128 }, () => normal(r));
+      const at = 9 + Math.floor(r() * 100);
+      x[at] = bad;
+      const words = new Uint32Array(w.wordsFor(128)).fill(0xdeadbeef);
+      if (bad === 1e30 && (name === "fp32" || name === "bf16")) continue; // both hold 1e30
+      assert.throws(
+        () => w.encodeInto(x, words),
+        (e: Error) => e instanceof InvalidValueError && e.index === at,
+        `${name} ${bad}`,
+      );
+      assert.ok(words.every((v) => v === 0xdeadbeef), `${name}: nothing written`);
+      crossEncode(name, x, `${name} ${bad}`);
+      crossEncode(name, x, `${name} ${bad} clamped`, true);
+    }
+  }
+  const c = wasmCodec("int4-g32-token");
+  const x = Float32Array.from({ length: 64 }, () => normal(r));
+  const block = c.encode(x);
+  const out = new Float32Array(64).fill(3);
+  assert.throws(() => c.decode(block, new Float32Array(65)), ShapeError);
+  assert.throws(() => c.decodeWords(block.words.subarray(0, 7), 64, out), CorruptDataError);
+  const corrupt = block.words.slice();
+  corrupt[5] = 0xfc00_3c00; // group 1: minimum −Inf
+  assert.throws(
+    () => c.decodeWords(corrupt, 64, out),
+    (e: Error) => e instanceof CorruptDataError && e.offset === 20,
+  );
+  assert.throws(
+    () => tsCodec("int4-g32-token").decodeWords(corrupt, 64, out),
+    (e: Error) => e instanceof CorruptDataError && e.offset === 20,
+  );
+  assert.ok(out.every((v) => v === 3), "nothing written");
+});
+
+Deno.test("loadWasmCodecs() shares one instance whose memory stops growing across many calls", async () => {
+  const a = await loadWasmCodecs();
+  assert.equal(a, loadWasmCodecsSync());
+  const r = rng(44);
+  const c = a.codec("int4-g32-token");
+  const x = Float32Array.from({ length: 1 << 16 }, () => normal(r));
+  const y = new Float32Array(x.length);
+  c.decode(c.encode(x), y);
+  const size = a.kernels.memory.buffer.byteLength;
+  for (let i = 0; i < 200; i++) {
+    const n = 32 * (1 + Math.floor(r() * 2047));
+    const xs = x.subarray(0, n);
+    c.decode(c.encode(xs), y.subarray(0, n));
+  }
+  assert.equal(
+    a.kernels.memory.buffer.byteLength,
+    size,
+    "no growth for calls no larger than before",
+  );
+  assert.ok(size < (x.length * 4) * 3, `memory ${size} bytes stays near one call's footprint`);
+});
+
+Deno.test("WasmCodec.decodeView() returns the decodeWords() values without copying out", () => {
+  const r = rng(45);
+  for (const name of ["int4-g32-token", "int3-g16-heads", "fp8e4m3-g8-channel", "fp16", "bf16"]) {
+    const c = wasmCodec(name);
+    const x = Float32Array.from({ length: 512 }, () => normal(r));
+    const block = c.encode(x);
+    const y = new Float32Array(512);
+    c.decodeWords(block.words, 512, y);
+    const v = c.decodeView(block.words, 512);
+    assert.ok(v.buffer !== y.buffer && v.every((e, i) => Object.is(e, y[i])), name);
+  }
+  const c = wasmCodec("int4-g32-token");
+  const w = c.encode(Float32Array.from({ length: 64 }, () => normal(r))).words;
+  w[5] = 0x7c00;
+  assert.throws(() => c.decodeView(w, 64), CorruptDataError);
+  assert.throws(() => c.decodeView(w.subarray(0, 9), 64), CorruptDataError);
+});
