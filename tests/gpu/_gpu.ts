@@ -1,7 +1,7 @@
 // Shared by the GPU tests: the device (a missing adapter fails under CI=true, skips elsewhere),
-// page packing per core/cache/PAGES.md with the reference codecs, and error measures.
+// page packing per core/cache/PAGES.md with the WASM codecs, and error measures.
 import { DeviceError } from "../../core/errors.ts";
-import { type FormatSpec, getFormat, tsCodec, wordsForLength } from "../../codecs/mod.ts";
+import { type FormatSpec, getFormat, wasmCodec, wordsForLength } from "../../codecs/mod.ts";
 import { type GpuDevice, PipelineCache, requestGpu } from "../../gpu/mod.ts";
 
 let cached: Promise<{ gpu: GpuDevice; pipelines: PipelineCache } | undefined> | undefined;
@@ -38,7 +38,7 @@ export function packPage(
   d: number,
   P: number,
 ): Uint32Array {
-  const codec = tsCodec(spec.name);
+  const codec = wasmCodec(spec.name);
   const words = new Uint32Array(wordsForLength(spec, Math.max(n, P) * d));
   if (spec.axis !== "channel") {
     codec.encodeInto(x.subarray(0, n * d), words);
@@ -61,7 +61,7 @@ export function unpackPage(
   d: number,
   P: number,
 ): Float32Array {
-  const codec = tsCodec(spec.name);
+  const codec = wasmCodec(spec.name);
   const out = new Float32Array(n * d);
   if (spec.axis !== "channel") {
     codec.decodeWords(words, n * d, out);

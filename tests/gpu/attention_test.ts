@@ -1,5 +1,5 @@
 // Fused decode attention over mixed-format page tables, checked against the CPU reference path:
-// decode every page with the reference codecs (bit-identical to WASM by the codecs' own tests),
+// decode every page with the WASM codecs (the CPU production path; bit-identical to the TS reference),
 // then attendHead() over the decoded keys and values — what core/cache's TS path computes.
 import assert from "node:assert/strict";
 import { attendHead } from "../../core/model/kv_cache.ts";
