@@ -29,3 +29,4 @@ export * from "./dequantize.ts";
 export * from "./attention.ts";
 export * from "./merge.ts";
 export * from "./_io.ts";
+export * from "./cache.ts";
