@@ -264,7 +264,11 @@ export class GpuKVCache implements KVCache {
     return this.#length[layer];
   }
 
-  /** Positions of `layer` held in pages (quantized). */
+  /**
+   * Positions of `layer` held in pages (quantized); the rest are sinks and the fp32 ring.
+   * @param layer layer index
+   * @returns positions in pages
+   */
   pagedLength(layer: number): number {
     return this.#paged[layer];
   }

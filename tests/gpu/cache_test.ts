@@ -2,7 +2,9 @@ import assert from "node:assert/strict";
 import { CapacityError, DeviceError, FormatError, ShapeError } from "../../core/errors.ts";
 import { getFormat } from "../../codecs/mod.ts";
 import { createGpuKVCache, type GpuCachePolicy, requestGpu } from "../../gpu/mod.ts";
-import { normals, rng } from "../_fixtures.ts";
+import { loadFixture, normals, rng } from "../_fixtures.ts";
+import { cacheShape } from "../../core/model/transformer.ts";
+import { perplexity } from "../../core/eval/perplexity.ts";
 import { packPage, relativeError, testGpu } from "./_gpu.ts";
 import { CpuPagedReference } from "./_cpu_reference.ts";
 
@@ -200,4 +202,40 @@ Deno.test("GpuKVCache.append() rejects bad input and a lost device without chang
   assert.throws(() => cache.append(0, 0, k, v), DeviceError);
   assert.equal(cache.length(0), 0, "a failed append leaves the length");
   await assert.rejects(async () => await cache.attend(0, new Float32Array(16), out), ShapeError);
+});
+
+Deno.test("GpuKVCache gives the fixture model the CPU paged reference's perplexity within 1e-4", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const fx = await loadFixture();
+  const shape = cacheShape(fx.model.config, 96);
+  const sequences = [fx.sequences[0].slice(0, 96)];
+  for (
+    const policy of [
+      {
+        keyFormat: "int8-g16-channel",
+        valueFormat: "int4-g8-token",
+        pageTokens: 32,
+        sinkTokens: 2,
+        windowTokens: 8,
+      },
+      {
+        keyFormat: "int4-g32-channel",
+        valueFormat: "int4-g32-channel",
+        pageTokens: 32,
+        sinkTokens: 2,
+        windowTokens: 8,
+      },
+    ]
+  ) {
+    const cache = await createGpuKVCache({ gpu: env.gpu, pipelines: env.pipelines, shape, policy });
+    const got = await perplexity(fx.model, cache, sequences, { context: 96 });
+    const want = await perplexity(fx.model, new CpuPagedReference(shape, policy), sequences, {
+      context: 96,
+    });
+    const rel = Math.abs(got.perplexity - want.perplexity) / want.perplexity;
+    assert.ok(cache.pagedLength(0) >= 64, "most positions are in pages");
+    assert.ok(rel <= 1e-4, `${policy.keyFormat}: GPU ${got.perplexity} vs CPU ${want.perplexity}`);
+    cache.destroy();
+  }
 });
