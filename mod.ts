@@ -38,3 +38,4 @@ export * from "./core/recording_cache.ts";
 export * from "./core/interval.ts";
 export * from "./core/quantize_head.ts";
 export * from "./core/verifier.ts";
+export * from "./gpu/mod.ts";

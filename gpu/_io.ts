@@ -46,6 +46,7 @@ export function bufferFrom(
  * @param readback a mappable buffer of at least `bytes` bytes
  * @param bytes bytes to read, a multiple of 4
  * @param encoder commands to submit before the copy (optional)
+ * @param srcOffset byte offset in `src` (a multiple of 4)
  * @returns the bytes
  */
 export async function readBack(
@@ -54,8 +55,9 @@ export async function readBack(
   readback: GPUBuffer,
   bytes: number,
   encoder: GPUCommandEncoder = gpu.device.createCommandEncoder(),
+  srcOffset = 0,
 ): Promise<ArrayBuffer> {
-  encoder.copyBufferToBuffer(src, 0, readback, 0, bytes);
+  encoder.copyBufferToBuffer(src, srcOffset, readback, 0, bytes);
   gpu.device.queue.submit([encoder.finish()]);
   try {
     await readback.mapAsync(GPUMapMode.READ, 0, bytes);

@@ -29,7 +29,7 @@ import { ShapeError } from "../core/errors.ts";
 import { type FormatSpec, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
-import { WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
+import { formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
 import { dispatchSize } from "./quantize.ts";
 import { bufferFrom, readBack } from "./_io.ts";
 
@@ -45,7 +45,7 @@ const WG = 64;
  */
 export function dequantizeProgram(spec: FormatSpec): GpuProgram {
   return {
-    shaderKey: `dequantize:${spec.name}`,
+    shaderKey: `dequantize:${formatShaderKey(spec)}`,
     workgroupSize: WG,
     source: () =>
       `${WGSL_CODEC_HELPERS}

@@ -30,7 +30,7 @@ import { assertFinite } from "../core/errors.ts";
 import { checkLength, type FormatSpec, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
-import { WGSL_CODEC_HELPERS, wgslGroupEncoder } from "./wgsl_format.ts";
+import { formatShaderKey, WGSL_CODEC_HELPERS, wgslGroupEncoder } from "./wgsl_format.ts";
 import { bufferFrom, readBack } from "./_io.ts";
 
 /** Invocations per workgroup of the quantize kernel. */
@@ -46,7 +46,7 @@ const WG = 64;
  */
 export function quantizeProgram(spec: FormatSpec): GpuProgram {
   return {
-    shaderKey: `quantize:${spec.name}`,
+    shaderKey: `quantize:${formatShaderKey(spec)}`,
     workgroupSize: WG,
     source: () =>
       `${WGSL_CODEC_HELPERS}

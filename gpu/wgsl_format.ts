@@ -116,6 +116,19 @@ fn _lt(a: f32, b: f32) -> bool {
 }
 `;
 
+/**
+ * The part of a format's identity that its WGSL depends on (kind, bits, group, header): formats
+ * that differ only in their axis share generated code and therefore pipelines.
+ *
+ * @param spec the format
+ * @returns a short key, e.g. `int4g32h`
+ */
+export function formatShaderKey(spec: FormatSpec): string {
+  return `${spec.kind}${spec.kind === "int" ? spec.bits : ""}g${spec.group}${
+    spec.scaled ? "h" : ""
+  }`;
+}
+
 function _u(n: number): string {
   return `${n >>> 0}u`;
 }

@@ -1,0 +1,372 @@
+/**
+ * Fused decode attention over a page table of mixed formats, flash-decoding style: every page (or
+ * up to {@linkcode SPLIT_TOKENS} tokens of one) is a split; a workgroup dequantizes its keys and
+ * values inside the dot products, computes the split's partial (m, l, acc) for all query heads
+ * that share the KV head (grouped-query attention), and writes it; the merge kernel (merge.ts)
+ * then combines the partials of each head by log-sum-exp. Kernels are generated per
+ * (key format, value format, head_dim, queries per KV head, page size) and cached, so the
+ * format is specialised at compile time instead of branched on per element; splits of any number
+ * of sequences, layers and heads go into one dispatch per format pair.
+ *
+ * Element order inside a page follows core/cache/PAGES.md: token-axis and ungrouped formats are
+ * token-major (element t·d + c), channel-axis formats channel-major (element c·P + t).
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { attentionProgram } from "./attention.ts";
+ * import { getFormat } from "../codecs/format.ts";
+ * const p = attentionProgram({
+ *   keyFormat: getFormat("int4-g32-channel"), valueFormat: getFormat("int8-g32-token"),
+ *   headDim: 64, queriesPerKv: 4, pageTokens: 128,
+ * });
+ * if (!p.shaderKey.startsWith("attend:")) throw new Error("one variant per format pair");
+ * ```
+ * @module
+ */
+
+import { ShapeError } from "../core/errors.ts";
+import type { FormatSpec } from "../codecs/format.ts";
+import type { GpuDevice } from "./device.ts";
+import type { GpuProgram, PipelineCache } from "./program.ts";
+import { GrowableBuffer } from "./growable_buffer.ts";
+import { mergeProgram } from "./merge.ts";
+import { dispatchSize } from "./quantize.ts";
+import { checkGpuFormat, formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
+
+/** Most tokens one split (one workgroup) covers; longer segments are cut into several splits. */
+export const SPLIT_TOKENS = 128;
+/** Invocations per attention workgroup. */
+const WG = 64;
+/** Most query heads per KV head the kernel's registers are sized for. */
+export const MAX_QUERIES_PER_KV = 16;
+/** u32 fields of one split item. */
+const ITEM_U32 = 8;
+
+/** What an attention kernel variant is specialised on. */
+export interface AttentionVariant {
+  /** Format of the keys. */
+  keyFormat: FormatSpec;
+  /** Format of the values. */
+  valueFormat: FormatSpec;
+  /** Elements per head. */
+  headDim: number;
+  /** Query heads reading one KV head (nHeads / nKvHeads). */
+  queriesPerKv: number;
+  /** Tokens per page P (the channel-major stride). */
+  pageTokens: number;
+}
+
+function _perHead(q: number, statement: (j: number) => string): string {
+  return Array.from({ length: q }, (_, j) => statement(j)).join(" ");
+}
+
+function _elementIndex(spec: FormatSpec, d: number, p: number): string {
+  return spec.axis === "channel" ? `c * ${p}u + t` : `t * ${d}u + c`;
+}
+
+/**
+ * The split kernel of one variant. Bindings: 0 `words: array<u32>` (read; the page words),
+ * 1 `q: array<f32>` (read), 2 `items: array<Item>` (read; 8 u32 each: q_off, k_base, v_base, n,
+ * tok, rec, rec_stride, head_dim), 3 `partials: array<f32>` (read_write; record r at r·(d+2):
+ * m, l, acc[d]), 4 `scratch: array<f32>` (read_write; queriesPerKv × SPLIT_TOKENS floats per
+ * item). One workgroup per item.
+ *
+ * @param v the variant
+ * @returns the program
+ */
+export function attentionProgram(v: AttentionVariant): GpuProgram {
+  const D = v.headDim, Q = v.queriesPerKv, R = D + 2, S = SPLIT_TOKENS;
+  const scale = Math.fround(1 / Math.sqrt(D));
+  return {
+    shaderKey: `attend:${formatShaderKey(v.keyFormat)}${v.keyFormat.axis[0]}:` +
+      `${formatShaderKey(v.valueFormat)}${v.valueFormat.axis[0]}:d${D}:q${Q}:p${v.pageTokens}`,
+    workgroupSize: WG,
+    source: () =>
+      `${WGSL_CODEC_HELPERS}
+struct Item { q_off: u32, k_base: u32, v_base: u32, n: u32, tok: u32, rec: u32, rec_stride: u32, head_dim: u32 }
+@group(0) @binding(0) var<storage, read> words: array<u32>;
+@group(0) @binding(1) var<storage, read> q: array<f32>;
+@group(0) @binding(2) var<storage, read> items: array<Item>;
+@group(0) @binding(3) var<storage, read_write> partials: array<f32>;
+@group(0) @binding(4) var<storage, read_write> scratch: array<f32>;
+${wgslDecoder(v.keyFormat, "k_decode", "words")}
+${wgslDecoder(v.valueFormat, "v_decode", "words")}
+fn k_index(t: u32, c: u32) -> u32 { return ${_elementIndex(v.keyFormat, D, v.pageTokens)}; }
+fn v_index(t: u32, c: u32) -> u32 { return ${_elementIndex(v.valueFormat, D, v.pageTokens)}; }
+@compute @workgroup_size(${WG})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  let idx = wid.x + wid.y * nwg.x;
+  if (idx >= arrayLength(&items)) { return; }
+  let it = items[idx];
+  // head_dim from the item rather than the constant: a constant bound lets LLVM unroll
+  // head_dim × queries decoders, which costs llvmpipe seconds of compilation per variant
+  let dd = it.head_dim;
+  // no workgroup memory: llvmpipe compiles WebGPU's zero-initialisation of workgroup arrays into
+  // code superlinear in their size (2048 floats: 20 s per variant), so scores live in storage.
+  // This item's scores, then probabilities, per head: ps(j, t) = scratch[base + j·${S} + t]
+  let base = idx * ${Q * S}u;
+  // s_{j,t} = q_j · k̂_t / √d, each key element dequantized once for all ${Q} query heads; the
+  // per-head accumulators are generated as scalars (private arrays indexed in loops cost
+  // llvmpipe seconds of compilation per variant)
+  for (var t = lid; t < it.n; t = t + ${WG}u) {
+    ${_perHead(Q, (j) => `var s${j} = 0.0;`)}
+    let tt = it.tok + t;
+    for (var c = 0u; c < dd; c = c + 1u) {
+      let k = k_decode(it.k_base, k_index(tt, c));
+      ${_perHead(Q, (j) => `s${j} = s${j} + q[it.q_off + ${j * D}u + c] * k;`)}
+    }
+    ${_perHead(Q, (j) => `scratch[base + ${j * S}u + t] = s${j} * ${scale};`)}
+  }
+  storageBarrier();
+  // per head: m = max_t s, p_t = e^{s_t − m}, l = Σ p_t
+  if (lid < ${Q}u) {
+    var m = -3.4028234663852886e38;
+    for (var t = 0u; t < it.n; t = t + 1u) { m = max(m, scratch[base + lid * ${S}u + t]); }
+    var l = 0.0;
+    for (var t = 0u; t < it.n; t = t + 1u) {
+      let p = exp(scratch[base + lid * ${S}u + t] - m);
+      scratch[base + lid * ${S}u + t] = p;
+      l = l + p;
+    }
+    let r = (it.rec + lid * it.rec_stride) * ${R}u;
+    partials[r] = m;
+    partials[r + 1u] = l;
+  }
+  storageBarrier();
+  // acc_{j,c} = Σ_t p_{j,t} v̂_{t,c}, each value element dequantized once for all heads
+  for (var c = lid; c < dd; c = c + ${WG}u) {
+    ${_perHead(Q, (j) => `var a${j} = 0.0;`)}
+    for (var t = 0u; t < it.n; t = t + 1u) {
+      let x = v_decode(it.v_base, v_index(it.tok + t, c));
+      ${_perHead(Q, (j) => `a${j} = a${j} + scratch[base + ${j * S}u + t] * x;`)}
+    }
+    ${_perHead(Q, (j) => `partials[(it.rec + ${j}u * it.rec_stride) * ${R}u + 2u + c] = a${j};`)}
+  }
+}
+`,
+  };
+}
+
+/** One segment of a page table: a page (or the fp32 window) of one KV head. */
+export interface AttentionSegment {
+  /** Buffer holding the segment's words (the page pool or the fp32 staging buffer). */
+  words: GPUBuffer;
+  /** Key format. */
+  keyFormat: FormatSpec;
+  /** Value format. */
+  valueFormat: FormatSpec;
+  /** Word offset of the key block in `words`. */
+  keyBase: number;
+  /** Word offset of the value block in `words`. */
+  valueBase: number;
+  /** Valid tokens, ≥ 1. */
+  tokens: number;
+}
+
+/** The query heads that read one KV head, and the segments that KV head holds. */
+export interface AttentionGroup {
+  /** Float offset of the group's first query head in the query buffer; heads are contiguous. */
+  queryOffset: number;
+  /** Float offset of the group's first output head in the output buffer. */
+  outputOffset: number;
+  /** The KV head's segments; their union is every cached token. */
+  segments: AttentionSegment[];
+}
+
+/** Dimensions shared by every group of one {@linkcode PagedAttention.encode} call. */
+export interface AttentionDims {
+  /** Elements per head. */
+  headDim: number;
+  /** Query heads per KV head. */
+  queriesPerKv: number;
+  /** Tokens per page. */
+  pageTokens: number;
+}
+
+interface _Dispatch {
+  program: GpuProgram;
+  words: GPUBuffer;
+  items: number[];
+}
+
+/**
+ * Encodes decode attention over page tables into a command encoder, reusing its item, output
+ * table and partial buffers across calls (they grow, never shrink). Not re-entrant: await the
+ * submission of one call's encoder before the next call.
+ */
+export class PagedAttention {
+  readonly #gpu: GpuDevice;
+  readonly #pipelines: PipelineCache;
+  readonly #items: GrowableBuffer;
+  readonly #outs: GrowableBuffer;
+  readonly #partials: GrowableBuffer;
+  readonly #scratch: GrowableBuffer;
+
+  /**
+   * Creates the runner.
+   * @param gpu the device
+   * @param pipelines the pipeline cache
+   */
+  constructor(gpu: GpuDevice, pipelines: PipelineCache) {
+    this.#gpu = gpu;
+    this.#pipelines = pipelines;
+    const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+    this.#items = new GrowableBuffer(gpu.device, S, "attention items");
+    this.#outs = new GrowableBuffer(gpu.device, S, "attention outputs");
+    this.#partials = new GrowableBuffer(gpu.device, GPUBufferUsage.STORAGE, "attention partials");
+    this.#scratch = new GrowableBuffer(gpu.device, GPUBufferUsage.STORAGE, "attention scores");
+  }
+
+  /** Bytes held by the runner's reusable buffers. */
+  get byteLength(): number {
+    return this.#items.byteLength + this.#outs.byteLength + this.#partials.byteLength +
+      this.#scratch.byteLength;
+  }
+
+  /**
+   * Appends the split and merge dispatches for `groups` to `encoder`; after submission, `out`
+   * holds, for every group, queriesPerKv heads of headDim outputs at its outputOffset.
+   *
+   * @param encoder the command encoder
+   * @param q query buffer (STORAGE), heads of each group contiguous
+   * @param out output buffer (STORAGE)
+   * @param groups the page tables
+   * @param dims head_dim, queries per KV head and page size
+   * @throws {ShapeError} for an unsupported queries-per-KV count or an empty segment
+   * @throws {FormatError} for a format that cannot live in per-head pages
+   * @throws {DeviceError} when the device is lost
+   */
+  async encode(
+    encoder: GPUCommandEncoder,
+    q: GPUBuffer,
+    out: GPUBuffer,
+    groups: AttentionGroup[],
+    dims: AttentionDims,
+  ): Promise<void> {
+    const { headDim: D, queriesPerKv: Q, pageTokens: P } = dims;
+    if (!Number.isInteger(Q) || Q < 1 || Q > MAX_QUERIES_PER_KV) {
+      throw new ShapeError(`queries per KV head ${Q} out of range [1, ${MAX_QUERIES_PER_KV}]`);
+    }
+    this.#gpu.check("attention");
+    // split items, bucketed by kernel variant and source buffer; records per group: Q × splits
+    const dispatches = new Map<string, _Dispatch>();
+    const outs: number[] = [];
+    let records = 0;
+    for (const g of groups) {
+      let splits = 0;
+      for (const s of g.segments) {
+        if (!(s.tokens >= 1)) throw new ShapeError(`segment with ${s.tokens} tokens`);
+        splits += Math.ceil(s.tokens / SPLIT_TOKENS);
+      }
+      let split = 0;
+      for (const s of g.segments) {
+        checkGpuFormat(s.keyFormat);
+        checkGpuFormat(s.valueFormat);
+        const program = attentionProgram({
+          keyFormat: s.keyFormat,
+          valueFormat: s.valueFormat,
+          headDim: D,
+          queriesPerKv: Q,
+          pageTokens: P,
+        });
+        const key = program.shaderKey + "|" + s.words.label + "|" + _bufferId(s.words);
+        let d = dispatches.get(key);
+        if (d === undefined) dispatches.set(key, d = { program, words: s.words, items: [] });
+        for (let tok = 0; tok < s.tokens; tok += SPLIT_TOKENS) {
+          const n = Math.min(SPLIT_TOKENS, s.tokens - tok);
+          d.items.push(g.queryOffset, s.keyBase, s.valueBase, n, tok, records + split, splits, D);
+          split++;
+        }
+      }
+      for (let j = 0; j < Q; j++) {
+        outs.push(records + j * splits, splits, g.outputOffset + j * D, 0);
+      }
+      records += Q * splits;
+    }
+    const device = this.#gpu.device;
+    // items of each dispatch start at a 256-byte boundary (storage offset alignment)
+    const align = device.limits.minStorageBufferOffsetAlignment / 4;
+    let total = 0;
+    for (const d of dispatches.values()) total += Math.ceil(d.items.length / align) * align;
+    const itemData = new Uint32Array(Math.max(total, ITEM_U32));
+    const offsets: number[] = [];
+    let at = 0;
+    for (const d of dispatches.values()) {
+      offsets.push(at);
+      itemData.set(d.items, at);
+      at += Math.ceil(d.items.length / align) * align;
+    }
+    const itemBuf = this.#items.ensure(itemData.byteLength);
+    device.queue.writeBuffer(itemBuf, 0, itemData);
+    const outData = Uint32Array.from(outs);
+    const outBuf = this.#outs.ensure(Math.max(16, outData.byteLength));
+    device.queue.writeBuffer(outBuf, 0, outData);
+    const partBuf = this.#partials.ensure(Math.max(16, records * (D + 2) * 4));
+    let most = 0;
+    for (const d of dispatches.values()) most = Math.max(most, d.items.length / ITEM_U32);
+    const scratchBuf = this.#scratch.ensure(most * Q * SPLIT_TOKENS * 4);
+
+    const pipelines = await Promise.all(
+      [...dispatches.values()].map((d) => this.#pipelines.get(d.program)),
+    );
+    const merge = await this.#pipelines.get(mergeProgram(D));
+    this.#gpu.check("attention");
+    const pass = encoder.beginComputePass();
+    let i = 0;
+    for (const d of dispatches.values()) {
+      const pipeline = pipelines[i];
+      const count = d.items.length / ITEM_U32;
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(
+        0,
+        device.createBindGroup({
+          layout: pipeline.getBindGroupLayout(0),
+          entries: [
+            { binding: 0, resource: { buffer: d.words } },
+            { binding: 1, resource: { buffer: q } },
+            { binding: 2, resource: { buffer: itemBuf, offset: offsets[i] * 4, size: count * 32 } },
+            { binding: 3, resource: { buffer: partBuf } },
+            { binding: 4, resource: { buffer: scratchBuf } },
+          ],
+        }),
+      );
+      pass.dispatchWorkgroups(...dispatchSize(count, 1));
+      i++;
+    }
+    if (outs.length > 0) {
+      pass.setPipeline(merge);
+      pass.setBindGroup(
+        0,
+        device.createBindGroup({
+          layout: merge.getBindGroupLayout(0),
+          entries: [
+            { binding: 0, resource: { buffer: partBuf } },
+            { binding: 1, resource: { buffer: outBuf, size: outData.byteLength } },
+            { binding: 2, resource: { buffer: out } },
+          ],
+        }),
+      );
+      pass.dispatchWorkgroups(...dispatchSize(outs.length / 4, 1));
+    }
+    pass.end();
+  }
+
+  /** Frees the reusable buffers. */
+  destroy(): void {
+    this.#items.destroy();
+    this.#outs.destroy();
+    this.#partials.destroy();
+    this.#scratch.destroy();
+  }
+}
+
+const _ids = new WeakMap<GPUBuffer, number>();
+let _nextId = 0;
+function _bufferId(b: GPUBuffer): number {
+  let id = _ids.get(b);
+  if (id === undefined) _ids.set(b, id = _nextId++);
+  return id;
+}

@@ -1,0 +1,200 @@
+// Fused decode attention over mixed-format page tables, checked against the CPU reference path:
+// decode every page with the WASM codecs (the CPU production path; bit-identical to the TS reference),
+// then attendHead() over the decoded keys and values — what core/cache's TS path computes.
+import assert from "node:assert/strict";
+import { attendHead } from "../../core/model/kv_cache.ts";
+import { formatNames, type FormatSpec, getFormat } from "../../codecs/mod.ts";
+import { type AttentionGroup, PagedAttention, readBack } from "../../gpu/mod.ts";
+import { normals, rng } from "../_fixtures.ts";
+import { packPage, relativeError, testGpu, unpackPage } from "./_gpu.ts";
+
+interface Case {
+  name: string;
+  d: number;
+  nHeads: number;
+  nKvHeads: number;
+  sequences: number;
+  P: number;
+  /** Per KV head: segments as [keyFormat, valueFormat, tokens]. */
+  pages: [string, string, number][];
+}
+
+/** Runs one case on the GPU and against the reference; returns the worst relative error per head. */
+async function runCase(c: Case, seed: number): Promise<number> {
+  const env = await testGpu();
+  if (env === undefined) return 0;
+  const { gpu, pipelines } = env;
+  const next = rng(seed);
+  const { d, P } = c;
+  const Q = c.nHeads / c.nKvHeads;
+  const words: number[] = [];
+  const groups: AttentionGroup[] = [];
+  const refKeys: Float32Array[][] = [], refValues: Float32Array[][] = [];
+  const pool = { label: "pool" } as unknown as GPUBuffer; // replaced below
+  const nGroups = c.sequences * c.nKvHeads;
+  for (let g = 0; g < nGroups; g++) {
+    const segs = [];
+    refKeys.push([]);
+    refValues.push([]);
+    for (const [kf, vf, n] of c.pages) {
+      const ks = getFormat(kf), vs = getFormat(vf);
+      const k = normals(n * d, next), v = normals(n * d, next);
+      for (let i = 0; i < k.length; i++) k[i] += 0.5 * Math.sin(i); // non-centred groups
+      const kw = packPage(ks, k, n, d, P), vw = packPage(vs, v, n, d, P);
+      refKeys[g].push(unpackPage(ks, kw, n, d, P));
+      refValues[g].push(unpackPage(vs, vw, n, d, P));
+      const keyBase = words.length;
+      words.push(...kw);
+      const valueBase = words.length;
+      words.push(...vw);
+      segs.push({ words: pool, keyFormat: ks, valueFormat: vs, keyBase, valueBase, tokens: n });
+    }
+    groups.push({ queryOffset: g * Q * d, outputOffset: g * Q * d, segments: segs });
+  }
+  const device = gpu.device;
+  const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const poolBuf = device.createBuffer({ size: words.length * 4, usage: S, label: "pool" });
+  device.queue.writeBuffer(poolBuf, 0, Uint32Array.from(words));
+  for (const g of groups) for (const s of g.segments) s.words = poolBuf;
+  const q = normals(nGroups * Q * d, next);
+  const qBuf = device.createBuffer({ size: q.byteLength, usage: S });
+  device.queue.writeBuffer(qBuf, 0, q as Float32Array<ArrayBuffer>);
+  const outBuf = device.createBuffer({ size: q.byteLength, usage: S | GPUBufferUsage.COPY_SRC });
+  const rb = device.createBuffer({
+    size: q.byteLength,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const attention = new PagedAttention(gpu, pipelines);
+  const enc = device.createCommandEncoder();
+  await attention.encode(enc, qBuf, outBuf, groups, { headDim: d, queriesPerKv: Q, pageTokens: P });
+  const out = new Float32Array(await readBack(gpu, outBuf, rb, q.byteLength, enc));
+  for (const b of [poolBuf, qBuf, outBuf, rb]) b.destroy();
+  attention.destroy();
+
+  let worst = 0;
+  for (let g = 0; g < nGroups; g++) {
+    const K = _concat(refKeys[g]), V = _concat(refValues[g]);
+    const n = K.length / d;
+    const want = new Float32Array(d), scores = new Float32Array(n);
+    for (let j = 0; j < Q; j++) {
+      const off = (g * Q + j) * d;
+      attendHead(q.subarray(off, off + d), K, V, n, d, scores, want);
+      worst = Math.max(worst, relativeError(out.subarray(off, off + d), want));
+    }
+  }
+  return worst;
+}
+
+function _concat(parts: Float32Array[]): Float32Array {
+  const out = new Float32Array(parts.reduce((a, p) => a + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
+const CASES: Case[] = [
+  {
+    name: "fp32, T = 1",
+    d: 64,
+    nHeads: 1,
+    nKvHeads: 1,
+    sequences: 1,
+    P: 128,
+    pages: [["fp32", "fp32", 1]],
+  },
+  {
+    name: "fp32, several pages + partial, d 128",
+    d: 128,
+    nHeads: 2,
+    nKvHeads: 1,
+    sequences: 1,
+    P: 128,
+    pages: [["fp32", "fp32", 128], ["fp32", "fp32", 128], ["fp32", "fp32", 37]],
+  },
+  {
+    name: "mixed formats, GQA 4:2, 2 sequences, d 64",
+    d: 64,
+    nHeads: 4,
+    nKvHeads: 2,
+    sequences: 2,
+    P: 128,
+    pages: [["fp32", "fp32", 5], ["int8-g32-channel", "int8-g32-token", 128], [
+      "int4-g32-channel",
+      "int4-g32-token",
+      64,
+    ], ["fp16", "bf16", 100]],
+  },
+  {
+    name: "fixture shape: d 8, 8 heads on 4 KV heads",
+    d: 8,
+    nHeads: 8,
+    nKvHeads: 4,
+    sequences: 1,
+    P: 128,
+    pages: [["fp32", "fp32", 4], ["int8-g8-channel", "int8-g8-token", 128], [
+      "int4-g8-token",
+      "int2-g8-token",
+      40,
+    ], ["fp32", "fp32", 60]],
+  },
+  {
+    name: "d 128, long segment split into several workgroups, GQA 8:1",
+    d: 128,
+    nHeads: 8,
+    nKvHeads: 1,
+    sequences: 1,
+    P: 128,
+    pages: [["fp32", "fp32", 300], ["int3-g16-channel", "int5-g16-token", 96], [
+      "fp8e4m3-g32-channel",
+      "fp8e5m2-g32-token",
+      128,
+    ]],
+  },
+];
+
+for (const [i, c] of CASES.entries()) {
+  Deno.test(`PagedAttention.encode() matches decode + attendHead: ${c.name}`, async () => {
+    const err = await runCase(c, 100 + i);
+    assert.ok(err <= 1e-5, `relative error ${err}`);
+  });
+}
+
+// every codec layout (kind, bits, group, header) once as keys and once as values, token and
+// channel axes, at d 64 with a partial page
+Deno.test("PagedAttention.encode() matches decode + attendHead for every format", async () => {
+  const specs = formatNames().map(getFormat).filter((s) => s.axis !== "heads");
+  const seen = new Set<string>();
+  const formats: FormatSpec[] = [];
+  for (const s of specs) {
+    const key = `${s.kind}${s.bits}g${s.group}${s.axis}`;
+    if (!seen.has(key)) {
+      seen.add(key);
+      formats.push(s);
+    }
+  }
+  let worst = 0, worstName = "";
+  for (const [i, f] of formats.entries()) {
+    const partner = i % 2 === 0 ? "fp32" : "int8-g32-token";
+    const n = f.axis === "channel" ? 128 - f.group * Math.floor(64 / f.group) : 77;
+    const err = await runCase({
+      name: f.name,
+      d: f.axis === "token" && f.group === 128 ? 128 : 64,
+      nHeads: 2,
+      nKvHeads: 1,
+      sequences: 1,
+      P: 128,
+      pages: [[f.name, partner, n], [partner, f.name, n], ["fp32", "fp32", 3]],
+    }, 1000 + i);
+    if (err > worst) [worst, worstName] = [err, f.name];
+    assert.ok(err <= 1e-5, `${f.name}: relative error ${err}`);
+  }
+  assert.ok(formats.length >= 80, `${formats.length} formats covered`);
+  console.log(
+    `every format: ${formats.length} layouts, worst relative error ${
+      worst.toExponential(2)
+    } (${worstName})`,
+  );
+});

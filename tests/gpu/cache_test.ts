@@ -1,0 +1,241 @@
+import assert from "node:assert/strict";
+import { CapacityError, DeviceError, FormatError, ShapeError } from "../../core/errors.ts";
+import { getFormat } from "../../codecs/mod.ts";
+import { createGpuKVCache, type GpuCachePolicy, requestGpu } from "../../gpu/mod.ts";
+import { loadFixture, normals, rng } from "../_fixtures.ts";
+import { cacheShape } from "../../core/model/transformer.ts";
+import { perplexity } from "../../core/eval/perplexity.ts";
+import { packPage, relativeError, testGpu } from "./_gpu.ts";
+import { CpuPagedReference } from "./_cpu_reference.ts";
+
+const POLICIES: [string, GpuCachePolicy, number, number][] = [
+  // policy, head_dim, positions
+  [
+    "int8 channel keys / int8 token values",
+    {
+      keyFormat: "int8-g32-channel",
+      valueFormat: "int8-g32-token",
+      pageTokens: 64,
+      sinkTokens: 2,
+      windowTokens: 8,
+    },
+    64,
+    150,
+  ],
+  [
+    "int4 channel, d 8 (fixture)",
+    {
+      keyFormat: "int4-g16-channel",
+      valueFormat: "int4-g16-channel",
+      pageTokens: 32,
+      sinkTokens: 4,
+      windowTokens: 16,
+    },
+    8,
+    120,
+  ],
+  [
+    "int4 token / fp8 token, d 128",
+    {
+      keyFormat: "int4-g32-token",
+      valueFormat: "fp8e4m3-g32-token",
+      pageTokens: 32,
+      sinkTokens: 1,
+      windowTokens: 5,
+    },
+    128,
+    80,
+  ],
+  [
+    "fp32 pages",
+    { keyFormat: "fp32", valueFormat: "fp16", pageTokens: 16, sinkTokens: 0, windowTokens: 3 },
+    16,
+    50,
+  ],
+];
+
+for (const [name, policy, d, T] of POLICIES) {
+  Deno.test(`GpuKVCache.attend() matches the CPU paged reference: ${name}`, async () => {
+    const env = await testGpu();
+    if (env === undefined) return;
+    const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: d, maxSeqLen: T + 8 };
+    const cache = await createGpuKVCache({ gpu: env.gpu, pipelines: env.pipelines, shape, policy });
+    const ref = new CpuPagedReference(shape, policy);
+    const next = rng(d + T);
+    const kv = shape.nKvHeads * d, qd = shape.nHeads * d;
+    const got = new Float32Array(qd), want = new Float32Array(qd);
+    let worst = 0;
+    for (let pos = 0; pos < T; pos++) {
+      for (let layer = 0; layer < 2; layer++) {
+        const k = normals(kv, next), v = normals(kv, next);
+        cache.append(layer, pos, k, v);
+        ref.append(layer, pos, k, v);
+        if (pos % 7 === 0 || pos === T - 1) {
+          const q = normals(qd, next);
+          await cache.attend(layer, q, got);
+          ref.attend(layer, q, want);
+          for (let h = 0; h < shape.nHeads; h++) {
+            worst = Math.max(
+              worst,
+              relativeError(got.subarray(h * d, (h + 1) * d), want.subarray(h * d, (h + 1) * d)),
+            );
+          }
+        }
+      }
+    }
+    assert.ok(
+      cache.pagedLength(0) > policy.pageTokens!,
+      `${cache.pagedLength(0)} positions paged: several pages`,
+    );
+    assert.ok(worst <= 1e-5, `relative error ${worst}`);
+    // pages hold the CPU cache's words: the first page equals the WASM encoding of its tokens
+    const m = cache.memory();
+    assert.equal(m.elements, 2 * T * kv * 2);
+    cache.destroy();
+  });
+}
+
+Deno.test("GpuKVCache.readPage() returns the WASM codec's words for the page's tokens", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  for (
+    const policy of [
+      {
+        keyFormat: "int4-g16-channel",
+        valueFormat: "int3-g8-token",
+        pageTokens: 32,
+        sinkTokens: 3,
+        windowTokens: 4,
+      },
+      {
+        keyFormat: "fp8e5m2-g16-channel",
+        valueFormat: "bf16",
+        pageTokens: 32,
+        sinkTokens: 0,
+        windowTokens: 0,
+      },
+    ]
+  ) {
+    const d = 16, shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: d, maxSeqLen: 80 };
+    const cache = await createGpuKVCache({ gpu: env.gpu, pipelines: env.pipelines, shape, policy });
+    const next = rng(77);
+    const keys: Float32Array[] = [[], []].map(() => new Float32Array(80 * d));
+    const values: Float32Array[] = [[], []].map(() => new Float32Array(80 * d));
+    for (let pos = 0; pos < 80; pos++) {
+      const k = normals(2 * d, next), v = normals(2 * d, next);
+      for (let h = 0; h < 2; h++) {
+        keys[h].set(k.subarray(h * d, (h + 1) * d), pos * d);
+        values[h].set(v.subarray(h * d, (h + 1) * d), pos * d);
+      }
+      cache.append(0, pos, k, v);
+    }
+    const S = policy.sinkTokens, P = policy.pageTokens;
+    for (const [h, page] of [[0, 0], [1, 1]]) {
+      const { keyWords, valueWords, tokens } = await cache.readPage(0, h, page);
+      const t0 = S + page * P;
+      const wantK = packPage(getFormat(policy.keyFormat), keys[h].subarray(t0 * d), tokens, d, P);
+      const wantV = packPage(
+        getFormat(policy.valueFormat),
+        values[h].subarray(t0 * d),
+        tokens,
+        d,
+        P,
+      );
+      assert.deepEqual(keyWords, wantK, `${policy.keyFormat} keys, head ${h}, page ${page}`);
+      assert.deepEqual(valueWords, wantV, `${policy.valueFormat} values, head ${h}, page ${page}`);
+    }
+    await assert.rejects(() => cache.readPage(0, 0, 5), ShapeError);
+    cache.destroy();
+  }
+});
+
+Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 64 };
+  const bad: [GpuCachePolicy, new (...a: never[]) => Error][] = [
+    [{ keyFormat: "int4-g8-heads", valueFormat: "fp32" }, FormatError],
+    [{ keyFormat: "int9-g8-token", valueFormat: "fp32" }, FormatError],
+    [{ keyFormat: "int4-g32-token", valueFormat: "fp32" }, ShapeError], // 32 does not divide d = 8
+    [{ keyFormat: "int4-g32-channel", valueFormat: "fp32", pageTokens: 48 }, ShapeError],
+    [{ keyFormat: "fp32", valueFormat: "fp32", windowTokens: -1 }, ShapeError],
+  ];
+  for (const [policy, type] of bad) {
+    await assert.rejects(
+      () => createGpuKVCache({ gpu: env.gpu, pipelines: env.pipelines, shape, policy }),
+      type,
+      JSON.stringify(policy),
+    );
+  }
+});
+
+Deno.test("GpuKVCache.append() rejects bad input and a lost device without changing state", async () => {
+  const gpu = await requestGpu().catch((e) => {
+    if (Deno.env.get("CI") === "true") throw e;
+    return undefined;
+  });
+  if (gpu === undefined) return;
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 2 };
+  const cache = await createGpuKVCache({
+    gpu,
+    shape,
+    policy: { keyFormat: "int8-g8-token", valueFormat: "int8-g8-token" },
+  });
+  const k = new Float32Array(8).fill(1), v = new Float32Array(8).fill(2);
+  assert.throws(() => cache.append(0, 1, k, v), ShapeError);
+  const nan = k.slice();
+  nan[3] = NaN;
+  assert.throws(
+    () => cache.append(0, 0, nan, v),
+    (e: Error & { index?: number }) => e.name === "InvalidValueError" && e.index === 3,
+  );
+  assert.equal(cache.length(0), 0);
+  cache.append(0, 0, k, v);
+  cache.append(0, 1, k, v);
+  assert.throws(() => cache.append(0, 2, k, v), CapacityError);
+  const out = new Float32Array(16);
+  await cache.attend(0, new Float32Array(16).fill(0.1), out);
+  assert.equal(out[0], 2);
+  gpu.destroy();
+  assert.throws(() => cache.append(0, 2, k, v), CapacityError);
+  cache.reset();
+  assert.throws(() => cache.append(0, 0, k, v), DeviceError);
+  assert.equal(cache.length(0), 0, "a failed append leaves the length");
+  await assert.rejects(async () => await cache.attend(0, new Float32Array(16), out), ShapeError);
+});
+
+Deno.test("GpuKVCache gives the fixture model the CPU paged reference's perplexity within 1e-4", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const fx = await loadFixture();
+  const shape = cacheShape(fx.model.config, 96);
+  const sequences = [fx.sequences[0].slice(0, 96)];
+  for (
+    const policy of [
+      {
+        keyFormat: "int8-g16-channel",
+        valueFormat: "int4-g8-token",
+        pageTokens: 32,
+        sinkTokens: 2,
+        windowTokens: 8,
+      },
+      {
+        keyFormat: "int4-g32-channel",
+        valueFormat: "int4-g32-channel",
+        pageTokens: 32,
+        sinkTokens: 2,
+        windowTokens: 8,
+      },
+    ]
+  ) {
+    const cache = await createGpuKVCache({ gpu: env.gpu, pipelines: env.pipelines, shape, policy });
+    const got = await perplexity(fx.model, cache, sequences, { context: 96 });
+    const want = await perplexity(fx.model, new CpuPagedReference(shape, policy), sequences, {
+      context: 96,
+    });
+    const rel = Math.abs(got.perplexity - want.perplexity) / want.perplexity;
+    assert.ok(cache.pagedLength(0) >= 64, "most positions are in pages");
+    assert.ok(rel <= 1e-4, `${policy.keyFormat}: GPU ${got.perplexity} vs CPU ${want.perplexity}`);
+    cache.destroy();
+  }
+});

@@ -1,0 +1,121 @@
+// GPU quantize/dequantize against the WASM codecs (the CPU production path) for every format:
+// decode must be bit-identical; encode identical except where the GPU's round() lands on the other
+// side of a rounding tie, which is counted (≤ 0.01% of codes) and may move a code by 1 only.
+import assert from "node:assert/strict";
+import { formatNames, type FormatSpec, getFormat, wasmCodec } from "../../codecs/mod.ts";
+import { gpuDecode, gpuEncode } from "../../gpu/mod.ts";
+import { normals, rng } from "../_fixtures.ts";
+import { testGpu } from "./_gpu.ts";
+
+/** Code i of group g (the LSB-first bit stream after the header). */
+function codeAt(spec: FormatSpec, words: Uint32Array, g: number, i: number): number {
+  const w0 = g * spec.wordsPerGroup + spec.headerWords;
+  const pos = i * spec.bits, w = w0 + (pos >>> 5), off = pos & 31;
+  let c = words[w] >>> off;
+  if (off + spec.bits > 32) c |= words[w + 1] << (32 - off);
+  return spec.bits === 32 ? c >>> 0 : c & (2 ** spec.bits - 1);
+}
+
+/** Inputs: centred and shifted normals at several scales, and a grid of exact ties. */
+function inputs(spec: FormatSpec, seed: number): Float32Array {
+  const next = rng(seed);
+  const n = 4096;
+  const x = normals(n, next);
+  for (let i = 0; i < n; i++) {
+    const block = Math.floor(i / 512);
+    if (block === 1) x[i] = x[i] * 0.01 + 3;
+    else if (block === 2) x[i] *= 100;
+    else if (block === 3) x[i] = (Math.floor(next() * 64) - 32) / 4; // coarse grid: many ties
+  }
+  return spec.kind === "fp8e4m3" && !spec.scaled
+    ? x.map((v) => Math.max(-400, Math.min(400, v)))
+    : x;
+}
+
+Deno.test("gpuDecode() is bit-identical to the WASM decode for every format", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const names = formatNames();
+  for (const [k, name] of names.entries()) {
+    const spec = getFormat(name);
+    const x = inputs(spec, 10 + k);
+    const codec = wasmCodec(name);
+    const words = codec.encode(x).words;
+    const want = new Float32Array(x.length);
+    codec.decodeWords(words, x.length, want);
+    const got = await gpuDecode(env.gpu, env.pipelines, spec, words, x.length);
+    const a = new Uint32Array(want.buffer), b = new Uint32Array(got.buffer);
+    for (let i = 0; i < a.length; i++) {
+      if (a[i] !== b[i]) {
+        assert.fail(`${name}[${i}]: GPU ${got[i]} (0x${b[i].toString(16)}) vs WASM ${want[i]}`);
+      }
+    }
+  }
+  assert.ok(names.length > 100, `${names.length} formats`);
+});
+
+Deno.test("gpuEncode() equals the WASM encode for every format up to counted rounding ties", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  let codes = 0, ties = 0;
+  const where = new Map<string, number>();
+  for (const [k, name] of formatNames().entries()) {
+    const spec = getFormat(name);
+    const x = inputs(spec, 500 + k);
+    const want = wasmCodec(name).encode(x).words;
+    const got = await gpuEncode(env.gpu, env.pipelines, spec, x);
+    assert.equal(got.length, want.length);
+    const groups = x.length / spec.group;
+    for (let g = 0; g < groups; g++) {
+      for (let h = 0; h < spec.headerWords; h++) {
+        const w = g * spec.wordsPerGroup + h;
+        assert.equal(
+          got[w],
+          want[w],
+          `${name} group ${g}: header 0x${got[w].toString(16)} vs 0x${want[w].toString(16)}`,
+        );
+      }
+      for (let i = 0; i < spec.group; i++) {
+        const a = codeAt(spec, got, g, i), b = codeAt(spec, want, g, i);
+        codes++;
+        if (a !== b) {
+          ties++;
+          where.set(name, (where.get(name) ?? 0) + 1);
+          // a tie moves an integer code or a float's last mantissa bit by one step
+          assert.ok(
+            Math.abs(a - b) === 1,
+            `${name} element ${g * spec.group + i}: code ${a} vs ${b}`,
+          );
+        }
+      }
+    }
+  }
+  assert.ok(ties <= 1e-4 * codes, `${ties} of ${codes} codes differ`);
+  console.log(
+    `encode cross-check: ${codes} codes over ${formatNames().length} formats, ${ties} differ at ties ${
+      JSON.stringify(Object.fromEntries(where))
+    }`,
+  );
+});
+
+Deno.test("gpuEncode() rejects non-finite input and bad lengths with typed errors", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const spec = getFormat("int4-g32-token");
+  await assert.rejects(
+    () => gpuEncode(env.gpu, env.pipelines, spec, new Float32Array(33)),
+    { name: "ShapeError" },
+  );
+  const x = normals(64, rng(3));
+  x[40] = NaN;
+  await assert.rejects(
+    () => gpuEncode(env.gpu, env.pipelines, spec, x),
+    (e: Error & { index?: number }) => {
+      return e.name === "InvalidValueError" && e.index === 40;
+    },
+  );
+  await assert.rejects(
+    () => gpuDecode(env.gpu, env.pipelines, spec, new Uint32Array(4), 32),
+    { name: "ShapeError" },
+  );
+});

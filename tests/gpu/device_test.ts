@@ -1,0 +1,50 @@
+import assert from "node:assert/strict";
+import { DeviceError } from "../../core/errors.ts";
+import { getFormat } from "../../codecs/mod.ts";
+import { gpuDecode, PipelineCache, requestGpu } from "../../gpu/mod.ts";
+import { testGpu } from "./_gpu.ts";
+
+const cases: [string, GPU | undefined, RegExp][] = [
+  ["no adapter", { requestAdapter: () => Promise.resolve(null) } as unknown as GPU, /no adapter/],
+  [
+    "requestAdapter throws",
+    { requestAdapter: () => Promise.reject(new Error("boom")) } as unknown as GPU,
+    /requestAdapter\(\) failed: Error: boom/,
+  ],
+];
+for (const [name, gpu, message] of cases) {
+  Deno.test(`requestGpu() throws DeviceError when ${name}`, async () => {
+    await assert.rejects(() => requestGpu({ gpu }), (e: Error) => {
+      return e instanceof DeviceError && message.test(e.message);
+    });
+  });
+}
+
+Deno.test("requestGpu() reports adapter info, features and limits", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const { info } = env.gpu;
+  assert.equal(typeof info.description, "string");
+  assert.ok(Array.isArray(info.features));
+  assert.ok(info.limits.maxStorageBufferBindingSize >= 128 << 20, JSON.stringify(info.limits));
+  assert.ok(info.limits.maxComputeWorkgroupSizeX >= 64);
+});
+
+Deno.test("GpuDevice.check() throws DeviceError once the device is lost, before any GPU work", async () => {
+  const gpu = await requestGpu().catch((e) => {
+    if (Deno.env.get("CI") === "true") throw e;
+    return undefined;
+  });
+  if (gpu === undefined) return;
+  const pipelines = new PipelineCache(gpu);
+  const words = Uint32Array.of(0x3c00);
+  assert.equal((await gpuDecode(gpu, pipelines, getFormat("fp16"), words, 2))[0], 1);
+  gpu.destroy();
+  assert.ok(gpu.lost);
+  assert.throws(
+    () => gpu.check("attend"),
+    (e: Error) => e instanceof DeviceError && /attend: WebGPU device lost/.test(e.message),
+  );
+  await assert.rejects(() => gpuDecode(gpu, pipelines, getFormat("fp16"), words, 2), DeviceError);
+  assert.equal(words[0], 0x3c00, "input untouched");
+});
