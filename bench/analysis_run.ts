@@ -139,7 +139,13 @@ export async function runAnalysis(inputs: AnalysisInputs): Promise<AnalysisResul
   for (const row of rows) {
     const before = results.length * setup.reference.windows.length;
     results.push(
-      await measureRow(model, row, setup, (d) => inputs.onProgress?.("eval", before + d, total)),
+      await measureRow(
+        model,
+        row,
+        setup,
+        (d) => inputs.onProgress?.("eval", before + d, total),
+        inputs.backend === "ts" ? "ts" : "wasm",
+      ),
     );
   }
 

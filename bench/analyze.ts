@@ -23,7 +23,7 @@ async function main(): Promise<void> {
     calibration: calibrationLines(sequences, args.calibrationLines),
     target: args.target,
     context: args.context ?? model.config.seqLen,
-    backend: args.backend === "auto" ? "ts (auto: the only backend in this build)" : args.backend,
+    backend: args.backend === "auto" ? "wasm (auto)" : args.backend,
     onProgress: (phase, done, total) => bar(phase, done, total),
   });
   try {

@@ -22,7 +22,7 @@ export interface AnalyzeArgs {
   text: string;
   /** ε or budget. */
   target: PlanTarget;
-  /** "ts" (the only backend of this build) or "auto". */
+  /** "ts", "wasm" or "auto" (= wasm). */
   backend: string;
   /** Output directory. */
   out: string;
@@ -51,7 +51,7 @@ and a self-contained report.html.
                      the last --calib-lines lines calibrate, the first --lines lines evaluate
   --eps E            target error ε > 0 of the precision rule (default 0.5)
   --budget B         average bits per element instead of --eps (> 0; window and sinks counted)
-  --backend NAME     ts | auto (default auto = ts; wasm and gpu are not in this build)
+  --backend NAME     ts | wasm | auto (default auto = wasm; gpu holds uniform policies only)
   --out DIR          output directory (default analysis_out)
   --lines N          evaluation lines (default 3, to stay under a minute)
   --calib-lines N    calibration lines (default 2)
@@ -59,7 +59,7 @@ and a self-contained report.html.
   --help             this text
 `;
 
-const _BACKENDS = ["ts", "auto"];
+const _BACKENDS = ["ts", "wasm", "auto"];
 
 /**
  * Parses the analyze flags.
@@ -122,9 +122,10 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
   const backend = values.get("--backend") ?? "auto";
   if (!_BACKENDS.includes(backend)) {
     throw new UsageError(
-      backend === "wasm" || backend === "gpu"
-        ? `--backend ${backend} is not available in this build (available: ts, auto)`
-        : `--backend is ${JSON.stringify(backend)}, expected one of ts, auto`,
+      backend === "gpu"
+        ? "--backend gpu: the GPU cache stores uniform policies only, and kvprec plans are tiered " +
+          "(use wasm or ts; `deno task eval --backend gpu` runs the uniform rows on the GPU)"
+        : `--backend is ${JSON.stringify(backend)}, expected one of ts, wasm, auto`,
     );
   }
   const lines = num("--lines", 3, true), calibrationLines = num("--calib-lines", 2, true);

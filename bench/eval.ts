@@ -4,10 +4,13 @@
 // distributions from the FP32 cache's (teacher-forced), top-1 agreement, and greedy-token match
 // over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
 // on the text's last two lines, as `deno task analyze` does).
-// Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING]
+// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (uniform rows with an
+// fp32 window only: the GPU cache keeps sinks and window at fp32; other rows are skipped and say so).
+// Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
 //                       [--eps E]... [--budget B]...
 import { loadFixture } from "../tests/_fixtures.ts";
-import { evalSetup, measureRow } from "./eval_measure.ts";
+import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
+import { type GpuDevice, requestGpu } from "../mod.ts";
 import { evalRows } from "./eval_rows.ts";
 import {
   calibrateModel,
@@ -33,6 +36,12 @@ const { model, tokenizer, sequences } = await loadFixture();
 const context = Number(flag("--context") ?? model.config.seqLen);
 const lines = Number(flag("--lines") ?? sequences.length);
 const only = flag("--only");
+const backend = (flag("--backend") ?? "wasm") as EvalBackend;
+if (!["ts", "wasm", "gpu"].includes(backend)) {
+  console.error(`eval: --backend ${backend}: expected ts, wasm or gpu`);
+  Deno.exit(2);
+}
+const gpu: GpuDevice | undefined = backend === "gpu" ? await requestGpu() : undefined;
 const jsonPath = flag("--json");
 const seqs = sequences.slice(0, lines);
 const shape = { ...model.config, maxSeqLen: model.config.seqLen };
@@ -87,10 +96,18 @@ const header = [
 console.log(header.join(" | "));
 console.log(header.map(() => "---").join(" | "));
 const results = [];
-let fp32Ppl = NaN;
+const fp32Ppl = setup.referencePerplexity;
 for (const row of rows.filter((r) => !only || r.name.includes(only))) {
-  const r = await measureRow(model, row, setup);
-  if (row.kind === "reference") fp32Ppl = r.perplexity;
+  const o = row.policy.options;
+  if (
+    backend === "gpu" &&
+    (o.kind !== "uniform" ||
+      ((o.windowFormat ?? "fp16") !== "fp32" && (o.recentWindow ?? 0) + (o.sinkTokens ?? 0) > 0))
+  ) {
+    console.log(`${row.name} | skipped: the GPU cache runs uniform policies with an fp32 window`);
+    continue;
+  }
+  const r = await measureRow(model, row, setup, undefined, backend, gpu);
   results.push(r);
   console.log([
     row.name,
@@ -107,7 +124,11 @@ for (const row of rows.filter((r) => !only || r.name.includes(only))) {
 if (jsonPath) {
   await Deno.writeTextFile(
     jsonPath,
-    JSON.stringify({ context, lines: seqs.length, tokens: setup.tokens, rows: results }, null, 2),
+    JSON.stringify(
+      { context, lines: seqs.length, tokens: setup.tokens, backend, rows: results },
+      null,
+      2,
+    ),
   );
   console.log(`\nwrote ${jsonPath}`);
 }

@@ -5,8 +5,13 @@
 import {
   cacheShape,
   compareCache,
+  createGpuKVCache,
   Float32KVCache,
   generateGreedy,
+  type GpuDevice,
+  type KVCache,
+  type KVCacheShape,
+  logProbability,
   MixedPrecisionKVCache,
   type ReferenceRun,
   referenceRun,
@@ -32,6 +37,8 @@ export interface EvalSetup {
   referenceGreedy: number[];
   /** Tokens scored per configuration. */
   tokens: number;
+  /** Perplexity of the FP32 reference over the same windows. */
+  referencePerplexity: number;
   /** Seconds of the reference prefill and of the reference greedy decode. */
   prefillSeconds: number;
   /** Seconds of the reference greedy decode. */
@@ -61,7 +68,24 @@ export async function evalSetup(
   const referenceGreedy = await generateGreedy(model, fp32, prompt, GREEDY_STEPS);
   const decodeSeconds = (performance.now() - t0) / 1000;
   const tokens = reference.windows.reduce((a, w) => a + w.tokens.length - 1, 0);
-  return { context, reference, prompt, referenceGreedy, tokens, prefillSeconds, decodeSeconds };
+  const V = model.config.vocabSize;
+  let nll = 0;
+  for (const w of reference.windows) {
+    for (let i = 0; i + 1 < w.tokens.length; i++) {
+      nll -= logProbability(w.logits.subarray(i * V, (i + 1) * V), w.tokens[i + 1]);
+    }
+  }
+  const referencePerplexity = Math.exp(nll / tokens);
+  return {
+    context,
+    reference,
+    prompt,
+    referenceGreedy,
+    tokens,
+    referencePerplexity,
+    prefillSeconds,
+    decodeSeconds,
+  };
 }
 
 /** The figures of one row (the JSON of `deno task eval --json`). */
@@ -96,17 +120,57 @@ export interface RowResult {
  * @param onProgress called after each scoring window with (done, total)
  * @returns the row's figures
  */
+/** Where attention over the cache runs. */
+export type EvalBackend = "ts" | "wasm" | "gpu";
+
+/**
+ * The cache of one row on a backend. The GPU cache stores uniform policies only (one format pair,
+ * sinks and window at fp32); a tiered policy or another window format there is a clear error.
+ */
+export async function rowCache(
+  shape: KVCacheShape,
+  row: EvalRow,
+  backend: EvalBackend,
+  gpu?: GpuDevice,
+): Promise<KVCache> {
+  if (backend !== "gpu") return new MixedPrecisionKVCache(shape, row.policy, { backend });
+  const o = row.policy.options;
+  if (
+    o.kind !== "uniform" ||
+    (o.windowFormat ?? "fp16") !== "fp32" && (o.recentWindow ?? 0) + (o.sinkTokens ?? 0) > 0
+  ) {
+    throw new Error(
+      `row "${row.name}": the GPU cache runs uniform policies with an fp32 window only`,
+    );
+  }
+  if (!gpu) throw new Error("backend gpu needs a device");
+  return await createGpuKVCache({
+    gpu,
+    shape,
+    policy: {
+      keyFormat: o.keyFormat,
+      valueFormat: o.valueFormat,
+      pageTokens: row.policy.pageTokens,
+      sinkTokens: row.policy.sinkTokens,
+      windowTokens: row.policy.recentWindow,
+    },
+  });
+}
+
 export async function measureRow(
   model: Transformer,
   row: EvalRow,
   setup: EvalSetup,
   onProgress?: (done: number, total: number) => void,
+  backend: EvalBackend = "ts",
+  gpu?: GpuDevice,
 ): Promise<RowResult> {
-  const cache = new MixedPrecisionKVCache(cacheShape(model.config), row.policy);
+  const cache = await rowCache(cacheShape(model.config), row, backend, gpu);
   const t = performance.now();
   const q = await compareCache(model, cache, setup.reference, onProgress);
   const greedy = await generateGreedy(model, cache, setup.prompt, GREEDY_STEPS);
   const match = greedy.filter((id, i) => id === setup.referenceGreedy[i]).length;
+  (cache as { destroy?: () => void }).destroy?.();
   return {
     name: row.name,
     kind: row.kind,

@@ -29,7 +29,7 @@ const a = await runAnalysis({
   calibration: calibrationLines(sequences, args.calibrationLines),
   target: args.target,
   context,
-  backend: "ts",
+  backend: "wasm",
   baselines: false,
 });
 if (args.json) await Deno.writeTextFile(args.json, JSON.stringify(a));

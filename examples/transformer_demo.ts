@@ -24,7 +24,7 @@ const a = await runAnalysis({
   calibration: calibrationLines(sequences, args.calibrationLines),
   target: args.target,
   context: args.context ?? c.seqLen,
-  backend: "ts",
+  backend: "wasm",
   baselines: false,
   onProgress: (phase, done, total) => bar(phase, done, total),
 });

@@ -24,7 +24,7 @@
  */
 
 import { type Codec, tsCodec } from "../../codecs/mod.ts";
-import { InvalidValueError, ShapeError } from "../errors.ts";
+import { FormatError, InvalidValueError, ShapeError } from "../errors.ts";
 import {
   type CacheMemory,
   checkAppend,
@@ -43,25 +43,18 @@ import { WasmAttention } from "./wasm_attention.ts";
 export const MAX_CACHE_VALUE = 65504;
 
 /**
- * Tokens of one format pair for one KV head: pages, and a staging area in the window format where
- * tokens wait until a whole channel group can be encoded.
+ * Tokens of one format pair for one KV head, in pages. Tokens arrive in whole groups (the cache's
+ * eviction quantum), so channel-axis groups are always complete and pages always hold whole groups.
  */
 export class PagePool {
   /** The pool's formats. */
   readonly pair: FormatPair;
   /** Pages in fill order; only the last may be partly full. */
   readonly pages: Page[] = [];
-  /** Staged keys, encoded in the window format, token-major. */
-  readonly stagedK: Uint32Array;
-  /** Staged values. */
-  readonly stagedV: Uint32Array;
-  /** Staged token count. */
-  staged = 0;
-  /** Tokens a page write takes at once. */
+  /** Tokens a page write takes at once (the largest channel-axis group of the pair, else 1). */
   readonly quantum: number;
   readonly #keyCodec: Codec;
   readonly #valueCodec: Codec;
-  readonly #stagingCodec: Codec;
   readonly #pageTokens: number;
   readonly #d: number;
   readonly #arena: PageArena | undefined;
@@ -70,7 +63,6 @@ export class PagePool {
    * Creates an empty pool.
    * @param pair formats
    * @param codecFor codec lookup by format name
-   * @param stagingFormat format of the staging area (the cache's window format)
    * @param pageTokens tokens per page
    * @param headDim elements per token
    * @param arena WebAssembly memory for the pages (wasm backend), else JS arrays
@@ -78,7 +70,6 @@ export class PagePool {
   constructor(
     pair: FormatPair,
     codecFor: (format: string) => Codec,
-    stagingFormat: string,
     pageTokens: number,
     headDim: number,
     arena?: PageArena,
@@ -87,60 +78,29 @@ export class PagePool {
     this.pair = pair;
     this.#keyCodec = codecFor(pair.keyFormat);
     this.#valueCodec = codecFor(pair.valueFormat);
-    this.#stagingCodec = codecFor(stagingFormat);
     this.#pageTokens = pageTokens;
     this.#d = headDim;
-    const q = (c: Codec) => (c.spec.axis === "channel" ? c.spec.group : 1);
-    this.quantum = Math.max(q(this.#keyCodec), q(this.#valueCodec));
-    const words = this.quantum > 1 ? this.quantum * this.#stagingCodec.wordsFor(headDim) : 0;
-    this.stagedK = new Uint32Array(words);
-    this.stagedV = new Uint32Array(words);
+    this.quantum = Math.max(channelGroup(this.#keyCodec), channelGroup(this.#valueCodec));
   }
 
-  /** Tokens held, staged included. */
+  /** Tokens held. */
   get length(): number {
-    return this.pages.reduce((a, p) => a + p.n, 0) + this.staged;
+    return this.pages.reduce((a, p) => a + p.n, 0);
   }
 
-  /** Bytes held: pages (with page-table entries) and the staging buffers. */
+  /** Bytes held: pages with their page-table entries. */
   get bytes(): number {
-    return this.pages.reduce((a, p) => a + p.bytes, 0) + this.stagedK.byteLength +
-      this.stagedV.byteLength;
+    return this.pages.reduce((a, p) => a + p.bytes, 0);
   }
 
   /**
-   * Adds one token.
-   * @param k key, d elements
-   * @param v value, d elements
+   * Adds `count` tokens (token-major f32); count is a multiple of quantum that divides the page size.
+   * @param k keys, count × d
+   * @param v values, count × d
+   * @param count tokens
    */
-  add(k: Float32Array, v: Float32Array): void {
-    if (this.quantum === 1) {
-      this.#page().write(k, v, 1);
-      return;
-    }
-    const d = this.#d, sw = this.#stagingCodec.wordsFor(d);
-    this.#stagingCodec.encodeInto(k, this.stagedK.subarray(this.staged * sw));
-    this.#stagingCodec.encodeInto(v, this.stagedV.subarray(this.staged * sw));
-    if (++this.staged === this.quantum) {
-      const k32 = new Float32Array(this.quantum * d), v32 = new Float32Array(this.quantum * d);
-      this.decodeStaged(k32, v32);
-      this.#page().write(k32, v32, this.quantum);
-      this.staged = 0;
-      this.stagedK.fill(0);
-      this.stagedV.fill(0);
-    }
-  }
-
-  /**
-   * Decodes the staged tokens token-major into k and v.
-   * @param k destination of at least staged × d keys
-   * @param v destination of at least staged × d values
-   */
-  decodeStaged(k: Float32Array, v: Float32Array): void {
-    if (this.staged === 0) return;
-    const n = this.staged * this.#d, sw = this.staged * this.#stagingCodec.wordsFor(this.#d);
-    this.#stagingCodec.decodeWords(this.stagedK.subarray(0, sw), n, k.subarray(0, n));
-    this.#stagingCodec.decodeWords(this.stagedV.subarray(0, sw), n, v.subarray(0, n));
+  write(k: Float32Array, v: Float32Array, count: number): void {
+    this.#page().write(k, v, count);
   }
 
   /**
@@ -167,7 +127,15 @@ export class PagePool {
   }
 }
 
-/** Per layer and KV head: sinks, the window ring and the pools. */
+/** Tokens one channel-axis group of a codec spans, 1 for token-axis and ungrouped formats. */
+function channelGroup(codec: Codec): number {
+  return codec.spec.axis === "channel" ? codec.spec.group : 1;
+}
+
+/**
+ * Per layer and KV head: sinks, the window ring and the pools. The ring holds the recent window
+ * plus up to quantum − 1 older tokens waiting to be evicted together as one group.
+ */
 class HeadStore {
   readonly sinkK: Uint32Array;
   readonly sinkV: Uint32Array;
@@ -180,12 +148,12 @@ class HeadStore {
   windowN = 0;
   readonly pools = new Map<string, PagePool>();
 
-  constructor(sinks: number, window: number, slotWords: number) {
+  constructor(sinks: number, ringSlots: number, slotWords: number) {
     this.sinkK = new Uint32Array(sinks * slotWords);
     this.sinkV = new Uint32Array(sinks * slotWords);
-    this.windowK = new Uint32Array(window * slotWords);
-    this.windowV = new Uint32Array(window * slotWords);
-    this.windowScore = new Float32Array(window);
+    this.windowK = new Uint32Array(ringSlots * slotWords);
+    this.windowV = new Uint32Array(ringSlots * slotWords);
+    this.windowScore = new Float32Array(ringSlots);
   }
 }
 
@@ -211,6 +179,12 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #codecFor: (format: string) => Codec;
   readonly #window: Codec;
   readonly #slotWords: number;
+  /** Tokens evicted from the window at once: the largest channel-axis group of the policy. */
+  readonly evictQuantum: number;
+  /** Ring slots per head: recentWindow + evictQuantum. */
+  readonly #ring: number;
+  readonly #evictK: Float32Array;
+  readonly #evictV: Float32Array;
   #heads: HeadStore[][];
   readonly #lengths: Int32Array;
   // scratch, reused across calls
@@ -218,8 +192,6 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #v: Float32Array;
   readonly #scores: Float64Array;
   readonly #partial: Partial;
-  readonly #slotK: Float32Array;
-  readonly #slotV: Float32Array;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
   readonly #wasm: WasmAttention | undefined;
@@ -255,10 +227,23 @@ export class MixedPrecisionKVCache implements KVCache {
         `window format ${policy.windowFormat} must not group along tokens`,
       );
     }
+    let quantum = 1;
     for (const pair of policy.pairs()) {
-      checkPageFormat(this.#codecFor(pair.keyFormat), policy.pageTokens, d);
-      checkPageFormat(this.#codecFor(pair.valueFormat), policy.pageTokens, d);
+      for (const f of [pair.keyFormat, pair.valueFormat]) {
+        const codec = this.#codecFor(f);
+        checkPageFormat(codec, policy.pageTokens, d);
+        quantum = Math.max(quantum, channelGroup(codec));
+      }
     }
+    if (policy.pageTokens % quantum !== 0) {
+      throw new FormatError(
+        `pageTokens ${policy.pageTokens} is not a multiple of the largest channel group ${quantum}`,
+      );
+    }
+    this.evictQuantum = quantum;
+    this.#ring = policy.recentWindow + quantum;
+    this.#evictK = new Float32Array(quantum * d);
+    this.#evictV = new Float32Array(quantum * d);
     this.#slotWords = this.#window.wordsFor(d);
     this.#heads = this.#freshHeads();
     this.#lengths = new Int32Array(shape.nLayers);
@@ -266,26 +251,24 @@ export class MixedPrecisionKVCache implements KVCache {
     this.#v = new Float32Array(shape.maxSeqLen * d);
     this.#scores = new Float64Array(shape.maxSeqLen);
     this.#partial = new Partial(d);
-    this.#slotK = new Float32Array(d);
-    this.#slotV = new Float32Array(d);
     this.#segment = new Partial(d);
     if (this.backend === "wasm") {
       const hq = shape.nHeads / shape.nKvHeads;
       this.#wasm = new WasmAttention();
       this.#partials = Array.from({ length: hq }, () => new Partial(d));
-      this.#windowScores = new Float64Array(hq * policy.recentWindow);
+      this.#windowScores = new Float64Array(hq * this.#ring);
     }
   }
 
   #freshHeads(): HeadStore[][] {
     const { nLayers, nKvHeads } = this.shape;
-    const { sinkTokens, recentWindow } = this.policy;
+    const { sinkTokens } = this.policy;
     return Array.from(
       { length: nLayers },
       () =>
         Array.from(
           { length: nKvHeads },
-          () => new HeadStore(sinkTokens, recentWindow, this.#slotWords),
+          () => new HeadStore(sinkTokens, this.#ring, this.#slotWords),
         ),
     );
   }
@@ -299,7 +282,7 @@ export class MixedPrecisionKVCache implements KVCache {
     checkRange(k, "k");
     checkRange(v, "v");
     // nothing below can throw: the cache changes only after every check passed
-    const d = this.shape.headDim, W = this.policy.recentWindow, sw = this.#slotWords;
+    const d = this.shape.headDim, R = this.#ring, sw = this.#slotWords;
     for (let h = 0; h < this.shape.nKvHeads; h++) {
       const store = this.#heads[layer][h];
       const kh = k.subarray(h * d, (h + 1) * d), vh = v.subarray(h * d, (h + 1) * d);
@@ -309,26 +292,40 @@ export class MixedPrecisionKVCache implements KVCache {
         store.sinkN++;
         continue;
       }
-      if (W === 0) {
-        this.#pool(store, layer, h, 0).add(kh, vh);
-        continue;
-      }
-      let slot: number;
-      if (store.windowN === W) {
-        slot = store.windowStart;
-        this.#window.decodeWords(store.windowK.subarray(slot * sw), d, this.#slotK);
-        this.#window.decodeWords(store.windowV.subarray(slot * sw), d, this.#slotV);
-        this.#pool(store, layer, h, store.windowScore[slot]).add(this.#slotK, this.#slotV);
-        store.windowStart = (slot + 1) % W;
-      } else {
-        slot = (store.windowStart + store.windowN) % W;
-        store.windowN++;
-      }
+      const slot = (store.windowStart + store.windowN) % R;
       this.#window.encodeInto(kh, store.windowK.subarray(slot * sw));
       this.#window.encodeInto(vh, store.windowV.subarray(slot * sw));
       store.windowScore[slot] = 0;
+      if (++store.windowN === R) this.#evict(store, layer, h);
     }
     this.#lengths[layer] = pos + 1;
+  }
+
+  /**
+   * Moves the oldest evictQuantum tokens of the ring to the pool their mean observed score selects:
+   * one decision per group, so a channel-axis group is encoded whole and only one staging area
+   * (the ring itself) exists per head.
+   */
+  #evict(store: HeadStore, layer: number, kvHead: number): void {
+    const Q = this.evictQuantum, R = this.#ring, d = this.shape.headDim, sw = this.#slotWords;
+    let score = 0;
+    for (let i = 0; i < Q; i++) {
+      const slot = (store.windowStart + i) % R;
+      this.#window.decodeWords(
+        store.windowK.subarray(slot * sw),
+        d,
+        this.#evictK.subarray(i * d, (i + 1) * d),
+      );
+      this.#window.decodeWords(
+        store.windowV.subarray(slot * sw),
+        d,
+        this.#evictV.subarray(i * d, (i + 1) * d),
+      );
+      score += store.windowScore[slot];
+    }
+    this.#pool(store, layer, kvHead, score / Q).write(this.#evictK, this.#evictV, Q);
+    store.windowStart = (store.windowStart + Q) % R;
+    store.windowN -= Q;
   }
 
   #pool(store: HeadStore, layer: number, kvHead: number, score: number): PagePool {
@@ -370,18 +367,17 @@ export class MixedPrecisionKVCache implements KVCache {
 
   /**
    * The fused WASM attention: one kernel call over the full-precision tokens (window in slot
-   * order, sinks, staged tokens of every pool; copied per call, all in the window format) and one
+   * order, including tokens waiting for eviction, and sinks; copied per call, in the window format) and one
    * per page, read in place; partials merge by log-sum-exp. Window scores come from the first
    * call's scores, credited as the reference does.
    */
   #attendWasm(wasm: WasmAttention, layer: number, q: Float32Array, out: Float32Array): void {
     const { nHeads, nKvHeads, headDim: d } = this.shape;
-    const group = nHeads / nKvHeads, W = this.policy.recentWindow, sw = this.#slotWords;
+    const group = nHeads / nKvHeads, R = this.#ring, sw = this.#slotWords;
     const P = this.policy.pageTokens, win = this.#window;
     for (let kv = 0; kv < nKvHeads; kv++) {
       const store = this.#heads[layer][kv];
-      let nf = store.windowN + store.sinkN;
-      for (const pool of store.pools.values()) nf += pool.staged;
+      const nf = store.windowN + store.sinkN;
       wasm.reserve(d, Math.max(P, nf), group, Math.max(nf, 1) * sw);
       wasm.q().set(q.subarray(kv * group * d, (kv + 1) * group * d));
       for (const p of this.#partials) p.reset();
@@ -389,24 +385,18 @@ export class MixedPrecisionKVCache implements KVCache {
         const segK = wasm.segK(), segV = wasm.segV();
         let at = 0;
         for (let i = 0; i < store.windowN; i++, at += sw) {
-          const slot = ((store.windowStart + i) % W) * sw;
+          const slot = ((store.windowStart + i) % R) * sw;
           segK.set(store.windowK.subarray(slot, slot + sw), at);
           segV.set(store.windowV.subarray(slot, slot + sw), at);
         }
         segK.set(store.sinkK.subarray(0, store.sinkN * sw), at);
         segV.set(store.sinkV.subarray(0, store.sinkN * sw), at);
-        at += store.sinkN * sw;
-        for (const pool of store.pools.values()) {
-          segK.set(pool.stagedK.subarray(0, pool.staged * sw), at);
-          segV.set(pool.stagedV.subarray(0, pool.staged * sw), at);
-          at += pool.staged * sw;
-        }
         wasm.attendSegment(win, wasm.segKPtr, win, wasm.segVPtr, nf, nf, d, group);
         this.#mergeOut(wasm, d);
         const scores = wasm.scores(nf);
         for (let g = 0; g < group; g++) {
           for (let i = 0; i < store.windowN; i++) {
-            this.#windowScores[g * W + i] = scores[g * nf + i];
+            this.#windowScores[g * R + i] = scores[g * nf + i];
           }
         }
       }
@@ -430,9 +420,9 @@ export class MixedPrecisionKVCache implements KVCache {
         const partial = this.#partials[g], h = kv * group + g;
         partial.finish(out.subarray(h * d, (h + 1) * d));
         const inv = 1 / (partial.l * group);
-        for (let i = 0; i < store.windowN; i++) {
-          const slot = (store.windowStart + i) % W;
-          store.windowScore[slot] += Math.exp(this.#windowScores[g * W + i] - partial.m) * inv;
+        for (let i = this.#firstCredited(store); i < store.windowN; i++) {
+          const slot = (store.windowStart + i) % R;
+          store.windowScore[slot] += Math.exp(this.#windowScores[g * R + i] - partial.m) * inv;
         }
       }
     }
@@ -450,22 +440,30 @@ export class MixedPrecisionKVCache implements KVCache {
     }
   }
 
+  /**
+   * Ring index of the oldest token still in its first recentWindow queries: older tokens wait for
+   * eviction and their score (the plan's feature) is final.
+   */
+  #firstCredited(store: HeadStore): number {
+    return Math.max(0, store.windowN - this.policy.recentWindow);
+  }
+
   /** Adds each window token's attention weight, averaged over the group, to its slot's score. */
   #creditWindow(store: HeadStore, partial: Partial, group: number): void {
-    const W = this.policy.recentWindow;
+    const R = this.#ring;
     const inv = 1 / (partial.l * group);
-    for (let i = 0; i < store.windowN; i++) {
-      const slot = (store.windowStart + i) % W;
+    for (let i = this.#firstCredited(store); i < store.windowN; i++) {
+      const slot = (store.windowStart + i) % R;
       store.windowScore[slot] += Math.exp(this.#scores[i] - partial.m) * inv;
     }
   }
 
-  /** Decodes window, sinks, pages and staged tokens of one head into #k/#v; returns the count. */
+  /** Decodes window ring, sinks and pages of one head into #k/#v; returns the count. */
   #gather(store: HeadStore): number {
-    const d = this.shape.headDim, sw = this.#slotWords, W = this.policy.recentWindow;
+    const d = this.shape.headDim, sw = this.#slotWords, R = this.#ring;
     let n = 0;
     for (let i = 0; i < store.windowN; i++, n++) {
-      const slot = (store.windowStart + i) % W;
+      const slot = (store.windowStart + i) % R;
       this.#window.decodeWords(
         store.windowK.subarray(slot * sw),
         d,
@@ -496,8 +494,6 @@ export class MixedPrecisionKVCache implements KVCache {
         page.decodeValues(this.#v.subarray(n * d));
         n += page.n;
       }
-      pool.decodeStaged(this.#k.subarray(n * d), this.#v.subarray(n * d));
-      n += pool.staged;
     }
     return n;
   }
@@ -588,7 +584,6 @@ export class MixedPrecisionKVCache implements KVCache {
     return new PagePool(
       pair,
       this.#codecFor,
-      this.policy.windowFormat,
       this.policy.pageTokens,
       this.shape.headDim,
       this.#wasm?.arena,

@@ -35,7 +35,7 @@ interface HeadJSON {
   sinkN: number;
   windowN: number;
   windowStart: number;
-  pools: { pair: FormatPair; staged: number; pages: number[] }[];
+  pools: { pair: FormatPair; pages: number[] }[];
 }
 
 interface CacheJSON {
@@ -80,7 +80,6 @@ function blocksOf(
     pool.pages.forEach((page, i) => {
       blocks.push([`pool ${p} page ${i} K`, page.kWords], [`pool ${p} page ${i} V`, page.vWords]);
     });
-    blocks.push([`pool ${p} staged K`, pool.stagedK], [`pool ${p} staged V`, pool.stagedV]);
   });
   return blocks;
 }
@@ -103,7 +102,6 @@ export function saveCache(cache: MixedPrecisionKVCache): Uint8Array {
         windowStart: s.windowStart,
         pools: s.pools.map((p) => ({
           pair: p.pair,
-          staged: p.staged,
           pages: p.pages.map((g) => g.n),
         })),
       });
@@ -184,7 +182,6 @@ export function loadCache(bytes: Uint8Array): MixedPrecisionKVCache {
       const pools = head.pools.map((p) => {
         const pool = cache.createPool(p.pair);
         for (const n of p.pages) pool.newPage().n = n;
-        pool.staged = p.staged;
         return pool;
       });
       cache.restoreSegments(l, h, {

@@ -112,10 +112,8 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
       };
       const stored = (raw: Float32Array[], p: number) => {
         const x = raw.map(viaWindow);
+        // the ring holds the window and the tokens waiting to be evicted as one group
         const inWindow = p >= T - seg.windowN;
-        const staged = seg.pools.reduce((a, pool) => a + pool.staged, 0);
-        const inStaging = !inWindow && p >= T - seg.windowN - staged;
-        if (inStaging) return x[p];
         const c = inWindow ? tsCodec("fp16") : codec;
         if (!inWindow && codec.spec.axis === "channel") {
           // channel groups: decode the group of G tokens containing p along each channel
@@ -162,24 +160,19 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   });
   const cache = new MixedPrecisionKVCache(shape, policy);
   for (let p = 0; p < 150; p++) cache.append(0, p, normals(16, next), normals(16, next));
-  // 150 = 4 sinks + 8 window + 138 evicted = 2 pages (64 + 64 written), staging 10 of 32
-  const perHead = () => {
-    const sinks = 2 * 4 * 16; // K and V, 4 tokens × 8 fp16
-    const window = 2 * 8 * 16 + 8 * 4; // slots + f32 scores
-    const kPage = (8 * (64 / 32)) * 5 * 4; // 8 channels × 2 groups × 5 words
-    const vPage = 64 * 2 * 4 * 2 / 2; // 64 tokens × one 8-group of int4 = 2 words... see below
-    return { sinks, window, kPage, vPage };
-  };
-  const { sinks, window, kPage } = perHead();
+  // 150 = 4 sinks + 146 through the ring of 8 + 32 slots: groups of 32 leave whenever the ring
+  // fills, so 4 groups (128 tokens = 2 full pages of 64) are paged and 18 tokens wait in the ring
+  const sinks = 2 * 4 * 16; // K and V, 4 tokens × 8 fp16
+  const ring = 2 * 40 * 16 + 40 * 4; // 40 slots of K and V at fp16, and an f32 score per slot
+  const kPage = 8 * (64 / 32) * 5 * 4; // 8 channels × 2 groups × 5 words
   const vPage = 64 * tsCodec("int4-g8-token").wordsFor(8) * 4;
-  const staging = 2 * 32 * 4 * 4; // K and V, 32 tokens × 8 fp16 (4 words)
-  const expected = 2 * (sinks + window + 2 * (kPage + vPage + 16) + staging);
+  const expected = 2 * (sinks + ring + 2 * (kPage + vPage + 16));
   const mem = cache.memory();
   assert.equal(mem.bytes, expected);
   assert.equal(mem.elements, 150 * 16 * 2);
   const seg = cache.segments(0, 1);
   assert.equal(seg.pools[0].pages.length, 2);
-  assert.equal(seg.pools[0].staged, 10);
+  assert.equal(seg.windowN, 18);
 });
 
 Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a failed call", () => {
