@@ -33,6 +33,7 @@ export * from "./core/analyzer.ts";
 export * from "./core/mapper.ts";
 export * from "./core/plan.ts";
 export * from "./core/attention_sensitivity.ts";
+export * from "./core/sensitivity_step.ts";
 export * from "./core/attention_bound.ts";
 export * from "./core/recording_cache.ts";
 export * from "./core/interval.ts";
