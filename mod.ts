@@ -39,4 +39,5 @@ export * from "./core/recording_cache.ts";
 export * from "./core/interval.ts";
 export * from "./core/quantize_head.ts";
 export * from "./core/verifier.ts";
+export * from "./core/layer_lipschitz.ts";
 export * from "./gpu/mod.ts";
