@@ -28,6 +28,7 @@ import { assertFinite, InvalidValueError, ShapeError } from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { meanErrorBound } from "./quantize_head.ts";
 import { RecordingKVCache } from "./recording_cache.ts";
+import { SensitivityStep } from "./sensitivity_step.ts";
 
 /** Per-position statistics of one (layer, KV head) over one sequence. */
 export interface HeadCalibration {
@@ -163,69 +164,34 @@ export function analyzeHeadGroup(
   const curvatureMax = new Float64Array(n);
   const windowScores: Record<string, Float64Array> = {};
   const windowArrays = windows.map((w) => (windowScores[String(w)] = new Float64Array(n)));
-  const scores = new Float64Array(n);
-  const out = new Float64Array(d);
-  const invSqrtD = 1 / Math.sqrt(d);
+  const step = new SensitivityStep(n, d, group);
+  const att = step.attention, kg = step.keyGradNorm, hs = step.hessianTraceNorm;
+  const cv = step.curvature;
   const invGroup = 1 / group;
   let sinkMass = 0;
   let recentMass = 0;
 
+  // Query j is one decoding step over positions 0..j: the step kernel, then the accumulations.
   for (let j = 0; j < n; j++) {
     const m = j + 1;
+    step.run(queries, j * stride + qOff, keys, values, m);
     for (let h = 0; h < group; h++) {
-      const qb = j * stride + qOff + h * d;
-      let qq = 0;
-      for (let i = 0; i < d; i++) qq += queries[qb + i] * queries[qb + i];
-      let max = -Infinity;
+      const b = h * n;
       for (let t = 0; t < m; t++) {
-        let s = 0;
-        const kb = t * d;
-        for (let i = 0; i < d; i++) s += queries[qb + i] * keys[kb + i];
-        s *= invSqrtD;
-        scores[t] = s;
-        if (s > max) max = s;
-      }
-      let sum = 0;
-      for (let t = 0; t < m; t++) {
-        const e = Math.exp(scores[t] - max);
-        scores[t] = e;
-        sum += e;
-      }
-      const inv = 1 / sum;
-      out.fill(0);
-      for (let t = 0; t < m; t++) {
-        const a = scores[t] * inv;
-        scores[t] = a;
-        const vb = t * d;
-        for (let i = 0; i < d; i++) out[i] += a * values[vb + i];
-      }
-      const gradScale = Math.sqrt(qq) * invSqrtD;
-      const hessScale = qq / d;
-      for (let t = 0; t < m; t++) {
-        const a = scores[t];
-        const vb = t * d;
-        let r = 0;
-        for (let i = 0; i < d; i++) {
-          const e = values[vb + i] - out[i];
-          r += e * e;
-        }
-        const spread = Math.sqrt(r);
-        const g = a * spread * gradScale;
-        const hess = a * Math.abs(1 - 2 * a) * spread * hessScale;
-        const kappa = a * g * Math.sqrt(hess);
+        const a = att[b + t], g = kg[b + t], kappa = cv[b + t];
         attentionSum[t] += a;
         if (a > attentionMax[t]) attentionMax[t] = a;
         keyGradSum[t] += g;
         if (g > keyGradMax[t]) keyGradMax[t] = g;
-        hessianSum[t] += hess;
+        hessianSum[t] += hs[b + t];
         curvatureSum[t] += kappa;
         if (kappa > curvatureMax[t]) curvatureMax[t] = kappa;
       }
-      for (let t = 0; t < Math.min(sinkTokens, m); t++) sinkMass += scores[t];
-      for (let t = Math.max(0, m - recentWindow); t < m; t++) recentMass += scores[t];
+      for (let t = 0; t < Math.min(sinkTokens, m); t++) sinkMass += att[b + t];
+      for (let t = Math.max(0, m - recentWindow); t < m; t++) recentMass += att[b + t];
       for (let w = 0; w < windows.length; w++) {
         const arr = windowArrays[w];
-        for (let t = Math.max(0, j - windows[w] + 1); t <= j; t++) arr[t] += scores[t] * invGroup;
+        for (let t = Math.max(0, j - windows[w] + 1); t <= j; t++) arr[t] += att[b + t] * invGroup;
       }
     }
   }

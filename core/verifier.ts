@@ -12,6 +12,9 @@
  * - {@linkcode attentionOutputGains}: empirical gains from each layer's attention output to the
  *   logits (random sequence-wide perturbations injected through a cache wrapper), the L factors the
  *   model-level estimate uses; estimates, not bounds.
+ * - {@linkcode composeModelBound}: the composition law with per-layer Lipschitz bounds computed
+ *   from the weights at the observed activations (layer_lipschitz.ts) and the rigorous attention
+ *   bounds per query head: a logits-error bound, rigorous to first order.
  *
  * Browser compatible.
  *
@@ -37,6 +40,7 @@ import type { Assignment } from "./plan.ts";
 import { quantizeHead } from "./quantize_head.ts";
 import type { RecordingKVCache } from "./recording_cache.ts";
 import type { CalibrationModel } from "./analyzer.ts";
+import type { ModelLipschitz, ResidualTrace } from "./layer_lipschitz.ts";
 
 /** A position whose format is less precise than the rule requires. */
 export interface RuleViolation {
@@ -422,4 +426,79 @@ export async function attentionOutputGains(
     gains.push(best);
   }
   return gains;
+}
+
+/** Per-element error bounds of the keys and values one (layer, KV head) holds, n × headDim. */
+export interface HeadErrorBounds {
+  /** |k̂ − k| bounds. */
+  key: ArrayLike<number>;
+  /** |v̂ − v| bounds. */
+  value: ArrayLike<number>;
+}
+
+/** The composed bound of {@linkcode composeModelBound}. */
+export interface ModelBound {
+  /** Φ_l: residual-stream error caused by layer l's quantization alone (after its FFN). */
+  local: number[];
+  /** E_l: bound on the residual-stream error after layer l, max over positions. */
+  residual: number[];
+  /** Bound on max_j ‖Δlogits_j‖₂. */
+  logits: number;
+}
+
+/**
+ * The composition law with Lipschitz bounds from the weights (layer_lipschitz.ts): layer l's own
+ * error is Φ_l = (1 + F_l)·‖W_o‖·max_j √(Σ_h b_{h,j}²), with b_{h,j} the rigorous bound of
+ * attention_bound.ts for query head h at query j over the element bounds given; then
+ * E_l = Φ_l + (1 + F_l)(1 + A_l)·E_{l−1} and the logits error is at most L_out·E_L.
+ *
+ * What is rigorous: b_{h,j} (for K, V within the element bounds at the trace's activations), and
+ * the spectral-norm bounds. What is first order: the Lipschitz factors are Jacobian norms at the
+ * unperturbed activations, and b_{h,j} is evaluated there too, so second-order terms in the error
+ * (and the element bounds' dependence on perturbed keys) are not covered.
+ *
+ * @param trace activations of the exact run
+ * @param lipschitz bounds from {@linkcode layerLipschitz} on the same trace
+ * @param bounds element bounds per [layer][kvHead], positions 0..n−1 of the trace
+ * @param shape heads, KV heads and head dimension
+ * @returns Φ_l, E_l and the logits bound
+ * @throws ShapeError when the bounds do not cover every layer, head and position
+ */
+export function composeModelBound(
+  trace: ResidualTrace,
+  lipschitz: ModelLipschitz,
+  bounds: HeadErrorBounds[][],
+  shape: Pick<KVCacheShape, "nHeads" | "nKvHeads" | "headDim">,
+): ModelBound {
+  const { nHeads, nKvHeads, headDim: d } = shape;
+  const n = trace.length, group = nHeads / nKvHeads, dim = nHeads * d, kvDim = nKvHeads * d;
+  const local: number[] = [];
+  for (let l = 0; l < lipschitz.layers.length; l++) {
+    const sq = new Float64Array(n);
+    for (let kh = 0; kh < nKvHeads; kh++) {
+      const b = bounds[l]?.[kh];
+      if (!b || b.key.length < n * d || b.value.length < n * d) {
+        throw new ShapeError(`error bounds lack layer ${l} KV head ${kh} (${n} × ${d} needed)`);
+      }
+      const keys = new Float32Array(n * d), values = new Float32Array(n * d);
+      for (let t = 0; t < n; t++) {
+        keys.set(trace.k[l].subarray(t * kvDim + kh * d, t * kvDim + (kh + 1) * d), t * d);
+        values.set(trace.v[l].subarray(t * kvDim + kh * d, t * kvDim + (kh + 1) * d), t * d);
+      }
+      for (let j = 0; j < n; j++) {
+        for (let g = 0; g < group; g++) {
+          const qo = j * dim + (kh * group + g) * d;
+          const q = trace.q[l].subarray(qo, qo + d);
+          const e = attentionErrorBound(q, keys, values, j + 1, d, b.key, b.value);
+          sq[j] = addUp(sq[j], mulUp(e, e));
+        }
+      }
+    }
+    let worst = 0;
+    for (let j = 0; j < n; j++) worst = Math.max(worst, Math.sqrt(sq[j]));
+    const L = lipschitz.layers[l];
+    local.push(mulUp(1 + L.feedForward, mulUp(L.outputNorm, worst)));
+  }
+  const residual = composeLayerBounds(local, lipschitz.layers.map((x) => x.layer));
+  return { local, residual, logits: mulUp(lipschitz.output, residual.at(-1) ?? 0) };
 }

@@ -1,0 +1,110 @@
+import assert from "node:assert/strict";
+import { attentionWeights, headSensitivity } from "../../core/attention_sensitivity.ts";
+import { ShapeError } from "../../core/errors.ts";
+import { SensitivityStep } from "../../core/sensitivity_step.ts";
+import { makeRng, randomArray } from "./_rng.ts";
+
+function relClose(a: number, b: number, tol: number): boolean {
+  return Math.abs(a - b) <= tol * Math.max(Math.abs(a), Math.abs(b), 1e-300);
+}
+
+Deno.test("SensitivityStep.run() matches headSensitivity() per head within 1e-12", () => {
+  const cases = [
+    { seed: 1, n: 7, d: 4, group: 1 },
+    { seed: 2, n: 50, d: 8, group: 2 },
+    { seed: 3, n: 64, d: 16, group: 4 },
+    { seed: 4, n: 33, d: 12, group: 5 },
+    { seed: 5, n: 129, d: 32, group: 8 },
+  ];
+  for (const { seed, n, d, group } of cases) {
+    const rng = makeRng(seed);
+    const queries = randomArray(rng, 3 + group * d, 2);
+    const keys = randomArray(rng, n * d), values = randomArray(rng, n * d);
+    const step = new SensitivityStep(n + 5, d, group);
+    step.run(queries, 3, keys, values, n);
+    for (let h = 0; h < group; h++) {
+      const ref = headSensitivity(queries.subarray(3 + h * d, 3 + (h + 1) * d), keys, values, n, d);
+      const base = h * step.capacity;
+      for (let t = 0; t < n; t++) {
+        const at = `seed ${seed} head ${h} t ${t}`;
+        assert.ok(relClose(step.attention[base + t], ref.attention[t], 1e-12), `α ${at}`);
+        assert.ok(relClose(step.keyGradNorm[base + t], ref.keyGradNorm[t], 1e-12), `grad ${at}`);
+        assert.ok(
+          relClose(step.hessianTraceNorm[base + t], ref.hessianTraceNorm[t], 1e-12),
+          `hessian ${at}`,
+        );
+        assert.ok(relClose(step.curvature[base + t], ref.curvature[t], 1e-12), `κ ${at}`);
+      }
+      for (let i = 0; i < d; i++) {
+        assert.ok(relClose(step.output[h * d + i], ref.output[i], 1e-12), `o seed ${seed}`);
+      }
+    }
+  }
+});
+
+Deno.test("SensitivityStep.run() gives the same results when reused at another length", () => {
+  const rng = makeRng(21);
+  const d = 8, group = 4, n = 40;
+  const queries = randomArray(rng, 2 * group * d, 2);
+  const keys = randomArray(rng, n * d), values = randomArray(rng, n * d);
+  const reused = new SensitivityStep(n, d, group);
+  reused.run(queries, 0, keys, values, n);
+  reused.run(queries, group * d, keys, values, 17);
+  const fresh = new SensitivityStep(17, d, group);
+  fresh.run(queries, group * d, keys, values, 17);
+  for (let h = 0; h < group; h++) {
+    for (let t = 0; t < 17; t++) {
+      assert.equal(reused.curvature[h * n + t], fresh.curvature[h * 17 + t]);
+      assert.equal(reused.attention[h * n + t], fresh.attention[h * 17 + t]);
+    }
+  }
+});
+
+Deno.test("SensitivityStep.run() key gradient norm agrees with central finite differences", () => {
+  // ∂o/∂k_t = α_t(v_t − o)qᵀ/√d is rank one: its norm is reached along u = q/‖q‖.
+  const cases = [{ seed: 31, n: 12, d: 8, group: 4 }, { seed: 32, n: 30, d: 16, group: 1 }];
+  for (const { seed, n, d, group } of cases) {
+    const rng = makeRng(seed);
+    const queries = randomArray(rng, group * d, 1.5);
+    const keys = randomArray(rng, n * d), values = randomArray(rng, n * d);
+    const step = new SensitivityStep(n, d, group);
+    step.run(queries, 0, keys, values, n);
+    for (let h = 0; h < group; h++) {
+      const q = queries.subarray(h * d, (h + 1) * d);
+      let qn = 0;
+      for (let i = 0; i < d; i++) qn += q[i] * q[i];
+      qn = Math.sqrt(qn);
+      for (const t of [0, n >> 1, n - 1]) {
+        const eps = 1e-5;
+        const o = [1, -1].map((sign) => {
+          const k = Float64Array.from(keys);
+          for (let i = 0; i < d; i++) k[t * d + i] += sign * eps * q[i] / qn;
+          const out = new Float64Array(d);
+          attentionWeights(q, k, values, n, d, new Float64Array(n), out);
+          return out;
+        });
+        let s = 0;
+        for (let i = 0; i < d; i++) s += ((o[0][i] - o[1][i]) / (2 * eps)) ** 2;
+        const fd = Math.sqrt(s);
+        assert.ok(relClose(step.keyGradNorm[h * n + t], fd, 1e-5), `seed ${seed} h ${h} t ${t}`);
+      }
+    }
+  }
+});
+
+Deno.test("SensitivityStep rejects bad sizes with ShapeError", () => {
+  const rng = makeRng(41);
+  const d = 4, n = 6;
+  const keys = randomArray(rng, n * d), values = randomArray(rng, n * d);
+  const q = randomArray(rng, 2 * d);
+  const step = new SensitivityStep(n, d, 2);
+  const bad: [string, () => void][] = [
+    ["capacity 0", () => new SensitivityStep(0, d)],
+    ["fractional head dim", () => new SensitivityStep(n, 2.5)],
+    ["n beyond capacity", () => step.run(q, 0, keys, values, n + 1)],
+    ["n = 0", () => step.run(q, 0, keys, values, 0)],
+    ["short keys", () => step.run(q, 0, keys.subarray(0, d), values, n)],
+    ["short queries", () => step.run(q, d, keys, values, n)],
+  ];
+  for (const [label, f] of bad) assert.throws(f, ShapeError, label);
+});
