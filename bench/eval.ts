@@ -11,15 +11,14 @@
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
 import { type GpuDevice, requestGpu } from "../mod.ts";
-import { evalRows } from "./eval_rows.ts";
 import {
-  calibrateModel,
-  calibrationLines,
-  calibrationSequences,
-  kvprecPlan,
-  kvprecRow,
-  type PlanTarget,
-} from "./kvprec_rows.ts";
+  baselineRows,
+  type EvalRow,
+  planRows,
+  type PlanRowSpec,
+  planRowSpecs,
+} from "./eval_rows.ts";
+import { kvprecRowName, type PlanTarget } from "./kvprec_rows.ts";
 
 function flag(name: string): string | undefined {
   const i = Deno.args.indexOf(name);
@@ -44,7 +43,6 @@ if (!["ts", "wasm", "gpu"].includes(backend)) {
 const gpu: GpuDevice | undefined = backend === "gpu" ? await requestGpu() : undefined;
 const jsonPath = flag("--json");
 const seqs = sequences.slice(0, lines);
-const shape = { ...model.config, maxSeqLen: model.config.seqLen };
 const targets: PlanTarget[] = [
   ...flags("--eps").map((e) => ({ epsilon: Number(e) })),
   ...flags("--budget").map((b) => ({ budget: Number(b) })),
@@ -68,20 +66,18 @@ console.log(
 );
 console.log();
 
-const rows = await evalRows(model, seqs, {
-  nLayers: shape.nLayers,
-  nHeads: shape.nHeads,
-  nKvHeads: shape.nKvHeads,
-  headDim: shape.headDim,
-  maxSeqLen: shape.maxSeqLen,
-});
-if (targets.length > 0) {
-  const analysis = await calibrateModel(
-    model,
-    calibrationSequences(calibrationLines(sequences)),
-  );
-  for (const t of targets) rows.push(kvprecRow(kvprecPlan(analysis, t).plan, t));
-}
+const matches = (name: string) => !only || name.includes(only);
+const rows: EvalRow[] = baselineRows().filter((r) => matches(r.name));
+const specs: PlanRowSpec[] = [
+  ...planRowSpecs(),
+  ...targets.map((target) => ({
+    name: kvprecRowName(target),
+    kind: "kvprec" as const,
+    target,
+    options: {},
+  })),
+].filter((s) => matches(s.name));
+rows.push(...(await planRows(model, sequences, specs)));
 const header = [
   "configuration",
   "bits/elem",
@@ -97,7 +93,7 @@ console.log(header.join(" | "));
 console.log(header.map(() => "---").join(" | "));
 const results = [];
 const fp32Ppl = setup.referencePerplexity;
-for (const row of rows.filter((r) => !only || r.name.includes(only))) {
+for (const row of rows) {
   const o = row.policy.options;
   if (
     backend === "gpu" &&
@@ -109,8 +105,11 @@ for (const row of rows.filter((r) => !only || r.name.includes(only))) {
   }
   const r = await measureRow(model, row, setup, undefined, backend, gpu);
   results.push(r);
+  const floor = row.fitted?.withinBudget === false
+    ? " [below the cache's floor: cheapest plan]"
+    : "";
   console.log([
-    row.name,
+    row.name + floor,
     r.bitsPerElement.toFixed(3),
     `${(16 / r.bitsPerElement).toFixed(2)}×`,
     r.perplexity.toFixed(4),

@@ -1,11 +1,22 @@
 // The configurations `deno task eval` compares: uniform baselines through the mixed-precision cache,
 // and kvprec plans from the analyzer.
-import { calibrate, type CalibrationProgress } from "../core/analyzer.ts";
-import { buildPrecisionPlan, type PlanOptions, type PrecisionPlan } from "../core/plan.ts";
+import type { CalibrationProgress } from "../core/analyzer.ts";
+import { RecordingKVCache } from "../core/recording_cache.ts";
+import { verifyHeads } from "../core/verifier.ts";
+import type { PrecisionPlan } from "../core/plan.ts";
+import {
+  calibrateModel,
+  calibrationLines,
+  calibrationSequences,
+  type FittedPlan,
+  kvprecFittedPlan,
+  type KvprecOptions,
+  type PlanTarget,
+} from "./kvprec_rows.ts";
 import {
   type CachePolicy,
+  cacheShape,
   getFormat,
-  type KVCacheShape,
   planPolicy,
   type Transformer,
   uniformPolicy,
@@ -19,6 +30,8 @@ export interface EvalRow {
   policy: CachePolicy;
   /** The plan behind a kvprec row. */
   plan?: PrecisionPlan;
+  /** What the cache measured for the plan on the calibration text. */
+  fitted?: FittedPlan;
   /** Whether the verifier's bound held for this configuration (kvprec rows). */
   boundHeld?: boolean;
 }
@@ -67,80 +80,81 @@ export function pageTokensFor(...formats: string[]): number {
   return Math.max(32, ...formats.map((f) => (f.endsWith("-channel") ? getFormat(f).group : 1)));
 }
 
-/** Candidate formats of kvprec plans on the fixture: channel groups of 32–128 tokens, 2–8 bits. */
-export const PLAN_FORMATS = [2, 3, 4, 5, 6, 8].flatMap((b) =>
-  [32, 64, 128].map((g) => getFormat(`int${b}-g${g}-channel`))
-);
-
-/** Calibration text: the last `count` lines of the evaluation text, each cut to the context. */
-export function calibrationSequences(
-  sequences: number[][],
-  context: number,
-  count = 3,
-): number[][] {
-  return sequences.slice(-count).map((s) => s.slice(0, context));
+/** A kvprec row before calibration: its name, target and plan options. */
+export interface PlanRowSpec {
+  name: string;
+  kind: "kvprec" | "ablation";
+  target: PlanTarget;
+  options: KvprecOptions;
 }
 
-/** kvprec rows: the precision rule at three ε, budget mode at 4.0, 3.0 and 2.5 bits, ablations. */
-export async function planRows(
-  model: Transformer,
-  sequences: number[][],
-  shape: KVCacheShape,
-  onProgress?: (p: CalibrationProgress) => void,
-): Promise<EvalRow[]> {
-  const analysis = await calibrate(model, shape, calibrationSequences(sequences, shape.maxSeqLen), {
-    onProgress,
-    windows: [4, 8, 16, 32],
-  });
-  const base = { keyFormats: PLAN_FORMATS, valueFormats: PLAN_FORMATS };
-  const make = (
+/**
+ * kvprec rows: the precision rule at three ε; budget mode at 4.0, 3.0 and 2.5 bits per element as
+ * the cache measures them (below the cache's floor on this model the cheapest plan is used and the
+ * row says so), and at the measured bits of two uniform baselines; ablations of the 5.6 budget.
+ */
+export function planRowSpecs(): PlanRowSpec[] {
+  // sinks and window are paid at 16 bits, so budget rows keep them small
+  const W = { sinkTokens: 2, recentWindow: 8 };
+  const spec = (
     name: string,
-    kind: EvalRow["kind"],
-    options: Omit<PlanOptions, "keyFormats" | "valueFormats">,
-  ): EvalRow => {
-    const { plan } = buildPrecisionPlan(analysis, { ...base, ...options });
-    return { name, kind, policy: planPolicy(plan, name), plan };
-  };
-  // sinks and window are paid at 16 bits: smaller budgets need smaller windows
-  const B4 = { sinkTokens: 4, recentWindow: 16 }, B3 = { sinkTokens: 2, recentWindow: 8 };
-  const B25 = { sinkTokens: 1, recentWindow: 4 };
-  const budget = (bits: number, extra: object) => ({
-    mode: "budget" as const,
-    bitsPerElement: bits,
-    ...extra,
-  });
+    kind: PlanRowSpec["kind"],
+    target: PlanTarget,
+    options: KvprecOptions = {},
+  ) => ({ name, kind, target, options });
   return [
-    make("kvprec rule ε=0.1", "kvprec", { mode: "rule", epsilon: 0.1 }),
-    make("kvprec rule ε=0.01", "kvprec", { mode: "rule", epsilon: 0.01 }),
-    make("kvprec rule ε=0.001", "kvprec", { mode: "rule", epsilon: 0.001 }),
-    make("kvprec budget 4.0 (sinks 4, window 16)", "kvprec", budget(4.0, B4)),
-    make("kvprec budget 3.0 (sinks 2, window 8)", "kvprec", budget(3.0, B3)),
-    make("kvprec budget 2.5 (sinks 1, window 4)", "kvprec", budget(2.5, B25)),
-    make("ablation of budget 3.0: no sinks", "ablation", budget(3.0, { ...B3, sinkTokens: 0 })),
-    make(
-      "ablation of budget 3.0: no recent window",
-      "ablation",
-      budget(3.0, { ...B3, recentWindow: 0 }),
-    ),
-    make(
-      "ablation of budget 3.0: no recency factor",
-      "ablation",
-      budget(3.0, { ...B3, recency: false }),
-    ),
-    make(
-      "ablation of budget 3.0: attention alone",
-      "ablation",
-      budget(3.0, { ...B3, sensitivity: "attention" }),
-    ),
+    spec("kvprec rule ε=10", "kvprec", { epsilon: 10 }),
+    spec("kvprec rule ε=1", "kvprec", { epsilon: 1 }),
+    spec("kvprec rule ε=0.1", "kvprec", { epsilon: 0.1 }),
+    spec("kvprec budget 4.0", "kvprec", { budget: 4.0 }, W),
+    spec("kvprec budget 3.0", "kvprec", { budget: 3.0 }, W),
+    spec("kvprec budget 2.5", "kvprec", { budget: 2.5 }, W),
+    // budgets at the measured bits of the uniform INT4 and INT3 per-channel rows, to compare
+    spec("kvprec budget 6.6 (INT4 ch bits)", "kvprec", { budget: 6.6 }, W),
+    spec("kvprec budget 5.6 (INT3 ch bits)", "kvprec", { budget: 5.6 }, W),
+    spec("ablation of budget 5.6: no sinks", "ablation", { budget: 5.6 }, { ...W, sinkTokens: 0 }),
+    spec("ablation of budget 5.6: no recent window", "ablation", { budget: 5.6 }, {
+      ...W,
+      recentWindow: 0,
+    }),
+    spec("ablation of budget 5.6: no recency factor", "ablation", { budget: 5.6 }, {
+      ...W,
+      recency: false,
+    }),
+    spec("ablation of budget 5.6: attention alone", "ablation", { budget: 5.6 }, {
+      ...W,
+      sensitivity: "attention",
+    }),
   ];
 }
 
-/** All rows: baselines, then kvprec plans. */
-export async function evalRows(
+/**
+ * Calibrates once (on the text's last lines, as analyze does) and builds the plan of each spec.
+ * @param model the transformer
+ * @param sequences the evaluation sequences (the calibration lines are taken from their end)
+ * @param specs the rows to build
+ * @param onProgress calibration progress
+ * @returns the rows, each with its plan
+ */
+export async function planRows(
   model: Transformer,
   sequences: number[][],
-  shape: KVCacheShape,
+  specs: PlanRowSpec[],
   onProgress?: (p: CalibrationProgress) => void,
 ): Promise<EvalRow[]> {
-  return [...baselineRows(), ...(await planRows(model, sequences, shape, onProgress))];
+  if (specs.length === 0) return [];
+  const calibration = calibrationSequences(calibrationLines(sequences));
+  const analysis = await calibrateModel(model, calibration, onProgress);
+  const rows: EvalRow[] = [];
+  for (const s of specs) {
+    const fitted = await kvprecFittedPlan(model, analysis, calibration, s.target, s.options);
+    rows.push({
+      name: s.name,
+      kind: s.kind,
+      policy: planPolicy(fitted.plan, s.name),
+      plan: fitted.plan,
+      fitted,
+    });
+  }
+  return rows;
 }

@@ -3,25 +3,33 @@
 // every tool measures the same cache for the same ε or budget.
 import { type Analysis, calibrate, type CalibrationProgress } from "../core/analyzer.ts";
 import { buildPrecisionPlan, type PlanReport, type PrecisionPlan } from "../core/plan.ts";
-import { type CachePolicy, getFormat, type ModelConfig, tieredPolicy } from "../mod.ts";
+import {
+  cacheShape,
+  fitPlanToBudget,
+  getFormat,
+  measureCacheBits,
+  MixedPrecisionKVCache,
+  type ModelConfig,
+  planPolicy,
+  type Transformer,
+} from "../mod.ts";
 import type { EvalRow } from "./eval_rows.ts";
-import { pageTokensFor } from "./eval_rows.ts";
 
-/** Candidate key formats: per-channel groups along tokens (keys have outlier channels), fp16. */
+export { planPolicy };
+
+/**
+ * Candidate key formats: per-channel groups of 32 tokens (keys have outlier channels; head_dim 8
+ * is too small for per-token groups to be cheap), and fp16 for the tokens that need it. One group
+ * size keeps the eviction ring at 32 tokens.
+ */
 export const KEY_FORMATS: readonly string[] = [
-  "int2-g32-channel",
-  "int3-g32-channel",
-  "int4-g32-channel",
-  "int6-g32-channel",
-  "int8-g8-token",
+  ...[2, 3, 4, 5, 6, 8].map((b) => `int${b}-g32-channel`),
   "fp16",
 ];
-/** Candidate value formats: per-token groups along head_dim, fp16. */
+/** Candidate value formats: the same, plus per-token int4/int8 (8 wide: 4 metadata bits each). */
 export const VALUE_FORMATS: readonly string[] = [
-  "int2-g8-token",
-  "int3-g8-token",
+  ...[2, 3, 4, 5, 6, 8].map((b) => `int${b}-g32-channel`),
   "int4-g8-token",
-  "int6-g8-token",
   "int8-g8-token",
   "fp16",
 ];
@@ -88,51 +96,107 @@ export function calibrateModel(
     model,
     { nLayers: c.nLayers, nHeads: c.nHeads, nKvHeads: c.nKvHeads, headDim: c.headDim },
     sequences,
-    { onProgress, sinkTokens: SINK_TOKENS, recentWindow: RECENT_WINDOW },
+    {
+      onProgress,
+      sinkTokens: SINK_TOKENS,
+      recentWindow: RECENT_WINDOW,
+      windows: [4, 8, 16, 32, 64],
+    },
   );
 }
 
+/** Window, sinks and ablation switches of a kvprec plan. */
+export interface KvprecOptions {
+  /** Sink tokens (default SINK_TOKENS; 0 = the no-sinks ablation). */
+  sinkTokens?: number;
+  /** Recent window (default RECENT_WINDOW; 0 = the no-window ablation). */
+  recentWindow?: number;
+  /** Recency factor on the curvature (default true). */
+  recency?: boolean;
+  /** "curvature" (default) or "attention" (the attention-alone ablation). */
+  sensitivity?: "curvature" | "attention";
+}
+
 /**
- * Builds the kvprec plan for a target.
+ * The plan for a target, from the mapper alone (its budget counts codes, scales, sinks and window).
+ *
  * @param analysis the calibration
- * @param target ε or budget
- * @param recentWindow window size (one of the analysis windows)
+ * @param target ε of the precision rule, or a bits-per-element budget for the mapper
+ * @param options window (a number for backward compatibility), sinks and ablation switches
  * @returns the plan and the mapper's report
  */
 export function kvprecPlan(
   analysis: Analysis,
   target: PlanTarget,
-  recentWindow = RECENT_WINDOW,
+  options: number | KvprecOptions = {},
 ): { plan: PrecisionPlan; report: PlanReport } {
+  const o = typeof options === "number" ? { recentWindow: options } : options;
   return buildPrecisionPlan(analysis, {
     ...("epsilon" in target
       ? { mode: "rule" as const, epsilon: target.epsilon }
       : { mode: "budget" as const, bitsPerElement: target.budget }),
     keyFormats: KEY_FORMATS.map(getFormat),
     valueFormats: VALUE_FORMATS.map(getFormat),
-    sinkTokens: SINK_TOKENS,
-    recentWindow,
+    sinkTokens: o.sinkTokens ?? SINK_TOKENS,
+    recentWindow: o.recentWindow ?? RECENT_WINDOW,
+    recency: o.recency ?? true,
+    sensitivity: o.sensitivity ?? "curvature",
   });
 }
 
+/** A plan with what the cache measured for it on the calibration text. */
+export interface FittedPlan {
+  /** The plan. */
+  plan: PrecisionPlan;
+  /** The mapper's report for it. */
+  report: PlanReport;
+  /** Bits per element the cache holds with it on the calibration sequences. */
+  calibrationBits: number;
+  /** Budget targets: whether the measured bits stayed within the budget. */
+  withinBudget?: boolean;
+}
+
 /**
- * The cache policy that applies a plan online.
- * @param plan the plan
- * @param label the policy's label
- * @returns a tiered policy
+ * The plan for a target as the cache measures it: a budget is met in bits the cache really holds
+ * (fitPlanToBudget lowers the mapper's budget by the cache's own overhead), measured by running the
+ * model over the calibration sequences (never the evaluation text) with the WASM cache.
+ *
+ * @param model the transformer
+ * @param analysis the calibration
+ * @param calibration the calibration sequences
+ * @param target ε or budget
+ * @param options window, sinks and ablation switches
+ * @returns the plan, its report and its measured bits
  */
-export function planPolicy(plan: PrecisionPlan, label: string): CachePolicy {
-  const formats = plan.layers.flatMap((l) =>
-    l.heads.flatMap((h) => h.tiers.flatMap((t) => [t.keyFormat, t.valueFormat]))
+export async function kvprecFittedPlan(
+  model: Transformer,
+  analysis: Analysis,
+  calibration: number[][],
+  target: PlanTarget,
+  options: KvprecOptions = {},
+): Promise<FittedPlan> {
+  const shape = cacheShape(model.config);
+  // bits are measured on the calibration lines at full context (the prefixes would overstate the
+  // fixed cost of sinks, window and eviction ring)
+  const lines = calibration.filter((s) =>
+    !calibration.some((t) => t !== s && t.length > s.length && s.every((x, i) => t[i] === x))
   );
-  return tieredPolicy({
-    label,
-    tiers: plan.layers.map((l) => l.heads.map((h) => h.tiers)),
-    sinkTokens: plan.sinkTokens,
-    recentWindow: plan.recentWindow,
-    windowFormat: plan.windowFormat,
-    pageTokens: pageTokensFor(...formats),
-  });
+  const measure = (plan: PrecisionPlan) =>
+    measureCacheBits(
+      model,
+      new MixedPrecisionKVCache(shape, planPolicy(plan, "fit"), { backend: "wasm" }),
+      lines,
+    );
+  if ("epsilon" in target) {
+    const r = kvprecPlan(analysis, target, options);
+    return { ...r, calibrationBits: await measure(r.plan) };
+  }
+  const fit = await fitPlanToBudget(
+    target.budget,
+    (b) => kvprecPlan(analysis, { budget: b }, options),
+    (r) => measure(r.plan),
+  );
+  return { ...fit.plan, calibrationBits: fit.measuredBits, withinBudget: fit.withinBudget };
 }
 
 /**

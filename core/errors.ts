@@ -66,7 +66,19 @@ export class CorruptDataError extends KvprecError {
 export class DeviceError extends KvprecError {}
 
 /** A bits-per-element or memory budget that cannot be met. */
-export class BudgetError extends KvprecError {}
+export class BudgetError extends KvprecError {
+  /** The smallest budget that can be met, when known. */
+  readonly minimum?: number;
+  /**
+   * Creates the error.
+   * @param message what was asked and what is possible
+   * @param minimum the smallest budget that can be met, if known
+   */
+  constructor(message: string, minimum?: number) {
+    super(message);
+    this.minimum = minimum;
+  }
+}
 
 /** Appending past a cache's capacity. */
 export class CapacityError extends KvprecError {}

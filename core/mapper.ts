@@ -208,6 +208,7 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
     throw new BudgetError(
       `budget ${budget} bits per element is below the cheapest allocation, ` +
         `${(minBits / totalElements).toFixed(4)} bits per element`,
+      minBits / totalElements,
     );
   }
   const kf = new Int16Array(n), vf = new Int16Array(n);

@@ -18,6 +18,7 @@
  */
 
 import { getFormat } from "../../codecs/mod.ts";
+import { BudgetError } from "../errors.ts";
 import type { PrecisionPlan } from "../plan.ts";
 import { type CachePolicy, tieredPolicy } from "./policy.ts";
 
@@ -50,4 +51,69 @@ export function planPolicy(plan: PrecisionPlan, label: string): CachePolicy {
     pageTokens,
     tiers,
   });
+}
+
+/** Result of {@linkcode fitPlanToBudget}. */
+export interface BudgetFit<P> {
+  /** The chosen plan: the one with the most measured bits within the budget, else the cheapest. */
+  plan: P;
+  /** Bits per element the cache measured with it. */
+  measuredBits: number;
+  /** The budget handed to the mapper for it (lower than the target by the cache's overhead). */
+  mapperBudget: number;
+  /** Whether measuredBits ≤ target. */
+  withinBudget: boolean;
+  /** Every (mapper budget, measured bits) tried. */
+  tries: { mapperBudget: number; measuredBits: number }[];
+}
+
+/**
+ * Fits a plan to a bits-per-element budget as the cache actually measures it. The mapper counts
+ * codes, scales, sinks and window; the cache also holds the eviction ring, page-table entries,
+ * window scores and partly filled pages. This lowers the mapper's budget by the measured excess
+ * until the measured bits are within the target (a few rounds; each round one measurement). A
+ * target below the cheapest allocation yields the cheapest plan, with withinBudget false.
+ *
+ * @param target bits per element the cache may hold
+ * @param build the plan for a mapper budget; throws BudgetError below the cheapest allocation
+ * @param measure the bits per element the cache holds with a plan
+ * @param rounds measurements at most (default 5)
+ * @returns the fitted plan and what was tried
+ */
+export async function fitPlanToBudget<P>(
+  target: number,
+  build: (mapperBudget: number) => P,
+  measure: (plan: P) => Promise<number>,
+  rounds = 5,
+): Promise<BudgetFit<P>> {
+  const tries: BudgetFit<P>["tries"] = [];
+  let best: BudgetFit<P> | undefined, cheapest: BudgetFit<P> | undefined;
+  let b = target;
+  for (let i = 0; i < rounds; i++) {
+    let plan: P;
+    try {
+      plan = build(b);
+    } catch (e) {
+      if (!(e instanceof BudgetError)) throw e;
+      if (cheapest || e.minimum === undefined) break;
+      // below the mapper's floor: the cheapest allocation is the nearest honest plan
+      b = e.minimum * (1 + 1e-9);
+      plan = build(b);
+    }
+    const measuredBits = await measure(plan);
+    tries.push({ mapperBudget: b, measuredBits });
+    const fit = {
+      plan,
+      measuredBits,
+      mapperBudget: b,
+      withinBudget: measuredBits <= target,
+      tries,
+    };
+    if (!cheapest || measuredBits < cheapest.measuredBits) cheapest = fit;
+    if (fit.withinBudget && (!best || measuredBits > best.measuredBits)) best = fit;
+    if (fit.withinBudget && target - measuredBits < 0.05) break;
+    b -= measuredBits - target + 0.01;
+  }
+  if (!best && !cheapest) throw new BudgetError(`no plan could be built for budget ${target}`);
+  return best ?? cheapest!;
 }

@@ -129,3 +129,27 @@ export async function compareCache(
     bitsPerElement: (8 * bytes) / elements,
   };
 }
+
+/**
+ * Bits per element a cache holds after prefilling each sequence (8 × Σ bytes / Σ elements, every
+ * byte of memory() counted): what a policy really costs on given text.
+ * @param model the transformer
+ * @param cache the cache (reset before each sequence)
+ * @param sequences token ids per sequence, each at most the cache's capacity
+ * @returns the aggregate bits per element
+ */
+export async function measureCacheBits(
+  model: Transformer,
+  cache: KVCache,
+  sequences: number[][],
+): Promise<number> {
+  let bytes = 0, elements = 0;
+  for (const seq of sequences) {
+    cache.reset();
+    await model.prefill(seq, 0, cache);
+    const mem = cache.memory();
+    bytes += mem.bytes;
+    elements += mem.elements;
+  }
+  return (8 * bytes) / elements;
+}
