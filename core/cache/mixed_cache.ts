@@ -148,12 +148,12 @@ class HeadStore {
   windowN = 0;
   readonly pools = new Map<string, PagePool>();
 
-  constructor(sinks: number, ringSlots: number, slotWords: number) {
+  constructor(sinks: number, ringSlots: number, slotWords: number, scoreSlots: number) {
     this.sinkK = new Uint32Array(sinks * slotWords);
     this.sinkV = new Uint32Array(sinks * slotWords);
     this.windowK = new Uint32Array(ringSlots * slotWords);
     this.windowV = new Uint32Array(ringSlots * slotWords);
-    this.windowScore = new Float32Array(ringSlots);
+    this.windowScore = new Float32Array(scoreSlots);
   }
 }
 
@@ -183,6 +183,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly evictQuantum: number;
   /** Ring slots per head: recentWindow + evictQuantum. */
   readonly #ring: number;
+  /** Whether window scores matter: only a policy with a choice of formats reads them. */
+  readonly #tracksScores: boolean;
   readonly #evictK: Float32Array;
   readonly #evictV: Float32Array;
   #heads: HeadStore[][];
@@ -241,6 +243,7 @@ export class MixedPrecisionKVCache implements KVCache {
       );
     }
     this.evictQuantum = quantum;
+    this.#tracksScores = policy.pairs().length > 1;
     this.#ring = policy.recentWindow + quantum;
     this.#evictK = new Float32Array(quantum * d);
     this.#evictV = new Float32Array(quantum * d);
@@ -268,7 +271,13 @@ export class MixedPrecisionKVCache implements KVCache {
       () =>
         Array.from(
           { length: nKvHeads },
-          () => new HeadStore(sinkTokens, this.#ring, this.#slotWords),
+          () =>
+            new HeadStore(
+              sinkTokens,
+              this.#ring,
+              this.#slotWords,
+              this.#tracksScores ? this.#ring : 0,
+            ),
         ),
     );
   }
@@ -295,7 +304,7 @@ export class MixedPrecisionKVCache implements KVCache {
       const slot = (store.windowStart + store.windowN) % R;
       this.#window.encodeInto(kh, store.windowK.subarray(slot * sw));
       this.#window.encodeInto(vh, store.windowV.subarray(slot * sw));
-      store.windowScore[slot] = 0;
+      if (this.#tracksScores) store.windowScore[slot] = 0;
       if (++store.windowN === R) this.#evict(store, layer, h);
     }
     this.#lengths[layer] = pos + 1;
@@ -321,7 +330,7 @@ export class MixedPrecisionKVCache implements KVCache {
         d,
         this.#evictV.subarray(i * d, (i + 1) * d),
       );
-      score += store.windowScore[slot];
+      if (this.#tracksScores) score += store.windowScore[slot];
     }
     this.#pool(store, layer, kvHead, score / Q).write(this.#evictK, this.#evictV, Q);
     store.windowStart = (store.windowStart + Q) % R;
@@ -445,6 +454,7 @@ export class MixedPrecisionKVCache implements KVCache {
    * eviction and their score (the plan's feature) is final.
    */
   #firstCredited(store: HeadStore): number {
+    if (!this.#tracksScores) return store.windowN;
     return Math.max(0, store.windowN - this.policy.recentWindow);
   }
 

@@ -163,7 +163,7 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   // 150 = 4 sinks + 146 through the ring of 8 + 32 slots: groups of 32 leave whenever the ring
   // fills, so 4 groups (128 tokens = 2 full pages of 64) are paged and 18 tokens wait in the ring
   const sinks = 2 * 4 * 16; // K and V, 4 tokens × 8 fp16
-  const ring = 2 * 40 * 16 + 40 * 4; // 40 slots of K and V at fp16, and an f32 score per slot
+  const ring = 2 * 40 * 16; // 40 slots of K and V at fp16 (a uniform policy keeps no scores)
   const kPage = 8 * (64 / 32) * 5 * 4; // 8 channels × 2 groups × 5 words
   const vPage = 64 * tsCodec("int4-g8-token").wordsFor(8) * 4;
   const expected = 2 * (sinks + ring + 2 * (kPage + vPage + 16));
