@@ -120,6 +120,25 @@ for (const row of rows) {
     row.boundHeld === undefined ? "—" : row.boundHeld ? "yes" : "NO",
   ].join(" | "));
 }
+// Each kvprec row against the cheapest uniform baseline that holds at least as many bits.
+const uniform = results.filter((r) => r.kind === "baseline" || r.kind === "reference");
+const kvprec = results.filter((r) => r.kind === "kvprec" || r.kind === "ablation");
+if (uniform.length > 0 && kvprec.length > 0) {
+  console.log("\nkvprec vs the cheapest uniform row with ≥ its bits (mean KL, lower is better):");
+  for (const r of kvprec) {
+    const rival = uniform
+      .filter((u) => u.bitsPerElement >= r.bitsPerElement)
+      .sort((a, b) => a.bitsPerElement - b.bitsPerElement)[0];
+    if (!rival) continue;
+    const verdict = r.meanKl <= rival.meanKl ? "as good or better" : "WORSE";
+    console.log(
+      `  ${r.name} (${r.bitsPerElement.toFixed(2)} b, KL ${r.meanKl.toExponential(2)}) vs ` +
+        `${rival.name} (${rival.bitsPerElement.toFixed(2)} b, KL ${
+          rival.meanKl.toExponential(2)
+        }): ${verdict}`,
+    );
+  }
+}
 if (jsonPath) {
   await Deno.writeTextFile(
     jsonPath,

@@ -145,15 +145,23 @@ export async function planRows(
   if (specs.length === 0) return [];
   const calibration = calibrationSequences(calibrationLines(sequences));
   const analysis = await calibrateModel(model, calibration, onProgress);
+  // the verifier checks each plan's assignment on the first calibration sequence, recorded once
+  const recording = new RecordingKVCache({
+    ...cacheShape(model.config),
+    maxSeqLen: calibration[0].length,
+  });
+  await model.prefill(calibration[0], 0, recording);
   const rows: EvalRow[] = [];
   for (const s of specs) {
     const fitted = await kvprecFittedPlan(model, analysis, calibration, s.target, s.options);
+    const checks = verifyHeads(recording, fitted.report.planAssignment, 0);
     rows.push({
       name: s.name,
       kind: s.kind,
       policy: planPolicy(fitted.plan, s.name),
       plan: fitted.plan,
       fitted,
+      boundHeld: checks.every((c) => c.exceeded === 0),
     });
   }
   return rows;

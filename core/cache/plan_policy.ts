@@ -88,15 +88,15 @@ export async function fitPlanToBudget<P>(
 ): Promise<BudgetFit<P>> {
   const tries: BudgetFit<P>["tries"] = [];
   let best: BudgetFit<P> | undefined, cheapest: BudgetFit<P> | undefined;
-  let b = target;
+  let b = target, triedFloor = false;
   for (let i = 0; i < rounds; i++) {
     let plan: P;
     try {
       plan = build(b);
     } catch (e) {
-      if (!(e instanceof BudgetError)) throw e;
-      if (cheapest || e.minimum === undefined) break;
+      if (!(e instanceof BudgetError) || e.minimum === undefined || triedFloor) break;
       // below the mapper's floor: the cheapest allocation is the nearest honest plan
+      triedFloor = true;
       b = e.minimum * (1 + 1e-9);
       plan = build(b);
     }
