@@ -59,7 +59,16 @@ const KIND_FP8E5M2: i32 = 6;
 // @ts-ignore: decorator
 @inline function _decodeIntGroup(src: usize, G: i32, b: i32, codeWords: i32, dst: usize): void {
   const hdr = load<u32>(src);
-  const sc = _h2f(hdr & 0xffff), mn = _h2f(hdr >>> 16);
+  let sc: f32, mn: f32;
+  if ((hdr & 0x7c00) != 0x7c00 && (hdr & 0x7c000000) != 0x7c000000) {
+    // finite halves (always, for headers the encoder wrote): exponent and mantissa moved into f32
+    // position, then ×2^112 rebias the exponent, exact for normals and subnormals alike
+    sc = reinterpret<f32>(((hdr & 0x7fff) << 13) | ((hdr & 0x8000) << 16)) * 5.192296858534828e33;
+    mn = reinterpret<f32>(((hdr >>> 3) & 0x0fffe000) | (hdr & 0x80000000)) * 5.192296858534828e33;
+  } else {
+    sc = _h2f(hdr & 0xffff);
+    mn = _h2f(hdr >>> 16);
+  }
   const codes = src + 4;
   if ((codeWords & 3) == 0 && (b == 8 || b == 4)) {
     const s = f32x4.splat(sc), m = f32x4.splat(mn);
