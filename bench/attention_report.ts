@@ -6,6 +6,7 @@
  * WASM ≤ 0.8).
  *
  *     deno run -A bench/attention_report.ts [--heads 8] [--kv-heads 2] [--T 512,4096,32768]
+ *       [--d 64,128] [--no-ts]
  *
  * @module
  */
@@ -24,6 +25,8 @@ const N_KV = Number(arg("kv-heads", "2"));
 const TS = arg("T", "512,4096,32768").split(",").map(Number);
 const DIMS = arg("d", "64,128").split(",").map(Number);
 const PAGE = 128;
+/** --no-ts skips timing the TS reference (it still checks agreement): quicker WASM iterations. */
+const TIME_TS = !Deno.args.includes("--no-ts");
 
 /** Pages cycle int8, int4, int4, int2 (by arrival, a page at a time): a tiered-like mix. */
 function mixedPolicy(): CachePolicy {
@@ -117,7 +120,9 @@ for (const d of DIMS) {
       }
       err /= mag;
       if (!(err <= 1e-6)) throw new Error(`${c.name} d=${d} T=${T}: backends differ by ${err}`);
-      const tsMs = time(() => ts.attend(0, q, a), T >= 32768 ? 300 : 500, T >= 32768 ? 2 : 5);
+      const tsMs = TIME_TS
+        ? time(() => ts.attend(0, q, a), T >= 32768 ? 300 : 500, T >= 32768 ? 2 : 5)
+        : NaN;
       const wasmMs = time(() => wasm.attend(0, q, b), 500, 10);
       rows.push({
         d,

@@ -59,7 +59,16 @@ const KIND_FP8E5M2: i32 = 6;
 // @ts-ignore: decorator
 @inline function _decodeIntGroup(src: usize, G: i32, b: i32, codeWords: i32, dst: usize): void {
   const hdr = load<u32>(src);
-  const sc = _h2f(hdr & 0xffff), mn = _h2f(hdr >>> 16);
+  let sc: f32, mn: f32;
+  if ((hdr & 0x7c00) != 0x7c00 && (hdr & 0x7c000000) != 0x7c000000) {
+    // finite halves (always, for headers the encoder wrote): exponent and mantissa moved into f32
+    // position, then ×2^112 rebias the exponent, exact for normals and subnormals alike
+    sc = reinterpret<f32>(((hdr & 0x7fff) << 13) | ((hdr & 0x8000) << 16)) * 5.192296858534828e33;
+    mn = reinterpret<f32>(((hdr >>> 3) & 0x0fffe000) | (hdr & 0x80000000)) * 5.192296858534828e33;
+  } else {
+    sc = _h2f(hdr & 0xffff);
+    mn = _h2f(hdr >>> 16);
+  }
   const codes = src + 4;
   if ((codeWords & 3) == 0 && (b == 8 || b == 4)) {
     const s = f32x4.splat(sc), m = f32x4.splat(mn);
@@ -218,13 +227,117 @@ export function decodeRun(
   }
 }
 
+// Σ of the four lanes in a fixed order (as _dot).
+// @ts-ignore: decorator
+@inline function _hsum(s: v128): f32 {
+  return (f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)) +
+    (f32x4.extract_lane(s, 2) + f32x4.extract_lane(s, 3));
+}
+
+// e^x per lane for x ≤ 0 (Cephes expf: x = k·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial, 2^k put
+// into the exponent bits; ~1 ulp). x is clamped at −87, where e^x < 2^−125 is negligible next to
+// the page's maximum weight 1.
+// @ts-ignore: decorator
+@inline function _expv(x: v128): v128 {
+  x = f32x4.max(x, f32x4.splat(-87));
+  const k = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  const r = f32x4.sub(
+    f32x4.sub(x, f32x4.mul(k, f32x4.splat(0.693359375))),
+    f32x4.mul(k, f32x4.splat(-2.12194440e-4)),
+  );
+  let y = f32x4.splat(1.9875691500e-4);
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.3981999507e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(8.3334519073e-3));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(4.1665795894e-2));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
+  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
+  y = f32x4.add(f32x4.add(f32x4.mul(y, f32x4.mul(r, r)), r), f32x4.splat(1));
+  const e = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(k), i32x4.splat(127)), 23);
+  return f32x4.mul(y, e);
+}
+
 /**
- * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: f32 row/group buffer, f32
- * scores/weights for hq × cap tokens and f32 accumulators for hq × d.
+ * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: two f32 row/group buffers,
+ * f32 scores/weights for hq × cap tokens and f32 accumulators for hq × d.
  */
 export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const row = max(d, 128);
-  return (row + hq * cap + hq * d) * 4 + 64;
+  return (2 * row + 4 * hq + hq * cap + hq * d) * 4 + 64;
+}
+
+/** attendPage flag: write the f64 scores q_h·k_t/√d to scorePtr. */
+const FLAG_SCORES: i32 = 1;
+/** attendPage flag: merge into the running partials at outPtr instead of overwriting them. */
+const FLAG_MERGE: i32 = 2;
+
+// Scores of tokens k0, k1 (f32 rows of d) for the four query heads at q (rows dB bytes apart),
+// stored at dst (+4 for k1), heads nB bytes apart. Each key chunk is loaded once for four heads.
+// @ts-ignore: decorator
+@inline function _score4x2(
+  q: usize,
+  dB: usize,
+  k0: usize,
+  k1: usize,
+  d: i32,
+  dst: usize,
+  nB: usize,
+): void {
+  let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
+  let a2 = f32x4.splat(0), b2 = f32x4.splat(0), a3 = f32x4.splat(0), b3 = f32x4.splat(0);
+  for (let i = 0; i < d; i += 4) {
+    const o = <usize>i << 2;
+    const x = v128.load(k0 + o), y = v128.load(k1 + o);
+    let qv = v128.load(q + o);
+    a0 = f32x4.add(a0, f32x4.mul(qv, x));
+    b0 = f32x4.add(b0, f32x4.mul(qv, y));
+    qv = v128.load(q + dB + o);
+    a1 = f32x4.add(a1, f32x4.mul(qv, x));
+    b1 = f32x4.add(b1, f32x4.mul(qv, y));
+    qv = v128.load(q + 2 * dB + o);
+    a2 = f32x4.add(a2, f32x4.mul(qv, x));
+    b2 = f32x4.add(b2, f32x4.mul(qv, y));
+    qv = v128.load(q + 3 * dB + o);
+    a3 = f32x4.add(a3, f32x4.mul(qv, x));
+    b3 = f32x4.add(b3, f32x4.mul(qv, y));
+  }
+  store<f32>(dst, _hsum(a0));
+  store<f32>(dst + 4, _hsum(b0));
+  store<f32>(dst + nB, _hsum(a1));
+  store<f32>(dst + nB + 4, _hsum(b1));
+  store<f32>(dst + 2 * nB, _hsum(a2));
+  store<f32>(dst + 2 * nB + 4, _hsum(b2));
+  store<f32>(dst + 3 * nB, _hsum(a3));
+  store<f32>(dst + 3 * nB + 4, _hsum(b3));
+}
+
+// acc_h += w_h,0·v0 + w_h,1·v1 for four heads (acc rows dB bytes apart, weights at w, w + 4 with
+// heads nB bytes apart). Each value chunk is loaded once for four heads.
+// @ts-ignore: decorator
+@inline function _axpy4x2(
+  acc: usize,
+  dB: usize,
+  w: usize,
+  nB: usize,
+  v0: usize,
+  v1: usize,
+  d: i32,
+): void {
+  const w00 = v128.load32_splat(w), w01 = v128.load32_splat(w + 4);
+  const w10 = v128.load32_splat(w + nB), w11 = v128.load32_splat(w + nB + 4);
+  const w20 = v128.load32_splat(w + 2 * nB), w21 = v128.load32_splat(w + 2 * nB + 4);
+  const w30 = v128.load32_splat(w + 3 * nB), w31 = v128.load32_splat(w + 3 * nB + 4);
+  for (let i = 0; i < d; i += 4) {
+    const o = <usize>i << 2;
+    const x = v128.load(v0 + o), y = v128.load(v1 + o);
+    let a = acc + o;
+    v128.store(a, f32x4.add(v128.load(a), f32x4.add(f32x4.mul(w00, x), f32x4.mul(w01, y))));
+    a += dB;
+    v128.store(a, f32x4.add(v128.load(a), f32x4.add(f32x4.mul(w10, x), f32x4.mul(w11, y))));
+    a += dB;
+    v128.store(a, f32x4.add(v128.load(a), f32x4.add(f32x4.mul(w20, x), f32x4.mul(w21, y))));
+    a += dB;
+    v128.store(a, f32x4.add(v128.load(a), f32x4.add(f32x4.mul(w30, x), f32x4.mul(w31, y))));
+  }
 }
 
 /**
@@ -232,8 +345,9 @@ export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
  *
  * A format is passed as (kind, bits, group G, words per group, scaled, channel): channel-axis
  * formats are channel-major with `cap` tokens per channel (PAGES.md), the others token-major.
- * q holds hq query heads × d f32; out receives per head f64 [m, l, acc_0 … acc_{d−1}]; scores
- * receives f64 s[h·n + t] = q_h·k_t/√d; scratch has attendScratchBytes(d, cap, hq) bytes.
+ * q holds hq query heads × d f32; out holds per head f64 [m, l, acc_0 … acc_{d−1}]: overwritten,
+ * or with FLAG_MERGE merged into (log-sum-exp; l = 0 there means empty); with FLAG_SCORES,
+ * scorePtr receives f64 s[h·n + t] = q_h·k_t/√d; scratch has attendScratchBytes(d, cap, hq) bytes.
  */
 export function attendPage(
   kKind: i32,
@@ -258,11 +372,15 @@ export function attendPage(
   outPtr: usize,
   scorePtr: usize,
   scratch: usize,
+  flags: i32,
 ): void {
-  const row = scratch;
-  const sc = row + (<usize>max(d, 128) << 2); // f32 [hq][n]: scores, then weights
+  const rowBytes = <usize>max(d, 128) << 2;
+  const row = scratch, row1 = scratch + rowBytes;
+  const stats = row1 + rowBytes; // f64 [hq][2]: the page's m, l
+  const sc = stats + (<usize>hq << 4); // f32 [hq][n]: scores, then weights
   const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
-  const dBytes = <usize>d << 2;
+  const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
+  const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
 
   // 1. scores
   if (kChannel != 0) {
@@ -292,7 +410,22 @@ export function attendPage(
     }
   } else {
     const tokenBytes = <usize>(kKind == KIND_FP32 ? d : (d / kG) * kWpg) << 2;
-    for (let t = 0; t < n; t++) {
+    let t = 0;
+    if (blocked) {
+      for (; t + 2 <= n; t += 2) {
+        let k0 = kPtr + <usize>t * tokenBytes, k1 = k0 + tokenBytes;
+        if (kKind != KIND_FP32) {
+          decodeRun(kKind, kBits, kG, kWpg, kScaled, k0, d, row);
+          decodeRun(kKind, kBits, kG, kWpg, kScaled, k1, d, row1);
+          k0 = row;
+          k1 = row1;
+        }
+        for (let h = 0; h < hq; h += 4) {
+          _score4x2(qPtr + <usize>h * dBytes, dBytes, k0, k1, d, sc + <usize>h * nBytes + (<usize>t << 2), nBytes);
+        }
+      }
+    }
+    for (; t < n; t++) {
       let k = kPtr + <usize>t * tokenBytes;
       if (kKind != KIND_FP32) {
         decodeRun(kKind, kBits, kG, kWpg, kScaled, k, d, row);
@@ -304,24 +437,47 @@ export function attendPage(
     }
   }
 
-  // 2. softmax statistics per head: m, l (f64 sums) and f32 weights e^{s−m} in place of the scores
+  // 2. softmax statistics per head: m (f32 max of s = score/√d), l (f64 sum) and f32 weights
+  //    e^{s−m} in place of the scores
   const inv = 1 / Math.sqrt(<f64>d);
+  const inv32 = <f32>inv;
+  const invv = f32x4.splat(inv32);
+  const n4 = n & ~3;
   for (let h = 0; h < hq; h++) {
-    let m = -Infinity;
-    for (let t = 0; t < n; t++) {
-      const s = <f64>load<f32>(sc + (<usize>(h * n + t) << 2)) * inv;
-      store<f64>(scorePtr + (<usize>(h * n + t) << 3), s);
-      if (s > m) m = s;
+    const row0 = sc + <usize>h * nBytes;
+    if (flags & FLAG_SCORES) {
+      for (let t = 0; t < n; t++) {
+        const s = <f64>load<f32>(row0 + (<usize>t << 2)) * inv;
+        store<f64>(scorePtr + (<usize>(h * n + t) << 3), s);
+      }
     }
-    let l: f64 = 0;
-    for (let t = 0; t < n; t++) {
-      // f32 exp: the weights feed f32 accumulators anyway; its ~1 ulp error is far below 1e-6
-      const w = Mathf.exp(<f32>(load<f64>(scorePtr + (<usize>(h * n + t) << 3)) - m));
+    let mv = f32x4.splat(-Infinity);
+    for (let t = 0; t < n4; t += 4) mv = f32x4.max(mv, v128.load(row0 + (<usize>t << 2)));
+    let m32 = max(
+      max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
+      max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
+    );
+    for (let t = n4; t < n; t++) m32 = max(m32, load<f32>(row0 + (<usize>t << 2)));
+    m32 *= inv32; // scaling by a positive constant keeps the argmax
+    const mvs = f32x4.splat(m32);
+    let l0 = f64x2.splat(0), l1 = f64x2.splat(0);
+    for (let t = 0; t < n4; t += 4) {
+      const p = row0 + (<usize>t << 2);
+      const w = _expv(f32x4.sub(f32x4.mul(v128.load(p), invv), mvs));
+      v128.store(p, w);
+      l0 = f64x2.add(l0, f64x2.promote_low_f32x4(w));
+      l1 = f64x2.add(l1, f64x2.promote_low_f32x4(i32x4.shuffle(w, w, 2, 3, 0, 1)));
+    }
+    const ls = f64x2.add(l0, l1);
+    let l = f64x2.extract_lane(ls, 0) + f64x2.extract_lane(ls, 1);
+    for (let t = n4; t < n; t++) {
+      const p = row0 + (<usize>t << 2);
+      const w = Mathf.exp(load<f32>(p) * inv32 - m32);
       l += <f64>w;
-      store<f32>(sc + (<usize>(h * n + t) << 2), w);
+      store<f32>(p, w);
     }
-    store<f64>(outPtr + (<usize>(h * (d + 2)) << 3), m);
-    store<f64>(outPtr + (<usize>(h * (d + 2) + 1) << 3), l);
+    store<f64>(stats + (<usize>h << 4), <f64>m32);
+    store<f64>(stats + (<usize>h << 4) + 8, l);
   }
 
   // 3. acc_h = Σ_t w_{h,t} v_t
@@ -348,7 +504,23 @@ export function attendPage(
     }
   } else {
     const tokenBytes = <usize>(vKind == KIND_FP32 ? d : (d / vG) * vWpg) << 2;
-    for (let t = 0; t < n; t++) {
+    let t = 0;
+    if (blocked) {
+      for (; t + 2 <= n; t += 2) {
+        let v0 = vPtr + <usize>t * tokenBytes, v1 = v0 + tokenBytes;
+        if (vKind != KIND_FP32) {
+          decodeRun(vKind, vBits, vG, vWpg, vScaled, v0, d, row);
+          decodeRun(vKind, vBits, vG, vWpg, vScaled, v1, d, row1);
+          v0 = row;
+          v1 = row1;
+        }
+        for (let h = 0; h < hq; h += 4) {
+          const w = sc + <usize>h * nBytes + (<usize>t << 2);
+          _axpy4x2(acc + <usize>h * dBytes, dBytes, w, nBytes, v0, v1, d);
+        }
+      }
+    }
+    for (; t < n; t++) {
       let v = vPtr + <usize>t * tokenBytes;
       if (vKind != KIND_FP32) {
         decodeRun(vKind, vBits, vG, vWpg, vScaled, v, d, row);
@@ -359,10 +531,31 @@ export function attendPage(
       }
     }
   }
+
+  // 4. write or log-sum-exp merge the partials (f64, as core/cache/partial.ts merge())
   for (let h = 0; h < hq; h++) {
-    const o = outPtr + (<usize>(h * (d + 2) + 2) << 3);
-    for (let i = 0; i < d; i++) {
-      store<f64>(o + (<usize>i << 3), <f64>load<f32>(acc + (<usize>(h * d + i) << 2)));
+    const o = outPtr + (<usize>(h * (d + 2)) << 3);
+    const a = acc + <usize>h * dBytes;
+    const mp = load<f64>(stats + (<usize>h << 4)), lp = load<f64>(stats + (<usize>h << 4) + 8);
+    const lo = load<f64>(o + 8);
+    if ((flags & FLAG_MERGE) == 0 || lo == 0) {
+      store<f64>(o, mp);
+      store<f64>(o + 8, lp);
+      for (let i = 0; i < d; i++) {
+        store<f64>(o + 16 + (<usize>i << 3), <f64>load<f32>(a + (<usize>i << 2)));
+      }
+      continue;
+    }
+    const mo = load<f64>(o);
+    const m = max(mo, mp);
+    const ea = Math.exp(mo - m), eb = Math.exp(mp - m);
+    store<f64>(o, m);
+    store<f64>(o + 8, lo * ea + lp * eb);
+    const ev = f64x2.splat(ea), fv = f64x2.splat(eb);
+    for (let i = 0; i < d; i += 2) {
+      const po = o + 16 + (<usize>i << 3);
+      const x = f64x2.promote_low_f32x4(v128.load64_zero(a + (<usize>i << 2)));
+      v128.store(po, f64x2.add(f64x2.mul(v128.load(po), ev), f64x2.mul(x, fv)));
     }
   }
 }

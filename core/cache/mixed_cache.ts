@@ -389,7 +389,7 @@ export class MixedPrecisionKVCache implements KVCache {
       const nf = store.windowN + store.sinkN;
       wasm.reserve(d, Math.max(P, nf), group, Math.max(nf, 1) * sw);
       wasm.q().set(q.subarray(kv * group * d, (kv + 1) * group * d));
-      for (const p of this.#partials) p.reset();
+      wasm.clearOut();
       if (nf > 0) {
         const segK = wasm.segK(), segV = wasm.segV();
         let at = 0;
@@ -400,8 +400,7 @@ export class MixedPrecisionKVCache implements KVCache {
         }
         segK.set(store.sinkK.subarray(0, store.sinkN * sw), at);
         segV.set(store.sinkV.subarray(0, store.sinkN * sw), at);
-        wasm.attendSegment(win, wasm.segKPtr, win, wasm.segVPtr, nf, nf, d, group);
-        this.#mergeOut(wasm, d);
+        wasm.attendSegment(win, wasm.segKPtr, win, wasm.segVPtr, nf, nf, d, group, true, true);
         const scores = wasm.scores(nf);
         for (let g = 0; g < group; g++) {
           for (let i = 0; i < store.windowN; i++) {
@@ -412,19 +411,12 @@ export class MixedPrecisionKVCache implements KVCache {
       for (const pool of store.pools.values()) {
         for (const page of pool.pages) {
           if (page.n === 0) continue;
-          wasm.attendSegment(
-            page.keyCodec,
-            page.kPtr,
-            page.valueCodec,
-            page.vPtr,
-            page.n,
-            P,
-            d,
-            group,
-          );
-          this.#mergeOut(wasm, d);
+          const { keyCodec: kc, valueCodec: vc, kPtr, vPtr, n } = page;
+          wasm.attendSegment(kc, kPtr, vc, vPtr, n, P, d, group, false, true);
         }
       }
+      for (const p of this.#partials) p.reset();
+      this.#mergeOut(wasm, d);
       for (let g = 0; g < group; g++) {
         const partial = this.#partials[g], h = kv * group + g;
         partial.finish(out.subarray(h * d, (h + 1) * d));

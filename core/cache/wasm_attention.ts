@@ -55,8 +55,12 @@ interface AttentionKernels {
     outPtr: number,
     scorePtr: number,
     scratch: number,
+    flags: number,
   ): void;
 }
+
+/** attendPage flags (asm/assembly/attention.ts). */
+const FLAG_SCORES = 1, FLAG_MERGE = 2;
 
 let _module: WebAssembly.Module | undefined;
 
@@ -157,8 +161,13 @@ export class WasmAttention {
     return new Float64Array(this.arena.memory.buffer, this.outPtr, this.#hq * (this.#d + 2));
   }
 
+  /** Empties the running partials (l = 0) before a sequence of merging attendSegment calls. */
+  clearOut(): void {
+    this.out().fill(0);
+  }
+
   /**
-   * The last call's scores q_h·k_t/√d at [h·n + t].
+   * The last call's scores q_h·k_t/√d at [h·n + t] (written when attendSegment was asked to).
    * @param n tokens of the last call
    * @returns hq × n doubles
    */
@@ -177,6 +186,8 @@ export class WasmAttention {
    * @param cap tokens per channel of channel-major blocks (the page capacity)
    * @param d head dimension (a multiple of 4)
    * @param hq query heads sharing this KV head
+   * @param scores write the scores (see scores())
+   * @param merge merge into the running partials (see clearOut()) instead of overwriting them
    */
   attendSegment(
     kc: Codec,
@@ -187,6 +198,8 @@ export class WasmAttention {
     cap: number,
     d: number,
     hq: number,
+    scores = true,
+    merge = false,
   ): void {
     const k = kc.spec, v = vc.spec;
     this.#k.attendPage(
@@ -212,6 +225,7 @@ export class WasmAttention {
       this.outPtr,
       this.scorePtr,
       this.#kernelPtr,
+      (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0),
     );
   }
 }

@@ -77,9 +77,10 @@ function drive(
 
 Deno.test("MixedPrecisionKVCache.attend() wasm matches ts for every storable format", () => {
   // d = 128 admits every token-axis group; 128-token pages every channel-axis group; T = 300 is
-  // two full pages, a partial page and (channel formats) staged tokens
+  // two full pages, a partial page and (channel formats) staged tokens; four query heads per KV
+  // head take the kernel's blocked path (heads in fours, tokens in pairs)
   const names = formatNames().filter((n) => getFormat(n).axis !== "heads");
-  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 128, maxSeqLen: 300 };
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 128, maxSeqLen: 300 };
   names.forEach((keyFormat, i) => {
     const valueFormat = names[(i * 7 + 3) % names.length];
     const c = pair(
