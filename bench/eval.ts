@@ -10,7 +10,7 @@
 //                       [--eps E]... [--budget B]...
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
-import { type GpuDevice, requestGpu } from "../mod.ts";
+import { type GpuDevice, requestGpu, uniformPolicy } from "../mod.ts";
 import {
   baselineRows,
   type EvalRow,
@@ -119,6 +119,16 @@ for (const row of rows) {
     `${Math.round(r.greedyMatch * 100)}/100`,
     row.boundHeld === undefined ? "—" : row.boundHeld ? "yes" : "NO",
   ].join(" | "));
+  if (backend === "gpu" && o.kind === "uniform") {
+    // the same policy on the WASM cache with the GPU's fp32 window and eviction ring
+    const same = { ...row, policy: uniformPolicy({ ...o, windowFormat: "fp32" }) };
+    const w = await measureRow(model, same, setup, undefined, "wasm");
+    const rel = Math.abs(r.perplexity - w.perplexity) / w.perplexity;
+    console.log(
+      `  ↳ WASM, same policy with an fp32 window: perplexity ${w.perplexity.toFixed(6)}, ` +
+        `GPU ${r.perplexity.toFixed(6)}, relative difference ${rel.toExponential(2)}`,
+    );
+  }
 }
 // Each kvprec row against the cheapest uniform baseline that holds at least as many bits.
 const uniform = results.filter((r) => r.kind === "baseline" || r.kind === "reference");
