@@ -3,6 +3,7 @@
 // `deno task eval`), and collect what the report draws: per-layer curvature and memory, the format
 // chosen per layer × position, the precision distribution and the quality-vs-bits frontier.
 import { summarizeAnalysis } from "../core/analyzer.ts";
+import { BudgetError } from "../core/errors.ts";
 import type { PrecisionPlan } from "../core/plan.ts";
 import {
   cacheShape,
@@ -17,10 +18,11 @@ import { baselineRows } from "./eval_rows.ts";
 import {
   calibrateModel,
   calibrationSequences,
+  defaultPlanOptions,
+  kvprecFittedPlan,
   kvprecPlan,
   kvprecRow,
   type PlanTarget,
-  RECENT_WINDOW,
 } from "./kvprec_rows.ts";
 
 /** Progress of a long phase: (phase, done, total). */
@@ -123,11 +125,28 @@ export async function runAnalysis(inputs: AnalysisInputs): Promise<AnalysisResul
     calSeqs,
     (p) => inputs.onProgress?.("calibrate", p.done, p.total),
   );
-  const { plan, report } = kvprecPlan(analysis, target);
-  const windowStudy = [16, RECENT_WINDOW, 64].map((w) => {
-    const r = kvprecPlan(analysis, target, w).report;
-    return { recentWindow: w, ...r.plan };
-  });
+  const options = defaultPlanOptions(target);
+  const fitted = await kvprecFittedPlan(model, analysis, calSeqs, target, options);
+  if (fitted.withinBudget === false && "budget" in target) {
+    throw new BudgetError(
+      `budget ${target.budget} bits per element is below what the cache can hold on this model: ` +
+        `the cheapest plan measures ${fitted.calibrationBits.toFixed(2)} bits per element on the ` +
+        `calibration text (every byte counted)`,
+      fitted.calibrationBits,
+    );
+  }
+  const { plan, report } = fitted;
+  // the mapper's view of half and twice the window (those it can plan for at this target)
+  const windowStudy = [plan.recentWindow / 2, plan.recentWindow, plan.recentWindow * 2].flatMap(
+    (w) => {
+      try {
+        const r = kvprecPlan(analysis, target, { ...options, recentWindow: w }).report;
+        return [{ recentWindow: w, ...r.plan }];
+      } catch {
+        return [];
+      }
+    },
+  );
   const calibrateSeconds = (performance.now() - t0) / 1000;
 
   t0 = performance.now();

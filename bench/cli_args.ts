@@ -49,8 +49,9 @@ and a self-contained report.html.
   --tokenizer FILE   llama2.c tokenizer (default fixtures/tok512.bin)
   --text FILE        text, one sequence per line (default fixtures/tinystories_valid_excerpt.txt);
                      the last --calib-lines lines calibrate, the first --lines lines evaluate
-  --eps E            target error ε > 0 of the precision rule (default 0.5)
-  --budget B         average bits per element instead of --eps (> 0; window and sinks counted)
+  --eps E            target error ε > 0 of the precision rule
+  --budget B         bits per element the cache may hold, every byte counted (default 5.4;
+                     below the cache's floor the cheapest plan is used and the report says so)
   --backend NAME     ts | wasm | auto (default auto = wasm; gpu holds uniform policies only)
   --out DIR          output directory (default analysis_out)
   --lines N          evaluation lines (default 3, to stay under a minute)
@@ -58,6 +59,9 @@ and a self-contained report.html.
   --context N        scoring window in tokens (default the model's sequence length)
   --help             this text
 `;
+
+/** The target when neither --eps nor --budget is given: the measured bits of uniform INT3 per channel. */
+export const DEFAULT_BUDGET = 5.4;
 
 const _BACKENDS = ["ts", "wasm", "auto"];
 
@@ -114,10 +118,12 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
     const b = num("--budget", 0, false);
     if (!(b > 0)) throw new UsageError(`--budget is ${b}, expected a number > 0 bits per element`);
     target = { budget: b };
-  } else {
+  } else if (values.has("--eps")) {
     const e = num("--eps", 0.5, false);
     if (!(e > 0)) throw new UsageError(`--eps is ${e}, expected a number > 0`);
     target = { epsilon: e };
+  } else {
+    target = { budget: DEFAULT_BUDGET };
   }
   const backend = values.get("--backend") ?? "auto";
   if (!_BACKENDS.includes(backend)) {

@@ -18,7 +18,7 @@ import {
   type PlanRowSpec,
   planRowSpecs,
 } from "./eval_rows.ts";
-import { kvprecRowName, type PlanTarget } from "./kvprec_rows.ts";
+import { defaultPlanOptions, kvprecRowName, type PlanTarget } from "./kvprec_rows.ts";
 
 function flag(name: string): string | undefined {
   const i = Deno.args.indexOf(name);

@@ -8,6 +8,7 @@ import {
   calibrateModel,
   calibrationLines,
   calibrationSequences,
+  defaultPlanOptions,
   type FittedPlan,
   kvprecFittedPlan,
   type KvprecOptions,
@@ -95,7 +96,7 @@ export interface PlanRowSpec {
  */
 export function planRowSpecs(): PlanRowSpec[] {
   // sinks and window are paid at 16 bits, so budget rows keep them small
-  const W = { sinkTokens: 2, recentWindow: 8 };
+  const W = defaultPlanOptions({ budget: 1 });
   const spec = (
     name: string,
     kind: PlanRowSpec["kind"],

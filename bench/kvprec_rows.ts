@@ -118,6 +118,16 @@ export interface KvprecOptions {
 }
 
 /**
+ * Sinks and window a target uses unless told otherwise: a budget pays them at 16 bits, so budgets
+ * keep them small (2 sinks, 8 recent tokens); the precision rule keeps 4 and 32.
+ * @param target ε or budget
+ * @returns the options
+ */
+export function defaultPlanOptions(target: PlanTarget): KvprecOptions {
+  return "budget" in target ? { sinkTokens: 2, recentWindow: 8 } : {};
+}
+
+/**
  * The plan for a target, from the mapper alone (its budget counts codes, scales, sinks and window).
  *
  * @param analysis the calibration
@@ -173,7 +183,7 @@ export async function kvprecFittedPlan(
   analysis: Analysis,
   calibration: number[][],
   target: PlanTarget,
-  options: KvprecOptions = {},
+  options: KvprecOptions = defaultPlanOptions(target),
 ): Promise<FittedPlan> {
   const shape = cacheShape(model.config);
   // bits are measured on the calibration lines at full context (the prefixes would overstate the

@@ -122,7 +122,9 @@ if (kv.bitsPerElement > a.predicted.plan.bitsPerElement + 0.5) {
   console.log(
     `- measured ${kv.bitsPerElement.toFixed(2)} bits vs ${
       a.predicted.plan.bitsPerElement.toFixed(2)
-    } predicted: partly filled pages of the many format pools cost bits on short windows; ` +
-      `fewer tiers or smaller pages would close the gap`,
+    } counted by the mapper: the cache also holds the 32-token eviction ring (tokens wait ` +
+      `there until a whole channel group leaves), window scores, page-table entries and the last ` +
+      `page of each pool, which weigh most on short texts; the budget fit aims at measured bits, ` +
+      `but measures them on the calibration lines`,
   );
 }

@@ -171,7 +171,7 @@ Deno.test("analyze exits with code 2 and one line on bad input", async () => {
     [["--text", `${dir}/empty.txt`], /has no line of at least one token/],
     [["--eps", "0"], /--eps is 0, expected a number > 0/],
     [["--eps", "-2"], /--eps is -2/],
-    [["--budget", "0.5"], /budget 0\.5 bits per element is below the cheapest/],
+    [["--budget", "0.5"], /budget 0\.5 bits per element is below what the cache can hold/],
   ];
   for (const [args, re] of cases) {
     const r = await run("bench/analyze.ts", [...args, "--lines", "1", "--out", `${dir}/o`]);

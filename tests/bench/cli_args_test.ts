@@ -3,7 +3,7 @@ import { parseAnalyzeArgs, UsageError } from "../../bench/cli_args.ts";
 
 Deno.test("parseAnalyzeArgs() reads every flag, both spellings", () => {
   const cases: [string[], Partial<ReturnType<typeof parseAnalyzeArgs>>][] = [
-    [[], { target: { epsilon: 0.5 }, backend: "auto", out: "analysis_out", lines: 3 }],
+    [[], { target: { budget: 5.4 }, backend: "auto", out: "analysis_out", lines: 3 }],
     [["--eps", "0.25", "--lines", "2"], { target: { epsilon: 0.25 }, lines: 2 }],
     [["--budget=7.5", "--out", "x"], { target: { budget: 7.5 }, out: "x" }],
     [["--model", "m.bin", "--tokenizer=t.bin", "--text", "a.txt"], {
