@@ -74,7 +74,7 @@ const specs: PlanRowSpec[] = [
     name: kvprecRowName(target),
     kind: "kvprec" as const,
     target,
-    options: {},
+    options: defaultPlanOptions(target),
   })),
 ].filter((s) => matches(s.name));
 rows.push(...(await planRows(model, sequences, specs)));
