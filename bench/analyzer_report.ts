@@ -15,7 +15,8 @@ import { parseCheckpoint } from "../core/model/checkpoint.ts";
 import { Float32KVCache } from "../core/model/kv_cache.ts";
 import { parseTokenizer } from "../core/model/tokenizer.ts";
 import { cacheShape, Transformer } from "../core/model/transformer.ts";
-import { buildPrecisionPlan, planToPolicy } from "../core/plan.ts";
+import { buildPrecisionPlan } from "../core/plan.ts";
+import { planPolicy } from "../core/cache/plan_policy.ts";
 import { RecordingKVCache } from "../core/recording_cache.ts";
 import { attentionOutputGains, composeLayerBounds, verifyHeads } from "../core/verifier.ts";
 
@@ -122,7 +123,7 @@ for (const [label, options] of rows) {
   const composed = composeLayerBounds(local.map((e, l) => e * gains[l]), local.map(() => 1)).at(
     -1,
   )!;
-  const mc = new MixedPrecisionKVCache(shape, planToPolicy(plan));
+  const mc = new MixedPrecisionKVCache(shape, planPolicy(plan));
   const fc = new Float32KVCache(shape);
   let worst = 0;
   for (let p = 0; p < heldOut.length; p++) {

@@ -292,3 +292,71 @@ function _typeName(v: unknown): string {
 function _lengthOf(v: unknown): string {
   return ArrayBuffer.isView(v) ? String((v as Float32Array).length) : _typeName(v);
 }
+
+/**
+ * What every codec shares: sizes, the allocating encode and the checked block decode, written once
+ * over the two methods each back end implements (encodeInto, decodeWords).
+ */
+export abstract class CodecBase implements Codec {
+  /** The format. */
+  readonly spec: FormatSpec;
+  /** Which implementation this is. */
+  abstract readonly backend: CodecBackend;
+
+  /**
+   * Creates the codec of `spec`.
+   *
+   * @param spec the format
+   */
+  constructor(spec: FormatSpec) {
+    this.spec = spec;
+  }
+
+  /**
+   * Words an encoding of `length` elements takes.
+   *
+   * @param length element count
+   * @returns words needed
+   */
+  wordsFor(length: number): number {
+    return wordsForLength(this.spec, length);
+  }
+
+  /**
+   * Bytes an encoding of `length` elements takes.
+   *
+   * @param length element count
+   * @returns bytes needed
+   */
+  byteSize(length: number): number {
+    return 4 * this.wordsFor(length);
+  }
+
+  /**
+   * Encodes into a new block.
+   *
+   * @param x values
+   * @param opts clamping
+   * @returns the block
+   */
+  encode(x: Float32Array, opts?: EncodeOptions): PackedBlock {
+    const words = new Uint32Array(checkInput(this.spec, x));
+    this.encodeInto(x, words, opts);
+    return { format: this.spec.name, length: x.length, words };
+  }
+
+  /**
+   * Decodes a block after checking it belongs to this format; writes nothing on error.
+   *
+   * @param block a block of this format
+   * @param out destination
+   */
+  decode(block: PackedBlock, out: Float32Array): void {
+    checkBlock(this.spec, block);
+    this.decodeWords(block.words, block.length, out);
+  }
+
+  abstract encodeInto(x: Float32Array, words: Uint32Array, opts?: EncodeOptions): void;
+  abstract decodeWords(words: Uint32Array, length: number, out: Float32Array): void;
+  abstract errorBound(words: Uint32Array, length: number, out: Float32Array): void;
+}

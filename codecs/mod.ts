@@ -20,6 +20,7 @@
 export {
   type Codec,
   type CodecBackend,
+  CodecBase,
   type EncodeOptions,
   type GroupHeader,
   type PackedBlock,

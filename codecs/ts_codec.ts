@@ -21,17 +21,14 @@
  */
 
 import {
-  checkBlock,
   checkDecodeArgs,
   checkEncodeArgs,
-  checkInput,
   clampedInput,
-  type Codec,
+  CodecBase,
   type EncodeOptions,
-  type PackedBlock,
 } from "./codec.ts";
 import { decodeFloat, encodeFloat, floatErrorBound } from "./float.ts";
-import { type FormatSpec, getFormat, wordsForLength } from "./format.ts";
+import { type FormatSpec, getFormat } from "./format.ts";
 import { checkIntHeaders, decodeIntGroups, encodeIntGroups, intErrorBound } from "./int.ts";
 import {
   checkScaleHeaders,
@@ -41,9 +38,7 @@ import {
 } from "./int8s.ts";
 
 /** The reference codec of one format. */
-export class TsCodec implements Codec {
-  /** The format. */
-  readonly spec: FormatSpec;
+export class TsCodec extends CodecBase {
   /** Always `"ts"`. */
   readonly backend = "ts" as const;
 
@@ -53,40 +48,7 @@ export class TsCodec implements Codec {
    * @param spec the format
    */
   constructor(spec: FormatSpec) {
-    this.spec = spec;
-  }
-
-  /**
-   * Words an encoding of `length` elements takes.
-   *
-   * @param length element count
-   * @returns words needed
-   */
-  wordsFor(length: number): number {
-    return wordsForLength(this.spec, length);
-  }
-
-  /**
-   * Bytes an encoding of `length` elements takes.
-   *
-   * @param length element count
-   * @returns bytes needed
-   */
-  byteSize(length: number): number {
-    return 4 * this.wordsFor(length);
-  }
-
-  /**
-   * Encodes into a new block.
-   *
-   * @param x values
-   * @param opts clamping
-   * @returns the block
-   */
-  encode(x: Float32Array, opts?: EncodeOptions): PackedBlock {
-    const words = new Uint32Array(checkInput(this.spec, x));
-    this.encodeInto(x, words, opts);
-    return { format: this.spec.name, length: x.length, words };
+    super(spec);
   }
 
   /**
@@ -112,17 +74,6 @@ export class TsCodec implements Codec {
         encodeFloat(this.spec, input, scratch);
     }
     words.set(scratch);
-  }
-
-  /**
-   * Decodes a block; writes nothing on error.
-   *
-   * @param block a block of this format
-   * @param out destination
-   */
-  decode(block: PackedBlock, out: Float32Array): void {
-    checkBlock(this.spec, block);
-    this.decodeWords(block.words, block.length, out);
   }
 
   /**

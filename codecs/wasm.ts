@@ -23,14 +23,11 @@
 import { CorruptDataError } from "../core/errors.ts";
 import { WASM_BASE64 } from "./_wasm_bytes.ts";
 import {
-  checkBlock,
   checkDecodeArgs,
   checkEncodeArgs,
-  checkInput,
-  type Codec,
+  CodecBase,
   type EncodeOptions,
   nonFiniteError,
-  type PackedBlock,
   rangeError,
 } from "./codec.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "./format.ts";
@@ -163,9 +160,7 @@ export function wasmCodec(name: string): WasmCodec {
 }
 
 /** One format's codec over the WASM kernels. */
-export class WasmCodec implements Codec {
-  /** The format. */
-  readonly spec: FormatSpec;
+export class WasmCodec extends CodecBase {
   /** Always `"wasm"`. */
   readonly backend = "wasm" as const;
   #owner: WasmCodecs;
@@ -177,41 +172,8 @@ export class WasmCodec implements Codec {
    * @param owner the module instance
    */
   constructor(spec: FormatSpec, owner: WasmCodecs) {
-    this.spec = spec;
+    super(spec);
     this.#owner = owner;
-  }
-
-  /**
-   * Words an encoding of `length` elements takes.
-   *
-   * @param length element count
-   * @returns words needed
-   */
-  wordsFor(length: number): number {
-    return wordsForLength(this.spec, length);
-  }
-
-  /**
-   * Bytes an encoding of `length` elements takes.
-   *
-   * @param length element count
-   * @returns bytes needed
-   */
-  byteSize(length: number): number {
-    return 4 * this.wordsFor(length);
-  }
-
-  /**
-   * Encodes into a new block.
-   *
-   * @param x values
-   * @param opts clamping
-   * @returns the block
-   */
-  encode(x: Float32Array, opts?: EncodeOptions): PackedBlock {
-    const words = new Uint32Array(checkInput(this.spec, x));
-    this.encodeInto(x, words, opts);
-    return { format: this.spec.name, length: x.length, words };
   }
 
   /**
@@ -288,17 +250,6 @@ export class WasmCodec implements Codec {
         else k.decodeFp8(src, dst, n, bias);
       }
     }
-  }
-
-  /**
-   * Decodes a block; writes nothing on error.
-   *
-   * @param block a block of this format
-   * @param out destination
-   */
-  decode(block: PackedBlock, out: Float32Array): void {
-    checkBlock(this.spec, block);
-    this.decodeWords(block.words, block.length, out);
   }
 
   /**

@@ -37,7 +37,6 @@
  */
 
 import type { Analysis, HeadCalibration } from "./analyzer.ts";
-import { type CachePolicy, tieredPolicy } from "./cache/policy.ts";
 import {
   BudgetError,
   CorruptDataError,
@@ -503,39 +502,6 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     errorModel,
     diameter: ranges.map((row) => row.map((r) => Math.max(r.key, r.value))),
   };
-}
-
-/** Options of {@linkcode planToPolicy}. */
-export interface PlanPolicyOptions {
-  /** Tokens per page (default 32). */
-  pageTokens?: number;
-  /** Label (default from the plan's meta). */
-  label?: string;
-}
-
-/**
- * The cache policy that applies a plan online (MixedPrecisionKVCache takes it).
- *
- * @param plan the plan
- * @param options page size and label
- * @returns a tiered policy with the plan's sinks, window and tiers
- */
-export function planToPolicy(plan: PrecisionPlan, options: PlanPolicyOptions = {}): CachePolicy {
-  const m = plan.meta ?? {};
-  const label = options.label ??
-    (m.mode === "rule"
-      ? `plan ε=${m.epsilon}`
-      : m.mode === "budget"
-      ? `plan ${m.bitsPerElement} bpe`
-      : "plan");
-  return tieredPolicy({
-    label,
-    sinkTokens: plan.sinkTokens,
-    recentWindow: plan.recentWindow,
-    windowFormat: plan.windowFormat,
-    pageTokens: options.pageTokens,
-    tiers: plan.layers.map((layer) => layer.heads.map((head) => head.tiers)),
-  });
 }
 
 function _recency(o: _Resolved, t: number, n: number): number {

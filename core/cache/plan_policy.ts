@@ -27,10 +27,10 @@ import { type CachePolicy, tieredPolicy } from "./policy.ts";
  * channel groups of every format the plan uses.
  *
  * @param plan the plan
- * @param label a name for tables and reports
+ * @param label a name for tables and reports (default from the plan's meta: mode and target)
  * @returns the policy
  */
-export function planPolicy(plan: PrecisionPlan, label: string): CachePolicy {
+export function planPolicy(plan: PrecisionPlan, label: string = planLabel(plan)): CachePolicy {
   const tiers = plan.layers.map((l) => l.heads.map((h) => h.tiers));
   let pageTokens = 32;
   for (const layer of tiers) {
@@ -51,6 +51,13 @@ export function planPolicy(plan: PrecisionPlan, label: string): CachePolicy {
     pageTokens,
     tiers,
   });
+}
+
+function planLabel(plan: PrecisionPlan): string {
+  const m = plan.meta ?? {};
+  if (m.mode === "rule") return `plan ε=${m.epsilon}`;
+  if (m.mode === "budget") return `plan ${m.bitsPerElement} bpe`;
+  return "plan";
 }
 
 /** Result of {@linkcode fitPlanToBudget}. */

@@ -10,7 +10,8 @@ import { BudgetError, InvalidValueError } from "../../core/errors.ts";
 import { parseCheckpoint } from "../../core/model/checkpoint.ts";
 import { parseTokenizer } from "../../core/model/tokenizer.ts";
 import { cacheShape, Transformer } from "../../core/model/transformer.ts";
-import { buildPrecisionPlan, planToPolicy, validatePrecisionPlan } from "../../core/plan.ts";
+import { buildPrecisionPlan, validatePrecisionPlan } from "../../core/plan.ts";
+import { planPolicy } from "../../core/cache/plan_policy.ts";
 import { RecordingKVCache } from "../../core/recording_cache.ts";
 import { checkAssignment, verifyHeads } from "../../core/verifier.ts";
 
@@ -127,7 +128,7 @@ Deno.test("buildPrecisionPlan() meets budgets on the fixture and rejects bad inp
     );
     const json = JSON.parse(JSON.stringify(plan));
     assert.deepEqual(validatePrecisionPlan(json, (n) => NAMES.includes(n)), json);
-    assert.equal(planToPolicy(plan).recentWindow, 8);
+    assert.equal(planPolicy(plan).recentWindow, 8);
     assert.ok(report.scoreVsSensitivity > 0.3, `ρ ${report.scoreVsSensitivity}`);
   }
   // The rule: smaller ε never needs fewer bits; the oracle has no violations.
