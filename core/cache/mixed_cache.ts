@@ -24,7 +24,7 @@
  */
 
 import { type Codec, tsCodec } from "../../codecs/mod.ts";
-import { FormatError, InvalidValueError, ShapeError } from "../errors.ts";
+import { BudgetError, FormatError, InvalidValueError, ShapeError } from "../errors.ts";
 import {
   type CacheMemory,
   checkAppend,
@@ -167,6 +167,12 @@ export interface MixedCacheOptions {
    * page in place, merging flash-decoding partials (head_dim must be a multiple of 4).
    */
   backend?: "ts" | "wasm";
+  /**
+   * Memory budget in bytes (as memory() counts them). An append that would need more throws
+   * {@linkcode BudgetError} and changes nothing; a budget below the fixed buffers (sinks, window
+   * ring) fails at construction.
+   */
+  maxBytes?: number;
 }
 
 /**
@@ -196,6 +202,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
+  /** Memory budget in bytes, if any. */
+  readonly maxBytes: number | undefined;
   readonly #wasm: WasmAttention | undefined;
   #partials: Partial[] = [];
   #segment: Partial;
@@ -212,6 +220,12 @@ export class MixedPrecisionKVCache implements KVCache {
     this.shape = { ...shape };
     this.policy = policy;
     this.backend = options.backend ?? "ts";
+    this.maxBytes = options.maxBytes;
+    if (this.maxBytes !== undefined && !(this.maxBytes > 0)) {
+      throw new InvalidValueError(
+        `maxBytes is ${this.maxBytes}, expected a positive number of bytes`,
+      );
+    }
     if (this.backend !== "ts" && this.backend !== "wasm") {
       throw new InvalidValueError(`backend ${this.backend}: expected "ts" or "wasm"`);
     }
@@ -261,6 +275,14 @@ export class MixedPrecisionKVCache implements KVCache {
       this.#partials = Array.from({ length: hq }, () => new Partial(d));
       this.#windowScores = new Float64Array(hq * this.#ring);
     }
+    const fixed = this.memory().bytes;
+    if (this.maxBytes !== undefined && fixed > this.maxBytes) {
+      throw new BudgetError(
+        `memory budget ${this.maxBytes} bytes is below the cache's fixed buffers (sinks and window ` +
+          `ring): ${fixed} bytes`,
+        fixed,
+      );
+    }
   }
 
   #freshHeads(): HeadStore[][] {
@@ -290,6 +312,15 @@ export class MixedPrecisionKVCache implements KVCache {
     checkAppend(this.shape, layer, pos, this.#lengths[layer], k, v);
     checkRange(k, "k");
     checkRange(v, "v");
+    if (this.maxBytes !== undefined) {
+      const now = this.memory().bytes, more = this.#growth(layer, pos);
+      if (now + more > this.maxBytes) {
+        throw new BudgetError(
+          `appending position ${pos} to layer ${layer} needs ${more} more bytes: ` +
+            `${now + more} would exceed the memory budget of ${this.maxBytes} bytes`,
+        );
+      }
+    }
     // nothing below can throw: the cache changes only after every check passed
     const d = this.shape.headDim, R = this.#ring, sw = this.#slotWords;
     for (let h = 0; h < this.shape.nKvHeads; h++) {
@@ -308,6 +339,34 @@ export class MixedPrecisionKVCache implements KVCache {
       if (++store.windowN === R) this.#evict(store, layer, h);
     }
     this.#lengths[layer] = pos + 1;
+  }
+
+  /** Bytes an append at `pos` would allocate: a new page wherever an eviction finds no room. */
+  #growth(layer: number, pos: number): number {
+    if (pos < this.policy.sinkTokens) return 0;
+    const Q = this.evictQuantum, R = this.#ring, d = this.shape.headDim;
+    let bytes = 0;
+    for (let h = 0; h < this.shape.nKvHeads; h++) {
+      const store = this.#heads[layer][h];
+      if (store.windowN + 1 < R) continue;
+      let score = 0;
+      if (this.#tracksScores) {
+        for (let i = 0; i < Q; i++) score += store.windowScore[(store.windowStart + i) % R];
+      }
+      const pair = this.policy.formatFor(layer, h, score / Q);
+      const pool = store.pools.get(`${pair.keyFormat}|${pair.valueFormat}`);
+      const last = pool?.pages[pool.pages.length - 1];
+      if (!last || last.n + Q > last.capacity) {
+        bytes += Page.bytesFor(
+          this.#codecFor(pair.keyFormat),
+          this.#codecFor(pair.valueFormat),
+          this.policy.pageTokens,
+          d,
+          this.#wasm !== undefined,
+        );
+      }
+    }
+    return bytes;
   }
 
   /**

@@ -113,9 +113,30 @@ export class Page {
 
   /** Bytes held: packed words (arena blocks with their alignment) plus the page-table entry. */
   get bytes(): number {
-    const k = 4 * this.#kn, v = 4 * this.#vn;
-    const words = this.#arena ? PageArena.blockBytes(k) + PageArena.blockBytes(v) : k + v;
-    return words + PAGE_TABLE_ENTRY_BYTES;
+    return pageBytes(4 * this.#kn, 4 * this.#vn, this.#arena !== undefined);
+  }
+
+  /**
+   * Bytes a page of these formats and shape holds, before it is allocated (memory budgets).
+   * @param keyCodec codec of the keys
+   * @param valueCodec codec of the values
+   * @param capacity tokens per page
+   * @param headDim elements per token
+   * @param inArena whether the page lives in WebAssembly memory (16-byte aligned blocks)
+   * @returns the bytes {@linkcode Page.bytes} will report
+   */
+  static bytesFor(
+    keyCodec: Codec,
+    valueCodec: Codec,
+    capacity: number,
+    headDim: number,
+    inArena: boolean,
+  ): number {
+    return pageBytes(
+      4 * keyCodec.wordsFor(capacity * headDim),
+      4 * valueCodec.wordsFor(capacity * headDim),
+      inArena,
+    );
   }
 
   /**
@@ -189,6 +210,13 @@ let _columnBuf = new Float32Array(128);
 function _column(n: number): Float32Array {
   if (_columnBuf.length < n) _columnBuf = new Float32Array(n);
   return _columnBuf.subarray(0, n);
+}
+
+function pageBytes(kBytes: number, vBytes: number, inArena: boolean): number {
+  const words = inArena
+    ? PageArena.blockBytes(kBytes) + PageArena.blockBytes(vBytes)
+    : kBytes + vBytes;
+  return words + PAGE_TABLE_ENTRY_BYTES;
 }
 
 function quantum(codec: Codec): number {

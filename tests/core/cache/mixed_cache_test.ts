@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import {
   attendHead,
+  BudgetError,
   cacheShape,
   CapacityError,
   CorruptDataError,
@@ -304,4 +305,42 @@ Deno.test("MixedPrecisionKVCache with fp32 pages reproduces the FP32 perplexity"
   assert.equal(r.tokens, ref.tokens);
   assert.ok(Math.abs(r.meanNll - ref.meanNll) < 1e-6, `${r.meanNll} vs ${ref.meanNll}`);
   assert.ok(REFERENCE.perplexity[512] > 0);
+});
+
+Deno.test("MixedPrecisionKVCache keeps to a memory budget and is unchanged by the append it refuses", () => {
+  const next = rng(15);
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 200 };
+  const policy = uniformPolicy({
+    keyFormat: "int4-g32-channel",
+    valueFormat: "int4-g32-channel",
+    sinkTokens: 2,
+    recentWindow: 4,
+    pageTokens: 32,
+  });
+  for (const backend of ["ts", "wasm"] as const) {
+    const fixed = new MixedPrecisionKVCache(shape, policy, { backend }).memory().bytes;
+    assert.throws(
+      () => new MixedPrecisionKVCache(shape, policy, { backend, maxBytes: fixed - 1 }),
+      (e: Error) => e instanceof BudgetError && e.message.includes(`${fixed} bytes`),
+    );
+    const cache = new MixedPrecisionKVCache(shape, policy, { backend, maxBytes: fixed + 400 });
+    let pos = 0, refused: Error | undefined;
+    for (; pos < 200; pos++) {
+      const k = normals(8, next), v = normals(8, next);
+      const before = saveCache(cache);
+      try {
+        cache.append(0, pos, k, v);
+      } catch (e) {
+        refused = e as Error;
+        assert.deepEqual(saveCache(cache), before, `${backend}: a refused append changes nothing`);
+        break;
+      }
+      assert.ok(cache.memory().bytes <= fixed + 400, `${backend}: within budget at ${pos}`);
+    }
+    // one int4-g32-channel page of 32 tokens × 8 is 2 × 8 × 5 words + 16 = 336 bytes: the second
+    // group evicted needs a second page
+    assert.ok(refused instanceof BudgetError, `${backend}: ${refused}`);
+    assert.equal(pos, 2 + 4 + 32 + 32 - 1, `${backend}: refused at the second eviction`);
+    assert.match(refused.message, /exceed the memory budget/);
+  }
 });
