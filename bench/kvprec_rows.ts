@@ -101,6 +101,7 @@ export function calibrateModel(
       sinkTokens: SINK_TOKENS,
       recentWindow: RECENT_WINDOW,
       windows: [4, 8, 16, 32, 64],
+      measureFormats: [...new Set([...KEY_FORMATS, ...VALUE_FORMATS])],
     },
   );
 }
