@@ -1,7 +1,7 @@
 /**
  * kvprec: a mixed-precision key/value cache for transformer inference. It measures how much each
  * cached position matters, stores K and V at the precision each needs, and runs attention directly
- * on the compressed cache. Pure TypeScript with a WebAssembly SIMD and a WebGPU backend; no Deno.*
+ * on the compressed cache. Pure TypeScript with a WebAssembly SIMD and a WebGPU backend; no Deno-only
  * API, so it runs in Deno, browsers and edge runtimes.
  *
  * @example

@@ -1,14 +1,7 @@
-/** Seeded PRNG for tests (mulberry32), so a failing case reproduces from its seed. */
-export function makeRng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from "../_fixtures.ts";
+
+/** Seeded PRNG for tests (mulberry32, shared with tests/_fixtures.ts). */
+export const makeRng: (seed: number) => () => number = rng;
 
 /** Standard normal samples (Box–Muller) from a uniform source. */
 export function gaussian(rng: () => number): number {
