@@ -23,6 +23,8 @@
  * @module
  */
 
+import { attention } from "./tensor.ts";
+
 /** Per-position sensitivities of one head for one query. */
 export interface HeadSensitivity {
   /** Output o = Σ α_t v_t, length d. */
@@ -60,30 +62,7 @@ export function attentionWeights(
   out: Float64Array,
   qOffset = 0,
 ): void {
-  const scale = 1 / Math.sqrt(d);
-  let max = -Infinity;
-  for (let t = 0; t < n; t++) {
-    let s = 0;
-    const o = t * d;
-    for (let i = 0; i < d; i++) s += q[qOffset + i] * keys[o + i];
-    s *= scale;
-    weights[t] = s;
-    if (s > max) max = s;
-  }
-  let sum = 0;
-  for (let t = 0; t < n; t++) {
-    const e = Math.exp(weights[t] - max);
-    weights[t] = e;
-    sum += e;
-  }
-  const inv = 1 / sum;
-  for (let i = 0; i < d; i++) out[i] = 0;
-  for (let t = 0; t < n; t++) {
-    const w = weights[t] * inv;
-    weights[t] = w;
-    const o = t * d;
-    for (let i = 0; i < d; i++) out[i] += w * values[o + i];
-  }
+  attention(q, keys, values, n, d, weights, out, qOffset);
 }
 
 /**

@@ -185,3 +185,53 @@ export function argmax(x: Float32Array): number {
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
   return best;
 }
+
+/**
+ * Attention of one query over n keys and values (row-major n × d): softmax(K q / √d)ᵀ V, the max
+ * subtracted before exp for stability. The array types choose the precision: float32 arrays round
+ * the weights and output as llama2.c does, float64 arrays keep the analyzer's full precision.
+ *
+ * @param q query, d elements from qOffset
+ * @param keys n × d keys
+ * @param values n × d values
+ * @param n positions
+ * @param d head dimension
+ * @param weights at least n elements; overwritten with the attention weights α
+ * @param out d outputs, overwritten
+ * @param qOffset where the query starts in q
+ */
+export function attention(
+  q: ArrayLike<number>,
+  keys: ArrayLike<number>,
+  values: ArrayLike<number>,
+  n: number,
+  d: number,
+  weights: Float32Array | Float64Array,
+  out: Float32Array | Float64Array,
+  qOffset = 0,
+): void {
+  const scale = 1 / Math.sqrt(d);
+  let max = -Infinity;
+  for (let t = 0; t < n; t++) {
+    let s = 0;
+    const o = t * d;
+    for (let i = 0; i < d; i++) s += q[qOffset + i] * keys[o + i];
+    s *= scale;
+    weights[t] = s;
+    if (s > max) max = s;
+  }
+  let sum = 0;
+  for (let t = 0; t < n; t++) {
+    const e = Math.exp(weights[t] - max);
+    weights[t] = e;
+    sum += e;
+  }
+  const inv = 1 / sum;
+  out.fill(0, 0, d);
+  for (let t = 0; t < n; t++) {
+    const w = weights[t] * inv;
+    weights[t] = w;
+    const o = t * d;
+    for (let i = 0; i < d; i++) out[i] += w * values[o + i];
+  }
+}

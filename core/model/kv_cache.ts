@@ -18,6 +18,7 @@
  */
 
 import { CapacityError, ShapeError } from "../errors.ts";
+import { attention } from "../tensor.ts";
 
 /** Shape of a cache: one slot per layer, KV head and position. */
 export interface KVCacheShape {
@@ -253,7 +254,7 @@ export class Float32KVCache implements KVCache {
  * @param values n × d values
  * @param n positions
  * @param d head dimension
- * @param scores scratch of at least n elements
+ * @param scores at least n elements; overwritten with the attention weights
  * @param out output, length d, overwritten
  */
 export function attendHead(
@@ -265,27 +266,5 @@ export function attendHead(
   scores: Float32Array,
   out: Float32Array,
 ): void {
-  const scale = 1 / Math.sqrt(d);
-  let max = -Infinity;
-  for (let t = 0; t < n; t++) {
-    let s = 0;
-    const o = t * d;
-    for (let i = 0; i < d; i++) s += q[i] * keys[o + i];
-    s *= scale;
-    scores[t] = s;
-    if (s > max) max = s;
-  }
-  let sum = 0;
-  for (let t = 0; t < n; t++) {
-    const e = Math.exp(scores[t] - max);
-    scores[t] = e;
-    sum += e;
-  }
-  out.fill(0);
-  const inv = 1 / sum;
-  for (let t = 0; t < n; t++) {
-    const w = scores[t] * inv;
-    const o = t * d;
-    for (let i = 0; i < d; i++) out[i] += w * values[o + i];
-  }
+  attention(q, keys, values, n, d, scores, out);
 }
