@@ -100,3 +100,26 @@ console.log(`codec throughput, 16 MiB of f32 (${BENCH_LENGTH} elements), GB/s of
 console.log(line(head));
 console.log("| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |");
 for (const r of rows) console.log(line(r));
+
+// What the core itself moves, for reading the table: 16 MiB copied within WASM memory, and copied
+// out of it into a JS array in the 64 KiB pieces decodeWords uses (its copy-out). decodeWords pays
+// the kernel and that copy-out one after the other, so its GB/s is at most 1/(1/kernel + 1/copy-out).
+const [a, b] = mod.arena.layout(bytes, bytes);
+const wa = mod.arena.f32(a, BENCH_LENGTH), wb = mod.arena.f32(b, BENCH_LENGTH);
+wa.set(x);
+const tCopy = timeIt(() => wb.set(wa), 15);
+const stage = mod.arena.f32(a, 16384);
+const tOut = timeIt(() => {
+  for (let off = 0; off < BENCH_LENGTH; off += 16384) y.set(stage, off);
+}, 15);
+console.log(
+  `\nthis core, 16 MiB: memcpy in WASM memory ${gbs(tCopy).toFixed(1)} GB/s; copy-out to a JS ` +
+    `array in 64 KiB pieces ${gbs(tOut).toFixed(1)} GB/s`,
+);
+const i4 = rows.find((r) => r[0] === "int4-g32-token" && r[2] === "decode")!;
+const tsGbs = Number(i4[3]), need = 8 * tsGbs;
+console.log(
+  `int4 decode, target ≥ 8× TS = ${need.toFixed(1)} GB/s: decodeWords ${i4[4]}, decodeView ` +
+    `${i4[6]}, kernel alone ${i4[8]}; through decodeWords the kernel would need ` +
+    `${(1 / (1 / need - 1 / gbs(tOut))).toFixed(1)} GB/s to reach it`,
+);

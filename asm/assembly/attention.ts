@@ -7,6 +7,9 @@
 // Decoded values follow FORMAT.md exactly: int x̂ = f32(f32(code·s) + m) (f32x4.mul then
 // f32x4.add, never fused), fp16/bf16/fp8 by exact bit algorithms, int8s/scaled fp8 f32(v·s).
 
+import { f16ToF32 } from "./f16";
+import { decodeIntGroup } from "./int_group";
+
 // Format kind ids (codecs/format.ts FORMAT_KIND_IDS).
 const KIND_INT: i32 = 0;
 const KIND_INT8S: i32 = 1;
@@ -16,116 +19,16 @@ const KIND_FP32: i32 = 4;
 const KIND_FP8E4M3: i32 = 5;
 const KIND_FP8E5M2: i32 = 6;
 
-// f32 value of fp16 bits h (exact; FORMAT.md "Float formats").
-// @ts-ignore: decorator
-@inline function _h2f(h: u32): f32 {
-  const sign = (h & 0x8000) << 16;
-  const e = (h >>> 10) & 31;
-  const m = h & 0x3ff;
-  if (e == 31) return reinterpret<f32>(sign | 0x7f800000 | (m << 13));
-  if (e != 0) return reinterpret<f32>(sign | ((e + 112) << 23) | (m << 13));
-  return reinterpret<f32>(sign | reinterpret<u32>(<f32>m * 5.9604644775390625e-8)); // m·2^−24
-}
-
 // f32 value of an fp8 code (e4m3 when e4m3, else e5m2 = high byte of an fp16).
 // @ts-ignore: decorator
 @inline function _fp8(c: u32, e4m3: bool): f32 {
-  if (!e4m3) return _h2f(c << 8);
+  if (!e4m3) return f16ToF32(c << 8);
   const sign = (c & 0x80) << 24;
   const e = (c >>> 3) & 15;
   const m = c & 7;
   if (e == 15 && m == 7) return reinterpret<f32>(sign | 0x7fc00000);
   if (e != 0) return reinterpret<f32>(sign | ((e + 120) << 23) | (m << 20));
   return reinterpret<f32>(sign | reinterpret<u32>(<f32>m * 0.001953125)); // m·2^−9
-}
-
-// x̂ = f32(f32(c·s) + m) for four u32 codes.
-// @ts-ignore: decorator
-@inline function _affine(codes: v128, s: v128, m: v128): v128 {
-  return f32x4.add(f32x4.mul(f32x4.convert_i32x4_u(codes), s), m);
-}
-
-// Stores 16 decoded values from 16 u8 codes (bytes of c).
-// @ts-ignore: decorator
-@inline function _store16(dst: usize, c: v128, s: v128, m: v128): void {
-  const lo = i16x8.extend_low_i8x16_u(c), hi = i16x8.extend_high_i8x16_u(c);
-  v128.store(dst, _affine(i32x4.extend_low_i16x8_u(lo), s, m));
-  v128.store(dst + 16, _affine(i32x4.extend_high_i16x8_u(lo), s, m));
-  v128.store(dst + 32, _affine(i32x4.extend_low_i16x8_u(hi), s, m));
-  v128.store(dst + 48, _affine(i32x4.extend_high_i16x8_u(hi), s, m));
-}
-
-// Decodes one asymmetric int group of G codes (b bits, header word first) into dst.
-// @ts-ignore: decorator
-@inline function _decodeIntGroup(src: usize, G: i32, b: i32, codeWords: i32, dst: usize): void {
-  const hdr = load<u32>(src);
-  let sc: f32, mn: f32;
-  if ((hdr & 0x7c00) != 0x7c00 && (hdr & 0x7c000000) != 0x7c000000) {
-    // finite halves (always, for headers the encoder wrote): exponent and mantissa moved into f32
-    // position, then ×2^112 rebias the exponent, exact for normals and subnormals alike
-    sc = reinterpret<f32>(((hdr & 0x7fff) << 13) | ((hdr & 0x8000) << 16)) * 5.192296858534828e33;
-    mn = reinterpret<f32>(((hdr >>> 3) & 0x0fffe000) | (hdr & 0x80000000)) * 5.192296858534828e33;
-  } else {
-    sc = _h2f(hdr & 0xffff);
-    mn = _h2f(hdr >>> 16);
-  }
-  const codes = src + 4;
-  if ((codeWords & 3) == 0 && (b == 8 || b == 4)) {
-    const s = f32x4.splat(sc), m = f32x4.splat(mn);
-    const mask = i8x16.splat(0x0f);
-    let out = dst;
-    for (let w = 0; w < codeWords; w += 4) {
-      const v = v128.load(codes + (<usize>w << 2));
-      if (b == 8) {
-        _store16(out, v, s, m);
-        out += 64;
-      } else {
-        // byte k holds codes 2k (low nibble) and 2k+1 (high nibble): split, then interleave
-        const lo = v128.and(v, mask), hi = v128.and(i16x8.shr_u(v, 4), mask);
-        _store16(
-          out,
-          i8x16.shuffle(lo, hi, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
-          s,
-          m,
-        );
-        _store16(
-          out + 64,
-          i8x16.shuffle(lo, hi, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
-          s,
-          m,
-        );
-        out += 128;
-      }
-    }
-    return;
-  }
-  if (b == 2 && G >= 16) {
-    // one word = 16 codes: repeat each byte 4×, move field j of each byte to bits 6..7 (×4^(3−j)
-    // in 16-bit lanes), shift down, mask
-    const s = f32x4.splat(sc), m = f32x4.splat(mn);
-    const rep = i8x16(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    const mul = i16x8(64, 16, 4, 1, 64, 16, 4, 1);
-    const three = i16x8.splat(3);
-    for (let w = 0; w < codeWords; w++) {
-      const bytes = i8x16.swizzle(i32x4.splat(load<i32>(codes + (<usize>w << 2))), rep);
-      const a = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_low_i8x16_u(bytes), mul), 6), three);
-      const c = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_high_i8x16_u(bytes), mul), 6), three);
-      const out = dst + (<usize>w << 6);
-      v128.store(out, _affine(i32x4.extend_low_i16x8_u(a), s, m));
-      v128.store(out + 16, _affine(i32x4.extend_high_i16x8_u(a), s, m));
-      v128.store(out + 32, _affine(i32x4.extend_low_i16x8_u(c), s, m));
-      v128.store(out + 48, _affine(i32x4.extend_high_i16x8_u(c), s, m));
-    }
-    return;
-  }
-  // generic LSB-first bit stream (codes may straddle two words)
-  const qmask: u32 = (<u32>1 << b) - 1;
-  for (let i = 0; i < G; i++) {
-    const bit = i * b, w = bit >>> 5, o = bit & 31;
-    let c = load<u32>(codes + (<usize>w << 2)) >>> o;
-    if (o + b > 32) c |= load<u32>(codes + (<usize>(w + 1) << 2)) << (32 - o);
-    store<f32>(dst + (<usize>i << 2), <f32>(c & qmask) * sc + mn);
-  }
 }
 
 // Decodes one group of G elements (scaled kinds) or one word's worth of an unscaled kind.
@@ -139,16 +42,16 @@ const KIND_FP8E5M2: i32 = 6;
   dst: usize,
 ): void {
   if (kind == KIND_INT) {
-    _decodeIntGroup(src, G, b, codeWords, dst);
+    decodeIntGroup(src, G, b, codeWords, dst);
   } else if (kind == KIND_INT8S) {
-    const sc = _h2f(load<u32>(src) & 0xffff);
+    const sc = f16ToF32(load<u32>(src) & 0xffff);
     for (let i = 0; i < G; i++) {
       const c = <i32>load<i8>(src + 4 + <usize>i);
       store<f32>(dst + (<usize>i << 2), <f32>c * sc);
     }
   } else if (kind == KIND_FP8E4M3 || kind == KIND_FP8E5M2) {
     const e4 = kind == KIND_FP8E4M3;
-    const sc = _h2f(load<u32>(src) & 0xffff);
+    const sc = f16ToF32(load<u32>(src) & 0xffff);
     for (let i = 0; i < G; i++) {
       store<f32>(dst + (<usize>i << 2), _fp8(<u32>load<u8>(src + 4 + <usize>i), e4) * sc);
     }
@@ -183,8 +86,8 @@ export function decodeRun(
   if (kind == KIND_FP16) {
     for (let i = 0; i < n; i += 2) {
       const w = load<u32>(src + (<usize>i << 1));
-      store<f32>(dst + (<usize>i << 2), _h2f(w & 0xffff));
-      store<f32>(dst + (<usize>i << 2) + 4, _h2f(w >>> 16));
+      store<f32>(dst + (<usize>i << 2), f16ToF32(w & 0xffff));
+      store<f32>(dst + (<usize>i << 2) + 4, f16ToF32(w >>> 16));
     }
   } else if (kind == KIND_BF16) {
     for (let i = 0; i < n; i += 2) {

@@ -1,0 +1,104 @@
+// One asymmetric int group decoded to f32 (FORMAT.md "Integer formats, asymmetric"), shared by the
+// codec kernel (int.ts decodeInt) and the fused attention (attention.ts), so both decode alike:
+// x̂ = f32(f32(code·s) + m), f32x4.mul then f32x4.add, never fused.
+
+import { f16ToF32 } from "./f16";
+
+/** Whether decodeIntGroup has a SIMD path for b-bit groups of G codes. */
+// @ts-ignore: decorator
+@inline export function fastIntGroup(b: i32, G: i32): bool {
+  const codeWords = (G * b + 31) >> 5;
+  return ((codeWords & 3) == 0 && (b == 8 || b == 4)) || (b == 2 && G >= 16);
+}
+
+// x̂ = f32(f32(c·s) + m) for four u32 codes.
+// @ts-ignore: decorator
+@inline function _affine(codes: v128, s: v128, m: v128): v128 {
+  return f32x4.add(f32x4.mul(f32x4.convert_i32x4_u(codes), s), m);
+}
+
+// Stores 16 decoded values from 16 u8 codes (bytes of c).
+// @ts-ignore: decorator
+@inline function _store16(dst: usize, c: v128, s: v128, m: v128): void {
+  const lo = i16x8.extend_low_i8x16_u(c), hi = i16x8.extend_high_i8x16_u(c);
+  v128.store(dst, _affine(i32x4.extend_low_i16x8_u(lo), s, m));
+  v128.store(dst + 16, _affine(i32x4.extend_high_i16x8_u(lo), s, m));
+  v128.store(dst + 32, _affine(i32x4.extend_low_i16x8_u(hi), s, m));
+  v128.store(dst + 48, _affine(i32x4.extend_high_i16x8_u(hi), s, m));
+}
+
+// Decodes one asymmetric int group of G codes (b bits, header word first) into dst. The SIMD
+// paths (fastIntGroup) serve b = 4 and 8 in whole 16-byte chunks and b = 2 in whole words; other
+// shapes take a scalar bit-stream loop.
+// @ts-ignore: decorator
+@inline export function decodeIntGroup(src: usize, G: i32, b: i32, codeWords: i32, dst: usize): void {
+  const hdr = load<u32>(src);
+  let sc: f32, mn: f32;
+  if ((hdr & 0x7c00) != 0x7c00 && (hdr & 0x7c000000) != 0x7c000000) {
+    // finite halves (always, for headers the encoder wrote): exponent and mantissa moved into f32
+    // position, then ×2^112 rebias the exponent, exact for normals and subnormals alike
+    sc = reinterpret<f32>(((hdr & 0x7fff) << 13) | ((hdr & 0x8000) << 16)) * 5.192296858534828e33;
+    mn = reinterpret<f32>(((hdr >>> 3) & 0x0fffe000) | (hdr & 0x80000000)) * 5.192296858534828e33;
+  } else {
+    sc = f16ToF32(hdr & 0xffff);
+    mn = f16ToF32(hdr >>> 16);
+  }
+  const codes = src + 4;
+  if ((codeWords & 3) == 0 && (b == 8 || b == 4)) {
+    const s = f32x4.splat(sc), m = f32x4.splat(mn);
+    const mask = i8x16.splat(0x0f);
+    let out = dst;
+    for (let w = 0; w < codeWords; w += 4) {
+      const v = v128.load(codes + (<usize>w << 2));
+      if (b == 8) {
+        _store16(out, v, s, m);
+        out += 64;
+      } else {
+        // byte k holds codes 2k (low nibble) and 2k+1 (high nibble): split, then interleave
+        const lo = v128.and(v, mask), hi = v128.and(i16x8.shr_u(v, 4), mask);
+        _store16(
+          out,
+          i8x16.shuffle(lo, hi, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+          s,
+          m,
+        );
+        _store16(
+          out + 64,
+          i8x16.shuffle(lo, hi, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+          s,
+          m,
+        );
+        out += 128;
+      }
+    }
+    return;
+  }
+  if (b == 2 && G >= 16) {
+    // one word = 16 codes: repeat each byte 4×, move field j of each byte to bits 6..7 (×4^(3−j)
+    // in 16-bit lanes), shift down, mask
+    const s = f32x4.splat(sc), m = f32x4.splat(mn);
+    const rep = i8x16(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const mul = i16x8(64, 16, 4, 1, 64, 16, 4, 1);
+    const three = i16x8.splat(3);
+    for (let w = 0; w < codeWords; w++) {
+      const bytes = i8x16.swizzle(i32x4.splat(load<i32>(codes + (<usize>w << 2))), rep);
+      const a = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_low_i8x16_u(bytes), mul), 6), three);
+      const c = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_high_i8x16_u(bytes), mul), 6), three);
+      const out = dst + (<usize>w << 6);
+      v128.store(out, _affine(i32x4.extend_low_i16x8_u(a), s, m));
+      v128.store(out + 16, _affine(i32x4.extend_high_i16x8_u(a), s, m));
+      v128.store(out + 32, _affine(i32x4.extend_low_i16x8_u(c), s, m));
+      v128.store(out + 48, _affine(i32x4.extend_high_i16x8_u(c), s, m));
+    }
+    return;
+  }
+  // generic LSB-first bit stream (codes may straddle two words)
+  const qmask: u32 = (<u32>1 << b) - 1;
+  for (let i = 0; i < G; i++) {
+    const bit = i * b, w = bit >>> 5, o = bit & 31;
+    let c = load<u32>(codes + (<usize>w << 2)) >>> o;
+    if (o + b > 32) c |= load<u32>(codes + (<usize>(w + 1) << 2)) << (32 - o);
+    store<f32>(dst + (<usize>i << 2), <f32>(c & qmask) * sc + mn);
+  }
+}
+
