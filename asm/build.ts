@@ -33,15 +33,16 @@ export const ASC_FLAGS = [
 ];
 
 /**
- * Compiles the module.
+ * Compiles the module (or, for probes, another AssemblyScript entry file).
  *
+ * @param entry the entry file, relative to the repository root
  * @returns the .wasm bytes
  */
-export async function compileWasm(): Promise<Uint8Array> {
+export async function compileWasm(entry: string = ENTRY): Promise<Uint8Array> {
   let wasm: Uint8Array | undefined;
   const stderr: string[] = [];
   const { error } = await asc.main(
-    [ENTRY, "--outFile", "kvprec.wasm", ...ASC_FLAGS],
+    [entry, "--outFile", "kvprec.wasm", ...ASC_FLAGS],
     {
       readFile: (name: string, baseDir: string) => {
         try {
