@@ -8,6 +8,7 @@
 
 import { tsCodec } from "../codecs/ts_codec.ts";
 import { wasmCodec } from "../codecs/wasm.ts";
+import { mulberry32 } from "../core/mulberry32.ts";
 
 /** Formats whose throughput the acceptance criteria name. */
 export const BENCH_FORMATS = ["int2-g32-token", "int4-g32-token", "int8-g32-token", "fp16"];
@@ -22,13 +23,7 @@ export const BENCH_LENGTH = (16 << 20) / 4;
  * @returns the input
  */
 export function benchInput(seed = 1): Float32Array {
-  let a = seed >>> 0;
-  const u = () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const u = mulberry32(seed);
   const x = new Float32Array(BENCH_LENGTH);
   for (let i = 0; i < x.length; i++) x[i] = (u() + u() + u() - 1.5) * 2;
   return x;

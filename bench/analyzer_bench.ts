@@ -15,15 +15,11 @@
 import { analyzeHeadGroup } from "../core/analyzer.ts";
 import { headSensitivity } from "../core/attention_sensitivity.ts";
 import { SensitivityStep } from "../core/sensitivity_step.ts";
+import { mulberry32 } from "../core/mulberry32.ts";
 
 function rng(seed: number) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const u = mulberry32(seed);
+  return () => u() - 0.5;
 }
 
 const T = 1024;

@@ -22,6 +22,7 @@ import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import type { CachePolicy, FormatPair } from "../core/cache/policy.ts";
 import { uniformPolicy } from "../core/cache/policy.ts";
 import { wasmCodec } from "../codecs/mod.ts";
+import { mulberry32 } from "../core/mulberry32.ts";
 
 function arg(name: string, fallback: string): string {
   const i = Deno.args.indexOf(`--${name}`);
@@ -71,14 +72,9 @@ const CASES: { name: string; policy: () => CachePolicy }[] = [
   { name: "mixed 8/4/4/2", policy: mixedPolicy },
 ];
 
-let seed = 12345;
-function rand(): number {
-  seed = (seed + 0x6d2b79f5) >>> 0;
-  let t = seed;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return (((t ^ (t >>> 14)) >>> 0) / 2 ** 32) * 2 - 1;
-}
+const uniform = mulberry32(12345);
+/** Uniform on [−1, 1). */
+const rand = () => 2 * uniform() - 1;
 
 /** Median ms per call, running for about budgetMs (at least minIters calls). */
 function time(f: () => void, budgetMs: number, minIters: number): number {

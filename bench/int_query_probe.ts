@@ -12,6 +12,7 @@
  */
 
 import { compileWasm } from "../asm/build.ts";
+import { mulberry32 } from "../core/mulberry32.ts";
 
 interface ProbeKernels {
   memory: WebAssembly.Memory;
@@ -38,14 +39,7 @@ const instance = new WebAssembly.Instance(new WebAssembly.Module(wasm as BufferS
 });
 const k = instance.exports as unknown as ProbeKernels;
 
-let seed = 2026;
-function rand(): number {
-  seed = (seed + 0x6d2b79f5) >>> 0;
-  let t = seed;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-}
+const rand = mulberry32(2026);
 
 /** Fastest of 30 runs after warm-up, ms. */
 function best(f: () => void): number {

@@ -39,6 +39,7 @@ import { ShapeError } from "./errors.ts";
 import { attentionWeights } from "./attention_sensitivity.ts";
 import type { ModelWeights } from "./model/checkpoint.ts";
 import { matmul, matvec, rmsnorm, Rope, siluGate } from "./tensor.ts";
+import { mulberry32 } from "./mulberry32.ts";
 
 /** The residual stream and attention inputs of one sequence, every layer. */
 export interface ResidualTrace {
@@ -202,13 +203,8 @@ export function empiricalLayerGains(
 ): LayerGain[] {
   const c = w.config, n = trace.length, dim = c.dim;
   const rel = options.size ?? 1e-3, trials = options.trials ?? 4;
-  let seed = (options.seed ?? 1) >>> 0;
-  const rand = () => {
-    seed = (seed + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(seed ^ (seed >>> 15), seed | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const uniform = mulberry32(options.seed ?? 1);
+  const rand = () => uniform() - 0.5;
   const rope = new Rope(c.headDim, c.seqLen);
   const gain = (input: Float32Array, block: (x: Float32Array) => void) => {
     let rms = 0;

@@ -41,6 +41,7 @@ import { quantizeHead } from "./quantize_head.ts";
 import type { RecordingKVCache } from "./recording_cache.ts";
 import type { CalibrationModel } from "./analyzer.ts";
 import type { ModelLipschitz, ResidualTrace } from "./layer_lipschitz.ts";
+import { mulberry32 } from "./mulberry32.ts";
 
 /** A position whose format is less precise than the rule requires. */
 export interface RuleViolation {
@@ -385,13 +386,8 @@ export async function attentionOutputGains(
   options: GainOptions = {},
 ): Promise<number[]> {
   const eta = options.size ?? 1e-3, trials = options.trials ?? 3;
-  let seed = (options.seed ?? 1) >>> 0;
-  const rand = () => {
-    seed = (seed + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(seed ^ (seed >>> 15), seed | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296 - 0.5;
-  };
+  const uniform = mulberry32(options.seed ?? 1);
+  const rand = () => uniform() - 0.5;
   const run = async (cache: KVCache) => {
     const logits: Float32Array[] = [];
     for (let p = 0; p < tokens.length; p++) {

@@ -6,6 +6,7 @@ import {
   type Tokenizer,
   Transformer,
 } from "../mod.ts";
+import { mulberry32 } from "../core/mulberry32.ts";
 
 const root = new URL("../fixtures/", import.meta.url);
 
@@ -54,14 +55,7 @@ export const REFERENCE = {
 
 /** Deterministic PRNG (mulberry32) so failing random tests reproduce. */
 export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 /** Standard normal samples from a uniform PRNG (Box–Muller). */

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { mulberry32 } from "../../core/mulberry32.ts";
+
 /** A seeded uniform generator on [0, 1) (mulberry32), so failures reproduce. */
 export type Rng = () => number;
 
@@ -14,14 +16,7 @@ export type Rng = () => number;
  * @returns a generator
  */
 export function rng(seed: number): Rng {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  return mulberry32(seed);
 }
 
 /**
