@@ -262,7 +262,7 @@ export class WasmCodec extends CodecBase {
   decodeWords(words: Uint32Array, length: number, out: Float32Array): void {
     const nw = checkDecodeArgs(this.spec, words, length, out);
     const s = this.spec;
-    const { kernels: k, arena } = this.#owner;
+    const { arena } = this.#owner;
     const chunk = Math.min(length, CHUNK);
     const chunkWords = (chunk / s.group) * s.wordsPerGroup;
     if (s.scaled) {
@@ -270,13 +270,7 @@ export class WasmCodec extends CodecBase {
       // the output goes through an L2-sized chunk
       const [src, dst] = arena.layout(4 * nw, 4 * chunk);
       arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
-      const bad = k.firstBadHeader(
-        src,
-        length / s.group,
-        s.wordsPerGroup,
-        s.kind === "int" ? 1 : 0,
-      );
-      if (bad >= 0) throw _headerError(s, words, bad);
+      this.#checkHeaders(src, words, length);
       const stage = arena.f32(dst, chunk);
       for (let off = 0; off < length; off += chunk) {
         const len = Math.min(chunk, length - off);
@@ -315,20 +309,24 @@ export class WasmCodec extends CodecBase {
         words.length * 4,
       );
     }
-    const { kernels: k, arena } = this.#owner;
+    const { arena } = this.#owner;
     const [src, dst] = arena.layout(4 * nw, 4 * length);
     arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
-    if (s.scaled) {
-      const bad = k.firstBadHeader(
-        src,
-        length / s.group,
-        s.wordsPerGroup,
-        s.kind === "int" ? 1 : 0,
-      );
-      if (bad >= 0) throw _headerError(s, words, bad);
-    }
+    if (s.scaled) this.#checkHeaders(src, words, length);
     this.#decodeKernel(src, dst, length);
     return arena.f32(dst, length);
+  }
+
+  /** Throws naming the first group header (already copied to src) an encoder cannot write. */
+  #checkHeaders(src: number, words: Uint32Array, length: number): void {
+    const s = this.spec;
+    const bad = this.#owner.kernels.firstBadHeader(
+      src,
+      length / s.group,
+      s.wordsPerGroup,
+      s.kind === "int" ? 1 : 0,
+    );
+    if (bad >= 0) throw _headerError(s, words, bad);
   }
 
   /**
