@@ -26,6 +26,7 @@ export * from "./core/cache/partial.ts";
 export * from "./core/cache/page.ts";
 export * from "./core/cache/policy.ts";
 export * from "./core/cache/mixed_cache.ts";
+export * from "./core/cache/int_dot.ts";
 export * from "./core/cache/serialize.ts";
 export * from "./core/eval/compare.ts";
 export * from "./core/cache/plan_policy.ts";

@@ -9,6 +9,7 @@
 
 import { f16ToF32 } from "./f16";
 import { decodeIntGroup } from "./int_group";
+import { intDotFormat, intDotScratchBytes, intScores, intValues } from "./int_dot";
 
 // Format kind ids (codecs/format.ts FORMAT_KIND_IDS).
 const KIND_INT: i32 = 0;
@@ -165,13 +166,19 @@ export function decodeRun(
  */
 export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const row = max(d, 128);
-  return (2 * row + 4 * hq + hq * cap + hq * d) * 4 + 64;
+  return (2 * row + 4 * hq + hq * cap + hq * d) * 4 + 64 + intDotScratchBytes(d, cap, hq);
 }
 
 /** attendPage flag: write the f64 scores q_h·k_t/√d to scorePtr. */
 const FLAG_SCORES: i32 = 1;
 /** attendPage flag: merge into the running partials at outPtr instead of overwriting them. */
 const FLAG_MERGE: i32 = 2;
+/**
+ * attendPage flag: integer dot products (int_dot.ts) for pages whose keys and values are both
+ * token-axis int4/int8 g32, when hq is a multiple of 4, d of 32, cap even and ≤ 256; intQuery must
+ * have filled the block after q.
+ */
+const FLAG_INTDOT: i32 = 4;
 
 // Scores of tokens k0, k1 (f32 rows of d) for the four query heads at q (rows dB bytes apart),
 // stored at dst (+4 for k1), heads nB bytes apart. Each key chunk is loaded once for four heads.
@@ -284,9 +291,21 @@ export function attendPage(
   const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
   const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
   const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
+  const intShape = (flags & FLAG_INTDOT) != 0 && blocked && (d & 31) == 0 && (cap & 1) == 0 &&
+    cap <= 256;
+  // both halves or neither: the rounded weights then depend only on integer-path scores, which
+  // core/cache/int_dot.ts reproduces bit for bit
+  const intKeys = intShape && intDotFormat(kKind, kBits, kG, kChannel) &&
+    intDotFormat(vKind, vBits, vG, vChannel);
+  const intValuesOn = intKeys;
+  const work = acc + (<usize>(hq * d) << 2); // intDotScratchBytes
 
   // 1. scores
-  if (kChannel != 0) {
+  if (intKeys) {
+    const qi4 = qPtr + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
+    const qv = qi8 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
+    intScores(kPtr, kBits, n, d, hq, kBits == 4 ? qi4 : qi8, qv, sig, sc, work);
+  } else if (kChannel != 0) {
     memory.fill(sc, 0, <usize>(hq * n) << 2);
     const groups = n / kG, perChannel = cap / kG;
     for (let c = 0; c < d; c++) {
@@ -373,17 +392,85 @@ export function attendPage(
     }
     const ls = f64x2.add(l0, l1);
     let l = f64x2.extract_lane(ls, 0) + f64x2.extract_lane(ls, 1);
-    for (let t = n4; t < n; t++) {
-      const p = row0 + (<usize>t << 2);
-      const w = Mathf.exp(load<f32>(p) * inv32 - m32);
-      l += <f64>w;
-      store<f32>(p, w);
+    if (n4 < n) {
+      // the tail through the same vector exp, so every weight is the same function of its score
+      const p = row0 + (<usize>n4 << 2);
+      let x = f32x4.splat(0);
+      x = f32x4.replace_lane(x, 0, load<f32>(p));
+      if (n4 + 1 < n) x = f32x4.replace_lane(x, 1, load<f32>(p, 4));
+      if (n4 + 2 < n) x = f32x4.replace_lane(x, 2, load<f32>(p, 8));
+      const w = _expv(f32x4.sub(f32x4.mul(x, invv), mvs));
+      store<f32>(p, f32x4.extract_lane(w, 0));
+      l += <f64>f32x4.extract_lane(w, 0);
+      if (n4 + 1 < n) {
+        store<f32>(p + 4, f32x4.extract_lane(w, 1));
+        l += <f64>f32x4.extract_lane(w, 1);
+      }
+      if (n4 + 2 < n) {
+        store<f32>(p + 8, f32x4.extract_lane(w, 2));
+        l += <f64>f32x4.extract_lane(w, 2);
+      }
     }
     store<f64>(stats + (<usize>h << 4), <f64>m32);
     store<f64>(stats + (<usize>h << 4) + 8, l);
   }
 
   // 3. acc_h = Σ_t w_{h,t} v_t
+  if (intValuesOn) {
+    intValues(vPtr, vBits, n, cap, d, hq, sc, acc, work);
+  } else {
+    _attendValues(vKind, vBits, vG, vWpg, vScaled, vChannel, vPtr, n, cap, d, hq, sc, acc, row, row1);
+  }
+
+  // 4. write or log-sum-exp merge the partials (f64, as core/cache/partial.ts merge())
+  for (let h = 0; h < hq; h++) {
+    const o = outPtr + (<usize>(h * (d + 2)) << 3);
+    const a = acc + <usize>h * dBytes;
+    const mp = load<f64>(stats + (<usize>h << 4)), lp = load<f64>(stats + (<usize>h << 4) + 8);
+    const lo = load<f64>(o + 8);
+    if ((flags & FLAG_MERGE) == 0 || lo == 0) {
+      store<f64>(o, mp);
+      store<f64>(o + 8, lp);
+      for (let i = 0; i < d; i++) {
+        store<f64>(o + 16 + (<usize>i << 3), <f64>load<f32>(a + (<usize>i << 2)));
+      }
+      continue;
+    }
+    const mo = load<f64>(o);
+    const m = max(mo, mp);
+    const ea = Math.exp(mo - m), eb = Math.exp(mp - m);
+    store<f64>(o, m);
+    store<f64>(o + 8, lo * ea + lp * eb);
+    const ev = f64x2.splat(ea), fv = f64x2.splat(eb);
+    for (let i = 0; i < d; i += 2) {
+      const po = o + 16 + (<usize>i << 3);
+      const x = f64x2.promote_low_f32x4(v128.load64_zero(a + (<usize>i << 2)));
+      v128.store(po, f64x2.add(f64x2.mul(v128.load(po), ev), f64x2.mul(x, fv)));
+    }
+  }
+}
+
+// acc_h = Σ_t w_{h,t} v_t for any format, decoding a group or a token row at a time into row/row1.
+// @ts-ignore: decorator
+@inline function _attendValues(
+  vKind: i32,
+  vBits: i32,
+  vG: i32,
+  vWpg: i32,
+  vScaled: i32,
+  vChannel: i32,
+  vPtr: usize,
+  n: i32,
+  cap: i32,
+  d: i32,
+  hq: i32,
+  sc: usize,
+  acc: usize,
+  row: usize,
+  row1: usize,
+): void {
+  const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
+  const blocked = (hq & 3) == 0;
   memory.fill(acc, 0, <usize>(hq * d) << 2);
   if (vChannel != 0) {
     const groups = n / vG, perChannel = cap / vG;
@@ -435,30 +522,4 @@ export function attendPage(
     }
   }
 
-  // 4. write or log-sum-exp merge the partials (f64, as core/cache/partial.ts merge())
-  for (let h = 0; h < hq; h++) {
-    const o = outPtr + (<usize>(h * (d + 2)) << 3);
-    const a = acc + <usize>h * dBytes;
-    const mp = load<f64>(stats + (<usize>h << 4)), lp = load<f64>(stats + (<usize>h << 4) + 8);
-    const lo = load<f64>(o + 8);
-    if ((flags & FLAG_MERGE) == 0 || lo == 0) {
-      store<f64>(o, mp);
-      store<f64>(o + 8, lp);
-      for (let i = 0; i < d; i++) {
-        store<f64>(o + 16 + (<usize>i << 3), <f64>load<f32>(a + (<usize>i << 2)));
-      }
-      continue;
-    }
-    const mo = load<f64>(o);
-    const m = max(mo, mp);
-    const ea = Math.exp(mo - m), eb = Math.exp(mp - m);
-    store<f64>(o, m);
-    store<f64>(o + 8, lo * ea + lp * eb);
-    const ev = f64x2.splat(ea), fv = f64x2.splat(eb);
-    for (let i = 0; i < d; i += 2) {
-      const po = o + 16 + (<usize>i << 3);
-      const x = f64x2.promote_low_f32x4(v128.load64_zero(a + (<usize>i << 2)));
-      v128.store(po, f64x2.add(f64x2.mul(v128.load(po), ev), f64x2.mul(x, fv)));
-    }
-  }
 }

@@ -2,6 +2,7 @@
 // into linear memory that the host (codecs/wasm.ts) manages as a growable arena above heapBase().
 
 export { attendPage, attendScratchBytes, decodeRun } from "./attention";
+export { intQuery, intQueryBytes } from "./int_dot";
 export { lastErrorKind } from "./errors";
 export { clampInPlace, decodeInt, encodeInt, firstBadHeader } from "./int";
 export {

@@ -23,7 +23,7 @@
  * @module
  */
 
-import { type Codec, tsCodec } from "../../codecs/mod.ts";
+import { type Codec, getFormat, tsCodec } from "../../codecs/mod.ts";
 import { BudgetError, FormatError, InvalidValueError, ShapeError } from "../errors.ts";
 import {
   type CacheMemory,
@@ -35,6 +35,7 @@ import {
 } from "../model/kv_cache.ts";
 import { checkPageFormat, Page } from "./page.ts";
 import type { PageArena } from "./page_arena.ts";
+import { intDotPartials, intDotServes } from "./int_dot.ts";
 import { Partial } from "./partial.ts";
 import type { CachePolicy, FormatPair } from "./policy.ts";
 import { WasmAttention } from "./wasm_attention.ts";
@@ -168,6 +169,14 @@ export interface MixedCacheOptions {
    */
   backend?: "ts" | "wasm";
   /**
+   * Attend pages whose keys and values are both token-axis int4/int8 g32 with integer dot products
+   * (the query and the weight·scale products rounded to i16; core/cache/int_dot.ts, which also
+   * bounds the difference from exact attention): the fast path of the wasm backend, mirrored bit
+   * for bit by the ts backend. Needs query heads per KV head a multiple of 4, head_dim of 32, an
+   * even page size ≤ 256; other pages stay exact. Default false.
+   */
+  integerDot?: boolean;
+  /**
    * Memory budget in bytes (as memory() counts them). An append that would need more throws
    * {@linkcode BudgetError} and changes nothing; a budget below the fixed buffers (sinks, window
    * ring) fails at construction.
@@ -202,6 +211,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
+  /** Whether token-axis int4/int8 g32 pages are attended with integer dot products. */
+  readonly integerDot: boolean;
   /** Memory budget in bytes, if any. */
   readonly maxBytes: number | undefined;
   readonly #wasm: WasmAttention | undefined;
@@ -229,6 +240,7 @@ export class MixedPrecisionKVCache implements KVCache {
     if (this.backend !== "ts" && this.backend !== "wasm") {
       throw new InvalidValueError(`backend ${this.backend}: expected "ts" or "wasm"`);
     }
+    this.integerDot = options.integerDot ?? false;
     if (this.backend === "wasm" && shape.headDim % 4 !== 0) {
       throw new ShapeError(
         `backend wasm needs head_dim a multiple of 4, got ${shape.headDim}`,
@@ -271,7 +283,7 @@ export class MixedPrecisionKVCache implements KVCache {
     this.#segment = new Partial(d);
     if (this.backend === "wasm") {
       const hq = shape.nHeads / shape.nKvHeads;
-      this.#wasm = new WasmAttention();
+      this.#wasm = new WasmAttention({ integerDot: this.integerDot });
       this.#partials = Array.from({ length: hq }, () => new Partial(d));
       this.#windowScores = new Float64Array(hq * this.#ring);
     }
@@ -422,15 +434,46 @@ export class MixedPrecisionKVCache implements KVCache {
     for (let kv = 0; kv < nKvHeads; kv++) {
       const store = this.#heads[layer][kv];
       const n = this.#gather(store);
+      const qGroup = q.subarray(kv * group * d, (kv + 1) * group * d);
+      const intPages = this.integerDot
+        ? this.#intPages(store).map((p) =>
+          intDotPartials(p.keyCodec.spec, p.kWords, p.valueCodec.spec, p.vWords, p.n, d, qGroup)
+        )
+        : [];
       for (let g = 0; g < group; g++) {
         const h = kv * group + g;
         const partial = this.#partial;
         partial.reset();
         partial.addBlock(q.subarray(h * d, (h + 1) * d), this.#k, this.#v, n, this.#scores);
+        for (const o of intPages) {
+          const seg = this.#segment, at = g * (d + 2);
+          seg.m = o[at];
+          seg.l = o[at + 1];
+          seg.acc.set(o.subarray(at + 2, at + 2 + d));
+          partial.merge(seg);
+        }
         partial.finish(out.subarray(h * d, (h + 1) * d));
         this.#creditWindow(store, partial, group);
       }
     }
+  }
+
+  /** Pages the integer-dot path attends (integerDot on, both formats served). */
+  #intPages(store: HeadStore): Page[] {
+    const d = this.shape.headDim, hq = this.shape.nHeads / this.shape.nKvHeads;
+    const pages: Page[] = [];
+    for (const pool of store.pools.values()) {
+      if (!this.#intDotPool(pool.pair, d, hq)) continue;
+      for (const page of pool.pages) if (page.n > 0) pages.push(page);
+    }
+    return pages;
+  }
+
+  /** Whether integerDot applies to a pool of this key and value format. */
+  #intDotPool(pair: FormatPair, d: number, hq: number): boolean {
+    return this.integerDot && intDotServes(getFormat(pair.keyFormat), d, hq) &&
+      intDotServes(getFormat(pair.valueFormat), d, hq) &&
+      this.policy.pageTokens % 2 === 0 && this.policy.pageTokens <= 256;
   }
 
   /**
@@ -448,6 +491,7 @@ export class MixedPrecisionKVCache implements KVCache {
       const nf = store.windowN + store.sinkN;
       wasm.reserve(d, Math.max(P, nf), group, Math.max(nf, 1) * sw);
       wasm.q().set(q.subarray(kv * group * d, (kv + 1) * group * d));
+      wasm.prepareQuery();
       wasm.clearOut();
       if (nf > 0) {
         const segK = wasm.segK(), segV = wasm.segV();
@@ -549,7 +593,9 @@ export class MixedPrecisionKVCache implements KVCache {
       );
       n += store.sinkN;
     }
+    const hq = this.shape.nHeads / this.shape.nKvHeads;
     for (const pool of store.pools.values()) {
+      if (this.#intDotPool(pool.pair, d, hq)) continue;
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
         page.decodeValues(this.#v.subarray(n * d));

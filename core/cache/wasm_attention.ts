@@ -32,6 +32,8 @@ interface AttentionKernels {
   readonly memory: WebAssembly.Memory;
   heapBase(): number;
   attendScratchBytes(d: number, cap: number, hq: number): number;
+  intQueryBytes(d: number, hq: number): number;
+  intQuery(qPtr: number, hq: number, d: number): void;
   attendPage(
     kKind: number,
     kBits: number,
@@ -60,7 +62,16 @@ interface AttentionKernels {
 }
 
 /** attendPage flags (asm/assembly/attention.ts). */
-const FLAG_SCORES = 1, FLAG_MERGE = 2;
+const FLAG_SCORES = 1, FLAG_MERGE = 2, FLAG_INTDOT = 4;
+
+/** Options of a {@linkcode WasmAttention}. */
+export interface WasmAttentionOptions {
+  /**
+   * Integer dot products for token-axis int4/int8 g32 pages (asm/assembly/int_dot.ts, mirrored by
+   * core/cache/int_dot.ts): faster, and within intDotErrorBound of exact attention. Default false.
+   */
+  integerDot?: boolean;
+}
 
 let _module: WebAssembly.Module | undefined;
 
@@ -86,9 +97,14 @@ export class WasmAttention {
   /** Byte offset of the matching value run. */
   segVPtr = 0;
   #kernelPtr = 0;
+  readonly #flags: number;
 
-  /** Instantiates the embedded module (compiled once per process). */
-  constructor() {
+  /**
+   * Instantiates the embedded module (compiled once per process).
+   * @param options integer dot products or exact arithmetic
+   */
+  constructor(options: WasmAttentionOptions = {}) {
+    this.#flags = options.integerDot ? FLAG_INTDOT : 0;
     _module ??= new WebAssembly.Module(wasmBytes());
     this.#k = new WebAssembly.Instance(_module, {}).exports as unknown as AttentionKernels;
     this.arena = new PageArena(this.#k.memory, this.#k.heapBase());
@@ -109,7 +125,7 @@ export class WasmAttention {
     tokens = Math.max(tokens, this.#tokens);
     segWords = Math.max(segWords, this.#segWords);
     const sizes = [
-      4 * hq * d,
+      4 * hq * d + this.#k.intQueryBytes(d, hq),
       8 * hq * (d + 2),
       8 * hq * tokens,
       4 * segWords,
@@ -135,6 +151,14 @@ export class WasmAttention {
    */
   q(): Float32Array {
     return new Float32Array(this.arena.memory.buffer, this.qPtr, this.#hq * this.#d);
+  }
+
+  /**
+   * Prepares the query heads just written to q() for the integer path (rounding them to i16); call
+   * after every q() update when integerDot is on. A no-op otherwise.
+   */
+  prepareQuery(): void {
+    if (this.#flags & FLAG_INTDOT) this.#k.intQuery(this.qPtr, this.#hq, this.#d);
   }
 
   /**
@@ -225,7 +249,7 @@ export class WasmAttention {
       this.outPtr,
       this.scorePtr,
       this.#kernelPtr,
-      (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0),
+      (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0) | this.#flags,
     );
   }
 }

@@ -1,0 +1,356 @@
+// Integer-dot-product attention for token-axis asymmetric int4/int8 pages with groups of 32
+// (core/cache/PAGES.md, "Integer dot products"). Keys: the query is rounded to i16 (one scale σ per
+// head, core/cache/int_dot.ts roundQuery) and i32x4.dot_i16x8_s multiplies 8 codes widened only to
+// i16 per instruction; each group's scale and minimum enter once per group. Values: per page, head
+// and group the products w·s of softmax weight and token scale are rounded to i16 (one scale ρ per
+// head and group) and accumulated against two tokens' codes per dot_i16x8_s in i32 registers.
+// core/cache/int_dot.ts mirrors every rounding step here; keep the two in step.
+
+import { f16ToF32 } from "./f16";
+
+/** Whether a format is served here: asymmetric int (kind 0), 4 or 8 bits, groups of 32, token axis. */
+// @ts-ignore: decorator
+@inline export function intDotFormat(kind: i32, b: i32, G: i32, channel: i32): bool {
+  return kind == 0 && (b == 4 || b == 8) && G == 32 && channel == 0;
+}
+
+// Scales (S) and minima (M) of four int group headers (fp16 scale low, fp16 minimum high), exact:
+// finite halves by moving exponent and mantissa into f32 position and ×2^112, others by f16ToF32.
+// @ts-ignore: decorator
+@inline function _scales(h: v128): v128 {
+  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)))) {
+    let s = f32x4.splat(f16ToF32(i32x4.extract_lane(h, 0) & 0xffff));
+    s = f32x4.replace_lane(s, 1, f16ToF32(i32x4.extract_lane(h, 1) & 0xffff));
+    s = f32x4.replace_lane(s, 2, f16ToF32(i32x4.extract_lane(h, 2) & 0xffff));
+    return f32x4.replace_lane(s, 3, f16ToF32(i32x4.extract_lane(h, 3) & 0xffff));
+  }
+  const bits = v128.or(
+    i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13),
+    i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16),
+  );
+  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
+}
+// @ts-ignore: decorator
+@inline function _minima(h: v128): v128 {
+  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)))) {
+    let m = f32x4.splat(f16ToF32(<u32>i32x4.extract_lane(h, 0) >>> 16));
+    m = f32x4.replace_lane(m, 1, f16ToF32(<u32>i32x4.extract_lane(h, 1) >>> 16));
+    m = f32x4.replace_lane(m, 2, f16ToF32(<u32>i32x4.extract_lane(h, 2) >>> 16));
+    return f32x4.replace_lane(m, 3, f16ToF32(<u32>i32x4.extract_lane(h, 3) >>> 16));
+  }
+  const bits = v128.or(
+    v128.and(i32x4.shr_u(h, 3), i32x4.splat(0x0fffe000)),
+    v128.and(h, i32x4.splat(0x80000000)),
+  );
+  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
+}
+
+// Header words of groups g … g+3 of one token (groups ≥ gpt read as 0: scale and minimum 0).
+// @ts-ignore: decorator
+@inline function _headers(tok: usize, g: i32, gpt: i32, groupBytes: usize): v128 {
+  const p = tok + <usize>g * groupBytes;
+  let h = v128.load32_zero(p);
+  if (g + 1 < gpt) h = i32x4.replace_lane(h, 1, load<i32>(p + groupBytes));
+  if (g + 2 < gpt) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * groupBytes));
+  if (g + 3 < gpt) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * groupBytes));
+  return h;
+}
+
+// Σ of the four lanes in a fixed order.
+// @ts-ignore: decorator
+@inline function _hsum(s: v128): f32 {
+  return (f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)) +
+    (f32x4.extract_lane(s, 2) + f32x4.extract_lane(s, 3));
+}
+
+/**
+ * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads (a multiple of 4) into sc (f32
+ * [hq][n]). qi: hq × d i16 query in roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h,
+ * zero past gpt); sig: hq f32; hbuf: 8·gpt4 f32 scratch. One token and four heads at a time, so
+ * accumulators and codes stay in the 16 vector registers of x86-64.
+ */
+export function intScores(
+  kPtr: usize,
+  b: i32,
+  n: i32,
+  d: i32,
+  hq: i32,
+  qi: usize,
+  qv: usize,
+  sig: usize,
+  sc: usize,
+  hbuf: usize,
+): void {
+  const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
+  const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
+  const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2;
+  const mask = i8x16.splat(0x0f);
+  for (let h = 0; h < hq; h += 4) {
+    const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
+    const sg = sig + (<usize>h << 2);
+    for (let t = 0; t < n; t++) {
+      const k0 = kPtr + <usize>t * tokB;
+      // minimum terms μ_g·Σq_g/σ, lane g mod 4; scales kept for the code loop
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+      for (let g = 0; g < gpt; g += 4) {
+        const hd = _headers(k0, g, gpt, groupBytes);
+        v128.store(hbuf + (<usize>g << 2), _scales(hd));
+        const m = _minima(hd), o = <usize>g << 2;
+        a0 = f32x4.add(a0, f32x4.mul(m, v128.load(qvh + o)));
+        a1 = f32x4.add(a1, f32x4.mul(m, v128.load(qvh + qvB + o)));
+        a2 = f32x4.add(a2, f32x4.mul(m, v128.load(qvh + 2 * qvB + o)));
+        a3 = f32x4.add(a3, f32x4.mul(m, v128.load(qvh + 3 * qvB + o)));
+      }
+      for (let g = 0; g < gpt; g++) {
+        const p = k0 + <usize>g * groupBytes + 4;
+        const q = qh + (<usize>g << 6);
+        // the four i16 code vectors of the group, one at a time: int4 byte k holds code 2k (low
+        // nibble) and 2k+1 (high), and roundQuery orders q̂ to match
+        let lo: v128, hi: v128;
+        if (b == 4) {
+          const v = v128.load(p);
+          lo = v128.and(v, mask);
+          hi = v128.and(i16x8.shr_u(v, 4), mask);
+        } else {
+          lo = v128.load(p);
+          hi = v128.load(p, 16);
+        }
+        let c = i16x8.extend_low_i8x16_u(lo);
+        let i0 = i32x4.dot_i16x8_s(c, v128.load(q));
+        let i1 = i32x4.dot_i16x8_s(c, v128.load(q + qB));
+        let i2 = i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB));
+        let i3 = i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB));
+        c = i16x8.extend_high_i8x16_u(lo);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(c, v128.load(q, 16)));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(c, v128.load(q + qB, 16)));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB, 16)));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB, 16)));
+        c = i16x8.extend_low_i8x16_u(hi);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(c, v128.load(q, 32)));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(c, v128.load(q + qB, 32)));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB, 32)));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB, 32)));
+        c = i16x8.extend_high_i8x16_u(hi);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(c, v128.load(q, 48)));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(c, v128.load(q + qB, 48)));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB, 48)));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB, 48)));
+        const s = v128.load32_splat(hbuf + (<usize>g << 2));
+        a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(i0), s));
+        a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(i1), s));
+        a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(i2), s));
+        a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(i3), s));
+      }
+      const o = sc + <usize>h * nB + (<usize>t << 2);
+      store<f32>(o, _hsum(a0) * load<f32>(sg));
+      store<f32>(o + nB, _hsum(a1) * load<f32>(sg, 4));
+      store<f32>(o + 2 * nB, _hsum(a2) * load<f32>(sg, 8));
+      store<f32>(o + 3 * nB, _hsum(a3) * load<f32>(sg, 12));
+    }
+  }
+}
+
+/** Bytes of scratch intScores and intValues need beyond attendPage's own. */
+export function intDotScratchBytes(d: i32, cap: i32, hq: i32): i32 {
+  const gpt4 = ((d >> 5) + 3) & ~3, cap8 = (cap + 7) & ~7;
+  // header buffers 8·gpt4 f32; per group S, M rows of cap8 f32; per head and group ρ, Σw·μ
+  // and cap8/2 packed weight pairs; one row of u
+  return 32 * gpt4 + 8 * gpt4 * cap8 + 8 * hq * gpt4 + 2 * hq * gpt4 * cap8 + 4 * cap8 + 64;
+}
+
+/**
+ * acc_h (f32 [hq][d], overwritten) = Σ_t w_{h,t}·v_t over n tokens of a token-axis int page, with
+ * w·s rounded to i16 per head and group. w: f32 [hq][n] softmax weights in [0, 1]; n ≤ cap ≤ 256,
+ * cap even; work: intDotScratchBytes of scratch.
+ */
+export function intValues(
+  vPtr: usize,
+  b: i32,
+  n: i32,
+  cap: i32,
+  d: i32,
+  hq: i32,
+  w: usize,
+  acc: usize,
+  work: usize,
+): void {
+  const gpt = d >> 5, gpt4 = (gpt + 3) & ~3, cap8 = (cap + 7) & ~7;
+  const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
+  const nB = <usize>n << 2, rowB = <usize>cap8 << 2, pairB = <usize>cap8 << 1;
+  const S = work + (<usize>gpt4 << 5); // [gpt4][cap8] token scales, zero past n
+  const M = S + <usize>gpt4 * rowB; // [gpt4][cap8] token minima, zero past n
+  const rho = M + <usize>gpt4 * rowB; // [hq][gpt4]
+  const mw = rho + (<usize>(hq * gpt4) << 2); // [hq][gpt4]
+  const pairs = mw + (<usize>(hq * gpt4) << 2); // [hq][gpt4][cap8/2] u32: û_t | û_{t+1} << 16
+  const ubuf = pairs + <usize>(hq * gpt4) * pairB; // [cap8] f32: u_t of one head and group
+
+  // 1. headers into token-contiguous rows, four tokens at a time (tokens ≥ n read as zero)
+  for (let t = 0; t < cap8; t += 4) {
+    for (let g = 0; g < gpt; g++) {
+      const p = vPtr + <usize>t * tokB + <usize>g * groupBytes;
+      let h = t < n ? v128.load32_zero(p) : i32x4.splat(0);
+      if (t + 1 < n) h = i32x4.replace_lane(h, 1, load<i32>(p + tokB));
+      if (t + 2 < n) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
+      if (t + 3 < n) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * tokB));
+      const o = <usize>g * rowB + (<usize>t << 2);
+      v128.store(S + o, _scales(h));
+      v128.store(M + o, _minima(h));
+    }
+  }
+  // 2. per head and group: u_t = w_t·s_t (kept in ubuf), ρ = max u / 32767 (u ≥ 0, so the max
+  //    compares the f32 bits as integers), Σ_t w_t·μ_t (lane t mod 4, lanes in fixed order), and
+  //    û_t = nearest(u_t·(32767 / max u)) by adding 2^23, whose low 16 bits are then û_t ≤ 32767
+  const magic = f32x4.splat(8388608);
+  for (let h = 0; h < hq; h++) {
+    const wh = w + <usize>h * nB;
+    for (let g = 0; g < gpt; g++) {
+      const sRow = S + <usize>g * rowB, mRow = M + <usize>g * rowB;
+      let mx = i32x4.splat(0), sm = f32x4.splat(0);
+      for (let t = 0; t < cap8; t += 4) {
+        const o = <usize>t << 2;
+        const wt = _weights4(wh, t, n);
+        const u = f32x4.mul(wt, v128.load(sRow + o));
+        v128.store(ubuf + o, u);
+        mx = i32x4.max_s(mx, u);
+        sm = f32x4.add(sm, f32x4.mul(wt, v128.load(mRow + o)));
+      }
+      const U = reinterpret<f32>(
+        max(max(i32x4.extract_lane(mx, 0), i32x4.extract_lane(mx, 1)), max(i32x4.extract_lane(mx, 2), i32x4.extract_lane(mx, 3))),
+      );
+      const hg = <usize>(h * gpt4 + g) << 2;
+      store<f32>(rho + hg, U / <f32>32767);
+      store<f32>(mw + hg, _hsum(sm));
+      const inv = f32x4.splat(U > 0 ? <f32>32767 / U : 0);
+      const pRow = pairs + <usize>(h * gpt4 + g) * pairB;
+      for (let t = 0; t < cap8; t += 8) {
+        const o = <usize>t << 2;
+        const r0 = f32x4.add(f32x4.mul(v128.load(ubuf + o), inv), magic);
+        const r1 = f32x4.add(f32x4.mul(v128.load(ubuf + o, 16), inv), magic);
+        v128.store(
+          pRow + (<usize>t << 1),
+          i8x16.shuffle(r0, r1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
+        );
+      }
+    }
+  }
+  // 3. integer accumulation, 8 channels × 4 heads in registers, two tokens per dot_i16x8_s
+  const mask = i8x16.splat(0x0f);
+  const hB = <usize>gpt4 * pairB;
+  for (let h = 0; h < hq; h += 4) {
+    for (let g = 0; g < gpt; g++) {
+      const pr = pairs + <usize>(h * gpt4 + g) * pairB;
+      for (let cb = 0; cb < 4; cb++) {
+        let x0 = i32x4.splat(0), y0 = i32x4.splat(0), x1 = i32x4.splat(0), y1 = i32x4.splat(0);
+        let x2 = i32x4.splat(0), y2 = i32x4.splat(0), x3 = i32x4.splat(0), y3 = i32x4.splat(0);
+        for (let t = 0; t < n; t += 2) {
+          const p0 = vPtr + <usize>t * tokB + <usize>g * groupBytes + 4;
+          // token n (an odd tail) lies inside the page (cap even) and has weight 0
+          let lo: v128, hi: v128;
+          if (b == 4) {
+            let v = v128.load32_zero(p0 + (<usize>cb << 2));
+            v = i32x4.replace_lane(v, 1, load<i32>(p0 + tokB + (<usize>cb << 2)));
+            const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
+            const c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
+            lo = i16x8.extend_low_i8x16_u(c);
+            hi = i16x8.extend_high_i8x16_u(c);
+          } else {
+            let v = v128.load64_zero(p0 + (<usize>cb << 3));
+            v = i64x2.replace_lane(v, 1, load<i64>(p0 + tokB + (<usize>cb << 3)));
+            const c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            lo = i16x8.extend_low_i8x16_u(c);
+            hi = i16x8.extend_high_i8x16_u(c);
+          }
+          const pt = pr + (<usize>t << 1);
+          let u = v128.load32_splat(pt);
+          x0 = i32x4.add(x0, i32x4.dot_i16x8_s(lo, u));
+          y0 = i32x4.add(y0, i32x4.dot_i16x8_s(hi, u));
+          u = v128.load32_splat(pt + hB);
+          x1 = i32x4.add(x1, i32x4.dot_i16x8_s(lo, u));
+          y1 = i32x4.add(y1, i32x4.dot_i16x8_s(hi, u));
+          u = v128.load32_splat(pt + 2 * hB);
+          x2 = i32x4.add(x2, i32x4.dot_i16x8_s(lo, u));
+          y2 = i32x4.add(y2, i32x4.dot_i16x8_s(hi, u));
+          u = v128.load32_splat(pt + 3 * hB);
+          x3 = i32x4.add(x3, i32x4.dot_i16x8_s(lo, u));
+          y3 = i32x4.add(y3, i32x4.dot_i16x8_s(hi, u));
+        }
+        const c0 = (g << 5) + (cb << 3);
+        _finish(acc, h, d, c0, rho, mw, gpt4, g, x0, y0);
+        _finish(acc, h + 1, d, c0, rho, mw, gpt4, g, x1, y1);
+        _finish(acc, h + 2, d, c0, rho, mw, gpt4, g, x2, y2);
+        _finish(acc, h + 3, d, c0, rho, mw, gpt4, g, x3, y3);
+      }
+    }
+  }
+}
+
+// Weights w[t … t+3] of one head, zero at t ≥ n.
+// @ts-ignore: decorator
+@inline function _weights4(wh: usize, t: i32, n: i32): v128 {
+  if (t + 4 <= n) return v128.load(wh + (<usize>t << 2));
+  let v = f32x4.splat(0);
+  if (t < n) v = f32x4.replace_lane(v, 0, load<f32>(wh + (<usize>t << 2)));
+  if (t + 1 < n) v = f32x4.replace_lane(v, 1, load<f32>(wh + (<usize>t << 2), 4));
+  if (t + 2 < n) v = f32x4.replace_lane(v, 2, load<f32>(wh + (<usize>t << 2), 8));
+  return v;
+}
+
+// acc_h[c0 … c0+7] = f32(Σ û·code)·ρ + Σw·μ for one head's 8 channels.
+// @ts-ignore: decorator
+@inline function _finish(
+  acc: usize,
+  h: i32,
+  d: i32,
+  c0: i32,
+  rho: usize,
+  mw: usize,
+  gpt4: i32,
+  g: i32,
+  x: v128,
+  y: v128,
+): void {
+  const hg = <usize>(h * gpt4 + g) << 2;
+  const r = v128.load32_splat(rho + hg), m = v128.load32_splat(mw + hg);
+  const a = acc + (<usize>(h * d + c0) << 2);
+  v128.store(a, f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(x), r), m));
+  v128.store(a, f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(y), r), m), 16);
+}
+
+/** Bytes of the integer query block that follows the f32 query (see intQuery). */
+export function intQueryBytes(d: i32, hq: i32): i32 {
+  return 4 * hq * d + 4 * hq * (((d >> 5) + 3) & ~3) + 4 * hq;
+}
+
+/**
+ * Rounds hq query heads (f32 at q, hq × d, d a multiple of 32) for intScores into the block at
+ * q + 4·hq·d: σ_h = f32(max|q_h| / 32767), q̂ = nearest(f32(q/σ_h)) as i16 twice, in int4 lane order
+ * (per group of 32: even codes 0–14, 16–30, then odd 1–15, 17–31) and in int8 (natural) order,
+ * then qv (Σ_{i∈g} q_i in f64, / σ_h, to f32; gpt4 per head, zero past gpt), then σ. A zero head
+ * gets σ = 0 and q̂ = qv = 0.
+ */
+export function intQuery(q: usize, hq: i32, d: i32): void {
+  const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
+  const qi4 = q + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
+  const qv = qi8 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * gpt4) << 2);
+  for (let h = 0; h < hq; h++) {
+    const qh = q + (<usize>(h * d) << 2);
+    let mx: f32 = 0;
+    for (let i = 0; i < d; i++) mx = max(mx, abs(load<f32>(qh + (<usize>i << 2))));
+    const s: f32 = mx / <f32>32767;
+    store<f32>(sig + (<usize>h << 2), s);
+    for (let g = 0; g < gpt4; g++) {
+      let sum: f64 = 0;
+      for (let j = 0; j < 32 && g < gpt; j++) {
+        const i = (g << 5) + j;
+        const x = load<f32>(qh + (<usize>i << 2));
+        sum += <f64>x;
+        const r = s > 0 ? <i16><i32>nearest(x / s) : <i16>0;
+        store<i16>(qi8 + (<usize>(h * d + i) << 1), r);
+        // int4 order: code j sits at lane (j & 1) * 16 + ((j >> 4) << 3) + ((j & 15) >> 1)
+        const lane = ((j & 1) << 4) + ((j >> 4) << 3) + ((j & 15) >> 1);
+        store<i16>(qi4 + (<usize>(h * d + (g << 5) + lane) << 1), r);
+      }
+      store<f32>(qv + (<usize>(h * gpt4 + g) << 2), s > 0 ? <f32>(sum / <f64>s) : 0);
+    }
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * The TypeScript reference of the integer-dot-product attention over one page
+ * (asm/assembly/int_dot.ts, PAGES.md "Integer dot products"): every rounding step of the WASM
+ * kernel taken in the same order in f32 (Math.fround), so the two agree to the last bit of every
+ * weight and rounded product. It serves token-axis int4/int8 pages with groups of 32 for keys and
+ * values, d a multiple of 32, a multiple of 4 query heads; {@linkcode intDotServes} says which.
+ *
+ * The arithmetic differs from exact attention over decoded values in two roundings, both far below
+ * the 4-bit quantization error: the query to i16 (|q − σq̂| ≤ σ/2, σ = max|q|/32767) and the
+ * products w·s of softmax weight and value scale to i16 per head and group (|u − ρû| ≤ ρ/2).
+ * {@linkcode intDotErrorBound} bounds their effect on the page's output.
+ *
+ * @example
+ * ```ts
+ * import { intDotServes } from "./int_dot.ts";
+ * import { getFormat } from "../../codecs/mod.ts";
+ * if (!intDotServes(getFormat("int4-g32-token"), 128, 4)) throw new Error("int4 g32 is served");
+ * if (intDotServes(getFormat("int4-g32-channel"), 128, 4)) throw new Error("channel axis is not");
+ * ```
+ * @module
+ */
+
+import type { FormatSpec } from "../../codecs/mod.ts";
+import { f16BitsToF32 } from "../../codecs/float_bits.ts";
+
+const fr = Math.fround;
+
+/** Whether the integer path serves this format for head_dim d and hq query heads per KV head. */
+export function intDotServes(spec: FormatSpec, d: number, hq: number): boolean {
+  return spec.kind === "int" && (spec.bits === 4 || spec.bits === 8) && spec.group === 32 &&
+    spec.axis === "token" && d % 32 === 0 && hq % 4 === 0;
+}
+
+/** Rounds half to even, as f32x4.nearest. */
+function nearestEven(x: number): number {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The rounded query of one head: σ, q̂ (natural order) and per group Σq/σ. */
+export interface RoundedQuery {
+  /** The head's scale: f32(max|q| / 32767), 0 for a zero head. */
+  sigma: number;
+  /** q̂ = nearest(f32(q/σ)) per element, natural order. */
+  qi: Int16Array;
+  /** Per group of 32: f32(Σ q / σ), the sum in f64. */
+  qv: Float32Array;
+}
+
+/** σ = f32(max|q| / 32767), q̂ = nearest(f32(q/σ)), qv_g = f32(Σ_{i∈g} q_i / σ) (sum in f64). */
+export function roundQuery(q: Float32Array): RoundedQuery {
+  const d = q.length;
+  let mx = 0;
+  for (let i = 0; i < d; i++) mx = Math.max(mx, Math.abs(q[i]));
+  const sigma = fr(mx / 32767);
+  const qi = new Int16Array(d), qv = new Float32Array(d / 32);
+  for (let g = 0; g < d / 32; g++) {
+    let sum = 0;
+    for (let j = 0; j < 32; j++) {
+      const x = q[g * 32 + j];
+      sum += x;
+      qi[g * 32 + j] = sigma > 0 ? nearestEven(fr(x / sigma)) : 0;
+    }
+    qv[g] = sigma > 0 ? fr(sum / sigma) : 0;
+  }
+  return { sigma, qi, qv };
+}
+
+/** e^x per f32 lane exactly as attention.ts _expv (Cephes expf, clamped at −87). */
+export function expF32(x: number): number {
+  x = Math.max(fr(x), -87);
+  const k = nearestEven(fr(x * fr(1.44269504088896341)));
+  const r = fr(fr(x - fr(k * 0.693359375)) - fr(k * fr(-2.12194440e-4)));
+  let y = fr(1.9875691500e-4);
+  for (
+    const c of [1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]
+  ) {
+    y = fr(fr(y * r) + fr(c));
+  }
+  y = fr(fr(fr(y * fr(r * r)) + r) + 1);
+  return fr(y * 2 ** k);
+}
+
+/** Group header: scale and minimum (fp16 low and high half). */
+function header(words: Uint32Array, at: number): [number, number] {
+  const w = words[at];
+  return [f16BitsToF32(w & 0xffff), f16BitsToF32(w >>> 16)];
+}
+
+/** Code j (0 … 31) of the group whose header is at word `at`. */
+function code(words: Uint32Array, at: number, bits: number, j: number): number {
+  const per = 32 / bits;
+  return (words[at + 1 + Math.floor(j / per)] >>> ((j % per) * bits)) & ((1 << bits) - 1);
+}
+
+/** WASM lane of code j in the per-group i32x4 of q̂·code sums. */
+function laneOf(bits: number, j: number): number {
+  return bits === 4 ? (j & 15) >> 2 : (j & 7) >> 1;
+}
+
+/**
+ * The kernel's partials for one page: per head [m, l, acc_0 … acc_{d−1}] as attendPage writes them
+ * with the integer flag, for n tokens of token-major int4/int8 g32 keys and values.
+ * @param kSpec key format (intDotServes)
+ * @param k key words, token-major
+ * @param vSpec value format (intDotServes)
+ * @param v value words, token-major
+ * @param n tokens
+ * @param d head dimension
+ * @param q hq × d query heads
+ * @returns hq × (d + 2) doubles
+ */
+export function intDotPartials(
+  kSpec: FormatSpec,
+  k: Uint32Array,
+  vSpec: FormatSpec,
+  v: Uint32Array,
+  n: number,
+  d: number,
+  q: Float32Array,
+): Float64Array {
+  const hq = q.length / d, gpt = d / 32;
+  const out = new Float64Array(hq * (d + 2));
+  const kGroup = kSpec.wordsPerGroup, vGroup = vSpec.wordsPerGroup;
+  const inv32 = fr(1 / Math.sqrt(d));
+  const w = new Float32Array(n);
+  for (let h = 0; h < hq; h++) {
+    const { sigma, qi, qv } = roundQuery(q.subarray(h * d, (h + 1) * d));
+    // 1. scores: lanes start with the minimum terms (four groups a vector), then each group's
+    //    f32(integer lane sum)·s
+    const score = new Float32Array(n);
+    for (let t = 0; t < n; t++) {
+      const a = [0, 0, 0, 0];
+      for (let g = 0; g < gpt; g++) {
+        a[g % 4] = fr(a[g % 4] + fr(header(k, (t * gpt + g) * kGroup)[1] * qv[g]));
+      }
+      for (let g = 0; g < gpt; g++) {
+        const at = (t * gpt + g) * kGroup, s = header(k, at)[0];
+        const lanes = [0, 0, 0, 0];
+        for (let j = 0; j < 32; j++) {
+          lanes[laneOf(kSpec.bits, j)] += qi[g * 32 + j] * code(k, at, kSpec.bits, j);
+        }
+        for (let l = 0; l < 4; l++) a[l] = fr(a[l] + fr(fr(lanes[l]) * s));
+      }
+      score[t] = fr(fr(fr(a[0] + a[1]) + fr(a[2] + a[3])) * sigma);
+    }
+    // 2. softmax weights
+    let m32 = -Infinity;
+    for (let t = 0; t < n; t++) m32 = Math.max(m32, score[t]);
+    m32 = fr(m32 * inv32);
+    let l = 0;
+    for (let t = 0; t < n; t++) {
+      w[t] = expF32(fr(fr(score[t] * inv32) - m32));
+      l += w[t];
+    }
+    // 3. values: per group û_t = nearest(w_t·s_t·32767/max), integer sums, ·ρ + Σ w·μ
+    const o = h * (d + 2);
+    out[o] = m32;
+    out[o + 1] = l;
+    for (let g = 0; g < gpt; g++) {
+      let U = 0;
+      const sm = [0, 0, 0, 0];
+      const u = new Float32Array(n);
+      for (let t = 0; t < n; t++) {
+        const [s, mu] = header(v, (t * gpt + g) * vGroup);
+        u[t] = fr(w[t] * s);
+        U = Math.max(U, u[t]);
+        sm[t % 4] = fr(sm[t % 4] + fr(w[t] * mu));
+      }
+      const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
+      const mw = fr(fr(sm[0] + sm[1]) + fr(sm[2] + sm[3]));
+      // u ≤ U, so u·inv ≤ 32767·(1 + 2⁻²³) and rounds to at most 32767
+      const uq = u.map((x) => nearestEven(fr(x * inv)));
+      for (let c = 0; c < 32; c++) {
+        let sum = 0;
+        for (let t = 0; t < n; t++) sum += uq[t] * code(v, (t * gpt + g) * vGroup, vSpec.bits, c);
+        out[o + 2 + g * 32 + c] = fr(fr(fr(sum) * rho) + mw);
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * A bound on |integer path − exact attention| for one head's output over a page, from the two
+ * roundings: each score moves by at most δ = (σ/2)·Σ_i |x̂_i − μ_g| / √d (plus f32 rounding), which
+ * moves the softmax output by at most (e^{2δ} − 1)·max|v̂|; each value channel by at most
+ * (ρ_g/2)·Σ_t code_{t,c} / Σ_t w_t. Returns the sum, with 1e-6·max|v̂| for the f32 arithmetic.
+ */
+export function intDotErrorBound(
+  kSpec: FormatSpec,
+  k: Uint32Array,
+  vSpec: FormatSpec,
+  v: Uint32Array,
+  n: number,
+  d: number,
+  q: Float32Array,
+  weights: Float64Array,
+): number {
+  const gpt = d / 32, kG = kSpec.wordsPerGroup, vG = vSpec.wordsPerGroup;
+  const { sigma } = roundQuery(q);
+  let delta = 0, vmax = 0;
+  for (let t = 0; t < n; t++) {
+    let s = 0;
+    for (let g = 0; g < gpt; g++) {
+      const at = (t * gpt + g) * kG, [sc] = header(k, at);
+      for (let j = 0; j < 32; j++) s += sc * code(k, at, kSpec.bits, j);
+      for (let c = 0; c < 32; c++) {
+        const [vs, vm] = header(v, (t * gpt + g) * vG);
+        vmax = Math.max(vmax, Math.abs(vs * code(v, (t * gpt + g) * vG, vSpec.bits, c) + vm));
+      }
+    }
+    delta = Math.max(delta, (sigma / 2) * s / Math.sqrt(d));
+  }
+  let l = 0, valueErr = 0;
+  for (let t = 0; t < n; t++) l += weights[t];
+  for (let g = 0; g < gpt; g++) {
+    let U = 0, codes = 0;
+    for (let t = 0; t < n; t++) {
+      const at = (t * gpt + g) * vG;
+      U = Math.max(U, weights[t] * header(v, at)[0]);
+      for (let c = 0; c < 32; c++) codes = Math.max(codes, code(v, at, vSpec.bits, c));
+    }
+    valueErr = Math.max(valueErr, (U / 32767 / 2) * codes * n / l);
+  }
+  return (Math.exp(2 * delta) - 1) * vmax + valueErr + 1e-6 * vmax;
+}

@@ -1,0 +1,211 @@
+import assert from "node:assert/strict";
+import { getFormat, tsCodec, wordsForLength } from "../../../codecs/mod.ts";
+import { intDotErrorBound, intDotPartials, intDotServes } from "../../../core/cache/int_dot.ts";
+import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
+import { uniformPolicy } from "../../../core/cache/policy.ts";
+import { WasmAttention } from "../../../core/cache/wasm_attention.ts";
+import { normals, rng } from "../../_fixtures.ts";
+
+/** n tokens × d of normal values with a few ×20 outlier channels and a per-token offset. */
+function tokens(n: number, d: number, next: () => number): Float32Array {
+  const x = normals(n * d, next);
+  for (let t = 0; t < n; t++) {
+    const shift = (next() - 0.5) * 4;
+    for (let c = 0; c < d; c++) x[t * d + c] = x[t * d + c] * (c % 17 === 3 ? 20 : 1) + shift;
+  }
+  return x;
+}
+
+/** One page of `cap` tokens (n valid) packed token-major in WASM memory; returns ptr and words. */
+function page(wa: WasmAttention, format: string, x: Float32Array, cap: number, d: number) {
+  const spec = getFormat(format);
+  const words = new Uint32Array(wordsForLength(spec, cap * d));
+  tsCodec(format).encodeInto(x, words);
+  const ptr = wa.arena.alloc(words.length * 4);
+  wa.arena.u32(ptr, words.length).set(words);
+  return { spec, words, ptr };
+}
+
+/** The kernel's partials for one page with or without the integer flag. */
+function kernel(
+  integerDot: boolean,
+  kf: string,
+  vf: string,
+  k: Float32Array,
+  v: Float32Array,
+  q: Float32Array,
+  n: number,
+  cap: number,
+  d: number,
+) {
+  const hq = q.length / d;
+  const wa = new WasmAttention({ integerDot });
+  wa.reserve(d, cap, hq);
+  const K = page(wa, kf, k, cap, d), V = page(wa, vf, v, cap, d);
+  wa.q().set(q);
+  wa.prepareQuery();
+  wa.attendSegment(tsCodec(kf), K.ptr, tsCodec(vf), V.ptr, n, cap, d, hq, false, false);
+  return { out: wa.out().slice(), K, V };
+}
+
+const FORMATS = ["int4-g32-token", "int8-g32-token"];
+
+Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit", () => {
+  const next = rng(71);
+  let cases = 0;
+  for (
+    const [d, hq, cap, ns] of [
+      [32, 4, 8, [1, 2, 3, 8]],
+      [64, 4, 128, [5, 64, 127, 128]],
+      [96, 8, 16, [15, 16]],
+      [128, 4, 256, [256, 201]],
+    ] as [number, number, number, number[]][]
+  ) {
+    for (const kf of FORMATS) {
+      for (const vf of FORMATS) {
+        for (const n of ns) {
+          const k = tokens(cap, d, next), v = tokens(cap, d, next);
+          const q = normals(hq * d, next);
+          const { out, K, V } = kernel(true, kf, vf, k, v, q, n, cap, d);
+          const ref = intDotPartials(K.spec, K.words, V.spec, V.words, n, d, q);
+          for (let h = 0; h < hq; h++) {
+            const o = h * (d + 2), at = `${kf}/${vf} d=${d} hq=${hq} n=${n} head ${h}`;
+            assert.equal(out[o], ref[o], `m, ${at}`);
+            assert.ok(Math.abs(out[o + 1] - ref[o + 1]) <= 1e-12 * ref[o + 1], `l, ${at}`);
+            for (let c = 0; c < d; c++) {
+              assert.equal(out[o + 2 + c], ref[o + 2 + c], `acc[${c}], ${at}`);
+            }
+          }
+          cases++;
+        }
+      }
+    }
+  }
+  assert.equal(cases, 48);
+});
+
+Deno.test("integer-dot attention stays within intDotErrorBound of exact attention", () => {
+  const next = rng(72);
+  let worstRatio = 0, sawError = false;
+  for (const [d, n] of [[64, 128], [128, 128], [128, 37]]) {
+    for (const kf of FORMATS) {
+      for (const vf of FORMATS) {
+        const hq = 4, cap = 128;
+        const k = tokens(cap, d, next), v = tokens(cap, d, next);
+        const q = normals(hq * d, next).map((x) => x * 3);
+        const { out, K, V } = kernel(true, kf, vf, k, v, q, n, cap, d);
+        const kx = new Float32Array(cap * d), vx = new Float32Array(cap * d);
+        tsCodec(kf).decodeWords(K.words, cap * d, kx);
+        tsCodec(vf).decodeWords(V.words, cap * d, vx);
+        for (let h = 0; h < hq; h++) {
+          // exact attention over the decoded page, in f64
+          const s = new Float64Array(n);
+          for (let t = 0; t < n; t++) {
+            for (let c = 0; c < d; c++) s[t] += q[h * d + c] * kx[t * d + c];
+            s[t] /= Math.sqrt(d);
+          }
+          const m = Math.max(...s), w = s.map((x) => Math.exp(x - m));
+          const l = w.reduce((a, b) => a + b, 0);
+          const bound = intDotErrorBound(
+            K.spec,
+            K.words,
+            V.spec,
+            V.words,
+            n,
+            d,
+            q.subarray(h * d, (h + 1) * d),
+            w,
+          );
+          const o = h * (d + 2);
+          for (let c = 0; c < d; c++) {
+            let exact = 0;
+            for (let t = 0; t < n; t++) exact += w[t] * vx[t * d + c];
+            const err = Math.abs(out[o + 2 + c] / out[o + 1] - exact / l);
+            if (err > 1e-7) sawError = true;
+            worstRatio = Math.max(worstRatio, err / bound);
+            assert.ok(err <= bound, `${kf}/${vf} d=${d} head ${h} channel ${c}: ${err} > ${bound}`);
+          }
+        }
+      }
+    }
+  }
+  assert.ok(sawError, "the integer path rounds: some channel must differ from exact");
+  console.log(`integer-dot error / bound: worst ${worstRatio.toFixed(3)}`);
+});
+
+Deno.test("the integer flag leaves formats and shapes it does not serve bit-identical", () => {
+  const next = rng(73);
+  for (
+    const [kf, vf, d, hq] of [
+      ["fp16", "fp16", 64, 4],
+      ["int4-g32-channel", "fp16", 64, 4],
+      ["int2-g32-token", "int4-g64-token", 64, 4],
+      ["int4-g32-token", "int4-g32-token", 64, 2],
+      ["int4-g32-token", "fp16", 64, 4],
+      ["int4-g32-channel", "int4-g32-token", 64, 4],
+      ["int4-g32-token", "int8-g32-token", 36, 4],
+    ] as [string, string, number, number][]
+  ) {
+    assert.equal(
+      intDotServes(getFormat(kf), d, hq) && intDotServes(getFormat(vf), d, hq),
+      false,
+      `${kf}/${vf} d=${d} hq=${hq} is not served`,
+    );
+    const cap = 64, n = 50;
+    const k = tokens(cap, d, next), v = tokens(cap, d, next), q = normals(hq * d, next);
+    const a = kernel(true, kf, vf, k, v, q, n, cap, d).out;
+    const b = kernel(false, kf, vf, k, v, q, n, cap, d).out;
+    assert.deepEqual(a, b, `${kf}/${vf} d=${d} hq=${hq}`);
+  }
+});
+
+Deno.test("MixedPrecisionKVCache integerDot: ts and wasm agree to 1e-6, both near exact", () => {
+  const next = rng(74);
+  const shape = { nLayers: 1, nHeads: 8, nKvHeads: 2, headDim: 64, maxSeqLen: 700 };
+  // int4 and int8 pools (served), an int2 pool (exact), sinks and a window (exact)
+  const tiers = [
+    { keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" },
+    { keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" },
+    { keyFormat: "int2-g32-token", valueFormat: "int2-g32-token" },
+  ];
+  const policy = () => {
+    const base = uniformPolicy({
+      keyFormat: "int4-g32-token",
+      valueFormat: "int4-g32-token",
+      sinkTokens: 4,
+      recentWindow: 16,
+    });
+    let count = 0;
+    return { ...base, formatFor: () => tiers[count++ % 3], pairs: () => tiers };
+  };
+  const exact = new MixedPrecisionKVCache(shape, policy());
+  const ts = new MixedPrecisionKVCache(shape, policy(), { integerDot: true });
+  const wasm = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot: true });
+  const kv = shape.nKvHeads * shape.headDim;
+  const q = new Float32Array(shape.nHeads * shape.headDim);
+  const [a, b, c] = [0, 1, 2].map(() => new Float32Array(q.length));
+  let tsWasm = 0, intExact = 0;
+  for (let t = 0; t < 650; t++) {
+    const k = tokens(1, kv, next), v = tokens(1, kv, next);
+    for (const cache of [exact, ts, wasm]) cache.append(0, t, k, v);
+    if (t % 130 !== 129) continue;
+    q.set(normals(q.length, next));
+    exact.attend(0, q, a);
+    ts.attend(0, q, b);
+    wasm.attend(0, q, c);
+    tsWasm = Math.max(tsWasm, relError(c, b));
+    intExact = Math.max(intExact, relError(b, a));
+  }
+  assert.ok(tsWasm <= 1e-6, `ts vs wasm, integerDot: ${tsWasm}`);
+  assert.ok(intExact > 1e-7 && intExact <= 1e-3, `integerDot vs exact: ${intExact}`);
+});
+
+/** Largest |a − b| relative to the largest |b|. */
+function relError(a: Float32Array, b: Float32Array): number {
+  let err = 0, mag = 0;
+  for (let i = 0; i < a.length; i++) {
+    err = Math.max(err, Math.abs(a[i] - b[i]));
+    mag = Math.max(mag, Math.abs(b[i]));
+  }
+  return err / mag;
+}
