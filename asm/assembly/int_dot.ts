@@ -161,7 +161,7 @@ export function intDotScratchBytes(d: i32, cap: i32, hq: i32): i32 {
 /**
  * acc_h (f32 [hq][d], overwritten) = Σ_t w_{h,t}·v_t over n tokens of a token-axis int page, with
  * w·s rounded to i16 per head and group. w: f32 [hq][n] softmax weights in [0, 1]; n ≤ cap ≤ 256,
- * cap even; work: intDotScratchBytes of scratch.
+ * cap a multiple of 4; work: intDotScratchBytes of scratch.
  */
 export function intValues(
   vPtr: usize,
@@ -233,7 +233,8 @@ export function intValues(
       }
     }
   }
-  // 3. integer accumulation, 8 channels × 4 heads in registers, two tokens per dot_i16x8_s
+  // 3. integer accumulation: 8 channels × 4 heads in registers, four tokens per step, two per
+  //    dot_i16x8_s (tokens past n have weight 0 and lie inside the page: cap is a multiple of 4)
   const mask = i8x16.splat(0x0f);
   const hB = <usize>gpt4 * pairB;
   for (let h = 0; h < hq; h += 4) {
@@ -242,37 +243,51 @@ export function intValues(
       for (let cb = 0; cb < 4; cb++) {
         let x0 = i32x4.splat(0), y0 = i32x4.splat(0), x1 = i32x4.splat(0), y1 = i32x4.splat(0);
         let x2 = i32x4.splat(0), y2 = i32x4.splat(0), x3 = i32x4.splat(0), y3 = i32x4.splat(0);
-        for (let t = 0; t < n; t += 2) {
-          const p0 = vPtr + <usize>t * tokB + <usize>g * groupBytes + 4;
-          // token n (an odd tail) lies inside the page (cap even) and has weight 0
-          let lo: v128, hi: v128;
+        let p = vPtr + <usize>g * groupBytes + 4 + (<usize>cb << (b == 4 ? 2 : 3));
+        let pt = pr;
+        for (let t = 0; t < n; t += 4) {
+          let lo: v128, hi: v128, lo2: v128, hi2: v128;
           if (b == 4) {
-            let v = v128.load32_zero(p0 + (<usize>cb << 2));
-            v = i32x4.replace_lane(v, 1, load<i32>(p0 + tokB + (<usize>cb << 2)));
+            let v = v128.load32_zero(p);
+            v = i32x4.replace_lane(v, 1, load<i32>(p + tokB));
+            v = i32x4.replace_lane(v, 2, load<i32>(p + 2 * tokB));
+            v = i32x4.replace_lane(v, 3, load<i32>(p + 3 * tokB));
             const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
             const c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
+            const e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
             lo = i16x8.extend_low_i8x16_u(c);
             hi = i16x8.extend_high_i8x16_u(c);
+            lo2 = i16x8.extend_low_i8x16_u(e);
+            hi2 = i16x8.extend_high_i8x16_u(e);
           } else {
-            let v = v128.load64_zero(p0 + (<usize>cb << 3));
-            v = i64x2.replace_lane(v, 1, load<i64>(p0 + tokB + (<usize>cb << 3)));
+            let v = v128.load64_zero(p);
+            v = i64x2.replace_lane(v, 1, load<i64>(p + tokB));
+            let w = v128.load64_zero(p + 2 * tokB);
+            w = i64x2.replace_lane(w, 1, load<i64>(p + 3 * tokB));
             const c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            const e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
             lo = i16x8.extend_low_i8x16_u(c);
             hi = i16x8.extend_high_i8x16_u(c);
+            lo2 = i16x8.extend_low_i8x16_u(e);
+            hi2 = i16x8.extend_high_i8x16_u(e);
           }
-          const pt = pr + (<usize>t << 1);
-          let u = v128.load32_splat(pt);
-          x0 = i32x4.add(x0, i32x4.dot_i16x8_s(lo, u));
-          y0 = i32x4.add(y0, i32x4.dot_i16x8_s(hi, u));
+          let u = v128.load32_splat(pt), u2 = v128.load32_splat(pt + 4);
+          x0 = i32x4.add(x0, i32x4.add(i32x4.dot_i16x8_s(lo, u), i32x4.dot_i16x8_s(lo2, u2)));
+          y0 = i32x4.add(y0, i32x4.add(i32x4.dot_i16x8_s(hi, u), i32x4.dot_i16x8_s(hi2, u2)));
           u = v128.load32_splat(pt + hB);
-          x1 = i32x4.add(x1, i32x4.dot_i16x8_s(lo, u));
-          y1 = i32x4.add(y1, i32x4.dot_i16x8_s(hi, u));
+          u2 = v128.load32_splat(pt + hB + 4);
+          x1 = i32x4.add(x1, i32x4.add(i32x4.dot_i16x8_s(lo, u), i32x4.dot_i16x8_s(lo2, u2)));
+          y1 = i32x4.add(y1, i32x4.add(i32x4.dot_i16x8_s(hi, u), i32x4.dot_i16x8_s(hi2, u2)));
           u = v128.load32_splat(pt + 2 * hB);
-          x2 = i32x4.add(x2, i32x4.dot_i16x8_s(lo, u));
-          y2 = i32x4.add(y2, i32x4.dot_i16x8_s(hi, u));
+          u2 = v128.load32_splat(pt + 2 * hB + 4);
+          x2 = i32x4.add(x2, i32x4.add(i32x4.dot_i16x8_s(lo, u), i32x4.dot_i16x8_s(lo2, u2)));
+          y2 = i32x4.add(y2, i32x4.add(i32x4.dot_i16x8_s(hi, u), i32x4.dot_i16x8_s(hi2, u2)));
           u = v128.load32_splat(pt + 3 * hB);
-          x3 = i32x4.add(x3, i32x4.dot_i16x8_s(lo, u));
-          y3 = i32x4.add(y3, i32x4.dot_i16x8_s(hi, u));
+          u2 = v128.load32_splat(pt + 3 * hB + 4);
+          x3 = i32x4.add(x3, i32x4.add(i32x4.dot_i16x8_s(lo, u), i32x4.dot_i16x8_s(lo2, u2)));
+          y3 = i32x4.add(y3, i32x4.add(i32x4.dot_i16x8_s(hi, u), i32x4.dot_i16x8_s(hi2, u2)));
+          p += 4 * tokB;
+          pt += 8;
         }
         const c0 = (g << 5) + (cb << 3);
         _finish(acc, h, d, c0, rho, mw, gpt4, g, x0, y0);

@@ -173,7 +173,7 @@ export interface MixedCacheOptions {
    * (the query and the weight·scale products rounded to i16; core/cache/int_dot.ts, which also
    * bounds the difference from exact attention): the fast path of the wasm backend, mirrored bit
    * for bit by the ts backend. Needs query heads per KV head a multiple of 4, head_dim of 32, an
-   * even page size ≤ 256; other pages stay exact. Default false.
+   * page size a multiple of 4 and ≤ 256; other pages stay exact. Default false.
    */
   integerDot?: boolean;
   /**
@@ -473,7 +473,7 @@ export class MixedPrecisionKVCache implements KVCache {
   #intDotPool(pair: FormatPair, d: number, hq: number): boolean {
     return this.integerDot && intDotServes(getFormat(pair.keyFormat), d, hq) &&
       intDotServes(getFormat(pair.valueFormat), d, hq) &&
-      this.policy.pageTokens % 2 === 0 && this.policy.pageTokens <= 256;
+      this.policy.pageTokens % 4 === 0 && this.policy.pageTokens <= 256;
   }
 
   /**
