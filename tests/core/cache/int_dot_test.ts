@@ -157,6 +157,13 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
     const b = kernel(false, kf, vf, k, v, q, n, cap, d).out;
     assert.deepEqual(a, b, `${kf}/${vf} d=${d} hq=${hq}`);
   }
+  // a page size that is not a multiple of 4 stays exact too
+  const k = tokens(6, 64, next), v = tokens(6, 64, next), q = normals(4 * 64, next);
+  assert.deepEqual(
+    kernel(true, "int4-g32-token", "int4-g32-token", k, v, q, 5, 6, 64).out,
+    kernel(false, "int4-g32-token", "int4-g32-token", k, v, q, 5, 6, 64).out,
+    "cap 6",
+  );
 });
 
 Deno.test("MixedPrecisionKVCache integerDot: ts and wasm agree to 1e-6, both near exact", () => {
