@@ -154,8 +154,8 @@ export function intScores(
 export function intDotScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const gpt4 = ((d >> 5) + 3) & ~3, cap8 = (cap + 7) & ~7;
   // header buffers 8·gpt4 f32; per group S, M rows of cap8 f32; per head and group ρ, Σw·μ
-  // and cap8/2 packed weight pairs; one row of u
-  return 32 * gpt4 + 8 * gpt4 * cap8 + 8 * hq * gpt4 + 2 * hq * gpt4 * cap8 + 4 * cap8 + 64;
+  // and cap8/2 packed weight pairs; four rows of u
+  return 32 * gpt4 + 8 * gpt4 * cap8 + 8 * hq * gpt4 + 2 * hq * gpt4 * cap8 + 16 * cap8 + 64;
 }
 
 /**
@@ -182,7 +182,7 @@ export function intValues(
   const rho = M + <usize>gpt4 * rowB; // [hq][gpt4]
   const mw = rho + (<usize>(hq * gpt4) << 2); // [hq][gpt4]
   const pairs = mw + (<usize>(hq * gpt4) << 2); // [hq][gpt4][cap8/2] u32: û_t | û_{t+1} << 16
-  const ubuf = pairs + <usize>(hq * gpt4) * pairB; // [cap8] f32: u_t of one head and group
+  const ubuf = pairs + <usize>(hq * gpt4) * pairB; // [4][cap8] f32: u_t of four heads, one group
 
   // 1. headers into token-contiguous rows, four tokens at a time (tokens ≥ n read as zero)
   for (let t = 0; t < cap8; t += 4) {
@@ -201,36 +201,40 @@ export function intValues(
   //    compares the f32 bits as integers), Σ_t w_t·μ_t (lane t mod 4, lanes in fixed order), and
   //    û_t = nearest(u_t·(32767 / max u)) by adding 2^23, whose low 16 bits are then û_t ≤ 32767
   const magic = f32x4.splat(8388608);
-  for (let h = 0; h < hq; h++) {
-    const wh = w + <usize>h * nB;
+  for (let h = 0; h < hq; h += 4) {
+    const w0 = w + <usize>h * nB;
     for (let g = 0; g < gpt; g++) {
       const sRow = S + <usize>g * rowB, mRow = M + <usize>g * rowB;
-      let mx = i32x4.splat(0), sm = f32x4.splat(0);
+      let x0 = i32x4.splat(0), x1 = i32x4.splat(0), x2 = i32x4.splat(0), x3 = i32x4.splat(0);
+      let m0 = f32x4.splat(0), m1 = f32x4.splat(0), m2 = f32x4.splat(0), m3 = f32x4.splat(0);
       for (let t = 0; t < cap8; t += 4) {
         const o = <usize>t << 2;
-        const wt = _weights4(wh, t, n);
-        const u = f32x4.mul(wt, v128.load(sRow + o));
+        const sv = v128.load(sRow + o), mv = v128.load(mRow + o);
+        let wt = _weights4(w0, t, n);
+        let u = f32x4.mul(wt, sv);
         v128.store(ubuf + o, u);
-        mx = i32x4.max_s(mx, u);
-        sm = f32x4.add(sm, f32x4.mul(wt, v128.load(mRow + o)));
+        x0 = i32x4.max_s(x0, u);
+        m0 = f32x4.add(m0, f32x4.mul(wt, mv));
+        wt = _weights4(w0 + nB, t, n);
+        u = f32x4.mul(wt, sv);
+        v128.store(ubuf + rowB + o, u);
+        x1 = i32x4.max_s(x1, u);
+        m1 = f32x4.add(m1, f32x4.mul(wt, mv));
+        wt = _weights4(w0 + 2 * nB, t, n);
+        u = f32x4.mul(wt, sv);
+        v128.store(ubuf + 2 * rowB + o, u);
+        x2 = i32x4.max_s(x2, u);
+        m2 = f32x4.add(m2, f32x4.mul(wt, mv));
+        wt = _weights4(w0 + 3 * nB, t, n);
+        u = f32x4.mul(wt, sv);
+        v128.store(ubuf + 3 * rowB + o, u);
+        x3 = i32x4.max_s(x3, u);
+        m3 = f32x4.add(m3, f32x4.mul(wt, mv));
       }
-      const U = reinterpret<f32>(
-        max(max(i32x4.extract_lane(mx, 0), i32x4.extract_lane(mx, 1)), max(i32x4.extract_lane(mx, 2), i32x4.extract_lane(mx, 3))),
-      );
-      const hg = <usize>(h * gpt4 + g) << 2;
-      store<f32>(rho + hg, U / <f32>32767);
-      store<f32>(mw + hg, _hsum(sm));
-      const inv = f32x4.splat(U > 0 ? <f32>32767 / U : 0);
-      const pRow = pairs + <usize>(h * gpt4 + g) * pairB;
-      for (let t = 0; t < cap8; t += 8) {
-        const o = <usize>t << 2;
-        const r0 = f32x4.add(f32x4.mul(v128.load(ubuf + o), inv), magic);
-        const r1 = f32x4.add(f32x4.mul(v128.load(ubuf + o, 16), inv), magic);
-        v128.store(
-          pRow + (<usize>t << 1),
-          i8x16.shuffle(r0, r1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
-        );
-      }
+      _pack(h, g, x0, m0, ubuf, cap8, gpt4, rho, mw, pairs, pairB, magic);
+      _pack(h + 1, g, x1, m1, ubuf + rowB, cap8, gpt4, rho, mw, pairs, pairB, magic);
+      _pack(h + 2, g, x2, m2, ubuf + 2 * rowB, cap8, gpt4, rho, mw, pairs, pairB, magic);
+      _pack(h + 3, g, x3, m3, ubuf + 3 * rowB, cap8, gpt4, rho, mw, pairs, pairB, magic);
     }
   }
   // 3. integer accumulation: 8 channels × 4 heads in registers, four tokens per step, two per
@@ -299,6 +303,45 @@ export function intValues(
   }
 }
 
+// One head and group: ρ = max u / 32767 (mx: lane maxima of the f32 bits), Σw·μ from the lane
+// sums sm, and the packed pairs of û_t = nearest(u_t·(32767 / max u)) (+2^23: low 16 bits).
+// @ts-ignore: decorator
+@inline function _pack(
+  h: i32,
+  g: i32,
+  mx: v128,
+  sm: v128,
+  u: usize,
+  cap8: i32,
+  gpt4: i32,
+  rho: usize,
+  mw: usize,
+  pairs: usize,
+  pairB: usize,
+  magic: v128,
+): void {
+  const U = reinterpret<f32>(
+    max(
+      max(i32x4.extract_lane(mx, 0), i32x4.extract_lane(mx, 1)),
+      max(i32x4.extract_lane(mx, 2), i32x4.extract_lane(mx, 3)),
+    ),
+  );
+  const hg = <usize>(h * gpt4 + g) << 2;
+  store<f32>(rho + hg, U / <f32>32767);
+  store<f32>(mw + hg, _hsum(sm));
+  const inv = f32x4.splat(U > 0 ? <f32>32767 / U : 0);
+  const pRow = pairs + <usize>(h * gpt4 + g) * pairB;
+  for (let t = 0; t < cap8; t += 8) {
+    const o = <usize>t << 2;
+    const r0 = f32x4.add(f32x4.mul(v128.load(u + o), inv), magic);
+    const r1 = f32x4.add(f32x4.mul(v128.load(u + o, 16), inv), magic);
+    v128.store(
+      pRow + (<usize>t << 1),
+      i8x16.shuffle(r0, r1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
+    );
+  }
+}
+
 // Weights w[t … t+3] of one head, zero at t ≥ n.
 // @ts-ignore: decorator
 @inline function _weights4(wh: usize, t: i32, n: i32): v128 {
@@ -347,25 +390,46 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
   const qi4 = q + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
   const qv = qi8 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * gpt4) << 2);
+  memory.fill(qi4, 0, <usize>(hq * d) << 2); // both orders: a zero head stays zero
+  memory.fill(qv, 0, <usize>(hq * gpt4) << 2);
   for (let h = 0; h < hq; h++) {
     const qh = q + (<usize>(h * d) << 2);
-    let mx: f32 = 0;
-    for (let i = 0; i < d; i++) mx = max(mx, abs(load<f32>(qh + (<usize>i << 2))));
+    let mv = f32x4.splat(0);
+    for (let i = 0; i < d; i += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(qh + (<usize>i << 2))));
+    const mx = max(
+      max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
+      max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
+    );
     const s: f32 = mx / <f32>32767;
     store<f32>(sig + (<usize>h << 2), s);
-    for (let g = 0; g < gpt4; g++) {
+    if (!(s > 0)) continue;
+    const sv = f32x4.splat(s);
+    for (let g = 0; g < gpt; g++) {
+      const x = qh + (<usize>g << 7);
+      const n0 = _round8(x, sv), n1 = _round8(x + 32, sv);
+      const n2 = _round8(x + 64, sv), n3 = _round8(x + 96, sv);
+      const o8 = qi8 + (<usize>(h * d + (g << 5)) << 1);
+      v128.store(o8, n0);
+      v128.store(o8, n1, 16);
+      v128.store(o8, n2, 32);
+      v128.store(o8, n3, 48);
+      // int4 order: even codes 0–14, 16–30, then odd 1–15, 17–31
+      const o4 = qi4 + (<usize>(h * d + (g << 5)) << 1);
+      v128.store(o4, i8x16.shuffle(n0, n1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29));
+      v128.store(o4, i8x16.shuffle(n2, n3, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), 16);
+      v128.store(o4, i8x16.shuffle(n0, n1, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 32);
+      v128.store(o4, i8x16.shuffle(n2, n3, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 48);
       let sum: f64 = 0;
-      for (let j = 0; j < 32 && g < gpt; j++) {
-        const i = (g << 5) + j;
-        const x = load<f32>(qh + (<usize>i << 2));
-        sum += <f64>x;
-        const r = s > 0 ? <i16><i32>nearest(x / s) : <i16>0;
-        store<i16>(qi8 + (<usize>(h * d + i) << 1), r);
-        // int4 order: code j sits at lane (j & 1) * 16 + ((j >> 4) << 3) + ((j & 15) >> 1)
-        const lane = ((j & 1) << 4) + ((j >> 4) << 3) + ((j & 15) >> 1);
-        store<i16>(qi4 + (<usize>(h * d + (g << 5) + lane) << 1), r);
-      }
-      store<f32>(qv + (<usize>(h * gpt4 + g) << 2), s > 0 ? <f32>(sum / <f64>s) : 0);
+      for (let j = 0; j < 32; j++) sum += <f64>load<f32>(x + (<usize>j << 2));
+      store<f32>(qv + (<usize>(h * gpt4 + g) << 2), <f32>(sum / <f64>s));
     }
   }
+}
+
+// q̂ = nearest(f32(q/σ)) of 8 floats at x, as i16 (|q/σ| ≤ 32767).
+// @ts-ignore: decorator
+@inline function _round8(x: usize, sv: v128): v128 {
+  const a = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.div(v128.load(x), sv)));
+  const b = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.div(v128.load(x, 16), sv)));
+  return i16x8.narrow_i32x4_s(a, b);
 }
