@@ -98,27 +98,31 @@ function laneOf(bits: number, j: number): number {
   return bits === 4 ? (j & 15) >> 2 : (j & 7) >> 1;
 }
 
+/** One page as the integer path reads it: n tokens of token-major int4/int8 g32 keys and values. */
+export interface IntDotPage {
+  /** Key format (intDotServes). */
+  kSpec: FormatSpec;
+  /** Key words, token-major. */
+  k: Uint32Array;
+  /** Value format (intDotServes). */
+  vSpec: FormatSpec;
+  /** Value words, token-major. */
+  v: Uint32Array;
+  /** Tokens. */
+  n: number;
+  /** Head dimension, a multiple of 32. */
+  d: number;
+}
+
 /**
  * The kernel's partials for one page: per head [m, l, acc_0 … acc_{d−1}] as attendPage writes them
- * with the integer flag, for n tokens of token-major int4/int8 g32 keys and values.
- * @param kSpec key format (intDotServes)
- * @param k key words, token-major
- * @param vSpec value format (intDotServes)
- * @param v value words, token-major
- * @param n tokens
- * @param d head dimension
+ * with the integer flag.
+ * @param page the page
  * @param q hq × d query heads
  * @returns hq × (d + 2) doubles
  */
-export function intDotPartials(
-  kSpec: FormatSpec,
-  k: Uint32Array,
-  vSpec: FormatSpec,
-  v: Uint32Array,
-  n: number,
-  d: number,
-  q: Float32Array,
-): Float64Array {
+export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array {
+  const { kSpec, k, vSpec, v, n, d } = page;
   const hq = q.length / d, gpt = d / 32;
   const out = new Float64Array(hq * (d + 2));
   const kGroup = kSpec.wordsPerGroup, vGroup = vSpec.wordsPerGroup;
@@ -186,17 +190,13 @@ export function intDotPartials(
  * roundings: each score moves by at most δ = (σ/2)·Σ_i |x̂_i − μ_g| / √d (plus f32 rounding), which
  * moves the softmax output by at most (e^{2δ} − 1)·max|v̂|; each value channel by at most
  * (ρ_g/2)·Σ_t code_{t,c} / Σ_t w_t. Returns the sum, with 1e-6·max|v̂| for the f32 arithmetic.
+ * @param page the page
+ * @param q one query head, length d
+ * @param weights the exact softmax weights e^{s_t − max s} of the page's n tokens
+ * @returns a bound on the largest |Δ| over the head's output channels
  */
-export function intDotErrorBound(
-  kSpec: FormatSpec,
-  k: Uint32Array,
-  vSpec: FormatSpec,
-  v: Uint32Array,
-  n: number,
-  d: number,
-  q: Float32Array,
-  weights: Float64Array,
-): number {
+export function intDotErrorBound(page: IntDotPage, q: Float32Array, weights: Float64Array): number {
+  const { kSpec, k, vSpec, v, n, d } = page;
   const gpt = d / 32, kG = kSpec.wordsPerGroup, vG = vSpec.wordsPerGroup;
   const { sigma } = roundQuery(q);
   let delta = 0, vmax = 0;

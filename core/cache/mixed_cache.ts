@@ -437,7 +437,14 @@ export class MixedPrecisionKVCache implements KVCache {
       const qGroup = q.subarray(kv * group * d, (kv + 1) * group * d);
       const intPages = this.integerDot
         ? this.#intPages(store).map((p) =>
-          intDotPartials(p.keyCodec.spec, p.kWords, p.valueCodec.spec, p.vWords, p.n, d, qGroup)
+          intDotPartials({
+            kSpec: p.keyCodec.spec,
+            k: p.kWords,
+            vSpec: p.valueCodec.spec,
+            v: p.vWords,
+            n: p.n,
+            d,
+          }, qGroup)
         )
         : [];
       for (let g = 0; g < group; g++) {

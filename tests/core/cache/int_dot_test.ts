@@ -67,7 +67,10 @@ Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit", ()
           const k = tokens(cap, d, next), v = tokens(cap, d, next);
           const q = normals(hq * d, next);
           const { out, K, V } = kernel(true, kf, vf, k, v, q, n, cap, d);
-          const ref = intDotPartials(K.spec, K.words, V.spec, V.words, n, d, q);
+          const ref = intDotPartials(
+            { kSpec: K.spec, k: K.words, vSpec: V.spec, v: V.words, n, d },
+            q,
+          );
           for (let h = 0; h < hq; h++) {
             const o = h * (d + 2), at = `${kf}/${vf} d=${d} hq=${hq} n=${n} head ${h}`;
             assert.equal(out[o], ref[o], `m, ${at}`);
@@ -107,12 +110,7 @@ Deno.test("integer-dot attention stays within intDotErrorBound of exact attentio
           const m = Math.max(...s), w = s.map((x) => Math.exp(x - m));
           const l = w.reduce((a, b) => a + b, 0);
           const bound = intDotErrorBound(
-            K.spec,
-            K.words,
-            V.spec,
-            V.words,
-            n,
-            d,
+            { kSpec: K.spec, k: K.words, vSpec: V.spec, v: V.words, n, d },
             q.subarray(h * d, (h + 1) * d),
             w,
           );
