@@ -1,6 +1,6 @@
 /**
- * Small buffer helpers shared by the GPU modules: upload typed data into a new buffer and read a
- * buffer back. Readback failures (a lost device rejects mapAsync) become {@linkcode DeviceError}.
+ * Small helpers shared by the GPU modules: upload typed data into a new buffer, read a buffer
+ * back, size a dispatch, and run one pass whose result is read back. Readback failures (a lost device rejects mapAsync) become {@linkcode DeviceError}.
  *
  * Browser compatible.
  *
@@ -68,4 +68,64 @@ export async function readBack(
   const out = readback.getMappedRange(0, bytes).slice(0);
   readback.unmap();
   return out;
+}
+
+/**
+ * Workgroup counts covering `n` invocations of `wg` threads, wrapping x at 65535.
+ * @param n invocations
+ * @param wg threads per workgroup
+ * @returns [x, y]
+ */
+export function dispatchSize(n: number, wg: number): [number, number] {
+  const groups = Math.ceil(n / wg);
+  if (groups <= 65535) return [Math.max(groups, 1), 1];
+  return [65535, Math.ceil(groups / 65535)];
+}
+
+/**
+ * Runs `pipeline` once over `invocations` threads (`wg` a workgroup; none when 0) with
+ * `bindings[i]` at binding i of group 0, then reads the first `bytes` bytes of `out` back. Destroys
+ * every bound buffer and the readback buffer, also on failure.
+ * @param gpu the device
+ * @param pipeline the compute pipeline
+ * @param bindings the buffers of bindings 0, 1, …
+ * @param invocations threads to run
+ * @param wg threads per workgroup
+ * @param out the buffer to read (COPY_SRC)
+ * @param bytes bytes to read, a multiple of 4
+ * @returns the bytes
+ */
+export async function computeAndRead(
+  gpu: GpuDevice,
+  pipeline: GPUComputePipeline,
+  bindings: GPUBufferBinding[],
+  invocations: number,
+  wg: number,
+  out: GPUBuffer,
+  bytes: number,
+): Promise<ArrayBuffer> {
+  const device = gpu.device;
+  const rb = device.createBuffer({
+    size: Math.max(16, bytes),
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  try {
+    const enc = device.createCommandEncoder();
+    if (invocations > 0) {
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(
+        0,
+        device.createBindGroup({
+          layout: pipeline.getBindGroupLayout(0),
+          entries: bindings.map((resource, binding) => ({ binding, resource })),
+        }),
+      );
+      pass.dispatchWorkgroups(...dispatchSize(invocations, wg));
+      pass.end();
+    }
+    return await readBack(gpu, out, rb, bytes, enc);
+  } finally {
+    for (const b of [rb, ...bindings.map((x) => x.buffer)]) b.destroy();
+  }
 }

@@ -32,7 +32,7 @@ import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
 import { mergeProgram } from "./merge.ts";
-import { dispatchSize } from "./quantize.ts";
+import { dispatchSize } from "./_io.ts";
 import { checkGpuFormat, formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
 
 /** Most tokens one split (one workgroup) covers; longer segments are cut into several splits. */

@@ -57,9 +57,9 @@ import {
   PagedAttention,
 } from "./attention.ts";
 import { mergeProgram } from "./merge.ts";
-import { dispatchSize, quantizeProgram } from "./quantize.ts";
+import { quantizeProgram } from "./quantize.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
-import { readBack } from "./_io.ts";
+import { dispatchSize, readBack } from "./_io.ts";
 
 /** Which formats the cache stores and how many positions stay at full precision. */
 export interface GpuCachePolicy {

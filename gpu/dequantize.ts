@@ -30,8 +30,7 @@ import { type FormatSpec, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
 import { formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
-import { dispatchSize } from "./quantize.ts";
-import { bufferFrom, readBack } from "./_io.ts";
+import { bufferFrom, computeAndRead } from "./_io.ts";
 
 const WG = 64;
 
@@ -103,29 +102,8 @@ export async function gpuDecode(
     GPUBufferUsage.UNIFORM,
     "decode params",
   );
-  const rb = device.createBuffer({
-    size: Math.max(16, length * 4),
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  try {
-    const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
-    pass.setPipeline(pipeline);
-    pass.setBindGroup(
-      0,
-      device.createBindGroup({
-        layout: pipeline.getBindGroupLayout(0),
-        entries: [
-          { binding: 0, resource: { buffer: src } },
-          { binding: 1, resource: { buffer: out } },
-          { binding: 2, resource: { buffer: params } },
-        ],
-      }),
-    );
-    pass.dispatchWorkgroups(...dispatchSize(length, WG));
-    pass.end();
-    return new Float32Array(await readBack(gpu, out, rb, length * 4, enc));
-  } finally {
-    for (const b of [src, out, params, rb]) b.destroy();
-  }
+  const bindings = [{ buffer: src }, { buffer: out }, { buffer: params }];
+  return new Float32Array(
+    await computeAndRead(gpu, pipeline, bindings, length, WG, out, length * 4),
+  );
 }

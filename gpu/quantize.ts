@@ -31,7 +31,7 @@ import { checkLength, type FormatSpec, wordsForLength } from "../codecs/format.t
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
 import { formatShaderKey, WGSL_CODEC_HELPERS, wgslGroupEncoder } from "./wgsl_format.ts";
-import { bufferFrom, readBack } from "./_io.ts";
+import { bufferFrom, computeAndRead } from "./_io.ts";
 
 /** Invocations per workgroup of the quantize kernel. */
 const WG = 64;
@@ -63,18 +63,6 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 }
 `,
   };
-}
-
-/**
- * Workgroup counts covering `n` invocations of `wg` threads, wrapping x at 65535.
- * @param n invocations
- * @param wg threads per workgroup
- * @returns [x, y]
- */
-export function dispatchSize(n: number, wg: number): [number, number] {
-  const groups = Math.ceil(n / wg);
-  if (groups <= 65535) return [Math.max(groups, 1), 1];
-  return [65535, Math.ceil(groups / 65535)];
 }
 
 /**
@@ -116,31 +104,11 @@ export async function gpuEncode(
     usage: S | GPUBufferUsage.COPY_SRC,
   });
   const jobBuf = bufferFrom(device, jobs.subarray(0, 4 * groups), S, "encode jobs");
-  const rb = device.createBuffer({
-    size: Math.max(16, nWords * 4),
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  try {
-    const enc = device.createCommandEncoder();
-    if (groups > 0) {
-      const pass = enc.beginComputePass();
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(
-        0,
-        device.createBindGroup({
-          layout: pipeline.getBindGroupLayout(0),
-          entries: [
-            { binding: 0, resource: { buffer: src } },
-            { binding: 1, resource: { buffer: dst } },
-            { binding: 2, resource: { buffer: jobBuf, size: groups * 16 } },
-          ],
-        }),
-      );
-      pass.dispatchWorkgroups(...dispatchSize(groups, WG));
-      pass.end();
-    }
-    return new Uint32Array(await readBack(gpu, dst, rb, nWords * 4, enc));
-  } finally {
-    for (const b of [src, dst, jobBuf, rb]) b.destroy();
-  }
+  const bindings = [{ buffer: src }, { buffer: dst }, {
+    buffer: jobBuf,
+    size: Math.max(groups, 1) * 16,
+  }];
+  return new Uint32Array(
+    await computeAndRead(gpu, pipeline, bindings, groups, WG, dst, nWords * 4),
+  );
 }
