@@ -28,7 +28,6 @@ import {
   f32Bits,
   f32ToBf16Bits,
   f32ToF16Bits,
-  f32ToF16BitsUp,
   f32ToFp8Bits,
   fp8BitsToF32,
   type Fp8Kind,
@@ -36,6 +35,7 @@ import {
   roundUpF32,
 } from "./float_bits.ts";
 import { type FormatSpec, FP8E4M3_MAX, FP8E5M2_MAX } from "./format.ts";
+import { symmetricGroupScale } from "./int8s.ts";
 
 const fround = Math.fround;
 
@@ -129,22 +129,8 @@ function _encodeFp8(spec: FormatSpec, x: Float32Array, words: Uint32Array): void
 function _encodeScaledFp8(spec: FormatSpec, x: Float32Array, words: Uint32Array): void {
   const G = spec.group, wpg = spec.wordsPerGroup, kind = _fp8Kind(spec), fmax = _fp8Max(kind);
   for (let g = 0, base = 0; base < x.length; g++, base += G) {
-    let amax = 0;
-    for (let i = base; i < base + G; i++) {
-      const v = x[i];
-      if (v - v !== 0) throw nonFiniteError(spec, x, i);
-      amax = Math.max(amax, Math.abs(v));
-    }
-    const sBits = f32ToF16BitsUp(fround(amax / fmax));
-    if (sBits === 0x7c00) {
-      let i = base;
-      while (Math.abs(x[i]) !== amax) i++;
-      throw rangeError(spec, x, i, `group ${g} max |x| = ${amax} needs an fp16 scale above 65504`);
-    }
     const w0 = g * wpg;
-    words[w0] = sBits;
-    const s = f16BitsToF32(sBits);
-    const inv = s === 0 ? 0 : fround(1 / s);
+    const inv = symmetricGroupScale(spec, x, g, fmax, words);
     for (let i = 0; i < G; i++) {
       const c = f32ToFp8Bits(fround(x[base + i] * inv), kind);
       words[w0 + 1 + (i >>> 2)] |= c << (8 * (i & 3));

@@ -39,22 +39,8 @@ const fround = Math.fround;
 export function encodeInt8sGroups(spec: FormatSpec, x: Float32Array, words: Uint32Array): void {
   const G = spec.group, wpg = spec.wordsPerGroup;
   for (let g = 0, base = 0; base < x.length; g++, base += G) {
-    let amax = 0;
-    for (let i = base; i < base + G; i++) {
-      const v = x[i];
-      if (v - v !== 0) throw nonFiniteError(spec, x, i);
-      amax = Math.max(amax, Math.abs(v));
-    }
-    const sBits = f32ToF16BitsUp(fround(amax / 127));
-    if (sBits === 0x7c00) {
-      let i = base;
-      while (Math.abs(x[i]) !== amax) i++;
-      throw rangeError(spec, x, i, `group ${g} max |x| = ${amax} needs an fp16 scale above 65504`);
-    }
     const w0 = g * wpg;
-    words[w0] = sBits;
-    const s = f16BitsToF32(sBits);
-    const inv = s === 0 ? 0 : fround(1 / s);
+    const inv = symmetricGroupScale(spec, x, g, 127, words);
     for (let i = 0; i < G; i++) {
       const u = fround(x[base + i] * inv);
       let q = roundHalfEven(Math.abs(u));
@@ -63,6 +49,44 @@ export function encodeInt8sGroups(spec: FormatSpec, x: Float32Array, words: Uint
       words[w0 + 1 + (i >>> 2)] |= (q & 0xff) << (8 * (i & 3));
     }
   }
+}
+
+/**
+ * The scale of symmetric group g (int8s, scaled fp8): s = fp16 rounded up from f32(max|x| / qmax),
+ * so |x|/s ≤ qmax; writes its bits as the group's header word and returns f32(1/s) (0 when s = 0).
+ *
+ * @param spec the format
+ * @param x values
+ * @param g group index
+ * @param qmax largest code magnitude
+ * @param words destination words
+ * @returns f32(1/s)
+ * @throws {InvalidValueError} at the group's first non-finite element, or at its largest element
+ *   when max|x| needs a scale above fp16's 65504
+ */
+export function symmetricGroupScale(
+  spec: FormatSpec,
+  x: Float32Array,
+  g: number,
+  qmax: number,
+  words: Uint32Array,
+): number {
+  const G = spec.group, base = g * G;
+  let amax = 0;
+  for (let i = base; i < base + G; i++) {
+    const v = x[i];
+    if (v - v !== 0) throw nonFiniteError(spec, x, i);
+    amax = Math.max(amax, Math.abs(v));
+  }
+  const sBits = f32ToF16BitsUp(fround(amax / qmax));
+  if (sBits === 0x7c00) {
+    let i = base;
+    while (Math.abs(x[i]) !== amax) i++;
+    throw rangeError(spec, x, i, `group ${g} max |x| = ${amax} needs an fp16 scale above 65504`);
+  }
+  words[g * spec.wordsPerGroup] = sBits;
+  const s = f16BitsToF32(sBits);
+  return s === 0 ? 0 : fround(1 / s);
 }
 
 /**
