@@ -78,14 +78,11 @@ export function encodeInt8s(src: usize, dst: usize, n: i32, group: i32): i32 {
   const lim = i32x4.splat(127), nlim = i32x4.splat(-127);
   for (let base = 0, g = 0; base < n; base += group, g++) {
     const x = src + (<usize>base << 2);
-    const amax = groupAbsMax(x, group);
-    if (nonFinite(amax)) return fail(1, base + firstNonFinite(x, group));
-    const sBits = f16Up(amax / <f32>127);
-    if (sBits == 0x7c00) return fail(2, base + firstAbsEqual(x, group, amax));
-    const s = f16ToF32(sBits);
-    const inv = f32x4.splat(s == 0 ? <f32>0 : <f32>1 / s);
     const w = dst + (<usize>(g * wpg) << 2);
-    store<u32>(w, sBits);
+    const err = _symmetricHeader(x, group, 127, base, w);
+    if (err >= 0) return err;
+    const s = f16ToF32(load<u32>(w));
+    const inv = f32x4.splat(s == 0 ? <f32>0 : <f32>1 / s);
     for (let i = 0; i < group; i += 8) {
       const p = x + (<usize>i << 2);
       const q0 = quantize8s(f32x4.mul(v128.load(p), inv), lim, nlim);
@@ -269,14 +266,11 @@ export function encodeFp8Scaled(src: usize, dst: usize, n: i32, group: i32, bias
   const wpg = 1 + (group >> 2);
   for (let base = 0, g = 0; base < n; base += group, g++) {
     const x = src + (<usize>base << 2);
-    const amax = groupAbsMax(x, group);
-    if (nonFinite(amax)) return fail(1, base + firstNonFinite(x, group));
-    const sBits = f16Up(amax / fmax);
-    if (sBits == 0x7c00) return fail(2, base + firstAbsEqual(x, group, amax));
-    const s = f16ToF32(sBits);
-    const inv = f32x4.splat(s == 0 ? <f32>0 : <f32>1 / s);
     const w = dst + (<usize>(g * wpg) << 2);
-    store<u32>(w, sBits);
+    const err = _symmetricHeader(x, group, fmax, base, w);
+    if (err >= 0) return err;
+    const s = f16ToF32(load<u32>(w));
+    const inv = f32x4.splat(s == 0 ? <f32>0 : <f32>1 / s);
     for (let i = 0; i < group; i += 8) {
       const p = x + (<usize>i << 2);
       const c0 = fp8Lanes(f32x4.mul(v128.load(p), inv), bias, man);
@@ -303,5 +297,18 @@ export function decodeFp8Scaled(src: usize, dst: usize, n: i32, group: i32, bias
       v128.store(out + (<usize>i << 2), f32x4.mul(fp8ToF32Lanes(v, SW1, bias), s), 16);
     }
   }
+  return -1;
+}
+
+// Header of a symmetric group (int8s, scaled fp8) at w: the fp16 scale rounded up from
+// max|x| / qmax, so |x|/s ≤ qmax. Returns −1, or fail()'s index of the group's first non-finite
+// element or of its largest one when that needs a scale above fp16's 65504 (nothing stored then).
+// @ts-ignore: decorator
+@inline function _symmetricHeader(x: usize, group: i32, qmax: f32, base: i32, w: usize): i32 {
+  const amax = groupAbsMax(x, group);
+  if (nonFinite(amax)) return fail(1, base + firstNonFinite(x, group));
+  const sBits = f16Up(amax / qmax);
+  if (sBits == 0x7c00) return fail(2, base + firstAbsEqual(x, group, amax));
+  store<u32>(w, sBits);
   return -1;
 }
