@@ -25,7 +25,7 @@
 
 import { CorruptDataError } from "../errors.ts";
 import type { KVCacheShape } from "../model/kv_cache.ts";
-import { MixedPrecisionKVCache } from "./mixed_cache.ts";
+import { type MixedCacheOptions, MixedPrecisionKVCache } from "./mixed_cache.ts";
 import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
 
 const MAGIC = 0x4350564b; // "KVPC" little-endian
@@ -144,9 +144,13 @@ export function saveCache(cache: MixedPrecisionKVCache): Uint8Array {
  * magic or version, truncated or oversized input (expected vs actual bytes) and checksum mismatches
  * (naming the block and its byte offset).
  * @param bytes the serialised cache
+ * @param options backend, integerDot, codecs and budget of the new cache (as its constructor's)
  * @returns a new cache equal to the saved one
  */
-export function loadCache(bytes: Uint8Array): MixedPrecisionKVCache {
+export function loadCache(
+  bytes: Uint8Array,
+  options: MixedCacheOptions = {},
+): MixedPrecisionKVCache {
   if (bytes.length < 16) {
     throw new CorruptDataError(`cache data is ${bytes.length} bytes, shorter than its header`, 0);
   }
@@ -173,7 +177,7 @@ export function loadCache(bytes: Uint8Array): MixedPrecisionKVCache {
     throw new CorruptDataError("cache description fails its checksum at byte 12", 12);
   }
   const json = JSON.parse(new TextDecoder().decode(text)) as CacheJSON;
-  const cache = new MixedPrecisionKVCache(json.shape, policyFromJSON(json.policy));
+  const cache = new MixedPrecisionKVCache(json.shape, policyFromJSON(json.policy), options);
   // rebuild pools and pages from the description, then fill every block from the bytes
   for (let l = 0; l < json.shape.nLayers; l++) {
     for (let h = 0; h < json.shape.nKvHeads; h++) {

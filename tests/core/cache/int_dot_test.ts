@@ -3,6 +3,7 @@ import { getFormat, tsCodec, wordsForLength } from "../../../codecs/mod.ts";
 import { intDotErrorBound, intDotPartials, intDotServes } from "../../../core/cache/int_dot.ts";
 import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
 import { uniformPolicy } from "../../../core/cache/policy.ts";
+import { loadCache, saveCache } from "../../../core/cache/serialize.ts";
 import { WasmAttention } from "../../../core/cache/wasm_attention.ts";
 import { normals, rng } from "../../_fixtures.ts";
 
@@ -214,3 +215,19 @@ function relError(a: Float32Array, b: Float32Array): number {
   }
   return err / mag;
 }
+
+Deno.test("loadCache() restores into the wasm backend with integerDot, attending identically", () => {
+  const next = rng(75);
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 64, maxSeqLen: 300 };
+  const policy = uniformPolicy({ keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" });
+  const options = { backend: "wasm" as const, integerDot: true };
+  const a = new MixedPrecisionKVCache(shape, policy, options);
+  for (let t = 0; t < 280; t++) a.append(0, t, tokens(1, 64, next), tokens(1, 64, next));
+  const b = loadCache(saveCache(a), options);
+  assert.equal(b.backend, "wasm");
+  assert.equal(b.integerDot, true);
+  const q = normals(4 * 64, next), x = new Float32Array(q.length), y = new Float32Array(q.length);
+  a.attend(0, q, x);
+  b.attend(0, q, y);
+  assert.deepEqual(y, x);
+});
