@@ -419,7 +419,56 @@ export function attendPage(
   if (intValuesOn) {
     intValues(vPtr, vBits, n, cap, d, hq, sc, acc, work);
   } else {
-    _attendValues(vKind, vBits, vG, vWpg, vScaled, vChannel, vPtr, n, cap, d, hq, sc, acc, row, row1);
+    memory.fill(acc, 0, <usize>(hq * d) << 2);
+    if (vChannel != 0) {
+      const groups = n / vG, perChannel = cap / vG;
+      for (let c = 0; c < d; c++) {
+        for (let g = 0; g < groups; g++) {
+          decodeRun(
+            vKind,
+            vBits,
+            vG,
+            vWpg,
+            vScaled,
+            vPtr + (<usize>((c * perChannel + g) * vWpg) << 2),
+            vG,
+            row,
+          );
+          for (let h = 0; h < hq; h++) {
+            const a = acc + (<usize>(h * d + c) << 2);
+            store<f32>(a, load<f32>(a) + _dot(sc + (<usize>(h * n + g * vG) << 2), row, vG));
+          }
+        }
+      }
+    } else {
+      const tokenBytes = <usize>(vKind == KIND_FP32 ? d : (d / vG) * vWpg) << 2;
+      let t = 0;
+      if (blocked) {
+        for (; t + 2 <= n; t += 2) {
+          let v0 = vPtr + <usize>t * tokenBytes, v1 = v0 + tokenBytes;
+          if (vKind != KIND_FP32) {
+            decodeRun(vKind, vBits, vG, vWpg, vScaled, v0, d, row);
+            decodeRun(vKind, vBits, vG, vWpg, vScaled, v1, d, row1);
+            v0 = row;
+            v1 = row1;
+          }
+          for (let h = 0; h < hq; h += 4) {
+            const w = sc + <usize>h * nBytes + (<usize>t << 2);
+            _axpy4x2(acc + <usize>h * dBytes, dBytes, w, nBytes, v0, v1, d);
+          }
+        }
+      }
+      for (; t < n; t++) {
+        let v = vPtr + <usize>t * tokenBytes;
+        if (vKind != KIND_FP32) {
+          decodeRun(vKind, vBits, vG, vWpg, vScaled, v, d, row);
+          v = row;
+        }
+        for (let h = 0; h < hq; h++) {
+          _axpy(acc + <usize>h * dBytes, load<f32>(sc + (<usize>(h * n + t) << 2)), v, d);
+        }
+      }
+    }
   }
 
   // 4. write or log-sum-exp merge the partials (f64, as core/cache/partial.ts merge())
@@ -450,76 +499,3 @@ export function attendPage(
   }
 }
 
-// acc_h = Σ_t w_{h,t} v_t for any format, decoding a group or a token row at a time into row/row1.
-// @ts-ignore: decorator
-@inline function _attendValues(
-  vKind: i32,
-  vBits: i32,
-  vG: i32,
-  vWpg: i32,
-  vScaled: i32,
-  vChannel: i32,
-  vPtr: usize,
-  n: i32,
-  cap: i32,
-  d: i32,
-  hq: i32,
-  sc: usize,
-  acc: usize,
-  row: usize,
-  row1: usize,
-): void {
-  const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
-  const blocked = (hq & 3) == 0;
-  memory.fill(acc, 0, <usize>(hq * d) << 2);
-  if (vChannel != 0) {
-    const groups = n / vG, perChannel = cap / vG;
-    for (let c = 0; c < d; c++) {
-      for (let g = 0; g < groups; g++) {
-        decodeRun(
-          vKind,
-          vBits,
-          vG,
-          vWpg,
-          vScaled,
-          vPtr + (<usize>((c * perChannel + g) * vWpg) << 2),
-          vG,
-          row,
-        );
-        for (let h = 0; h < hq; h++) {
-          const a = acc + (<usize>(h * d + c) << 2);
-          store<f32>(a, load<f32>(a) + _dot(sc + (<usize>(h * n + g * vG) << 2), row, vG));
-        }
-      }
-    }
-  } else {
-    const tokenBytes = <usize>(vKind == KIND_FP32 ? d : (d / vG) * vWpg) << 2;
-    let t = 0;
-    if (blocked) {
-      for (; t + 2 <= n; t += 2) {
-        let v0 = vPtr + <usize>t * tokenBytes, v1 = v0 + tokenBytes;
-        if (vKind != KIND_FP32) {
-          decodeRun(vKind, vBits, vG, vWpg, vScaled, v0, d, row);
-          decodeRun(vKind, vBits, vG, vWpg, vScaled, v1, d, row1);
-          v0 = row;
-          v1 = row1;
-        }
-        for (let h = 0; h < hq; h += 4) {
-          const w = sc + <usize>h * nBytes + (<usize>t << 2);
-          _axpy4x2(acc + <usize>h * dBytes, dBytes, w, nBytes, v0, v1, d);
-        }
-      }
-    }
-    for (; t < n; t++) {
-      let v = vPtr + <usize>t * tokenBytes;
-      if (vKind != KIND_FP32) {
-        decodeRun(vKind, vBits, vG, vWpg, vScaled, v, d, row);
-        v = row;
-      }
-      for (let h = 0; h < hq; h++) {
-        _axpy(acc + <usize>h * dBytes, load<f32>(sc + (<usize>(h * n + t) << 2)), v, d);
-      }
-    }
-  }
-
-}
