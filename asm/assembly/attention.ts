@@ -175,7 +175,7 @@ const FLAG_SCORES: i32 = 1;
 const FLAG_MERGE: i32 = 2;
 /**
  * attendPage flag: integer dot products (int_dot.ts) for pages whose keys and values are both
- * token-axis int4/int8 g32, when hq is a multiple of 4, d of 32, cap of 4 and ≤ 256; intQuery must
+ * token-axis int4/int8 g32, when d is a multiple of 32 and cap of 4 (≤ 256); intQuery must
  * have filled the block after q.
  */
 const FLAG_INTDOT: i32 = 4;
@@ -291,7 +291,7 @@ export function attendPage(
   const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
   const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
   const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
-  const intShape = (flags & FLAG_INTDOT) != 0 && blocked && (d & 31) == 0 && (cap & 3) == 0 &&
+  const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 &&
     cap <= 256;
   // both halves or neither: the rounded weights then depend only on integer-path scores, which
   // core/cache/int_dot.ts reproduces bit for bit

@@ -64,10 +64,10 @@ import { f16ToF32 } from "./f16";
 }
 
 /**
- * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads (a multiple of 4) into sc (f32
+ * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32
  * [hq][n]). qi: hq × d i16 query in roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h,
- * zero past gpt); sig: hq f32; hbuf: 8·gpt4 f32 scratch. One token and four heads at a time, so
- * accumulators and codes stay in the 16 vector registers of x86-64.
+ * zero past gpt); sig: hq f32; hbuf: 8·gpt4 f32 scratch. One token and four heads at a time (so
+ * accumulators and codes stay in the 16 vector registers of x86-64), then the remaining heads.
  */
 export function intScores(
   kPtr: usize,
@@ -85,7 +85,8 @@ export function intScores(
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
   const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2;
   const mask = i8x16.splat(0x0f);
-  for (let h = 0; h < hq; h += 4) {
+  let h = 0;
+  for (; h + 4 <= hq; h += 4) {
     const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
     const sg = sig + (<usize>h << 2);
     for (let t = 0; t < n; t++) {
@@ -148,6 +149,40 @@ export function intScores(
       store<f32>(o + 3 * nB, _hsum(a3) * load<f32>(sg, 12));
     }
   }
+  // the remaining heads one at a time, with the same arithmetic per head
+  for (; h < hq; h++) {
+    const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
+    const sg = load<f32>(sig + (<usize>h << 2));
+    for (let t = 0; t < n; t++) {
+      const k0 = kPtr + <usize>t * tokB;
+      let a = f32x4.splat(0);
+      for (let g = 0; g < gpt; g += 4) {
+        const hd = _headers(k0, g, gpt, groupBytes);
+        v128.store(hbuf + (<usize>g << 2), _scales(hd));
+        a = f32x4.add(a, f32x4.mul(_minima(hd), v128.load(qvh + (<usize>g << 2))));
+      }
+      for (let g = 0; g < gpt; g++) {
+        const p = k0 + <usize>g * groupBytes + 4;
+        const q = qh + (<usize>g << 6);
+        let lo: v128, hi: v128;
+        if (b == 4) {
+          const v = v128.load(p);
+          lo = v128.and(v, mask);
+          hi = v128.and(i16x8.shr_u(v, 4), mask);
+        } else {
+          lo = v128.load(p);
+          hi = v128.load(p, 16);
+        }
+        let i0 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(lo), v128.load(q));
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(lo), v128.load(q, 16)));
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(hi), v128.load(q, 32)));
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(hi), v128.load(q, 48)));
+        const s = v128.load32_splat(hbuf + (<usize>g << 2));
+        a = f32x4.add(a, f32x4.mul(f32x4.convert_i32x4_s(i0), s));
+      }
+      store<f32>(sc + <usize>h * nB + (<usize>t << 2), _hsum(a) * sg);
+    }
+  }
 }
 
 /** Bytes of scratch intScores and intValues need beyond attendPage's own. */
@@ -201,7 +236,8 @@ export function intValues(
   //    compares the f32 bits as integers), Σ_t w_t·μ_t (lane t mod 4, lanes in fixed order), and
   //    û_t = nearest(u_t·(32767 / max u)) by adding 2^23, whose low 16 bits are then û_t ≤ 32767
   const magic = f32x4.splat(8388608);
-  for (let h = 0; h < hq; h += 4) {
+  let h = 0;
+  for (; h + 4 <= hq; h += 4) {
     const w0 = w + <usize>h * nB;
     for (let g = 0; g < gpt; g++) {
       const sRow = S + <usize>g * rowB, mRow = M + <usize>g * rowB;
@@ -237,11 +273,27 @@ export function intValues(
       _pack(h + 3, g, x3, m3, ubuf + 3 * rowB, cap8, gpt4, rho, mw, pairs, pairB, magic);
     }
   }
+  for (; h < hq; h++) {
+    const wh = w + <usize>h * nB;
+    for (let g = 0; g < gpt; g++) {
+      const sRow = S + <usize>g * rowB, mRow = M + <usize>g * rowB;
+      let x0 = i32x4.splat(0), m0 = f32x4.splat(0);
+      for (let t = 0; t < cap8; t += 4) {
+        const o = <usize>t << 2;
+        const wt = _weights4(wh, t, n);
+        const u = f32x4.mul(wt, v128.load(sRow + o));
+        v128.store(ubuf + o, u);
+        x0 = i32x4.max_s(x0, u);
+        m0 = f32x4.add(m0, f32x4.mul(wt, v128.load(mRow + o)));
+      }
+      _pack(h, g, x0, m0, ubuf, cap8, gpt4, rho, mw, pairs, pairB, magic);
+    }
+  }
   // 3. integer accumulation: 8 channels × 4 heads in registers, four tokens per step, two per
   //    dot_i16x8_s (tokens past n have weight 0 and lie inside the page: cap is a multiple of 4)
   const mask = i8x16.splat(0x0f);
   const hB = <usize>gpt4 * pairB;
-  for (let h = 0; h < hq; h += 4) {
+  for (h = 0; h + 4 <= hq; h += 4) {
     for (let g = 0; g < gpt; g++) {
       const pr = pairs + <usize>(h * gpt4 + g) * pairB;
       for (let cb = 0; cb < 4; cb++) {
@@ -298,6 +350,53 @@ export function intValues(
         _finish(acc, h + 1, d, c0, rho, mw, gpt4, g, x1, y1);
         _finish(acc, h + 2, d, c0, rho, mw, gpt4, g, x2, y2);
         _finish(acc, h + 3, d, c0, rho, mw, gpt4, g, x3, y3);
+      }
+    }
+  }
+  for (; h < hq; h++) {
+    for (let g = 0; g < gpt; g++) {
+      const pr = pairs + <usize>(h * gpt4 + g) * pairB;
+      for (let cb = 0; cb < 4; cb++) {
+        let x0 = i32x4.splat(0), y0 = i32x4.splat(0);
+        let p = vPtr + <usize>g * groupBytes + 4 + (<usize>cb << (b == 4 ? 2 : 3));
+        let pt = pr;
+        for (let t = 0; t < n; t += 4) {
+          let c: v128, e: v128;
+          if (b == 4) {
+            let v = v128.load32_zero(p);
+            v = i32x4.replace_lane(v, 1, load<i32>(p + tokB));
+            v = i32x4.replace_lane(v, 2, load<i32>(p + 2 * tokB));
+            v = i32x4.replace_lane(v, 3, load<i32>(p + 3 * tokB));
+            const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
+            c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
+            e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
+          } else {
+            let v = v128.load64_zero(p);
+            v = i64x2.replace_lane(v, 1, load<i64>(p + tokB));
+            let w = v128.load64_zero(p + 2 * tokB);
+            w = i64x2.replace_lane(w, 1, load<i64>(p + 3 * tokB));
+            c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+          }
+          const u = v128.load32_splat(pt), u2 = v128.load32_splat(pt + 4);
+          x0 = i32x4.add(
+            x0,
+            i32x4.add(
+              i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(c), u),
+              i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(e), u2),
+            ),
+          );
+          y0 = i32x4.add(
+            y0,
+            i32x4.add(
+              i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(c), u),
+              i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(e), u2),
+            ),
+          );
+          p += 4 * tokB;
+          pt += 8;
+        }
+        _finish(acc, h, d, (g << 5) + (cb << 3), rho, mw, gpt4, g, x0, y0);
       }
     }
   }

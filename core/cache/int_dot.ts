@@ -3,7 +3,7 @@
  * (asm/assembly/int_dot.ts, PAGES.md "Integer dot products"): every rounding step of the WASM
  * kernel taken in the same order in f32 (Math.fround), so the two agree to the last bit of every
  * weight and rounded product. It serves token-axis int4/int8 pages with groups of 32 for keys and
- * values, d a multiple of 32, a multiple of 4 query heads; {@linkcode intDotServes} says which.
+ * values, d a multiple of 32; {@linkcode intDotServes} says which.
  *
  * The arithmetic differs from exact attention over decoded values in two roundings, both far below
  * the 4-bit quantization error: the query to i16 (|q − σq̂| ≤ σ/2, σ = max|q|/32767) and the
@@ -28,7 +28,7 @@ const fr = Math.fround;
 /** Whether the integer path serves this format for head_dim d and hq query heads per KV head. */
 export function intDotServes(spec: FormatSpec, d: number, hq: number): boolean {
   return spec.kind === "int" && (spec.bits === 4 || spec.bits === 8) && spec.group === 32 &&
-    spec.axis === "token" && d % 32 === 0 && hq % 4 === 0;
+    spec.axis === "token" && d % 32 === 0 && hq >= 1;
 }
 
 /** Rounds half to even, as f32x4.nearest. */

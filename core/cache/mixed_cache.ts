@@ -172,8 +172,8 @@ export interface MixedCacheOptions {
    * Attend pages whose keys and values are both token-axis int4/int8 g32 with integer dot products
    * (the query and the weight·scale products rounded to i16; core/cache/int_dot.ts, which also
    * bounds the difference from exact attention): the fast path of the wasm backend, mirrored bit
-   * for bit by the ts backend. Needs query heads per KV head a multiple of 4, head_dim of 32, an
-   * page size a multiple of 4 and ≤ 256; other pages stay exact. Default false.
+   * for bit by the ts backend. Needs head_dim a multiple of 32 and a page size a multiple of 4 and
+   * ≤ 256; other pages stay exact. Default false.
    */
   integerDot?: boolean;
   /**
