@@ -142,7 +142,7 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
       ["fp16", "fp16", 64, 4],
       ["int4-g32-channel", "fp16", 64, 4],
       ["int2-g32-token", "int4-g64-token", 64, 4],
-        ["int4-g32-token", "fp16", 64, 4],
+      ["int4-g32-token", "fp16", 64, 4],
       ["int4-g32-channel", "int4-g32-token", 64, 4],
       ["int4-g32-token", "int8-g32-token", 36, 4],
     ] as [string, string, number, number][]
