@@ -6,6 +6,10 @@
  * WASM ≤ 0.8). "naive/FP32" is what a cache that dequantizes every page to f32 before attending
  * would cost: the WASM codecs' decode of all pages plus the FP32 attention, over FP32 attention.
  *
+ * Rows marked "int-dot" run the WASM cache with integerDot (core/cache/int_dot.ts); their TS
+ * columns and "rel err" are against the exact TS reference, so "rel err" shows what the integer
+ * path's rounding costs (the ts backend with integerDot mirrors the kernel: tests/core/cache).
+ *
  * Two regimes, because they answer different questions. "One layer" attends the same layer's cache
  * again and again: at T ≤ 4096 it stays in the last-level cache, which a real decode step never
  * sees, so it measures arithmetic. "Decode step" attends L layers in turn, once each, as a model
