@@ -220,6 +220,9 @@ for (const r of rows) {
       }`,
   );
 }
+console.log(
+  "int-dot rows: WASM with integerDot; their TS columns and rel err are against the exact TS path",
+);
 console.log("\ntarget INT4 WASM / FP32 WASM <= 0.8, one layer (cache-resident up to T = 4096):");
 for (const r of rows.filter((x) => TARGET_ROWS.includes(x.name))) {
   const fp32 = rows.find((x) => x.d === r.d && x.T === r.T && x.name === "fp32")!;
