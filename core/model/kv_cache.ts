@@ -17,7 +17,7 @@
  * @module
  */
 
-import { CapacityError, ShapeError } from "../errors.ts";
+import { assertFinite, CapacityError, ShapeError } from "../errors.ts";
 import { attention } from "../tensor.ts";
 
 /** Shape of a cache: one slot per layer, KV head and position. */
@@ -117,7 +117,8 @@ export function checkAppend(
 }
 
 /**
- * Checks the arguments of {@linkcode KVCache.attend}.
+ * Checks the arguments of {@linkcode KVCache.attend}: lengths, layer, and a finite query (a NaN or
+ * infinity names its index).
  *
  * @param shape the cache's shape
  * @param layer layer index
@@ -134,6 +135,7 @@ export function checkAttend(
   const qDim = shape.nHeads * shape.headDim;
   if (q.length !== qDim) throw new ShapeError(`q has length ${q.length}, expected ${qDim}`);
   if (out.length !== qDim) throw new ShapeError(`out has length ${out.length}, expected ${qDim}`);
+  assertFinite(q, "q");
 }
 
 function checkLayer(shape: KVCacheShape, layer: number): void {

@@ -198,6 +198,15 @@ Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a fail
   assert.throws(() => cache.append(0, 3, good, good), /out of order: expected 2/);
   assert.throws(() => cache.append(0, 2, good.subarray(1), good), ShapeError);
   assert.deepEqual(saveCache(cache), before, "failed appends change nothing");
+  const q = normals(16, rng(2)), out = new Float32Array(16).fill(7);
+  q[11] = Infinity;
+  assert.throws(
+    () => cache.attend(0, q, out),
+    (e: Error) =>
+      e instanceof InvalidValueError && e.index === 11 && /q\[11\] is Infinity/.test(e.message),
+  );
+  assert.ok(out.every((x) => x === 7), "a rejected query writes nothing");
+  assert.deepEqual(saveCache(cache), before, "nor changes the cache (window scores included)");
   cache.append(0, 2, good, good);
   cache.append(0, 3, good, good);
   assert.throws(() => cache.append(0, 4, good, good), CapacityError);
