@@ -228,26 +228,26 @@ export class WasmCodec extends CodecBase {
     }
   }
 
-  #decodeKernel(src: number, dst: number, n: number): void {
+  #decodeKernel(src: number, dst: number, n: number): number {
     const s = this.spec, k = this.#owner.kernels;
     switch (s.kind) {
       case "int":
-        k.decodeInt(src, dst, n, s.bits, s.group);
-        return;
+        return k.decodeInt(src, dst, n, s.bits, s.group);
       case "int8s":
         k.decodeInt8s(src, dst, n, s.group);
-        return;
+        return -1;
       case "fp32":
         this.#owner.arena.u32(dst, n).set(this.#owner.arena.u32(src, n));
-        return;
+        return -1;
       case "fp16":
       case "bf16":
         k.decodeHalf(src, dst, n, s.kind === "bf16" ? 1 : 0);
-        return;
+        return -1;
       default: {
         const bias = s.kind === "fp8e4m3" ? 7 : 15;
         if (s.scaled) k.decodeFp8Scaled(src, dst, n, s.group, bias);
         else k.decodeFp8(src, dst, n, bias);
+        return -1;
       }
     }
   }
@@ -312,8 +312,11 @@ export class WasmCodec extends CodecBase {
     const { arena } = this.#owner;
     const [src, dst] = arena.layout(4 * nw, 4 * length);
     arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
-    if (s.scaled) this.#checkHeaders(src, words, length);
-    this.#decodeKernel(src, dst, length);
+    // int kernels check each header as they go (the output is scratch until returned); the
+    // int8s and fp8 kernels do not, so their headers are checked first
+    if (s.scaled && s.kind !== "int") this.#checkHeaders(src, words, length);
+    const bad = this.#decodeKernel(src, dst, length);
+    if (bad >= 0) throw _headerError(s, words, bad);
     return arena.f32(dst, length);
   }
 

@@ -11,7 +11,7 @@ import {
   nonFinite,
 } from "./f16";
 import { fail } from "./errors";
-import { decodeIntGroup, fastIntGroup } from "./int_group";
+import { decodeIntCodes, decodeIntGroup, fastIntGroup, headerMinima, headerScales } from "./int_group";
 
 /** Index of the first non-finite element of src[0..n), or −1. */
 export function firstNonFinite(src: usize, n: i32): i32 {
@@ -314,13 +314,38 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
     // the attention kernel's group decoder: fixed shuffles instead of per-code byte selection
     // (bench/codecs_report.ts: int4 and int8 15.5 GB/s against 13.1; its int2 path, a word at a
     // time, is slower here than the byte selection below: 11.1 against 13.1)
-    for (let base = 0, g = 0; base < n; base += group, g++) {
+    // headers four groups at a time: one vector check and one vector fp16 decode
+    const groups = n / group, step = <usize>wpg << 2;
+    let g = 0;
+    for (; g + 4 <= groups; g += 4) {
+      const w = src + (<usize>(g * wpg) << 2);
+      let h = v128.load32_zero(w);
+      h = i32x4.replace_lane(h, 1, load<i32>(w + step));
+      h = i32x4.replace_lane(h, 2, load<i32>(w + 2 * step));
+      h = i32x4.replace_lane(h, 3, load<i32>(w + 3 * step));
+      const bad = v128.or(
+        v128.or(
+          i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)),
+          i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)),
+        ),
+        i32x4.ne(v128.and(h, i32x4.splat(0x8000)), i32x4.splat(0)),
+      );
+      if (v128.any_true(bad)) return fail(3, g + ctz(i32x4.bitmask(bad)));
+      const sc = headerScales(h), mn = headerMinima(h);
+      const out = dst + (<usize>(g * group) << 2);
+      const cw = wpg - 1, gB = <usize>group << 2;
+      decodeIntCodes(w + 4, group, bits, cw, out, f32x4.extract_lane(sc, 0), f32x4.extract_lane(mn, 0));
+      decodeIntCodes(w + step + 4, group, bits, cw, out + gB, f32x4.extract_lane(sc, 1), f32x4.extract_lane(mn, 1));
+      decodeIntCodes(w + 2 * step + 4, group, bits, cw, out + 2 * gB, f32x4.extract_lane(sc, 2), f32x4.extract_lane(mn, 2));
+      decodeIntCodes(w + 3 * step + 4, group, bits, cw, out + 3 * gB, f32x4.extract_lane(sc, 3), f32x4.extract_lane(mn, 3));
+    }
+    for (; g < groups; g++) {
       const w = src + (<usize>(g * wpg) << 2);
       const h = load<u32>(w);
       if ((h & 0x7c00) == 0x7c00 || (h & 0x8000) != 0 || ((h >>> 16) & 0x7c00) == 0x7c00) {
         return fail(3, g);
       }
-      decodeIntGroup(w, group, bits, wpg - 1, dst + (<usize>base << 2));
+      decodeIntGroup(w, group, bits, wpg - 1, dst + (<usize>(g * group) << 2));
     }
     return -1;
   }

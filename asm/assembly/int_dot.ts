@@ -6,43 +6,12 @@
 // head and group) and accumulated against two tokens' codes per dot_i16x8_s in i32 registers.
 // core/cache/int_dot.ts mirrors every rounding step here; keep the two in step.
 
-import { f16ToF32 } from "./f16";
+import { headerMinima, headerScales } from "./int_group";
 
 /** Whether a format is served here: asymmetric int (kind 0), 4 or 8 bits, groups of 32, token axis. */
 // @ts-ignore: decorator
 @inline export function intDotFormat(kind: i32, b: i32, G: i32, channel: i32): bool {
   return kind == 0 && (b == 4 || b == 8) && G == 32 && channel == 0;
-}
-
-// Scales (S) and minima (M) of four int group headers (fp16 scale low, fp16 minimum high), exact:
-// finite halves by moving exponent and mantissa into f32 position and ×2^112, others by f16ToF32.
-// @ts-ignore: decorator
-@inline function _scales(h: v128): v128 {
-  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)))) {
-    let s = f32x4.splat(f16ToF32(i32x4.extract_lane(h, 0) & 0xffff));
-    s = f32x4.replace_lane(s, 1, f16ToF32(i32x4.extract_lane(h, 1) & 0xffff));
-    s = f32x4.replace_lane(s, 2, f16ToF32(i32x4.extract_lane(h, 2) & 0xffff));
-    return f32x4.replace_lane(s, 3, f16ToF32(i32x4.extract_lane(h, 3) & 0xffff));
-  }
-  const bits = v128.or(
-    i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13),
-    i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16),
-  );
-  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
-}
-// @ts-ignore: decorator
-@inline function _minima(h: v128): v128 {
-  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)))) {
-    let m = f32x4.splat(f16ToF32(<u32>i32x4.extract_lane(h, 0) >>> 16));
-    m = f32x4.replace_lane(m, 1, f16ToF32(<u32>i32x4.extract_lane(h, 1) >>> 16));
-    m = f32x4.replace_lane(m, 2, f16ToF32(<u32>i32x4.extract_lane(h, 2) >>> 16));
-    return f32x4.replace_lane(m, 3, f16ToF32(<u32>i32x4.extract_lane(h, 3) >>> 16));
-  }
-  const bits = v128.or(
-    v128.and(i32x4.shr_u(h, 3), i32x4.splat(0x0fffe000)),
-    v128.and(h, i32x4.splat(0x80000000)),
-  );
-  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
 }
 
 // Header words of groups g … g+3 of one token (groups ≥ gpt read as 0: scale and minimum 0).
@@ -95,8 +64,8 @@ export function intScores(
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
       for (let g = 0; g < gpt; g += 4) {
         const hd = _headers(k0, g, gpt, groupBytes);
-        v128.store(hbuf + (<usize>g << 2), _scales(hd));
-        const m = _minima(hd), o = <usize>g << 2;
+        v128.store(hbuf + (<usize>g << 2), headerScales(hd));
+        const m = headerMinima(hd), o = <usize>g << 2;
         a0 = f32x4.add(a0, f32x4.mul(m, v128.load(qvh + o)));
         a1 = f32x4.add(a1, f32x4.mul(m, v128.load(qvh + qvB + o)));
         a2 = f32x4.add(a2, f32x4.mul(m, v128.load(qvh + 2 * qvB + o)));
@@ -158,8 +127,8 @@ export function intScores(
       let a = f32x4.splat(0);
       for (let g = 0; g < gpt; g += 4) {
         const hd = _headers(k0, g, gpt, groupBytes);
-        v128.store(hbuf + (<usize>g << 2), _scales(hd));
-        a = f32x4.add(a, f32x4.mul(_minima(hd), v128.load(qvh + (<usize>g << 2))));
+        v128.store(hbuf + (<usize>g << 2), headerScales(hd));
+        a = f32x4.add(a, f32x4.mul(headerMinima(hd), v128.load(qvh + (<usize>g << 2))));
       }
       for (let g = 0; g < gpt; g++) {
         const p = k0 + <usize>g * groupBytes + 4;
@@ -228,8 +197,8 @@ export function intValues(
       if (t + 2 < n) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
       if (t + 3 < n) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * tokB));
       const o = <usize>g * rowB + (<usize>t << 2);
-      v128.store(S + o, _scales(h));
-      v128.store(M + o, _minima(h));
+      v128.store(S + o, headerScales(h));
+      v128.store(M + o, headerMinima(h));
     }
   }
   // 2. per head and group: u_t = w_t·s_t (kept in ubuf), ρ = max u / 32767 (u ≥ 0, so the max

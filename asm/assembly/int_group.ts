@@ -43,7 +43,20 @@ import { f16ToF32 } from "./f16";
     sc = f16ToF32(hdr & 0xffff);
     mn = f16ToF32(hdr >>> 16);
   }
-  const codes = src + 4;
+  decodeIntCodes(src + 4, G, b, codeWords, dst, sc, mn);
+}
+
+// Decodes the G codes at `codes` of one group whose scale and minimum are sc, mn.
+// @ts-ignore: decorator
+@inline export function decodeIntCodes(
+  codes: usize,
+  G: i32,
+  b: i32,
+  codeWords: i32,
+  dst: usize,
+  sc: f32,
+  mn: f32,
+): void {
   if ((codeWords & 3) == 0 && (b == 8 || b == 4)) {
     const s = f32x4.splat(sc), m = f32x4.splat(mn);
     const mask = i8x16.splat(0x0f);
@@ -102,3 +115,34 @@ import { f16ToF32 } from "./f16";
   }
 }
 
+
+// Scales (low halves) and minima (high halves) of four group headers, exact: finite halves by
+// moving exponent and mantissa into f32 position and ×2^112, others by f16ToF32.
+// @ts-ignore: decorator
+@inline export function headerScales(h: v128): v128 {
+  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)))) {
+    let s = f32x4.splat(f16ToF32(i32x4.extract_lane(h, 0) & 0xffff));
+    s = f32x4.replace_lane(s, 1, f16ToF32(i32x4.extract_lane(h, 1) & 0xffff));
+    s = f32x4.replace_lane(s, 2, f16ToF32(i32x4.extract_lane(h, 2) & 0xffff));
+    return f32x4.replace_lane(s, 3, f16ToF32(i32x4.extract_lane(h, 3) & 0xffff));
+  }
+  const bits = v128.or(
+    i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13),
+    i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16),
+  );
+  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
+}
+// @ts-ignore: decorator
+@inline export function headerMinima(h: v128): v128 {
+  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)))) {
+    let m = f32x4.splat(f16ToF32(<u32>i32x4.extract_lane(h, 0) >>> 16));
+    m = f32x4.replace_lane(m, 1, f16ToF32(<u32>i32x4.extract_lane(h, 1) >>> 16));
+    m = f32x4.replace_lane(m, 2, f16ToF32(<u32>i32x4.extract_lane(h, 2) >>> 16));
+    return f32x4.replace_lane(m, 3, f16ToF32(<u32>i32x4.extract_lane(h, 3) >>> 16));
+  }
+  const bits = v128.or(
+    v128.and(i32x4.shr_u(h, 3), i32x4.splat(0x0fffe000)),
+    v128.and(h, i32x4.splat(0x80000000)),
+  );
+  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
+}

@@ -189,9 +189,24 @@ Deno.test("WasmCodec.decodeView() returns the decodeWords() values without copyi
     const v = c.decodeView(block.words, 512);
     assert.ok(v.buffer !== y.buffer && v.every((e, i) => Object.is(e, y[i])), name);
   }
-  const c = wasmCodec("int4-g32-token");
-  const w = c.encode(Float32Array.from({ length: 64 }, () => normal(r))).words;
-  w[5] = 0x7c00;
-  assert.throws(() => c.decodeView(w, 64), CorruptDataError);
-  assert.throws(() => c.decodeView(w.subarray(0, 9), 64), CorruptDataError);
+  // a bad header gives decodeWords()'s error, whether the kernel meets it (int) or a check first
+  for (const name of ["int4-g32-token", "int8s-g32-token"]) {
+    const c = wasmCodec(name), wpg = getFormat(name).wordsPerGroup;
+    const w = c.encode(Float32Array.from({ length: 64 }, () => normal(r))).words;
+    w[wpg] = 0x7c00;
+    const message = (() => {
+      try {
+        c.decodeWords(w, 64, new Float32Array(64));
+      } catch (e) {
+        return (e as Error).message;
+      }
+    })();
+    assert.match(message ?? "", /group 1/, name);
+    assert.throws(
+      () => c.decodeView(w, 64),
+      (e: Error) => e instanceof CorruptDataError && e.message === message,
+      name,
+    );
+    assert.throws(() => c.decodeView(w.subarray(0, wpg + 4), 64), CorruptDataError);
+  }
 });
