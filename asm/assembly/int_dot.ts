@@ -35,7 +35,7 @@ import { headerMinima, headerScales } from "./int_group";
 /**
  * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32
  * [hq][n]). qi: hq × d i16 query in roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h,
- * zero past gpt); sig: hq f32; hbuf: 8·gpt4 f32 scratch. One token and four heads at a time (so
+ * zero past gpt); sig: hq f32; hbuf: gpt4 f32 scratch. One token and four heads at a time (so
  * accumulators and codes stay in the 16 vector registers of x86-64), then the remaining heads.
  */
 export function intScores(
@@ -157,8 +157,8 @@ export function intScores(
 /** Bytes of scratch intScores and intValues need beyond attendPage's own. */
 export function intDotScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const gpt4 = ((d >> 5) + 3) & ~3, cap8 = (cap + 7) & ~7;
-  // header buffers 8·gpt4 f32; per group S, M rows of cap8 f32; per head and group ρ, Σw·μ
-  // and cap8/2 packed weight pairs; four rows of u
+  // header scratch (8·gpt4 f32, of which intScores uses gpt4); per group S, M rows of cap8 f32;
+  // per head and group ρ, Σw·μ and cap8/2 packed weight pairs; four rows of u
   return 32 * gpt4 + 8 * gpt4 * cap8 + 8 * hq * gpt4 + 2 * hq * gpt4 * cap8 + 16 * cap8 + 64;
 }
 
