@@ -14,8 +14,8 @@
  * ```ts
  * import { intDotServes } from "./int_dot.ts";
  * import { getFormat } from "../../codecs/mod.ts";
- * if (!intDotServes(getFormat("int4-g32-token"), 128, 4)) throw new Error("int4 g32 is served");
- * if (intDotServes(getFormat("int4-g32-channel"), 128, 4)) throw new Error("channel axis is not");
+ * if (!intDotServes(getFormat("int4-g32-token"), 128)) throw new Error("int4 g32 is served");
+ * if (intDotServes(getFormat("int4-g32-channel"), 128)) throw new Error("channel axis is not");
  * ```
  * @module
  */
@@ -25,10 +25,10 @@ import { f16BitsToF32 } from "../../codecs/float_bits.ts";
 
 const fr = Math.fround;
 
-/** Whether the integer path serves this format for head_dim d and hq query heads per KV head. */
-export function intDotServes(spec: FormatSpec, d: number, hq: number): boolean {
+/** Whether the integer path serves this format for head_dim d (any number of query heads). */
+export function intDotServes(spec: FormatSpec, d: number): boolean {
   return spec.kind === "int" && (spec.bits === 4 || spec.bits === 8) && spec.group === 32 &&
-    spec.axis === "token" && d % 32 === 0 && hq >= 1;
+    spec.axis === "token" && d % 32 === 0;
 }
 
 /** Rounds half to even, as f32x4.nearest. */

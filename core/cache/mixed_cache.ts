@@ -467,19 +467,19 @@ export class MixedPrecisionKVCache implements KVCache {
 
   /** Pages the integer-dot path attends (integerDot on, both formats served). */
   #intPages(store: HeadStore): Page[] {
-    const d = this.shape.headDim, hq = this.shape.nHeads / this.shape.nKvHeads;
     const pages: Page[] = [];
     for (const pool of store.pools.values()) {
-      if (!this.#intDotPool(pool.pair, d, hq)) continue;
+      if (!this.#intDotPool(pool.pair)) continue;
       for (const page of pool.pages) if (page.n > 0) pages.push(page);
     }
     return pages;
   }
 
   /** Whether integerDot applies to a pool of this key and value format. */
-  #intDotPool(pair: FormatPair, d: number, hq: number): boolean {
-    return this.integerDot && intDotServes(getFormat(pair.keyFormat), d, hq) &&
-      intDotServes(getFormat(pair.valueFormat), d, hq) &&
+  #intDotPool(pair: FormatPair): boolean {
+    const d = this.shape.headDim;
+    return this.integerDot && intDotServes(getFormat(pair.keyFormat), d) &&
+      intDotServes(getFormat(pair.valueFormat), d) &&
       this.policy.pageTokens % 4 === 0 && this.policy.pageTokens <= 256;
   }
 
@@ -600,9 +600,8 @@ export class MixedPrecisionKVCache implements KVCache {
       );
       n += store.sinkN;
     }
-    const hq = this.shape.nHeads / this.shape.nKvHeads;
     for (const pool of store.pools.values()) {
-      if (this.#intDotPool(pool.pair, d, hq)) continue;
+      if (this.#intDotPool(pool.pair)) continue;
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
         page.decodeValues(this.#v.subarray(n * d));

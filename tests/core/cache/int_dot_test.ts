@@ -148,7 +148,7 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
     ] as [string, string, number, number][]
   ) {
     assert.equal(
-      intDotServes(getFormat(kf), d, hq) && intDotServes(getFormat(vf), d, hq),
+      intDotServes(getFormat(kf), d) && intDotServes(getFormat(vf), d),
       false,
       `${kf}/${vf} d=${d} hq=${hq} is not served`,
     );
