@@ -25,6 +25,20 @@ import { headerMinima, headerScales } from "./int_group";
   return h;
 }
 
+// The first 16 code bytes of a group whose first 16 bytes are v: int4 the low nibbles (codes 0, 2,
+// …, 30; roundQuery orders q̂ to match), int8 codes 0–15.
+// @ts-ignore: decorator
+@inline function _codesLo(v: v128, b: i32, mask: v128): v128 {
+  return b == 4 ? v128.and(v, mask) : v;
+}
+
+// The other 16 (the group's codes start at p): int4 the high nibbles (codes 1, 3, …, 31), int8
+// codes 16–31.
+// @ts-ignore: decorator
+@inline function _codesHi(v: v128, p: usize, b: i32, mask: v128): v128 {
+  return b == 4 ? v128.and(i16x8.shr_u(v, 4), mask) : v128.load(p, 16);
+}
+
 // Σ of the four lanes in a fixed order.
 // @ts-ignore: decorator
 @inline function _hsum(s: v128): f32 {
@@ -74,17 +88,8 @@ export function intScores(
       for (let g = 0; g < gpt; g++) {
         const p = k0 + <usize>g * groupBytes + 4;
         const q = qh + (<usize>g << 6);
-        // the four i16 code vectors of the group, one at a time: int4 byte k holds code 2k (low
-        // nibble) and 2k+1 (high), and roundQuery orders q̂ to match
-        let lo: v128, hi: v128;
-        if (b == 4) {
-          const v = v128.load(p);
-          lo = v128.and(v, mask);
-          hi = v128.and(i16x8.shr_u(v, 4), mask);
-        } else {
-          lo = v128.load(p);
-          hi = v128.load(p, 16);
-        }
+        // the four i16 code vectors of the group, one at a time
+        const v = v128.load(p), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
         let c = i16x8.extend_low_i8x16_u(lo);
         let i0 = i32x4.dot_i16x8_s(c, v128.load(q));
         let i1 = i32x4.dot_i16x8_s(c, v128.load(q + qB));
@@ -133,15 +138,7 @@ export function intScores(
       for (let g = 0; g < gpt; g++) {
         const p = k0 + <usize>g * groupBytes + 4;
         const q = qh + (<usize>g << 6);
-        let lo: v128, hi: v128;
-        if (b == 4) {
-          const v = v128.load(p);
-          lo = v128.and(v, mask);
-          hi = v128.and(i16x8.shr_u(v, 4), mask);
-        } else {
-          lo = v128.load(p);
-          hi = v128.load(p, 16);
-        }
+        const v = v128.load(p), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
         let i0 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(lo), v128.load(q));
         i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(lo), v128.load(q, 16)));
         i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(hi), v128.load(q, 32)));
