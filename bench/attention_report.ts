@@ -1,6 +1,7 @@
 /**
  * Decode-attention benchmark over the mixed-precision cache: one query step against T cached
- * tokens, FP32 vs INT8 vs INT4 vs a mixed int8/int4/int2 page mix, TS reference vs fused WASM,
+ * tokens, FP32 vs INT8 vs INT4 vs a mixed int8/int4/int2 page mix vs KIVI-style INT4 (keys per
+ * channel), TS reference vs fused WASM,
  * all in one run. Each case first checks that the two backends agree (relative error ≤ 1e-6),
  * then times both and prints a table with the ratios the targets are stated in (INT4 WASM / FP32
  * WASM ≤ 0.8). "naive/FP32" is what a cache that dequantizes every page to f32 before attending
@@ -63,6 +64,11 @@ function mixedPolicy(): CachePolicy {
   };
 }
 
+/** KIVI-style: keys int4 per channel (groups of 32 tokens), values int4 per token. */
+function kiviPolicy(): CachePolicy {
+  return uniformPolicy({ keyFormat: "int4-g32-channel", valueFormat: "int4-g32-token" });
+}
+
 /** integerDot: the WASM cache's integer-dot-product path (core/cache/int_dot.ts). */
 const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[] = [
   { name: "fp32", policy: () => uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32" }) },
@@ -86,6 +92,8 @@ const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[]
     integerDot: true,
   },
   { name: "mixed int-dot", policy: mixedPolicy, integerDot: true },
+  { name: "kivi-4", policy: kiviPolicy },
+  { name: "kivi-4 int-dot", policy: kiviPolicy, integerDot: true },
 ];
 /** Agreement with the TS reference: exact paths to 1e-6; the integer path's rounding (int_dot.ts). */
 const AGREEMENT = { exact: 1e-6, integerDot: 1e-3 };

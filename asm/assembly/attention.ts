@@ -9,7 +9,14 @@
 
 import { f16ToF32 } from "./f16";
 import { decodeIntGroup } from "./int_group";
-import { intDotFormat, intDotScratchBytes, intScores, intValues } from "./int_dot";
+import {
+  intChannelScratchBytes,
+  intDotFormat,
+  intDotScratchBytes,
+  intScores,
+  intScoresChannel,
+  intValues,
+} from "./int_dot";
 
 // Format kind ids (codecs/format.ts FORMAT_KIND_IDS).
 const KIND_INT: i32 = 0;
@@ -166,7 +173,8 @@ export function decodeRun(
  */
 export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const row = max(d, 128);
-  return (2 * row + 4 * hq + hq * cap + hq * d) * 4 + 64 + intDotScratchBytes(d, cap, hq);
+  return (2 * row + 4 * hq + hq * cap + hq * d) * 4 + 64 +
+    max(intDotScratchBytes(d, cap, hq), intChannelScratchBytes(d, cap, hq));
 }
 
 /** attendPage flag: write the f64 scores q_h·k_t/√d to scorePtr. */
@@ -174,9 +182,9 @@ const FLAG_SCORES: i32 = 1;
 /** attendPage flag: merge into the running partials at outPtr instead of overwriting them. */
 const FLAG_MERGE: i32 = 2;
 /**
- * attendPage flag: integer dot products (int_dot.ts) for pages whose keys and values are both
- * token-axis int4/int8 g32, when d is a multiple of 32 and cap of 4 (≤ 256); intQuery must
- * have filled the block after q.
+ * attendPage flag: integer dot products (int_dot.ts) for pages of int4/int8 g32 keys (token or
+ * channel axis) and token-axis values, when d is a multiple of 32 and cap of 4 (≤ 256); intQuery
+ * must have filled the block after q.
  */
 const FLAG_INTDOT: i32 = 4;
 
@@ -293,11 +301,14 @@ export function attendPage(
   const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
   const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 &&
     cap <= 256;
-  // both halves or neither: the rounded weights then depend only on integer-path scores, which
-  // core/cache/int_dot.ts reproduces bit for bit
-  const intKeys = intShape && intDotFormat(kKind, kBits, kG, kChannel) &&
-    intDotFormat(vKind, vBits, vG, vChannel);
-  const intValuesOn = intKeys;
+  // keys and values both or neither: the rounded weights then depend only on integer-path
+  // scores, which core/cache/int_dot.ts reproduces bit for bit. Keys token-axis (i16 query) or
+  // channel-axis (i16 q·s per channel and token group); values token-axis.
+  const intV = intShape && intDotFormat(vKind, vBits, vG, vChannel);
+  const intKeys = intV && intDotFormat(kKind, kBits, kG, kChannel);
+  const intKeysChannel = intV && kChannel != 0 && intDotFormat(kKind, kBits, kG, 0) && d <= 256 &&
+    (n & 31) == 0 && (cap & 31) == 0;
+  const intValuesOn = intKeys || intKeysChannel;
   const work = acc + (<usize>(hq * d) << 2); // intDotScratchBytes
 
   // 1. scores
@@ -305,6 +316,8 @@ export function attendPage(
     const qi4 = qPtr + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
     const qv = qi8 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
     intScores(kPtr, kBits, n, d, hq, kBits == 4 ? qi4 : qi8, qv, sig, sc, work);
+  } else if (intKeysChannel) {
+    intScoresChannel(kPtr, kBits, n, cap, d, hq, qPtr, sc, work);
   } else if (kChannel != 0) {
     memory.fill(sc, 0, <usize>(hq * n) << 2);
     const groups = n / kG, perChannel = cap / kG;

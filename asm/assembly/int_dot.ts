@@ -498,3 +498,147 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
   const b = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.div(v128.load(x, 16), sv)));
   return i16x8.narrow_i32x4_s(a, b);
 }
+
+/** Bytes of scratch intScoresChannel needs (beyond attendPage's and intDotScratchBytes). */
+export function intChannelScratchBytes(d: i32, cap: i32, hq: i32): i32 {
+  const groups = cap >> 5;
+  // per token group S, M rows of d f32; per head and group ρ and Σq·μ; d/2 packed û pairs
+  return 8 * groups * d + 8 * hq * groups + 2 * hq * groups * d + 64;
+}
+
+/**
+ * Raw scores q_h·k_t (not yet /√d) of n tokens (a multiple of 32) for hq heads into sc (f32
+ * [hq][n]) from channel-axis int4/int8 g32 keys (channel-major, cap/32 groups per channel). Per head
+ * and token group j the products u_c = q_c·s_{c,j} are rounded to i16 with ρ = max|u| / 32767, two
+ * channels meet in each dot_i16x8_s, and score_t = f32(Σ_c û_c·code_{c,t})·ρ + Σ_c q_c·μ_{c,j}
+ * (lane c mod 4, lanes in fixed order). d ≤ 256 keeps Σ û·code inside i32.
+ */
+export function intScoresChannel(
+  kPtr: usize,
+  b: i32,
+  n: i32,
+  cap: i32,
+  d: i32,
+  hq: i32,
+  q: usize,
+  sc: usize,
+  work: usize,
+): void {
+  const groups = n >> 5, perChannel = cap >> 5;
+  const groupBytes = <usize>(1 + b) << 2, chanB = <usize>perChannel * groupBytes;
+  const dB = <usize>d << 2, nB = <usize>n << 2, pairB = <usize>d << 1;
+  const S = work; // [groups][d] scales
+  const M = S + <usize>groups * dB; // [groups][d] minima
+  const rho = M + <usize>groups * dB; // [hq][groups]
+  const mt = rho + (<usize>(hq * groups) << 2); // [hq][groups]
+  const pairs = mt + (<usize>(hq * groups) << 2); // [hq][groups][d/2] u32: û_c | û_{c+1} << 16
+  // 1. headers into channel-contiguous rows, four channels at a time
+  for (let j = 0; j < groups; j++) {
+    for (let c = 0; c < d; c += 4) {
+      const p = kPtr + <usize>c * chanB + <usize>j * groupBytes;
+      let h = v128.load32_zero(p);
+      h = i32x4.replace_lane(h, 1, load<i32>(p + chanB));
+      h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * chanB));
+      h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * chanB));
+      const o = <usize>j * dB + (<usize>c << 2);
+      v128.store(S + o, headerScales(h));
+      v128.store(M + o, headerMinima(h));
+    }
+  }
+  // 2. per head and group: u = q·s, ρ = max|u| / 32767 (|u| ≥ 0: the max compares bits as
+  //    integers), û = nearest(u·(32767 / max|u|)) by adding 1.5·2^23 (low 16 bits: û as i16),
+  //    Σ q·μ in lanes c mod 4
+  const magic = f32x4.splat(12582912);
+  for (let h = 0; h < hq; h++) {
+    const qh = q + <usize>h * dB;
+    for (let j = 0; j < groups; j++) {
+      let mx = i32x4.splat(0), sm = f32x4.splat(0);
+      for (let c = 0; c < d; c += 4) {
+        const o = <usize>c << 2, qc = v128.load(qh + o);
+        mx = i32x4.max_s(mx, f32x4.abs(f32x4.mul(qc, v128.load(S + <usize>j * dB + o))));
+        sm = f32x4.add(sm, f32x4.mul(qc, v128.load(M + <usize>j * dB + o)));
+      }
+      const U = reinterpret<f32>(
+        max(
+          max(i32x4.extract_lane(mx, 0), i32x4.extract_lane(mx, 1)),
+          max(i32x4.extract_lane(mx, 2), i32x4.extract_lane(mx, 3)),
+        ),
+      );
+      const hj = <usize>(h * groups + j) << 2;
+      store<f32>(rho + hj, U / <f32>32767);
+      store<f32>(mt + hj, _hsum(sm));
+      const inv = f32x4.splat(U > 0 ? <f32>32767 / U : 0);
+      const pRow = pairs + <usize>(h * groups + j) * pairB;
+      for (let c = 0; c < d; c += 8) {
+        const o = <usize>c << 2;
+        const u0 = f32x4.mul(v128.load(qh + o), v128.load(S + <usize>j * dB + o));
+        const u1 = f32x4.mul(v128.load(qh + o, 16), v128.load(S + <usize>j * dB + o, 16));
+        const r0 = f32x4.add(f32x4.mul(u0, inv), magic);
+        const r1 = f32x4.add(f32x4.mul(u1, inv), magic);
+        v128.store(
+          pRow + (<usize>c << 1),
+          i8x16.shuffle(r0, r1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
+        );
+      }
+    }
+  }
+  // 3. per head, group and half group (16 tokens): Σ_c û_c·code_{c,t} over channel pairs
+  const mask = i8x16.splat(0x0f);
+  for (let h = 0; h < hq; h++) {
+    for (let j = 0; j < groups; j++) {
+      const pr = pairs + <usize>(h * groups + j) * pairB;
+      for (let half = 0; half < 2; half++) {
+        // int4: a0..a3 = tokens (0,2,4,6), (8,…,14), (1,3,5,7), (9,…,15) of the half;
+        // int8: tokens 0–3, 4–7, 8–11, 12–15
+        let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+        let p = kPtr + <usize>j * groupBytes + 4 + (<usize>half << (b == 4 ? 3 : 4));
+        for (let c = 0; c < d; c += 2) {
+          const u = v128.load32_splat(pr + (<usize>c << 1));
+          let x0: v128, x1: v128, x2: v128, x3: v128;
+          if (b == 4) {
+            let v = v128.load64_zero(p);
+            v = i64x2.replace_lane(v, 1, load<i64>(p + chanB));
+            const e = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            const lo = v128.and(e, mask), hi = v128.and(i16x8.shr_u(e, 4), mask);
+            x0 = i16x8.extend_low_i8x16_u(lo);
+            x1 = i16x8.extend_high_i8x16_u(lo);
+            x2 = i16x8.extend_low_i8x16_u(hi);
+            x3 = i16x8.extend_high_i8x16_u(hi);
+          } else {
+            const v = v128.load(p), w = v128.load(p + chanB);
+            const e0 = i8x16.shuffle(v, w, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            const e1 = i8x16.shuffle(v, w, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            x0 = i16x8.extend_low_i8x16_u(e0);
+            x1 = i16x8.extend_high_i8x16_u(e0);
+            x2 = i16x8.extend_low_i8x16_u(e1);
+            x3 = i16x8.extend_high_i8x16_u(e1);
+          }
+          a0 = i32x4.add(a0, i32x4.dot_i16x8_s(x0, u));
+          a1 = i32x4.add(a1, i32x4.dot_i16x8_s(x1, u));
+          a2 = i32x4.add(a2, i32x4.dot_i16x8_s(x2, u));
+          a3 = i32x4.add(a3, i32x4.dot_i16x8_s(x3, u));
+          p += 2 * chanB;
+        }
+        const hj = <usize>(h * groups + j) << 2;
+        const r = v128.load32_splat(rho + hj), m = v128.load32_splat(mt + hj);
+        const s0 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a0), r), m);
+        const s1 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a1), r), m);
+        const s2 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a2), r), m);
+        const s3 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a3), r), m);
+        const o = sc + <usize>h * nB + (<usize>((j << 5) + (half << 4)) << 2);
+        if (b == 4) {
+          // even and odd tokens back into order
+          v128.store(o, i32x4.shuffle(s0, s2, 0, 4, 1, 5));
+          v128.store(o, i32x4.shuffle(s0, s2, 2, 6, 3, 7), 16);
+          v128.store(o, i32x4.shuffle(s1, s3, 0, 4, 1, 5), 32);
+          v128.store(o, i32x4.shuffle(s1, s3, 2, 6, 3, 7), 48);
+        } else {
+          v128.store(o, s0);
+          v128.store(o, s1, 16);
+          v128.store(o, s2, 32);
+          v128.store(o, s3, 48);
+        }
+      }
+    }
+  }
+}

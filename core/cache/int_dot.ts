@@ -2,20 +2,23 @@
  * The TypeScript reference of the integer-dot-product attention over one page
  * (asm/assembly/int_dot.ts, PAGES.md "Integer dot products"): every rounding step of the WASM
  * kernel taken in the same order in f32 (Math.fround), so the two agree to the last bit of every
- * weight and rounded product. It serves token-axis int4/int8 pages with groups of 32 for keys and
- * values, d a multiple of 32; {@linkcode intDotServes} says which.
+ * weight and rounded product. It serves int4/int8 pages with groups of 32: keys along tokens or
+ * channels, values along tokens; {@linkcode intDotServes} says which.
  *
  * The arithmetic differs from exact attention over decoded values in two roundings, both far below
- * the 4-bit quantization error: the query to i16 (|q − σq̂| ≤ σ/2, σ = max|q|/32767) and the
- * products w·s of softmax weight and value scale to i16 per head and group (|u − ρû| ≤ ρ/2).
+ * the 4-bit quantization error: for token-axis keys the query to i16 (|q − σq̂| ≤ σ/2, σ =
+ * max|q|/32767), for channel-axis keys the products q·s of query and key scale per channel and token
+ * group (|u − ρû| ≤ ρ/2), and for values the products w·s of softmax weight and value scale per head
+ * and group.
  * {@linkcode intDotErrorBound} bounds their effect on the page's output.
  *
  * @example
  * ```ts
  * import { intDotServes } from "./int_dot.ts";
  * import { getFormat } from "../../codecs/mod.ts";
- * if (!intDotServes(getFormat("int4-g32-token"), 128)) throw new Error("int4 g32 is served");
- * if (intDotServes(getFormat("int4-g32-channel"), 128)) throw new Error("channel axis is not");
+ * const token = getFormat("int4-g32-token"), channel = getFormat("int4-g32-channel");
+ * if (!intDotServes(channel, token, 128, 128)) throw new Error("KIVI-style int4 is served");
+ * if (intDotServes(token, channel, 128, 128)) throw new Error("channel-axis values are not");
  * ```
  * @module
  */
@@ -25,10 +28,27 @@ import { f16BitsToF32 } from "../../codecs/float_bits.ts";
 
 const fr = Math.fround;
 
-/** Whether the integer path serves this format for head_dim d (any number of query heads). */
-export function intDotServes(spec: FormatSpec, d: number): boolean {
-  return spec.kind === "int" && (spec.bits === 4 || spec.bits === 8) && spec.group === 32 &&
-    spec.axis === "token" && d % 32 === 0;
+/** Whether a format is int4 or int8 with groups of 32. */
+function int32Group(spec: FormatSpec): boolean {
+  return spec.kind === "int" && (spec.bits === 4 || spec.bits === 8) && spec.group === 32;
+}
+
+/**
+ * Whether the integer path serves pages of these key and value formats, head_dim d and `cap`
+ * tokens per page (any number of query heads): int4/int8 g32 values along tokens, keys along tokens
+ * or along channels (then d ≤ 256 and cap a multiple of 32), d a multiple of 32, cap a multiple
+ * of 4 and ≤ 256.
+ */
+export function intDotServes(
+  kSpec: FormatSpec,
+  vSpec: FormatSpec,
+  d: number,
+  cap: number,
+): boolean {
+  if (!int32Group(kSpec) || !int32Group(vSpec) || vSpec.axis !== "token") return false;
+  if (d % 32 !== 0 || cap % 4 !== 0 || cap > 256) return false;
+  if (kSpec.axis === "token") return true;
+  return kSpec.axis === "channel" && d <= 256 && cap % 32 === 0;
 }
 
 /** Rounds half to even, as f32x4.nearest. */
@@ -98,20 +118,22 @@ function laneOf(bits: number, j: number): number {
   return bits === 4 ? (j & 15) >> 2 : (j & 7) >> 1;
 }
 
-/** One page as the integer path reads it: n tokens of token-major int4/int8 g32 keys and values. */
+/** One page as the integer path reads it (PAGES.md layout; intDotServes). */
 export interface IntDotPage {
-  /** Key format (intDotServes). */
+  /** Key format. */
   kSpec: FormatSpec;
-  /** Key words, token-major. */
+  /** Key words: token-major, or channel-major with cap tokens per channel. */
   k: Uint32Array;
   /** Value format (intDotServes). */
   vSpec: FormatSpec;
   /** Value words, token-major. */
   v: Uint32Array;
-  /** Tokens. */
+  /** Tokens (a multiple of 32 for channel-axis keys). */
   n: number;
   /** Head dimension, a multiple of 32. */
   d: number;
+  /** Tokens per page. */
+  cap: number;
 }
 
 /**
@@ -122,32 +144,15 @@ export interface IntDotPage {
  * @returns hq × (d + 2) doubles
  */
 export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array {
-  const { kSpec, k, vSpec, v, n, d } = page;
+  const { kSpec, vSpec, v, n, d } = page;
   const hq = q.length / d, gpt = d / 32;
   const out = new Float64Array(hq * (d + 2));
-  const kGroup = kSpec.wordsPerGroup, vGroup = vSpec.wordsPerGroup;
+  const vGroup = vSpec.wordsPerGroup;
   const inv32 = fr(1 / Math.sqrt(d));
   const w = new Float32Array(n);
   for (let h = 0; h < hq; h++) {
-    const { sigma, qi, qv } = roundQuery(q.subarray(h * d, (h + 1) * d));
-    // 1. scores: lanes start with the minimum terms (four groups a vector), then each group's
-    //    f32(integer lane sum)·s
-    const score = new Float32Array(n);
-    for (let t = 0; t < n; t++) {
-      const a = [0, 0, 0, 0];
-      for (let g = 0; g < gpt; g++) {
-        a[g % 4] = fr(a[g % 4] + fr(header(k, (t * gpt + g) * kGroup)[1] * qv[g]));
-      }
-      for (let g = 0; g < gpt; g++) {
-        const at = (t * gpt + g) * kGroup, s = header(k, at)[0];
-        const lanes = [0, 0, 0, 0];
-        for (let j = 0; j < 32; j++) {
-          lanes[laneOf(kSpec.bits, j)] += qi[g * 32 + j] * code(k, at, kSpec.bits, j);
-        }
-        for (let l = 0; l < 4; l++) a[l] = fr(a[l] + fr(fr(lanes[l]) * s));
-      }
-      score[t] = fr(fr(fr(a[0] + a[1]) + fr(a[2] + a[3])) * sigma);
-    }
+    const qh = q.subarray(h * d, (h + 1) * d);
+    const score = kSpec.axis === "channel" ? channelScores(page, qh) : tokenScores(page, qh);
     // 2. softmax weights
     let m32 = -Infinity;
     for (let t = 0; t < n; t++) m32 = Math.max(m32, score[t]);
@@ -186,8 +191,67 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
 }
 
 /**
+ * Raw scores (not yet /√d) of one head over token-axis keys: lanes start with the minimum terms
+ * (four groups a vector), then add each group's f32(integer lane sum)·s; σ at the end.
+ */
+function tokenScores(page: IntDotPage, q: Float32Array): Float32Array {
+  const { kSpec, k, n, d } = page;
+  const gpt = d / 32, kGroup = kSpec.wordsPerGroup;
+  const { sigma, qi, qv } = roundQuery(q);
+  const score = new Float32Array(n);
+  for (let t = 0; t < n; t++) {
+    const a = [0, 0, 0, 0];
+    for (let g = 0; g < gpt; g++) {
+      a[g % 4] = fr(a[g % 4] + fr(header(k, (t * gpt + g) * kGroup)[1] * qv[g]));
+    }
+    for (let g = 0; g < gpt; g++) {
+      const at = (t * gpt + g) * kGroup, s = header(k, at)[0];
+      const lanes = [0, 0, 0, 0];
+      for (let j = 0; j < 32; j++) {
+        lanes[laneOf(kSpec.bits, j)] += qi[g * 32 + j] * code(k, at, kSpec.bits, j);
+      }
+      for (let l = 0; l < 4; l++) a[l] = fr(a[l] + fr(fr(lanes[l]) * s));
+    }
+    score[t] = fr(fr(fr(a[0] + a[1]) + fr(a[2] + a[3])) * sigma);
+  }
+  return score;
+}
+
+/**
+ * Raw scores of one head over channel-axis keys: per token group j, û_c = nearest(f32(q_c·s_{c,j})
+ * · f32(32767 / max_c |q_c·s_{c,j}|)), score = f32(f32(f32(Σ_c û_c·code_{c,t})·ρ) + Σ_c q_c·μ_{c,j})
+ * with ρ = f32(max / 32767) and the last sum in lanes c mod 4.
+ */
+function channelScores(page: IntDotPage, q: Float32Array): Float32Array {
+  const { kSpec, k, n, d, cap } = page;
+  const kGroup = kSpec.wordsPerGroup, perChannel = cap / 32;
+  const score = new Float32Array(n);
+  for (let j = 0; j < n / 32; j++) {
+    const at = (c: number) => (c * perChannel + j) * kGroup;
+    const u = new Float32Array(d);
+    let U = 0;
+    const sm = [0, 0, 0, 0];
+    for (let c = 0; c < d; c++) {
+      const [s, mu] = header(k, at(c));
+      u[c] = fr(q[c] * s);
+      U = Math.max(U, Math.abs(u[c]));
+      sm[c % 4] = fr(sm[c % 4] + fr(q[c] * mu));
+    }
+    const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
+    const mt = fr(fr(sm[0] + sm[1]) + fr(sm[2] + sm[3]));
+    const uq = u.map((x) => nearestEven(fr(x * inv)));
+    for (let i = 0; i < 32; i++) {
+      let sum = 0;
+      for (let c = 0; c < d; c++) sum += uq[c] * code(k, at(c), kSpec.bits, i);
+      score[j * 32 + i] = fr(fr(fr(sum) * rho) + mt);
+    }
+  }
+  return score;
+}
+
+/**
  * A bound on |integer path − exact attention| for one head's output over a page, from the two
- * roundings: each score moves by at most δ = (σ/2)·Σ_i |x̂_i − μ_g| / √d (plus f32 rounding), which
+ * roundings: each score moves by at most δ = (step/2)·Σ_i |x̂_i − μ| / √d (plus f32 rounding), which
  * moves the softmax output by at most (e^{2δ} − 1)·max|v̂|; each value channel by at most
  * (ρ_g/2)·Σ_t code_{t,c} / Σ_t w_t. Returns the sum, with 1e-6·max|v̂| for the f32 arithmetic.
  * @param page the page
@@ -196,21 +260,41 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
  * @returns a bound on the largest |Δ| over the head's output channels
  */
 export function intDotErrorBound(page: IntDotPage, q: Float32Array, weights: Float64Array): number {
-  const { kSpec, k, vSpec, v, n, d } = page;
+  const { kSpec, k, vSpec, v, n, d, cap } = page;
   const gpt = d / 32, kG = kSpec.wordsPerGroup, vG = vSpec.wordsPerGroup;
-  const { sigma } = roundQuery(q);
-  let delta = 0, vmax = 0;
-  for (let t = 0; t < n; t++) {
-    let s = 0;
-    for (let g = 0; g < gpt; g++) {
-      const at = (t * gpt + g) * kG, [sc] = header(k, at);
-      for (let j = 0; j < 32; j++) s += sc * code(k, at, kSpec.bits, j);
-      for (let c = 0; c < 32; c++) {
-        const [vs, vm] = header(v, (t * gpt + g) * vG);
-        vmax = Math.max(vmax, Math.abs(vs * code(v, (t * gpt + g) * vG, vSpec.bits, c) + vm));
+  // largest score change: (rounding step / 2) · Σ_i s·code_i, the step σ (token-axis keys, per
+  // element of q) or ρ_j (channel-axis keys, per channel product q·s)
+  let delta = 0;
+  if (kSpec.axis === "channel") {
+    const perChannel = cap / 32;
+    for (let j = 0; j < n / 32; j++) {
+      let U = 0;
+      for (let c = 0; c < d; c++) {
+        U = Math.max(U, Math.abs(q[c] * header(k, (c * perChannel + j) * kG)[0]));
+      }
+      for (let i = 0; i < 32; i++) {
+        let codes = 0;
+        for (let c = 0; c < d; c++) codes += code(k, (c * perChannel + j) * kG, kSpec.bits, i);
+        delta = Math.max(delta, (U / 32767 / 2) * codes / Math.sqrt(d));
       }
     }
-    delta = Math.max(delta, (sigma / 2) * s / Math.sqrt(d));
+  } else {
+    const { sigma } = roundQuery(q);
+    for (let t = 0; t < n; t++) {
+      let s = 0;
+      for (let g = 0; g < gpt; g++) {
+        const at = (t * gpt + g) * kG, [sc] = header(k, at);
+        for (let j = 0; j < 32; j++) s += sc * code(k, at, kSpec.bits, j);
+      }
+      delta = Math.max(delta, (sigma / 2) * s / Math.sqrt(d));
+    }
+  }
+  let vmax = 0;
+  for (let at = 0; at < n * gpt * vG; at += vG) {
+    const [vs, vm] = header(v, at);
+    for (let c = 0; c < 32; c++) {
+      vmax = Math.max(vmax, Math.abs(vs * code(v, at, vSpec.bits, c) + vm));
+    }
   }
   let l = 0, valueErr = 0;
   for (let t = 0; t < n; t++) l += weights[t];

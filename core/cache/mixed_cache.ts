@@ -169,11 +169,11 @@ export interface MixedCacheOptions {
    */
   backend?: "ts" | "wasm";
   /**
-   * Attend pages whose keys and values are both token-axis int4/int8 g32 with integer dot products
-   * (the query and the weight·scale products rounded to i16; core/cache/int_dot.ts, which also
-   * bounds the difference from exact attention): the fast path of the wasm backend, mirrored bit
-   * for bit by the ts backend. Needs head_dim a multiple of 32 and a page size a multiple of 4 and
-   * ≤ 256; other pages stay exact. Default false.
+   * Attend pages of int4/int8 g32 keys (token or channel axis) and token-axis values with integer
+   * dot products (the query, or query·scale, and the weight·scale products rounded to i16;
+   * core/cache/int_dot.ts, which also bounds the difference from exact attention): the fast path of
+   * the wasm backend, mirrored bit for bit by the ts backend. `intDotServes` says which pages; the
+   * others stay exact. Default false.
    */
   integerDot?: boolean;
   /**
@@ -444,6 +444,7 @@ export class MixedPrecisionKVCache implements KVCache {
             v: p.vWords,
             n: p.n,
             d,
+            cap: p.capacity,
           }, qGroup)
         )
         : [];
@@ -477,10 +478,12 @@ export class MixedPrecisionKVCache implements KVCache {
 
   /** Whether integerDot applies to a pool of this key and value format. */
   #intDotPool(pair: FormatPair): boolean {
-    const d = this.shape.headDim;
-    return this.integerDot && intDotServes(getFormat(pair.keyFormat), d) &&
-      intDotServes(getFormat(pair.valueFormat), d) &&
-      this.policy.pageTokens % 4 === 0 && this.policy.pageTokens <= 256;
+    return this.integerDot && intDotServes(
+      getFormat(pair.keyFormat),
+      getFormat(pair.valueFormat),
+      this.shape.headDim,
+      this.policy.pageTokens,
+    );
   }
 
   /**

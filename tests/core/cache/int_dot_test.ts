@@ -17,11 +17,22 @@ function tokens(n: number, d: number, next: () => number): Float32Array {
   return x;
 }
 
-/** One page of `cap` tokens (n valid) packed token-major in WASM memory; returns ptr and words. */
+/**
+ * One page of `cap` tokens × d packed as PAGES.md lays it out (token-major; channel-axis formats
+ * channel-major, cap tokens per channel) in WASM memory; returns ptr and words.
+ */
 function page(wa: WasmAttention, format: string, x: Float32Array, cap: number, d: number) {
-  const spec = getFormat(format);
+  const spec = getFormat(format), codec = tsCodec(format);
   const words = new Uint32Array(wordsForLength(spec, cap * d));
-  tsCodec(format).encodeInto(x, words);
+  if (spec.axis === "channel") {
+    const perChannel = wordsForLength(spec, cap), column = new Float32Array(cap);
+    for (let c = 0; c < d; c++) {
+      for (let t = 0; t < cap; t++) column[t] = x[t * d + c];
+      codec.encodeInto(column, words.subarray(c * perChannel));
+    }
+  } else {
+    codec.encodeInto(x, words);
+  }
   const ptr = wa.arena.alloc(words.length * 4);
   wa.arena.u32(ptr, words.length).set(words);
   return { spec, words, ptr };
@@ -50,6 +61,8 @@ function kernel(
 }
 
 const FORMATS = ["int4-g32-token", "int8-g32-token"];
+/** KIVI-style keys: along tokens, per channel. */
+const CHANNEL_KEYS = ["int4-g32-channel", "int8-g32-channel"];
 
 Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit", () => {
   const next = rng(71);
@@ -60,19 +73,21 @@ Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit", ()
       [64, 4, 128, [5, 64, 127, 128]],
       [96, 8, 16, [15, 16]],
       [64, 1, 32, [9, 32]],
+      [64, 3, 64, [32, 64]],
       [64, 2, 16, [7]],
       [32, 7, 8, [6]],
       [128, 4, 256, [256, 201]],
     ] as [number, number, number, number[]][]
   ) {
-    for (const kf of FORMATS) {
+    for (const kf of [...FORMATS, ...CHANNEL_KEYS]) {
       for (const vf of FORMATS) {
         for (const n of ns) {
+          if (kf.endsWith("channel") && (n % 32 !== 0 || cap % 32 !== 0)) continue;
           const k = tokens(cap, d, next), v = tokens(cap, d, next);
           const q = normals(hq * d, next);
           const { out, K, V } = kernel(true, kf, vf, k, v, q, n, cap, d);
           const ref = intDotPartials(
-            { kSpec: K.spec, k: K.words, vSpec: V.spec, v: V.words, n, d },
+            { kSpec: K.spec, k: K.words, vSpec: V.spec, v: V.words, n, d, cap },
             q,
           );
           for (let h = 0; h < hq; h++) {
@@ -88,14 +103,15 @@ Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit", ()
       }
     }
   }
-  assert.equal(cases, 64);
+  assert.equal(cases, 96);
 });
 
 Deno.test("integer-dot attention stays within intDotErrorBound of exact attention", () => {
   const next = rng(72);
   let worstRatio = 0, sawError = false;
-  for (const [d, n] of [[64, 128], [128, 128], [128, 37]]) {
-    for (const kf of FORMATS) {
+  for (const [d, n] of [[64, 128], [128, 128], [128, 37], [128, 96]]) {
+    for (const kf of [...FORMATS, ...CHANNEL_KEYS]) {
+      if (kf.endsWith("channel") && n % 32 !== 0) continue;
       for (const vf of FORMATS) {
         const hq = 4, cap = 128;
         const k = tokens(cap, d, next), v = tokens(cap, d, next);
@@ -103,6 +119,10 @@ Deno.test("integer-dot attention stays within intDotErrorBound of exact attentio
         const { out, K, V } = kernel(true, kf, vf, k, v, q, n, cap, d);
         const kx = new Float32Array(cap * d), vx = new Float32Array(cap * d);
         tsCodec(kf).decodeWords(K.words, cap * d, kx);
+        if (K.spec.axis === "channel") {
+          const cm = kx.slice(); // channel-major: element c·cap + t
+          for (let t = 0; t < cap; t++) for (let c = 0; c < d; c++) kx[t * d + c] = cm[c * cap + t];
+        }
         tsCodec(vf).decodeWords(V.words, cap * d, vx);
         for (let h = 0; h < hq; h++) {
           // exact attention over the decoded page, in f64
@@ -114,7 +134,7 @@ Deno.test("integer-dot attention stays within intDotErrorBound of exact attentio
           const m = Math.max(...s), w = s.map((x) => Math.exp(x - m));
           const l = w.reduce((a, b) => a + b, 0);
           const bound = intDotErrorBound(
-            { kSpec: K.spec, k: K.words, vSpec: V.spec, v: V.words, n, d },
+            { kSpec: K.spec, k: K.words, vSpec: V.spec, v: V.words, n, d, cap },
             q.subarray(h * d, (h + 1) * d),
             w,
           );
@@ -143,12 +163,12 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
       ["int4-g32-channel", "fp16", 64, 4],
       ["int2-g32-token", "int4-g64-token", 64, 4],
       ["int4-g32-token", "fp16", 64, 4],
-      ["int4-g32-channel", "int4-g32-token", 64, 4],
+      ["int4-g32-token", "int4-g32-channel", 64, 4],
       ["int4-g32-token", "int8-g32-token", 36, 4],
     ] as [string, string, number, number][]
   ) {
     assert.equal(
-      intDotServes(getFormat(kf), d) && intDotServes(getFormat(vf), d),
+      intDotServes(getFormat(kf), getFormat(vf), d, 64),
       false,
       `${kf}/${vf} d=${d} hq=${hq} is not served`,
     );
@@ -170,10 +190,11 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
 Deno.test("MixedPrecisionKVCache integerDot: ts and wasm agree to 1e-6, both near exact", () => {
   const next = rng(74);
   const shape = { nLayers: 1, nHeads: 8, nKvHeads: 2, headDim: 64, maxSeqLen: 700 };
-  // int4 and int8 pools (served), an int2 pool (exact), sinks and a window (exact)
+  // int8, int4 and KIVI-style pools (served), an int2 pool (exact), sinks and a window (exact)
   const tiers = [
     { keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" },
     { keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" },
+    { keyFormat: "int4-g32-channel", valueFormat: "int4-g32-token" },
     { keyFormat: "int2-g32-token", valueFormat: "int2-g32-token" },
   ];
   const policy = () => {
@@ -184,7 +205,7 @@ Deno.test("MixedPrecisionKVCache integerDot: ts and wasm agree to 1e-6, both nea
       recentWindow: 16,
     });
     let count = 0;
-    return { ...base, formatFor: () => tiers[count++ % 3], pairs: () => tiers };
+    return { ...base, formatFor: () => tiers[count++ % tiers.length], pairs: () => tiers };
   };
   const exact = new MixedPrecisionKVCache(shape, policy());
   const ts = new MixedPrecisionKVCache(shape, policy(), { integerDot: true });
