@@ -582,63 +582,90 @@ export function intScoresChannel(
       }
     }
   }
-  // 3. per head, group and half group (16 tokens): Σ_c û_c·code_{c,t} over channel pairs
+  // 3. per pair of heads, group and half group (16 tokens): Σ_c û_c·code_{c,t} over channel pairs,
+  //    each pair's codes decoded once for both heads (the last head of an odd count alone)
   const mask = i8x16.splat(0x0f);
-  for (let h = 0; h < hq; h++) {
+  for (let h = 0; h < hq; h += 2) {
+    const two = h + 1 < hq;
     for (let j = 0; j < groups; j++) {
       const pr = pairs + <usize>(h * groups + j) * pairB;
+      const pr2 = two ? pr + <usize>groups * pairB : pr;
       for (let half = 0; half < 2; half++) {
         // int4: a0..a3 = tokens (0,2,4,6), (8,…,14), (1,3,5,7), (9,…,15) of the half;
-        // int8: tokens 0–3, 4–7, 8–11, 12–15
+        // int8: tokens 0–3, 4–7, 8–11, 12–15; b0..b3 the same for head h + 1
         let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+        let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
         let p = kPtr + <usize>j * groupBytes + 4 + (<usize>half << (b == 4 ? 3 : 4));
         for (let c = 0; c < d; c += 2) {
           const u = v128.load32_splat(pr + (<usize>c << 1));
-          let x0: v128, x1: v128, x2: v128, x3: v128;
+          const u2 = v128.load32_splat(pr2 + (<usize>c << 1));
+          let lo: v128, hi: v128;
           if (b == 4) {
             let v = v128.load64_zero(p);
             v = i64x2.replace_lane(v, 1, load<i64>(p + chanB));
             const e = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-            const lo = v128.and(e, mask), hi = v128.and(i16x8.shr_u(e, 4), mask);
-            x0 = i16x8.extend_low_i8x16_u(lo);
-            x1 = i16x8.extend_high_i8x16_u(lo);
-            x2 = i16x8.extend_low_i8x16_u(hi);
-            x3 = i16x8.extend_high_i8x16_u(hi);
+            lo = v128.and(e, mask);
+            hi = v128.and(i16x8.shr_u(e, 4), mask);
           } else {
             const v = v128.load(p), w = v128.load(p + chanB);
-            const e0 = i8x16.shuffle(v, w, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-            const e1 = i8x16.shuffle(v, w, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-            x0 = i16x8.extend_low_i8x16_u(e0);
-            x1 = i16x8.extend_high_i8x16_u(e0);
-            x2 = i16x8.extend_low_i8x16_u(e1);
-            x3 = i16x8.extend_high_i8x16_u(e1);
+            lo = i8x16.shuffle(v, w, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            hi = i8x16.shuffle(v, w, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
           }
-          a0 = i32x4.add(a0, i32x4.dot_i16x8_s(x0, u));
-          a1 = i32x4.add(a1, i32x4.dot_i16x8_s(x1, u));
-          a2 = i32x4.add(a2, i32x4.dot_i16x8_s(x2, u));
-          a3 = i32x4.add(a3, i32x4.dot_i16x8_s(x3, u));
+          let x = i16x8.extend_low_i8x16_u(lo);
+          a0 = i32x4.add(a0, i32x4.dot_i16x8_s(x, u));
+          if (two) b0 = i32x4.add(b0, i32x4.dot_i16x8_s(x, u2));
+          x = i16x8.extend_high_i8x16_u(lo);
+          a1 = i32x4.add(a1, i32x4.dot_i16x8_s(x, u));
+          if (two) b1 = i32x4.add(b1, i32x4.dot_i16x8_s(x, u2));
+          x = i16x8.extend_low_i8x16_u(hi);
+          a2 = i32x4.add(a2, i32x4.dot_i16x8_s(x, u));
+          if (two) b2 = i32x4.add(b2, i32x4.dot_i16x8_s(x, u2));
+          x = i16x8.extend_high_i8x16_u(hi);
+          a3 = i32x4.add(a3, i32x4.dot_i16x8_s(x, u));
+          if (two) b3 = i32x4.add(b3, i32x4.dot_i16x8_s(x, u2));
           p += 2 * chanB;
         }
-        const hj = <usize>(h * groups + j) << 2;
-        const r = v128.load32_splat(rho + hj), m = v128.load32_splat(mt + hj);
-        const s0 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a0), r), m);
-        const s1 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a1), r), m);
-        const s2 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a2), r), m);
-        const s3 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a3), r), m);
-        const o = sc + <usize>h * nB + (<usize>((j << 5) + (half << 4)) << 2);
-        if (b == 4) {
-          // even and odd tokens back into order
-          v128.store(o, i32x4.shuffle(s0, s2, 0, 4, 1, 5));
-          v128.store(o, i32x4.shuffle(s0, s2, 2, 6, 3, 7), 16);
-          v128.store(o, i32x4.shuffle(s1, s3, 0, 4, 1, 5), 32);
-          v128.store(o, i32x4.shuffle(s1, s3, 2, 6, 3, 7), 48);
-        } else {
-          v128.store(o, s0);
-          v128.store(o, s1, 16);
-          v128.store(o, s2, 32);
-          v128.store(o, s3, 48);
-        }
+        _channelScores(sc, nB, rho, mt, groups, b, h, j, half, a0, a1, a2, a3);
+        if (two) _channelScores(sc, nB, rho, mt, groups, b, h + 1, j, half, b0, b1, b2, b3);
       }
     }
+  }
+}
+
+// Scores of 16 tokens (half `half` of token group j) of head h from their i32 sums:
+// f32(f32(sum)·ρ) + Σq·μ, int4's even/odd token vectors back into order.
+// @ts-ignore: decorator
+@inline function _channelScores(
+  sc: usize,
+  nB: usize,
+  rho: usize,
+  mt: usize,
+  groups: i32,
+  b: i32,
+  h: i32,
+  j: i32,
+  half: i32,
+  a0: v128,
+  a1: v128,
+  a2: v128,
+  a3: v128,
+): void {
+  const hj = <usize>(h * groups + j) << 2;
+  const r = v128.load32_splat(rho + hj), m = v128.load32_splat(mt + hj);
+  const s0 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a0), r), m);
+  const s1 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a1), r), m);
+  const s2 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a2), r), m);
+  const s3 = f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(a3), r), m);
+  const o = sc + <usize>h * nB + (<usize>((j << 5) + (half << 4)) << 2);
+  if (b == 4) {
+    v128.store(o, i32x4.shuffle(s0, s2, 0, 4, 1, 5));
+    v128.store(o, i32x4.shuffle(s0, s2, 2, 6, 3, 7), 16);
+    v128.store(o, i32x4.shuffle(s1, s3, 0, 4, 1, 5), 32);
+    v128.store(o, i32x4.shuffle(s1, s3, 2, 6, 3, 7), 48);
+  } else {
+    v128.store(o, s0);
+    v128.store(o, s1, 16);
+    v128.store(o, s2, 32);
+    v128.store(o, s3, 48);
   }
 }
