@@ -233,10 +233,10 @@ export function intValues(
         x3 = i32x4.max_s(x3, u);
         m3 = f32x4.add(m3, f32x4.mul(wt, mv));
       }
-      _pack(h, g, x0, m0, ubuf, cap8, gpt4, rho, mw, pairs, pairB, magic);
-      _pack(h + 1, g, x1, m1, ubuf + rowB, cap8, gpt4, rho, mw, pairs, pairB, magic);
-      _pack(h + 2, g, x2, m2, ubuf + 2 * rowB, cap8, gpt4, rho, mw, pairs, pairB, magic);
-      _pack(h + 3, g, x3, m3, ubuf + 3 * rowB, cap8, gpt4, rho, mw, pairs, pairB, magic);
+      _pack(h * gpt4 + g, x0, m0, ubuf, cap8, rho, mw, pairs, pairB, magic);
+      _pack((h + 1) * gpt4 + g, x1, m1, ubuf + rowB, cap8, rho, mw, pairs, pairB, magic);
+      _pack((h + 2) * gpt4 + g, x2, m2, ubuf + 2 * rowB, cap8, rho, mw, pairs, pairB, magic);
+      _pack((h + 3) * gpt4 + g, x3, m3, ubuf + 3 * rowB, cap8, rho, mw, pairs, pairB, magic);
     }
   }
   for (; h < hq; h++) {
@@ -252,7 +252,7 @@ export function intValues(
         x0 = i32x4.max_s(x0, u);
         m0 = f32x4.add(m0, f32x4.mul(wt, v128.load(mRow + o)));
       }
-      _pack(h, g, x0, m0, ubuf, cap8, gpt4, rho, mw, pairs, pairB, magic);
+      _pack(h * gpt4 + g, x0, m0, ubuf, cap8, rho, mw, pairs, pairB, magic);
     }
   }
   // 3. integer accumulation: 8 channels × 4 heads in registers, four tokens per step, two per
@@ -368,19 +368,18 @@ export function intValues(
   }
 }
 
-// One head and group: ρ = max u / 32767 (mx: lane maxima of the f32 bits), Σw·μ from the lane
-// sums sm, and the packed pairs of û_t = nearest(u_t·(32767 / max u)) (+2^23: low 16 bits).
+// One (head, group) slot: ρ = max u / 32767 (mx: lane maxima of the f32 bits of u ≥ 0 or |u|),
+// Σ from the lane sums sm, and `count` packed pairs of û = nearest(u·(32767 / max)) (u + magic: low
+// 16 bits; magic 2^23 for u ≥ 0, 1.5·2^23 for signed u).
 // @ts-ignore: decorator
 @inline function _pack(
-  h: i32,
-  g: i32,
+  slot: i32,
   mx: v128,
   sm: v128,
   u: usize,
-  cap8: i32,
-  gpt4: i32,
+  count: i32,
   rho: usize,
-  mw: usize,
+  sums: usize,
   pairs: usize,
   pairB: usize,
   magic: v128,
@@ -391,12 +390,11 @@ export function intValues(
       max(i32x4.extract_lane(mx, 2), i32x4.extract_lane(mx, 3)),
     ),
   );
-  const hg = <usize>(h * gpt4 + g) << 2;
-  store<f32>(rho + hg, U / <f32>32767);
-  store<f32>(mw + hg, _hsum(sm));
+  store<f32>(rho + (<usize>slot << 2), U / <f32>32767);
+  store<f32>(sums + (<usize>slot << 2), _hsum(sm));
   const inv = f32x4.splat(U > 0 ? <f32>32767 / U : 0);
-  const pRow = pairs + <usize>(h * gpt4 + g) * pairB;
-  for (let t = 0; t < cap8; t += 8) {
+  const pRow = pairs + <usize>slot * pairB;
+  for (let t = 0; t < count; t += 8) {
     const o = <usize>t << 2;
     const r0 = f32x4.add(f32x4.mul(v128.load(u + o), inv), magic);
     const r1 = f32x4.add(f32x4.mul(v128.load(u + o, 16), inv), magic);
@@ -502,8 +500,9 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
 /** Bytes of scratch intScoresChannel needs (beyond attendPage's and intDotScratchBytes). */
 export function intChannelScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const groups = cap >> 5;
-  // per token group S, M rows of d f32; per head and group ρ and Σq·μ; d/2 packed û pairs
-  return 8 * groups * d + 8 * hq * groups + 2 * hq * groups * d + 64;
+  // per token group S, M rows of d f32; per head and group ρ and Σq·μ; d/2 packed û pairs; one
+  // row of u
+  return 8 * groups * d + 8 * hq * groups + 2 * hq * groups * d + 4 * d + 64;
 }
 
 /**
@@ -532,6 +531,7 @@ export function intScoresChannel(
   const rho = M + <usize>groups * dB; // [hq][groups]
   const mt = rho + (<usize>(hq * groups) << 2); // [hq][groups]
   const pairs = mt + (<usize>(hq * groups) << 2); // [hq][groups][d/2] u32: û_c | û_{c+1} << 16
+  const ubuf = pairs + <usize>(hq * groups) * pairB; // [d] f32: u of one head and group
   // 1. headers into channel-contiguous rows, four channels at a time
   for (let j = 0; j < groups; j++) {
     for (let c = 0; c < d; c += 4) {
@@ -555,31 +555,12 @@ export function intScoresChannel(
       let mx = i32x4.splat(0), sm = f32x4.splat(0);
       for (let c = 0; c < d; c += 4) {
         const o = <usize>c << 2, qc = v128.load(qh + o);
-        mx = i32x4.max_s(mx, f32x4.abs(f32x4.mul(qc, v128.load(S + <usize>j * dB + o))));
+        const u = f32x4.mul(qc, v128.load(S + <usize>j * dB + o));
+        v128.store(ubuf + o, u);
+        mx = i32x4.max_s(mx, f32x4.abs(u));
         sm = f32x4.add(sm, f32x4.mul(qc, v128.load(M + <usize>j * dB + o)));
       }
-      const U = reinterpret<f32>(
-        max(
-          max(i32x4.extract_lane(mx, 0), i32x4.extract_lane(mx, 1)),
-          max(i32x4.extract_lane(mx, 2), i32x4.extract_lane(mx, 3)),
-        ),
-      );
-      const hj = <usize>(h * groups + j) << 2;
-      store<f32>(rho + hj, U / <f32>32767);
-      store<f32>(mt + hj, _hsum(sm));
-      const inv = f32x4.splat(U > 0 ? <f32>32767 / U : 0);
-      const pRow = pairs + <usize>(h * groups + j) * pairB;
-      for (let c = 0; c < d; c += 8) {
-        const o = <usize>c << 2;
-        const u0 = f32x4.mul(v128.load(qh + o), v128.load(S + <usize>j * dB + o));
-        const u1 = f32x4.mul(v128.load(qh + o, 16), v128.load(S + <usize>j * dB + o, 16));
-        const r0 = f32x4.add(f32x4.mul(u0, inv), magic);
-        const r1 = f32x4.add(f32x4.mul(u1, inv), magic);
-        v128.store(
-          pRow + (<usize>c << 1),
-          i8x16.shuffle(r0, r1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
-        );
-      }
+      _pack(h * groups + j, mx, sm, ubuf, d, rho, mt, pairs, pairB, magic);
     }
   }
   // 3. per pair of heads, group and half group (16 tokens): Σ_c û_c·code_{c,t} over channel pairs,
