@@ -268,31 +268,19 @@ export function intValues(
         let p = vPtr + <usize>g * groupBytes + 4 + (<usize>cb << (b == 4 ? 2 : 3));
         let pt = pr;
         for (let t = 0; t < n; t += 4) {
-          let lo: v128, hi: v128, lo2: v128, hi2: v128;
+          let c: v128, e: v128;
           if (b == 4) {
-            let v = v128.load32_zero(p);
-            v = i32x4.replace_lane(v, 1, load<i32>(p + tokB));
-            v = i32x4.replace_lane(v, 2, load<i32>(p + 2 * tokB));
-            v = i32x4.replace_lane(v, 3, load<i32>(p + 3 * tokB));
+            const v = _gather4x4(p, tokB);
             const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
-            const c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
-            const e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
-            lo = i16x8.extend_low_i8x16_u(c);
-            hi = i16x8.extend_high_i8x16_u(c);
-            lo2 = i16x8.extend_low_i8x16_u(e);
-            hi2 = i16x8.extend_high_i8x16_u(e);
+            c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
+            e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
           } else {
-            let v = v128.load64_zero(p);
-            v = i64x2.replace_lane(v, 1, load<i64>(p + tokB));
-            let w = v128.load64_zero(p + 2 * tokB);
-            w = i64x2.replace_lane(w, 1, load<i64>(p + 3 * tokB));
-            const c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-            const e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-            lo = i16x8.extend_low_i8x16_u(c);
-            hi = i16x8.extend_high_i8x16_u(c);
-            lo2 = i16x8.extend_low_i8x16_u(e);
-            hi2 = i16x8.extend_high_i8x16_u(e);
+            const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
+            c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
           }
+          const lo = i16x8.extend_low_i8x16_u(c), hi = i16x8.extend_high_i8x16_u(c);
+          const lo2 = i16x8.extend_low_i8x16_u(e), hi2 = i16x8.extend_high_i8x16_u(e);
           let u = v128.load32_splat(pt), u2 = v128.load32_splat(pt + 4);
           x0 = i32x4.add(x0, i32x4.add(i32x4.dot_i16x8_s(lo, u), i32x4.dot_i16x8_s(lo2, u2)));
           y0 = i32x4.add(y0, i32x4.add(i32x4.dot_i16x8_s(hi, u), i32x4.dot_i16x8_s(hi2, u2)));
@@ -329,18 +317,12 @@ export function intValues(
         for (let t = 0; t < n; t += 4) {
           let c: v128, e: v128;
           if (b == 4) {
-            let v = v128.load32_zero(p);
-            v = i32x4.replace_lane(v, 1, load<i32>(p + tokB));
-            v = i32x4.replace_lane(v, 2, load<i32>(p + 2 * tokB));
-            v = i32x4.replace_lane(v, 3, load<i32>(p + 3 * tokB));
+            const v = _gather4x4(p, tokB);
             const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
             c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
             e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
           } else {
-            let v = v128.load64_zero(p);
-            v = i64x2.replace_lane(v, 1, load<i64>(p + tokB));
-            let w = v128.load64_zero(p + 2 * tokB);
-            w = i64x2.replace_lane(w, 1, load<i64>(p + 3 * tokB));
+            const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
             c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
             e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
           }
@@ -403,6 +385,21 @@ export function intValues(
       i8x16.shuffle(r0, r1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
     );
   }
+}
+
+// Four bytes of each of four tokens tokB apart (int4: eight codes of a channel block).
+// @ts-ignore: decorator
+@inline function _gather4x4(p: usize, tokB: usize): v128 {
+  let v = v128.load32_zero(p);
+  v = i32x4.replace_lane(v, 1, load<i32>(p + tokB));
+  v = i32x4.replace_lane(v, 2, load<i32>(p + 2 * tokB));
+  return i32x4.replace_lane(v, 3, load<i32>(p + 3 * tokB));
+}
+
+// Eight bytes of each of two tokens tokB apart (int8: eight codes of a channel block).
+// @ts-ignore: decorator
+@inline function _gather2x8(p: usize, tokB: usize): v128 {
+  return i64x2.replace_lane(v128.load64_zero(p), 1, load<i64>(p + tokB));
 }
 
 // Weights w[t … t+3] of one head, zero at t ≥ n.
