@@ -18,7 +18,7 @@
  * reads its cache from DRAM, as it does in a model whose cache has outgrown the weights.
  *
  *     deno run -A bench/attention_report.ts [--heads 8] [--kv-heads 2] [--T 512,4096,32768]
- *       [--d 64,128] [--no-ts] [--no-step]
+ *       [--d 64,128] [--page 128] [--no-ts] [--no-step]
  *
  * @module
  */
@@ -38,7 +38,8 @@ const N_HEADS = Number(arg("heads", "8"));
 const N_KV = Number(arg("kv-heads", "2"));
 const TS = arg("T", "512,4096,32768").split(",").map(Number);
 const DIMS = arg("d", "64,128").split(",").map(Number);
-const PAGE = 128;
+/** Tokens per page of every case (--page; the library default is 32). */
+const PAGE = Number(arg("page", "128"));
 /** --no-ts skips timing the TS reference (it still checks agreement): quicker WASM iterations. */
 const TIME_TS = !Deno.args.includes("--no-ts");
 /** --no-step skips the decode-step (DRAM) regime. */
@@ -54,7 +55,7 @@ function mixedPolicy(): CachePolicy {
     { keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" },
     { keyFormat: "int2-g32-token", valueFormat: "int2-g32-token" },
   ];
-  const base = uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32", pageTokens: PAGE });
+  const base = uniform("fp32");
   let count = 0;
   return {
     ...base,
@@ -66,29 +67,34 @@ function mixedPolicy(): CachePolicy {
 
 /** KIVI-style: keys int4 per channel (groups of 32 tokens), values int4 per token. */
 function kiviPolicy(): CachePolicy {
-  return uniformPolicy({ keyFormat: "int4-g32-channel", valueFormat: "int4-g32-token" });
+  return uniform("int4-g32-channel", "int4-g32-token");
+}
+
+/** One format pair for every token, pages of PAGE tokens, no sinks or window. */
+function uniform(keyFormat: string, valueFormat = keyFormat): CachePolicy {
+  return uniformPolicy({ keyFormat, valueFormat, pageTokens: PAGE });
 }
 
 /** integerDot: the WASM cache's integer-dot-product path (core/cache/int_dot.ts). */
 const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[] = [
-  { name: "fp32", policy: () => uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32" }) },
+  { name: "fp32", policy: () => uniform("fp32") },
   {
     name: "int8-g32",
-    policy: () => uniformPolicy({ keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" }),
+    policy: () => uniform("int8-g32-token"),
   },
   {
     name: "int4-g32",
-    policy: () => uniformPolicy({ keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" }),
+    policy: () => uniform("int4-g32-token"),
   },
   { name: "mixed 8/4/4/2", policy: mixedPolicy },
   {
     name: "int8 int-dot",
-    policy: () => uniformPolicy({ keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" }),
+    policy: () => uniform("int8-g32-token"),
     integerDot: true,
   },
   {
     name: "int4 int-dot",
-    policy: () => uniformPolicy({ keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" }),
+    policy: () => uniform("int4-g32-token"),
     integerDot: true,
   },
   { name: "mixed int-dot", policy: mixedPolicy, integerDot: true },
@@ -100,9 +106,9 @@ const AGREEMENT = { exact: 1e-6, integerDot: 1e-3 };
 /** The rows the ≤ 0.8 target is judged on: INT4 exact and INT4 with integer dot products. */
 const TARGET_ROWS = ["int4-g32", "int4 int-dot"];
 
-const uniform = mulberry32(12345);
+const random = mulberry32(12345);
 /** Uniform on [−1, 1). */
-const rand = () => 2 * uniform() - 1;
+const rand = () => 2 * random() - 1;
 
 /** Median ms per call, running for about budgetMs (at least minIters calls). */
 function time(f: () => void, budgetMs: number, minIters: number): number {
