@@ -34,7 +34,7 @@
  * @module
  */
 
-import { attentionWeights } from "./attention_sensitivity.ts";
+import { attend64, attentionWeights } from "./attention_sensitivity.ts";
 import {
   addUp,
   divDown,
@@ -71,9 +71,7 @@ export function attentionErrorBound(
   keyError: ArrayLike<number>,
   valueError: ArrayLike<number>,
 ): number {
-  const alpha = new Float64Array(n);
-  const out = new Float64Array(d);
-  attentionWeights(q, keys, values, n, d, alpha, out);
+  const { attention: alpha, output: out } = attend64(q, keys, values, n, d);
   // Relative error of the computed weights (a dot product of d terms, exp, a sum of n terms and a
   // division), with a generous factor: γ = 4(d + n + 8)·2⁻⁵³.
   const gamma = 4 * (d + n + 8) * _EPS;
@@ -180,9 +178,7 @@ export function attentionErrorFirstOrder(
   keyError: ArrayLike<number>,
   valueError: ArrayLike<number>,
 ): number {
-  const alpha = new Float64Array(n);
-  const out = new Float64Array(d);
-  attentionWeights(q, keys, values, n, d, alpha, out);
+  const { attention: alpha, output: out } = attend64(q, keys, values, n, d);
   let qq = 0;
   for (let i = 0; i < d; i++) qq += q[i] * q[i];
   const gain = Math.sqrt(qq / d);

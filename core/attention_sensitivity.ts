@@ -66,6 +66,28 @@ export function attentionWeights(
 }
 
 /**
+ * {@linkcode attentionWeights} into fresh arrays.
+ *
+ * @param q query, length d
+ * @param keys n × d keys
+ * @param values n × d values
+ * @param n positions
+ * @param d head dimension
+ * @returns the weights α (length n) and the output o (length d)
+ */
+export function attend64(
+  q: ArrayLike<number>,
+  keys: ArrayLike<number>,
+  values: ArrayLike<number>,
+  n: number,
+  d: number,
+): { attention: Float64Array; output: Float64Array } {
+  const attention = new Float64Array(n), output = new Float64Array(d);
+  attentionWeights(q, keys, values, n, d, attention, output);
+  return { attention, output };
+}
+
+/**
  * All per-position sensitivities of one head for one query (see the module doc for formulas).
  *
  * @param q query, length d
@@ -82,9 +104,7 @@ export function headSensitivity(
   n: number,
   d: number,
 ): HeadSensitivity {
-  const attention = new Float64Array(n);
-  const output = new Float64Array(d);
-  attentionWeights(q, keys, values, n, d, attention, output);
+  const { attention, output } = attend64(q, keys, values, n, d);
   let qq = 0;
   for (let i = 0; i < d; i++) qq += q[i] * q[i];
   const qNorm = Math.sqrt(qq);
@@ -126,9 +146,7 @@ export function keyJacobian(
   d: number,
   t: number,
 ): Float64Array {
-  const attention = new Float64Array(n);
-  const output = new Float64Array(d);
-  attentionWeights(q, keys, values, n, d, attention, output);
+  const { attention, output } = attend64(q, keys, values, n, d);
   const jac = new Float64Array(d * d);
   const a = attention[t] / Math.sqrt(d);
   for (let i = 0; i < d; i++) {
@@ -159,9 +177,7 @@ export function keySecondDerivative(
   t: number,
   u: ArrayLike<number>,
 ): Float64Array {
-  const attention = new Float64Array(n);
-  const output = new Float64Array(d);
-  attentionWeights(q, keys, values, n, d, attention, output);
+  const { attention, output } = attend64(q, keys, values, n, d);
   let qu = 0;
   for (let i = 0; i < d; i++) qu += q[i] * u[i];
   const a = attention[t];
