@@ -75,7 +75,10 @@ function uniform(keyFormat: string, valueFormat = keyFormat): CachePolicy {
   return uniformPolicy({ keyFormat, valueFormat, pageTokens: PAGE });
 }
 
-/** integerDot: the WASM cache's integer-dot-product path (core/cache/int_dot.ts). */
+/**
+ * integerDot: the WASM cache's integer-dot-product path (core/cache/int_dot.ts, the library's
+ * default); the other rows set integerDot: false, the exact fused path.
+ */
 const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[] = [
   { name: "fp32", policy: () => uniform("fp32") },
   {
@@ -171,10 +174,10 @@ for (const d of DIMS) {
   for (const T of TS) {
     for (const c of CASES) {
       const shape = { nLayers: 1, nHeads: N_HEADS, nKvHeads: N_KV, headDim: d, maxSeqLen: T };
-      const ts = new MixedPrecisionKVCache(shape, c.policy());
+      const ts = new MixedPrecisionKVCache(shape, c.policy(), { integerDot: false });
       const wasm = new MixedPrecisionKVCache(shape, c.policy(), {
         backend: "wasm",
-        integerDot: c.integerDot,
+        integerDot: c.integerDot === true,
       });
       fill([ts, wasm], 1, T, d);
       const q = Float32Array.from({ length: N_HEADS * d }, () => 2 * rand());
@@ -275,7 +278,7 @@ if (TIME_STEP) {
         };
         const cache = new MixedPrecisionKVCache(shape, c.policy(), {
           backend: "wasm",
-          integerDot: c.integerDot,
+          integerDot: c.integerDot === true,
         });
         fill([cache], layers, T, d);
         const qs = Array.from(

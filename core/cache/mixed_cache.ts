@@ -173,7 +173,9 @@ export interface MixedCacheOptions {
    * dot products (the query, or query·scale, and the weight·scale products rounded to i16;
    * core/cache/int_dot.ts, which also bounds the difference from exact attention): the fast path of
    * the wasm backend, mirrored bit for bit by the ts backend. `intDotServes` says which pages; the
-   * others stay exact. Default false.
+   * others stay exact. Default true: the rounding moves outputs by ~5e-5 of their largest entry,
+   * far below the 4-bit quantization error, and the exact fused path is 1.5–1.7× slower than FP32
+   * where the integer path ties or beats it (core/cache/PAGES.md). false attends every page exactly.
    */
   integerDot?: boolean;
   /**
@@ -240,7 +242,7 @@ export class MixedPrecisionKVCache implements KVCache {
     if (this.backend !== "ts" && this.backend !== "wasm") {
       throw new InvalidValueError(`backend ${this.backend}: expected "ts" or "wasm"`);
     }
-    this.integerDot = options.integerDot ?? false;
+    this.integerDot = options.integerDot ?? true;
     if (this.backend === "wasm" && shape.headDim % 4 !== 0) {
       throw new ShapeError(
         `backend wasm needs head_dim a multiple of 4, got ${shape.headDim}`,

@@ -187,7 +187,7 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
   );
 });
 
-Deno.test("MixedPrecisionKVCache integerDot: ts and wasm agree to 1e-6, both near exact", () => {
+Deno.test("MixedPrecisionKVCache integerDot (the default): ts and wasm agree to 1e-6, both near exact", () => {
   const next = rng(74);
   const shape = { nLayers: 1, nHeads: 8, nKvHeads: 2, headDim: 64, maxSeqLen: 700 };
   // int8, int4 and KIVI-style pools (served), an int2 pool (exact), sinks and a window (exact)
@@ -207,21 +207,27 @@ Deno.test("MixedPrecisionKVCache integerDot: ts and wasm agree to 1e-6, both nea
     let count = 0;
     return { ...base, formatFor: () => tiers[count++ % tiers.length], pairs: () => tiers };
   };
-  const exact = new MixedPrecisionKVCache(shape, policy());
+  const exact = new MixedPrecisionKVCache(shape, policy(), { integerDot: false });
   const ts = new MixedPrecisionKVCache(shape, policy(), { integerDot: true });
   const wasm = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot: true });
+  const byDefault = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm" });
+  assert.equal(byDefault.integerDot, true);
+  assert.equal(exact.integerDot, false);
   const kv = shape.nKvHeads * shape.headDim;
   const q = new Float32Array(shape.nHeads * shape.headDim);
   const [a, b, c] = [0, 1, 2].map(() => new Float32Array(q.length));
   let tsWasm = 0, intExact = 0;
   for (let t = 0; t < 650; t++) {
     const k = tokens(1, kv, next), v = tokens(1, kv, next);
-    for (const cache of [exact, ts, wasm]) cache.append(0, t, k, v);
+    for (const cache of [exact, ts, wasm, byDefault]) cache.append(0, t, k, v);
     if (t % 130 !== 129) continue;
     q.set(normals(q.length, next));
     exact.attend(0, q, a);
     ts.attend(0, q, b);
     wasm.attend(0, q, c);
+    const d = new Float32Array(q.length);
+    byDefault.attend(0, q, d);
+    assert.deepEqual(d, c, "the default is integerDot");
     tsWasm = Math.max(tsWasm, relError(c, b));
     intExact = Math.max(intExact, relError(b, a));
   }
