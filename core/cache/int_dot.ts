@@ -86,17 +86,23 @@ export function roundQuery(q: Float32Array): RoundedQuery {
   return { sigma, qi, qv };
 }
 
+/** The Cephes expf polynomial after its leading term, as f32. */
+const EXP_COEFFICIENTS = [
+  1.3981999507e-3,
+  8.3334519073e-3,
+  4.1665795894e-2,
+  1.6666665459e-1,
+  5.0000001201e-1,
+]
+  .map(fr);
+
 /** e^x per f32 lane exactly as attention.ts _expv (Cephes expf, clamped at −87). */
 export function expF32(x: number): number {
   x = Math.max(fr(x), -87);
   const k = nearestEven(fr(x * fr(1.44269504088896341)));
   const r = fr(fr(x - fr(k * 0.693359375)) - fr(k * fr(-2.12194440e-4)));
   let y = fr(1.9875691500e-4);
-  for (
-    const c of [1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]
-  ) {
-    y = fr(fr(y * r) + fr(c));
-  }
+  for (const c of EXP_COEFFICIENTS) y = fr(fr(y * r) + c);
   y = fr(fr(fr(y * fr(r * r)) + r) + 1);
   return fr(y * 2 ** k);
 }
@@ -113,9 +119,27 @@ function code(words: Uint32Array, at: number, bits: number, j: number): number {
   return (words[at + 1 + Math.floor(j / per)] >>> ((j % per) * bits)) & ((1 << bits) - 1);
 }
 
-/** WASM lane of code j in the per-group i32x4 of q̂·code sums. */
-function laneOf(bits: number, j: number): number {
-  return bits === 4 ? (j & 15) >> 2 : (j & 7) >> 1;
+/** The groups of a page decoded once: 32 codes, scale and minimum per group, in word order. */
+interface Groups {
+  codes: Uint8Array;
+  scale: Float32Array;
+  min: Float32Array;
+}
+
+function decodeGroups(words: Uint32Array, spec: FormatSpec, groups: number): Groups {
+  const codes = new Uint8Array(groups * 32);
+  const scale = new Float32Array(groups), min = new Float32Array(groups);
+  const mask = (1 << spec.bits) - 1;
+  for (let g = 0; g < groups; g++) {
+    const at = g * spec.wordsPerGroup;
+    [scale[g], min[g]] = header(words, at);
+    // codes LSB-first in each word (int4/int8: 32 / bits whole codes per word)
+    for (let i = 0, j = g * 32; i < spec.codeWords; i++) {
+      let x = words[at + 1 + i];
+      for (let k = 0; k < 32 / spec.bits; k++, x >>>= spec.bits) codes[j++] = x & mask;
+    }
+  }
+  return { codes, scale, min };
 }
 
 /** One page as the integer path reads it (PAGES.md layout; intDotServes). */
@@ -144,15 +168,20 @@ export interface IntDotPage {
  * @returns hq × (d + 2) doubles
  */
 export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array {
-  const { kSpec, vSpec, v, n, d } = page;
+  const { kSpec, vSpec, n, d, cap } = page;
   const hq = q.length / d, gpt = d / 32;
   const out = new Float64Array(hq * (d + 2));
-  const vGroup = vSpec.wordsPerGroup;
   const inv32 = fr(1 / Math.sqrt(d));
-  const w = new Float32Array(n);
+  const w = new Float32Array(n), u = new Float32Array(n), uq = new Float64Array(n);
+  const sums = new Float64Array(32);
+  // the integer sums are exact in f64 whatever their order; every f32 step keeps the kernel's
+  const K = decodeGroups(page.k, kSpec, kSpec.axis === "channel" ? d * (cap / 32) : n * gpt);
+  const V = decodeGroups(page.v, vSpec, n * gpt);
   for (let h = 0; h < hq; h++) {
     const qh = q.subarray(h * d, (h + 1) * d);
-    const score = kSpec.axis === "channel" ? channelScores(page, qh) : tokenScores(page, qh);
+    const score = kSpec.axis === "channel"
+      ? channelScores(K, page, qh)
+      : tokenScores(K, kSpec.bits, n, qh);
     // 2. softmax weights
     let m32 = -Infinity;
     for (let t = 0; t < n; t++) m32 = Math.max(m32, score[t]);
@@ -169,22 +198,22 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
     for (let g = 0; g < gpt; g++) {
       let U = 0;
       const sm = [0, 0, 0, 0];
-      const u = new Float32Array(n);
       for (let t = 0; t < n; t++) {
-        const [s, mu] = header(v, (t * gpt + g) * vGroup);
-        u[t] = fr(w[t] * s);
+        const gi = t * gpt + g;
+        u[t] = fr(w[t] * V.scale[gi]);
         U = Math.max(U, u[t]);
-        sm[t % 4] = fr(sm[t % 4] + fr(w[t] * mu));
+        sm[t % 4] = fr(sm[t % 4] + fr(w[t] * V.min[gi]));
       }
       const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
       const mw = fr(fr(sm[0] + sm[1]) + fr(sm[2] + sm[3]));
       // u ≤ U, so u·inv ≤ 32767·(1 + 2⁻²³) and rounds to at most 32767
-      const uq = u.map((x) => nearestEven(fr(x * inv)));
-      for (let c = 0; c < 32; c++) {
-        let sum = 0;
-        for (let t = 0; t < n; t++) sum += uq[t] * code(v, (t * gpt + g) * vGroup, vSpec.bits, c);
-        out[o + 2 + g * 32 + c] = fr(fr(fr(sum) * rho) + mw);
+      for (let t = 0; t < n; t++) uq[t] = nearestEven(fr(u[t] * inv));
+      sums.fill(0);
+      for (let t = 0; t < n; t++) {
+        const x = uq[t], base = (t * gpt + g) * 32;
+        for (let c = 0; c < 32; c++) sums[c] += x * V.codes[base + c];
       }
+      for (let c = 0; c < 32; c++) out[o + 2 + g * 32 + c] = fr(fr(fr(sums[c]) * rho) + mw);
     }
   }
   return out;
@@ -194,23 +223,32 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
  * Raw scores (not yet /√d) of one head over token-axis keys: lanes start with the minimum terms
  * (four groups a vector), then add each group's f32(integer lane sum)·s; σ at the end.
  */
-function tokenScores(page: IntDotPage, q: Float32Array): Float32Array {
-  const { kSpec, k, n, d } = page;
-  const gpt = d / 32, kGroup = kSpec.wordsPerGroup;
+function tokenScores(K: Groups, bits: number, n: number, q: Float32Array): Float32Array {
+  // the kernel's lane l of a group sums codes j with (j mod 16) div 4 = l (int4: the low, then the
+  // high nibbles of 16 bytes) or (j mod 8) div 2 = l (int8): runs of P = 4 or 2 codes per lane
+  const gpt = q.length / 32, P = bits === 4 ? 4 : 2;
   const { sigma, qi, qv } = roundQuery(q);
   const score = new Float32Array(n);
+  const a = [0, 0, 0, 0];
   for (let t = 0; t < n; t++) {
-    const a = [0, 0, 0, 0];
+    a.fill(0);
+    for (let g = 0; g < gpt; g++) a[g % 4] = fr(a[g % 4] + fr(K.min[t * gpt + g] * qv[g]));
     for (let g = 0; g < gpt; g++) {
-      a[g % 4] = fr(a[g % 4] + fr(header(k, (t * gpt + g) * kGroup)[1] * qv[g]));
-    }
-    for (let g = 0; g < gpt; g++) {
-      const at = (t * gpt + g) * kGroup, s = header(k, at)[0];
-      const lanes = [0, 0, 0, 0];
-      for (let j = 0; j < 32; j++) {
-        lanes[laneOf(kSpec.bits, j)] += qi[g * 32 + j] * code(k, at, kSpec.bits, j);
+      const gi = t * gpt + g, base = gi * 32, s = K.scale[gi];
+      let l0 = 0, l1 = 0, l2 = 0, l3 = 0;
+      for (let j = 0; j < 32; j += 4 * P) {
+        for (let i = j; i < j + P; i++) {
+          const qb = g * 32 + i, cb = base + i;
+          l0 += qi[qb] * K.codes[cb];
+          l1 += qi[qb + P] * K.codes[cb + P];
+          l2 += qi[qb + 2 * P] * K.codes[cb + 2 * P];
+          l3 += qi[qb + 3 * P] * K.codes[cb + 3 * P];
+        }
       }
-      for (let l = 0; l < 4; l++) a[l] = fr(a[l] + fr(fr(lanes[l]) * s));
+      a[0] = fr(a[0] + fr(fr(l0) * s));
+      a[1] = fr(a[1] + fr(fr(l1) * s));
+      a[2] = fr(a[2] + fr(fr(l2) * s));
+      a[3] = fr(a[3] + fr(fr(l3) * s));
     }
     score[t] = fr(fr(fr(a[0] + a[1]) + fr(a[2] + a[3])) * sigma);
   }
@@ -222,29 +260,29 @@ function tokenScores(page: IntDotPage, q: Float32Array): Float32Array {
  * · f32(32767 / max_c |q_c·s_{c,j}|)), score = f32(f32(f32(Σ_c û_c·code_{c,t})·ρ) + Σ_c q_c·μ_{c,j})
  * with ρ = f32(max / 32767) and the last sum in lanes c mod 4.
  */
-function channelScores(page: IntDotPage, q: Float32Array): Float32Array {
-  const { kSpec, k, n, d, cap } = page;
-  const kGroup = kSpec.wordsPerGroup, perChannel = cap / 32;
+function channelScores(K: Groups, page: IntDotPage, q: Float32Array): Float32Array {
+  const { n, d, cap } = page;
+  const perChannel = cap / 32;
   const score = new Float32Array(n);
+  const u = new Float32Array(d), uq = new Float64Array(d), sums = new Float64Array(32);
   for (let j = 0; j < n / 32; j++) {
-    const at = (c: number) => (c * perChannel + j) * kGroup;
-    const u = new Float32Array(d);
     let U = 0;
     const sm = [0, 0, 0, 0];
     for (let c = 0; c < d; c++) {
-      const [s, mu] = header(k, at(c));
-      u[c] = fr(q[c] * s);
+      const gi = c * perChannel + j;
+      u[c] = fr(q[c] * K.scale[gi]);
       U = Math.max(U, Math.abs(u[c]));
-      sm[c % 4] = fr(sm[c % 4] + fr(q[c] * mu));
+      sm[c % 4] = fr(sm[c % 4] + fr(q[c] * K.min[gi]));
     }
     const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
     const mt = fr(fr(sm[0] + sm[1]) + fr(sm[2] + sm[3]));
-    const uq = u.map((x) => nearestEven(fr(x * inv)));
-    for (let i = 0; i < 32; i++) {
-      let sum = 0;
-      for (let c = 0; c < d; c++) sum += uq[c] * code(k, at(c), kSpec.bits, i);
-      score[j * 32 + i] = fr(fr(fr(sum) * rho) + mt);
+    for (let c = 0; c < d; c++) uq[c] = nearestEven(fr(u[c] * inv));
+    sums.fill(0);
+    for (let c = 0; c < d; c++) {
+      const x = uq[c], base = (c * perChannel + j) * 32;
+      for (let i = 0; i < 32; i++) sums[i] += x * K.codes[base + i];
     }
+    for (let i = 0; i < 32; i++) score[j * 32 + i] = fr(fr(fr(sums[i]) * rho) + mt);
   }
   return score;
 }

@@ -177,7 +177,7 @@ export interface MixedCacheOptions {
    * far below the 4-bit quantization error, and the exact fused path is 1.5–1.7× slower than FP32
    * where the integer path ties or beats it (core/cache/PAGES.md). false attends every page exactly.
    * The same default on both backends keeps ts and wasm within 1e-6 of each other; the ts mirror
-   * is the reference, not a fast path (≈3.7× the exact TS time at d = 64 and 128).
+   * is the reference, not a fast path (1.7–2.1× the exact TS time at d = 64 and 128).
    */
   integerDot?: boolean;
   /**
