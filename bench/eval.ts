@@ -105,9 +105,9 @@ for (const row of rows) {
   }
   const r = await measureRow(model, row, setup, undefined, backend, gpu);
   results.push(r);
-  const floor = row.fitted?.withinBudget === false
-    ? " [below the cache's floor: cheapest plan]"
-    : "";
+  const floor =
+    (row.fitted?.withinBudget === false ? " [below the cache's floor: cheapest plan]" : "") +
+    (row.fitted?.candidates ? ` [${row.plan?.meta?.sensitivity}]` : "");
   console.log([
     row.name + floor,
     r.bitsPerElement.toFixed(3),
@@ -147,6 +147,17 @@ if (uniform.length > 0 && kvprec.length > 0) {
           rival.meanKl.toExponential(2)
         }): ${verdict}`,
     );
+  }
+}
+// How each budget row chose its sensitivity: the candidates' mean KL on the calibration lines.
+const chosen = rows.filter((r) => r.fitted?.candidates);
+if (chosen.length > 0) {
+  console.log("\nsensitivity of the budget rows, chosen by mean KL on the calibration lines:");
+  for (const r of chosen) {
+    const c = r.fitted!.candidates!.map((x) =>
+      `${x.sensitivity} ${x.meanKl.toExponential(2)} (${x.bits.toFixed(2)} b)`
+    );
+    console.log(`  ${r.name}: ${c.join(", ")} → ${r.plan?.meta?.sensitivity}`);
   }
 }
 if (jsonPath) {

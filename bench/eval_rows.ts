@@ -92,7 +92,8 @@ export interface PlanRowSpec {
 /**
  * kvprec rows: the precision rule at three ε; budget mode at 4.0, 3.0 and 2.5 bits per element as
  * the cache measures them (below the cache's floor on this model the cheapest plan is used and the
- * row says so), and at the measured bits of two uniform baselines; ablations of the 5.4 budget.
+ * row says so), and at the measured bits of three uniform baselines; ablations of the 5.4 budget
+ * (the budget rows choose curvature or attention on the calibration lines; two ablations fix it).
  */
 export function planRowSpecs(): PlanRowSpec[] {
   // sinks and window are paid at 16 bits, so budget rows keep them small
@@ -110,7 +111,8 @@ export function planRowSpecs(): PlanRowSpec[] {
     spec("kvprec budget 4.0", "kvprec", { budget: 4.0 }, W),
     spec("kvprec budget 3.0", "kvprec", { budget: 3.0 }, W),
     spec("kvprec budget 2.5", "kvprec", { budget: 2.5 }, W),
-    // budgets at the measured bits of the uniform INT4 and INT3 per-channel rows, to compare
+    // budgets at the measured bits of uniform rows, to compare
+    spec("kvprec budget 8.4 (≈ 6-bit packed bits)", "kvprec", { budget: 8.4 }, W),
     spec("kvprec budget 6.4 (≈ INT4 ch bits)", "kvprec", { budget: 6.4 }, W),
     spec("kvprec budget 5.4 (≈ INT3 ch bits)", "kvprec", { budget: 5.4 }, W),
     spec("ablation of budget 5.4: no sinks", "ablation", { budget: 5.4 }, { ...W, sinkTokens: 0 }),
@@ -121,6 +123,10 @@ export function planRowSpecs(): PlanRowSpec[] {
     spec("ablation of budget 5.4: no recency factor", "ablation", { budget: 5.4 }, {
       ...W,
       recency: false,
+    }),
+    spec("ablation of budget 5.4: curvature alone", "ablation", { budget: 5.4 }, {
+      ...W,
+      sensitivity: "curvature",
     }),
     spec("ablation of budget 5.4: attention alone", "ablation", { budget: 5.4 }, {
       ...W,

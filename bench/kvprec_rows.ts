@@ -5,12 +5,15 @@ import { type Analysis, calibrate, type CalibrationProgress } from "../core/anal
 import { buildPrecisionPlan, type PlanReport, type PrecisionPlan } from "../core/plan.ts";
 import {
   cacheShape,
+  compareCache,
   fitPlanToBudget,
+  Float32KVCache,
   getFormat,
   measureCacheBits,
   MixedPrecisionKVCache,
   type ModelConfig,
   planPolicy,
+  referenceRun,
   type Transformer,
 } from "../mod.ts";
 import type { EvalRow } from "./eval_rows.ts";
@@ -114,9 +117,19 @@ export interface KvprecOptions {
   recentWindow?: number;
   /** Recency factor on the curvature (default true). */
   recency?: boolean;
-  /** "curvature" (default) or "attention" (the attention-alone ablation). */
-  sensitivity?: "curvature" | "attention";
+  /**
+   * "curvature" or "attention" (attention alone). Unset: a budget target fits a plan with each and
+   * keeps the one with the lower mean KL on the calibration lines; the precision rule uses
+   * curvature.
+   */
+  sensitivity?: Sensitivity;
 }
+
+/** What ranks positions for bits: the curvature measures of the analyzer, or attention alone. */
+export type Sensitivity = "curvature" | "attention";
+
+/** The sensitivities a budget target chooses between, in order of preference on a tie. */
+export const SENSITIVITIES: readonly Sensitivity[] = ["curvature", "attention"];
 
 /**
  * Sinks and window a target uses unless told otherwise: a budget pays them at 16 bits, so budgets
@@ -165,6 +178,11 @@ export interface FittedPlan {
   calibrationBits: number;
   /** Budget targets: whether the measured bits stayed within the budget. */
   withinBudget?: boolean;
+  /**
+   * Budget targets with the sensitivity unset: each candidate's mean KL against the FP32 cache on
+   * the calibration lines (teacher-forced) and its measured bits; the plan is the lowest KL.
+   */
+  candidates?: { sensitivity: Sensitivity; meanKl: number; bits: number }[];
 }
 
 /**
@@ -202,12 +220,36 @@ export async function kvprecFittedPlan(
     const r = kvprecPlan(analysis, target, options);
     return { ...r, calibrationBits: await measure(r.plan) };
   }
-  const fit = await fitPlanToBudget(
-    target.budget,
-    (b) => kvprecPlan(analysis, { budget: b }, options),
-    (r) => measure(r.plan),
+  const fitTo = async (o: KvprecOptions): Promise<FittedPlan> => {
+    const fit = await fitPlanToBudget(
+      target.budget,
+      (b) => kvprecPlan(analysis, { budget: b }, o),
+      (r) => measure(r.plan),
+    );
+    return { ...fit.plan, calibrationBits: fit.measuredBits, withinBudget: fit.withinBudget };
+  };
+  if (options.sensitivity !== undefined) return await fitTo(options);
+  // which measure ranks positions better is an empirical question per model: fit a plan with
+  // each and keep the one whose cache moves the next-token distributions least on the calibration
+  // lines (never the evaluation text)
+  const reference = await referenceRun(
+    model,
+    new Float32KVCache(shape),
+    lines,
+    model.config.seqLen,
   );
-  return { ...fit.plan, calibrationBits: fit.measuredBits, withinBudget: fit.withinBudget };
+  let best: FittedPlan | undefined, bestKl = Infinity;
+  const candidates: NonNullable<FittedPlan["candidates"]> = [];
+  for (const sensitivity of SENSITIVITIES) {
+    const fitted = await fitTo({ ...options, sensitivity });
+    const cache = new MixedPrecisionKVCache(shape, planPolicy(fitted.plan, "fit"), {
+      backend: "wasm",
+    });
+    const { meanKl } = await compareCache(model, cache, reference);
+    candidates.push({ sensitivity, meanKl, bits: fitted.calibrationBits });
+    if (meanKl < bestKl) [best, bestKl] = [fitted, meanKl];
+  }
+  return { ...best!, candidates };
 }
 
 /**
