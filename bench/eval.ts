@@ -167,7 +167,7 @@ if (jsonPath) {
       { context, lines: seqs.length, tokens: setup.tokens, backend, rows: results },
       null,
       2,
-    ),
+    ) + "\n",
   );
   console.log(`\nwrote ${jsonPath}`);
 }
