@@ -19,6 +19,7 @@ import {
   calibrateModel,
   calibrationSequences,
   defaultPlanOptions,
+  type FittedPlan,
   kvprecFittedPlan,
   kvprecPlan,
   kvprecRow,
@@ -69,6 +70,11 @@ export interface AnalysisResult {
     plan: { bitsPerElement: number; predictedError: number };
     oracle: { bitsPerElement: number; predictedError: number };
   };
+  /**
+   * Budget targets: each sensitivity's mean KL on the calibration lines and its bits (the plan
+   * ranks positions by the lower); null for the precision rule.
+   */
+  sensitivities: FittedPlan["candidates"] | null;
   /** The plan at other window sizes (predicted on the calibration data). */
   windowStudy: { recentWindow: number; bitsPerElement: number; predictedError: number }[];
   /** Per layer. */
@@ -214,6 +220,7 @@ export async function runAnalysis(inputs: AnalysisInputs): Promise<AnalysisResul
     },
     plan,
     predicted: { plan: report.plan, oracle: report.oracle },
+    sensitivities: fitted.candidates ?? null,
     windowStudy,
     layers,
     heatmap: { formats, rows: rowsHm },

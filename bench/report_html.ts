@@ -195,7 +195,14 @@ context ${a.config.context}; backend ${escapeHtml(a.config.backend)}.</p>
 perplexity ${fmt(kv.perplexity, 4)}${
     ref ? ` (${fmt(100 * (kv.perplexity / ref.perplexity - 1), 2)}% vs FP32)` : ""
   }, greedy match ${fmt(100 * kv.greedyMatch, 0)}%.</b>
-Predicted on the calibration data: ${fmt(a.predicted.plan.bitsPerElement)} bits per element.</p>
+Predicted on the calibration data: ${fmt(a.predicted.plan.bitsPerElement)} bits per element.
+Positions ranked by ${escapeHtml(String(a.plan.meta?.sensitivity ?? "curvature"))}${
+    a.sensitivities
+      ? ` (mean KL on the calibration lines: ${
+        a.sensitivities.map((c) => `${c.sensitivity} ${c.meanKl.toExponential(2)}`).join(", ")
+      })`
+      : ""
+  }.</p>
 <h2>Format per layer × position</h2>${_heatmap(a)}
 <h2>Curvature per layer</h2>${
     _bars("curvature", L, [
