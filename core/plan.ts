@@ -110,7 +110,12 @@ export interface PlanOptions {
   windowFormat?: "fp16" | "fp32";
   /** Multiply sensitivities by the recency factor (default true). */
   recency?: boolean;
-  /** "curvature" (default) or "attention" (the ablation: attention alone as sensitivity). */
+  /**
+   * "curvature" (default: the analyzer's gradient and curvature measures) or "attention"
+   * (attention alone). Which ranks positions better depends on the model: kvprecFittedPlan
+   * (bench/kvprec_rows.ts, behind `deno task analyze` and `deno task eval`) fits a budget plan with
+   * each and keeps the one with the lower KL on the calibration lines.
+   */
   sensitivity?: "curvature" | "attention";
   /** Rule mode: κ over queries as "max" (default) or "mean". */
   aggregate?: "max" | "mean";
