@@ -182,8 +182,8 @@ const FLAG_SCORES: i32 = 1;
 /** attendPage flag: merge into the running partials at outPtr instead of overwriting them. */
 const FLAG_MERGE: i32 = 2;
 /**
- * attendPage flag: integer dot products (int_dot.ts) for pages of int4/int8 g32 keys (token or
- * channel axis) and token-axis values, when d is a multiple of 32 and cap of 4 (≤ 256); intQuery
+ * attendPage flag: integer dot products (int_dot.ts) for pages of int2/int4/int8 g32 keys (token
+ * axis; int4/int8 also channel axis) and token-axis values, when d is a multiple of 32 and cap of 4 (≤ 256); intQuery
  * must have filled the block after q.
  */
 const FLAG_INTDOT: i32 = 4;
@@ -306,7 +306,8 @@ export function attendPage(
   // channel-axis (i16 q·s per channel and token group); values token-axis.
   const intV = intShape && intDotFormat(vKind, vBits, vG, vChannel);
   const intKeys = intV && intDotFormat(kKind, kBits, kG, kChannel);
-  const intKeysChannel = intV && kChannel != 0 && intDotFormat(kKind, kBits, kG, 0) && d <= 256 &&
+  const intKeysChannel = intV && kChannel != 0 && kBits != 2 && intDotFormat(kKind, kBits, kG, 0) &&
+    d <= 256 &&
     (n & 31) == 0 && (cap & 31) == 0;
   const intValuesOn = intKeys || intKeysChannel;
   const work = acc + (<usize>(hq * d) << 2); // intDotScratchBytes
@@ -314,8 +315,9 @@ export function attendPage(
   // 1. scores
   if (intKeys) {
     const qi4 = qPtr + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
-    const qv = qi8 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
-    intScores(kPtr, kBits, n, d, hq, kBits == 4 ? qi4 : qi8, qv, sig, sc, work);
+    const qi2 = qi8 + (<usize>(hq * d) << 1);
+    const qv = qi2 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
+    intScores(kPtr, kBits, n, d, hq, kBits == 4 ? qi4 : kBits == 8 ? qi8 : qi2, qv, sig, sc, work);
   } else if (intKeysChannel) {
     intScoresChannel(kPtr, kBits, n, cap, d, hq, qPtr, sc, work);
   } else if (kChannel != 0) {

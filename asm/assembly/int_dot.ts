@@ -1,4 +1,4 @@
-// Integer-dot-product attention for token-axis asymmetric int4/int8 pages with groups of 32
+// Integer-dot-product attention for token-axis asymmetric int2/int4/int8 pages with groups of 32
 // (core/cache/PAGES.md, "Integer dot products"). Keys: the query is rounded to i16 (one scale σ per
 // head, core/cache/int_dot.ts roundQuery) and i32x4.dot_i16x8_s multiplies 8 codes widened only to
 // i16 per instruction; each group's scale and minimum enter once per group. Values: per page, head
@@ -8,10 +8,10 @@
 
 import { headerMinima, headerScales } from "./int_group";
 
-/** Whether a format is served here: asymmetric int (kind 0), 4 or 8 bits, groups of 32, token axis. */
+/** Whether a format is served here: asymmetric int (kind 0), 2, 4 or 8 bits, groups of 32, token axis. */
 // @ts-ignore: decorator
 @inline export function intDotFormat(kind: i32, b: i32, G: i32, channel: i32): bool {
-  return kind == 0 && (b == 4 || b == 8) && G == 32 && channel == 0;
+  return kind == 0 && (b == 2 || b == 4 || b == 8) && G == 32 && channel == 0;
 }
 
 // Header words of groups g … g+3 of one token (groups ≥ gpt read as 0: scale and minimum 0).
@@ -25,18 +25,45 @@ import { headerMinima, headerScales } from "./int_group";
   return h;
 }
 
-// The first 16 code bytes of a group whose first 16 bytes are v: int4 the low nibbles (codes 0, 2,
-// …, 30; roundQuery orders q̂ to match), int8 codes 0–15.
+// The code bytes of a group at p: int2 and int4 one load (int2: 8 bytes), int8 the first 16.
+// @ts-ignore: decorator
+@inline function _codeBytes(p: usize, b: i32): v128 {
+  return b == 2 ? v128.load64_zero(p) : v128.load(p);
+}
+
+// The first 16 codes of a group whose code bytes start with v: int4 the low nibbles (codes 0, 2,
+// …, 30; the query's lane order matches), int2 fields 0 and 1 of the 8 bytes (codes 0, 4, …, 28,
+// then 1, 5, …, 29), int8 codes 0–15. mask: 0x0f per byte (int4), 3 (int2).
 // @ts-ignore: decorator
 @inline function _codesLo(v: v128, b: i32, mask: v128): v128 {
+  if (b == 2) {
+    return i8x16.shuffle(
+      v128.and(v, mask),
+      v128.and(i16x8.shr_u(v, 2), mask),
+      0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23,
+    );
+  }
   return b == 4 ? v128.and(v, mask) : v;
 }
 
-// The other 16 (the group's codes start at p): int4 the high nibbles (codes 1, 3, …, 31), int8
-// codes 16–31.
+// The other 16 (the group's codes start at p): int4 the high nibbles (codes 1, 3, …, 31), int2
+// fields 2 and 3 (codes 2, 6, …, 30, then 3, 7, …, 31), int8 codes 16–31.
 // @ts-ignore: decorator
 @inline function _codesHi(v: v128, p: usize, b: i32, mask: v128): v128 {
+  if (b == 2) {
+    return i8x16.shuffle(
+      v128.and(i16x8.shr_u(v, 4), mask),
+      v128.and(i16x8.shr_u(v, 6), mask),
+      0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23,
+    );
+  }
   return b == 4 ? v128.and(i16x8.shr_u(v, 4), mask) : v128.load(p, 16);
+}
+
+// Mask of one code in a byte for _codesLo/_codesHi and the value gathers.
+// @ts-ignore: decorator
+@inline function _codeMask(b: i32): v128 {
+  return i8x16.splat(b == 2 ? 3 : 0x0f);
 }
 
 // Σ of the four lanes in a fixed order.
@@ -67,7 +94,7 @@ export function intScores(
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
   const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2;
-  const mask = i8x16.splat(0x0f);
+  const mask = _codeMask(b);
   let h = 0;
   for (; h + 4 <= hq; h += 4) {
     const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
@@ -89,7 +116,7 @@ export function intScores(
         const p = k0 + <usize>g * groupBytes + 4;
         const q = qh + (<usize>g << 6);
         // the four i16 code vectors of the group, one at a time
-        const v = v128.load(p), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
+        const v = _codeBytes(p, b), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
         let c = i16x8.extend_low_i8x16_u(lo);
         let i0 = i32x4.dot_i16x8_s(c, v128.load(q));
         let i1 = i32x4.dot_i16x8_s(c, v128.load(q + qB));
@@ -138,7 +165,7 @@ export function intScores(
       for (let g = 0; g < gpt; g++) {
         const p = k0 + <usize>g * groupBytes + 4;
         const q = qh + (<usize>g << 6);
-        const v = v128.load(p), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
+        const v = _codeBytes(p, b), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
         let i0 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(lo), v128.load(q));
         i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(lo), v128.load(q, 16)));
         i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(hi), v128.load(q, 32)));
@@ -257,7 +284,7 @@ export function intValues(
   }
   // 3. integer accumulation: 8 channels × 4 heads in registers, four tokens per step, two per
   //    dot_i16x8_s (tokens past n have weight 0 and lie inside the page: cap is a multiple of 4)
-  const mask = i8x16.splat(0x0f);
+  const mask = _codeMask(b);
   const hB = <usize>gpt4 * pairB;
   for (h = 0; h + 4 <= hq; h += 4) {
     for (let g = 0; g < gpt; g++) {
@@ -265,7 +292,7 @@ export function intValues(
       for (let cb = 0; cb < 4; cb++) {
         let x0 = i32x4.splat(0), y0 = i32x4.splat(0), x1 = i32x4.splat(0), y1 = i32x4.splat(0);
         let x2 = i32x4.splat(0), y2 = i32x4.splat(0), x3 = i32x4.splat(0), y3 = i32x4.splat(0);
-        let p = vPtr + <usize>g * groupBytes + 4 + (<usize>cb << (b == 4 ? 2 : 3));
+        let p = vPtr + <usize>g * groupBytes + 4 + <usize>(cb * b); // 8 channels: b bytes
         let pt = pr;
         for (let t = 0; t < n; t += 4) {
           let c: v128, e: v128;
@@ -274,6 +301,12 @@ export function intValues(
             const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
             c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
             e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
+          } else if (b == 2) {
+            // fields 0–3 of byte 0 are channels 0–3, of byte 1 channels 4–7 (bytes 2t, 2t + 1)
+            const v = _gather4x2(p, tokB);
+            const f01 = _codesLo(v, 2, mask), f23 = _codesHi(v, p, 2, mask);
+            c = i8x16.shuffle(f01, f23, 0, 2, 8, 10, 16, 18, 24, 26, 1, 3, 9, 11, 17, 19, 25, 27);
+            e = i8x16.shuffle(f01, f23, 4, 6, 12, 14, 20, 22, 28, 30, 5, 7, 13, 15, 21, 23, 29, 31);
           } else {
             const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
             c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
@@ -312,7 +345,7 @@ export function intValues(
       const pr = pairs + <usize>(h * gpt4 + g) * pairB;
       for (let cb = 0; cb < 4; cb++) {
         let x0 = i32x4.splat(0), y0 = i32x4.splat(0);
-        let p = vPtr + <usize>g * groupBytes + 4 + (<usize>cb << (b == 4 ? 2 : 3));
+        let p = vPtr + <usize>g * groupBytes + 4 + <usize>(cb * b); // 8 channels: b bytes
         let pt = pr;
         for (let t = 0; t < n; t += 4) {
           let c: v128, e: v128;
@@ -321,6 +354,12 @@ export function intValues(
             const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
             c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
             e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
+          } else if (b == 2) {
+            // fields 0–3 of byte 0 are channels 0–3, of byte 1 channels 4–7 (bytes 2t, 2t + 1)
+            const v = _gather4x2(p, tokB);
+            const f01 = _codesLo(v, 2, mask), f23 = _codesHi(v, p, 2, mask);
+            c = i8x16.shuffle(f01, f23, 0, 2, 8, 10, 16, 18, 24, 26, 1, 3, 9, 11, 17, 19, 25, 27);
+            e = i8x16.shuffle(f01, f23, 4, 6, 12, 14, 20, 22, 28, 30, 5, 7, 13, 15, 21, 23, 29, 31);
           } else {
             const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
             c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
@@ -387,6 +426,15 @@ export function intValues(
   }
 }
 
+// Two bytes of each of four tokens tokB apart (int2: eight codes of a channel block).
+// @ts-ignore: decorator
+@inline function _gather4x2(p: usize, tokB: usize): v128 {
+  let v = v128.load16_lane(p, i16x8.splat(0), 0);
+  v = v128.load16_lane(p + tokB, v, 1);
+  v = v128.load16_lane(p + 2 * tokB, v, 2);
+  return v128.load16_lane(p + 3 * tokB, v, 3);
+}
+
 // Four bytes of each of four tokens tokB apart (int4: eight codes of a channel block).
 // @ts-ignore: decorator
 @inline function _gather4x4(p: usize, tokB: usize): v128 {
@@ -436,21 +484,22 @@ export function intValues(
 
 /** Bytes of the integer query block that follows the f32 query (see intQuery). */
 export function intQueryBytes(d: i32, hq: i32): i32 {
-  return 4 * hq * d + 4 * hq * (((d >> 5) + 3) & ~3) + 4 * hq;
+  return 6 * hq * d + 4 * hq * (((d >> 5) + 3) & ~3) + 4 * hq;
 }
 
 /**
  * Rounds hq query heads (f32 at q, hq × d, d a multiple of 32) for intScores into the block at
- * q + 4·hq·d: σ_h = f32(max|q_h| / 32767), q̂ = nearest(f32(q/σ_h)) as i16 twice, in int4 lane order
- * (per group of 32: even codes 0–14, 16–30, then odd 1–15, 17–31) and in int8 (natural) order,
- * then qv (Σ_{i∈g} q_i in f64, / σ_h, to f32; gpt4 per head, zero past gpt), then σ. A zero head
+ * q + 4·hq·d: σ_h = f32(max|q_h| / 32767), q̂ = nearest(f32(q/σ_h)) as i16 three times, in int4
+ * lane order (per group of 32: even codes 0–14, 16–30, then odd 1–15, 17–31), in int8 (natural)
+ * order and in int2 order (codes 0, 4, …, 28, then 1, 5, …, 29, 2, 6, …, 30, 3, 7, …, 31), then qv (Σ_{i∈g} q_i in f64, / σ_h, to f32; gpt4 per head, zero past gpt), then σ. A zero head
  * gets σ = 0 and q̂ = qv = 0.
  */
 export function intQuery(q: usize, hq: i32, d: i32): void {
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
   const qi4 = q + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
-  const qv = qi8 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * gpt4) << 2);
-  memory.fill(qi4, 0, <usize>(hq * d) << 2); // both orders: a zero head stays zero
+  const qi2 = qi8 + (<usize>(hq * d) << 1);
+  const qv = qi2 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * gpt4) << 2);
+  memory.fill(qi4, 0, <usize>(hq * d) * 6); // every order: a zero head stays zero
   memory.fill(qv, 0, <usize>(hq * gpt4) << 2);
   for (let h = 0; h < hq; h++) {
     const qh = q + (<usize>(h * d) << 2);
@@ -479,6 +528,16 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
       v128.store(o4, i8x16.shuffle(n2, n3, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), 16);
       v128.store(o4, i8x16.shuffle(n0, n1, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 32);
       v128.store(o4, i8x16.shuffle(n2, n3, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 48);
+      // int2 order: codes 4k, then 4k + 1, 4k + 2, 4k + 3 (k = 0 … 7)
+      const o2 = qi2 + (<usize>(h * d + (g << 5)) << 1);
+      const a01 = i16x8.shuffle(n0, n1, 0, 4, 8, 12, 1, 5, 9, 13);
+      const a23 = i16x8.shuffle(n2, n3, 0, 4, 8, 12, 1, 5, 9, 13);
+      const b01 = i16x8.shuffle(n0, n1, 2, 6, 10, 14, 3, 7, 11, 15);
+      const b23 = i16x8.shuffle(n2, n3, 2, 6, 10, 14, 3, 7, 11, 15);
+      v128.store(o2, i16x8.shuffle(a01, a23, 0, 1, 2, 3, 8, 9, 10, 11));
+      v128.store(o2, i16x8.shuffle(a01, a23, 4, 5, 6, 7, 12, 13, 14, 15), 16);
+      v128.store(o2, i16x8.shuffle(b01, b23, 0, 1, 2, 3, 8, 9, 10, 11), 32);
+      v128.store(o2, i16x8.shuffle(b01, b23, 4, 5, 6, 7, 12, 13, 14, 15), 48);
       let sum: f64 = 0;
       for (let j = 0; j < 32; j++) sum += <f64>load<f32>(x + (<usize>j << 2));
       store<f32>(qv + (<usize>(h * gpt4 + g) << 2), <f32>(sum / <f64>s));

@@ -2,8 +2,8 @@
  * The TypeScript reference of the integer-dot-product attention over one page
  * (asm/assembly/int_dot.ts, PAGES.md "Integer dot products"): every rounding step of the WASM
  * kernel taken in the same order in f32 (Math.fround), so the two agree to the last bit of every
- * weight and rounded product. It serves int4/int8 pages with groups of 32: keys along tokens or
- * channels, values along tokens; {@linkcode intDotServes} says which.
+ * weight and rounded product. It serves int2/int4/int8 pages with groups of 32: keys along tokens
+ * (int4/int8 also along channels), values along tokens; {@linkcode intDotServes} says which.
  *
  * The arithmetic differs from exact attention over decoded values in two roundings, both far below
  * the 4-bit quantization error: for token-axis keys the query to i16 (|q − σq̂| ≤ σ/2, σ =
@@ -28,15 +28,15 @@ import { f16BitsToF32 } from "../../codecs/float_bits.ts";
 
 const fr = Math.fround;
 
-/** Whether a format is int4 or int8 with groups of 32. */
+/** Whether a format is int2, int4 or int8 with groups of 32. */
 function int32Group(spec: FormatSpec): boolean {
-  return spec.kind === "int" && (spec.bits === 4 || spec.bits === 8) && spec.group === 32;
+  return spec.kind === "int" && [2, 4, 8].includes(spec.bits) && spec.group === 32;
 }
 
 /**
  * Whether the integer path serves pages of these key and value formats, head_dim d and `cap`
- * tokens per page (any number of query heads): int4/int8 g32 values along tokens, keys along tokens
- * or along channels (then d ≤ 256 and cap a multiple of 32), d a multiple of 32, cap a multiple
+ * tokens per page (any number of query heads): int2/int4/int8 g32 values along tokens, keys of the
+ * same kinds along tokens or int4/int8 along channels (then d ≤ 256 and cap a multiple of 32), d a multiple of 32, cap a multiple
  * of 4 and ≤ 256.
  */
 export function intDotServes(
@@ -48,7 +48,7 @@ export function intDotServes(
   if (!int32Group(kSpec) || !int32Group(vSpec) || vSpec.axis !== "token") return false;
   if (d % 32 !== 0 || cap % 4 !== 0 || cap > 256) return false;
   if (kSpec.axis === "token") return true;
-  return kSpec.axis === "channel" && d <= 256 && cap % 32 === 0;
+  return kSpec.axis === "channel" && kSpec.bits !== 2 && d <= 256 && cap % 32 === 0;
 }
 
 /** Rounds half to even, as f32x4.nearest. */
@@ -133,7 +133,7 @@ function decodeGroups(words: Uint32Array, spec: FormatSpec, groups: number): Gro
   for (let g = 0; g < groups; g++) {
     const at = g * spec.wordsPerGroup;
     [scale[g], min[g]] = header(words, at);
-    // codes LSB-first in each word (int4/int8: 32 / bits whole codes per word)
+    // codes LSB-first in each word (32 / bits whole codes per word)
     for (let i = 0, j = g * 32; i < spec.codeWords; i++) {
       let x = words[at + 1 + i];
       for (let k = 0; k < 32 / spec.bits; k++, x >>>= spec.bits) codes[j++] = x & mask;
@@ -225,8 +225,9 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
  */
 function tokenScores(K: Groups, bits: number, n: number, q: Float32Array): Float32Array {
   // the kernel's lane l of a group sums codes j with (j mod 16) div 4 = l (int4: the low, then the
-  // high nibbles of 16 bytes) or (j mod 8) div 2 = l (int8): runs of P = 4 or 2 codes per lane
-  const gpt = q.length / 32, P = bits === 4 ? 4 : 2;
+  // high nibbles of 16 bytes), (j mod 8) div 2 = l (int8) or j div 8 = l (int2: fields 0–3 of 8
+  // bytes): runs of P = 4, 2 or 8 codes per lane
+  const gpt = q.length / 32, P = bits === 4 ? 4 : bits === 8 ? 2 : 8;
   const { sigma, qi, qv } = roundQuery(q);
   const score = new Float32Array(n);
   const a = [0, 0, 0, 0];

@@ -169,9 +169,10 @@ export interface MixedCacheOptions {
    */
   backend?: "ts" | "wasm";
   /**
-   * Attend pages of int4/int8 g32 keys (token or channel axis) and token-axis values with integer
-   * dot products (the query, or query·scale, and the weight·scale products rounded to i16;
-   * core/cache/int_dot.ts, which also bounds the difference from exact attention): the fast path of
+   * Attend pages of int2/int4/int8 g32 keys (token axis; int4/int8 also channel axis) and
+   * token-axis values with integer dot products (the query, or query·scale, and the weight·scale
+   * products rounded to i16; core/cache/int_dot.ts, which also bounds the difference from exact
+   * attention): the fast path of
    * the wasm backend, mirrored bit for bit by the ts backend. `intDotServes` says which pages; the
    * others stay exact. Default true: the rounding moves outputs by ~5e-5 of their largest entry,
    * far below the 4-bit quantization error, and the exact fused path is 1.5–1.7× slower than FP32
@@ -215,7 +216,7 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
-  /** Whether token-axis int4/int8 g32 pages are attended with integer dot products. */
+  /** Whether int2/int4/int8 g32 pages are attended with integer dot products (intDotServes). */
   readonly integerDot: boolean;
   /** Memory budget in bytes, if any. */
   readonly maxBytes: number | undefined;

@@ -67,7 +67,7 @@ const FLAG_SCORES = 1, FLAG_MERGE = 2, FLAG_INTDOT = 4;
 /** Options of a {@linkcode WasmAttention}. */
 export interface WasmAttentionOptions {
   /**
-   * Integer dot products for token-axis int4/int8 g32 pages (asm/assembly/int_dot.ts, mirrored by
+   * Integer dot products for int2/int4/int8 g32 pages (asm/assembly/int_dot.ts, mirrored by
    * core/cache/int_dot.ts): faster, and within intDotErrorBound of exact attention. Default false.
    */
   integerDot?: boolean;

@@ -60,7 +60,7 @@ function kernel(
   return { out: wa.out().slice(), K, V };
 }
 
-const FORMATS = ["int4-g32-token", "int8-g32-token"];
+const FORMATS = ["int2-g32-token", "int4-g32-token", "int8-g32-token"];
 /** KIVI-style keys: along tokens, per channel. */
 const CHANNEL_KEYS = ["int4-g32-channel", "int8-g32-channel"];
 
@@ -103,7 +103,7 @@ Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit", ()
       }
     }
   }
-  assert.equal(cases, 96);
+  assert.equal(cases, 198);
 });
 
 Deno.test("integer-dot attention stays within intDotErrorBound of exact attention", () => {
@@ -162,6 +162,7 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
       ["fp16", "fp16", 64, 4],
       ["int4-g32-channel", "fp16", 64, 4],
       ["int2-g32-token", "int4-g64-token", 64, 4],
+      ["int2-g32-channel", "int4-g32-token", 64, 4],
       ["int4-g32-token", "fp16", 64, 4],
       ["int4-g32-token", "int4-g32-channel", 64, 4],
       ["int4-g32-token", "int8-g32-token", 36, 4],
