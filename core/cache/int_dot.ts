@@ -172,8 +172,7 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
   const hq = q.length / d, gpt = d / 32;
   const out = new Float64Array(hq * (d + 2));
   const inv32 = fr(1 / Math.sqrt(d));
-  const w = new Float32Array(n), u = new Float32Array(n), uq = new Float64Array(n);
-  const sums = new Float64Array(32);
+  const w = new Float32Array(n), scratch = productScratch(n);
   // the integer sums are exact in f64 whatever their order; every f32 step keeps the kernel's
   const K = decodeGroups(page.k, kSpec, kSpec.axis === "channel" ? d * (cap / 32) : n * gpt);
   const V = decodeGroups(page.v, vSpec, n * gpt);
@@ -196,27 +195,58 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
     out[o] = m32;
     out[o + 1] = l;
     for (let g = 0; g < gpt; g++) {
-      let U = 0;
-      const sm = [0, 0, 0, 0];
-      for (let t = 0; t < n; t++) {
-        const gi = t * gpt + g;
-        u[t] = fr(w[t] * V.scale[gi]);
-        U = Math.max(U, u[t]);
-        sm[t % 4] = fr(sm[t % 4] + fr(w[t] * V.min[gi]));
+      const { rho, offset } = roundedProducts(w, n, (t) => t * gpt + g, V, scratch);
+      for (let c = 0; c < 32; c++) {
+        out[o + 2 + g * 32 + c] = fr(fr(fr(scratch.sums[c]) * rho) + offset);
       }
-      const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
-      const mw = fr(fr(sm[0] + sm[1]) + fr(sm[2] + sm[3]));
-      // u ≤ U, so u·inv ≤ 32767·(1 + 2⁻²³) and rounds to at most 32767
-      for (let t = 0; t < n; t++) uq[t] = nearestEven(fr(u[t] * inv));
-      sums.fill(0);
-      for (let t = 0; t < n; t++) {
-        const x = uq[t], base = (t * gpt + g) * 32;
-        for (let c = 0; c < 32; c++) sums[c] += x * V.codes[base + c];
-      }
-      for (let c = 0; c < 32; c++) out[o + 2 + g * 32 + c] = fr(fr(fr(sums[c]) * rho) + mw);
     }
   }
   return out;
+}
+
+/** Scratch of {@linkcode roundedProducts} for up to m items. */
+interface ProductScratch {
+  u: Float32Array;
+  uq: Float64Array;
+  sums: Float64Array;
+}
+
+function productScratch(m: number): ProductScratch {
+  return { u: new Float32Array(m), uq: new Float64Array(m), sums: new Float64Array(32) };
+}
+
+/**
+ * The kernel's rounded products over m items (tokens of a value group, or channels of a key token
+ * group), item i in group `group(i)` of G: u_i = f32(x_i·s_i), ρ = f32(max|u| / 32767), û_i =
+ * nearest(f32(u_i·f32(32767 / max|u|))); leaves Σ_i û_i·code_{i,k} in scratch.sums (exact in f64
+ * whatever the order) and returns ρ and the offset Σ_i x_i·μ_i (f32, in lanes i mod 4). Output k is
+ * then f32(f32(f32(sums_k)·ρ) + offset).
+ */
+function roundedProducts(
+  x: ArrayLike<number>,
+  m: number,
+  group: (i: number) => number,
+  G: Groups,
+  scratch: ProductScratch,
+): { rho: number; offset: number } {
+  const { u, uq, sums } = scratch;
+  let U = 0;
+  const sm = [0, 0, 0, 0];
+  for (let i = 0; i < m; i++) {
+    const gi = group(i);
+    u[i] = fr(x[i] * G.scale[gi]);
+    U = Math.max(U, Math.abs(u[i]));
+    sm[i % 4] = fr(sm[i % 4] + fr(x[i] * G.min[gi]));
+  }
+  const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
+  // |u| ≤ U, so |u·inv| ≤ 32767·(1 + 2⁻²³) and rounds to at most 32767
+  for (let i = 0; i < m; i++) uq[i] = nearestEven(fr(u[i] * inv));
+  sums.fill(0);
+  for (let i = 0; i < m; i++) {
+    const y = uq[i], base = group(i) * 32;
+    for (let k = 0; k < 32; k++) sums[k] += y * G.codes[base + k];
+  }
+  return { rho, offset: fr(fr(sm[0] + sm[1]) + fr(sm[2] + sm[3])) };
 }
 
 /**
@@ -265,25 +295,10 @@ function channelScores(K: Groups, page: IntDotPage, q: Float32Array): Float32Arr
   const { n, d, cap } = page;
   const perChannel = cap / 32;
   const score = new Float32Array(n);
-  const u = new Float32Array(d), uq = new Float64Array(d), sums = new Float64Array(32);
+  const scratch = productScratch(d);
   for (let j = 0; j < n / 32; j++) {
-    let U = 0;
-    const sm = [0, 0, 0, 0];
-    for (let c = 0; c < d; c++) {
-      const gi = c * perChannel + j;
-      u[c] = fr(q[c] * K.scale[gi]);
-      U = Math.max(U, Math.abs(u[c]));
-      sm[c % 4] = fr(sm[c % 4] + fr(q[c] * K.min[gi]));
-    }
-    const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
-    const mt = fr(fr(sm[0] + sm[1]) + fr(sm[2] + sm[3]));
-    for (let c = 0; c < d; c++) uq[c] = nearestEven(fr(u[c] * inv));
-    sums.fill(0);
-    for (let c = 0; c < d; c++) {
-      const x = uq[c], base = (c * perChannel + j) * 32;
-      for (let i = 0; i < 32; i++) sums[i] += x * K.codes[base + i];
-    }
-    for (let i = 0; i < 32; i++) score[j * 32 + i] = fr(fr(fr(sums[i]) * rho) + mt);
+    const { rho, offset } = roundedProducts(q, d, (c) => c * perChannel + j, K, scratch);
+    for (let i = 0; i < 32; i++) score[j * 32 + i] = fr(fr(fr(scratch.sums[i]) * rho) + offset);
   }
   return score;
 }
