@@ -231,7 +231,8 @@ export async function kvprecFittedPlan(
   if (options.sensitivity !== undefined) return await fitTo(options);
   // which measure ranks positions better is an empirical question per model: fit a plan with
   // each and keep the one whose cache moves the next-token distributions least on the calibration
-  // lines (never the evaluation text)
+  // lines (analyze evaluates other lines; deno task eval's 19 lines include these 2, as they
+  // include the calibration itself)
   const reference = await referenceRun(
     model,
     new Float32KVCache(shape),
