@@ -108,6 +108,8 @@ export interface RowResult {
   greedyMatch: number;
   /** Whether the verifier's bound held (kvprec rows), else null. */
   boundHeld: boolean | null;
+  /** kvprec rows: what ranked positions for bits ("curvature" or "attention"), else null. */
+  sensitivity: string | null;
   /** Seconds this row took. */
   seconds: number;
 }
@@ -177,6 +179,7 @@ export async function measureRow(
     ...q,
     greedyMatch: match / GREEDY_STEPS,
     boundHeld: row.boundHeld ?? null,
+    sensitivity: (row.plan?.meta?.sensitivity as string | undefined) ?? null,
     seconds: (performance.now() - t) / 1000,
   };
 }
