@@ -24,6 +24,7 @@ import {
   kvprecPlan,
   kvprecRow,
   type PlanTarget,
+  type Sensitivity,
 } from "./kvprec_rows.ts";
 
 /** Progress of a long phase: (phase, done, total). */
@@ -110,6 +111,8 @@ export interface AnalysisInputs {
   context: number;
   /** Backend name (recorded). */
   backend: string;
+  /** What ranks positions (unset: kvprecFittedPlan's default). */
+  sensitivity?: Sensitivity;
   /** Measure the uniform baselines too (default true; the frontier needs them). */
   baselines?: boolean;
   /** Progress callback. */
@@ -131,7 +134,7 @@ export async function runAnalysis(inputs: AnalysisInputs): Promise<AnalysisResul
     calSeqs,
     (p) => inputs.onProgress?.("calibrate", p.done, p.total),
   );
-  const options = defaultPlanOptions(target);
+  const options = { ...defaultPlanOptions(target), sensitivity: inputs.sensitivity };
   const fitted = await kvprecFittedPlan(model, analysis, calSeqs, target, options);
   if (fitted.withinBudget === false && "budget" in target) {
     throw new BudgetError(

@@ -24,6 +24,7 @@ async function main(): Promise<void> {
     target: args.target,
     context: args.context ?? model.config.seqLen,
     backend: args.backend === "auto" ? "wasm (auto)" : args.backend,
+    sensitivity: args.sensitivity,
     onProgress: (phase, done, total) => bar(phase, done, total),
   });
   try {

@@ -7,7 +7,7 @@ import {
   type Tokenizer,
   Transformer,
 } from "../mod.ts";
-import type { PlanTarget } from "./kvprec_rows.ts";
+import { type PlanTarget, SENSITIVITIES, type Sensitivity } from "./kvprec_rows.ts";
 
 /** A bad flag, value or input file: printed as one line, exit code 2. */
 export class UsageError extends Error {}
@@ -32,6 +32,8 @@ export interface AnalyzeArgs {
   calibrationLines: number;
   /** Scoring window (default: the model's seqLen). */
   context?: number;
+  /** What ranks positions; unset: a budget chooses by calibration KL, the rule uses curvature. */
+  sensitivity?: Sensitivity;
   /** Print help and exit. */
   help: boolean;
 }
@@ -57,6 +59,8 @@ and a self-contained report.html.
   --lines N          evaluation lines (default 3, to stay under a minute)
   --calib-lines N    calibration lines (default 2)
   --context N        scoring window in tokens (default the model's sequence length)
+  --sensitivity S    curvature | attention: what ranks positions for bits (default: a budget fits
+                     both and keeps the lower KL on the calibration lines; the rule uses curvature)
   --help             this text
 `;
 
@@ -85,6 +89,7 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
     "--lines",
     "--calib-lines",
     "--context",
+    "--sensitivity",
   ];
   for (let i = 0; i < args.length; i++) {
     let a = args[i], v: string | undefined;
@@ -143,6 +148,14 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
   if (context !== undefined && context < 2) {
     throw new UsageError(`--context is ${context}, expected ≥ 2`);
   }
+  const sensitivity = values.get("--sensitivity") as Sensitivity | undefined;
+  if (sensitivity !== undefined && !SENSITIVITIES.includes(sensitivity)) {
+    throw new UsageError(
+      `--sensitivity is ${JSON.stringify(sensitivity)}, expected one of ${
+        SENSITIVITIES.join(", ")
+      }`,
+    );
+  }
   return {
     model: values.get("--model") ?? _FIXTURES + "stories260K.bin",
     tokenizer: values.get("--tokenizer") ?? _FIXTURES + "tok512.bin",
@@ -153,6 +166,7 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
     lines,
     calibrationLines,
     context,
+    sensitivity,
     help,
   };
 }

@@ -16,6 +16,8 @@ Deno.test("parseAnalyzeArgs() reads every flag, both spellings", () => {
       context: 128,
       calibrationLines: 1,
     }],
+    [["--sensitivity", "attention"], { sensitivity: "attention" }],
+    [[], { sensitivity: undefined }],
     [["--help"], { help: true }],
   ];
   for (const [args, want] of cases) {
@@ -35,6 +37,7 @@ Deno.test("parseAnalyzeArgs() rejects bad flags and values with one line naming 
     [["--eps", "1", "--budget", "4"], /not both/],
     [["--backend", "gpu"], /GPU cache stores uniform policies only/],
     [["--backend", "cuda"], /expected one of ts, wasm, auto/],
+    [["--sensitivity", "kappa"], /--sensitivity is "kappa", expected one of curvature, attention/],
     [["--lines", "0"], /--lines is 0/],
     [["--lines", "2.5"], /expected an integer/],
     [["--context", "1"], /--context is 1/],
