@@ -183,8 +183,8 @@ const FLAG_SCORES: i32 = 1;
 const FLAG_MERGE: i32 = 2;
 /**
  * attendPage flag: integer dot products (int_dot.ts) for pages of int2/int4/int8 g32 keys (token
- * axis; int4/int8 also channel axis) and token-axis values, when d is a multiple of 32 and cap of 4 (≤ 256); intQuery
- * must have filled the block after q.
+ * axis; int4/int8 also channel axis) and token-axis values, when d is a multiple of 32 and cap of
+ * 4 (≤ 256); intQuery must have filled the block after q.
  */
 const FLAG_INTDOT: i32 = 4;
 
@@ -307,8 +307,7 @@ export function attendPage(
   const intV = intShape && intDotFormat(vKind, vBits, vG, vChannel);
   const intKeys = intV && intDotFormat(kKind, kBits, kG, kChannel);
   const intKeysChannel = intV && kChannel != 0 && kBits != 2 && intDotFormat(kKind, kBits, kG, 0) &&
-    d <= 256 &&
-    (n & 31) == 0 && (cap & 31) == 0;
+    d <= 256 && (n & 31) == 0 && (cap & 31) == 0;
   const intValuesOn = intKeys || intKeysChannel;
   const work = acc + (<usize>(hq * d) << 2); // intDotScratchBytes
 

@@ -172,9 +172,8 @@ export interface MixedCacheOptions {
    * Attend pages of int2/int4/int8 g32 keys (token axis; int4/int8 also channel axis) and
    * token-axis values with integer dot products (the query, or query·scale, and the weight·scale
    * products rounded to i16; core/cache/int_dot.ts, which also bounds the difference from exact
-   * attention): the fast path of
-   * the wasm backend, mirrored bit for bit by the ts backend. `intDotServes` says which pages; the
-   * others stay exact. Default true: the rounding moves outputs by ~5e-5 of their largest entry,
+   * attention): the fast path of the wasm backend, mirrored bit for bit by the ts backend.
+   * `intDotServes` says which pages; the others stay exact. Default true: the rounding moves outputs by ~5e-5 of their largest entry,
    * far below the 4-bit quantization error, and the exact fused path is 1.5–1.7× slower than FP32
    * where the integer path ties or beats it (core/cache/PAGES.md). false attends every page exactly.
    * The same default on both backends keeps ts and wasm within 1e-6 of each other; the ts mirror
