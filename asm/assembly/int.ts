@@ -11,7 +11,7 @@ import {
   nonFinite,
 } from "./f16";
 import { fail } from "./errors";
-import { decodeIntCodes, decodeIntGroup, fastIntGroup, headerMinima, headerScales } from "./int_group";
+import { decodeIntGroup, decodeWideCodes, fastIntGroup, headerMinima, headerScales } from "./int_group";
 
 /** Index of the first non-finite element of src[0..n), or −1. */
 export function firstNonFinite(src: usize, n: i32): i32 {
@@ -334,11 +334,13 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
       if (v128.any_true(bad)) return fail(3, g + ctz(i32x4.bitmask(bad)));
       const sc = headerScales(h), mn = headerMinima(h);
       const out = dst + (<usize>(g * group) << 2);
+      // each group's scale and minimum into all lanes by one shuffle, not extract then splat
+      // (int4 kernel 16.1–17.1 GB/s against 15.6–16.4, old and new interleaved in one process)
       const cw = wpg - 1, gB = <usize>group << 2;
-      decodeIntCodes(w + 4, group, bits, cw, out, f32x4.extract_lane(sc, 0), f32x4.extract_lane(mn, 0));
-      decodeIntCodes(w + step + 4, group, bits, cw, out + gB, f32x4.extract_lane(sc, 1), f32x4.extract_lane(mn, 1));
-      decodeIntCodes(w + 2 * step + 4, group, bits, cw, out + 2 * gB, f32x4.extract_lane(sc, 2), f32x4.extract_lane(mn, 2));
-      decodeIntCodes(w + 3 * step + 4, group, bits, cw, out + 3 * gB, f32x4.extract_lane(sc, 3), f32x4.extract_lane(mn, 3));
+      decodeWideCodes(w + 4, bits, cw, out, i32x4.shuffle(sc, sc, 0, 0, 0, 0), i32x4.shuffle(mn, mn, 0, 0, 0, 0));
+      decodeWideCodes(w + step + 4, bits, cw, out + gB, i32x4.shuffle(sc, sc, 1, 1, 1, 1), i32x4.shuffle(mn, mn, 1, 1, 1, 1));
+      decodeWideCodes(w + 2 * step + 4, bits, cw, out + 2 * gB, i32x4.shuffle(sc, sc, 2, 2, 2, 2), i32x4.shuffle(mn, mn, 2, 2, 2, 2));
+      decodeWideCodes(w + 3 * step + 4, bits, cw, out + 3 * gB, i32x4.shuffle(sc, sc, 3, 3, 3, 3), i32x4.shuffle(mn, mn, 3, 3, 3, 3));
     }
     for (; g < groups; g++) {
       const w = src + (<usize>(g * wpg) << 2);

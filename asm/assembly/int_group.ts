@@ -58,32 +58,7 @@ import { f16ToF32 } from "./f16";
   mn: f32,
 ): void {
   if ((codeWords & 3) == 0 && (b == 8 || b == 4)) {
-    const s = f32x4.splat(sc), m = f32x4.splat(mn);
-    const mask = i8x16.splat(0x0f);
-    let out = dst;
-    for (let w = 0; w < codeWords; w += 4) {
-      const v = v128.load(codes + (<usize>w << 2));
-      if (b == 8) {
-        _store16(out, v, s, m);
-        out += 64;
-      } else {
-        // byte k holds codes 2k (low nibble) and 2k+1 (high nibble): split, then interleave
-        const lo = v128.and(v, mask), hi = v128.and(i16x8.shr_u(v, 4), mask);
-        _store16(
-          out,
-          i8x16.shuffle(lo, hi, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
-          s,
-          m,
-        );
-        _store16(
-          out + 64,
-          i8x16.shuffle(lo, hi, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
-          s,
-          m,
-        );
-        out += 128;
-      }
-    }
+    decodeWideCodes(codes, b, codeWords, dst, f32x4.splat(sc), f32x4.splat(mn));
     return;
   }
   if (b == 2 && G >= 16) {
@@ -115,6 +90,43 @@ import { f16ToF32 } from "./f16";
   }
 }
 
+// Decodes int4 or int8 codes in whole 16-byte chunks (codeWords a multiple of 4) with the scale
+// and minimum already in every lane of s and m.
+// @ts-ignore: decorator
+@inline export function decodeWideCodes(
+  codes: usize,
+  b: i32,
+  codeWords: i32,
+  dst: usize,
+  s: v128,
+  m: v128,
+): void {
+  const mask = i8x16.splat(0x0f);
+  let out = dst;
+  for (let w = 0; w < codeWords; w += 4) {
+    const v = v128.load(codes + (<usize>w << 2));
+    if (b == 8) {
+      _store16(out, v, s, m);
+      out += 64;
+    } else {
+      // byte k holds codes 2k (low nibble) and 2k+1 (high nibble): split, then interleave
+      const lo = v128.and(v, mask), hi = v128.and(i16x8.shr_u(v, 4), mask);
+      _store16(
+        out,
+        i8x16.shuffle(lo, hi, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23),
+        s,
+        m,
+      );
+      _store16(
+        out + 64,
+        i8x16.shuffle(lo, hi, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31),
+        s,
+        m,
+      );
+      out += 128;
+    }
+  }
+}
 
 // Scales (low halves) and minima (high halves) of four group headers, exact: finite halves by
 // moving exponent and mantissa into f32 position and ×2^112, others by f16ToF32.

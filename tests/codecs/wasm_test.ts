@@ -156,6 +156,31 @@ Deno.test("WasmCodec reports the same typed errors as TsCodec and writes nothing
   assert.ok(out.every((v) => v === 3), "nothing written");
 });
 
+Deno.test("a bad int header in any of four groups checked together is named like the TS reference", () => {
+  // the WASM int4/int8 decoder checks headers four groups at a time, then a tail one by one: every
+  // lane of the vector check and the tail must name the same group and byte offset as TS
+  const r = rng(47);
+  for (const name of ["int4-g32-token", "int8-g32-token", "int2-g32-token"]) {
+    const spec = getFormat(name), n = 9 * spec.group;
+    const words = wasmCodec(name).encode(Float32Array.from({ length: n }, () => normal(r))).words;
+    for (let g = 0; g < 9; g++) {
+      // +Inf scale, NaN scale, negative scale, −Inf minimum
+      for (const bad of [0x7c00, 0x7e00, 0xbc00, 0xfc00_3c00]) {
+        const w = words.slice();
+        w[g * spec.wordsPerGroup] = bad;
+        const out = new Float32Array(n).fill(3);
+        const offset = 4 * g * spec.wordsPerGroup;
+        const named = (e: Error) =>
+          e instanceof CorruptDataError && e.offset === offset && e.message.includes(`group ${g}`);
+        assert.throws(() => tsCodec(name).decodeWords(w, n, out), named, `${name} ts group ${g}`);
+        assert.throws(() => wasmCodec(name).decodeWords(w, n, out), named, `${name} group ${g}`);
+        assert.throws(() => wasmCodec(name).decodeView(w, n), named, `${name} view group ${g}`);
+        assert.ok(out.every((v) => v === 3), `${name} group ${g}: nothing written`);
+      }
+    }
+  }
+});
+
 Deno.test("loadWasmCodecs() shares one instance whose memory stops growing across many calls", async () => {
   const a = await loadWasmCodecs();
   assert.equal(a, loadWasmCodecsSync());
