@@ -10,7 +10,7 @@
 //                       [--eps E]... [--budget B]...
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
-import { type GpuDevice, requestGpu, uniformPolicy } from "../mod.ts";
+import { type GpuDevice, requestGpu, signTest, uniformPolicy } from "../mod.ts";
 import {
   baselineRows,
   type EvalRow,
@@ -134,18 +134,24 @@ for (const row of rows) {
 const uniform = results.filter((r) => r.kind === "baseline" || r.kind === "reference");
 const kvprec = results.filter((r) => r.kind === "kvprec" || r.kind === "ablation");
 if (uniform.length > 0 && kvprec.length > 0) {
-  console.log("\nkvprec vs the cheapest uniform row with ≥ its bits (mean KL, lower is better):");
+  console.log(
+    "\nkvprec vs the cheapest uniform row with ≥ its bits (mean KL, lower is better; the sign " +
+      "test asks whether lower KL in that many scoring windows could be chance):",
+  );
   for (const r of kvprec) {
     const rival = uniform
       .filter((u) => u.bitsPerElement >= r.bitsPerElement)
       .sort((a, b) => a.bitsPerElement - b.bitsPerElement)[0];
     if (!rival) continue;
     const verdict = r.meanKl <= rival.meanKl ? "as good or better" : "WORSE";
+    // per window, paired: is the difference in the mean a few windows or most of them?
+    const t = signTest(r.windowKl, rival.windowKl);
     console.log(
       `  ${r.name} (${r.bitsPerElement.toFixed(2)} b, KL ${r.meanKl.toExponential(2)}) vs ` +
         `${rival.name} (${rival.bitsPerElement.toFixed(2)} b, KL ${
           rival.meanKl.toExponential(2)
-        }): ${verdict}`,
+        }): ${verdict}; lower KL in ${t.lower} of ${r.windowKl.length} windows (sign test ` +
+        `p = ${t.p.toPrecision(2)})`,
     );
   }
 }

@@ -104,6 +104,8 @@ export interface RowResult {
   top1Agreement: number;
   /** Bits per element held (all metadata counted). */
   bitsPerElement: number;
+  /** Mean KL per scoring window (for paired comparisons between rows). */
+  windowKl: number[];
   /** Share of the greedy continuation equal to the reference's. */
   greedyMatch: number;
   /** Whether the verifier's bound held (kvprec rows), else null. */
@@ -114,14 +116,6 @@ export interface RowResult {
   seconds: number;
 }
 
-/**
- * Measures one configuration against the setup.
- * @param model the transformer
- * @param row the configuration
- * @param setup from {@linkcode evalSetup}
- * @param onProgress called after each scoring window with (done, total)
- * @returns the row's figures
- */
 /** Where attention over the cache runs. */
 export type EvalBackend = "ts" | "wasm" | "gpu";
 
@@ -159,6 +153,14 @@ export async function rowCache(
   });
 }
 
+/**
+ * Measures one configuration against the setup.
+ * @param model the transformer
+ * @param row the configuration
+ * @param setup from {@linkcode evalSetup}
+ * @param onProgress called after each scoring window with (done, total)
+ * @returns the row's figures
+ */
 export async function measureRow(
   model: Transformer,
   row: EvalRow,

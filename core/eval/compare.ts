@@ -18,6 +18,7 @@ import type { KVCache } from "../model/kv_cache.ts";
 import type { Transformer } from "../model/transformer.ts";
 import { argmax } from "../tensor.ts";
 import { logProbability, scoringWindows } from "./perplexity.ts";
+import { InvalidValueError, ShapeError } from "../errors.ts";
 
 /**
  * KL(P‖Q) in nats between the softmax distributions of two logit vectors, computed in float64.
@@ -87,6 +88,8 @@ export interface CacheQuality {
   top1Agreement: number;
   /** 8 × Σ bytes / Σ elements over the windows, measured when each window is complete. */
   bitsPerElement: number;
+  /** Mean KL per scoring window, in the reference's window order (for paired comparisons). */
+  windowKl: number[];
 }
 
 /**
@@ -106,19 +109,23 @@ export async function compareCache(
   const V = model.config.vocabSize;
   let nll = 0, kl = 0, agree = 0, tokens = 0, bytes = 0, elements = 0;
   let done = 0;
+  const windowKl: number[] = [];
   for (const { tokens: ids, logits: ref } of reference.windows) {
     cache.reset();
     const logits = await model.prefill(ids, 0, cache);
     const mem = cache.memory();
     bytes += mem.bytes;
     elements += mem.elements;
+    let wKl = 0;
     for (let i = 0; i + 1 < ids.length; i++) {
       const p = ref.subarray(i * V, (i + 1) * V), q = logits.subarray(i * V, (i + 1) * V);
       nll -= logProbability(q, ids[i + 1]);
-      kl += klDivergence(p, q);
+      wKl += klDivergence(p, q);
       if (argmax(p) === argmax(q)) agree++;
       tokens++;
     }
+    kl += wKl;
+    windowKl.push(ids.length > 1 ? wKl / (ids.length - 1) : 0);
     onProgress?.(++done, reference.windows.length);
   }
   return {
@@ -127,7 +134,54 @@ export async function compareCache(
     meanKl: kl / tokens,
     top1Agreement: agree / tokens,
     bitsPerElement: (8 * bytes) / elements,
+    windowKl,
   };
+}
+
+/** A paired comparison of two configurations over the same windows (see {@linkcode signTest}). */
+export interface PairedComparison {
+  /** Windows where the first is lower. */
+  lower: number;
+  /** Windows where the second is lower. */
+  higher: number;
+  /** Windows where both are equal. */
+  ties: number;
+  /** Two-sided sign-test p-value of lower vs higher (ties dropped); 1 with no untied pair. */
+  p: number;
+}
+
+/**
+ * Sign test of paired figures (e.g. {@linkcode CacheQuality.windowKl} of two caches): in how many
+ * pairs a is lower, and how likely a split at least that uneven is if neither tends to be lower.
+ * It needs no assumption on the figures' distribution, only that pairs are independent.
+ *
+ * @param a first configuration's figure per pair
+ * @param b second configuration's figure per pair
+ * @returns the counts and the two-sided p-value, exact (binomial with p = 1/2)
+ * @throws ShapeError when the lengths differ; InvalidValueError for a NaN at index i
+ */
+export function signTest(a: ArrayLike<number>, b: ArrayLike<number>): PairedComparison {
+  if (a.length !== b.length) {
+    throw new ShapeError(`paired figures have lengths ${a.length} and ${b.length}`);
+  }
+  let lower = 0, higher = 0, ties = 0;
+  for (let i = 0; i < a.length; i++) {
+    if (Number.isNaN(a[i]) || Number.isNaN(b[i])) {
+      throw new InvalidValueError(`paired figure ${i} is NaN`, i);
+    }
+    if (a[i] < b[i]) lower++;
+    else if (a[i] > b[i]) higher++;
+    else ties++;
+  }
+  const n = lower + higher, k = Math.min(lower, higher);
+  // P(X ≤ k) for X ~ Binomial(n, 1/2), terms built in log space so large n cannot overflow
+  let tail = 0;
+  let logC = 0; // log C(n, 0)
+  for (let i = 0; i <= k; i++) {
+    if (i > 0) logC += Math.log((n - i + 1) / i);
+    tail += Math.exp(logC - n * Math.LN2);
+  }
+  return { lower, higher, ties, p: n === 0 ? 1 : Math.min(1, 2 * tail) };
 }
 
 /**
