@@ -324,13 +324,7 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
       h = i32x4.replace_lane(h, 1, load<i32>(w + step));
       h = i32x4.replace_lane(h, 2, load<i32>(w + 2 * step));
       h = i32x4.replace_lane(h, 3, load<i32>(w + 3 * step));
-      const bad = v128.or(
-        v128.or(
-          i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)),
-          i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)),
-        ),
-        i32x4.ne(v128.and(h, i32x4.splat(0x8000)), i32x4.splat(0)),
-      );
+      const bad = _badAsymHeaders(h);
       if (v128.any_true(bad)) return fail(3, g + ctz(i32x4.bitmask(bad)));
       const sc = headerScales(h), mn = headerMinima(h);
       const out = dst + (<usize>(g * group) << 2);
@@ -380,6 +374,19 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
   return -1;
 }
 
+// Lanes of four asymmetric int headers an encoder cannot write: scale Inf/NaN or negative
+// (sign set), minimum Inf/NaN.
+// @ts-ignore: decorator
+@inline function _badAsymHeaders(h: v128): v128 {
+  return v128.or(
+    v128.or(
+      i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)),
+      i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)),
+    ),
+    i32x4.ne(v128.and(h, i32x4.splat(0x8000)), i32x4.splat(0)),
+  );
+}
+
 /**
  * Index of the first of `groups` headers (every `wpg` words from src) an encoder cannot write,
  * or −1. `int` (asym = 1): scale finite with sign clear, minimum finite. Otherwise (int8s, scaled
@@ -388,7 +395,17 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
 export function firstBadHeader(src: usize, groups: i32, wpg: i32, asym: bool): i32 {
   const step = <usize>wpg << 2;
   let p = src;
-  for (let g = 0; g < groups; g++, p += step) {
+  let g = 0;
+  // four headers per vector check, the first bad lane named by its bit
+  for (; g + 4 <= groups; g += 4, p += 4 * step) {
+    let h = v128.load32_zero(p);
+    h = i32x4.replace_lane(h, 1, load<i32>(p + step));
+    h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * step));
+    h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * step));
+    const bad = asym ? _badAsymHeaders(h) : i32x4.gt_u(h, i32x4.splat(0x7bff));
+    if (v128.any_true(bad)) return g + ctz(i32x4.bitmask(bad));
+  }
+  for (; g < groups; g++, p += step) {
     const h = load<u32>(p);
     const bad = asym
       ? (h & 0x7c00) == 0x7c00 || (h & 0x8000) != 0 || ((h >>> 16) & 0x7c00) == 0x7c00

@@ -156,16 +156,20 @@ Deno.test("WasmCodec reports the same typed errors as TsCodec and writes nothing
   assert.ok(out.every((v) => v === 3), "nothing written");
 });
 
-Deno.test("a bad int header in any of four groups checked together is named like the TS reference", () => {
-  // the WASM int4/int8 decoder checks headers four groups at a time, then a tail one by one: every
-  // lane of the vector check and the tail must name the same group and byte offset as TS
+Deno.test("a bad header in any of four groups checked together is named like the TS reference", () => {
+  // the WASM header checks (the int decoder's and firstBadHeader's) take four groups at a time,
+  // then a tail one by one: every lane and the tail must name the group and byte offset TS names
   const r = rng(47);
-  for (const name of ["int4-g32-token", "int8-g32-token", "int2-g32-token"]) {
+  const names = ["int4-g32-token", "int8-g32-token", "int2-g32-token", "int8s-g32-token"];
+  for (const name of [...names, "fp8e4m3-g32-token"]) {
     const spec = getFormat(name), n = 9 * spec.group;
     const words = wasmCodec(name).encode(Float32Array.from({ length: n }, () => normal(r))).words;
+    // +Inf scale, NaN scale, negative scale, and for int formats −Inf minimum
+    const bads = spec.kind === "int"
+      ? [0x7c00, 0x7e00, 0xbc00, 0xfc00_3c00]
+      : [0x7c00, 0x7e00, 0xbc00];
     for (let g = 0; g < 9; g++) {
-      // +Inf scale, NaN scale, negative scale, −Inf minimum
-      for (const bad of [0x7c00, 0x7e00, 0xbc00, 0xfc00_3c00]) {
+      for (const bad of bads) {
         const w = words.slice();
         w[g * spec.wordsPerGroup] = bad;
         const out = new Float32Array(n).fill(3);
