@@ -4,13 +4,14 @@
 // distributions from the FP32 cache's (teacher-forced), top-1 agreement, and greedy-token match
 // over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
 // on the text's last two lines, as `deno task analyze` does).
-// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (uniform rows with an
-// fp32 window only: the GPU cache keeps sinks and window at fp32; other rows are skipped and say so).
+// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (uniform rows, run with
+// an fp32 window as the GPU cache keeps sinks, window and eviction ring, named "[fp32 window]" and
+// each followed by the WASM cache's perplexity under the same policy; other rows say why skipped).
 // Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
 //                       [--eps E]... [--budget B]...
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
-import { type GpuDevice, requestGpu, signTest, uniformPolicy } from "../mod.ts";
+import { type GpuDevice, gpuPolicyFor, requestGpu, signTest, uniformPolicy } from "../mod.ts";
 import {
   baselineRows,
   type EvalRow,
@@ -93,14 +94,20 @@ console.log(header.join(" | "));
 console.log(header.map(() => "---").join(" | "));
 const results = [];
 const fp32Ppl = setup.referencePerplexity;
-for (const row of rows) {
-  const o = row.policy.options;
-  if (
-    backend === "gpu" &&
-    (o.kind !== "uniform" ||
-      ((o.windowFormat ?? "fp16") !== "fp32" && (o.recentWindow ?? 0) + (o.sinkTokens ?? 0) > 0))
-  ) {
-    console.log(`${row.name} | skipped: the GPU cache runs uniform policies with an fp32 window`);
+for (const listed of rows) {
+  // the GPU cache keeps sinks, window and eviction ring at fp32: a uniform row runs there with an
+  // fp32 window (and says so); other rows are skipped with the reason
+  const o = listed.policy.options;
+  const row = backend === "gpu" && o.kind === "uniform"
+    ? {
+      ...listed,
+      name: `${listed.name} [fp32 window]`,
+      policy: uniformPolicy({ ...o, windowFormat: "fp32" }),
+    }
+    : listed;
+  const notOnGpu = backend === "gpu" ? gpuPolicyFor(row.policy) : undefined;
+  if (typeof notOnGpu === "string") {
+    console.log(`${row.name} | skipped: ${notOnGpu}`);
     continue;
   }
   const r = await measureRow(model, row, setup, undefined, backend, gpu);
@@ -119,13 +126,12 @@ for (const row of rows) {
     `${Math.round(r.greedyMatch * 100)}/100`,
     row.boundHeld === undefined ? "—" : row.boundHeld ? "yes" : "NO",
   ].join(" | "));
-  if (backend === "gpu" && o.kind === "uniform") {
-    // the same policy on the WASM cache with the GPU's fp32 window and eviction ring
-    const same = { ...row, policy: uniformPolicy({ ...o, windowFormat: "fp32" }) };
-    const w = await measureRow(model, same, setup, undefined, "wasm");
+  if (backend === "gpu") {
+    // the same policy on the WASM cache
+    const w = await measureRow(model, row, setup, undefined, "wasm");
     const rel = Math.abs(r.perplexity - w.perplexity) / w.perplexity;
     console.log(
-      `  ↳ WASM, same policy with an fp32 window: perplexity ${w.perplexity.toFixed(6)}, ` +
+      `  ↳ WASM, same policy: perplexity ${w.perplexity.toFixed(6)}, ` +
         `GPU ${r.perplexity.toFixed(6)}, relative difference ${rel.toExponential(2)}`,
     );
   }

@@ -5,7 +5,7 @@
 import {
   cacheShape,
   compareCache,
-  createGpuKVCache,
+  createKVCache,
   Float32KVCache,
   generateGreedy,
   type GpuDevice,
@@ -121,7 +121,7 @@ export type EvalBackend = "ts" | "wasm" | "gpu";
 
 /**
  * The cache of one row on a backend. The GPU cache stores uniform policies only (one format pair,
- * sinks and window at fp32); a tiered policy or another window format there is a clear error.
+ * sinks and window at fp32, gpuPolicyFor); another policy there is a clear error.
  */
 export async function rowCache(
   shape: KVCacheShape,
@@ -130,27 +130,8 @@ export async function rowCache(
   gpu?: GpuDevice,
 ): Promise<KVCache> {
   if (backend !== "gpu") return new MixedPrecisionKVCache(shape, row.policy, { backend });
-  const o = row.policy.options;
-  if (
-    o.kind !== "uniform" ||
-    (o.windowFormat ?? "fp16") !== "fp32" && (o.recentWindow ?? 0) + (o.sinkTokens ?? 0) > 0
-  ) {
-    throw new Error(
-      `row "${row.name}": the GPU cache runs uniform policies with an fp32 window only`,
-    );
-  }
   if (!gpu) throw new Error("backend gpu needs a device");
-  return await createGpuKVCache({
-    gpu,
-    shape,
-    policy: {
-      keyFormat: o.keyFormat,
-      valueFormat: o.valueFormat,
-      pageTokens: row.policy.pageTokens,
-      sinkTokens: row.policy.sinkTokens,
-      windowTokens: row.policy.recentWindow,
-    },
-  });
+  return (await createKVCache(shape, row.policy, { backend: "gpu", gpu })).cache;
 }
 
 /**

@@ -30,3 +30,4 @@ export * from "./attention.ts";
 export * from "./merge.ts";
 export * from "./_io.ts";
 export * from "./cache.ts";
+export * from "./choose_backend.ts";

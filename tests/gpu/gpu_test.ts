@@ -9,3 +9,4 @@ import "./codec_cases.ts";
 import "./attention_cases.ts";
 import "./cache_cases.ts";
 import "./model_cases.ts";
+import "./choose_backend_cases.ts";

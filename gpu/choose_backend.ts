@@ -1,0 +1,190 @@
+/**
+ * Chooses where a cache runs and creates it there: `createKVCache(shape, policy)` with backend
+ * "auto" takes a hardware GPU when the policy runs there unchanged, else WebAssembly, else the
+ * TypeScript reference, and says which it chose and why. Choosing never changes what is stored:
+ * a policy the GPU cache cannot hold as written (several format pairs, an fp16 window, a memory
+ * budget) stays on the CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
+ * not preferred over WebAssembly on the same CPU.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { createKVCache } from "./choose_backend.ts";
+ * import { uniformPolicy } from "../core/cache/policy.ts";
+ * const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 64 };
+ * const policy = uniformPolicy({ keyFormat: "int8-g8-token", valueFormat: "int8-g8-token" });
+ * const chosen = await createKVCache(shape, policy, { backend: "wasm" });
+ * if (chosen.backend !== "wasm") throw new Error(chosen.reason);
+ * chosen.destroy();
+ * ```
+ * @module
+ */
+
+import { DeviceError, FormatError } from "../core/errors.ts";
+import type { KVCache, KVCacheShape } from "../core/model/kv_cache.ts";
+import type { CachePolicy } from "../core/cache/policy.ts";
+import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
+import { loadWasmCodecs } from "../codecs/wasm.ts";
+import { type GpuDevice, requestGpu } from "./device.ts";
+import { createGpuKVCache, type GpuCachePolicy } from "./cache.ts";
+
+/** Where attention over a cache runs. */
+export type CacheBackend = "ts" | "wasm" | "gpu";
+
+/** Options of {@linkcode createKVCache}. */
+export interface CreateKVCacheOptions {
+  /**
+   * "auto" (default): a hardware GPU when the policy runs there unchanged, else wasm, else ts.
+   * "gpu" uses any adapter, a software one included, and fails when the policy cannot run there.
+   */
+  backend?: CacheBackend | "auto";
+  /** The device for the GPU (default: one is requested, and destroyed with the cache). */
+  gpu?: GpuDevice;
+  /** CPU caches: integer dot products (see MixedCacheOptions.integerDot; default true). */
+  integerDot?: boolean;
+  /** CPU caches: memory budget in bytes (the GPU cache has none, so a budget keeps the CPU). */
+  maxBytes?: number;
+}
+
+/** A cache and where it runs. */
+export interface ChosenKVCache {
+  /** The cache. */
+  cache: KVCache;
+  /** Where it runs. */
+  backend: CacheBackend;
+  /** Why there: the adapter used, or what ruled the GPU (and WebAssembly) out. */
+  reason: string;
+  /** Releases GPU buffers, and the device when createKVCache requested it; no-op on the CPU. */
+  destroy(): void;
+}
+
+/**
+ * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
+ * cannot: the GPU cache holds one format pair and keeps sinks, window and the tokens awaiting
+ * eviction at fp32.
+ *
+ * @param policy the policy
+ * @returns the GPU policy, or the reason as a sentence
+ */
+export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
+  const o = policy.options;
+  if (o.kind !== "uniform") {
+    return `policy "${policy.label}" has ${policy.pairs().length} format pairs; the GPU cache ` +
+      `stores one (uniform policies)`;
+  }
+  // the window format also holds the tokens waiting for a whole channel group, so it matters even
+  // without sinks and window
+  if (policy.windowFormat !== "fp32") {
+    return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
+      `${policy.windowFormat}; the GPU cache keeps them at fp32`;
+  }
+  return {
+    keyFormat: o.keyFormat,
+    valueFormat: o.valueFormat,
+    pageTokens: policy.pageTokens,
+    sinkTokens: policy.sinkTokens,
+    windowTokens: policy.recentWindow,
+  };
+}
+
+/**
+ * Creates a cache for `policy` on the backend `options.backend` names, or on the one "auto"
+ * chooses: a hardware GPU when {@linkcode gpuPolicyFor} accepts the policy and no memory budget
+ * is set, else WebAssembly (when the module loads), else TypeScript.
+ *
+ * @param shape the cache's shape
+ * @param policy where tokens go
+ * @param options backend, device and CPU-cache options
+ * @returns the cache, its backend and the reason for it
+ * @throws {FormatError} backend "gpu" with a policy or budget the GPU cache cannot hold
+ * @throws {DeviceError} backend "gpu" without a usable WebGPU device
+ */
+export async function createKVCache(
+  shape: KVCacheShape,
+  policy: CachePolicy,
+  options: CreateKVCacheOptions = {},
+): Promise<ChosenKVCache> {
+  const backend = options.backend ?? "auto";
+  const cpu = (b: "ts" | "wasm", reason: string): ChosenKVCache => ({
+    cache: new MixedPrecisionKVCache(shape, policy, {
+      backend: b,
+      integerDot: options.integerDot,
+      maxBytes: options.maxBytes,
+    }),
+    backend: b,
+    reason,
+    destroy() {},
+  });
+  if (backend === "ts" || backend === "wasm") return cpu(backend, `${backend}: as asked`);
+  if (backend !== "gpu" && backend !== "auto") {
+    throw new FormatError(`backend "${backend}", expected "auto", "gpu", "wasm" or "ts"`);
+  }
+
+  let gpuPolicy = gpuPolicyFor(policy);
+  if (typeof gpuPolicy !== "string" && options.maxBytes !== undefined) {
+    gpuPolicy = `a memory budget of ${options.maxBytes} bytes is set; the GPU cache has none`;
+  }
+  if (backend === "gpu") {
+    if (typeof gpuPolicy === "string") throw new FormatError(`backend "gpu": ${gpuPolicy}`);
+    const gpu = options.gpu ?? await requestGpu();
+    return await _onGpu(shape, gpu, gpuPolicy, gpu !== options.gpu, "gpu: as asked");
+  }
+
+  // auto
+  let why: string;
+  if (typeof gpuPolicy === "string") {
+    why = gpuPolicy;
+  } else {
+    let gpu: GpuDevice | undefined = options.gpu;
+    try {
+      gpu ??= await requestGpu();
+    } catch (e) {
+      if (!(e instanceof DeviceError)) throw e;
+    }
+    if (gpu === undefined) {
+      why = "no WebGPU device";
+    } else if (gpu.info.isFallbackAdapter) {
+      why = `the only WebGPU adapter is a software one (${gpu.info.description})`;
+      if (gpu !== options.gpu) gpu.destroy();
+    } else {
+      return await _onGpu(
+        shape,
+        gpu,
+        gpuPolicy,
+        gpu !== options.gpu,
+        `gpu: ${gpu.info.description || "a hardware adapter"}`,
+      );
+    }
+  }
+  try {
+    await loadWasmCodecs();
+  } catch (e) {
+    return cpu("ts", `ts: ${why}, and WebAssembly SIMD did not load (${e})`);
+  }
+  return cpu("wasm", `wasm: ${why}`);
+}
+
+async function _onGpu(
+  shape: KVCacheShape,
+  gpu: GpuDevice,
+  policy: GpuCachePolicy,
+  ownsDevice: boolean,
+  reason: string,
+): Promise<ChosenKVCache> {
+  try {
+    const cache = await createGpuKVCache({ gpu, shape, policy });
+    return {
+      cache,
+      backend: "gpu",
+      reason,
+      destroy() {
+        cache.destroy();
+        if (ownsDevice) gpu.destroy();
+      },
+    };
+  } catch (e) {
+    if (ownsDevice) gpu.destroy();
+    throw e;
+  }
+}

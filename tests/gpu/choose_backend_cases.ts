@@ -1,0 +1,158 @@
+// createKVCache: "auto" never changes what is stored (policies the GPU cache cannot hold as written
+// stay on the CPU, saying why), prefers a hardware adapter over WebAssembly but not a software
+// one, and "gpu" attends as the WASM cache does under the same policy.
+import assert from "node:assert/strict";
+import { FormatError } from "../../core/errors.ts";
+import {
+  type CachePolicy,
+  createKVCache,
+  gpuPolicyFor,
+  type KVCache,
+  MixedPrecisionKVCache,
+  tieredPolicy,
+  uniformPolicy,
+} from "../../mod.ts";
+import { rng } from "../_fixtures.ts";
+import { testGpu } from "./_gpu.ts";
+
+const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 96 };
+const ready = () =>
+  uniformPolicy({
+    keyFormat: "int8-g16-token",
+    valueFormat: "int4-g16-token",
+    sinkTokens: 2,
+    recentWindow: 8,
+    windowFormat: "fp32",
+  });
+const notReady: [string, CachePolicy, RegExp][] = [
+  [
+    "a tiered policy",
+    tieredPolicy({
+      label: "two tiers",
+      tiers: Array.from({ length: 2 }, () =>
+        Array.from({ length: 2 }, () => [
+          { minScore: 0.5, keyFormat: "int8-g16-token", valueFormat: "int8-g16-token" },
+          { minScore: 0, keyFormat: "int4-g16-token", valueFormat: "int4-g16-token" },
+        ])),
+      recentWindow: 8,
+      windowFormat: "fp32",
+    }),
+    /has 2 format pairs; the GPU cache stores one/,
+  ],
+  [
+    "an fp16 window",
+    uniformPolicy({ keyFormat: "int8-g16-token", valueFormat: "int8-g16-token", recentWindow: 8 }),
+    /keeps sinks, window and tokens awaiting eviction at fp16; the GPU cache keeps them at fp32/,
+  ],
+  [
+    // no sinks or window, but channel-axis keys wait at fp16 for a whole group of 16 tokens
+    "an fp16 eviction ring",
+    uniformPolicy({ keyFormat: "int8-g16-channel", valueFormat: "int4-g16-token" }),
+    /tokens awaiting eviction at fp16/,
+  ],
+];
+
+Deno.test("createKVCache(auto) keeps policies the GPU cache cannot hold as written on WASM, saying why", async () => {
+  for (const [what, policy, why] of notReady) {
+    assert.equal(typeof gpuPolicyFor(policy), "string", what);
+    const chosen = await createKVCache(shape, policy);
+    assert.equal(chosen.backend, "wasm", what);
+    assert.match(chosen.reason, why, what);
+    assert.ok(chosen.cache instanceof MixedPrecisionKVCache && chosen.cache.backend === "wasm");
+    // backend "gpu" refuses the same policy before touching any device
+    await assert.rejects(
+      () => createKVCache(shape, policy, { backend: "gpu" }),
+      (e: Error) => e instanceof FormatError && why.test(e.message),
+      what,
+    );
+  }
+  const budget = await createKVCache(shape, ready(), { maxBytes: 1 << 20 });
+  assert.equal(budget.backend, "wasm");
+  assert.match(budget.reason, /memory budget of 1048576 bytes is set; the GPU cache has none/);
+  assert.equal((budget.cache as MixedPrecisionKVCache).maxBytes, 1 << 20);
+  for (const b of ["ts", "wasm"] as const) {
+    const c = await createKVCache(shape, ready(), { backend: b, integerDot: false });
+    assert.equal(c.backend, b);
+    assert.ok(c.cache instanceof MixedPrecisionKVCache);
+    assert.equal(c.cache.backend, b);
+    assert.equal(c.cache.integerDot, false);
+  }
+  await assert.rejects(
+    () => createKVCache(shape, ready(), { backend: "cuda" as "gpu" }),
+    (e: Error) => e instanceof FormatError && /backend "cuda"/.test(e.message),
+  );
+});
+
+Deno.test("gpuPolicyFor() carries formats, pages, sinks and window over unchanged", () => {
+  assert.deepEqual(gpuPolicyFor(ready()), {
+    keyFormat: "int8-g16-token",
+    valueFormat: "int4-g16-token",
+    pageTokens: 32,
+    sinkTokens: 2,
+    windowTokens: 8,
+  });
+});
+
+/** Appends the same fresh random K/V to a cache (T tokens, every layer) and attends layer 1. */
+async function fillAndAttend(cache: KVCache, T: number, seed: number): Promise<Float32Array> {
+  const r = rng(seed), kv = shape.nKvHeads * shape.headDim;
+  const x = () => Float32Array.from({ length: kv }, () => 2 * r() - 1);
+  for (let pos = 0; pos < T; pos++) {
+    for (let l = 0; l < shape.nLayers; l++) cache.append(l, pos, x(), x());
+  }
+  const q = Float32Array.from({ length: shape.nHeads * shape.headDim }, () => 2 * r() - 1);
+  const out = new Float32Array(q.length);
+  await cache.attend(1, q, out);
+  return out;
+}
+
+Deno.test("createKVCache() uses a hardware adapter for a GPU-ready policy, not a software one", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  const chosen = await createKVCache(shape, ready(), { gpu: env.gpu });
+  if (env.gpu.info.isFallbackAdapter) {
+    assert.equal(chosen.backend, "wasm");
+    assert.ok(
+      chosen.reason.includes(`software one (${env.gpu.info.description})`),
+      chosen.reason,
+    );
+  } else {
+    assert.equal(chosen.backend, "gpu");
+    assert.ok(chosen.reason.includes(env.gpu.info.description), chosen.reason);
+  }
+  chosen.destroy();
+  assert.equal(env.gpu.lost, false, "a device the caller gave is left to the caller");
+  // with no device given, auto requests one and, for a software adapter, releases it again
+  const own = await createKVCache(shape, ready());
+  assert.equal(own.backend, env.gpu.info.isFallbackAdapter ? "wasm" : "gpu", own.reason);
+  own.destroy();
+});
+
+Deno.test("createKVCache(gpu) attends as the WASM cache does under the same policy", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  // no sinks, no window: channel-axis keys still wait for whole groups of 16 (at fp32)
+  const bare = () =>
+    uniformPolicy({
+      keyFormat: "int8-g16-channel",
+      valueFormat: "int4-g16-token",
+      windowFormat: "fp32",
+    });
+  for (const policy of [ready, bare]) {
+    const chosen = await createKVCache(shape, policy(), { backend: "gpu", gpu: env.gpu });
+    assert.equal(chosen.backend, "gpu");
+    const cpu = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot: false });
+    // 70 tokens: sinks, pages of 32 (one partial), the window, channel groups awaiting eviction
+    const g = await fillAndAttend(chosen.cache, 70, 71), c = await fillAndAttend(cpu, 70, 71);
+    chosen.destroy();
+    let worst = 0, scale = 0;
+    for (let i = 0; i < c.length; i++) {
+      worst = Math.max(worst, Math.abs(g[i] - c[i]));
+      scale = Math.max(scale, Math.abs(c[i]));
+    }
+    // measured 4.5e-8 of 0.18 on llvmpipe: float summation order only
+    const what = `${policy().label}: GPU vs WASM ${worst} of ${scale}`;
+    assert.ok(scale > 0.01 && worst <= 1e-6 * scale, what);
+  }
+  assert.equal(env.gpu.lost, false);
+});
