@@ -176,7 +176,7 @@ export interface FittedPlan {
   report: PlanReport;
   /** Bits per element the cache holds with it on the calibration sequences. */
   calibrationBits: number;
-  /** Budget targets: whether the measured bits stayed within the budget. */
+  /** Budget targets: whether the measured bits are within the budget (false: below the floor). */
   withinBudget?: boolean;
   /**
    * Budget targets with the sensitivity unset: each candidate's mean KL against the FP32 cache on

@@ -68,7 +68,7 @@ export interface BudgetFit<P> {
   measuredBits: number;
   /** The budget handed to the mapper for it (lower than the target by the cache's overhead). */
   mapperBudget: number;
-  /** Whether measuredBits ≤ target. */
+  /** Whether measuredBits ≤ target. False only when even the mapper's cheapest plan is over. */
   withinBudget: boolean;
   /** Every (mapper budget, measured bits) tried. */
   tries: { mapperBudget: number; measuredBits: number }[];
@@ -78,14 +78,20 @@ export interface BudgetFit<P> {
  * Fits a plan to a bits-per-element budget as the cache actually measures it. The mapper counts
  * codes, scales, sinks and window; the cache also holds the eviction ring, page-table entries,
  * window scores and partly filled pages. This lowers the mapper's budget by the measured excess
- * until the measured bits are within the target (a few rounds; each round one measurement). A
- * target below the cheapest allocation yields the cheapest plan, with withinBudget false.
+ * (a few rounds; each round one measurement); once a mapper budget within the target and one over
+ * it are known, it interpolates between them. When no round is within the target it measures the
+ * mapper's cheapest plan and, if that fits, interpolates between it and the nearest budget over: the
+ * result is within the target whenever any plan the mapper can build is. A target below the
+ * cheapest plan yields that plan, with withinBudget false.
  *
  * @param target bits per element the cache may hold
- * @param build the plan for a mapper budget; throws BudgetError below the cheapest allocation
+ * @param build the plan for a mapper budget; throws BudgetError (with its minimum) below the
+ *   cheapest allocation
  * @param measure the bits per element the cache holds with a plan
- * @param rounds measurements at most (default 5)
+ * @param rounds measurements at most before the cheapest plan is tried (default 5); as many
+ *   again at most after it
  * @returns the fitted plan and what was tried
+ * @throws BudgetError when no plan can be built at all
  */
 export async function fitPlanToBudget<P>(
   target: number,
@@ -95,15 +101,15 @@ export async function fitPlanToBudget<P>(
 ): Promise<BudgetFit<P>> {
   const tries: BudgetFit<P>["tries"] = [];
   let best: BudgetFit<P> | undefined, cheapest: BudgetFit<P> | undefined;
-  let b = target, triedFloor = false;
-  for (let i = 0; i < rounds; i++) {
+  // mapper budgets known to measure within (lo, measuring mLo) and over (hi, mHi) the target
+  let lo: number | undefined, hi: number | undefined, mLo = 0, mHi = 0;
+  const attempt = async (b: number): Promise<BudgetFit<P> | undefined> => {
     let plan: P;
     try {
       plan = build(b);
     } catch (e) {
-      if (!(e instanceof BudgetError) || e.minimum === undefined || triedFloor) break;
-      // below the mapper's floor: the cheapest allocation is the nearest honest plan
-      triedFloor = true;
+      if (!(e instanceof BudgetError) || e.minimum === undefined) return undefined;
+      // below the mapper's floor: its cheapest allocation is the nearest honest plan
       b = e.minimum * (1 + 1e-9);
       plan = build(b);
     }
@@ -117,9 +123,43 @@ export async function fitPlanToBudget<P>(
       tries,
     };
     if (!cheapest || measuredBits < cheapest.measuredBits) cheapest = fit;
-    if (fit.withinBudget && (!best || measuredBits > best.measuredBits)) best = fit;
-    if (fit.withinBudget && target - measuredBits < 0.05) break;
-    b -= measuredBits - target + 0.01;
+    if (fit.withinBudget) {
+      if (!best || measuredBits > best.measuredBits) best = fit;
+      if (lo === undefined || b > lo) [lo, mLo] = [b, measuredBits];
+    } else if (hi === undefined || b < hi) {
+      [hi, mHi] = [b, measuredBits];
+    }
+    return fit;
+  };
+  const close = (fit: BudgetFit<P>) => fit.withinBudget && target - fit.measuredBits < 0.05;
+  // once a budget within and one over are known: where the line between them meets the target,
+  // kept off the ends (a staircase response would otherwise creep along one side)
+  const between = () => {
+    const w = hi! - lo!, t = (target - mLo) / Math.max(mHi - mLo, 1e-12);
+    return lo! + w * Math.min(0.9, Math.max(0.1, t));
+  };
+  const next = (fit: BudgetFit<P>) =>
+    lo !== undefined && hi !== undefined && lo < hi
+      ? between()
+      : fit.mapperBudget - (fit.measuredBits - target + 0.01);
+
+  let b = target;
+  for (let i = 0; i < rounds; i++) {
+    const fit = await attempt(b);
+    if (!fit || close(fit)) break;
+    b = next(fit);
+  }
+  if (!best && cheapest) {
+    // never within: the mapper's cheapest plan (a budget far below any floor), then bisect
+    await attempt(Number.MIN_VALUE);
+    for (
+      let i = 0;
+      best && !close(best) && lo !== undefined && hi !== undefined && i < rounds;
+      i++
+    ) {
+      if (!(lo < hi)) break;
+      await attempt(between());
+    }
   }
   if (!best && !cheapest) throw new BudgetError(`no plan could be built for budget ${target}`);
   return best ?? cheapest!;
