@@ -91,7 +91,8 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
 /**
  * Creates a cache for `policy` on the backend `options.backend` names, or on the one "auto"
  * chooses: a hardware GPU when {@linkcode gpuPolicyFor} accepts the policy and no memory budget
- * is set, else WebAssembly (when the module loads), else TypeScript.
+ * is set (and its cache can be created: a DeviceError there falls back too), else WebAssembly (when
+ * the module loads), else TypeScript.
  *
  * @param shape the cache's shape
  * @param policy where tokens go
@@ -148,13 +149,19 @@ export async function createKVCache(
       why = `the only WebGPU adapter is a software one (${gpu.info.description})`;
       if (gpu !== options.gpu) gpu.destroy();
     } else {
-      return await _onGpu(
-        shape,
-        gpu,
-        gpuPolicy,
-        gpu !== options.gpu,
-        `gpu: ${gpu.info.description || "a hardware adapter"}`,
-      );
+      try {
+        return await _onGpu(
+          shape,
+          gpu,
+          gpuPolicy,
+          gpu !== options.gpu,
+          `gpu: ${gpu.info.description || "a hardware adapter"}`,
+        );
+      } catch (e) {
+        // a lost or exhausted device: the CPU still works
+        if (!(e instanceof DeviceError)) throw e;
+        why = `the GPU cache failed (${e.message})`;
+      }
     }
   }
   try {

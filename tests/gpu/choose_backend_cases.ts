@@ -2,10 +2,11 @@
 // stay on the CPU, saying why), prefers a hardware adapter over WebAssembly but not a software
 // one, and "gpu" attends as the WASM cache does under the same policy.
 import assert from "node:assert/strict";
-import { FormatError } from "../../core/errors.ts";
+import { DeviceError, FormatError } from "../../core/errors.ts";
 import {
   type CachePolicy,
   createKVCache,
+  GpuDevice,
   gpuPolicyFor,
   type KVCache,
   MixedPrecisionKVCache,
@@ -154,5 +155,21 @@ Deno.test("createKVCache(gpu) attends as the WASM cache does under the same poli
     const what = `${policy().label}: GPU vs WASM ${worst} of ${scale}`;
     assert.ok(scale > 0.01 && worst <= 1e-6 * scale, what);
   }
+  assert.equal(env.gpu.lost, false);
+});
+
+Deno.test("createKVCache(auto) falls back to WASM when the GPU cache cannot be created", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  // the shared device seen as a hardware adapter, then lost: auto must not fail, nor touch it
+  const lost = new GpuDevice(env.gpu.device, { ...env.gpu.info, isFallbackAdapter: false });
+  lost.markLost("test: lost on purpose");
+  const chosen = await createKVCache(shape, ready(), { gpu: lost });
+  assert.equal(chosen.backend, "wasm");
+  assert.match(chosen.reason, /the GPU cache failed \(.*lost on purpose/);
+  await assert.rejects(
+    () => createKVCache(shape, ready(), { backend: "gpu", gpu: lost }),
+    (e: Error) => e instanceof DeviceError,
+  );
   assert.equal(env.gpu.lost, false);
 });
