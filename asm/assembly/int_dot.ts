@@ -295,25 +295,34 @@ export function intValues(
         let p = vPtr + <usize>g * groupBytes + 4 + <usize>(cb * b); // 8 channels: b bytes
         let pt = pr;
         for (let t = 0; t < n; t += 4) {
-          let c: v128, e: v128;
+          let lo: v128, hi: v128, lo2: v128, hi2: v128;
           if (b == 4) {
-            const v = _gather4x4(p, tokB);
-            const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
-            c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
-            e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
-          } else if (b == 2) {
-            // fields 0–3 of byte 0 are channels 0–3, of byte 1 channels 4–7 (bytes 2t, 2t + 1)
-            const v = _gather4x2(p, tokB);
-            const f01 = _codesLo(v, 2, mask), f23 = _codesHi(v, p, 2, mask);
-            c = i8x16.shuffle(f01, f23, 0, 2, 8, 10, 16, 18, 24, 26, 1, 3, 9, 11, 17, 19, 25, 27);
-            e = i8x16.shuffle(f01, f23, 4, 6, 12, 14, 20, 22, 28, 30, 5, 7, 13, 15, 21, 23, 29, 31);
+            // int4: even channels' codes (low nibbles) of tokens 0, 1 then 2, 3, and the odd ones
+            // (high nibbles): x, y sum channels 0, 2, 4, 6 and 1, 3, 5, 7 (_channelOrder)
+            const w = _pairTokens(_gather4x4(p, tokB));
+            const wl = v128.and(w, mask), wh = v128.and(i16x8.shr_u(w, 4), mask);
+            lo = i16x8.extend_low_i8x16_u(wl);
+            lo2 = i16x8.extend_high_i8x16_u(wl);
+            hi = i16x8.extend_low_i8x16_u(wh);
+            hi2 = i16x8.extend_high_i8x16_u(wh);
           } else {
-            const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
-            c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-            e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            let c: v128, e: v128;
+            if (b == 2) {
+              // fields 0–3 of byte 0 are channels 0–3, of byte 1 channels 4–7 (bytes 2t, 2t + 1)
+              const v = _gather4x2(p, tokB);
+              const f01 = _codesLo(v, 2, mask), f23 = _codesHi(v, p, 2, mask);
+              c = i8x16.shuffle(f01, f23, 0, 2, 8, 10, 16, 18, 24, 26, 1, 3, 9, 11, 17, 19, 25, 27);
+              e = i8x16.shuffle(f01, f23, 4, 6, 12, 14, 20, 22, 28, 30, 5, 7, 13, 15, 21, 23, 29, 31);
+            } else {
+              const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
+              c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+              e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            }
+            lo = i16x8.extend_low_i8x16_u(c);
+            hi = i16x8.extend_high_i8x16_u(c);
+            lo2 = i16x8.extend_low_i8x16_u(e);
+            hi2 = i16x8.extend_high_i8x16_u(e);
           }
-          const lo = i16x8.extend_low_i8x16_u(c), hi = i16x8.extend_high_i8x16_u(c);
-          const lo2 = i16x8.extend_low_i8x16_u(e), hi2 = i16x8.extend_high_i8x16_u(e);
           let u = v128.load32_splat(pt), u2 = v128.load32_splat(pt + 4);
           x0 = i32x4.add(x0, i32x4.add(i32x4.dot_i16x8_s(lo, u), i32x4.dot_i16x8_s(lo2, u2)));
           y0 = i32x4.add(y0, i32x4.add(i32x4.dot_i16x8_s(hi, u), i32x4.dot_i16x8_s(hi2, u2)));
@@ -333,10 +342,10 @@ export function intValues(
           pt += 8;
         }
         const c0 = (g << 5) + (cb << 3);
-        _finish(acc, h, d, c0, rho, mw, gpt4, g, x0, y0);
-        _finish(acc, h + 1, d, c0, rho, mw, gpt4, g, x1, y1);
-        _finish(acc, h + 2, d, c0, rho, mw, gpt4, g, x2, y2);
-        _finish(acc, h + 3, d, c0, rho, mw, gpt4, g, x3, y3);
+        _finish(acc, h, d, c0, rho, mw, gpt4, g, b, x0, y0);
+        _finish(acc, h + 1, d, c0, rho, mw, gpt4, g, b, x1, y1);
+        _finish(acc, h + 2, d, c0, rho, mw, gpt4, g, b, x2, y2);
+        _finish(acc, h + 3, d, c0, rho, mw, gpt4, g, b, x3, y3);
       }
     }
   }
@@ -348,42 +357,38 @@ export function intValues(
         let p = vPtr + <usize>g * groupBytes + 4 + <usize>(cb * b); // 8 channels: b bytes
         let pt = pr;
         for (let t = 0; t < n; t += 4) {
-          let c: v128, e: v128;
+          let lo: v128, hi: v128, lo2: v128, hi2: v128;
           if (b == 4) {
-            const v = _gather4x4(p, tokB);
-            const vl = v128.and(v, mask), vh = v128.and(i16x8.shr_u(v, 4), mask);
-            c = i8x16.shuffle(vl, vh, 0, 4, 16, 20, 1, 5, 17, 21, 2, 6, 18, 22, 3, 7, 19, 23);
-            e = i8x16.shuffle(vl, vh, 8, 12, 24, 28, 9, 13, 25, 29, 10, 14, 26, 30, 11, 15, 27, 31);
-          } else if (b == 2) {
-            // fields 0–3 of byte 0 are channels 0–3, of byte 1 channels 4–7 (bytes 2t, 2t + 1)
-            const v = _gather4x2(p, tokB);
-            const f01 = _codesLo(v, 2, mask), f23 = _codesHi(v, p, 2, mask);
-            c = i8x16.shuffle(f01, f23, 0, 2, 8, 10, 16, 18, 24, 26, 1, 3, 9, 11, 17, 19, 25, 27);
-            e = i8x16.shuffle(f01, f23, 4, 6, 12, 14, 20, 22, 28, 30, 5, 7, 13, 15, 21, 23, 29, 31);
+            const w = _pairTokens(_gather4x4(p, tokB));
+            const wl = v128.and(w, mask), wh = v128.and(i16x8.shr_u(w, 4), mask);
+            lo = i16x8.extend_low_i8x16_u(wl);
+            lo2 = i16x8.extend_high_i8x16_u(wl);
+            hi = i16x8.extend_low_i8x16_u(wh);
+            hi2 = i16x8.extend_high_i8x16_u(wh);
           } else {
-            const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
-            c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-            e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            let c: v128, e: v128;
+            if (b == 2) {
+              const v = _gather4x2(p, tokB);
+              const f01 = _codesLo(v, 2, mask), f23 = _codesHi(v, p, 2, mask);
+              c = i8x16.shuffle(f01, f23, 0, 2, 8, 10, 16, 18, 24, 26, 1, 3, 9, 11, 17, 19, 25, 27);
+              e = i8x16.shuffle(f01, f23, 4, 6, 12, 14, 20, 22, 28, 30, 5, 7, 13, 15, 21, 23, 29, 31);
+            } else {
+              const v = _gather2x8(p, tokB), w = _gather2x8(p + 2 * tokB, tokB);
+              c = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+              e = i8x16.shuffle(w, w, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+            }
+            lo = i16x8.extend_low_i8x16_u(c);
+            hi = i16x8.extend_high_i8x16_u(c);
+            lo2 = i16x8.extend_low_i8x16_u(e);
+            hi2 = i16x8.extend_high_i8x16_u(e);
           }
           const u = v128.load32_splat(pt), u2 = v128.load32_splat(pt + 4);
-          x0 = i32x4.add(
-            x0,
-            i32x4.add(
-              i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(c), u),
-              i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(e), u2),
-            ),
-          );
-          y0 = i32x4.add(
-            y0,
-            i32x4.add(
-              i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(c), u),
-              i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(e), u2),
-            ),
-          );
+          x0 = i32x4.add(x0, i32x4.add(i32x4.dot_i16x8_s(lo, u), i32x4.dot_i16x8_s(lo2, u2)));
+          y0 = i32x4.add(y0, i32x4.add(i32x4.dot_i16x8_s(hi, u), i32x4.dot_i16x8_s(hi2, u2)));
           p += 4 * tokB;
           pt += 8;
         }
-        _finish(acc, h, d, (g << 5) + (cb << 3), rho, mw, gpt4, g, x0, y0);
+        _finish(acc, h, d, (g << 5) + (cb << 3), rho, mw, gpt4, g, b, x0, y0);
       }
     }
   }
@@ -435,6 +440,14 @@ export function intValues(
   return v128.load16_lane(p + 3 * tokB, v, 3);
 }
 
+// Bytes of four tokens' 4-byte chunks (t0 b0..b3, t1 …, t2 …, t3 …) paired by token: t0 b0, t1 b0,
+// t0 b1, t1 b1, …, then the same for t2, t3. Its low nibbles are then channels 0, 2, 4, 6 and the
+// high ones 1, 3, 5, 7, each as (t0, t1) pairs, then (t2, t3): ready for dot_i16x8_s with û pairs.
+// @ts-ignore: decorator
+@inline function _pairTokens(v: v128): v128 {
+  return i8x16.shuffle(v, v, 0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+}
+
 // Four bytes of each of four tokens tokB apart (int4: eight codes of a channel block).
 // @ts-ignore: decorator
 @inline function _gather4x4(p: usize, tokB: usize): v128 {
@@ -472,9 +485,16 @@ export function intValues(
   mw: usize,
   gpt4: i32,
   g: i32,
+  b: i32,
   x: v128,
   y: v128,
 ): void {
+  if (b == 4) {
+    // int4 sums come as channels 0, 2, 4, 6 (x) and 1, 3, 5, 7 (y): back into order
+    const even = x;
+    x = i32x4.shuffle(even, y, 0, 4, 1, 5);
+    y = i32x4.shuffle(even, y, 2, 6, 3, 7);
+  }
   const hg = <usize>(h * gpt4 + g) << 2;
   const r = v128.load32_splat(rho + hg), m = v128.load32_splat(mw + hg);
   const a = acc + (<usize>(h * d + c0) << 2);
