@@ -11,7 +11,7 @@ import {
   nonFinite,
 } from "./f16";
 import { fail } from "./errors";
-import { decodeIntGroup, decodeWideCodes, fastIntGroup, headerMinima, headerScales } from "./int_group";
+import { decodeIntGroup, decodeWideCodes, fastIntGroup, finiteMinima, finiteScales } from "./int_group";
 
 /** Index of the first non-finite element of src[0..n), or −1. */
 export function firstNonFinite(src: usize, n: i32): i32 {
@@ -326,7 +326,7 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
       h = i32x4.replace_lane(h, 3, load<i32>(w + 3 * step));
       const bad = _badAsymHeaders(h);
       if (v128.any_true(bad)) return fail(3, g + ctz(i32x4.bitmask(bad)));
-      const sc = headerScales(h), mn = headerMinima(h);
+      const sc = finiteScales(h), mn = finiteMinima(h); // the check above rules out Inf and NaN
       const out = dst + (<usize>(g * group) << 2);
       // each group's scale and minimum into all lanes by one shuffle, not extract then splat
       // (int4 kernel 16.1–17.1 GB/s against 15.6–16.4, old and new interleaved in one process)

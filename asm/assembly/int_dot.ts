@@ -6,7 +6,7 @@
 // head and group) and accumulated against two tokens' codes per dot_i16x8_s in i32 registers.
 // core/cache/int_dot.ts mirrors every rounding step here; keep the two in step.
 
-import { headerMinima, headerScales } from "./int_group";
+import { headerPair } from "./int_group";
 
 /** Whether a format is served here: asymmetric int (kind 0), 2, 4 or 8 bits, groups of 32, token axis. */
 // @ts-ignore: decorator
@@ -104,9 +104,8 @@ export function intScores(
       // minimum terms μ_g·Σq_g/σ, lane g mod 4; scales kept for the code loop
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
       for (let g = 0; g < gpt; g += 4) {
-        const hd = _headers(k0, g, gpt, groupBytes);
-        v128.store(hbuf + (<usize>g << 2), headerScales(hd));
-        const m = headerMinima(hd), o = <usize>g << 2;
+        const o = <usize>g << 2;
+        const m = headerPair(_headers(k0, g, gpt, groupBytes), hbuf + o);
         a0 = f32x4.add(a0, f32x4.mul(m, v128.load(qvh + o)));
         a1 = f32x4.add(a1, f32x4.mul(m, v128.load(qvh + qvB + o)));
         a2 = f32x4.add(a2, f32x4.mul(m, v128.load(qvh + 2 * qvB + o)));
@@ -158,9 +157,8 @@ export function intScores(
       const k0 = kPtr + <usize>t * tokB;
       let a = f32x4.splat(0);
       for (let g = 0; g < gpt; g += 4) {
-        const hd = _headers(k0, g, gpt, groupBytes);
-        v128.store(hbuf + (<usize>g << 2), headerScales(hd));
-        a = f32x4.add(a, f32x4.mul(headerMinima(hd), v128.load(qvh + (<usize>g << 2))));
+        const m = headerPair(_headers(k0, g, gpt, groupBytes), hbuf + (<usize>g << 2));
+        a = f32x4.add(a, f32x4.mul(m, v128.load(qvh + (<usize>g << 2))));
       }
       for (let g = 0; g < gpt; g++) {
         const p = k0 + <usize>g * groupBytes + 4;
@@ -221,8 +219,7 @@ export function intValues(
       if (t + 2 < n) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
       if (t + 3 < n) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * tokB));
       const o = <usize>g * rowB + (<usize>t << 2);
-      v128.store(S + o, headerScales(h));
-      v128.store(M + o, headerMinima(h));
+      v128.store(M + o, headerPair(h, S + o));
     }
   }
   // 2. per head and group: u_t = w_t·s_t (kept in ubuf), ρ = max u / 32767 (u ≥ 0, so the max
@@ -617,8 +614,7 @@ export function intScoresChannel(
       h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * chanB));
       h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * chanB));
       const o = <usize>j * dB + (<usize>c << 2);
-      v128.store(S + o, headerScales(h));
-      v128.store(M + o, headerMinima(h));
+      v128.store(M + o, headerPair(h, S + o));
     }
   }
   // 2. per head and group: u = q·s, ρ = max|u| / 32767 (|u| ≥ 0: the max compares bits as

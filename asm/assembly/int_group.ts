@@ -138,6 +138,11 @@ import { f16ToF32 } from "./f16";
     s = f32x4.replace_lane(s, 2, f16ToF32(i32x4.extract_lane(h, 2) & 0xffff));
     return f32x4.replace_lane(s, 3, f16ToF32(i32x4.extract_lane(h, 3) & 0xffff));
   }
+  return finiteScales(h);
+}
+// headerScales for halves known finite.
+// @ts-ignore: decorator
+@inline export function finiteScales(h: v128): v128 {
   const bits = v128.or(
     i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13),
     i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16),
@@ -152,9 +157,26 @@ import { f16ToF32 } from "./f16";
     m = f32x4.replace_lane(m, 2, f16ToF32(<u32>i32x4.extract_lane(h, 2) >>> 16));
     return f32x4.replace_lane(m, 3, f16ToF32(<u32>i32x4.extract_lane(h, 3) >>> 16));
   }
+  return finiteMinima(h);
+}
+// headerMinima for halves known finite.
+// @ts-ignore: decorator
+@inline export function finiteMinima(h: v128): v128 {
   const bits = v128.or(
     v128.and(i32x4.shr_u(h, 3), i32x4.splat(0x0fffe000)),
     v128.and(h, i32x4.splat(0x80000000)),
   );
   return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
+}
+
+// The scales of four headers stored at scalesDst and their minima returned, with one check of
+// both halves for Inf/NaN (the hot loops decode a header vector per token or per four tokens).
+// @ts-ignore: decorator
+@inline export function headerPair(h: v128, scalesDst: usize): v128 {
+  if (v128.any_true(i16x8.eq(v128.and(h, i16x8.splat(0x7c00)), i16x8.splat(0x7c00)))) {
+    v128.store(scalesDst, headerScales(h));
+    return headerMinima(h);
+  }
+  v128.store(scalesDst, finiteScales(h));
+  return finiteMinima(h);
 }
