@@ -295,7 +295,10 @@ export function intValues(
           let lo: v128, hi: v128, lo2: v128, hi2: v128;
           if (b == 4) {
             // int4: even channels' codes (low nibbles) of tokens 0, 1 then 2, 3, and the odd ones
-            // (high nibbles): x, y sum channels 0, 2, 4, 6 and 1, 3, 5, 7 (_channelOrder)
+            // (high nibbles): x, y sum channels 0, 2, 4, 6 and 1, 3, 5, 7 (_finish reorders).
+            // The one-head loop below repeats this block: a shared helper would have to return
+            // four vectors through memory, which costs more than the block (AssemblyScript has no
+            // multiple returns)
             const w = _pairTokens(_gather4x4(p, tokB));
             const wl = v128.and(w, mask), wh = v128.and(i16x8.shr_u(w, 4), mask);
             lo = i16x8.extend_low_i8x16_u(wl);
