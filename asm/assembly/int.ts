@@ -326,7 +326,9 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
       h = i32x4.replace_lane(h, 3, load<i32>(w + 3 * step));
       const bad = _badAsymHeaders(h);
       if (v128.any_true(bad)) return fail(3, g + ctz(i32x4.bitmask(bad)));
-      const sc = finiteScales(h), mn = finiteMinima(h); // the check above rules out Inf and NaN
+      // the check above rules out Inf and NaN: no second check per half (with one, the int4
+      // kernel measured 17.4–17.9 GB/s; without, 18.4–19.2)
+      const sc = finiteScales(h), mn = finiteMinima(h);
       const out = dst + (<usize>(g * group) << 2);
       // each group's scale and minimum into all lanes by one shuffle, not extract then splat
       // (int4 kernel 16.1–17.1 GB/s against 15.6–16.4, old and new interleaved in one process)
