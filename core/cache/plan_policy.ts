@@ -108,7 +108,8 @@ export async function fitPlanToBudget<P>(
     try {
       plan = build(b);
     } catch (e) {
-      if (!(e instanceof BudgetError) || e.minimum === undefined) return undefined;
+      if (!(e instanceof BudgetError)) throw e; // a real failure, not a budget too small
+      if (e.minimum === undefined) return undefined;
       // below the mapper's floor: its cheapest allocation is the nearest honest plan
       b = e.minimum * (1 + 1e-9);
       plan = build(b);
@@ -150,7 +151,7 @@ export async function fitPlanToBudget<P>(
     b = next(fit);
   }
   if (!best && cheapest) {
-    // never within: the mapper's cheapest plan (a budget far below any floor), then bisect
+    // never within: the mapper's cheapest plan (a budget far below any floor), then interpolate
     await attempt(Number.MIN_VALUE);
     for (
       let i = 0;

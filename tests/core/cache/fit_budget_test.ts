@@ -42,4 +42,12 @@ Deno.test("fitPlanToBudget() returns the cheapest plan, marked over budget, belo
       }, () => Promise.resolve(0)),
     (e: Error) => e instanceof BudgetError && /no plan could be built for budget 5/.test(e.message),
   );
+  // any other failure of the mapper is its own error, not a budget verdict
+  await assert.rejects(
+    () =>
+      fitPlanToBudget(5, () => {
+        throw new RangeError("mapper bug");
+      }, () => Promise.resolve(0)),
+    (e: Error) => e instanceof RangeError && e.message === "mapper bug",
+  );
 });
