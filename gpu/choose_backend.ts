@@ -137,16 +137,17 @@ export async function createKVCache(
   if (typeof gpuPolicy === "string") {
     why = gpuPolicy;
   } else {
-    let gpu: GpuDevice | undefined = options.gpu;
+    let gpu: GpuDevice | undefined = options.gpu, missing = "";
     try {
       gpu ??= await requestGpu();
     } catch (e) {
       if (!(e instanceof DeviceError)) throw e;
+      missing = e.message;
     }
     if (gpu === undefined) {
-      why = "no WebGPU device";
+      why = `no WebGPU device (${missing})`;
     } else if (gpu.info.isFallbackAdapter) {
-      why = `the only WebGPU adapter is a software one (${gpu.info.description})`;
+      why = `the WebGPU adapter offered is a software one (${gpu.info.description})`;
       if (gpu !== options.gpu) gpu.destroy();
     } else {
       try {

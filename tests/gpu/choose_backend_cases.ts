@@ -173,3 +173,21 @@ Deno.test("createKVCache(auto) falls back to WASM when the GPU cache cannot be c
   );
   assert.equal(env.gpu.lost, false);
 });
+
+Deno.test("createKVCache(auto) without WebGPU chooses WASM and says WebGPU is missing", async () => {
+  const had = Object.getOwnPropertyDescriptor(navigator, "gpu");
+  Object.defineProperty(navigator, "gpu", { value: undefined, configurable: true });
+  try {
+    const chosen = await createKVCache(shape, ready());
+    assert.equal(chosen.backend, "wasm");
+    assert.match(chosen.reason, /^wasm: no WebGPU device \(WebGPU is not available/);
+    await assert.rejects(
+      () => createKVCache(shape, ready(), { backend: "gpu" }),
+      (e: Error) => e instanceof DeviceError,
+    );
+  } finally {
+    if (had) Object.defineProperty(navigator, "gpu", had);
+    else delete (navigator as { gpu?: unknown }).gpu;
+  }
+  assert.ok(navigator.gpu !== undefined || Deno.env.get("CI") !== "true", "navigator.gpu restored");
+});
