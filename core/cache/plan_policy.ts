@@ -103,6 +103,8 @@ export async function fitPlanToBudget<P>(
   let best: BudgetFit<P> | undefined, cheapest: BudgetFit<P> | undefined;
   // mapper budgets known to measure within (lo, measuring mLo) and over (hi, mHi) the target
   let lo: number | undefined, hi: number | undefined, mLo = 0, mHi = 0;
+  // the mapper budget of its cheapest plan, once a budget below it has been asked for
+  let floor: number | undefined;
   const attempt = async (b: number): Promise<BudgetFit<P> | undefined> => {
     let plan: P;
     try {
@@ -111,7 +113,7 @@ export async function fitPlanToBudget<P>(
       if (!(e instanceof BudgetError)) throw e; // a real failure, not a budget too small
       if (e.minimum === undefined) return undefined;
       // below the mapper's floor: its cheapest allocation is the nearest honest plan
-      b = e.minimum * (1 + 1e-9);
+      b = floor = e.minimum * (1 + 1e-9);
       plan = build(b);
     }
     const measuredBits = await measure(plan);
@@ -149,10 +151,12 @@ export async function fitPlanToBudget<P>(
     const fit = await attempt(b);
     if (!fit || close(fit)) break;
     b = next(fit);
+    // at or below the floor already measured: nothing cheaper to try
+    if (!(b > 0) || (floor !== undefined && b <= floor)) break;
   }
   if (!best && cheapest) {
     // never within: the mapper's cheapest plan (a budget far below any floor), then interpolate
-    await attempt(Number.MIN_VALUE);
+    if (floor === undefined) await attempt(Number.MIN_VALUE);
     for (
       let i = 0;
       best && !close(best) && lo !== undefined && hi !== undefined && i < rounds;

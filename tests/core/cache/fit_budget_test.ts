@@ -35,6 +35,16 @@ Deno.test("fitPlanToBudget() returns the cheapest plan, marked over budget, belo
   assert.equal(fit.withinBudget, false);
   assert.ok(Math.abs(fit.measuredBits - 5) < 1e-6, "the floor plan: 4 + 1");
   assert.ok(fit.tries.every((t) => t.measuredBits >= fit.measuredBits), "nothing cheaper tried");
+  // far below the floor: the first step lands at the floor, and no negative budget is asked for
+  const asked: number[] = [];
+  const far = await fitPlanToBudget(
+    0.5,
+    (b) => (asked.push(b), mapper(4)(b)),
+    (p) => Promise.resolve(p.b + 1),
+  );
+  assert.equal(far.withinBudget, false);
+  assert.ok(asked.every((b) => b > 0), `budgets asked: ${asked}`);
+  assert.equal(far.tries.length, 1, "the floor is measured once");
   await assert.rejects(
     () =>
       fitPlanToBudget(5, () => {
