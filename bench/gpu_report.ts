@@ -2,8 +2,14 @@
 // configuration against decode + attendHead first, then times the fused kernels (REPS attention
 // calls per submission, so Deno's ~11 ms mapAsync round trip is paid once per submission, not per
 // call; the median of ROUNDS submissions) and prints time per call, ratios to FP32 and page bytes
-// read per second.
+// read per second. Each row also times the project's WASM CPU attention on the same data and
+// formats (a MixedPrecisionKVCache, backend "wasm", the library's default integerDot, holding the
+// same T tokens in pages of the same words, checked word for word) and prints "GPU vs WASM" = WASM
+// time / GPU time, both measured in this run.
 // Usage: deno run -A bench/gpu_report.ts [--reps 4] [--rounds 5] [--tokens 4096,32768]
+import { intDotServes } from "../core/cache/int_dot.ts";
+import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
+import { uniformPolicy } from "../core/cache/policy.ts";
 import { attendHead } from "../core/model/kv_cache.ts";
 import { getFormat, wasmCodec, wordsForLength } from "../codecs/mod.ts";
 import {
@@ -29,10 +35,21 @@ const CONFIGS: [string, string, string][] = [
   ["INT4", "int4-g32-channel", "int4-g32-token"],
 ];
 
+/**
+ * WASM output against the GPU's: the int8/int4 rows run the integer-dot path (the library default;
+ * it rounds the query and the weight·scale products to i16, core/cache/int_dot.ts), the FP32 row
+ * the exact fused path, which agrees with the GPU to float rounding. The integer path measured
+ * 1.9–2.9e-4 from the exact one at T = 512 … 131072 (this bench's data), so 1e-3 leaves 3× room.
+ */
+const WASM_VS_GPU = { exact: 1e-5, integerDot: 1e-3 };
+
 const gpu = await requestGpu();
 const pipelines = new PipelineCache(gpu);
 const dev = gpu.device;
 console.log(`adapter: ${gpu.info.description} (fallback adapter: ${gpu.info.isFallbackAdapter})`);
+console.log(
+  `CPU: ${cpuModel()}, ${navigator.hardwareConcurrency} threads; the WASM attention runs on one`,
+);
 console.log(
   `shape: ${N_HEADS} query heads on ${N_KV} KV heads, head_dim ${D}, pages of ${P} tokens, ${REPS} calls per submission\n`,
 );
@@ -59,6 +76,116 @@ function packPages(name: string, x: Float32Array, T: number): Uint32Array {
   return words;
 }
 
+/** The CPU's model name from /proc/cpuinfo (Linux), else the OS and architecture. */
+function cpuModel(): string {
+  try {
+    const line = Deno.readTextFileSync("/proc/cpuinfo").split("\n")
+      .find((l) => l.startsWith("model name"));
+    if (line) return line.slice(line.indexOf(":") + 1).trim();
+  } catch { /* not Linux, or not readable: fall through */ }
+  return `${Deno.build.os} ${Deno.build.arch}`;
+}
+
+/**
+ * The WASM cache of one configuration holding keys[h] and values[h] (token-major, T × D per KV
+ * head): no sinks, no window (so every token sits in a page once appended; fp32 window so nothing
+ * is rounded on the way), pages of P tokens.
+ */
+function wasmCache(
+  keyFormat: string,
+  valueFormat: string,
+  keys: Float32Array[],
+  values: Float32Array[],
+  T: number,
+): MixedPrecisionKVCache {
+  const cache = new MixedPrecisionKVCache(
+    { nLayers: 1, nHeads: N_HEADS, nKvHeads: N_KV, headDim: D, maxSeqLen: T },
+    uniformPolicy({ keyFormat, valueFormat, windowFormat: "fp32", pageTokens: P }),
+    { backend: "wasm" },
+  );
+  // one append per token: ~10–20 µs a token on this bench's 2-core host, so T = 131072 fills in
+  // seconds and no bulk path is needed
+  const k = new Float32Array(N_KV * D), v = new Float32Array(N_KV * D);
+  for (let t = 0; t < T; t++) {
+    for (let h = 0; h < N_KV; h++) {
+      k.set(keys[h].subarray(t * D, (t + 1) * D), h * D);
+      v.set(values[h].subarray(t * D, (t + 1) * D), h * D);
+    }
+    cache.append(0, t, k, v);
+  }
+  return cache;
+}
+
+/**
+ * Throws unless the cache's pages of KV head h hold exactly the words the GPU reads, page for page:
+ * then both back ends attend the same data in the same formats.
+ */
+function checkSamePages(
+  cache: MixedPrecisionKVCache,
+  h: number,
+  kw: Uint32Array,
+  vw: Uint32Array,
+  T: number,
+  label: string,
+): void {
+  const pools = cache.segments(0, h).pools;
+  const pages = pools.flatMap((pool) => pool.pages);
+  let kAt = 0, vAt = 0;
+  for (const [i, page] of pages.entries()) {
+    const pk = page.kWords, pv = page.vWords;
+    if (
+      !sameWords(pk, kw.subarray(kAt, kAt + pk.length)) ||
+      !sameWords(pv, vw.subarray(vAt, vAt + pv.length))
+    ) {
+      throw new Error(`${label}: WASM page ${i} of KV head ${h} differs from the GPU's`);
+    }
+    kAt += pk.length;
+    vAt += pv.length;
+  }
+  const tokens = pages.reduce((a, page) => a + page.n, 0);
+  if (pools.length !== 1 || tokens !== T || kAt !== kw.length || vAt !== vw.length) {
+    throw new Error(
+      `${label}: WASM cache of KV head ${h} holds ${pools.length} pools, ${tokens} of ${T} ` +
+        `tokens in pages, ${kAt} + ${vAt} words; the GPU reads ${kw.length} + ${vw.length}`,
+    );
+  }
+}
+
+function sameWords(a: Uint32Array, b: Uint32Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+/** The largest over heads of ‖a − b‖ / ‖b‖, one head of D elements at a time. */
+function worstHeadError(a: Float32Array, b: Float32Array): number {
+  let worst = 0;
+  for (let h = 0; h * D < b.length; h++) {
+    let num = 0, den = 0;
+    for (let i = h * D; i < (h + 1) * D; i++) {
+      num += (a[i] - b[i]) ** 2;
+      den += b[i] ** 2;
+    }
+    worst = Math.max(worst, Math.sqrt(num / den));
+  }
+  return worst;
+}
+
+/** The median of `rounds` timings of `reps` back-to-back calls, in ms per call. */
+async function medianMs(
+  call: (reps: number) => unknown,
+  reps: number,
+  rounds: number,
+): Promise<number> {
+  const times: number[] = [];
+  for (let r = 0; r < rounds; r++) {
+    const t0 = performance.now();
+    await call(reps);
+    times.push((performance.now() - t0) / reps);
+  }
+  return times.sort((a, b) => a - b)[rounds >> 1];
+}
+
 function unpackPages(name: string, words: Uint32Array, T: number): Float32Array {
   const f = getFormat(name), codec = wasmCodec(name);
   const perPage = wordsForLength(f, P * D);
@@ -79,13 +206,49 @@ function unpackPages(name: string, words: Uint32Array, T: number): Float32Array 
   return out;
 }
 
+const timestamps = gpu.info.features.includes("timestamp-query");
+const querySet = timestamps ? dev.createQuerySet({ type: "timestamp", count: 2 }) : undefined;
+
+/** Median over ROUNDS submissions of one attention call's pass time, in µs (GPU timestamps). */
+async function kernelUs(
+  attention: PagedAttention,
+  q: GPUBuffer,
+  out: GPUBuffer,
+  groups: AttentionGroup[],
+  dims: { headDim: number; queriesPerKv: number; pageTokens: number },
+): Promise<number> {
+  const resolve = dev.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+  });
+  const rb = dev.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const times: number[] = [];
+  for (let r = 0; r <= ROUNDS; r++) {
+    const enc = dev.createCommandEncoder();
+    await attention.encode(enc, q, out, groups, dims, {
+      querySet: querySet!,
+      beginningOfPassWriteIndex: 0,
+      endOfPassWriteIndex: 1,
+    });
+    enc.resolveQuerySet(querySet!, 0, 2, resolve, 0);
+    const ns = new BigInt64Array(await readBack(gpu, resolve, rb, 16, enc));
+    if (r > 0) times.push(Number(ns[1] - ns[0]) / 1000); // the first round warms up
+  }
+  resolve.destroy();
+  rb.destroy();
+  return times.sort((a, b) => a - b)[times.length >> 1];
+}
+
 const rows: string[][] = [];
 for (const T of TOKENS) {
   const next = rng(T);
   const keys = Array.from({ length: N_KV }, () => normals(T * D, next));
   const values = Array.from({ length: N_KV }, () => normals(T * D, next));
   const q = normals(N_HEADS * D, next);
-  let fp32Ms = 0;
+  let fp32Ms = 0, fp32Us = 0;
   for (const [label, kf, vf] of CONFIGS) {
     const parts: Uint32Array[] = [];
     const groups: AttentionGroup[] = [];
@@ -140,41 +303,70 @@ for (const T of TOKENS) {
     };
     // correctness first: every head against decode + attendHead
     const got = await run(1);
-    const want = new Float32Array(D), scores = new Float32Array(T);
-    let worst = 0;
+    const want = new Float32Array(N_HEADS * D), scores = new Float32Array(T);
     for (let h = 0; h < N_HEADS; h++) {
       const kv = Math.floor(h / Q);
-      attendHead(q.subarray(h * D, (h + 1) * D), refK[kv], refV[kv], T, D, scores, want);
-      let num = 0, den = 0;
-      for (let i = 0; i < D; i++) {
-        num += (got[h * D + i] - want[i]) ** 2;
-        den += want[i] ** 2;
-      }
-      worst = Math.max(worst, Math.sqrt(num / den));
+      const wantHead = want.subarray(h * D, (h + 1) * D);
+      attendHead(q.subarray(h * D, (h + 1) * D), refK[kv], refV[kv], T, D, scores, wantHead);
     }
+    const worst = worstHeadError(got, want);
     if (!(worst <= 1e-5)) throw new Error(`${label} T=${T}: relative error ${worst} > 1e-5`);
     // the median of ROUNDS submissions: one submission alone swung the INT4/FP32 ratio by 0.65–1.13
     // between runs on llvmpipe
-    const times: number[] = [];
-    for (let r = 0; r < ROUNDS; r++) {
-      const t0 = performance.now();
-      await run(REPS);
-      times.push((performance.now() - t0) / REPS);
-    }
-    const ms = times.sort((a, b) => a - b)[ROUNDS >> 1];
+    const ms = await medianMs(run, REPS, ROUNDS);
     if (label === "FP32") fp32Ms = ms;
+    // the kernels alone (split + merge pass), from GPU timestamps: wall time per call above also
+    // holds the CPU's encoding and a share of the readback round trip
+    const us = timestamps ? await kernelUs(attention, qBuf, outBuf, groups, dims) : NaN;
+    if (label === "FP32") fp32Us = us;
+    for (const b of [buf, qBuf, outBuf, rb]) b.destroy();
+    attention.destroy();
+
+    // the WASM CPU attention over the same words: checked against the GPU's output, then timed as
+    // the GPU is (ROUNDS rounds of REPS calls, the median), after one untimed round so the module
+    // runs its optimised tier. Both reread a cache that fits the GPU's L2 or the CPU's last-level
+    // cache only at small T.
+    const setup0 = performance.now();
+    const cache = wasmCache(kf, vf, keys, values, T);
+    const setupMs = performance.now() - setup0;
+    for (let h = 0; h < N_KV; h++) {
+      checkSamePages(cache, h, parts[2 * h], parts[2 * h + 1], T, label);
+    }
+    const wasmOut = new Float32Array(N_HEADS * D);
+    cache.attend(0, q, wasmOut);
+    const wasmErr = worstHeadError(wasmOut, got);
+    const intDot = cache.integerDot && intDotServes(getFormat(kf), getFormat(vf), D, P);
+    const tolerance = intDot ? WASM_VS_GPU.integerDot : WASM_VS_GPU.exact;
+    if (!(wasmErr <= tolerance)) {
+      throw new Error(`${label} T=${T}: WASM differs from the GPU by ${wasmErr} > ${tolerance}`);
+    }
+    const attendWasm = (reps: number) => {
+      for (let r = 0; r < reps; r++) cache.attend(0, q, wasmOut);
+    };
+    attendWasm(REPS);
+    const wasmMs = await medianMs(attendWasm, REPS, ROUNDS);
+    cache.reset();
+    console.log(
+      `T=${T} ${label}: WASM cache filled in ${(setupMs / 1000).toFixed(1)} s, ` +
+        `attends ${intDot ? "with integer dot products" : "exactly"}`,
+    );
     rows.push([
       String(T),
       label,
       `${kf} / ${vf}`,
       (poolBytes / 2 ** 20).toFixed(1),
-      ms.toFixed(1),
+      ms.toPrecision(3),
       (fp32Ms / ms).toFixed(2),
       (poolBytes / (ms / 1000) / 1e9).toFixed(2),
+      us.toFixed(1),
+      (fp32Us / us).toFixed(2),
+      (poolBytes / (us / 1e6) / 1e9).toFixed(1),
       worst.toExponential(1),
+      wasmMs.toPrecision(3),
+      (wasmMs / ms).toPrecision(3),
+      ((wasmMs * 1000) / us).toPrecision(3),
+      wasmErr.toExponential(1),
     ]);
-    for (const b of [buf, qBuf, outBuf, rb]) b.destroy();
-    attention.destroy();
   }
 }
 const head = [
@@ -185,11 +377,24 @@ const head = [
   "ms/call",
   "speed-up vs FP32",
   "GB/s read",
-  "rel. err",
+  "kernel µs",
+  "kernel speed-up vs FP32",
+  "kernel GB/s",
+  "GPU rel. err",
+  "WASM ms/call",
+  "GPU vs WASM",
+  "GPU kernel vs WASM",
+  "WASM vs GPU err",
 ];
 const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
 const line = (r: string[]) => "| " + r.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
 console.log(line(head));
 console.log("| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |");
 for (const r of rows) console.log(line(r));
+console.log(
+  "ms/call: wall time per call, " + REPS + " calls per submission; kernel µs: the attention pass " +
+    "alone by GPU timestamps (NaN without timestamp-query); GPU rel. err: against decode + " +
+    "attendHead; GPU vs WASM: WASM ms / GPU wall ms; GPU kernel vs WASM: WASM ms / kernel ms; " +
+    "WASM vs GPU err: largest per-head ‖WASM − GPU‖ / ‖GPU‖",
+);
 gpu.destroy();

@@ -56,7 +56,18 @@ export interface AttentionVariant {
   queriesPerKv: number;
   /** Tokens per page P (the channel-major stride). */
   pageTokens: number;
+  /** Where a split's scores live (default "storage"). */
+  scores?: ScoreMemory;
 }
+
+/**
+ * Where a split's scores and probabilities live. "workgroup": workgroup memory, a softmax reduced
+ * by all threads and loops with constant bounds; the kernel for hardware GPUs. "storage": a
+ * storage scratch buffer, softmax by one thread per head and runtime loop bounds; the kernel for
+ * software adapters, where llvmpipe compiles workgroup arrays and unrolled loops slowly
+ * (gpu/NOTES.md, findings 1 and 2).
+ */
+export type ScoreMemory = "workgroup" | "storage";
 
 function _perHead(q: number, statement: (j: number) => string): string {
   return Array.from({ length: q }, (_, j) => statement(j)).join(" ");
@@ -77,24 +88,166 @@ function _elementIndex(spec: FormatSpec, d: number, p: number): string {
  * @returns the program
  */
 export function attentionProgram(v: AttentionVariant): GpuProgram {
-  const D = v.headDim, Q = v.queriesPerKv, R = D + 2, S = SPLIT_TOKENS;
-  const scale = Math.fround(1 / Math.sqrt(D));
-  return {
-    shaderKey: `attend:${formatShaderKey(v.keyFormat)}${v.keyFormat.axis[0]}:` +
-      `${formatShaderKey(v.valueFormat)}${v.valueFormat.axis[0]}:d${D}:q${Q}:p${v.pageTokens}`,
-    workgroupSize: WG,
-    source: () =>
-      `${WGSL_CODEC_HELPERS}
+  return v.scores === "workgroup" ? _workgroupProgram(v) : _storageProgram(v);
+}
+
+function _header(v: AttentionVariant): string {
+  return `${WGSL_CODEC_HELPERS}
 struct Item { q_off: u32, k_base: u32, v_base: u32, n: u32, tok: u32, rec: u32, rec_stride: u32, head_dim: u32 }
 @group(0) @binding(0) var<storage, read> words: array<u32>;
 @group(0) @binding(1) var<storage, read> q: array<f32>;
 @group(0) @binding(2) var<storage, read> items: array<Item>;
 @group(0) @binding(3) var<storage, read_write> partials: array<f32>;
-@group(0) @binding(4) var<storage, read_write> scratch: array<f32>;
 ${wgslDecoder(v.keyFormat, "k_decode", "words")}
 ${wgslDecoder(v.valueFormat, "v_decode", "words")}
-fn k_index(t: u32, c: u32) -> u32 { return ${_elementIndex(v.keyFormat, D, v.pageTokens)}; }
-fn v_index(t: u32, c: u32) -> u32 { return ${_elementIndex(v.valueFormat, D, v.pageTokens)}; }
+fn k_index(t: u32, c: u32) -> u32 { return ${_elementIndex(v.keyFormat, v.headDim, v.pageTokens)}; }
+fn v_index(t: u32, c: u32) -> u32 { return ${
+    _elementIndex(v.valueFormat, v.headDim, v.pageTokens)
+  }; }
+`;
+}
+
+function _shaderKey(v: AttentionVariant, memory: string): string {
+  return `attend:${formatShaderKey(v.keyFormat)}${v.keyFormat.axis[0]}:` +
+    `${formatShaderKey(v.valueFormat)}${v.valueFormat.axis[0]}:d${v.headDim}:q${v.queriesPerKv}:` +
+    `p${v.pageTokens}${memory}`;
+}
+
+/** Threads of a workgroup-memory kernel: one per channel in the value phase, at least 64. */
+function _workgroupThreads(headDim: number): number {
+  return Math.min(256, Math.max(64, headDim));
+}
+
+// Workgroup-memory kernel. Scores: one thread per token, all query heads at once. Softmax: the
+// threads split into one team of L = ⌊WG/Q⌋ per head, each reducing max and sum over its tokens
+// and then across the team by a tree in workgroup memory. Values: thread (c, k) accumulates
+// channel c over tokens t ≡ k (mod K), K = WG/d teams of channels, summed through workgroup
+// memory when K > 1.
+function _workgroupProgram(v: AttentionVariant): GpuProgram {
+  const D = v.headDim, Q = v.queriesPerKv, R = D + 2, S = SPLIT_TOKENS;
+  const WGH = _workgroupThreads(D);
+  const L = Math.floor(WGH / Q), P2 = 2 ** Math.ceil(Math.log2(L));
+  const K = Math.max(1, Math.floor(WGH / D));
+  const scale = Math.fround(1 / Math.sqrt(D));
+  const reduce = (op: string) => `
+  for (var stride = ${P2 >> 1}u; stride > 0u; stride = stride >> 1u) {
+    workgroupBarrier();
+    if (j < ${Q}u && lane < stride && lane + stride < ${L}u) {
+      red[lid] = ${op}(red[lid], red[lid + stride]);
+    }
+  }
+  workgroupBarrier();`;
+  return {
+    shaderKey: _shaderKey(v, ":wg"),
+    workgroupSize: WGH,
+    source: () =>
+      `${_header(v)}
+var<workgroup> sc: array<f32, ${Q * S}>;
+var<workgroup> red: array<f32, ${WGH}>;
+fn add(a: f32, b: f32) -> f32 { return a + b; }
+@compute @workgroup_size(${WGH})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  // no early return: every thread reaches every barrier (items past the end do no work)
+  let idx = wid.x + wid.y * nwg.x;
+  let live = idx < arrayLength(&items);
+  var it = Item(0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u);
+  if (live) { it = items[idx]; }
+  for (var t = lid; t < it.n; t = t + ${WGH}u) {
+    ${_perHead(Q, (j) => `var s${j} = 0.0;`)}
+    let tt = it.tok + t;
+    for (var c = 0u; c < ${D}u; c = c + 1u) {
+      let k = k_decode(it.k_base, k_index(tt, c));
+      ${_perHead(Q, (j) => `s${j} = s${j} + q[it.q_off + ${j * D}u + c] * k;`)}
+    }
+    ${_perHead(Q, (j) => `sc[${j * S}u + t] = s${j} * ${scale};`)}
+  }
+  workgroupBarrier();
+  let j = lid / ${L}u;
+  let lane = lid % ${L}u;
+  var mx = -3.4028234663852886e38;
+  if (j < ${Q}u) {
+    for (var t = lane; t < it.n; t = t + ${L}u) { mx = max(mx, sc[j * ${S}u + t]); }
+  }
+  red[lid] = mx;${reduce("max")}
+  var m = 0.0;
+  if (j < ${Q}u) { m = red[j * ${L}u]; }
+  workgroupBarrier();
+  var sum = 0.0;
+  if (j < ${Q}u) {
+    for (var t = lane; t < it.n; t = t + ${L}u) {
+      let p = exp(sc[j * ${S}u + t] - m);
+      sc[j * ${S}u + t] = p;
+      sum = sum + p;
+    }
+  }
+  red[lid] = sum;${reduce("add")}
+  if (live && j < ${Q}u && lane == 0u) {
+    let r = (it.rec + j * it.rec_stride) * ${R}u;
+    partials[r] = m;
+    partials[r + 1u] = red[lid];
+  }
+${K === 1 ? _valuesByChannel(v, WGH) : _valuesByTeams(v, K)}
+}
+`,
+  };
+}
+
+const _write = (Q: number, R: number, sum: (j: number) => string) =>
+  _perHead(Q, (j) => `partials[(it.rec + ${j}u * it.rec_stride) * ${R}u + 2u + c] = ${sum(j)};`);
+
+// values when d ≥ WG: thread lid accumulates channels lid, lid + WG, … over every token
+function _valuesByChannel(v: AttentionVariant, WGH: number): string {
+  const D = v.headDim, Q = v.queriesPerKv, S = SPLIT_TOKENS;
+  return `  if (!live) { return; }
+  for (var c = lid; c < ${D}u; c = c + ${WGH}u) {
+    ${_perHead(Q, (j) => `var a${j} = 0.0;`)}
+    for (var t = 0u; t < it.n; t = t + 1u) {
+      let x = v_decode(it.v_base, v_index(it.tok + t, c));
+      ${_perHead(Q, (j) => `a${j} = a${j} + sc[${j * S}u + t] * x;`)}
+    }
+    ${_write(Q, D + 2, (j) => `a${j}`)}
+  }`;
+}
+
+// values when d < WG: K = WG/d teams, team k accumulates tokens t ≡ k (mod K) of channel
+// lid mod d; the K partial sums meet in workgroup memory (the scores are no longer needed)
+function _valuesByTeams(v: AttentionVariant, K: number): string {
+  const D = v.headDim, Q = v.queriesPerKv, S = SPLIT_TOKENS;
+  return `  let c = lid % ${D}u;
+  let kt = lid / ${D}u;
+  let team = lid < ${K * D}u;
+  ${_perHead(Q, (j) => `var a${j} = 0.0;`)}
+  for (var t = kt; t < select(0u, it.n, team); t = t + ${K}u) {
+    let x = v_decode(it.v_base, v_index(it.tok + t, c));
+    ${_perHead(Q, (j) => `a${j} = a${j} + sc[${j * S}u + t] * x;`)}
+  }
+  workgroupBarrier();
+  if (team) { ${_perHead(Q, (j) => `sc[(${j * K}u + kt) * ${D}u + c] = a${j};`)} }
+  workgroupBarrier();
+  if (live && kt == 0u) {
+    ${
+    _perHead(
+      Q,
+      (j) =>
+        `var b${j} = 0.0; for (var k = 0u; k < ${K}u; k = k + 1u) { b${j} = b${j} + sc[(${
+          j * K
+        }u + k) * ${D}u + c]; }`,
+    )
+  }
+    ${_write(Q, D + 2, (j) => `b${j}`)}
+  }`;
+}
+
+function _storageProgram(v: AttentionVariant): GpuProgram {
+  const D = v.headDim, Q = v.queriesPerKv, R = D + 2, S = SPLIT_TOKENS;
+  const scale = Math.fround(1 / Math.sqrt(D));
+  return {
+    shaderKey: _shaderKey(v, ""),
+    workgroupSize: WG,
+    source: () =>
+      `${_header(v)}
+@group(0) @binding(4) var<storage, read_write> scratch: array<f32>;
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
@@ -204,20 +357,35 @@ export class PagedAttention {
   readonly #outs: GrowableBuffer;
   readonly #partials: GrowableBuffer;
   readonly #scratch: GrowableBuffer;
+  /** Where the kernels keep scores: workgroup memory unless the adapter is a software one. */
+  readonly scores: ScoreMemory;
 
   /**
    * Creates the runner.
    * @param gpu the device
    * @param pipelines the pipeline cache
+   * @param options `scores` overrides the kernel choice (tests run both on any adapter)
    */
-  constructor(gpu: GpuDevice, pipelines: PipelineCache) {
+  constructor(gpu: GpuDevice, pipelines: PipelineCache, options: { scores?: ScoreMemory } = {}) {
     this.#gpu = gpu;
     this.#pipelines = pipelines;
+    this.scores = options.scores ?? (gpu.info.isFallbackAdapter ? "storage" : "workgroup");
     const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
     this.#items = new GrowableBuffer(gpu.device, S, "attention items");
     this.#outs = new GrowableBuffer(gpu.device, S, "attention outputs");
     this.#partials = new GrowableBuffer(gpu.device, GPUBufferUsage.STORAGE, "attention partials");
     this.#scratch = new GrowableBuffer(gpu.device, GPUBufferUsage.STORAGE, "attention scores");
+  }
+
+  /**
+   * The split kernel this runner uses for a format pair (callers compile it ahead of time).
+   * @param keyFormat key format
+   * @param valueFormat value format
+   * @param dims head_dim, queries per KV head and page size
+   * @returns the program
+   */
+  program(keyFormat: FormatSpec, valueFormat: FormatSpec, dims: AttentionDims): GpuProgram {
+    return attentionProgram({ keyFormat, valueFormat, ...dims, scores: this.scores });
   }
 
   /** Bytes held by the runner's reusable buffers. */
@@ -235,6 +403,8 @@ export class PagedAttention {
    * @param out output buffer (STORAGE)
    * @param groups the page tables
    * @param dims head_dim, queries per KV head and page size
+   * @param timestampWrites where the pass writes its start and end times (profiling; needs the
+   *   device's "timestamp-query" feature)
    * @throws {ShapeError} for an unsupported queries-per-KV count or an empty segment
    * @throws {FormatError} for a format that cannot live in per-head pages
    * @throws {DeviceError} when the device is lost
@@ -245,14 +415,18 @@ export class PagedAttention {
     out: GPUBuffer,
     groups: AttentionGroup[],
     dims: AttentionDims,
+    timestampWrites?: GPUComputePassTimestampWrites,
   ): Promise<void> {
-    const { headDim: D, queriesPerKv: Q, pageTokens: P } = dims;
+    const { headDim: D, queriesPerKv: Q } = dims;
     if (!Number.isInteger(Q) || Q < 1 || Q > MAX_QUERIES_PER_KV) {
       throw new ShapeError(`queries per KV head ${Q} out of range [1, ${MAX_QUERIES_PER_KV}]`);
     }
     this.#gpu.check("attention");
     // split items, bucketed by kernel variant and source buffer; records per group: Q × splits
-    const dispatches = new Map<string, _Dispatch>();
+    // one dispatch per (format pair, source buffer); found per segment by object identity, since
+    // long page tables make per-segment string keys cost more CPU time than the kernels take
+    const dispatches: _Dispatch[] = [];
+    const find = new Map<FormatSpec, Map<FormatSpec, Map<GPUBuffer, _Dispatch>>>();
     const outs: number[] = [];
     let records = 0;
     for (const g of groups) {
@@ -263,18 +437,22 @@ export class PagedAttention {
       }
       let split = 0;
       for (const s of g.segments) {
-        checkGpuFormat(s.keyFormat);
-        checkGpuFormat(s.valueFormat);
-        const program = attentionProgram({
-          keyFormat: s.keyFormat,
-          valueFormat: s.valueFormat,
-          headDim: D,
-          queriesPerKv: Q,
-          pageTokens: P,
-        });
-        const key = program.shaderKey + "|" + s.words.label + "|" + _bufferId(s.words);
-        let d = dispatches.get(key);
-        if (d === undefined) dispatches.set(key, d = { program, words: s.words, items: [] });
+        let byValue = find.get(s.keyFormat);
+        if (byValue === undefined) {
+          checkGpuFormat(s.keyFormat);
+          find.set(s.keyFormat, byValue = new Map());
+        }
+        let byBuffer = byValue.get(s.valueFormat);
+        if (byBuffer === undefined) {
+          checkGpuFormat(s.valueFormat);
+          byValue.set(s.valueFormat, byBuffer = new Map());
+        }
+        let d = byBuffer.get(s.words);
+        if (d === undefined) {
+          const program = this.program(s.keyFormat, s.valueFormat, dims);
+          byBuffer.set(s.words, d = { program, words: s.words, items: [] });
+          dispatches.push(d);
+        }
         for (let tok = 0; tok < s.tokens; tok += SPLIT_TOKENS) {
           const n = Math.min(SPLIT_TOKENS, s.tokens - tok);
           d.items.push(g.queryOffset, s.keyBase, s.valueBase, n, tok, records + split, splits, D);
@@ -290,11 +468,11 @@ export class PagedAttention {
     // items of each dispatch start at a 256-byte boundary (storage offset alignment)
     const align = device.limits.minStorageBufferOffsetAlignment / 4;
     let total = 0;
-    for (const d of dispatches.values()) total += Math.ceil(d.items.length / align) * align;
+    for (const d of dispatches) total += Math.ceil(d.items.length / align) * align;
     const itemData = new Uint32Array(Math.max(total, ITEM_U32));
     const offsets: number[] = [];
     let at = 0;
-    for (const d of dispatches.values()) {
+    for (const d of dispatches) {
       offsets.push(at);
       itemData.set(d.items, at);
       at += Math.ceil(d.items.length / align) * align;
@@ -306,17 +484,17 @@ export class PagedAttention {
     device.queue.writeBuffer(outBuf, 0, outData);
     const partBuf = this.#partials.ensure(Math.max(16, records * (D + 2) * 4));
     let most = 0;
-    for (const d of dispatches.values()) most = Math.max(most, d.items.length / ITEM_U32);
-    const scratchBuf = this.#scratch.ensure(most * Q * SPLIT_TOKENS * 4);
+    for (const d of dispatches) most = Math.max(most, d.items.length / ITEM_U32);
+    const scratchBuf = this.scores === "storage"
+      ? this.#scratch.ensure(most * Q * SPLIT_TOKENS * 4)
+      : undefined;
 
-    const pipelines = await Promise.all(
-      [...dispatches.values()].map((d) => this.#pipelines.get(d.program)),
-    );
-    const merge = await this.#pipelines.get(mergeProgram(D));
+    const pipelines = await Promise.all(dispatches.map((d) => this.#pipelines.get(d.program)));
+    const merge = await this.#pipelines.get(mergeProgram(D, this.scores === "workgroup"));
     this.#gpu.check("attention");
-    const pass = encoder.beginComputePass();
+    const pass = encoder.beginComputePass({ timestampWrites });
     let i = 0;
-    for (const d of dispatches.values()) {
+    for (const d of dispatches) {
       const pipeline = pipelines[i];
       const count = d.items.length / ITEM_U32;
       pass.setPipeline(pipeline);
@@ -329,7 +507,7 @@ export class PagedAttention {
             { binding: 1, resource: { buffer: q } },
             { binding: 2, resource: { buffer: itemBuf, offset: offsets[i] * 4, size: count * 32 } },
             { binding: 3, resource: { buffer: partBuf } },
-            { binding: 4, resource: { buffer: scratchBuf } },
+            ...(scratchBuf ? [{ binding: 4, resource: { buffer: scratchBuf } }] : []),
           ],
         }),
       );
@@ -361,12 +539,4 @@ export class PagedAttention {
     this.#partials.destroy();
     this.#scratch.destroy();
   }
-}
-
-const _ids = new WeakMap<GPUBuffer, number>();
-let _nextId = 0;
-function _bufferId(b: GPUBuffer): number {
-  let id = _ids.get(b);
-  if (id === undefined) _ids.set(b, id = _nextId++);
-  return id;
 }

@@ -50,12 +50,7 @@ import {
 import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import { PipelineCache } from "./program.ts";
-import {
-  type AttentionGroup,
-  attentionProgram,
-  type AttentionSegment,
-  PagedAttention,
-} from "./attention.ts";
+import { type AttentionGroup, type AttentionSegment, PagedAttention } from "./attention.ts";
 import { mergeProgram } from "./merge.ts";
 import { quantizeProgram } from "./quantize.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
@@ -254,9 +249,9 @@ export class GpuKVCache implements KVCache {
     [this.#quantizeKey, this.#quantizeValue] = await Promise.all([
       this.#pipelines.get(quantizeProgram(k)),
       this.#pipelines.get(quantizeProgram(v)),
-      this.#pipelines.get(attentionProgram({ ...dims, keyFormat: k, valueFormat: v })),
-      this.#pipelines.get(attentionProgram({ ...dims, keyFormat: FP32, valueFormat: FP32 })),
-      this.#pipelines.get(mergeProgram(headDim)),
+      this.#pipelines.get(this.#attention.program(k, v, dims)),
+      this.#pipelines.get(this.#attention.program(FP32, FP32, dims)),
+      this.#pipelines.get(mergeProgram(headDim, this.#attention.scores === "workgroup")),
     ]);
   }
 

@@ -137,6 +137,8 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<GpuDe
   let device: GPUDevice;
   try {
     device = await adapter.requestDevice({
+      // timestamps let benchmarks separate kernel time from submission overhead
+      requiredFeatures: adapter.features.has("timestamp-query") ? ["timestamp-query"] : [],
       requiredLimits: {
         maxStorageBufferBindingSize: adapter.limits.maxStorageBufferBindingSize,
         maxBufferSize: adapter.limits.maxBufferSize,

@@ -26,10 +26,17 @@ export const MERGE_WORKGROUP = 64;
  * y = record count, z = output offset in floats), 2 `out: array<f32>` (read_write). One
  * workgroup per entry of `outs` (x, wrapping into y past 65535). A head with no records gets 0.
  *
+ * The default kernel loops over records with one thread per channel (for software adapters, where
+ * workgroup arrays compile slowly); `parallel` splits records across threads and reduces in
+ * workgroup memory, for hardware GPUs, where a long page table made the serial loop a long chain
+ * of dependent loads.
+ *
  * @param headDim elements per head
+ * @param parallel the workgroup-memory kernel
  * @returns the program
  */
-export function mergeProgram(headDim: number): GpuProgram {
+export function mergeProgram(headDim: number, parallel = false): GpuProgram {
+  if (parallel) return _parallelMerge(headDim);
   const D = headDim, R = headDim + 2;
   return {
     shaderKey: `merge:d${D}`,
@@ -56,6 +63,81 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
     out[o.z + c] = select(acc / l, 0.0, l == 0.0);
   }
+}
+`,
+  };
+}
+
+/** Threads of the parallel merge kernel. */
+const PARALLEL_MERGE = 256;
+
+// max over records by all threads; then K = ⌊256/d⌋ teams, team k summing records r ≡ k (mod K)
+// for channel lid mod d (or every thread over all records for its channels when d > 256)
+function _parallelMerge(headDim: number): GpuProgram {
+  const D = headDim, R = headDim + 2, W = PARALLEL_MERGE;
+  const K = Math.max(1, Math.floor(W / D));
+  const sums = K === 1
+    ? `
+  for (var c = lid; c < ${D}u; c = c + ${W}u) {
+    var l = 0.0;
+    var acc = 0.0;
+    for (var r = o.x; r < o.x + o.y; r = r + 1u) {
+      let w = exp(partials[r * ${R}u] - m);
+      l = l + partials[r * ${R}u + 1u] * w;
+      acc = acc + partials[r * ${R}u + 2u + c] * w;
+    }
+    if (live) { out[o.z + c] = select(acc / l, 0.0, l == 0.0); }
+  }`
+    : `
+  let c = lid % ${D}u;
+  let k = lid / ${D}u;
+  var l = 0.0;
+  var acc = 0.0;
+  if (k < ${K}u) {
+    for (var r = o.x + k; r < o.x + o.y; r = r + ${K}u) {
+      let w = exp(partials[r * ${R}u] - m);
+      l = l + partials[r * ${R}u + 1u] * w;
+      acc = acc + partials[r * ${R}u + 2u + c] * w;
+    }
+  }
+  red[lid] = acc;
+  red[${W}u + lid] = l;
+  workgroupBarrier();
+  if (live && k == 0u) {
+    var a = 0.0;
+    var s = 0.0;
+    for (var i = 0u; i < ${K}u; i = i + 1u) {
+      a = a + red[i * ${D}u + c];
+      s = s + red[${W}u + i * ${D}u + c];
+    }
+    out[o.z + c] = select(a / s, 0.0, s == 0.0);
+  }`;
+  return {
+    shaderKey: `merge:d${D}:wg`,
+    workgroupSize: W,
+    source: () => /* wgsl */ `
+@group(0) @binding(0) var<storage, read> partials: array<f32>;
+@group(0) @binding(1) var<storage, read> outs: array<vec4<u32>>;
+@group(0) @binding(2) var<storage, read_write> out: array<f32>;
+var<workgroup> red: array<f32, ${2 * W}>;
+@compute @workgroup_size(${W})
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+  // no early return before the barriers
+  let idx = wid.x + wid.y * nwg.x;
+  let live = idx < arrayLength(&outs);
+  var o = vec4<u32>(0u);
+  if (live) { o = outs[idx]; }
+  var mx = -3.4028234663852886e38;
+  for (var r = o.x + lid; r < o.x + o.y; r = r + ${W}u) { mx = max(mx, partials[r * ${R}u]); }
+  red[lid] = mx;
+  for (var stride = ${W / 2}u; stride > 0u; stride = stride >> 1u) {
+    workgroupBarrier();
+    if (lid < stride) { red[lid] = max(red[lid], red[lid + stride]); }
+  }
+  workgroupBarrier();
+  let m = red[0];
+  workgroupBarrier();${sums}
 }
 `,
   };

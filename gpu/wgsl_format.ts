@@ -8,8 +8,8 @@
  * exact products (q·s has ≤ 24 significant bits), so fused multiply-add cannot change them.
  * Encoders use pack2x16float/unpack2x16float for fp16 scales (no shader-f16 feature needed) with a
  * one-step correction that turns any faithful rounding into the directed rounding FORMAT.md asks
- * for, and correctly rounded division (`_div_rn`); the only remaining freedom is where WGSL's
- * `round()` sees a product one ulp away from the reference's — a rounding tie, counted by tests.
+ * for, and correctly rounded division (`_div_rn`, exact without trusting WGSL's division or fma),
+ * so encoding is bit-identical to the TS and WASM codecs (tested on llvmpipe and an H100).
  *
  * Browser compatible.
  *
@@ -67,21 +67,31 @@ fn _f16_up(v: f32) -> u32 {
   if (h == 0x8000u) { return 1u; }
   return select(h + 1u, h - 1u, (h & 0x8000u) != 0u);
 }
-// a / b rounded to nearest for a >= 0, b > 0: WGSL division may be off by ulps, so pick the
-// neighbour with the smallest exact residual a - q*b (fma)
+// a / b rounded to nearest for a >= 0 and b > 0 with at most 11 significant bits (qmax, fp8
+// maxima, fp16 scales). WGSL lets a / b be 2.5 ulp off (an H100 returned (hi − m) / 7 one ulp high
+// where the quotient is an exact fp16 value) and lets fma be unfused (llvmpipe), so the candidate
+// c is moved to whichever side of the midpoints c ± ulp/2 the quotient lies, decided exactly: with
+// c = ch + cl (ch its top 12 bits), ch·b and (cl ± ulp/2)·b carry ≤ 24 bits and a − ch·b is exact
+// (Sterbenz), so a > (c + ulp/2)·b ⇔ a − ch·b > (cl + ulp/2)·b holds in f32. No exact ties exist:
+// a midpoint has 25 significant bits. Quotients below 2^−100 (near flushed subnormals) stay as
+// the division gave them.
 fn _div_rn(a: f32, b: f32) -> f32 {
-  let q = a / b;
-  if (q == 0.0 || a == 0.0) { return q; }
-  let qd = bitcast<f32>(bitcast<u32>(q) - 1u);
-  let qu = bitcast<f32>(bitcast<u32>(q) + 1u);
-  let r = abs(fma(-q, b, a));
-  let rd = abs(fma(-qd, b, a));
-  let ru = abs(fma(-qu, b, a));
-  var best = q;
-  var rb = r;
-  if (rd < rb) { best = qd; rb = rd; }
-  if (ru < rb) { best = qu; }
-  return best;
+  var c = a / b;
+  if (!(c >= 7.888609e-31) || c > 1.0e37) { return c; }
+  for (var i = 0u; i < 4u; i = i + 1u) {
+    let u = bitcast<u32>(c);
+    let ch = bitcast<f32>(u & 0xfffff000u);
+    let t = a - ch * b;
+    let cl = c - ch;
+    if (t > (cl + 0.5 * (bitcast<f32>(u + 1u) - c)) * b) {
+      c = bitcast<f32>(u + 1u);
+    } else if (t < (cl - 0.5 * (c - bitcast<f32>(u - 1u))) * b) {
+      c = bitcast<f32>(u - 1u);
+    } else {
+      break;
+    }
+  }
+  return c;
 }
 // magnitude a (f32 bits, sign clear, finite) rounded to a float with the given bias and mantissa
 // bits, ties to even, no overflow handling (float_bits.ts _roundMagnitude)

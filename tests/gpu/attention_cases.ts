@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { attendHead } from "../../core/model/kv_cache.ts";
 import { formatNames, type FormatSpec, getFormat } from "../../codecs/mod.ts";
-import { type AttentionGroup, PagedAttention, readBack } from "../../gpu/mod.ts";
+import { type AttentionGroup, PagedAttention, readBack, type ScoreMemory } from "../../gpu/mod.ts";
 import { normals, rng } from "../_fixtures.ts";
 import { packPage, relativeError, testGpu, unpackPage } from "./_gpu.ts";
 
@@ -20,7 +20,7 @@ interface Case {
 }
 
 /** Runs one case on the GPU and against the reference; returns the worst relative error per head. */
-async function runCase(c: Case, seed: number): Promise<number> {
+async function runCase(c: Case, seed: number, scores?: ScoreMemory): Promise<number> {
   const env = await testGpu();
   if (env === undefined) return 0;
   const { gpu, pipelines } = env;
@@ -64,7 +64,7 @@ async function runCase(c: Case, seed: number): Promise<number> {
     size: q.byteLength,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
-  const attention = new PagedAttention(gpu, pipelines);
+  const attention = new PagedAttention(gpu, pipelines, { scores });
   const enc = device.createCommandEncoder();
   await attention.encode(enc, qBuf, outBuf, groups, { headDim: d, queriesPerKv: Q, pageTokens: P });
   const out = new Float32Array(await readBack(gpu, outBuf, rb, q.byteLength, enc));
@@ -141,6 +141,16 @@ const CASES: Case[] = [
     ], ["fp32", "fp32", 60]],
   },
   {
+    // 3 query heads per KV head: teams of 21 threads per head; d 24: two token teams, 16 idle
+    name: "GQA 6:2, d 24",
+    d: 24,
+    nHeads: 6,
+    nKvHeads: 2,
+    sequences: 1,
+    P: 128,
+    pages: [["int8-g8-channel", "int4-g8-token", 128], ["fp32", "fp16", 45]],
+  },
+  {
     name: "d 128, long segment split into several workgroups, GQA 8:1",
     d: 128,
     nHeads: 8,
@@ -155,11 +165,14 @@ const CASES: Case[] = [
   },
 ];
 
+// both kernels on every adapter: the workgroup-memory one is what hardware GPUs run
 for (const [i, c] of CASES.entries()) {
-  Deno.test(`PagedAttention.encode() matches decode + attendHead: ${c.name}`, async () => {
-    const err = await runCase(c, 100 + i);
-    assert.ok(err <= 1e-5, `relative error ${err}`);
-  });
+  for (const scores of ["storage", "workgroup"] as const) {
+    Deno.test(`PagedAttention.encode() matches decode + attendHead: ${c.name} (scores in ${scores})`, async () => {
+      const err = await runCase(c, 100 + i, scores);
+      assert.ok(err <= 1e-5, `relative error ${err}`);
+    });
+  }
 }
 
 // every codec layout (kind, bits, group, header) once as keys and once as values, token and
