@@ -6,7 +6,7 @@
 // formats (a MixedPrecisionKVCache, backend "wasm", the library's default integerDot, holding the
 // same T tokens in pages of the same words, checked word for word) and prints "GPU vs WASM" = WASM
 // time / GPU time, both measured in this run.
-// Usage: deno run -A bench/gpu_report.ts [--reps 4] [--rounds 5] [--tokens 4096,32768]
+// Usage: deno run -A bench/gpu_report.ts [--reps 4] [--rounds 5] [--tokens 4096,32768] [--warm-ms 500]
 import { intDotServes } from "../core/cache/int_dot.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { uniformPolicy } from "../core/cache/policy.ts";
@@ -27,6 +27,7 @@ const arg = (name: string, fallback: string) => {
 };
 const REPS = Number(arg("--reps", "4"));
 const ROUNDS = Number(arg("--rounds", "5"));
+const WARM_MS = Number(arg("--warm-ms", "500"));
 const TOKENS = arg("--tokens", "4096,32768").split(",").map(Number);
 const D = 128, N_HEADS = 8, N_KV = 2, P = 128, Q = N_HEADS / N_KV;
 const CONFIGS: [string, string, string][] = [
@@ -207,7 +208,10 @@ function unpackPages(name: string, words: Uint32Array, T: number): Float32Array 
 }
 
 const timestamps = gpu.info.features.includes("timestamp-query");
-const querySet = timestamps ? dev.createQuerySet({ type: "timestamp", count: 2 }) : undefined;
+const hardware = !gpu.info.isFallbackAdapter;
+const querySet = timestamps
+  ? dev.createQuerySet({ type: "timestamp", count: 2 * REPS })
+  : undefined;
 
 /** Median over ROUNDS submissions of one attention call's pass time, in µs (GPU timestamps). */
 async function kernelUs(
@@ -217,29 +221,87 @@ async function kernelUs(
   groups: AttentionGroup[],
   dims: { headDim: number; queriesPerKv: number; pageTokens: number },
 ): Promise<number> {
+  const bytes = 16 * REPS;
   const resolve = dev.createBuffer({
-    size: 16,
+    size: bytes,
     usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
   });
   const rb = dev.createBuffer({
-    size: 16,
+    size: bytes,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
+  // every call of a REPS-call submission timed after busy work that holds the clock up, the
+  // first of each left out, the median of all
   const times: number[] = [];
-  for (let r = 0; r <= ROUNDS; r++) {
+  for (let r = 0; r < ROUNDS; r++) {
     const enc = dev.createCommandEncoder();
-    await attention.encode(enc, q, out, groups, dims, {
-      querySet: querySet!,
-      beginningOfPassWriteIndex: 0,
-      endOfPassWriteIndex: 1,
-    });
-    enc.resolveQuerySet(querySet!, 0, 2, resolve, 0);
-    const ns = new BigInt64Array(await readBack(gpu, resolve, rb, 16, enc));
-    if (r > 0) times.push(Number(ns[1] - ns[0]) / 1000); // the first round warms up
+    encodeBusy(enc, 20);
+    for (let i = 0; i < REPS; i++) {
+      await attention.encode(enc, q, out, groups, dims, {
+        querySet: querySet!,
+        beginningOfPassWriteIndex: 2 * i,
+        endOfPassWriteIndex: 2 * i + 1,
+      });
+    }
+    enc.resolveQuerySet(querySet!, 0, 2 * REPS, resolve, 0);
+    const ns = new BigInt64Array(await readBack(gpu, resolve, rb, bytes, enc));
+    for (let i = 1; i < REPS; i++) times.push(Number(ns[2 * i + 1] - ns[2 * i]) / 1000);
   }
   resolve.destroy();
   rb.destroy();
   return times.sort((a, b) => a - b)[times.length >> 1];
+}
+
+/**
+ * A kernel of pure arithmetic, about a millisecond per dispatch on an H100, to hold a hardware
+ * GPU at its working clock: one idling between submissions sat at 345 MHz of 1980 and timed the
+ * same attention kernel 3–4× slower.
+ */
+const busy = hardware
+  ? dev.createComputePipeline({
+    layout: "auto",
+    compute: {
+      entryPoint: "main",
+      module: dev.createShaderModule({
+        code: `@group(0) @binding(0) var<storage, read_write> sink: array<f32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) id: vec3<u32>) {
+  var x = f32(id.x);
+  for (var i = 0u; i < 100000u; i = i + 1u) { x = fma(x, 0.9999, 1.0); }
+  if (x == 0.0) { sink[0] = x; }
+}`,
+      }),
+    },
+  })
+  : undefined;
+const busySink = dev.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
+
+/** Appends `n` busy dispatches to `enc` (none on a software adapter). */
+function encodeBusy(enc: GPUCommandEncoder, n: number): void {
+  if (!busy) return;
+  const pass = enc.beginComputePass();
+  pass.setPipeline(busy);
+  pass.setBindGroup(
+    0,
+    dev.createBindGroup({
+      layout: busy.getBindGroupLayout(0),
+      entries: [{ binding: 0, resource: { buffer: busySink } }],
+    }),
+  );
+  for (let i = 0; i < n; i++) pass.dispatchWorkgroups(1024);
+  pass.end();
+}
+
+/** Keeps a hardware GPU busy for WARM_MS of wall time before a configuration is timed. */
+async function warmUp(): Promise<void> {
+  if (!busy) return;
+  const t0 = performance.now();
+  while (performance.now() - t0 < WARM_MS) {
+    const enc = dev.createCommandEncoder();
+    encodeBusy(enc, 20);
+    dev.queue.submit([enc.finish()]);
+    await dev.queue.onSubmittedWorkDone();
+  }
 }
 
 const rows: string[][] = [];
@@ -313,6 +375,7 @@ for (const T of TOKENS) {
     if (!(worst <= 1e-5)) throw new Error(`${label} T=${T}: relative error ${worst} > 1e-5`);
     // the median of ROUNDS submissions: one submission alone swung the INT4/FP32 ratio by 0.65–1.13
     // between runs on llvmpipe
+    await warmUp();
     const ms = await medianMs(run, REPS, ROUNDS);
     if (label === "FP32") fp32Ms = ms;
     // the kernels alone (split + merge pass), from GPU timestamps: wall time per call above also

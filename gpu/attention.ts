@@ -58,6 +58,8 @@ export interface AttentionVariant {
   pageTokens: number;
   /** Where a split's scores live (default "storage"). */
   scores?: ScoreMemory;
+  /** Most tokens per split of the workgroup-memory kernel (default {@linkcode SPLIT_TOKENS}). */
+  splitTokens?: number;
 }
 
 /**
@@ -124,7 +126,7 @@ function _workgroupThreads(headDim: number): number {
 // channel c over tokens t ≡ k (mod K), K = WG/d teams of channels, summed through workgroup
 // memory when K > 1.
 function _workgroupProgram(v: AttentionVariant): GpuProgram {
-  const D = v.headDim, Q = v.queriesPerKv, R = D + 2, S = SPLIT_TOKENS;
+  const D = v.headDim, Q = v.queriesPerKv, R = D + 2, S = v.splitTokens ?? SPLIT_TOKENS;
   const WGH = _workgroupThreads(D);
   const L = Math.floor(WGH / Q), P2 = 2 ** Math.ceil(Math.log2(L));
   const K = Math.max(1, Math.floor(WGH / D));
@@ -138,11 +140,11 @@ function _workgroupProgram(v: AttentionVariant): GpuProgram {
   }
   workgroupBarrier();`;
   return {
-    shaderKey: _shaderKey(v, ":wg"),
+    shaderKey: _shaderKey(v, `:wg${S}`),
     workgroupSize: WGH,
     source: () =>
       `${_header(v)}
-var<workgroup> sc: array<f32, ${Q * S}>;
+var<workgroup> sc: array<f32, ${Q * Math.max(S, WGH)}>;
 var<workgroup> red: array<f32, ${WGH}>;
 fn add(a: f32, b: f32) -> f32 { return a + b; }
 @compute @workgroup_size(${WGH})
@@ -187,7 +189,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     partials[r] = m;
     partials[r + 1u] = red[lid];
   }
-${K === 1 ? _valuesByChannel(v, WGH) : _valuesByTeams(v, K)}
+${K === 1 ? _valuesByChannel(v, WGH, S) : _valuesByTeams(v, K, S)}
 }
 `,
   };
@@ -197,8 +199,8 @@ const _write = (Q: number, R: number, sum: (j: number) => string) =>
   _perHead(Q, (j) => `partials[(it.rec + ${j}u * it.rec_stride) * ${R}u + 2u + c] = ${sum(j)};`);
 
 // values when d ≥ WG: thread lid accumulates channels lid, lid + WG, … over every token
-function _valuesByChannel(v: AttentionVariant, WGH: number): string {
-  const D = v.headDim, Q = v.queriesPerKv, S = SPLIT_TOKENS;
+function _valuesByChannel(v: AttentionVariant, WGH: number, S: number): string {
+  const D = v.headDim, Q = v.queriesPerKv;
   return `  if (!live) { return; }
   for (var c = lid; c < ${D}u; c = c + ${WGH}u) {
     ${_perHead(Q, (j) => `var a${j} = 0.0;`)}
@@ -212,8 +214,8 @@ function _valuesByChannel(v: AttentionVariant, WGH: number): string {
 
 // values when d < WG: K = WG/d teams, team k accumulates tokens t ≡ k (mod K) of channel
 // lid mod d; the K partial sums meet in workgroup memory (the scores are no longer needed)
-function _valuesByTeams(v: AttentionVariant, K: number): string {
-  const D = v.headDim, Q = v.queriesPerKv, S = SPLIT_TOKENS;
+function _valuesByTeams(v: AttentionVariant, K: number, S: number): string {
+  const D = v.headDim, Q = v.queriesPerKv;
   return `  let c = lid % ${D}u;
   let kt = lid / ${D}u;
   let team = lid < ${K * D}u;
@@ -357,8 +359,11 @@ export class PagedAttention {
   readonly #outs: GrowableBuffer;
   readonly #partials: GrowableBuffer;
   readonly #scratch: GrowableBuffer;
+  readonly #chunks: GrowableBuffer;
   /** Where the kernels keep scores: workgroup memory unless the adapter is a software one. */
   readonly scores: ScoreMemory;
+  /** Most tokens per split (per workgroup). */
+  readonly splitTokens: number;
 
   /**
    * Creates the runner.
@@ -366,15 +371,29 @@ export class PagedAttention {
    * @param pipelines the pipeline cache
    * @param options `scores` overrides the kernel choice (tests run both on any adapter)
    */
-  constructor(gpu: GpuDevice, pipelines: PipelineCache, options: { scores?: ScoreMemory } = {}) {
+  constructor(
+    gpu: GpuDevice,
+    pipelines: PipelineCache,
+    options: { scores?: ScoreMemory; splitTokens?: number } = {},
+  ) {
     this.#gpu = gpu;
     this.#pipelines = pipelines;
     this.scores = options.scores ?? (gpu.info.isFallbackAdapter ? "storage" : "workgroup");
+    const split = options.splitTokens ?? SPLIT_TOKENS;
+    if (this.scores === "storage" ? split !== SPLIT_TOKENS : !(split >= 1 && split <= 1024)) {
+      throw new ShapeError(
+        `splitTokens ${split}: the ${this.scores} kernel takes ${
+          this.scores === "storage" ? SPLIT_TOKENS : "1 … 1024"
+        }`,
+      );
+    }
+    this.splitTokens = split;
     const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
     this.#items = new GrowableBuffer(gpu.device, S, "attention items");
     this.#outs = new GrowableBuffer(gpu.device, S, "attention outputs");
     this.#partials = new GrowableBuffer(gpu.device, GPUBufferUsage.STORAGE, "attention partials");
     this.#scratch = new GrowableBuffer(gpu.device, GPUBufferUsage.STORAGE, "attention scores");
+    this.#chunks = new GrowableBuffer(gpu.device, GPUBufferUsage.STORAGE, "merged chunks");
   }
 
   /**
@@ -385,13 +404,19 @@ export class PagedAttention {
    * @returns the program
    */
   program(keyFormat: FormatSpec, valueFormat: FormatSpec, dims: AttentionDims): GpuProgram {
-    return attentionProgram({ keyFormat, valueFormat, ...dims, scores: this.scores });
+    return attentionProgram({
+      keyFormat,
+      valueFormat,
+      ...dims,
+      scores: this.scores,
+      splitTokens: this.splitTokens,
+    });
   }
 
   /** Bytes held by the runner's reusable buffers. */
   get byteLength(): number {
     return this.#items.byteLength + this.#outs.byteLength + this.#partials.byteLength +
-      this.#scratch.byteLength;
+      this.#scratch.byteLength + this.#chunks.byteLength;
   }
 
   /**
@@ -433,7 +458,7 @@ export class PagedAttention {
       let splits = 0;
       for (const s of g.segments) {
         if (!(s.tokens >= 1)) throw new ShapeError(`segment with ${s.tokens} tokens`);
-        splits += Math.ceil(s.tokens / SPLIT_TOKENS);
+        splits += Math.ceil(s.tokens / this.splitTokens);
       }
       let split = 0;
       for (const s of g.segments) {
@@ -453,8 +478,8 @@ export class PagedAttention {
           byBuffer.set(s.words, d = { program, words: s.words, items: [] });
           dispatches.push(d);
         }
-        for (let tok = 0; tok < s.tokens; tok += SPLIT_TOKENS) {
-          const n = Math.min(SPLIT_TOKENS, s.tokens - tok);
+        for (let tok = 0; tok < s.tokens; tok += this.splitTokens) {
+          const n = Math.min(this.splitTokens, s.tokens - tok);
           d.items.push(g.queryOffset, s.keyBase, s.valueBase, n, tok, records + split, splits, D);
           split++;
         }
@@ -479,10 +504,19 @@ export class PagedAttention {
     }
     const itemBuf = this.#items.ensure(itemData.byteLength);
     device.queue.writeBuffer(itemBuf, 0, itemData);
-    const outData = Uint32Array.from(outs);
-    const outBuf = this.#outs.ensure(Math.max(16, outData.byteLength));
+    // the parallel merge in two stages when a head has more than MERGE_CHUNK records: chunks of
+    // them merged into records of their own by many workgroups, then those per head
+    const twoStage = this.scores === "workgroup" &&
+      outs.some((x, i) => i % 4 === 1 && x > MERGE_CHUNK);
+    const stages = twoStage ? _chunkMerge(outs) : { chunks: [], heads: outs, records: 0 };
+    const headAt = Math.ceil(stages.chunks.length / align) * align;
+    const outData = new Uint32Array(Math.max(4, headAt + stages.heads.length));
+    outData.set(stages.chunks);
+    outData.set(stages.heads, headAt);
+    const outBuf = this.#outs.ensure(outData.byteLength);
     device.queue.writeBuffer(outBuf, 0, outData);
     const partBuf = this.#partials.ensure(Math.max(16, records * (D + 2) * 4));
+    const chunkBuf = twoStage ? this.#chunks.ensure(stages.records * (D + 2) * 4) : undefined;
     let most = 0;
     for (const d of dispatches) most = Math.max(most, d.items.length / ITEM_U32);
     const scratchBuf = this.scores === "storage"
@@ -491,6 +525,7 @@ export class PagedAttention {
 
     const pipelines = await Promise.all(dispatches.map((d) => this.#pipelines.get(d.program)));
     const merge = await this.#pipelines.get(mergeProgram(D, this.scores === "workgroup"));
+    const mergeChunks = twoStage ? await this.#pipelines.get(mergeProgram(D, true, true)) : merge;
     this.#gpu.check("attention");
     const pass = encoder.beginComputePass({ timestampWrites });
     let i = 0;
@@ -514,29 +549,61 @@ export class PagedAttention {
       pass.dispatchWorkgroups(...dispatchSize(count, 1));
       i++;
     }
-    if (outs.length > 0) {
-      pass.setPipeline(merge);
+    const mergeInto = (
+      pipeline: GPUComputePipeline,
+      from: GPUBuffer,
+      entries: number,
+      offset: number,
+      to: GPUBuffer,
+    ) => {
+      pass.setPipeline(pipeline);
       pass.setBindGroup(
         0,
         device.createBindGroup({
-          layout: merge.getBindGroupLayout(0),
+          layout: pipeline.getBindGroupLayout(0),
           entries: [
-            { binding: 0, resource: { buffer: partBuf } },
-            { binding: 1, resource: { buffer: outBuf, size: outData.byteLength } },
-            { binding: 2, resource: { buffer: out } },
+            { binding: 0, resource: { buffer: from } },
+            { binding: 1, resource: { buffer: outBuf, offset: offset * 4, size: entries * 16 } },
+            { binding: 2, resource: { buffer: to } },
           ],
         }),
       );
-      pass.dispatchWorkgroups(...dispatchSize(outs.length / 4, 1));
+      pass.dispatchWorkgroups(...dispatchSize(entries, 1));
+    };
+    if (chunkBuf) mergeInto(mergeChunks, partBuf, stages.chunks.length / 4, 0, chunkBuf);
+    if (stages.heads.length > 0) {
+      mergeInto(merge, chunkBuf ?? partBuf, stages.heads.length / 4, headAt, out);
     }
     pass.end();
   }
 
   /** Frees the reusable buffers. */
   destroy(): void {
+    this.#chunks.destroy();
     this.#items.destroy();
     this.#outs.destroy();
     this.#partials.destroy();
     this.#scratch.destroy();
   }
+}
+
+/** Most records one workgroup of the first merge stage combines. */
+const MERGE_CHUNK = 32;
+
+/**
+ * Two-stage merge entries from per-head entries (first record, count, output offset, 0): chunks
+ * of ≤ MERGE_CHUNK records, each merged into record i of the chunk buffer, then per head its
+ * chunks' records.
+ */
+function _chunkMerge(outs: number[]): { chunks: number[]; heads: number[]; records: number } {
+  const chunks: number[] = [], heads: number[] = [];
+  let records = 0;
+  for (let i = 0; i < outs.length; i += 4) {
+    const first = outs[i], count = outs[i + 1], base = records;
+    for (let r = 0; r < count; r += MERGE_CHUNK) {
+      chunks.push(first + r, Math.min(MERGE_CHUNK, count - r), records++, 0);
+    }
+    heads.push(base, records - base, outs[i + 2], 0);
+  }
+  return { chunks, heads, records };
 }

@@ -33,10 +33,13 @@ export const MERGE_WORKGROUP = 64;
  *
  * @param headDim elements per head
  * @param parallel the workgroup-memory kernel
+ * @param partial (parallel only) write each entry's merge as a record (m, l, acc) at record index
+ *   z of `out` instead of normalised outputs at float offset z: the first stage of a two-stage
+ *   merge, which long page tables need to spread records over many workgroups
  * @returns the program
  */
-export function mergeProgram(headDim: number, parallel = false): GpuProgram {
-  if (parallel) return _parallelMerge(headDim);
+export function mergeProgram(headDim: number, parallel = false, partial = false): GpuProgram {
+  if (parallel) return _parallelMerge(headDim, partial);
   const D = headDim, R = headDim + 2;
   return {
     shaderKey: `merge:d${D}`,
@@ -73,9 +76,13 @@ const PARALLEL_MERGE = 256;
 
 // max over records by all threads; then K = ⌊256/d⌋ teams, team k summing records r ≡ k (mod K)
 // for channel lid mod d (or every thread over all records for its channels when d > 256)
-function _parallelMerge(headDim: number): GpuProgram {
+function _parallelMerge(headDim: number, partial: boolean): GpuProgram {
   const D = headDim, R = headDim + 2, W = PARALLEL_MERGE;
   const K = Math.max(1, Math.floor(W / D));
+  const write = (a: string, l: string) =>
+    partial
+      ? `out[o.z * ${R}u + 2u + c] = ${a}; if (c == 0u) { out[o.z * ${R}u] = m; out[o.z * ${R}u + 1u] = ${l}; }`
+      : `out[o.z + c] = select(${a} / ${l}, 0.0, ${l} == 0.0);`;
   const sums = K === 1
     ? `
   for (var c = lid; c < ${D}u; c = c + ${W}u) {
@@ -86,7 +93,7 @@ function _parallelMerge(headDim: number): GpuProgram {
       l = l + partials[r * ${R}u + 1u] * w;
       acc = acc + partials[r * ${R}u + 2u + c] * w;
     }
-    if (live) { out[o.z + c] = select(acc / l, 0.0, l == 0.0); }
+    if (live) { ${write("acc", "l")} }
   }`
     : `
   let c = lid % ${D}u;
@@ -110,10 +117,10 @@ function _parallelMerge(headDim: number): GpuProgram {
       a = a + red[i * ${D}u + c];
       s = s + red[${W}u + i * ${D}u + c];
     }
-    out[o.z + c] = select(a / s, 0.0, s == 0.0);
+    ${write("a", "s")}
   }`;
   return {
-    shaderKey: `merge:d${D}:wg`,
+    shaderKey: `merge:d${D}:wg${partial ? ":partial" : ""}`,
     workgroupSize: W,
     source: () => /* wgsl */ `
 @group(0) @binding(0) var<storage, read> partials: array<f32>;

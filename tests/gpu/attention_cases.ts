@@ -20,7 +20,12 @@ interface Case {
 }
 
 /** Runs one case on the GPU and against the reference; returns the worst relative error per head. */
-async function runCase(c: Case, seed: number, scores?: ScoreMemory): Promise<number> {
+async function runCase(
+  c: Case,
+  seed: number,
+  scores?: ScoreMemory,
+  splitTokens?: number,
+): Promise<number> {
   const env = await testGpu();
   if (env === undefined) return 0;
   const { gpu, pipelines } = env;
@@ -64,7 +69,7 @@ async function runCase(c: Case, seed: number, scores?: ScoreMemory): Promise<num
     size: q.byteLength,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
-  const attention = new PagedAttention(gpu, pipelines, { scores });
+  const attention = new PagedAttention(gpu, pipelines, { scores, splitTokens });
   const enc = device.createCommandEncoder();
   await attention.encode(enc, qBuf, outBuf, groups, { headDim: d, queriesPerKv: Q, pageTokens: P });
   const out = new Float32Array(await readBack(gpu, outBuf, rb, q.byteLength, enc));
@@ -151,6 +156,20 @@ const CASES: Case[] = [
     pages: [["int8-g8-channel", "int4-g8-token", 128], ["fp32", "fp16", 45]],
   },
   {
+    // 36+ records per head even with splits of a page: the merge's two stages on hardware
+    name: "36 pages of two format pairs, d 32",
+    d: 32,
+    nHeads: 4,
+    nKvHeads: 2,
+    sequences: 1,
+    P: 128,
+    pages: Array.from(
+      { length: 36 },
+      (_, i): [string, string, number] =>
+        i % 2 ? ["int4-g32-channel", "int4-g32-token", 128] : ["fp32", "fp16", i === 0 ? 7 : 128],
+    ),
+  },
+  {
     name: "d 128, long segment split into several workgroups, GQA 8:1",
     d: 128,
     nHeads: 8,
@@ -165,11 +184,18 @@ const CASES: Case[] = [
   },
 ];
 
-// both kernels on every adapter: the workgroup-memory one is what hardware GPUs run
+// both kernels on every adapter: the workgroup-memory one is what hardware GPUs run, with its
+// splits of a page or less
+const KERNELS: [ScoreMemory, number | undefined][] = [
+  ["storage", undefined],
+  ["workgroup", 128],
+  ["workgroup", 32],
+];
 for (const [i, c] of CASES.entries()) {
-  for (const scores of ["storage", "workgroup"] as const) {
-    Deno.test(`PagedAttention.encode() matches decode + attendHead: ${c.name} (scores in ${scores})`, async () => {
-      const err = await runCase(c, 100 + i, scores);
+  for (const [scores, split] of KERNELS) {
+    const kernel = `scores in ${scores}${split ? `, splits of ${split}` : ""}`;
+    Deno.test(`PagedAttention.encode() matches decode + attendHead: ${c.name} (${kernel})`, async () => {
+      const err = await runCase(c, 100 + i, scores, split);
       assert.ok(err <= 1e-5, `relative error ${err}`);
     });
   }
