@@ -6,7 +6,9 @@
  * then combines the partials of each head by log-sum-exp. Kernels are generated per
  * (key format, value format, head_dim, queries per KV head, page size) and cached, so the
  * format is specialised at compile time instead of branched on per element; splits of any number
- * of sequences, layers and heads go into one dispatch per format pair.
+ * of sequences, layers and heads go into one dispatch per format pair. Two kernel forms exist
+ * ({@linkcode ScoreMemory}): workgroup memory for hardware GPUs, a storage scratch buffer for
+ * software adapters; results agree to float rounding.
  *
  * Element order inside a page follows core/cache/PAGES.md: token-axis and ungrouped formats are
  * token-major (element t·d + c), channel-axis formats channel-major (element c·P + t).
