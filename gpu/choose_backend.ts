@@ -1,7 +1,8 @@
 /**
  * Chooses where a cache runs and creates it there: `createKVCache(shape, policy)` with backend
- * "auto" takes a hardware GPU when the policy runs there unchanged, else WebAssembly, else the
- * TypeScript reference, and says which it chose and why. Choosing never changes what is stored:
+ * "auto" takes a hardware GPU when the policy runs there unchanged and the cache is large enough
+ * to pay for the GPU's readbacks, else WebAssembly, else the TypeScript reference, and says which
+ * it chose and why. Choosing never changes what is stored:
  * a policy the GPU cache cannot hold as written (several format pairs, an fp16 window, a memory
  * budget) stays on the CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
  * not preferred over WebAssembly on the same CPU.
@@ -45,7 +46,21 @@ export interface CreateKVCacheOptions {
   integerDot?: boolean;
   /** CPU caches: memory budget in bytes (the GPU cache has none, so a budget keeps the CPU). */
   maxBytes?: number;
+  /**
+   * "auto" takes the GPU only for caches of at least this many K/V elements a layer
+   * (2 · maxSeqLen · nKvHeads · headDim; default {@linkcode MIN_GPU_ELEMENTS}).
+   */
+  minGpuElements?: number;
 }
+
+/**
+ * Default of {@linkcode CreateKVCacheOptions.minGpuElements}: 2^24 K/V elements a layer. Each GPU
+ * attention call waits for its readback: about 12 ms in Deno on an H100 (gpu/NOTES.md, findings 4
+ * and 11). One WASM thread of that machine's host attended T=32768 tokens of 2 KV heads of 128
+ * (2^24 elements) in 8.0–14.5 ms (bench/gpu_report.ts), and smaller caches in less, so below
+ * this size WebAssembly answers first. Where readback is faster (browsers), set it lower.
+ */
+export const MIN_GPU_ELEMENTS = 2 ** 24;
 
 /** A cache and where it runs. */
 export interface ChosenKVCache {
@@ -90,9 +105,10 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
 
 /**
  * Creates a cache for `policy` on the backend `options.backend` names, or on the one "auto"
- * chooses: a hardware GPU when {@linkcode gpuPolicyFor} accepts the policy and no memory budget
- * is set (and its cache can be created: a DeviceError there falls back too), else WebAssembly (when
- * the module loads), else TypeScript.
+ * chooses: a hardware GPU when {@linkcode gpuPolicyFor} accepts the policy, no memory budget is
+ * set and the cache is large enough for the GPU to pay for its readbacks (`minGpuElements`), and
+ * its cache can be created (a DeviceError there falls back too); else WebAssembly (when the module
+ * loads), else TypeScript.
  *
  * @param shape the cache's shape
  * @param policy where tokens go
@@ -134,8 +150,13 @@ export async function createKVCache(
 
   // auto
   let why: string;
+  const elements = 2 * shape.maxSeqLen * shape.nKvHeads * shape.headDim;
+  const least = options.minGpuElements ?? MIN_GPU_ELEMENTS;
   if (typeof gpuPolicy === "string") {
     why = gpuPolicy;
+  } else if (elements < least) {
+    why = `the cache holds at most ${elements} K/V elements a layer, fewer than minGpuElements ` +
+      `(${least}): WebAssembly attends that many before a GPU call's readback returns`;
   } else {
     let gpu: GpuDevice | undefined = options.gpu, missing = "";
     try {

@@ -2,6 +2,7 @@
 // decode every page with the WASM codecs (the CPU production path; bit-identical to the TS reference),
 // then attendHead() over the decoded keys and values — what core/cache's TS path computes.
 import assert from "node:assert/strict";
+import { ShapeError } from "../../core/errors.ts";
 import { attendHead } from "../../core/model/kv_cache.ts";
 import { formatNames, type FormatSpec, getFormat } from "../../codecs/mod.ts";
 import { type AttentionGroup, PagedAttention, readBack, type ScoreMemory } from "../../gpu/mod.ts";
@@ -236,4 +237,19 @@ Deno.test("PagedAttention.encode() matches decode + attendHead for every format"
       worst.toExponential(2)
     } (${worstName})`,
   );
+});
+
+Deno.test("PagedAttention rejects a split size its kernel cannot take", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const { gpu, pipelines } = env;
+  for (const [scores, split] of [["storage", 64], ["workgroup", 0], ["workgroup", 2048]] as const) {
+    assert.throws(
+      () => new PagedAttention(gpu, pipelines, { scores, splitTokens: split }),
+      (e: Error) => e instanceof ShapeError && e.message.startsWith(`splitTokens ${split}:`),
+    );
+  }
+  const a = new PagedAttention(gpu, pipelines, { scores: "workgroup", splitTokens: 64 });
+  assert.equal(a.splitTokens, 64);
+  a.destroy();
 });

@@ -9,6 +9,7 @@ import {
   GpuDevice,
   gpuPolicyFor,
   type KVCache,
+  MIN_GPU_ELEMENTS,
   MixedPrecisionKVCache,
   tieredPolicy,
   uniformPolicy,
@@ -110,7 +111,8 @@ async function fillAndAttend(cache: KVCache, T: number, seed: number): Promise<F
 Deno.test("createKVCache() uses a hardware adapter for a GPU-ready policy, not a software one", async () => {
   const env = await testGpu();
   if (!env) return;
-  const chosen = await createKVCache(shape, ready(), { gpu: env.gpu });
+  // minGpuElements 0: this test's cache is far below the size at which auto prefers the GPU
+  const chosen = await createKVCache(shape, ready(), { gpu: env.gpu, minGpuElements: 0 });
   if (env.gpu.info.isFallbackAdapter) {
     assert.equal(chosen.backend, "wasm");
     assert.ok(
@@ -124,7 +126,7 @@ Deno.test("createKVCache() uses a hardware adapter for a GPU-ready policy, not a
   chosen.destroy();
   assert.equal(env.gpu.lost, false, "a device the caller gave is left to the caller");
   // with no device given, auto requests one and, for a software adapter, releases it again
-  const own = await createKVCache(shape, ready());
+  const own = await createKVCache(shape, ready(), { minGpuElements: 0 });
   assert.equal(own.backend, env.gpu.info.isFallbackAdapter ? "wasm" : "gpu", own.reason);
   own.destroy();
 });
@@ -164,7 +166,7 @@ Deno.test("createKVCache(auto) falls back to WASM when the GPU cache cannot be c
   // the shared device seen as a hardware adapter, then lost: auto must not fail, nor touch it
   const lost = new GpuDevice(env.gpu.device, { ...env.gpu.info, isFallbackAdapter: false });
   lost.markLost("test: lost on purpose");
-  const chosen = await createKVCache(shape, ready(), { gpu: lost });
+  const chosen = await createKVCache(shape, ready(), { gpu: lost, minGpuElements: 0 });
   assert.equal(chosen.backend, "wasm");
   assert.match(chosen.reason, /the GPU cache failed \(.*lost on purpose/);
   await assert.rejects(
@@ -174,11 +176,41 @@ Deno.test("createKVCache(auto) falls back to WASM when the GPU cache cannot be c
   assert.equal(env.gpu.lost, false);
 });
 
+Deno.test("createKVCache(auto) keeps caches too small to pay for GPU readbacks on WASM", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  // the shared device seen as a hardware adapter: only the size can keep the cache on the CPU
+  const hardware = new GpuDevice(env.gpu.device, { ...env.gpu.info, isFallbackAdapter: false });
+  const elements = 2 * shape.maxSeqLen * shape.nKvHeads * shape.headDim; // 6144
+  assert.ok(elements < MIN_GPU_ELEMENTS);
+  const small = await createKVCache(shape, ready(), { gpu: hardware });
+  assert.equal(small.backend, "wasm");
+  assert.match(
+    small.reason,
+    /at most 6144 K\/V elements a layer, fewer than minGpuElements \(16777216\)/,
+  );
+  for (const least of [elements, 0]) {
+    const chosen = await createKVCache(shape, ready(), { gpu: hardware, minGpuElements: least });
+    assert.equal(chosen.backend, "gpu", chosen.reason);
+    chosen.destroy();
+  }
+  const above = await createKVCache(shape, ready(), {
+    gpu: hardware,
+    minGpuElements: elements + 1,
+  });
+  assert.equal(above.backend, "wasm");
+  // asked for by name, the GPU ignores the threshold
+  const named = await createKVCache(shape, ready(), { backend: "gpu", gpu: hardware });
+  assert.equal(named.backend, "gpu");
+  named.destroy();
+  assert.equal(env.gpu.lost, false);
+});
+
 Deno.test("createKVCache(auto) without WebGPU chooses WASM and says WebGPU is missing", async () => {
   const had = Object.getOwnPropertyDescriptor(navigator, "gpu");
   Object.defineProperty(navigator, "gpu", { value: undefined, configurable: true });
   try {
-    const chosen = await createKVCache(shape, ready());
+    const chosen = await createKVCache(shape, ready(), { minGpuElements: 0 });
     assert.equal(chosen.backend, "wasm");
     assert.match(chosen.reason, /^wasm: no WebGPU device \(WebGPU is not available/);
     await assert.rejects(
