@@ -24,13 +24,10 @@ import {
   requestGpu,
 } from "../gpu/mod.ts";
 import { BENCH_FORMATS, BENCH_LENGTH, benchInput } from "./_codecs_cases.ts";
+import { ClockHolder, flag, printTable } from "./_gpu_bench.ts";
 
-const arg = (name: string, fallback: string) => {
-  const i = Deno.args.indexOf(name);
-  return i >= 0 ? Deno.args[i + 1] : fallback;
-};
-const REPS = Number(arg("--reps", "8"));
-const ROUNDS = Number(arg("--rounds", "5"));
+const REPS = Number(flag("--reps", "8"));
+const ROUNDS = Number(flag("--rounds", "5"));
 const WG = 64;
 
 const gpu = await requestGpu();
@@ -38,7 +35,6 @@ if (!gpu.info.features.includes("timestamp-query")) {
   throw new Error(`${gpu.info.description}: no timestamp-query feature, kernel times unavailable`);
 }
 const dev = gpu.device, pipelines = new PipelineCache(gpu);
-const hardware = !gpu.info.isFallbackAdapter;
 console.log(`adapter: ${gpu.info.description} (fallback adapter: ${gpu.info.isFallbackAdapter})`);
 
 const S = GPUBufferUsage.STORAGE, COPY = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
@@ -51,23 +47,7 @@ const rb = dev.createBuffer({
   size: 16 * REPS,
   usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
 });
-// arithmetic that holds a hardware GPU at its working clock (gpu/NOTES.md, finding 9)
-const busy = dev.createComputePipeline({
-  layout: "auto",
-  compute: {
-    entryPoint: "main",
-    module: dev.createShaderModule({
-      code: `@group(0) @binding(0) var<storage, read_write> sink: array<f32>;
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-  var x = f32(id.x);
-  for (var i = 0u; i < 100000u; i = i + 1u) { x = fma(x, 0.9999, 1.0); }
-  if (x == 0.0) { sink[0] = x; }
-}`,
-    }),
-  },
-});
-const sink = dev.createBuffer({ size: 16, usage: S });
+const clock = new ClockHolder(gpu);
 
 /** Median kernel time in seconds of `pipeline` over `invocations` threads with `bindings`. */
 async function gpuSeconds(
@@ -84,19 +64,7 @@ async function gpuSeconds(
   const times: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     const enc = dev.createCommandEncoder();
-    if (hardware) {
-      const pass = enc.beginComputePass();
-      pass.setPipeline(busy);
-      pass.setBindGroup(
-        0,
-        dev.createBindGroup({
-          layout: busy.getBindGroupLayout(0),
-          entries: [{ binding: 0, resource: { buffer: sink } }],
-        }),
-      );
-      for (let i = 0; i < 20; i++) pass.dispatchWorkgroups(1024);
-      pass.end();
-    }
+    clock.encode(enc, 20);
     for (let i = 0; i < REPS; i++) {
       const pass = enc.beginComputePass({
         timestampWrites: {
@@ -180,24 +148,22 @@ for (const name of BENCH_FORMATS) {
     if (gotFloats[i] !== wantBits[i]) throw new Error(`${name}: GPU decode element ${i} differs`);
   }
   // WASM kernels, data already in WASM memory
-  const [eSrc, eDst] = mod.arena.layout(4 * n, 4 * nw);
-  mod.arena.f32(eSrc, n).set(x);
-  const wasmEncodeS = cpuSeconds(
-    () =>
-      spec.kind === "int"
-        ? k.encodeInt(eSrc, eDst, n, spec.bits, spec.group)
-        : k.encodeHalf(eSrc, eDst, n, 0),
-    10,
-  );
-  const [dSrc, dDst] = mod.arena.layout(4 * nw, 4 * n);
-  mod.arena.u32(dSrc, nw).set(words);
-  const wasmDecodeS = cpuSeconds(
-    () =>
-      spec.kind === "int"
-        ? k.decodeInt(dSrc, dDst, n, spec.bits, spec.group)
-        : k.decodeHalf(dSrc, dDst, n, 0),
-    10,
-  );
+  const wasmSeconds = (op: "encode" | "decode") => {
+    const [src, dst] = op === "encode"
+      ? mod.arena.layout(4 * n, 4 * nw)
+      : mod.arena.layout(4 * nw, 4 * n);
+    if (op === "encode") mod.arena.f32(src, n).set(x);
+    else mod.arena.u32(src, nw).set(words);
+    const int = spec.kind === "int";
+    return cpuSeconds(
+      op === "encode"
+        ? () => int ? k.encodeInt(src, dst, n, spec.bits, spec.group) : k.encodeHalf(src, dst, n, 0)
+        : () =>
+          int ? k.decodeInt(src, dst, n, spec.bits, spec.group) : k.decodeHalf(src, dst, n, 0),
+      10,
+    );
+  };
+  const wasmEncodeS = wasmSeconds("encode"), wasmDecodeS = wasmSeconds("decode");
   for (const [op, g, w] of [["encode", encodeS, wasmEncodeS], ["decode", decodeS, wasmDecodeS]]) {
     rows.push([
       name,
@@ -209,15 +175,10 @@ for (const name of BENCH_FORMATS) {
   }
   for (const b of [xBuf, wBuf, encBuf, decBuf, jobBuf, params]) b.destroy();
 }
-const head = ["format", "op", "GPU GB/s", "WASM kernel GB/s", "GPU / WASM"];
-const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-const line = (r: string[]) => "| " + r.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
 console.log(
   `16 MiB of f32, GB/s of f32; GPU: kernel time by timestamps, median of ${
     ROUNDS * REPS
   }; WASM: one core, fastest of 10; outputs checked bit-identical\n`,
 );
-console.log(line(head));
-console.log("| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |");
-for (const r of rows) console.log(line(r));
+printTable(["format", "op", "GPU GB/s", "WASM kernel GB/s", "GPU / WASM"], rows);
 gpu.destroy();

@@ -20,15 +20,12 @@ import {
   requestGpu,
 } from "../gpu/mod.ts";
 import { normals, rng } from "../tests/_fixtures.ts";
+import { ClockHolder, flag, printTable } from "./_gpu_bench.ts";
 
-const arg = (name: string, fallback: string) => {
-  const i = Deno.args.indexOf(name);
-  return i >= 0 ? Deno.args[i + 1] : fallback;
-};
-const REPS = Number(arg("--reps", "4"));
-const ROUNDS = Number(arg("--rounds", "5"));
-const WARM_MS = Number(arg("--warm-ms", "500"));
-const TOKENS = arg("--tokens", "4096,32768").split(",").map(Number);
+const REPS = Number(flag("--reps", "4"));
+const ROUNDS = Number(flag("--rounds", "5"));
+const WARM_MS = Number(flag("--warm-ms", "500"));
+const TOKENS = flag("--tokens", "4096,32768").split(",").map(Number);
 const D = 128, N_HEADS = 8, N_KV = 2, P = 128, Q = N_HEADS / N_KV;
 const CONFIGS: [string, string, string][] = [
   ["FP32", "fp32", "fp32"],
@@ -208,7 +205,6 @@ function unpackPages(name: string, words: Uint32Array, T: number): Float32Array 
 }
 
 const timestamps = gpu.info.features.includes("timestamp-query");
-const hardware = !gpu.info.isFallbackAdapter;
 const querySet = timestamps
   ? dev.createQuerySet({ type: "timestamp", count: 2 * REPS })
   : undefined;
@@ -235,7 +231,7 @@ async function kernelUs(
   const times: number[] = [];
   for (let r = 0; r < ROUNDS; r++) {
     const enc = dev.createCommandEncoder();
-    encodeBusy(enc, 20);
+    clock.encode(enc, 20);
     for (let i = 0; i < REPS; i++) {
       await attention.encode(enc, q, out, groups, dims, {
         querySet: querySet!,
@@ -252,57 +248,7 @@ async function kernelUs(
   return times.sort((a, b) => a - b)[times.length >> 1];
 }
 
-/**
- * A kernel of pure arithmetic, about a millisecond per dispatch on an H100, to hold a hardware
- * GPU at its working clock: one idling between submissions sat at 345 MHz of 1980 and timed the
- * same attention kernel 3–4× slower.
- */
-const busy = hardware
-  ? dev.createComputePipeline({
-    layout: "auto",
-    compute: {
-      entryPoint: "main",
-      module: dev.createShaderModule({
-        code: `@group(0) @binding(0) var<storage, read_write> sink: array<f32>;
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) id: vec3<u32>) {
-  var x = f32(id.x);
-  for (var i = 0u; i < 100000u; i = i + 1u) { x = fma(x, 0.9999, 1.0); }
-  if (x == 0.0) { sink[0] = x; }
-}`,
-      }),
-    },
-  })
-  : undefined;
-const busySink = dev.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE });
-
-/** Appends `n` busy dispatches to `enc` (none on a software adapter). */
-function encodeBusy(enc: GPUCommandEncoder, n: number): void {
-  if (!busy) return;
-  const pass = enc.beginComputePass();
-  pass.setPipeline(busy);
-  pass.setBindGroup(
-    0,
-    dev.createBindGroup({
-      layout: busy.getBindGroupLayout(0),
-      entries: [{ binding: 0, resource: { buffer: busySink } }],
-    }),
-  );
-  for (let i = 0; i < n; i++) pass.dispatchWorkgroups(1024);
-  pass.end();
-}
-
-/** Keeps a hardware GPU busy for WARM_MS of wall time before a configuration is timed. */
-async function warmUp(): Promise<void> {
-  if (!busy) return;
-  const t0 = performance.now();
-  while (performance.now() - t0 < WARM_MS) {
-    const enc = dev.createCommandEncoder();
-    encodeBusy(enc, 20);
-    dev.queue.submit([enc.finish()]);
-    await dev.queue.onSubmittedWorkDone();
-  }
-}
+const clock = new ClockHolder(gpu);
 
 const rows: string[][] = [];
 for (const T of TOKENS) {
@@ -375,7 +321,7 @@ for (const T of TOKENS) {
     if (!(worst <= 1e-5)) throw new Error(`${label} T=${T}: relative error ${worst} > 1e-5`);
     // the median of ROUNDS submissions: one submission alone swung the INT4/FP32 ratio by 0.65–1.13
     // between runs on llvmpipe
-    await warmUp();
+    await clock.warmUp(WARM_MS);
     const ms = await medianMs(run, REPS, ROUNDS);
     if (label === "FP32") fp32Ms = ms;
     // the kernels alone (split + merge pass), from GPU timestamps: wall time per call above also
@@ -449,11 +395,7 @@ const head = [
   "GPU kernel vs WASM",
   "WASM vs GPU err",
 ];
-const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-const line = (r: string[]) => "| " + r.map((c, i) => c.padEnd(widths[i])).join(" | ") + " |";
-console.log(line(head));
-console.log("| " + widths.map((w) => "-".repeat(w)).join(" | ") + " |");
-for (const r of rows) console.log(line(r));
+printTable(head, rows);
 console.log(
   "ms/call: wall time per call, " + REPS + " calls per submission; kernel µs: the attention pass " +
     "alone by GPU timestamps (NaN without timestamp-query); GPU rel. err: against decode + " +

@@ -57,18 +57,24 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   var m = -3.4028234663852886e38;
   for (var r = o.x; r < o.x + o.y; r = r + 1u) { m = max(m, partials[r * ${R}u]); }
   for (var c = lid; c < ${D}u; c = c + ${MERGE_WORKGROUP}u) {
-    var l = 0.0;
-    var acc = 0.0;
-    for (var r = o.x; r < o.x + o.y; r = r + 1u) {
-      let w = exp(partials[r * ${R}u] - m);
-      l = l + partials[r * ${R}u + 1u] * w;
-      acc = acc + partials[r * ${R}u + 2u + c] * w;
-    }
+    ${_weightedSums(R, "o.x", 1)}
     out[o.z + c] = select(acc / l, 0.0, l == 0.0);
   }
 }
 `,
   };
+}
+
+// l = Σ_r e^{m_r − m} l_r and acc = Σ_r e^{m_r − m} acc_r[c] over records first, first + step, …
+// of the entry o (all records when step is 1), where `when` holds
+function _weightedSums(R: number, first: string, step: number, when = "true"): string {
+  return `var l = 0.0;
+    var acc = 0.0;
+    for (var r = ${first}; ${when} && r < o.x + o.y; r = r + ${step}u) {
+      let w = exp(partials[r * ${R}u] - m);
+      l = l + partials[r * ${R}u + 1u] * w;
+      acc = acc + partials[r * ${R}u + 2u + c] * w;
+    }`;
 }
 
 /** Threads of the parallel merge kernel. */
@@ -86,27 +92,13 @@ function _parallelMerge(headDim: number, partial: boolean): GpuProgram {
   const sums = K === 1
     ? `
   for (var c = lid; c < ${D}u; c = c + ${W}u) {
-    var l = 0.0;
-    var acc = 0.0;
-    for (var r = o.x; r < o.x + o.y; r = r + 1u) {
-      let w = exp(partials[r * ${R}u] - m);
-      l = l + partials[r * ${R}u + 1u] * w;
-      acc = acc + partials[r * ${R}u + 2u + c] * w;
-    }
+    ${_weightedSums(R, "o.x", 1)}
     if (live) { ${write("acc", "l")} }
   }`
     : `
   let c = lid % ${D}u;
   let k = lid / ${D}u;
-  var l = 0.0;
-  var acc = 0.0;
-  if (k < ${K}u) {
-    for (var r = o.x + k; r < o.x + o.y; r = r + ${K}u) {
-      let w = exp(partials[r * ${R}u] - m);
-      l = l + partials[r * ${R}u + 1u] * w;
-      acc = acc + partials[r * ${R}u + 2u + c] * w;
-    }
-  }
+  ${_weightedSums(R, "o.x + k", K, `k < ${K}u`)}
   red[lid] = acc;
   red[${W}u + lid] = l;
   workgroupBarrier();

@@ -171,6 +171,16 @@ const CASES: Case[] = [
     ),
   },
   {
+    // 256 threads a workgroup: one channel each for values, one merge team
+    name: "d 256, GQA 2:1",
+    d: 256,
+    nHeads: 2,
+    nKvHeads: 1,
+    sequences: 1,
+    P: 128,
+    pages: [["fp32", "fp32", 130], ["int8-g32-token", "int4-g32-token", 60]],
+  },
+  {
     name: "d 128, long segment split into several workgroups, GQA 8:1",
     d: 128,
     nHeads: 8,
