@@ -448,6 +448,17 @@ export class PagedAttention {
     if (!Number.isInteger(Q) || Q < 1 || Q > MAX_QUERIES_PER_KV) {
       throw new ShapeError(`queries per KV head ${Q} out of range [1, ${MAX_QUERIES_PER_KV}]`);
     }
+    if (this.scores === "workgroup") {
+      const threads = _workgroupThreads(D);
+      const bytes = 4 * (Q * Math.max(this.splitTokens, threads) + threads);
+      const limit = this.#gpu.device.limits.maxComputeWorkgroupStorageSize;
+      if (bytes > limit) {
+        throw new ShapeError(
+          `splits of ${this.splitTokens} tokens for ${Q} query heads need ${bytes} bytes of ` +
+            `workgroup memory; the device allows ${limit}`,
+        );
+      }
+    }
     this.#gpu.check("attention");
     // split items, bucketed by kernel variant and source buffer; records per group: Q × splits
     // one dispatch per (format pair, source buffer); found per segment by object identity, since

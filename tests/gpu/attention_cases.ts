@@ -262,4 +262,18 @@ Deno.test("PagedAttention rejects a split size its kernel cannot take", async ()
   const a = new PagedAttention(gpu, pipelines, { scores: "workgroup", splitTokens: 64 });
   assert.equal(a.splitTokens, 64);
   a.destroy();
+  // 16 query heads × 1024 tokens of scores: 64 KiB of workgroup memory, over the limit
+  const big = new PagedAttention(gpu, pipelines, { scores: "workgroup", splitTokens: 1024 });
+  const q = gpu.device.createBuffer({ size: 16 * 64 * 4, usage: GPUBufferUsage.STORAGE });
+  await assert.rejects(
+    () =>
+      big.encode(gpu.device.createCommandEncoder(), q, q, [], {
+        headDim: 64,
+        queriesPerKv: 16,
+        pageTokens: 128,
+      }),
+    (e: Error) => e instanceof ShapeError && /need 65792 bytes of workgroup memory/.test(e.message),
+  );
+  q.destroy();
+  big.destroy();
 });
