@@ -382,7 +382,11 @@ export class PagedAttention {
     this.#pipelines = pipelines;
     this.scores = options.scores ?? (gpu.info.isFallbackAdapter ? "storage" : "workgroup");
     const split = options.splitTokens ?? SPLIT_TOKENS;
-    if (this.scores === "storage" ? split !== SPLIT_TOKENS : !(split >= 1 && split <= 1024)) {
+    if (
+      this.scores === "storage"
+        ? split !== SPLIT_TOKENS
+        : !(Number.isInteger(split) && split >= 1 && split <= 1024)
+    ) {
       throw new ShapeError(
         `splitTokens ${split}: the ${this.scores} kernel takes ${
           this.scores === "storage" ? SPLIT_TOKENS : "1 … 1024"
@@ -413,6 +417,16 @@ export class PagedAttention {
       scores: this.scores,
       splitTokens: this.splitTokens,
     });
+  }
+
+  /**
+   * The merge kernel this runner finishes with (callers compile it ahead of time): the parallel
+   * one alongside the workgroup-memory split kernel.
+   * @param headDim elements per head
+   * @returns the program
+   */
+  mergeProgram(headDim: number): GpuProgram {
+    return mergeProgram(headDim, this.scores === "workgroup");
   }
 
   /** Bytes held by the runner's reusable buffers. */
@@ -537,7 +551,7 @@ export class PagedAttention {
       : undefined;
 
     const pipelines = await Promise.all(dispatches.map((d) => this.#pipelines.get(d.program)));
-    const merge = await this.#pipelines.get(mergeProgram(D, this.scores === "workgroup"));
+    const merge = await this.#pipelines.get(this.mergeProgram(D));
     const mergeChunks = twoStage ? await this.#pipelines.get(mergeProgram(D, true, true)) : merge;
     this.#gpu.check("attention");
     const pass = encoder.beginComputePass({ timestampWrites });

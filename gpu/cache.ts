@@ -51,7 +51,6 @@ import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts"
 import type { GpuDevice } from "./device.ts";
 import { PipelineCache } from "./program.ts";
 import { type AttentionGroup, type AttentionSegment, PagedAttention } from "./attention.ts";
-import { mergeProgram } from "./merge.ts";
 import { quantizeProgram } from "./quantize.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
 import { dispatchSize, readBack } from "./_io.ts";
@@ -251,7 +250,7 @@ export class GpuKVCache implements KVCache {
       this.#pipelines.get(quantizeProgram(v)),
       this.#pipelines.get(this.#attention.program(k, v, dims)),
       this.#pipelines.get(this.#attention.program(FP32, FP32, dims)),
-      this.#pipelines.get(mergeProgram(headDim, this.#attention.scores === "workgroup")),
+      this.#pipelines.get(this.#attention.mergeProgram(headDim)),
     ]);
   }
 

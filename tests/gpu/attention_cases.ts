@@ -253,7 +253,12 @@ Deno.test("PagedAttention rejects a split size its kernel cannot take", async ()
   const env = await testGpu();
   if (env === undefined) return;
   const { gpu, pipelines } = env;
-  for (const [scores, split] of [["storage", 64], ["workgroup", 0], ["workgroup", 2048]] as const) {
+  for (
+    const [scores, split] of [["storage", 64], ["workgroup", 0], ["workgroup", 2048], [
+      "workgroup",
+      1.5,
+    ]] as const
+  ) {
     assert.throws(
       () => new PagedAttention(gpu, pipelines, { scores, splitTokens: split }),
       (e: Error) => e instanceof ShapeError && e.message.startsWith(`splitTokens ${split}:`),
