@@ -4,14 +4,21 @@
 // distributions from the FP32 cache's (teacher-forced), top-1 agreement, and greedy-token match
 // over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
 // on the text's last two lines, as `deno task analyze` does).
-// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (uniform rows, run with
-// an fp32 window as the GPU cache keeps sinks, window and eviction ring, named "[fp32 window]" and
-// each followed by the WASM cache's perplexity under the same policy; other rows say why skipped).
+// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (every row run with an
+// fp32 window as the GPU cache keeps sinks, window and eviction ring, named "[fp32 window]" and
+// each followed by the WASM cache's perplexity under the same policy).
 // Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
 //                       [--eps E]... [--budget B]...
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
-import { type GpuDevice, gpuPolicyFor, requestGpu, signTest, uniformPolicy } from "../mod.ts";
+import {
+  type GpuDevice,
+  gpuPolicyFor,
+  requestGpu,
+  signTest,
+  tieredPolicy,
+  uniformPolicy,
+} from "../mod.ts";
 import {
   baselineRows,
   type EvalRow,
@@ -78,8 +85,7 @@ const specs: PlanRowSpec[] = [
     options: defaultPlanOptions(target),
   })),
 ].filter((s) => matches(s.name));
-// kvprec plans are tiered policies, which the GPU cache does not store: no calibration for them
-if (backend !== "gpu") rows.push(...(await planRows(model, sequences, specs)));
+rows.push(...(await planRows(model, sequences, specs)));
 const header = [
   "configuration",
   "bits/elem",
@@ -96,14 +102,16 @@ console.log(header.map(() => "---").join(" | "));
 const results = [];
 const fp32Ppl = setup.referencePerplexity;
 for (const listed of rows) {
-  // the GPU cache keeps sinks, window and eviction ring at fp32: a uniform row runs there with an
-  // fp32 window (and says so); other rows are skipped with the reason
+  // the GPU cache keeps sinks, window and eviction ring at fp32: a row runs there with an fp32
+  // window (and says so), and the WASM cache runs the same policy beside it
   const o = listed.policy.options;
-  const row = backend === "gpu" && o.kind === "uniform"
+  const row = backend === "gpu"
     ? {
       ...listed,
       name: `${listed.name} [fp32 window]`,
-      policy: uniformPolicy({ ...o, windowFormat: "fp32" }),
+      policy: o.kind === "uniform"
+        ? uniformPolicy({ ...o, windowFormat: "fp32" })
+        : tieredPolicy({ ...o, windowFormat: "fp32" }),
     }
     : listed;
   const notOnGpu = backend === "gpu" ? gpuPolicyFor(row.policy) : undefined;
@@ -134,13 +142,6 @@ for (const listed of rows) {
     console.log(
       `  ↳ WASM, same policy: perplexity ${w.perplexity.toFixed(6)}, ` +
         `GPU ${r.perplexity.toFixed(6)}, relative difference ${rel.toExponential(2)}`,
-    );
-  }
-}
-if (backend === "gpu") {
-  for (const spec of specs) {
-    console.log(
-      `${spec.name} | skipped: a kvprec plan is a tiered policy (format pairs per layer, head and tier); the GPU cache stores one pair`,
     );
   }
 }

@@ -120,8 +120,8 @@ export interface RowResult {
 export type EvalBackend = "ts" | "wasm" | "gpu";
 
 /**
- * The cache of one row on a backend. The GPU cache stores uniform policies only (one format pair,
- * sinks and window at fp32, gpuPolicyFor); another policy there is a clear error.
+ * The cache of one row on a backend. The GPU cache keeps sinks and window at fp32 (gpuPolicyFor);
+ * another window format there is a clear error.
  */
 export async function rowCache(
   shape: KVCacheShape,

@@ -329,6 +329,12 @@ export interface AttentionGroup {
   queryOffset: number;
   /** Float offset of the group's first output head in the output buffer. */
   outputOffset: number;
+  /**
+   * Float offset in the output buffer where each query head's log-sum-exp of scores,
+   * m + ln l, goes (one float per head, in order); unset: not written. The GPU cache derives
+   * its window tokens' attention weights from it.
+   */
+  lseOffset?: number;
   /** The KV head's segments; their union is every cached token. */
   segments: AttentionSegment[];
 }
@@ -512,7 +518,8 @@ export class PagedAttention {
         }
       }
       for (let j = 0; j < Q; j++) {
-        outs.push(records + j * splits, splits, g.outputOffset + j * D, 0);
+        const lse = g.lseOffset === undefined ? 0 : g.lseOffset + j + 1;
+        outs.push(records + j * splits, splits, g.outputOffset + j * D, lse);
       }
       records += Q * splits;
     }
@@ -618,7 +625,8 @@ export class PagedAttention {
 const MERGE_CHUNK = 32;
 
 /**
- * Two-stage merge entries from per-head entries (first record, count, output offset, 0): chunks
+ * Two-stage merge entries from per-head entries (first record, count, output offset, log-sum-exp
+ * offset + 1 or 0): chunks
  * of ≤ MERGE_CHUNK records, each merged into record i of the chunk buffer, then per head its
  * chunks' records.
  */
@@ -630,7 +638,7 @@ function _chunkMerge(outs: number[]): { chunks: number[]; heads: number[]; recor
     for (let r = 0; r < count; r += MERGE_CHUNK) {
       chunks.push(first + r, Math.min(MERGE_CHUNK, count - r), records++, 0);
     }
-    heads.push(base, records - base, outs[i + 2], 0);
+    heads.push(base, records - base, outs[i + 2], outs[i + 3]);
   }
   return { chunks, heads, records };
 }

@@ -5,12 +5,18 @@
  *
  * Per layer and KV head the cache holds: the first `sinkTokens` positions and a ring of the most
  * recent ones at fp32 in a staging buffer, and older positions in pages of `pageTokens` tokens in
- * the policy's key/value formats in one pool buffer. After each append, while at least
- * `windowTokens + chunk` recent positions are held, the oldest `chunk` of them are quantized on
- * the GPU into the open page (chunk = the largest channel-axis group of the two formats, else 1,
- * so channel groups are encoded only when complete). Attention runs the fused flash-decoding
- * kernels over sinks, ring and pages of all KV heads of a layer in one submission, and reads back
- * only the output vectors. Every buffer is allocated once, at creation, and reused.
+ * one pool buffer. After each append, while at least `windowTokens + chunk` recent positions are
+ * held, the oldest `chunk` of them are quantized on the GPU into the open page of their format
+ * pair (chunk = the largest channel-axis group of every format, else 1, so channel groups are
+ * encoded only when complete). The pair is the policy's one pair, or, for a tiered policy (the
+ * online form of a PrecisionPlan), the tier that the chunk's mean attention while in the window
+ * selects, exactly as the CPU cache (core/cache/mixed_cache.ts) decides: the attention of window
+ * tokens is credited on the host from a copy of their keys and each head's log-sum-exp, which the
+ * merge kernel writes beside the outputs. Attention runs the fused flash-decoding kernels over
+ * sinks, ring and every pool's pages of all KV heads of a layer in one submission, and reads back
+ * only the output vectors (and log-sum-exps). Every buffer is allocated once, at creation, and
+ * reused: each KV head has page slots for all its positions plus one open page per further pair,
+ * each slot sized for the largest pair (memory() counts them all).
  *
  * Browser compatible.
  *
@@ -38,7 +44,13 @@
  * @module
  */
 
-import { assertFinite, DeviceError, FormatError, ShapeError } from "../core/errors.ts";
+import {
+  assertFinite,
+  DeviceError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+} from "../core/errors.ts";
 import {
   type CacheMemory,
   checkAppend,
@@ -47,6 +59,13 @@ import {
   type KVCache,
   type KVCacheShape,
 } from "../core/model/kv_cache.ts";
+import {
+  type CachePolicy,
+  type FormatPair,
+  type Tier,
+  tieredPolicy,
+  uniformPolicy,
+} from "../core/cache/policy.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import { PipelineCache } from "./program.ts";
@@ -55,12 +74,8 @@ import { quantizeProgram } from "./quantize.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
 import { dispatchSize, readBack } from "./_io.ts";
 
-/** Which formats the cache stores and how many positions stay at full precision. */
-export interface GpuCachePolicy {
-  /** Format of keys in pages, e.g. `int8-g32-channel`. */
-  keyFormat: string;
-  /** Format of values in pages, e.g. `int8-g8-token`. */
-  valueFormat: string;
+/** How many positions stay at full precision, and the page size. */
+export interface GpuWindowPolicy {
   /** Tokens per page P (default 128); a multiple of every channel-axis group. */
   pageTokens?: number;
   /** First positions kept at fp32 forever (attention sinks; default 4). */
@@ -68,6 +83,33 @@ export interface GpuCachePolicy {
   /** Most recent positions kept at fp32 (default 64). */
   windowTokens?: number;
 }
+
+/** One format pair for every paged position. */
+export interface GpuUniformPolicy extends GpuWindowPolicy {
+  /** Format of keys in pages, e.g. `int8-g32-channel`. */
+  keyFormat: string;
+  /** Format of values in pages, e.g. `int8-g8-token`. */
+  valueFormat: string;
+  /** Not set: one pair. */
+  tiers?: undefined;
+}
+
+/**
+ * Per layer and KV head, the format pair of a chunk leaving the window is the first tier whose
+ * minScore ≤ the chunk's mean attention while it sat in the window (core/cache/policy.ts,
+ * `tieredPolicy`; a PrecisionPlan's tiers).
+ */
+export interface GpuTieredPolicy extends GpuWindowPolicy {
+  /** tiers[layer][kvHead], each head's last tier with minScore 0. */
+  tiers: Tier[][][];
+  /** Not set: the tiers name the formats. */
+  keyFormat?: undefined;
+  /** Not set: the tiers name the formats. */
+  valueFormat?: undefined;
+}
+
+/** Which formats the cache stores and how many positions stay at full precision. */
+export type GpuCachePolicy = GpuUniformPolicy | GpuTieredPolicy;
 
 /** Options of {@linkcode createGpuKVCache}. */
 export interface GpuKVCacheOptions {
@@ -100,7 +142,7 @@ const FP32 = getFormat("fp32");
  * @param options device, shape, policy and an optional shared pipeline cache
  * @returns the cache
  * @throws {FormatError} for an unknown format or one that cannot be paged per head
- * @throws {ShapeError} for a shape or page size the formats do not fit
+ * @throws {ShapeError} for a shape, page size or tier table the formats or shape do not fit
  * @throws {DeviceError} when the device is lost or the pool exceeds its buffer limits
  */
 export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuKVCache> {
@@ -110,38 +152,59 @@ export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuK
   return cache;
 }
 
+/** The pages of one format pair of one KV head. */
+interface _Pool {
+  readonly pair: FormatPair;
+  readonly key: FormatSpec;
+  readonly value: FormatSpec;
+  /** Words of the key block; the value block follows it in the page slot. */
+  readonly keyWords: number;
+  readonly valueWords: number;
+  /** Page slots of the head, in fill order. */
+  readonly pages: number[];
+  tokens: number;
+}
+
+const _pairKey = (p: FormatPair) => `${p.keyFormat}|${p.valueFormat}`;
+
 /** A paged mixed-precision KV cache whose pages live on the GPU. */
 export class GpuKVCache implements KVCache {
   readonly shape: KVCacheShape;
-  /** The policy with its defaults filled in. */
-  readonly policy: Required<GpuCachePolicy>;
-  /** Key format of pages. */
-  readonly keyFormat: FormatSpec;
-  /** Value format of pages. */
-  readonly valueFormat: FormatSpec;
-  /** Positions moved from the ring to a page at a time. */
+  /** The policy with its window defaults filled in. */
+  readonly policy: GpuCachePolicy & Required<GpuWindowPolicy>;
+  /** Every format pair the policy can choose. */
+  readonly pairs: readonly FormatPair[];
+  /** Positions moved from the ring to pages at a time. */
   readonly chunk: number;
   readonly #gpu: GpuDevice;
   readonly #pipelines: PipelineCache;
   readonly #attention: PagedAttention;
+  readonly #choose: CachePolicy;
   readonly #ringSlots: number;
   readonly #slots: number;
+  /** Page slots per KV head: every position paged, plus one open page per further pair. */
   readonly #pagesPerHead: number;
-  readonly #keyPageWords: number;
-  readonly #valuePageWords: number;
+  readonly #pageSlotWords: number;
   readonly #pool: GPUBuffer;
   readonly #staging: GPUBuffer;
   readonly #q: GPUBuffer;
   readonly #out: GPUBuffer;
   readonly #readback: GPUBuffer;
   readonly #jobs: GrowableBuffer;
-  #quantizeKey: GPUComputePipeline | undefined;
-  #quantizeValue: GPUComputePipeline | undefined;
+  #quantize = new Map<string, GPUComputePipeline>();
   // per layer: positions held, ring start, recent positions in the ring, positions in pages
   readonly #length: Int32Array;
   readonly #ringHead: Int32Array;
   readonly #recent: Int32Array;
   readonly #paged: Int32Array;
+  // per layer × KV head: pools by pair, page slots in use
+  #pools: Map<string, _Pool>[];
+  readonly #slotsUsed: Int32Array;
+  // tiered policies: attention gathered per ring slot (f32, as the CPU cache keeps it), and a host
+  // copy of the ring's keys to compute it from
+  readonly #tracksScores: boolean;
+  readonly #scores: Float32Array;
+  readonly #ringKeys: Float32Array;
   #busy = false;
 
   /**
@@ -157,8 +220,7 @@ export class GpuKVCache implements KVCache {
     this.shape = { ...shape };
     const p = options.policy;
     this.policy = {
-      keyFormat: p.keyFormat,
-      valueFormat: p.valueFormat,
+      ...p,
       pageTokens: p.pageTokens ?? 128,
       sinkTokens: p.sinkTokens ?? 4,
       windowTokens: p.windowTokens ?? 64,
@@ -173,31 +235,36 @@ export class GpuKVCache implements KVCache {
         );
       }
     }
-    this.keyFormat = getFormat(p.keyFormat);
-    this.valueFormat = getFormat(p.valueFormat);
+    this.#choose = _choice(p, shape);
+    this.pairs = this.#choose.pairs();
     const d = shape.headDim;
-    let chunk = 1;
-    for (const f of [this.keyFormat, this.valueFormat]) {
-      if (f.axis === "heads") {
-        throw new FormatError(`format ${f.name} groups across KV heads; GPU pages are per head`);
-      }
-      if (f.axis === "channel") {
-        if (P % f.group !== 0) {
-          throw new ShapeError(`pageTokens ${P} is not a multiple of ${f.name}'s group ${f.group}`);
+    let chunk = 1, slotWords = 0;
+    for (const pair of this.pairs) {
+      const key = getFormat(pair.keyFormat), value = getFormat(pair.valueFormat);
+      for (const f of [key, value]) {
+        if (f.axis === "heads") {
+          throw new FormatError(`format ${f.name} groups across KV heads; GPU pages are per head`);
         }
-        chunk = Math.max(chunk, f.group);
-      } else if (d % f.group !== 0) {
-        throw new ShapeError(`headDim ${d} is not a multiple of ${f.name}'s group ${f.group}`);
+        if (f.axis === "channel") {
+          if (P % f.group !== 0) {
+            throw new ShapeError(
+              `pageTokens ${P} is not a multiple of ${f.name}'s group ${f.group}`,
+            );
+          }
+          chunk = Math.max(chunk, f.group);
+        } else if (d % f.group !== 0) {
+          throw new ShapeError(`headDim ${d} is not a multiple of ${f.name}'s group ${f.group}`);
+        }
       }
+      slotWords = Math.max(slotWords, wordsForLength(key, P * d) + wordsForLength(value, P * d));
     }
     this.chunk = chunk;
+    this.#pageSlotWords = slotWords;
     this.#ringSlots = Math.ceil((W + chunk) / chunk) * chunk;
     this.#slots = S + this.#ringSlots;
-    this.#pagesPerHead = Math.ceil(shape.maxSeqLen / P);
-    this.#keyPageWords = wordsForLength(this.keyFormat, P * d);
-    this.#valuePageWords = wordsForLength(this.valueFormat, P * d);
+    this.#pagesPerHead = Math.ceil(shape.maxSeqLen / P) + this.pairs.length - 1;
     const heads = shape.nLayers * shape.nKvHeads;
-    const poolBytes = heads * this.#pagesPerHead * (this.#keyPageWords + this.#valuePageWords) * 4;
+    const poolBytes = heads * this.#pagesPerHead * slotWords * 4;
     const stagingBytes = heads * 2 * this.#slots * d * 4;
     const limit = gpu.device.limits.maxStorageBufferBindingSize;
     if (poolBytes > limit || stagingBytes > limit) {
@@ -218,10 +285,13 @@ export class GpuKVCache implements KVCache {
       label: "kv fp32",
     });
     const qBytes = shape.nHeads * d * 4;
+    this.#tracksScores = this.pairs.length > 1;
+    // outputs, then one log-sum-exp per query head when window attention is credited
+    const outBytes = qBytes + (this.#tracksScores ? shape.nHeads * 4 : 0);
     this.#q = dev.createBuffer({ size: qBytes, usage: S_, label: "queries" });
-    this.#out = dev.createBuffer({ size: qBytes, usage: S_, label: "attention out" });
+    this.#out = dev.createBuffer({ size: outBytes, usage: S_, label: "attention out" });
     this.#readback = dev.createBuffer({
-      size: Math.max(qBytes, this.#keyPageWords * 4, this.#valuePageWords * 4),
+      size: Math.max(outBytes, slotWords * 4),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       label: "readback",
     });
@@ -235,6 +305,11 @@ export class GpuKVCache implements KVCache {
     this.#ringHead = new Int32Array(shape.nLayers);
     this.#recent = new Int32Array(shape.nLayers);
     this.#paged = new Int32Array(shape.nLayers);
+    this.#pools = Array.from({ length: heads }, () => new Map());
+    this.#slotsUsed = new Int32Array(heads);
+    const ring = this.#tracksScores ? heads * this.#ringSlots : 0;
+    this.#scores = new Float32Array(ring);
+    this.#ringKeys = new Float32Array(ring * d);
   }
 
   /**
@@ -244,14 +319,22 @@ export class GpuKVCache implements KVCache {
   async ready(): Promise<void> {
     const { headDim, nHeads, nKvHeads } = this.shape;
     const dims = { headDim, queriesPerKv: nHeads / nKvHeads, pageTokens: this.policy.pageTokens };
-    const k = this.keyFormat, v = this.valueFormat;
-    [this.#quantizeKey, this.#quantizeValue] = await Promise.all([
-      this.#pipelines.get(quantizeProgram(k)),
-      this.#pipelines.get(quantizeProgram(v)),
-      this.#pipelines.get(this.#attention.program(k, v, dims)),
+    const formats = new Map<string, FormatSpec>();
+    for (const pair of this.pairs) {
+      for (const name of [pair.keyFormat, pair.valueFormat]) formats.set(name, getFormat(name));
+    }
+    const quantize = [...formats.values()];
+    const compiled = await Promise.all([
+      ...quantize.map((f) => this.#pipelines.get(quantizeProgram(f))),
+      ...this.pairs.map((pair) =>
+        this.#pipelines.get(
+          this.#attention.program(getFormat(pair.keyFormat), getFormat(pair.valueFormat), dims),
+        )
+      ),
       this.#pipelines.get(this.#attention.program(FP32, FP32, dims)),
       this.#pipelines.get(this.#attention.mergeProgram(headDim)),
     ]);
+    this.#quantize = new Map(quantize.map((f, i) => [f.name, compiled[i]]));
   }
 
   length(layer: number): number {
@@ -267,13 +350,32 @@ export class GpuKVCache implements KVCache {
     return this.#paged[layer];
   }
 
+  /**
+   * Stored positions per format pair, as the CPU cache's `tokensByFormat` counts them (sinks and
+   * ring as "fp32|fp32").
+   * @returns positions per "keyFormat|valueFormat", summed over layers and KV heads
+   */
+  tokensByFormat(): Map<string, number> {
+    const counts = new Map<string, number>();
+    const add = (key: string, n: number) => counts.set(key, (counts.get(key) ?? 0) + n);
+    const { nLayers, nKvHeads } = this.shape;
+    for (let layer = 0; layer < nLayers; layer++) {
+      const full = this.#length[layer] - this.#paged[layer];
+      for (let h = 0; h < nKvHeads; h++) {
+        add("fp32|fp32", full);
+        for (const [key, pool] of this.#pools[layer * nKvHeads + h]) add(key, pool.tokens);
+      }
+    }
+    return counts;
+  }
+
   // word offsets of (layer, head) in the staging buffer (keys; values follow) and the pool
   #stagingBase(layer: number, head: number): number {
     return (layer * this.shape.nKvHeads + head) * 2 * this.#slots * this.shape.headDim;
   }
-  #pageBase(layer: number, head: number, page: number): number {
-    const per = this.#keyPageWords + this.#valuePageWords;
-    return ((layer * this.shape.nKvHeads + head) * this.#pagesPerHead + page) * per;
+  #pageBase(layer: number, head: number, slot: number): number {
+    return ((layer * this.shape.nKvHeads + head) * this.#pagesPerHead + slot) *
+      this.#pageSlotWords;
   }
 
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
@@ -281,7 +383,7 @@ export class GpuKVCache implements KVCache {
     assertFinite(k, "k");
     assertFinite(v, "v");
     this.#gpu.check("append");
-    if (this.#quantizeKey === undefined) {
+    if (this.#quantize.size === 0) {
       throw new DeviceError("GPU cache kernels not compiled: create it with createGpuKVCache()");
     }
     const { nKvHeads, headDim: d } = this.shape;
@@ -306,31 +408,71 @@ export class GpuKVCache implements KVCache {
         v.byteOffset + h * d * 4,
         d * 4,
       );
+      if (this.#tracksScores && pos >= S) {
+        const r = (layer * nKvHeads + h) * this.#ringSlots + slot - S;
+        this.#scores[r] = 0;
+        this.#ringKeys.set(k.subarray(h * d, (h + 1) * d), r * d);
+      }
     }
     if (pos >= S) this.#recent[layer]++;
     this.#length[layer] = pos + 1;
     if (this.#recent[layer] - this.policy.windowTokens >= this.chunk) this.#evict(layer);
   }
 
-  // quantizes the oldest chunk of the ring into the open page of every KV head of `layer`
+  // the pool of `pair` for one KV head, created on first use
+  #poolFor(index: number, pair: FormatPair): _Pool {
+    const key = _pairKey(pair);
+    let pool = this.#pools[index].get(key);
+    if (pool === undefined) {
+      const P = this.policy.pageTokens, d = this.shape.headDim;
+      const kf = getFormat(pair.keyFormat), vf = getFormat(pair.valueFormat);
+      pool = {
+        pair,
+        key: kf,
+        value: vf,
+        keyWords: wordsForLength(kf, P * d),
+        valueWords: wordsForLength(vf, P * d),
+        pages: [],
+        tokens: 0,
+      };
+      this.#pools[index].set(key, pool);
+    }
+    return pool;
+  }
+
+  // quantizes the oldest chunk of the ring of every KV head of `layer` into the open page of the
+  // pair its policy chooses for it
   #evict(layer: number): void {
     const { nKvHeads, headDim: d } = this.shape;
     const P = this.policy.pageTokens, S = this.policy.sinkTokens, C = this.chunk;
-    const page = Math.floor(this.#paged[layer] / P), t0 = this.#paged[layer] % P;
-    const slot0 = S + this.#ringHead[layer];
-    const jobs: number[][] = [[], []];
-    for (const [which, f] of [[0, this.keyFormat], [1, this.valueFormat]] as const) {
-      const rowWords = f.axis === "channel" ? 0 : wordsForLength(f, d);
-      for (let h = 0; h < nKvHeads; h++) {
+    const head0 = this.#ringHead[layer], slot0 = S + head0;
+    const jobs = new Map<string, { spec: FormatSpec; words: number[] }>();
+    const push = (spec: FormatSpec, ...w: number[]) => {
+      let j = jobs.get(spec.name);
+      if (j === undefined) jobs.set(spec.name, j = { spec, words: [] });
+      j.words.push(...w);
+    };
+    for (let h = 0; h < nKvHeads; h++) {
+      const index = layer * nKvHeads + h;
+      let score = 0;
+      if (this.#tracksScores) {
+        // the ring advances by whole chunks and holds a multiple of them: the chunk is contiguous
+        for (let i = 0; i < C; i++) score += this.#scores[index * this.#ringSlots + head0 + i];
+      }
+      const pool = this.#poolFor(index, this.#choose.formatFor(layer, h, score / C));
+      if (pool.tokens % P === 0) pool.pages.push(this.#slotsUsed[index]++);
+      const page = this.#pageBase(layer, h, pool.pages[pool.pages.length - 1]);
+      const t0 = pool.tokens % P;
+      for (const [which, f] of [[0, pool.key], [1, pool.value]] as const) {
         const src = this.#stagingBase(layer, h) + which * this.#slots * d + slot0 * d;
-        const dst = this.#pageBase(layer, h, page) + which * this.#keyPageWords;
-        const out = jobs[which];
+        const dst = page + which * pool.keyWords;
         if (f.axis === "channel") {
           // group gg of channel c covers tokens t0 + gg·G .. of the page: element c·P + t
           for (let c = 0; c < d; c++) {
             for (let g = 0; g < C / f.group; g++) {
               const t = t0 + g * f.group;
-              out.push(
+              push(
+                f,
                 src + g * f.group * d + c,
                 d,
                 dst + ((c * P + t) / f.group) * f.wordsPerGroup,
@@ -339,9 +481,11 @@ export class GpuKVCache implements KVCache {
             }
           }
         } else {
+          const rowWords = wordsForLength(f, d);
           for (let i = 0; i < C; i++) {
             for (let g = 0; g < d / f.group; g++) {
-              out.push(
+              push(
+                f,
                 src + i * d + g * f.group,
                 1,
                 dst + (t0 + i) * rowWords + g * f.wordsPerGroup,
@@ -351,24 +495,25 @@ export class GpuKVCache implements KVCache {
           }
         }
       }
+      pool.tokens += C;
     }
     const dev = this.#gpu.device;
-    const keyJobs = jobs[0].length / 4, valueJobs = jobs[1].length / 4;
-    const align = dev.limits.minStorageBufferOffsetAlignment;
-    const valueOffset = Math.ceil((keyJobs * 16) / align) * align;
-    const data = new Uint32Array((valueOffset / 4) + jobs[1].length);
-    data.set(jobs[0]);
-    data.set(jobs[1], valueOffset / 4);
+    const align = dev.limits.minStorageBufferOffsetAlignment / 4;
+    const runs: { spec: FormatSpec; at: number; count: number }[] = [];
+    let total = 0;
+    for (const { spec, words } of jobs.values()) {
+      runs.push({ spec, at: total, count: words.length / 4 });
+      total += Math.ceil(words.length / align) * align;
+    }
+    const data = new Uint32Array(total);
+    let r = 0;
+    for (const { words } of jobs.values()) data.set(words, runs[r++].at);
     const jobBuf = this.#jobs.ensure(data.byteLength);
     dev.queue.writeBuffer(jobBuf, 0, data);
     const enc = dev.createCommandEncoder();
     const pass = enc.beginComputePass();
-    for (
-      const [pipeline, offset, count] of [
-        [this.#quantizeKey!, 0, keyJobs],
-        [this.#quantizeValue!, valueOffset, valueJobs],
-      ] as const
-    ) {
+    for (const { spec, at, count } of runs) {
+      const pipeline = this.#quantize.get(spec.name)!;
       pass.setPipeline(pipeline);
       pass.setBindGroup(
         0,
@@ -377,22 +522,20 @@ export class GpuKVCache implements KVCache {
           entries: [
             { binding: 0, resource: { buffer: this.#staging } },
             { binding: 1, resource: { buffer: this.#pool } },
-            { binding: 2, resource: { buffer: jobBuf, offset, size: count * 16 } },
+            { binding: 2, resource: { buffer: jobBuf, offset: at * 4, size: count * 16 } },
           ],
         }),
       );
-      pass.dispatchWorkgroups(
-        ...dispatchSize(count, quantizeProgram(this.keyFormat).workgroupSize),
-      );
+      pass.dispatchWorkgroups(...dispatchSize(count, quantizeProgram(spec).workgroupSize));
     }
     pass.end();
     dev.queue.submit([enc.finish()]);
-    this.#ringHead[layer] = (this.#ringHead[layer] + C) % this.#ringSlots;
+    this.#ringHead[layer] = (head0 + C) % this.#ringSlots;
     this.#recent[layer] -= C;
     this.#paged[layer] += C;
   }
 
-  // the page table of one KV head: sinks, the ring's (at most two) runs, full and open pages
+  // the page table of one KV head: sinks, the ring's (at most two) runs, every pool's pages
   #segments(layer: number, h: number): AttentionSegment[] {
     const d = this.shape.headDim, P = this.policy.pageTokens, S = this.policy.sinkTokens;
     const segs: AttentionSegment[] = [];
@@ -412,16 +555,18 @@ export class GpuKVCache implements KVCache {
     const first = Math.min(recent, this.#ringSlots - head);
     if (first > 0) fp32(S + head, first);
     if (recent > first) fp32(S, recent - first);
-    for (let page = 0, left = this.#paged[layer]; left > 0; page++, left -= P) {
-      const base = this.#pageBase(layer, h, page);
-      segs.push({
-        words: this.#pool,
-        keyFormat: this.keyFormat,
-        valueFormat: this.valueFormat,
-        keyBase: base,
-        valueBase: base + this.#keyPageWords,
-        tokens: Math.min(P, left),
-      });
+    for (const pool of this.#pools[layer * this.shape.nKvHeads + h].values()) {
+      for (let i = 0; i < pool.pages.length; i++) {
+        const base = this.#pageBase(layer, h, pool.pages[i]);
+        segs.push({
+          words: this.#pool,
+          keyFormat: pool.key,
+          valueFormat: pool.value,
+          keyBase: base,
+          valueBase: base + pool.keyWords,
+          tokens: Math.min(P, pool.tokens - i * P),
+        });
+      }
     }
     return segs;
   }
@@ -444,6 +589,7 @@ export class GpuKVCache implements KVCache {
         groups.push({
           queryOffset: h * Q * d,
           outputOffset: h * Q * d,
+          lseOffset: this.#tracksScores ? nHeads * d + h * Q : undefined,
           segments: this.#segments(layer, h),
         });
       }
@@ -453,11 +599,41 @@ export class GpuKVCache implements KVCache {
         queriesPerKv: Q,
         pageTokens: this.policy.pageTokens,
       });
-      out.set(
-        new Float32Array(await readBack(this.#gpu, this.#out, this.#readback, q.byteLength, enc)),
+      const bytes = q.byteLength + (this.#tracksScores ? nHeads * 4 : 0);
+      const result = new Float32Array(
+        await readBack(this.#gpu, this.#out, this.#readback, bytes, enc),
       );
+      out.set(result.subarray(0, nHeads * d));
+      if (this.#tracksScores) this.#credit(layer, q, result.subarray(nHeads * d));
     } finally {
       this.#busy = false;
+    }
+  }
+
+  /**
+   * Adds each recent window token's attention weight, averaged over its group's query heads, to
+   * its slot's score, as the CPU cache does: only the newest windowTokens of the ring are
+   * credited (older ones wait for eviction with their score final). Scores are recomputed here in
+   * f32 from the host copy of the keys; the weights use each head's log-sum-exp from the merge.
+   */
+  #credit(layer: number, q: Float32Array, lse: Float32Array): void {
+    const { nHeads, nKvHeads, headDim: d } = this.shape;
+    const Q = nHeads / nKvHeads, scale = Math.fround(1 / Math.sqrt(d));
+    const recent = this.#recent[layer], head = this.#ringHead[layer];
+    const first = Math.max(0, recent - this.policy.windowTokens);
+    for (let h = 0; h < nKvHeads; h++) {
+      const base = (layer * nKvHeads + h) * this.#ringSlots;
+      for (let j = 0; j < Q; j++) {
+        const qh = (h * Q + j) * d, norm = lse[h * Q + j];
+        for (let i = first; i < recent; i++) {
+          const r = base + (head + i) % this.#ringSlots;
+          let s = 0;
+          for (let c = 0; c < d; c++) {
+            s = Math.fround(s + Math.fround(q[qh + c] * this.#ringKeys[r * d + c]));
+          }
+          this.#scores[r] += Math.exp(Math.fround(s * scale) - norm) / Q;
+        }
+      }
     }
   }
 
@@ -465,39 +641,51 @@ export class GpuKVCache implements KVCache {
    * Reads one page's words back from the GPU: the same words the CPU cache holds for it.
    * @param layer layer index
    * @param kvHead KV head index
-   * @param page page index (pages fill in order)
+   * @param page page index within the pair's pool (pages fill in order)
+   * @param pair the pool's format pair (default: the policy's only pair)
    * @returns the key and value blocks and the valid token count
    * @throws {ShapeError} for a page that holds no tokens
+   * @throws {InvalidValueError} without a pair when the policy has several
    */
-  async readPage(layer: number, kvHead: number, page: number): Promise<GpuPageWords> {
+  async readPage(
+    layer: number,
+    kvHead: number,
+    page: number,
+    pair?: FormatPair,
+  ): Promise<GpuPageWords> {
+    if (pair === undefined) {
+      if (this.pairs.length !== 1) {
+        throw new InvalidValueError(
+          `the policy has ${this.pairs.length} format pairs: name the page's pair`,
+        );
+      }
+      pair = this.pairs[0];
+    }
     const P = this.policy.pageTokens;
-    const tokens = Math.min(P, this.#paged[layer] - page * P);
-    if (
-      !(layer >= 0 && layer < this.shape.nLayers) ||
-      !(kvHead >= 0 && kvHead < this.shape.nKvHeads) || !(tokens > 0)
-    ) {
-      throw new ShapeError(`no page ${page} of layer ${layer}, KV head ${kvHead}`);
+    const inRange = layer >= 0 && layer < this.shape.nLayers && kvHead >= 0 &&
+      kvHead < this.shape.nKvHeads;
+    const pool = inRange
+      ? this.#pools[layer * this.shape.nKvHeads + kvHead].get(_pairKey(pair))
+      : undefined;
+    const tokens = pool === undefined ? 0 : Math.min(P, pool.tokens - page * P);
+    if (pool === undefined || !Number.isInteger(page) || !(tokens > 0)) {
+      throw new ShapeError(
+        `no page ${page} of ${_pairKey(pair)} in layer ${layer}, KV head ${kvHead}`,
+      );
     }
     this.#gpu.check("readPage");
-    const base = this.#pageBase(layer, kvHead, page) * 4;
+    const base = this.#pageBase(layer, kvHead, pool.pages[page]) * 4;
     const keyWords = new Uint32Array(
-      await readBack(
-        this.#gpu,
-        this.#pool,
-        this.#readback,
-        this.#keyPageWords * 4,
-        undefined,
-        base,
-      ),
+      await readBack(this.#gpu, this.#pool, this.#readback, pool.keyWords * 4, undefined, base),
     );
     const valueWords = new Uint32Array(
       await readBack(
         this.#gpu,
         this.#pool,
         this.#readback,
-        this.#valuePageWords * 4,
+        pool.valueWords * 4,
         undefined,
-        base + this.#keyPageWords * 4,
+        base + pool.keyWords * 4,
       ),
     );
     return { keyWords, valueWords, tokens };
@@ -508,7 +696,8 @@ export class GpuKVCache implements KVCache {
     for (const n of this.#length) positions += n;
     const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
     const bytes = this.#pool.size + this.#staging.size + this.#q.size + this.#out.size +
-      this.#readback.size + this.#jobs.byteLength + this.#attention.byteLength;
+      this.#readback.size + this.#jobs.byteLength + this.#attention.byteLength +
+      this.#scores.byteLength + this.#ringKeys.byteLength;
     return { bytes, elements, bitsPerElement: elements === 0 ? 0 : (8 * bytes) / elements };
   }
 
@@ -517,6 +706,9 @@ export class GpuKVCache implements KVCache {
     this.#ringHead.fill(0);
     this.#recent.fill(0);
     this.#paged.fill(0);
+    this.#pools = this.#pools.map(() => new Map());
+    this.#slotsUsed.fill(0);
+    this.#scores.fill(0);
     if (this.#gpu.lost) return;
     // words past the valid tokens are zero (PAGES.md)
     const enc = this.#gpu.device.createCommandEncoder();
@@ -530,4 +722,25 @@ export class GpuKVCache implements KVCache {
     this.#jobs.destroy();
     this.#attention.destroy();
   }
+}
+
+// the policy's choice of pair per (layer, KV head, score), with the CPU cache's own semantics
+function _choice(p: GpuCachePolicy, shape: KVCacheShape): CachePolicy {
+  if (p.tiers === undefined) {
+    if (typeof p.keyFormat !== "string" || typeof p.valueFormat !== "string") {
+      throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers");
+    }
+    return uniformPolicy({ keyFormat: p.keyFormat, valueFormat: p.valueFormat });
+  }
+  if (p.keyFormat !== undefined || p.valueFormat !== undefined) {
+    throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers, not both");
+  }
+  const { nLayers, nKvHeads } = shape;
+  if (p.tiers.length !== nLayers || p.tiers.some((l) => l.length !== nKvHeads)) {
+    throw new ShapeError(
+      `tiers cover ${p.tiers.length} layers × [${p.tiers.map((l) => l.length)}] KV heads; ` +
+        `the shape has ${nLayers} × ${nKvHeads}`,
+    );
+  }
+  return tieredPolicy({ label: "gpu", tiers: p.tiers });
 }

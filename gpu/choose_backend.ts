@@ -3,8 +3,8 @@
  * "auto" takes a hardware GPU when the policy runs there unchanged and the cache is large enough
  * to pay for the GPU's readbacks, else WebAssembly, else the TypeScript reference, and says which
  * it chose and why. Choosing never changes what is stored:
- * a policy the GPU cache cannot hold as written (several format pairs, an fp16 window, a memory
- * budget) stays on the CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
+ * a policy the GPU cache cannot hold as written (an fp16 window, a memory budget) stays on the
+ * CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
  * not preferred over WebAssembly on the same CPU.
  *
  * Browser compatible.
@@ -76,17 +76,17 @@ export interface ChosenKVCache {
 
 /**
  * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
- * cannot: the GPU cache holds one format pair and keeps sinks, window and the tokens awaiting
- * eviction at fp32.
+ * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32. Uniform
+ * and tiered policies (PrecisionPlans) both run there.
  *
  * @param policy the policy
  * @returns the GPU policy, or the reason as a sentence
  */
 export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
   const o = policy.options;
-  if (o.kind !== "uniform") {
-    return `policy "${policy.label}" has ${policy.pairs().length} format pairs; the GPU cache ` +
-      `stores one (uniform policies)`;
+  if (o.kind !== "uniform" && o.kind !== "tiered") {
+    return `policy "${policy.label}" is of kind ${(o as { kind: string }).kind}, which the GPU ` +
+      `cache does not know`;
   }
   // the window format also holds the tokens waiting for a whole channel group, so it matters even
   // without sinks and window
@@ -94,13 +94,14 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
     return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
       `${policy.windowFormat}; the GPU cache keeps them at fp32`;
   }
-  return {
-    keyFormat: o.keyFormat,
-    valueFormat: o.valueFormat,
+  const window = {
     pageTokens: policy.pageTokens,
     sinkTokens: policy.sinkTokens,
     windowTokens: policy.recentWindow,
   };
+  return o.kind === "uniform"
+    ? { keyFormat: o.keyFormat, valueFormat: o.valueFormat, ...window }
+    : { tiers: o.tiers, ...window };
 }
 
 /**

@@ -23,7 +23,8 @@ export const MERGE_WORKGROUP = 64;
 /**
  * The merge kernel for head dimension `headDim`. Bindings: 0 `partials: array<f32>` (read;
  * record r at r·(d+2): m, l, acc[d]), 1 `outs: array<vec4<u32>>` (read; x = first record,
- * y = record count, z = output offset in floats), 2 `out: array<f32>` (read_write). One
+ * y = record count, z = output offset in floats, w = 1 + the float offset where the head's
+ * log-sum-exp m + ln l goes, 0 for none), 2 `out: array<f32>` (read_write). One
  * workgroup per entry of `outs` (x, wrapping into y past 65535). A head with no records gets 0.
  *
  * The default kernel loops over records with one thread per channel (for software adapters, where
@@ -59,6 +60,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var c = lid; c < ${D}u; c = c + ${MERGE_WORKGROUP}u) {
     ${_weightedSums(R, "o.x", 1)}
     out[o.z + c] = select(acc / l, 0.0, l == 0.0);
+    if (c == 0u && o.w > 0u) { out[o.w - 1u] = m + log(l); }
   }
 }
 `,
@@ -88,7 +90,8 @@ function _parallelMerge(headDim: number, partial: boolean): GpuProgram {
   const write = (a: string, l: string) =>
     partial
       ? `out[o.z * ${R}u + 2u + c] = ${a}; if (c == 0u) { out[o.z * ${R}u] = m; out[o.z * ${R}u + 1u] = ${l}; }`
-      : `out[o.z + c] = select(${a} / ${l}, 0.0, ${l} == 0.0);`;
+      : `out[o.z + c] = select(${a} / ${l}, 0.0, ${l} == 0.0); ` +
+        `if (c == 0u && o.w > 0u) { out[o.w - 1u] = m + log(${l}); }`;
   const sums = K === 1
     ? `
   for (var c = lid; c < ${D}u; c = c + ${W}u) {

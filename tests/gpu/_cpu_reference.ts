@@ -11,7 +11,7 @@ import {
   type KVCacheShape,
 } from "../../core/model/kv_cache.ts";
 import { getFormat, wasmCodec } from "../../codecs/mod.ts";
-import type { GpuCachePolicy } from "../../gpu/mod.ts";
+import type { GpuUniformPolicy } from "../../gpu/mod.ts";
 
 export class CpuPagedReference implements KVCache {
   readonly shape: KVCacheShape;
@@ -19,10 +19,10 @@ export class CpuPagedReference implements KVCache {
   readonly #values: Float32Array[][];
   readonly #length: Int32Array;
   readonly #paged: Int32Array;
-  readonly #policy: Required<GpuCachePolicy>;
+  readonly #policy: Required<Omit<GpuUniformPolicy, "tiers">>;
   readonly #chunk: number;
 
-  constructor(shape: KVCacheShape, policy: GpuCachePolicy) {
+  constructor(shape: KVCacheShape, policy: GpuUniformPolicy) {
     this.shape = shape;
     this.#policy = { pageTokens: 128, sinkTokens: 4, windowTokens: 64, ...policy };
     let chunk = 1;

@@ -1,14 +1,25 @@
 import assert from "node:assert/strict";
-import { CapacityError, DeviceError, FormatError, ShapeError } from "../../core/errors.ts";
+import {
+  CapacityError,
+  DeviceError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+} from "../../core/errors.ts";
 import { getFormat } from "../../codecs/mod.ts";
-import { createGpuKVCache, type GpuCachePolicy, requestGpu } from "../../gpu/mod.ts";
+import {
+  createGpuKVCache,
+  type GpuCachePolicy,
+  type GpuUniformPolicy,
+  requestGpu,
+} from "../../gpu/mod.ts";
 import { loadFixture, normals, rng } from "../_fixtures.ts";
 import { cacheShape } from "../../core/model/transformer.ts";
 import { perplexity } from "../../core/eval/perplexity.ts";
 import { packPage, relativeError, testGpu } from "./_gpu.ts";
 import { CpuPagedReference } from "./_cpu_reference.ts";
 
-const POLICIES: [string, GpuCachePolicy, number, number][] = [
+const POLICIES: [string, GpuUniformPolicy, number, number][] = [
   // policy, head_dim, positions
   [
     "int8 channel keys / int8 token values",
@@ -149,6 +160,8 @@ Deno.test("GpuKVCache.readPage() returns the WASM codec's words for the page's t
   }
 });
 
+const tier = (f: string) => [{ minScore: 0, keyFormat: f, valueFormat: "fp32" }];
+
 Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async () => {
   const env = await testGpu();
   if (env === undefined) return;
@@ -159,6 +172,11 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
     [{ keyFormat: "int4-g32-token", valueFormat: "fp32" }, ShapeError], // 32 does not divide d = 8
     [{ keyFormat: "int4-g32-channel", valueFormat: "fp32", pageTokens: 48 }, ShapeError],
     [{ keyFormat: "fp32", valueFormat: "fp32", windowTokens: -1 }, ShapeError],
+    // tiered: one table per layer and KV head, whose last tier takes every score, of pageable formats
+    [{ tiers: [[tier("int8-g8-token")], [tier("int8-g8-token")]] }, ShapeError],
+    [{ tiers: [[[{ ...tier("int8-g8-token")[0], minScore: 0.5 }]]] }, InvalidValueError],
+    [{ tiers: [[tier("int4-g8-heads")]] }, FormatError],
+    [{ tiers: [[tier("fp32")]], keyFormat: "fp32" } as unknown as GpuCachePolicy, FormatError],
   ];
   for (const [policy, type] of bad) {
     await assert.rejects(

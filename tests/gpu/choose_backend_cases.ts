@@ -7,6 +7,7 @@ import {
   type CachePolicy,
   createKVCache,
   GpuDevice,
+  type GpuKVCache,
   gpuPolicyFor,
   type KVCache,
   MIN_GPU_ELEMENTS,
@@ -26,20 +27,26 @@ const ready = () =>
     recentWindow: 8,
     windowFormat: "fp32",
   });
+// three tiers by the attention a chunk gathered in the window, per layer and KV head
+const tiered = (windowFormat = "fp32") =>
+  tieredPolicy({
+    label: "three tiers",
+    tiers: Array.from({ length: 2 }, (_, l) =>
+      Array.from({ length: 2 }, (_, h) => [
+        { minScore: 0.2 + 0.05 * (l + h), keyFormat: "int8-g16-token", valueFormat: "fp16" },
+        { minScore: 0.08, keyFormat: "int8-g16-channel", valueFormat: "int4-g16-token" },
+        { minScore: 0, keyFormat: "int2-g16-channel", valueFormat: "int2-g16-token" },
+      ])),
+    sinkTokens: 2,
+    recentWindow: 4,
+    pageTokens: 16,
+    windowFormat,
+  });
 const notReady: [string, CachePolicy, RegExp][] = [
   [
-    "a tiered policy",
-    tieredPolicy({
-      label: "two tiers",
-      tiers: Array.from({ length: 2 }, () =>
-        Array.from({ length: 2 }, () => [
-          { minScore: 0.5, keyFormat: "int8-g16-token", valueFormat: "int8-g16-token" },
-          { minScore: 0, keyFormat: "int4-g16-token", valueFormat: "int4-g16-token" },
-        ])),
-      recentWindow: 8,
-      windowFormat: "fp32",
-    }),
-    /has 2 format pairs; the GPU cache stores one/,
+    "a tiered policy with an fp16 window",
+    tiered("fp16"),
+    /keeps sinks, window and tokens awaiting eviction at fp16; the GPU cache keeps them at fp32/,
   ],
   [
     "an fp16 window",
@@ -92,6 +99,13 @@ Deno.test("gpuPolicyFor() carries formats, pages, sinks and window over unchange
     pageTokens: 32,
     sinkTokens: 2,
     windowTokens: 8,
+  });
+  const policy = tiered();
+  assert.deepEqual(gpuPolicyFor(policy), {
+    tiers: (policy.options as { tiers: unknown }).tiers,
+    pageTokens: 16,
+    sinkTokens: 2,
+    windowTokens: 4,
   });
 });
 
@@ -157,6 +171,54 @@ Deno.test("createKVCache(gpu) attends as the WASM cache does under the same poli
     const what = `${policy().label}: GPU vs WASM ${worst} of ${scale}`;
     assert.ok(scale > 0.01 && worst <= 1e-6 * scale, what);
   }
+  assert.equal(env.gpu.lost, false);
+});
+
+Deno.test("createKVCache(gpu) runs a tiered policy as the WASM cache does: same tiers, same outputs", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  const chosen = await createKVCache(shape, tiered(), { backend: "gpu", gpu: env.gpu });
+  assert.equal(chosen.backend, "gpu", chosen.reason);
+  const gpu = chosen.cache as GpuKVCache;
+  const cpu = new MixedPrecisionKVCache(shape, tiered(), { backend: "wasm", integerDot: false });
+  // attention at every step: the window's scores decide each chunk's tier on both caches
+  const r = rng(91), kv = shape.nKvHeads * shape.headDim, qd = shape.nHeads * shape.headDim;
+  const x = (n: number, s = 1) => Float32Array.from({ length: n }, () => s * (2 * r() - 1));
+  const g = new Float32Array(qd), c = new Float32Array(qd);
+  let worst = 0, scale = 0;
+  for (let pos = 0; pos < 90; pos++) {
+    for (let l = 0; l < shape.nLayers; l++) {
+      // a few tokens stand out, so that some chunks gather more attention than others
+      const k = x(kv, pos % 11 < 3 ? 3 : 1), v = x(kv);
+      gpu.append(l, pos, k, v);
+      cpu.append(l, pos, k, v);
+      const q = x(qd, 2);
+      await gpu.attend(l, q, g);
+      cpu.attend(l, q, c);
+      for (let i = 0; i < qd; i++) {
+        worst = Math.max(worst, Math.abs(g[i] - c[i]));
+        scale = Math.max(scale, Math.abs(c[i]));
+      }
+    }
+  }
+  const tiers = gpu.tokensByFormat();
+  assert.deepEqual(tiers, cpu.tokensByFormat(), "the same chunks went to the same tiers");
+  for (const pair of tiered().pairs()) {
+    const key = `${pair.keyFormat}|${pair.valueFormat}`;
+    assert.ok(
+      (tiers.get(key) ?? 0) >= 16,
+      `every tier holds a page's worth: ${key} in ${[...tiers]}`,
+    );
+  }
+  assert.ok(scale > 0.01 && worst <= 1e-5 * scale, `GPU vs WASM ${worst} of ${scale}`);
+  // a page of one pool reads back as the words the WASM cache holds for it
+  const pool = cpu.segments(1, 1).pools.find((p) => p.pair.keyFormat === "int8-g16-channel")!;
+  const page = await gpu.readPage(1, 1, 0, pool.pair);
+  assert.equal(page.tokens, pool.pages[0].n);
+  assert.deepEqual(page.keyWords, pool.pages[0].kWords);
+  assert.deepEqual(page.valueWords, pool.pages[0].vWords);
+  await assert.rejects(() => gpu.readPage(1, 1, 0), /3 format pairs: name the page's pair/);
+  chosen.destroy();
   assert.equal(env.gpu.lost, false);
 });
 
