@@ -4,21 +4,13 @@
 // distributions from the FP32 cache's (teacher-forced), top-1 agreement, and greedy-token match
 // over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
 // on the text's last two lines, as `deno task analyze` does).
-// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (every row run with an
-// fp32 window as the GPU cache keeps sinks, window and eviction ring, named "[fp32 window]" and
-// each followed by the WASM cache's perplexity under the same policy).
+// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (every row, each
+// followed by the WASM cache's perplexity under the same policy).
 // Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
 //                       [--eps E]... [--budget B]...
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
-import {
-  type GpuDevice,
-  gpuPolicyFor,
-  requestGpu,
-  signTest,
-  tieredPolicy,
-  uniformPolicy,
-} from "../mod.ts";
+import { type GpuDevice, gpuPolicyFor, requestGpu, signTest } from "../mod.ts";
 import {
   baselineRows,
   type EvalRow,
@@ -101,19 +93,8 @@ console.log(header.join(" | "));
 console.log(header.map(() => "---").join(" | "));
 const results = [];
 const fp32Ppl = setup.referencePerplexity;
-for (const listed of rows) {
-  // the GPU cache keeps sinks, window and eviction ring at fp32: a row runs there with an fp32
-  // window (and says so), and the WASM cache runs the same policy beside it
-  const o = listed.policy.options;
-  const row = backend === "gpu"
-    ? {
-      ...listed,
-      name: `${listed.name} [fp32 window]`,
-      policy: o.kind === "uniform"
-        ? uniformPolicy({ ...o, windowFormat: "fp32" })
-        : tieredPolicy({ ...o, windowFormat: "fp32" }),
-    }
-    : listed;
+// on the GPU every row runs as written, and the WASM cache runs the same policy beside it
+for (const row of rows) {
   const notOnGpu = backend === "gpu" ? gpuPolicyFor(row.policy) : undefined;
   if (typeof notOnGpu === "string") {
     console.log(`${row.name} | skipped: ${notOnGpu}`);

@@ -4,7 +4,9 @@
  * re-quantizing; {@linkcode GpuKVCache.readPage} returns them.
  *
  * Per layer and KV head the cache holds: the first `sinkTokens` positions and a ring of the most
- * recent ones at fp32 in a staging buffer, and older positions in pages of `pageTokens` tokens in
+ * recent ones in a staging buffer at the window format (fp32, or fp16 as the CPU cache keeps it by
+ * default: rounded on the host, read by the kernels through the fp16 decoder and the quantize
+ * kernel's fp16 source), and older positions in pages of `pageTokens` tokens in
  * one pool buffer. After each append, while at least `windowTokens + chunk` recent positions are
  * held, the oldest `chunk` of them are quantized on the GPU into the open page of their format
  * pair (chunk = the largest channel-axis group of every format, else 1, so channel groups are
@@ -67,6 +69,8 @@ import {
   uniformPolicy,
 } from "../core/cache/policy.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts";
+import type { Codec } from "../codecs/codec.ts";
+import { tsCodec } from "../codecs/ts_codec.ts";
 import type { GpuDevice } from "./device.ts";
 import { PipelineCache } from "./program.ts";
 import { type AttentionGroup, type AttentionSegment, PagedAttention } from "./attention.ts";
@@ -78,10 +82,15 @@ import { dispatchSize, readBack } from "./_io.ts";
 export interface GpuWindowPolicy {
   /** Tokens per page P (default 128); a multiple of every channel-axis group. */
   pageTokens?: number;
-  /** First positions kept at fp32 forever (attention sinks; default 4). */
+  /** First positions kept at full precision forever (attention sinks; default 4). */
   sinkTokens?: number;
-  /** Most recent positions kept at fp32 (default 64). */
+  /** Most recent positions kept at full precision (default 64). */
   windowTokens?: number;
+  /**
+   * Storage of sinks, window and the positions awaiting eviction: "fp32" (default) or "fp16"
+   * (the CPU cache's default; values rounded to fp16 as the CPU cache rounds them).
+   */
+  windowFormat?: "fp32" | "fp16";
 }
 
 /** One format pair for every paged position. */
@@ -133,8 +142,6 @@ export interface GpuPageWords {
   tokens: number;
 }
 
-const FP32 = getFormat("fp32");
-
 /**
  * Creates a {@linkcode GpuKVCache} and compiles its kernels, so that append and attend never wait
  * for a compilation.
@@ -180,6 +187,11 @@ export class GpuKVCache implements KVCache {
   readonly #pipelines: PipelineCache;
   readonly #attention: PagedAttention;
   readonly #choose: CachePolicy;
+  /** Format of sinks and ring, and its codec (host-side rounding of fp16 windows). */
+  readonly #window: FormatSpec;
+  readonly #windowCodec: Codec;
+  /** Words per position of the window format in the staging buffer. */
+  readonly #slotWords: number;
   readonly #ringSlots: number;
   readonly #slots: number;
   /** Page slots per KV head: every position paged, plus one open page per further pair. */
@@ -205,6 +217,8 @@ export class GpuKVCache implements KVCache {
   readonly #tracksScores: boolean;
   readonly #scores: Float32Array;
   readonly #ringKeys: Float32Array;
+  /** Host scratch: one position's keys and values of every KV head in the window format. */
+  readonly #encoded: Uint32Array<ArrayBuffer>;
   #busy = false;
 
   /**
@@ -224,6 +238,7 @@ export class GpuKVCache implements KVCache {
       pageTokens: p.pageTokens ?? 128,
       sinkTokens: p.sinkTokens ?? 4,
       windowTokens: p.windowTokens ?? 64,
+      windowFormat: p.windowFormat ?? "fp32",
     };
     const { pageTokens: P, sinkTokens: S, windowTokens: W } = this.policy;
     for (const [k, v] of [["pageTokens", P], ["sinkTokens", S], ["windowTokens", W]] as const) {
@@ -238,6 +253,16 @@ export class GpuKVCache implements KVCache {
     this.#choose = _choice(p, shape);
     this.pairs = this.#choose.pairs();
     const d = shape.headDim;
+    const wf = this.policy.windowFormat;
+    if (wf !== "fp32" && wf !== "fp16") {
+      throw new FormatError(`window format ${wf}: the GPU cache keeps fp32 or fp16 windows`);
+    }
+    if (wf === "fp16" && d % 2 !== 0) {
+      throw new ShapeError(`an fp16 window packs two elements a word; headDim ${d} is odd`);
+    }
+    this.#window = getFormat(wf);
+    this.#windowCodec = tsCodec(wf);
+    this.#slotWords = wordsForLength(this.#window, d);
     let chunk = 1, slotWords = 0;
     for (const pair of this.pairs) {
       const key = getFormat(pair.keyFormat), value = getFormat(pair.valueFormat);
@@ -265,7 +290,7 @@ export class GpuKVCache implements KVCache {
     this.#pagesPerHead = Math.ceil(shape.maxSeqLen / P) + this.pairs.length - 1;
     const heads = shape.nLayers * shape.nKvHeads;
     const poolBytes = heads * this.#pagesPerHead * slotWords * 4;
-    const stagingBytes = heads * 2 * this.#slots * d * 4;
+    const stagingBytes = heads * 2 * this.#slots * this.#slotWords * 4;
     const limit = gpu.device.limits.maxStorageBufferBindingSize;
     if (poolBytes > limit || stagingBytes > limit) {
       throw new DeviceError(
@@ -282,7 +307,7 @@ export class GpuKVCache implements KVCache {
     this.#staging = dev.createBuffer({
       size: Math.max(16, stagingBytes),
       usage: S_,
-      label: "kv fp32",
+      label: `kv ${wf} window`,
     });
     const qBytes = shape.nHeads * d * 4;
     this.#tracksScores = this.pairs.length > 1;
@@ -310,6 +335,7 @@ export class GpuKVCache implements KVCache {
     const ring = this.#tracksScores ? heads * this.#ringSlots : 0;
     this.#scores = new Float32Array(ring);
     this.#ringKeys = new Float32Array(ring * d);
+    this.#encoded = new Uint32Array(2 * shape.nKvHeads * this.#slotWords);
   }
 
   /**
@@ -325,16 +351,21 @@ export class GpuKVCache implements KVCache {
     }
     const quantize = [...formats.values()];
     const compiled = await Promise.all([
-      ...quantize.map((f) => this.#pipelines.get(quantizeProgram(f))),
+      ...quantize.map((f) => this.#pipelines.get(this.#quantizeProgram(f))),
       ...this.pairs.map((pair) =>
         this.#pipelines.get(
           this.#attention.program(getFormat(pair.keyFormat), getFormat(pair.valueFormat), dims),
         )
       ),
-      this.#pipelines.get(this.#attention.program(FP32, FP32, dims)),
+      this.#pipelines.get(this.#attention.program(this.#window, this.#window, dims)),
       this.#pipelines.get(this.#attention.mergeProgram(headDim)),
     ]);
     this.#quantize = new Map(quantize.map((f, i) => [f.name, compiled[i]]));
+  }
+
+  // the quantize kernel reading this cache's staging buffer
+  #quantizeProgram(spec: FormatSpec) {
+    return quantizeProgram(spec, this.#window.kind === "fp16" ? "fp16" : "f32");
   }
 
   length(layer: number): number {
@@ -342,7 +373,7 @@ export class GpuKVCache implements KVCache {
   }
 
   /**
-   * Positions of `layer` held in pages (quantized); the rest are sinks and the fp32 ring.
+   * Positions of `layer` held in pages (quantized); the rest are sinks and the ring.
    * @param layer layer index
    * @returns positions in pages
    */
@@ -352,7 +383,7 @@ export class GpuKVCache implements KVCache {
 
   /**
    * Stored positions per format pair, as the CPU cache's `tokensByFormat` counts them (sinks and
-   * ring as "fp32|fp32").
+   * ring as "fp32|fp32" or "fp16|fp16").
    * @returns positions per "keyFormat|valueFormat", summed over layers and KV heads
    */
   tokensByFormat(): Map<string, number> {
@@ -362,7 +393,7 @@ export class GpuKVCache implements KVCache {
     for (let layer = 0; layer < nLayers; layer++) {
       const full = this.#length[layer] - this.#paged[layer];
       for (let h = 0; h < nKvHeads; h++) {
-        add("fp32|fp32", full);
+        add(`${this.#window.name}|${this.#window.name}`, full);
         for (const [key, pool] of this.#pools[layer * nKvHeads + h]) add(key, pool.tokens);
       }
     }
@@ -371,7 +402,7 @@ export class GpuKVCache implements KVCache {
 
   // word offsets of (layer, head) in the staging buffer (keys; values follow) and the pool
   #stagingBase(layer: number, head: number): number {
-    return (layer * this.shape.nKvHeads + head) * 2 * this.#slots * this.shape.headDim;
+    return (layer * this.shape.nKvHeads + head) * 2 * this.#slots * this.#slotWords;
   }
   #pageBase(layer: number, head: number, slot: number): number {
     return ((layer * this.shape.nKvHeads + head) * this.#pagesPerHead + slot) *
@@ -391,27 +422,29 @@ export class GpuKVCache implements KVCache {
     let slot: number;
     if (pos < S) slot = pos;
     else slot = S + (this.#ringHead[layer] + this.#recent[layer]) % this.#ringSlots;
+    // encoded for every head before anything is written: a value fp16 cannot hold changes nothing
+    const sw = this.#slotWords, words = this.#encoded;
+    if (this.#window.kind === "fp32") {
+      words.set(new Uint32Array(k.buffer, k.byteOffset, k.length));
+      words.set(new Uint32Array(v.buffer, v.byteOffset, v.length), nKvHeads * sw);
+    } else {
+      this.#windowCodec.encodeInto(k, words.subarray(0, nKvHeads * sw));
+      this.#windowCodec.encodeInto(v, words.subarray(nKvHeads * sw));
+    }
     const queue = this.#gpu.device.queue;
     for (let h = 0; h < nKvHeads; h++) {
-      const base = (this.#stagingBase(layer, h) + slot * d) * 4;
-      queue.writeBuffer(
-        this.#staging,
-        base,
-        k.buffer as ArrayBuffer,
-        k.byteOffset + h * d * 4,
-        d * 4,
-      );
-      queue.writeBuffer(
-        this.#staging,
-        base + this.#slots * d * 4,
-        v.buffer as ArrayBuffer,
-        v.byteOffset + h * d * 4,
-        d * 4,
-      );
+      const base = (this.#stagingBase(layer, h) + slot * sw) * 4;
+      queue.writeBuffer(this.#staging, base, words, h * sw, sw);
+      queue.writeBuffer(this.#staging, base + this.#slots * sw * 4, words, (nKvHeads + h) * sw, sw);
       if (this.#tracksScores && pos >= S) {
+        // the keys as stored, to credit their attention from
         const r = (layer * nKvHeads + h) * this.#ringSlots + slot - S;
         this.#scores[r] = 0;
-        this.#ringKeys.set(k.subarray(h * d, (h + 1) * d), r * d);
+        this.#windowCodec.decodeWords(
+          words.subarray(h * sw, (h + 1) * sw),
+          d,
+          this.#ringKeys.subarray(r * d, (r + 1) * d),
+        );
       }
     }
     if (pos >= S) this.#recent[layer]++;
@@ -464,7 +497,10 @@ export class GpuKVCache implements KVCache {
       const page = this.#pageBase(layer, h, pool.pages[pool.pages.length - 1]);
       const t0 = pool.tokens % P;
       for (const [which, f] of [[0, pool.key], [1, pool.value]] as const) {
-        const src = this.#stagingBase(layer, h) + which * this.#slots * d + slot0 * d;
+        // in elements of the staging buffer: positions are d elements apart
+        const src =
+          (this.#stagingBase(layer, h) + (which * this.#slots + slot0) * this.#slotWords) *
+          (d / this.#slotWords);
         const dst = page + which * pool.keyWords;
         if (f.axis === "channel") {
           // group gg of channel c covers tokens t0 + gg·G .. of the page: element c·P + t
@@ -526,7 +562,7 @@ export class GpuKVCache implements KVCache {
           ],
         }),
       );
-      pass.dispatchWorkgroups(...dispatchSize(count, quantizeProgram(spec).workgroupSize));
+      pass.dispatchWorkgroups(...dispatchSize(count, this.#quantizeProgram(spec).workgroupSize));
     }
     pass.end();
     dev.queue.submit([enc.finish()]);
@@ -539,22 +575,22 @@ export class GpuKVCache implements KVCache {
   #segments(layer: number, h: number): AttentionSegment[] {
     const d = this.shape.headDim, P = this.policy.pageTokens, S = this.policy.sinkTokens;
     const segs: AttentionSegment[] = [];
-    const sb = this.#stagingBase(layer, h), vOff = this.#slots * d;
-    const fp32 = (slot: number, tokens: number) =>
+    const sw = this.#slotWords, sb = this.#stagingBase(layer, h), vOff = this.#slots * sw;
+    const full = (slot: number, tokens: number) =>
       segs.push({
         words: this.#staging,
-        keyFormat: FP32,
-        valueFormat: FP32,
-        keyBase: sb + slot * d,
-        valueBase: sb + vOff + slot * d,
+        keyFormat: this.#window,
+        valueFormat: this.#window,
+        keyBase: sb + slot * sw,
+        valueBase: sb + vOff + slot * sw,
         tokens,
       });
     const sinks = Math.min(this.#length[layer], S);
-    if (sinks > 0) fp32(0, sinks);
+    if (sinks > 0) full(0, sinks);
     const head = this.#ringHead[layer], recent = this.#recent[layer];
     const first = Math.min(recent, this.#ringSlots - head);
-    if (first > 0) fp32(S + head, first);
-    if (recent > first) fp32(S, recent - first);
+    if (first > 0) full(S + head, first);
+    if (recent > first) full(S, recent - first);
     for (const pool of this.#pools[layer * this.shape.nKvHeads + h].values()) {
       for (let i = 0; i < pool.pages.length; i++) {
         const base = this.#pageBase(layer, h, pool.pages[i]);

@@ -3,8 +3,8 @@
  * "auto" takes a hardware GPU when the policy runs there unchanged and the cache is large enough
  * to pay for the GPU's readbacks, else WebAssembly, else the TypeScript reference, and says which
  * it chose and why. Choosing never changes what is stored:
- * a policy the GPU cache cannot hold as written (an fp16 window, a memory budget) stays on the
- * CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
+ * a policy the GPU cache cannot hold as written (a window format other than fp32 and fp16, a
+ * memory budget) stays on the CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
  * not preferred over WebAssembly on the same CPU.
  *
  * Browser compatible.
@@ -76,8 +76,8 @@ export interface ChosenKVCache {
 
 /**
  * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
- * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32. Uniform
- * and tiered policies (PrecisionPlans) both run there.
+ * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32 or fp16.
+ * Uniform and tiered policies (PrecisionPlans) both run there.
  *
  * @param policy the policy
  * @returns the GPU policy, or the reason as a sentence
@@ -90,11 +90,13 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
   }
   // the window format also holds the tokens waiting for a whole channel group, so it matters even
   // without sinks and window
-  if (policy.windowFormat !== "fp32") {
+  const windowFormat = policy.windowFormat;
+  if (windowFormat !== "fp32" && windowFormat !== "fp16") {
     return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
-      `${policy.windowFormat}; the GPU cache keeps them at fp32`;
+      `${windowFormat}; the GPU cache keeps them at fp32 or fp16`;
   }
   const window = {
+    windowFormat: windowFormat as "fp32" | "fp16",
     pageTokens: policy.pageTokens,
     sinkTokens: policy.sinkTokens,
     windowTokens: policy.recentWindow,

@@ -37,23 +37,38 @@ import { bufferFrom, computeAndRead } from "./_io.ts";
 const WG = 64;
 
 /**
- * The quantize kernel for one format. Bindings: 0 `src: array<f32>` (read), 1 `dst: array<u32>`
- * (read_write), 2 `jobs: array<vec4<u32>>` (read; x = first source element, y = source stride,
- * z = destination word). Dispatch ceil(jobs / 64) workgroups (x, wrapping into y past 65535).
+ * Where the quantize kernel reads its f32 values from: an array<f32>, or an array<u32> of fp16
+ * halves (element e is half e & 1 of word e >> 1, as the fp16 format packs them: the GPU cache's
+ * fp16 window).
+ */
+export type QuantizeSource = "f32" | "fp16";
+
+/**
+ * The quantize kernel for one format. Bindings: 0 `src` (read; array<f32>, or array<u32> of fp16
+ * pairs for source "fp16"), 1 `dst: array<u32>` (read_write), 2 `jobs: array<vec4<u32>>` (read;
+ * x = first source element, y = source stride, z = destination word). Dispatch ceil(jobs / 64)
+ * workgroups (x, wrapping into y past 65535).
  *
  * @param spec the format
+ * @param source what `src` holds (default "f32")
  * @returns the program
  */
-export function quantizeProgram(spec: FormatSpec): GpuProgram {
+export function quantizeProgram(spec: FormatSpec, source: QuantizeSource = "f32"): GpuProgram {
+  const load = source === "f32" ? (i: string) => `src[${i}]` : (i: string) => `_half(${i})`;
   return {
-    shaderKey: `quantize:${formatShaderKey(spec)}`,
+    shaderKey: `quantize:${formatShaderKey(spec)}${source === "f32" ? "" : ":src-fp16"}`,
     workgroupSize: WG,
     source: () =>
       `${WGSL_CODEC_HELPERS}
-@group(0) @binding(0) var<storage, read> src: array<f32>;
+@group(0) @binding(0) var<storage, read> src: array<${source === "f32" ? "f32" : "u32"}>;
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
 @group(0) @binding(2) var<storage, read> jobs: array<vec4<u32>>;
-${wgslGroupEncoder(spec, "encode_group", "src", "dst")}
+${
+        source === "f32"
+          ? ""
+          : "fn _half(e: u32) -> f32 { return _f16_bits_to_f32((src[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu); }"
+      }
+${wgslGroupEncoder(spec, "encode_group", load, "dst")}
 @compute @workgroup_size(${WG})
 fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
   let j = gid.x + gid.y * nwg.x * ${WG}u;

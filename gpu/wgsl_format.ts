@@ -210,25 +210,27 @@ export function wgslDecoder(spec: FormatSpec, name: string, arrayName: string): 
 
 /**
  * WGSL function `fn <name>(first: u32, stride: u32, out: u32)` encoding one group: its elements are
- * `srcArray[first + i·stride]` (array<f32>), its `wordsPerGroup` words go to `dstArray[out..]`
+ * `load(first + i·stride)` (f32 values), its `wordsPerGroup` words go to `dstArray[out..]`
  * (array<u32>), every word written (padding bits zero). Follows FORMAT.md's encoder step by step.
  *
  * @param spec the format
  * @param name the function's name
- * @param srcArray the f32 storage array read
+ * @param load the WGSL expression of source element `index` (e.g. an array<f32> read)
  * @param dstArray the u32 storage array written
  * @returns WGSL source of the function
  */
 export function wgslGroupEncoder(
   spec: FormatSpec,
   name: string,
-  srcArray: string,
+  load: (index: string) => string,
   dstArray: string,
 ): string {
-  const S = srcArray, D = dstArray, G = spec.group, B = spec.bits, hdr = spec.headerWords;
-  const x = `${S}[first + i * stride]`;
+  const D = dstArray, G = spec.group, B = spec.bits, hdr = spec.headerWords;
+  const x = load("first + i * stride");
   if (spec.kind === "fp32") {
-    return `fn ${name}(first: u32, stride: u32, out: u32) { ${D}[out] = bitcast<u32>(${S}[first]); }\n`;
+    return `fn ${name}(first: u32, stride: u32, out: u32) { ${D}[out] = bitcast<u32>(${
+      load("first")
+    }); }\n`;
   }
   let header = "";
   let code: string;
@@ -236,7 +238,7 @@ export function wgslGroupEncoder(
     case "int":
       // m = fp16 down(lo), s = fp16 up(f32(hi − m) / qmax), q = rne(f32(x − m) · f32(1/s))
       header = `
-  var lo = ${S}[first];
+  var lo = ${load("first")};
   var hi = lo;
   for (var i = 1u; i < ${_u(G)}; i = i + 1u) {
     let v = ${x};

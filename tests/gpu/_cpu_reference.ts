@@ -19,7 +19,7 @@ export class CpuPagedReference implements KVCache {
   readonly #values: Float32Array[][];
   readonly #length: Int32Array;
   readonly #paged: Int32Array;
-  readonly #policy: Required<Omit<GpuUniformPolicy, "tiers">>;
+  readonly #policy: Required<Omit<GpuUniformPolicy, "tiers" | "windowFormat">>;
   readonly #chunk: number;
 
   constructor(shape: KVCacheShape, policy: GpuUniformPolicy) {

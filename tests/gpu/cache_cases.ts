@@ -172,6 +172,7 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
     [{ keyFormat: "int4-g32-token", valueFormat: "fp32" }, ShapeError], // 32 does not divide d = 8
     [{ keyFormat: "int4-g32-channel", valueFormat: "fp32", pageTokens: 48 }, ShapeError],
     [{ keyFormat: "fp32", valueFormat: "fp32", windowTokens: -1 }, ShapeError],
+    [{ keyFormat: "fp32", valueFormat: "fp32", windowFormat: "bf16" as "fp16" }, FormatError],
     // tiered: one table per layer and KV head, whose last tier takes every score, of pageable formats
     [{ tiers: [[tier("int8-g8-token")], [tier("int8-g8-token")]] }, ShapeError],
     [{ tiers: [[[{ ...tier("int8-g8-token")[0], minScore: 0.5 }]]] }, InvalidValueError],
@@ -220,6 +221,40 @@ Deno.test("GpuKVCache.append() rejects bad input and a lost device without chang
   assert.throws(() => cache.append(0, 0, k, v), DeviceError);
   assert.equal(cache.length(0), 0, "a failed append leaves the length");
   await assert.rejects(async () => await cache.attend(0, new Float32Array(16), out), ShapeError);
+});
+
+Deno.test("GpuKVCache with an fp16 window rejects what fp16 cannot hold, changing nothing", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: 8, maxSeqLen: 4 };
+  const cache = await createGpuKVCache({
+    gpu: env.gpu,
+    pipelines: env.pipelines,
+    shape,
+    policy: { keyFormat: "int8-g8-token", valueFormat: "int8-g8-token", windowFormat: "fp16" },
+  });
+  const k = new Float32Array(16).fill(1), v = new Float32Array(16).fill(2);
+  const big = v.slice();
+  big[12] = 70000; // second KV head: the first head's words must not be written either
+  assert.throws(
+    () => cache.append(0, 0, k, big),
+    (e: Error & { index?: number }) => e.name === "InvalidValueError" && e.index === 12,
+  );
+  assert.equal(cache.length(0), 0);
+  cache.append(0, 0, k, v);
+  const out = new Float32Array(16);
+  await cache.attend(0, new Float32Array(16).fill(0.1), out);
+  assert.deepEqual([...out], new Array(16).fill(2), "the one position's values, both heads");
+  // fp16 holds 2 exactly; 1/3 is rounded as the CPU cache rounds it
+  cache.append(0, 1, k, v.map(() => 1 / 3));
+  await cache.attend(0, new Float32Array(16).fill(0), out);
+  // (an fp32 window would give 1.1666667: 8e-5 away)
+  const want = (2 + 0.333251953125) / 2;
+  assert.ok(
+    Math.abs(out[0] - want) <= 1e-6,
+    `${out[0]}: fp16(1/3) = 0.333251953125, equal weights`,
+  );
+  cache.destroy();
 });
 
 Deno.test("GpuKVCache gives the fixture model the CPU paged reference's perplexity within 1e-4", async () => {

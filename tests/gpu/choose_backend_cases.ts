@@ -19,13 +19,13 @@ import { rng } from "../_fixtures.ts";
 import { testGpu } from "./_gpu.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 96 };
-const ready = () =>
+const ready = (windowFormat = "fp32") =>
   uniformPolicy({
     keyFormat: "int8-g16-token",
     valueFormat: "int4-g16-token",
     sinkTokens: 2,
     recentWindow: 8,
-    windowFormat: "fp32",
+    windowFormat,
   });
 // three tiers by the attention a chunk gathered in the window, per layer and KV head
 const tiered = (windowFormat = "fp32") =>
@@ -44,20 +44,19 @@ const tiered = (windowFormat = "fp32") =>
   });
 const notReady: [string, CachePolicy, RegExp][] = [
   [
-    "a tiered policy with an fp16 window",
-    tiered("fp16"),
-    /keeps sinks, window and tokens awaiting eviction at fp16; the GPU cache keeps them at fp32/,
+    "a tiered policy with a bf16 window",
+    tiered("bf16"),
+    /keeps sinks, window and tokens awaiting eviction at bf16; the GPU cache keeps them at fp32 or fp16/,
   ],
   [
-    "an fp16 window",
-    uniformPolicy({ keyFormat: "int8-g16-token", valueFormat: "int8-g16-token", recentWindow: 8 }),
-    /keeps sinks, window and tokens awaiting eviction at fp16; the GPU cache keeps them at fp32/,
-  ],
-  [
-    // no sinks or window, but channel-axis keys wait at fp16 for a whole group of 16 tokens
-    "an fp16 eviction ring",
-    uniformPolicy({ keyFormat: "int8-g16-channel", valueFormat: "int4-g16-token" }),
-    /tokens awaiting eviction at fp16/,
+    // no sinks or window, but channel-axis keys wait at bf16 for a whole group of 16 tokens
+    "a bf16 eviction ring",
+    uniformPolicy({
+      keyFormat: "int8-g16-channel",
+      valueFormat: "int4-g16-token",
+      windowFormat: "bf16",
+    }),
+    /tokens awaiting eviction at bf16/,
   ],
 ];
 
@@ -94,6 +93,7 @@ Deno.test("createKVCache(auto) keeps policies the GPU cache cannot hold as writt
 
 Deno.test("gpuPolicyFor() carries formats, pages, sinks and window over unchanged", () => {
   assert.deepEqual(gpuPolicyFor(ready()), {
+    windowFormat: "fp32",
     keyFormat: "int8-g16-token",
     valueFormat: "int4-g16-token",
     pageTokens: 32,
@@ -102,6 +102,7 @@ Deno.test("gpuPolicyFor() carries formats, pages, sinks and window over unchange
   });
   const policy = tiered();
   assert.deepEqual(gpuPolicyFor(policy), {
+    windowFormat: "fp32",
     tiers: (policy.options as { tiers: unknown }).tiers,
     pageTokens: 16,
     sinkTokens: 2,
@@ -149,13 +150,15 @@ Deno.test("createKVCache(gpu) attends as the WASM cache does under the same poli
   const env = await testGpu();
   if (!env) return;
   // no sinks, no window: channel-axis keys still wait for whole groups of 16 (at fp32)
-  const bare = () =>
+  const bare = (windowFormat = "fp32") =>
     uniformPolicy({
       keyFormat: "int8-g16-channel",
       valueFormat: "int4-g16-token",
-      windowFormat: "fp32",
+      windowFormat,
     });
-  for (const policy of [ready, bare]) {
+  // the CPU cache's default window format, fp16, rounds sinks, window and ring on both
+  const fp16 = () => ready("fp16"), bare16 = () => bare("fp16");
+  for (const policy of [() => ready(), () => bare(), fp16, bare16]) {
     const chosen = await createKVCache(shape, policy(), { backend: "gpu", gpu: env.gpu });
     assert.equal(chosen.backend, "gpu");
     const cpu = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot: false });
@@ -174,53 +177,61 @@ Deno.test("createKVCache(gpu) attends as the WASM cache does under the same poli
   assert.equal(env.gpu.lost, false);
 });
 
-Deno.test("createKVCache(gpu) runs a tiered policy as the WASM cache does: same tiers, same outputs", async () => {
-  const env = await testGpu();
-  if (!env) return;
-  const chosen = await createKVCache(shape, tiered(), { backend: "gpu", gpu: env.gpu });
-  assert.equal(chosen.backend, "gpu", chosen.reason);
-  const gpu = chosen.cache as GpuKVCache;
-  const cpu = new MixedPrecisionKVCache(shape, tiered(), { backend: "wasm", integerDot: false });
-  // attention at every step: the window's scores decide each chunk's tier on both caches
-  const r = rng(91), kv = shape.nKvHeads * shape.headDim, qd = shape.nHeads * shape.headDim;
-  const x = (n: number, s = 1) => Float32Array.from({ length: n }, () => s * (2 * r() - 1));
-  const g = new Float32Array(qd), c = new Float32Array(qd);
-  let worst = 0, scale = 0;
-  for (let pos = 0; pos < 90; pos++) {
-    for (let l = 0; l < shape.nLayers; l++) {
-      // a few tokens stand out, so that some chunks gather more attention than others
-      const k = x(kv, pos % 11 < 3 ? 3 : 1), v = x(kv);
-      gpu.append(l, pos, k, v);
-      cpu.append(l, pos, k, v);
-      const q = x(qd, 2);
-      await gpu.attend(l, q, g);
-      cpu.attend(l, q, c);
-      for (let i = 0; i < qd; i++) {
-        worst = Math.max(worst, Math.abs(g[i] - c[i]));
-        scale = Math.max(scale, Math.abs(c[i]));
+for (const windowFormat of ["fp32", "fp16"]) {
+  Deno.test(`createKVCache(gpu) runs a tiered policy as the WASM cache does: same tiers, same outputs (${windowFormat} window)`, async () => {
+    const env = await testGpu();
+    if (!env) return;
+    const chosen = await createKVCache(shape, tiered(windowFormat), {
+      backend: "gpu",
+      gpu: env.gpu,
+    });
+    assert.equal(chosen.backend, "gpu", chosen.reason);
+    const gpu = chosen.cache as GpuKVCache;
+    const cpu = new MixedPrecisionKVCache(shape, tiered(windowFormat), {
+      backend: "wasm",
+      integerDot: false,
+    });
+    // attention at every step: the window's scores decide each chunk's tier on both caches
+    const r = rng(91), kv = shape.nKvHeads * shape.headDim, qd = shape.nHeads * shape.headDim;
+    const x = (n: number, s = 1) => Float32Array.from({ length: n }, () => s * (2 * r() - 1));
+    const g = new Float32Array(qd), c = new Float32Array(qd);
+    let worst = 0, scale = 0;
+    for (let pos = 0; pos < 90; pos++) {
+      for (let l = 0; l < shape.nLayers; l++) {
+        // a few tokens stand out, so that some chunks gather more attention than others
+        const k = x(kv, pos % 11 < 3 ? 3 : 1), v = x(kv);
+        gpu.append(l, pos, k, v);
+        cpu.append(l, pos, k, v);
+        const q = x(qd, 2);
+        await gpu.attend(l, q, g);
+        cpu.attend(l, q, c);
+        for (let i = 0; i < qd; i++) {
+          worst = Math.max(worst, Math.abs(g[i] - c[i]));
+          scale = Math.max(scale, Math.abs(c[i]));
+        }
       }
     }
-  }
-  const tiers = gpu.tokensByFormat();
-  assert.deepEqual(tiers, cpu.tokensByFormat(), "the same chunks went to the same tiers");
-  for (const pair of tiered().pairs()) {
-    const key = `${pair.keyFormat}|${pair.valueFormat}`;
-    assert.ok(
-      (tiers.get(key) ?? 0) >= 16,
-      `every tier holds a page's worth: ${key} in ${[...tiers]}`,
-    );
-  }
-  assert.ok(scale > 0.01 && worst <= 1e-5 * scale, `GPU vs WASM ${worst} of ${scale}`);
-  // a page of one pool reads back as the words the WASM cache holds for it
-  const pool = cpu.segments(1, 1).pools.find((p) => p.pair.keyFormat === "int8-g16-channel")!;
-  const page = await gpu.readPage(1, 1, 0, pool.pair);
-  assert.equal(page.tokens, pool.pages[0].n);
-  assert.deepEqual(page.keyWords, pool.pages[0].kWords);
-  assert.deepEqual(page.valueWords, pool.pages[0].vWords);
-  await assert.rejects(() => gpu.readPage(1, 1, 0), /3 format pairs: name the page's pair/);
-  chosen.destroy();
-  assert.equal(env.gpu.lost, false);
-});
+    const tiers = gpu.tokensByFormat();
+    assert.deepEqual(tiers, cpu.tokensByFormat(), "the same chunks went to the same tiers");
+    for (const pair of tiered().pairs()) {
+      const key = `${pair.keyFormat}|${pair.valueFormat}`;
+      assert.ok(
+        (tiers.get(key) ?? 0) >= 16,
+        `every tier holds a page's worth: ${key} in ${[...tiers]}`,
+      );
+    }
+    assert.ok(scale > 0.01 && worst <= 1e-5 * scale, `GPU vs WASM ${worst} of ${scale}`);
+    // a page of one pool reads back as the words the WASM cache holds for it
+    const pool = cpu.segments(1, 1).pools.find((p) => p.pair.keyFormat === "int8-g16-channel")!;
+    const page = await gpu.readPage(1, 1, 0, pool.pair);
+    assert.equal(page.tokens, pool.pages[0].n);
+    assert.deepEqual(page.keyWords, pool.pages[0].kWords);
+    assert.deepEqual(page.valueWords, pool.pages[0].vWords);
+    await assert.rejects(() => gpu.readPage(1, 1, 0), /3 format pairs: name the page's pair/);
+    chosen.destroy();
+    assert.equal(env.gpu.lost, false);
+  });
+}
 
 Deno.test("createKVCache(auto) falls back to WASM when the GPU cache cannot be created", async () => {
   const env = await testGpu();
