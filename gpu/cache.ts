@@ -16,9 +16,9 @@
  * tokens is credited on the host from a copy of their keys and each head's log-sum-exp, which the
  * merge kernel writes beside the outputs. Attention runs the fused flash-decoding kernels over
  * sinks, ring and every pool's pages of all KV heads of a layer in one submission, and reads back
- * only the output vectors (and log-sum-exps). Every buffer is allocated once, at creation, and
- * reused: each KV head has page slots for all its positions plus one open page per further pair,
- * each slot sized for the largest pair (memory() counts them all).
+ * only the output vectors (and log-sum-exps). The pages of each format pair live in one buffer that
+ * grows with them (doubling, contents copied on the GPU; gpu/page_slots.ts), so GPU memory follows
+ * the bits the policy really spends; every other buffer is allocated once, at creation.
  *
  * Browser compatible.
  *
@@ -76,6 +76,7 @@ import { PipelineCache } from "./program.ts";
 import { type AttentionGroup, type AttentionSegment, PagedAttention } from "./attention.ts";
 import { quantizeProgram } from "./quantize.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
+import { PageSlots } from "./page_slots.ts";
 import { dispatchSize, readBack } from "./_io.ts";
 
 /** How many positions stay at full precision, and the page size. */
@@ -159,15 +160,21 @@ export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuK
   return cache;
 }
 
-/** The pages of one format pair of one KV head. */
-interface _Pool {
+/** One format pair's page layout and the slots (in one buffer) that every head's pages take. */
+interface _Pair {
   readonly pair: FormatPair;
   readonly key: FormatSpec;
   readonly value: FormatSpec;
   /** Words of the key block; the value block follows it in the page slot. */
   readonly keyWords: number;
   readonly valueWords: number;
-  /** Page slots of the head, in fill order. */
+  readonly slots: PageSlots;
+}
+
+/** The pages of one format pair of one KV head. */
+interface _Pool {
+  readonly at: _Pair;
+  /** Its slots, in fill order. */
   readonly pages: number[];
   tokens: number;
 }
@@ -194,10 +201,8 @@ export class GpuKVCache implements KVCache {
   readonly #slotWords: number;
   readonly #ringSlots: number;
   readonly #slots: number;
-  /** Page slots per KV head: every position paged, plus one open page per further pair. */
-  readonly #pagesPerHead: number;
-  readonly #pageSlotWords: number;
-  readonly #pool: GPUBuffer;
+  /** Per format pair: its page layout and the buffer of its pages. */
+  readonly #byPair: Map<string, _Pair>;
   readonly #staging: GPUBuffer;
   readonly #q: GPUBuffer;
   readonly #out: GPUBuffer;
@@ -209,9 +214,8 @@ export class GpuKVCache implements KVCache {
   readonly #ringHead: Int32Array;
   readonly #recent: Int32Array;
   readonly #paged: Int32Array;
-  // per layer × KV head: pools by pair, page slots in use
+  // per layer × KV head: pools by pair
   #pools: Map<string, _Pool>[];
-  readonly #slotsUsed: Int32Array;
   // tiered policies: attention gathered per ring slot (f32, as the CPU cache keeps it), and a host
   // copy of the ring's keys to compute it from
   readonly #tracksScores: boolean;
@@ -263,7 +267,7 @@ export class GpuKVCache implements KVCache {
     this.#window = getFormat(wf);
     this.#windowCodec = tsCodec(wf);
     this.#slotWords = wordsForLength(this.#window, d);
-    let chunk = 1, slotWords = 0;
+    let chunk = 1;
     for (const pair of this.pairs) {
       const key = getFormat(pair.keyFormat), value = getFormat(pair.valueFormat);
       for (const f of [key, value]) {
@@ -281,21 +285,25 @@ export class GpuKVCache implements KVCache {
           throw new ShapeError(`headDim ${d} is not a multiple of ${f.name}'s group ${f.group}`);
         }
       }
-      slotWords = Math.max(slotWords, wordsForLength(key, P * d) + wordsForLength(value, P * d));
     }
     this.chunk = chunk;
-    this.#pageSlotWords = slotWords;
     this.#ringSlots = Math.ceil((W + chunk) / chunk) * chunk;
     this.#slots = S + this.#ringSlots;
-    this.#pagesPerHead = Math.ceil(shape.maxSeqLen / P) + this.pairs.length - 1;
     const heads = shape.nLayers * shape.nKvHeads;
-    const poolBytes = heads * this.#pagesPerHead * slotWords * 4;
+    // a pair's buffer grows with its pages, up to every position of every head in that pair
+    const maxPages = heads * Math.ceil(shape.maxSeqLen / P);
+    const layouts = this.pairs.map((pair) => {
+      const key = getFormat(pair.keyFormat), value = getFormat(pair.valueFormat);
+      const keyWords = wordsForLength(key, P * d), valueWords = wordsForLength(value, P * d);
+      return { pair, key, value, keyWords, valueWords };
+    });
+    const most = Math.max(...layouts.map((l) => maxPages * (l.keyWords + l.valueWords) * 4));
     const stagingBytes = heads * 2 * this.#slots * this.#slotWords * 4;
     const limit = gpu.device.limits.maxStorageBufferBindingSize;
-    if (poolBytes > limit || stagingBytes > limit) {
+    if (most > limit || stagingBytes > limit) {
       throw new DeviceError(
-        `GPU cache needs a ${
-          Math.max(poolBytes, stagingBytes)
+        `GPU cache may need a ${
+          Math.max(most, stagingBytes)
         }-byte buffer; the device allows ${limit}`,
       );
     }
@@ -303,7 +311,16 @@ export class GpuKVCache implements KVCache {
     this.#pipelines = pipelines;
     const dev = gpu.device;
     const S_ = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
-    this.#pool = dev.createBuffer({ size: Math.max(16, poolBytes), usage: S_, label: "kv pages" });
+    this.#byPair = new Map(layouts.map((l) => [_pairKey(l.pair), {
+      ...l,
+      slots: new PageSlots(
+        dev,
+        l.keyWords + l.valueWords,
+        maxPages,
+        `kv pages ${_pairKey(l.pair)}`,
+      ),
+    }]));
+    const pageWords = Math.max(...layouts.map((l) => Math.max(l.keyWords, l.valueWords)));
     this.#staging = dev.createBuffer({
       size: Math.max(16, stagingBytes),
       usage: S_,
@@ -316,7 +333,7 @@ export class GpuKVCache implements KVCache {
     this.#q = dev.createBuffer({ size: qBytes, usage: S_, label: "queries" });
     this.#out = dev.createBuffer({ size: outBytes, usage: S_, label: "attention out" });
     this.#readback = dev.createBuffer({
-      size: Math.max(outBytes, slotWords * 4),
+      size: Math.max(outBytes, pageWords * 4),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       label: "readback",
     });
@@ -331,7 +348,6 @@ export class GpuKVCache implements KVCache {
     this.#recent = new Int32Array(shape.nLayers);
     this.#paged = new Int32Array(shape.nLayers);
     this.#pools = Array.from({ length: heads }, () => new Map());
-    this.#slotsUsed = new Int32Array(heads);
     const ring = this.#tracksScores ? heads * this.#ringSlots : 0;
     this.#scores = new Float32Array(ring);
     this.#ringKeys = new Float32Array(ring * d);
@@ -404,10 +420,6 @@ export class GpuKVCache implements KVCache {
   #stagingBase(layer: number, head: number): number {
     return (layer * this.shape.nKvHeads + head) * 2 * this.#slots * this.#slotWords;
   }
-  #pageBase(layer: number, head: number, slot: number): number {
-    return ((layer * this.shape.nKvHeads + head) * this.#pagesPerHead + slot) *
-      this.#pageSlotWords;
-  }
 
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
     checkAppend(this.shape, layer, pos, this.#length[layer], k, v);
@@ -457,17 +469,7 @@ export class GpuKVCache implements KVCache {
     const key = _pairKey(pair);
     let pool = this.#pools[index].get(key);
     if (pool === undefined) {
-      const P = this.policy.pageTokens, d = this.shape.headDim;
-      const kf = getFormat(pair.keyFormat), vf = getFormat(pair.valueFormat);
-      pool = {
-        pair,
-        key: kf,
-        value: vf,
-        keyWords: wordsForLength(kf, P * d),
-        valueWords: wordsForLength(vf, P * d),
-        pages: [],
-        tokens: 0,
-      };
+      pool = { at: this.#byPair.get(key)!, pages: [], tokens: 0 };
       this.#pools[index].set(key, pool);
     }
     return pool;
@@ -479,10 +481,12 @@ export class GpuKVCache implements KVCache {
     const { nKvHeads, headDim: d } = this.shape;
     const P = this.policy.pageTokens, S = this.policy.sinkTokens, C = this.chunk;
     const head0 = this.#ringHead[layer], slot0 = S + head0;
-    const jobs = new Map<string, { spec: FormatSpec; words: number[] }>();
-    const push = (spec: FormatSpec, ...w: number[]) => {
-      let j = jobs.get(spec.name);
-      if (j === undefined) jobs.set(spec.name, j = { spec, words: [] });
+    // one dispatch per format and pair buffer
+    const jobs = new Map<string, { spec: FormatSpec; at: _Pair; words: number[] }>();
+    const push = (spec: FormatSpec, at: _Pair, ...w: number[]) => {
+      const id = `${spec.name}>${_pairKey(at.pair)}`;
+      let j = jobs.get(id);
+      if (j === undefined) jobs.set(id, j = { spec, at, words: [] });
       j.words.push(...w);
     };
     for (let h = 0; h < nKvHeads; h++) {
@@ -493,15 +497,17 @@ export class GpuKVCache implements KVCache {
         for (let i = 0; i < C; i++) score += this.#scores[index * this.#ringSlots + head0 + i];
       }
       const pool = this.#poolFor(index, this.#choose.formatFor(layer, h, score / C));
-      if (pool.tokens % P === 0) pool.pages.push(this.#slotsUsed[index]++);
-      const page = this.#pageBase(layer, h, pool.pages[pool.pages.length - 1]);
+      const at = pool.at;
+      // a new slot may grow the pair's buffer: its copy is submitted before these jobs
+      if (pool.tokens % P === 0) pool.pages.push(at.slots.take());
+      const page = pool.pages[pool.pages.length - 1] * at.slots.slotWords;
       const t0 = pool.tokens % P;
-      for (const [which, f] of [[0, pool.key], [1, pool.value]] as const) {
+      for (const [which, f] of [[0, at.key], [1, at.value]] as const) {
         // in elements of the staging buffer: positions are d elements apart
         const src =
           (this.#stagingBase(layer, h) + (which * this.#slots + slot0) * this.#slotWords) *
           (d / this.#slotWords);
-        const dst = page + which * pool.keyWords;
+        const dst = page + which * at.keyWords;
         if (f.axis === "channel") {
           // group gg of channel c covers tokens t0 + gg·G .. of the page: element c·P + t
           for (let c = 0; c < d; c++) {
@@ -509,6 +515,7 @@ export class GpuKVCache implements KVCache {
               const t = t0 + g * f.group;
               push(
                 f,
+                at,
                 src + g * f.group * d + c,
                 d,
                 dst + ((c * P + t) / f.group) * f.wordsPerGroup,
@@ -522,6 +529,7 @@ export class GpuKVCache implements KVCache {
             for (let g = 0; g < d / f.group; g++) {
               push(
                 f,
+                at,
                 src + i * d + g * f.group,
                 1,
                 dst + (t0 + i) * rowWords + g * f.wordsPerGroup,
@@ -535,20 +543,20 @@ export class GpuKVCache implements KVCache {
     }
     const dev = this.#gpu.device;
     const align = dev.limits.minStorageBufferOffsetAlignment / 4;
-    const runs: { spec: FormatSpec; at: number; count: number }[] = [];
+    const runs: { spec: FormatSpec; pages: GPUBuffer; offset: number; count: number }[] = [];
     let total = 0;
-    for (const { spec, words } of jobs.values()) {
-      runs.push({ spec, at: total, count: words.length / 4 });
+    for (const { spec, at, words } of jobs.values()) {
+      runs.push({ spec, pages: at.slots.buffer, offset: total, count: words.length / 4 });
       total += Math.ceil(words.length / align) * align;
     }
     const data = new Uint32Array(total);
     let r = 0;
-    for (const { words } of jobs.values()) data.set(words, runs[r++].at);
+    for (const { words } of jobs.values()) data.set(words, runs[r++].offset);
     const jobBuf = this.#jobs.ensure(data.byteLength);
     dev.queue.writeBuffer(jobBuf, 0, data);
     const enc = dev.createCommandEncoder();
     const pass = enc.beginComputePass();
-    for (const { spec, at, count } of runs) {
+    for (const { spec, pages, offset, count } of runs) {
       const pipeline = this.#quantize.get(spec.name)!;
       pass.setPipeline(pipeline);
       pass.setBindGroup(
@@ -557,8 +565,8 @@ export class GpuKVCache implements KVCache {
           layout: pipeline.getBindGroupLayout(0),
           entries: [
             { binding: 0, resource: { buffer: this.#staging } },
-            { binding: 1, resource: { buffer: this.#pool } },
-            { binding: 2, resource: { buffer: jobBuf, offset: at * 4, size: count * 16 } },
+            { binding: 1, resource: { buffer: pages } },
+            { binding: 2, resource: { buffer: jobBuf, offset: offset * 4, size: count * 16 } },
           ],
         }),
       );
@@ -573,7 +581,7 @@ export class GpuKVCache implements KVCache {
 
   // the page table of one KV head: sinks, the ring's (at most two) runs, every pool's pages
   #segments(layer: number, h: number): AttentionSegment[] {
-    const d = this.shape.headDim, P = this.policy.pageTokens, S = this.policy.sinkTokens;
+    const P = this.policy.pageTokens, S = this.policy.sinkTokens;
     const segs: AttentionSegment[] = [];
     const sw = this.#slotWords, sb = this.#stagingBase(layer, h), vOff = this.#slots * sw;
     const full = (slot: number, tokens: number) =>
@@ -592,14 +600,15 @@ export class GpuKVCache implements KVCache {
     if (first > 0) full(S + head, first);
     if (recent > first) full(S, recent - first);
     for (const pool of this.#pools[layer * this.shape.nKvHeads + h].values()) {
+      const at = pool.at;
       for (let i = 0; i < pool.pages.length; i++) {
-        const base = this.#pageBase(layer, h, pool.pages[i]);
+        const base = pool.pages[i] * at.slots.slotWords;
         segs.push({
-          words: this.#pool,
-          keyFormat: pool.key,
-          valueFormat: pool.value,
+          words: at.slots.buffer,
+          keyFormat: at.key,
+          valueFormat: at.value,
           keyBase: base,
-          valueBase: base + pool.keyWords,
+          valueBase: base + at.keyWords,
           tokens: Math.min(P, pool.tokens - i * P),
         });
       }
@@ -710,28 +719,35 @@ export class GpuKVCache implements KVCache {
       );
     }
     this.#gpu.check("readPage");
-    const base = this.#pageBase(layer, kvHead, pool.pages[page]) * 4;
+    const at = pool.at, base = pool.pages[page] * at.slots.slotWords * 4;
     const keyWords = new Uint32Array(
-      await readBack(this.#gpu, this.#pool, this.#readback, pool.keyWords * 4, undefined, base),
+      await readBack(this.#gpu, at.slots.buffer, this.#readback, at.keyWords * 4, undefined, base),
     );
     const valueWords = new Uint32Array(
       await readBack(
         this.#gpu,
-        this.#pool,
+        at.slots.buffer,
         this.#readback,
-        pool.valueWords * 4,
+        at.valueWords * 4,
         undefined,
-        base + pool.keyWords * 4,
+        base + at.keyWords * 4,
       ),
     );
     return { keyWords, valueWords, tokens };
+  }
+
+  /** Bytes of the page buffers, every format pair's (part of memory().bytes). */
+  get pageBytes(): number {
+    let bytes = 0;
+    for (const at of this.#byPair.values()) bytes += at.slots.byteLength;
+    return bytes;
   }
 
   memory(): CacheMemory {
     let positions = 0;
     for (const n of this.#length) positions += n;
     const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
-    const bytes = this.#pool.size + this.#staging.size + this.#q.size + this.#out.size +
+    const bytes = this.pageBytes + this.#staging.size + this.#q.size + this.#out.size +
       this.#readback.size + this.#jobs.byteLength + this.#attention.byteLength +
       this.#scores.byteLength + this.#ringKeys.byteLength;
     return { bytes, elements, bitsPerElement: elements === 0 ? 0 : (8 * bytes) / elements };
@@ -743,18 +759,16 @@ export class GpuKVCache implements KVCache {
     this.#recent.fill(0);
     this.#paged.fill(0);
     this.#pools = this.#pools.map(() => new Map());
-    this.#slotsUsed.fill(0);
     this.#scores.fill(0);
     if (this.#gpu.lost) return;
     // words past the valid tokens are zero (PAGES.md)
-    const enc = this.#gpu.device.createCommandEncoder();
-    enc.clearBuffer(this.#pool);
-    this.#gpu.device.queue.submit([enc.finish()]);
+    for (const at of this.#byPair.values()) at.slots.clear();
   }
 
   /** Frees the cache's GPU buffers. */
   destroy(): void {
-    for (const b of [this.#pool, this.#staging, this.#q, this.#out, this.#readback]) b.destroy();
+    for (const b of [this.#staging, this.#q, this.#out, this.#readback]) b.destroy();
+    for (const at of this.#byPair.values()) at.slots.destroy();
     this.#jobs.destroy();
     this.#attention.destroy();
   }

@@ -17,6 +17,8 @@ import { loadFixture, normals, rng } from "../_fixtures.ts";
 import { cacheShape } from "../../core/model/transformer.ts";
 import { perplexity } from "../../core/eval/perplexity.ts";
 import { packPage, relativeError, testGpu } from "./_gpu.ts";
+import { PageSlots } from "../../gpu/page_slots.ts";
+import { readBack } from "../../gpu/_io.ts";
 import { CpuPagedReference } from "./_cpu_reference.ts";
 
 const POLICIES: [string, GpuUniformPolicy, number, number][] = [
@@ -291,4 +293,36 @@ Deno.test("GpuKVCache gives the fixture model the CPU paged reference's perplexi
     assert.ok(rel <= 1e-4, `${policy.keyFormat}: GPU ${got.perplexity} vs CPU ${want.perplexity}`);
     cache.destroy();
   }
+});
+
+Deno.test("PageSlots grows by copying the slots in use, zeroes new ones, and stops at maxSlots", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const dev = env.gpu.device, words = 24;
+  const slots = new PageSlots(dev, words, 9, "test slots");
+  assert.equal(slots.byteLength, 0, "nothing before the first slot");
+  const want: number[] = [];
+  const r = rng(5);
+  for (let i = 0; i < 9; i++) {
+    assert.equal(slots.take(), i);
+    // fill the slot through the current buffer; later growth must carry it over
+    const w = Uint32Array.from({ length: words - 4 }, () => Math.floor(r() * 2 ** 32));
+    dev.queue.writeBuffer(slots.buffer, i * words * 4, w);
+    want.push(...w, 0, 0, 0, 0);
+  }
+  assert.ok(slots.byteLength >= 9 * words * 4 && slots.byteLength <= 16 * words * 4);
+  assert.throws(() => slots.take(), CapacityError);
+  const rb = dev.createBuffer({
+    size: 9 * words * 4,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const got = await readBack(env.gpu, slots.buffer, rb, 9 * words * 4);
+  assert.deepEqual([...new Uint32Array(got)], want, "contents survive 4 → 8 → 9 slots");
+  slots.clear();
+  assert.equal(slots.take(), 0);
+  const cleared = await readBack(env.gpu, slots.buffer, rb, words * 4);
+  assert.deepEqual([...new Uint32Array(cleared)], new Array(words).fill(0));
+  slots.destroy();
+  rb.destroy();
+  assert.equal(slots.byteLength, 0);
 });

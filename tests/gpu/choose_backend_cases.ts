@@ -228,6 +228,25 @@ for (const windowFormat of ["fp32", "fp16"]) {
     assert.deepEqual(page.keyWords, pool.pages[0].kWords);
     assert.deepEqual(page.valueWords, pool.pages[0].vWords);
     await assert.rejects(() => gpu.readPage(1, 1, 0), /3 format pairs: name the page's pair/);
+    // page memory follows the tiers: less than the same positions all in the widest tier's pages
+    const widest = await createKVCache(
+      shape,
+      uniformPolicy({
+        keyFormat: "int8-g16-token",
+        valueFormat: "fp16",
+        sinkTokens: 2,
+        recentWindow: 4,
+        pageTokens: 16,
+        windowFormat,
+      }),
+      { backend: "gpu", gpu: env.gpu },
+    );
+    for (let pos = 0; pos < 90; pos++) {
+      for (let l = 0; l < shape.nLayers; l++) widest.cache.append(l, pos, x(kv), x(kv));
+    }
+    const [mine, all] = [gpu.pageBytes, (widest.cache as GpuKVCache).pageBytes];
+    assert.ok(mine < all, `tiered ${mine} bytes, all in the widest tier ${all}`);
+    widest.destroy();
     chosen.destroy();
     assert.equal(env.gpu.lost, false);
   });
