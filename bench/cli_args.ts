@@ -54,8 +54,8 @@ and a self-contained report.html.
   --eps E            target error ε > 0 of the precision rule
   --budget B         bits per element the cache may hold, every byte counted (default 5.4;
                      below the cache's floor the cheapest plan is used and the report says so)
-  --backend NAME     ts | wasm | auto (default auto = wasm; gpu keeps the window at fp32, which
-                     the plans' budgets do not, so it is eval's, not analyze's)
+  --backend NAME     ts | wasm | auto (default auto = wasm; the GPU runs the same plans in
+                     "deno task eval --backend gpu")
   --out DIR          output directory (default analysis_out)
   --lines N          evaluation lines (default 3, to stay under a minute)
   --calib-lines N    calibration lines (default 2)
@@ -135,9 +135,10 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
   if (!_BACKENDS.includes(backend)) {
     throw new UsageError(
       backend === "gpu"
-        ? "--backend gpu: the GPU cache keeps sinks and window at fp32, and kvprec plans fit " +
-          "their budget with them at fp16 (use wasm or ts; `deno task eval --backend gpu` runs " +
-          "every row on the GPU with an fp32 window, beside the WASM cache)"
+        ? "--backend gpu: analyze reports bits as the CPU cache holds them, and the GPU cache " +
+          "also holds device buffers (readback, staging) that would swamp them on short texts " +
+          "(use wasm or ts; `deno task eval --backend gpu` runs the same rows, kvprec plans " +
+          "included, on the GPU beside the WASM cache)"
         : `--backend is ${JSON.stringify(backend)}, expected one of ts, wasm, auto`,
     );
   }

@@ -35,7 +35,7 @@ Deno.test("parseAnalyzeArgs() rejects bad flags and values with one line naming 
     [["--eps", "abc"], /--eps is "abc"/],
     [["--budget", "0"], /--budget is 0/],
     [["--eps", "1", "--budget", "4"], /not both/],
-    [["--backend", "gpu"], /GPU cache keeps sinks and window at fp32/],
+    [["--backend", "gpu"], /--backend gpu: analyze reports bits as the CPU cache holds them/],
     [["--backend", "cuda"], /expected one of ts, wasm, auto/],
     [["--sensitivity", "kappa"], /--sensitivity is "kappa", expected one of curvature, attention/],
     [["--lines", "0"], /--lines is 0/],
