@@ -1,11 +1,20 @@
 // deno run -A examples/simple_demo.ts [--eps E | --budget B] [--lines N] [--context N]
 // The short story: configure, analyze, see what the plan keeps and what it saves. Figures come from
 // bench/analysis_run.ts, which measures with the eval harness, so they equal `deno task eval
-// --eps E --lines N` for the same flags. Evaluates 3 lines by default to stay under a minute.
+// --eps E --lines N` for the same flags. Evaluates 3 lines by default to stay under a minute. Where
+// WebGPU is available it also decodes with the plan on the GPU cache, against the WASM cache.
 import { runAnalysis } from "../bench/analysis_run.ts";
 import { loadAnalyzeInputs } from "../bench/cli_args.ts";
 import { calibrationLines } from "../bench/kvprec_rows.ts";
-import { cacheShape, MixedPrecisionKVCache } from "../mod.ts";
+import {
+  cacheShape,
+  createKVCache,
+  DeviceError,
+  generateGreedy,
+  type GpuDevice,
+  MixedPrecisionKVCache,
+  requestGpu,
+} from "../mod.ts";
 import { planPolicy } from "../bench/kvprec_rows.ts";
 import { demoArgs } from "./_demo_args.ts";
 
@@ -87,3 +96,37 @@ console.log(
     (16 / a.predicted.plan.bitsPerElement).toFixed(2)
   }× vs FP16; measured by eval: ${(16 / kv.bitsPerElement).toFixed(2)}×`,
 );
+
+console.log("\n== where the plan runs");
+// createKVCache chooses the backend without changing what is stored; a hardware GPU takes caches
+// of at least minGpuElements K/V elements a layer (this model's are far smaller)
+const chosen = await createKVCache(cacheShape(c), planPolicy(a.plan, a.kvprecRow));
+console.log(`auto: ${chosen.reason}`);
+chosen.destroy();
+// the GPU cache holds the same plan as written (tiers, fp16 window): same tokens, same formats
+let gpu: GpuDevice | undefined;
+try {
+  gpu = await requestGpu();
+} catch (e) {
+  if (!(e instanceof DeviceError)) throw e;
+  console.log(`no WebGPU here (${e.message}): the plan runs on WebAssembly`);
+}
+if (gpu) {
+  const policy = planPolicy(a.plan, a.kvprecRow);
+  const onGpu = await createKVCache(cacheShape(c), policy, { backend: "gpu", gpu });
+  const wasm = new MixedPrecisionKVCache(cacheShape(c), policy, { backend: "wasm" });
+  const prompt = tokenizer.encode("Once upon a time");
+  const t0 = performance.now();
+  const g = await generateGreedy(model, onGpu.cache, prompt, 50);
+  const seconds = (performance.now() - t0) / 1000;
+  const w = await generateGreedy(model, wasm, prompt, 50);
+  const same = g.filter((id, i) => id === w[i]).length;
+  console.log(
+    `GPU (${gpu.info.description || "adapter"}${
+      gpu.info.isFallbackAdapter ? ", software" : ""
+    }): ` +
+      `50 greedy tokens in ${seconds.toFixed(1)} s, ${same}/50 identical to the WASM cache's`,
+  );
+  onGpu.destroy();
+  gpu.destroy();
+}
