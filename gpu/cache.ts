@@ -68,6 +68,7 @@ import {
   tieredPolicy,
   uniformPolicy,
 } from "../core/cache/policy.ts";
+import { type MixedCacheOptions, MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { tsCodec } from "../codecs/ts_codec.ts";
@@ -141,6 +142,38 @@ export interface GpuPageWords {
   valueWords: Uint32Array;
   /** Valid tokens in the page. */
   tokens: number;
+}
+
+/**
+ * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
+ * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32 or fp16.
+ * Uniform and tiered policies (PrecisionPlans) both run there.
+ *
+ * @param policy the policy
+ * @returns the GPU policy, or the reason as a sentence
+ */
+export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
+  const o = policy.options;
+  if (o.kind !== "uniform" && o.kind !== "tiered") {
+    return `policy "${policy.label}" is of kind ${(o as { kind: string }).kind}, which the GPU ` +
+      `cache does not know`;
+  }
+  // the window format also holds the tokens waiting for a whole channel group, so it matters even
+  // without sinks and window
+  const windowFormat = policy.windowFormat;
+  if (windowFormat !== "fp32" && windowFormat !== "fp16") {
+    return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
+      `${windowFormat}; the GPU cache keeps them at fp32 or fp16`;
+  }
+  const window = {
+    windowFormat: windowFormat as "fp32" | "fp16",
+    pageTokens: policy.pageTokens,
+    sinkTokens: policy.sinkTokens,
+    windowTokens: policy.recentWindow,
+  };
+  return o.kind === "uniform"
+    ? { keyFormat: o.keyFormat, valueFormat: o.valueFormat, ...window }
+    : { tiers: o.tiers, ...window };
 }
 
 /**
@@ -679,6 +712,163 @@ export class GpuKVCache implements KVCache {
           this.#scores[r] += Math.exp(Math.fround(s * scale) - norm) / Q;
         }
       }
+    }
+  }
+
+  /**
+   * The CPU cache policy this cache holds (the same tokens land in the same formats there).
+   * @returns a uniform or tiered policy with this cache's window, sinks and pages
+   */
+  cpuPolicy(): CachePolicy {
+    const p = this.policy,
+      window = {
+        sinkTokens: p.sinkTokens,
+        recentWindow: p.windowTokens,
+        windowFormat: p.windowFormat,
+        pageTokens: p.pageTokens,
+      };
+    return p.tiers === undefined
+      ? uniformPolicy({ keyFormat: p.keyFormat, valueFormat: p.valueFormat, ...window })
+      : tieredPolicy({ label: "gpu tiers", tiers: p.tiers, ...window });
+  }
+
+  /**
+   * Copies the cache into a new CPU cache without re-quantizing: sinks, window (in order, with the
+   * attention credited so far), every pool's pages word for word, and the lengths. Saving a GPU
+   * cache is `saveCache(await gpu.toCpu())`; the copy attends and grows as this cache would.
+   * @param options backend and options of the new CPU cache
+   * @returns the CPU cache
+   * @throws {DeviceError} when the device is lost
+   */
+  async toCpu(options: MixedCacheOptions = {}): Promise<MixedPrecisionKVCache> {
+    this.#gpu.check("toCpu");
+    const cpu = new MixedPrecisionKVCache(this.shape, this.cpuPolicy(), options);
+    const staging = await this.#download(this.#staging, this.#staging.size);
+    const pairs = new Map<_Pair, Uint32Array>();
+    for (const at of this.#byPair.values()) {
+      if (at.slots.used > 0) {
+        pairs.set(
+          at,
+          await this.#download(at.slots.buffer, at.slots.used * at.slots.slotWords * 4),
+        );
+      }
+    }
+    const { nLayers, nKvHeads } = this.shape, S = this.policy.sinkTokens, sw = this.#slotWords;
+    for (let layer = 0; layer < nLayers; layer++) {
+      const sinkN = Math.min(this.#length[layer], S), recent = this.#recent[layer];
+      for (let h = 0; h < nKvHeads; h++) {
+        const index = layer * nKvHeads + h, base = this.#stagingBase(layer, h);
+        const seg = cpu.segments(layer, h), scores = cpu.windowScores(layer, h);
+        for (
+          const [words, at] of [[seg.sinkK, base], [seg.sinkV, base + this.#slots * sw]] as const
+        ) {
+          words.set(staging.subarray(at, at + sinkN * sw));
+        }
+        for (let i = 0; i < recent; i++) {
+          const r = (this.#ringHead[layer] + i) % this.#ringSlots, slot = S + r;
+          seg.windowK.set(staging.subarray(base + slot * sw, base + (slot + 1) * sw), i * sw);
+          const v = base + (this.#slots + slot) * sw;
+          seg.windowV.set(staging.subarray(v, v + sw), i * sw);
+          if (this.#tracksScores) scores[i] = this.#scores[index * this.#ringSlots + r];
+        }
+        const pools = [...this.#pools[index].values()].map((pool) => {
+          const at = pool.at, words = pairs.get(at)!, cpuPool = cpu.createPool(at.pair);
+          pool.pages.forEach((slot, i) => {
+            const page = cpuPool.newPage(), o = slot * at.slots.slotWords;
+            page.n = Math.min(this.policy.pageTokens, pool.tokens - i * this.policy.pageTokens);
+            page.kWords.set(words.subarray(o, o + at.keyWords));
+            page.vWords.set(words.subarray(o + at.keyWords, o + at.keyWords + at.valueWords));
+          });
+          return cpuPool;
+        });
+        cpu.restoreSegments(layer, h, { ...seg, sinkN, windowN: recent, windowStart: 0, pools });
+      }
+    }
+    cpu.restoreLengths(this.#length);
+    return cpu;
+  }
+
+  /**
+   * A GPU cache holding a CPU cache's tokens as they are stored (no re-quantizing): the inverse of
+   * {@linkcode GpuKVCache.toCpu}, e.g. after `loadCache`.
+   * @param cpu the CPU cache; its policy must be one gpuPolicyFor accepts
+   * @param gpu the device
+   * @param pipelines pipeline cache to share (default: a new one)
+   * @returns the GPU cache
+   * @throws {FormatError} for a policy the GPU cache cannot hold as written
+   * @throws {DeviceError} when the device is lost
+   */
+  static async fromCpu(
+    cpu: MixedPrecisionKVCache,
+    gpu: GpuDevice,
+    pipelines?: PipelineCache,
+  ): Promise<GpuKVCache> {
+    const policy = gpuPolicyFor(cpu.policy);
+    if (typeof policy === "string") throw new FormatError(`fromCpu: ${policy}`);
+    const cache = await createGpuKVCache({ gpu, shape: cpu.shape, policy, pipelines });
+    const { nLayers, nKvHeads, headDim: d } = cpu.shape;
+    const S = cache.policy.sinkTokens, sw = cache.#slotWords, queue = gpu.device.queue;
+    for (let layer = 0; layer < nLayers; layer++) {
+      for (let h = 0; h < nKvHeads; h++) {
+        const index = layer * nKvHeads + h, seg = cpu.segments(layer, h);
+        const scores = cpu.windowScores(layer, h), R = seg.windowK.length / sw;
+        const staged = new Uint32Array(cache.#slots * sw * 2);
+        for (const [words, at] of [[seg.sinkK, 0], [seg.sinkV, cache.#slots * sw]] as const) {
+          staged.set(words.subarray(0, seg.sinkN * sw), at);
+        }
+        for (let i = 0; i < seg.windowN; i++) {
+          const slot = ((seg.windowStart + i) % R) * sw;
+          staged.set(seg.windowK.subarray(slot, slot + sw), (S + i) * sw);
+          staged.set(seg.windowV.subarray(slot, slot + sw), (cache.#slots + S + i) * sw);
+          if (cache.#tracksScores) {
+            const r = index * cache.#ringSlots + i;
+            cache.#scores[r] = scores[(seg.windowStart + i) % R];
+            cache.#windowCodec.decodeWords(
+              seg.windowK.subarray(slot, slot + sw),
+              d,
+              cache.#ringKeys.subarray(r * d, (r + 1) * d),
+            );
+          }
+        }
+        queue.writeBuffer(cache.#staging, cache.#stagingBase(layer, h) * 4, staged);
+        let paged = 0;
+        for (const p of seg.pools) {
+          const pool = cache.#poolFor(index, p.pair), at = pool.at;
+          for (const page of p.pages) {
+            // take() may grow the buffer (a submitted copy), so write after it, into the new one
+            const slot = at.slots.take();
+            pool.pages.push(slot);
+            const o = slot * at.slots.slotWords * 4;
+            queue.writeBuffer(at.slots.buffer, o, page.kWords as Uint32Array<ArrayBuffer>);
+            queue.writeBuffer(
+              at.slots.buffer,
+              o + at.keyWords * 4,
+              page.vWords as Uint32Array<ArrayBuffer>,
+            );
+            pool.tokens += page.n;
+          }
+          paged += p.length;
+        }
+        cache.#length[layer] = cpu.length(layer);
+        cache.#recent[layer] = seg.windowN;
+        cache.#paged[layer] = paged;
+      }
+    }
+    return cache;
+  }
+
+  // a copy of the first `bytes` bytes of a GPU buffer
+  async #download(buffer: GPUBuffer, bytes: number): Promise<Uint32Array> {
+    const dev = this.#gpu.device;
+    const rb = dev.createBuffer({
+      size: Math.max(16, bytes),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      label: "download",
+    });
+    try {
+      return new Uint32Array(await readBack(this.#gpu, buffer, rb, bytes));
+    } finally {
+      rb.destroy();
     }
   }
 

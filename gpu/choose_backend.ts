@@ -28,7 +28,7 @@ import type { CachePolicy } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { loadWasmCodecs } from "../codecs/wasm.ts";
 import { type GpuDevice, requestGpu } from "./device.ts";
-import { createGpuKVCache, type GpuCachePolicy } from "./cache.ts";
+import { createGpuKVCache, type GpuCachePolicy, gpuPolicyFor } from "./cache.ts";
 
 /** Where attention over a cache runs. */
 export type CacheBackend = "ts" | "wasm" | "gpu";
@@ -72,38 +72,6 @@ export interface ChosenKVCache {
   reason: string;
   /** Releases GPU buffers, and the device when createKVCache requested it; no-op on the CPU. */
   destroy(): void;
-}
-
-/**
- * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
- * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32 or fp16.
- * Uniform and tiered policies (PrecisionPlans) both run there.
- *
- * @param policy the policy
- * @returns the GPU policy, or the reason as a sentence
- */
-export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
-  const o = policy.options;
-  if (o.kind !== "uniform" && o.kind !== "tiered") {
-    return `policy "${policy.label}" is of kind ${(o as { kind: string }).kind}, which the GPU ` +
-      `cache does not know`;
-  }
-  // the window format also holds the tokens waiting for a whole channel group, so it matters even
-  // without sinks and window
-  const windowFormat = policy.windowFormat;
-  if (windowFormat !== "fp32" && windowFormat !== "fp16") {
-    return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
-      `${windowFormat}; the GPU cache keeps them at fp32 or fp16`;
-  }
-  const window = {
-    windowFormat: windowFormat as "fp32" | "fp16",
-    pageTokens: policy.pageTokens,
-    sinkTokens: policy.sinkTokens,
-    windowTokens: policy.recentWindow,
-  };
-  return o.kind === "uniform"
-    ? { keyFormat: o.keyFormat, valueFormat: o.valueFormat, ...window }
-    : { tiers: o.tiers, ...window };
 }
 
 /**

@@ -10,3 +10,4 @@ import "./attention_cases.ts";
 import "./cache_cases.ts";
 import "./model_cases.ts";
 import "./choose_backend_cases.ts";
+import "./transfer_cases.ts";

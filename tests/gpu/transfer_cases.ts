@@ -1,0 +1,138 @@
+// GpuKVCache.toCpu() / fromCpu(): a cache moves between the GPU and the CPU word for word, and both
+// copies go on attending, evicting and choosing tiers as the original does.
+import assert from "node:assert/strict";
+import {
+  type CachePolicy,
+  createKVCache,
+  GpuKVCache,
+  type KVCache,
+  loadCache,
+  MixedPrecisionKVCache,
+  saveCache,
+  tieredPolicy,
+  uniformPolicy,
+} from "../../mod.ts";
+import { rng } from "../_fixtures.ts";
+import { testGpu } from "./_gpu.ts";
+
+const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 128 };
+const policies: [string, (windowFormat: string) => CachePolicy][] = [
+  [
+    "three tiers",
+    (windowFormat) =>
+      tieredPolicy({
+        label: "three tiers",
+        tiers: Array.from({ length: 2 }, (_, l) =>
+          Array.from({ length: 2 }, (_, h) => [
+            { minScore: 0.2 + 0.05 * (l + h), keyFormat: "int8-g16-token", valueFormat: "fp16" },
+            { minScore: 0.08, keyFormat: "int8-g16-channel", valueFormat: "int4-g16-token" },
+            { minScore: 0, keyFormat: "int2-g16-channel", valueFormat: "int2-g16-token" },
+          ])),
+        sinkTokens: 2,
+        recentWindow: 5,
+        pageTokens: 16,
+        windowFormat,
+      }),
+  ],
+  [
+    "channel keys, no window",
+    (windowFormat) =>
+      uniformPolicy({
+        keyFormat: "int4-g16-channel",
+        valueFormat: "int8-g16-token",
+        sinkTokens: 3,
+        pageTokens: 32,
+        windowFormat,
+      }),
+  ],
+];
+
+/** Appends and attends positions [from, to) on every cache; returns the worst output difference. */
+async function step(
+  caches: KVCache[],
+  from: number,
+  to: number,
+  seed: number,
+): Promise<number> {
+  const r = rng(seed), kv = shape.nKvHeads * shape.headDim, qd = shape.nHeads * shape.headDim;
+  const x = (n: number, s = 1) => Float32Array.from({ length: n }, () => s * (2 * r() - 1));
+  const outs = caches.map(() => new Float32Array(qd));
+  let worst = 0;
+  for (let pos = from; pos < to; pos++) {
+    for (let l = 0; l < shape.nLayers; l++) {
+      const k = x(kv, pos % 11 < 3 ? 3 : 1), v = x(kv), q = x(qd, 2);
+      for (const c of caches) c.append(l, pos, k, v);
+      for (let i = 0; i < caches.length; i++) await caches[i].attend(l, q, outs[i]);
+      for (const o of outs.slice(1)) {
+        for (let i = 0; i < qd; i++) worst = Math.max(worst, Math.abs(o[i] - outs[0][i]));
+      }
+    }
+  }
+  return worst;
+}
+
+for (const [name, policy] of policies) {
+  for (const windowFormat of ["fp32", "fp16"]) {
+    Deno.test(`GpuKVCache.toCpu() / fromCpu() move the cache as stored: ${name}, ${windowFormat} window`, async () => {
+      const env = await testGpu();
+      if (!env) return;
+      const chosen = await createKVCache(shape, policy(windowFormat), {
+        backend: "gpu",
+        gpu: env.gpu,
+      });
+      const gpu = chosen.cache as GpuKVCache;
+      const opts = { backend: "wasm" as const, integerDot: false };
+      const cpu = new MixedPrecisionKVCache(shape, policy(windowFormat), opts);
+      // 61 positions: full and partial pages, tokens waiting in the ring, credited scores
+      assert.ok(await step([cpu, gpu], 0, 61, 7) <= 1e-5);
+      const gpuToCpu = await gpu.toCpu(opts);
+      const cpuToGpu = await GpuKVCache.fromCpu(cpu, env.gpu, env.pipelines);
+      // the attention credited to window tokens so far moves with them (it decides their tier)
+      const back = await cpuToGpu.toCpu(opts);
+      for (let l = 0; l < shape.nLayers; l++) {
+        for (let h = 0; h < shape.nKvHeads; h++) {
+          const w = (c: MixedPrecisionKVCache) => {
+            const s = c.segments(l, h), scores = c.windowScores(l, h), R = scores.length;
+            return R === 0
+              ? []
+              : Array.from({ length: s.windowN }, (_, i) => scores[(s.windowStart + i) % R]);
+          };
+          assert.deepEqual(w(back), w(cpu), `scores of layer ${l}, head ${h}, CPU → GPU`);
+          const moved = w(gpuToCpu), want = w(cpu);
+          assert.equal(moved.length, want.length);
+          moved.forEach((x, i) => assert.ok(Math.abs(x - want[i]) <= 1e-6 + 1e-5 * want[i]));
+        }
+      }
+      const tiers = cpu.tokensByFormat();
+      for (const c of [gpu, gpuToCpu, cpuToGpu]) assert.deepEqual(c.tokensByFormat(), tiers);
+      // the copies go on as the originals: same outputs, same tiers chosen from here on
+      const worst = await step([cpu, gpu, gpuToCpu, cpuToGpu], 61, 120, 8);
+      assert.ok(worst <= 1e-5, `outputs after the move differ by ${worst}`);
+      const later = cpu.tokensByFormat();
+      assert.notDeepEqual(later, tiers, "more pages after the move");
+      for (const c of [gpu, gpuToCpu, cpuToGpu]) assert.deepEqual(c.tokensByFormat(), later);
+      // through bytes and back: the pages read back word for word
+      const restored = await GpuKVCache.fromCpu(loadCache(saveCache(await gpu.toCpu())), env.gpu);
+      const pair = cpu.segments(1, 1).pools[0].pair;
+      for (let page = 0; page < cpu.segments(1, 1).pools[0].pages.length; page++) {
+        assert.deepEqual(
+          await restored.readPage(1, 1, page, pair),
+          await gpu.readPage(1, 1, page, pair),
+        );
+      }
+      assert.equal(restored.length(1), 120);
+      for (const c of [restored, cpuToGpu]) c.destroy();
+      chosen.destroy();
+    });
+  }
+}
+
+Deno.test("GpuKVCache.fromCpu() refuses a policy the GPU cache cannot hold as written", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  const cpu = new MixedPrecisionKVCache(shape, policies[1][1]("bf16"));
+  await assert.rejects(
+    () => GpuKVCache.fromCpu(cpu, env.gpu),
+    /fromCpu: .*keeps sinks, window and tokens awaiting eviction at bf16/,
+  );
+});
