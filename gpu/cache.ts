@@ -249,10 +249,12 @@ export class GpuKVCache implements KVCache {
   readonly #paged: Int32Array;
   // per layer × KV head: pools by pair
   #pools: Map<string, _Pool>[];
-  // tiered policies: attention gathered per ring slot (f32, as the CPU cache keeps it), and a host
-  // copy of the ring's keys to compute it from
+  // tiered policies: attention gathered per eviction chunk in the ring (f32, numbered as the CPU
+  // cache numbers them), and a host copy of the ring's keys to compute it from
   readonly #tracksScores: boolean;
   readonly #scores: Float32Array;
+  /** Chunk score slots per head: the most eviction chunks the ring holds at once. */
+  readonly #chunkSlots: number;
   readonly #ringKeys: Float32Array;
   /** Host scratch: one position's keys and values of every KV head in the window format. */
   readonly #encoded: Uint32Array<ArrayBuffer>;
@@ -382,7 +384,8 @@ export class GpuKVCache implements KVCache {
     this.#paged = new Int32Array(shape.nLayers);
     this.#pools = Array.from({ length: heads }, () => new Map());
     const ring = this.#tracksScores ? heads * this.#ringSlots : 0;
-    this.#scores = new Float32Array(ring);
+    this.#chunkSlots = Math.ceil((W + chunk) / chunk);
+    this.#scores = new Float32Array(this.#tracksScores ? heads * this.#chunkSlots : 0);
     this.#ringKeys = new Float32Array(ring * d);
     this.#encoded = new Uint32Array(2 * shape.nKvHeads * this.#slotWords);
   }
@@ -483,8 +486,10 @@ export class GpuKVCache implements KVCache {
       queue.writeBuffer(this.#staging, base + this.#slots * sw * 4, words, (nKvHeads + h) * sw, sw);
       if (this.#tracksScores && pos >= S) {
         // the keys as stored, to credit their attention from
-        const r = (layer * nKvHeads + h) * this.#ringSlots + slot - S;
-        this.#scores[r] = 0;
+        const index = layer * nKvHeads + h, r = index * this.#ringSlots + slot - S;
+        const i = this.#recent[layer];
+        // a chunk's first token takes its score slot over from the chunk evicted before it
+        if (i % this.chunk === 0) this.#scores[this.#chunkSlot(layer, index, i)] = 0;
         this.#windowCodec.decodeWords(
           words.subarray(h * sw, (h + 1) * sw),
           d,
@@ -524,11 +529,7 @@ export class GpuKVCache implements KVCache {
     };
     for (let h = 0; h < nKvHeads; h++) {
       const index = layer * nKvHeads + h;
-      let score = 0;
-      if (this.#tracksScores) {
-        // the ring advances by whole chunks and holds a multiple of them: the chunk is contiguous
-        for (let i = 0; i < C; i++) score += this.#scores[index * this.#ringSlots + head0 + i];
-      }
+      const score = this.#tracksScores ? this.#scores[this.#chunkSlot(layer, index, 0)] : 0;
       const pool = this.#poolFor(index, this.#choose.formatFor(layer, h, score / C));
       const at = pool.at;
       // a new slot may grow the pair's buffer: its copy is submitted before these jobs
@@ -610,6 +611,13 @@ export class GpuKVCache implements KVCache {
     this.#ringHead[layer] = (head0 + C) % this.#ringSlots;
     this.#recent[layer] -= C;
     this.#paged[layer] += C;
+  }
+
+  // score slot of the chunk holding ring index i (0: the oldest token) of a layer's KV head
+  #chunkSlot(layer: number, index: number, i: number): number {
+    const C = this.chunk;
+    return index * this.#chunkSlots +
+      (this.#paged[layer] / C + Math.floor(i / C)) % this.#chunkSlots;
   }
 
   // the page table of one KV head: sinks, the ring's (at most two) runs, every pool's pages
@@ -700,7 +708,7 @@ export class GpuKVCache implements KVCache {
     const recent = this.#recent[layer], head = this.#ringHead[layer];
     const first = Math.max(0, recent - this.policy.windowTokens);
     for (let h = 0; h < nKvHeads; h++) {
-      const base = (layer * nKvHeads + h) * this.#ringSlots;
+      const index = layer * nKvHeads + h, base = index * this.#ringSlots;
       for (let j = 0; j < Q; j++) {
         const qh = (h * Q + j) * d, norm = lse[h * Q + j];
         for (let i = first; i < recent; i++) {
@@ -709,7 +717,8 @@ export class GpuKVCache implements KVCache {
           for (let c = 0; c < d; c++) {
             s = Math.fround(s + Math.fround(q[qh + c] * this.#ringKeys[r * d + c]));
           }
-          this.#scores[r] += Math.exp(Math.fround(s * scale) - norm) / Q;
+          this.#scores[this.#chunkSlot(layer, index, i)] +=
+            Math.exp(Math.fround(s * scale) - norm) / Q;
         }
       }
     }
@@ -769,8 +778,9 @@ export class GpuKVCache implements KVCache {
           seg.windowK.set(staging.subarray(base + slot * sw, base + (slot + 1) * sw), i * sw);
           const v = base + (this.#slots + slot) * sw;
           seg.windowV.set(staging.subarray(v, v + sw), i * sw);
-          if (this.#tracksScores) scores[i] = this.#scores[index * this.#ringSlots + r];
         }
+        // chunks are numbered alike on both (tokens paged / chunk), with as many slots
+        scores.set(this.#scores.subarray(index * this.#chunkSlots, (index + 1) * this.#chunkSlots));
         const pools = [...this.#pools[index].values()].map((pool) => {
           const at = pool.at, words = pairs.get(at)!, cpuPool = cpu.createPool(at.pair);
           pool.pages.forEach((slot, i) => {
@@ -822,7 +832,6 @@ export class GpuKVCache implements KVCache {
           staged.set(seg.windowV.subarray(slot, slot + sw), (cache.#slots + S + i) * sw);
           if (cache.#tracksScores) {
             const r = index * cache.#ringSlots + i;
-            cache.#scores[r] = scores[(seg.windowStart + i) % R];
             cache.#windowCodec.decodeWords(
               seg.windowK.subarray(slot, slot + sw),
               d,
@@ -830,6 +839,7 @@ export class GpuKVCache implements KVCache {
             );
           }
         }
+        if (cache.#tracksScores) cache.#scores.set(scores, index * cache.#chunkSlots);
         queue.writeBuffer(cache.#staging, cache.#stagingBase(layer, h) * 4, staged);
         let paged = 0;
         for (const p of seg.pools) {

@@ -143,10 +143,15 @@ class HeadStore {
   sinkN = 0;
   readonly windowK: Uint32Array;
   readonly windowV: Uint32Array;
-  /** Attention accumulated by each window slot (mean over the group's query heads). */
+  /**
+   * Attention accumulated by each eviction chunk in the ring (mean over the group's query heads,
+   * summed over its tokens): the chunk's tier needs only the sum, so one float per chunk.
+   */
   readonly windowScore: Float32Array;
   windowStart = 0;
   windowN = 0;
+  /** Tokens moved to pages (whole chunks); numbers the ring's chunks. */
+  paged = 0;
   readonly pools = new Map<string, PagePool>();
 
   constructor(sinks: number, ringSlots: number, slotWords: number, scoreSlots: number) {
@@ -204,6 +209,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #ring: number;
   /** Whether window scores matter: only a policy with a choice of formats reads them. */
   readonly #tracksScores: boolean;
+  /** Chunk score slots per head: the most eviction chunks the ring holds at once. */
+  readonly #chunkSlots: number;
   readonly #evictK: Float32Array;
   readonly #evictV: Float32Array;
   #heads: HeadStore[][];
@@ -275,6 +282,7 @@ export class MixedPrecisionKVCache implements KVCache {
     this.evictQuantum = quantum;
     this.#tracksScores = policy.pairs().length > 1;
     this.#ring = policy.recentWindow + quantum;
+    this.#chunkSlots = Math.ceil(this.#ring / quantum);
     this.#evictK = new Float32Array(quantum * d);
     this.#evictV = new Float32Array(quantum * d);
     this.#slotWords = this.#window.wordsFor(d);
@@ -314,7 +322,7 @@ export class MixedPrecisionKVCache implements KVCache {
               sinkTokens,
               this.#ring,
               this.#slotWords,
-              this.#tracksScores ? this.#ring : 0,
+              this.#tracksScores ? this.#chunkSlots : 0,
             ),
         ),
     );
@@ -351,7 +359,10 @@ export class MixedPrecisionKVCache implements KVCache {
       const slot = (store.windowStart + store.windowN) % R;
       this.#window.encodeInto(kh, store.windowK.subarray(slot * sw));
       this.#window.encodeInto(vh, store.windowV.subarray(slot * sw));
-      if (this.#tracksScores) store.windowScore[slot] = 0;
+      // the first token of a chunk takes its score slot over from the chunk evicted before it
+      if (this.#tracksScores && store.windowN % this.evictQuantum === 0) {
+        store.windowScore[this.#chunkSlot(store, store.windowN)] = 0;
+      }
       if (++store.windowN === R) this.#evict(store, layer, h);
     }
     this.#lengths[layer] = pos + 1;
@@ -365,10 +376,7 @@ export class MixedPrecisionKVCache implements KVCache {
     for (let h = 0; h < this.shape.nKvHeads; h++) {
       const store = this.#heads[layer][h];
       if (store.windowN + 1 < R) continue;
-      let score = 0;
-      if (this.#tracksScores) {
-        for (let i = 0; i < Q; i++) score += store.windowScore[(store.windowStart + i) % R];
-      }
+      const score = this.#tracksScores ? store.windowScore[this.#chunkSlot(store, 0)] : 0;
       const pair = this.policy.formatFor(layer, h, score / Q);
       const pool = store.pools.get(`${pair.keyFormat}|${pair.valueFormat}`);
       const last = pool?.pages[pool.pages.length - 1];
@@ -392,7 +400,7 @@ export class MixedPrecisionKVCache implements KVCache {
    */
   #evict(store: HeadStore, layer: number, kvHead: number): void {
     const Q = this.evictQuantum, R = this.#ring, d = this.shape.headDim, sw = this.#slotWords;
-    let score = 0;
+    const score = this.#tracksScores ? store.windowScore[this.#chunkSlot(store, 0)] : 0;
     for (let i = 0; i < Q; i++) {
       const slot = (store.windowStart + i) % R;
       this.#window.decodeWords(
@@ -405,11 +413,17 @@ export class MixedPrecisionKVCache implements KVCache {
         d,
         this.#evictV.subarray(i * d, (i + 1) * d),
       );
-      if (this.#tracksScores) score += store.windowScore[slot];
     }
     this.#pool(store, layer, kvHead, score / Q).write(this.#evictK, this.#evictV, Q);
     store.windowStart = (store.windowStart + Q) % R;
     store.windowN -= Q;
+    store.paged += Q;
+  }
+
+  /** Score slot of the chunk holding ring index i (0: the oldest token). */
+  #chunkSlot(store: HeadStore, i: number): number {
+    const Q = this.evictQuantum;
+    return (store.paged / Q + Math.floor(i / Q)) % this.#chunkSlots;
   }
 
   #pool(store: HeadStore, layer: number, kvHead: number, score: number): PagePool {
@@ -539,8 +553,8 @@ export class MixedPrecisionKVCache implements KVCache {
         partial.finish(out.subarray(h * d, (h + 1) * d));
         const inv = 1 / (partial.l * group);
         for (let i = this.#firstCredited(store); i < store.windowN; i++) {
-          const slot = (store.windowStart + i) % R;
-          store.windowScore[slot] += Math.exp(this.#windowScores[g * R + i] - partial.m) * inv;
+          store.windowScore[this.#chunkSlot(store, i)] +=
+            Math.exp(this.#windowScores[g * R + i] - partial.m) * inv;
         }
       }
     }
@@ -567,13 +581,11 @@ export class MixedPrecisionKVCache implements KVCache {
     return Math.max(0, store.windowN - this.policy.recentWindow);
   }
 
-  /** Adds each window token's attention weight, averaged over the group, to its slot's score. */
+  /** Adds each window token's attention weight, averaged over the group, to its chunk's score. */
   #creditWindow(store: HeadStore, partial: Partial, group: number): void {
-    const R = this.#ring;
     const inv = 1 / (partial.l * group);
     for (let i = this.#firstCredited(store); i < store.windowN; i++) {
-      const slot = (store.windowStart + i) % R;
-      store.windowScore[slot] += Math.exp(this.#scores[i] - partial.m) * inv;
+      store.windowScore[this.#chunkSlot(store, i)] += Math.exp(this.#scores[i] - partial.m) * inv;
     }
   }
 
@@ -672,8 +684,10 @@ export class MixedPrecisionKVCache implements KVCache {
     s.windowN = state.windowN;
     s.windowStart = state.windowStart;
     s.pools.clear();
+    s.paged = 0;
     for (const pool of state.pools) {
       s.pools.set(`${pool.pair.keyFormat}|${pool.pair.valueFormat}`, pool);
+      s.paged += pool.length;
     }
   }
 
@@ -686,7 +700,9 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 
   /**
-   * Window scores of one layer and KV head, by slot (serialisation).
+   * Window scores of one layer and KV head (serialisation): the attention each eviction chunk in
+   * the ring gathered so far, chunk c (counting from the first token that left the window) at
+   * index c mod length; empty when the policy has one format pair.
    * @param layer layer index
    * @param kvHead KV head index
    * @returns the live score array

@@ -2,7 +2,8 @@
  * Saving and loading a {@linkcode MixedPrecisionKVCache} as bytes. Layout (little-endian):
  * magic "KVPC", u32 version, u32 JSON length, the JSON description (shape, policy, lengths and every
  * segment's counts), padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
- * blocks sinks-K, sinks-V, window-K, window-V, window scores, and per pool each page's K and V words
+ * blocks sinks-K, sinks-V, window-K, window-V, window scores (one f32 per eviction chunk the ring
+ * can hold; none for single-pair policies), and per pool each page's K and V words
  * and the staging buffers, every block followed by its u32 CRC-32. Loading checks the magic, the
  * version, the exact total size (naming expected vs actual bytes) and every checksum (naming the
  * block and byte offset), and builds a new cache, so a failed load changes nothing.
@@ -29,7 +30,8 @@ import { type MixedCacheOptions, MixedPrecisionKVCache } from "./mixed_cache.ts"
 import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
 
 const MAGIC = 0x4350564b; // "KVPC" little-endian
-const VERSION = 1;
+// 2: window scores per eviction chunk (1 kept one per ring slot)
+const VERSION = 2;
 
 interface HeadJSON {
   sinkN: number;

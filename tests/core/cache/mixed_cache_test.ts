@@ -252,6 +252,69 @@ Deno.test("tieredPolicy sends tokens that drew attention in the window to the hi
   assert.equal(counts.get("int2-g8-token|int2-g8-token"), 12);
 });
 
+Deno.test("window scores: each eviction chunk sums its tokens' attention while they were recent", () => {
+  // an independent reference: exact softmax weights (keys stay fp32 in every tier), credited to
+  // the newest recentWindow tokens of the ring, summed per chunk of Q = 8 (the channel group)
+  const d = 8, W = 3, Q = 8, S = 2;
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: d, maxSeqLen: 80 };
+  const tiers = [
+    { minScore: 0.06, keyFormat: "fp32", valueFormat: "fp16" },
+    { minScore: 0, keyFormat: "fp32", valueFormat: "int8-g8-channel" },
+  ];
+  const next = rng(23);
+  for (const backend of ["ts", "wasm"] as const) {
+    const policy = tieredPolicy({
+      label: "two tiers",
+      sinkTokens: S,
+      recentWindow: W,
+      windowFormat: "fp32",
+      pageTokens: 16,
+      tiers: [[tiers]],
+    });
+    const cache = new MixedPrecisionKVCache(shape, policy, { backend, integerDot: false });
+    assert.equal(cache.windowScores(0, 0).length, Math.ceil((W + Q) / Q), "one float per chunk");
+    const keys: Float32Array[] = [], credit: number[] = [];
+    let ring: number[] = []; // token indices awaiting eviction, oldest first
+    const routed = new Map<string, number>();
+    const out = new Float32Array(2 * d);
+    for (let p = 0; p < 70; p++) {
+      const k = normals(d, next).map((x) => (p % 7 === 0 ? 3 * x : x)), v = normals(d, next);
+      cache.append(0, p, k, v);
+      keys.push(k);
+      credit.push(0);
+      if (p >= S) ring.push(p);
+      if (ring.length === W + Q) {
+        const chunk = ring.slice(0, Q), score = chunk.reduce((a, t) => a + credit[t], 0) / Q;
+        const tier = score >= tiers[0].minScore ? tiers[0] : tiers[1];
+        const key = `${tier.keyFormat}|${tier.valueFormat}`;
+        routed.set(key, (routed.get(key) ?? 0) + Q);
+        ring = ring.slice(Q);
+      }
+      const q = normals(2 * d, next);
+      cache.attend(0, q, out);
+      for (let h = 0; h < 2; h++) {
+        const s = keys.map((kt) => kt.reduce((a, x, c) => a + x * q[h * d + c], 0) / Math.sqrt(d));
+        const m = Math.max(...s), z = s.reduce((a, x) => a + Math.exp(x - m), 0);
+        for (const t of ring.slice(Math.max(0, ring.length - W))) {
+          credit[t] += Math.exp(s[t] - m) / z / 2;
+        }
+      }
+    }
+    const paged = 70 - S - ring.length, scores = cache.windowScores(0, 0);
+    for (let c = 0; c * Q < ring.length; c++) {
+      const want = ring.slice(c * Q, (c + 1) * Q).reduce((a, t) => a + credit[t], 0);
+      const got = scores[(paged / Q + c) % scores.length];
+      assert.ok(
+        Math.abs(got - want) <= 1e-5 * want + 1e-7,
+        `${backend} chunk ${c}: ${got} vs ${want}`,
+      );
+    }
+    const counts = cache.tokensByFormat();
+    for (const [key, n] of routed) assert.equal(counts.get(key), n, `${backend}: ${key}`);
+    assert.equal(routed.size, 2, "both tiers used");
+  }
+});
+
 Deno.test("saveCache()/loadCache() round-trip exactly and detect corruption", () => {
   const next = rng(14);
   const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 80 };
