@@ -30,6 +30,24 @@ Deno.test("fitPlanToBudget() stays within the target when the measured bits resp
   assert.ok(fit.tries.length <= 10, "at most rounds before and rounds after the floor");
 });
 
+Deno.test("fitPlanToBudget() gets close on the fixture's 5.4 budget, where five rounds stopped short", async () => {
+  // what the fixture's cache measured for the mapper budgets the fit tried (5.4 budget, attention
+  // ranking), joined by straight lines: steeper near the target than on average, so the fit nears
+  // it from below in small steps; five rounds ended at 5.149 b, one try short of 5.38
+  const trace = [[3.9895, 5.1493], [4.1196, 5.4013], [4.134, 5.4233], [4.2036, 5.5207], [
+    5.4,
+    6.8005,
+  ]];
+  const measure = (p: { b: number }) => {
+    let i = 1;
+    while (i < trace.length - 1 && p.b > trace[i][0]) i++;
+    const [[b0, m0], [b1, m1]] = [trace[i - 1], trace[i]];
+    return Promise.resolve(m0 + (m1 - m0) * (p.b - b0) / (b1 - b0));
+  };
+  const fit = await fitPlanToBudget(5.4, mapper(1), measure);
+  assert.ok(fit.withinBudget && 5.4 - fit.measuredBits < 0.05, JSON.stringify(fit.tries));
+});
+
 Deno.test("fitPlanToBudget() returns the cheapest plan, marked over budget, below the floor", async () => {
   const fit = await fitPlanToBudget(4.5, mapper(4), (p) => Promise.resolve(p.b + 1));
   assert.equal(fit.withinBudget, false);
