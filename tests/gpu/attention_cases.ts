@@ -55,7 +55,9 @@ async function runCase(
       words.push(...vw);
       segs.push({ words: pool, keyFormat: ks, valueFormat: vs, keyBase, valueBase, tokens: n });
     }
-    groups.push({ queryOffset: g * Q * d, outputOffset: g * Q * d, segments: segs });
+    // each head's log-sum-exp after all outputs (what the GPU cache credits window attention from)
+    const lseOffset = c.sequences * c.nKvHeads * Q * d + g * Q;
+    groups.push({ queryOffset: g * Q * d, outputOffset: g * Q * d, lseOffset, segments: segs });
   }
   const device = gpu.device;
   const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
@@ -65,15 +67,16 @@ async function runCase(
   const q = normals(nGroups * Q * d, next);
   const qBuf = device.createBuffer({ size: q.byteLength, usage: S });
   device.queue.writeBuffer(qBuf, 0, q as Float32Array<ArrayBuffer>);
-  const outBuf = device.createBuffer({ size: q.byteLength, usage: S | GPUBufferUsage.COPY_SRC });
+  const outBytes = q.byteLength + nGroups * Q * 4;
+  const outBuf = device.createBuffer({ size: outBytes, usage: S | GPUBufferUsage.COPY_SRC });
   const rb = device.createBuffer({
-    size: q.byteLength,
+    size: outBytes,
     usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   });
   const attention = new PagedAttention(gpu, pipelines, { scores, splitTokens });
   const enc = device.createCommandEncoder();
   await attention.encode(enc, qBuf, outBuf, groups, { headDim: d, queriesPerKv: Q, pageTokens: P });
-  const out = new Float32Array(await readBack(gpu, outBuf, rb, q.byteLength, enc));
+  const out = new Float32Array(await readBack(gpu, outBuf, rb, outBytes, enc));
   for (const b of [poolBuf, qBuf, outBuf, rb]) b.destroy();
   attention.destroy();
 
@@ -86,6 +89,15 @@ async function runCase(
       const off = (g * Q + j) * d;
       attendHead(q.subarray(off, off + d), K, V, n, d, scores, want);
       worst = Math.max(worst, relativeError(out.subarray(off, off + d), want));
+      // log-sum-exp of the scaled scores, in f64
+      const s = Array.from({ length: n }, (_, t) => {
+        let dot = 0;
+        for (let i = 0; i < d; i++) dot += q[off + i] * K[t * d + i];
+        return dot / Math.sqrt(d);
+      });
+      const m = Math.max(...s), lse = m + Math.log(s.reduce((a, x) => a + Math.exp(x - m), 0));
+      const got = out[nGroups * Q * d + g * Q + j];
+      worst = Math.max(worst, Math.abs(got - lse) / Math.max(1, Math.abs(lse)));
     }
   }
   return worst;
