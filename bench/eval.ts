@@ -7,10 +7,19 @@
 // --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (every row, each
 // followed by the WASM cache's perplexity under the same policy).
 // Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
-//                       [--eps E]... [--budget B]...
+//                       [--eps E]... [--budget B]... [--breakdown]
+// --breakdown: under each CPU row, where its bits go (pages, page tables, ring, window scores, sinks),
+// summed over the scoring windows as the bits/elem column is.
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
-import { type GpuDevice, gpuPolicyFor, requestGpu, signTest } from "../mod.ts";
+import {
+  cacheShape,
+  type GpuDevice,
+  gpuPolicyFor,
+  MixedPrecisionKVCache,
+  requestGpu,
+  signTest,
+} from "../mod.ts";
 import {
   baselineRows,
   type EvalRow,
@@ -116,6 +125,9 @@ for (const row of rows) {
     `${Math.round(r.greedyMatch * 100)}/100`,
     row.boundHeld === undefined ? "—" : row.boundHeld ? "yes" : "NO",
   ].join(" | "));
+  if (Deno.args.includes("--breakdown") && backend !== "gpu") {
+    console.log(`  ↳ bits by part: ${await bitsByPart(row)}`);
+  }
   if (backend === "gpu") {
     // the same policy on the WASM cache
     const w = await measureRow(model, row, setup, undefined, "wasm");
@@ -172,4 +184,23 @@ if (jsonPath) {
     ) + "\n",
   );
   console.log(`\nwrote ${jsonPath}`);
+}
+
+/** Bits per element by part of the cache, over the scoring windows (each measured when complete). */
+async function bitsByPart(row: EvalRow): Promise<string> {
+  const cache = new MixedPrecisionKVCache(cacheShape(model.config), row.policy, {
+    backend: "wasm",
+  });
+  const sum: Record<string, number> = {};
+  let elements = 0;
+  for (const w of setup.reference.windows) {
+    cache.reset();
+    await model.prefill(w.tokens, 0, cache);
+    elements += cache.memory().elements;
+    for (const [part, bytes] of Object.entries(cache.memoryBreakdown())) {
+      sum[part] = (sum[part] ?? 0) + bytes;
+    }
+  }
+  return Object.entries(sum).map(([part, bytes]) => `${part} ${(8 * bytes / elements).toFixed(3)}`)
+    .join(", ");
 }

@@ -33,7 +33,7 @@ import {
   type KVCache,
   type KVCacheShape,
 } from "../model/kv_cache.ts";
-import { checkPageFormat, Page } from "./page.ts";
+import { checkPageFormat, Page, PAGE_TABLE_ENTRY_BYTES } from "./page.ts";
 import type { PageArena } from "./page_arena.ts";
 import { intDotPartials, intDotServes } from "./int_dot.ts";
 import { Partial } from "./partial.ts";
@@ -161,6 +161,20 @@ class HeadStore {
     this.windowV = new Uint32Array(ringSlots * slotWords);
     this.windowScore = new Float32Array(scoreSlots);
   }
+}
+
+/** {@linkcode MixedPrecisionKVCache.memoryBreakdown}: bytes by part of the cache. */
+export interface MemoryBreakdown {
+  /** Page words: codes and scales. */
+  pages: number;
+  /** Page-table entries, one per page. */
+  pageTables: number;
+  /** Sink tokens at the window format. */
+  sinks: number;
+  /** The window ring at the window format: recent window and tokens awaiting eviction. */
+  ring: number;
+  /** Attention credited to the ring's eviction chunks (tiered policies). */
+  windowScores: number;
 }
 
 /** Options of {@linkcode MixedPrecisionKVCache}. */
@@ -740,6 +754,28 @@ export class MixedPrecisionKVCache implements KVCache {
       }
     }
     return counts;
+  }
+
+  /**
+   * Where memory().bytes go, in bytes: page words (codes and scales), page-table entries, sinks,
+   * the window ring (recent window and tokens awaiting eviction) and the window scores.
+   * @returns the parts; they sum to memory().bytes
+   */
+  memoryBreakdown(): MemoryBreakdown {
+    const b = { pages: 0, pageTables: 0, sinks: 0, ring: 0, windowScores: 0 };
+    for (const layer of this.#heads) {
+      for (const s of layer) {
+        b.sinks += s.sinkK.byteLength + s.sinkV.byteLength;
+        b.ring += s.windowK.byteLength + s.windowV.byteLength;
+        b.windowScores += s.windowScore.byteLength;
+        for (const pool of s.pools.values()) {
+          const entries = pool.pages.length * PAGE_TABLE_ENTRY_BYTES;
+          b.pages += pool.bytes - entries;
+          b.pageTables += entries;
+        }
+      }
+    }
+    return b;
   }
 
   memory(): CacheMemory {

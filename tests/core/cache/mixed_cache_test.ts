@@ -171,6 +171,13 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   const mem = cache.memory();
   assert.equal(mem.bytes, expected);
   assert.equal(mem.elements, 150 * 16 * 2);
+  assert.deepEqual(cache.memoryBreakdown(), {
+    pages: 2 * 2 * (kPage + vPage),
+    pageTables: 2 * 2 * 16,
+    sinks: 2 * sinks,
+    ring: 2 * ring,
+    windowScores: 0,
+  });
   const seg = cache.segments(0, 1);
   assert.equal(seg.pools[0].pages.length, 2);
   assert.equal(seg.windowN, 18);
