@@ -3,6 +3,7 @@
 import { DeviceError } from "../../core/errors.ts";
 import { type FormatSpec, getFormat, wasmCodec, wordsForLength } from "../../codecs/mod.ts";
 import { type GpuDevice, PipelineCache, requestGpu } from "../../gpu/mod.ts";
+import { type CachePolicy, tieredPolicy } from "../../core/cache/policy.ts";
 
 let cached: Promise<{ gpu: GpuDevice; pipelines: PipelineCache } | undefined> | undefined;
 
@@ -87,3 +88,24 @@ export function relativeError(a: ArrayLike<number>, b: ArrayLike<number>): numbe
 }
 
 export { getFormat };
+
+/**
+ * Three tiers by the attention a chunk gathered in the window, per layer and KV head of a 2-layer,
+ * 2-KV-head, head_dim 16 shape: token-axis int8 keys with fp16 values, then channel-axis int8/int4,
+ * then int2 (chunks of 16 tokens; pages of 16).
+ */
+export function threeTierPolicy(windowFormat: string, recentWindow: number): CachePolicy {
+  return tieredPolicy({
+    label: "three tiers",
+    tiers: Array.from({ length: 2 }, (_, l) =>
+      Array.from({ length: 2 }, (_, h) => [
+        { minScore: 0.2 + 0.05 * (l + h), keyFormat: "int8-g16-token", valueFormat: "fp16" },
+        { minScore: 0.08, keyFormat: "int8-g16-channel", valueFormat: "int4-g16-token" },
+        { minScore: 0, keyFormat: "int2-g16-channel", valueFormat: "int2-g16-token" },
+      ])),
+    sinkTokens: 2,
+    recentWindow,
+    pageTokens: 16,
+    windowFormat,
+  });
+}

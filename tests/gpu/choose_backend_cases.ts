@@ -12,11 +12,10 @@ import {
   type KVCache,
   MIN_GPU_ELEMENTS,
   MixedPrecisionKVCache,
-  tieredPolicy,
   uniformPolicy,
 } from "../../mod.ts";
 import { rng } from "../_fixtures.ts";
-import { testGpu } from "./_gpu.ts";
+import { testGpu, threeTierPolicy } from "./_gpu.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 96 };
 const ready = (windowFormat = "fp32") =>
@@ -28,20 +27,7 @@ const ready = (windowFormat = "fp32") =>
     windowFormat,
   });
 // three tiers by the attention a chunk gathered in the window, per layer and KV head
-const tiered = (windowFormat = "fp32") =>
-  tieredPolicy({
-    label: "three tiers",
-    tiers: Array.from({ length: 2 }, (_, l) =>
-      Array.from({ length: 2 }, (_, h) => [
-        { minScore: 0.2 + 0.05 * (l + h), keyFormat: "int8-g16-token", valueFormat: "fp16" },
-        { minScore: 0.08, keyFormat: "int8-g16-channel", valueFormat: "int4-g16-token" },
-        { minScore: 0, keyFormat: "int2-g16-channel", valueFormat: "int2-g16-token" },
-      ])),
-    sinkTokens: 2,
-    recentWindow: 4,
-    pageTokens: 16,
-    windowFormat,
-  });
+const tiered = (windowFormat = "fp32") => threeTierPolicy(windowFormat, 4);
 const notReady: [string, CachePolicy, RegExp][] = [
   [
     "a tiered policy with a bf16 window",

@@ -9,30 +9,16 @@ import {
   loadCache,
   MixedPrecisionKVCache,
   saveCache,
-  tieredPolicy,
   uniformPolicy,
 } from "../../mod.ts";
 import { rng } from "../_fixtures.ts";
-import { testGpu } from "./_gpu.ts";
+import { testGpu, threeTierPolicy } from "./_gpu.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 128 };
 const policies: [string, (windowFormat: string) => CachePolicy][] = [
   [
     "three tiers",
-    (windowFormat) =>
-      tieredPolicy({
-        label: "three tiers",
-        tiers: Array.from({ length: 2 }, (_, l) =>
-          Array.from({ length: 2 }, (_, h) => [
-            { minScore: 0.2 + 0.05 * (l + h), keyFormat: "int8-g16-token", valueFormat: "fp16" },
-            { minScore: 0.08, keyFormat: "int8-g16-channel", valueFormat: "int4-g16-token" },
-            { minScore: 0, keyFormat: "int2-g16-channel", valueFormat: "int2-g16-token" },
-          ])),
-        sinkTokens: 2,
-        recentWindow: 5,
-        pageTokens: 16,
-        windowFormat,
-      }),
+    (windowFormat) => threeTierPolicy(windowFormat, 5),
   ],
   [
     "channel keys, no window",
