@@ -943,13 +943,28 @@ export class GpuKVCache implements KVCache {
     return bytes;
   }
 
+  /**
+   * Bytes of the working buffers, which hold no cached position: queries, outputs, readback,
+   * quantize jobs and the attention runner's items, partials and scratch. Not part of memory(),
+   * as the CPU cache's scratch is not part of its own.
+   */
+  get workingBytes(): number {
+    return this.#q.size + this.#out.size + this.#readback.size + this.#jobs.byteLength +
+      this.#attention.byteLength;
+  }
+
+  /**
+   * What the cache holds for its positions, counted as the CPU cache counts them: page buffers
+   * (grown capacity included), the staging buffer of sinks and ring, window scores and the host
+   * copy of the ring's keys they are credited from. Working buffers: {@linkcode workingBytes}.
+   * @returns bytes, elements and bits per element
+   */
   memory(): CacheMemory {
     let positions = 0;
     for (const n of this.#length) positions += n;
     const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
-    const bytes = this.pageBytes + this.#staging.size + this.#q.size + this.#out.size +
-      this.#readback.size + this.#jobs.byteLength + this.#attention.byteLength +
-      this.#scores.byteLength + this.#ringKeys.byteLength;
+    const bytes = this.pageBytes + this.#staging.size + this.#scores.byteLength +
+      this.#ringKeys.byteLength;
     return { bytes, elements, bitsPerElement: elements === 0 ? 0 : (8 * bytes) / elements };
   }
 

@@ -256,6 +256,22 @@ Deno.test("GpuKVCache with an fp16 window rejects what fp16 cannot hold, changin
     Math.abs(out[0] - want) <= 1e-6,
     `${out[0]}: fp16(1/3) = 0.333251953125, equal weights`,
   );
+  // memory() counts what is held for positions (the fp16 staging is half the fp32 one), not the
+  // working buffers an attend() grows
+  const wide = await createGpuKVCache({
+    gpu: env.gpu,
+    pipelines: env.pipelines,
+    shape,
+    policy: { keyFormat: "int8-g8-token", valueFormat: "int8-g8-token", windowFormat: "fp32" },
+  });
+  const slots = 4 + 64 + 1; // sinks, then a ring of window + chunk (1) slots
+  // 2 KV heads × K and V × slots × 8 elements × 2 bytes saved
+  assert.equal(wide.memory().bytes - cache.memory().bytes, 2 * 2 * slots * 8 * 2);
+  const held = cache.memory().bytes, working = cache.workingBytes;
+  await cache.attend(0, new Float32Array(16).fill(1), out);
+  assert.equal(cache.memory().bytes, held);
+  assert.ok(working > 0 && cache.workingBytes >= working);
+  wide.destroy();
   cache.destroy();
 });
 
