@@ -250,12 +250,13 @@ export class GpuKVCache implements KVCache {
   // per layer × KV head: pools by pair
   #pools: Map<string, _Pool>[];
   // tiered policies: attention gathered per eviction chunk in the ring (f32, numbered as the CPU
-  // cache numbers them), and a host copy of the ring's keys to compute it from
+  // cache numbers them), and a host copy of the keys of the newest windowTokens positions, the
+  // only ones credited, to compute it from
   readonly #tracksScores: boolean;
   readonly #scores: Float32Array;
   /** Chunk score slots per head: the most eviction chunks the ring holds at once. */
   readonly #chunkSlots: number;
-  readonly #ringKeys: Float32Array;
+  readonly #recentKeys: Float32Array;
   /** Host scratch: one position's keys and values of every KV head in the window format. */
   readonly #encoded: Uint32Array<ArrayBuffer>;
   #busy = false;
@@ -383,10 +384,9 @@ export class GpuKVCache implements KVCache {
     this.#recent = new Int32Array(shape.nLayers);
     this.#paged = new Int32Array(shape.nLayers);
     this.#pools = Array.from({ length: heads }, () => new Map());
-    const ring = this.#tracksScores ? heads * this.#ringSlots : 0;
     this.#chunkSlots = Math.ceil((W + chunk) / chunk);
     this.#scores = new Float32Array(this.#tracksScores ? heads * this.#chunkSlots : 0);
-    this.#ringKeys = new Float32Array(ring * d);
+    this.#recentKeys = new Float32Array(this.#tracksScores ? heads * W * d : 0);
     this.#encoded = new Uint32Array(2 * shape.nKvHeads * this.#slotWords);
   }
 
@@ -485,16 +485,18 @@ export class GpuKVCache implements KVCache {
       queue.writeBuffer(this.#staging, base, words, h * sw, sw);
       queue.writeBuffer(this.#staging, base + this.#slots * sw * 4, words, (nKvHeads + h) * sw, sw);
       if (this.#tracksScores && pos >= S) {
-        // the keys as stored, to credit their attention from
-        const index = layer * nKvHeads + h, r = index * this.#ringSlots + slot - S;
-        const i = this.#recent[layer];
+        const index = layer * nKvHeads + h, i = this.#recent[layer];
         // a chunk's first token takes its score slot over from the chunk evicted before it
         if (i % this.chunk === 0) this.#scores[this.#chunkSlot(layer, index, i)] = 0;
-        this.#windowCodec.decodeWords(
-          words.subarray(h * sw, (h + 1) * sw),
-          d,
-          this.#ringKeys.subarray(r * d, (r + 1) * d),
-        );
+        // the keys as stored, to credit their attention from while they are recent
+        if (this.policy.windowTokens > 0) {
+          const r = this.#keySlot(layer, index, i);
+          this.#windowCodec.decodeWords(
+            words.subarray(h * sw, (h + 1) * sw),
+            d,
+            this.#recentKeys.subarray(r * d, (r + 1) * d),
+          );
+        }
       }
     }
     if (pos >= S) this.#recent[layer]++;
@@ -613,6 +615,12 @@ export class GpuKVCache implements KVCache {
     this.#paged[layer] += C;
   }
 
+  // host key slot of ring index i of a layer's KV head: positions after the sinks, mod windowTokens
+  #keySlot(layer: number, index: number, i: number): number {
+    const W = this.policy.windowTokens;
+    return index * W + (this.#paged[layer] + i) % W;
+  }
+
   // score slot of the chunk holding ring index i (0: the oldest token) of a layer's KV head
   #chunkSlot(layer: number, index: number, i: number): number {
     const C = this.chunk;
@@ -705,17 +713,17 @@ export class GpuKVCache implements KVCache {
   #credit(layer: number, q: Float32Array, lse: Float32Array): void {
     const { nHeads, nKvHeads, headDim: d } = this.shape;
     const Q = nHeads / nKvHeads, scale = Math.fround(1 / Math.sqrt(d));
-    const recent = this.#recent[layer], head = this.#ringHead[layer];
+    const recent = this.#recent[layer];
     const first = Math.max(0, recent - this.policy.windowTokens);
     for (let h = 0; h < nKvHeads; h++) {
-      const index = layer * nKvHeads + h, base = index * this.#ringSlots;
+      const index = layer * nKvHeads + h;
       for (let j = 0; j < Q; j++) {
         const qh = (h * Q + j) * d, norm = lse[h * Q + j];
         for (let i = first; i < recent; i++) {
-          const r = base + (head + i) % this.#ringSlots;
+          const r = this.#keySlot(layer, index, i);
           let s = 0;
           for (let c = 0; c < d; c++) {
-            s = Math.fround(s + Math.fround(q[qh + c] * this.#ringKeys[r * d + c]));
+            s = Math.fround(s + Math.fround(q[qh + c] * this.#recentKeys[r * d + c]));
           }
           this.#scores[this.#chunkSlot(layer, index, i)] +=
             Math.exp(Math.fround(s * scale) - norm) / Q;
@@ -826,22 +834,22 @@ export class GpuKVCache implements KVCache {
         for (const [words, at] of [[seg.sinkK, 0], [seg.sinkV, cache.#slots * sw]] as const) {
           staged.set(words.subarray(0, seg.sinkN * sw), at);
         }
+        const W = cache.policy.windowTokens, paged = seg.pools.reduce((a, p) => a + p.length, 0);
         for (let i = 0; i < seg.windowN; i++) {
           const slot = ((seg.windowStart + i) % R) * sw;
           staged.set(seg.windowK.subarray(slot, slot + sw), (S + i) * sw);
           staged.set(seg.windowV.subarray(slot, slot + sw), (cache.#slots + S + i) * sw);
-          if (cache.#tracksScores) {
-            const r = index * cache.#ringSlots + i;
+          if (cache.#tracksScores && i >= seg.windowN - W) {
+            const r = index * W + (paged + i) % W;
             cache.#windowCodec.decodeWords(
               seg.windowK.subarray(slot, slot + sw),
               d,
-              cache.#ringKeys.subarray(r * d, (r + 1) * d),
+              cache.#recentKeys.subarray(r * d, (r + 1) * d),
             );
           }
         }
         if (cache.#tracksScores) cache.#scores.set(scores, index * cache.#chunkSlots);
         queue.writeBuffer(cache.#staging, cache.#stagingBase(layer, h) * 4, staged);
-        let paged = 0;
         for (const p of seg.pools) {
           const pool = cache.#poolFor(index, p.pair), at = pool.at;
           for (const page of p.pages) {
@@ -857,7 +865,6 @@ export class GpuKVCache implements KVCache {
             );
             pool.tokens += page.n;
           }
-          paged += p.length;
         }
         cache.#length[layer] = cpu.length(layer);
         cache.#recent[layer] = seg.windowN;
@@ -956,7 +963,7 @@ export class GpuKVCache implements KVCache {
   /**
    * What the cache holds for its positions, counted as the CPU cache counts them: page buffers
    * (grown capacity included), the staging buffer of sinks and ring, window scores and the host
-   * copy of the ring's keys they are credited from. Working buffers: {@linkcode workingBytes}.
+   * copy of the recent keys they are credited from. Working buffers: {@linkcode workingBytes}.
    * @returns bytes, elements and bits per element
    */
   memory(): CacheMemory {
@@ -964,7 +971,7 @@ export class GpuKVCache implements KVCache {
     for (const n of this.#length) positions += n;
     const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
     const bytes = this.pageBytes + this.#staging.size + this.#scores.byteLength +
-      this.#ringKeys.byteLength;
+      this.#recentKeys.byteLength;
     return { bytes, elements, bitsPerElement: elements === 0 ? 0 : (8 * bytes) / elements };
   }
 
