@@ -237,6 +237,8 @@ export class GpuKVCache implements KVCache {
   /** Per format pair: its page layout and the buffer of its pages. */
   readonly #byPair: Map<string, _Pair>;
   readonly #staging: GPUBuffer;
+  /** One layer's chunk of every KV head's keys and values, contiguous, for the quantize jobs. */
+  readonly #evictScratch: GPUBuffer;
   readonly #q: GPUBuffer;
   readonly #out: GPUBuffer;
   readonly #readback: GPUBuffer;
@@ -323,7 +325,8 @@ export class GpuKVCache implements KVCache {
       }
     }
     this.chunk = chunk;
-    this.#ringSlots = Math.ceil((W + chunk) / chunk) * chunk;
+    // as the CPU cache's ring: a chunk may wrap, so eviction gathers it into #evictScratch first
+    this.#ringSlots = W + chunk;
     this.#slots = S + this.#ringSlots;
     const heads = shape.nLayers * shape.nKvHeads;
     // a pair's buffer grows with its pages, up to every position of every head in that pair
@@ -361,6 +364,11 @@ export class GpuKVCache implements KVCache {
       size: Math.max(16, stagingBytes),
       usage: S_,
       label: `kv ${wf} window`,
+    });
+    this.#evictScratch = dev.createBuffer({
+      size: Math.max(16, shape.nKvHeads * 2 * chunk * this.#slotWords * 4),
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      label: "eviction chunk",
     });
     const qBytes = shape.nHeads * d * 4;
     this.#tracksScores = this.pairs.length > 1;
@@ -520,7 +528,10 @@ export class GpuKVCache implements KVCache {
   #evict(layer: number): void {
     const { nKvHeads, headDim: d } = this.shape;
     const P = this.policy.pageTokens, S = this.policy.sinkTokens, C = this.chunk;
-    const head0 = this.#ringHead[layer], slot0 = S + head0;
+    const head0 = this.#ringHead[layer], sw = this.#slotWords;
+    const enc = this.#gpu.device.createCommandEncoder();
+    // the chunk of each head's K and V (at most two runs of the ring) into the eviction scratch
+    const firstRun = Math.min(C, this.#ringSlots - head0);
     // one dispatch per format and pair buffer
     const jobs = new Map<string, { spec: FormatSpec; at: _Pair; words: number[] }>();
     const push = (spec: FormatSpec, at: _Pair, ...w: number[]) => {
@@ -539,10 +550,26 @@ export class GpuKVCache implements KVCache {
       const page = pool.pages[pool.pages.length - 1] * at.slots.slotWords;
       const t0 = pool.tokens % P;
       for (const [which, f] of [[0, at.key], [1, at.value]] as const) {
-        // in elements of the staging buffer: positions are d elements apart
-        const src =
-          (this.#stagingBase(layer, h) + (which * this.#slots + slot0) * this.#slotWords) *
-          (d / this.#slotWords);
+        const from = this.#stagingBase(layer, h) + (which * this.#slots + S) * sw;
+        const to = (h * 2 + which) * C * sw;
+        enc.copyBufferToBuffer(
+          this.#staging,
+          (from + head0 * sw) * 4,
+          this.#evictScratch,
+          to * 4,
+          firstRun * sw * 4,
+        );
+        if (firstRun < C) {
+          enc.copyBufferToBuffer(
+            this.#staging,
+            from * 4,
+            this.#evictScratch,
+            (to + firstRun * sw) * 4,
+            (C - firstRun) * sw * 4,
+          );
+        }
+        // in elements of the scratch: positions are d elements apart
+        const src = to * (d / sw);
         const dst = page + which * at.keyWords;
         if (f.axis === "channel") {
           // group gg of channel c covers tokens t0 + gg·G .. of the page: element c·P + t
@@ -590,7 +617,6 @@ export class GpuKVCache implements KVCache {
     for (const { words } of jobs.values()) data.set(words, runs[r++].offset);
     const jobBuf = this.#jobs.ensure(data.byteLength);
     dev.queue.writeBuffer(jobBuf, 0, data);
-    const enc = dev.createCommandEncoder();
     const pass = enc.beginComputePass();
     for (const { spec, pages, offset, count } of runs) {
       const pipeline = this.#quantize.get(spec.name)!;
@@ -600,7 +626,7 @@ export class GpuKVCache implements KVCache {
         dev.createBindGroup({
           layout: pipeline.getBindGroupLayout(0),
           entries: [
-            { binding: 0, resource: { buffer: this.#staging } },
+            { binding: 0, resource: { buffer: this.#evictScratch } },
             { binding: 1, resource: { buffer: pages } },
             { binding: 2, resource: { buffer: jobBuf, offset: offset * 4, size: count * 16 } },
           ],
@@ -952,12 +978,12 @@ export class GpuKVCache implements KVCache {
 
   /**
    * Bytes of the working buffers, which hold no cached position: queries, outputs, readback,
-   * quantize jobs and the attention runner's items, partials and scratch. Not part of memory(),
-   * as the CPU cache's scratch is not part of its own.
+   * quantize jobs, the eviction chunk and the attention runner's items, partials and scratch. Not
+   * part of memory(), as the CPU cache's scratch is not part of its own.
    */
   get workingBytes(): number {
     return this.#q.size + this.#out.size + this.#readback.size + this.#jobs.byteLength +
-      this.#attention.byteLength;
+      this.#attention.byteLength + this.#evictScratch.size;
   }
 
   /**
@@ -989,7 +1015,9 @@ export class GpuKVCache implements KVCache {
 
   /** Frees the cache's GPU buffers. */
   destroy(): void {
-    for (const b of [this.#staging, this.#q, this.#out, this.#readback]) b.destroy();
+    for (const b of [this.#staging, this.#evictScratch, this.#q, this.#out, this.#readback]) {
+      b.destroy();
+    }
     for (const at of this.#byPair.values()) at.slots.destroy();
     this.#jobs.destroy();
     this.#attention.destroy();
