@@ -307,7 +307,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
-/** One segment of a page table: a page (or the fp32 window) of one KV head. */
+/** One segment of a page table: a page (or a run of the full-precision window) of one KV head. */
 export interface AttentionSegment {
   /** Buffer holding the segment's words (the page pool or the fp32 staging buffer). */
   words: GPUBuffer;

@@ -2,8 +2,9 @@
  * Page quantization on the GPU: f32 → packed u32 words (+ fp16 scales) in any format of the
  * table, one invocation per group. A job names a group's source (first element and stride, so one
  * kernel serves token-major rows and channel-major columns) and its destination word; the GPU
- * cache uses it to move tokens from its fp32 window into pages. {@linkcode gpuEncode} encodes a
- * flat array, as the codecs' `encode` does, for tests and tools.
+ * cache uses it to move tokens from its window (fp32, or fp16 through the "fp16" source) into
+ * pages. {@linkcode gpuEncode} encodes a flat array, as the codecs' `encode` does, for tests and
+ * tools.
  *
  * Browser compatible.
  *
