@@ -258,7 +258,10 @@ export class GpuKVCache implements KVCache {
   readonly #scores: Float32Array;
   /** Chunk score slots per head: the most eviction chunks the ring holds at once. */
   readonly #chunkSlots: number;
-  readonly #recentKeys: Float32Array;
+  /** The newest windowTokens keys of each head as stored (window-format words). */
+  readonly #recentKeys: Uint32Array;
+  /** Scratch: one head's recent keys, decoded. */
+  readonly #keys: Float32Array;
   /** Host scratch: one position's keys and values of every KV head in the window format. */
   readonly #encoded: Uint32Array<ArrayBuffer>;
   #busy = false;
@@ -394,7 +397,8 @@ export class GpuKVCache implements KVCache {
     this.#pools = Array.from({ length: heads }, () => new Map());
     this.#chunkSlots = Math.ceil((W + chunk) / chunk);
     this.#scores = new Float32Array(this.#tracksScores ? heads * this.#chunkSlots : 0);
-    this.#recentKeys = new Float32Array(this.#tracksScores ? heads * W * d : 0);
+    this.#recentKeys = new Uint32Array(this.#tracksScores ? heads * W * this.#slotWords : 0);
+    this.#keys = new Float32Array(W * d);
     this.#encoded = new Uint32Array(2 * shape.nKvHeads * this.#slotWords);
   }
 
@@ -473,7 +477,7 @@ export class GpuKVCache implements KVCache {
     if (this.#quantize.size === 0) {
       throw new DeviceError("GPU cache kernels not compiled: create it with createGpuKVCache()");
     }
-    const { nKvHeads, headDim: d } = this.shape;
+    const { nKvHeads } = this.shape;
     const S = this.policy.sinkTokens;
     let slot: number;
     if (pos < S) slot = pos;
@@ -498,11 +502,9 @@ export class GpuKVCache implements KVCache {
         if (i % this.chunk === 0) this.#scores[this.#chunkSlot(layer, index, i)] = 0;
         // the keys as stored, to credit their attention from while they are recent
         if (this.policy.windowTokens > 0) {
-          const r = this.#keySlot(layer, index, i);
-          this.#windowCodec.decodeWords(
+          this.#recentKeys.set(
             words.subarray(h * sw, (h + 1) * sw),
-            d,
-            this.#recentKeys.subarray(r * d, (r + 1) * d),
+            this.#keySlot(layer, index, i) * sw,
           );
         }
       }
@@ -739,18 +741,25 @@ export class GpuKVCache implements KVCache {
   #credit(layer: number, q: Float32Array, lse: Float32Array): void {
     const { nHeads, nKvHeads, headDim: d } = this.shape;
     const Q = nHeads / nKvHeads, scale = Math.fround(1 / Math.sqrt(d));
-    const recent = this.#recent[layer];
+    const recent = this.#recent[layer], sw = this.#slotWords, keys = this.#keys;
     const first = Math.max(0, recent - this.policy.windowTokens);
     for (let h = 0; h < nKvHeads; h++) {
       const index = layer * nKvHeads + h;
+      for (let i = first; i < recent; i++) {
+        const r = this.#keySlot(layer, index, i) * sw;
+        this.#windowCodec.decodeWords(
+          this.#recentKeys.subarray(r, r + sw),
+          d,
+          keys.subarray((i - first) * d, (i - first + 1) * d),
+        );
+      }
+      // heads outer, tokens inner: the CPU cache's order of additions
       for (let j = 0; j < Q; j++) {
         const qh = (h * Q + j) * d, norm = lse[h * Q + j];
         for (let i = first; i < recent; i++) {
-          const r = this.#keySlot(layer, index, i);
+          const k = (i - first) * d;
           let s = 0;
-          for (let c = 0; c < d; c++) {
-            s = Math.fround(s + Math.fround(q[qh + c] * this.#recentKeys[r * d + c]));
-          }
+          for (let c = 0; c < d; c++) s = Math.fround(s + Math.fround(q[qh + c] * keys[k + c]));
           this.#scores[this.#chunkSlot(layer, index, i)] +=
             Math.exp(Math.fround(s * scale) - norm) / Q;
         }
@@ -850,7 +859,7 @@ export class GpuKVCache implements KVCache {
     const policy = gpuPolicyFor(cpu.policy);
     if (typeof policy === "string") throw new FormatError(`fromCpu: ${policy}`);
     const cache = await createGpuKVCache({ gpu, shape: cpu.shape, policy, pipelines });
-    const { nLayers, nKvHeads, headDim: d } = cpu.shape;
+    const { nLayers, nKvHeads } = cpu.shape;
     const S = cache.policy.sinkTokens, sw = cache.#slotWords, queue = gpu.device.queue;
     for (let layer = 0; layer < nLayers; layer++) {
       for (let h = 0; h < nKvHeads; h++) {
@@ -866,11 +875,9 @@ export class GpuKVCache implements KVCache {
           staged.set(seg.windowK.subarray(slot, slot + sw), (S + i) * sw);
           staged.set(seg.windowV.subarray(slot, slot + sw), (cache.#slots + S + i) * sw);
           if (cache.#tracksScores && i >= seg.windowN - W) {
-            const r = index * W + (paged + i) % W;
-            cache.#windowCodec.decodeWords(
+            cache.#recentKeys.set(
               seg.windowK.subarray(slot, slot + sw),
-              d,
-              cache.#recentKeys.subarray(r * d, (r + 1) * d),
+              (index * W + (paged + i) % W) * sw,
             );
           }
         }
