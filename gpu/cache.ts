@@ -295,7 +295,7 @@ export class GpuKVCache implements KVCache {
         );
       }
     }
-    this.#choose = _choice(p, shape);
+    this.#choose = _cpuPolicy(this.policy, shape);
     this.pairs = this.#choose.pairs();
     const d = shape.headDim;
     const wf = this.policy.windowFormat;
@@ -772,16 +772,7 @@ export class GpuKVCache implements KVCache {
    * @returns a uniform or tiered policy with this cache's window, sinks and pages
    */
   cpuPolicy(): CachePolicy {
-    const p = this.policy,
-      window = {
-        sinkTokens: p.sinkTokens,
-        recentWindow: p.windowTokens,
-        windowFormat: p.windowFormat,
-        pageTokens: p.pageTokens,
-      };
-    return p.tiers === undefined
-      ? uniformPolicy({ keyFormat: p.keyFormat, valueFormat: p.valueFormat, ...window })
-      : tieredPolicy({ label: "gpu tiers", tiers: p.tiers, ...window });
+    return this.#choose;
   }
 
   /**
@@ -1031,13 +1022,23 @@ export class GpuKVCache implements KVCache {
   }
 }
 
-// the policy's choice of pair per (layer, KV head, score), with the CPU cache's own semantics
-function _choice(p: GpuCachePolicy, shape: KVCacheShape): CachePolicy {
+// the CPU policy a GPU policy is, which also makes the choice of pair per (layer, KV head, score)
+// with the CPU cache's own semantics
+function _cpuPolicy(
+  p: GpuCachePolicy & Required<GpuWindowPolicy>,
+  shape: KVCacheShape,
+): CachePolicy {
+  const window = {
+    sinkTokens: p.sinkTokens,
+    recentWindow: p.windowTokens,
+    windowFormat: p.windowFormat,
+    pageTokens: p.pageTokens,
+  };
   if (p.tiers === undefined) {
     if (typeof p.keyFormat !== "string" || typeof p.valueFormat !== "string") {
       throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers");
     }
-    return uniformPolicy({ keyFormat: p.keyFormat, valueFormat: p.valueFormat });
+    return uniformPolicy({ keyFormat: p.keyFormat, valueFormat: p.valueFormat, ...window });
   }
   if (p.keyFormat !== undefined || p.valueFormat !== undefined) {
     throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers, not both");
@@ -1049,5 +1050,5 @@ function _choice(p: GpuCachePolicy, shape: KVCacheShape): CachePolicy {
         `the shape has ${nLayers} × ${nKvHeads}`,
     );
   }
-  return tieredPolicy({ label: "gpu", tiers: p.tiers });
+  return tieredPolicy({ label: "gpu tiers", tiers: p.tiers, ...window });
 }
