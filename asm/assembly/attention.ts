@@ -147,11 +147,17 @@ export function decodeRun(
 
 // e^x per lane for x ≤ 0 (Cephes expf: x = k·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial, 2^k put
 // into the exponent bits; ~1 ulp). x is clamped at −87, where e^x < 2^−125 is negligible next to
-// the page's maximum weight 1.
+// the page's maximum weight 1. Cheap lowerings on purpose (this runs once per score): pmax is one
+// maxps where max's NaN rules cost several instructions (scores are finite), and k comes from adding
+// 1.5·2^23, which rounds x·log2(e) ∈ [−126, 0] to an integer, ties to even, as nearest does, and
+// leaves k in the low mantissa bits: adding the bias 127 there and shifting puts 2^k into the
+// exponent bits, with no nearest or trunc_sat (several instructions each on x86).
 // @ts-ignore: decorator
 @inline function _expv(x: v128): v128 {
-  x = f32x4.max(x, f32x4.splat(-87));
-  const k = f32x4.nearest(f32x4.mul(x, f32x4.splat(1.44269504088896341)));
+  x = f32x4.pmax(x, f32x4.splat(-87));
+  const magic = f32x4.splat(12582912); // 1.5·2^23
+  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), magic);
+  const k = f32x4.sub(t, magic);
   const r = f32x4.sub(
     f32x4.sub(x, f32x4.mul(k, f32x4.splat(0.693359375))),
     f32x4.mul(k, f32x4.splat(-2.12194440e-4)),
@@ -163,8 +169,7 @@ export function decodeRun(
   y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
   y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
   y = f32x4.add(f32x4.add(f32x4.mul(y, f32x4.mul(r, r)), r), f32x4.splat(1));
-  const e = i32x4.shl(i32x4.add(i32x4.trunc_sat_f32x4_s(k), i32x4.splat(127)), 23);
-  return f32x4.mul(y, e);
+  return f32x4.mul(y, i32x4.shl(i32x4.add(t, i32x4.splat(127)), 23));
 }
 
 /**
@@ -388,7 +393,7 @@ export function attendPage(
       }
     }
     let mv = f32x4.splat(-Infinity);
-    for (let t = 0; t < n4; t += 4) mv = f32x4.max(mv, v128.load(row0 + (<usize>t << 2)));
+    for (let t = 0; t < n4; t += 4) mv = f32x4.pmax(mv, v128.load(row0 + (<usize>t << 2)));
     let m32 = max(
       max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
       max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
