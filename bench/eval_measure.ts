@@ -3,6 +3,7 @@
 // mean KL and top-1 agreement against the FP32 reference (teacher-forced, compareCache), bits per
 // element held, and greedy-token match over a generated continuation.
 import {
+  type CacheQuality,
   cacheShape,
   compareCache,
   createKVCache,
@@ -88,24 +89,12 @@ export async function evalSetup(
   };
 }
 
-/** The figures of one row (the JSON of `deno task eval --json`). */
-export interface RowResult {
+/** The figures of one row (the JSON of `deno task eval --json`): compareCache's, and the row's. */
+export interface RowResult extends CacheQuality {
   /** Row name. */
   name: string;
   /** Row kind. */
   kind: EvalRow["kind"];
-  /** Tokens scored. */
-  tokens: number;
-  /** Perplexity with this cache. */
-  perplexity: number;
-  /** Mean KL(reference ‖ this), nats. */
-  meanKl: number;
-  /** Share of positions whose argmax matches the reference. */
-  top1Agreement: number;
-  /** Bits per element held (all metadata counted). */
-  bitsPerElement: number;
-  /** Mean KL per scoring window (for paired comparisons between rows). */
-  windowKl: number[];
   /** Share of the greedy continuation equal to the reference's. */
   greedyMatch: number;
   /** Whether the verifier's bound held (kvprec rows), else null. */
