@@ -16,7 +16,6 @@
  * @module
  */
 
-import { ShapeError } from "./errors.ts";
 import {
   type CacheMemory,
   checkAttend,
@@ -55,9 +54,8 @@ export class RecordingKVCache implements KVCache {
   }
 
   attend(layer: number, q: Float32Array, out: Float32Array): void {
-    checkAttend(this.shape, layer, q, out);
+    checkAttend(this.shape, layer, this.inner.length(layer), q, out);
     const pos = this.inner.length(layer) - 1;
-    if (pos < 0) throw new ShapeError(`attend on layer ${layer} before any append`);
     this.#queries[layer].set(q, pos * q.length);
     this.inner.attend(layer, q, out);
   }

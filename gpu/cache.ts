@@ -63,6 +63,7 @@ import {
 } from "../core/model/kv_cache.ts";
 import {
   type CachePolicy,
+  checkPolicyShape,
   type FormatPair,
   type Tier,
   tieredPolicy,
@@ -694,8 +695,7 @@ export class GpuKVCache implements KVCache {
   }
 
   async attend(layer: number, q: Float32Array, out: Float32Array): Promise<void> {
-    checkAttend(this.shape, layer, q, out);
-    if (this.#length[layer] === 0) throw new ShapeError(`attend on empty layer ${layer}`);
+    checkAttend(this.shape, layer, this.#length[layer], q, out);
     this.#gpu.check("attend");
     if (this.#busy) {
       throw new DeviceError("attend() called again before the previous call finished");
@@ -1043,12 +1043,7 @@ function _cpuPolicy(
   if (p.keyFormat !== undefined || p.valueFormat !== undefined) {
     throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers, not both");
   }
-  const { nLayers, nKvHeads } = shape;
-  if (p.tiers.length !== nLayers || p.tiers.some((l) => l.length !== nKvHeads)) {
-    throw new ShapeError(
-      `tiers cover ${p.tiers.length} layers × [${p.tiers.map((l) => l.length)}] KV heads; ` +
-        `the shape has ${nLayers} × ${nKvHeads}`,
-    );
-  }
-  return tieredPolicy({ label: "gpu tiers", tiers: p.tiers, ...window });
+  const policy = tieredPolicy({ label: "gpu tiers", tiers: p.tiers, ...window });
+  checkPolicyShape(policy, shape);
+  return policy;
 }

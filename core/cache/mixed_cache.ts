@@ -37,7 +37,7 @@ import { checkPageFormat, Page, PAGE_TABLE_ENTRY_BYTES } from "./page.ts";
 import type { PageArena } from "./page_arena.ts";
 import { intDotPartials, intDotServes } from "./int_dot.ts";
 import { Partial } from "./partial.ts";
-import type { CachePolicy, FormatPair } from "./policy.ts";
+import { type CachePolicy, checkPolicyShape, type FormatPair } from "./policy.ts";
 import { WasmAttention } from "./wasm_attention.ts";
 
 /** Largest magnitude the cache accepts: every stored format's scale and minimum are fp16. */
@@ -253,6 +253,7 @@ export class MixedPrecisionKVCache implements KVCache {
    */
   constructor(shape: KVCacheShape, policy: CachePolicy, options: MixedCacheOptions = {}) {
     checkCacheShape(shape);
+    checkPolicyShape(policy, shape);
     this.shape = { ...shape };
     this.policy = policy;
     this.backend = options.backend ?? "ts";
@@ -456,7 +457,7 @@ export class MixedPrecisionKVCache implements KVCache {
    * the union. Window tokens come first so their scores can be credited back to their slots.
    */
   attend(layer: number, q: Float32Array, out: Float32Array): void {
-    checkAttend(this.shape, layer, q, out);
+    checkAttend(this.shape, layer, this.#lengths[layer], q, out);
     if (this.#wasm) {
       this.#attendWasm(this.#wasm, layer, q, out);
       return;

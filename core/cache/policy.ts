@@ -13,7 +13,7 @@
  * @module
  */
 
-import { InvalidValueError } from "../errors.ts";
+import { InvalidValueError, ShapeError } from "../errors.ts";
 
 /** The formats of one token's key and value. */
 export interface FormatPair {
@@ -152,6 +152,18 @@ export interface TieredOptions extends WindowOptions {
  * @returns the policy
  */
 export function tieredPolicy(options: TieredOptions): CachePolicy {
+  options.tiers.forEach((layer, l) =>
+    layer.forEach((head, h) =>
+      head.forEach((t, i) => {
+        // a NaN would sort anywhere and match no score: the tier would silently never be used
+        if (!Number.isFinite(t.minScore)) {
+          throw new InvalidValueError(
+            `layer ${l} head ${h} tier ${i} has minScore ${t.minScore}, expected a finite number`,
+          );
+        }
+      })
+    )
+  );
   const tiers = options.tiers.map((layer) =>
     layer.map((head) => [...head].sort((a, b) => b.minScore - a.minScore))
   );
@@ -180,4 +192,33 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
     pairs: () => [...unique.values()],
     options: { kind: "tiered", ...options },
   };
+}
+
+/**
+ * Checks that a policy fits a cache's layers and KV heads: a tiered policy needs tiers for every
+ * layer and KV head (a uniform one fits any shape).
+ *
+ * @param policy the policy
+ * @param shape the cache's layers and KV heads
+ * @throws {ShapeError} naming the first mismatch
+ */
+export function checkPolicyShape(
+  policy: CachePolicy,
+  shape: { nLayers: number; nKvHeads: number },
+): void {
+  if (policy.options.kind !== "tiered") return;
+  const { tiers } = policy.options;
+  if (tiers.length !== shape.nLayers) {
+    throw new ShapeError(
+      `policy ${policy.label} has tiers for ${tiers.length} layers, the cache has ${shape.nLayers}`,
+    );
+  }
+  tiers.forEach((layer, l) => {
+    if (layer.length !== shape.nKvHeads) {
+      throw new ShapeError(
+        `policy ${policy.label}: layer ${l} has tiers for ${layer.length} KV heads, the cache ` +
+          `has ${shape.nKvHeads}`,
+      );
+    }
+  });
 }

@@ -117,21 +117,26 @@ export function checkAppend(
 }
 
 /**
- * Checks the arguments of {@linkcode KVCache.attend}: lengths, layer, and a finite query (a NaN or
- * infinity names its index).
+ * Checks the arguments of {@linkcode KVCache.attend}: lengths, layer, a layer that holds a position
+ * (softmax over no keys has no value), and a finite query (a NaN or infinity names its index).
  *
  * @param shape the cache's shape
  * @param layer layer index
+ * @param held positions the layer holds (read before the layer is checked: may be undefined)
  * @param q query elements
  * @param out output elements
  */
 export function checkAttend(
   shape: KVCacheShape,
   layer: number,
+  held: number | undefined,
   q: Float32Array,
   out: Float32Array,
 ): void {
   checkLayer(shape, layer);
+  if (held === 0) {
+    throw new ShapeError(`layer ${layer} holds no positions: append one before attend`);
+  }
   const qDim = shape.nHeads * shape.headDim;
   if (q.length !== qDim) throw new ShapeError(`q has length ${q.length}, expected ${qDim}`);
   if (out.length !== qDim) throw new ShapeError(`out has length ${out.length}, expected ${qDim}`);
@@ -215,7 +220,7 @@ export class Float32KVCache implements KVCache {
   }
 
   attend(layer: number, q: Float32Array, out: Float32Array): void {
-    checkAttend(this.shape, layer, q, out);
+    checkAttend(this.shape, layer, this.#lengths[layer], q, out);
     const { nHeads, nKvHeads, headDim } = this.shape;
     const group = nHeads / nKvHeads;
     const n = this.#lengths[layer];

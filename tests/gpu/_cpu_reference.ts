@@ -87,7 +87,7 @@ export class CpuPagedReference implements KVCache {
   }
 
   attend(layer: number, q: Float32Array, out: Float32Array): void {
-    checkAttend(this.shape, layer, q, out);
+    checkAttend(this.shape, layer, this.#length[layer], q, out);
     const { nHeads, nKvHeads, headDim: d } = this.shape;
     const n = this.#length[layer], Q = nHeads / nKvHeads;
     const scores = new Float32Array(n);

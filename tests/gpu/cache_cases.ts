@@ -178,6 +178,7 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
     // tiered: one table per layer and KV head, whose last tier takes every score, of pageable formats
     [{ tiers: [[tier("int8-g8-token")], [tier("int8-g8-token")]] }, ShapeError],
     [{ tiers: [[[{ ...tier("int8-g8-token")[0], minScore: 0.5 }]]] }, InvalidValueError],
+    [{ tiers: [[[{ ...tier("int8-g8-token")[0], minScore: NaN }]]] }, InvalidValueError],
     [{ tiers: [[tier("int4-g8-heads")]] }, FormatError],
     [{ tiers: [[tier("fp32")]], keyFormat: "fp32" } as unknown as GpuCachePolicy, FormatError],
   ];

@@ -15,6 +15,7 @@ import {
   tieredPolicy,
   tsCodec,
   uniformPolicy,
+  wasmCodec,
 } from "../../../mod.ts";
 import { loadFixture, normals, REFERENCE, rng } from "../../_fixtures.ts";
 
@@ -232,6 +233,62 @@ Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a fail
         uniformPolicy({ keyFormat: "int4-g32-heads", valueFormat: "fp16" }),
       ),
     /groups across KV heads/,
+  );
+});
+
+Deno.test("attend on a layer with no positions is a ShapeError in every CPU cache, out untouched", () => {
+  const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
+  const k = normals(8, rng(3)), q = normals(16, rng(4));
+  const caches = [
+    new Float32KVCache(shape),
+    new MixedPrecisionKVCache(shape, uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" })),
+    new MixedPrecisionKVCache(
+      shape,
+      uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" }),
+      { backend: "wasm", codecFor: wasmCodec },
+    ),
+  ];
+  for (const cache of caches) {
+    cache.append(0, 0, k, k);
+    const out = new Float32Array(16).fill(7);
+    assert.throws(
+      () => cache.attend(1, q, out),
+      (e: Error) => e instanceof ShapeError && /layer 1 holds no positions/.test(e.message),
+      cache.constructor.name,
+    );
+    assert.ok(out.every((x) => x === 7), "nothing written");
+    cache.attend(0, q, out); // the layer with a position still attends
+    assert.ok(out.every(Number.isFinite));
+  }
+});
+
+Deno.test("tiered policies: a non-finite minScore or tiers that do not match the shape are refused", () => {
+  const fp16 = { keyFormat: "fp16", valueFormat: "fp16" };
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    assert.throws(
+      () =>
+        tieredPolicy({
+          label: "bad",
+          tiers: [[[{ minScore: bad, ...fp16 }, { minScore: 0, ...fp16 }]]],
+        }),
+      (e: Error) =>
+        e instanceof InvalidValueError &&
+        new RegExp(`layer 0 head 0 tier 0 has minScore ${bad}`).test(e.message),
+    );
+  }
+  const policy = tieredPolicy({ label: "one layer", tiers: [[[{ minScore: 0, ...fp16 }]]] });
+  const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
+  assert.throws(
+    () => new MixedPrecisionKVCache(shape, policy),
+    (e: Error) => e instanceof ShapeError && /tiers for 1 layers, the cache has 2/.test(e.message),
+  );
+  const twoHeads = tieredPolicy({
+    label: "two heads",
+    tiers: [[[{ minScore: 0, ...fp16 }], [{ minScore: 0, ...fp16 }]], [[{ minScore: 0, ...fp16 }]]],
+  });
+  assert.throws(
+    () => new MixedPrecisionKVCache(shape, twoHeads),
+    /layer 0 has tiers for 2 KV heads, the cache has 1/,
   );
 });
 
