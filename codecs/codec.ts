@@ -165,7 +165,9 @@ export function checkDecodeArgs(
   }
   if (words.length < n) {
     throw new CorruptDataError(
-      `${spec.name}: packed data has ${words.length * 4} bytes, ${length} elements need ${n * 4}`,
+      `${spec.name}: packed data has ${words.length * 4} bytes, ${length} elements need ${
+        n * 4
+      } bytes`,
       words.length * 4,
     );
   }

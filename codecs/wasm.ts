@@ -305,7 +305,9 @@ export class WasmCodec extends CodecBase {
     const nw = wordsForLength(s, length);
     if (words.length < nw) {
       throw new CorruptDataError(
-        `${s.name}: packed data has ${words.length * 4} bytes, ${length} elements need ${nw * 4}`,
+        `${s.name}: packed data has ${words.length * 4} bytes, ${length} elements need ${
+          nw * 4
+        } bytes`,
         words.length * 4,
       );
     }

@@ -65,8 +65,27 @@ export type PolicyJSON =
  * @returns the policy
  */
 export function policyFromJSON(json: PolicyJSON): CachePolicy {
-  if (json.kind === "uniform") return uniformPolicy(json);
-  if (json.kind === "tiered") return tieredPolicy(json);
+  if (json.kind === "uniform") {
+    _checkPair(json, "");
+    return uniformPolicy(json);
+  }
+  if (json.kind === "tiered") {
+    // JSON from a file: every level is checked so a malformed one is named, not a TypeError
+    const { tiers } = json as { tiers: unknown };
+    if (!Array.isArray(tiers)) throw new InvalidValueError("tiers must be an array of layers");
+    tiers.forEach((layer: unknown, l) => {
+      if (!Array.isArray(layer)) {
+        throw new InvalidValueError(`tiers[${l}] must be an array of KV heads`);
+      }
+      layer.forEach((head: unknown, h) => {
+        if (!Array.isArray(head)) {
+          throw new InvalidValueError(`tiers[${l}][${h}] must be an array of tiers`);
+        }
+        head.forEach((t: FormatPair, i) => _checkPair(t, `tiers[${l}][${h}][${i}].`));
+      });
+    });
+    return tieredPolicy(json);
+  }
   throw new InvalidValueError(
     `unknown policy kind ${JSON.stringify((json as { kind: unknown }).kind)}`,
   );
@@ -221,4 +240,12 @@ export function checkPolicyShape(
       );
     }
   });
+}
+
+function _checkPair(p: Partial<FormatPair>, where: string): void {
+  for (const key of ["keyFormat", "valueFormat"] as const) {
+    if (typeof p?.[key] !== "string") {
+      throw new InvalidValueError(`${where}${key} is ${p?.[key]}, expected a format name`);
+    }
+  }
 }

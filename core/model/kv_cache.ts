@@ -103,6 +103,8 @@ export function checkAppend(
   v: Float32Array,
 ): void {
   checkLayer(shape, layer);
+  checkF32(k, "k");
+  checkF32(v, "v");
   const kvDim = shape.nKvHeads * shape.headDim;
   if (k.length !== kvDim) throw new ShapeError(`k has length ${k.length}, expected ${kvDim}`);
   if (v.length !== kvDim) throw new ShapeError(`v has length ${v.length}, expected ${kvDim}`);
@@ -134,6 +136,8 @@ export function checkAttend(
   out: Float32Array,
 ): void {
   checkLayer(shape, layer);
+  checkF32(q, "q");
+  checkF32(out, "out");
   if (held === 0) {
     throw new ShapeError(`layer ${layer} holds no positions: append one before attend`);
   }
@@ -141,6 +145,15 @@ export function checkAttend(
   if (q.length !== qDim) throw new ShapeError(`q has length ${q.length}, expected ${qDim}`);
   if (out.length !== qDim) throw new ShapeError(`out has length ${out.length}, expected ${qDim}`);
   assertFinite(q, "q");
+}
+
+// JS callers can pass a plain array or another typed array: refused by name rather than failing
+// later as a TypeError or reading float64s as float32s
+function checkF32(x: Float32Array, what: string): void {
+  if (!(x instanceof Float32Array)) {
+    const got = (x as unknown as object)?.constructor?.name ?? String(x);
+    throw new ShapeError(`${what} must be a Float32Array, got ${got}`);
+  }
 }
 
 function checkLayer(shape: KVCacheShape, layer: number): void {

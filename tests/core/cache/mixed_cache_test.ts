@@ -10,6 +10,8 @@ import {
   loadCache,
   MixedPrecisionKVCache,
   perplexity,
+  policyFromJSON,
+  type PolicyJSON,
   saveCache,
   ShapeError,
   tieredPolicy,
@@ -290,6 +292,55 @@ Deno.test("tiered policies: a non-finite minScore or tiers that do not match the
     () => new MixedPrecisionKVCache(shape, twoHeads),
     /layer 0 has tiers for 2 KV heads, the cache has 1/,
   );
+});
+
+Deno.test("caches refuse K, V, q and out that are not Float32Arrays, changing nothing", () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
+  const good = normals(8, rng(5));
+  for (
+    const cache of [
+      new Float32KVCache(shape),
+      new MixedPrecisionKVCache(shape, uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" })),
+    ]
+  ) {
+    const plain = Array.from(good) as unknown as Float32Array;
+    const wide = Float64Array.from(good) as unknown as Float32Array;
+    assert.throws(() => cache.append(0, 0, plain, good), /k must be a Float32Array, got Array/);
+    assert.throws(() => cache.append(0, 0, good, wide), /v must be a Float32Array, got Float64/);
+    assert.equal(cache.length(0), 0);
+    cache.append(0, 0, good, good);
+    const q = normals(16, rng(6)), out = new Float32Array(16);
+    assert.throws(
+      () => cache.attend(0, Array.from(q) as unknown as Float32Array, out),
+      (e: Error) =>
+        e instanceof ShapeError && /q must be a Float32Array, got Array/.test(e.message),
+    );
+    assert.throws(() => cache.attend(0, q, [] as unknown as Float32Array), /out must be a Float32/);
+  }
+});
+
+Deno.test("policyFromJSON() names what a malformed policy lacks", () => {
+  const cases: [unknown, RegExp][] = [
+    [{ kind: "tiered", label: "x" }, /tiers must be an array of layers/],
+    [{ kind: "tiered", label: "x", tiers: [{}] }, /tiers\[0\] must be an array of KV heads/],
+    [{ kind: "tiered", label: "x", tiers: [[{}]] }, /tiers\[0\]\[0\] must be an array of tiers/],
+    [
+      {
+        kind: "tiered",
+        label: "x",
+        tiers: [[[{ minScore: 0, keyFormat: 4, valueFormat: "fp16" }]]],
+      },
+      /tiers\[0\]\[0\]\[0\].keyFormat is 4, expected a format name/,
+    ],
+    [{ kind: "uniform", keyFormat: "fp16" }, /valueFormat is undefined, expected a format name/],
+  ];
+  for (const [json, message] of cases) {
+    assert.throws(
+      () => policyFromJSON(json as PolicyJSON),
+      (e: Error) => e instanceof InvalidValueError && message.test(e.message),
+      JSON.stringify(json),
+    );
+  }
 });
 
 Deno.test("tieredPolicy sends tokens that drew attention in the window to the higher tier", () => {
