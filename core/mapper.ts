@@ -31,7 +31,7 @@
  * @module
  */
 
-import { BudgetError, FormatError, InvalidValueError } from "./errors.ts";
+import { BudgetError, FormatError, InvalidValueError, ShapeError } from "./errors.ts";
 
 /** What the mapper needs to know of a storage format (codecs' FormatSpec satisfies it). */
 export interface MapperFormat {
@@ -113,13 +113,17 @@ export function requiredBits(curvature: number, options: RuleOptions): number {
  * @param required required precision in bits
  * @param candidates formats to choose from (non-empty)
  * @returns the chosen format and whether it meets the requirement
- * @throws FormatError for an empty candidate list
+ * @throws FormatError for an empty candidate list; InvalidValueError for a NaN requirement
  */
 export function selectFormat(
   required: number,
   candidates: readonly MapperFormat[],
 ): { format: MapperFormat; meets: boolean } {
   if (candidates.length === 0) throw new FormatError("no candidate formats");
+  // NaN meets no format and would pass for "the most precise one does not suffice".
+  if (Number.isNaN(required)) {
+    throw new InvalidValueError("required precision is NaN, expected a number of bits");
+  }
   let best: MapperFormat | undefined;
   let most = candidates[0];
   for (const f of candidates) {
@@ -182,7 +186,8 @@ export interface BudgetAllocation {
  * @param budget average bits per element allowed
  * @returns the allocation
  * @throws BudgetError when even the cheapest formats exceed the budget; InvalidValueError for a
- *   non-finite or non-positive budget or a NaN weight
+ *   non-finite or non-positive budget, weight, error, bit cost or element count; ShapeError for
+ *   arrays of unequal length or a row outside the error tables; FormatError for no formats
  */
 export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAllocation {
   if (!(budget > 0) || !Number.isFinite(budget)) {
@@ -190,14 +195,10 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
       `budget is ${budget} bits per element, expected a finite number > 0`,
     );
   }
+  _checkProblem(problem);
   const { keyWeight, valueWeight, row, elements, keyError, valueError, keyBits, valueBits } =
     problem;
   const n = keyWeight.length;
-  for (let i = 0; i < n; i++) {
-    if (!(keyWeight[i] >= 0) || !(valueWeight[i] >= 0)) {
-      throw new InvalidValueError(`item ${i} has weight ${keyWeight[i]}/${valueWeight[i]}`, i);
-    }
-  }
   let totalElements = problem.fixedElements;
   for (let i = 0; i < n; i++) totalElements += 2 * elements[i];
   const budgetBits = budget * totalElements;
@@ -266,7 +267,7 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
     keyFormat: kf,
     valueFormat: vf,
     bitsPerElement: _bits(problem, kf, vf) / totalElements,
-    predictedError: predictError(problem, kf, vf),
+    predictedError: _predictError(problem, kf, vf),
     method: "lagrangian",
   };
   // A uniform allocation is one feasible point; never return worse than the best that fits.
@@ -275,7 +276,7 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
       const ku = new Int16Array(n).fill(a), vu = new Int16Array(n).fill(b);
       const bits = _bits(problem, ku, vu);
       if (bits > budgetBits) continue;
-      const err = predictError(problem, ku, vu);
+      const err = _predictError(problem, ku, vu);
       if (err < result.predictedError) {
         result = {
           keyFormat: ku,
@@ -297,8 +298,33 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
  * @param keyFormat key format index per item
  * @param valueFormat value format index per item
  * @returns the predicted error
+ * @throws ShapeError for a format index outside the formats or arrays of unequal length;
+ *   InvalidValueError and FormatError for a malformed problem, as {@linkcode allocateBudget}
  */
 export function predictError(
+  problem: BudgetProblem,
+  keyFormat: ArrayLike<number>,
+  valueFormat: ArrayLike<number>,
+): number {
+  _checkProblem(problem);
+  const n = problem.keyWeight.length;
+  for (
+    const [what, x, formats] of [
+      ["keyFormat", keyFormat, problem.keyBits.length],
+      ["valueFormat", valueFormat, problem.valueBits.length],
+    ] as const
+  ) {
+    if (x.length !== n) throw new ShapeError(`${what} has ${x.length} items, expected ${n}`);
+    for (let i = 0; i < n; i++) {
+      if (!Number.isInteger(x[i]) || x[i] < 0 || x[i] >= formats) {
+        throw new ShapeError(`${what}[${i}] is ${x[i]}, expected an integer in [0, ${formats})`);
+      }
+    }
+  }
+  return _predictError(problem, keyFormat, valueFormat);
+}
+
+function _predictError(
   problem: BudgetProblem,
   keyFormat: ArrayLike<number>,
   valueFormat: ArrayLike<number>,
@@ -310,6 +336,78 @@ export function predictError(
       problem.valueWeight[i] * problem.valueError[r][valueFormat[i]];
   }
   return err;
+}
+
+/**
+ * Every array as long as the items, every row inside the error tables, every table as wide as the
+ * formats and every number finite and ≥ 0 (bit costs > 0): a NaN or a missing entry would otherwise
+ * turn into NaN costs that no comparison rejects, and an allocation chosen from garbage.
+ */
+function _checkProblem(p: BudgetProblem): void {
+  const n = p.keyWeight.length;
+  for (const key of ["valueWeight", "row", "elements"] as const) {
+    if (p[key].length !== n) {
+      throw new ShapeError(`${key} has ${p[key].length} items, expected ${n}`);
+    }
+  }
+  for (const [key, bits] of [["keyBits", p.keyBits], ["valueBits", p.valueBits]] as const) {
+    if (bits.length === 0) {
+      throw new FormatError(`no ${key === "keyBits" ? "key" : "value"} formats`);
+    }
+    for (let f = 0; f < bits.length; f++) {
+      if (!(bits[f] > 0) || bits[f] === Infinity) {
+        throw new InvalidValueError(`${key}[${f}] is ${bits[f]}, expected a finite number > 0`, f);
+      }
+    }
+  }
+  const finite = (x: number) => x >= 0 && x !== Infinity;
+  for (let i = 0; i < n; i++) {
+    if (!finite(p.keyWeight[i]) || !finite(p.valueWeight[i])) {
+      throw new InvalidValueError(
+        `item ${i} has weight ${p.keyWeight[i]}/${p.valueWeight[i]}, expected finite numbers ≥ 0`,
+        i,
+      );
+    }
+    if (!finite(p.elements[i])) {
+      throw new InvalidValueError(
+        `elements[${i}] is ${p.elements[i]}, expected a finite number ≥ 0`,
+        i,
+      );
+    }
+  }
+  for (const key of ["fixedBits", "fixedElements"] as const) {
+    if (!finite(p[key])) {
+      throw new InvalidValueError(`${key} is ${p[key]}, expected a finite number ≥ 0`);
+    }
+  }
+  for (
+    const [key, table, formats] of [
+      ["keyError", p.keyError, p.keyBits.length],
+      ["valueError", p.valueError, p.valueBits.length],
+    ] as const
+  ) {
+    for (let i = 0; i < n; i++) {
+      const r = p.row[i];
+      if (!Number.isInteger(r) || r < 0 || r >= table.length) {
+        throw new ShapeError(
+          `row[${i}] is ${r}, expected an integer in [0, ${table.length}) (${key} rows)`,
+        );
+      }
+    }
+    table.forEach((errors, r) => {
+      if (errors?.length !== formats) {
+        throw new ShapeError(`${key}[${r}] has ${errors?.length} formats, expected ${formats}`);
+      }
+      for (let f = 0; f < formats; f++) {
+        if (!finite(errors[f])) {
+          throw new InvalidValueError(
+            `${key}[${r}][${f}] is ${errors[f]}, expected a finite number ≥ 0`,
+            f,
+          );
+        }
+      }
+    });
+  }
 }
 
 function _bits(p: BudgetProblem, kf: ArrayLike<number>, vf: ArrayLike<number>): number {

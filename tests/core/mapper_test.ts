@@ -8,7 +8,7 @@ import {
   requiredBits,
   selectFormat,
 } from "../../core/mapper.ts";
-import { BudgetError, FormatError, InvalidValueError } from "../../core/errors.ts";
+import { BudgetError, FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { makeRng } from "./_rng.ts";
 
 const int = (b: number, g: number): MapperFormat => ({
@@ -162,4 +162,86 @@ Deno.test("allocateBudget() rejects budgets below the cheapest format and non-po
   assert.throws(() => allocateBudget(p, 3.0), BudgetError);
   const floor = (p.fixedBits + 50 * 8 * 6) / (p.fixedElements + 50 * 16);
   assert.ok(allocateBudget(p, floor).bitsPerElement <= floor);
+});
+
+Deno.test("selectFormat() rejects a NaN requirement instead of answering 'most precise'", () => {
+  assert.throws(
+    () => selectFormat(NaN, FORMATS),
+    (e) => e instanceof InvalidValueError && /required precision is NaN/.test(e.message),
+  );
+});
+
+Deno.test("allocateBudget() and predictError() reject malformed problems with typed errors", () => {
+  const p = () => randomProblem(3, 4, 2);
+  const table: [string, (q: BudgetProblem) => void, unknown, RegExp][] = [
+    ["short row", (q) => (q.row = Int32Array.of(0)), ShapeError, /row has 1 items, expected 4/],
+    [
+      "short elements",
+      (q) => (q.elements = Float64Array.of(8)),
+      ShapeError,
+      /elements has 1 items, expected 4/,
+    ],
+    ["row out of range", (q) => (q.row[2] = 5), ShapeError, /row\[2\] is 5, expected an integer/],
+    [
+      "short error row",
+      (q) => (q.keyError[1] = Float64Array.of(1, 2)),
+      ShapeError,
+      /keyError\[1\] has 2 formats, expected 12/,
+    ],
+    [
+      "NaN error",
+      (q) => (q.valueError[0][3] = NaN),
+      InvalidValueError,
+      /valueError\[0\]\[3\] is NaN/,
+    ],
+    [
+      "negative elements",
+      (q) => (q.elements[1] = -8),
+      InvalidValueError,
+      /elements\[1\] is -8/,
+    ],
+    ["NaN fixed bits", (q) => (q.fixedBits = NaN), InvalidValueError, /fixedBits is NaN/],
+    [
+      "no key formats",
+      (q) => (q.keyBits = new Float64Array(0)),
+      FormatError,
+      /no key formats/,
+    ],
+    [
+      "zero bits",
+      (q) => (q.valueBits = q.valueBits.map((b, i) => i === 4 ? 0 : b)),
+      InvalidValueError,
+      /valueBits\[4\] is 0/,
+    ],
+    [
+      "infinite weight",
+      (q) => (q.keyWeight[0] = Infinity),
+      InvalidValueError,
+      /item 0 has weight Infinity/,
+    ],
+  ];
+  for (const [what, spoil, cls, re] of table) {
+    const q = p();
+    spoil(q);
+    const check = (e: unknown) =>
+      e instanceof (cls as typeof Error) && re.test((e as Error).message);
+    assert.throws(() => allocateBudget(q, 8), check, `allocateBudget: ${what}`);
+    assert.throws(
+      () => predictError(q, new Int16Array(4), new Int16Array(4)),
+      check,
+      `predictError: ${what}`,
+    );
+  }
+  // Format indices: as many as items, each naming a format.
+  const q = p();
+  assert.throws(
+    () => predictError(q, new Int16Array(3), new Int16Array(4)),
+    (e) => e instanceof ShapeError && /keyFormat has 3 items, expected 4/.test(e.message),
+  );
+  assert.throws(
+    () => predictError(q, new Int16Array(4), Int16Array.of(0, 0, 12, 0)),
+    (e) =>
+      e instanceof ShapeError &&
+      /valueFormat\[2\] is 12, expected an integer in \[0, 12\)/.test(e.message),
+  );
 });
