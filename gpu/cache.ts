@@ -188,6 +188,9 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
  * @throws {DeviceError} when the device is lost or the pool exceeds its buffer limits
  */
 export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuKVCache> {
+  if (options.gpu === undefined) {
+    throw new InvalidValueError("options.gpu is undefined, expected a GpuDevice from requestGpu()");
+  }
   const pipelines = options.pipelines ?? new PipelineCache(options.gpu);
   const cache = new GpuKVCache(options, pipelines);
   await cache.ready();
@@ -265,7 +268,8 @@ export class GpuKVCache implements KVCache {
   readonly #keys: Float32Array;
   /** Host scratch: one position's keys and values of every KV head in the window format. */
   readonly #encoded: Uint32Array<ArrayBuffer>;
-  #busy = false;
+  /** The async call in flight ("attend()", "toCpu()"): it reads the cache across awaits. */
+  #busy: string | undefined;
 
   /**
    * Creates the cache and allocates its buffers; prefer {@linkcode createGpuKVCache}, which also
@@ -471,6 +475,7 @@ export class GpuKVCache implements KVCache {
   }
 
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
+    this.#checkIdle("append()");
     checkAppend(this.shape, layer, pos, this.#length[layer], k, v);
     assertFinite(k, "k");
     assertFinite(v, "v");
@@ -697,10 +702,8 @@ export class GpuKVCache implements KVCache {
   async attend(layer: number, q: Float32Array, out: Float32Array): Promise<void> {
     checkAttend(this.shape, layer, this.#length[layer], q, out);
     this.#gpu.check("attend");
-    if (this.#busy) {
-      throw new DeviceError("attend() called again before the previous call finished");
-    }
-    this.#busy = true;
+    this.#checkIdle("attend()");
+    this.#busy = "attend()";
     try {
       const { nHeads, nKvHeads, headDim: d } = this.shape;
       const Q = nHeads / nKvHeads;
@@ -728,7 +731,14 @@ export class GpuKVCache implements KVCache {
       out.set(result.subarray(0, nHeads * d));
       if (this.#tracksScores) this.#credit(layer, q, result.subarray(nHeads * d));
     } finally {
-      this.#busy = false;
+      this.#busy = undefined;
+    }
+  }
+
+  // a change (or a second read) between an in-flight call's awaits would mix two states
+  #checkIdle(op: string): void {
+    if (this.#busy !== undefined) {
+      throw new DeviceError(`${op} called while ${this.#busy} is in flight: await it first`);
     }
   }
 
@@ -785,6 +795,16 @@ export class GpuKVCache implements KVCache {
    */
   async toCpu(options: MixedCacheOptions = {}): Promise<MixedPrecisionKVCache> {
     this.#gpu.check("toCpu");
+    this.#checkIdle("toCpu()");
+    this.#busy = "toCpu()";
+    try {
+      return await this.#copyToCpu(options);
+    } finally {
+      this.#busy = undefined;
+    }
+  }
+
+  async #copyToCpu(options: MixedCacheOptions): Promise<MixedPrecisionKVCache> {
     const cpu = new MixedPrecisionKVCache(this.shape, this.cpuPolicy(), options);
     const staging = await this.#download(this.#staging, this.#staging.size);
     const pairs = new Map<_Pair, Uint32Array>();
@@ -1000,6 +1020,7 @@ export class GpuKVCache implements KVCache {
   }
 
   reset(): void {
+    this.#checkIdle("reset()");
     this.#length.fill(0);
     this.#ringHead.fill(0);
     this.#recent.fill(0);

@@ -216,8 +216,25 @@ Deno.test("GpuKVCache.append() rejects bad input and a lost device without chang
   cache.append(0, 1, k, v);
   assert.throws(() => cache.append(0, 2, k, v), CapacityError);
   const out = new Float32Array(16);
-  await cache.attend(0, new Float32Array(16).fill(0.1), out);
+  // attend() reads the cache across awaits: nothing may change it or read it again meanwhile
+  cache.reset();
+  cache.append(0, 0, k, v);
+  const pending = cache.attend(0, new Float32Array(16).fill(0.1), out);
+  assert.throws(() => cache.append(0, 1, k, v), /append\(\) called while attend\(\) is in flight/);
+  assert.throws(() => cache.reset(), DeviceError);
+  await assert.rejects(() => cache.attend(0, new Float32Array(16), out), DeviceError);
+  await assert.rejects(() => cache.toCpu(), DeviceError);
+  await pending;
+  assert.equal(cache.length(0), 1, "the refused append changed nothing");
   assert.equal(out[0], 2);
+  const copying = cache.toCpu();
+  assert.throws(() => cache.append(0, 1, k, v), /append\(\) called while toCpu\(\) is in flight/);
+  assert.equal((await copying).length(0), 1);
+  cache.append(0, 1, k, v);
+  await assert.rejects(
+    () => createGpuKVCache({ shape, policy: { keyFormat: "fp32", valueFormat: "fp32" } } as never),
+    (e: Error) => e instanceof InvalidValueError && /options.gpu is undefined/.test(e.message),
+  );
   gpu.destroy();
   assert.throws(() => cache.append(0, 2, k, v), CapacityError);
   cache.reset();
