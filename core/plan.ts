@@ -186,8 +186,10 @@ const _WINDOW_BITS = { fp16: 16, fp32: 32 } as const;
  * @param analysis the calibration
  * @param options mode (rule or budget), candidate formats, window, sinks and ablation switches
  * @returns the plan and its report
- * @throws InvalidValueError for ε ≤ 0 or a bad budget; BudgetError for a budget below the cheapest
- *   formats; FormatError for empty candidate lists; ShapeError for a window without scores
+ * @throws InvalidValueError for ε ≤ 0, c ≤ 0, a bad budget, an unknown mode, sensitivity or
+ *   aggregate, or an error model giving a negative or non-finite error; BudgetError for a budget
+ *   below the cheapest formats; FormatError for empty candidate lists or an unknown window format;
+ *   ShapeError for a window without scores or sinks or window not integers ≥ 0
  */
 export function buildPrecisionPlan(
   analysis: Analysis,
@@ -203,7 +205,7 @@ export function buildPrecisionPlan(
       { length: rows },
       (_, r) =>
         Float64Array.from(formats, (f) =>
-          o.errorModel(Math.floor(r / nKvHeads), r % nKvHeads, kind, f)),
+          _errorOf(o, Math.floor(r / nKvHeads), r % nKvHeads, kind, f)),
     );
   const keyError = errTable("key", kF), valueError = errTable("value", vF);
   const keyBits = Float64Array.from(kF, (f) => f.bitsPerElement);
@@ -328,7 +330,7 @@ export function buildPrecisionPlan(
  * @param head KV head index
  * @param score the attention the token gathered while in the window
  * @returns the tier
- * @throws ShapeError for a layer or head outside the plan
+ * @throws ShapeError for a layer or head outside the plan; InvalidValueError for a NaN score
  */
 export function tierFor(
   plan: PrecisionPlan,
@@ -339,6 +341,10 @@ export function tierFor(
   const heads = plan.layers[layer]?.heads;
   const tiers = heads?.[head]?.tiers;
   if (!tiers) throw new ShapeError(`plan has no layer ${layer} head ${head}`);
+  // NaN is below no minScore and would fall through to the cheapest tier.
+  if (Number.isNaN(score)) {
+    throw new InvalidValueError(`score is NaN for layer ${layer} head ${head}, expected a number`);
+  }
   for (const tier of tiers) if (tier.minScore <= score) return tier;
   return tiers[tiers.length - 1];
 }
@@ -379,7 +385,13 @@ export function validatePrecisionPlan(
       }
       let last = Infinity;
       tiers.forEach((tier, i) => {
-        if (!(tier.minScore >= 0) || !(tier.minScore <= last)) {
+        if (typeof tier !== "object" || tier === null) {
+          throw bad(`layer ${l} head ${h} tier ${i} is ${tier}, expected an object`);
+        }
+        // A string minScore would pass the comparisons below by coercion.
+        if (
+          typeof tier.minScore !== "number" || !(tier.minScore >= 0) || !(tier.minScore <= last)
+        ) {
           throw bad(`layer ${l} head ${h} tier ${i} minScore ${tier.minScore} not in [0, ${last}]`);
         }
         last = tier.minScore;
@@ -443,19 +455,41 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     throw new FormatError("no candidate key or value formats");
   }
   const recentWindow = options.recentWindow ?? 32;
+  const sinkTokens = options.sinkTokens ?? 4;
+  // A negative or NaN window passed the scores check and read past every array (NaN weights).
+  for (const [key, x] of [["recentWindow", recentWindow], ["sinkTokens", sinkTokens]] as const) {
+    if (!Number.isInteger(x) || x < 0) {
+      throw new ShapeError(`${key} is ${x}, expected an integer ≥ 0`);
+    }
+  }
   if (recentWindow > 0 && !analysis.windows.includes(recentWindow)) {
     throw new ShapeError(
       `window ${recentWindow} has no scores; analysis windows: ${analysis.windows}`,
     );
   }
-  const sinkTokens = options.sinkTokens ?? 4;
-  if (!Number.isInteger(sinkTokens) || sinkTokens < 0) {
-    throw new ShapeError(`sinkTokens ${sinkTokens}`);
+  const windowFormat = options.windowFormat ?? "fp16";
+  if (!Object.hasOwn(_WINDOW_BITS, windowFormat)) {
+    throw new FormatError(`windowFormat is ${windowFormat}, expected "fp16" or "fp32"`);
+  }
+  // Anything but the named values would silently act as one of them.
+  const sensitivity = options.sensitivity ?? "curvature";
+  if (sensitivity !== "curvature" && sensitivity !== "attention") {
+    throw new InvalidValueError(
+      `sensitivity is ${sensitivity}, expected "curvature" or "attention"`,
+    );
+  }
+  const aggregate = options.aggregate ?? "max";
+  if (aggregate !== "max" && aggregate !== "mean") {
+    throw new InvalidValueError(`aggregate is ${aggregate}, expected "max" or "mean"`);
   }
   if (options.mode === "rule") {
     const e = options.epsilon;
     if (e === undefined || !(e > 0) || !Number.isFinite(e)) {
       throw new InvalidValueError(`target error ε is ${e}, expected a finite number > 0`);
+    }
+    const c = options.c ?? 4;
+    if (!(c > 0) || !Number.isFinite(c)) {
+      throw new InvalidValueError(`constant c is ${c}, expected a finite number > 0`);
     }
   } else if (options.mode === "budget") {
     const b = options.bitsPerElement;
@@ -499,14 +533,32 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     valueFormats: options.valueFormats,
     sinkTokens,
     recentWindow,
-    windowFormat: options.windowFormat ?? "fp16",
+    windowFormat,
     recency: options.recency ?? true,
-    sensitivity: options.sensitivity ?? "curvature",
-    aggregate: options.aggregate ?? "max",
+    sensitivity,
+    aggregate,
     perHead: options.perHead ?? true,
     errorModel,
     diameter: ranges.map((row) => row.map((r) => Math.max(r.key, r.value))),
   };
+}
+
+/** The error model's per-element error, which must be a finite number ≥ 0 (NaN spreads silently). */
+function _errorOf(
+  o: _Resolved,
+  layer: number,
+  head: number,
+  kind: "key" | "value",
+  f: MapperFormat,
+): number {
+  const e = o.errorModel(layer, head, kind, f);
+  if (!(e >= 0) || e === Infinity) {
+    throw new InvalidValueError(
+      `error model gives ${e} for layer ${layer} head ${head} ${kind} ${f.name}, ` +
+        "expected a finite number ≥ 0",
+    );
+  }
+  return e;
 }
 
 function _recency(o: _Resolved, t: number, n: number): number {
@@ -571,7 +623,7 @@ function _fixedStorage(analysis: Analysis, o: _Resolved, wBits: number) {
           bits: wBits,
           bitsPerElement: wBits,
         };
-        const eK = o.errorModel(l, h, "key", wf), eV = o.errorModel(l, h, "value", wf);
+        const eK = _errorOf(o, l, h, "key", wf), eV = _errorOf(o, l, h, "value", wf);
         for (let t = 0; t < c.length; t++) {
           if (t >= o.sinkTokens && t < c.length - o.recentWindow) continue;
           elements += 2 * d;
