@@ -9,6 +9,7 @@
 
 import { f16ToF32 } from "./f16";
 import { decodeIntGroup } from "./int_group";
+import { hsum, hsum4 } from "./lanes";
 import {
   intChannelScratchBytes,
   intDotFormat,
@@ -123,9 +124,7 @@ export function decodeRun(
     const o = <usize>i << 2;
     s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
   }
-  const s = f32x4.add(s0, s1);
-  return (f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)) +
-    (f32x4.extract_lane(s, 2) + f32x4.extract_lane(s, 3));
+  return hsum(f32x4.add(s0, s1));
 }
 
 // acc[0..n) += w · x[0..n) (n multiple of 4).
@@ -138,12 +137,6 @@ export function decodeRun(
   }
 }
 
-// Σ of the four lanes in a fixed order (as _dot).
-// @ts-ignore: decorator
-@inline function _hsum(s: v128): f32 {
-  return (f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)) +
-    (f32x4.extract_lane(s, 2) + f32x4.extract_lane(s, 3));
-}
 
 // e^x per lane for x ≤ 0 (Cephes expf: x = k·ln2 + r, |r| ≤ ln2/2, degree-6 polynomial, 2^k put
 // into the exponent bits; ~1 ulp). x is clamped at −87, where e^x < 2^−125 is negligible next to
@@ -223,14 +216,13 @@ const FLAG_INTDOT: i32 = 4;
     a3 = f32x4.add(a3, f32x4.mul(qv, x));
     b3 = f32x4.add(b3, f32x4.mul(qv, y));
   }
-  store<f32>(dst, _hsum(a0));
-  store<f32>(dst + 4, _hsum(b0));
-  store<f32>(dst + nB, _hsum(a1));
-  store<f32>(dst + nB + 4, _hsum(b1));
-  store<f32>(dst + 2 * nB, _hsum(a2));
-  store<f32>(dst + 2 * nB + 4, _hsum(b2));
-  store<f32>(dst + 3 * nB, _hsum(a3));
-  store<f32>(dst + 3 * nB + 4, _hsum(b3));
+  // the eight sums as two vectors (heads 0–3 of k0, of k1), stored as (k0, k1) pairs per head
+  const x = hsum4(a0, a1, a2, a3), y = hsum4(b0, b1, b2, b3);
+  const lo = i32x4.shuffle(x, y, 0, 4, 1, 5), hi = i32x4.shuffle(x, y, 2, 6, 3, 7);
+  v128.store64_lane(dst, lo, 0);
+  v128.store64_lane(dst + nB, lo, 1);
+  v128.store64_lane(dst + 2 * nB, hi, 0);
+  v128.store64_lane(dst + 3 * nB, hi, 1);
 }
 
 // acc_h += w_h,0·v0 + w_h,1·v1 for four heads (acc rows dB bytes apart, weights at w, w + 4 with

@@ -7,6 +7,7 @@
 // core/cache/int_dot.ts mirrors every rounding step here; keep the two in step.
 
 import { headerPair } from "./int_group";
+import { hsum, hsum4 } from "./lanes";
 
 /** Whether a format is served here: asymmetric int (kind 0), 2, 4 or 8 bits, groups of 32, token axis. */
 // @ts-ignore: decorator
@@ -66,12 +67,7 @@ import { headerPair } from "./int_group";
   return i8x16.splat(b == 2 ? 3 : 0x0f);
 }
 
-// Σ of the four lanes in a fixed order.
-// @ts-ignore: decorator
-@inline function _hsum(s: v128): f32 {
-  return (f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)) +
-    (f32x4.extract_lane(s, 2) + f32x4.extract_lane(s, 3));
-}
+
 
 /**
  * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32
@@ -98,7 +94,7 @@ export function intScores(
   let h = 0;
   for (; h + 4 <= hq; h += 4) {
     const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
-    const sg = sig + (<usize>h << 2);
+    const sg4 = v128.load(sig + (<usize>h << 2));
     for (let t = 0; t < n; t++) {
       const k0 = kPtr + <usize>t * tokB;
       // minimum terms μ_g·Σq_g/σ, lane g mod 4; scales kept for the code loop
@@ -143,10 +139,11 @@ export function intScores(
         a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(i3), s));
       }
       const o = sc + <usize>h * nB + (<usize>t << 2);
-      store<f32>(o, _hsum(a0) * load<f32>(sg));
-      store<f32>(o + nB, _hsum(a1) * load<f32>(sg, 4));
-      store<f32>(o + 2 * nB, _hsum(a2) * load<f32>(sg, 8));
-      store<f32>(o + 3 * nB, _hsum(a3) * load<f32>(sg, 12));
+      const r = f32x4.mul(hsum4(a0, a1, a2, a3), sg4);
+      v128.store32_lane(o, r, 0);
+      v128.store32_lane(o + nB, r, 1);
+      v128.store32_lane(o + 2 * nB, r, 2);
+      v128.store32_lane(o + 3 * nB, r, 3);
     }
   }
   // the remaining heads one at a time, with the same arithmetic per head
@@ -171,7 +168,7 @@ export function intScores(
         const s = v128.load32_splat(hbuf + (<usize>g << 2));
         a = f32x4.add(a, f32x4.mul(f32x4.convert_i32x4_s(i0), s));
       }
-      store<f32>(sc + <usize>h * nB + (<usize>t << 2), _hsum(a) * sg);
+      store<f32>(sc + <usize>h * nB + (<usize>t << 2), hsum(a) * sg);
     }
   }
 }
@@ -417,7 +414,7 @@ export function intValues(
     ),
   );
   store<f32>(rho + (<usize>slot << 2), U / <f32>32767);
-  store<f32>(sums + (<usize>slot << 2), _hsum(sm));
+  store<f32>(sums + (<usize>slot << 2), hsum(sm));
   const inv = f32x4.splat(U > 0 ? <f32>32767 / U : 0);
   const pRow = pairs + <usize>slot * pairB;
   for (let t = 0; t < count; t += 8) {
