@@ -105,17 +105,22 @@ for (const l of a.layers) {
 const base = a.windowStudy.find((w) => w.recentWindow === a.plan.recentWindow)!;
 for (const w of a.windowStudy) {
   if (w.recentWindow === base.recentWindow) continue;
+  // a budget target plans every window within the same bits (the mapper's count): then only the
+  // predicted error decides; under the precision rule the window moves the bits too
   const dBits = w.bitsPerElement - base.bitsPerElement;
+  const sameBits = Math.abs(dBits) < 0.01;
   const dErr = w.predictedError / base.predictedError - 1;
-  const pays = w.recentWindow > base.recentWindow
-    ? dErr < 0 && -dErr > Math.max(0, dBits) / base.bitsPerElement
-    : dErr <= 0.05 && dBits < 0;
+  const better = sameBits
+    ? dErr < 0
+    : dBits < 0
+    ? dErr <= 0.05
+    : dErr < 0 && -dErr > dBits / base.bitsPerElement;
+  const bits = sameBits ? "same bits" : `${dBits > 0 ? "+" : ""}${dBits.toFixed(3)} bits/element`;
   console.log(
-    `- recent window ${w.recentWindow} instead of ${base.recentWindow}: ${dBits >= 0 ? "+" : ""}${
-      dBits.toFixed(3)
-    } bits/element, predicted error ${dErr >= 0 ? "+" : ""}${(100 * dErr).toFixed(1)}% → ${
-      pays ? "worth it" : "does not pay"
-    }`,
+    `- recent window ${w.recentWindow} instead of ${base.recentWindow}: ${bits}, predicted error ` +
+      `${dErr >= 0 ? "+" : ""}${(100 * dErr).toFixed(1)}% → ${
+        better ? "worth measuring" : "not worth it"
+      }`,
   );
 }
 if (kv.bitsPerElement > a.predicted.plan.bitsPerElement + 0.5) {

@@ -10,6 +10,7 @@
  * @module
  */
 
+import { InvalidValueError, ShapeError } from "../errors.ts";
 import { argmax } from "../tensor.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { Transformer } from "./transformer.ts";
@@ -22,6 +23,8 @@ import type { Transformer } from "./transformer.ts";
  * @param prompt prompt token ids (at least one)
  * @param steps tokens to generate
  * @returns the generated ids (not including the prompt)
+ * @throws ShapeError for an empty prompt; InvalidValueError for steps not an integer ≥ 0; both
+ *   before the cache is reset
  */
 export async function generateGreedy(
   model: Transformer,
@@ -29,6 +32,11 @@ export async function generateGreedy(
   prompt: number[],
   steps: number,
 ): Promise<number[]> {
+  // NaN or a fraction never equals out.length: no tokens, or one more than asked.
+  if (!Number.isSafeInteger(steps) || steps < 0) {
+    throw new InvalidValueError(`steps is ${steps}, expected an integer ≥ 0`);
+  }
+  if (prompt.length === 0) throw new ShapeError("prompt is empty, expected at least one token");
   cache.reset();
   const vocab = model.config.vocabSize;
   const logits = await model.prefill(prompt, 0, cache);

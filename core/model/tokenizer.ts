@@ -49,8 +49,12 @@ export class Tokenizer {
    * Creates the instance.
    * @param pieces token bytes by id
    * @param scores merge scores by id
+   * @throws ShapeError when pieces and scores differ in length
    */
   constructor(pieces: Uint8Array[], scores: Float32Array) {
+    if (pieces.length !== scores.length) {
+      throw new ShapeError(`${pieces.length} pieces but ${scores.length} scores`);
+    }
     this.pieces = pieces;
     this.scores = scores;
     pieces.forEach((p, id) => {
@@ -72,9 +76,14 @@ export class Tokenizer {
    * @param text the text
    * @param options BOS/EOS
    * @returns token ids
+   * @throws ShapeError when BOS, EOS or a byte fallback id is outside the vocabulary
    */
   encode(text: string, options: TokenizeOptions = {}): number[] {
     const { bos = true, eos = false } = options;
+    const n = this.pieces.length;
+    for (const [name, id, on] of [["BOS", BOS, bos], ["EOS", EOS, eos]] as const) {
+      if (on && id >= n) throw new ShapeError(`${name} id ${id} is outside [0, ${n})`);
+    }
     const tokens: number[] = [];
     if (bos) tokens.push(BOS);
     // the dummy space takes part in merges (" Once" is one token)
@@ -93,7 +102,15 @@ export class Tokenizer {
       else {
         for (let j = i; j < end; j++) {
           const b = this.#byteToken[bytes[j]];
-          tokens.push(b >= 0 ? b : bytes[j] + 3); // run.c's fallback: byte + 3
+          const id = b >= 0 ? b : bytes[j] + 3; // run.c's fallback: byte + 3
+          // A vocabulary without <0xNN> tokens and under 259 ids has no piece for the fallback.
+          if (id >= n) {
+            throw new ShapeError(
+              `byte 0x${bytes[j].toString(16).padStart(2, "0")} at ${j} has no token: ` +
+                `fallback id ${id} is outside [0, ${n})`,
+            );
+          }
+          tokens.push(id);
         }
       }
       i = end;

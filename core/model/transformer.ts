@@ -15,7 +15,7 @@
  * @module
  */
 
-import { ShapeError } from "../errors.ts";
+import { CapacityError, ShapeError } from "../errors.ts";
 import { matmul, matvec, rmsnorm, Rope, siluGate } from "../tensor.ts";
 import type { ModelConfig, ModelWeights } from "./checkpoint.ts";
 import type { KVCache, KVCacheShape } from "./kv_cache.ts";
@@ -80,10 +80,13 @@ export class Transformer {
    * @param pos position; the cache must hold exactly pos positions in every layer
    * @param cache the key/value cache
    * @returns the next-token logits (a buffer reused by the next call)
+   * @throws ShapeError for a token or position out of range, or a cache whose shape does not match
+   *   the model or that does not hold pos positions in every layer; CapacityError for a full cache
    */
   async forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> {
     const c = this.config, w = this.#w;
     this.#checkToken(token, pos);
+    this.#checkCache(cache, pos, 1);
     const x = this.#x, xb = this.#xb;
     x.set(w.tokenEmbedding.subarray(token * c.dim, (token + 1) * c.dim));
     for (let l = 0; l < c.nLayers; l++) {
@@ -113,6 +116,7 @@ export class Transformer {
    * @param startPos position of the first token; the cache must hold exactly that many
    * @param cache the key/value cache
    * @returns logits for every token, tokens.length × vocabSize
+   * @throws as {@linkcode Transformer.forward}, before anything is appended
    */
   async prefill(
     tokens: ArrayLike<number>,
@@ -121,6 +125,7 @@ export class Transformer {
   ): Promise<Float32Array> {
     const c = this.config, w = this.#w, n = tokens.length;
     for (let i = 0; i < n; i++) this.#checkToken(tokens[i], startPos + i);
+    this.#checkCache(cache, startPos, n);
     const x = new Float32Array(n * c.dim);
     const xb = new Float32Array(n * c.dim);
     const q = new Float32Array(n * c.dim);
@@ -167,6 +172,35 @@ export class Transformer {
     siluGate(this.#hb, this.#hb2);
     matvec(xb, this.#hb, w.w2[l], c.dim, c.hiddenDim);
     for (let i = 0; i < c.dim; i++) x[i] += xb[i];
+  }
+
+  /**
+   * The cache's own checks run layer by layer, so a mismatch in a later layer (or a full cache
+   * midway through a prefill) would leave the earlier layers appended: check it all first.
+   */
+  #checkCache(cache: KVCache, startPos: number, n: number): void {
+    const c = this.config, s = cache.shape;
+    for (
+      const [what, mine, theirs] of [
+        ["layers", c.nLayers, s.nLayers],
+        ["query heads", c.nHeads, s.nHeads],
+        ["KV heads", c.nKvHeads, s.nKvHeads],
+        ["head dimension", c.headDim, s.headDim],
+      ] as const
+    ) {
+      if (mine !== theirs) throw new ShapeError(`cache has ${theirs} ${what}, the model ${mine}`);
+    }
+    for (let l = 0; l < c.nLayers; l++) {
+      const held = cache.length(l);
+      if (held !== startPos) {
+        throw new ShapeError(`cache layer ${l} holds ${held} positions, expected ${startPos}`);
+      }
+    }
+    if (startPos + n > s.maxSeqLen) {
+      throw new CapacityError(
+        `${n} positions from ${startPos} need ${startPos + n}, the cache holds ${s.maxSeqLen}`,
+      );
+    }
   }
 
   #checkToken(token: number, pos: number): void {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { BOS, CorruptDataError, parseTokenizer, ShapeError } from "../../../mod.ts";
+import { BOS, CorruptDataError, parseTokenizer, ShapeError, Tokenizer } from "../../../mod.ts";
 import { fixtureBytes, loadFixture, REFERENCE } from "../../_fixtures.ts";
 
 Deno.test("Tokenizer.encode() matches llama2.c on the reference prompt", async () => {
@@ -45,4 +45,28 @@ Deno.test("parseTokenizer() names where a short file ends", async () => {
   }
   assert.throws(() => parseTokenizer(bytes, 513), /ends early reading the header of token 512/);
   assert.throws(() => parseTokenizer(bytes, 511), /trailing bytes/);
+});
+
+Deno.test("Tokenizer.encode() names text it cannot encode in a small vocabulary (was a TypeError)", () => {
+  const bytes = (s: string) => new TextEncoder().encode(s);
+  const t = new Tokenizer(
+    [bytes("<unk>"), bytes("<s>"), bytes("</s>"), bytes("a")],
+    new Float32Array(4),
+  );
+  assert.deepEqual(t.encode("a", { bos: false }), [3]);
+  assert.throws(
+    () => t.encode("ab"),
+    (e) =>
+      e instanceof ShapeError &&
+      /byte 0x62 at 1 has no token: fallback id 101 is outside \[0, 4\)/.test(e.message),
+  );
+  const one = new Tokenizer([bytes("a")], new Float32Array(1));
+  assert.throws(
+    () => one.encode("a"),
+    (e) => e instanceof ShapeError && /BOS id 1 is outside \[0, 1\)/.test(e.message),
+  );
+  assert.throws(
+    () => new Tokenizer([bytes("a"), bytes("b")], new Float32Array(1)),
+    (e) => e instanceof ShapeError && /2 pieces but 1 scores/.test(e.message),
+  );
 });

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import {
   cacheShape,
+  CapacityError,
   Float32KVCache,
   generateGreedy,
+  InvalidValueError,
   perplexity,
   ShapeError,
 } from "../../../mod.ts";
@@ -59,4 +61,55 @@ Deno.test("Transformer.forward() rejects bad token ids and positions", async () 
   await assert.rejects(() => model.forward(1, 512, cache), ShapeError);
   await assert.rejects(() => model.prefill([1, 2, 9999], 0, cache), /9999/);
   assert.equal(cache.length(0), 0, "a rejected prefill appends nothing");
+});
+
+Deno.test("generateGreedy() rejects a bad step count or an empty prompt before resetting the cache", async () => {
+  const { model } = await loadFixture();
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  await model.forward(1, 0, cache);
+  for (const steps of [NaN, -1, 2.5, Infinity]) {
+    await assert.rejects(
+      () => generateGreedy(model, cache, [1, 2], steps),
+      (e) =>
+        e instanceof InvalidValueError && /steps is \S+, expected an integer ≥ 0/.test(e.message),
+      String(steps),
+    );
+  }
+  await assert.rejects(
+    () => generateGreedy(model, cache, [], 3),
+    (e) => e instanceof ShapeError && /prompt is empty/.test(e.message),
+  );
+  assert.equal(cache.length(0), 1, "the cache was not reset");
+});
+
+Deno.test("Transformer checks the cache's shape and room before appending to any layer", async () => {
+  const { model } = await loadFixture();
+  const c = model.config;
+  const table: [string, Partial<ReturnType<typeof cacheShape>>, RegExp][] = [
+    ["fewer layers", { nLayers: 2 }, /cache has 2 layers, the model 5/],
+    ["more query heads", { nHeads: 16 }, /cache has 16 query heads, the model 8/],
+    ["other head dimension", { headDim: 4, nHeads: 16, nKvHeads: 8 }, /cache has 16 query heads/],
+  ];
+  for (const [what, change, re] of table) {
+    const cache = new Float32KVCache({ ...cacheShape(c, 16), ...change });
+    const check = (e: unknown) => e instanceof ShapeError && re.test((e as Error).message);
+    await assert.rejects(() => model.forward(1, 0, cache), check, `forward: ${what}`);
+    await assert.rejects(() => model.prefill([1, 2], 0, cache), check, `prefill: ${what}`);
+    assert.equal(cache.length(0), 0, `${what}: nothing appended`);
+  }
+  // Past the cache's capacity: refused whole, not after filling it.
+  const small = new Float32KVCache(cacheShape(c, 4));
+  await assert.rejects(
+    () => model.prefill([1, 2, 3, 4, 5], 0, small),
+    (e) =>
+      e instanceof CapacityError && /5 positions from 0 need 5, the cache holds 4/.test(e.message),
+  );
+  assert.equal(small.length(0), 0);
+  // A start position the cache does not hold in every layer.
+  await model.forward(1, 0, small);
+  await assert.rejects(
+    () => model.prefill([1, 2], 2, small),
+    (e) => e instanceof ShapeError && /layer 0 holds 1 positions, expected 2/.test(e.message),
+  );
+  assert.equal(small.length(0), 1);
 });
