@@ -18,15 +18,19 @@ import type { KVCache } from "../model/kv_cache.ts";
 import type { Transformer } from "../model/transformer.ts";
 import { argmax } from "../tensor.ts";
 import { logProbability, scoringWindows } from "./perplexity.ts";
-import { InvalidValueError, ShapeError } from "../errors.ts";
+import { assertFinite, InvalidValueError, ShapeError } from "../errors.ts";
 
 /**
  * KL(P‖Q) in nats between the softmax distributions of two logit vectors, computed in float64.
  * @param p reference logits
  * @param q candidate logits
  * @returns Σ P log(P/Q) ≥ 0
+ * @throws ShapeError for logits of unequal length; InvalidValueError for a NaN or ±Inf, by index
  */
 export function klDivergence(p: Float32Array, q: Float32Array): number {
+  if (p.length !== q.length) throw new ShapeError(`logits of ${p.length} and ${q.length} tokens`);
+  assertFinite(p, "p");
+  assertFinite(q, "q");
   const lse = (x: Float32Array) => {
     let m = -Infinity;
     for (let i = 0; i < x.length; i++) if (x[i] > m) m = x[i];
@@ -99,6 +103,8 @@ export interface CacheQuality {
  * @param reference from {@linkcode referenceRun}
  * @param onProgress called after each window with (done, total) windows
  * @returns the quality figures
+ * @throws ShapeError for a reference with no token to score or whose logits do not match the
+ *   model's vocabulary
  */
 export async function compareCache(
   model: Transformer,
@@ -107,6 +113,17 @@ export async function compareCache(
   onProgress?: (done: number, total: number) => void,
 ): Promise<CacheQuality> {
   const V = model.config.vocabSize;
+  let scored = 0;
+  reference.windows.forEach(({ tokens: ids, logits }, w) => {
+    if (logits.length !== ids.length * V) {
+      throw new ShapeError(
+        `reference window ${w} has ${logits.length} logits, expected ${ids.length} × ${V}`,
+      );
+    }
+    scored += Math.max(0, ids.length - 1);
+  });
+  // 0/0 would report NaN figures.
+  if (scored === 0) throw new ShapeError("reference has no token to score");
   let nll = 0, kl = 0, agree = 0, tokens = 0, bytes = 0, elements = 0;
   let done = 0;
   const windowKl: number[] = [];
@@ -191,12 +208,16 @@ export function signTest(a: ArrayLike<number>, b: ArrayLike<number>): PairedComp
  * @param cache the cache (reset before each sequence)
  * @param sequences token ids per sequence, each at most the cache's capacity
  * @returns the aggregate bits per element
+ * @throws ShapeError when the sequences hold no token
  */
 export async function measureCacheBits(
   model: Transformer,
   cache: KVCache,
   sequences: number[][],
 ): Promise<number> {
+  if (sequences.every((s) => s.length === 0)) {
+    throw new ShapeError("no tokens to measure: the sequences are empty");
+  }
   let bytes = 0, elements = 0;
   for (const seq of sequences) {
     cache.reset();

@@ -33,8 +33,13 @@ export interface ScoringWindow {
  * @param n sequence length
  * @param context window length C (≥ 2)
  * @returns the windows in order
+ * @throws ShapeError for n not an integer ≥ 0 or context not an integer ≥ 2
  */
 export function scoringWindows(n: number, context: number): ScoringWindow[] {
+  // NaN or a negative n gave no windows: nothing scored, and no error to say why.
+  if (!Number.isInteger(n) || n < 0) {
+    throw new ShapeError(`sequence length is ${n}, expected an integer ≥ 0`);
+  }
   if (!Number.isInteger(context) || context < 2) {
     throw new ShapeError(`context is ${context}, expected an integer ≥ 2`);
   }
@@ -45,8 +50,18 @@ export function scoringWindows(n: number, context: number): ScoringWindow[] {
   return windows;
 }
 
-/** Log-softmax probability of `target` under logits, computed stably in float64. */
+/**
+ * Log-softmax probability of `target` under logits, computed stably in float64.
+ *
+ * @param logits the logits
+ * @param target the token whose log-probability is wanted
+ * @returns log softmax(logits)[target]
+ * @throws ShapeError for a target outside the logits
+ */
 export function logProbability(logits: Float32Array, target: number): number {
+  if (!Number.isInteger(target) || target < 0 || target >= logits.length) {
+    throw new ShapeError(`target ${target} is outside [0, ${logits.length})`);
+  }
   let max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
   let sum = 0;
@@ -81,6 +96,8 @@ export interface PerplexityOptions {
  * @param sequences token ids per sequence (each usually starting with BOS)
  * @param options window length and progress
  * @returns tokens scored, mean NLL and perplexity
+ * @throws ShapeError when no sequence has two tokens (nothing to score), and as
+ *   {@linkcode scoringWindows} and {@linkcode Transformer.prefill}
  */
 export async function perplexity(
   model: Transformer,
@@ -91,6 +108,8 @@ export async function perplexity(
   const context = options.context ?? model.config.seqLen;
   const vocab = model.config.vocabSize;
   const total = sequences.reduce((a, s) => a + Math.max(0, s.length - 1), 0);
+  // 0/0 would report a NaN perplexity.
+  if (total === 0) throw new ShapeError("no token to score: every sequence has under 2 tokens");
   let nll = 0, tokens = 0;
   for (const seq of sequences) {
     for (const { start, end } of scoringWindows(seq.length, context)) {

@@ -6,6 +6,7 @@ import {
   Float32KVCache,
   InvalidValueError,
   klDivergence,
+  measureCacheBits,
   MixedPrecisionKVCache,
   referenceRun,
   ShapeError,
@@ -80,4 +81,42 @@ Deno.test("compareCache() reports each window's mean KL, which weight back to th
   reference.windows.forEach((x, i) => (sum += q.windowKl[i] * (x.tokens.length - 1)));
   assert.ok(Math.abs(sum / q.tokens - q.meanKl) <= 1e-12 * q.meanKl);
   assert.ok(q.windowKl.every((x) => x > 0), "int4 moves every window's distributions");
+});
+
+Deno.test("klDivergence() rejects logits of unequal length or with a NaN (was NaN)", () => {
+  assert.throws(
+    () => klDivergence(Float32Array.of(1, 2, 3), Float32Array.of(1, 2)),
+    (e) => e instanceof ShapeError && /logits of 3 and 2 tokens/.test(e.message),
+  );
+  assert.throws(
+    () => klDivergence(Float32Array.of(1, 2), Float32Array.of(1, NaN)),
+    (e) => e instanceof InvalidValueError && e.index === 1 && /q\[1\] is NaN/.test(e.message),
+  );
+});
+
+Deno.test("compareCache() and measureCacheBits() refuse input with nothing to measure (was NaN)", async () => {
+  const { model } = await loadFixture();
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  await assert.rejects(
+    () => compareCache(model, cache, { context: 8, windows: [] }),
+    (e) => e instanceof ShapeError && /reference has no token to score/.test(e.message),
+  );
+  // A reference from a model with another vocabulary: its logits do not line up.
+  await assert.rejects(
+    () =>
+      compareCache(model, cache, {
+        context: 8,
+        windows: [{ tokens: [1, 2], logits: new Float32Array(6) }],
+      }),
+    (e) =>
+      e instanceof ShapeError &&
+      /reference window 0 has 6 logits, expected 2 × 512/.test(e.message),
+  );
+  for (const sequences of [[], [[]]]) {
+    await assert.rejects(
+      () => measureCacheBits(model, cache, sequences),
+      (e) => e instanceof ShapeError && /no tokens to measure/.test(e.message),
+      JSON.stringify(sequences),
+    );
+  }
 });
