@@ -35,6 +35,7 @@
  */
 
 import { attend64, attentionWeights } from "./attention_sensitivity.ts";
+import { InvalidValueError, ShapeError } from "./errors.ts";
 import {
   addUp,
   divDown,
@@ -61,6 +62,8 @@ const _EPS = 2 ** -53;
  * @param keyError n × d bounds on |k̂ − k| per element
  * @param valueError n × d bounds on |v̂ − v| per element
  * @returns an upper bound on the output error, valid for every perturbation within the bounds
+ * @throws ShapeError for arrays shorter than n × d (or d); InvalidValueError for a NaN or ±Inf in
+ *   q, keys or values, or an error bound that is NaN or negative, naming its index
  */
 export function attentionErrorBound(
   q: ArrayLike<number>,
@@ -72,6 +75,13 @@ export function attentionErrorBound(
   valueError: ArrayLike<number>,
 ): number {
   const { attention: alpha, output: out } = attend64(q, keys, values, n, d);
+  // A NaN anywhere makes the bound NaN, and `realized > NaN` is false: the check would pass
+  // silently. A negative element bound shrinks the bound below what it claims to cover.
+  _checkFinite(q, d, "q");
+  _checkFinite(keys, n * d, "keys");
+  _checkFinite(values, n * d, "values");
+  _checkErrors(keyError, n * d, "keyError");
+  _checkErrors(valueError, n * d, "valueError");
   // Relative error of the computed weights (a dot product of d terms, exp, a sum of n terms and a
   // division), with a generous factor: γ = 4(d + n + 8)·2⁻⁵³.
   const gamma = 4 * (d + n + 8) * _EPS;
@@ -136,6 +146,7 @@ export function attentionErrorBound(
  * @param n positions
  * @param d head dimension
  * @returns the realized output error
+ * @throws ShapeError for arrays shorter than n × d (or d)
  */
 export function attentionOutputError(
   q: ArrayLike<number>,
@@ -146,8 +157,8 @@ export function attentionOutputError(
   n: number,
   d: number,
 ): number {
-  const w = new Float64Array(n);
-  const o = new Float64Array(d);
+  const w = new Float64Array(Math.max(n, 0));
+  const o = new Float64Array(Math.max(d, 0));
   const o2 = new Float64Array(d);
   attentionWeights(q, keys, values, n, d, w, o);
   attentionWeights(q, perturbedKeys, perturbedValues, n, d, w, o2);
@@ -168,6 +179,8 @@ export function attentionOutputError(
  * @param keyError n × d key error magnitudes per element
  * @param valueError n × d value error magnitudes per element
  * @returns the linearised error estimate
+ * @throws ShapeError for arrays shorter than n × d (or d); InvalidValueError for a NaN or
+ *   negative error bound
  */
 export function attentionErrorFirstOrder(
   q: ArrayLike<number>,
@@ -179,6 +192,8 @@ export function attentionErrorFirstOrder(
   valueError: ArrayLike<number>,
 ): number {
   const { attention: alpha, output: out } = attend64(q, keys, values, n, d);
+  _checkErrors(keyError, n * d, "keyError");
+  _checkErrors(valueError, n * d, "valueError");
   let qq = 0;
   for (let i = 0; i < d; i++) qq += q[i] * q[i];
   const gain = Math.sqrt(qq / d);
@@ -193,4 +208,24 @@ export function attentionErrorFirstOrder(
     total += alpha[j] * (Math.sqrt(r) * gain * Math.sqrt(ek) + Math.sqrt(ev));
   }
   return total;
+}
+
+function _checkFinite(x: ArrayLike<number>, count: number, what: string): void {
+  for (let i = 0; i < count; i++) {
+    if (x[i] - x[i] !== 0) {
+      throw new InvalidValueError(`${what}[${i}] is ${x[i]}, expected a finite number`, i);
+    }
+  }
+}
+
+/** Element error bounds: n × d of them, each ≥ 0 (+Infinity is a valid, if useless, bound). */
+function _checkErrors(x: ArrayLike<number>, count: number, what: string): void {
+  if (x.length < count) {
+    throw new ShapeError(`${what} has ${x.length} elements, expected ≥ ${count}`);
+  }
+  for (let i = 0; i < count; i++) {
+    if (!(x[i] >= 0)) {
+      throw new InvalidValueError(`${what}[${i}] is ${x[i]}, expected a number ≥ 0`, i);
+    }
+  }
 }

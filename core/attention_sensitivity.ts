@@ -23,6 +23,7 @@
  * @module
  */
 
+import { ShapeError } from "./errors.ts";
 import { attention } from "./tensor.ts";
 
 /** Per-position sensitivities of one head for one query. */
@@ -51,6 +52,7 @@ export interface HeadSensitivity {
  * @param weights α, at least n elements, overwritten
  * @param out o, length d, overwritten
  * @param qOffset where the query starts in q
+ * @throws ShapeError for n or d not an integer ≥ 1, or an array shorter than they need
  */
 export function attentionWeights(
   q: ArrayLike<number>,
@@ -62,7 +64,49 @@ export function attentionWeights(
   out: Float64Array,
   qOffset = 0,
 ): void {
+  _checkSizes(q, keys, values, n, d, qOffset);
+  if (weights.length < n) {
+    throw new ShapeError(`weights has ${weights.length} elements, expected ≥ ${n}`);
+  }
+  if (out.length < d) throw new ShapeError(`out has ${out.length} elements, expected ≥ ${d}`);
   attention(q, keys, values, n, d, weights, out, qOffset);
+}
+
+/**
+ * Sizes every function here shares. Reads past an array give undefined, which the arithmetic turns
+ * into NaN sensitivities without a word; n = 0 would be a softmax over nothing.
+ */
+function _checkSizes(
+  q: ArrayLike<number>,
+  keys: ArrayLike<number>,
+  values: ArrayLike<number>,
+  n: number,
+  d: number,
+  qOffset = 0,
+): void {
+  if (!Number.isInteger(n) || n < 1) {
+    throw new ShapeError(`positions n is ${n}, expected an integer ≥ 1`);
+  }
+  if (!Number.isInteger(d) || d < 1) {
+    throw new ShapeError(`head dimension d is ${d}, expected an integer ≥ 1`);
+  }
+  if (!Number.isInteger(qOffset) || qOffset < 0 || q.length < qOffset + d) {
+    throw new ShapeError(
+      `q has ${q.length} elements, expected ≥ ${qOffset + d} (offset ${qOffset})`,
+    );
+  }
+  for (const [name, x] of [["keys", keys], ["values", values]] as const) {
+    if (x.length < n * d) {
+      throw new ShapeError(`${name} has ${x.length} elements, expected ≥ ${n} × ${d}`);
+    }
+  }
+}
+
+/** A position t of n, as keyJacobian and keySecondDerivative need. */
+function _checkPosition(t: number, n: number): void {
+  if (!Number.isInteger(t) || t < 0 || t >= n) {
+    throw new ShapeError(`position t is ${t}, expected an integer in [0, ${n})`);
+  }
 }
 
 /**
@@ -74,6 +118,7 @@ export function attentionWeights(
  * @param n positions
  * @param d head dimension
  * @returns the weights α (length n) and the output o (length d)
+ * @throws ShapeError as {@linkcode attentionWeights}
  */
 export function attend64(
   q: ArrayLike<number>,
@@ -96,6 +141,7 @@ export function attend64(
  * @param n positions
  * @param d head dimension
  * @returns output, weights, gradient norms, Hessian-trace norms and curvature per position
+ * @throws ShapeError as {@linkcode attentionWeights}
  */
 export function headSensitivity(
   q: ArrayLike<number>,
@@ -137,6 +183,7 @@ export function headSensitivity(
  * @param d head dimension
  * @param t the position whose key is differentiated
  * @returns the d × d Jacobian
+ * @throws ShapeError for t outside [0, n), and as {@linkcode attentionWeights}
  */
 export function keyJacobian(
   q: ArrayLike<number>,
@@ -146,6 +193,8 @@ export function keyJacobian(
   d: number,
   t: number,
 ): Float64Array {
+  _checkSizes(q, keys, values, n, d);
+  _checkPosition(t, n);
   const { attention, output } = attend64(q, keys, values, n, d);
   const jac = new Float64Array(d * d);
   const a = attention[t] / Math.sqrt(d);
@@ -167,6 +216,7 @@ export function keyJacobian(
  * @param t the position whose key moves
  * @param u direction, length d (not necessarily unit: the result scales with |u|²)
  * @returns d²o/dε² at ε = 0 for k_t + εu
+ * @throws ShapeError for t outside [0, n) or u shorter than d, and as {@linkcode attentionWeights}
  */
 export function keySecondDerivative(
   q: ArrayLike<number>,
@@ -177,6 +227,9 @@ export function keySecondDerivative(
   t: number,
   u: ArrayLike<number>,
 ): Float64Array {
+  _checkSizes(q, keys, values, n, d);
+  _checkPosition(t, n);
+  if (u.length < d) throw new ShapeError(`u has ${u.length} elements, expected ≥ ${d}`);
   const { attention, output } = attend64(q, keys, values, n, d);
   let qu = 0;
   for (let i = 0; i < d; i++) qu += q[i] * u[i];

@@ -4,6 +4,7 @@ import {
   attentionErrorFirstOrder,
   attentionOutputError,
 } from "../../core/attention_bound.ts";
+import { InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { gaussian, makeRng, randomArray } from "./_rng.ts";
 
 /**
@@ -105,5 +106,54 @@ Deno.test("attentionErrorBound() is zero for exact caches and tight to first ord
     const first = attentionErrorFirstOrder(q, keys, values, n, d, tiny, tiny);
     // Hölder's b_j = Σ|q_i|e/√d is ≤ √d·‖q‖e/√d, so the bound is at most √d-ish above first order.
     assert.ok(bound > 0 && bound < 4 * Math.sqrt(d) * first, `bound ${bound} first ${first}`);
+  }
+});
+
+Deno.test("attentionErrorBound() refuses error bounds it cannot honour (was NaN or too small)", () => {
+  const q = [1, 0], k = [1, 0, 0, 1], v = [1, 2, 3, 4], e = [0.1, 0.1, 0.1, 0.1];
+  const table: [string, () => unknown, unknown, RegExp][] = [
+    [
+      "short key errors",
+      () => attentionErrorBound(q, k, v, 2, 2, [0.1], e),
+      ShapeError,
+      /keyError has 1 elements, expected ≥ 4/,
+    ],
+    [
+      "negative key error",
+      () => attentionErrorBound(q, k, v, 2, 2, [0, -1, 0, 0], e),
+      InvalidValueError,
+      /keyError\[1\] is -1, expected a number ≥ 0/,
+    ],
+    [
+      "NaN value error",
+      () => attentionErrorBound(q, k, v, 2, 2, e, [0, 0, NaN, 0]),
+      InvalidValueError,
+      /valueError\[2\] is NaN/,
+    ],
+    [
+      "NaN key",
+      () => attentionErrorBound(q, [NaN, 0, 0, 1], v, 2, 2, e, e),
+      InvalidValueError,
+      /keys\[0\] is NaN/,
+    ],
+    [
+      "short errors, first order",
+      () => attentionErrorFirstOrder(q, k, v, 2, 2, e, [0.1]),
+      ShapeError,
+      /valueError has 1 elements/,
+    ],
+    [
+      "short perturbed keys",
+      () => attentionOutputError(q, k, v, [1], v, 2, 2),
+      ShapeError,
+      /keys has 1 elements/,
+    ],
+  ];
+  for (const [what, f, cls, re] of table) {
+    assert.throws(
+      f,
+      (x) => x instanceof (cls as typeof Error) && re.test((x as Error).message),
+      what,
+    );
   }
 });

@@ -5,6 +5,7 @@ import {
   keyJacobian,
   keySecondDerivative,
 } from "../../core/attention_sensitivity.ts";
+import { ShapeError } from "../../core/errors.ts";
 import { makeRng, randomArray } from "./_rng.ts";
 
 /** Output of the head with key t replaced by k_t + h·u. */
@@ -148,5 +149,34 @@ Deno.test("keySecondDerivative() and the Hessian trace agree with central differ
       const kappa = s.attention[t] * s.keyGradNorm[t] * Math.sqrt(s.hessianTraceNorm[t]);
       assert.equal(s.curvature[t], kappa);
     }
+  }
+});
+
+Deno.test("attention sensitivities reject sizes the arrays do not hold (were NaN)", () => {
+  const q = [1, 0], k = [1, 0, 0, 1], v = [1, 2, 3, 4];
+  const table: [string, () => unknown, RegExp][] = [
+    ["n past keys", () => headSensitivity(q, k, v, 3, 2), /keys has 4 elements, expected ≥ 3 × 2/],
+    ["n 0", () => headSensitivity(q, k, v, 0, 2), /positions n is 0, expected an integer ≥ 1/],
+    ["d 0", () => headSensitivity(q, k, v, 2, 0), /head dimension d is 0, expected an integer ≥ 1/],
+    ["short q", () => headSensitivity([1], k, v, 2, 2), /q has 1 elements, expected ≥ 2/],
+    [
+      "short values",
+      () => attentionWeights(q, k, [1, 2], 2, 2, new Float64Array(2), new Float64Array(2)),
+      /values has 2 elements/,
+    ],
+    [
+      "short weights",
+      () => attentionWeights(q, k, v, 2, 2, new Float64Array(1), new Float64Array(2)),
+      /weights has 1 elements, expected ≥ 2/,
+    ],
+    [
+      "t past n",
+      () => keyJacobian(q, k, v, 2, 2, 5),
+      /position t is 5, expected an integer in \[0, 2\)/,
+    ],
+    ["short u", () => keySecondDerivative(q, k, v, 2, 2, 0, [1]), /u has 1 elements, expected ≥ 2/],
+  ];
+  for (const [what, f, re] of table) {
+    assert.throws(f, (e) => e instanceof ShapeError && re.test((e as Error).message), what);
   }
 });
