@@ -112,7 +112,8 @@ export const DEFAULT_WINDOWS: readonly number[] = [4, 8, 16, 32, 64, 128];
  * @param input queries, keys, values and shape
  * @param options window sizes and summary settings
  * @returns the per-position statistics
- * @throws ShapeError when T < 1 or arrays are too short; InvalidValueError on NaN or ±Inf
+ * @throws ShapeError when T < 1, arrays are too short, or a window size, sinkTokens, recentWindow
+ *   or query offset is not a non-negative integer; InvalidValueError on NaN or ±Inf
  */
 export function analyzeHeadGroup(
   input: HeadGroupInput,
@@ -139,6 +140,15 @@ export function analyzeHeadGroup(
   }
   for (const w of windows) {
     if (!Number.isInteger(w) || w < 1) throw new ShapeError(`window size ${w}, expected ≥ 1`);
+  }
+  // NaN or negative settings gave zero or NaN sink and recent masses without a word.
+  for (const [key, x] of [["sinkTokens", sinkTokens], ["recentWindow", recentWindow]] as const) {
+    if (!Number.isInteger(x) || x < 0) {
+      throw new ShapeError(`${key} is ${x}, expected an integer ≥ 0`);
+    }
+  }
+  if (!Number.isInteger(qOff) || qOff < 0) {
+    throw new ShapeError(`query offset ${qOff}, expected an integer ≥ 0`);
   }
   assertFinite(keys.subarray(0, n * d), "keys");
   assertFinite(values.subarray(0, n * d), "values");

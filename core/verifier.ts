@@ -299,7 +299,8 @@ function _quantize(
  * @param lipschitz per layer: L_l ≥ 0
  * @param inputError error entering the first layer (default 0)
  * @returns E_l for every layer
- * @throws InvalidValueError for negative or non-finite constants; ShapeError for unequal lengths
+ * @throws InvalidValueError for negative or non-finite constants or input error; ShapeError for
+ *   unequal lengths
  */
 export function composeLayerBounds(
   local: readonly (number | ((inputError: number) => number))[],
@@ -310,6 +311,9 @@ export function composeLayerBounds(
     throw new ShapeError(
       `${local.length} local bounds but ${lipschitz.length} Lipschitz constants`,
     );
+  }
+  if (!(inputError >= 0) || inputError === Infinity) {
+    throw new InvalidValueError(`input error is ${inputError}, expected a finite number ≥ 0`);
   }
   const out: number[] = [];
   let e = inputError;
@@ -378,6 +382,8 @@ export interface GainOptions {
  * @param tokens the sequence
  * @param options perturbation size, trials and seed
  * @returns G_l per layer
+ * @throws InvalidValueError for a size not finite and > 0 or trials not an integer ≥ 1 (gains of
+ *   NaN or 0 otherwise); ShapeError for no tokens
  */
 export async function attentionOutputGains(
   model: CalibrationModel,
@@ -386,6 +392,13 @@ export async function attentionOutputGains(
   options: GainOptions = {},
 ): Promise<number[]> {
   const eta = options.size ?? 1e-3, trials = options.trials ?? 3;
+  if (!(eta > 0) || eta === Infinity) {
+    throw new InvalidValueError(`size is ${eta}, expected a finite number > 0`);
+  }
+  if (!Number.isInteger(trials) || trials < 1) {
+    throw new InvalidValueError(`trials is ${trials}, expected an integer ≥ 1`);
+  }
+  if (tokens.length === 0) throw new ShapeError("no tokens to perturb");
   const uniform = mulberry32(options.seed ?? 1);
   const rand = () => uniform() - 0.5;
   const run = async (cache: KVCache) => {

@@ -144,3 +144,27 @@ Deno.test("calibrate() analyzes every layer and head of each sequence and report
   await assert.rejects(() => calibrate(model, shape, []), ShapeError);
   await assert.rejects(() => calibrate(model, shape, [[1], []]), ShapeError);
 });
+
+Deno.test("analyzeHeadGroup() rejects summary settings and a query offset out of range", () => {
+  const rng = makeRng(5);
+  const input = {
+    queries: randomArray(rng, 8),
+    keys: randomArray(rng, 8),
+    values: randomArray(rng, 8),
+    length: 2,
+    headDim: 4,
+  };
+  const table: [Record<string, number>, Record<string, number>, RegExp][] = [
+    [{}, { sinkTokens: NaN }, /sinkTokens is NaN, expected an integer ≥ 0/],
+    [{}, { sinkTokens: -1 }, /sinkTokens is -1/],
+    [{}, { recentWindow: 1.5 }, /recentWindow is 1.5, expected an integer ≥ 0/],
+    [{ queryOffset: -4 }, {}, /query offset -4, expected an integer ≥ 0/],
+  ];
+  for (const [change, options, re] of table) {
+    assert.throws(
+      () => analyzeHeadGroup({ ...input, ...change }, options),
+      (e) => e instanceof ShapeError && re.test((e as Error).message),
+      JSON.stringify([change, options]),
+    );
+  }
+});
