@@ -22,7 +22,7 @@
  * @module
  */
 
-import { DeviceError, FormatError } from "../core/errors.ts";
+import { DeviceError, FormatError, InvalidValueError } from "../core/errors.ts";
 import type { KVCache, KVCacheShape } from "../core/model/kv_cache.ts";
 import type { CachePolicy } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
@@ -85,6 +85,7 @@ export interface ChosenKVCache {
  * @param policy where tokens go
  * @param options backend, device and CPU-cache options
  * @returns the cache, its backend and the reason for it
+ * @throws {InvalidValueError} an unknown backend
  * @throws {FormatError} backend "gpu" with a policy or budget the GPU cache cannot hold
  * @throws {DeviceError} backend "gpu" without a usable WebGPU device
  */
@@ -106,7 +107,7 @@ export async function createKVCache(
   });
   if (backend === "ts" || backend === "wasm") return cpu(backend, `${backend}: as asked`);
   if (backend !== "gpu" && backend !== "auto") {
-    throw new FormatError(`backend "${backend}", expected "auto", "gpu", "wasm" or "ts"`);
+    throw new InvalidValueError(`backend "${backend}", expected "auto", "gpu", "wasm" or "ts"`);
   }
 
   let gpuPolicy = gpuPolicyFor(policy);

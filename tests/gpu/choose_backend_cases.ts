@@ -2,7 +2,7 @@
 // stay on the CPU, saying why), prefers a hardware adapter over WebAssembly but not a software
 // one, and "gpu" attends as the WASM cache does under the same policy.
 import assert from "node:assert/strict";
-import { DeviceError, FormatError } from "../../core/errors.ts";
+import { DeviceError, FormatError, InvalidValueError } from "../../core/errors.ts";
 import {
   type CachePolicy,
   createKVCache,
@@ -73,7 +73,7 @@ Deno.test("createKVCache(auto) keeps policies the GPU cache cannot hold as writt
   }
   await assert.rejects(
     () => createKVCache(shape, ready(), { backend: "cuda" as "gpu" }),
-    (e: Error) => e instanceof FormatError && /backend "cuda"/.test(e.message),
+    (e: Error) => e instanceof InvalidValueError && /backend "cuda"/.test(e.message),
   );
 });
 
