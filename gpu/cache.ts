@@ -61,14 +61,7 @@ import {
   type KVCache,
   type KVCacheShape,
 } from "../core/model/kv_cache.ts";
-import {
-  type CachePolicy,
-  checkPolicyShape,
-  type FormatPair,
-  type Tier,
-  tieredPolicy,
-  uniformPolicy,
-} from "../core/cache/policy.ts";
+import type { CachePolicy, FormatPair } from "../core/cache/policy.ts";
 import { type MixedCacheOptions, MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts";
 import type { Codec } from "../codecs/codec.ts";
@@ -80,48 +73,13 @@ import { quantizeProgram } from "./quantize.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
 import { PageSlots } from "./page_slots.ts";
 import { dispatchSize, readBack } from "./_io.ts";
-
-/** How many positions stay at full precision, and the page size. */
-export interface GpuWindowPolicy {
-  /** Tokens per page P (default 128); a multiple of every channel-axis group. */
-  pageTokens?: number;
-  /** First positions kept at full precision forever (attention sinks; default 4). */
-  sinkTokens?: number;
-  /** Most recent positions kept at full precision (default 64). */
-  windowTokens?: number;
-  /**
-   * Storage of sinks, window and the positions awaiting eviction: "fp32" (default) or "fp16"
-   * (the CPU cache's default; values rounded to fp16 as the CPU cache rounds them).
-   */
-  windowFormat?: "fp32" | "fp16";
-}
-
-/** One format pair for every paged position. */
-export interface GpuUniformPolicy extends GpuWindowPolicy {
-  /** Format of keys in pages, e.g. `int8-g32-channel`. */
-  keyFormat: string;
-  /** Format of values in pages, e.g. `int8-g8-token`. */
-  valueFormat: string;
-  /** Not set: one pair. */
-  tiers?: undefined;
-}
-
-/**
- * Per layer and KV head, the format pair of a chunk leaving the window is the first tier whose
- * minScore ≤ the chunk's mean attention while it sat in the window (core/cache/policy.ts,
- * `tieredPolicy`; a PrecisionPlan's tiers).
- */
-export interface GpuTieredPolicy extends GpuWindowPolicy {
-  /** tiers[layer][kvHead], each head's last tier with minScore 0. */
-  tiers: Tier[][][];
-  /** Not set: the tiers name the formats. */
-  keyFormat?: undefined;
-  /** Not set: the tiers name the formats. */
-  valueFormat?: undefined;
-}
-
-/** Which formats the cache stores and how many positions stay at full precision. */
-export type GpuCachePolicy = GpuUniformPolicy | GpuTieredPolicy;
+import {
+  cpuPolicyOf,
+  type GpuCachePolicy,
+  gpuPolicyFor,
+  type ResolvedGpuPolicy,
+  withDefaults,
+} from "./cache_policy.ts";
 
 /** Options of {@linkcode createGpuKVCache}. */
 export interface GpuKVCacheOptions {
@@ -143,38 +101,6 @@ export interface GpuPageWords {
   valueWords: Uint32Array;
   /** Valid tokens in the page. */
   tokens: number;
-}
-
-/**
- * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
- * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32 or fp16.
- * Uniform and tiered policies (PrecisionPlans) both run there.
- *
- * @param policy the policy
- * @returns the GPU policy, or the reason as a sentence
- */
-export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
-  const o = policy.options;
-  if (o.kind !== "uniform" && o.kind !== "tiered") {
-    return `policy "${policy.label}" is of kind ${(o as { kind: string }).kind}, which the GPU ` +
-      `cache does not know`;
-  }
-  // the window format also holds the tokens waiting for a whole channel group, so it matters even
-  // without sinks and window
-  const windowFormat = policy.windowFormat;
-  if (windowFormat !== "fp32" && windowFormat !== "fp16") {
-    return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
-      `${windowFormat}; the GPU cache keeps them at fp32 or fp16`;
-  }
-  const window = {
-    windowFormat: windowFormat as "fp32" | "fp16",
-    pageTokens: policy.pageTokens,
-    sinkTokens: policy.sinkTokens,
-    windowTokens: policy.recentWindow,
-  };
-  return o.kind === "uniform"
-    ? { keyFormat: o.keyFormat, valueFormat: o.valueFormat, ...window }
-    : { tiers: o.tiers, ...window };
 }
 
 /**
@@ -222,7 +148,7 @@ const _pairKey = (p: FormatPair) => `${p.keyFormat}|${p.valueFormat}`;
 export class GpuKVCache implements KVCache {
   readonly shape: KVCacheShape;
   /** The policy with its window defaults filled in. */
-  readonly policy: GpuCachePolicy & Required<GpuWindowPolicy>;
+  readonly policy: ResolvedGpuPolicy;
   /** Every format pair the policy can choose. */
   readonly pairs: readonly FormatPair[];
   /** Positions moved from the ring to pages at a time. */
@@ -282,31 +208,12 @@ export class GpuKVCache implements KVCache {
     checkCacheShape(shape);
     gpu.check("creating the GPU cache");
     this.shape = { ...shape };
-    const p = options.policy;
-    this.policy = {
-      ...p,
-      pageTokens: p.pageTokens ?? 128,
-      sinkTokens: p.sinkTokens ?? 4,
-      windowTokens: p.windowTokens ?? 64,
-      windowFormat: p.windowFormat ?? "fp32",
-    };
+    this.policy = withDefaults(options.policy);
     const { pageTokens: P, sinkTokens: S, windowTokens: W } = this.policy;
-    for (const [k, v] of [["pageTokens", P], ["sinkTokens", S], ["windowTokens", W]] as const) {
-      if (!Number.isInteger(v) || v < (k === "pageTokens" ? 1 : 0)) {
-        throw new ShapeError(
-          `policy ${k} is ${v}, expected a ${
-            k === "pageTokens" ? "positive" : "non-negative"
-          } integer`,
-        );
-      }
-    }
-    this.#choose = _cpuPolicy(this.policy, shape);
+    this.#choose = cpuPolicyOf(this.policy, shape);
     this.pairs = this.#choose.pairs();
     const d = shape.headDim;
     const wf = this.policy.windowFormat;
-    if (wf !== "fp32" && wf !== "fp16") {
-      throw new FormatError(`window format ${wf}: the GPU cache keeps fp32 or fp16 windows`);
-    }
     if (wf === "fp16" && d % 2 !== 0) {
       throw new ShapeError(`an fp16 window packs two elements a word; headDim ${d} is odd`);
     }
@@ -1041,30 +948,4 @@ export class GpuKVCache implements KVCache {
     this.#jobs.destroy();
     this.#attention.destroy();
   }
-}
-
-// the CPU policy a GPU policy is, which also makes the choice of pair per (layer, KV head, score)
-// with the CPU cache's own semantics
-function _cpuPolicy(
-  p: GpuCachePolicy & Required<GpuWindowPolicy>,
-  shape: KVCacheShape,
-): CachePolicy {
-  const window = {
-    sinkTokens: p.sinkTokens,
-    recentWindow: p.windowTokens,
-    windowFormat: p.windowFormat,
-    pageTokens: p.pageTokens,
-  };
-  if (p.tiers === undefined) {
-    if (typeof p.keyFormat !== "string" || typeof p.valueFormat !== "string") {
-      throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers");
-    }
-    return uniformPolicy({ keyFormat: p.keyFormat, valueFormat: p.valueFormat, ...window });
-  }
-  if (p.keyFormat !== undefined || p.valueFormat !== undefined) {
-    throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers, not both");
-  }
-  const policy = tieredPolicy({ label: "gpu tiers", tiers: p.tiers, ...window });
-  checkPolicyShape(policy, shape);
-  return policy;
 }

@@ -28,7 +28,8 @@ import type { CachePolicy } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { loadWasmCodecs } from "../codecs/wasm.ts";
 import { type GpuDevice, requestGpu } from "./device.ts";
-import { createGpuKVCache, type GpuCachePolicy, gpuPolicyFor } from "./cache.ts";
+import { createGpuKVCache } from "./cache.ts";
+import { type GpuCachePolicy, gpuPolicyFor } from "./cache_policy.ts";
 
 /** Where attention over a cache runs. */
 export type CacheBackend = "ts" | "wasm" | "gpu";

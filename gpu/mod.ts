@@ -29,5 +29,6 @@ export * from "./dequantize.ts";
 export * from "./attention.ts";
 export * from "./merge.ts";
 export * from "./_io.ts";
+export * from "./cache_policy.ts";
 export * from "./cache.ts";
 export * from "./choose_backend.ts";

@@ -1,0 +1,173 @@
+/**
+ * The GPU cache's policies: which formats it stores and how many positions stay at full
+ * precision, their defaults and checks, and the CPU cache policy each one equals, both ways
+ * ({@linkcode gpuPolicyFor} of a CPU policy, {@linkcode cpuPolicyOf} of a GPU one). The GPU cache
+ * chooses a chunk's tier through the CPU policy, so both caches put the same tokens in the same
+ * formats.
+ *
+ * Browser compatible.
+ *
+ * @example
+ * ```ts
+ * import { cpuPolicyOf, gpuPolicyFor, withDefaults } from "./cache_policy.ts";
+ * const shape = { nLayers: 1, nKvHeads: 1 };
+ * const gpu = withDefaults({ keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" });
+ * const cpu = cpuPolicyOf(gpu, shape);
+ * const back = gpuPolicyFor(cpu);
+ * if (typeof back === "string" || back.windowTokens !== 64) throw new Error("round trip");
+ * ```
+ * @module
+ */
+
+import { FormatError, ShapeError } from "../core/errors.ts";
+import {
+  type CachePolicy,
+  checkPolicyShape,
+  type Tier,
+  tieredPolicy,
+  uniformPolicy,
+} from "../core/cache/policy.ts";
+
+/** How many positions stay at full precision, and the page size. */
+export interface GpuWindowPolicy {
+  /** Tokens per page P (default 128); a multiple of every channel-axis group. */
+  pageTokens?: number;
+  /** First positions kept at full precision forever (attention sinks; default 4). */
+  sinkTokens?: number;
+  /** Most recent positions kept at full precision (default 64). */
+  windowTokens?: number;
+  /**
+   * Storage of sinks, window and the positions awaiting eviction: "fp32" (default) or "fp16"
+   * (the CPU cache's default; values rounded to fp16 as the CPU cache rounds them).
+   */
+  windowFormat?: "fp32" | "fp16";
+}
+
+/** One format pair for every paged position. */
+export interface GpuUniformPolicy extends GpuWindowPolicy {
+  /** Format of keys in pages, e.g. `int8-g32-channel`. */
+  keyFormat: string;
+  /** Format of values in pages, e.g. `int8-g8-token`. */
+  valueFormat: string;
+  /** Not set: one pair. */
+  tiers?: undefined;
+}
+
+/**
+ * Per layer and KV head, the format pair of a chunk leaving the window is the first tier whose
+ * minScore ≤ the chunk's mean attention while it sat in the window (core/cache/policy.ts,
+ * `tieredPolicy`; a PrecisionPlan's tiers).
+ */
+export interface GpuTieredPolicy extends GpuWindowPolicy {
+  /** tiers[layer][kvHead], each head's last tier with minScore 0. */
+  tiers: Tier[][][];
+  /** Not set: the tiers name the formats. */
+  keyFormat?: undefined;
+  /** Not set: the tiers name the formats. */
+  valueFormat?: undefined;
+}
+
+/** Which formats the cache stores and how many positions stay at full precision. */
+export type GpuCachePolicy = GpuUniformPolicy | GpuTieredPolicy;
+
+/** A GPU policy with every window field filled in. */
+export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
+
+/**
+ * Fills in the window defaults (pages of 128, 4 sinks, a window of 64 at fp32) and checks them.
+ *
+ * @param p the policy
+ * @returns the policy with every window field set
+ * @throws {ShapeError} for a page size, sink count or window that is not a (positive) integer
+ * @throws {FormatError} for a window format other than fp32 and fp16
+ */
+export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
+  const policy = {
+    ...p,
+    pageTokens: p.pageTokens ?? 128,
+    sinkTokens: p.sinkTokens ?? 4,
+    windowTokens: p.windowTokens ?? 64,
+    windowFormat: p.windowFormat ?? "fp32",
+  };
+  for (const k of ["pageTokens", "sinkTokens", "windowTokens"] as const) {
+    const v = policy[k];
+    if (!Number.isInteger(v) || v < (k === "pageTokens" ? 1 : 0)) {
+      throw new ShapeError(
+        `policy ${k} is ${v}, expected a ${
+          k === "pageTokens" ? "positive" : "non-negative"
+        } integer`,
+      );
+    }
+  }
+  const wf = policy.windowFormat;
+  if (wf !== "fp32" && wf !== "fp16") {
+    throw new FormatError(`window format ${wf}: the GPU cache keeps fp32 or fp16 windows`);
+  }
+  return policy;
+}
+
+/**
+ * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
+ * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32 or fp16.
+ * Uniform and tiered policies (PrecisionPlans) both run there.
+ *
+ * @param policy the policy
+ * @returns the GPU policy, or the reason as a sentence
+ */
+export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
+  const o = policy.options;
+  if (o.kind !== "uniform" && o.kind !== "tiered") {
+    return `policy "${policy.label}" is of kind ${(o as { kind: string }).kind}, which the GPU ` +
+      `cache does not know`;
+  }
+  // the window format also holds the tokens waiting for a whole channel group, so it matters even
+  // without sinks and window
+  const windowFormat = policy.windowFormat;
+  if (windowFormat !== "fp32" && windowFormat !== "fp16") {
+    return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
+      `${windowFormat}; the GPU cache keeps them at fp32 or fp16`;
+  }
+  const window = {
+    windowFormat: windowFormat as "fp32" | "fp16",
+    pageTokens: policy.pageTokens,
+    sinkTokens: policy.sinkTokens,
+    windowTokens: policy.recentWindow,
+  };
+  return o.kind === "uniform"
+    ? { keyFormat: o.keyFormat, valueFormat: o.valueFormat, ...window }
+    : { tiers: o.tiers, ...window };
+}
+
+/**
+ * The CPU cache policy a GPU policy is. The GPU cache also chooses each chunk's pair through it
+ * (per layer, KV head and score), with the CPU cache's own semantics.
+ *
+ * @param p the GPU policy, defaults filled in
+ * @param shape the cache's layers and KV heads
+ * @returns a uniform or tiered policy with the same window, sinks and pages
+ * @throws {FormatError} for a policy that names both formats and tiers, or neither
+ * @throws {ShapeError} for tiers that do not cover every layer and KV head
+ */
+export function cpuPolicyOf(
+  p: ResolvedGpuPolicy,
+  shape: { nLayers: number; nKvHeads: number },
+): CachePolicy {
+  const window = {
+    sinkTokens: p.sinkTokens,
+    recentWindow: p.windowTokens,
+    windowFormat: p.windowFormat,
+    pageTokens: p.pageTokens,
+  };
+  if (p.tiers === undefined) {
+    if (typeof p.keyFormat !== "string" || typeof p.valueFormat !== "string") {
+      throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers");
+    }
+    return uniformPolicy({ keyFormat: p.keyFormat, valueFormat: p.valueFormat, ...window });
+  }
+  if (p.keyFormat !== undefined || p.valueFormat !== undefined) {
+    throw new FormatError("a GPU cache policy names keyFormat and valueFormat, or tiers, not both");
+  }
+  const policy = tieredPolicy({ label: "gpu tiers", tiers: p.tiers, ...window });
+  checkPolicyShape(policy, shape);
+  return policy;
+}
