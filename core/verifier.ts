@@ -83,7 +83,8 @@ export interface CheckOptions {
  * @param assignment formats per position (e.g. a plan's report.planAssignment)
  * @param options the rule
  * @returns the violations, in sequence, layer, head, position order
- * @throws InvalidValueError for ε ≤ 0
+ * @throws InvalidValueError for ε ≤ 0; ShapeError when the assignment lacks a cell, a cell's key
+ *   or value does not cover the sequence, or a format index is outside −1..formats − 1
  */
 export function checkAssignment(
   analysis: Analysis,
@@ -116,9 +117,8 @@ export function checkAssignment(
       for (let h = 0; h < nKvHeads; h++) {
         const c = s.heads[l][h];
         const cell = assignment.sequences[si]?.[l]?.[h];
-        if (!cell || cell.key.length !== c.length) {
-          throw new ShapeError(`assignment lacks sequence ${si} layer ${l} head ${h}`);
-        }
+        if (!cell) throw new ShapeError(`assignment lacks sequence ${si} layer ${l} head ${h}`);
+        _checkCell(cell, c.length, assignment, si, l, h);
         for (let t = 0; t < c.length; t++) {
           const count = c.group * (c.length - t);
           const base = byAttention
@@ -185,7 +185,8 @@ export interface HeadVerification {
  * @param assignment formats: `sequences[sequence]` is used
  * @param sequence which sequence of the assignment the cache holds
  * @returns one verification per (layer, KV head)
- * @throws ShapeError when the assignment does not match the cache
+ * @throws ShapeError when the assignment does not match the cache (a missing cell, a key or value
+ *   not covering the cached positions, a format index outside −1..formats − 1)
  */
 export function verifyHeads(
   cache: RecordingKVCache,
@@ -200,11 +201,12 @@ export function verifyHeads(
     const queries = cache.queries(l);
     for (let h = 0; h < nKvHeads; h++) {
       const cell = assignment.sequences[sequence]?.[l]?.[h];
-      if (!cell || cell.key.length !== n) {
+      if (!cell) {
         throw new ShapeError(
           `assignment of sequence ${sequence} does not cover layer ${l} head ${h}`,
         );
       }
+      _checkCell(cell, n, assignment, sequence, l, h);
       const keys = cache.keys(l, h), values = cache.values(l, h);
       const k = _quantize(keys, n, d, cell.key, assignment.keyFormats, assignment.windowFormat);
       const v = _quantize(
@@ -260,6 +262,41 @@ export function verifyHeads(
     }
   }
   return out;
+}
+
+/**
+ * Throws ShapeError unless the cell's key and value indices cover n positions and each lies in
+ * −1..formats − 1. An index past the formats looked up no bits, so checkAssignment compared NaN
+ * and skipped the position; a short value cell was never looked at.
+ */
+function _checkCell(
+  cell: { key: Int16Array; value: Int16Array },
+  n: number,
+  assignment: Assignment,
+  sequence: number,
+  layer: number,
+  head: number,
+): void {
+  const at = `assignment sequence ${sequence} layer ${layer} head ${head}`;
+  if (cell.key.length !== n || cell.value.length !== n) {
+    throw new ShapeError(
+      `${at}: key has ${cell.key.length} positions, value ${cell.value.length}, expected ${n}`,
+    );
+  }
+  const axes = [
+    ["key", cell.key, assignment.keyFormats.length],
+    ["value", cell.value, assignment.valueFormats.length],
+  ] as const;
+  for (const [axis, index, formats] of axes) {
+    for (let t = 0; t < n; t++) {
+      if (index[t] < -1 || index[t] >= formats) {
+        throw new ShapeError(
+          `${at} position ${t}: ${axis} format index ${index[t]}, expected -1..${formats - 1} ` +
+            `(-1: the window format)`,
+        );
+      }
+    }
+  }
 }
 
 function _quantize(
@@ -471,7 +508,8 @@ export interface ModelBound {
  * @param bounds element bounds per [layer][kvHead], positions 0..n−1 of the trace
  * @param shape heads, KV heads and head dimension
  * @returns Φ_l, E_l and the logits bound
- * @throws ShapeError when the bounds do not cover every layer, head and position
+ * @throws ShapeError when the bounds do not cover every layer, head and position, or the trace
+ *   and the Lipschitz bounds hold different numbers of layers
  */
 export function composeModelBound(
   trace: ResidualTrace,
@@ -481,6 +519,14 @@ export function composeModelBound(
 ): ModelBound {
   const { nHeads, nKvHeads, headDim: d } = shape;
   const n = trace.length, group = nHeads / nKvHeads, dim = nHeads * d, kvDim = nKvHeads * d;
+  // More trace layers than bounds gave a bound over the first layers alone; fewer, a TypeError.
+  const layers = lipschitz.layers.length;
+  if (trace.q.length !== layers || trace.k.length !== layers || trace.v.length !== layers) {
+    throw new ShapeError(
+      `trace of ${trace.q.length} layers but Lipschitz bounds of ${layers} ` +
+        `(q, k, v: ${trace.q.length}, ${trace.k.length}, ${trace.v.length} layers)`,
+    );
+  }
   const local: number[] = [];
   for (let l = 0; l < lipschitz.layers.length; l++) {
     const sq = new Float64Array(n);

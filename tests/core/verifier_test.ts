@@ -1,7 +1,17 @@
 import assert from "node:assert/strict";
 import { InvalidValueError, ShapeError } from "../../core/errors.ts";
-import type { CalibrationModel } from "../../core/analyzer.ts";
-import { attentionOutputGains, composeLayerBounds } from "../../core/verifier.ts";
+import { type Analysis, analyzeHeadGroup, type CalibrationModel } from "../../core/analyzer.ts";
+import type { ModelLipschitz, ResidualTrace } from "../../core/layer_lipschitz.ts";
+import type { Assignment } from "../../core/plan.ts";
+import { RecordingKVCache } from "../../core/recording_cache.ts";
+import {
+  attentionOutputGains,
+  checkAssignment,
+  composeLayerBounds,
+  composeModelBound,
+  verifyHeads,
+} from "../../core/verifier.ts";
+import { makeRng, randomArray } from "./_rng.ts";
 
 Deno.test("composeLayerBounds() rejects a NaN or negative input error (was NaN or a negative bound)", () => {
   const [e] = composeLayerBounds([0.1], [2], 0.5); // 0.1 + 2·0.5, rounded upwards
@@ -38,4 +48,135 @@ Deno.test("attentionOutputGains() rejects bad options and no tokens before runni
     );
   }
   assert.equal(calls, 0);
+});
+
+/** One sequence of n positions through one layer with two KV heads (d = 8), recorded. */
+function _recorded(n: number): { cache: RecordingKVCache; analysis: Analysis } {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: 8, maxSeqLen: n };
+  const cache = new RecordingKVCache(shape);
+  const rng = makeRng(3);
+  for (let p = 0; p < n; p++) {
+    cache.append(0, p, randomArray(rng, 16), randomArray(rng, 16));
+    cache.attend(0, randomArray(rng, 16), new Float32Array(16));
+  }
+  const heads = [0, 1].map((h) =>
+    analyzeHeadGroup({
+      queries: cache.queries(0),
+      keys: cache.keys(0, h),
+      values: cache.values(0, h),
+      length: n,
+      headDim: 8,
+      queryStride: 16,
+      queryOffset: h * 8,
+    })
+  );
+  const analysis: Analysis = {
+    version: 1,
+    shape,
+    windows: [4],
+    sinkTokens: 1,
+    recentWindow: 2,
+    sequences: [{ length: n, heads: [heads] }],
+  };
+  return { cache, analysis };
+}
+
+/** Both heads int8 at every position, then `change` applied to head 1's cell. */
+function _assignment(
+  n: number,
+  change: (cell: { key: Int16Array; value: Int16Array }) => void,
+): Assignment {
+  const cells = [0, 1].map(() => ({ key: new Int16Array(n), value: new Int16Array(n) }));
+  change(cells[1]);
+  return {
+    keyFormats: ["int8-g8-token", "int4-g8-token"],
+    valueFormats: ["int8-g8-token"],
+    windowFormat: "fp16",
+    sequences: [[cells]],
+  };
+}
+
+const _badCells: [string, (c: { key: Int16Array; value: Int16Array }) => void, RegExp][] = [
+  [
+    "key index past the formats",
+    (c) => (c.key[3] = 2),
+    /layer 0 head 1 position 3: key format index 2, expected -1\.\.1/,
+  ],
+  [
+    "value index past the formats",
+    (c) => (c.value[5] = 1),
+    /layer 0 head 1 position 5: value format index 1, expected -1\.\.0/,
+  ],
+  [
+    "index below the window marker",
+    (c) => (c.key[0] = -2),
+    /layer 0 head 1 position 0: key format index -2, expected -1\.\.1/,
+  ],
+  [
+    "short value cell",
+    (c) => (c.value = new Int16Array(4)),
+    /layer 0 head 1: key has 6 positions, value 4, expected 6/,
+  ],
+];
+
+Deno.test("checkAssignment() rejects a format index out of range or a short value cell (was a skipped check)", () => {
+  const { analysis } = _recorded(6);
+  assert.equal(checkAssignment(analysis, _assignment(6, () => {}), { epsilon: 1 }).length, 0);
+  for (const [label, change, re] of _badCells) {
+    assert.throws(
+      () => checkAssignment(analysis, _assignment(6, change), { epsilon: 1e-9 }),
+      (e) => e instanceof ShapeError && re.test(e.message),
+      label,
+    );
+  }
+});
+
+Deno.test("verifyHeads() rejects a format index out of range or a short value cell", () => {
+  const { cache } = _recorded(6);
+  const ok = verifyHeads(cache, _assignment(6, () => {}));
+  assert.equal(ok.length, 2);
+  assert.equal(ok[1].exceeded, 0);
+  for (const [label, change, re] of _badCells) {
+    assert.throws(
+      () => verifyHeads(cache, _assignment(6, change)),
+      (e) => e instanceof ShapeError && re.test(e.message),
+      label,
+    );
+  }
+});
+
+Deno.test("composeModelBound() rejects a trace and Lipschitz bounds of different layer counts", () => {
+  const n = 2, d = 2;
+  const trace = (layers: number): ResidualTrace => ({
+    length: n,
+    input: [],
+    mid: [],
+    final: new Float32Array(n * d),
+    q: Array.from({ length: layers }, () => new Float32Array(n * d).fill(0.5)),
+    k: Array.from({ length: layers }, () => new Float32Array(n * d).fill(0.3)),
+    v: Array.from({ length: layers }, () => Float32Array.from({ length: n * d }, (_, i) => i)),
+    logits: new Float32Array(0),
+  });
+  const lipschitz = (layers: number): ModelLipschitz => ({
+    output: 1,
+    layers: Array.from(
+      { length: layers },
+      () => ({ attention: 1, feedForward: 1, layer: 4, outputNorm: 1 }),
+    ),
+  });
+  const bounds = Array.from({ length: 2 }, () => [
+    { key: new Float32Array(n * d).fill(0.01), value: new Float32Array(n * d).fill(0.01) },
+  ]);
+  const shape = { nHeads: 1, nKvHeads: 1, headDim: d };
+  assert.ok(composeModelBound(trace(2), lipschitz(2), bounds, shape).logits > 0);
+  // Was a bound over the first layer only (2, 1) and a TypeError (1, 2).
+  for (const [t, l] of [[2, 1], [1, 2]]) {
+    assert.throws(
+      () => composeModelBound(trace(t), lipschitz(l), bounds, shape),
+      (e) =>
+        e instanceof ShapeError &&
+        new RegExp(`trace of ${t} layers but Lipschitz bounds of ${l}`).test(e.message),
+      `${t} ${l}`,
+    );
+  }
 });
