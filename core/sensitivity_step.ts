@@ -25,7 +25,7 @@
  * @module
  */
 
-import { ShapeError } from "./errors.ts";
+import { InvalidValueError, ShapeError } from "./errors.ts";
 
 /**
  * Step kernel for one (layer, KV head): `group` query heads of dimension `headDim` over at most
@@ -85,14 +85,16 @@ export class SensitivityStep {
 
   /**
    * Runs the group's queries (head h at `queries[qOffset + h·d …]`) over positions 0..n−1 of
-   * row-major n × d keys and values.
+   * row-major n × d keys and values. Keys and values are not checked for NaN or ±Inf here:
+   * callers check them once per sequence, as analyzeHeadGroup does.
    *
    * @param queries the group's queries, `group · d` consecutive elements from qOffset
    * @param qOffset where head 0's query starts
    * @param keys at least n × d keys
    * @param values at least n × d values
    * @param n positions, 1 ≤ n ≤ capacity
-   * @throws ShapeError when n is out of range or an array is too short
+   * @throws ShapeError when n is out of range, qOffset is not an integer ≥ 0 or an array is too
+   *   short; InvalidValueError (with the index) when one of the group's queries is NaN or ±Inf
    */
   run(
     queries: Float32Array | Float64Array,
@@ -110,10 +112,22 @@ export class SensitivityStep {
         `keys/values have ${keys.length}/${values.length} elements, expected ≥ ${n * d}`,
       );
     }
-    if (qOffset < 0 || queries.length < qOffset + group * d) {
+    // A NaN or fractional offset passed the length check and read undefined: NaN outputs.
+    if (!Number.isInteger(qOffset) || qOffset < 0) {
+      throw new ShapeError(`query offset ${qOffset}, expected an integer ≥ 0`);
+    }
+    if (queries.length < qOffset + group * d) {
       throw new ShapeError(
         `queries has ${queries.length} elements, expected ≥ ${qOffset + group * d}`,
       );
+    }
+    // group·d reads against the run's 3·group·n·d multiply-adds. Checking keys and values here
+    // would cost n·d reads per run, a third of a one-head run.
+    for (let i = qOffset; i < qOffset + group * d; i++) {
+      const x = queries[i];
+      if (x - x !== 0) {
+        throw new InvalidValueError(`queries[${i}] is ${x}, expected a finite number`, i);
+      }
     }
     for (let h0 = 0; h0 < group; h0 += 4) {
       const heads = Math.min(4, group - h0);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { attentionWeights, headSensitivity } from "../../core/attention_sensitivity.ts";
-import { ShapeError } from "../../core/errors.ts";
+import { InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { SensitivityStep } from "../../core/sensitivity_step.ts";
 import { makeRng, randomArray } from "./_rng.ts";
 
@@ -107,4 +107,36 @@ Deno.test("SensitivityStep rejects bad sizes with ShapeError", () => {
     ["short queries", () => step.run(q, d, keys, values, n)],
   ];
   for (const [label, f] of bad) assert.throws(f, ShapeError, label);
+});
+
+Deno.test("SensitivityStep.run() rejects a NaN or fractional query offset and non-finite queries (were NaN outputs)", () => {
+  const rng = makeRng(42);
+  const d = 4, n = 5;
+  const keys = randomArray(rng, n * d), values = randomArray(rng, n * d);
+  const step = new SensitivityStep(n, d, 2);
+  for (const offset of [NaN, 1.5, -1]) {
+    assert.throws(
+      () => step.run(randomArray(rng, 3 * d), offset, keys, values, n),
+      (e) =>
+        e instanceof ShapeError &&
+        new RegExp(`query offset ${offset}, expected an integer ≥ 0`).test(e.message),
+      String(offset),
+    );
+  }
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    const q = randomArray(rng, 3 + 2 * d);
+    q[3 + d + 2] = bad; // head 1, element 2
+    assert.throws(
+      () => step.run(q, 3, keys, values, n),
+      (e) =>
+        e instanceof InvalidValueError && e.index === 9 &&
+        new RegExp(`queries\\[9\\] is ${bad}, expected a finite number`).test(e.message),
+      String(bad),
+    );
+  }
+  // Elements outside the group's queries are not read, so they may be anything.
+  const q = randomArray(rng, 3 + 2 * d);
+  q[0] = NaN;
+  step.run(q, 3, keys, values, n);
+  assert.ok(step.output.every(Number.isFinite));
 });
