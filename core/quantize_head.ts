@@ -31,7 +31,8 @@ import { ShapeError } from "./errors.ts";
  * @param d elements per token (head dimension)
  * @param format registered format name
  * @returns decoded values and per-element error bounds, both n × d token-major
- * @throws FormatError for an unknown format; ShapeError when x is shorter than n × d
+ * @throws FormatError for an unknown format; ShapeError when n is not an integer ≥ 0, d not an
+ *   integer ≥ 1 or x is shorter than n × d
  */
 export function quantizeHead(
   x: Float32Array,
@@ -39,6 +40,13 @@ export function quantizeHead(
   d: number,
   format: string,
 ): { decoded: Float32Array; bound: Float32Array } {
+  // A NaN n passed the length check and gave an empty result, a negative one a raw RangeError.
+  if (!Number.isInteger(n) || n < 0) {
+    throw new ShapeError(`tokens n is ${n}, expected an integer ≥ 0`);
+  }
+  if (!Number.isInteger(d) || d < 1) {
+    throw new ShapeError(`head dimension d is ${d}, expected an integer ≥ 1`);
+  }
   const spec = getFormat(format);
   if (x.length < n * d) throw new ShapeError(`x has ${x.length} elements, expected ${n * d}`);
   const decoded = new Float32Array(n * d), bound = new Float32Array(n * d);
@@ -89,8 +97,13 @@ export function quantizeHead(
  * @param d head dimension
  * @param format format name
  * @returns mean of the codec's per-element bounds
+ * @throws ShapeError when n is not an integer ≥ 1 (no elements: the mean was NaN) or as
+ *   {@linkcode quantizeHead}; FormatError for an unknown format
  */
 export function meanErrorBound(x: Float32Array, n: number, d: number, format: string): number {
+  if (!Number.isInteger(n) || n < 1) {
+    throw new ShapeError(`tokens n is ${n}, expected an integer ≥ 1`);
+  }
   const { bound } = quantizeHead(x, n, d, format);
   let s = 0;
   for (let i = 0; i < n * d; i++) s += bound[i];
