@@ -35,7 +35,7 @@
  * @module
  */
 
-import { ShapeError } from "./errors.ts";
+import { InvalidValueError, ShapeError } from "./errors.ts";
 import { attentionWeights } from "./attention_sensitivity.ts";
 import type { ModelWeights } from "./model/checkpoint.ts";
 import { matmul, matvec, rmsnorm, Rope, siluGate } from "./tensor.ts";
@@ -195,6 +195,7 @@ export interface GainEstimateOptions {
  * @param trace the exact run's activations
  * @param options perturbation size, trials and seed
  * @returns per layer the estimated gains
+ * @throws InvalidValueError for a size not finite and > 0 or trials not an integer ≥ 1
  */
 export function empiricalLayerGains(
   w: ModelWeights,
@@ -203,6 +204,13 @@ export function empiricalLayerGains(
 ): LayerGain[] {
   const c = w.config, n = trace.length, dim = c.dim;
   const rel = options.size ?? 1e-3, trials = options.trials ?? 4;
+  // A size of 0 or NaN moved nothing (gains 0/0 = NaN); no trials gave gains of 0.
+  if (!(rel > 0) || rel === Infinity) {
+    throw new InvalidValueError(`size is ${rel}, expected a finite number > 0`);
+  }
+  if (!Number.isInteger(trials) || trials < 1) {
+    throw new InvalidValueError(`trials is ${trials}, expected an integer ≥ 1`);
+  }
   const uniform = mulberry32(options.seed ?? 1);
   const rand = () => uniform() - 0.5;
   const rope = new Rope(c.headDim, c.seqLen);
@@ -280,7 +288,8 @@ function _headRows(
  * @param rowStart first row of the block (default 0)
  * @param rowCount rows of the block (default rows − rowStart)
  * @returns a number ≥ ‖A‖₂
- * @throws ShapeError when a is shorter than rows × cols
+ * @throws ShapeError when rows, cols, squarings, rowStart or rowCount is not an integer ≥ 0, the
+ *   block runs past the last row, or a is shorter than rows × cols
  */
 export function spectralNormUpper(
   a: ArrayLike<number>,
@@ -290,7 +299,22 @@ export function spectralNormUpper(
   rowStart = 0,
   rowCount = rows - rowStart,
 ): number {
-  if (a.length < rows * cols || rowStart + rowCount > rows) {
+  // NaN sizes skipped every row and returned 0, which bounds nothing; a negative rowStart read
+  // undefined elements and returned NaN.
+  const sizes = { rows, cols, squarings, rowStart, rowCount };
+  for (const [key, x] of Object.entries(sizes)) {
+    if (!Number.isInteger(x) || x < 0) {
+      throw new ShapeError(`${key} is ${x}, expected an integer ≥ 0`);
+    }
+  }
+  if (rowStart + rowCount > rows) {
+    const last = rowStart + rowCount - 1;
+    throw new ShapeError(
+      `rowStart ${rowStart} + rowCount ${rowCount}: rows ${rowStart}..${last} of a matrix of ` +
+        `${rows} rows`,
+    );
+  }
+  if (a.length < rows * cols) {
     throw new ShapeError(`matrix of ${a.length} elements, expected ${rows} × ${cols}`);
   }
   let m = new Float64Array(cols * cols);

@@ -6,6 +6,7 @@ import {
   traceResidualStream,
   withEmpiricalGains,
 } from "../../core/layer_lipschitz.ts";
+import { InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { parseCheckpoint } from "../../core/model/checkpoint.ts";
 import { cacheShape, Transformer } from "../../core/model/transformer.ts";
 import { Float32KVCache } from "../../core/model/kv_cache.ts";
@@ -46,6 +47,31 @@ Deno.test("spectralNormUpper() bounds power iteration from above within a small 
     const block = spectralNormUpper(a, rows, cols, 6, 2, 3);
     const sub = a.slice(2 * cols, 5 * cols);
     assert.ok(Math.abs(block - spectralNormUpper(sub, 3, cols)) <= 1e-12 * block);
+  }
+});
+
+Deno.test("spectralNormUpper() rejects sizes and row ranges that are not counts (was 0 or NaN)", () => {
+  const a = new Float32Array([3, 0, 0, 1, 2, 2]);
+  assert.ok(spectralNormUpper(a, 3, 2) >= 3);
+  assert.equal(spectralNormUpper(a, 0, 2), 0); // an empty matrix
+  const table: [number[], RegExp][] = [
+    [[NaN, 2], /rows is NaN, expected an integer ≥ 0/],
+    [[-1, 2], /rows is -1/],
+    [[3, 1.5], /cols is 1.5, expected an integer ≥ 0/],
+    [[3, 2, NaN], /squarings is NaN, expected an integer ≥ 0/],
+    [[3, 2, 6, -1], /rowStart is -1, expected an integer ≥ 0/],
+    [[3, 2, 6, NaN, 1], /rowStart is NaN/],
+    [[3, 2, 6, 1, 0.5], /rowCount is 0.5, expected an integer ≥ 0/],
+    [[3, 2, 6, 2, 2], /rows 2\.\.3 of a matrix of 3 rows/],
+    [[4, 2], /matrix of 6 elements, expected 4 × 2/],
+  ];
+  for (const [args, re] of table) {
+    const [rows, cols, ...rest] = args;
+    assert.throws(
+      () => spectralNormUpper(a, rows, cols, ...rest),
+      (e) => e instanceof ShapeError && re.test(e.message),
+      JSON.stringify(args.map(String)),
+    );
   }
 });
 
@@ -113,5 +139,28 @@ Deno.test("composeModelBound() is never below the realized logits error on the f
     assert.ok(est.logits >= realized, `empirical estimate ${est.logits} < ${realized}`);
     assert.ok(est.logits <= rigorous.logits, "the estimate is no looser than the bound");
     for (let l = 1; l < c.nLayers; l++) assert.ok(rigorous.residual[l] >= rigorous.residual[l - 1]);
+  }
+});
+
+Deno.test("empiricalLayerGains() rejects a size not > 0 or trials not ≥ 1 before any work (were gains of NaN or 0)", () => {
+  const trace = traceResidualStream(w, tokens.slice(0, 4));
+  const gains = empiricalLayerGains(w, trace, { trials: 1 });
+  assert.ok(gains.every((g) => g.layer > 0 && g.feedForward > 0));
+  // Without activations any work would be a TypeError: the options are checked first.
+  const empty = { ...trace, input: [], mid: [] };
+  const table: [Record<string, number>, RegExp][] = [
+    [{ size: 0 }, /size is 0, expected a finite number > 0/],
+    [{ size: NaN }, /size is NaN/],
+    [{ size: -1e-3 }, /size is -0.001/],
+    [{ size: Infinity }, /size is Infinity/],
+    [{ trials: 0 }, /trials is 0, expected an integer ≥ 1/],
+    [{ trials: 2.5 }, /trials is 2.5/],
+  ];
+  for (const [options, re] of table) {
+    assert.throws(
+      () => empiricalLayerGains(w, empty, options),
+      (e) => e instanceof InvalidValueError && re.test(e.message),
+      JSON.stringify(options),
+    );
   }
 });
