@@ -24,6 +24,7 @@
  * @module
  */
 
+import { getFormat } from "../codecs/format.ts";
 import { assertFinite, InvalidValueError, ShapeError } from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { meanErrorBound } from "./quantize_head.ts";
@@ -123,9 +124,7 @@ export function analyzeHeadGroup(
   const group = input.group ?? 1;
   const stride = input.queryStride ?? group * d;
   const qOff = input.queryOffset ?? 0;
-  const windows = [...(options.windows ?? DEFAULT_WINDOWS)];
-  const sinkTokens = options.sinkTokens ?? 4;
-  const recentWindow = options.recentWindow ?? 32;
+  const { windows, sinkTokens, recentWindow } = _analyzeSettings(options);
   if (!Number.isInteger(n) || n < 1) throw new ShapeError(`sequence length ${n}, expected ≥ 1`);
   if (!Number.isInteger(d) || d < 1) throw new ShapeError(`head dimension ${d}, expected ≥ 1`);
   if (keys.length < n * d) {
@@ -137,15 +136,6 @@ export function analyzeHeadGroup(
   const qNeed = (n - 1) * stride + qOff + group * d;
   if (queries.length < qNeed) {
     throw new ShapeError(`queries has ${queries.length} elements, expected ≥ ${qNeed}`);
-  }
-  for (const w of windows) {
-    if (!Number.isInteger(w) || w < 1) throw new ShapeError(`window size ${w}, expected ≥ 1`);
-  }
-  // NaN or negative settings gave zero or NaN sink and recent masses without a word.
-  for (const [key, x] of [["sinkTokens", sinkTokens], ["recentWindow", recentWindow]] as const) {
-    if (!Number.isInteger(x) || x < 0) {
-      throw new ShapeError(`${key} is ${x}, expected an integer ≥ 0`);
-    }
   }
   if (!Number.isInteger(qOff) || qOff < 0) {
     throw new ShapeError(`query offset ${qOff}, expected an integer ≥ 0`);
@@ -233,6 +223,30 @@ export function analyzeHeadGroup(
     recentMass,
     queryCount: group * n,
   };
+}
+
+/**
+ * The analysis options with their defaults; ShapeError unless every window size is an integer
+ * ≥ 1 and sinkTokens and recentWindow are integers ≥ 0.
+ */
+function _analyzeSettings(
+  options: AnalyzeOptions,
+): { windows: number[]; sinkTokens: number; recentWindow: number } {
+  const windows = [...(options.windows ?? DEFAULT_WINDOWS)];
+  const sinkTokens = options.sinkTokens ?? 4;
+  const recentWindow = options.recentWindow ?? 32;
+  for (const w of windows) {
+    if (!Number.isInteger(w) || w < 1) {
+      throw new ShapeError(`window size ${w}, expected an integer ≥ 1`);
+    }
+  }
+  // NaN or negative settings gave zero or NaN sink and recent masses without a word.
+  for (const [key, x] of [["sinkTokens", sinkTokens], ["recentWindow", recentWindow]] as const) {
+    if (!Number.isInteger(x) || x < 0) {
+      throw new ShapeError(`${key} is ${x}, expected an integer ≥ 0`);
+    }
+  }
+  return { windows, sinkTokens, recentWindow };
 }
 
 /** One calibration sequence's statistics, [layer][kvHead]. */
@@ -366,7 +380,9 @@ export function analyzeRecording(
  * @param sequences token ids, one array per calibration sequence (each non-empty)
  * @param options window sizes, summary settings and a progress callback
  * @returns the analysis
- * @throws ShapeError on an empty list or an empty sequence
+ * @throws ShapeError on an empty list or an empty sequence, or a window size, sinkTokens or
+ *   recentWindow out of range; FormatError for an unknown measured format (all before the model
+ *   runs)
  */
 export async function calibrate(
   model: CalibrationModel,
@@ -378,6 +394,10 @@ export async function calibrate(
   sequences.forEach((s, i) => {
     if (s.length === 0) throw new ShapeError(`calibration sequence ${i} is empty`);
   });
+  // Checked here, not only by analyzeHeadGroup and meanErrorBound, which run after every
+  // forward pass of the first sequence.
+  const settings = _analyzeSettings(options);
+  for (const f of options.measureFormats ?? []) getFormat(f);
   const maxSeqLen = Math.max(...sequences.map((s) => s.length));
   const full: KVCacheShape = { ...shape, maxSeqLen };
   const cache = new RecordingKVCache(full);
@@ -412,9 +432,7 @@ export async function calibrate(
   return {
     version: 1,
     shape: full,
-    windows: [...(options.windows ?? DEFAULT_WINDOWS)],
-    sinkTokens: options.sinkTokens ?? 4,
-    recentWindow: options.recentWindow ?? 32,
+    ...settings,
     sequences: out,
     ...(options.measureFormats?.length ? { formatErrors } : {}),
   };

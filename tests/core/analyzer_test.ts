@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { analyzeHeadGroup, calibrate, summarizeAnalysis } from "../../core/analyzer.ts";
 import { headSensitivity } from "../../core/attention_sensitivity.ts";
-import { InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
 import type { KVCache } from "../../core/model/kv_cache.ts";
 import { makeRng, randomArray } from "./_rng.ts";
 
@@ -167,4 +167,32 @@ Deno.test("analyzeHeadGroup() rejects summary settings and a query offset out of
       JSON.stringify([change, options]),
     );
   }
+});
+
+Deno.test("calibrate() rejects bad summary options and formats before running the model (was after every forward pass)", async () => {
+  const inner = new FakeModel(2, 4, 2, 4);
+  let calls = 0;
+  const model = {
+    forward: (
+      token: number,
+      pos: number,
+      cache: KVCache,
+    ) => (calls++, inner.forward(token, pos, cache)),
+  };
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 4 };
+  const table: [Record<string, unknown>, unknown, RegExp][] = [
+    [{ windows: [0] }, ShapeError, /window size 0, expected an integer ≥ 1/],
+    [{ windows: [4, 2.5] }, ShapeError, /window size 2.5/],
+    [{ sinkTokens: NaN }, ShapeError, /sinkTokens is NaN, expected an integer ≥ 0/],
+    [{ recentWindow: -1 }, ShapeError, /recentWindow is -1, expected an integer ≥ 0/],
+    [{ measureFormats: ["int8-g8-token", "int3"] }, FormatError, /unknown format "int3"/],
+  ];
+  for (const [options, cls, re] of table) {
+    await assert.rejects(
+      () => calibrate(model, shape, [[1, 2, 3]], options),
+      (e) => e instanceof (cls as typeof Error) && re.test((e as Error).message),
+      JSON.stringify(options),
+    );
+  }
+  assert.equal(calls, 0);
 });
