@@ -26,7 +26,9 @@
  *   { name: "fp16", kind: "fp16", bits: 16, bitsPerElement: 16 },
  * ];
  * const p = requiredBits(0.01, { epsilon: 1e-2, diameter: 2 }); // log2(4·0.01·4/0.01) = 4
- * if (selectFormat(p, formats).format.name !== "int4") throw new Error("int4 has 3.9 bits < 4");
+ * // int4 resolves log2(15) ≈ 3.91 bits < 4, so the cheapest format that meets p is fp16
+ * if (selectFormat(p, formats).format.name !== "fp16") throw new Error("int4 falls short of 4");
+ * if (selectFormat(3.5, formats).format.name !== "int4") throw new Error("int4 meets 3.5");
  * ```
  * @module
  */
