@@ -44,6 +44,7 @@ import {
   InvalidValueError,
   ShapeError,
 } from "./errors.ts";
+import { getFormat } from "../codecs/format.ts";
 import {
   allocateBudget,
   type BudgetProblem,
@@ -72,8 +73,11 @@ export interface PrecisionPlan {
   sinkTokens: number;
   /** Positions held at windowFormat before a tier is chosen. */
   recentWindow: number;
-  /** Storage of sinks and the window. */
-  windowFormat: "fp16" | "fp32";
+  /**
+   * Storage of sinks, window and the tokens awaiting eviction: "fp16", "fp32", or a token-axis
+   * format such as "int8-g8-token".
+   */
+  windowFormat: string;
   /** Per layer, per KV head: tiers sorted by minScore descending. */
   layers: { heads: { tiers: PrecisionTier[] }[] }[];
   /** How the plan was made (informational). */
@@ -106,8 +110,11 @@ export interface PlanOptions {
   sinkTokens?: number;
   /** Recent window (default 32; 0 for the no-window ablation). Must be one of analysis.windows. */
   recentWindow?: number;
-  /** Storage of sinks and window (default "fp16"). */
-  windowFormat?: "fp16" | "fp32";
+  /**
+   * Storage of sinks, window and tokens awaiting eviction (default "fp16"): a format that groups
+   * within a token (e.g. "int8-g8-token"), whose bits and measured error the mapper counts.
+   */
+  windowFormat?: string;
   /** Multiply sensitivities by the recency factor (default true). */
   recency?: boolean;
   /**
@@ -140,7 +147,7 @@ export interface Assignment {
   /** Value format names. */
   valueFormats: string[];
   /** Storage of sinks and window. */
-  windowFormat: "fp16" | "fp32";
+  windowFormat: string;
   /** Per sequence, [layer][kvHead]: format index per position (−1: window format). */
   sequences: { key: Int16Array; value: Int16Array }[][][];
 }
@@ -178,7 +185,16 @@ interface _Item {
   wV: number;
 }
 
-const _WINDOW_BITS = { fp16: 16, fp32: 32 } as const;
+// The window's format as the mapper sees it: bits and kind from the codecs' table.
+function _windowFormat(name: string): MapperFormat {
+  const spec = getFormat(name); // FormatError for an unknown name
+  if (spec.axis === "channel") {
+    throw new FormatError(
+      `windowFormat ${name} groups along tokens; the window holds whole tokens`,
+    );
+  }
+  return spec;
+}
 
 /**
  * Builds a precision plan from a calibration (see the module doc).
@@ -210,8 +226,7 @@ export function buildPrecisionPlan(
   const keyError = errTable("key", kF), valueError = errTable("value", vF);
   const keyBits = Float64Array.from(kF, (f) => f.bitsPerElement);
   const valueBits = Float64Array.from(vF, (f) => f.bitsPerElement);
-  const wBits = _WINDOW_BITS[o.windowFormat];
-  const fixed = _fixedStorage(analysis, o, wBits);
+  const fixed = _fixedStorage(analysis, o);
   const problem: BudgetProblem = {
     keyWeight: Float64Array.from(items, (it) => it.wK),
     valueWeight: Float64Array.from(items, (it) => it.wV),
@@ -370,7 +385,9 @@ export function validatePrecisionPlan(
   for (const key of ["sinkTokens", "recentWindow"] as const) {
     if (!Number.isInteger(p[key]) || p[key] < 0) throw bad(`${key} is ${p[key]}`);
   }
-  if (p.windowFormat !== "fp16" && p.windowFormat !== "fp32") {
+  try {
+    _windowFormat(p.windowFormat);
+  } catch {
     throw bad(`windowFormat is ${p.windowFormat}`);
   }
   if (!Array.isArray(p.layers) || p.layers.length === 0) throw bad("no layers");
@@ -468,9 +485,10 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     );
   }
   const windowFormat = options.windowFormat ?? "fp16";
-  if (!Object.hasOwn(_WINDOW_BITS, windowFormat)) {
-    throw new FormatError(`windowFormat is ${windowFormat}, expected "fp16" or "fp32"`);
+  if (typeof windowFormat !== "string") {
+    throw new FormatError(`windowFormat is ${windowFormat}, expected a format name`);
   }
+  _windowFormat(windowFormat);
   // Anything but the named values would silently act as one of them.
   const sensitivity = options.sensitivity ?? "curvature";
   if (sensitivity !== "curvature" && sensitivity !== "attention") {
@@ -610,19 +628,14 @@ function _items(analysis: Analysis, o: _Resolved): _Item[] {
   return items;
 }
 
-function _fixedStorage(analysis: Analysis, o: _Resolved, wBits: number) {
+function _fixedStorage(analysis: Analysis, o: _Resolved) {
   const { headDim: d } = analysis.shape;
   const q = _queries(analysis);
+  const wf = _windowFormat(o.windowFormat);
   let elements = 0, error = 0;
   for (const s of analysis.sequences) {
     s.heads.forEach((row, l) =>
       row.forEach((c, h) => {
-        const wf = {
-          name: o.windowFormat,
-          kind: o.windowFormat,
-          bits: wBits,
-          bitsPerElement: wBits,
-        };
         const eK = _errorOf(o, l, h, "key", wf), eV = _errorOf(o, l, h, "value", wf);
         for (let t = 0; t < c.length; t++) {
           if (t >= o.sinkTokens && t < c.length - o.recentWindow) continue;
@@ -633,7 +646,7 @@ function _fixedStorage(analysis: Analysis, o: _Resolved, wBits: number) {
       })
     );
   }
-  return { bits: elements * wBits, elements, error };
+  return { bits: elements * wf.bitsPerElement, elements, error };
 }
 
 function _fitTiers(

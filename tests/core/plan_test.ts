@@ -1,6 +1,12 @@
 import assert from "node:assert/strict";
 import { type Analysis, analyzeHeadGroup } from "../../core/analyzer.ts";
-import { CorruptDataError, FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
+import {
+  BudgetError,
+  CorruptDataError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+} from "../../core/errors.ts";
 import type { MapperFormat } from "../../core/mapper.ts";
 import {
   buildPrecisionPlan,
@@ -56,7 +62,8 @@ Deno.test("buildPrecisionPlan() rejects out-of-range options with typed errors n
     [{ recentWindow: NaN }, ShapeError, /recentWindow is NaN, expected an integer ≥ 0/],
     [{ sinkTokens: -1 }, ShapeError, /sinkTokens is -1, expected an integer ≥ 0/],
     [{ sinkTokens: 2.5 }, ShapeError, /sinkTokens is 2.5, expected an integer ≥ 0/],
-    [{ windowFormat: "int8" }, FormatError, /windowFormat is int8, expected "fp16" or "fp32"/],
+    [{ windowFormat: "int8" }, FormatError, /unknown format "int8"/],
+    [{ windowFormat: "int8-g8-channel" }, FormatError, /groups along tokens; the window holds/],
     [{ sensitivity: "grad" }, InvalidValueError, /sensitivity is grad, expected/],
     [{ aggregate: "median" }, InvalidValueError, /aggregate is median, expected "max" or "mean"/],
     [{ c: NaN, mode: "rule", epsilon: 1 }, InvalidValueError, /constant c is NaN/],
@@ -79,15 +86,15 @@ Deno.test("buildPrecisionPlan() rejects out-of-range options with typed errors n
       JSON.stringify(spoil),
     );
   }
-  // A window format outside the table also fails with a custom error model (was NaN bits).
+  // A window format outside the codecs' table also fails with a custom error model (was NaN bits).
   assert.throws(
     () =>
       buildPrecisionPlan(analysis, {
         ...BASE,
-        windowFormat: "bf16" as "fp16",
+        windowFormat: "bf17",
         errorModel: () => 0.1,
       }),
-    (e) => e instanceof FormatError && /windowFormat is bf16/.test(e.message),
+    (e) => e instanceof FormatError && /unknown format "bf17"/.test(e.message),
   );
 });
 
@@ -117,4 +124,29 @@ Deno.test("tierFor() rejects a NaN score instead of giving the cheapest tier", (
     () => tierFor(plan, 0, 0, NaN),
     (e) => e instanceof InvalidValueError && /score is NaN/.test(e.message),
   );
+});
+
+Deno.test("buildPrecisionPlan() counts a quantized window at its format's bits", () => {
+  const analysis = smallAnalysis();
+  const build = (windowFormat: string, bitsPerElement: number) =>
+    buildPrecisionPlan(analysis, { ...BASE, bitsPerElement, windowFormat, errorModel: () => 0.1 });
+  const int8 = build("int8-g8-token", 10).plan;
+  assert.equal(int8.windowFormat, "int8-g8-token");
+  assert.equal(
+    validatePrecisionPlan(JSON.parse(JSON.stringify(int8))).windowFormat,
+    int8.windowFormat,
+  );
+  // the cheapest allocation: 4 sinks + 8 window positions of 40 at the window format's bits
+  // (fp16 16, int8-g8-token 12 with its group's scale and minimum), the other 28 at int2's 6
+  const minimum = (windowFormat: string) => {
+    try {
+      build(windowFormat, 1);
+    } catch (e) {
+      if (e instanceof BudgetError && e.minimum !== undefined) return e.minimum;
+      throw e;
+    }
+    assert.fail("a budget of 1 bit is below every allocation");
+  };
+  assert.ok(Math.abs(minimum("fp16") - (12 * 16 + 28 * 6) / 40) < 1e-9, `${minimum("fp16")}`);
+  assert.ok(Math.abs(minimum("int8-g8-token") - (12 * 12 + 28 * 6) / 40) < 1e-9);
 });
