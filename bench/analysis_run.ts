@@ -149,7 +149,11 @@ export async function runAnalysis(inputs: AnalysisInputs): Promise<AnalysisResul
   const windowStudy = [plan.recentWindow / 2, plan.recentWindow, plan.recentWindow * 2].flatMap(
     (w) => {
       try {
-        const r = kvprecPlan(analysis, target, { ...options, recentWindow: w }).report;
+        const r = kvprecPlan(analysis, target, {
+          ...options,
+          recentWindow: w,
+          windowFormat: plan.windowFormat,
+        }).report;
         return [{ recentWindow: w, ...r.plan }];
       } catch {
         return [];

@@ -113,7 +113,11 @@ for (const row of rows) {
   results.push(r);
   const floor =
     (row.fitted?.withinBudget === false ? " [below the cache's floor: cheapest plan]" : "") +
-    (row.fitted?.candidates ? ` [${row.plan?.meta?.sensitivity}]` : "");
+    (row.fitted?.candidates
+      ? ` [${row.plan?.meta?.sensitivity}${
+        row.plan?.windowFormat === "fp16" ? "" : `, ${row.plan?.windowFormat} window`
+      }]`
+      : "");
   console.log([
     row.name + floor,
     r.bitsPerElement.toFixed(3),
@@ -163,15 +167,20 @@ if (uniform.length > 0 && kvprec.length > 0) {
     );
   }
 }
-// How each budget row chose its sensitivity: the candidates' mean KL on the calibration lines.
+// How each budget row chose its sensitivity and window format: the candidates' mean KL on the
+// calibration lines.
 const chosen = rows.filter((r) => r.fitted?.candidates);
 if (chosen.length > 0) {
-  console.log("\nsensitivity of the budget rows, chosen by mean KL on the calibration lines:");
+  console.log(
+    "\nsensitivity and window format of the budget rows, chosen by mean KL on the calibration lines:",
+  );
   for (const r of chosen) {
     const c = r.fitted!.candidates!.map((x) =>
-      `${x.sensitivity} ${x.meanKl.toExponential(2)} (${x.bits.toFixed(2)} b)`
+      `${x.sensitivity}/${x.windowFormat} ${x.meanKl.toExponential(2)} (${x.bits.toFixed(2)} b)`
     );
-    console.log(`  ${r.name}: ${c.join(", ")} → ${r.plan?.meta?.sensitivity}`);
+    console.log(
+      `  ${r.name}: ${c.join(", ")} → ${r.plan?.meta?.sensitivity}/${r.plan?.windowFormat}`,
+    );
   }
 }
 if (jsonPath) {

@@ -109,6 +109,16 @@ export function calibrateModel(
   );
 }
 
+/**
+ * Formats of sinks, window and the tokens awaiting eviction that a budget target chooses between:
+ * fp16, or int8 per token in groups of 8 (12 bits with each group's fp16 scale and minimum). On the
+ * fixture (`deno task eval --only "kvprec budget"` with each forced) int8 frees about 0.4 b of the
+ * eviction ring for codes and lowers mean KL at 5.4 b from 9.1e-3 to 4.0e-3, while at 8.4 b its own
+ * error (KL 9.2e-4) outweighs what the bits buy (fp16: 6.4e-5): so a budget fits both and keeps
+ * the one with the lower KL on the calibration lines.
+ */
+export const WINDOW_FORMATS: readonly string[] = ["fp16", "int8-g8-token"];
+
 /** Window, sinks and ablation switches of a kvprec plan. */
 export interface KvprecOptions {
   /** Sink tokens (default SINK_TOKENS; 0 = the no-sinks ablation). */
@@ -123,6 +133,12 @@ export interface KvprecOptions {
    * curvature.
    */
   sensitivity?: Sensitivity;
+  /**
+   * Storage of sinks, window and tokens awaiting eviction. Unset: a budget target fits a plan with
+   * each of WINDOW_FORMATS (that the head dimension can group) and keeps the lower calibration KL;
+   * the precision rule uses fp16.
+   */
+  windowFormat?: string;
 }
 
 /** What ranks positions for bits: the curvature measures of the analyzer, or attention alone. */
@@ -132,8 +148,9 @@ export type Sensitivity = "curvature" | "attention";
 export const SENSITIVITIES: readonly Sensitivity[] = ["curvature", "attention"];
 
 /**
- * Sinks and window a target uses unless told otherwise: a budget pays them at 16 bits, so budgets
- * keep them small (2 sinks, 8 recent tokens); the precision rule keeps 4 and 32.
+ * Sinks and window a target uses unless told otherwise: a budget pays them at the window format's
+ * bits (16 or 12), so budgets keep them small (2 sinks, 8 recent tokens); the precision rule keeps
+ * 4 and 32.
  * @param target ε or budget
  * @returns the options
  */
@@ -163,6 +180,7 @@ export function kvprecPlan(
     valueFormats: VALUE_FORMATS.map(getFormat),
     sinkTokens: o.sinkTokens ?? SINK_TOKENS,
     recentWindow: o.recentWindow ?? RECENT_WINDOW,
+    windowFormat: o.windowFormat ?? "fp16",
     recency: o.recency ?? true,
     sensitivity: o.sensitivity ?? "curvature",
   });
@@ -179,10 +197,23 @@ export interface FittedPlan {
   /** Budget targets: whether the measured bits are within the budget (false: below the floor). */
   withinBudget?: boolean;
   /**
-   * Budget targets with the sensitivity unset: each candidate's mean KL against the FP32 cache on
-   * the calibration lines (teacher-forced) and its measured bits; the plan is the lowest KL.
+   * Budget targets with the sensitivity or window format unset: each candidate's mean KL against
+   * the FP32 cache on the calibration lines (teacher-forced) and its measured bits; the plan is the
+   * lowest KL.
    */
-  candidates?: { sensitivity: Sensitivity; meanKl: number; bits: number }[];
+  candidates?: PlanCandidate[];
+}
+
+/** One plan a budget target fitted and measured on the calibration lines. */
+export interface PlanCandidate {
+  /** What ranked positions for bits. */
+  sensitivity: Sensitivity;
+  /** Storage of sinks, window and tokens awaiting eviction. */
+  windowFormat: string;
+  /** Mean KL against the FP32 cache on the calibration lines. */
+  meanKl: number;
+  /** Bits per element the cache held there. */
+  bits: number;
 }
 
 /**
@@ -228,11 +259,18 @@ export async function kvprecFittedPlan(
     );
     return { ...fit.plan, calibrationBits: fit.measuredBits, withinBudget: fit.withinBudget };
   };
-  if (options.sensitivity !== undefined) return await fitTo(options);
-  // which measure ranks positions better is an empirical question per model: fit a plan with
-  // each and keep the one whose cache moves the next-token distributions least on the calibration
-  // lines (analyze evaluates other lines; deno task eval's 19 lines include these 2, as they
-  // include the calibration itself)
+  // which measure ranks positions better, and which window format pays for its bits, are
+  // empirical questions per model and budget: fit a plan with each and keep the one whose cache
+  // moves the next-token distributions least on the calibration lines (analyze evaluates other
+  // lines; deno task eval's 19 lines include these 2, as they include the calibration itself)
+  const d = model.config.headDim;
+  const sensitivities = options.sensitivity ? [options.sensitivity] : SENSITIVITIES;
+  const windowFormats = options.windowFormat
+    ? [options.windowFormat]
+    : WINDOW_FORMATS.filter((f) => d % getFormat(f).group === 0);
+  if (sensitivities.length * windowFormats.length === 1) {
+    return await fitTo({ ...options, windowFormat: windowFormats[0] });
+  }
   const reference = await referenceRun(
     model,
     new Float32KVCache(shape),
@@ -240,15 +278,17 @@ export async function kvprecFittedPlan(
     model.config.seqLen,
   );
   let best: FittedPlan | undefined, bestKl = Infinity;
-  const candidates: NonNullable<FittedPlan["candidates"]> = [];
-  for (const sensitivity of SENSITIVITIES) {
-    const fitted = await fitTo({ ...options, sensitivity });
-    const cache = new MixedPrecisionKVCache(shape, planPolicy(fitted.plan, "fit"), {
-      backend: "wasm",
-    });
-    const { meanKl } = await compareCache(model, cache, reference);
-    candidates.push({ sensitivity, meanKl, bits: fitted.calibrationBits });
-    if (meanKl < bestKl) [best, bestKl] = [fitted, meanKl];
+  const candidates: PlanCandidate[] = [];
+  for (const windowFormat of windowFormats) {
+    for (const sensitivity of sensitivities) {
+      const fitted = await fitTo({ ...options, sensitivity, windowFormat });
+      const cache = new MixedPrecisionKVCache(shape, planPolicy(fitted.plan, "fit"), {
+        backend: "wasm",
+      });
+      const { meanKl } = await compareCache(model, cache, reference);
+      candidates.push({ sensitivity, windowFormat, meanKl, bits: fitted.calibrationBits });
+      if (meanKl < bestKl) [best, bestKl] = [fitted, meanKl];
+    }
   }
   return { ...best!, candidates };
 }

@@ -196,10 +196,13 @@ perplexity ${fmt(kv.perplexity, 4)}${
     ref ? ` (${fmt(100 * (kv.perplexity / ref.perplexity - 1), 2)}% vs FP32)` : ""
   }, greedy match ${fmt(100 * kv.greedyMatch, 0)}%.</b>
 Predicted on the calibration data: ${fmt(a.predicted.plan.bitsPerElement)} bits per element.
-Positions ranked by ${escapeHtml(String(a.plan.meta?.sensitivity ?? "curvature"))}${
+Positions ranked by ${escapeHtml(String(a.plan.meta?.sensitivity ?? "curvature"))}, sinks and
+window kept at ${escapeHtml(a.plan.windowFormat)}${
     a.sensitivities
       ? ` (mean KL on the calibration lines: ${
-        a.sensitivities.map((c) => `${c.sensitivity} ${c.meanKl.toExponential(2)}`).join(", ")
+        a.sensitivities.map((c) =>
+          `${escapeHtml(`${c.sensitivity}/${c.windowFormat}`)} ${c.meanKl.toExponential(2)}`
+        ).join(", ")
       })`
       : ""
   }.</p>

@@ -12,6 +12,7 @@ import {
   DeviceError,
   generateGreedy,
   type GpuDevice,
+  gpuPolicyFor,
   MixedPrecisionKVCache,
   requestGpu,
 } from "../mod.ts";
@@ -103,16 +104,22 @@ console.log("\n== where the plan runs");
 const chosen = await createKVCache(cacheShape(c), planPolicy(a.plan, a.kvprecRow));
 console.log(`auto: ${chosen.reason}`);
 chosen.destroy();
-// the GPU cache holds the same plan as written (tiers, fp16 window): same tokens, same formats
+// the GPU cache holds the same plan as written (tiers, an fp16 or fp32 window): same tokens, same
+// formats; a plan that keeps its window in another format runs on WebAssembly
+const policy = planPolicy(a.plan, a.kvprecRow);
+const notOnGpu = gpuPolicyFor(policy);
 let gpu: GpuDevice | undefined;
-try {
-  gpu = await requestGpu();
-} catch (e) {
-  if (!(e instanceof DeviceError)) throw e;
-  console.log(`no WebGPU here (${e.message}): the plan runs on WebAssembly`);
+if (typeof notOnGpu === "string") {
+  console.log(`GPU: not this plan (${notOnGpu})`);
+} else {
+  try {
+    gpu = await requestGpu();
+  } catch (e) {
+    if (!(e instanceof DeviceError)) throw e;
+    console.log(`no WebGPU here (${e.message}): the plan runs on WebAssembly`);
+  }
 }
 if (gpu) {
-  const policy = planPolicy(a.plan, a.kvprecRow);
   const onGpu = await createKVCache(cacheShape(c), policy, { backend: "gpu", gpu });
   const wasm = new MixedPrecisionKVCache(cacheShape(c), policy, { backend: "wasm" });
   const prompt = tokenizer.encode("Once upon a time");

@@ -1,5 +1,6 @@
-// kvprecFittedPlan's choice of sensitivity for a budget: both candidates fitted and measured on the
-// calibration lines, the lower mean KL kept, and its figures what an independent measurement gives.
+// kvprecFittedPlan's choice of sensitivity and window format for a budget: every candidate fitted
+// and measured on the calibration lines, the lowest mean KL kept, and its figures what an
+// independent measurement gives.
 import assert from "node:assert/strict";
 import {
   calibrateModel,
@@ -7,6 +8,7 @@ import {
   kvprecFittedPlan,
   planPolicy,
   SENSITIVITIES,
+  WINDOW_FORMATS,
 } from "../../bench/kvprec_rows.ts";
 import {
   cacheShape,
@@ -18,7 +20,7 @@ import {
 } from "../../mod.ts";
 import { loadFixture } from "../_fixtures.ts";
 
-Deno.test("a budget plan keeps the sensitivity with the lower calibration KL; a fixed one is kept", async () => {
+Deno.test("a budget plan keeps the sensitivity and window format with the lowest calibration KL; fixed ones are kept", async () => {
   const { model, sequences } = await loadFixture();
   const calibration = calibrationSequences([sequences.at(-1)!], [96, 192]);
   const line = calibration.at(-1)!;
@@ -27,9 +29,15 @@ Deno.test("a budget plan keeps the sensitivity with the lower calibration KL; a 
   const fitted = await kvprecFittedPlan(model, analysis, calibration, { budget: 6.5 }, options);
 
   const candidates = fitted.candidates!;
-  assert.deepEqual(candidates.map((c) => c.sensitivity), SENSITIVITIES);
+  assert.deepEqual(
+    candidates.map((c) => `${c.windowFormat} ${c.sensitivity}`),
+    WINDOW_FORMATS.flatMap((w) => SENSITIVITIES.map((s) => `${w} ${s}`)),
+  );
   const best = candidates.reduce((a, b) => (b.meanKl < a.meanKl ? b : a));
   assert.equal(fitted.plan.meta?.sensitivity, best.sensitivity);
+  assert.equal(fitted.plan.windowFormat, best.windowFormat);
+  // each window format's bits are its own: the int8 window frees bits the fit gives to codes
+  for (const c of candidates) assert.ok(c.bits <= 6.5 + 1e-9, `${c.windowFormat} ${c.bits} b`);
   assert.equal(fitted.calibrationBits, best.bits);
   for (const c of candidates) assert.ok(c.meanKl > 0 && Number.isFinite(c.meanKl), `${c.meanKl}`);
 
@@ -44,10 +52,13 @@ Deno.test("a budget plan keeps the sensitivity with the lower calibration KL; a 
   const fixed = await kvprecFittedPlan(model, analysis, calibration, { budget: 6.5 }, {
     ...options,
     sensitivity: "attention",
+    windowFormat: "int8-g8-token",
   });
   assert.equal(fixed.candidates, undefined);
   assert.equal(fixed.plan.meta?.sensitivity, "attention");
+  assert.equal(fixed.plan.windowFormat, "int8-g8-token");
   const rule = await kvprecFittedPlan(model, analysis, calibration, { epsilon: 1 });
   assert.equal(rule.candidates, undefined);
   assert.equal(rule.plan.meta?.sensitivity, "curvature");
+  assert.equal(rule.plan.windowFormat, "fp16");
 });
