@@ -5,8 +5,7 @@
 // over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
 // on the text's last two lines, as `deno task analyze` does).
 // --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (every row, each
-// followed by the WASM cache's perplexity under the same policy; budget plans then keep fp16
-// windows, as the GPU cache does, instead of choosing between fp16 and int8).
+// followed by the WASM cache's perplexity under the same policy).
 // Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
 //                       [--eps E]... [--budget B]... [--breakdown]
 // --breakdown: under each CPU row, where its bits go (pages, page tables, ring, window scores, sinks),
@@ -86,13 +85,7 @@ const specs: PlanRowSpec[] = [
     target,
     options: defaultPlanOptions(target),
   })),
-].filter((s) => matches(s.name))
-  // the GPU cache keeps windows at fp16 or fp32: on the GPU, budget plans fit fp16 windows only
-  .map((s) =>
-    backend === "gpu" && "budget" in s.target
-      ? { ...s, options: { ...s.options, windowFormat: "fp16" } }
-      : s
-  );
+].filter((s) => matches(s.name));
 rows.push(...(await planRows(model, sequences, specs)));
 const header = [
   "configuration",

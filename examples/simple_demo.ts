@@ -104,8 +104,8 @@ console.log("\n== where the plan runs");
 const chosen = await createKVCache(cacheShape(c), planPolicy(a.plan, a.kvprecRow));
 console.log(`auto: ${chosen.reason}`);
 chosen.destroy();
-// the GPU cache holds the same plan as written (tiers, an fp16 or fp32 window): same tokens, same
-// formats; a plan that keeps its window in another format runs on WebAssembly
+// the GPU cache holds the same plan as written (tiers, its window format): same tokens, same
+// formats; a plan whose window it cannot keep (say bf16) runs on WebAssembly
 const policy = planPolicy(a.plan, a.kvprecRow);
 const notOnGpu = gpuPolicyFor(policy);
 let gpu: GpuDevice | undefined;

@@ -4,9 +4,10 @@
  * re-quantizing; {@linkcode GpuKVCache.readPage} returns them.
  *
  * Per layer and KV head the cache holds: the first `sinkTokens` positions and a ring of the most
- * recent ones in a staging buffer at the window format (fp32, or fp16 as the CPU cache keeps it by
- * default: rounded on the host, read by the kernels through the fp16 decoder and the quantize
- * kernel's fp16 source), and older positions in pages of `pageTokens` tokens in
+ * recent ones in a staging buffer at the window format (fp32; fp16 as the CPU cache keeps it by
+ * default; or a per-token int format such as int8-g8-token, a budget plan's choice: encoded on the
+ * host as the CPU cache encodes it, read by the kernels through the format's decoder and by the
+ * quantize kernel as its source), and older positions in pages of `pageTokens` tokens in
  * one pool buffer. After each append, while at least `windowTokens + chunk` recent positions are
  * held, the oldest `chunk` of them are quantized on the GPU into the open page of their format
  * pair (chunk = the largest channel-axis group of every format, else 1, so channel groups are
@@ -157,7 +158,7 @@ export class GpuKVCache implements KVCache {
   readonly #pipelines: PipelineCache;
   readonly #attention: PagedAttention;
   readonly #choose: CachePolicy;
-  /** Format of sinks and ring, and its codec (host-side rounding of fp16 windows). */
+  /** Format of sinks and ring, and its codec (host-side encoding of fp16 and int windows). */
   readonly #window: FormatSpec;
   readonly #windowCodec: Codec;
   /** Words per position of the window format in the staging buffer. */
@@ -214,10 +215,13 @@ export class GpuKVCache implements KVCache {
     this.pairs = this.#choose.pairs();
     const d = shape.headDim;
     const wf = this.policy.windowFormat;
-    if (wf === "fp16" && d % 2 !== 0) {
-      throw new ShapeError(`an fp16 window packs two elements a word; headDim ${d} is odd`);
-    }
     this.#window = getFormat(wf);
+    if (d % this.#window.group !== 0) {
+      // each head's slot holds whole groups (fp16 packs two elements a word: its group is 2)
+      throw new ShapeError(
+        `a ${wf} window holds groups of ${this.#window.group}; headDim ${d} is not a multiple`,
+      );
+    }
     this.#windowCodec = tsCodec(wf);
     this.#slotWords = wordsForLength(this.#window, d);
     let chunk = 1;
@@ -341,7 +345,7 @@ export class GpuKVCache implements KVCache {
 
   // the quantize kernel reading this cache's staging buffer
   #quantizeProgram(spec: FormatSpec) {
-    return quantizeProgram(spec, this.#window.kind === "fp16" ? "fp16" : "f32");
+    return quantizeProgram(spec, this.#window.kind === "fp32" ? "f32" : this.#window);
   }
 
   length(layer: number): number {

@@ -20,6 +20,7 @@
  */
 
 import { FormatError, ShapeError } from "../core/errors.ts";
+import { getFormat } from "../codecs/format.ts";
 import {
   type CachePolicy,
   checkPolicyShape,
@@ -37,10 +38,12 @@ export interface GpuWindowPolicy {
   /** Most recent positions kept at full precision (default 64). */
   windowTokens?: number;
   /**
-   * Storage of sinks, window and the positions awaiting eviction: "fp32" (default) or "fp16"
-   * (the CPU cache's default; values rounded to fp16 as the CPU cache rounds them).
+   * Storage of sinks, window and the positions awaiting eviction: "fp32" (default), "fp16" (the CPU
+   * cache's default), or an asymmetric int format grouped per token such as "int8-g8-token" (a
+   * budget plan's choice at tight budgets). Values are encoded on the host as the CPU cache
+   * encodes them, and the kernels read them through the format's decoder.
    */
-  windowFormat?: "fp32" | "fp16";
+  windowFormat?: string;
 }
 
 /** One format pair for every paged position. */
@@ -99,16 +102,31 @@ export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
       );
     }
   }
-  const wf = policy.windowFormat;
-  if (wf !== "fp32" && wf !== "fp16") {
-    throw new FormatError(`window format ${wf}: the GPU cache keeps fp32 or fp16 windows`);
-  }
+  const why = _windowUnfit(policy.windowFormat);
+  if (why) throw new FormatError(`window format ${policy.windowFormat}: ${why}`);
   return policy;
+}
+
+// Why the GPU cache cannot keep sinks, window and ring in a format, or "" when it can: fp32, fp16,
+// or an asymmetric int format grouped per token (its host encoder and GPU decoder agree bit for
+// bit, so the GPU's eviction re-encodes exactly what the CPU cache's would)
+function _windowUnfit(name: string): string {
+  if (name === "fp32" || name === "fp16") return "";
+  let spec;
+  try {
+    spec = getFormat(name);
+  } catch {
+    return `unknown format ${JSON.stringify(name)}`;
+  }
+  return spec.kind === "int" && spec.axis === "token"
+    ? ""
+    : "the GPU cache keeps them at fp32, fp16 or an int format grouped per token";
 }
 
 /**
  * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
- * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32 or fp16.
+ * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32, fp16 or an
+ * int format grouped per token.
  * Uniform and tiered policies (PrecisionPlans) both run there.
  *
  * @param policy the policy
@@ -123,12 +141,13 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
   // the window format also holds the tokens waiting for a whole channel group, so it matters even
   // without sinks and window
   const windowFormat = policy.windowFormat;
-  if (windowFormat !== "fp32" && windowFormat !== "fp16") {
+  const why = _windowUnfit(windowFormat);
+  if (why) {
     return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
-      `${windowFormat}; the GPU cache keeps them at fp32 or fp16`;
+      `${windowFormat}; ${why}`;
   }
   const window = {
-    windowFormat: windowFormat as "fp32" | "fp16",
+    windowFormat,
     pageTokens: policy.pageTokens,
     sinkTokens: policy.sinkTokens,
     windowTokens: policy.recentWindow,

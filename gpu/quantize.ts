@@ -31,18 +31,23 @@ import { assertFinite } from "../core/errors.ts";
 import { checkLength, type FormatSpec, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
-import { formatShaderKey, WGSL_CODEC_HELPERS, wgslGroupEncoder } from "./wgsl_format.ts";
+import {
+  formatShaderKey,
+  WGSL_CODEC_HELPERS,
+  wgslDecoder,
+  wgslGroupEncoder,
+} from "./wgsl_format.ts";
 import { bufferFrom, computeAndRead } from "./_io.ts";
 
 /** Invocations per workgroup of the quantize kernel. */
 const WG = 64;
 
 /**
- * Where the quantize kernel reads its f32 values from: an array<f32>, or an array<u32> of fp16
- * halves (element e is half e & 1 of word e >> 1, as the fp16 format packs them: the GPU cache's
- * fp16 window).
+ * Where the quantize kernel reads its f32 values from: an array<f32>, or an array<u32> of words of
+ * a per-token format, read back element by element as its decoder reads them (the GPU cache's
+ * window: "fp16", halves e & 1 of word e >> 1; or e.g. int8-g8-token).
  */
-export type QuantizeSource = "f32" | "fp16";
+export type QuantizeSource = "f32" | "fp16" | FormatSpec;
 
 /**
  * The quantize kernel for one format. Bindings: 0 `src` (read; array<f32>, or array<u32> of fp16
@@ -55,9 +60,16 @@ export type QuantizeSource = "f32" | "fp16";
  * @returns the program
  */
 export function quantizeProgram(spec: FormatSpec, source: QuantizeSource = "f32"): GpuProgram {
-  const load = source === "f32" ? (i: string) => `src[${i}]` : (i: string) => `_half(${i})`;
+  if (typeof source !== "string" && source.kind === "fp16") source = "fp16";
+  const decoded = typeof source === "string" ? undefined : source;
+  const load = source === "f32"
+    ? (i: string) => `src[${i}]`
+    : decoded
+    ? (i: string) => `_src_at(0u, ${i})`
+    : (i: string) => `_half(${i})`;
+  const key = source === "f32" ? "" : decoded ? `:src-${formatShaderKey(decoded)}` : ":src-fp16";
   return {
-    shaderKey: `quantize:${formatShaderKey(spec)}${source === "f32" ? "" : ":src-fp16"}`,
+    shaderKey: `quantize:${formatShaderKey(spec)}${key}`,
     workgroupSize: WG,
     source: () =>
       `${WGSL_CODEC_HELPERS}
@@ -67,6 +79,8 @@ export function quantizeProgram(spec: FormatSpec, source: QuantizeSource = "f32"
 ${
         source === "f32"
           ? ""
+          : decoded
+          ? wgslDecoder(decoded, "_src_at", "src")
           : "fn _half(e: u32) -> f32 { return _f16_bits_to_f32((src[e >> 1u] >> ((e & 1u) * 16u)) & 0xffffu); }"
       }
 ${wgslGroupEncoder(spec, "encode_group", load, "dst")}

@@ -32,7 +32,7 @@ const notReady: [string, CachePolicy, RegExp][] = [
   [
     "a tiered policy with a bf16 window",
     tiered("bf16"),
-    /keeps sinks, window and tokens awaiting eviction at bf16; the GPU cache keeps them at fp32 or fp16/,
+    /keeps sinks, window and tokens awaiting eviction at bf16; the GPU cache keeps them at fp32, fp16 or an int format grouped per token/,
   ],
   [
     // no sinks or window, but channel-axis keys wait at bf16 for a whole group of 16 tokens
@@ -163,7 +163,7 @@ Deno.test("createKVCache(gpu) attends as the WASM cache does under the same poli
   assert.equal(env.gpu.lost, false);
 });
 
-for (const windowFormat of ["fp32", "fp16"]) {
+for (const windowFormat of ["fp32", "fp16", "int8-g8-token"]) {
   Deno.test(`createKVCache(gpu) runs a tiered policy as the WASM cache does: same tiers, same outputs (${windowFormat} window)`, async () => {
     const env = await testGpu();
     if (!env) return;

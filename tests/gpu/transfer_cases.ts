@@ -58,7 +58,7 @@ async function step(
 }
 
 for (const [name, policy] of policies) {
-  for (const windowFormat of ["fp32", "fp16"]) {
+  for (const windowFormat of ["fp32", "fp16", "int8-g8-token"]) {
     Deno.test(`GpuKVCache.toCpu() / fromCpu() move the cache as stored: ${name}, ${windowFormat} window`, async () => {
       const env = await testGpu();
       if (!env) return;
