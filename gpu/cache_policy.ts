@@ -108,8 +108,9 @@ export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
 }
 
 // Why the GPU cache cannot keep sinks, window and ring in a format, or "" when it can: fp32, fp16,
-// or an asymmetric int format grouped per token (its host encoder and GPU decoder agree bit for
-// bit, so the GPU's eviction re-encodes exactly what the CPU cache's would)
+// or an asymmetric int format grouped per token (decoded on the GPU as the CPU decodes it, so the
+// GPU's eviction re-encodes what the CPU cache's would: word for word on llvmpipe; gpu/NOTES.md on
+// compilers that fuse the decoder's multiply-add)
 function _windowUnfit(name: string): string {
   if (name === "fp32" || name === "fp16") return "";
   let spec;
