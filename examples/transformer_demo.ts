@@ -35,13 +35,12 @@ console.log(
   } tokens, ${a.seconds.calibrate.toFixed(1)} s`,
 );
 
-// One character per format, fewest bits first; '#' is the full-precision window format.
+// One character per format, fewest bits first; '#' is the format of sinks and window.
 const formats = a.heatmap.formats;
+const windowPair = `${a.plan.windowFormat}|${a.plan.windowFormat}`;
 const order = [...formats.keys()].sort((x, y) => pairBits(formats[x]) - pairBits(formats[y]));
-const glyphs = "123456789abcdef";
-const glyph = new Map(
-  order.map((f, i) => [f, formats[f].startsWith("fp16|fp16") ? "#" : glyphs[i]]),
-);
+const glyphs = "123456789abcdefghijklmnopqrstuvwxyz";
+const glyph = new Map(order.map((f, i) => [f, formats[f] === windowPair ? "#" : glyphs[i]]));
 const width = 64;
 console.log(
   `\nprecision across positions (${width} buckets, the most frequent format per bucket):`,
@@ -86,13 +85,14 @@ console.log(
 console.log("\nrecommendations:");
 const meanCurv = a.layers.reduce((s, l) => s + l.meanCurvature, 0) / a.layers.length;
 for (const l of a.layers) {
-  const fp16 = l.tokensByFormat["fp16|fp16"] ?? 0;
+  const wf = a.plan.windowFormat; // sinks and window: fp16, or int8 when the budget chose it
+  const held = l.tokensByFormat[`${wf}|${wf}`] ?? 0;
   const total = Object.values(l.tokensByFormat).reduce((x, y) => x + y, 0);
   if (l.meanCurvature > 1.2 * meanCurv) {
     console.log(
       `- layer ${l.layer} needs more precision: mean curvature ${
         (l.meanCurvature / meanCurv).toFixed(2)
-      }× the model average; ${(100 * fp16 / total).toFixed(0)}% of its positions stay at fp16`,
+      }× the model average; ${(100 * held / total).toFixed(0)}% of its positions stay at ${wf}`,
     );
   } else if (l.meanCurvature < 0.8 * meanCurv) {
     console.log(
