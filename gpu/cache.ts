@@ -18,7 +18,7 @@
  * merge kernel writes beside the outputs. Attention runs the fused flash-decoding kernels over
  * sinks, ring and every pool's pages of all KV heads of a layer in one submission, and reads back
  * only the output vectors (and log-sum-exps). The pages of each format pair live in one buffer that
- * grows with them (doubling, contents copied on the GPU; gpu/page_slots.ts), so GPU memory follows
+ * grows with them (by a quarter, contents copied on the GPU; gpu/page_slots.ts), so GPU memory follows
  * the bits the policy really spends; every other buffer is allocated once, at creation.
  *
  * Browser compatible.
