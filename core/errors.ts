@@ -97,3 +97,21 @@ export function assertFinite(x: ArrayLike<number>, what: string): void {
     }
   }
 }
+
+/**
+ * Checks the settings of a random perturbation estimate: a relative size that is a finite number
+ * > 0 (0 or NaN moves nothing: gains of 0/0) and a whole number of trials ≥ 1 (none gives gains of
+ * 0). Shared by the layer-gain and attention-gain estimates.
+ *
+ * @param size relative perturbation size
+ * @param trials random perturbations averaged
+ * @throws {InvalidValueError} naming the setting out of range
+ */
+export function checkPerturbation(size: number, trials: number): void {
+  if (!(size > 0) || size === Infinity) {
+    throw new InvalidValueError(`size is ${size}, expected a finite number > 0`);
+  }
+  if (!Number.isInteger(trials) || trials < 1) {
+    throw new InvalidValueError(`trials is ${trials}, expected an integer ≥ 1`);
+  }
+}

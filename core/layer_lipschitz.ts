@@ -35,7 +35,7 @@
  * @module
  */
 
-import { InvalidValueError, ShapeError } from "./errors.ts";
+import { checkPerturbation, ShapeError } from "./errors.ts";
 import { attentionWeights } from "./attention_sensitivity.ts";
 import type { ModelWeights } from "./model/checkpoint.ts";
 import { matmul, matvec, rmsnorm, Rope, siluGate } from "./tensor.ts";
@@ -204,13 +204,7 @@ export function empiricalLayerGains(
 ): LayerGain[] {
   const c = w.config, n = trace.length, dim = c.dim;
   const rel = options.size ?? 1e-3, trials = options.trials ?? 4;
-  // A size of 0 or NaN moved nothing (gains 0/0 = NaN); no trials gave gains of 0.
-  if (!(rel > 0) || rel === Infinity) {
-    throw new InvalidValueError(`size is ${rel}, expected a finite number > 0`);
-  }
-  if (!Number.isInteger(trials) || trials < 1) {
-    throw new InvalidValueError(`trials is ${trials}, expected an integer ≥ 1`);
-  }
+  checkPerturbation(rel, trials);
   const uniform = mulberry32(options.seed ?? 1);
   const rand = () => uniform() - 0.5;
   const rope = new Rope(c.headDim, c.seqLen);

@@ -32,7 +32,7 @@ import type { Analysis } from "./analyzer.ts";
 import { attentionErrorBound, attentionErrorFirstOrder } from "./attention_bound.ts";
 import { attentionWeights } from "./attention_sensitivity.ts";
 import { getFormat } from "../codecs/format.ts";
-import { InvalidValueError, ShapeError } from "./errors.ts";
+import { checkPerturbation, InvalidValueError, ShapeError } from "./errors.ts";
 import { addUp, mulUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
@@ -429,12 +429,7 @@ export async function attentionOutputGains(
   options: GainOptions = {},
 ): Promise<number[]> {
   const eta = options.size ?? 1e-3, trials = options.trials ?? 3;
-  if (!(eta > 0) || eta === Infinity) {
-    throw new InvalidValueError(`size is ${eta}, expected a finite number > 0`);
-  }
-  if (!Number.isInteger(trials) || trials < 1) {
-    throw new InvalidValueError(`trials is ${trials}, expected an integer ≥ 1`);
-  }
+  checkPerturbation(eta, trials);
   if (tokens.length === 0) throw new ShapeError("no tokens to perturb");
   const uniform = mulberry32(options.seed ?? 1);
   const rand = () => uniform() - 0.5;
