@@ -7,6 +7,22 @@
 // Decoded values follow FORMAT.md exactly: int x̂ = f32(f32(code·s) + m) (f32x4.mul then
 // f32x4.add, never fused), fp16/bf16/fp8 by exact bit algorithms, int8s/scaled fp8 f32(v·s).
 
+import {
+  I32_127,
+  EXP_LN2_HI,
+  EXP_LN2_LO,
+  EXP_LO,
+  EXP_LOG2E,
+  MAGIC_1P5_2P23,
+  EXP_P0,
+  EXP_P1,
+  EXP_P2,
+  EXP_P3,
+  EXP_P4,
+  EXP_P5,
+  ONE,
+  vconst,
+} from "./consts";
 import { f16ToF32 } from "./f16";
 import { decodeIntGroup } from "./int_group";
 import { hsum, hsum4 } from "./lanes";
@@ -147,22 +163,22 @@ export function decodeRun(
 // exponent bits, with no nearest or trunc_sat (several instructions each on x86).
 // @ts-ignore: decorator
 @inline function _expv(x: v128): v128 {
-  x = f32x4.pmax(x, f32x4.splat(-87));
-  const magic = f32x4.splat(12582912); // 1.5·2^23
-  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), magic);
+  x = f32x4.pmax(x, vconst(EXP_LO));
+  const magic = vconst(MAGIC_1P5_2P23);
+  const t = f32x4.add(f32x4.mul(x, vconst(EXP_LOG2E)), magic);
   const k = f32x4.sub(t, magic);
   const r = f32x4.sub(
-    f32x4.sub(x, f32x4.mul(k, f32x4.splat(0.693359375))),
-    f32x4.mul(k, f32x4.splat(-2.12194440e-4)),
+    f32x4.sub(x, f32x4.mul(k, vconst(EXP_LN2_HI))),
+    f32x4.mul(k, vconst(EXP_LN2_LO)),
   );
-  let y = f32x4.splat(1.9875691500e-4);
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.3981999507e-3));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(8.3334519073e-3));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(4.1665795894e-2));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(1.6666665459e-1));
-  y = f32x4.add(f32x4.mul(y, r), f32x4.splat(5.0000001201e-1));
-  y = f32x4.add(f32x4.add(f32x4.mul(y, f32x4.mul(r, r)), r), f32x4.splat(1));
-  return f32x4.mul(y, i32x4.shl(i32x4.add(t, i32x4.splat(127)), 23));
+  let y = vconst(EXP_P0);
+  y = f32x4.add(f32x4.mul(y, r), vconst(EXP_P1));
+  y = f32x4.add(f32x4.mul(y, r), vconst(EXP_P2));
+  y = f32x4.add(f32x4.mul(y, r), vconst(EXP_P3));
+  y = f32x4.add(f32x4.mul(y, r), vconst(EXP_P4));
+  y = f32x4.add(f32x4.mul(y, r), vconst(EXP_P5));
+  y = f32x4.add(f32x4.add(f32x4.mul(y, f32x4.mul(r, r)), r), vconst(ONE));
+  return f32x4.mul(y, i32x4.shl(i32x4.add(t, vconst(I32_127)), 23));
 }
 
 /**

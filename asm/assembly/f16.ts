@@ -1,6 +1,21 @@
 // Scalar conversions between f32 and fp16/fp8 bits, the AssemblyScript port of
 // codecs/float_bits.ts (integer algorithms; must stay bit-identical to it).
 
+import {
+  F16_EXP_LO,
+  F16_MAG_LO,
+  F16_MIN_NORMAL_F32,
+  F16_NORMAL_BIAS,
+  F16_REBIAS,
+  F16_SIGN_LO,
+  F32_EXP,
+  F32_MAG,
+  HALF_F32,
+  ONE_U32,
+  U32_00008001,
+  vconst,
+} from "./consts";
+
 /** Rounds f32 magnitude bits `a` (finite) to a small float (bias, man), ties to even; no overflow handling. */
 // @ts-ignore: decorator
 @inline export function roundMagnitude(a: u32, bias: i32, man: i32): u32 {
@@ -60,24 +75,24 @@
 // fp16 lanes of f32 lanes, |x| < 65520 (Giesen's float_to_half_fast3_rtne, vectorised)
 // @ts-ignore: decorator
 @inline export function f16Lanes(x: v128): v128 {
-  const a = v128.and(x, i32x4.splat(0x7fffffff));
-  const magic = i32x4.splat(0x3f000000); // 0.5: its f32 ulp is 2^−24, the fp16 subnormal step
+  const a = v128.and(x, vconst(F32_MAG));
+  const magic = vconst(HALF_F32); // 0.5: its f32 ulp is 2^−24, the fp16 subnormal step
   const sub = i32x4.sub(f32x4.add(a, magic), magic);
-  const odd = v128.and(i32x4.shr_u(a, 13), i32x4.splat(1));
-  const nrm = i32x4.shr_u(i32x4.add(i32x4.add(a, i32x4.splat(-0x37fff001)), odd), 13);
-  const c = v128.bitselect(sub, nrm, i32x4.lt_u(a, i32x4.splat(0x38800000)));
-  return v128.or(c, v128.and(i32x4.shr_u(x, 16), i32x4.splat(0x8000)));
+  const odd = v128.and(i32x4.shr_u(a, 13), vconst(ONE_U32));
+  const nrm = i32x4.shr_u(i32x4.add(i32x4.add(a, vconst(F16_NORMAL_BIAS)), odd), 13);
+  const c = v128.bitselect(sub, nrm, i32x4.lt_u(a, vconst(F16_MIN_NORMAL_F32)));
+  return v128.or(c, v128.and(i32x4.shr_u(x, 16), vconst(F16_SIGN_LO)));
 }
 
 // f32 lanes of fp16 lanes (u32 lanes holding 16-bit patterns), exact, NaN payload kept
 // @ts-ignore: decorator
 @inline export function f16ToF32Lanes(h: v128): v128 {
-  const em = v128.and(h, i32x4.splat(0x7fff));
+  const em = v128.and(h, vconst(F16_MAG_LO));
   const shifted = i32x4.shl(em, 13);
-  const ns = f32x4.mul(shifted, f32x4.splat(5.192296858534828e33)); // ·2^112 (exact, subnormals too)
-  const inf = v128.or(shifted, i32x4.splat(0x7f800000));
-  const r = v128.bitselect(inf, ns, i32x4.ge_u(em, i32x4.splat(0x7c00)));
-  return v128.or(r, i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16));
+  const ns = f32x4.mul(shifted, vconst(F16_REBIAS)); // ·2^112 (exact, subnormals too)
+  const inf = v128.or(shifted, vconst(F32_EXP));
+  const r = v128.bitselect(inf, ns, i32x4.ge_u(em, vconst(F16_EXP_LO)));
+  return v128.or(r, i32x4.shl(v128.and(h, vconst(F16_SIGN_LO)), 16));
 }
 
 
@@ -85,9 +100,9 @@
 // @ts-ignore: decorator
 @inline export function f16DownLanes(x: v128): v128 {
   const h = f16Lanes(x);
-  const neg = i32x4.ne(v128.and(h, i32x4.splat(0x8000)), i32x4.splat(0));
-  let step = v128.bitselect(i32x4.add(h, i32x4.splat(1)), i32x4.sub(h, i32x4.splat(1)), neg);
-  step = v128.bitselect(i32x4.splat(0x8001), step, i32x4.eq(h, i32x4.splat(0)));
+  const neg = i32x4.ne(v128.and(h, vconst(F16_SIGN_LO)), i32x4.splat(0));
+  let step = v128.bitselect(i32x4.add(h, vconst(ONE_U32)), i32x4.sub(h, vconst(ONE_U32)), neg);
+  step = v128.bitselect(vconst(U32_00008001), step, i32x4.eq(h, i32x4.splat(0)));
   return v128.bitselect(step, h, f32x4.gt(f16ToF32Lanes(h), x));
 }
 
@@ -95,8 +110,8 @@
 // @ts-ignore: decorator
 @inline export function f16UpLanes(x: v128): v128 {
   const h = f16Lanes(x);
-  const neg = i32x4.ne(v128.and(h, i32x4.splat(0x8000)), i32x4.splat(0));
-  let step = v128.bitselect(i32x4.sub(h, i32x4.splat(1)), i32x4.add(h, i32x4.splat(1)), neg);
-  step = v128.bitselect(i32x4.splat(0x0001), step, i32x4.eq(h, i32x4.splat(0x8000)));
+  const neg = i32x4.ne(v128.and(h, vconst(F16_SIGN_LO)), i32x4.splat(0));
+  let step = v128.bitselect(i32x4.sub(h, vconst(ONE_U32)), i32x4.add(h, vconst(ONE_U32)), neg);
+  step = v128.bitselect(vconst(ONE_U32), step, i32x4.eq(h, vconst(F16_SIGN_LO)));
   return v128.bitselect(step, h, f32x4.lt(f16ToF32Lanes(h), x));
 }

@@ -2,6 +2,20 @@
 // of codecs/int8s.ts and codecs/float.ts. Layout and arithmetic: codecs/FORMAT.md.
 
 import {
+  I32_127,
+  MAGIC_1P5_2P23,
+  F16_MAG_LO,
+  F32_1_329227995784916E36,
+  F32_MAG,
+  F32_SIGN,
+  ONE_U32,
+  U32_0000007E,
+  U32_00000080,
+  U32_7FC00000,
+  U32_FFFFFF81,
+  vconst,
+} from "./consts";
+import {
   f16Lanes,
   f16ToF32,
   f16ToF32Lanes,
@@ -19,7 +33,7 @@ import { firstAbsEqual, firstNonFinite, horizontalMaxU } from "./int";
 // NaN/±Inf magnitudes (≥ 0x7f800000) exceed every finite one
 // @ts-ignore: decorator
 @inline function groupAbsMax(x: usize, group: i32): f32 {
-  const absMask = i32x4.splat(0x7fffffff);
+  const absMask = vconst(F32_MAG);
   let v = v128.and(v128.load(x), absMask);
   for (let i = 4; i < group; i += 4) {
     v = i32x4.max_u(v, v128.and(v128.load(x + (<usize>i << 2)), absMask));
@@ -38,19 +52,19 @@ import { firstAbsEqual, firstNonFinite, horizontalMaxU } from "./int";
 // @ts-ignore: decorator
 @inline function fp8Lanes(x: v128, bias: i32, man: i32): v128 {
   const bits = x;
-  const a = v128.and(bits, i32x4.splat(0x7fffffff));
+  const a = v128.and(bits, vconst(F32_MAG));
   const magicBits = i32x4.splat((151 - bias - man) << 23);
   const sub = i32x4.sub(f32x4.add(a, magicBits), magicBits);
   const shift = 23 - man;
-  const odd = v128.and(i32x4.shr_u(a, shift), i32x4.splat(1));
+  const odd = v128.and(i32x4.shr_u(a, shift), vconst(ONE_U32));
   const nrm = i32x4.shr_u(
     i32x4.add(i32x4.add(a, i32x4.splat(((bias - 127) << 23) + (1 << (shift - 1)) - 1)), odd),
     shift,
   );
   const c = v128.bitselect(sub, nrm, i32x4.lt_u(a, i32x4.splat((128 - bias) << 23)));
   // e4m3 saturates at 0x7e; inputs here never exceed it by more than rounding to 448
-  const cs = bias == 7 ? i32x4.min_u(c, i32x4.splat(0x7e)) : c;
-  return v128.or(cs, i32x4.shr_u(v128.and(bits, i32x4.splat(0x80000000)), 24));
+  const cs = bias == 7 ? i32x4.min_u(c, vconst(U32_0000007E)) : c;
+  return v128.or(cs, i32x4.shr_u(v128.and(bits, vconst(F32_SIGN)), 24));
 }
 
 // scalar twin of fp8Lanes
@@ -68,14 +82,14 @@ import { firstAbsEqual, firstNonFinite, horizontalMaxU } from "./int";
 // even, and keeps negative results in the mantissa (biased by 2^22)
 // @ts-ignore: decorator
 @inline function quantize8s(u: v128, lim: v128, nlim: v128): v128 {
-  const magic = f32x4.splat(12582912);
+  const magic = vconst(MAGIC_1P5_2P23);
   return i32x4.max_s(i32x4.min_s(i32x4.sub(f32x4.add(u, magic), magic), lim), nlim);
 }
 
 /** Encodes symmetric int8 groups; returns −1 or the first offending index (errorKind 1 or 2). */
 export function encodeInt8s(src: usize, dst: usize, n: i32, group: i32): i32 {
   const wpg = 1 + (group >> 2);
-  const lim = i32x4.splat(127), nlim = i32x4.splat(-127);
+  const lim = vconst(I32_127), nlim = vconst(U32_FFFFFF81);
   for (let base = 0, g = 0; base < n; base += group, g++) {
     const x = src + (<usize>base << 2);
     const w = dst + (<usize>(g * wpg) << 2);
@@ -130,8 +144,8 @@ export function encodeF32(src: usize, dst: usize, n: i32): i32 {
 // bf16 lanes of f32 lanes (finite, |x| below the bf16 overflow threshold)
 // @ts-ignore: decorator
 @inline function bf16Lanes(x: v128): v128 {
-  const odd = v128.and(i32x4.shr_u(x, 16), i32x4.splat(1));
-  return i32x4.shr_u(i32x4.add(i32x4.add(x, i32x4.splat(0x7fff)), odd), 16);
+  const odd = v128.and(i32x4.shr_u(x, 16), vconst(ONE_U32));
+  return i32x4.shr_u(i32x4.add(i32x4.add(x, vconst(F16_MAG_LO)), odd), 16);
 }
 
 // index of the first element in [i, i+len) that is non-finite (kind 1) or at/above `limit` as
@@ -156,7 +170,7 @@ export function encodeHalf(src: usize, dst: usize, n: i32, brain: bool): i32 {
   for (; i + 8 <= n; i += 8) {
     const p = src + (<usize>i << 2);
     const x0 = v128.load(p), x1 = v128.load(p, 16);
-    const a0 = v128.and(x0, i32x4.splat(0x7fffffff)), a1 = v128.and(x1, i32x4.splat(0x7fffffff));
+    const a0 = v128.and(x0, vconst(F32_MAG)), a1 = v128.and(x1, vconst(F32_MAG));
     if (v128.any_true(v128.or(i32x4.gt_u(a0, limV), i32x4.gt_u(a1, limV)))) {
       return firstBad(src, i, 8, limit);
     }
@@ -207,7 +221,7 @@ export function encodeFp8(src: usize, dst: usize, n: i32, bias: i32): i32 {
   const man = bias == 7 ? 3 : 2;
   const limit: u32 = bias == 7 ? 0x43e80001 : 0x47700000;
   const limV = i32x4.splat(limit - 1);
-  const absMask = i32x4.splat(0x7fffffff);
+  const absMask = vconst(F32_MAG);
   let i = 0;
   for (; i + 16 <= n; i += 16) {
     const p = src + (<usize>i << 2);
@@ -235,10 +249,10 @@ export function encodeFp8(src: usize, dst: usize, n: i32, bias: i32): i32 {
 @inline function fp8ToF32Lanes(v: v128, sw: v128, bias: i32): v128 {
   const c = i8x16.swizzle(v, sw); // code in the low byte of each lane
   if (bias == 15) return f16ToF32Lanes(i32x4.shl(c, 8)); // e5m2 is the high byte of an fp16
-  const em = v128.and(c, i32x4.splat(0x7f));
-  const ns = f32x4.mul(i32x4.shl(em, 20), f32x4.splat(1.329227995784916e36)); // ·2^120
-  const r = v128.bitselect(i32x4.splat(0x7fc00000), ns, i32x4.eq(em, i32x4.splat(0x7f)));
-  return v128.or(r, i32x4.shl(v128.and(c, i32x4.splat(0x80)), 24));
+  const em = v128.and(c, vconst(I32_127));
+  const ns = f32x4.mul(i32x4.shl(em, 20), vconst(F32_1_329227995784916E36)); // ·2^120
+  const r = v128.bitselect(vconst(U32_7FC00000), ns, i32x4.eq(em, vconst(I32_127)));
+  return v128.or(r, i32x4.shl(v128.and(c, vconst(U32_00000080)), 24));
 }
 
 const SW0 = i8x16(0, 16, 16, 16, 1, 16, 16, 16, 2, 16, 16, 16, 3, 16, 16, 16);

@@ -2,6 +2,22 @@
 // Layout and arithmetic: codecs/FORMAT.md, "Integer formats, asymmetric".
 
 import {
+  F16_EXP_HI,
+  F16_EXP_LO,
+  F16_SIGN_LO,
+  F32_65504,
+  F32_EXP,
+  F32_MAG,
+  F32_NEG_65504,
+  MAGIC_2P23,
+  ONE,
+  U32_000000FF,
+  U32_00007BFF,
+  U32_000F000F,
+  U32_00FF00FF,
+  vconst,
+} from "./consts";
+import {
   f16Down,
   f16DownLanes,
   f16ToF32,
@@ -56,12 +72,12 @@ export function clampInPlace(src: usize, n: i32, limit: f32): void {
   if (bits == 8) return b;
   if (bits == 4) {
     // u16 lane = c_even | c_odd << 8 → byte c_even | c_odd << 4
-    const n = v128.and(v128.or(b, i16x8.shr_u(b, 4)), i16x8.splat(0xff));
+    const n = v128.and(v128.or(b, i16x8.shr_u(b, 4)), vconst(U32_00FF00FF));
     return i8x16.narrow_i16x8_u(n, n);
   }
   // bits == 2: pairs to nibbles, then nibble pairs to bytes
-  const n = v128.and(v128.or(b, i16x8.shr_u(b, 6)), i16x8.splat(0x0f));
-  const y = v128.and(v128.or(n, i32x4.shr_u(n, 12)), i32x4.splat(0xff));
+  const n = v128.and(v128.or(b, i16x8.shr_u(b, 6)), vconst(U32_000F000F));
+  const y = v128.and(v128.or(n, i32x4.shr_u(n, 12)), vconst(U32_000000FF));
   const h = i16x8.narrow_i32x4_u(y, y);
   return i8x16.narrow_i16x8_u(h, h);
 }
@@ -85,7 +101,7 @@ export function encodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
   const groups = n / group;
   const qmax = (1 << bits) - 1;
   const wpg = 1 + ((group * bits + 31) >> 5);
-  const absMask = i32x4.splat(0x7fffffff);
+  const absMask = vconst(F32_MAG);
   const qmaxF = f32x4.splat(<f32>qmax);
   let g = 0;
   for (; g + 4 <= groups; g += 4) {
@@ -120,12 +136,12 @@ export function encodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
     const zero = f32x4.splat(0);
     const lo4 = f32x4.add(reduce4(l0, l1, l2, l3, false), zero);
     const hi4 = f32x4.add(reduce4(h0, h1, h2, h3, true), zero);
-    const m16 = f16DownLanes(f32x4.pmin(lo4, f32x4.splat(65504)));
+    const m16 = f16DownLanes(f32x4.pmin(lo4, vconst(F32_65504)));
     const m4 = f16ToF32Lanes(m16);
     const c4 = f32x4.div(f32x4.sub(hi4, m4), qmaxF);
     const trouble = v128.or(
-      v128.or(i32x4.ge_u(mag, i32x4.splat(0x7f800000)), f32x4.lt(lo4, f32x4.splat(-65504))),
-      f32x4.gt(c4, f32x4.splat(65504)),
+      v128.or(i32x4.ge_u(mag, vconst(F32_EXP)), f32x4.lt(lo4, vconst(F32_NEG_65504))),
+      f32x4.gt(c4, vconst(F32_65504)),
     );
     if (v128.any_true(trouble)) {
       for (let j = 0; j < 4; j++) {
@@ -136,7 +152,7 @@ export function encodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
     }
     const s16 = f16UpLanes(c4);
     const s4 = f16ToF32Lanes(s16);
-    const inv4 = v128.andnot(f32x4.div(f32x4.splat(1), s4), f32x4.eq(s4, zero));
+    const inv4 = v128.andnot(f32x4.div(vconst(ONE), s4), f32x4.eq(s4, zero));
     v128.store(SCRATCH, v128.or(s16, i32x4.shl(m16, 16)));
     quantizeGroup(x, dst, g, wpg, bits, group, f32x4.extract_lane(m4, 0), f32x4.extract_lane(inv4, 0), 0);
     quantizeGroup(x + gb, dst, g + 1, wpg, bits, group, f32x4.extract_lane(m4, 1), f32x4.extract_lane(inv4, 1), 1);
@@ -187,7 +203,7 @@ function encodeGroup(src: usize, dst: usize, g: i32, bits: i32, group: i32): i32
   const qmax = (1 << bits) - 1;
   const wpg = 1 + ((group * bits + 31) >> 5);
   const qmaxV = i32x4.splat(qmax);
-  const absMask = i32x4.splat(0x7fffffff);
+  const absMask = vconst(F32_MAG);
   const x = src + (<usize>base << 2);
   // pmin/pmax are single instructions; non-finite values are caught by the magnitude bits
   // (NaN and ±Inf have the largest), and ±0 extremes are normalised below
@@ -274,7 +290,7 @@ function encodeGroup(src: usize, dst: usize, g: i32, bits: i32, group: i32): i32
 // is 1): the same result as f32x4.nearest, in two cheap instructions.
 // @ts-ignore: decorator
 @inline function quantize(x: v128, m: v128, inv: v128, qmax: v128): v128 {
-  const magic = f32x4.splat(8388608);
+  const magic = vconst(MAGIC_2P23);
   const u = f32x4.mul(f32x4.sub(x, m), inv);
   return i32x4.min_s(i32x4.sub(f32x4.add(u, magic), magic), qmax);
 }
@@ -382,10 +398,10 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
 @inline function _badAsymHeaders(h: v128): v128 {
   return v128.or(
     v128.or(
-      i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)),
-      i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)),
+      i32x4.eq(v128.and(h, vconst(F16_EXP_LO)), vconst(F16_EXP_LO)),
+      i32x4.eq(v128.and(h, vconst(F16_EXP_HI)), vconst(F16_EXP_HI)),
     ),
-    i32x4.ne(v128.and(h, i32x4.splat(0x8000)), i32x4.splat(0)),
+    i32x4.ne(v128.and(h, vconst(F16_SIGN_LO)), i32x4.splat(0)),
   );
 }
 
@@ -404,7 +420,7 @@ export function firstBadHeader(src: usize, groups: i32, wpg: i32, asym: bool): i
     h = i32x4.replace_lane(h, 1, load<i32>(p + step));
     h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * step));
     h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * step));
-    const bad = asym ? _badAsymHeaders(h) : i32x4.gt_u(h, i32x4.splat(0x7bff));
+    const bad = asym ? _badAsymHeaders(h) : i32x4.gt_u(h, vconst(U32_00007BFF));
     if (v128.any_true(bad)) return g + ctz(i32x4.bitmask(bad));
   }
   for (; g < groups; g++, p += step) {

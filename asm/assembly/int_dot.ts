@@ -6,6 +6,12 @@
 // head and group) and accumulated against two tokens' codes per dot_i16x8_s in i32 registers.
 // core/cache/int_dot.ts mirrors every rounding step here; keep the two in step.
 
+import {
+  MAGIC_1P5_2P23,
+  MAGIC_2P23,
+  U32_0F0F0F0F,
+  vconst,
+} from "./consts";
 import { headerPair } from "./int_group";
 import { hsum, hsum4 } from "./lanes";
 
@@ -13,17 +19,6 @@ import { hsum, hsum4 } from "./lanes";
 // @ts-ignore: decorator
 @inline export function intDotFormat(kind: i32, b: i32, G: i32, channel: i32): bool {
   return kind == 0 && (b == 2 || b == 4 || b == 8) && G == 32 && channel == 0;
-}
-
-// Header words of groups g … g+3 of one token (groups ≥ gpt read as 0: scale and minimum 0).
-// @ts-ignore: decorator
-@inline function _headers(tok: usize, g: i32, gpt: i32, groupBytes: usize): v128 {
-  const p = tok + <usize>g * groupBytes;
-  let h = v128.load32_zero(p);
-  if (g + 1 < gpt) h = i32x4.replace_lane(h, 1, load<i32>(p + groupBytes));
-  if (g + 2 < gpt) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * groupBytes));
-  if (g + 3 < gpt) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * groupBytes));
-  return h;
 }
 
 // The code bytes of a group at p: int2 and int4 one load (int2: 8 bytes), int8 the first 16.
@@ -69,11 +64,41 @@ import { hsum, hsum4 } from "./lanes";
 
 
 
+// Headers of n tokens into token-contiguous rows, four tokens at a time (tokens n … n4 − 1 read as
+// zero): S[g][t] scales, M[g][t] minima, rows of rowB bytes. One headerPair per four tokens, where
+// decoding each token's headers where its codes are read cost more than its dot products at d = 64.
+// @ts-ignore: decorator
+@inline function _headerRows(
+  ptr: usize,
+  n: i32,
+  n4: i32,
+  gpt: i32,
+  groupBytes: usize,
+  tokB: usize,
+  S: usize,
+  M: usize,
+  rowB: usize,
+): void {
+  for (let t = 0; t < n4; t += 4) {
+    for (let g = 0; g < gpt; g++) {
+      const p = ptr + <usize>t * tokB + <usize>g * groupBytes;
+      let h = t < n ? v128.load32_zero(p) : i32x4.splat(0);
+      if (t + 1 < n) h = i32x4.replace_lane(h, 1, load<i32>(p + tokB));
+      if (t + 2 < n) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
+      if (t + 3 < n) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * tokB));
+      const o = <usize>g * rowB + (<usize>t << 2);
+      v128.store(M + o, headerPair(h, S + o));
+    }
+  }
+}
+
 /**
- * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32
- * [hq][n]). qi: hq × d i16 query in roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h,
- * zero past gpt); sig: hq f32; hbuf: gpt4 f32 scratch. One token and four heads at a time (so
- * accumulators and codes stay in the 16 vector registers of x86-64), then the remaining heads.
+ * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32 [hq][n]): per token the
+ * code terms f32(integer lane sums)·s_g in four lanes, their horizontal sum, then the minimum terms
+ * Σ_g μ_g·qv_g (in group order) added and the sum scaled by σ_h. qi: hq × d i16 query in
+ * roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h, zero past gpt); sig: hq f32;
+ * work: intDotScratchBytes of scratch. One token and four heads at a time (so accumulators and
+ * codes stay in the 16 vector registers of x86-64), then the remaining heads.
  */
 export function intScores(
   kPtr: usize,
@@ -85,28 +110,20 @@ export function intScores(
   qv: usize,
   sig: usize,
   sc: usize,
-  hbuf: usize,
+  work: usize,
 ): void {
-  const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
+  const gpt = d >> 5, gpt4 = (gpt + 3) & ~3, n4 = (n + 3) & ~3;
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
-  const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2;
+  const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2, rowB = <usize>n4 << 2;
+  const S = work, M = S + <usize>gpt4 * rowB; // as intValues lays them out
+  _headerRows(kPtr, n, n4, gpt, groupBytes, tokB, S, M, rowB);
   const mask = _codeMask(b);
   let h = 0;
   for (; h + 4 <= hq; h += 4) {
-    const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
-    const sg4 = v128.load(sig + (<usize>h << 2));
+    const qh = qi + <usize>h * qB;
     for (let t = 0; t < n; t++) {
-      const k0 = kPtr + <usize>t * tokB;
-      // minimum terms μ_g·Σq_g/σ, lane g mod 4; scales kept for the code loop
+      const k0 = kPtr + <usize>t * tokB, st = S + (<usize>t << 2);
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-      for (let g = 0; g < gpt; g += 4) {
-        const o = <usize>g << 2;
-        const m = headerPair(_headers(k0, g, gpt, groupBytes), hbuf + o);
-        a0 = f32x4.add(a0, f32x4.mul(m, v128.load(qvh + o)));
-        a1 = f32x4.add(a1, f32x4.mul(m, v128.load(qvh + qvB + o)));
-        a2 = f32x4.add(a2, f32x4.mul(m, v128.load(qvh + 2 * qvB + o)));
-        a3 = f32x4.add(a3, f32x4.mul(m, v128.load(qvh + 3 * qvB + o)));
-      }
       for (let g = 0; g < gpt; g++) {
         const p = k0 + <usize>g * groupBytes + 4;
         const q = qh + (<usize>g << 6);
@@ -132,14 +149,14 @@ export function intScores(
         i1 = i32x4.add(i1, i32x4.dot_i16x8_s(c, v128.load(q + qB, 48)));
         i2 = i32x4.add(i2, i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB, 48)));
         i3 = i32x4.add(i3, i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB, 48)));
-        const s = v128.load32_splat(hbuf + (<usize>g << 2));
+        const s = v128.load32_splat(st + <usize>g * rowB);
         a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(i0), s));
         a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(i1), s));
         a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(i2), s));
         a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(i3), s));
       }
       const o = sc + <usize>h * nB + (<usize>t << 2);
-      const r = f32x4.mul(hsum4(a0, a1, a2, a3), sg4);
+      const r = hsum4(a0, a1, a2, a3);
       v128.store32_lane(o, r, 0);
       v128.store32_lane(o + nB, r, 1);
       v128.store32_lane(o + 2 * nB, r, 2);
@@ -148,15 +165,10 @@ export function intScores(
   }
   // the remaining heads one at a time, with the same arithmetic per head
   for (; h < hq; h++) {
-    const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
-    const sg = load<f32>(sig + (<usize>h << 2));
+    const qh = qi + <usize>h * qB;
     for (let t = 0; t < n; t++) {
-      const k0 = kPtr + <usize>t * tokB;
+      const k0 = kPtr + <usize>t * tokB, st = S + (<usize>t << 2);
       let a = f32x4.splat(0);
-      for (let g = 0; g < gpt; g += 4) {
-        const m = headerPair(_headers(k0, g, gpt, groupBytes), hbuf + (<usize>g << 2));
-        a = f32x4.add(a, f32x4.mul(m, v128.load(qvh + (<usize>g << 2))));
-      }
       for (let g = 0; g < gpt; g++) {
         const p = k0 + <usize>g * groupBytes + 4;
         const q = qh + (<usize>g << 6);
@@ -165,10 +177,33 @@ export function intScores(
         i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(lo), v128.load(q, 16)));
         i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(hi), v128.load(q, 32)));
         i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(hi), v128.load(q, 48)));
-        const s = v128.load32_splat(hbuf + (<usize>g << 2));
+        const s = v128.load32_splat(st + <usize>g * rowB);
         a = f32x4.add(a, f32x4.mul(f32x4.convert_i32x4_s(i0), s));
       }
-      store<f32>(sc + <usize>h * nB + (<usize>t << 2), hsum(a) * sg);
+      store<f32>(sc + <usize>h * nB + (<usize>t << 2), hsum(a));
+    }
+  }
+  // minimum terms and σ, four tokens at a time along each head's row (the tail one at a time)
+  const nv = n & ~3;
+  for (h = 0; h < hq; h++) {
+    const row = sc + <usize>h * nB, qvh = qv + <usize>h * qvB;
+    const sg = load<f32>(sig + (<usize>h << 2)), sgv = f32x4.splat(sg);
+    for (let t = 0; t < nv; t += 4) {
+      const o = <usize>t << 2;
+      let m = f32x4.mul(v128.load(M + o), v128.load32_splat(qvh));
+      for (let g = 1; g < gpt; g++) {
+        const qg = v128.load32_splat(qvh + (<usize>g << 2));
+        m = f32x4.add(m, f32x4.mul(v128.load(M + <usize>g * rowB + o), qg));
+      }
+      v128.store(row + o, f32x4.mul(f32x4.add(v128.load(row + o), m), sgv));
+    }
+    for (let t = nv; t < n; t++) {
+      const o = <usize>t << 2;
+      let m: f32 = load<f32>(M + o) * load<f32>(qvh);
+      for (let g = 1; g < gpt; g++) {
+        m += load<f32>(M + <usize>g * rowB + o) * load<f32>(qvh + (<usize>g << 2));
+      }
+      store<f32>(row + o, (load<f32>(row + o) + m) * sg);
     }
   }
 }
@@ -176,9 +211,9 @@ export function intScores(
 /** Bytes of scratch intScores and intValues need beyond attendPage's own. */
 export function intDotScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const gpt4 = ((d >> 5) + 3) & ~3, cap8 = (cap + 7) & ~7;
-  // header scratch (8·gpt4 f32, of which intScores uses gpt4); per group S, M rows of cap8 f32;
-  // per head and group ρ, Σw·μ and cap8/2 packed weight pairs; four rows of u
-  return 32 * gpt4 + 8 * gpt4 * cap8 + 8 * hq * gpt4 + 2 * hq * gpt4 * cap8 + 16 * cap8 + 64;
+  // per group S, M rows of cap8 f32 (intScores, then intValues); per head and group ρ, Σw·μ and
+  // cap8/2 packed weight pairs; four rows of u
+  return 8 * gpt4 * cap8 + 8 * hq * gpt4 + 2 * hq * gpt4 * cap8 + 16 * cap8 + 64;
 }
 
 /**
@@ -200,29 +235,19 @@ export function intValues(
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3, cap8 = (cap + 7) & ~7;
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
   const nB = <usize>n << 2, rowB = <usize>cap8 << 2, pairB = <usize>cap8 << 1;
-  const S = work + (<usize>gpt4 << 5); // [gpt4][cap8] token scales, zero past n
+  const S = work; // [gpt4][cap8] token scales, zero past n
   const M = S + <usize>gpt4 * rowB; // [gpt4][cap8] token minima, zero past n
   const rho = M + <usize>gpt4 * rowB; // [hq][gpt4]
   const mw = rho + (<usize>(hq * gpt4) << 2); // [hq][gpt4]
   const pairs = mw + (<usize>(hq * gpt4) << 2); // [hq][gpt4][cap8/2] u32: û_t | û_{t+1} << 16
   const ubuf = pairs + <usize>(hq * gpt4) * pairB; // [4][cap8] f32: u_t of four heads, one group
 
-  // 1. headers into token-contiguous rows, four tokens at a time (tokens ≥ n read as zero)
-  for (let t = 0; t < cap8; t += 4) {
-    for (let g = 0; g < gpt; g++) {
-      const p = vPtr + <usize>t * tokB + <usize>g * groupBytes;
-      let h = t < n ? v128.load32_zero(p) : i32x4.splat(0);
-      if (t + 1 < n) h = i32x4.replace_lane(h, 1, load<i32>(p + tokB));
-      if (t + 2 < n) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
-      if (t + 3 < n) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * tokB));
-      const o = <usize>g * rowB + (<usize>t << 2);
-      v128.store(M + o, headerPair(h, S + o));
-    }
-  }
+  // 1. headers into token-contiguous rows (tokens ≥ n read as zero)
+  _headerRows(vPtr, n, cap8, gpt, groupBytes, tokB, S, M, rowB);
   // 2. per head and group: u_t = w_t·s_t (kept in ubuf), ρ = max u / 32767 (u ≥ 0, so the max
   //    compares the f32 bits as integers), Σ_t w_t·μ_t (lane t mod 4, lanes in fixed order), and
   //    û_t = nearest(u_t·(32767 / max u)) by adding 2^23, whose low 16 bits are then û_t ≤ 32767
-  const magic = f32x4.splat(8388608);
+  const magic = vconst(MAGIC_2P23);
   let h = 0;
   for (; h + 4 <= hq; h += 4) {
     const w0 = w + <usize>h * nB;
@@ -620,7 +645,7 @@ export function intScoresChannel(
   // 2. per head and group: u = q·s, ρ = max|u| / 32767 (|u| ≥ 0: the max compares bits as
   //    integers), û = nearest(u·(32767 / max|u|)) by adding 1.5·2^23 (low 16 bits: û as i16),
   //    Σ q·μ in lanes c mod 4
-  const magic = f32x4.splat(12582912);
+  const magic = vconst(MAGIC_1P5_2P23);
   for (let h = 0; h < hq; h++) {
     const qh = q + <usize>h * dB;
     for (let j = 0; j < groups; j++) {
@@ -637,7 +662,7 @@ export function intScoresChannel(
   }
   // 3. per pair of heads, group and half group (16 tokens): Σ_c û_c·code_{c,t} over channel pairs,
   //    each pair's codes decoded once for both heads (the last head of an odd count alone)
-  const mask = i8x16.splat(0x0f);
+  const mask = vconst(U32_0F0F0F0F);
   for (let h = 0; h < hq; h += 2) {
     const two = h + 1 < hq;
     for (let j = 0; j < groups; j++) {

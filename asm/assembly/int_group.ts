@@ -2,6 +2,19 @@
 // codec kernel (int.ts decodeInt) and the fused attention (attention.ts), so both decode alike:
 // x̂ = f32(f32(code·s) + m), f32x4.mul then f32x4.add, never fused.
 
+import {
+  F16_EXP_BOTH,
+  F16_EXP_HI,
+  F16_EXP_LO,
+  F16_MAG_HI_SHIFTED,
+  F16_MAG_LO,
+  F16_REBIAS,
+  F16_SIGN_LO,
+  F32_SIGN,
+  U32_00030003,
+  U32_0F0F0F0F,
+  vconst,
+} from "./consts";
 import { f16ToF32 } from "./f16";
 
 /** Whether decodeIntGroup has a SIMD path for b-bit groups of G codes. */
@@ -67,7 +80,7 @@ import { f16ToF32 } from "./f16";
     const s = f32x4.splat(sc), m = f32x4.splat(mn);
     const rep = i8x16(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     const mul = i16x8(64, 16, 4, 1, 64, 16, 4, 1);
-    const three = i16x8.splat(3);
+    const three = vconst(U32_00030003);
     for (let w = 0; w < codeWords; w++) {
       const bytes = i8x16.swizzle(i32x4.splat(load<i32>(codes + (<usize>w << 2))), rep);
       const a = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_low_i8x16_u(bytes), mul), 6), three);
@@ -101,7 +114,7 @@ import { f16ToF32 } from "./f16";
   s: v128,
   m: v128,
 ): void {
-  const mask = i8x16.splat(0x0f);
+  const mask = vconst(U32_0F0F0F0F);
   let out = dst;
   for (let w = 0; w < codeWords; w += 4) {
     const v = v128.load(codes + (<usize>w << 2));
@@ -132,7 +145,8 @@ import { f16ToF32 } from "./f16";
 // moving exponent and mantissa into f32 position and ×2^112, others by f16ToF32.
 // @ts-ignore: decorator
 @inline export function headerScales(h: v128): v128 {
-  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c00)), i32x4.splat(0x7c00)))) {
+  const e = vconst(F16_EXP_LO);
+  if (v128.any_true(i32x4.eq(v128.and(h, e), e))) {
     let s = f32x4.splat(f16ToF32(i32x4.extract_lane(h, 0) & 0xffff));
     s = f32x4.replace_lane(s, 1, f16ToF32(i32x4.extract_lane(h, 1) & 0xffff));
     s = f32x4.replace_lane(s, 2, f16ToF32(i32x4.extract_lane(h, 2) & 0xffff));
@@ -144,14 +158,15 @@ import { f16ToF32 } from "./f16";
 // @ts-ignore: decorator
 @inline export function finiteScales(h: v128): v128 {
   const bits = v128.or(
-    i32x4.shl(v128.and(h, i32x4.splat(0x7fff)), 13),
-    i32x4.shl(v128.and(h, i32x4.splat(0x8000)), 16),
+    i32x4.shl(v128.and(h, vconst(F16_MAG_LO)), 13),
+    i32x4.shl(v128.and(h, vconst(F16_SIGN_LO)), 16),
   );
-  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
+  return f32x4.mul(bits, vconst(F16_REBIAS));
 }
 // @ts-ignore: decorator
 @inline export function headerMinima(h: v128): v128 {
-  if (v128.any_true(i32x4.eq(v128.and(h, i32x4.splat(0x7c000000)), i32x4.splat(0x7c000000)))) {
+  const e = vconst(F16_EXP_HI);
+  if (v128.any_true(i32x4.eq(v128.and(h, e), e))) {
     let m = f32x4.splat(f16ToF32(<u32>i32x4.extract_lane(h, 0) >>> 16));
     m = f32x4.replace_lane(m, 1, f16ToF32(<u32>i32x4.extract_lane(h, 1) >>> 16));
     m = f32x4.replace_lane(m, 2, f16ToF32(<u32>i32x4.extract_lane(h, 2) >>> 16));
@@ -163,17 +178,18 @@ import { f16ToF32 } from "./f16";
 // @ts-ignore: decorator
 @inline export function finiteMinima(h: v128): v128 {
   const bits = v128.or(
-    v128.and(i32x4.shr_u(h, 3), i32x4.splat(0x0fffe000)),
-    v128.and(h, i32x4.splat(0x80000000)),
+    v128.and(i32x4.shr_u(h, 3), vconst(F16_MAG_HI_SHIFTED)),
+    v128.and(h, vconst(F32_SIGN)),
   );
-  return f32x4.mul(bits, f32x4.splat(5.192296858534828e33));
+  return f32x4.mul(bits, vconst(F16_REBIAS));
 }
 
 // The scales of four headers stored at scalesDst and their minima returned, with one check of
 // both halves for Inf/NaN (the hot loops decode a header vector per token or per four tokens).
 // @ts-ignore: decorator
 @inline export function headerPair(h: v128, scalesDst: usize): v128 {
-  if (v128.any_true(i16x8.eq(v128.and(h, i16x8.splat(0x7c00)), i16x8.splat(0x7c00)))) {
+  const e = vconst(F16_EXP_BOTH);
+  if (v128.any_true(i16x8.eq(v128.and(h, e), e))) {
     v128.store(scalesDst, headerScales(h));
     return headerMinima(h);
   }

@@ -250,8 +250,9 @@ function roundedProducts(
 }
 
 /**
- * Raw scores (not yet /√d) of one head over token-axis keys: lanes start with the minimum terms
- * (four groups a vector), then add each group's f32(integer lane sum)·s; σ at the end.
+ * Raw scores (not yet /√d) of one head over token-axis keys: four lanes add each group's f32(integer
+ * lane sum)·s, their horizontal sum then takes the minimum terms μ_g·qv_g (summed in group order),
+ * and σ scales the total.
  */
 function tokenScores(K: Groups, bits: number, n: number, q: Float32Array): Float32Array {
   // the kernel's lane l of a group sums codes j with (j mod 16) div 4 = l (int4: the low, then the
@@ -263,7 +264,6 @@ function tokenScores(K: Groups, bits: number, n: number, q: Float32Array): Float
   const a = [0, 0, 0, 0];
   for (let t = 0; t < n; t++) {
     a.fill(0);
-    for (let g = 0; g < gpt; g++) a[g % 4] = fr(a[g % 4] + fr(K.min[t * gpt + g] * qv[g]));
     for (let g = 0; g < gpt; g++) {
       const gi = t * gpt + g, base = gi * 32, s = K.scale[gi];
       let l0 = 0, l1 = 0, l2 = 0, l3 = 0;
@@ -281,7 +281,9 @@ function tokenScores(K: Groups, bits: number, n: number, q: Float32Array): Float
       a[2] = fr(a[2] + fr(fr(l2) * s));
       a[3] = fr(a[3] + fr(fr(l3) * s));
     }
-    score[t] = fr(fr(fr(a[0] + a[1]) + fr(a[2] + a[3])) * sigma);
+    let mins = fr(K.min[t * gpt] * qv[0]);
+    for (let g = 1; g < gpt; g++) mins = fr(mins + fr(K.min[t * gpt + g] * qv[g]));
+    score[t] = fr(fr(fr(fr(a[0] + a[1]) + fr(a[2] + a[3])) + mins) * sigma);
   }
   return score;
 }
