@@ -65,8 +65,9 @@ import { hsum, hsum4 } from "./lanes";
 
 
 // Headers of n tokens into token-contiguous rows, four tokens at a time (tokens n … n4 − 1 read as
-// zero): S[g][t] scales, M[g][t] minima, rows of rowB bytes. One headerPair per four tokens, where
-// decoding each token's headers where its codes are read cost more than its dot products at d = 64.
+// zero): S[g][t] scales, M[g][t] minima, rows of rowB bytes. One headerPair serves four tokens; the
+// key pass used to decode each token's headers beside its codes, which at d = 64 cost more than
+// the token's dot products.
 // @ts-ignore: decorator
 @inline function _headerRows(
   ptr: usize,
