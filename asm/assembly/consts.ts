@@ -54,14 +54,16 @@ export const MAGIC_2P23 = memory.data<f32>([8388608, 8388608, 8388608, 8388608],
 export const U32_00008001 = memory.data<u32>([0x00008001, 0x00008001, 0x00008001, 0x00008001], 16);
 export const U32_0000007E = memory.data<u32>([0x0000007e, 0x0000007e, 0x0000007e, 0x0000007e], 16);
 export const U32_FFFFFF81 = memory.data<u32>([0xffffff81, 0xffffff81, 0xffffff81, 0xffffff81], 16);
-export const F32_1_329227995784916E36 = memory.data<f32>([1.329227995784916e36, 1.329227995784916e36, 1.329227995784916e36, 1.329227995784916e36], 16);
+/** 2^120: rebiases an fp8 e4m3 exponent moved into f32 position. */
+export const F32_2P120 = memory.data<f32>([1.329227995784916e36, 1.329227995784916e36, 1.329227995784916e36, 1.329227995784916e36], 16);
 export const U32_7FC00000 = memory.data<u32>([0x7fc00000, 0x7fc00000, 0x7fc00000, 0x7fc00000], 16);
 export const U32_00000080 = memory.data<u32>([0x00000080, 0x00000080, 0x00000080, 0x00000080], 16);
 export const U32_00FF00FF = memory.data<u32>([0x00ff00ff, 0x00ff00ff, 0x00ff00ff, 0x00ff00ff], 16);
 export const U32_000F000F = memory.data<u32>([0x000f000f, 0x000f000f, 0x000f000f, 0x000f000f], 16);
 export const U32_000000FF = memory.data<u32>([0x000000ff, 0x000000ff, 0x000000ff, 0x000000ff], 16);
-export const F32_65504 = memory.data<f32>([65504, 65504, 65504, 65504], 16);
-export const F32_NEG_65504 = memory.data<f32>([-65504, -65504, -65504, -65504], 16);
+/** 65504, the largest fp16, and its negation. */
+export const F16_MAX = memory.data<f32>([65504, 65504, 65504, 65504], 16);
+export const F16_MAX_NEG = memory.data<f32>([-65504, -65504, -65504, -65504], 16);
 export const U32_00007BFF = memory.data<u32>([0x00007bff, 0x00007bff, 0x00007bff, 0x00007bff], 16);
 export const U32_0F0F0F0F = memory.data<u32>([0x0f0f0f0f, 0x0f0f0f0f, 0x0f0f0f0f, 0x0f0f0f0f], 16);
 export const U32_00030003 = memory.data<u32>([0x00030003, 0x00030003, 0x00030003, 0x00030003], 16);

@@ -5,7 +5,7 @@ import {
   I32_127,
   MAGIC_1P5_2P23,
   F16_MAG_LO,
-  F32_1_329227995784916E36,
+  F32_2P120,
   F32_MAG,
   F32_SIGN,
   ONE_U32,
@@ -250,7 +250,7 @@ export function encodeFp8(src: usize, dst: usize, n: i32, bias: i32): i32 {
   const c = i8x16.swizzle(v, sw); // code in the low byte of each lane
   if (bias == 15) return f16ToF32Lanes(i32x4.shl(c, 8)); // e5m2 is the high byte of an fp16
   const em = v128.and(c, vconst(I32_127));
-  const ns = f32x4.mul(i32x4.shl(em, 20), vconst(F32_1_329227995784916E36)); // ·2^120
+  const ns = f32x4.mul(i32x4.shl(em, 20), vconst(F32_2P120)); // ·2^120
   const r = v128.bitselect(vconst(U32_7FC00000), ns, i32x4.eq(em, vconst(I32_127)));
   return v128.or(r, i32x4.shl(v128.and(c, vconst(U32_00000080)), 24));
 }

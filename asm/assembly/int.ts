@@ -5,10 +5,10 @@ import {
   F16_EXP_HI,
   F16_EXP_LO,
   F16_SIGN_LO,
-  F32_65504,
+  F16_MAX,
   F32_EXP,
   F32_MAG,
-  F32_NEG_65504,
+  F16_MAX_NEG,
   MAGIC_2P23,
   ONE,
   U32_000000FF,
@@ -136,12 +136,12 @@ export function encodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
     const zero = f32x4.splat(0);
     const lo4 = f32x4.add(reduce4(l0, l1, l2, l3, false), zero);
     const hi4 = f32x4.add(reduce4(h0, h1, h2, h3, true), zero);
-    const m16 = f16DownLanes(f32x4.pmin(lo4, vconst(F32_65504)));
+    const m16 = f16DownLanes(f32x4.pmin(lo4, vconst(F16_MAX)));
     const m4 = f16ToF32Lanes(m16);
     const c4 = f32x4.div(f32x4.sub(hi4, m4), qmaxF);
     const trouble = v128.or(
-      v128.or(i32x4.ge_u(mag, vconst(F32_EXP)), f32x4.lt(lo4, vconst(F32_NEG_65504))),
-      f32x4.gt(c4, vconst(F32_65504)),
+      v128.or(i32x4.ge_u(mag, vconst(F32_EXP)), f32x4.lt(lo4, vconst(F16_MAX_NEG))),
+      f32x4.gt(c4, vconst(F16_MAX)),
     );
     if (v128.any_true(trouble)) {
       for (let j = 0; j < 4; j++) {
