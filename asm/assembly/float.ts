@@ -145,6 +145,7 @@ export function encodeF32(src: usize, dst: usize, n: i32): i32 {
 // @ts-ignore: decorator
 @inline function bf16Lanes(x: v128): v128 {
   const odd = v128.and(i32x4.shr_u(x, 16), vconst(ONE_U32));
+  // + 0x7fff (the table shared with fp16 headers' magnitude mask) + odd: ties to even
   return i32x4.shr_u(i32x4.add(i32x4.add(x, vconst(F16_MAG_LO)), odd), 16);
 }
 
@@ -249,7 +250,7 @@ export function encodeFp8(src: usize, dst: usize, n: i32, bias: i32): i32 {
 @inline function fp8ToF32Lanes(v: v128, sw: v128, bias: i32): v128 {
   const c = i8x16.swizzle(v, sw); // code in the low byte of each lane
   if (bias == 15) return f16ToF32Lanes(i32x4.shl(c, 8)); // e5m2 is the high byte of an fp16
-  const em = v128.and(c, vconst(I32_127));
+  const em = v128.and(c, vconst(I32_127)); // 0x7f: the e4m3 code's magnitude bits
   const ns = f32x4.mul(i32x4.shl(em, 20), vconst(F32_2P120)); // ·2^120
   const r = v128.bitselect(vconst(U32_7FC00000), ns, i32x4.eq(em, vconst(I32_127)));
   return v128.or(r, i32x4.shl(v128.and(c, vconst(U32_00000080)), 24));
