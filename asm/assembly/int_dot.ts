@@ -94,14 +94,35 @@ import { hsum, hsum4 } from "./lanes";
 }
 
 /**
- * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32 [hq][n]): per token the
- * code terms f32(integer lane sums)·s_g in four lanes, their horizontal sum, then the minimum terms
- * Σ_g μ_g·qv_g (in group order) added and the sum scaled by σ_h. qi: hq × d i16 query in
- * roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h, zero past gpt); sig: hq f32;
- * work: intDotScratchBytes of scratch. One token and four heads at a time (so accumulators and
- * codes stay in the 16 vector registers of x86-64), then the remaining heads.
+ * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32 [hq][n]): per token and
+ * group the integer sum Σ_{i∈g} q̂_i·code_i (exact in i32), its f32 times s_g added in group order,
+ * then the minimum terms Σ_g μ_g·qv_g (in group order) added and the sum scaled by σ_h. qi: hq × d
+ * i16 query in roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h, zero past gpt); sig:
+ * hq f32; work: intDotScratchBytes of scratch. Two tokens and four heads at a time, so that each
+ * loaded query vector serves two tokens (every load costs a bounds check where the runtime does
+ * not trap out-of-bounds accesses, as Deno: PAGES.md), and the four heads' sums land in the lanes
+ * of one vector; then the remaining heads one at a time.
  */
 export function intScores(
+  kPtr: usize,
+  b: i32,
+  n: i32,
+  d: i32,
+  hq: i32,
+  qi: usize,
+  qv: usize,
+  sig: usize,
+  sc: usize,
+  work: usize,
+): void {
+  // one copy per width: b a constant inside the loops, which use every vector register
+  if (b == 4) _intScores(kPtr, 4, n, d, hq, qi, qv, sig, sc, work);
+  else if (b == 8) _intScores(kPtr, 8, n, d, hq, qi, qv, sig, sc, work);
+  else _intScores(kPtr, 2, n, d, hq, qi, qv, sig, sc, work);
+}
+
+// @ts-ignore: decorator
+@inline function _intScores(
   kPtr: usize,
   b: i32,
   n: i32,
@@ -117,96 +138,178 @@ export function intScores(
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
   const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2, rowB = <usize>n4 << 2;
   const S = work, M = S + <usize>gpt4 * rowB; // as intValues lays them out
+  const qvT = M + <usize>gpt4 * rowB; // [gpt][4] f32: qv of four heads, heads in lanes
   _headerRows(kPtr, n, n4, gpt, groupBytes, tokB, S, M, rowB);
   const mask = _codeMask(b);
   let h = 0;
   for (; h + 4 <= hq; h += 4) {
     const qh = qi + <usize>h * qB;
-    for (let t = 0; t < n; t++) {
-      const k0 = kPtr + <usize>t * tokB, st = S + (<usize>t << 2);
-      let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
+    for (let g = 0; g < gpt; g++) {
+      const o = qv + <usize>h * qvB + (<usize>g << 2);
+      let x = v128.load32_zero(o);
+      x = f32x4.replace_lane(x, 1, load<f32>(o + qvB));
+      x = f32x4.replace_lane(x, 2, load<f32>(o + 2 * qvB));
+      v128.store(qvT + (<usize>g << 4), f32x4.replace_lane(x, 3, load<f32>(o + 3 * qvB)));
+    }
+    const sgv = v128.load(sig + (<usize>h << 2));
+    const row = sc + <usize>h * nB;
+    for (let t = 0; t < n; t += 2) {
+      // an odd n's last token is paired with itself (its neighbour may lie past the run)
+      const k0 = kPtr + <usize>t * tokB, k1 = t + 1 < n ? k0 + tokB : k0;
+      const st = S + (<usize>t << 2), mt = M + (<usize>t << 2);
+      let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
       for (let g = 0; g < gpt; g++) {
-        const p = k0 + <usize>g * groupBytes + 4;
+        const p0 = k0 + <usize>g * groupBytes + 4, p1 = k1 + <usize>g * groupBytes + 4;
         const q = qh + (<usize>g << 6);
-        // the four i16 code vectors of the group, one at a time
-        const v = _codeBytes(p, b), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
-        let c = i16x8.extend_low_i8x16_u(lo);
-        let i0 = i32x4.dot_i16x8_s(c, v128.load(q));
-        let i1 = i32x4.dot_i16x8_s(c, v128.load(q + qB));
-        let i2 = i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB));
-        let i3 = i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB));
-        c = i16x8.extend_high_i8x16_u(lo);
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(c, v128.load(q, 16)));
-        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(c, v128.load(q + qB, 16)));
-        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB, 16)));
-        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB, 16)));
-        c = i16x8.extend_low_i8x16_u(hi);
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(c, v128.load(q, 32)));
-        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(c, v128.load(q + qB, 32)));
-        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB, 32)));
-        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB, 32)));
-        c = i16x8.extend_high_i8x16_u(hi);
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(c, v128.load(q, 48)));
-        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(c, v128.load(q + qB, 48)));
-        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(c, v128.load(q + 2 * qB, 48)));
-        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(c, v128.load(q + 3 * qB, 48)));
-        const s = v128.load32_splat(st + <usize>g * rowB);
-        a0 = f32x4.add(a0, f32x4.mul(f32x4.convert_i32x4_s(i0), s));
-        a1 = f32x4.add(a1, f32x4.mul(f32x4.convert_i32x4_s(i1), s));
-        a2 = f32x4.add(a2, f32x4.mul(f32x4.convert_i32x4_s(i2), s));
-        a3 = f32x4.add(a3, f32x4.mul(f32x4.convert_i32x4_s(i3), s));
+        const v0 = _codeBytes(p0, b), v1 = _codeBytes(p1, b);
+        // the four i16 code vectors of each token, one at a time, against four heads' queries
+        let c0 = i16x8.extend_low_i8x16_u(_codesLo(v0, b, mask));
+        let c1 = i16x8.extend_low_i8x16_u(_codesLo(v1, b, mask));
+        let x = v128.load(q);
+        let i00 = i32x4.dot_i16x8_s(c0, x), i01 = i32x4.dot_i16x8_s(c1, x);
+        x = v128.load(q + qB);
+        let i10 = i32x4.dot_i16x8_s(c0, x), i11 = i32x4.dot_i16x8_s(c1, x);
+        x = v128.load(q + 2 * qB);
+        let i20 = i32x4.dot_i16x8_s(c0, x), i21 = i32x4.dot_i16x8_s(c1, x);
+        x = v128.load(q + 3 * qB);
+        let i30 = i32x4.dot_i16x8_s(c0, x), i31 = i32x4.dot_i16x8_s(c1, x);
+        c0 = i16x8.extend_high_i8x16_u(_codesLo(v0, b, mask));
+        c1 = i16x8.extend_high_i8x16_u(_codesLo(v1, b, mask));
+        x = v128.load(q, 16);
+        i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
+        i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + qB, 16);
+        i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
+        i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + 2 * qB, 16);
+        i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
+        i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + 3 * qB, 16);
+        i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
+        i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
+        c0 = i16x8.extend_low_i8x16_u(_codesHi(v0, p0, b, mask));
+        c1 = i16x8.extend_low_i8x16_u(_codesHi(v1, p1, b, mask));
+        x = v128.load(q, 32);
+        i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
+        i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + qB, 32);
+        i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
+        i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + 2 * qB, 32);
+        i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
+        i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + 3 * qB, 32);
+        i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
+        i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
+        c0 = i16x8.extend_high_i8x16_u(_codesHi(v0, p0, b, mask));
+        c1 = i16x8.extend_high_i8x16_u(_codesHi(v1, p1, b, mask));
+        x = v128.load(q, 48);
+        i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
+        i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + qB, 48);
+        i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
+        i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + 2 * qB, 48);
+        i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
+        i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
+        x = v128.load(q + 3 * qB, 48);
+        i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
+        i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
+        // each head's group sum (exact) in its lane, to f32, times the token's group scale
+        const r0 = f32x4.convert_i32x4_s(_hsum4i(i00, i10, i20, i30));
+        const r1 = f32x4.convert_i32x4_s(_hsum4i(i01, i11, i21, i31));
+        a0 = f32x4.add(a0, f32x4.mul(r0, v128.load32_splat(st + <usize>g * rowB)));
+        a1 = f32x4.add(a1, f32x4.mul(r1, v128.load32_splat(st + <usize>g * rowB + 4)));
       }
-      const o = sc + <usize>h * nB + (<usize>t << 2);
-      const r = hsum4(a0, a1, a2, a3);
-      v128.store32_lane(o, r, 0);
-      v128.store32_lane(o + nB, r, 1);
-      v128.store32_lane(o + 2 * nB, r, 2);
-      v128.store32_lane(o + 3 * nB, r, 3);
+      // minimum terms Σ_g μ_g·qv_g in group order, then σ
+      let m0 = f32x4.mul(v128.load32_splat(mt), v128.load(qvT));
+      let m1 = f32x4.mul(v128.load32_splat(mt + 4), v128.load(qvT));
+      for (let g = 1; g < gpt; g++) {
+        const qg = v128.load(qvT + (<usize>g << 4)), mg = mt + <usize>g * rowB;
+        m0 = f32x4.add(m0, f32x4.mul(v128.load32_splat(mg), qg));
+        m1 = f32x4.add(m1, f32x4.mul(v128.load32_splat(mg + 4), qg));
+      }
+      a0 = f32x4.mul(f32x4.add(a0, m0), sgv);
+      a1 = f32x4.mul(f32x4.add(a1, m1), sgv);
+      // heads in lanes → the four heads' rows
+      const o = row + (<usize>t << 2);
+      if (t + 1 < n) {
+        const lo = i32x4.shuffle(a0, a1, 0, 4, 1, 5), hi = i32x4.shuffle(a0, a1, 2, 6, 3, 7);
+        v128.store64_lane(o, lo, 0);
+        v128.store64_lane(o + nB, lo, 1);
+        v128.store64_lane(o + 2 * nB, hi, 0);
+        v128.store64_lane(o + 3 * nB, hi, 1);
+      } else {
+        v128.store32_lane(o, a0, 0);
+        v128.store32_lane(o + nB, a0, 1);
+        v128.store32_lane(o + 2 * nB, a0, 2);
+        v128.store32_lane(o + 3 * nB, a0, 3);
+      }
     }
   }
-  // the remaining heads one at a time, with the same arithmetic per head
+  // the remaining heads one at a time, four tokens at a time with the tokens in lanes (the
+  // last block's missing tokens repeat its last one and are not stored); same arithmetic per head
   for (; h < hq; h++) {
-    const qh = qi + <usize>h * qB;
-    for (let t = 0; t < n; t++) {
-      const k0 = kPtr + <usize>t * tokB, st = S + (<usize>t << 2);
+    const qh = qi + <usize>h * qB, qvh = qv + <usize>h * qvB;
+    const sgv = v128.load32_splat(sig + (<usize>h << 2));
+    const row = sc + <usize>h * nB;
+    for (let t = 0; t < n; t += 4) {
+      const k0 = kPtr + <usize>t * tokB, last = <usize>(n - 1 - t) * tokB;
+      const k1 = k0 + min(tokB, last), k2 = k0 + min(2 * tokB, last), k3 = k0 + min(3 * tokB, last);
       let a = f32x4.splat(0);
       for (let g = 0; g < gpt; g++) {
-        const p = k0 + <usize>g * groupBytes + 4;
-        const q = qh + (<usize>g << 6);
-        const v = _codeBytes(p, b), lo = _codesLo(v, b, mask), hi = _codesHi(v, p, b, mask);
-        let i0 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(lo), v128.load(q));
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(lo), v128.load(q, 16)));
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(hi), v128.load(q, 32)));
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(hi), v128.load(q, 48)));
-        const s = v128.load32_splat(st + <usize>g * rowB);
-        a = f32x4.add(a, f32x4.mul(f32x4.convert_i32x4_s(i0), s));
+        const go = <usize>g * groupBytes + 4, q = qh + (<usize>g << 6);
+        const p0 = k0 + go, p1 = k1 + go, p2 = k2 + go, p3 = k3 + go;
+        const v0 = _codeBytes(p0, b), v1 = _codeBytes(p1, b);
+        const v2 = _codeBytes(p2, b), v3 = _codeBytes(p3, b);
+        let x = v128.load(q);
+        let i0 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesLo(v0, b, mask)), x);
+        let i1 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesLo(v1, b, mask)), x);
+        let i2 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesLo(v2, b, mask)), x);
+        let i3 = i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesLo(v3, b, mask)), x);
+        x = v128.load(q, 16);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesLo(v0, b, mask)), x));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesLo(v1, b, mask)), x));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesLo(v2, b, mask)), x));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesLo(v3, b, mask)), x));
+        x = v128.load(q, 32);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesHi(v0, p0, b, mask)), x));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesHi(v1, p1, b, mask)), x));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesHi(v2, p2, b, mask)), x));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(i16x8.extend_low_i8x16_u(_codesHi(v3, p3, b, mask)), x));
+        x = v128.load(q, 48);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesHi(v0, p0, b, mask)), x));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesHi(v1, p1, b, mask)), x));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesHi(v2, p2, b, mask)), x));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(_codesHi(v3, p3, b, mask)), x));
+        // the four tokens' group sums in lanes, times their scales (a row of S)
+        const r = f32x4.convert_i32x4_s(_hsum4i(i0, i1, i2, i3));
+        a = f32x4.add(a, f32x4.mul(r, v128.load(S + <usize>g * rowB + (<usize>t << 2))));
       }
-      store<f32>(sc + <usize>h * nB + (<usize>t << 2), hsum(a));
+      let m = f32x4.mul(v128.load(M + (<usize>t << 2)), v128.load32_splat(qvh));
+      for (let g = 1; g < gpt; g++) {
+        const mg = v128.load(M + <usize>g * rowB + (<usize>t << 2));
+        m = f32x4.add(m, f32x4.mul(mg, v128.load32_splat(qvh + (<usize>g << 2))));
+      }
+      a = f32x4.mul(f32x4.add(a, m), sgv);
+      const o = row + (<usize>t << 2);
+      if (t + 4 <= n) {
+        v128.store(o, a);
+      } else {
+        v128.store32_lane(o, a, 0);
+        if (t + 1 < n) v128.store32_lane(o, a, 1, 4);
+        if (t + 2 < n) v128.store32_lane(o, a, 2, 8);
+      }
     }
   }
-  // minimum terms and σ, four tokens at a time along each head's row (the tail one at a time)
-  const nv = n & ~3;
-  for (h = 0; h < hq; h++) {
-    const row = sc + <usize>h * nB, qvh = qv + <usize>h * qvB;
-    const sg = load<f32>(sig + (<usize>h << 2)), sgv = f32x4.splat(sg);
-    for (let t = 0; t < nv; t += 4) {
-      const o = <usize>t << 2;
-      let m = f32x4.mul(v128.load(M + o), v128.load32_splat(qvh));
-      for (let g = 1; g < gpt; g++) {
-        const qg = v128.load32_splat(qvh + (<usize>g << 2));
-        m = f32x4.add(m, f32x4.mul(v128.load(M + <usize>g * rowB + o), qg));
-      }
-      v128.store(row + o, f32x4.mul(f32x4.add(v128.load(row + o), m), sgv));
-    }
-    for (let t = nv; t < n; t++) {
-      const o = <usize>t << 2;
-      let m: f32 = load<f32>(M + o) * load<f32>(qvh);
-      for (let g = 1; g < gpt; g++) {
-        m += load<f32>(M + <usize>g * rowB + o) * load<f32>(qvh + (<usize>g << 2));
-      }
-      store<f32>(row + o, (load<f32>(row + o) + m) * sg);
-    }
-  }
+}
+
+// [Σ lanes of a, of b, of c, of d] in i32 (exact: the order of the additions does not matter).
+// @ts-ignore: decorator
+@inline function _hsum4i(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i32x4.add(i32x4.shuffle(a, b, 0, 2, 4, 6), i32x4.shuffle(a, b, 1, 3, 5, 7));
+  const cd = i32x4.add(i32x4.shuffle(c, d, 0, 2, 4, 6), i32x4.shuffle(c, d, 1, 3, 5, 7));
+  return i32x4.add(i32x4.shuffle(ab, cd, 0, 2, 4, 6), i32x4.shuffle(ab, cd, 1, 3, 5, 7));
 }
 
 /** Bytes of scratch intScores and intValues need beyond attendPage's own. */

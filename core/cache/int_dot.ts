@@ -178,9 +178,7 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
   const V = decodeGroups(page.v, vSpec, n * gpt);
   for (let h = 0; h < hq; h++) {
     const qh = q.subarray(h * d, (h + 1) * d);
-    const score = kSpec.axis === "channel"
-      ? channelScores(K, page, qh)
-      : tokenScores(K, kSpec.bits, n, qh);
+    const score = kSpec.axis === "channel" ? channelScores(K, page, qh) : tokenScores(K, n, qh);
     // 2. softmax weights
     let m32 = -Infinity;
     for (let t = 0; t < n; t++) m32 = Math.max(m32, score[t]);
@@ -250,40 +248,25 @@ function roundedProducts(
 }
 
 /**
- * Raw scores (not yet /√d) of one head over token-axis keys: four lanes add each group's f32(integer
- * lane sum)·s, their horizontal sum then takes the minimum terms μ_g·qv_g (summed in group order),
- * and σ scales the total.
+ * Raw scores (not yet /√d) of one head over token-axis keys: per group the integer sum Σ q̂·code
+ * (exact, so the kernel's lane order does not matter), its f32 times s added in group order, then
+ * the minimum terms μ_g·qv_g (summed in group order), and σ scales the total.
  */
-function tokenScores(K: Groups, bits: number, n: number, q: Float32Array): Float32Array {
-  // the kernel's lane l of a group sums codes j with (j mod 16) div 4 = l (int4: the low, then the
-  // high nibbles of 16 bytes), (j mod 8) div 2 = l (int8) or j div 8 = l (int2: fields 0–3 of 8
-  // bytes): runs of P = 4, 2 or 8 codes per lane
-  const gpt = q.length / 32, P = bits === 4 ? 4 : bits === 8 ? 2 : 8;
+function tokenScores(K: Groups, n: number, q: Float32Array): Float32Array {
+  const gpt = q.length / 32;
   const { sigma, qi, qv } = roundQuery(q);
   const score = new Float32Array(n);
-  const a = [0, 0, 0, 0];
   for (let t = 0; t < n; t++) {
-    a.fill(0);
+    let a = 0;
     for (let g = 0; g < gpt; g++) {
-      const gi = t * gpt + g, base = gi * 32, s = K.scale[gi];
-      let l0 = 0, l1 = 0, l2 = 0, l3 = 0;
-      for (let j = 0; j < 32; j += 4 * P) {
-        for (let i = j; i < j + P; i++) {
-          const qb = g * 32 + i, cb = base + i;
-          l0 += qi[qb] * K.codes[cb];
-          l1 += qi[qb + P] * K.codes[cb + P];
-          l2 += qi[qb + 2 * P] * K.codes[cb + 2 * P];
-          l3 += qi[qb + 3 * P] * K.codes[cb + 3 * P];
-        }
-      }
-      a[0] = fr(a[0] + fr(fr(l0) * s));
-      a[1] = fr(a[1] + fr(fr(l1) * s));
-      a[2] = fr(a[2] + fr(fr(l2) * s));
-      a[3] = fr(a[3] + fr(fr(l3) * s));
+      const gi = t * gpt + g, base = gi * 32;
+      let sum = 0;
+      for (let i = 0; i < 32; i++) sum += qi[g * 32 + i] * K.codes[base + i];
+      a = fr(a + fr(fr(sum) * K.scale[gi]));
     }
     let mins = fr(K.min[t * gpt] * qv[0]);
     for (let g = 1; g < gpt; g++) mins = fr(mins + fr(K.min[t * gpt + g] * qv[g]));
-    score[t] = fr(fr(fr(fr(a[0] + a[1]) + fr(a[2] + a[3])) + mins) * sigma);
+    score[t] = fr(fr(a + mins) * sigma);
   }
   return score;
 }
