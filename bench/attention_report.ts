@@ -1,12 +1,12 @@
 /**
  * Decode-attention benchmark over the mixed-precision cache: one query step against T cached
  * tokens, FP32 vs INT8 vs INT4 vs a mixed int8/int4/int2 page mix vs KIVI-style INT4 (keys per
- * channel), TS reference vs fused WASM,
- * all in one run. Each case first checks that the two backends agree (relative error ≤ 1e-6),
- * then times both and prints a table with the ratios the targets are stated in (INT4 WASM / FP32
- * WASM ≤ 0.8; each "/FP32" ratio is the median of three rounds that time the case and FP32 back
- * to back, so one stall of the machine does not decide a verdict). "naive/FP32" is what a cache that dequantizes every page to f32 before attending
- * would cost: the WASM codecs' decode of all pages plus the FP32 attention, over FP32 attention.
+ * channel), TS reference vs fused WASM, all in one run. Each case first checks that the two
+ * backends agree (relative error ≤ 1e-6), then times both and prints a table with the ratios the
+ * targets are stated in (INT4 WASM / FP32 WASM ≤ 0.8; each "/FP32" ratio times the case and FP32
+ * call by call in turn, so that a drift of the machine's speed does not decide a verdict).
+ * "naive/FP32" is what a cache that dequantizes every page to f32 before attending would cost: the
+ * WASM codecs' decode of all pages plus the FP32 attention, over FP32 attention.
  *
  * Rows marked "int-dot" run the WASM cache with integerDot (core/cache/int_dot.ts); their TS
  * columns and "rel err" are against the exact TS reference, so "rel err" shows what the integer
@@ -125,29 +125,42 @@ function time(f: () => void, budgetMs: number, minIters: number): number {
     samples.push(performance.now() - t0);
     if (samples.length >= 200) break;
   }
-  samples.sort((a, b) => a - b);
-  return samples[samples.length >> 1];
+  return median(samples);
 }
 
-/** Rounds of the back-to-back case and FP32 timings behind each "/FP32" ratio. */
-const RATIO_ROUNDS = 3;
-
 /**
- * The median over rounds of (case time / FP32 time), the two timed back to back in each round, so
- * that a stall of the machine during one measurement does not decide a verdict.
+ * Case time over FP32 time, the two called in turn (case, FP32, case, …) for about budgetMs and at
+ * least minPairs pairs, each time the median of its calls. This machine's speed drifts by up to
+ * half over seconds (shared with other machines' work); alternating call by call moves both
+ * timings alike, where timing one case after the other let a drift decide a verdict (the same
+ * build's ratio moved by 0.08 between two runs that way).
  */
 function ratioToFp32(
   run: () => void,
   fp32: () => void,
   budgetMs: number,
-  minIters: number,
+  minPairs: number,
 ): number {
-  const r: number[] = [];
-  for (let i = 0; i < RATIO_ROUNDS; i++) {
-    r.push(time(run, budgetMs, minIters) / time(fp32, budgetMs, minIters));
+  run();
+  fp32();
+  const a: number[] = [], b: number[] = [];
+  const start = performance.now();
+  while (a.length < minPairs || performance.now() - start < budgetMs) {
+    let t0 = performance.now();
+    run();
+    a.push(performance.now() - t0);
+    t0 = performance.now();
+    fp32();
+    b.push(performance.now() - t0);
+    if (a.length >= 400) break;
   }
-  r.sort((a, b) => a - b);
-  return r[r.length >> 1];
+  return median(a) / median(b);
+}
+
+/** The median of xs (sorts xs). */
+function median(xs: number[]): number {
+  xs.sort((p, q) => p - q);
+  return xs[xs.length >> 1];
 }
 
 interface Row {
@@ -225,7 +238,7 @@ for (const d of DIMS) {
       const run = () => wasm.attend(0, q, b);
       const wasmMs = time(run, 500, 10);
       if (c.name === "fp32") fp32Run = run;
-      const ratio = c.name === "fp32" ? 1 : ratioToFp32(run, fp32Run, 250, 5);
+      const ratio = c.name === "fp32" ? 1 : ratioToFp32(run, fp32Run, 1500, 15);
       const buf = new Float32Array(T * d);
       const dequantMs = c.name === "fp32" ? 0 : time(() => dequantizeAll(wasm, d, buf), 300, 5);
       rows.push({
@@ -320,7 +333,7 @@ if (TIME_STEP) {
         const ms = time(step, 1500, 3) / layers;
         const mem = cache.memory();
         if (c.name === "fp32") fp32Step = step;
-        const ratio = c.name === "fp32" ? 1 : ratioToFp32(step, fp32Step, 500, 2);
+        const ratio = c.name === "fp32" ? 1 : ratioToFp32(step, fp32Step, 3000, 6);
         console.log(
           `${pad(d, 4)} ${pad(T, 6)} ${pad(layers, 4)} ${pad(c.name, 14)} ` +
             `${pad(mem.bitsPerElement.toFixed(2), 8)} ${pad(ms.toFixed(3), 9)} ` +

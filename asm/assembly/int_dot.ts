@@ -9,6 +9,7 @@
 import {
   MAGIC_1P5_2P23,
   MAGIC_2P23,
+  U32_000F000F,
   U32_0F0F0F0F,
   vconst,
 } from "./consts";
@@ -83,10 +84,17 @@ import { hsum, hsum4 } from "./lanes";
   for (let t = 0; t < n4; t += 4) {
     for (let g = 0; g < gpt; g++) {
       const p = ptr + <usize>t * tokB + <usize>g * groupBytes;
-      let h = t < n ? v128.load32_zero(p) : i32x4.splat(0);
-      if (t + 1 < n) h = i32x4.replace_lane(h, 1, load<i32>(p + tokB));
-      if (t + 2 < n) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
-      if (t + 3 < n) h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * tokB));
+      let h: v128;
+      if (t + 4 <= n) {
+        h = v128.load32_zero(p);
+        h = i32x4.replace_lane(h, 1, load<i32>(p + tokB));
+        h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
+        h = i32x4.replace_lane(h, 3, load<i32>(p + 3 * tokB));
+      } else {
+        h = t < n ? v128.load32_zero(p) : i32x4.splat(0);
+        if (t + 1 < n) h = i32x4.replace_lane(h, 1, load<i32>(p + tokB));
+        if (t + 2 < n) h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * tokB));
+      }
       const o = <usize>g * rowB + (<usize>t << 2);
       v128.store(M + o, headerPair(h, S + o));
     }
@@ -425,12 +433,14 @@ export function intValues(
             // The one-head loop below repeats this block: a shared helper would have to return
             // four vectors through memory, which costs more than the block (AssemblyScript has no
             // multiple returns)
-            const w = _pairTokens(_gather4x4(p, tokB));
-            const wl = v128.and(w, mask), wh = v128.and(i16x8.shr_u(w, 4), mask);
-            lo = i16x8.extend_low_i8x16_u(wl);
-            lo2 = i16x8.extend_high_i8x16_u(wl);
-            hi = i16x8.extend_low_i8x16_u(wh);
-            hi2 = i16x8.extend_high_i8x16_u(wh);
+            // four tokens' code bytes widened to i16 first: the low nibble is then one and, the
+            // high one a shift (the high byte is zero)
+            const w = _pairedTokens4(p, tokB);
+            const w0 = i16x8.extend_low_i8x16_u(w), w1 = i16x8.extend_high_i8x16_u(w);
+            lo = v128.and(w0, vconst(U32_000F000F));
+            lo2 = v128.and(w1, vconst(U32_000F000F));
+            hi = i16x8.shr_u(w0, 4);
+            hi2 = i16x8.shr_u(w1, 4);
           } else {
             let c: v128, e: v128;
             if (b == 2) {
@@ -485,12 +495,12 @@ export function intValues(
         for (let t = 0; t < n; t += 4) {
           let lo: v128, hi: v128, lo2: v128, hi2: v128;
           if (b == 4) {
-            const w = _pairTokens(_gather4x4(p, tokB));
-            const wl = v128.and(w, mask), wh = v128.and(i16x8.shr_u(w, 4), mask);
-            lo = i16x8.extend_low_i8x16_u(wl);
-            lo2 = i16x8.extend_high_i8x16_u(wl);
-            hi = i16x8.extend_low_i8x16_u(wh);
-            hi2 = i16x8.extend_high_i8x16_u(wh);
+            const w = _pairedTokens4(p, tokB);
+            const w0 = i16x8.extend_low_i8x16_u(w), w1 = i16x8.extend_high_i8x16_u(w);
+            lo = v128.and(w0, vconst(U32_000F000F));
+            lo2 = v128.and(w1, vconst(U32_000F000F));
+            hi = i16x8.shr_u(w0, 4);
+            hi2 = i16x8.shr_u(w1, 4);
           } else {
             let c: v128, e: v128;
             if (b == 2) {
@@ -566,21 +576,16 @@ export function intValues(
   return v128.load16_lane(p + 3 * tokB, v, 3);
 }
 
-// Bytes of four tokens' 4-byte chunks (t0 b0..b3, t1 …, t2 …, t3 …) paired by token: t0 b0, t1 b0,
-// t0 b1, t1 b1, …, then the same for t2, t3. Its low nibbles are then channels 0, 2, 4, 6 and the
-// high ones 1, 3, 5, 7, each as (t0, t1) pairs, then (t2, t3): ready for dot_i16x8_s with û pairs.
+// Four bytes of each of four tokens tokB apart (int4: eight codes of a channel block), paired by
+// token: t0 b0, t1 b0, t0 b1, t1 b1, …, then the same for t2, t3. Its low nibbles are then channels
+// 0, 2, 4, 6 and the high ones 1, 3, 5, 7, each as (t0, t1) pairs, then (t2, t3): ready for
+// dot_i16x8_s with û pairs. Tokens 0, 2 and 1, 3 are loaded into two vectors whose low bytes one
+// interleave pairs (punpcklbw; a general byte shuffle costs V8 a rebuilt pshufb mask each time).
 // @ts-ignore: decorator
-@inline function _pairTokens(v: v128): v128 {
-  return i8x16.shuffle(v, v, 0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
-}
-
-// Four bytes of each of four tokens tokB apart (int4: eight codes of a channel block).
-// @ts-ignore: decorator
-@inline function _gather4x4(p: usize, tokB: usize): v128 {
-  let v = v128.load32_zero(p);
-  v = i32x4.replace_lane(v, 1, load<i32>(p + tokB));
-  v = i32x4.replace_lane(v, 2, load<i32>(p + 2 * tokB));
-  return i32x4.replace_lane(v, 3, load<i32>(p + 3 * tokB));
+@inline function _pairedTokens4(p: usize, tokB: usize): v128 {
+  const e = i32x4.replace_lane(v128.load32_zero(p), 1, load<i32>(p + 2 * tokB));
+  const o = i32x4.replace_lane(v128.load32_zero(p + tokB), 1, load<i32>(p + 3 * tokB));
+  return i8x16.shuffle(e, o, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
 }
 
 // Eight bytes of each of two tokens tokB apart (int8: eight codes of a channel block).
