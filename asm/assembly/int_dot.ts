@@ -14,7 +14,7 @@ import {
   vconst,
 } from "./consts";
 import { headerPair } from "./int_group";
-import { hsum, hsum4 } from "./lanes";
+import { hsum } from "./lanes";
 
 /** Whether a format is served here: asymmetric int (kind 0), 2, 4 or 8 bits, groups of 32, token axis. */
 // @ts-ignore: decorator
