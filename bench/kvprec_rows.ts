@@ -199,8 +199,8 @@ export interface FittedPlan {
   withinBudget?: boolean;
   /**
    * Budget targets with the sensitivity or window format unset: each candidate's mean KL against
-   * the FP32 cache on the calibration lines (teacher-forced) and its measured bits; the plan is the
-   * lowest KL.
+   * the FP32 cache on the calibration lines (teacher-forced) and its measured bits; the plan is
+   * {@linkcode chooseCandidate}'s.
    */
   candidates?: PlanCandidate[];
 }
@@ -215,6 +215,34 @@ export interface PlanCandidate {
   meanKl: number;
   /** Bits per element the cache held there. */
   bits: number;
+  /** Whether those bits are within the budget (false: the fit's cheapest plan is over it). */
+  withinBudget: boolean;
+}
+
+/**
+ * Which fitted candidate a budget keeps: among those within the budget, the lowest calibration KL;
+ * when none is (a budget below every candidate's floor), the fewest bits, as fitPlanToBudget keeps
+ * the cheapest plan. A lower KL never buys bits over the budget.
+ * @param candidates the fitted candidates (non-empty)
+ * @returns the index of the one to keep
+ */
+export function chooseCandidate(candidates: readonly PlanCandidate[]): number {
+  const within = candidates.some((c) => c.withinBudget);
+  let best = -1;
+  for (let i = 0; i < candidates.length; i++) {
+    const c = candidates[i];
+    if (within && !c.withinBudget) continue;
+    if (best < 0) {
+      best = i;
+      continue;
+    }
+    const b = candidates[best];
+    const better = within
+      ? c.meanKl < b.meanKl
+      : c.bits < b.bits || (c.bits === b.bits && c.meanKl < b.meanKl);
+    if (better) best = i;
+  }
+  return best;
 }
 
 /**
@@ -278,8 +306,7 @@ export async function kvprecFittedPlan(
     lines,
     model.config.seqLen,
   );
-  let best: FittedPlan | undefined, bestKl = Infinity;
-  const candidates: PlanCandidate[] = [];
+  const fits: FittedPlan[] = [], candidates: PlanCandidate[] = [];
   for (const windowFormat of windowFormats) {
     for (const sensitivity of sensitivities) {
       const fitted = await fitTo({ ...options, sensitivity, windowFormat });
@@ -287,11 +314,17 @@ export async function kvprecFittedPlan(
         backend: "wasm",
       });
       const { meanKl } = await compareCache(model, cache, reference);
-      candidates.push({ sensitivity, windowFormat, meanKl, bits: fitted.calibrationBits });
-      if (meanKl < bestKl) [best, bestKl] = [fitted, meanKl];
+      fits.push(fitted);
+      candidates.push({
+        sensitivity,
+        windowFormat,
+        meanKl,
+        bits: fitted.calibrationBits,
+        withinBudget: fitted.withinBudget!,
+      });
     }
   }
-  return { ...best!, candidates };
+  return { ...fits[chooseCandidate(candidates)], candidates };
 }
 
 /**

@@ -5,7 +5,9 @@ import assert from "node:assert/strict";
 import {
   calibrateModel,
   calibrationSequences,
+  chooseCandidate,
   kvprecFittedPlan,
+  type PlanCandidate,
   planPolicy,
   SENSITIVITIES,
   WINDOW_FORMATS,
@@ -33,6 +35,8 @@ Deno.test("a budget plan keeps the sensitivity and window format with the lowest
     candidates.map((c) => `${c.windowFormat} ${c.sensitivity}`),
     WINDOW_FORMATS.flatMap((w) => SENSITIVITIES.map((s) => `${w} ${s}`)),
   );
+  // 6.5 b is above every candidate's floor on these lines: all fit, so the lowest KL wins
+  for (const c of candidates) assert.equal(c.withinBudget, true);
   const best = candidates.reduce((a, b) => (b.meanKl < a.meanKl ? b : a));
   assert.equal(fitted.plan.meta?.sensitivity, best.sensitivity);
   assert.equal(fitted.plan.windowFormat, best.windowFormat);
@@ -61,4 +65,22 @@ Deno.test("a budget plan keeps the sensitivity and window format with the lowest
   assert.equal(rule.candidates, undefined);
   assert.equal(rule.plan.meta?.sensitivity, "curvature");
   assert.equal(rule.plan.windowFormat, "fp16");
+});
+
+Deno.test("a budget keeps the lowest-KL candidate within it, else the cheapest; never a lower KL over it", () => {
+  const c = (windowFormat: string, meanKl: number, bits: number, withinBudget: boolean) =>
+    ({ sensitivity: "curvature", windowFormat, meanKl, bits, withinBudget }) as PlanCandidate;
+  // the over-budget candidate has the lowest KL, and is passed over
+  assert.equal(
+    chooseCandidate([
+      c("fp16", 1e-4, 4.3, false),
+      c("a", 3e-3, 3.9, true),
+      c("b", 2e-3, 3.95, true),
+    ]),
+    2,
+  );
+  // none within: the fewest bits, whatever their KL; equal bits: the lower KL
+  assert.equal(chooseCandidate([c("fp16", 1e-4, 4.6, false), c("int8", 5e-2, 4.3, false)]), 1);
+  assert.equal(chooseCandidate([c("x", 5e-2, 4.3, false), c("y", 4e-2, 4.3, false)]), 1);
+  assert.equal(chooseCandidate([c("only", 1, 9, false)]), 0);
 });

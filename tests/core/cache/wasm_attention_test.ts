@@ -10,10 +10,10 @@ import { normals, rng } from "../../_fixtures.ts";
 const TOLERANCE = 1e-6;
 
 /** Both backends over the same policy and shape. */
-function pair(shape: KVCacheShape, policy: () => CachePolicy) {
+function pair(shape: KVCacheShape, policy: () => CachePolicy, integerDot = true) {
   return {
-    ts: new MixedPrecisionKVCache(shape, policy()),
-    wasm: new MixedPrecisionKVCache(shape, policy(), { backend: "wasm" }),
+    ts: new MixedPrecisionKVCache(shape, policy(), { integerDot }),
+    wasm: new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot }),
   };
 }
 
@@ -32,13 +32,14 @@ function relError(a: Float32Array, b: Float32Array, d: number): number {
 }
 
 /**
- * Appends T random tokens to both caches, attending every `every` steps (so window scores and
- * therefore tiered routing evolve), and checks outputs and window scores agree at each attend.
+ * Appends T random tokens to both caches, attending every `every` steps or at the lengths listed
+ * (so window scores and therefore tiered routing evolve), and checks outputs and window scores
+ * agree at each attend.
  */
 function drive(
   c: ReturnType<typeof pair>,
   T: number,
-  every: number,
+  every: number | readonly number[],
   seed: number,
   label: string,
 ): void {
@@ -50,7 +51,8 @@ function drive(
       const k = normals(nKvHeads * d, next), v = normals(nKvHeads * d, next);
       c.ts.append(l, p, k, v);
       c.wasm.append(l, p, k, v);
-      if ((p + 1) % every !== 0 && p !== T - 1) continue;
+      const due = typeof every === "number" ? (p + 1) % every === 0 : every.includes(p + 1);
+      if (!due && p !== T - 1) continue;
       const q = normals(nHeads * d, next);
       c.ts.attend(l, q, outTs);
       c.wasm.attend(l, q, outWasm);
@@ -76,18 +78,37 @@ function drive(
 }
 
 Deno.test("MixedPrecisionKVCache.attend() wasm matches ts for every storable format", () => {
-  // d = 128 admits every token-axis group; 128-token pages every channel-axis group; T = 300 is
-  // two full pages, a partial page and (channel formats) staged tokens; four query heads per KV
-  // head take the kernel's blocked path (heads in fours, tokens in pairs)
+  // d = 128 admits every token-axis group; 128-token pages every channel-axis group. Attends at
+  // T = 1 (window and sink only), 5, 33, a full page, a page and a bit, two pages and one token,
+  // and 300 (two full pages, a partial page, staged channel groups). Query heads per KV head in
+  // turn 4 (heads in fours, tokens in pairs), 1, and 6 (a block of four and two left over); the
+  // exact kernels and the integer path (where it serves the pair) in turn.
   const names = formatNames().filter((n) => getFormat(n).axis !== "heads");
-  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 128, maxSeqLen: 300 };
+  const lengths = [1, 5, 33, 128, 130, 257, 300];
   names.forEach((keyFormat, i) => {
     const valueFormat = names[(i * 7 + 3) % names.length];
+    const hq = [4, 1, 6][i % 3], integerDot = i % 2 === 0;
+    const shape = { nLayers: 1, nHeads: 2 * hq, nKvHeads: 2, headDim: 128, maxSeqLen: 300 };
     const c = pair(
       shape,
-      () => uniformPolicy({ keyFormat, valueFormat, pageTokens: 128, windowFormat: "fp32" }),
+      () =>
+        uniformPolicy({
+          keyFormat,
+          valueFormat,
+          pageTokens: 128,
+          windowFormat: "fp32",
+          sinkTokens: 1,
+          recentWindow: 3,
+        }),
+      integerDot,
     );
-    drive(c, 300, 300, 1000 + i, `${keyFormat}|${valueFormat}`);
+    drive(
+      c,
+      300,
+      lengths,
+      1000 + i,
+      `${keyFormat}|${valueFormat} hq=${hq} integerDot=${integerDot}`,
+    );
   });
 });
 
