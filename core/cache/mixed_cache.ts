@@ -24,7 +24,13 @@
  */
 
 import { type Codec, getFormat, tsCodec } from "../../codecs/mod.ts";
-import { BudgetError, FormatError, InvalidValueError, ShapeError } from "../errors.ts";
+import {
+  BudgetError,
+  CapacityError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+} from "../errors.ts";
 import {
   type CacheMemory,
   checkAppend,
@@ -89,6 +95,17 @@ export class PagePool {
     return this.pages.reduce((a, p) => a + p.n, 0);
   }
 
+  /** Bytes one more page would hold, its page-table entry included. */
+  get pageBytes(): number {
+    return Page.bytesFor(
+      this.#keyCodec,
+      this.#valueCodec,
+      this.#pageTokens,
+      this.#d,
+      this.#arena !== undefined,
+    );
+  }
+
   /** Bytes held: pages with their page-table entries. */
   get bytes(): number {
     return this.pages.reduce((a, p) => a + p.bytes, 0);
@@ -99,9 +116,30 @@ export class PagePool {
    * @param k keys, count × d
    * @param v values, count × d
    * @param count tokens
+   * @param fresh the page to add when the last one is full (from allocatePage), else one is made
    */
-  write(k: Float32Array, v: Float32Array, count: number): void {
-    this.#page().write(k, v, count);
+  write(k: Float32Array, v: Float32Array, count: number, fresh?: Page): void {
+    const last = this.pages[this.pages.length - 1];
+    if (!last || last.n + count > last.capacity) this.pages.push(fresh ?? this.allocatePage());
+    this.pages[this.pages.length - 1].write(k, v, count);
+  }
+
+  /**
+   * Whether a write of `count` tokens needs a new page.
+   * @param count tokens
+   * @returns true when the last page cannot take them (or there is none)
+   */
+  needsPage(count: number): boolean {
+    const last = this.pages[this.pages.length - 1];
+    return !last || last.n + count > last.capacity;
+  }
+
+  /**
+   * A new empty page of the pool's formats, not yet part of it (write adds it).
+   * @returns the page
+   */
+  allocatePage(): Page {
+    return new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d, this.#arena);
   }
 
   /**
@@ -109,7 +147,7 @@ export class PagePool {
    * @returns the page
    */
   newPage(): Page {
-    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d, this.#arena);
+    const page = this.allocatePage();
     this.pages.push(page);
     return page;
   }
@@ -117,14 +155,6 @@ export class PagePool {
   /** Returns the pages' arena storage; the pool must not be used afterwards. */
   release(): void {
     for (const page of this.pages) page.release();
-  }
-
-  #page(): Page {
-    const last = this.pages[this.pages.length - 1];
-    if (last && last.n < last.capacity) return last;
-    const page = new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d, this.#arena);
-    this.pages.push(page);
-    return page;
   }
 }
 
@@ -161,6 +191,18 @@ class HeadStore {
     this.windowV = new Uint32Array(ringSlots * slotWords);
     this.windowScore = new Float32Array(scoreSlots);
   }
+}
+
+/** Where one KV head's eviction chunk goes (MixedPrecisionKVCache.append). */
+interface Eviction {
+  /** "keyFormat|valueFormat" of the pool. */
+  key: string;
+  /** The pool. */
+  pool: PagePool;
+  /** Whether the head holds the pool already (else the eviction adds it). */
+  added: boolean;
+  /** Whether the write needs a new page. */
+  newPage: boolean;
 }
 
 /** {@linkcode MixedPrecisionKVCache.memoryBreakdown}: bytes by part of the cache. */
@@ -223,6 +265,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #ring: number;
   /** Whether window scores matter: only a policy with a choice of formats reads them. */
   readonly #tracksScores: boolean;
+  /** "keyFormat|valueFormat" of every pair the policy declares: formatFor must choose one. */
+  readonly #pairKeys: Set<string>;
   /** Chunk score slots per head: the most eviction chunks the ring holds at once. */
   readonly #chunkSlots: number;
   readonly #evictK: Float32Array;
@@ -296,6 +340,7 @@ export class MixedPrecisionKVCache implements KVCache {
     }
     this.evictQuantum = quantum;
     this.#tracksScores = policy.pairs().length > 1;
+    this.#pairKeys = new Set(policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
     this.#ring = policy.recentWindow + quantum;
     this.#chunkSlots = Math.ceil(this.#ring / quantum);
     this.#evictK = new Float32Array(quantum * d);
@@ -351,8 +396,11 @@ export class MixedPrecisionKVCache implements KVCache {
     checkAppend(this.shape, layer, pos, this.#lengths[layer], k, v);
     checkRange(k, "k");
     checkRange(v, "v");
+    const evictions = this.#evictions(layer, pos);
     if (this.maxBytes !== undefined) {
-      const now = this.memory().bytes, more = this.#growth(layer, pos);
+      let more = 0;
+      for (const e of evictions) if (e?.newPage) more += e.pool.pageBytes;
+      const now = this.memory().bytes;
       if (now + more > this.maxBytes) {
         throw new BudgetError(
           `appending position ${pos} to layer ${layer} needs ${more} more bytes: ` +
@@ -360,7 +408,8 @@ export class MixedPrecisionKVCache implements KVCache {
         );
       }
     }
-    // nothing below can throw: the cache changes only after every check passed
+    const pages = this.#allocatePages(evictions, layer, pos);
+    // nothing below can throw: the cache changes only after every check and allocation passed
     const d = this.shape.headDim, R = this.#ring, sw = this.#slotWords;
     for (let h = 0; h < this.shape.nKvHeads; h++) {
       const store = this.#heads[layer][h];
@@ -378,34 +427,62 @@ export class MixedPrecisionKVCache implements KVCache {
       if (this.#tracksScores && store.windowN % this.evictQuantum === 0) {
         store.windowScore[this.#chunkSlot(store, store.windowN)] = 0;
       }
-      if (++store.windowN === R) this.#evict(store, layer, h);
+      if (++store.windowN === R) this.#evict(store, evictions[h]!, pages[h]);
     }
     this.#lengths[layer] = pos + 1;
   }
 
-  /** Bytes an append at `pos` would allocate: a new page wherever an eviction finds no room. */
-  #growth(layer: number, pos: number): number {
-    if (pos < this.policy.sinkTokens) return 0;
-    const Q = this.evictQuantum, R = this.#ring, d = this.shape.headDim;
-    let bytes = 0;
+  /**
+   * Where each KV head's eviction goes if an append at `pos` causes one: the pool the chunk's mean
+   * score selects (made, not yet added, when the head has none of that pair) and whether it needs
+   * a new page. Changes nothing.
+   * @throws FormatError when the policy chooses a pair it did not declare in pairs()
+   */
+  #evictions(layer: number, pos: number): (Eviction | undefined)[] {
+    const out: (Eviction | undefined)[] = new Array(this.shape.nKvHeads).fill(undefined);
+    if (pos < this.policy.sinkTokens) return out;
+    const Q = this.evictQuantum;
     for (let h = 0; h < this.shape.nKvHeads; h++) {
       const store = this.#heads[layer][h];
-      if (store.windowN + 1 < R) continue;
+      if (store.windowN + 1 < this.#ring) continue;
       const score = this.#tracksScores ? store.windowScore[this.#chunkSlot(store, 0)] : 0;
       const pair = this.policy.formatFor(layer, h, score / Q);
-      const pool = store.pools.get(`${pair.keyFormat}|${pair.valueFormat}`);
-      const last = pool?.pages[pool.pages.length - 1];
-      if (!last || last.n + Q > last.capacity) {
-        bytes += Page.bytesFor(
-          this.#codecFor(pair.keyFormat),
-          this.#codecFor(pair.valueFormat),
-          this.policy.pageTokens,
-          d,
-          this.#wasm !== undefined,
+      const key = `${pair.keyFormat}|${pair.valueFormat}`;
+      if (!this.#pairKeys.has(key)) {
+        throw new FormatError(
+          `policy ${this.policy.label} chose ${key} for layer ${layer} KV head ${h}, not one of ` +
+            `the pairs it declares: ${[...this.#pairKeys].join(", ")}`,
         );
       }
+      const held = store.pools.get(key);
+      const pool = held ?? this.createPool(pair);
+      out[h] = { key, pool, added: held !== undefined, newPage: pool.needsPage(Q) };
     }
-    return bytes;
+    return out;
+  }
+
+  /**
+   * The new pages the evictions need, allocated before anything changes: if memory cannot grow,
+   * the pages allocated so far are returned and the append fails with the cache as it was.
+   * @throws CapacityError when a page cannot be allocated
+   */
+  #allocatePages(
+    evictions: (Eviction | undefined)[],
+    layer: number,
+    pos: number,
+  ): (Page | undefined)[] {
+    const pages: (Page | undefined)[] = [];
+    try {
+      for (const e of evictions) pages.push(e?.newPage ? e.pool.allocatePage() : undefined);
+    } catch (cause) {
+      for (const p of pages) p?.release();
+      throw new CapacityError(
+        `appending position ${pos} to layer ${layer}: no memory for a new page ` +
+          `(${cause instanceof Error ? cause.message : String(cause)})`,
+        { cause },
+      );
+    }
+    return pages;
   }
 
   /**
@@ -413,9 +490,8 @@ export class MixedPrecisionKVCache implements KVCache {
    * one decision per group, so a channel-axis group is encoded whole and only one staging area
    * (the ring itself) exists per head.
    */
-  #evict(store: HeadStore, layer: number, kvHead: number): void {
+  #evict(store: HeadStore, to: Eviction, fresh: Page | undefined): void {
     const Q = this.evictQuantum, R = this.#ring, d = this.shape.headDim, sw = this.#slotWords;
-    const score = this.#tracksScores ? store.windowScore[this.#chunkSlot(store, 0)] : 0;
     for (let i = 0; i < Q; i++) {
       const slot = (store.windowStart + i) % R;
       this.#window.decodeWords(
@@ -429,7 +505,8 @@ export class MixedPrecisionKVCache implements KVCache {
         this.#evictV.subarray(i * d, (i + 1) * d),
       );
     }
-    this.#pool(store, layer, kvHead, score / Q).write(this.#evictK, this.#evictV, Q);
+    if (!to.added) store.pools.set(to.key, to.pool);
+    to.pool.write(this.#evictK, this.#evictV, Q, fresh);
     store.windowStart = (store.windowStart + Q) % R;
     store.windowN -= Q;
     store.paged += Q;
@@ -439,17 +516,6 @@ export class MixedPrecisionKVCache implements KVCache {
   #chunkSlot(store: HeadStore, i: number): number {
     const Q = this.evictQuantum;
     return (store.paged / Q + Math.floor(i / Q)) % this.#chunkSlots;
-  }
-
-  #pool(store: HeadStore, layer: number, kvHead: number, score: number): PagePool {
-    const pair = this.policy.formatFor(layer, kvHead, score);
-    const key = `${pair.keyFormat}|${pair.valueFormat}`;
-    let pool = store.pools.get(key);
-    if (!pool) {
-      pool = this.createPool(pair);
-      store.pools.set(key, pool);
-    }
-    return pool;
   }
 
   /**

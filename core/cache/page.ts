@@ -74,7 +74,12 @@ export class Page {
     this.#vn = vn;
     if (arena) {
       this.kPtr = arena.alloc(4 * kn);
-      this.vPtr = arena.alloc(4 * vn);
+      try {
+        this.vPtr = arena.alloc(4 * vn);
+      } catch (e) {
+        arena.free(this.kPtr, 4 * kn); // no block left behind when memory cannot grow
+        throw e;
+      }
       this.#k = arena.u32(this.kPtr, kn);
       this.#v = arena.u32(this.vPtr, vn);
     } else {

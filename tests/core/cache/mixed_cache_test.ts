@@ -6,6 +6,7 @@ import {
   CapacityError,
   CorruptDataError,
   Float32KVCache,
+  FormatError,
   InvalidValueError,
   loadCache,
   MixedPrecisionKVCache,
@@ -186,6 +187,66 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   assert.equal(seg.windowN, 18);
 });
 
+Deno.test("an append whose eviction cannot be placed fails before any KV head changes", () => {
+  // two KV heads evict together at position 2 (a ring of 2 + 1 slots); the second one's placement fails
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 2, headDim: 128, maxSeqLen: 64 };
+  const pair = { keyFormat: "fp32", valueFormat: "fp32" };
+  const base = uniformPolicy({ ...pair, recentWindow: 2, pageTokens: 32 });
+  // a policy that names a pair it never declared, for KV head 1 only
+  const stray = {
+    ...base,
+    formatFor: (_l: number, h: number) => (h === 1 ? { ...pair, valueFormat: "fp16" } : pair),
+  };
+  const next = rng(11);
+  const kv = () => [normals(256, next), normals(256, next)] as const;
+  const tokens = Array.from({ length: 3 }, kv);
+  for (const backend of ["ts", "wasm"] as const) {
+    const cache = new MixedPrecisionKVCache(shape, stray, { backend });
+    for (let p = 0; p < 2; p++) cache.append(0, p, ...tokens[p]);
+    const before = saveCache(cache);
+    assert.throws(
+      () => cache.append(0, 2, ...tokens[2]),
+      (e: Error) => e instanceof FormatError && /fp32\|fp16 for layer 0 KV head 1/.test(e.message),
+    );
+    assert.deepEqual(saveCache(cache), before, `${backend}: nothing changed`);
+    assert.equal(cache.length(0), 2);
+  }
+  // memory that cannot grow (WASM): the first head's page is given back, the cache is as it was,
+  // and the same append succeeds once memory can grow again
+  const cache = new MixedPrecisionKVCache(shape, base, { backend: "wasm" });
+  const reference = new MixedPrecisionKVCache(shape, base);
+  const grow = WebAssembly.Memory.prototype.grow;
+  let p = 0, failed = false;
+  try {
+    // fill until an eviction needs memory the module does not have yet
+    WebAssembly.Memory.prototype.grow = function () {
+      throw new RangeError("test: no more memory");
+    };
+    for (; p < shape.maxSeqLen && !failed; p++) {
+      const [k, v] = kv(), before = saveCache(cache), bytes = cache.memory().bytes;
+      try {
+        cache.append(0, p, k, v);
+      } catch (e) {
+        assert.ok(e instanceof CapacityError && /no memory for a new page/.test(e.message), `${e}`);
+        assert.deepEqual(saveCache(cache), before, "nothing changed");
+        assert.equal(cache.memory().bytes, bytes);
+        assert.equal(cache.length(0), p);
+        failed = true;
+        WebAssembly.Memory.prototype.grow = grow;
+        cache.append(0, p, k, v);
+      }
+      reference.append(0, p, k, v);
+    }
+  } finally {
+    WebAssembly.Memory.prototype.grow = grow;
+  }
+  assert.ok(failed, "memory never needed to grow");
+  const q = normals(4 * 128, next), a = new Float32Array(q.length), b = new Float32Array(q.length);
+  cache.attend(0, q, a);
+  reference.attend(0, q, b);
+  for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-6, `out[${i}]`);
+});
+
 Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a failed call", () => {
   const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
   const cache = new MixedPrecisionKVCache(
@@ -219,7 +280,9 @@ Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a fail
   assert.deepEqual(saveCache(cache), before, "nor changes the cache (window scores included)");
   cache.append(0, 2, good, good);
   cache.append(0, 3, good, good);
+  const full = saveCache(cache);
   assert.throws(() => cache.append(0, 4, good, good), CapacityError);
+  assert.deepEqual(saveCache(cache), full, "an append past capacity changes nothing");
   assert.throws(
     () =>
       new MixedPrecisionKVCache(
