@@ -142,9 +142,79 @@ export function saveCache(cache: MixedPrecisionKVCache): Uint8Array {
 }
 
 /**
+ * Checks the description's counts against the cache its shape and policy built, so that a file
+ * whose checksums hold but whose description is wrong (hand-edited, or written by a buggy saver)
+ * is refused by name instead of loading into an inconsistent cache.
+ */
+function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
+  const fail = (what: string, got: unknown, expected: string): never => {
+    throw new CorruptDataError(
+      `cache description: ${what} is ${JSON.stringify(got)}, expected ${expected}`,
+      12,
+    );
+  };
+  const count = (what: string, x: unknown, max: number): number =>
+    Number.isInteger(x) && (x as number) >= 0 && (x as number) <= max
+      ? x as number
+      : fail(what, x, `an integer in [0, ${max}]`);
+  const { nLayers, nKvHeads, maxSeqLen } = cache.shape;
+  const { sinkTokens, pageTokens } = cache.policy;
+  const ring = cache.policy.recentWindow + cache.evictQuantum;
+  const declared = new Set(cache.policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
+  if (!Array.isArray(json.lengths) || json.lengths.length !== nLayers) {
+    fail("lengths", json.lengths, `${nLayers} counts`);
+  }
+  if (!Array.isArray(json.heads) || json.heads.length !== nLayers) {
+    fail("heads", json.heads, `${nLayers} layers`);
+  }
+  for (let l = 0; l < nLayers; l++) {
+    const length = count(`lengths[${l}]`, json.lengths[l], maxSeqLen);
+    const layer = json.heads[l];
+    if (!Array.isArray(layer) || layer.length !== nKvHeads) {
+      fail(`heads[${l}]`, layer, `${nKvHeads} KV heads`);
+    }
+    for (let h = 0; h < nKvHeads; h++) {
+      const at = `heads[${l}][${h}]`, head = layer[h];
+      if (typeof head !== "object" || head === null) fail(at, head, "an object");
+      const sinkN = count(`${at}.sinkN`, head.sinkN, sinkTokens);
+      const windowN = count(`${at}.windowN`, head.windowN, ring - 1);
+      count(`${at}.windowStart`, head.windowStart, ring - 1);
+      if (!Array.isArray(head.pools)) fail(`${at}.pools`, head.pools, "an array");
+      let held = sinkN + windowN;
+      const seen = new Set<string>();
+      head.pools.forEach((pool, p) => {
+        const key = `${pool?.pair?.keyFormat}|${pool?.pair?.valueFormat}`;
+        if (!declared.has(key) || seen.has(key)) {
+          fail(`${at}.pools[${p}].pair`, pool?.pair, `one of the policy's pairs, once`);
+        }
+        seen.add(key);
+        if (!Array.isArray(pool.pages)) fail(`${at}.pools[${p}].pages`, pool.pages, "an array");
+        pool.pages.forEach((n, i) => {
+          // pages fill in order: only the last may be partly full
+          const last = i === pool.pages.length - 1;
+          const what = `${at}.pools[${p}].pages[${i}]`;
+          if (!last && n !== pageTokens) fail(what, n, `${pageTokens} (a full page)`);
+          held += count(what, n, pageTokens);
+          if (n % cache.evictQuantum !== 0) {
+            fail(what, n, `a multiple of the eviction chunk ${cache.evictQuantum}`);
+          }
+        });
+      });
+      if (held !== length) {
+        fail(`${at}: sinks + window + pages`, held, `lengths[${l}] = ${length}`);
+      }
+      if (sinkN < sinkTokens && held !== sinkN) {
+        fail(`${at}.sinkN`, sinkN, `${sinkTokens} before any token enters the window`);
+      }
+    }
+  }
+}
+
+/**
  * Loads a cache saved by {@linkcode saveCache}. Throws {@linkcode CorruptDataError} for a wrong
  * magic or version, truncated or oversized input (expected vs actual bytes) and checksum mismatches
- * (naming the block and its byte offset).
+ * (naming the block and its byte offset), and a description whose counts do not fit its shape and
+ * policy (naming the field).
  * @param bytes the serialised cache
  * @param options backend, integerDot, codecs and budget of the new cache (as its constructor's)
  * @returns a new cache equal to the saved one
@@ -165,21 +235,38 @@ export function loadCache(
     throw new CorruptDataError(`cache format version ${version}, expected ${VERSION}`, 4);
   }
   const textLength = view.getUint32(8, true);
-  const textPadded = (textLength + 3) & ~3;
+  // plain arithmetic: a corrupted length near 2^32 must not wrap around in 32-bit operators
+  const textPadded = Math.ceil(textLength / 4) * 4;
   if (12 + textPadded + 4 > bytes.length) {
     throw new CorruptDataError(
-      `cache data is ${bytes.length} bytes, its header alone needs ${
-        12 + textPadded + 4
-      } (truncated)`,
-      bytes.length,
+      `cache data is ${bytes.length} bytes, its header alone needs ${12 + textPadded + 4} ` +
+        `(truncated, or a corrupted description length ${textLength} at byte 8)`,
+      8,
     );
   }
   const text = bytes.subarray(12, 12 + textLength);
   if (view.getUint32(12 + textPadded, true) !== crc32(text)) {
-    throw new CorruptDataError("cache description fails its checksum at byte 12", 12);
+    throw new CorruptDataError(
+      "cache description fails its checksum at byte 12 (or its length at byte 8 is corrupted)",
+      12,
+    );
   }
-  const json = JSON.parse(new TextDecoder().decode(text)) as CacheJSON;
+  let json: CacheJSON;
+  try {
+    json = JSON.parse(new TextDecoder().decode(text));
+  } catch (e) {
+    throw new CorruptDataError(`cache description at byte 12 is not JSON: ${e}`, 12);
+  }
+  if (typeof json !== "object" || json === null) {
+    throw new CorruptDataError("cache description at byte 12 is not an object", 12);
+  }
+  for (const field of ["shape", "policy"] as const) {
+    if (typeof json[field] !== "object" || json[field] === null) {
+      throw new CorruptDataError(`cache description has no ${field}`, 12);
+    }
+  }
   const cache = new MixedPrecisionKVCache(json.shape, policyFromJSON(json.policy), options);
+  checkDescription(json, cache);
   // rebuild pools and pages from the description, then fill every block from the bytes
   for (let l = 0; l < json.shape.nLayers; l++) {
     for (let h = 0; h < json.shape.nKvHeads; h++) {

@@ -20,7 +20,7 @@ import {
   uniformPolicy,
   wasmCodec,
 } from "../../../mod.ts";
-import { loadFixture, normals, REFERENCE, rng } from "../../_fixtures.ts";
+import { loadFixture, normals, rng } from "../../_fixtures.ts";
 
 const FORMATS = [
   "fp32",
@@ -553,8 +553,10 @@ Deno.test("MixedPrecisionKVCache with fp32 pages reproduces the FP32 perplexity"
     { context: 512 },
   );
   assert.equal(r.tokens, ref.tokens);
-  assert.ok(Math.abs(r.meanNll - ref.meanNll) < 1e-6, `${r.meanNll} vs ${ref.meanNll}`);
-  assert.ok(REFERENCE.perplexity[512] > 0);
+  // equal up to rounding, not bit for bit: pages, window and sinks are attended as separate
+  // partials merged by log-sum-exp, so the f64 sums run in another order (measured gap 1.2e-8;
+  // Float32KVCache itself matches llama2.c's reference in tests/core/model/transformer_test.ts)
+  assert.ok(Math.abs(r.meanNll - ref.meanNll) < 1e-7, `${r.meanNll} vs ${ref.meanNll}`);
 });
 
 Deno.test("MixedPrecisionKVCache keeps to a memory budget and is unchanged by the append it refuses", () => {

@@ -1,0 +1,193 @@
+// loadCache refuses, by name, every way a file can be wrong: its header, its sizes, its checksums,
+// and a description whose checksum holds but whose counts do not fit its shape and policy.
+import assert from "node:assert/strict";
+import {
+  CorruptDataError,
+  loadCache,
+  MixedPrecisionKVCache,
+  saveCache,
+  tieredPolicy,
+  uniformPolicy,
+} from "../../../mod.ts";
+import { crc32 } from "../../../core/cache/serialize.ts";
+import { normals, rng } from "../../_fixtures.ts";
+
+function saved() {
+  const next = rng(21);
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 80 };
+  const cache = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({
+      keyFormat: "int3-g16-channel",
+      valueFormat: "int4-g8-token",
+      sinkTokens: 2,
+      recentWindow: 6,
+      pageTokens: 32,
+    }),
+  );
+  for (let p = 0; p < 75; p++) {
+    for (const l of [0, 1]) cache.append(l, p, normals(16, next), normals(16, next));
+  }
+  return saveCache(cache);
+}
+
+// the edits reach into any field of the description, some to make it malformed
+// deno-lint-ignore no-explicit-any
+type Description = any;
+
+/** The bytes with their description edited and its length and checksum made right again. */
+function withDescription(bytes: Uint8Array, edit: (json: Description) => void): Uint8Array {
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  const length = view.getUint32(8, true), padded = Math.ceil(length / 4) * 4;
+  const json = JSON.parse(new TextDecoder().decode(bytes.subarray(12, 12 + length)));
+  edit(json);
+  const text = new TextEncoder().encode(JSON.stringify(json));
+  const textPadded = Math.ceil(text.length / 4) * 4, rest = bytes.subarray(12 + padded + 4);
+  const out = new Uint8Array(12 + textPadded + 4 + rest.length);
+  out.set(bytes.subarray(0, 8));
+  const o = new DataView(out.buffer);
+  o.setUint32(8, text.length, true);
+  out.set(text, 12);
+  o.setUint32(12 + textPadded, crc32(text), true);
+  out.set(rest, 12 + textPadded + 4);
+  return out;
+}
+
+function refused(bytes: Uint8Array, message: RegExp, label: string): void {
+  assert.throws(
+    () => loadCache(bytes),
+    (e: Error) => e instanceof CorruptDataError && message.test(e.message),
+    label,
+  );
+}
+
+Deno.test("loadCache names a wrong header, size or checksum", () => {
+  const bytes = saved();
+  assert.deepEqual(
+    saveCache(loadCache(withDescription(bytes, () => {}))),
+    bytes,
+    "helper is exact",
+  );
+  refused(bytes.subarray(0, 10), /10 bytes, shorter than its header/, "under 16 bytes");
+  const version = bytes.slice();
+  version[4] = 9;
+  refused(version, /version 9, expected 2/, "version");
+  const trailing = new Uint8Array(bytes.length + 8);
+  trailing.set(bytes);
+  refused(
+    trailing,
+    new RegExp(`${bytes.length + 8} bytes, expected ${bytes.length} \\(trailing`),
+    "trailing",
+  );
+  // a length field near 2^32 (it once wrapped round in 32-bit arithmetic and threw a RangeError)
+  for (const length of [0x7fffffff, 0xfffffffe]) {
+    const bad = bytes.slice();
+    new DataView(bad.buffer).setUint32(8, length, true);
+    refused(
+      bad,
+      new RegExp(`corrupted description length ${length} at byte 8`),
+      `length ${length}`,
+    );
+  }
+  const shorter = bytes.slice();
+  shorter[8] ^= 4;
+  refused(shorter, /checksum at byte 12 \(or its length at byte 8/, "length off by 4");
+  // a flipped bit inside a block names that block and where it starts
+  const flipped = bytes.slice();
+  flipped[bytes.length - 10] ^= 0x10;
+  assert.throws(
+    () => loadCache(flipped),
+    (e: Error) =>
+      e instanceof CorruptDataError && /cache block "pool 0 page 1 V" at byte \d+/.test(e.message),
+  );
+});
+
+Deno.test("loadCache names a description whose counts do not fit its shape and policy", () => {
+  const bytes = saved();
+  const cases: [string, (j: Description) => void, RegExp][] = [
+    [
+      "windowN past the ring",
+      (j) => j.heads[0][1].windowN = 40,
+      /heads\[0\]\[1\]\.windowN is 40, expected an integer in \[0, 21\]/,
+    ],
+    [
+      "length past maxSeqLen",
+      (j) => j.lengths[1] = 500,
+      /lengths\[1\] is 500, expected an integer in \[0, 80\]/,
+    ],
+    ["heads missing", (j) => delete j.heads, /heads is undefined, expected 2 layers/],
+    ["one KV head short", (j) => j.heads[1].pop(), /heads\[1\] is .*expected 2 KV heads/],
+    [
+      "pair not in the policy",
+      (j) => j.heads[0][0].pools[0].pair.valueFormat = "fp16",
+      /pools\[0\]\.pair is .*fp16.*one of the policy's pairs/,
+    ],
+    [
+      "a partial page before the last",
+      (j) => j.heads[0][0].pools[0].pages[0] = 16,
+      /pages\[0\] is 16, expected 32 \(a full page\)/,
+    ],
+    [
+      "a page past capacity",
+      (j) => j.heads[0][0].pools[0].pages[1] = 48,
+      /pages\[1\] is 48, expected an integer in \[0, 32\]/,
+    ],
+    [
+      "a page not in whole chunks",
+      (j) => j.heads[0][0].pools[0].pages[1] = 8,
+      /multiple of the eviction chunk 16/,
+    ],
+    [
+      "counts that miss the length",
+      (j) => j.lengths[0] = 74,
+      /heads\[0\]\[0\]: sinks \+ window \+ pages is 75, expected lengths\[0\] = 74/,
+    ],
+    ["no shape", (j) => delete j.shape, /has no shape/],
+  ];
+  for (const [label, edit, message] of cases) refused(withDescription(bytes, edit), message, label);
+  const notJson = bytes.slice();
+  notJson[12] = 0x7b + 1; // "{" → "|", checksum made right below
+  const view = new DataView(notJson.buffer), length = view.getUint32(8, true);
+  view.setUint32(12 + Math.ceil(length / 4) * 4, crc32(notJson.subarray(12, 12 + length)), true);
+  refused(notJson, /description at byte 12 is not JSON/, "not JSON");
+});
+
+Deno.test("a tiered WASM cache saved mid-stream loads and goes on exactly as the original", () => {
+  const shape = { nLayers: 1, nHeads: 8, nKvHeads: 2, headDim: 32, maxSeqLen: 200 };
+  const policy = () =>
+    tieredPolicy({
+      label: "t",
+      tiers: [[0, 1].map(() => [
+        { minScore: 0.02, keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" },
+        { minScore: 0, keyFormat: "int4-g32-channel", valueFormat: "int4-g32-token" },
+      ])],
+      sinkTokens: 2,
+      recentWindow: 8,
+      windowFormat: "fp16",
+    });
+  const next = rng(5);
+  const a = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm" });
+  const q = () => normals(8 * 32, next);
+  const out = new Float32Array(8 * 32), out2 = new Float32Array(8 * 32);
+  let p = 0;
+  for (; p < 100; p++) {
+    a.append(0, p, normals(64, next), normals(64, next));
+    if (p % 5 === 4) a.attend(0, q(), out); // window scores steer the tiers
+  }
+  const b = loadCache(saveCache(a), { backend: "wasm" });
+  assert.deepEqual(b.windowScores(0, 1), a.windowScores(0, 1));
+  for (; p < 200; p++) {
+    const k = normals(64, next), v = normals(64, next);
+    a.append(0, p, k, v);
+    b.append(0, p, k, v);
+    if (p % 5 === 4) {
+      const x = q();
+      a.attend(0, x, out);
+      b.attend(0, x, out2);
+      assert.deepEqual(out2, out, `attend at ${p + 1}`);
+    }
+  }
+  assert.deepEqual(b.tokensByFormat(), a.tokensByFormat());
+  assert.equal(a.tokensByFormat().size, 3, "both tiers and the window in use");
+  assert.deepEqual(saveCache(b), saveCache(a));
+});
