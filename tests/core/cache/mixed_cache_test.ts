@@ -248,41 +248,50 @@ Deno.test("an append whose eviction cannot be placed fails before any KV head ch
 });
 
 Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a failed call", () => {
-  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
-  const cache = new MixedPrecisionKVCache(
-    shape,
-    uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "int4-g8-token", recentWindow: 1 }),
-  );
-  const good = normals(8, rng(1));
-  cache.append(0, 0, good, good);
-  cache.append(0, 1, good, good);
-  const before = saveCache(cache);
-  const bad = good.slice();
-  bad[5] = NaN;
-  assert.throws(
-    () => cache.append(0, 2, good, bad),
-    (e: Error) =>
-      e instanceof InvalidValueError && e.index === 5 && /v\[5\] is NaN/.test(e.message),
-  );
-  bad[5] = 1e6;
-  assert.throws(() => cache.append(0, 2, bad, good), /k\[5\] is 1000000/);
-  assert.throws(() => cache.append(0, 3, good, good), /out of order: expected 2/);
-  assert.throws(() => cache.append(0, 2, good.subarray(1), good), ShapeError);
-  assert.deepEqual(saveCache(cache), before, "failed appends change nothing");
-  const q = normals(16, rng(2)), out = new Float32Array(16).fill(7);
-  q[11] = Infinity;
-  assert.throws(
-    () => cache.attend(0, q, out),
-    (e: Error) =>
-      e instanceof InvalidValueError && e.index === 11 && /q\[11\] is Infinity/.test(e.message),
-  );
-  assert.ok(out.every((x) => x === 7), "a rejected query writes nothing");
-  assert.deepEqual(saveCache(cache), before, "nor changes the cache (window scores included)");
-  cache.append(0, 2, good, good);
-  cache.append(0, 3, good, good);
-  const full = saveCache(cache);
-  assert.throws(() => cache.append(0, 4, good, good), CapacityError);
-  assert.deepEqual(saveCache(cache), full, "an append past capacity changes nothing");
+  // two KV heads (a fault in the second one is caught before the first one changes), both backends
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 4 };
+  for (const backend of ["ts", "wasm"] as const) {
+    const cache = new MixedPrecisionKVCache(
+      shape,
+      uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "int4-g8-token", recentWindow: 1 }),
+      { backend },
+    );
+    const good = normals(16, rng(1));
+    cache.append(0, 0, good, good);
+    cache.append(0, 1, good, good);
+    const before = saveCache(cache);
+    const bad = good.slice();
+    bad[5] = NaN;
+    assert.throws(
+      () => cache.append(0, 2, good, bad),
+      (e: Error) =>
+        e instanceof InvalidValueError && e.index === 5 && /v\[5\] is NaN/.test(e.message),
+    );
+    bad[5] = 1e6;
+    assert.throws(() => cache.append(0, 2, bad, good), /k\[5\] is 1000000/);
+    const second = good.slice();
+    second[13] = -Infinity; // KV head 1, element 5
+    assert.throws(() => cache.append(0, 2, good, second), /v\[13\] is -Infinity/);
+    assert.throws(() => cache.append(0, 3, good, good), /out of order: expected 2/);
+    assert.throws(() => cache.append(0, 1, good, good), /out of order: expected 2/);
+    assert.throws(() => cache.append(0, 2, good.subarray(1), good), ShapeError);
+    assert.throws(() => cache.append(0, 2, good, good.subarray(0, 8)), /v has length 8/);
+    assert.deepEqual(saveCache(cache), before, `${backend}: failed appends change nothing`);
+    const q = normals(32, rng(2)), out = new Float32Array(32).fill(7);
+    q[11] = Infinity;
+    assert.throws(
+      () => cache.attend(0, q, out),
+      (e: Error) =>
+        e instanceof InvalidValueError && e.index === 11 && /q\[11\] is Infinity/.test(e.message),
+    );
+    assert.ok(out.every((x) => x === 7), "a rejected query writes nothing");
+    assert.deepEqual(saveCache(cache), before, "nor changes the cache (window scores included)");
+    cache.append(0, 2, good, good);
+    cache.append(0, 3, good, good);
+    const full = saveCache(cache);
+    assert.throws(() => cache.append(0, 4, good, good), CapacityError);
+    assert.deepEqual(saveCache(cache), full, `${backend}: an append past capacity changes nothing`);
+  }
   assert.throws(
     () =>
       new MixedPrecisionKVCache(
