@@ -185,6 +185,25 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   const seg = cache.segments(0, 1);
   assert.equal(seg.pools[0].pages.length, 2);
   assert.equal(seg.windowN, 18);
+  // a choice of formats also keeps one f32 score per eviction chunk the ring can hold: ⌈40 / 32⌉
+  const tiers = [
+    { minScore: 0.5, keyFormat: "int8-g32-channel", valueFormat: "int8-g8-token" },
+    { minScore: 0, keyFormat: "int4-g32-channel", valueFormat: "int4-g8-token" },
+  ];
+  const tiered = new MixedPrecisionKVCache(
+    shape,
+    tieredPolicy({
+      label: "t",
+      tiers: [[tiers, tiers]],
+      sinkTokens: 4,
+      recentWindow: 8,
+      pageTokens: 64,
+      windowFormat: "fp16",
+    }),
+  );
+  tiered.append(0, 0, normals(16, next), normals(16, next));
+  assert.equal(tiered.memoryBreakdown().windowScores, 2 * 2 * 4);
+  assert.equal(tiered.memory().bytes, 2 * (sinks + ring) + 2 * 2 * 4);
 });
 
 Deno.test("an append whose eviction cannot be placed fails before any KV head changes", () => {
