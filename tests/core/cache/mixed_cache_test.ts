@@ -4,11 +4,9 @@ import {
   BudgetError,
   cacheShape,
   CapacityError,
-  CorruptDataError,
   Float32KVCache,
   FormatError,
   InvalidValueError,
-  loadCache,
   MixedPrecisionKVCache,
   perplexity,
   policyFromJSON,
@@ -519,46 +517,6 @@ Deno.test("window scores: each eviction chunk sums its tokens' attention while t
     for (const [key, n] of routed) assert.equal(counts.get(key), n, `${backend}: ${key}`);
     assert.equal(routed.size, 2, "both tiers used");
   }
-});
-
-Deno.test("saveCache()/loadCache() round-trip exactly and detect corruption", () => {
-  const next = rng(14);
-  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 80 };
-  const cache = new MixedPrecisionKVCache(
-    shape,
-    uniformPolicy({
-      keyFormat: "int3-g16-channel",
-      valueFormat: "int4-g8-token",
-      sinkTokens: 2,
-      recentWindow: 6,
-      pageTokens: 32,
-    }),
-  );
-  for (let p = 0; p < 75; p++) {
-    for (const l of [0, 1]) cache.append(l, p, normals(16, next), normals(16, next));
-  }
-  const bytes = saveCache(cache);
-  const copy = loadCache(bytes);
-  assert.deepEqual(saveCache(copy), bytes);
-  const q = normals(32, next), a = new Float32Array(32), b = new Float32Array(32);
-  cache.attend(1, q, a);
-  copy.attend(1, q, b);
-  assert.deepEqual(a, b);
-  assert.deepEqual(copy.memory(), cache.memory());
-  assert.throws(
-    () => loadCache(bytes.subarray(0, bytes.length - 3)),
-    (e: Error) =>
-      e instanceof CorruptDataError && e.message.includes(`expected ${bytes.length}`) &&
-      e.message.includes("truncated"),
-  );
-  for (const at of [bytes.length - 10, Math.floor(bytes.length / 2), 20]) {
-    const bad = bytes.slice();
-    bad[at] ^= 0x10;
-    assert.throws(() => loadCache(bad), CorruptDataError, `flip at ${at}`);
-  }
-  const badMagic = bytes.slice();
-  badMagic[0] = 0;
-  assert.throws(() => loadCache(badMagic), /magic/);
 });
 
 Deno.test("MixedPrecisionKVCache with fp32 pages reproduces the FP32 perplexity", async () => {

@@ -12,8 +12,8 @@ import {
 import { crc32 } from "../../../core/cache/serialize.ts";
 import { normals, rng } from "../../_fixtures.ts";
 
-function saved() {
-  const next = rng(21);
+/** Two layers of channel-axis keys and token-axis values: sinks, full and partial pages, a ring. */
+function filled(next = rng(21)): MixedPrecisionKVCache {
   const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 80 };
   const cache = new MixedPrecisionKVCache(
     shape,
@@ -28,8 +28,37 @@ function saved() {
   for (let p = 0; p < 75; p++) {
     for (const l of [0, 1]) cache.append(l, p, normals(16, next), normals(16, next));
   }
-  return saveCache(cache);
+  return cache;
 }
+
+const saved = () => saveCache(filled());
+
+Deno.test("saveCache()/loadCache() round-trip exactly and detect corruption", () => {
+  const next = rng(14);
+  const cache = filled(next);
+  const bytes = saveCache(cache);
+  const copy = loadCache(bytes);
+  assert.deepEqual(saveCache(copy), bytes);
+  const q = normals(32, next), a = new Float32Array(32), b = new Float32Array(32);
+  cache.attend(1, q, a);
+  copy.attend(1, q, b);
+  assert.deepEqual(a, b);
+  assert.deepEqual(copy.memory(), cache.memory());
+  assert.throws(
+    () => loadCache(bytes.subarray(0, bytes.length - 3)),
+    (e: Error) =>
+      e instanceof CorruptDataError && e.message.includes(`expected ${bytes.length}`) &&
+      e.message.includes("truncated"),
+  );
+  for (const at of [bytes.length - 10, Math.floor(bytes.length / 2), 20]) {
+    const bad = bytes.slice();
+    bad[at] ^= 0x10;
+    assert.throws(() => loadCache(bad), CorruptDataError, `flip at ${at}`);
+  }
+  const badMagic = bytes.slice();
+  badMagic[0] = 0;
+  assert.throws(() => loadCache(badMagic), /magic/);
+});
 
 // the edits reach into any field of the description, some to make it malformed
 // deno-lint-ignore no-explicit-any
