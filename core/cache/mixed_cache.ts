@@ -207,8 +207,12 @@ interface Eviction {
 
 /** {@linkcode MixedPrecisionKVCache.memoryBreakdown}: bytes by part of the cache. */
 export interface MemoryBreakdown {
-  /** Page words: codes and scales. */
-  pages: number;
+  /** Page words holding codes. */
+  codes: number;
+  /** Page words holding group headers: scales and minima. */
+  scales: number;
+  /** WebAssembly memory blocks' alignment padding after page words (wasm backend). */
+  padding: number;
   /** Page-table entries, one per page. */
   pageTables: number;
   /** Sink tokens at the window format. */
@@ -829,16 +833,28 @@ export class MixedPrecisionKVCache implements KVCache {
    * @returns the parts; they sum to memory().bytes
    */
   memoryBreakdown(): MemoryBreakdown {
-    const b = { pages: 0, pageTables: 0, sinks: 0, ring: 0, windowScores: 0 };
+    const b = {
+      codes: 0,
+      scales: 0,
+      padding: 0,
+      pageTables: 0,
+      sinks: 0,
+      ring: 0,
+      windowScores: 0,
+    };
     for (const layer of this.#heads) {
       for (const s of layer) {
         b.sinks += s.sinkK.byteLength + s.sinkV.byteLength;
         b.ring += s.windowK.byteLength + s.windowV.byteLength;
         b.windowScores += s.windowScore.byteLength;
         for (const pool of s.pools.values()) {
-          const entries = pool.pages.length * PAGE_TABLE_ENTRY_BYTES;
-          b.pages += pool.bytes - entries;
-          b.pageTables += entries;
+          for (const page of pool.pages) {
+            const { codes, scales, padding } = page.parts;
+            b.codes += codes;
+            b.scales += scales;
+            b.padding += padding;
+            b.pageTables += PAGE_TABLE_ENTRY_BYTES;
+          }
         }
       }
     }

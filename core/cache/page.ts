@@ -122,6 +122,20 @@ export class Page {
   }
 
   /**
+   * The page's bytes by part: codes, group headers (scales and minima), and the alignment padding
+   * of WebAssembly memory blocks. With the page-table entry they sum to {@linkcode Page.bytes}.
+   */
+  get parts(): { codes: number; scales: number; padding: number } {
+    const n = this.capacity * this.headDim;
+    let scales = 0;
+    for (const c of [this.keyCodec, this.valueCodec]) {
+      scales += 4 * (c.wordsFor(n) / c.spec.wordsPerGroup) * c.spec.headerWords;
+    }
+    const words = 4 * (this.#kn + this.#vn);
+    return { codes: words - scales, scales, padding: this.bytes - PAGE_TABLE_ENTRY_BYTES - words };
+  }
+
+  /**
    * Bytes a page of these formats and shape holds, before it is allocated (memory budgets).
    * @param keyCodec codec of the keys
    * @param valueCodec codec of the values

@@ -173,8 +173,12 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   const mem = cache.memory();
   assert.equal(mem.bytes, expected);
   assert.equal(mem.elements, 150 * 16 * 2);
+  // codes and group headers: int4-g32-channel keys 4 code words and 1 header per 32 elements,
+  // int4-g8-token values 1 and 1 per 8
   assert.deepEqual(cache.memoryBreakdown(), {
-    pages: 2 * 2 * (kPage + vPage),
+    codes: 2 * 2 * (8 * 2 * 4 * 4 + 64 * 4),
+    scales: 2 * 2 * (8 * 2 * 4 + 64 * 4),
+    padding: 0,
     pageTables: 2 * 2 * 16,
     sinks: 2 * sinks,
     ring: 2 * ring,
@@ -183,6 +187,16 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   const seg = cache.segments(0, 1);
   assert.equal(seg.pools[0].pages.length, 2);
   assert.equal(seg.windowN, 18);
+  // WASM pages hold the same words, in 16-byte aligned blocks: the parts still sum to memory()
+  // 5 tokens of 12 fp16 elements: 120 bytes in a block of 128
+  const odd = uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16", pageTokens: 5 });
+  for (const backend of ["ts", "wasm"] as const) {
+    const c = new MixedPrecisionKVCache({ ...shape, headDim: 12 }, odd, { backend });
+    for (let p = 0; p < 150; p++) c.append(0, p, normals(24, next), normals(24, next));
+    const parts = Object.values(c.memoryBreakdown()).reduce((a, x) => a + x, 0);
+    assert.equal(parts, c.memory().bytes, backend);
+    assert.equal(c.memoryBreakdown().padding > 0, backend === "wasm", `${backend} padding`);
+  }
   // a choice of formats also keeps one f32 score per eviction chunk the ring can hold: ⌈40 / 32⌉
   const tiers = [
     { minScore: 0.5, keyFormat: "int8-g32-channel", valueFormat: "int8-g8-token" },
