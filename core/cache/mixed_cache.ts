@@ -200,7 +200,7 @@ interface Eviction {
   /** The pool. */
   pool: PagePool;
   /** Whether the head holds the pool already (else the eviction adds it). */
-  added: boolean;
+  held: boolean;
   /** Whether the write needs a new page. */
   newPage: boolean;
 }
@@ -460,7 +460,7 @@ export class MixedPrecisionKVCache implements KVCache {
       }
       const held = store.pools.get(key);
       const pool = held ?? this.createPool(pair);
-      out[h] = { key, pool, added: held !== undefined, newPage: pool.needsPage(Q) };
+      out[h] = { key, pool, held: held !== undefined, newPage: pool.needsPage(Q) };
     }
     return out;
   }
@@ -509,7 +509,7 @@ export class MixedPrecisionKVCache implements KVCache {
         this.#evictV.subarray(i * d, (i + 1) * d),
       );
     }
-    if (!to.added) store.pools.set(to.key, to.pool);
+    if (!to.held) store.pools.set(to.key, to.pool);
     to.pool.write(this.#evictK, this.#evictV, Q, fresh);
     store.windowStart = (store.windowStart + Q) % R;
     store.windowN -= Q;
