@@ -30,6 +30,7 @@
 
 import type { Codec } from "../../codecs/mod.ts";
 import { wasmBytes } from "../../codecs/wasm.ts";
+import { CapacityError } from "../errors.ts";
 import { PageArena } from "./page_arena.ts";
 
 interface AttentionKernels {
@@ -121,6 +122,7 @@ export class WasmAttention {
    * @param tokens most tokens one kernel call sees
    * @param hq query heads per KV head
    * @param segWords words of the copied key (and value) run
+   * @throws CapacityError when memory cannot grow (the previous scratch is kept)
    */
   reserve(d: number, tokens: number, hq: number, segWords = tokens * d): void {
     if (d === this.#d && hq === this.#hq && tokens <= this.#tokens && segWords <= this.#segWords) {
@@ -137,8 +139,18 @@ export class WasmAttention {
       this.#k.attendScratchBytes(d, tokens, hq),
     ].map(PageArena.blockBytes);
     const bytes = sizes.reduce((a, b) => a + b, 0);
+    let scratch: number;
+    try {
+      scratch = this.arena.alloc(bytes); // before the old block is freed: a failure keeps it
+    } catch (cause) {
+      throw new CapacityError(
+        `no memory for ${bytes} bytes of attention scratch ` +
+          `(${cause instanceof Error ? cause.message : String(cause)})`,
+        { cause },
+      );
+    }
     if (this.#scratchBytes) this.arena.free(this.#scratch, this.#scratchBytes);
-    this.#scratch = this.arena.alloc(bytes);
+    this.#scratch = scratch;
     this.#scratchBytes = bytes;
     let p = this.#scratch;
     [this.qPtr, this.outPtr, this.scorePtr, this.segKPtr, this.segVPtr, this.#kernelPtr] = sizes

@@ -278,6 +278,42 @@ Deno.test("an append whose eviction cannot be placed fails before any KV head ch
   for (let i = 0; i < a.length; i++) assert.ok(Math.abs(a[i] - b[i]) <= 1e-6, `out[${i}]`);
 });
 
+Deno.test("a WASM attend whose scratch cannot grow fails with CapacityError, touching nothing", () => {
+  // 300 fp16 tokens in the window: the kernel's copy of them needs more memory than the module has
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 128, maxSeqLen: 300 };
+  const policy = uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16", recentWindow: 300 });
+  const cache = new MixedPrecisionKVCache(shape, policy, { backend: "wasm" });
+  const reference = new MixedPrecisionKVCache(shape, policy);
+  const next = rng(9);
+  for (let p = 0; p < 300; p++) {
+    const k = normals(128, next), v = normals(128, next);
+    cache.append(0, p, k, v);
+    reference.append(0, p, k, v);
+  }
+  const before = saveCache(cache);
+  const q = normals(512, next), out = new Float32Array(512).fill(7);
+  const grow = WebAssembly.Memory.prototype.grow;
+  WebAssembly.Memory.prototype.grow = function () {
+    throw new RangeError("test: no more memory");
+  };
+  try {
+    assert.throws(
+      () => cache.attend(0, q, out),
+      (e: Error) => e instanceof CapacityError && /attention scratch/.test(e.message),
+    );
+  } finally {
+    WebAssembly.Memory.prototype.grow = grow;
+  }
+  assert.ok(out.every((x) => x === 7), "out untouched");
+  assert.deepEqual(saveCache(cache), before);
+  const want = new Float32Array(512);
+  cache.attend(0, q, out);
+  reference.attend(0, q, want);
+  for (let i = 0; i < 512; i++) {
+    assert.ok(Math.abs(out[i] - want[i]) <= 1e-6 * Math.max(1, Math.abs(want[i])), `out[${i}]`);
+  }
+});
+
 Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a failed call", () => {
   // two KV heads (a fault in the second one is caught before the first one changes), both backends
   const shape = { nLayers: 1, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 4 };
