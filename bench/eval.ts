@@ -8,8 +8,8 @@
 // followed by the WASM cache's perplexity under the same policy).
 // Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
 //                       [--eps E]... [--budget B]... [--breakdown]
-// --breakdown: under each CPU row, where its bits go (codes, scales, WASM padding, page tables, ring, window scores, sinks),
-// summed over the scoring windows as the bits/elem column is.
+// --breakdown: under each CPU row, where its bits go (codes, scales, WASM padding, page tables,
+// ring, window scores, sinks), summed over the scoring windows as the bits/elem column is.
 import { loadFixture } from "../tests/_fixtures.ts";
 import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
 import {
