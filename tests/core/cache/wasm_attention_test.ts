@@ -110,6 +110,22 @@ Deno.test("MixedPrecisionKVCache.attend() wasm matches ts for every storable for
       `${keyFormat}|${valueFormat} hq=${hq} integerDot=${integerDot}`,
     );
   });
+  // the formats the integer path serves, on the exact kernels too (with integerDot on they always
+  // take the integer path)
+  for (const b of [2, 4, 8]) {
+    for (const keyFormat of [`int${b}-g32-token`, `int${b}-g32-channel`]) {
+      const valueFormat = `int${b}-g32-token`;
+      const shape = { nLayers: 1, nHeads: 12, nKvHeads: 2, headDim: 64, maxSeqLen: 300 };
+      const policy = () => uniformPolicy({ keyFormat, valueFormat, pageTokens: 128 });
+      drive(
+        pair(shape, policy, false),
+        300,
+        lengths,
+        3000 + b,
+        `${keyFormat}|${valueFormat} exact`,
+      );
+    }
+  }
 });
 
 Deno.test("MixedPrecisionKVCache.attend() wasm matches ts across GQA shapes, sinks and windows", () => {
