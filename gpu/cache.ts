@@ -47,13 +47,7 @@
  * @module
  */
 
-import {
-  assertFinite,
-  DeviceError,
-  FormatError,
-  InvalidValueError,
-  ShapeError,
-} from "../core/errors.ts";
+import { DeviceError, FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
 import {
   type CacheMemory,
   checkAppend,
@@ -63,13 +57,22 @@ import {
   type KVCacheShape,
 } from "../core/model/kv_cache.ts";
 import type { CachePolicy, FormatPair } from "../core/cache/policy.ts";
-import { type MixedCacheOptions, MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
+import {
+  checkCacheValues,
+  type MixedCacheOptions,
+  MixedPrecisionKVCache,
+} from "../core/cache/mixed_cache.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { tsCodec } from "../codecs/ts_codec.ts";
 import type { GpuDevice } from "./device.ts";
 import { PipelineCache } from "./program.ts";
-import { type AttentionGroup, type AttentionSegment, PagedAttention } from "./attention.ts";
+import {
+  type AttentionGroup,
+  type AttentionSegment,
+  MAX_QUERIES_PER_KV,
+  PagedAttention,
+} from "./attention.ts";
 import { quantizeProgram } from "./quantize.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
 import { PageSlots } from "./page_slots.ts";
@@ -197,6 +200,7 @@ export class GpuKVCache implements KVCache {
   readonly #encoded: Uint32Array<ArrayBuffer>;
   /** The async call in flight ("attend()", "toCpu()"): it reads the cache across awaits. */
   #busy: string | undefined;
+  #destroyed = false;
 
   /**
    * Creates the cache and allocates its buffers; prefer {@linkcode createGpuKVCache}, which also
@@ -207,6 +211,15 @@ export class GpuKVCache implements KVCache {
   constructor(options: GpuKVCacheOptions, pipelines: PipelineCache) {
     const { gpu, shape } = options;
     checkCacheShape(shape);
+    const perKv = shape.nHeads / shape.nKvHeads;
+    if (perKv > MAX_QUERIES_PER_KV) {
+      // refused here, not at the first attend, so that nothing is appended to a cache that can
+      // never attend
+      throw new ShapeError(
+        `${perKv} query heads per KV head; the GPU attention kernel holds at most ` +
+          `${MAX_QUERIES_PER_KV}`,
+      );
+    }
     gpu.check("creating the GPU cache");
     this.shape = { ...shape };
     this.policy = withDefaults(options.policy);
@@ -388,8 +401,10 @@ export class GpuKVCache implements KVCache {
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
     this.#checkIdle("append()");
     checkAppend(this.shape, layer, pos, this.#length[layer], k, v);
-    assertFinite(k, "k");
-    assertFinite(v, "v");
+    // as the CPU cache: a value past fp16's range would overflow a header (the GPU cache once
+    // took 1e9 and attended to NaN)
+    checkCacheValues(k, "k");
+    checkCacheValues(v, "v");
     this.#gpu.check("append");
     if (this.#quantize.size === 0) {
       throw new DeviceError("GPU cache kernels not compiled: create it with createGpuKVCache()");
@@ -646,8 +661,10 @@ export class GpuKVCache implements KVCache {
     }
   }
 
-  // a change (or a second read) between an in-flight call's awaits would mix two states
+  // a change (or a second read) between an in-flight call's awaits would mix two states; and a
+  // destroyed cache has no buffers to work on
   #checkIdle(op: string): void {
+    if (this.#destroyed) throw new DeviceError(`${op} called after destroy()`);
     if (this.#busy !== undefined) {
       throw new DeviceError(`${op} called while ${this.#busy} is in flight: await it first`);
     }
@@ -702,7 +719,8 @@ export class GpuKVCache implements KVCache {
    * cache is `saveCache(await gpu.toCpu())`; the copy attends and grows as this cache would.
    * @param options backend and options of the new CPU cache
    * @returns the CPU cache
-   * @throws {DeviceError} when the device is lost
+   * @throws {DeviceError} when the device is lost, the cache destroyed or another call in flight
+   * @throws {BudgetError} when the copy would exceed `options.maxBytes`
    */
   async toCpu(options: MixedCacheOptions = {}): Promise<MixedPrecisionKVCache> {
     this.#gpu.check("toCpu");
@@ -760,6 +778,7 @@ export class GpuKVCache implements KVCache {
       }
     }
     cpu.restoreLengths(this.#length);
+    cpu.checkBudget("the GPU cache's copy");
     return cpu;
   }
 
@@ -860,6 +879,15 @@ export class GpuKVCache implements KVCache {
     page: number,
     pair?: FormatPair,
   ): Promise<GpuPageWords> {
+    this.#checkIdle("readPage()");
+    for (const [what, x] of [["layer", layer], ["kvHead", kvHead], ["page", page]] as const) {
+      if (!Number.isInteger(x) || x < 0) {
+        throw new ShapeError(`readPage: ${what} is ${x}, expected an integer ≥ 0`);
+      }
+    }
+    if (pair !== undefined && (typeof pair !== "object" || pair === null)) {
+      throw new InvalidValueError(`readPage: pair is ${pair}, expected { keyFormat, valueFormat }`);
+    }
     if (pair === undefined) {
       if (this.pairs.length !== 1) {
         throw new InvalidValueError(
@@ -881,6 +909,15 @@ export class GpuKVCache implements KVCache {
       );
     }
     this.#gpu.check("readPage");
+    this.#busy = "readPage()";
+    try {
+      return await this.#readPage(pool, page, tokens);
+    } finally {
+      this.#busy = undefined;
+    }
+  }
+
+  async #readPage(pool: _Pool, page: number, tokens: number): Promise<GpuPageWords> {
     const at = pool.at, base = pool.pages[page] * at.slots.slotWords * 4;
     const keyWords = new Uint32Array(
       await readBack(this.#gpu, at.slots.buffer, this.#readback, at.keyWords * 4, undefined, base),
@@ -943,8 +980,11 @@ export class GpuKVCache implements KVCache {
     for (const at of this.#byPair.values()) at.slots.clear();
   }
 
-  /** Frees the cache's GPU buffers. */
+  /** Frees the cache's GPU buffers; every later call but destroy() throws DeviceError. */
   destroy(): void {
+    if (this.#destroyed) return;
+    this.#checkIdle("destroy()");
+    this.#destroyed = true;
     for (const b of [this.#staging, this.#evictScratch, this.#q, this.#out, this.#readback]) {
       b.destroy();
     }

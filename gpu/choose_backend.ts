@@ -30,6 +30,7 @@ import { loadWasmCodecs } from "../codecs/wasm.ts";
 import { type GpuDevice, requestGpu } from "./device.ts";
 import { createGpuKVCache } from "./cache.ts";
 import { type GpuCachePolicy, gpuPolicyFor } from "./cache_policy.ts";
+import { MAX_QUERIES_PER_KV } from "./attention.ts";
 
 /** Where attention over a cache runs. */
 export type CacheBackend = "ts" | "wasm" | "gpu";
@@ -114,6 +115,11 @@ export async function createKVCache(
   let gpuPolicy = gpuPolicyFor(policy);
   if (typeof gpuPolicy !== "string" && options.maxBytes !== undefined) {
     gpuPolicy = `a memory budget of ${options.maxBytes} bytes is set; the GPU cache has none`;
+  }
+  const perKv = shape.nHeads / shape.nKvHeads;
+  if (typeof gpuPolicy !== "string" && perKv > MAX_QUERIES_PER_KV) {
+    gpuPolicy = `${perKv} query heads per KV head; the GPU attention kernel holds at most ` +
+      `${MAX_QUERIES_PER_KV}`;
   }
   if (backend === "gpu") {
     if (typeof gpuPolicy === "string") throw new FormatError(`backend "gpu": ${gpuPolicy}`);

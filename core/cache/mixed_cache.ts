@@ -398,8 +398,8 @@ export class MixedPrecisionKVCache implements KVCache {
 
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
     checkAppend(this.shape, layer, pos, this.#lengths[layer], k, v);
-    checkRange(k, "k");
-    checkRange(v, "v");
+    checkCacheValues(k, "k");
+    checkCacheValues(v, "v");
     const evictions = this.#evictions(layer, pos);
     if (this.maxBytes !== undefined) {
       let more = 0;
@@ -785,6 +785,20 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 
   /**
+   * Throws BudgetError when the cache holds more than its memory budget: a cache restored from
+   * bytes or from the GPU checks this once it is complete (appends check before they grow).
+   * @param what what built the cache, for the message
+   */
+  checkBudget(what: string): void {
+    const bytes = this.memory().bytes;
+    if (this.maxBytes !== undefined && bytes > this.maxBytes) {
+      throw new BudgetError(
+        `${what} holds ${bytes} bytes, over the memory budget of ${this.maxBytes} bytes`,
+      );
+    }
+  }
+
+  /**
    * Window scores of one layer and KV head (serialisation): the attention each eviction chunk in
    * the ring gathered so far, chunk c (counting from the first token that left the window) at
    * index c mod length; empty when the policy has one format pair.
@@ -886,7 +900,13 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 }
 
-function checkRange(x: Float32Array, what: string): void {
+/**
+ * Throws InvalidValueError naming the first element of x that is not a finite number within
+ * ±MAX_CACHE_VALUE (what every cache format's headers can hold); shared with the GPU cache.
+ * @param x keys or values
+ * @param what their name in the message
+ */
+export function checkCacheValues(x: Float32Array, what: string): void {
   for (let i = 0; i < x.length; i++) {
     const a = Math.abs(x[i]);
     if (!(a <= MAX_CACHE_VALUE)) {

@@ -19,7 +19,7 @@
 
 import { getFormat } from "../../codecs/mod.ts";
 import { BudgetError } from "../errors.ts";
-import type { PrecisionPlan } from "../plan.ts";
+import { type PrecisionPlan, validatePrecisionPlan } from "../plan.ts";
 import { type CachePolicy, tieredPolicy } from "./policy.ts";
 
 /**
@@ -29,8 +29,11 @@ import { type CachePolicy, tieredPolicy } from "./policy.ts";
  * @param plan the plan
  * @param label a name for tables and reports (default from the plan's meta: mode and target)
  * @returns the policy
+ * @throws CorruptDataError naming the first malformed field of the plan
  */
-export function planPolicy(plan: PrecisionPlan, label: string = planLabel(plan)): CachePolicy {
+export function planPolicy(plan: PrecisionPlan, label?: string): CachePolicy {
+  validatePrecisionPlan(plan); // a malformed plan is named here, not a TypeError later
+  label ??= planLabel(plan);
   const tiers = plan.layers.map((l) => l.heads.map((h) => h.tiers));
   let pageTokens = 32;
   for (const layer of tiers) {

@@ -63,32 +63,50 @@ export type PolicyJSON =
  *
  * @param json the `options` of a policy
  * @returns the policy
+ * @throws InvalidValueError naming the first malformed field
  */
 export function policyFromJSON(json: PolicyJSON): CachePolicy {
+  if (typeof json !== "object" || json === null) {
+    throw new InvalidValueError(`policy is ${json}, expected an object with a kind`);
+  }
   if (json.kind === "uniform") {
     _checkPair(json, "");
     return uniformPolicy(json);
   }
-  if (json.kind === "tiered") {
-    // JSON from a file: every level is checked so a malformed one is named, not a TypeError
-    const { tiers } = json as { tiers: unknown };
-    if (!Array.isArray(tiers)) throw new InvalidValueError("tiers must be an array of layers");
-    tiers.forEach((layer: unknown, l) => {
-      if (!Array.isArray(layer)) {
-        throw new InvalidValueError(`tiers[${l}] must be an array of KV heads`);
-      }
-      layer.forEach((head: unknown, h) => {
-        if (!Array.isArray(head)) {
-          throw new InvalidValueError(`tiers[${l}][${h}] must be an array of tiers`);
-        }
-        head.forEach((t: FormatPair, i) => _checkPair(t, `tiers[${l}][${h}][${i}].`));
-      });
-    });
-    return tieredPolicy(json);
-  }
+  if (json.kind === "tiered") return tieredPolicy(json);
   throw new InvalidValueError(
     `unknown policy kind ${JSON.stringify((json as { kind: unknown }).kind)}`,
   );
+}
+
+// tiers from JSON or a caller: every level is checked so a malformed one is named, not a TypeError
+function _checkTiers(tiers: unknown): void {
+  if (!Array.isArray(tiers)) throw new InvalidValueError("tiers must be an array of layers");
+  tiers.forEach((layer: unknown, l) => {
+    if (!Array.isArray(layer)) {
+      throw new InvalidValueError(`tiers[${l}] must be an array of KV heads`);
+    }
+    layer.forEach((head: unknown, h) => {
+      if (!Array.isArray(head)) {
+        throw new InvalidValueError(`tiers[${l}][${h}] must be an array of tiers`);
+      }
+      head.forEach((t: Tier, i) => {
+        const at = `tiers[${l}][${h}][${i}]`;
+        if (typeof t !== "object" || t === null) {
+          throw new InvalidValueError(
+            `${at} is ${t}, expected { minScore, keyFormat, valueFormat }`,
+          );
+        }
+        _checkPair(t, `${at}.`);
+        // a NaN would sort anywhere and match no score: the tier would silently never be used
+        if (!Number.isFinite(t.minScore)) {
+          throw new InvalidValueError(
+            `layer ${l} head ${h} tier ${i} has minScore ${t.minScore}, expected a finite number`,
+          );
+        }
+      });
+    });
+  });
 }
 
 /** Options shared by the policies' constructors. */
@@ -169,20 +187,10 @@ export interface TieredOptions extends WindowOptions {
  *
  * @param options tiers and window
  * @returns the policy
+ * @throws InvalidValueError naming the first malformed tier (or a head without a last tier at 0)
  */
 export function tieredPolicy(options: TieredOptions): CachePolicy {
-  options.tiers.forEach((layer, l) =>
-    layer.forEach((head, h) =>
-      head.forEach((t, i) => {
-        // a NaN would sort anywhere and match no score: the tier would silently never be used
-        if (!Number.isFinite(t.minScore)) {
-          throw new InvalidValueError(
-            `layer ${l} head ${h} tier ${i} has minScore ${t.minScore}, expected a finite number`,
-          );
-        }
-      })
-    )
-  );
+  _checkTiers(options?.tiers);
   const tiers = options.tiers.map((layer) =>
     layer.map((head) => [...head].sort((a, b) => b.minScore - a.minScore))
   );

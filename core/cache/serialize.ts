@@ -214,7 +214,7 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
  * Loads a cache saved by {@linkcode saveCache}. Throws {@linkcode CorruptDataError} for a wrong
  * magic or version, truncated or oversized input (expected vs actual bytes) and checksum mismatches
  * (naming the block and its byte offset), and a description whose counts do not fit its shape and
- * policy (naming the field).
+ * policy (naming the field); BudgetError when the cache would exceed `options.maxBytes`.
  * @param bytes the serialised cache
  * @param options backend, integerDot, codecs and budget of the new cache (as its constructor's)
  * @returns a new cache equal to the saved one
@@ -308,5 +308,6 @@ export function loadCache(
     o += block.byteLength + 4;
   }
   cache.restoreLengths(json.lengths);
+  cache.checkBudget("the loaded cache");
   return cache;
 }

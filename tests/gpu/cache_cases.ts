@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import {
+  BudgetError,
   CapacityError,
   DeviceError,
   FormatError,
@@ -241,6 +242,67 @@ Deno.test("GpuKVCache.append() rejects bad input and a lost device without chang
   assert.throws(() => cache.append(0, 0, k, v), DeviceError);
   assert.equal(cache.length(0), 0, "a failed append leaves the length");
   await assert.rejects(async () => await cache.attend(0, new Float32Array(16), out), ShapeError);
+});
+
+Deno.test("GpuKVCache refuses what the CPU cache refuses, and misuse leaves the device alive", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const { gpu, pipelines } = env;
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 8, maxSeqLen: 64 };
+  const policy = {
+    keyFormat: "int8-g8-token",
+    valueFormat: "int8-g8-token",
+    pageTokens: 8,
+    sinkTokens: 0,
+    windowTokens: 4,
+  };
+  const make = () => createGpuKVCache({ gpu, pipelines, shape, policy });
+  const cache = await make(), other = await make();
+  const next = rng(4);
+  // a value no header can hold (int8 window: the GPU cache once took 1e9 and attended to NaN)
+  const big = normals(8, next);
+  big[6] = 1e9;
+  assert.throws(
+    () => cache.append(0, 0, big, normals(8, next)),
+    (e: Error) => e instanceof InvalidValueError && /k\[6\] is 1000000000/.test(e.message),
+  );
+  assert.equal(cache.length(0), 0);
+  for (let p = 0; p < 20; p++) {
+    const k = normals(8, next), v = normals(8, next);
+    cache.append(0, p, k, v);
+    other.append(0, p, k, v);
+  }
+  // page arguments are checked before any read; a read while attend runs waits its turn
+  for (const [layer, head, page] of [[0.5, 0, 0], [0, 0, -1], [0, 0, 1.5]]) {
+    await assert.rejects(() => cache.readPage(layer, head, page), ShapeError, `${layer} ${page}`);
+  }
+  await assert.rejects(() => cache.readPage(0, 0, 0, null as never), InvalidValueError);
+  const out = new Float32Array(32);
+  const pending = cache.attend(0, normals(32, next), out);
+  await assert.rejects(() => cache.readPage(0, 0, 0), /readPage\(\) called while attend/);
+  await pending;
+  const [reading, second] = [cache.readPage(0, 0, 0), cache.readPage(0, 0, 0)];
+  await assert.rejects(() => second, /readPage\(\) called while readPage/);
+  assert.equal((await reading).tokens, 8);
+  // a copy over its budget is refused, not returned
+  await assert.rejects(() => cache.toCpu({ maxBytes: 64 }), BudgetError);
+  // a destroyed cache refuses every call by name; the device and the other cache carry on
+  cache.destroy();
+  assert.throws(() => cache.append(0, 20, normals(8, next), normals(8, next)), /after destroy/);
+  await assert.rejects(() => cache.attend(0, normals(32, next), out), /after destroy/);
+  await assert.rejects(() => cache.readPage(0, 0, 0), /after destroy/);
+  await assert.rejects(() => cache.toCpu(), /after destroy/);
+  assert.throws(() => cache.reset(), /after destroy/);
+  cache.destroy();
+  assert.equal(gpu.lost, false);
+  await other.attend(0, normals(32, next), out);
+  assert.ok(out.every(Number.isFinite));
+  other.destroy();
+  // more query heads per KV head than the kernel holds: refused when created, not at attend
+  await assert.rejects(
+    () => createGpuKVCache({ gpu, pipelines, shape: { ...shape, nHeads: 32 }, policy }),
+    (e: Error) => e instanceof ShapeError && /32 query heads per KV head/.test(e.message),
+  );
 });
 
 Deno.test("GpuKVCache with an fp16 window rejects what fp16 cannot hold, changing nothing", async () => {

@@ -64,6 +64,15 @@ Deno.test("createKVCache(auto) keeps policies the GPU cache cannot hold as writt
   assert.equal(budget.backend, "wasm");
   assert.match(budget.reason, /memory budget of 1048576 bytes is set; the GPU cache has none/);
   assert.equal((budget.cache as MixedPrecisionKVCache).maxBytes, 1 << 20);
+  // 32 query heads on one KV head: more than the GPU kernel holds, so WASM (and "gpu" refuses)
+  const wide = { ...shape, nHeads: 32, nKvHeads: 1 };
+  const many = await createKVCache(wide, ready());
+  assert.equal(many.backend, "wasm");
+  assert.match(
+    many.reason,
+    /32 query heads per KV head; the GPU attention kernel holds at most 16/,
+  );
+  await assert.rejects(() => createKVCache(wide, ready(), { backend: "gpu" }), FormatError);
   for (const b of ["ts", "wasm"] as const) {
     const c = await createKVCache(shape, ready(), { backend: b, integerDot: false });
     assert.equal(c.backend, b);

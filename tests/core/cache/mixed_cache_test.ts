@@ -9,6 +9,7 @@ import {
   InvalidValueError,
   MixedPrecisionKVCache,
   perplexity,
+  planPolicy,
   policyFromJSON,
   type PolicyJSON,
   saveCache,
@@ -417,6 +418,24 @@ Deno.test("tiered policies: a non-finite minScore or tiers that do not match the
         new RegExp(`layer 0 head 0 tier 0 has minScore ${bad}`).test(e.message),
     );
   }
+  // malformed tables from a caller, not only from JSON, are named (they were TypeErrors)
+  const malformed: [unknown, RegExp][] = [
+    [undefined, /tiers must be an array of layers/],
+    ["x", /tiers must be an array of layers/],
+    [[null], /tiers\[0\] must be an array of KV heads/],
+    [[[null]], /tiers\[0\]\[0\] must be an array of tiers/],
+    [[[[null]]], /tiers\[0\]\[0\]\[0\] is null/],
+    [[[[{ minScore: 0, keyFormat: "fp16" }]]], /tiers\[0\]\[0\]\[0\]\.valueFormat is undefined/],
+  ];
+  for (const [tiers, message] of malformed) {
+    assert.throws(
+      () => tieredPolicy({ label: "bad", tiers } as never),
+      (e: Error) => e instanceof InvalidValueError && message.test(e.message),
+      String(message),
+    );
+  }
+  assert.throws(() => policyFromJSON(null as never), /policy is null, expected an object/);
+  assert.throws(() => planPolicy({} as never), /precision plan: version is undefined/);
   const policy = tieredPolicy({ label: "one layer", tiers: [[[{ minScore: 0, ...fp16 }]]] });
   const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
   assert.throws(

@@ -2,6 +2,7 @@
 // and a description whose checksum holds but whose counts do not fit its shape and policy.
 import assert from "node:assert/strict";
 import {
+  BudgetError,
   CorruptDataError,
   loadCache,
   MixedPrecisionKVCache,
@@ -58,6 +59,13 @@ Deno.test("saveCache()/loadCache() round-trip exactly and detect corruption", ()
   const badMagic = bytes.slice();
   badMagic[0] = 0;
   assert.throws(() => loadCache(badMagic), /magic/);
+  // a budget the saved cache exceeds is refused, not ignored
+  const held = cache.memory().bytes;
+  assert.throws(
+    () => loadCache(bytes, { maxBytes: held - 1 }),
+    (e: Error) => e instanceof BudgetError && e.message.includes(`holds ${held} bytes`),
+  );
+  assert.equal(loadCache(bytes, { maxBytes: held }).memory().bytes, held);
 });
 
 // the edits reach into any field of the description, some to make it malformed
