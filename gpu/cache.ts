@@ -113,8 +113,11 @@ export interface GpuPageWords {
  *
  * @param options device, shape, policy and an optional shared pipeline cache
  * @returns the cache
- * @throws {FormatError} for an unknown format or one that cannot be paged per head
- * @throws {ShapeError} for a shape, page size or tier table the formats or shape do not fit
+ * @throws {FormatError} for an unknown format, one that cannot be paged per head, or a group that
+ *   does not divide head_dim or the page (as the CPU cache)
+ * @throws {InvalidValueError} for a page size, sink count or window that is not an integer
+ * @throws {ShapeError} for a shape or tier table that does not fit, or more than 16 query heads per
+ *   KV head
  * @throws {DeviceError} when the device is lost or the pool exceeds its buffer limits
  */
 export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuKVCache> {
@@ -231,7 +234,7 @@ export class GpuKVCache implements KVCache {
     this.#window = getFormat(wf);
     if (d % this.#window.group !== 0) {
       // each head's slot holds whole groups (fp16 packs two elements a word: its group is 2)
-      throw new ShapeError(
+      throw new FormatError(
         `a ${wf} window holds groups of ${this.#window.group}; headDim ${d} is not a multiple`,
       );
     }
@@ -246,13 +249,13 @@ export class GpuKVCache implements KVCache {
         }
         if (f.axis === "channel") {
           if (P % f.group !== 0) {
-            throw new ShapeError(
+            throw new FormatError(
               `pageTokens ${P} is not a multiple of ${f.name}'s group ${f.group}`,
             );
           }
           chunk = Math.max(chunk, f.group);
         } else if (d % f.group !== 0) {
-          throw new ShapeError(`headDim ${d} is not a multiple of ${f.name}'s group ${f.group}`);
+          throw new FormatError(`headDim ${d} is not a multiple of ${f.name}'s group ${f.group}`);
         }
       }
     }

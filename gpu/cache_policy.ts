@@ -19,7 +19,7 @@
  * @module
  */
 
-import { FormatError, ShapeError } from "../core/errors.ts";
+import { FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
 import { getFormat } from "../codecs/format.ts";
 import {
   type CachePolicy,
@@ -81,7 +81,8 @@ export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
  *
  * @param p the policy
  * @returns the policy with every window field set
- * @throws {ShapeError} for a page size, sink count or window that is not a (positive) integer
+ * @throws {InvalidValueError} for a page size, sink count or window that is not a (positive)
+ *   integer
  * @throws {FormatError} for a window format other than fp32 and fp16
  */
 export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
@@ -95,7 +96,7 @@ export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
   for (const k of ["pageTokens", "sinkTokens", "windowTokens"] as const) {
     const v = policy[k];
     if (!Number.isInteger(v) || v < (k === "pageTokens" ? 1 : 0)) {
-      throw new ShapeError(
+      throw new InvalidValueError(
         `policy ${k} is ${v}, expected a ${
           k === "pageTokens" ? "positive" : "non-negative"
         } integer`,

@@ -172,9 +172,10 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
   const bad: [GpuCachePolicy, new (...a: never[]) => Error][] = [
     [{ keyFormat: "int4-g8-heads", valueFormat: "fp32" }, FormatError],
     [{ keyFormat: "int9-g8-token", valueFormat: "fp32" }, FormatError],
-    [{ keyFormat: "int4-g32-token", valueFormat: "fp32" }, ShapeError], // 32 does not divide d = 8
-    [{ keyFormat: "int4-g32-channel", valueFormat: "fp32", pageTokens: 48 }, ShapeError],
-    [{ keyFormat: "fp32", valueFormat: "fp32", windowTokens: -1 }, ShapeError],
+    // the CPU cache's error types for the same faults
+    [{ keyFormat: "int4-g32-token", valueFormat: "fp32" }, FormatError], // 32 does not divide d = 8
+    [{ keyFormat: "int4-g32-channel", valueFormat: "fp32", pageTokens: 48 }, FormatError],
+    [{ keyFormat: "fp32", valueFormat: "fp32", windowTokens: -1 }, InvalidValueError],
     [{ keyFormat: "fp32", valueFormat: "fp32", windowFormat: "bf16" as "fp16" }, FormatError],
     // tiered: one table per layer and KV head, whose last tier takes every score, of pageable formats
     [{ tiers: [[tier("int8-g8-token")], [tier("int8-g8-token")]] }, ShapeError],
