@@ -62,7 +62,8 @@ export async function readBack(
   try {
     await readback.mapAsync(GPUMapMode.READ, 0, bytes);
   } catch (e) {
-    gpu.markLost(`mapAsync failed: ${e}`);
+    // a lost device marks itself (device.lost); a rejection alone may be a misuse of this buffer
+    // (one destroyed, or mapped twice), which must not condemn every cache on the device
     throw new DeviceError(`reading ${bytes} bytes back from the GPU failed: ${e}`, { cause: e });
   }
   const out = readback.getMappedRange(0, bytes).slice(0);

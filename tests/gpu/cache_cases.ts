@@ -419,7 +419,10 @@ Deno.test("PageSlots grows by copying the slots in use, zeroes new ones, and sto
   assert.equal(slots.take(), 0);
   const cleared = await readBack(env.gpu, slots.buffer, rb, words * 4);
   assert.deepEqual([...new Uint32Array(cleared)], new Array(words).fill(0));
-  slots.destroy();
+  // a readback of a destroyed buffer fails by name and does not mark the device lost
   rb.destroy();
+  await assert.rejects(() => readBack(env.gpu, slots.buffer, rb, words * 4), DeviceError);
+  assert.equal(env.gpu.lost, false);
+  slots.destroy();
   assert.equal(slots.byteLength, 0);
 });
