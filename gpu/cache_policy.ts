@@ -19,7 +19,7 @@
  * @module
  */
 
-import { FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
+import { FormatError, InvalidValueError } from "../core/errors.ts";
 import { getFormat } from "../codecs/format.ts";
 import {
   type CachePolicy,
