@@ -86,6 +86,9 @@ export class TsCodec extends CodecBase {
   decodeWords(words: Uint32Array, length: number, out: Float32Array): void {
     checkDecodeArgs(this.spec, words, length, out);
     this.#checkHeaders(words, length);
+    // decoding in place (out over the words) would overwrite words not yet read: read a copy,
+    // so the result is the WASM codec's
+    if (overlaps(words, out)) words = words.slice(0, this.wordsFor(length));
     switch (this.spec.kind) {
       case "int":
         decodeIntGroups(this.spec, words, out);
@@ -124,6 +127,12 @@ export class TsCodec extends CodecBase {
     if (this.spec.kind === "int") checkIntHeaders(this.spec, words, length);
     else if (this.spec.scaled) checkScaleHeaders(this.spec, words, length);
   }
+}
+
+// whether two views share bytes of one buffer
+function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength &&
+    b.byteOffset < a.byteOffset + a.byteLength;
 }
 
 const _cache = new Map<string, TsCodec>();

@@ -21,6 +21,7 @@
  */
 
 import { CorruptDataError, ShapeError } from "../errors.ts";
+import { asBytes } from "./bytes.ts";
 
 /** Hyperparameters of a llama-style model. */
 export interface ModelConfig {
@@ -83,10 +84,11 @@ const HEADER_BYTES = 28;
  * oversized file (naming expected vs actual bytes) and {@linkcode ShapeError} for impossible
  * header values.
  *
- * @param bytes the whole checkpoint file
+ * @param input the whole checkpoint file (a Uint8Array or an ArrayBuffer)
  * @returns the weights (copied into a fresh, aligned buffer)
  */
-export function parseCheckpoint(bytes: Uint8Array): ModelWeights {
+export function parseCheckpoint(input: Uint8Array | ArrayBuffer): ModelWeights {
+  const bytes = asBytes(input, "checkpoint bytes");
   if (bytes.byteLength < HEADER_BYTES) {
     throw new CorruptDataError(
       `checkpoint is ${bytes.byteLength} bytes, shorter than its ${HEADER_BYTES}-byte header`,

@@ -21,6 +21,7 @@
  */
 
 import { CorruptDataError, ShapeError } from "../errors.ts";
+import { asBytes } from "./bytes.ts";
 
 /** Beginning-of-sequence token id in llama2.c vocabularies. */
 export const BOS = 1;
@@ -175,13 +176,23 @@ export class Tokenizer {
  * Parses tokenizer.bin. Throws {@linkcode CorruptDataError} naming the token and the expected vs
  * actual bytes when the file ends early or has trailing bytes.
  *
- * @param bytes the file
+ * @param input the file (a Uint8Array or an ArrayBuffer)
  * @param vocabSize number of tokens (the model's vocab_size)
  * @returns the tokenizer
  */
-export function parseTokenizer(bytes: Uint8Array, vocabSize: number): Tokenizer {
+export function parseTokenizer(input: Uint8Array | ArrayBuffer, vocabSize: number): Tokenizer {
+  const bytes = asBytes(input, "tokenizer bytes");
   if (!Number.isInteger(vocabSize) || vocabSize <= 0) {
     throw new ShapeError(`vocabSize is ${vocabSize}, expected a positive integer`);
+  }
+  // each token takes at least 8 bytes: a vocabulary the file cannot hold is refused before
+  // anything of its size is allocated
+  if (4 + 8 * vocabSize > bytes.byteLength) {
+    throw new CorruptDataError(
+      `tokenizer cannot hold ${vocabSize} tokens: needs ${4 + 8 * vocabSize} bytes or more, ` +
+        `file has ${bytes.byteLength}`,
+      bytes.byteLength,
+    );
   }
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const need = (offset: number, n: number, what: string) => {

@@ -239,3 +239,22 @@ Deno.test("WasmCodec.decodeView() returns the decodeWords() values without copyi
     assert.throws(() => c.decodeView(w.subarray(0, wpg + 4), 64), CorruptDataError);
   }
 });
+
+Deno.test("decoding in place (out over the words) gives the same values on TS and WASM", async () => {
+  await loadWasmCodecs();
+  const next = rng(31);
+  for (const name of ["fp16", "bf16", "fp8e4m3", "int4-g32-token", "int8s-g16-token", "fp32"]) {
+    const n = 256, x = Float32Array.from({ length: n }, () => 4 * next() - 2);
+    const words = tsCodec(name).encode(x).words;
+    const want = new Float32Array(n);
+    tsCodec(name).decodeWords(words, n, want);
+    for (const codec of [tsCodec(name), wasmCodec(name)]) {
+      // the words at the start of a buffer big enough for the decoded floats
+      const buf = new ArrayBuffer(4 * n);
+      new Uint32Array(buf).set(words);
+      const out = new Float32Array(buf);
+      codec.decodeWords(new Uint32Array(buf, 0, words.length), n, out);
+      assert.deepEqual(out, want, `${name} ${codec.constructor.name}`);
+    }
+  }
+});

@@ -36,6 +36,12 @@ Deno.test("parseCheckpoint() names expected vs actual bytes of truncated and ove
   long.set(bytes);
   assert.throws(() => parseCheckpoint(long), /trailing bytes/);
   assert.throws(() => parseCheckpoint(bytes.subarray(0, 20)), CorruptDataError);
+  assert.equal(
+    parseCheckpoint(bytes.slice().buffer).config.dim,
+    64,
+    "an ArrayBuffer is read whole",
+  );
+  assert.throws(() => parseCheckpoint(null as never), ShapeError);
 });
 
 Deno.test("parseCheckpoint() rejects impossible header sizes", async () => {

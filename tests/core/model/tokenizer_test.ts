@@ -45,6 +45,24 @@ Deno.test("parseTokenizer() names where a short file ends", async () => {
   }
   assert.throws(() => parseTokenizer(bytes, 513), /ends early reading the header of token 512/);
   assert.throws(() => parseTokenizer(bytes, 511), /trailing bytes/);
+  // a vocabulary the file cannot hold is refused before anything of its size is allocated (1e10
+  // was a RangeError from the allocation; 3e9 allocated 12 GB first)
+  for (const vocab of [1e10, 3e9]) {
+    assert.throws(
+      () => parseTokenizer(bytes, vocab),
+      (e: Error) =>
+        e instanceof CorruptDataError && e.message.includes(`cannot hold ${vocab} tokens`),
+    );
+  }
+  // what fetch().arrayBuffer() gives is read as its bytes; other inputs are named
+  const whole = bytes.slice();
+  assert.equal(parseTokenizer(whole.buffer, 512).vocabSize, 512);
+  for (const bad of [null, [1, 2, 3], new Float32Array(4)]) {
+    assert.throws(
+      () => parseTokenizer(bad as never, 512),
+      /must be a Uint8Array or an ArrayBuffer/,
+    );
+  }
 });
 
 Deno.test("Tokenizer.encode() names text it cannot encode in a small vocabulary (was a TypeError)", () => {
