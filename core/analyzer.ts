@@ -113,8 +113,9 @@ export const DEFAULT_WINDOWS: readonly number[] = [4, 8, 16, 32, 64, 128];
  * @param input queries, keys, values and shape
  * @param options window sizes and summary settings
  * @returns the per-position statistics
- * @throws ShapeError when T < 1, arrays are too short, or a window size, sinkTokens, recentWindow
- *   or query offset is not a non-negative integer; InvalidValueError on NaN or ±Inf
+ * @throws ShapeError when T < 1, arrays are too short or not Float32Arrays, or a window size,
+ *   sinkTokens, recentWindow, group, query stride or offset is not an integer in range;
+ *   InvalidValueError on NaN or ±Inf
  */
 export function analyzeHeadGroup(
   input: HeadGroupInput,
@@ -127,6 +128,18 @@ export function analyzeHeadGroup(
   const { windows, sinkTokens, recentWindow } = _analyzeSettings(options);
   if (!Number.isInteger(n) || n < 1) throw new ShapeError(`sequence length ${n}, expected ≥ 1`);
   if (!Number.isInteger(d) || d < 1) throw new ShapeError(`head dimension ${d}, expected ≥ 1`);
+  if (!Number.isInteger(group) || group < 1) {
+    throw new ShapeError(`group ${group}, expected an integer ≥ 1`);
+  }
+  if (!Number.isInteger(stride) || stride < 0) {
+    throw new ShapeError(`query stride ${stride}, expected an integer ≥ 0`);
+  }
+  for (const [what, x] of [["queries", queries], ["keys", keys], ["values", values]] as const) {
+    if (!(x instanceof Float32Array)) {
+      const got = (x as object | null | undefined)?.constructor?.name ?? String(x);
+      throw new ShapeError(`${what} must be a Float32Array, got ${got}`);
+    }
+  }
   if (keys.length < n * d) {
     throw new ShapeError(`keys has ${keys.length} elements, expected ${n * d}`);
   }

@@ -189,7 +189,8 @@ export interface BudgetAllocation {
  * @returns the allocation
  * @throws BudgetError when even the cheapest formats exceed the budget; InvalidValueError for a
  *   non-finite or non-positive budget, weight, error, bit cost or element count; ShapeError for
- *   arrays of unequal length or a row outside the error tables; FormatError for no formats
+ *   arrays of unequal length, a row outside the error tables, or no elements at all; FormatError
+ *   for no formats
  */
 export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAllocation {
   if (!(budget > 0) || !Number.isFinite(budget)) {
@@ -203,6 +204,10 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
   const n = keyWeight.length;
   let totalElements = problem.fixedElements;
   for (let i = 0; i < n; i++) totalElements += 2 * elements[i];
+  // no elements: no average to keep within a budget (it was 0/0 = NaN bits per element)
+  if (!(totalElements > 0)) {
+    throw new ShapeError("the problem holds no elements: nothing to allocate bits to");
+  }
   const budgetBits = budget * totalElements;
   const cheapK = _argmin(keyBits), cheapV = _argmin(valueBits);
   let minBits = problem.fixedBits;

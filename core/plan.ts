@@ -468,6 +468,19 @@ type _Resolved = Required<Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c">>
 
 function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   const { nLayers, nKvHeads } = analysis.shape;
+  if (analysis.sequences.length === 0) {
+    throw new ShapeError("the analysis holds no calibration sequences: nothing to plan from");
+  }
+  // every sequence must hold every (layer, KV head) the shape names: the ranges and weights below
+  // index them all (a missing one was a TypeError)
+  analysis.sequences.forEach((seq, i) => {
+    if (seq.heads?.length !== nLayers || seq.heads.some((l) => l?.length !== nKvHeads)) {
+      throw new ShapeError(
+        `analysis sequence ${i} does not hold ${nLayers} layers of ${nKvHeads} KV heads, as ` +
+          `its shape says`,
+      );
+    }
+  });
   if (options.keyFormats.length === 0 || options.valueFormats.length === 0) {
     throw new FormatError("no candidate key or value formats");
   }

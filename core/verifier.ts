@@ -83,8 +83,9 @@ export interface CheckOptions {
  * @param assignment formats per position (e.g. a plan's report.planAssignment)
  * @param options the rule
  * @returns the violations, in sequence, layer, head, position order
- * @throws InvalidValueError for ε ≤ 0; ShapeError when the assignment lacks a cell, a cell's key
- *   or value does not cover the sequence, or a format index is outside −1..formats − 1
+ * @throws InvalidValueError for ε ≤ 0 or an unknown sensitivity or aggregate; ShapeError when the
+ *   assignment lacks a cell, a cell's key or value does not cover the sequence, or a format index
+ *   is not an integer in −1..formats − 1
  */
 export function checkAssignment(
   analysis: Analysis,
@@ -93,8 +94,19 @@ export function checkAssignment(
 ): RuleViolation[] {
   const { nLayers, nKvHeads } = analysis.shape;
   const recency = options.recency ?? true;
-  const byAttention = options.sensitivity === "attention";
-  const mean = options.aggregate === "mean";
+  // anything but the named values would silently act as one of them (buildPrecisionPlan refuses
+  // the same)
+  const sensitivity = options.sensitivity ?? "curvature", aggregate = options.aggregate ?? "max";
+  if (sensitivity !== "curvature" && sensitivity !== "attention") {
+    throw new InvalidValueError(
+      `sensitivity is ${sensitivity}, expected "curvature" or "attention"`,
+    );
+  }
+  if (aggregate !== "max" && aggregate !== "mean") {
+    throw new InvalidValueError(`aggregate is ${aggregate}, expected "max" or "mean"`);
+  }
+  const byAttention = sensitivity === "attention";
+  const mean = aggregate === "mean";
   const window = precisionBits(getFormat(assignment.windowFormat));
   const kBits = assignment.keyFormats.map((f) => precisionBits(getFormat(f)));
   const vBits = assignment.valueFormats.map((f) => precisionBits(getFormat(f)));
@@ -289,7 +301,7 @@ function _checkCell(
   ] as const;
   for (const [axis, index, formats] of axes) {
     for (let t = 0; t < n; t++) {
-      if (index[t] < -1 || index[t] >= formats) {
+      if (!Number.isInteger(index[t]) || index[t] < -1 || index[t] >= formats) {
         throw new ShapeError(
           `${at} position ${t}: ${axis} format index ${index[t]}, expected -1..${formats - 1} ` +
             `(-1: the window format)`,

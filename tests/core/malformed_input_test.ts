@@ -1,0 +1,108 @@
+// Analyzer, mapper, planner and verifier name malformed input with a typed error instead of a
+// TypeError or a silent NaN (each case below was one of those before).
+import assert from "node:assert/strict";
+import {
+  allocateBudget,
+  type Analysis,
+  analyzeHeadGroup,
+  buildPrecisionPlan,
+  checkAssignment,
+  getFormat,
+  InvalidValueError,
+  ShapeError,
+} from "../../mod.ts";
+import { mulberry32 } from "../../core/mulberry32.ts";
+
+const n = 40, d = 4;
+const next = mulberry32(17);
+const fresh = () => Float32Array.from({ length: n * d }, () => 2 * next() - 1);
+
+Deno.test("analyzeHeadGroup names a bad query stride or group and arrays that are not Float32Arrays", () => {
+  const base = { queries: fresh(), keys: fresh(), values: fresh(), length: n, headDim: d };
+  for (const queryStride of [-2, 0.5, NaN]) {
+    assert.throws(
+      () => analyzeHeadGroup({ ...base, queryStride }),
+      (e: Error) => e instanceof ShapeError && e.message.includes(`query stride ${queryStride}`),
+    );
+  }
+  assert.throws(() => analyzeHeadGroup({ ...base, group: 1.5 }), /group 1.5, expected an integer/);
+  assert.throws(
+    () => analyzeHeadGroup({ ...base, keys: Array.from(base.keys) as never }),
+    /keys must be a Float32Array, got Array/,
+  );
+  assert.throws(
+    () => analyzeHeadGroup({ ...base, queries: Array.from(base.queries) as never }),
+    /queries must be a Float32Array, got Array/,
+  );
+});
+
+Deno.test("allocateBudget refuses a problem with no elements (it returned NaN bits per element)", () => {
+  const problem = (elements: Float64Array) => ({
+    keyWeight: Float64Array.of(1, 1).subarray(0, elements.length),
+    valueWeight: Float64Array.of(1, 1).subarray(0, elements.length),
+    row: Int32Array.of(0, 0).subarray(0, elements.length),
+    elements,
+    keyError: [Float64Array.of(0.1, 0.01)],
+    valueError: [Float64Array.of(0.1, 0.01)],
+    keyBits: Float64Array.of(4, 16),
+    valueBits: Float64Array.of(4, 16),
+    fixedBits: 0,
+    fixedElements: 0,
+  });
+  assert.ok(allocateBudget(problem(Float64Array.of(8, 8)), 8).bitsPerElement <= 8);
+  assert.throws(() => allocateBudget(problem(new Float64Array(0)), 8), /no elements/);
+});
+
+Deno.test("buildPrecisionPlan and checkAssignment name an analysis, cell or option that does not fit", () => {
+  const h = analyzeHeadGroup({
+    queries: fresh(),
+    keys: fresh(),
+    values: fresh(),
+    length: n,
+    headDim: d,
+  }, {
+    windows: [4, 8],
+  });
+  const analysis = {
+    version: 1,
+    shape: { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: d, maxSeqLen: n },
+    windows: [4, 8],
+    sinkTokens: 4,
+    recentWindow: 8,
+    sequences: [{ length: n, heads: [[h]] }],
+  } as unknown as Analysis;
+  const formats = ["int2-g8-token", "int4-g8-token", "int8-g8-token", "fp16"].map(getFormat);
+  const options = {
+    mode: "budget" as const,
+    bitsPerElement: 12,
+    keyFormats: formats,
+    valueFormats: formats,
+    recentWindow: 8,
+  };
+  const { report } = buildPrecisionPlan(analysis, options);
+  const wider = { ...analysis, shape: { ...analysis.shape, nKvHeads: 2 } };
+  assert.throws(() => buildPrecisionPlan(wider, options), /does not hold 1 layers of 2 KV heads/);
+  assert.throws(
+    () => buildPrecisionPlan({ ...analysis, sequences: [] }, options),
+    /no calibration sequences/,
+  );
+  const assignment = report.planAssignment;
+  assert.ok(checkAssignment(analysis, assignment, { epsilon: 0.01 }).length >= 0);
+  const cell = assignment.sequences[0][0][0];
+  // an index that is not an integer (from JSON, or a Float64Array) pointed at no format and
+  // silently passed
+  const half = {
+    ...cell,
+    key: Float64Array.from(cell.key, (x, t) => (t === 20 ? 0.5 : x)) as never,
+  };
+  assert.throws(
+    () => checkAssignment(analysis, { ...assignment, sequences: [[[half]]] }, { epsilon: 0.01 }),
+    (e: Error) => e instanceof ShapeError && /position 20: key format index 0.5/.test(e.message),
+  );
+  for (const bad of [{ sensitivity: "bogus" }, { aggregate: "bogus" }]) {
+    assert.throws(
+      () => checkAssignment(analysis, assignment, { epsilon: 0.01, ...bad } as never),
+      (e: Error) => e instanceof InvalidValueError && /bogus/.test(e.message),
+    );
+  }
+});
