@@ -181,6 +181,9 @@ export function checkDecodeArgs(
  * @param block the block
  */
 export function checkBlock(spec: FormatSpec, block: PackedBlock): void {
+  if (typeof block !== "object" || block === null || !(block.words instanceof Uint32Array)) {
+    throw new ShapeError(`block is ${block}, expected { format, length, words: Uint32Array }`);
+  }
   if (block.format !== spec.name) {
     throw new FormatError(`block has format "${block.format}", codec decodes "${spec.name}"`);
   }

@@ -20,7 +20,7 @@
  * @module
  */
 
-import { CorruptDataError } from "../core/errors.ts";
+import { CorruptDataError, ShapeError } from "../core/errors.ts";
 import { WASM_BASE64 } from "./_wasm_bytes.ts";
 import {
   checkDecodeArgs,
@@ -302,6 +302,10 @@ export class WasmCodec extends CodecBase {
    */
   decodeView(words: Uint32Array, length: number): Float32Array {
     const s = this.spec;
+    if (!(words instanceof Uint32Array)) {
+      const got = (words as object | null | undefined)?.constructor?.name ?? String(words);
+      throw new ShapeError(`${s.name}: words must be a Uint32Array, got ${got}`);
+    }
     const nw = wordsForLength(s, length);
     if (words.length < nw) {
       throw new CorruptDataError(

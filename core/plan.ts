@@ -356,6 +356,7 @@ export function tierFor(
   const heads = plan.layers[layer]?.heads;
   const tiers = heads?.[head]?.tiers;
   if (!tiers) throw new ShapeError(`plan has no layer ${layer} head ${head}`);
+  if (tiers.length === 0) throw new ShapeError(`plan's layer ${layer} head ${head} has no tiers`);
   // NaN is below no minScore and would fall through to the cheapest tier.
   if (Number.isNaN(score)) {
     throw new InvalidValueError(`score is NaN for layer ${layer} head ${head}, expected a number`);
@@ -381,9 +382,13 @@ export function validatePrecisionPlan(
   const p = value as PrecisionPlan;
   const bad = (what: string) => new CorruptDataError(`precision plan: ${what}`);
   if (typeof p !== "object" || p === null) throw bad("not an object");
-  if (p.version !== 1) throw bad(`version is ${p.version}, expected 1`);
+  // strings quoted: a string "1" must not read as the number 1
+  const show = (x: unknown) => (typeof x === "string" ? JSON.stringify(x) : String(x));
+  if (p.version !== 1) throw bad(`version is ${show(p.version)}, expected 1`);
   for (const key of ["sinkTokens", "recentWindow"] as const) {
-    if (!Number.isInteger(p[key]) || p[key] < 0) throw bad(`${key} is ${p[key]}`);
+    if (!Number.isInteger(p[key]) || p[key] < 0) {
+      throw bad(`${key} is ${show(p[key])}, expected an integer ≥ 0`);
+    }
   }
   try {
     _windowFormat(p.windowFormat);

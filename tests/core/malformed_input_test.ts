@@ -10,7 +10,12 @@ import {
   getFormat,
   InvalidValueError,
   ShapeError,
+  tierFor,
+  tsCodec,
+  validatePrecisionPlan,
+  wasmCodec,
 } from "../../mod.ts";
+import { loadWasmCodecs } from "../../codecs/wasm.ts";
 import { mulberry32 } from "../../core/mulberry32.ts";
 
 const n = 40, d = 4;
@@ -105,4 +110,34 @@ Deno.test("buildPrecisionPlan and checkAssignment name an analysis, cell or opti
       (e: Error) => e instanceof InvalidValueError && /bogus/.test(e.message),
     );
   }
+});
+
+Deno.test("plans and codecs name a head without tiers, strings posing as numbers, and a missing block", async () => {
+  const plan = {
+    version: 1,
+    sinkTokens: 4,
+    recentWindow: 32,
+    windowFormat: "fp16",
+    layers: [{ heads: [{ tiers: [] }] }],
+  };
+  assert.throws(() => tierFor(plan as never, 0, 0, 1), /layer 0 head 0 has no tiers/);
+  assert.throws(
+    () => validatePrecisionPlan({ ...plan, version: "1" }),
+    /version is "1", expected 1/,
+  );
+  assert.throws(
+    () => validatePrecisionPlan({ ...plan, recentWindow: "4" }),
+    /recentWindow is "4", expected an integer ≥ 0/,
+  );
+  await loadWasmCodecs();
+  const out = new Float32Array(8);
+  for (const codec of [tsCodec("int4-g8-token"), wasmCodec("int4-g8-token")]) {
+    for (const block of [null, { format: "int4-g8-token", length: 8 }]) {
+      assert.throws(() => codec.decode(block as never, out), ShapeError, JSON.stringify(block));
+    }
+  }
+  assert.throws(
+    () => wasmCodec("fp16").decodeView(null as never, 0),
+    /words must be a Uint32Array/,
+  );
 });
