@@ -1,6 +1,6 @@
 /**
  * The byte input of the file parsers: a Uint8Array, or an ArrayBuffer (what `fetch().arrayBuffer()`
- * and `Deno.readFile(...).buffer` give) viewed whole. Anything else is refused by name.
+ * gives) viewed whole. Anything else is refused by name.
  *
  * Browser compatible.
  *
