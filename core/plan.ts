@@ -464,6 +464,30 @@ function _ranks(x: ArrayLike<number>): Float64Array {
   return r;
 }
 
+/**
+ * The sensitivity and aggregate options of a plan or a check, defaults filled in ("curvature",
+ * "max"). Anything but the named values would silently act as one of them, so it is refused.
+ *
+ * @param options the options
+ * @returns the two settings
+ * @throws InvalidValueError for a value that is not one of the named ones
+ */
+export function resolveSensitivity(
+  options: { sensitivity?: string; aggregate?: string },
+): { sensitivity: "curvature" | "attention"; aggregate: "max" | "mean" } {
+  const sensitivity = options.sensitivity ?? "curvature";
+  if (sensitivity !== "curvature" && sensitivity !== "attention") {
+    throw new InvalidValueError(
+      `sensitivity is ${sensitivity}, expected "curvature" or "attention"`,
+    );
+  }
+  const aggregate = options.aggregate ?? "max";
+  if (aggregate !== "max" && aggregate !== "mean") {
+    throw new InvalidValueError(`aggregate is ${aggregate}, expected "max" or "mean"`);
+  }
+  return { sensitivity, aggregate };
+}
+
 type _Resolved = Required<Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c">> & {
   epsilon: number;
   bitsPerElement: number;
@@ -507,17 +531,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     throw new FormatError(`windowFormat is ${windowFormat}, expected a format name`);
   }
   _windowFormat(windowFormat);
-  // Anything but the named values would silently act as one of them.
-  const sensitivity = options.sensitivity ?? "curvature";
-  if (sensitivity !== "curvature" && sensitivity !== "attention") {
-    throw new InvalidValueError(
-      `sensitivity is ${sensitivity}, expected "curvature" or "attention"`,
-    );
-  }
-  const aggregate = options.aggregate ?? "max";
-  if (aggregate !== "max" && aggregate !== "mean") {
-    throw new InvalidValueError(`aggregate is ${aggregate}, expected "max" or "mean"`);
-  }
+  const { sensitivity, aggregate } = resolveSensitivity(options);
   if (options.mode === "rule") {
     const e = options.epsilon;
     if (e === undefined || !(e > 0) || !Number.isFinite(e)) {

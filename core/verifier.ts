@@ -36,7 +36,7 @@ import { checkPerturbation, InvalidValueError, ShapeError } from "./errors.ts";
 import { addUp, mulUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
-import type { Assignment } from "./plan.ts";
+import { type Assignment, resolveSensitivity } from "./plan.ts";
 import { quantizeHead } from "./quantize_head.ts";
 import type { RecordingKVCache } from "./recording_cache.ts";
 import type { CalibrationModel } from "./analyzer.ts";
@@ -94,17 +94,7 @@ export function checkAssignment(
 ): RuleViolation[] {
   const { nLayers, nKvHeads } = analysis.shape;
   const recency = options.recency ?? true;
-  // anything but the named values would silently act as one of them (buildPrecisionPlan refuses
-  // the same)
-  const sensitivity = options.sensitivity ?? "curvature", aggregate = options.aggregate ?? "max";
-  if (sensitivity !== "curvature" && sensitivity !== "attention") {
-    throw new InvalidValueError(
-      `sensitivity is ${sensitivity}, expected "curvature" or "attention"`,
-    );
-  }
-  if (aggregate !== "max" && aggregate !== "mean") {
-    throw new InvalidValueError(`aggregate is ${aggregate}, expected "max" or "mean"`);
-  }
+  const { sensitivity, aggregate } = resolveSensitivity(options);
   const byAttention = sensitivity === "attention";
   const mean = aggregate === "mean";
   const window = precisionBits(getFormat(assignment.windowFormat));
