@@ -17,7 +17,13 @@
  * @module
  */
 
-import { CorruptDataError, FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
+import {
+  CorruptDataError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+  typeName,
+} from "../core/errors.ts";
 import { f16BitsToF32 } from "./float_bits.ts";
 import { checkLength, type FormatSpec, wordsForLength } from "./format.ts";
 
@@ -115,7 +121,7 @@ export interface Codec {
  */
 export function checkInput(spec: FormatSpec, x: Float32Array): number {
   if (!(x instanceof Float32Array)) {
-    throw new ShapeError(`${spec.name}: x must be a Float32Array, got ${_typeName(x)}`);
+    throw new ShapeError(`${spec.name}: x must be a Float32Array, got ${typeName(x)}`);
   }
   return wordsForLength(spec, x.length);
 }
@@ -161,7 +167,7 @@ export function checkDecodeArgs(
   }
   const n = wordsForLength(spec, length);
   if (!(words instanceof Uint32Array)) {
-    throw new ShapeError(`${spec.name}: words must be a Uint32Array, got ${_typeName(words)}`);
+    throw new ShapeError(`${spec.name}: words must be a Uint32Array, got ${typeName(words)}`);
   }
   if (words.length < n) {
     throw new CorruptDataError(
@@ -290,12 +296,8 @@ export function readGroupHeader(spec: FormatSpec, words: Uint32Array, g: number)
   };
 }
 
-function _typeName(v: unknown): string {
-  return v === null ? "null" : typeof v === "object" ? v.constructor.name : typeof v;
-}
-
 function _lengthOf(v: unknown): string {
-  return ArrayBuffer.isView(v) ? String((v as Float32Array).length) : _typeName(v);
+  return ArrayBuffer.isView(v) ? String((v as Float32Array).length) : typeName(v);
 }
 
 /**

@@ -20,7 +20,7 @@
  * @module
  */
 
-import { CorruptDataError, ShapeError } from "../core/errors.ts";
+import { CorruptDataError, ShapeError, typeName } from "../core/errors.ts";
 import { WASM_BASE64 } from "./_wasm_bytes.ts";
 import {
   checkDecodeArgs,
@@ -303,8 +303,7 @@ export class WasmCodec extends CodecBase {
   decodeView(words: Uint32Array, length: number): Float32Array {
     const s = this.spec;
     if (!(words instanceof Uint32Array)) {
-      const got = (words as object | null | undefined)?.constructor?.name ?? String(words);
-      throw new ShapeError(`${s.name}: words must be a Uint32Array, got ${got}`);
+      throw new ShapeError(`${s.name}: words must be a Uint32Array, got ${typeName(words)}`);
     }
     const nw = wordsForLength(s, length);
     if (words.length < nw) {

@@ -25,7 +25,7 @@
  */
 
 import { getFormat } from "../codecs/format.ts";
-import { assertFinite, InvalidValueError, ShapeError } from "./errors.ts";
+import { assertFinite, InvalidValueError, ShapeError, typeName } from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { meanErrorBound } from "./quantize_head.ts";
 import { RecordingKVCache } from "./recording_cache.ts";
@@ -136,8 +136,7 @@ export function analyzeHeadGroup(
   }
   for (const [what, x] of [["queries", queries], ["keys", keys], ["values", values]] as const) {
     if (!(x instanceof Float32Array)) {
-      const got = (x as object | null | undefined)?.constructor?.name ?? String(x);
-      throw new ShapeError(`${what} must be a Float32Array, got ${got}`);
+      throw new ShapeError(`${what} must be a Float32Array, got ${typeName(x)}`);
     }
   }
   if (keys.length < n * d) {

@@ -84,6 +84,17 @@ export class BudgetError extends KvprecError {
 export class CapacityError extends KvprecError {}
 
 /**
+ * What a value is, for an error message: its class name ("Array", "Float64Array"), "null", or its
+ * typeof ("number", "undefined").
+ * @param v the value
+ * @returns the name
+ */
+export function typeName(v: unknown): string {
+  if (v === null) return "null";
+  return typeof v === "object" ? (v.constructor?.name ?? "Object") : typeof v;
+}
+
+/**
  * Throws {@linkcode InvalidValueError} naming the first non-finite element of `x`.
  *
  * @param x values to check

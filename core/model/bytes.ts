@@ -7,7 +7,7 @@
  * @module
  */
 
-import { ShapeError } from "../errors.ts";
+import { ShapeError, typeName } from "../errors.ts";
 
 /**
  * @param x the input
@@ -18,6 +18,5 @@ import { ShapeError } from "../errors.ts";
 export function asBytes(x: unknown, what: string): Uint8Array {
   if (x instanceof Uint8Array) return x;
   if (x instanceof ArrayBuffer) return new Uint8Array(x);
-  const got = (x as object | null | undefined)?.constructor?.name ?? String(x);
-  throw new ShapeError(`${what} must be a Uint8Array or an ArrayBuffer, got ${got}`);
+  throw new ShapeError(`${what} must be a Uint8Array or an ArrayBuffer, got ${typeName(x)}`);
 }

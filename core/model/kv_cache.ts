@@ -17,7 +17,7 @@
  * @module
  */
 
-import { assertFinite, CapacityError, ShapeError } from "../errors.ts";
+import { assertFinite, CapacityError, ShapeError, typeName } from "../errors.ts";
 import { attention } from "../tensor.ts";
 
 /** Shape of a cache: one slot per layer, KV head and position. */
@@ -151,7 +151,7 @@ export function checkAttend(
 // later as a TypeError or reading float64s as float32s
 function checkF32(x: Float32Array, what: string): void {
   if (!(x instanceof Float32Array)) {
-    const got = (x as unknown as object)?.constructor?.name ?? String(x);
+    const got = typeName(x);
     throw new ShapeError(`${what} must be a Float32Array, got ${got}`);
   }
 }
