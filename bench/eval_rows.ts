@@ -12,6 +12,7 @@ import {
   type FittedPlan,
   kvprecFittedPlan,
   type KvprecOptions,
+  MODEL_ROPE_BASE,
   type PlanTarget,
 } from "./kvprec_rows.ts";
 import {
@@ -73,6 +74,16 @@ export function baselineRows(): EvalRow[] {
     u("KIVI-2 (K ch g32, V tok g8, fp16 window 32)", "int2-g32-channel", "int2-g8-token", {
       recentWindow: 32,
     }),
+    // KVQuant's key layout: per channel, before RoPE (the cache rotates decoded keys forward)
+    u("INT4 per channel, K before RoPE (KVQuant-style)", "int4-g32-channel", "int4-g32-channel", {
+      ropeBase: MODEL_ROPE_BASE,
+    }),
+    u("INT3 per channel, K before RoPE (KVQuant-style)", "int3-g32-channel", "int3-g32-channel", {
+      ropeBase: MODEL_ROPE_BASE,
+    }),
+    u("INT2 per channel, K before RoPE (KVQuant-style)", "int2-g32-channel", "int2-g32-channel", {
+      ropeBase: MODEL_ROPE_BASE,
+    }),
   ];
 }
 
@@ -119,6 +130,10 @@ export function planRowSpecs(): PlanRowSpec[] {
     spec("ablation of budget 5.4: no recent window", "ablation", { budget: 5.4 }, {
       ...W,
       recentWindow: 0,
+    }),
+    spec("ablation of budget 5.4: keys after RoPE", "ablation", { budget: 5.4 }, {
+      ...W,
+      preRopeKeys: false,
     }),
     spec("ablation of budget 5.4: no recency factor", "ablation", { budget: 5.4 }, {
       ...W,

@@ -42,6 +42,8 @@ export const CALIBRATION_LENGTHS: readonly number[] = [128, 256, 512];
 export const SINK_TOKENS = 4;
 /** Recent window kept at fp16 before a tier is chosen. */
 export const RECENT_WINDOW = 32;
+/** The fixture model's RoPE base (llama2.c's; core/tensor.ts Rope): plans store keys before it. */
+export const MODEL_ROPE_BASE = 10000;
 
 /** What the plan targets: the precision rule at ε, or an average bits-per-element budget. */
 export type PlanTarget = { epsilon: number } | { budget: number };
@@ -140,6 +142,11 @@ export interface KvprecOptions {
    * the precision rule uses fp16.
    */
   windowFormat?: string;
+  /**
+   * Store channel-axis keys before RoPE (the plan's ropeBase, MODEL_ROPE_BASE): default true;
+   * false is the "keys after RoPE" ablation.
+   */
+  preRopeKeys?: boolean;
 }
 
 /** What ranks positions for bits: the curvature measures of the analyzer, or attention alone. */
@@ -173,7 +180,7 @@ export function kvprecPlan(
   options: number | KvprecOptions = {},
 ): { plan: PrecisionPlan; report: PlanReport } {
   const o = typeof options === "number" ? { recentWindow: options } : options;
-  return buildPrecisionPlan(analysis, {
+  const built = buildPrecisionPlan(analysis, {
     ...("epsilon" in target
       ? { mode: "rule" as const, epsilon: target.epsilon }
       : { mode: "budget" as const, bitsPerElement: target.budget }),
@@ -185,6 +192,8 @@ export function kvprecPlan(
     recency: o.recency ?? true,
     sensitivity: o.sensitivity ?? "curvature",
   });
+  if (o.preRopeKeys ?? true) built.plan.ropeBase = MODEL_ROPE_BASE;
+  return built;
 }
 
 /** A plan with what the cache measured for it on the calibration text. */

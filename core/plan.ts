@@ -78,6 +78,11 @@ export interface PrecisionPlan {
    * format such as "int8-g8-token".
    */
   windowFormat: string;
+  /**
+   * The model's RoPE base when channel-axis key pages store keys before RoPE
+   * (the cache policy's ropeBase); absent: keys are stored as received.
+   */
+  ropeBase?: number;
   /** Per layer, per KV head: tiers sorted by minScore descending. */
   layers: { heads: { tiers: PrecisionTier[] }[] }[];
   /** How the plan was made (informational). */
@@ -394,6 +399,9 @@ export function validatePrecisionPlan(
     _windowFormat(p.windowFormat);
   } catch {
     throw bad(`windowFormat is ${p.windowFormat}`);
+  }
+  if (p.ropeBase !== undefined && !(Number.isFinite(p.ropeBase) && p.ropeBase > 0)) {
+    throw bad(`ropeBase is ${show(p.ropeBase)}, expected a finite number > 0`);
   }
   if (!Array.isArray(p.layers) || p.layers.length === 0) throw bad("no layers");
   p.layers.forEach((layer, l) => {

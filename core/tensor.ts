@@ -15,6 +15,8 @@
  * @module
  */
 
+import { InvalidValueError, ShapeError } from "./errors.ts";
+
 /**
  * out = W x, with W row-major rows × cols (llama2.c's `matmul(xout, x, w, n=cols, d=rows)`).
  *
@@ -141,17 +143,7 @@ export class Rope {
    */
   constructor(headDim: number, maxPos: number, base = 10000) {
     this.#half = headDim / 2;
-    this.#cos = new Float32Array(maxPos * this.#half);
-    this.#sin = new Float32Array(maxPos * this.#half);
-    for (let p = 0; p < maxPos; p++) {
-      for (let i = 0; i < this.#half; i++) {
-        // float32 like run.c: freq = 1 / powf(10000, headDim_i / head_size); val = pos * freq
-        const freq = Math.fround(1 / Math.fround(Math.pow(base, Math.fround((2 * i) / headDim))));
-        const val = Math.fround(p * freq);
-        this.#cos[p * this.#half + i] = Math.cos(val);
-        this.#sin[p * this.#half + i] = Math.sin(val);
-      }
-    }
+    ({ cos: this.#cos, sin: this.#sin } = ropeTable(headDim, maxPos, base));
   }
 
   /**
@@ -172,6 +164,46 @@ export class Rope {
       }
     }
   }
+}
+
+/**
+ * The cos and sin of llama2.c's RoPE angles, position-major ([pos · headDim/2 + i]), computed as
+ * run.c does (f32 frequency and angle): one formula for the model and for caches that store keys
+ * before RoPE (so rotating back and forth uses the model's own values).
+ *
+ * @param headDim head dimension (even)
+ * @param maxPos positions
+ * @param base frequency base (10000 in llama2.c)
+ * @returns cos and sin, maxPos × headDim/2 each
+ * @throws ShapeError for an odd or non-positive headDim, or a maxPos that is not an integer ≥ 0
+ * @throws InvalidValueError for a base that is not finite and > 0
+ */
+export function ropeTable(
+  headDim: number,
+  maxPos: number,
+  base = 10000,
+): { cos: Float32Array; sin: Float32Array } {
+  if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 2 !== 0) {
+    throw new ShapeError(`RoPE needs an even head dimension ≥ 2, got ${headDim}`);
+  }
+  if (!Number.isInteger(maxPos) || maxPos < 0) {
+    throw new ShapeError(`RoPE positions ${maxPos}, expected an integer ≥ 0`);
+  }
+  if (!(Number.isFinite(base) && base > 0)) {
+    throw new InvalidValueError(`RoPE base ${base}, expected a finite number > 0`);
+  }
+  const half = headDim / 2;
+  const cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half);
+  for (let p = 0; p < maxPos; p++) {
+    for (let i = 0; i < half; i++) {
+      // float32 like run.c: freq = 1 / powf(10000, headDim_i / head_size); val = pos * freq
+      const freq = Math.fround(1 / Math.fround(Math.pow(base, Math.fround((2 * i) / headDim))));
+      const val = Math.fround(p * freq);
+      cos[p * half + i] = Math.cos(val);
+      sin[p * half + i] = Math.sin(val);
+    }
+  }
+  return { cos, sin };
 }
 
 /**

@@ -128,7 +128,7 @@ function _windowUnfit(name: string): string {
 /**
  * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
  * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32, fp16 or an
- * int format grouped per token.
+ * int format grouped per token, and stores keys as received (no ropeBase).
  * Uniform and tiered policies (PrecisionPlans) both run there.
  *
  * @param policy the policy
@@ -147,6 +147,10 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
   if (why) {
     return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
       `${windowFormat}; ${why}`;
+  }
+  if (policy.ropeBase !== undefined) {
+    return `policy "${policy.label}" stores keys before RoPE (ropeBase ${policy.ropeBase}), ` +
+      `which the GPU cache does not`;
   }
   const window = {
     windowFormat,

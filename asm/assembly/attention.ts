@@ -182,6 +182,28 @@ export function decodeRun(
 }
 
 /**
+ * Rotates a decoded channel-axis key group forward by RoPE: rows ([d][G] f32, tokens in lanes) of
+ * channel pairs (2i, 2i+1) turn by the angles of positions p0 … p0+G−1, read from the pair-major
+ * table at rope (cos [i][stride], then sin; core/cache/key_rope.ts): x' = x·c − y·s, y' = x·s + y·c.
+ */
+// @ts-ignore: decorator
+@inline function _ropeRows(work: usize, G: i32, d: i32, rope: usize, stride: i32, p0: i32): void {
+  const gBytes = <usize>G << 2, half = d >> 1;
+  const sinAt = rope + (<usize>(half * stride) << 2);
+  for (let i = 0; i < half; i++) {
+    const x = work + <usize>(2 * i) * gBytes, y = x + gBytes;
+    const at = <usize>(i * stride + p0) << 2;
+    const cr = rope + at, sr = sinAt + at;
+    for (let t: usize = 0; t < gBytes; t += 16) {
+      const c = v128.load(cr + t), s = v128.load(sr + t);
+      const a = v128.load(x + t), b = v128.load(y + t);
+      v128.store(x + t, f32x4.sub(f32x4.mul(a, c), f32x4.mul(b, s)));
+      v128.store(y + t, f32x4.add(f32x4.mul(a, s), f32x4.mul(b, c)));
+    }
+  }
+}
+
+/**
  * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: two f32 row/group buffers,
  * f32 scores/weights for hq × cap tokens, f32 accumulators for hq × d, and work: the integer
  * paths' scratch or one channel-axis key group decoded (d × G ≤ d × cap f32).
@@ -305,6 +327,9 @@ export function attendPage(
   scorePtr: usize,
   scratch: usize,
   flags: i32,
+  ropePtr: usize,
+  ropeStride: i32,
+  startsPtr: usize,
 ): void {
   const rowBytes = <usize>max(d, 128) << 2;
   const row = scratch, row1 = scratch + rowBytes;
@@ -313,8 +338,9 @@ export function attendPage(
   const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
   const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
   const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
+  // pre-RoPE channel keys (ropePtr ≠ 0) are rotated after decoding: exact arithmetic
   const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 &&
-    cap <= 256;
+    cap <= 256 && ropePtr == 0;
   // keys and values both or neither: the rounded weights then depend only on integer-path
   // scores, which core/cache/int_dot.ts reproduces bit for bit. Keys token-axis (i16 query) or
   // channel-axis (i16 q·s per channel and token group); values token-axis.
@@ -350,6 +376,9 @@ export function attendPage(
           kG,
           work + <usize>c * gBytes,
         );
+      }
+      if (ropePtr != 0) {
+        _ropeRows(work, kG, d, ropePtr, ropeStride, load<i32>(startsPtr + (<usize>g << 2)));
       }
       for (let h = 0; h < hq; h++) {
         const qh = qPtr + <usize>h * dBytes;

@@ -42,6 +42,7 @@ import {
 import { checkPageFormat, Page, PAGE_TABLE_ENTRY_BYTES } from "./page.ts";
 import type { PageArena } from "./page_arena.ts";
 import { intDotPartials, intDotServes } from "./int_dot.ts";
+import { KeyRope } from "./key_rope.ts";
 import { Partial } from "./partial.ts";
 import { type CachePolicy, checkPolicyShape, type FormatPair } from "./policy.ts";
 import { WasmAttention } from "./wasm_attention.ts";
@@ -65,6 +66,8 @@ export class PagePool {
   readonly #pageTokens: number;
   readonly #d: number;
   readonly #arena: PageArena | undefined;
+  /** Whether the pages store keys before RoPE (and record their key groups' positions). */
+  readonly preRope: boolean;
 
   /**
    * Creates an empty pool.
@@ -73,6 +76,7 @@ export class PagePool {
    * @param pageTokens tokens per page
    * @param headDim elements per token
    * @param arena WebAssembly memory for the pages (wasm backend), else JS arrays
+   * @param preRope keys are stored before RoPE (a channel-axis key format)
    */
   constructor(
     pair: FormatPair,
@@ -80,8 +84,10 @@ export class PagePool {
     pageTokens: number,
     headDim: number,
     arena?: PageArena,
+    preRope = false,
   ) {
     this.#arena = arena;
+    this.preRope = preRope;
     this.pair = pair;
     this.#keyCodec = codecFor(pair.keyFormat);
     this.#valueCodec = codecFor(pair.valueFormat);
@@ -103,6 +109,7 @@ export class PagePool {
       this.#pageTokens,
       this.#d,
       this.#arena !== undefined,
+      this.preRope,
     );
   }
 
@@ -117,11 +124,12 @@ export class PagePool {
    * @param v values, count × d
    * @param count tokens
    * @param fresh the page to add when the last one is full (from allocatePage), else one is made
+   * @param pos position of the first token (the tokens are consecutive)
    */
-  write(k: Float32Array, v: Float32Array, count: number, fresh?: Page): void {
+  write(k: Float32Array, v: Float32Array, count: number, fresh?: Page, pos = 0): void {
     const last = this.pages[this.pages.length - 1];
     if (!last || last.n + count > last.capacity) this.pages.push(fresh ?? this.allocatePage());
-    this.pages[this.pages.length - 1].write(k, v, count);
+    this.pages[this.pages.length - 1].write(k, v, count, pos);
   }
 
   /**
@@ -139,7 +147,14 @@ export class PagePool {
    * @returns the page
    */
   allocatePage(): Page {
-    return new Page(this.#keyCodec, this.#valueCodec, this.#pageTokens, this.#d, this.#arena);
+    return new Page(
+      this.#keyCodec,
+      this.#valueCodec,
+      this.#pageTokens,
+      this.#d,
+      this.#arena,
+      this.preRope,
+    );
   }
 
   /**
@@ -213,7 +228,7 @@ export interface MemoryBreakdown {
   scales: number;
   /** WebAssembly memory blocks' alignment padding after page words (wasm backend). */
   padding: number;
-  /** Page-table entries, one per page. */
+  /** Page-table entries, one per page, with the key groups' positions of pre-RoPE key pages. */
   pageTables: number;
   /** Sink tokens at the window format. */
   sinks: number;
@@ -289,6 +304,10 @@ export class MixedPrecisionKVCache implements KVCache {
   /** Memory budget in bytes, if any. */
   readonly maxBytes: number | undefined;
   readonly #wasm: WasmAttention | undefined;
+  /** The model's RoPE angles when channel-axis key pages store keys before RoPE. */
+  readonly #rope: KeyRope | undefined;
+  /** Byte offset of the rope table in WebAssembly memory (pairMajor layout). */
+  #ropePtr = 0;
   #partials: Partial[] = [];
   #segment: Partial;
   #windowScores = new Float64Array(0);
@@ -322,6 +341,10 @@ export class MixedPrecisionKVCache implements KVCache {
     }
     this.#codecFor = options.codecFor ?? tsCodec;
     const d = shape.headDim;
+    if (policy.ropeBase !== undefined) {
+      if (d % 2 !== 0) throw new ShapeError(`ropeBase needs an even head_dim, got ${d}`);
+      this.#rope = new KeyRope(d, shape.maxSeqLen, policy.ropeBase);
+    }
     this.#window = this.#codecFor(policy.windowFormat);
     checkPageFormat(this.#window, policy.pageTokens, d);
     if (this.#window.spec.axis === "channel") {
@@ -360,6 +383,11 @@ export class MixedPrecisionKVCache implements KVCache {
     if (this.backend === "wasm") {
       const hq = shape.nHeads / shape.nKvHeads;
       this.#wasm = new WasmAttention({ integerDot: this.integerDot });
+      if (this.#rope) {
+        const table = this.#rope.pairMajor();
+        this.#ropePtr = this.#wasm.arena.alloc(table.byteLength);
+        new Float32Array(this.#wasm.arena.memory.buffer, this.#ropePtr, table.length).set(table);
+      }
       this.#partials = Array.from({ length: hq }, () => new Partial(d));
       this.#windowScores = new Float64Array(hq * this.#ring);
     }
@@ -509,8 +537,10 @@ export class MixedPrecisionKVCache implements KVCache {
         this.#evictV.subarray(i * d, (i + 1) * d),
       );
     }
+    const pos = this.policy.sinkTokens + store.paged;
+    if (to.pool.preRope) this.#rope!.unrotate(this.#evictK, Q, pos);
     if (!to.held) store.pools.set(to.key, to.pool);
-    to.pool.write(this.#evictK, this.#evictV, Q, fresh);
+    to.pool.write(this.#evictK, this.#evictV, Q, fresh, pos);
     store.windowStart = (store.windowStart + Q) % R;
     store.windowN -= Q;
     store.paged += Q;
@@ -581,6 +611,8 @@ export class MixedPrecisionKVCache implements KVCache {
 
   /** Whether integerDot applies to a pool of this key and value format. */
   #intDotPool(pair: FormatPair): boolean {
+    // pre-RoPE keys are rotated after decoding: the exact path
+    if (this.#rope && getFormat(pair.keyFormat).axis === "channel") return false;
     return this.integerDot && intDotServes(
       getFormat(pair.keyFormat),
       getFormat(pair.valueFormat),
@@ -628,7 +660,9 @@ export class MixedPrecisionKVCache implements KVCache {
         for (const page of pool.pages) {
           if (page.n === 0) continue;
           const { keyCodec: kc, valueCodec: vc, kPtr, vPtr, n } = page;
+          if (page.starts) wasm.setRope(this.#ropePtr, this.shape.maxSeqLen, page.starts);
           wasm.attendSegment(kc, kPtr, vc, vPtr, n, P, d, group, false, true);
+          if (page.starts) wasm.setRope(0);
         }
       }
       for (const p of this.#partials) p.reset();
@@ -708,6 +742,14 @@ export class MixedPrecisionKVCache implements KVCache {
       if (this.#intDotPool(pool.pair)) continue;
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
+        if (page.starts) {
+          this.#rope!.rotateGroups(
+            this.#k.subarray(n * d),
+            page.n,
+            page.starts,
+            page.keyCodec.spec.group,
+          );
+        }
         page.decodeValues(this.#v.subarray(n * d));
         n += page.n;
       }
@@ -822,6 +864,7 @@ export class MixedPrecisionKVCache implements KVCache {
       this.policy.pageTokens,
       this.shape.headDim,
       this.#wasm?.arena,
+      this.#rope !== undefined && getFormat(pair.keyFormat).axis === "channel",
     );
   }
 
@@ -863,11 +906,11 @@ export class MixedPrecisionKVCache implements KVCache {
         b.windowScores += s.windowScore.byteLength;
         for (const pool of s.pools.values()) {
           for (const page of pool.pages) {
-            const { codes, scales, padding } = page.parts;
+            const { codes, scales, padding, positions } = page.parts;
             b.codes += codes;
             b.scales += scales;
             b.padding += padding;
-            b.pageTables += PAGE_TABLE_ENTRY_BYTES;
+            b.pageTables += PAGE_TABLE_ENTRY_BYTES + positions;
           }
         }
       }

@@ -53,6 +53,7 @@ export function planPolicy(plan: PrecisionPlan, label?: string): CachePolicy {
     windowFormat: plan.windowFormat,
     pageTokens,
     tiers,
+    ropeBase: plan.ropeBase,
   });
 }
 

@@ -36,6 +36,13 @@ export interface CachePolicy {
   /** Tokens per page. */
   readonly pageTokens: number;
   /**
+   * When set, pages of channel-axis key formats hold keys rotated back to before RoPE (llama2.c's
+   * rotation of pairs (2i, 2i+1) with this base; the keys the cache receives carry RoPE). A channel
+   * then keeps its scale along a group of tokens instead of turning with position, which lowers
+   * the error of per-channel key codes; attention rotates the decoded keys forward again.
+   */
+  readonly ropeBase?: number;
+  /**
    * Format pair for a token leaving the recent window.
    * @param layer layer index
    * @param kvHead KV head index
@@ -119,6 +126,11 @@ export interface WindowOptions {
   windowFormat?: string;
   /** Tokens per page (default 32). */
   pageTokens?: number;
+  /**
+   * RoPE base of the model: channel-axis key pages store keys before RoPE (see
+   * {@linkcode CachePolicy.ropeBase}). Default: keys stored as received.
+   */
+  ropeBase?: number;
 }
 
 /** Options of {@linkcode uniformPolicy}. */
@@ -142,7 +154,16 @@ function windowFields(o: WindowOptions) {
   if (!Number.isInteger(pageTokens) || pageTokens <= 0) {
     throw new InvalidValueError(`pageTokens is ${pageTokens}, expected a positive integer`);
   }
-  return { sinkTokens, recentWindow, windowFormat: o.windowFormat ?? "fp16", pageTokens };
+  if (o.ropeBase !== undefined && !(Number.isFinite(o.ropeBase) && o.ropeBase > 0)) {
+    throw new InvalidValueError(`ropeBase is ${o.ropeBase}, expected a finite number > 0`);
+  }
+  return {
+    sinkTokens,
+    recentWindow,
+    windowFormat: o.windowFormat ?? "fp16",
+    pageTokens,
+    ...(o.ropeBase === undefined ? {} : { ropeBase: o.ropeBase }),
+  };
 }
 
 /**

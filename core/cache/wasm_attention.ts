@@ -63,6 +63,9 @@ interface AttentionKernels {
     scorePtr: number,
     scratch: number,
     flags: number,
+    ropePtr: number,
+    ropeStride: number,
+    startsPtr: number,
   ): void;
 }
 
@@ -102,6 +105,10 @@ export class WasmAttention {
   /** Byte offset of the matching value run. */
   segVPtr = 0;
   #kernelPtr = 0;
+  /** Byte offset of the first positions of a page's key groups (i32, one per token at most). */
+  #startsPtr = 0;
+  #ropePtr = 0;
+  #ropeStride = 0;
   readonly #flags: number;
 
   /**
@@ -137,6 +144,7 @@ export class WasmAttention {
       4 * segWords,
       4 * segWords,
       this.#k.attendScratchBytes(d, tokens, hq),
+      4 * tokens,
     ].map(PageArena.blockBytes);
     const bytes = sizes.reduce((a, b) => a + b, 0);
     let scratch: number;
@@ -153,8 +161,15 @@ export class WasmAttention {
     this.#scratch = scratch;
     this.#scratchBytes = bytes;
     let p = this.#scratch;
-    [this.qPtr, this.outPtr, this.scorePtr, this.segKPtr, this.segVPtr, this.#kernelPtr] = sizes
-      .map((s) => (p += s) - s);
+    [
+      this.qPtr,
+      this.outPtr,
+      this.scorePtr,
+      this.segKPtr,
+      this.segVPtr,
+      this.#kernelPtr,
+      this.#startsPtr,
+    ] = sizes.map((s) => (p += s) - s);
     this.#d = d;
     this.#hq = hq;
     this.#tokens = tokens;
@@ -175,6 +190,21 @@ export class WasmAttention {
    */
   prepareQuery(): void {
     if (this.#flags & FLAG_INTDOT) this.#k.intQuery(this.qPtr, this.#hq, this.#d);
+  }
+
+  /**
+   * Keys of the next attendSegment calls are stored before RoPE (core/cache/key_rope.ts): the
+   * kernel rotates each decoded key group forward. `setRope(0)` turns it off.
+   * @param table byte offset of the pair-major cos/sin table (KeyRope.pairMajor), 0: off
+   * @param stride positions per row of the table
+   * @param starts first position of each key group of the page (at most the reserved tokens)
+   */
+  setRope(table: number, stride = 0, starts?: Int32Array): void {
+    this.#ropePtr = table;
+    this.#ropeStride = stride;
+    if (table !== 0 && starts) {
+      new Int32Array(this.arena.memory.buffer, this.#startsPtr, starts.length).set(starts);
+    }
   }
 
   /**
@@ -266,6 +296,9 @@ export class WasmAttention {
       this.scorePtr,
       this.#kernelPtr,
       (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0) | this.#flags,
+      this.#ropePtr,
+      this.#ropeStride,
+      this.#startsPtr,
     );
   }
 }
