@@ -107,6 +107,7 @@ export function calibrateModel(
       recentWindow: RECENT_WINDOW,
       windows: [4, 8, 16, 32, 64],
       measureFormats: [...new Set([...KEY_FORMATS, ...VALUE_FORMATS])],
+      ropeBase: MODEL_ROPE_BASE,
     },
   );
 }
@@ -180,7 +181,7 @@ export function kvprecPlan(
   options: number | KvprecOptions = {},
 ): { plan: PrecisionPlan; report: PlanReport } {
   const o = typeof options === "number" ? { recentWindow: options } : options;
-  const built = buildPrecisionPlan(analysis, {
+  return buildPrecisionPlan(analysis, {
     ...("epsilon" in target
       ? { mode: "rule" as const, epsilon: target.epsilon }
       : { mode: "budget" as const, bitsPerElement: target.budget }),
@@ -191,9 +192,8 @@ export function kvprecPlan(
     windowFormat: o.windowFormat ?? "fp16",
     recency: o.recency ?? true,
     sensitivity: o.sensitivity ?? "curvature",
+    ropeBase: o.preRopeKeys ?? true ? MODEL_ROPE_BASE : undefined,
   });
-  if (o.preRopeKeys ?? true) built.plan.ropeBase = MODEL_ROPE_BASE;
-  return built;
 }
 
 /** A plan with what the cache measured for it on the calibration text. */

@@ -27,6 +27,7 @@
 import { getFormat } from "../codecs/format.ts";
 import { assertFinite, InvalidValueError, ShapeError, typeName } from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
+import { KeyRope } from "./cache/key_rope.ts";
 import { meanErrorBound } from "./quantize_head.ts";
 import { RecordingKVCache } from "./recording_cache.ts";
 import { SensitivityStep } from "./sensitivity_step.ts";
@@ -303,9 +304,10 @@ export interface Analysis {
   sequences: SequenceCalibration[];
   /**
    * Measured mean per-element error bound of each format, [layer][kvHead], averaged over the
-   * sequences' positions (present when calibrate was given measureFormats).
+   * sequences' positions (present when calibrate was given measureFormats); preRopeKey: of
+   * channel-axis formats on the keys rotated back before RoPE (calibrate's ropeBase).
    */
-  formatErrors?: Record<string, { key: number[][]; value: number[][] }>;
+  formatErrors?: Record<string, { key: number[][]; value: number[][]; preRopeKey?: number[][] }>;
 }
 
 /** Progress of a calibration, for a progress bar. */
@@ -339,6 +341,11 @@ export interface CalibrateOptions extends AnalyzeOptions {
    * values with the real codecs (the planner's error model; default none).
    */
   measureFormats?: string[];
+  /**
+   * The model's RoPE base: channel-axis measureFormats are also measured on keys rotated back
+   * before RoPE, as a cache with ropeBase stores them (formatErrors[f].preRopeKey).
+   */
+  ropeBase?: number;
   /** Called after each token and each analyzed layer. */
   onProgress?: (progress: CalibrationProgress) => void;
 }
@@ -419,7 +426,16 @@ export async function calibrate(
   const formatErrors: NonNullable<Analysis["formatErrors"]> = {};
   const zeros = () =>
     Array.from({ length: shape.nLayers }, () => new Array(shape.nKvHeads).fill(0));
-  for (const f of options.measureFormats ?? []) formatErrors[f] = { key: zeros(), value: zeros() };
+  const rope = options.ropeBase === undefined
+    ? undefined
+    : new KeyRope(shape.headDim, maxSeqLen, options.ropeBase);
+  for (const f of options.measureFormats ?? []) {
+    formatErrors[f] = {
+      key: zeros(),
+      value: zeros(),
+      ...(rope && getFormat(f).axis === "channel" ? { preRopeKey: zeros() } : {}),
+    };
+  }
   const positions = sequences.reduce((a, s) => a + s.length, 0);
   for (let si = 0; si < sequences.length; si++) {
     cache.reset();
@@ -437,6 +453,11 @@ export async function calibrate(
           const w = seq.length / positions;
           e.key[l][h] += w * meanErrorBound(cache.keys(l, h), seq.length, shape.headDim, f);
           e.value[l][h] += w * meanErrorBound(cache.values(l, h), seq.length, shape.headDim, f);
+          if (e.preRopeKey) {
+            const k = cache.keys(l, h).slice(0, seq.length * shape.headDim);
+            rope!.unrotate(k, seq.length, 0);
+            e.preRopeKey[l][h] += w * meanErrorBound(k, seq.length, shape.headDim, f);
+          }
         }
       }
     }

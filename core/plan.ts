@@ -123,6 +123,12 @@ export interface PlanOptions {
   /** Multiply sensitivities by the recency factor (default true). */
   recency?: boolean;
   /**
+   * The model's RoPE base: the plan stores channel-axis keys before RoPE (plan.ropeBase), and the
+   * error model reads those formats' key errors as calibrated so (formatErrors[f].preRopeKey,
+   * calibrate's ropeBase) where measured. Default: keys stored as received.
+   */
+  ropeBase?: number;
+  /**
    * "curvature" (default: the analyzer's gradient and curvature measures) or "attention"
    * (attention alone). Which ranks positions better depends on the model: kvprecFittedPlan
    * (bench/kvprec_rows.ts, behind `deno task analyze` and `deno task eval`) fits a budget plan with
@@ -299,6 +305,7 @@ export function buildPrecisionPlan(
     sinkTokens: o.sinkTokens,
     recentWindow: o.recentWindow,
     windowFormat: o.windowFormat,
+    ...(o.ropeBase === undefined ? {} : { ropeBase: o.ropeBase }),
     layers,
     meta: {
       mode: o.mode,
@@ -496,7 +503,8 @@ export function resolveSensitivity(
   return { sensitivity, aggregate };
 }
 
-type _Resolved = Required<Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c">> & {
+type _Resolved = Required<Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c" | "ropeBase">> & {
+  ropeBase: number | undefined;
   epsilon: number;
   bitsPerElement: number;
   c: number;
@@ -539,6 +547,10 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     throw new FormatError(`windowFormat is ${windowFormat}, expected a format name`);
   }
   _windowFormat(windowFormat);
+  const ropeBase = options.ropeBase;
+  if (ropeBase !== undefined && !(Number.isFinite(ropeBase) && ropeBase > 0)) {
+    throw new InvalidValueError(`ropeBase is ${ropeBase}, expected a finite number > 0`);
+  }
   const { sensitivity, aggregate } = resolveSensitivity(options);
   if (options.mode === "rule") {
     const e = options.epsilon;
@@ -579,9 +591,15 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   );
   // Default error model: the codecs' measured mean bound where calibrated, else range·2^−p/2.
   const measured = analysis.formatErrors;
+  const frame = (kind: "key" | "value", f: MapperFormat) =>
+    kind === "key" && ropeBase !== undefined && getFormat(f.name).axis === "channel" &&
+      measured?.[f.name]?.preRopeKey
+      ? "preRopeKey"
+      : kind;
   const errorModel: ErrorModel = options.errorModel ??
     ((l, h, kind, f) =>
-      measured?.[f.name]?.[kind]?.[l]?.[h] ?? ranges[l][h][kind] * 2 ** -precisionBits(f) / 2);
+      measured?.[f.name]?.[frame(kind, f)]?.[l]?.[h] ??
+        ranges[l][h][kind] * 2 ** -precisionBits(f) / 2);
   return {
     mode: options.mode,
     epsilon: options.epsilon ?? 0,
@@ -596,6 +614,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     sensitivity,
     aggregate,
     perHead: options.perHead ?? true,
+    ropeBase,
     errorModel,
     diameter: ranges.map((row) => row.map((r) => Math.max(r.key, r.value))),
   };

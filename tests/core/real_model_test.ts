@@ -38,6 +38,7 @@ const seqs = [ids.slice(0, 96), ids.slice(300, 380)];
 const analysis = await calibrate(model, weights.config, seqs, {
   measureFormats: NAMES,
   windows: [8, 16],
+  ropeBase: 10000,
 });
 
 Deno.test("keyJacobian() and keySecondDerivative() agree with finite differences on real heads", async () => {
@@ -157,4 +158,46 @@ Deno.test("buildPrecisionPlan() meets budgets on the fixture and rejects bad inp
     BudgetError,
   );
   assert.ok(summarizeAnalysis(analysis).layers.every((l) => l.sinkShare > 0 && l.recentShare > 0));
+});
+
+Deno.test("calibrate() measures channel-axis key errors before RoPE; plans with ropeBase use them", () => {
+  const errors = analysis.formatErrors!;
+  for (const name of NAMES) {
+    const channel = getFormat(name).axis === "channel";
+    assert.equal(errors[name].preRopeKey !== undefined, channel, name);
+  }
+  // the fixture's keys turn with position: per-channel groups before RoPE span less
+  const mean = (x: number[][]) => x.flat().reduce((a, b) => a + b, 0) / x.flat().length;
+  for (const name of ["int2-g32-channel", "int4-g32-channel"]) {
+    const before = mean(errors[name].preRopeKey!), after = mean(errors[name].key);
+    assert.ok(before < 0.8 * after, `${name}: before RoPE ${before}, after ${after}`);
+  }
+  const options = {
+    mode: "budget" as const,
+    bitsPerElement: 6,
+    keyFormats: FORMATS,
+    valueFormats: FORMATS,
+    recentWindow: 8,
+    sinkTokens: 2,
+  };
+  const plain = buildPrecisionPlan(analysis, options);
+  const pre = buildPrecisionPlan(analysis, { ...options, ropeBase: 10000 });
+  assert.equal(plain.plan.ropeBase, undefined);
+  assert.equal(pre.plan.ropeBase, 10000);
+  assert.equal(planPolicy(pre.plan).ropeBase, 10000);
+  assert.equal(planPolicy(plain.plan).ropeBase, undefined);
+  assert.ok(
+    pre.report.oracle.predictedError < plain.report.oracle.predictedError,
+    `predicted ${pre.report.oracle.predictedError} vs ${plain.report.oracle.predictedError}`,
+  );
+  const json = JSON.parse(JSON.stringify(pre.plan));
+  assert.equal(validatePrecisionPlan(json).ropeBase, 10000);
+  assert.throws(
+    () => validatePrecisionPlan({ ...pre.plan, ropeBase: -1 }),
+    (e) => e instanceof Error && /ropeBase/.test(e.message),
+  );
+  assert.throws(
+    () => buildPrecisionPlan(analysis, { ...options, ropeBase: NaN }),
+    InvalidValueError,
+  );
 });
