@@ -23,7 +23,7 @@
  * @module
  */
 
-import { ShapeError } from "./errors.ts";
+import { InvalidValueError, ShapeError } from "./errors.ts";
 import { attention } from "./tensor.ts";
 
 /** Per-position sensitivities of one head for one query. */
@@ -52,7 +52,8 @@ export interface HeadSensitivity {
  * @param weights α, at least n elements, overwritten
  * @param out o, length d, overwritten
  * @param qOffset where the query starts in q
- * @throws ShapeError for n or d not an integer ≥ 1, or an array shorter than they need
+ * @throws ShapeError for n or d not an integer ≥ 1, or an array shorter than they need;
+ *   InvalidValueError when a NaN or infinite input (or overflowing scores) makes α or o non-finite
  */
 export function attentionWeights(
   q: ArrayLike<number>,
@@ -69,7 +70,28 @@ export function attentionWeights(
     throw new ShapeError(`weights has ${weights.length} elements, expected ≥ ${n}`);
   }
   if (out.length < d) throw new ShapeError(`out has ${out.length} elements, expected ≥ ${d}`);
+  // a NaN or infinity reaches α or o: every sensitivity and bound built on them would be NaN
+  // without a word (and `realized > NaN` is false, so a bound check would pass)
+  _checkFinite(q, qOffset, d, "q");
+  _checkFinite(keys, 0, n * d, "keys");
+  _checkFinite(values, 0, n * d, "values");
   attention(q, keys, values, n, d, weights, out, qOffset);
+  for (let t = 0; t < n; t++) {
+    if (!Number.isFinite(weights[t])) {
+      throw new InvalidValueError(
+        `attention weight of position ${t} is ${weights[t]}: scores q·k/√d out of range`,
+        t,
+      );
+    }
+  }
+}
+
+function _checkFinite(x: ArrayLike<number>, from: number, count: number, what: string): void {
+  for (let i = from; i < from + count; i++) {
+    if (x[i] - x[i] !== 0) {
+      throw new InvalidValueError(`${what}[${i}] is ${x[i]}, expected a finite number`, i);
+    }
+  }
 }
 
 /**
@@ -118,7 +140,7 @@ function _checkPosition(t: number, n: number): void {
  * @param n positions
  * @param d head dimension
  * @returns the weights α (length n) and the output o (length d)
- * @throws ShapeError as {@linkcode attentionWeights}
+ * @throws ShapeError, InvalidValueError as {@linkcode attentionWeights}
  */
 export function attend64(
   q: ArrayLike<number>,
@@ -141,7 +163,7 @@ export function attend64(
  * @param n positions
  * @param d head dimension
  * @returns output, weights, gradient norms, Hessian-trace norms and curvature per position
- * @throws ShapeError as {@linkcode attentionWeights}
+ * @throws ShapeError, InvalidValueError as {@linkcode attentionWeights}
  */
 export function headSensitivity(
   q: ArrayLike<number>,
@@ -230,6 +252,11 @@ export function keySecondDerivative(
   _checkSizes(q, keys, values, n, d);
   _checkPosition(t, n);
   if (u.length < d) throw new ShapeError(`u has ${u.length} elements, expected ≥ ${d}`);
+  for (let i = 0; i < d; i++) {
+    if (!Number.isFinite(u[i])) {
+      throw new InvalidValueError(`u[${i}] is ${u[i]}, expected a finite number`, i);
+    }
+  }
   const { attention, output } = attend64(q, keys, values, n, d);
   let qu = 0;
   for (let i = 0; i < d; i++) qu += q[i] * u[i];

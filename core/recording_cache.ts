@@ -19,6 +19,7 @@
 import {
   type CacheMemory,
   checkAttend,
+  checkLayer,
   Float32KVCache,
   type KVCache,
   type KVCacheShape,
@@ -66,6 +67,7 @@ export class RecordingKVCache implements KVCache {
    * @returns a view of the recorded queries
    */
   queries(layer: number): Float32Array {
+    checkLayer(this.shape, layer);
     return this.#queries[layer];
   }
 

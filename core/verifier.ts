@@ -187,7 +187,8 @@ export interface HeadVerification {
  * @param assignment formats: `sequences[sequence]` is used
  * @param sequence which sequence of the assignment the cache holds
  * @returns one verification per (layer, KV head)
- * @throws ShapeError when the assignment does not match the cache (a missing cell, a key or value
+ * @throws ShapeError for a recording with no position or layers of different lengths, or when the
+ *   assignment does not match the cache (a missing cell, a key or value
  *   not covering the cached positions, a format index outside −1..formats − 1)
  */
 export function verifyHeads(
@@ -198,6 +199,13 @@ export function verifyHeads(
   const { nLayers, nHeads, nKvHeads, headDim: d } = cache.shape;
   const group = nHeads / nKvHeads;
   const n = cache.length(0);
+  // no position: every mean would be 0/0
+  if (n === 0) throw new ShapeError("the recording holds no position to verify");
+  for (let l = 1; l < nLayers; l++) {
+    if (cache.length(l) !== n) {
+      throw new ShapeError(`layer ${l} holds ${cache.length(l)} positions, layer 0 ${n}`);
+    }
+  }
   const out: HeadVerification[] = [];
   for (let l = 0; l < nLayers; l++) {
     const queries = cache.queries(l);

@@ -36,6 +36,7 @@ import {
   checkAppend,
   checkAttend,
   checkCacheShape,
+  checkLayer,
   type KVCache,
   type KVCacheShape,
 } from "../model/kv_cache.ts";
@@ -421,6 +422,7 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 
   length(layer: number): number {
+    checkLayer(this.shape, layer);
     return this.#lengths[layer];
   }
 

@@ -220,6 +220,7 @@ export async function measureCacheBits(
   }
   let bytes = 0, elements = 0;
   for (const seq of sequences) {
+    if (seq.length === 0) continue; // its fixed buffers would count with no element to share them
     cache.reset();
     await model.prefill(seq, 0, cache);
     const mem = cache.memory();

@@ -14,7 +14,7 @@
  * @module
  */
 
-import { ShapeError } from "../errors.ts";
+import { assertFinite, ShapeError } from "../errors.ts";
 import type { KVCache } from "../model/kv_cache.ts";
 import type { Transformer } from "../model/transformer.ts";
 
@@ -62,6 +62,7 @@ export function logProbability(logits: Float32Array, target: number): number {
   if (!Number.isInteger(target) || target < 0 || target >= logits.length) {
     throw new ShapeError(`target ${target} is outside [0, ${logits.length})`);
   }
+  assertFinite(logits, "logits"); // a NaN or infinite logit makes every probability NaN
   let max = -Infinity;
   for (let i = 0; i < logits.length; i++) if (logits[i] > max) max = logits[i];
   let sum = 0;

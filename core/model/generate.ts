@@ -10,7 +10,7 @@
  * @module
  */
 
-import { InvalidValueError, ShapeError } from "../errors.ts";
+import { assertFinite, CapacityError, InvalidValueError, ShapeError } from "../errors.ts";
 import { argmax } from "../tensor.ts";
 import type { KVCache } from "./kv_cache.ts";
 import type { Transformer } from "./transformer.ts";
@@ -23,8 +23,10 @@ import type { Transformer } from "./transformer.ts";
  * @param prompt prompt token ids (at least one)
  * @param steps tokens to generate
  * @returns the generated ids (not including the prompt)
- * @throws ShapeError for an empty prompt; InvalidValueError for steps not an integer ≥ 0; both
- *   before the cache is reset
+ * @throws ShapeError for an empty prompt or a token id out of range; CapacityError when prompt and
+ *   generated tokens need more positions than the cache or the model holds; InvalidValueError for
+ *   steps not an integer ≥ 0: all before the cache is reset. InvalidValueError for a NaN or
+ *   infinite logit.
  */
 export async function generateGreedy(
   model: Transformer,
@@ -37,15 +39,36 @@ export async function generateGreedy(
     throw new InvalidValueError(`steps is ${steps}, expected an integer ≥ 0`);
   }
   if (prompt.length === 0) throw new ShapeError("prompt is empty, expected at least one token");
+  const vocabSize = model.config.vocabSize;
+  prompt.forEach((t, i) => {
+    if (!Number.isInteger(t) || t < 0 || t >= vocabSize) {
+      throw new ShapeError(`prompt[${i}] is token id ${t}, out of range [0, ${vocabSize})`);
+    }
+  });
+  // the last generated token is returned, not forwarded
+  const needed = prompt.length + Math.max(steps - 1, 0);
+  const room = Math.min(cache.shape.maxSeqLen, model.config.seqLen);
+  if (needed > room) {
+    throw new CapacityError(
+      `a prompt of ${prompt.length} tokens and ${steps} generated need ${needed} positions, ` +
+        `the cache and model hold ${room}`,
+    );
+  }
   cache.reset();
   const vocab = model.config.vocabSize;
   const logits = await model.prefill(prompt, 0, cache);
-  let next = argmax(logits.subarray((prompt.length - 1) * vocab));
+  let next = greedy(logits.subarray((prompt.length - 1) * vocab));
   const out: number[] = [];
   for (let pos = prompt.length; out.length < steps; pos++) {
     out.push(next);
     if (out.length === steps) break;
-    next = argmax(await model.forward(next, pos, cache));
+    next = greedy(await model.forward(next, pos, cache));
   }
   return out;
+}
+
+// argmax skips NaN: a broken model would still yield tokens
+function greedy(logits: Float32Array): number {
+  assertFinite(logits, "logits");
+  return argmax(logits);
 }

@@ -156,7 +156,13 @@ function checkF32(x: Float32Array, what: string): void {
   }
 }
 
-function checkLayer(shape: KVCacheShape, layer: number): void {
+/**
+ * Throws ShapeError unless `layer` is an integer in [0, nLayers).
+ *
+ * @param shape the cache's shape
+ * @param layer layer index
+ */
+export function checkLayer(shape: KVCacheShape, layer: number): void {
   if (!Number.isInteger(layer) || layer < 0 || layer >= shape.nLayers) {
     throw new ShapeError(`layer ${layer} out of range [0, ${shape.nLayers})`);
   }
@@ -207,6 +213,7 @@ export class Float32KVCache implements KVCache {
   }
 
   length(layer: number): number {
+    checkLayer(this.shape, layer);
     return this.#lengths[layer];
   }
 
@@ -215,14 +222,22 @@ export class Float32KVCache implements KVCache {
    * @param layer layer index
    * @param kvHead KV head index
    * @returns the element offset
+   * @throws ShapeError for a layer or KV head out of range (the offset would name another head)
    */
   headOffset(layer: number, kvHead: number): number {
+    checkLayer(this.shape, layer);
     const { nKvHeads, maxSeqLen, headDim } = this.shape;
+    if (!Number.isInteger(kvHead) || kvHead < 0 || kvHead >= nKvHeads) {
+      throw new ShapeError(`KV head ${kvHead} out of range [0, ${nKvHeads})`);
+    }
     return ((layer * nKvHeads) + kvHead) * maxSeqLen * headDim;
   }
 
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
     checkAppend(this.shape, layer, pos, this.#lengths[layer], k, v);
+    // the mixed cache checks finiteness with its fp16 range; here a NaN would spread silently
+    assertFinite(k, "k");
+    assertFinite(v, "v");
     const { nKvHeads, headDim } = this.shape;
     for (let h = 0; h < nKvHeads; h++) {
       const dst = this.headOffset(layer, h) + pos * headDim;

@@ -1,0 +1,113 @@
+// Bad input to the reference cache, the recording, the evaluation helpers and the sensitivity
+// functions: typed errors naming what was wrong, where each used to return NaN, another head's data
+// or a half-changed cache (found by an input audit, 2026-11-23).
+import assert from "node:assert/strict";
+import { attentionErrorFirstOrder } from "../../core/attention_bound.ts";
+import { attentionWeights, keySecondDerivative } from "../../core/attention_sensitivity.ts";
+import { measureCacheBits } from "../../core/eval/compare.ts";
+import { logProbability } from "../../core/eval/perplexity.ts";
+import { CapacityError, InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { generateGreedy } from "../../core/model/generate.ts";
+import { Float32KVCache } from "../../core/model/kv_cache.ts";
+import { cacheShape } from "../../core/model/transformer.ts";
+import { RecordingKVCache } from "../../core/recording_cache.ts";
+import { verifyHeads } from "../../core/verifier.ts";
+import { loadFixture, normals, rng } from "../_fixtures.ts";
+
+const { model } = await loadFixture();
+
+// deno-lint-ignore no-explicit-any
+const named = (cls: new (...a: any[]) => Error, re: RegExp) => (e: unknown) =>
+  e instanceof cls && re.test((e as Error).message);
+
+Deno.test("Float32KVCache refuses NaN and infinite K/V and names layers and heads out of range", () => {
+  const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 2, maxSeqLen: 4 };
+  const c = new Float32KVCache(shape);
+  c.append(0, 0, Float32Array.of(1, 2), Float32Array.of(3, 4));
+  assert.throws(
+    () => c.append(0, 1, Float32Array.of(NaN, 1), Float32Array.of(1, 1)),
+    named(InvalidValueError, /k\[0\] is NaN/),
+  );
+  assert.throws(
+    () => c.append(0, 1, Float32Array.of(1, 1), Float32Array.of(1, Infinity)),
+    named(InvalidValueError, /v\[1\] is Infinity/),
+  );
+  assert.equal(c.length(0), 1, "the refused appends changed nothing");
+  assert.throws(() => c.length(5), named(ShapeError, /layer 5/));
+  assert.throws(() => c.headOffset(0, 1), named(ShapeError, /KV head 1/));
+  const r = new RecordingKVCache(shape);
+  r.append(0, 0, Float32Array.of(1, 2), Float32Array.of(3, 4));
+  assert.throws(() => r.keys(0, 1), ShapeError); // was layer 1's keys
+  assert.throws(() => r.values(-1, 0), ShapeError);
+  assert.throws(() => r.queries(9), ShapeError);
+  assert.deepEqual(r.keys(0, 0), Float32Array.of(1, 2));
+});
+
+Deno.test("logProbability and generateGreedy refuse NaN logits; generateGreedy checks before reset", async () => {
+  assert.throws(
+    () => logProbability(Float32Array.of(NaN, 1), 1),
+    named(InvalidValueError, /logits\[0\] is NaN/),
+  );
+  assert.throws(() => logProbability(Float32Array.of(-Infinity, -Infinity), 0), InvalidValueError);
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  await generateGreedy(model, cache, [1, 403], 3);
+  assert.equal(cache.length(0), 4);
+  await assert.rejects(
+    () => generateGreedy(model, cache, [1, 99999], 3),
+    named(ShapeError, /prompt\[1\] is token id 99999/),
+  );
+  await assert.rejects(
+    () => generateGreedy(model, cache, [1, 2, 3, 4, 5], 13),
+    named(CapacityError, /need 17 positions/),
+  );
+  assert.equal(cache.length(0), 4, "the cache was not reset by a refused call");
+  // exactly full is fine: the last generated token is not forwarded
+  assert.equal((await generateGreedy(model, cache, [1, 2, 3, 4, 5], 12)).length, 12);
+});
+
+Deno.test("verifyHeads names an empty or ragged recording; measureCacheBits skips empty sequences", async () => {
+  const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
+  const empty = new RecordingKVCache(shape);
+  const assignment = {
+    keyFormats: ["fp16"],
+    valueFormats: ["fp16"],
+    windowFormat: "fp16",
+    sequences: [[[{ key: new Int16Array(0), value: new Int16Array(0) }]]],
+  };
+  // deno-lint-ignore no-explicit-any
+  assert.throws(() => verifyHeads(empty, assignment as any), named(ShapeError, /no position/));
+  const next = rng(2);
+  empty.append(0, 0, normals(8, next), normals(8, next));
+  empty.append(0, 1, normals(8, next), normals(8, next));
+  empty.append(1, 0, normals(8, next), normals(8, next));
+  // deno-lint-ignore no-explicit-any
+  assert.throws(() => verifyHeads(empty, assignment as any), named(ShapeError, /layer 1 holds 1/));
+  const cache = new Float32KVCache(cacheShape(model.config, 8));
+  const one = await measureCacheBits(model, cache, [[1, 2, 3]]);
+  assert.equal(await measureCacheBits(model, cache, [[1, 2, 3], []]), one);
+});
+
+Deno.test("attention sensitivities name a NaN or infinite input instead of returning NaN", () => {
+  const q = [1, 0], k = [1, 0, 0, 1], v = [1, 2, 3, 4];
+  const w = new Float64Array(2), o = new Float64Array(2);
+  assert.throws(
+    () => attentionWeights(q, [1, 0, NaN, 1], v, 2, 2, w, o),
+    named(InvalidValueError, /keys\[2\] is NaN/),
+  );
+  assert.throws(
+    () => attentionWeights(q, k, [1, 2, 3, Infinity], 2, 2, w, o),
+    named(InvalidValueError, /values\[3\]/),
+  );
+  assert.throws(
+    () => attentionWeights([1e200, 0], [1e200, 0, 0, 1], v, 2, 2, w, o),
+    named(InvalidValueError, /out of range/),
+  );
+  assert.throws(
+    () => keySecondDerivative(q, k, v, 2, 2, 0, [NaN, 1]),
+    named(InvalidValueError, /u\[0\] is NaN/),
+  );
+  // an infinite error bound at a position with no weight adds nothing (was 0·∞ = NaN)
+  const far = [1000, 0, -1000, 0];
+  const e = attentionErrorFirstOrder([1, 0], far, v, 2, 2, [0, 0, Infinity, 0], [0, 0, 0, 0]);
+  assert.ok(Number.isFinite(e), `first-order error ${e}`);
+});
