@@ -16,19 +16,23 @@
  */
 
 /**
- * A float64 strictly above x and at most two ulps above it (x itself for ±Infinity and NaN).
+ * A float64 strictly above x and at most two ulps above it (x itself for +Infinity and NaN;
+ * −Number.MAX_VALUE for −Infinity, which an overflowing lower-rounded result stands for: the exact
+ * value is finite, so the largest finite float is still a bound on it).
  * Computed as x + (|x|·2⁻⁵² + 2⁻¹⁰⁷⁴): the exact sum is ≥ x + ulp(x), which is representable, so
  * round-to-nearest cannot land below it; cheaper than stepping the bit pattern.
  * @param x a float64
  * @returns a value above x
  */
 export function nextUp(x: number): number {
-  if (x !== x || x === Infinity || x === -Infinity) return x;
+  if (x === -Infinity) return -Number.MAX_VALUE;
+  if (x !== x || x === Infinity) return x;
   return x + (Math.abs(x) * 2.220446049250313e-16 + Number.MIN_VALUE);
 }
 
 /**
- * A float64 strictly below x and at most two ulps below it.
+ * A float64 strictly below x and at most two ulps below it (Number.MAX_VALUE for +Infinity: a
+ * lower bound on an exact value that overflowed).
  * @param x a float64
  * @returns the next representable value towards -Infinity
  */

@@ -60,10 +60,17 @@ const _MANTISSA: Record<string, number> = {
  *
  * @param format the format
  * @returns bits of precision the rule compares against
- * @throws FormatError for an unknown kind
+ * @throws FormatError for an unknown kind, or an int format whose bits are not an integer in [1, 32]
  */
 export function precisionBits(format: MapperFormat): number {
-  if (format.kind === "int") return Math.log2(2 ** format.bits - 1);
+  if (format.kind === "int") {
+    if (!Number.isInteger(format.bits) || format.bits < 1 || format.bits > 32) {
+      throw new FormatError(
+        `format ${format.name} has ${format.bits} bits, expected an integer in [1, 32]`,
+      );
+    }
+    return Math.log2(2 ** format.bits - 1);
+  }
   if (format.kind === "int8s") return Math.log2(127);
   const m = _MANTISSA[format.kind];
   if (m === undefined) {
@@ -115,7 +122,8 @@ export function requiredBits(curvature: number, options: RuleOptions): number {
  * @param required required precision in bits
  * @param candidates formats to choose from (non-empty)
  * @returns the chosen format and whether it meets the requirement
- * @throws FormatError for an empty candidate list; InvalidValueError for a NaN requirement
+ * @throws FormatError for an empty candidate list; InvalidValueError for a NaN requirement or a
+ *   candidate whose bitsPerElement is not a finite number > 0
  */
 export function selectFormat(
   required: number,
@@ -125,6 +133,14 @@ export function selectFormat(
   // NaN meets no format and would pass for "the most precise one does not suffice".
   if (Number.isNaN(required)) {
     throw new InvalidValueError("required precision is NaN, expected a number of bits");
+  }
+  for (const f of candidates) {
+    // a NaN cost compares false both ways: the format would be chosen and never replaced
+    if (!(Number.isFinite(f.bitsPerElement) && f.bitsPerElement > 0)) {
+      throw new InvalidValueError(
+        `format ${f.name} costs ${f.bitsPerElement} bits per element, expected a finite number > 0`,
+      );
+    }
   }
   let best: MapperFormat | undefined;
   let most = candidates[0];

@@ -25,6 +25,8 @@ import { InvalidValueError, ShapeError } from "./errors.ts";
  * @param w rows × cols weights
  * @param rows output size
  * @param cols input size
+ * @throws ShapeError for an array shorter than rows and cols need (reads past it were NaN, writes
+ *   past out dropped)
  */
 export function matvec(
   out: Float32Array,
@@ -33,6 +35,11 @@ export function matvec(
   rows: number,
   cols: number,
 ): void {
+  if (out.length < rows || x.length < cols || w.length < rows * cols) {
+    throw new ShapeError(
+      `matvec of ${rows} × ${cols}: out has ${out.length}, x ${x.length}, w ${w.length} elements`,
+    );
+  }
   for (let r = 0; r < rows; r++) {
     const o = r * cols;
     // four accumulators break the dependency chain of one long sum
@@ -98,8 +105,12 @@ export function rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array
  *
  * @param x values, overwritten by probabilities
  * @param n number of leading elements to use (defaults to all)
+ * @throws ShapeError for n not an integer in [1, x.length]
  */
 export function softmax(x: Float32Array, n: number = x.length): void {
+  if (!Number.isInteger(n) || n < 1 || n > x.length) {
+    throw new ShapeError(`softmax over ${n} of ${x.length} elements`);
+  }
   let max = -Infinity;
   for (let i = 0; i < n; i++) if (x[i] > max) max = x[i];
   let sum = 0;
@@ -151,9 +162,13 @@ export class Rope {
    *
    * @param x one or more heads, head-major
    * @param pos position
+   * @throws ShapeError for a position outside the table (its angles would read as NaN)
    */
   apply(x: Float32Array, pos: number): void {
     const half = this.#half;
+    if (!Number.isInteger(pos) || pos < 0 || (pos + 1) * half > this.#cos.length) {
+      throw new ShapeError(`RoPE position ${pos} outside [0, ${this.#cos.length / half})`);
+    }
     const base = pos * half;
     for (let o = 0; o < x.length; o += 2 * half) {
       for (let i = 0; i < half; i++) {
@@ -211,8 +226,10 @@ export function ropeTable(
  *
  * @param x values
  * @returns the argmax index
+ * @throws ShapeError for an empty array (0 would name an element it does not have)
  */
 export function argmax(x: Float32Array): number {
+  if (x.length === 0) throw new ShapeError("argmax of an empty array");
   let best = 0;
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
   return best;

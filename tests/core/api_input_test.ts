@@ -6,7 +6,10 @@ import { attentionErrorFirstOrder } from "../../core/attention_bound.ts";
 import { attentionWeights, keySecondDerivative } from "../../core/attention_sensitivity.ts";
 import { measureCacheBits } from "../../core/eval/compare.ts";
 import { logProbability } from "../../core/eval/perplexity.ts";
-import { CapacityError, InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { CapacityError, FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { divDown, expDown, nextDown, nextUp } from "../../core/interval.ts";
+import { precisionBits, selectFormat } from "../../core/mapper.ts";
+import { argmax, matvec, Rope, softmax } from "../../core/tensor.ts";
 import { generateGreedy } from "../../core/model/generate.ts";
 import { Float32KVCache } from "../../core/model/kv_cache.ts";
 import { cacheShape } from "../../core/model/transformer.ts";
@@ -110,4 +113,33 @@ Deno.test("attention sensitivities name a NaN or infinite input instead of retur
   const far = [1000, 0, -1000, 0];
   const e = attentionErrorFirstOrder([1, 0], far, v, 2, 2, [0, 0, Infinity, 0], [0, 0, 0, 0]);
   assert.ok(Number.isFinite(e), `first-order error ${e}`);
+});
+
+Deno.test("mapper formats, interval bounds and tensor kernels refuse what they cannot honour", () => {
+  const int = (bits: number, bitsPerElement = bits + 1) =>
+    ({ name: `int${bits}`, kind: "int", bits, bitsPerElement }) as const;
+  for (const bits of [NaN, -3, 0, 2.5]) {
+    assert.throws(() => precisionBits(int(bits)), named(FormatError, /bits/));
+  }
+  assert.throws(
+    () => selectFormat(2, [int(4, NaN), int(8, 9)]),
+    named(InvalidValueError, /int4 costs NaN/),
+  );
+  assert.equal(selectFormat(2, [int(4), int(8)]).format.bits, 4);
+  // an overflowed lower bound is still a lower bound: the largest finite float
+  assert.equal(nextDown(Infinity), Number.MAX_VALUE);
+  assert.ok(Number.isFinite(expDown(710)) && expDown(710) > 1e308);
+  assert.equal(divDown(1e308, 0.1), Number.MAX_VALUE);
+  assert.equal(nextUp(-Infinity), -Number.MAX_VALUE);
+  assert.ok(nextDown(1) < 1 && nextUp(1) > 1);
+  const rope = new Rope(2, 4);
+  for (const pos of [4, -1, 1.5]) {
+    assert.throws(() => rope.apply(Float32Array.of(1, 0), pos), named(ShapeError, /position/));
+  }
+  assert.throws(() => softmax(Float32Array.of(1, 2), 3), ShapeError);
+  assert.throws(() => argmax(new Float32Array(0)), ShapeError);
+  assert.throws(
+    () => matvec(new Float32Array(2), new Float32Array(3), new Float32Array(5), 2, 3),
+    named(ShapeError, /w 5/),
+  );
 });
