@@ -513,8 +513,9 @@ export interface ModelBound {
  * @param bounds element bounds per [layer][kvHead], positions 0..n−1 of the trace
  * @param shape heads, KV heads and head dimension
  * @returns Φ_l, E_l and the logits bound
- * @throws ShapeError when the bounds do not cover every layer, head and position, or the trace
- *   and the Lipschitz bounds hold different numbers of layers
+ * @throws ShapeError when the bounds do not cover every layer, head and position, the shape does
+ *   not match the trace, or the trace and the Lipschitz bounds hold different numbers of layers;
+ *   InvalidValueError for a NaN or negative output bound
  */
 export function composeModelBound(
   trace: ResidualTrace,
@@ -531,6 +532,23 @@ export function composeModelBound(
       `trace of ${trace.q.length} layers but Lipschitz bounds of ${layers} ` +
         `(q, k, v: ${trace.q.length}, ${trace.k.length}, ${trace.v.length} layers)`,
     );
+  }
+  if (!Number.isInteger(group) || group < 1) {
+    throw new ShapeError(`${nHeads} query heads do not share ${nKvHeads} KV heads evenly`);
+  }
+  // a shape that disagrees with the trace read the wrong slices (or none: "q has 0 elements")
+  for (let l = 0; l < layers; l++) {
+    const parts = [["q", trace.q[l], dim], ["k", trace.k[l], kvDim], ["v", trace.v[l], kvDim]];
+    for (const [what, x, per] of parts as [string, Float32Array, number][]) {
+      if (x.length !== n * per) {
+        throw new ShapeError(
+          `trace ${what}[${l}] has ${x.length} elements, the shape needs ${n} positions × ${per}`,
+        );
+      }
+    }
+  }
+  if (!(Number.isFinite(lipschitz.output) && lipschitz.output >= 0)) {
+    throw new InvalidValueError(`output Lipschitz bound is ${lipschitz.output}, expected ≥ 0`);
   }
   const local: number[] = [];
   for (let l = 0; l < lipschitz.layers.length; l++) {

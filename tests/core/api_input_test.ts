@@ -8,16 +8,23 @@ import { measureCacheBits } from "../../core/eval/compare.ts";
 import { logProbability } from "../../core/eval/perplexity.ts";
 import { CapacityError, FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { divDown, expDown, nextDown, nextUp } from "../../core/interval.ts";
+import {
+  empiricalLayerGains,
+  layerLipschitz,
+  spectralNormUpper,
+  traceResidualStream,
+  withEmpiricalGains,
+} from "../../core/layer_lipschitz.ts";
 import { precisionBits, selectFormat } from "../../core/mapper.ts";
 import { argmax, matvec, Rope, softmax } from "../../core/tensor.ts";
 import { generateGreedy } from "../../core/model/generate.ts";
 import { Float32KVCache } from "../../core/model/kv_cache.ts";
 import { cacheShape } from "../../core/model/transformer.ts";
 import { RecordingKVCache } from "../../core/recording_cache.ts";
-import { verifyHeads } from "../../core/verifier.ts";
+import { composeModelBound, verifyHeads } from "../../core/verifier.ts";
 import { loadFixture, normals, rng } from "../_fixtures.ts";
 
-const { model } = await loadFixture();
+const { model, weights } = await loadFixture();
 
 // deno-lint-ignore no-explicit-any
 const named = (cls: new (...a: any[]) => Error, re: RegExp) => (e: unknown) =>
@@ -142,4 +149,67 @@ Deno.test("mapper formats, interval bounds and tensor kernels refuse what they c
     () => matvec(new Float32Array(2), new Float32Array(3), new Float32Array(5), 2, 3),
     named(ShapeError, /w 5/),
   );
+});
+
+Deno.test("composeModelBound names a shape that disagrees with the trace and a NaN output bound", () => {
+  const n = 2, d = 2, next = rng(9);
+  const trace = {
+    length: n,
+    input: [],
+    mid: [],
+    final: new Float32Array(n * d),
+    q: [normals(n * d, next)],
+    k: [normals(n * d, next)],
+    v: [normals(n * d, next)],
+    logits: new Float32Array(0),
+  };
+  const lip = { output: 1, layers: [{ attention: 1, feedForward: 1, layer: 4, outputNorm: 1 }] };
+  const b = { key: new Float32Array(n * d).fill(0.01), value: new Float32Array(n * d).fill(0.01) };
+  const shape = { nHeads: 1, nKvHeads: 1, headDim: d };
+  assert.ok(composeModelBound(trace, lip, [[b]], shape).logits > 0);
+  assert.throws(
+    () => composeModelBound(trace, { ...lip, output: NaN }, [[b]], shape),
+    named(InvalidValueError, /output Lipschitz bound is NaN/),
+  );
+  assert.throws(
+    () => composeModelBound(trace, lip, [[b, b]], { nHeads: 3, nKvHeads: 2, headDim: 1 }),
+    named(ShapeError, /3 query heads/),
+  );
+  assert.throws(
+    () => composeModelBound(trace, lip, [[b]], { ...shape, headDim: 4 }),
+    named(ShapeError, /trace q\[0\] has 4 elements/),
+  );
+});
+
+Deno.test("layer Lipschitz helpers name a trace that does not fit the weights and a NaN matrix", () => {
+  const w = weights;
+  const trace = traceResidualStream(w, [1, 403, 407]);
+  assert.ok(layerLipschitz(w, trace).output > 0);
+  const short = { ...trace, input: trace.input.slice(0, 2) };
+  assert.throws(() => layerLipschitz(w, short), named(ShapeError, /input holds 2 layers/));
+  assert.throws(
+    () => empiricalLayerGains(w, { ...trace, length: 6 }, { trials: 1 }),
+    named(ShapeError, /expected 6 positions/),
+  );
+  assert.throws(
+    () => empiricalLayerGains(w, trace, { size: 1e-40, trials: 1 }),
+    named(InvalidValueError, /moves no input element/),
+  );
+  assert.throws(
+    () => spectralNormUpper([NaN, 1, 0, 1], 2, 2),
+    named(InvalidValueError, /element 0 is NaN/),
+  );
+});
+
+Deno.test("withEmpiricalGains refuses a NaN or negative gain", () => {
+  const bounds = { output: 1, layers: [{ attention: 1, feedForward: 1, layer: 4, outputNorm: 1 }] };
+  assert.throws(
+    () => withEmpiricalGains(bounds, [{ layer: NaN, feedForward: 1 }]),
+    named(InvalidValueError, /layer 0 layer gain is NaN/),
+  );
+  assert.throws(
+    () => withEmpiricalGains(bounds, [{ layer: 1, feedForward: -5 }]),
+    InvalidValueError,
+  );
+  assert.equal(withEmpiricalGains(bounds, [{ layer: 2, feedForward: 1.5 }]).layers[0].layer, 2);
 });
