@@ -103,6 +103,17 @@ const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[]
   },
   { name: "mixed int-dot", policy: mixedPolicy, integerDot: true },
   { name: "kivi-4", policy: kiviPolicy },
+  // keys stored before RoPE (policy.ropeBase): the kernel rotates each decoded key group forward
+  {
+    name: "kivi-4 pre-RoPE",
+    policy: () =>
+      uniformPolicy({
+        keyFormat: "int4-g32-channel",
+        valueFormat: "int4-g32-token",
+        pageTokens: PAGE,
+        ropeBase: 10000,
+      }),
+  },
   { name: "kivi-4 int-dot", policy: kiviPolicy, integerDot: true },
 ];
 /** Agreement with the TS reference: exact paths to 1e-6; the integer path's rounding (int_dot.ts). */
