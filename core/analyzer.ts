@@ -305,7 +305,7 @@ export interface Analysis {
   /**
    * Measured mean per-element error bound of each format, [layer][kvHead], averaged over the
    * sequences' positions (present when calibrate was given measureFormats); preRopeKey: of
-   * channel-axis formats on the keys rotated back before RoPE (calibrate's ropeBase).
+   * channel-axis formats on the keys turned back by RoPE within their group (calibrate's ropeBase).
    */
   formatErrors?: Record<string, { key: number[][]; value: number[][]; preRopeKey?: number[][] }>;
 }
@@ -342,8 +342,8 @@ export interface CalibrateOptions extends AnalyzeOptions {
    */
   measureFormats?: string[];
   /**
-   * The model's RoPE base: channel-axis measureFormats are also measured on keys rotated back
-   * before RoPE, as a cache with ropeBase stores them (formatErrors[f].preRopeKey).
+   * The model's RoPE base: channel-axis measureFormats are also measured on keys turned back by
+   * RoPE within their group, as a cache with ropeBase stores them (formatErrors[f].preRopeKey).
    */
   ropeBase?: number;
   /** Called after each token and each analyzed layer. */
@@ -426,9 +426,11 @@ export async function calibrate(
   const formatErrors: NonNullable<Analysis["formatErrors"]> = {};
   const zeros = () =>
     Array.from({ length: shape.nLayers }, () => new Array(shape.nKvHeads).fill(0));
+  const groups = (options.measureFormats ?? []).map((f) => getFormat(f))
+    .filter((f) => f.axis === "channel").map((f) => f.group);
   const rope = options.ropeBase === undefined
     ? undefined
-    : new KeyRope(shape.headDim, maxSeqLen, options.ropeBase);
+    : new KeyRope(shape.headDim, Math.max(1, ...groups), options.ropeBase);
   for (const f of options.measureFormats ?? []) {
     formatErrors[f] = {
       key: zeros(),
@@ -454,8 +456,9 @@ export async function calibrate(
           e.key[l][h] += w * meanErrorBound(cache.keys(l, h), seq.length, shape.headDim, f);
           e.value[l][h] += w * meanErrorBound(cache.values(l, h), seq.length, shape.headDim, f);
           if (e.preRopeKey) {
+            // groups from position 0, as meanErrorBound forms them
             const k = cache.keys(l, h).slice(0, seq.length * shape.headDim);
-            rope!.unrotate(k, seq.length, 0);
+            rope!.unrotate(k, seq.length, getFormat(f).group);
             e.preRopeKey[l][h] += w * meanErrorBound(k, seq.length, shape.headDim, f);
           }
         }

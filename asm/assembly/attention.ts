@@ -182,17 +182,18 @@ export function decodeRun(
 }
 
 /**
- * Rotates a decoded channel-axis key group forward by RoPE: rows ([d][G] f32, tokens in lanes) of
- * channel pairs (2i, 2i+1) turn by the angles of positions p0 … p0+G−1, read from the pair-major
- * table at rope (cos [i][stride], then sin; core/cache/key_rope.ts): x' = x·c − y·s, y' = x·s + y·c.
+ * Turns a decoded channel-axis key group forward by RoPE within the group: rows ([d][G] f32, tokens
+ * in lanes) of channel pairs (2i, 2i+1) turn by the angles of offsets 0 … G−1, read from the
+ * pair-major table at rope (cos [i][span], then sin; core/cache/key_rope.ts, a few KiB that stay in
+ * the first-level cache): x' = x·c − y·s, y' = x·s + y·c.
  */
 // @ts-ignore: decorator
-@inline function _ropeRows(work: usize, G: i32, d: i32, rope: usize, stride: i32, p0: i32): void {
+@inline function _ropeRows(work: usize, G: i32, d: i32, rope: usize, span: i32): void {
   const gBytes = <usize>G << 2, half = d >> 1;
-  const sinAt = rope + (<usize>(half * stride) << 2);
+  const sinAt = rope + (<usize>(half * span) << 2);
   for (let i = 0; i < half; i++) {
     const x = work + <usize>(2 * i) * gBytes, y = x + gBytes;
-    const at = <usize>(i * stride + p0) << 2;
+    const at = <usize>(i * span) << 2;
     const cr = rope + at, sr = sinAt + at;
     for (let t: usize = 0; t < gBytes; t += 16) {
       const c = v128.load(cr + t), s = v128.load(sr + t);
@@ -328,8 +329,7 @@ export function attendPage(
   scratch: usize,
   flags: i32,
   ropePtr: usize,
-  ropeStride: i32,
-  startsPtr: usize,
+  ropeSpan: i32,
 ): void {
   const rowBytes = <usize>max(d, 128) << 2;
   const row = scratch, row1 = scratch + rowBytes;
@@ -338,7 +338,7 @@ export function attendPage(
   const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
   const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
   const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
-  // pre-RoPE channel keys (ropePtr ≠ 0) are rotated after decoding: exact arithmetic
+  // channel keys turned back by RoPE (ropePtr ≠ 0) are turned forward after decoding: exact path
   const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 &&
     cap <= 256 && ropePtr == 0;
   // keys and values both or neither: the rounded weights then depend only on integer-path
@@ -377,9 +377,7 @@ export function attendPage(
           work + <usize>c * gBytes,
         );
       }
-      if (ropePtr != 0) {
-        _ropeRows(work, kG, d, ropePtr, ropeStride, load<i32>(startsPtr + (<usize>g << 2)));
-      }
+      if (ropePtr != 0) _ropeRows(work, kG, d, ropePtr, ropeSpan);
       for (let h = 0; h < hq; h++) {
         const qh = qPtr + <usize>h * dBytes;
         const dst = sc + (<usize>(h * n + g * kG) << 2);

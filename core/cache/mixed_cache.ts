@@ -67,8 +67,10 @@ export class PagePool {
   readonly #pageTokens: number;
   readonly #d: number;
   readonly #arena: PageArena | undefined;
-  /** Whether the pages store keys before RoPE (and record their key groups' positions). */
+  /** Whether the pages' keys are turned back by RoPE within their group (key_rope.ts). */
   readonly preRope: boolean;
+  /** Tokens per channel group of the key format (1 for token-axis keys). */
+  readonly keyGroup: number;
 
   /**
    * Creates an empty pool.
@@ -77,7 +79,7 @@ export class PagePool {
    * @param pageTokens tokens per page
    * @param headDim elements per token
    * @param arena WebAssembly memory for the pages (wasm backend), else JS arrays
-   * @param preRope keys are stored before RoPE (a channel-axis key format)
+   * @param preRope keys are turned back by RoPE within their group (a channel-axis key format)
    */
   constructor(
     pair: FormatPair,
@@ -95,6 +97,7 @@ export class PagePool {
     this.#pageTokens = pageTokens;
     this.#d = headDim;
     this.quantum = Math.max(channelGroup(this.#keyCodec), channelGroup(this.#valueCodec));
+    this.keyGroup = channelGroup(this.#keyCodec);
   }
 
   /** Tokens held. */
@@ -110,7 +113,6 @@ export class PagePool {
       this.#pageTokens,
       this.#d,
       this.#arena !== undefined,
-      this.preRope,
     );
   }
 
@@ -125,12 +127,11 @@ export class PagePool {
    * @param v values, count × d
    * @param count tokens
    * @param fresh the page to add when the last one is full (from allocatePage), else one is made
-   * @param pos position of the first token (the tokens are consecutive)
    */
-  write(k: Float32Array, v: Float32Array, count: number, fresh?: Page, pos = 0): void {
+  write(k: Float32Array, v: Float32Array, count: number, fresh?: Page): void {
     const last = this.pages[this.pages.length - 1];
     if (!last || last.n + count > last.capacity) this.pages.push(fresh ?? this.allocatePage());
-    this.pages[this.pages.length - 1].write(k, v, count, pos);
+    this.pages[this.pages.length - 1].write(k, v, count);
   }
 
   /**
@@ -229,7 +230,7 @@ export interface MemoryBreakdown {
   scales: number;
   /** WebAssembly memory blocks' alignment padding after page words (wasm backend). */
   padding: number;
-  /** Page-table entries, one per page, with the key groups' positions of pre-RoPE key pages. */
+  /** Page-table entries, one per page. */
   pageTables: number;
   /** Sink tokens at the window format. */
   sinks: number;
@@ -305,7 +306,7 @@ export class MixedPrecisionKVCache implements KVCache {
   /** Memory budget in bytes, if any. */
   readonly maxBytes: number | undefined;
   readonly #wasm: WasmAttention | undefined;
-  /** The model's RoPE angles when channel-axis key pages store keys before RoPE. */
+  /** RoPE's angles within a group when channel-axis key pages turn keys back (policy.ropeBase). */
   readonly #rope: KeyRope | undefined;
   /** Byte offset of the rope table in WebAssembly memory (pairMajor layout). */
   #ropePtr = 0;
@@ -342,9 +343,8 @@ export class MixedPrecisionKVCache implements KVCache {
     }
     this.#codecFor = options.codecFor ?? tsCodec;
     const d = shape.headDim;
-    if (policy.ropeBase !== undefined) {
-      if (d % 2 !== 0) throw new ShapeError(`ropeBase needs an even head_dim, got ${d}`);
-      this.#rope = new KeyRope(d, shape.maxSeqLen, policy.ropeBase);
+    if (policy.ropeBase !== undefined && d % 2 !== 0) {
+      throw new ShapeError(`ropeBase needs an even head_dim, got ${d}`);
     }
     this.#window = this.#codecFor(policy.windowFormat);
     checkPageFormat(this.#window, policy.pageTokens, d);
@@ -367,6 +367,7 @@ export class MixedPrecisionKVCache implements KVCache {
       );
     }
     this.evictQuantum = quantum;
+    if (policy.ropeBase !== undefined) this.#rope = new KeyRope(d, quantum, policy.ropeBase);
     this.#tracksScores = policy.pairs().length > 1;
     this.#pairKeys = new Set(policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
     this.#ring = policy.recentWindow + quantum;
@@ -539,10 +540,9 @@ export class MixedPrecisionKVCache implements KVCache {
         this.#evictV.subarray(i * d, (i + 1) * d),
       );
     }
-    const pos = this.policy.sinkTokens + store.paged;
-    if (to.pool.preRope) this.#rope!.unrotate(this.#evictK, Q, pos);
+    if (to.pool.preRope) this.#rope!.unrotate(this.#evictK, Q, to.pool.keyGroup);
     if (!to.held) store.pools.set(to.key, to.pool);
-    to.pool.write(this.#evictK, this.#evictV, Q, fresh, pos);
+    to.pool.write(this.#evictK, this.#evictV, Q, fresh);
     store.windowStart = (store.windowStart + Q) % R;
     store.windowN -= Q;
     store.paged += Q;
@@ -662,9 +662,9 @@ export class MixedPrecisionKVCache implements KVCache {
         for (const page of pool.pages) {
           if (page.n === 0) continue;
           const { keyCodec: kc, valueCodec: vc, kPtr, vPtr, n } = page;
-          if (page.starts) wasm.setRope(this.#ropePtr, this.shape.maxSeqLen, page.starts);
+          if (page.preRope) wasm.setRope(this.#ropePtr, this.evictQuantum);
           wasm.attendSegment(kc, kPtr, vc, vPtr, n, P, d, group, false, true);
-          if (page.starts) wasm.setRope(0);
+          if (page.preRope) wasm.setRope(0);
         }
       }
       for (const p of this.#partials) p.reset();
@@ -744,13 +744,8 @@ export class MixedPrecisionKVCache implements KVCache {
       if (this.#intDotPool(pool.pair)) continue;
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
-        if (page.starts) {
-          this.#rope!.rotateGroups(
-            this.#k.subarray(n * d),
-            page.n,
-            page.starts,
-            page.keyCodec.spec.group,
-          );
+        if (page.preRope) {
+          this.#rope!.rotate(this.#k.subarray(n * d), page.n, page.keyCodec.spec.group);
         }
         page.decodeValues(this.#v.subarray(n * d));
         n += page.n;
@@ -908,11 +903,11 @@ export class MixedPrecisionKVCache implements KVCache {
         b.windowScores += s.windowScore.byteLength;
         for (const pool of s.pools.values()) {
           for (const page of pool.pages) {
-            const { codes, scales, padding, positions } = page.parts;
+            const { codes, scales, padding } = page.parts;
             b.codes += codes;
             b.scales += scales;
             b.padding += padding;
-            b.pageTables += PAGE_TABLE_ENTRY_BYTES + positions;
+            b.pageTables += PAGE_TABLE_ENTRY_BYTES;
           }
         }
       }

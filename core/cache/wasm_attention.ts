@@ -64,8 +64,7 @@ interface AttentionKernels {
     scratch: number,
     flags: number,
     ropePtr: number,
-    ropeStride: number,
-    startsPtr: number,
+    ropeSpan: number,
   ): void;
 }
 
@@ -105,10 +104,8 @@ export class WasmAttention {
   /** Byte offset of the matching value run. */
   segVPtr = 0;
   #kernelPtr = 0;
-  /** Byte offset of the first positions of a page's key groups (i32, one per token at most). */
-  #startsPtr = 0;
   #ropePtr = 0;
-  #ropeStride = 0;
+  #ropeSpan = 0;
   readonly #flags: number;
 
   /**
@@ -144,7 +141,6 @@ export class WasmAttention {
       4 * segWords,
       4 * segWords,
       this.#k.attendScratchBytes(d, tokens, hq),
-      4 * tokens,
     ].map(PageArena.blockBytes);
     const bytes = sizes.reduce((a, b) => a + b, 0);
     let scratch: number;
@@ -161,15 +157,8 @@ export class WasmAttention {
     this.#scratch = scratch;
     this.#scratchBytes = bytes;
     let p = this.#scratch;
-    [
-      this.qPtr,
-      this.outPtr,
-      this.scorePtr,
-      this.segKPtr,
-      this.segVPtr,
-      this.#kernelPtr,
-      this.#startsPtr,
-    ] = sizes.map((s) => (p += s) - s);
+    [this.qPtr, this.outPtr, this.scorePtr, this.segKPtr, this.segVPtr, this.#kernelPtr] = sizes
+      .map((s) => (p += s) - s);
     this.#d = d;
     this.#hq = hq;
     this.#tokens = tokens;
@@ -193,18 +182,15 @@ export class WasmAttention {
   }
 
   /**
-   * Keys of the next attendSegment calls are stored before RoPE (core/cache/key_rope.ts): the
-   * kernel rotates each decoded key group forward. `setRope(0)` turns it off.
+   * Keys of the next attendSegment calls are turned back by RoPE within their channel group
+   * (core/cache/key_rope.ts): the kernel turns each decoded key group forward. `setRope(0)` turns
+   * it off.
    * @param table byte offset of the pair-major cos/sin table (KeyRope.pairMajor), 0: off
-   * @param stride positions per row of the table
-   * @param starts first position of each key group of the page (at most the reserved tokens)
+   * @param span offsets per row of the table (at least the key format's group)
    */
-  setRope(table: number, stride = 0, starts?: Int32Array): void {
+  setRope(table: number, span = 0): void {
     this.#ropePtr = table;
-    this.#ropeStride = stride;
-    if (table !== 0 && starts) {
-      new Int32Array(this.arena.memory.buffer, this.#startsPtr, starts.length).set(starts);
-    }
+    this.#ropeSpan = span;
   }
 
   /**
@@ -297,8 +283,7 @@ export class WasmAttention {
       this.#kernelPtr,
       (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0) | this.#flags,
       this.#ropePtr,
-      this.#ropeStride,
-      this.#startsPtr,
+      this.#ropeSpan,
     );
   }
 }
