@@ -305,7 +305,7 @@ export interface Analysis {
   /**
    * Measured mean per-element error bound of each format, [layer][kvHead], averaged over the
    * sequences' positions (present when calibrate was given measureFormats); preRopeKey: of
-   * channel-axis formats on the keys turned back by RoPE within their group (calibrate's ropeBase).
+   * channel-axis formats on the keys rotated back before RoPE (calibrate's ropeBase).
    */
   formatErrors?: Record<string, { key: number[][]; value: number[][]; preRopeKey?: number[][] }>;
 }
@@ -342,8 +342,8 @@ export interface CalibrateOptions extends AnalyzeOptions {
    */
   measureFormats?: string[];
   /**
-   * The model's RoPE base: channel-axis measureFormats are also measured on keys turned back by
-   * RoPE within their group, as a cache with ropeBase stores them (formatErrors[f].preRopeKey).
+   * The model's RoPE base: channel-axis measureFormats are also measured on keys rotated back
+   * before RoPE, as a cache with ropeBase stores them (formatErrors[f].preRopeKey).
    */
   ropeBase?: number;
   /** Called after each token and each analyzed layer. */
@@ -430,7 +430,7 @@ export async function calibrate(
     .filter((f) => f.axis === "channel").map((f) => f.group);
   const rope = options.ropeBase === undefined
     ? undefined
-    : new KeyRope(shape.headDim, Math.max(1, ...groups), options.ropeBase);
+    : new KeyRope(shape.headDim, maxSeqLen, Math.max(1, ...groups), options.ropeBase);
   for (const f of options.measureFormats ?? []) {
     formatErrors[f] = {
       key: zeros(),
@@ -458,7 +458,7 @@ export async function calibrate(
           if (e.preRopeKey) {
             // groups from position 0, as meanErrorBound forms them
             const k = cache.keys(l, h).slice(0, seq.length * shape.headDim);
-            rope!.unrotate(k, seq.length, getFormat(f).group);
+            rope!.unrotate(k, seq.length, getFormat(f).group, 0);
             e.preRopeKey[l][h] += w * meanErrorBound(k, seq.length, shape.headDim, f);
           }
         }

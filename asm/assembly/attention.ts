@@ -182,21 +182,34 @@ export function decodeRun(
 }
 
 /**
- * Turns a decoded channel-axis key group forward by RoPE within the group: rows ([d][G] f32, tokens
- * in lanes) of channel pairs (2i, 2i+1) turn by the angles of offsets 0 … G−1, read from the
- * pair-major table at rope (cos [i][span], then sin; core/cache/key_rope.ts, a few KiB that stay in
- * the first-level cache): x' = x·c − y·s, y' = x·s + y·c.
+ * Turns a decoded channel-axis key group at position p0 forward by RoPE: rows ([d][G] f32, tokens
+ * in lanes) of channel pairs (2i, 2i+1) turn by φ = angle(p0) + angle(τ), τ the offset in the
+ * group: cos φ = C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ, with C0, S0 from the group's row of the
+ * positions' table (start: d floats, cos then sin) and cτ, sτ from the pair-major offsets' table
+ * at rope (cos [i][span], then sin; core/cache/key_rope.ts; a few KiB that stay in the first-level
+ * cache); then x' = x·c − y·s, y' = x·s + y·c.
  */
 // @ts-ignore: decorator
-@inline function _ropeRows(work: usize, G: i32, d: i32, rope: usize, span: i32): void {
+@inline function _ropeRows(
+  work: usize,
+  G: i32,
+  d: i32,
+  rope: usize,
+  span: i32,
+  start: usize,
+): void {
   const gBytes = <usize>G << 2, half = d >> 1;
   const sinAt = rope + (<usize>(half * span) << 2);
   for (let i = 0; i < half; i++) {
     const x = work + <usize>(2 * i) * gBytes, y = x + gBytes;
     const at = <usize>(i * span) << 2;
     const cr = rope + at, sr = sinAt + at;
+    const C0 = v128.load32_splat(start + (<usize>i << 2));
+    const S0 = v128.load32_splat(start + (<usize>(half + i) << 2));
     for (let t: usize = 0; t < gBytes; t += 16) {
-      const c = v128.load(cr + t), s = v128.load(sr + t);
+      const ct = v128.load(cr + t), st = v128.load(sr + t);
+      const c = f32x4.sub(f32x4.mul(C0, ct), f32x4.mul(S0, st));
+      const s = f32x4.add(f32x4.mul(S0, ct), f32x4.mul(C0, st));
       const a = v128.load(x + t), b = v128.load(y + t);
       v128.store(x + t, f32x4.sub(f32x4.mul(a, c), f32x4.mul(b, s)));
       v128.store(y + t, f32x4.add(f32x4.mul(a, s), f32x4.mul(b, c)));
@@ -330,6 +343,8 @@ export function attendPage(
   flags: i32,
   ropePtr: usize,
   ropeSpan: i32,
+  positionsPtr: usize,
+  startsPtr: usize,
 ): void {
   const rowBytes = <usize>max(d, 128) << 2;
   const row = scratch, row1 = scratch + rowBytes;
@@ -338,7 +353,7 @@ export function attendPage(
   const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
   const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
   const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
-  // channel keys turned back by RoPE (ropePtr ≠ 0) are turned forward after decoding: exact path
+  // channel keys stored before RoPE (ropePtr ≠ 0) are turned forward after decoding: exact path
   const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 &&
     cap <= 256 && ropePtr == 0;
   // keys and values both or neither: the rounded weights then depend only on integer-path
@@ -377,7 +392,10 @@ export function attendPage(
           work + <usize>c * gBytes,
         );
       }
-      if (ropePtr != 0) _ropeRows(work, kG, d, ropePtr, ropeSpan);
+      if (ropePtr != 0) {
+        const p0 = load<i32>(startsPtr + (<usize>g << 2));
+        _ropeRows(work, kG, d, ropePtr, ropeSpan, positionsPtr + (<usize>(p0 * d) << 2));
+      }
       for (let h = 0; h < hq; h++) {
         const qh = qPtr + <usize>h * dBytes;
         const dst = sc + (<usize>(h * n + g * kG) << 2);

@@ -1,25 +1,29 @@
 /**
- * Channel-axis keys turned back by RoPE within their group. A cache receives keys after RoPE,
- * whose channel pairs turn with position: a per-channel group of 32 tokens then spans the whole
- * circle of a fast pair, and its scale with it. Before RoPE a channel keeps its own scale
- * (KVQuant's observation), so per-channel codes lose less. Rotating token t of a group back by t
- * steps of RoPE (t = 0 for the group's first token) gives the group's tokens the frame of its first
- * position: the keys before RoPE up to one rotation shared by the whole group, which per-channel
- * ranges barely notice. Attention rotates the decoded keys forward by the same t steps, so the round
- * trip is exact up to float rounding whatever the absolute positions, and the angles come from a
- * table of group-size rows that stays in the first-level cache (absolute positions would need a
- * table as large as the keys themselves, read on every attention call).
+ * Keys stored before RoPE. A cache receives keys after RoPE, whose channel pairs turn with
+ * position: a per-channel group of 32 tokens then spans the whole circle of a fast pair, and its
+ * scale with it. Rotated back to before RoPE, a channel keeps its own scale (KVQuant's
+ * observation), so per-channel codes lose less. Pages store the keys turned back, and attention
+ * turns the decoded keys forward again.
+ *
+ * The turn of the token at offset τ of a group starting at position p0 is R(p0)·R(τ): R(p0) from
+ * the model's own angle table (core/tensor.ts ropeTable; one row per group, d floats), R(τ) from a
+ * table of G offsets that stays in the first-level cache. Composing the two costs a few multiplies
+ * per pair, where reading the angle of every position would read a table as large as the keys in
+ * f32 on every attention call. The round trip is exact up to float rounding whatever the angles'
+ * own rounding: forward and back use the same composition. (Turning by τ alone, with no R(p0),
+ * stores nothing per group, but leaves each group rotated by its start angle, and per-channel
+ * ranges grow: on the fixture INT2 per channel measured KL 0.17 that way against 0.082.)
  *
  * Browser compatible.
  *
  * @example
  * ```ts
  * import { KeyRope } from "./key_rope.ts";
- * const rope = new KeyRope(4, 2, 10000);
- * const k = Float32Array.of(1, 2, 3, 4, 5, 6, 7, 8); // one group of two tokens
+ * const rope = new KeyRope(4, 16, 2, 10000);
+ * const k = Float32Array.of(1, 2, 3, 4, 5, 6, 7, 8); // a group of two tokens at positions 6 and 7
  * const turned = k.slice();
- * rope.unrotate(turned, 2, 2);
- * rope.rotate(turned, 2, 2);
+ * rope.unrotate(turned, 2, 2, 6);
+ * rope.rotate(turned, 2, 2, Int32Array.of(6));
  * if (turned.some((x, i) => Math.abs(x - k[i]) > 1e-6)) throw new Error("back and forth");
  * ```
  * @module
@@ -27,76 +31,92 @@
 
 import { ropeTable } from "../tensor.ts";
 
-/** RoPE's angles for offsets 0 … span − 1 within a group, and the rotations they give. */
+/** RoPE's angles for every position and for the offsets in a group, and the turns they give. */
 export class KeyRope {
-  /** cos, offset-major [t · d/2 + i]. */
-  readonly cos: Float32Array;
-  /** sin, offset-major. */
-  readonly sin: Float32Array;
-  /** Offsets the table holds: the largest channel group. */
+  /** Offsets a group's table holds: the largest channel group. */
   readonly span: number;
   readonly #d: number;
+  readonly #pos: { cos: Float32Array; sin: Float32Array };
+  readonly #off: { cos: Float32Array; sin: Float32Array };
 
   /**
    * Precomputes the angles.
    * @param headDim head dimension (even)
-   * @param span offsets (the largest channel group a page uses)
+   * @param maxPos positions
+   * @param span offsets in a group (the largest channel group a page uses)
    * @param base the model's RoPE base
    */
-  constructor(headDim: number, span: number, base: number) {
-    ({ cos: this.cos, sin: this.sin } = ropeTable(headDim, span, base));
+  constructor(headDim: number, maxPos: number, span: number, base: number) {
+    this.#pos = ropeTable(headDim, maxPos, base);
+    this.#off = ropeTable(headDim, span, base);
     this.#d = headDim;
     this.span = span;
   }
 
   /**
-   * Turns token-major keys back by their offset in groups of `group` tokens, in place.
+   * Turns `count` consecutive token-major keys back to before RoPE, in place, grouped as pages
+   * store them: groups of `group` tokens from position pos.
    * @param x count × d keys
-   * @param count tokens (a last partial group turns like the start of a whole one)
+   * @param count tokens
    * @param group tokens per channel group (≤ span)
+   * @param pos position of the first token
    */
-  unrotate(x: Float32Array, count: number, group: number): void {
-    this.#turn(x, count, group, -1);
+  unrotate(x: Float32Array, count: number, group: number, pos: number): void {
+    for (let g = 0; g * group < count; g++) {
+      this.#turn(x, g * group, Math.min(group, count - g * group), pos + g * group, -1);
+    }
   }
 
   /**
-   * Turns token-major keys forward by their offset in groups of `group` tokens, in place.
-   * @param x count × d keys
-   * @param count tokens (a last partial group turns like the start of a whole one)
+   * Turns the decoded keys of a page forward, in place.
+   * @param x n × d keys, token-major
+   * @param n tokens (a multiple of group)
    * @param group tokens per channel group (≤ span)
+   * @param starts first position of each group
    */
-  rotate(x: Float32Array, count: number, group: number): void {
-    this.#turn(x, count, group, 1);
+  rotate(x: Float32Array, n: number, group: number, starts: Int32Array): void {
+    for (let g = 0; g * group < n; g++) this.#turn(x, g * group, group, starts[g], 1);
   }
 
   /**
-   * The table as the WASM kernel reads it: cos then sin, each pair-major [i · span + t], so that
-   * four consecutive offsets are one vector load.
-   * @returns d × span floats
+   * The tables as the WASM kernel reads them: the offsets' cos then sin, each pair-major
+   * [i · span + τ] (four consecutive offsets are one vector load); then the positions' cos and sin
+   * interleaved per position, [p · d + i] cos and [p · d + d/2 + i] sin (a group reads one row).
+   * @returns the offset table (d × span floats) and the position table (maxPos × d floats)
    */
-  pairMajor(): Float32Array {
-    const half = this.#d / 2, S = this.span;
-    const out = new Float32Array(2 * half * S);
+  kernelTables(): { offsets: Float32Array; positions: Float32Array } {
+    const half = this.#d / 2, S = this.span, P = this.#pos.cos.length / half;
+    const offsets = new Float32Array(2 * half * S);
     for (let t = 0; t < S; t++) {
       for (let i = 0; i < half; i++) {
-        out[i * S + t] = this.cos[t * half + i];
-        out[(half + i) * S + t] = this.sin[t * half + i];
+        offsets[i * S + t] = this.#off.cos[t * half + i];
+        offsets[(half + i) * S + t] = this.#off.sin[t * half + i];
       }
     }
-    return out;
+    const positions = new Float32Array(2 * half * P);
+    for (let p = 0; p < P; p++) {
+      positions.set(this.#pos.cos.subarray(p * half, (p + 1) * half), p * 2 * half);
+      positions.set(this.#pos.sin.subarray(p * half, (p + 1) * half), p * 2 * half + half);
+    }
+    return { offsets, positions };
   }
 
-  // x' = R(±θ_t) x per pair, rounded once to f32 from exact products (the WASM kernel rounds each
-  // product: they agree within an f32 ulp or two)
-  #turn(x: Float32Array, count: number, group: number, sign: number): void {
+  // Tokens from..from+count−1 (offsets 0…) of a group at p0: x' = R(±φ) x per pair with cos φ =
+  // C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ in f32 steps as the WASM kernel computes them; the turn
+  // itself in f64, rounded once (the kernel rounds each product: a few f32 ulps apart)
+  #turn(x: Float32Array, from: number, count: number, p0: number, sign: number): void {
     const d = this.#d, half = d / 2;
-    for (let j = 0; j < count; j++) {
-      const row = j * d, at = (j % group) * half;
+    const { cos: C, sin: S } = this.#pos, { cos: c, sin: s } = this.#off;
+    for (let t = 0; t < count; t++) {
+      const row = (from + t) * d;
       for (let i = 0; i < half; i++) {
-        const c = this.cos[at + i], s = sign * this.sin[at + i];
+        const C0 = C[p0 * half + i], S0 = S[p0 * half + i];
+        const ct = c[t * half + i], st = s[t * half + i];
+        const cf = Math.fround(Math.fround(C0 * ct) - Math.fround(S0 * st));
+        const sf = sign * Math.fround(Math.fround(S0 * ct) + Math.fround(C0 * st));
         const a = x[row + 2 * i], b = x[row + 2 * i + 1];
-        x[row + 2 * i] = a * c - b * s;
-        x[row + 2 * i + 1] = a * s + b * c;
+        x[row + 2 * i] = a * cf - b * sf;
+        x[row + 2 * i + 1] = a * sf + b * cf;
       }
     }
   }

@@ -67,7 +67,7 @@ export class PagePool {
   readonly #pageTokens: number;
   readonly #d: number;
   readonly #arena: PageArena | undefined;
-  /** Whether the pages' keys are turned back by RoPE within their group (key_rope.ts). */
+  /** Whether the pages store keys before RoPE (and record their key groups' positions). */
   readonly preRope: boolean;
   /** Tokens per channel group of the key format (1 for token-axis keys). */
   readonly keyGroup: number;
@@ -79,7 +79,7 @@ export class PagePool {
    * @param pageTokens tokens per page
    * @param headDim elements per token
    * @param arena WebAssembly memory for the pages (wasm backend), else JS arrays
-   * @param preRope keys are turned back by RoPE within their group (a channel-axis key format)
+   * @param preRope keys are stored before RoPE (a channel-axis key format)
    */
   constructor(
     pair: FormatPair,
@@ -113,6 +113,7 @@ export class PagePool {
       this.#pageTokens,
       this.#d,
       this.#arena !== undefined,
+      this.preRope,
     );
   }
 
@@ -127,11 +128,12 @@ export class PagePool {
    * @param v values, count × d
    * @param count tokens
    * @param fresh the page to add when the last one is full (from allocatePage), else one is made
+   * @param pos position of the first token (the tokens are consecutive)
    */
-  write(k: Float32Array, v: Float32Array, count: number, fresh?: Page): void {
+  write(k: Float32Array, v: Float32Array, count: number, fresh?: Page, pos = 0): void {
     const last = this.pages[this.pages.length - 1];
     if (!last || last.n + count > last.capacity) this.pages.push(fresh ?? this.allocatePage());
-    this.pages[this.pages.length - 1].write(k, v, count);
+    this.pages[this.pages.length - 1].write(k, v, count, pos);
   }
 
   /**
@@ -230,7 +232,7 @@ export interface MemoryBreakdown {
   scales: number;
   /** WebAssembly memory blocks' alignment padding after page words (wasm backend). */
   padding: number;
-  /** Page-table entries, one per page. */
+  /** Page-table entries, one per page, with the key groups' positions of pre-RoPE key pages. */
   pageTables: number;
   /** Sink tokens at the window format. */
   sinks: number;
@@ -306,10 +308,11 @@ export class MixedPrecisionKVCache implements KVCache {
   /** Memory budget in bytes, if any. */
   readonly maxBytes: number | undefined;
   readonly #wasm: WasmAttention | undefined;
-  /** RoPE's angles within a group when channel-axis key pages turn keys back (policy.ropeBase). */
+  /** RoPE's angles when channel-axis key pages store keys before RoPE (policy.ropeBase). */
   readonly #rope: KeyRope | undefined;
-  /** Byte offset of the rope table in WebAssembly memory (pairMajor layout). */
+  /** Byte offsets of the rope tables in WebAssembly memory (KeyRope.kernelTables). */
   #ropePtr = 0;
+  #ropePositionsPtr = 0;
   #partials: Partial[] = [];
   #segment: Partial;
   #windowScores = new Float64Array(0);
@@ -367,7 +370,9 @@ export class MixedPrecisionKVCache implements KVCache {
       );
     }
     this.evictQuantum = quantum;
-    if (policy.ropeBase !== undefined) this.#rope = new KeyRope(d, quantum, policy.ropeBase);
+    if (policy.ropeBase !== undefined) {
+      this.#rope = new KeyRope(d, shape.maxSeqLen, quantum, policy.ropeBase);
+    }
     this.#tracksScores = policy.pairs().length > 1;
     this.#pairKeys = new Set(policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
     this.#ring = policy.recentWindow + quantum;
@@ -386,9 +391,12 @@ export class MixedPrecisionKVCache implements KVCache {
       const hq = shape.nHeads / shape.nKvHeads;
       this.#wasm = new WasmAttention({ integerDot: this.integerDot });
       if (this.#rope) {
-        const table = this.#rope.pairMajor();
-        this.#ropePtr = this.#wasm.arena.alloc(table.byteLength);
-        new Float32Array(this.#wasm.arena.memory.buffer, this.#ropePtr, table.length).set(table);
+        const { offsets, positions } = this.#rope.kernelTables();
+        [this.#ropePtr, this.#ropePositionsPtr] = [offsets, positions].map((table) => {
+          const at = this.#wasm!.arena.alloc(table.byteLength);
+          new Float32Array(this.#wasm!.arena.memory.buffer, at, table.length).set(table);
+          return at;
+        });
       }
       this.#partials = Array.from({ length: hq }, () => new Partial(d));
       this.#windowScores = new Float64Array(hq * this.#ring);
@@ -540,9 +548,10 @@ export class MixedPrecisionKVCache implements KVCache {
         this.#evictV.subarray(i * d, (i + 1) * d),
       );
     }
-    if (to.pool.preRope) this.#rope!.unrotate(this.#evictK, Q, to.pool.keyGroup);
+    const pos = this.policy.sinkTokens + store.paged;
+    if (to.pool.preRope) this.#rope!.unrotate(this.#evictK, Q, to.pool.keyGroup, pos);
     if (!to.held) store.pools.set(to.key, to.pool);
-    to.pool.write(this.#evictK, this.#evictV, Q, fresh);
+    to.pool.write(this.#evictK, this.#evictV, Q, fresh, pos);
     store.windowStart = (store.windowStart + Q) % R;
     store.windowN -= Q;
     store.paged += Q;
@@ -662,9 +671,11 @@ export class MixedPrecisionKVCache implements KVCache {
         for (const page of pool.pages) {
           if (page.n === 0) continue;
           const { keyCodec: kc, valueCodec: vc, kPtr, vPtr, n } = page;
-          if (page.preRope) wasm.setRope(this.#ropePtr, this.evictQuantum);
+          if (page.starts) {
+            wasm.setRope(this.#ropePtr, this.evictQuantum, this.#ropePositionsPtr, page.starts);
+          }
           wasm.attendSegment(kc, kPtr, vc, vPtr, n, P, d, group, false, true);
-          if (page.preRope) wasm.setRope(0);
+          if (page.starts) wasm.setRope(0);
         }
       }
       for (const p of this.#partials) p.reset();
@@ -744,8 +755,13 @@ export class MixedPrecisionKVCache implements KVCache {
       if (this.#intDotPool(pool.pair)) continue;
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
-        if (page.preRope) {
-          this.#rope!.rotate(this.#k.subarray(n * d), page.n, page.keyCodec.spec.group);
+        if (page.starts) {
+          this.#rope!.rotate(
+            this.#k.subarray(n * d),
+            page.n,
+            page.keyCodec.spec.group,
+            page.starts,
+          );
         }
         page.decodeValues(this.#v.subarray(n * d));
         n += page.n;
@@ -903,11 +919,11 @@ export class MixedPrecisionKVCache implements KVCache {
         b.windowScores += s.windowScore.byteLength;
         for (const pool of s.pools.values()) {
           for (const page of pool.pages) {
-            const { codes, scales, padding } = page.parts;
+            const { codes, scales, padding, positions } = page.parts;
             b.codes += codes;
             b.scales += scales;
             b.padding += padding;
-            b.pageTables += PAGE_TABLE_ENTRY_BYTES;
+            b.pageTables += PAGE_TABLE_ENTRY_BYTES + positions;
           }
         }
       }

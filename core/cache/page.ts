@@ -42,10 +42,15 @@ export class Page {
   /** Byte offset of the values in the arena's memory (0 without an arena). */
   readonly vPtr: number = 0;
   /**
-   * Keys turned back by RoPE within their channel group (core/cache/key_rope.ts): attention turns
-   * the decoded keys forward again.
+   * Keys stored before RoPE (channel-axis keys of a policy with ropeBase): the position of the
+   * first token of each key group, [capacity / group]; undefined when keys are stored as received.
    */
-  readonly preRope: boolean;
+  readonly starts: Int32Array | undefined;
+
+  /** Whether the keys are stored before RoPE (see {@linkcode Page.starts}). */
+  get preRope(): boolean {
+    return this.starts !== undefined;
+  }
   readonly #arena: PageArena | undefined;
   #k: Uint32Array;
   #v: Uint32Array;
@@ -60,7 +65,8 @@ export class Page {
    * @param capacity tokens per page, a multiple of every channel-axis group size
    * @param headDim elements per token and head
    * @param arena WebAssembly memory to hold the words in (the wasm backend), else JS arrays
-   * @param preRope keys are turned back by RoPE within their group (a channel-axis key format)
+   * @param preRope keys are stored before RoPE: record each key group's first position (the key
+   *   format must be channel-axis)
    */
   constructor(
     keyCodec: Codec,
@@ -73,10 +79,10 @@ export class Page {
     for (const codec of [keyCodec, valueCodec]) checkPageFormat(codec, capacity, headDim);
     if (preRope && keyCodec.spec.axis !== "channel") {
       throw new FormatError(
-        `keys turned back by RoPE need a channel-axis key format, not ${keyCodec.spec.name}`,
+        `pre-RoPE keys need a channel-axis key format, not ${keyCodec.spec.name}`,
       );
     }
-    this.preRope = preRope;
+    this.starts = preRope ? new Int32Array(capacity / keyCodec.spec.group) : undefined;
     this.keyCodec = keyCodec;
     this.valueCodec = valueCodec;
     this.capacity = capacity;
@@ -129,23 +135,37 @@ export class Page {
     return Math.max(quantum(this.keyCodec), quantum(this.valueCodec));
   }
 
-  /** Bytes held: packed words (arena blocks with their alignment) plus the page-table entry. */
+  /**
+   * Bytes held: packed words (arena blocks with their alignment) plus the page-table entry and,
+   * for pre-RoPE keys, the key groups' positions (4 bytes each).
+   */
   get bytes(): number {
-    return pageBytes(4 * this.#kn, 4 * this.#vn, this.#arena !== undefined);
+    return pageBytes(4 * this.#kn, 4 * this.#vn, this.#arena !== undefined) + this.#startBytes;
+  }
+
+  get #startBytes(): number {
+    return this.starts ? this.starts.byteLength : 0;
   }
 
   /**
-   * The page's bytes by part: codes, group headers (scales and minima), and the alignment padding
-   * of WebAssembly memory blocks. With the page-table entry they sum to {@linkcode Page.bytes}.
+   * The page's bytes by part: codes, group headers (scales and minima), the alignment padding of
+   * WebAssembly memory blocks, and the positions of pre-RoPE key groups. With the page-table entry
+   * they sum to {@linkcode Page.bytes}.
    */
-  get parts(): { codes: number; scales: number; padding: number } {
+  get parts(): { codes: number; scales: number; padding: number; positions: number } {
     const n = this.capacity * this.headDim;
     let scales = 0;
     for (const c of [this.keyCodec, this.valueCodec]) {
       scales += 4 * (c.wordsFor(n) / c.spec.wordsPerGroup) * c.spec.headerWords;
     }
     const words = 4 * (this.#kn + this.#vn);
-    return { codes: words - scales, scales, padding: this.bytes - PAGE_TABLE_ENTRY_BYTES - words };
+    const positions = this.#startBytes;
+    return {
+      codes: words - scales,
+      scales,
+      padding: this.bytes - PAGE_TABLE_ENTRY_BYTES - words - positions,
+      positions,
+    };
   }
 
   /**
@@ -155,6 +175,7 @@ export class Page {
    * @param capacity tokens per page
    * @param headDim elements per token
    * @param inArena whether the page lives in WebAssembly memory (16-byte aligned blocks)
+   * @param preRope whether it records its key groups' positions
    * @returns the bytes {@linkcode Page.bytes} will report
    */
   static bytesFor(
@@ -163,12 +184,13 @@ export class Page {
     capacity: number,
     headDim: number,
     inArena: boolean,
+    preRope = false,
   ): number {
     return pageBytes(
       4 * keyCodec.wordsFor(capacity * headDim),
       4 * valueCodec.wordsFor(capacity * headDim),
       inArena,
-    );
+    ) + (preRope ? 4 * (capacity / keyCodec.spec.group) : 0);
   }
 
   /**
@@ -177,12 +199,17 @@ export class Page {
    * @param k keys, count × d
    * @param v values, count × d
    * @param count tokens; a multiple of writeQuantum, and n + count ≤ capacity
+   * @param pos position of the first token (recorded for pre-RoPE keys; the tokens are consecutive)
    */
-  write(k: Float32Array, v: Float32Array, count: number): void {
+  write(k: Float32Array, v: Float32Array, count: number, pos = 0): void {
     if (count % this.writeQuantum !== 0 || this.n + count > this.capacity) {
       throw new RangeError(
         `write of ${count} tokens at ${this.n} does not fit page of ${this.capacity}`,
       );
+    }
+    if (this.starts) {
+      const G = this.keyCodec.spec.group;
+      for (let j = 0; j < count / G; j++) this.starts[this.n / G + j] = pos + j * G;
     }
     this.#encode(this.keyCodec, this.kWords, k, count);
     this.#encode(this.valueCodec, this.vWords, v, count);

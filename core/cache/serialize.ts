@@ -4,7 +4,8 @@
  * segment's counts), padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
  * blocks sinks-K, sinks-V, window-K, window-V, window scores (one f32 per eviction chunk the ring
  * can hold; none for single-pair policies), and per pool each page's K and V words
- * and the staging buffers, every block followed by its u32 CRC-32. Loading checks the magic, the
+ * (and, for keys stored before RoPE, its key groups' first positions, i32), every block followed by
+ * its u32 CRC-32. Loading checks the magic, the
  * version, the exact total size (naming expected vs actual bytes) and every checksum (naming the
  * block and byte offset), and builds a new cache, so a failed load changes nothing.
  *
@@ -30,8 +31,8 @@ import { type MixedCacheOptions, MixedPrecisionKVCache } from "./mixed_cache.ts"
 import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
 
 const MAGIC = 0x4350564b; // "KVPC" little-endian
-// 2: window scores per eviction chunk (1 kept one per ring slot); 3: the policy may turn
-// channel-axis keys back by RoPE (policy.ropeBase), which a version 2 reader would not undo
+// 2: window scores per eviction chunk (1 kept one per ring slot); 3: key group positions of
+// pre-RoPE key pages (a version 2 file has none and loads as before)
 const VERSION = 3;
 
 interface HeadJSON {
@@ -70,9 +71,9 @@ function blocksOf(
   cache: MixedPrecisionKVCache,
   layer: number,
   kv: number,
-): [string, Uint32Array | Float32Array][] {
+): [string, Uint32Array | Float32Array | Int32Array][] {
   const s = cache.segments(layer, kv);
-  const blocks: [string, Uint32Array | Float32Array][] = [
+  const blocks: [string, Uint32Array | Float32Array | Int32Array][] = [
     ["sinks K", s.sinkK],
     ["sinks V", s.sinkV],
     ["window K", s.windowK],
@@ -82,6 +83,7 @@ function blocksOf(
   s.pools.forEach((pool, p) => {
     pool.pages.forEach((page, i) => {
       blocks.push([`pool ${p} page ${i} K`, page.kWords], [`pool ${p} page ${i} V`, page.vWords]);
+      if (page.starts) blocks.push([`pool ${p} page ${i} key positions`, page.starts]);
     });
   });
   return blocks;
@@ -212,6 +214,29 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
 }
 
 /**
+ * Key group positions pass their checksum only if written so; a crafted file must still not send
+ * attention outside the rope table: each must leave room for its group before maxSeqLen.
+ */
+function checkKeyPositions(
+  name: string,
+  starts: Int32Array,
+  offset: number,
+  cache: MixedPrecisionKVCache,
+): void {
+  const G = cache.policy.pageTokens / starts.length;
+  const last = cache.shape.maxSeqLen - G;
+  starts.forEach((p, i) => {
+    if (p < 0 || p > last) {
+      throw new CorruptDataError(
+        `cache block "${name}" at byte ${offset}: position ${p} of group ${i} is outside ` +
+          `[0, ${last}]`,
+        offset + 4 * i,
+      );
+    }
+  });
+}
+
+/**
  * Loads a cache saved by {@linkcode saveCache}. Throws {@linkcode CorruptDataError} for a wrong
  * magic or version, truncated or oversized input (expected vs actual bytes) and checksum mismatches
  * (naming the block and its byte offset), and a description whose counts do not fit its shape and
@@ -306,6 +331,7 @@ export function loadCache(
       throw new CorruptDataError(`cache block "${name}" at byte ${o} fails its checksum`, o);
     }
     new Uint8Array(block.buffer, block.byteOffset, block.byteLength).set(src);
+    if (block instanceof Int32Array) checkKeyPositions(name, block, o, cache);
     o += block.byteLength + 4;
   }
   cache.restoreLengths(json.lengths);

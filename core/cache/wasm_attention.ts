@@ -65,6 +65,8 @@ interface AttentionKernels {
     flags: number,
     ropePtr: number,
     ropeSpan: number,
+    positionsPtr: number,
+    startsPtr: number,
   ): void;
 }
 
@@ -106,6 +108,9 @@ export class WasmAttention {
   #kernelPtr = 0;
   #ropePtr = 0;
   #ropeSpan = 0;
+  #positionsPtr = 0;
+  /** Byte offset of the first positions of a page's key groups (i32, one per token at most). */
+  #startsPtr = 0;
   readonly #flags: number;
 
   /**
@@ -141,6 +146,7 @@ export class WasmAttention {
       4 * segWords,
       4 * segWords,
       this.#k.attendScratchBytes(d, tokens, hq),
+      4 * tokens,
     ].map(PageArena.blockBytes);
     const bytes = sizes.reduce((a, b) => a + b, 0);
     let scratch: number;
@@ -157,8 +163,15 @@ export class WasmAttention {
     this.#scratch = scratch;
     this.#scratchBytes = bytes;
     let p = this.#scratch;
-    [this.qPtr, this.outPtr, this.scorePtr, this.segKPtr, this.segVPtr, this.#kernelPtr] = sizes
-      .map((s) => (p += s) - s);
+    [
+      this.qPtr,
+      this.outPtr,
+      this.scorePtr,
+      this.segKPtr,
+      this.segVPtr,
+      this.#kernelPtr,
+      this.#startsPtr,
+    ] = sizes.map((s) => (p += s) - s);
     this.#d = d;
     this.#hq = hq;
     this.#tokens = tokens;
@@ -182,15 +195,20 @@ export class WasmAttention {
   }
 
   /**
-   * Keys of the next attendSegment calls are turned back by RoPE within their channel group
-   * (core/cache/key_rope.ts): the kernel turns each decoded key group forward. `setRope(0)` turns
-   * it off.
-   * @param table byte offset of the pair-major cos/sin table (KeyRope.pairMajor), 0: off
-   * @param span offsets per row of the table (at least the key format's group)
+   * Keys of the next attendSegment calls are stored before RoPE (core/cache/key_rope.ts): the
+   * kernel turns each decoded key group forward. `setRope(0)` turns it off.
+   * @param offsets byte offset of the offsets' table (KeyRope.kernelTables), 0: off
+   * @param span offsets per row of that table (at least the key format's group)
+   * @param positions byte offset of the positions' table
+   * @param starts first position of each key group of the page (at most the reserved tokens)
    */
-  setRope(table: number, span = 0): void {
-    this.#ropePtr = table;
+  setRope(offsets: number, span = 0, positions = 0, starts?: Int32Array): void {
+    this.#ropePtr = offsets;
     this.#ropeSpan = span;
+    this.#positionsPtr = positions;
+    if (offsets !== 0 && starts) {
+      new Int32Array(this.arena.memory.buffer, this.#startsPtr, starts.length).set(starts);
+    }
   }
 
   /**
@@ -284,6 +302,8 @@ export class WasmAttention {
       (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0) | this.#flags,
       this.#ropePtr,
       this.#ropeSpan,
+      this.#positionsPtr,
+      this.#startsPtr,
     );
   }
 }

@@ -1,12 +1,12 @@
-// Channel-axis key pages turned back by RoPE within their group (policy.ropeBase): ts ⇄ wasm, an
-// independent reference, what it buys on rotating keys, accounting, serialisation and bad input.
+// Channel-axis key pages stored before RoPE (policy.ropeBase): ts ⇄ wasm, an independent
+// reference, what it buys on rotating keys, accounting, serialisation and bad input.
 import assert from "node:assert/strict";
 import { formatNames, getFormat } from "../../../codecs/format.ts";
 import { KeyRope } from "../../../core/cache/key_rope.ts";
 import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
 import { type CachePolicy, tieredPolicy, uniformPolicy } from "../../../core/cache/policy.ts";
-import { loadCache, saveCache } from "../../../core/cache/serialize.ts";
-import { InvalidValueError, ShapeError } from "../../../core/errors.ts";
+import { crc32, loadCache, saveCache } from "../../../core/cache/serialize.ts";
+import { CorruptDataError, InvalidValueError, ShapeError } from "../../../core/errors.ts";
 import { quantizeHead } from "../../../core/quantize_head.ts";
 import { ropeTable } from "../../../core/tensor.ts";
 import { gpuPolicyFor } from "../../../gpu/cache_policy.ts";
@@ -107,7 +107,7 @@ Deno.test("pre-RoPE key pages: ts and wasm agree to 1e-6 for every channel-axis 
   }
 });
 
-Deno.test("pre-RoPE key pages match quantizing keys turned back by their offset in the group", () => {
+Deno.test("pre-RoPE key pages match quantizing the un-rotated keys and rotating them back", () => {
   const d = 8, hq = 2, T = 150, S = 2, W = 4, G = 32;
   const shape = { nLayers: 1, nHeads: 2 * hq, nKvHeads: 2, headDim: d, maxSeqLen: 256 };
   const policy = uniformPolicy({
@@ -125,7 +125,7 @@ Deno.test("pre-RoPE key pages match quantizing keys turned back by their offset 
   // independently: which tokens are paged (whole groups after the sinks, the ring keeps the rest)
   const ring = W + G, paged = Math.floor((T - S - W) / G) * G;
   assert.equal(T - S - paged < ring, true);
-  const { cos, sin } = ropeTable(d, G, BASE); // angles of offsets 0 … G − 1
+  const { cos, sin } = ropeTable(d, T, BASE);
   const expectK = K.map((k) => k.slice());
   for (let h = 0; h < 2; h++) {
     for (let g = 0; g < paged / G; g++) {
@@ -134,7 +134,7 @@ Deno.test("pre-RoPE key pages match quantizing keys turned back by their offset 
         const p = S + g * G + t;
         for (let i = 0; i < d / 2; i++) {
           const a = K[p][h * d + 2 * i], b = K[p][h * d + 2 * i + 1];
-          const c = cos[t * 4 + i], s = sin[t * 4 + i];
+          const c = cos[p * 4 + i], s = sin[p * 4 + i];
           x[t * d + 2 * i] = a * c + b * s;
           x[t * d + 2 * i + 1] = -a * s + b * c;
         }
@@ -144,7 +144,7 @@ Deno.test("pre-RoPE key pages match quantizing keys turned back by their offset 
         const p = S + g * G + t;
         for (let i = 0; i < d / 2; i++) {
           const a = back[t * d + 2 * i], b = back[t * d + 2 * i + 1];
-          const c = cos[t * 4 + i], s = sin[t * 4 + i];
+          const c = cos[p * 4 + i], s = sin[p * 4 + i];
           expectK[p][h * d + 2 * i] = a * c - b * s;
           expectK[p][h * d + 2 * i + 1] = a * s + b * c;
         }
@@ -189,7 +189,7 @@ Deno.test("pre-RoPE keys lower the attention error of per-channel codes on rotat
   }
 });
 
-Deno.test("pre-RoPE key pages: only channel-axis keys turn; accounting and serialisation", () => {
+Deno.test("pre-RoPE key pages count their key groups' positions and serialise them", () => {
   const d = 8, shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: d, maxSeqLen: 200 };
   const tiers = [0, 1].map(() =>
     [0, 1].map(() => [
@@ -216,22 +216,54 @@ Deno.test("pre-RoPE key pages: only channel-axis keys turn; accounting and seria
     const pools = cache.segments(0, 0).pools;
     const pre = pools.filter((p) => p.preRope), post = pools.filter((p) => !p.preRope);
     assert.ok(pre.length === 1 && post.length === 1, `${backend}: both tiers used`);
-    assert.equal(pre[0].pair.keyFormat, "int4-g32-channel");
-    assert.ok(pre[0].pages.every((p) => p.preRope) && post[0].pages.every((p) => !p.preRope));
-    // nothing is stored for the turn: the same bytes as without it
-    const plain = new MixedPrecisionKVCache(shape, { ...policy, ropeBase: undefined }, { backend });
-    const bytesOf = (c: MixedPrecisionKVCache) => c.createPool(pre[0].pair).pageBytes;
-    assert.equal(bytesOf(cache), bytesOf(plain));
+    assert.equal(post[0].pages[0].starts, undefined, "token-axis keys stay as received");
     const parts = cache.memoryBreakdown();
-    assert.equal(Object.values(parts).reduce((a, b) => a + b, 0), cache.memory().bytes);
-    const copy = loadCache(saveCache(cache), { backend });
-    assert.ok(copy.segments(0, 0).pools.find((p) => p.preRope));
+    const sum = Object.values(parts).reduce((a, b) => a + b, 0);
+    assert.equal(sum, cache.memory().bytes);
+    const bytes = saveCache(cache);
+    const copy = loadCache(bytes, { backend });
+    const copied = copy.segments(0, 0).pools.find((p) => p.preRope)!;
+    assert.deepEqual(copied.pages.map((p) => p.starts), pre[0].pages.map((p) => p.starts));
+    assert.ok(pre[0].pages[0].starts!.every((p) => p >= 1), "positions after the sink");
     const q = normals(4 * d, next), a = new Float32Array(4 * d), b = new Float32Array(4 * d);
     cache.attend(1, q, a);
     copy.attend(1, q, b);
     assert.deepEqual(b, a);
+    // a position outside the rope table, with a valid checksum, is named
+    const name = "key positions";
+    const bad = bytes.slice();
+    const at = findKeyPositions(copy, bytes);
+    new DataView(bad.buffer).setInt32(at, 1_000_000, true);
+    const n = 4 * (policy.pageTokens / 32);
+    new DataView(bad.buffer).setUint32(at + n, crc32(bad.subarray(at, at + n)), true);
+    assert.throws(
+      () => loadCache(bad),
+      (e) =>
+        e instanceof CorruptDataError && e.message.includes(name) && e.message.includes("outside"),
+    );
   }
 });
+
+/** Byte offset of the first key-positions block of a saved cache (walks the blocks as saved). */
+function findKeyPositions(cache: MixedPrecisionKVCache, bytes: Uint8Array): number {
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  let o = 12 + Math.ceil(view.getUint32(8, true) / 4) * 4 + 4;
+  for (let l = 0; l < cache.shape.nLayers; l++) {
+    for (let h = 0; h < cache.shape.nKvHeads; h++) {
+      const s = cache.segments(l, h);
+      for (const b of [s.sinkK, s.sinkV, s.windowK, s.windowV, cache.windowScores(l, h)]) {
+        o += b.byteLength + 4;
+      }
+      for (const pool of s.pools) {
+        for (const page of pool.pages) {
+          o += page.kWords.byteLength + 4 + page.vWords.byteLength + 4;
+          if (page.starts) return o;
+        }
+      }
+    }
+  }
+  throw new Error("no key positions block");
+}
 
 Deno.test("ropeBase: bad values and shapes are named; the GPU cache declines pre-RoPE keys", () => {
   for (const ropeBase of [0, -1, NaN, Infinity]) {
@@ -254,11 +286,21 @@ Deno.test("ropeBase: bad values and shapes are named; the GPU cache declines pre
   );
   assert.equal(typeof why, "string");
   assert.match(why as string, /before RoPE/);
-  const rope = new KeyRope(4, 3, BASE);
+  const rope = new KeyRope(4, 16, 3, BASE);
   const x = normals(24, rng(1)), y = x.slice();
-  rope.unrotate(y, 6, 3);
-  assert.deepEqual(y.subarray(0, 4), x.subarray(0, 4), "offset 0 does not turn");
-  assert.ok(relError(y, x) > 0.01, "the others turned");
-  rope.rotate(y, 6, 3);
+  rope.unrotate(y, 6, 3, 5); // groups at positions 5 and 8
+  assert.ok(relError(y, x) > 0.01, "the rotation moved the keys");
+  // the composed angle is the table's: back by position with the model's own Rope gives y
+  const z = x.slice(), table = ropeTable(4, 16, BASE);
+  for (let t = 0; t < 6; t++) {
+    for (let i = 0; i < 2; i++) {
+      const c = table.cos[(5 + t) * 2 + i], s = table.sin[(5 + t) * 2 + i];
+      const a = z[t * 4 + 2 * i], b = z[t * 4 + 2 * i + 1];
+      z[t * 4 + 2 * i] = a * c + b * s;
+      z[t * 4 + 2 * i + 1] = -a * s + b * c;
+    }
+  }
+  assert.ok(relError(y, z) < 1e-6, `against the model's angles: ${relError(y, z)}`);
+  rope.rotate(y, 6, 3, Int32Array.of(5, 8));
   assert.ok(relError(y, x) < 1e-6);
 });
