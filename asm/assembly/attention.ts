@@ -182,34 +182,21 @@ export function decodeRun(
 }
 
 /**
- * Turns a decoded channel-axis key group at position p0 forward by RoPE: rows ([d][G] f32, tokens
- * in lanes) of channel pairs (2i, 2i+1) turn by φ = angle(p0) + angle(τ), τ the offset in the
- * group: cos φ = C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ, with C0, S0 from the group's row of the
- * positions' table (start: d floats, cos then sin) and cτ, sτ from the pair-major offsets' table
- * at rope (cos [i][span], then sin; core/cache/key_rope.ts; a few KiB that stay in the first-level
- * cache); then x' = x·c − y·s, y' = x·s + y·c.
+ * Turns a decoded channel-axis key group forward by the offsets' angles: rows ([d][G] f32, tokens
+ * in lanes) of channel pairs (2i, 2i+1) turn by the angle of offset τ in the group, read from the
+ * pair-major table at rope (cos [i][span], then sin; core/cache/key_rope.ts; a few KiB that stay in
+ * the first-level cache): x' = x·c − y·s, y' = x·s + y·c.
  */
 // @ts-ignore: decorator
-@inline function _ropeRows(
-  work: usize,
-  G: i32,
-  d: i32,
-  rope: usize,
-  span: i32,
-  start: usize,
-): void {
+@inline function _ropeRows(work: usize, G: i32, d: i32, rope: usize, span: i32): void {
   const gBytes = <usize>G << 2, half = d >> 1;
   const sinAt = rope + (<usize>(half * span) << 2);
   for (let i = 0; i < half; i++) {
     const x = work + <usize>(2 * i) * gBytes, y = x + gBytes;
     const at = <usize>(i * span) << 2;
     const cr = rope + at, sr = sinAt + at;
-    const C0 = v128.load32_splat(start + (<usize>i << 2));
-    const S0 = v128.load32_splat(start + (<usize>(half + i) << 2));
     for (let t: usize = 0; t < gBytes; t += 16) {
-      const ct = v128.load(cr + t), st = v128.load(sr + t);
-      const c = f32x4.sub(f32x4.mul(C0, ct), f32x4.mul(S0, st));
-      const s = f32x4.add(f32x4.mul(S0, ct), f32x4.mul(C0, st));
+      const c = v128.load(cr + t), s = v128.load(sr + t);
       const a = v128.load(x + t), b = v128.load(y + t);
       v128.store(x + t, f32x4.sub(f32x4.mul(a, c), f32x4.mul(b, s)));
       v128.store(y + t, f32x4.add(f32x4.mul(a, s), f32x4.mul(b, c)));
@@ -218,13 +205,33 @@ export function decodeRun(
 }
 
 /**
+ * The hq query heads at q turned back by a group's start angle into rq: per pair (2i, 2i+1),
+ * a' = a·C0 + b·S0, b' = b·C0 − a·S0 with C0 = start[i], S0 = start[d/2 + i] (the group's row of
+ * the positions' table, core/cache/key_rope.ts).
+ */
+// @ts-ignore: decorator
+@inline function _ropeQuery(q: usize, rq: usize, hq: i32, d: i32, start: usize): void {
+  const half = d >> 1;
+  for (let h = 0; h < hq; h++) {
+    const src = q + (<usize>(h * d) << 2), dst = rq + (<usize>(h * d) << 2);
+    for (let i = 0; i < half; i++) {
+      const C0 = load<f32>(start + (<usize>i << 2)), S0 = load<f32>(start + (<usize>(half + i) << 2));
+      const a = load<f32>(src + (<usize>(2 * i) << 2)), b = load<f32>(src + (<usize>(2 * i + 1) << 2));
+      store<f32>(dst + (<usize>(2 * i) << 2), a * C0 + b * S0);
+      store<f32>(dst + (<usize>(2 * i + 1) << 2), b * C0 - a * S0);
+    }
+  }
+}
+
+/**
  * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: two f32 row/group buffers,
- * f32 scores/weights for hq × cap tokens, f32 accumulators for hq × d, and work: the integer
+ * f32 scores/weights for hq × cap tokens, f32 accumulators for hq × d, the queries turned for
+ * keys stored before RoPE (hq × d f32), and work: the integer
  * paths' scratch or one channel-axis key group decoded (d × G ≤ d × cap f32).
  */
 export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const row = max(d, 128);
-  return (2 * row + 4 * hq + hq * cap + hq * d) * 4 + 64 +
+  return (2 * row + 4 * hq + hq * cap + 2 * hq * d) * 4 + 64 +
     max(max(intDotScratchBytes(d, cap, hq), intChannelScratchBytes(d, cap, hq)), d * cap * 4);
 }
 
@@ -364,7 +371,8 @@ export function attendPage(
   const intKeysChannel = intV && kChannel != 0 && kBits != 2 && intDotFormat(kKind, kBits, kG, 0) &&
     d <= 256 && (n & 31) == 0 && (cap & 31) == 0;
   const intValuesOn = intKeys || intKeysChannel;
-  const work = acc + (<usize>(hq * d) << 2); // intDotScratchBytes
+  const rq = acc + (<usize>(hq * d) << 2); // f32 [hq][d]: queries turned back by a group's start
+  const work = rq + (<usize>(hq * d) << 2); // intDotScratchBytes
 
   // 1. scores
   if (intKeys) {
@@ -392,12 +400,17 @@ export function attendPage(
           work + <usize>c * gBytes,
         );
       }
+      // keys before RoPE: q·R(p0 + τ)k̂ = (R(−p0)q)·(R(τ)k̂), the query turned by the group's start
+      // angle (hq·d products) and the keys by their offset (a table that stays in cache)
+      let qs = qPtr;
       if (ropePtr != 0) {
         const p0 = load<i32>(startsPtr + (<usize>g << 2));
-        _ropeRows(work, kG, d, ropePtr, ropeSpan, positionsPtr + (<usize>(p0 * d) << 2));
+        _ropeQuery(qPtr, rq, hq, d, positionsPtr + (<usize>(p0 * d) << 2));
+        _ropeRows(work, kG, d, ropePtr, ropeSpan);
+        qs = rq;
       }
       for (let h = 0; h < hq; h++) {
-        const qh = qPtr + <usize>h * dBytes;
+        const qh = qs + <usize>h * dBytes;
         const dst = sc + (<usize>(h * n + g * kG) << 2);
         for (let t = 0; t < kG; t += 4) {
           let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
