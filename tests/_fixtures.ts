@@ -66,3 +66,13 @@ export function normals(n: number, next: () => number): Float32Array {
   }
   return out;
 }
+
+/** Largest |a − b| relative to the largest |b|. */
+export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let err = 0, mag = 0;
+  for (let i = 0; i < a.length; i++) {
+    err = Math.max(err, Math.abs(a[i] - b[i]));
+    mag = Math.max(mag, Math.abs(b[i]));
+  }
+  return err / mag;
+}

@@ -5,7 +5,7 @@ import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
 import { uniformPolicy } from "../../../core/cache/policy.ts";
 import { loadCache, saveCache } from "../../../core/cache/serialize.ts";
 import { WasmAttention } from "../../../core/cache/wasm_attention.ts";
-import { normals, rng } from "../../_fixtures.ts";
+import { normals, relError, rng } from "../../_fixtures.ts";
 
 /** n tokens × d of normal values with a few ×20 outlier channels and a per-token offset. */
 function tokens(n: number, d: number, next: () => number): Float32Array {
@@ -235,16 +235,6 @@ Deno.test("MixedPrecisionKVCache integerDot (the default): ts and wasm agree to 
   assert.ok(tsWasm <= 1e-6, `ts vs wasm, integerDot: ${tsWasm}`);
   assert.ok(intExact > 1e-7 && intExact <= 1e-3, `integerDot vs exact: ${intExact}`);
 });
-
-/** Largest |a − b| relative to the largest |b|. */
-function relError(a: Float32Array, b: Float32Array): number {
-  let err = 0, mag = 0;
-  for (let i = 0; i < a.length; i++) {
-    err = Math.max(err, Math.abs(a[i] - b[i]));
-    mag = Math.max(mag, Math.abs(b[i]));
-  }
-  return err / mag;
-}
 
 Deno.test("loadCache() restores into the wasm backend with integerDot, attending identically", () => {
   const next = rng(75);

@@ -10,7 +10,7 @@ import { CorruptDataError, InvalidValueError, ShapeError } from "../../../core/e
 import { quantizeHead } from "../../../core/quantize_head.ts";
 import { ropeTable } from "../../../core/tensor.ts";
 import { gpuPolicyFor } from "../../../gpu/cache_policy.ts";
-import { normals, rng } from "../../_fixtures.ts";
+import { normals, relError, rng } from "../../_fixtures.ts";
 
 const BASE = 10000;
 
@@ -59,15 +59,6 @@ function exactAttention(
     }
   }
   return out;
-}
-
-function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let err = 0, mag = 0;
-  for (let i = 0; i < a.length; i++) {
-    err = Math.max(err, Math.abs(a[i] - b[i]));
-    mag = Math.max(mag, Math.abs(b[i]));
-  }
-  return err / mag;
 }
 
 Deno.test("pre-RoPE key pages: ts and wasm agree to 1e-6 for every channel-axis key format", () => {
