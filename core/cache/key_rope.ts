@@ -7,10 +7,11 @@
  *
  * The turn of the token at offset τ of a group starting at position p0 is R(p0)·R(τ): R(p0) from
  * the model's own angle table (core/tensor.ts ropeTable; one row per group, d floats), R(τ) from a
- * table of G offsets that stays in the first-level cache. Composing the two costs a few multiplies
- * per pair, where reading the angle of every position would read a table as large as the keys in
- * f32 on every attention call. The round trip is exact up to float rounding whatever the angles'
- * own rounding: forward and back use the same composition. (Turning by τ alone, with no R(p0),
+ * table of G offsets that stays in the first-level cache. Here the two compose per token; the WASM
+ * kernel turns the keys by R(τ) and the query back by R(p0) instead (hq·d products per group),
+ * where reading the angle of every position would read a table as large as the keys in f32 on every
+ * attention call. The round trip is exact up to float rounding whatever the angles' own rounding:
+ * forward and back use the same composition. (Turning by τ alone, with no R(p0),
  * stores nothing per group, but leaves each group rotated by its start angle, and per-channel
  * ranges grow: on the fixture INT2 per channel measured KL 0.17 that way against 0.082.)
  *
@@ -102,8 +103,8 @@ export class KeyRope {
   }
 
   // Tokens from..from+count−1 (offsets 0…) of a group at p0: x' = R(±φ) x per pair with cos φ =
-  // C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ in f32 steps as the WASM kernel computes them; the turn
-  // itself in f64, rounded once (the kernel rounds each product: a few f32 ulps apart)
+  // C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ in f32 steps, the turn in f64, rounded once (the WASM
+  // kernel's split of the same turn between query and keys lands a few f32 ulps away)
   #turn(x: Float32Array, from: number, count: number, p0: number, sign: number): void {
     const d = this.#d, half = d / 2;
     const { cos: C, sin: S } = this.#pos, { cos: c, sin: s } = this.#off;
