@@ -20,6 +20,7 @@ import {
   EXP_P3,
   EXP_P4,
   EXP_P5,
+  F32_SIGN_ODD,
   ONE,
   vconst,
 } from "./consts";
@@ -207,18 +208,22 @@ export function decodeRun(
 /**
  * The hq query heads at q turned back by a group's start angle into rq: per pair (2i, 2i+1),
  * a' = a·C0 + b·S0, b' = b·C0 − a·S0 with C0 = start[i], S0 = start[d/2 + i] (the group's row of
- * the positions' table, core/cache/key_rope.ts).
+ * the positions' table, core/cache/key_rope.ts); two pairs a vector, (a, b) and (b, a) times
+ * (C0, C0) and (S0, −S0).
  */
 // @ts-ignore: decorator
 @inline function _ropeQuery(q: usize, rq: usize, hq: i32, d: i32, start: usize): void {
-  const half = d >> 1;
-  for (let h = 0; h < hq; h++) {
-    const src = q + (<usize>(h * d) << 2), dst = rq + (<usize>(h * d) << 2);
-    for (let i = 0; i < half; i++) {
-      const C0 = load<f32>(start + (<usize>i << 2)), S0 = load<f32>(start + (<usize>(half + i) << 2));
-      const a = load<f32>(src + (<usize>(2 * i) << 2)), b = load<f32>(src + (<usize>(2 * i + 1) << 2));
-      store<f32>(dst + (<usize>(2 * i) << 2), a * C0 + b * S0);
-      store<f32>(dst + (<usize>(2 * i + 1) << 2), b * C0 - a * S0);
+  const half = d >> 1, odd = vconst(F32_SIGN_ODD);
+  for (let i = 0; i < half; i += 2) {
+    const c2 = v128.load64_zero(start + (<usize>i << 2));
+    const s2 = v128.load64_zero(start + (<usize>(half + i) << 2));
+    const c = i32x4.shuffle(c2, c2, 0, 0, 1, 1);
+    const s = v128.xor(i32x4.shuffle(s2, s2, 0, 0, 1, 1), odd);
+    for (let h = 0; h < hq; h++) {
+      const at = <usize>(h * d + 2 * i) << 2;
+      const v = v128.load(q + at);
+      const w = i32x4.shuffle(v, v, 1, 0, 3, 2);
+      v128.store(rq + at, f32x4.add(f32x4.mul(v, c), f32x4.mul(w, s)));
     }
   }
 }

@@ -18,6 +18,8 @@ export const F16_MAG_LO = memory.data<u32>([0x7fff, 0x7fff, 0x7fff, 0x7fff], 16)
 export const F16_SIGN_LO = memory.data<u32>([0x8000, 0x8000, 0x8000, 0x8000], 16);
 export const F16_MAG_HI_SHIFTED = memory.data<u32>([0x0fffe000, 0x0fffe000, 0x0fffe000, 0x0fffe000], 16);
 export const F32_SIGN = memory.data<u32>([0x80000000, 0x80000000, 0x80000000, 0x80000000], 16);
+// the sign bit of lanes 1 and 3: (x, −y, z, −w) by one xor
+export const F32_SIGN_ODD = memory.data<u32>([0, 0x80000000, 0, 0x80000000], 16);
 /** 2^112: rebiases an fp16 exponent moved into f32 position. */
 export const F16_REBIAS = memory.data<f32>([5.192296858534828e33, 5.192296858534828e33, 5.192296858534828e33, 5.192296858534828e33], 16);
 
