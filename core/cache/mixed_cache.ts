@@ -614,19 +614,18 @@ export class MixedPrecisionKVCache implements KVCache {
   #intPages(store: HeadStore): Page[] {
     const pages: Page[] = [];
     for (const pool of store.pools.values()) {
-      if (!this.#intDotPool(pool.pair)) continue;
+      if (!this.#intDotPool(pool)) continue;
       for (const page of pool.pages) if (page.n > 0) pages.push(page);
     }
     return pages;
   }
 
-  /** Whether integerDot applies to a pool of this key and value format. */
-  #intDotPool(pair: FormatPair): boolean {
-    // pre-RoPE keys are rotated after decoding: the exact path
-    if (this.#rope && getFormat(pair.keyFormat).axis === "channel") return false;
+  /** Whether integerDot applies to a pool (its formats; keys before RoPE turn after decoding). */
+  #intDotPool(pool: PagePool): boolean {
+    if (pool.preRope) return false;
     return this.integerDot && intDotServes(
-      getFormat(pair.keyFormat),
-      getFormat(pair.valueFormat),
+      getFormat(pool.pair.keyFormat),
+      getFormat(pool.pair.valueFormat),
       this.shape.headDim,
       this.policy.pageTokens,
     );
@@ -752,7 +751,7 @@ export class MixedPrecisionKVCache implements KVCache {
       n += store.sinkN;
     }
     for (const pool of store.pools.values()) {
-      if (this.#intDotPool(pool.pair)) continue;
+      if (this.#intDotPool(pool)) continue;
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
         if (page.starts) {

@@ -46,11 +46,6 @@ export class Page {
    * first token of each key group, [capacity / group]; undefined when keys are stored as received.
    */
   readonly starts: Int32Array | undefined;
-
-  /** Whether the keys are stored before RoPE (see {@linkcode Page.starts}). */
-  get preRope(): boolean {
-    return this.starts !== undefined;
-  }
   readonly #arena: PageArena | undefined;
   #k: Uint32Array;
   #v: Uint32Array;
