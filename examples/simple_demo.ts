@@ -1,7 +1,7 @@
 // deno run -A examples/simple_demo.ts [--eps E | --budget B] [--lines N] [--context N]
 // The short story: configure, analyze, see what the plan keeps and what it saves. Figures come from
 // bench/analysis_run.ts, which measures with the eval harness, so they equal `deno task eval
-// --eps E --lines N` for the same flags. Evaluates 3 lines by default to stay under a minute. Where
+// --budget B --lines N` (or `--eps E`) for the same flags. Evaluates 3 lines by default to stay under a minute. Where
 // WebGPU is available it also decodes with the plan on the GPU cache, against the WASM cache.
 import { runAnalysis } from "../bench/analysis_run.ts";
 import { loadAnalyzeInputs } from "../bench/cli_args.ts";
