@@ -23,7 +23,7 @@
  * @module
  */
 
-import { InvalidValueError, ShapeError } from "./errors.ts";
+import { assertFinite, InvalidValueError, ShapeError } from "./errors.ts";
 import { attention } from "./tensor.ts";
 
 /** Per-position sensitivities of one head for one query. */
@@ -72,9 +72,9 @@ export function attentionWeights(
   if (out.length < d) throw new ShapeError(`out has ${out.length} elements, expected ≥ ${d}`);
   // a NaN or infinity reaches α or o: every sensitivity and bound built on them would be NaN
   // without a word (and `realized > NaN` is false, so a bound check would pass)
-  _checkFinite(q, qOffset, d, "q");
-  _checkFinite(keys, 0, n * d, "keys");
-  _checkFinite(values, 0, n * d, "values");
+  assertFinite(q, "q", qOffset, d);
+  assertFinite(keys, "keys", 0, n * d);
+  assertFinite(values, "values", 0, n * d);
   attention(q, keys, values, n, d, weights, out, qOffset);
   for (let t = 0; t < n; t++) {
     if (!Number.isFinite(weights[t])) {
@@ -82,14 +82,6 @@ export function attentionWeights(
         `attention weight of position ${t} is ${weights[t]}: scores q·k/√d out of range`,
         t,
       );
-    }
-  }
-}
-
-function _checkFinite(x: ArrayLike<number>, from: number, count: number, what: string): void {
-  for (let i = from; i < from + count; i++) {
-    if (x[i] - x[i] !== 0) {
-      throw new InvalidValueError(`${what}[${i}] is ${x[i]}, expected a finite number`, i);
     }
   }
 }
@@ -252,11 +244,7 @@ export function keySecondDerivative(
   _checkSizes(q, keys, values, n, d);
   _checkPosition(t, n);
   if (u.length < d) throw new ShapeError(`u has ${u.length} elements, expected ≥ ${d}`);
-  for (let i = 0; i < d; i++) {
-    if (!Number.isFinite(u[i])) {
-      throw new InvalidValueError(`u[${i}] is ${u[i]}, expected a finite number`, i);
-    }
-  }
+  assertFinite(u, "u", 0, d);
   const { attention, output } = attend64(q, keys, values, n, d);
   let qu = 0;
   for (let i = 0; i < d; i++) qu += q[i] * u[i];

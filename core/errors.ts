@@ -95,13 +95,21 @@ export function typeName(v: unknown): string {
 }
 
 /**
- * Throws {@linkcode InvalidValueError} naming the first non-finite element of `x`.
+ * Throws {@linkcode InvalidValueError} naming the first non-finite element of `x` (of
+ * x[from … from + count) when given).
  *
  * @param x values to check
  * @param what name of the array, used in the message
+ * @param from first index checked
+ * @param count elements checked
  */
-export function assertFinite(x: ArrayLike<number>, what: string): void {
-  for (let i = 0; i < x.length; i++) {
+export function assertFinite(
+  x: ArrayLike<number>,
+  what: string,
+  from = 0,
+  count: number = x.length - from,
+): void {
+  for (let i = from; i < from + count; i++) {
     const v = x[i];
     if (v - v !== 0) {
       throw new InvalidValueError(`${what}[${i}] is ${v}, expected a finite number`, i);
