@@ -138,7 +138,7 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
         ? "--backend gpu: analyze reports bits as the CPU cache holds them, and the GPU cache " +
           "also holds device buffers (readback, staging) that would swamp them on short texts " +
           "(use wasm or ts; `deno task eval --backend gpu` runs the same rows on the GPU beside " +
-          "the WASM cache, except those that store keys before RoPE, kvprec plans among them)"
+          "the WASM cache)"
         : `--backend is ${JSON.stringify(backend)}, expected one of ts, wasm, auto`,
     );
   }

@@ -104,15 +104,9 @@ console.log("\n== where the plan runs");
 const chosen = await createKVCache(cacheShape(c), planPolicy(a.plan, a.kvprecRow));
 console.log(`auto: ${chosen.reason}`);
 chosen.destroy();
-// the GPU cache holds the same plan as written (tiers, its window format): same tokens, same
-// formats; a plan whose window it cannot keep (say bf16) runs on WebAssembly. It stores keys as
-// received: a plan that stores them before RoPE goes there with keys after RoPE, compared with
-// the WASM cache of that same policy
-const gpuPlan = { ...a.plan, ropeBase: undefined };
-if (a.plan.ropeBase !== undefined) {
-  console.log("GPU: the plan with keys stored after RoPE (the GPU cache does not rotate keys)");
-}
-const policy = planPolicy(gpuPlan, a.kvprecRow);
+// the GPU cache holds the same plan as written (tiers, its window format, keys before RoPE):
+// same tokens, same formats; a plan whose window it cannot keep (say bf16) runs on WebAssembly
+const policy = planPolicy(a.plan, a.kvprecRow);
 const notOnGpu = gpuPolicyFor(policy);
 let gpu: GpuDevice | undefined;
 if (typeof notOnGpu === "string") {

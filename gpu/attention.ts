@@ -36,6 +36,7 @@ import { GrowableBuffer } from "./growable_buffer.ts";
 import { mergeProgram } from "./merge.ts";
 import { dispatchSize } from "./_io.ts";
 import { checkGpuFormat, formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
+import { wordsForLength } from "../codecs/format.ts";
 
 /** Most tokens one split (one workgroup) covers; longer segments are cut into several splits. */
 export const SPLIT_TOKENS = 128;
@@ -62,6 +63,12 @@ export interface AttentionVariant {
   scores?: ScoreMemory;
   /** Most tokens per split of the workgroup-memory kernel (default {@linkcode SPLIT_TOKENS}). */
   splitTokens?: number;
+  /**
+   * Set when the pages store channel-axis keys before RoPE (core/cache/PAGES.md): the offset rows
+   * of the angle table (binding 5, core/cache/key_rope.ts `angleRows`); each key group's first
+   * position follows the page's value block, one u32 per group.
+   */
+  ropeSpan?: number;
 }
 
 /**
@@ -86,7 +93,8 @@ function _elementIndex(spec: FormatSpec, d: number, p: number): string {
  * 1 `q: array<f32>` (read), 2 `items: array<Item>` (read; 8 u32 each: q_off, k_base, v_base, n,
  * tok, rec, rec_stride, head_dim), 3 `partials: array<f32>` (read_write; record r at r·(d+2):
  * m, l, acc[d]), 4 `scratch: array<f32>` (read_write; queriesPerKv × SPLIT_TOKENS floats per
- * item). One workgroup per item.
+ * item; storage kernel only), 5 `angles: array<f32>` (read; keys before RoPE only). One workgroup
+ * per item.
  *
  * @param v the variant
  * @returns the program
@@ -108,13 +116,66 @@ fn k_index(t: u32, c: u32) -> u32 { return ${_elementIndex(v.keyFormat, v.headDi
 fn v_index(t: u32, c: u32) -> u32 { return ${
     _elementIndex(v.valueFormat, v.headDim, v.pageTokens)
   }; }
+${v.ropeSpan === undefined ? "" : _keyPair(v, v.ropeSpan)}`;
+}
+
+// Keys stored before RoPE: pair (2i, 2i+1) of page token t turned forward by R(p0)·R(τ), p0 the
+// position of its key group's first token (after the value block), τ its offset in the group, in
+// the f32 steps of core/cache/key_rope.ts
+function _keyPair(v: AttentionVariant, span: number): string {
+  const D = v.headDim, H = D / 2, G = v.keyFormat.group;
+  if (v.keyFormat.axis !== "channel" || D % 2 !== 0) {
+    throw new ShapeError(
+      `keys before RoPE need a channel-axis key format and an even head_dim, got ` +
+        `${v.keyFormat.name} and ${D}`,
+    );
+  }
+  const starts = wordsForLength(v.valueFormat, v.pageTokens * D);
+  return `@group(0) @binding(5) var<storage, read> angles: array<f32>;
+fn k_pair(k_base: u32, v_base: u32, t: u32, i: u32) -> vec2<f32> {
+  let g = t / ${G}u;
+  let r = (${span}u + words[v_base + ${starts}u + g]) * ${D}u;
+  let o = (t - g * ${G}u) * ${D}u;
+  let c0 = angles[r + i];
+  let s0 = angles[r + ${H}u + i];
+  let ct = angles[o + i];
+  let st = angles[o + ${H}u + i];
+  let cf = c0 * ct - s0 * st;
+  let sf = s0 * ct + c0 * st;
+  let a = k_decode(k_base, k_index(t, 2u * i));
+  let b = k_decode(k_base, k_index(t, 2u * i + 1u));
+  return vec2<f32>(a * cf - b * sf, a * sf + b * cf);
+}
 `;
+}
+
+// s_j += q_j · k̂_t over the channels of token tt, each key element decoded once for every head;
+// \`bound\` is head_dim (a constant or the item's)
+function _scoreLoop(v: AttentionVariant, bound: string): string {
+  const D = v.headDim, Q = v.queriesPerKv;
+  if (v.ropeSpan === undefined) {
+    return `for (var c = 0u; c < ${bound}; c = c + 1u) {
+      let k = k_decode(it.k_base, k_index(tt, c));
+      ${_perHead(Q, (j) => `s${j} = s${j} + q[it.q_off + ${j * D}u + c] * k;`)}
+    }`;
+  }
+  return `for (var i = 0u; i < ${bound} / 2u; i = i + 1u) {
+      let k = k_pair(it.k_base, it.v_base, tt, i);
+      ${
+    _perHead(
+      Q,
+      (j) =>
+        `s${j} = s${j} + q[it.q_off + ${j * D}u + 2u * i] * k.x; ` +
+        `s${j} = s${j} + q[it.q_off + ${j * D}u + 2u * i + 1u] * k.y;`,
+    )
+  }
+    }`;
 }
 
 function _shaderKey(v: AttentionVariant, memory: string): string {
   return `attend:${formatShaderKey(v.keyFormat)}${v.keyFormat.axis[0]}:` +
     `${formatShaderKey(v.valueFormat)}${v.valueFormat.axis[0]}:d${v.headDim}:q${v.queriesPerKv}:` +
-    `p${v.pageTokens}${memory}`;
+    `p${v.pageTokens}${v.ropeSpan === undefined ? "" : `:rope${v.ropeSpan}`}${memory}`;
 }
 
 /** Threads of a workgroup-memory kernel: one per channel in the value phase, at least 64. */
@@ -160,10 +221,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var t = lid; t < it.n; t = t + ${WGH}u) {
     ${_perHead(Q, (j) => `var s${j} = 0.0;`)}
     let tt = it.tok + t;
-    for (var c = 0u; c < ${D}u; c = c + 1u) {
-      let k = k_decode(it.k_base, k_index(tt, c));
-      ${_perHead(Q, (j) => `s${j} = s${j} + q[it.q_off + ${j * D}u + c] * k;`)}
-    }
+    ${_scoreLoop(v, `${D}u`)}
     ${_perHead(Q, (j) => `sc[${j * S}u + t] = s${j} * ${scale};`)}
   }
   workgroupBarrier();
@@ -271,10 +329,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   for (var t = lid; t < it.n; t = t + ${WG}u) {
     ${_perHead(Q, (j) => `var s${j} = 0.0;`)}
     let tt = it.tok + t;
-    for (var c = 0u; c < dd; c = c + 1u) {
-      let k = k_decode(it.k_base, k_index(tt, c));
-      ${_perHead(Q, (j) => `s${j} = s${j} + q[it.q_off + ${j * D}u + c] * k;`)}
-    }
+    ${_scoreLoop(v, "dd")}
     ${_perHead(Q, (j) => `scratch[base + ${j * S}u + t] = s${j} * ${scale};`)}
   }
   storageBarrier();
@@ -321,6 +376,11 @@ export interface AttentionSegment {
   valueBase: number;
   /** Valid tokens, ≥ 1. */
   tokens: number;
+  /**
+   * Set for a page of channel-axis keys stored before RoPE: the angle table (KeyRope.angleRows)
+   * and its offset rows. The page's key-group positions follow its value block.
+   */
+  rope?: { angles: GPUBuffer; span: number };
 }
 
 /** The query heads that read one KV head, and the segments that KV head holds. */
@@ -352,6 +412,7 @@ export interface AttentionDims {
 interface _Dispatch {
   program: GpuProgram;
   words: GPUBuffer;
+  angles: GPUBuffer | undefined;
   items: number[];
 }
 
@@ -413,15 +474,22 @@ export class PagedAttention {
    * @param keyFormat key format
    * @param valueFormat value format
    * @param dims head_dim, queries per KV head and page size
+   * @param ropeSpan the angle table's offset rows, for keys stored before RoPE
    * @returns the program
    */
-  program(keyFormat: FormatSpec, valueFormat: FormatSpec, dims: AttentionDims): GpuProgram {
+  program(
+    keyFormat: FormatSpec,
+    valueFormat: FormatSpec,
+    dims: AttentionDims,
+    ropeSpan?: number,
+  ): GpuProgram {
     return attentionProgram({
       keyFormat,
       valueFormat,
       ...dims,
       scores: this.scores,
       splitTokens: this.splitTokens,
+      ropeSpan,
     });
   }
 
@@ -507,9 +575,15 @@ export class PagedAttention {
         }
         let d = byBuffer.get(s.words);
         if (d === undefined) {
-          const program = this.program(s.keyFormat, s.valueFormat, dims);
-          byBuffer.set(s.words, d = { program, words: s.words, items: [] });
+          const program = this.program(s.keyFormat, s.valueFormat, dims, s.rope?.span);
+          const angles = s.rope?.angles;
+          byBuffer.set(s.words, d = { program, words: s.words, angles, items: [] });
           dispatches.push(d);
+        } else if (d.angles !== s.rope?.angles) {
+          throw new ShapeError(
+            `segments of one buffer in ${s.keyFormat.name}/${s.valueFormat.name} disagree on ` +
+              `whether keys are stored before RoPE`,
+          );
         }
         for (let tok = 0; tok < s.tokens; tok += this.splitTokens) {
           const n = Math.min(this.splitTokens, s.tokens - tok);
@@ -577,6 +651,7 @@ export class PagedAttention {
             { binding: 2, resource: { buffer: itemBuf, offset: offsets[i] * 4, size: count * 32 } },
             { binding: 3, resource: { buffer: partBuf } },
             ...(scratchBuf ? [{ binding: 4, resource: { buffer: scratchBuf } }] : []),
+            ...(d.angles ? [{ binding: 5, resource: { buffer: d.angles } }] : []),
           ],
         }),
       );

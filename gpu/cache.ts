@@ -74,6 +74,8 @@ import {
   PagedAttention,
 } from "./attention.ts";
 import { quantizeProgram } from "./quantize.ts";
+import { unrotateProgram } from "./unrotate.ts";
+import { KeyRope } from "../core/cache/key_rope.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
 import { PageSlots } from "./page_slots.ts";
 import { dispatchSize, readBack } from "./_io.ts";
@@ -105,6 +107,8 @@ export interface GpuPageWords {
   valueWords: Uint32Array;
   /** Valid tokens in the page. */
   tokens: number;
+  /** Keys stored before RoPE: the position of each key group's first token (Page.starts). */
+  starts?: Int32Array;
 }
 
 /**
@@ -138,6 +142,8 @@ interface _Pair {
   /** Words of the key block; the value block follows it in the page slot. */
   readonly keyWords: number;
   readonly valueWords: number;
+  /** Keys stored before RoPE: one u32 per key group (its first position) after the value block. */
+  readonly positionWords: number;
   readonly slots: PageSlots;
 }
 
@@ -150,6 +156,7 @@ interface _Pool {
 }
 
 const _pairKey = (p: FormatPair) => `${p.keyFormat}|${p.valueFormat}`;
+const _quantizeKey = (f: FormatSpec, turned: boolean) => `${f.name}${turned ? ":turned" : ""}`;
 
 /** A paged mixed-precision KV cache whose pages live on the GPU. */
 export class GpuKVCache implements KVCache {
@@ -176,6 +183,9 @@ export class GpuKVCache implements KVCache {
   readonly #staging: GPUBuffer;
   /** One layer's chunk of every KV head's keys and values, contiguous, for the quantize jobs. */
   readonly #evictScratch: GPUBuffer;
+  /** Keys before RoPE: the angle table (KeyRope.angleRows) and a chunk's keys turned back. */
+  readonly #rope: { span: number; angles: GPUBuffer; keys: GPUBuffer } | undefined;
+  #unrotate: GPUComputePipeline | undefined;
   readonly #q: GPUBuffer;
   readonly #out: GPUBuffer;
   readonly #readback: GPUBuffer;
@@ -240,6 +250,10 @@ export class GpuKVCache implements KVCache {
     }
     this.#windowCodec = tsCodec(wf);
     this.#slotWords = wordsForLength(this.#window, d);
+    const ropeBase = this.policy.ropeBase;
+    if (ropeBase !== undefined && d % 2 !== 0) {
+      throw new ShapeError(`ropeBase needs an even head_dim, got ${d}`);
+    }
     let chunk = 1;
     for (const pair of this.pairs) {
       const key = getFormat(pair.keyFormat), value = getFormat(pair.valueFormat);
@@ -269,9 +283,11 @@ export class GpuKVCache implements KVCache {
     const layouts = this.pairs.map((pair) => {
       const key = getFormat(pair.keyFormat), value = getFormat(pair.valueFormat);
       const keyWords = wordsForLength(key, P * d), valueWords = wordsForLength(value, P * d);
-      return { pair, key, value, keyWords, valueWords };
+      const positionWords = ropeBase !== undefined && key.axis === "channel" ? P / key.group : 0;
+      return { pair, key, value, keyWords, valueWords, positionWords };
     });
-    const most = Math.max(...layouts.map((l) => maxPages * (l.keyWords + l.valueWords) * 4));
+    const slotWords = (l: (typeof layouts)[number]) => l.keyWords + l.valueWords + l.positionWords;
+    const most = Math.max(...layouts.map((l) => maxPages * slotWords(l) * 4));
     const stagingBytes = heads * 2 * this.#slots * this.#slotWords * 4;
     const limit = gpu.device.limits.maxStorageBufferBindingSize;
     if (most > limit || stagingBytes > limit) {
@@ -289,7 +305,7 @@ export class GpuKVCache implements KVCache {
       ...l,
       slots: new PageSlots(
         dev,
-        l.keyWords + l.valueWords,
+        slotWords(l),
         maxPages,
         `kv pages ${_pairKey(l.pair)}`,
       ),
@@ -305,6 +321,21 @@ export class GpuKVCache implements KVCache {
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       label: "eviction chunk",
     });
+    if (ropeBase !== undefined) {
+      const angles = new KeyRope(d, shape.maxSeqLen, chunk, ropeBase).angleRows();
+      const buffer = (bytes: number, label: string) =>
+        dev.createBuffer({
+          size: Math.max(16, bytes),
+          usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+          label,
+        });
+      this.#rope = {
+        span: chunk,
+        angles: buffer(angles.byteLength, "rope angles"),
+        keys: buffer(shape.nKvHeads * chunk * d * 4, "eviction keys before RoPE"),
+      };
+      dev.queue.writeBuffer(this.#rope.angles, 0, angles);
+    }
     const qBytes = shape.nHeads * d * 4;
     this.#tracksScores = this.pairs.length > 1;
     // outputs, then one log-sum-exp per query head when window attention is credited
@@ -345,23 +376,35 @@ export class GpuKVCache implements KVCache {
     for (const pair of this.pairs) {
       for (const name of [pair.keyFormat, pair.valueFormat]) formats.set(name, getFormat(name));
     }
-    const quantize = [...formats.values()];
+    // keys before RoPE reach the quantize kernel as f32, turned back
+    const quantize = [...formats.values()].map((f) => ({ f, turned: false }));
+    for (const at of this.#byPair.values()) {
+      if (at.positionWords > 0) quantize.push({ f: at.key, turned: true });
+    }
     const compiled = await Promise.all([
-      ...quantize.map((f) => this.#pipelines.get(this.#quantizeProgram(f))),
-      ...this.pairs.map((pair) =>
-        this.#pipelines.get(
-          this.#attention.program(getFormat(pair.keyFormat), getFormat(pair.valueFormat), dims),
-        )
+      ...quantize.map(({ f, turned }) => this.#pipelines.get(this.#quantizeProgram(f, turned))),
+      ...[...this.#byPair.values()].map((at) =>
+        this.#pipelines.get(this.#attention.program(at.key, at.value, dims, this.#ropeSpan(at)))
       ),
       this.#pipelines.get(this.#attention.program(this.#window, this.#window, dims)),
       this.#pipelines.get(this.#attention.mergeProgram(headDim)),
     ]);
-    this.#quantize = new Map(quantize.map((f, i) => [f.name, compiled[i]]));
+    this.#quantize = new Map(quantize.map((q, i) => [_quantizeKey(q.f, q.turned), compiled[i]]));
+    if (this.#rope) {
+      this.#unrotate = await this.#pipelines.get(
+        unrotateProgram(this.#window, headDim, this.#rope.span),
+      );
+    }
   }
 
-  // the quantize kernel reading this cache's staging buffer
-  #quantizeProgram(spec: FormatSpec) {
-    return quantizeProgram(spec, this.#window.kind === "fp32" ? "f32" : this.#window);
+  // the quantize kernel reading this cache's staging buffer, or the turned-back keys as f32
+  #quantizeProgram(spec: FormatSpec, turned: boolean) {
+    return quantizeProgram(spec, turned || this.#window.kind === "fp32" ? "f32" : this.#window);
+  }
+
+  // the angle table's offset rows for a pair whose pages store keys before RoPE
+  #ropeSpan(at: _Pair): number | undefined {
+    return at.positionWords > 0 ? this.#rope!.span : undefined;
   }
 
   length(layer: number): number {
@@ -469,14 +512,18 @@ export class GpuKVCache implements KVCache {
     const enc = this.#gpu.device.createCommandEncoder();
     // the chunk of each head's K and V (at most two runs of the ring) into the eviction scratch
     const firstRun = Math.min(C, this.#ringSlots - head0);
-    // one dispatch per format and pair buffer
-    const jobs = new Map<string, { spec: FormatSpec; at: _Pair; words: number[] }>();
-    const push = (spec: FormatSpec, at: _Pair, ...w: number[]) => {
-      const id = `${spec.name}>${_pairKey(at.pair)}`;
+    // one dispatch per format, pair buffer and source (the staging words, or keys turned back)
+    type Run = { spec: FormatSpec; at: _Pair; turned: boolean; words: number[] };
+    const jobs = new Map<string, Run>();
+    const push = (spec: FormatSpec, at: _Pair, turned: boolean, ...w: number[]) => {
+      const id = `${_quantizeKey(spec, turned)}>${_pairKey(at.pair)}`;
       let j = jobs.get(id);
-      if (j === undefined) jobs.set(id, j = { spec, at, words: [] });
+      if (j === undefined) jobs.set(id, j = { spec, at, turned, words: [] });
       j.words.push(...w);
     };
+    // keys before RoPE: one unrotate job per token, and the chunk's first position
+    const unrotate: number[] = [];
+    const pos = S + this.#paged[layer];
     for (let h = 0; h < nKvHeads; h++) {
       const index = layer * nKvHeads + h;
       const score = this.#tracksScores ? this.#scores[this.#chunkSlot(layer, index, 0)] : 0;
@@ -506,8 +553,19 @@ export class GpuKVCache implements KVCache {
           );
         }
         // in elements of the scratch: positions are d elements apart
-        const src = to * (d / sw);
+        const turned = which === 0 && at.positionWords > 0;
+        const src = turned ? h * C * d : to * (d / sw);
         const dst = page + which * at.keyWords;
+        if (turned) {
+          // token i turns back by its position; its key group's first position goes to the page
+          const G = f.group;
+          for (let i = 0; i < C; i++) {
+            unrotate.push(to + i * sw, src + i * d, pos + i - (i % G), i % G);
+          }
+          const starts = Int32Array.from({ length: C / G }, (_, j) => pos + j * G);
+          const at0 = page + at.keyWords + at.valueWords + t0 / G;
+          this.#gpu.device.queue.writeBuffer(at.slots.buffer, at0 * 4, starts);
+        }
         if (f.axis === "channel") {
           // group gg of channel c covers tokens t0 + gg·G .. of the page: element c·P + t
           for (let c = 0; c < d; c++) {
@@ -516,6 +574,7 @@ export class GpuKVCache implements KVCache {
               push(
                 f,
                 at,
+                turned,
                 src + g * f.group * d + c,
                 d,
                 dst + ((c * P + t) / f.group) * f.wordsPerGroup,
@@ -530,6 +589,7 @@ export class GpuKVCache implements KVCache {
               push(
                 f,
                 at,
+                false,
                 src + i * d + g * f.group,
                 1,
                 dst + (t0 + i) * rowWords + g * f.wordsPerGroup,
@@ -543,33 +603,57 @@ export class GpuKVCache implements KVCache {
     }
     const dev = this.#gpu.device;
     const align = dev.limits.minStorageBufferOffsetAlignment / 4;
-    const runs: { spec: FormatSpec; pages: GPUBuffer; offset: number; count: number }[] = [];
-    let total = 0;
-    for (const { spec, at, words } of jobs.values()) {
-      runs.push({ spec, pages: at.slots.buffer, offset: total, count: words.length / 4 });
-      total += Math.ceil(words.length / align) * align;
+    const runs: (Run & { offset: number })[] = [];
+    // the unrotate jobs first (their run is dispatched first), then one run per quantize dispatch
+    let total = Math.ceil(unrotate.length / align) * align;
+    for (const run of jobs.values()) {
+      runs.push({ ...run, offset: total });
+      total += Math.ceil(run.words.length / align) * align;
     }
-    const data = new Uint32Array(total);
-    let r = 0;
-    for (const { words } of jobs.values()) data.set(words, runs[r++].offset);
+    const data = new Uint32Array(Math.max(total, 4));
+    data.set(unrotate);
+    for (const run of runs) data.set(run.words, run.offset);
     const jobBuf = this.#jobs.ensure(data.byteLength);
     dev.queue.writeBuffer(jobBuf, 0, data);
     const pass = enc.beginComputePass();
-    for (const { spec, pages, offset, count } of runs) {
-      const pipeline = this.#quantize.get(spec.name)!;
+    const dispatch = (
+      pipeline: GPUComputePipeline,
+      workgroupSize: number,
+      buffers: GPUBuffer[],
+      offset: number,
+      count: number,
+      extra: GPUBuffer[] = [],
+    ) => {
       pass.setPipeline(pipeline);
       pass.setBindGroup(
         0,
         dev.createBindGroup({
           layout: pipeline.getBindGroupLayout(0),
           entries: [
-            { binding: 0, resource: { buffer: this.#evictScratch } },
-            { binding: 1, resource: { buffer: pages } },
+            ...buffers.map((buffer, binding) => ({ binding, resource: { buffer } })),
             { binding: 2, resource: { buffer: jobBuf, offset: offset * 4, size: count * 16 } },
+            ...extra.map((buffer, i) => ({ binding: 3 + i, resource: { buffer } })),
           ],
         }),
       );
-      pass.dispatchWorkgroups(...dispatchSize(count, this.#quantizeProgram(spec).workgroupSize));
+      pass.dispatchWorkgroups(...dispatchSize(count, workgroupSize));
+    };
+    if (unrotate.length > 0) {
+      const rope = this.#rope!, { headDim } = this.shape;
+      const size = unrotateProgram(this.#window, headDim, rope.span).workgroupSize;
+      dispatch(this.#unrotate!, size, [this.#evictScratch, rope.keys], 0, unrotate.length / 4, [
+        rope.angles,
+      ]);
+    }
+    for (const { spec, at, turned, words, offset } of runs) {
+      const source = turned ? this.#rope!.keys : this.#evictScratch;
+      dispatch(
+        this.#quantize.get(_quantizeKey(spec, turned))!,
+        this.#quantizeProgram(spec, turned).workgroupSize,
+        [source, at.slots.buffer],
+        offset,
+        words.length / 4,
+      );
     }
     pass.end();
     dev.queue.submit([enc.finish()]);
@@ -613,6 +697,9 @@ export class GpuKVCache implements KVCache {
     if (recent > first) full(S, recent - first);
     for (const pool of this.#pools[layer * this.shape.nKvHeads + h].values()) {
       const at = pool.at;
+      const rope = at.positionWords > 0
+        ? { angles: this.#rope!.angles, span: this.#rope!.span }
+        : undefined;
       for (let i = 0; i < pool.pages.length; i++) {
         const base = pool.pages[i] * at.slots.slotWords;
         segs.push({
@@ -622,6 +709,7 @@ export class GpuKVCache implements KVCache {
           keyBase: base,
           valueBase: base + at.keyWords,
           tokens: Math.min(P, pool.tokens - i * P),
+          rope,
         });
       }
     }
@@ -773,7 +861,11 @@ export class GpuKVCache implements KVCache {
             const page = cpuPool.newPage(), o = slot * at.slots.slotWords;
             page.n = Math.min(this.policy.pageTokens, pool.tokens - i * this.policy.pageTokens);
             page.kWords.set(words.subarray(o, o + at.keyWords));
-            page.vWords.set(words.subarray(o + at.keyWords, o + at.keyWords + at.valueWords));
+            const v = o + at.keyWords, starts = v + at.valueWords;
+            page.vWords.set(words.subarray(v, starts));
+            page.starts?.set(
+              new Int32Array(words.buffer, words.byteOffset + starts * 4, at.positionWords),
+            );
           });
           return cpuPool;
         });
@@ -840,6 +932,13 @@ export class GpuKVCache implements KVCache {
               o + at.keyWords * 4,
               page.vWords as Uint32Array<ArrayBuffer>,
             );
+            if (page.starts) {
+              queue.writeBuffer(
+                at.slots.buffer,
+                o + (at.keyWords + at.valueWords) * 4,
+                page.starts as Int32Array<ArrayBuffer>,
+              );
+            }
             pool.tokens += page.n;
           }
         }
@@ -935,7 +1034,18 @@ export class GpuKVCache implements KVCache {
         base + at.keyWords * 4,
       ),
     );
-    return { keyWords, valueWords, tokens };
+    if (at.positionWords === 0) return { keyWords, valueWords, tokens };
+    const starts = new Int32Array(
+      await readBack(
+        this.#gpu,
+        at.slots.buffer,
+        this.#readback,
+        at.positionWords * 4,
+        undefined,
+        base + (at.keyWords + at.valueWords) * 4,
+      ),
+    );
+    return { keyWords, valueWords, tokens, starts };
   }
 
   /** Bytes of the page buffers, every format pair's (part of memory().bytes). */
@@ -952,7 +1062,8 @@ export class GpuKVCache implements KVCache {
    */
   get workingBytes(): number {
     return this.#q.size + this.#out.size + this.#readback.size + this.#jobs.byteLength +
-      this.#attention.byteLength + this.#evictScratch.size;
+      this.#attention.byteLength + this.#evictScratch.size +
+      (this.#rope ? this.#rope.angles.size + this.#rope.keys.size : 0);
   }
 
   /**
@@ -991,6 +1102,8 @@ export class GpuKVCache implements KVCache {
     for (const b of [this.#staging, this.#evictScratch, this.#q, this.#out, this.#readback]) {
       b.destroy();
     }
+    this.#rope?.angles.destroy();
+    this.#rope?.keys.destroy();
     for (const at of this.#byPair.values()) at.slots.destroy();
     this.#jobs.destroy();
     this.#attention.destroy();

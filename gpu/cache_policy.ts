@@ -70,8 +70,17 @@ export interface GpuTieredPolicy extends GpuWindowPolicy {
   valueFormat?: undefined;
 }
 
+/** Whether channel-axis key pages store keys before RoPE (core/cache/PAGES.md). */
+export interface GpuRopePolicy {
+  /**
+   * The model's RoPE base: channel-axis key pages store keys turned back to before RoPE, as the
+   * CPU cache does under the same `ropeBase` (core/cache/key_rope.ts). Unset: keys as received.
+   */
+  ropeBase?: number;
+}
+
 /** Which formats the cache stores and how many positions stay at full precision. */
-export type GpuCachePolicy = GpuUniformPolicy | GpuTieredPolicy;
+export type GpuCachePolicy = (GpuUniformPolicy | GpuTieredPolicy) & GpuRopePolicy;
 
 /** A GPU policy with every window field filled in. */
 export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
@@ -83,7 +92,8 @@ export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
  * @returns the policy with every window field set
  * @throws {InvalidValueError} for a page size, sink count or window that is not a (positive)
  *   integer
- * @throws {FormatError} for a window format other than fp32 and fp16
+ * @throws {FormatError} for a window format other than fp32, fp16 or an int format grouped per
+ *   token
  */
 export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
   const policy = {
@@ -128,8 +138,8 @@ function _windowUnfit(name: string): string {
 /**
  * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
  * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32, fp16 or an
- * int format grouped per token, and stores keys as received (no ropeBase).
- * Uniform and tiered policies (PrecisionPlans) both run there.
+ * int format grouped per token. Uniform and tiered policies (PrecisionPlans) both run there, with
+ * keys as received or before RoPE.
  *
  * @param policy the policy
  * @returns the GPU policy, or the reason as a sentence
@@ -148,15 +158,12 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
     return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
       `${windowFormat}; ${why}`;
   }
-  if (policy.ropeBase !== undefined) {
-    return `policy "${policy.label}" stores keys before RoPE (ropeBase ${policy.ropeBase}), ` +
-      `which the GPU cache does not`;
-  }
   const window = {
     windowFormat,
     pageTokens: policy.pageTokens,
     sinkTokens: policy.sinkTokens,
     windowTokens: policy.recentWindow,
+    ...(policy.ropeBase === undefined ? {} : { ropeBase: policy.ropeBase }),
   };
   return o.kind === "uniform"
     ? { keyFormat: o.keyFormat, valueFormat: o.valueFormat, ...window }
@@ -182,6 +189,7 @@ export function cpuPolicyOf(
     recentWindow: p.windowTokens,
     windowFormat: p.windowFormat,
     pageTokens: p.pageTokens,
+    ...(p.ropeBase === undefined ? {} : { ropeBase: p.ropeBase }),
   };
   if (p.tiers === undefined) {
     if (typeof p.keyFormat !== "string" || typeof p.valueFormat !== "string") {

@@ -102,9 +102,27 @@ export class KeyRope {
     return { offsets, positions };
   }
 
+  /**
+   * The tables as the GPU kernels read them: rows of d floats, a row's cos for pairs 0 … d/2 − 1
+   * then its sin; the span offsets' rows first, then every position's.
+   * @returns (span + maxPos) × d floats
+   */
+  angleRows(): Float32Array<ArrayBuffer> {
+    const half = this.#d / 2, S = this.span, P = this.#pos.cos.length / half;
+    const rows = new Float32Array((S + P) * this.#d);
+    const put = (row: number, t: { cos: Float32Array; sin: Float32Array }, from: number) => {
+      rows.set(t.cos.subarray(from * half, (from + 1) * half), row * this.#d);
+      rows.set(t.sin.subarray(from * half, (from + 1) * half), row * this.#d + half);
+    };
+    for (let t = 0; t < S; t++) put(t, this.#off, t);
+    for (let p = 0; p < P; p++) put(S + p, this.#pos, p);
+    return rows;
+  }
+
   // Tokens from..from+count−1 (offsets 0…) of a group at p0: x' = R(±φ) x per pair with cos φ =
-  // C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ in f32 steps, the turn in f64, rounded once (the WASM
-  // kernel's split of the same turn between query and keys lands a few f32 ulps away)
+  // C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ and the turn itself in f32 steps, as the GPU cache's
+  // kernels take them, so that both caches store the same words (the WASM kernel's split of the
+  // same turn between query and keys lands a few f32 ulps away)
   #turn(x: Float32Array, from: number, count: number, p0: number, sign: number): void {
     const d = this.#d, half = d / 2;
     const { cos: C, sin: S } = this.#pos, { cos: c, sin: s } = this.#off;
@@ -116,8 +134,8 @@ export class KeyRope {
         const cf = Math.fround(Math.fround(C0 * ct) - Math.fround(S0 * st));
         const sf = sign * Math.fround(Math.fround(S0 * ct) + Math.fround(C0 * st));
         const a = x[row + 2 * i], b = x[row + 2 * i + 1];
-        x[row + 2 * i] = a * cf - b * sf;
-        x[row + 2 * i + 1] = a * sf + b * cf;
+        x[row + 2 * i] = Math.fround(a * cf) - Math.fround(b * sf);
+        x[row + 2 * i + 1] = Math.fround(a * sf) + Math.fround(b * cf);
       }
     }
   }

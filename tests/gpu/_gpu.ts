@@ -94,7 +94,11 @@ export { getFormat };
  * 2-KV-head, head_dim 16 shape: token-axis int8 keys with fp16 values, then channel-axis int8/int4,
  * then int2 (chunks of 16 tokens; pages of 16).
  */
-export function threeTierPolicy(windowFormat: string, recentWindow: number): CachePolicy {
+export function threeTierPolicy(
+  windowFormat: string,
+  recentWindow: number,
+  ropeBase?: number,
+): CachePolicy {
   return tieredPolicy({
     label: "three tiers",
     tiers: Array.from({ length: 2 }, (_, l) =>
@@ -107,5 +111,6 @@ export function threeTierPolicy(windowFormat: string, recentWindow: number): Cac
     recentWindow,
     pageTokens: 16,
     windowFormat,
+    ropeBase,
   });
 }

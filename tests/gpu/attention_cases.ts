@@ -6,6 +6,7 @@ import { ShapeError } from "../../core/errors.ts";
 import { attendHead } from "../../core/model/kv_cache.ts";
 import { formatNames, type FormatSpec, getFormat } from "../../codecs/mod.ts";
 import { type AttentionGroup, PagedAttention, readBack, type ScoreMemory } from "../../gpu/mod.ts";
+import { KeyRope } from "../../core/cache/key_rope.ts";
 import { normals, rng } from "../_fixtures.ts";
 import { packPage, relativeError, testGpu, unpackPage } from "./_gpu.ts";
 
@@ -18,7 +19,12 @@ interface Case {
   P: number;
   /** Per KV head: segments as [keyFormat, valueFormat, tokens]. */
   pages: [string, string, number][];
+  /** Channel-axis key pages store keys before RoPE with this base, at random positions. */
+  ropeBase?: number;
 }
+
+/** Positions the angle table of a case with keys before RoPE covers. */
+const ROPE_POSITIONS = 4096;
 
 /** Runs one case on the GPU and against the reference; returns the worst relative error per head. */
 async function runCase(
@@ -38,6 +44,19 @@ async function runCase(
   const refKeys: Float32Array[][] = [], refValues: Float32Array[][] = [];
   const pool = { label: "pool" } as unknown as GPUBuffer; // replaced below
   const nGroups = c.sequences * c.nKvHeads;
+  // keys before RoPE: pages hold keys turned back; the reference turns the decoded ones forward
+  const span = Math.max(1, ...c.pages.map(([kf]) => getFormat(kf)).map((f) => f.group));
+  const rope = c.ropeBase === undefined
+    ? undefined
+    : new KeyRope(d, ROPE_POSITIONS, span, c.ropeBase);
+  const device = gpu.device;
+  const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  let anglesBuf: GPUBuffer | undefined;
+  if (rope) {
+    const rows = rope.angleRows();
+    anglesBuf = device.createBuffer({ size: rows.byteLength, usage: S, label: "angles" });
+    device.queue.writeBuffer(anglesBuf, 0, rows);
+  }
   for (let g = 0; g < nGroups; g++) {
     const segs = [];
     refKeys.push([]);
@@ -47,20 +66,37 @@ async function runCase(
       const k = normals(n * d, next), v = normals(n * d, next);
       for (let i = 0; i < k.length; i++) k[i] += 0.5 * Math.sin(i); // non-centred groups
       const kw = packPage(ks, k, n, d, P), vw = packPage(vs, v, n, d, P);
-      refKeys[g].push(unpackPage(ks, kw, n, d, P));
+      const keys = unpackPage(ks, kw, n, d, P);
       refValues[g].push(unpackPage(vs, vw, n, d, P));
       const keyBase = words.length;
       words.push(...kw);
       const valueBase = words.length;
       words.push(...vw);
-      segs.push({ words: pool, keyFormat: ks, valueFormat: vs, keyBase, valueBase, tokens: n });
+      const turned = rope !== undefined && ks.axis === "channel";
+      if (turned) {
+        // each key group at its own random position, its first position after the value block
+        const starts = Int32Array.from(
+          { length: P / ks.group },
+          () => Math.floor(next() * (ROPE_POSITIONS - ks.group)),
+        );
+        words.push(...starts);
+        rope.rotate(keys, n, ks.group, starts);
+      }
+      refKeys[g].push(keys);
+      segs.push({
+        words: pool,
+        keyFormat: ks,
+        valueFormat: vs,
+        keyBase,
+        valueBase,
+        tokens: n,
+        rope: turned ? { angles: anglesBuf!, span } : undefined,
+      });
     }
     // each head's log-sum-exp after all outputs (what the GPU cache credits window attention from)
     const lseOffset = c.sequences * c.nKvHeads * Q * d + g * Q;
     groups.push({ queryOffset: g * Q * d, outputOffset: g * Q * d, lseOffset, segments: segs });
   }
-  const device = gpu.device;
-  const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
   const poolBuf = device.createBuffer({ size: words.length * 4, usage: S, label: "pool" });
   device.queue.writeBuffer(poolBuf, 0, Uint32Array.from(words));
   for (const g of groups) for (const s of g.segments) s.words = poolBuf;
@@ -78,6 +114,7 @@ async function runCase(
   await attention.encode(enc, qBuf, outBuf, groups, { headDim: d, queriesPerKv: Q, pageTokens: P });
   const out = new Float32Array(await readBack(gpu, outBuf, rb, outBytes, enc));
   for (const b of [poolBuf, qBuf, outBuf, rb]) b.destroy();
+  anglesBuf?.destroy();
   attention.destroy();
 
   let worst = 0;
@@ -204,6 +241,35 @@ const CASES: Case[] = [
       "fp8e5m2-g32-token",
       128,
     ]],
+  },
+  {
+    // channel-axis key pages of two group sizes before RoPE beside token-axis and window ones
+    name: "keys before RoPE, GQA 4:2, d 64",
+    d: 64,
+    nHeads: 4,
+    nKvHeads: 2,
+    sequences: 2,
+    P: 128,
+    pages: [["fp32", "fp32", 5], ["int4-g32-channel", "int4-g32-token", 96], [
+      "int8-g16-channel",
+      "fp16",
+      128,
+    ], ["int4-g32-token", "int8-g32-token", 50]],
+    ropeBase: 10000,
+  },
+  {
+    name: "keys before RoPE, fixture shape: d 8, 8 heads on 4 KV heads",
+    d: 8,
+    nHeads: 8,
+    nKvHeads: 4,
+    sequences: 1,
+    P: 64,
+    pages: [["int2-g32-channel", "int8-g8-token", 64], ["fp16", "fp16", 40], [
+      "fp8e4m3-g32-channel",
+      "int4-g8-token",
+      32,
+    ]],
+    ropeBase: 10000,
   },
 ];
 

@@ -183,6 +183,7 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
     [{ tiers: [[[{ ...tier("int8-g8-token")[0], minScore: NaN }]]] }, InvalidValueError],
     [{ tiers: [[tier("int4-g8-heads")]] }, FormatError],
     [{ tiers: [[tier("fp32")]], keyFormat: "fp32" } as unknown as GpuCachePolicy, FormatError],
+    [{ keyFormat: "int4-g8-channel", valueFormat: "fp32", ropeBase: 0 }, InvalidValueError],
   ];
   for (const [policy, type] of bad) {
     await assert.rejects(
@@ -191,6 +192,16 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
       JSON.stringify(policy),
     );
   }
+  // keys before RoPE turn pairs of channels
+  await assert.rejects(
+    () =>
+      createGpuKVCache({
+        gpu: env.gpu,
+        shape: { ...shape, headDim: 3 },
+        policy: { keyFormat: "fp32", valueFormat: "fp32", ropeBase: 10000 },
+      }),
+    (e: Error) => e instanceof ShapeError && /even head_dim, got 3/.test(e.message),
+  );
 });
 
 Deno.test("GpuKVCache.append() rejects bad input and a lost device without changing state", async () => {

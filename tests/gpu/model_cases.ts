@@ -19,13 +19,21 @@ Deno.test("GpuKVCache perplexity equals the WASM cache's within 1e-4 relative", 
   // two short windows keep the llvmpipe run short (each attend is one GPU round trip)
   const seqs = [sequences[0].slice(0, 96), sequences[1].slice(0, 64)];
   const shape = cacheShape(model.config);
-  for (const format of ["int8-g32-channel", "int4-g32-channel"]) {
+  // the last one stores keys before RoPE (the model's base, 10000), as kvprec's plans do
+  for (
+    const [format, ropeBase] of [
+      ["int8-g32-channel"],
+      ["int4-g32-channel"],
+      ["int2-g32-channel", 10000],
+    ] as const
+  ) {
     const policy = {
       keyFormat: format,
       valueFormat: format,
       pageTokens: 32,
       sinkTokens: 4,
       windowTokens: 8,
+      ropeBase,
     };
     const gpuCache = await createGpuKVCache({
       gpu: env.gpu,
@@ -42,6 +50,7 @@ Deno.test("GpuKVCache perplexity equals the WASM cache's within 1e-4 relative", 
         sinkTokens: 4,
         recentWindow: 8,
         windowFormat: "fp32",
+        ropeBase,
       }),
       { backend: "wasm" },
     );

@@ -31,6 +31,20 @@ const policies: [string, (windowFormat: string) => CachePolicy][] = [
         windowFormat,
       }),
   ],
+  // channel-axis key pages store keys before RoPE (token-axis ones as received)
+  ["three tiers, keys before RoPE", (windowFormat) => threeTierPolicy(windowFormat, 5, 10000)],
+  [
+    "channel keys before RoPE, no window",
+    (windowFormat) =>
+      uniformPolicy({
+        keyFormat: "int4-g16-channel",
+        valueFormat: "int8-g16-token",
+        sinkTokens: 3,
+        pageTokens: 32,
+        windowFormat,
+        ropeBase: 500,
+      }),
+  ],
 ];
 
 /** Appends and attends positions [from, to) on every cache; returns the worst output difference. */
@@ -71,6 +85,23 @@ for (const [name, policy] of policies) {
       const cpu = new MixedPrecisionKVCache(shape, policy(windowFormat), opts);
       // 61 positions: full and partial pages, tokens waiting in the ring, credited scores
       assert.ok(await step([cpu, gpu], 0, 61, 7) <= 1e-5);
+      // both encode the same words (keys before RoPE: turned back in the same f32 steps), and
+      // record the same key-group positions
+      let preRope = 0;
+      for (let l = 0; l < shape.nLayers; l++) {
+        for (let h = 0; h < shape.nKvHeads; h++) {
+          for (const pool of cpu.segments(l, h).pools) {
+            for (const [i, page] of pool.pages.entries()) {
+              const got = await gpu.readPage(l, h, i, pool.pair);
+              assert.deepEqual(got.keyWords, page.kWords, `keys of ${pool.pair.keyFormat}`);
+              assert.deepEqual(got.valueWords, page.vWords);
+              assert.deepEqual(got.starts, page.starts);
+              if (page.starts) preRope++;
+            }
+          }
+        }
+      }
+      assert.equal(preRope > 0, name.includes("before RoPE"), "pages with keys before RoPE");
       const gpuToCpu = await gpu.toCpu(opts);
       const cpuToGpu = await GpuKVCache.fromCpu(cpu, env.gpu, env.pipelines);
       // the attention credited to the ring's chunks so far moves with them (it decides their tier)
@@ -82,7 +113,7 @@ for (const [name, policy] of policies) {
           assert.equal(moved.length, want.length);
           assert.equal(
             want.length,
-            name === "three tiers" ? 2 : 0,
+            name.startsWith("three tiers") ? 2 : 0,
             "a 5-token window, chunks of 16",
           );
           moved.forEach((x, i) => assert.ok(Math.abs(x - want[i]) <= 1e-6 + 1e-5 * want[i]));

@@ -9,7 +9,7 @@ import { crc32, loadCache, saveCache } from "../../../core/cache/serialize.ts";
 import { CorruptDataError, InvalidValueError, ShapeError } from "../../../core/errors.ts";
 import { quantizeHead } from "../../../core/quantize_head.ts";
 import { ropeTable } from "../../../core/tensor.ts";
-import { gpuPolicyFor } from "../../../gpu/cache_policy.ts";
+import { cpuPolicyOf, gpuPolicyFor, withDefaults } from "../../../gpu/cache_policy.ts";
 import { normals, relError, rng } from "../../_fixtures.ts";
 
 const BASE = 10000;
@@ -256,7 +256,7 @@ function findKeyPositions(cache: MixedPrecisionKVCache, bytes: Uint8Array): numb
   throw new Error("no key positions block");
 }
 
-Deno.test("ropeBase: bad values and shapes are named; the GPU cache declines pre-RoPE keys", () => {
+Deno.test("ropeBase: bad values and shapes are named; the GPU cache's policy keeps it", () => {
   for (const ropeBase of [0, -1, NaN, Infinity]) {
     assert.throws(
       () => uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16", ropeBase }),
@@ -272,11 +272,14 @@ Deno.test("ropeBase: bad values and shapes are named; the GPU cache declines pre
       ),
     ShapeError,
   );
-  const why = gpuPolicyFor(
-    uniformPolicy({ keyFormat: "int4-g32-channel", valueFormat: "fp16", ropeBase: BASE }),
-  );
-  assert.equal(typeof why, "string");
-  assert.match(why as string, /before RoPE/);
+  const cpu = uniformPolicy({ keyFormat: "int4-g32-channel", valueFormat: "fp16", ropeBase: BASE });
+  const gpu = gpuPolicyFor(cpu);
+  assert.ok(typeof gpu !== "string", `${gpu}`);
+  assert.equal(gpu.ropeBase, BASE);
+  const back = cpuPolicyOf(withDefaults(gpu), { nLayers: 1, nKvHeads: 1 });
+  assert.equal(back.ropeBase, BASE);
+  const asReceived = gpuPolicyFor(uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" }));
+  assert.ok(typeof asReceived !== "string" && !("ropeBase" in asReceived));
   const rope = new KeyRope(4, 16, 3, BASE);
   const x = normals(24, rng(1)), y = x.slice();
   rope.unrotate(y, 6, 3, 5); // groups at positions 5 and 8
