@@ -11,15 +11,17 @@
  * one pool buffer. After each append, while at least `windowTokens + chunk` recent positions are
  * held, the oldest `chunk` of them are quantized on the GPU into the open page of their format
  * pair (chunk = the largest channel-axis group of every format, else 1, so channel groups are
- * encoded only when complete). The pair is the policy's one pair, or, for a tiered policy (the
- * online form of a PrecisionPlan), the tier that the chunk's mean attention while in the window
- * selects, exactly as the CPU cache (core/cache/mixed_cache.ts) decides: the attention of window
- * tokens is credited on the host from a copy of their keys and each head's log-sum-exp, which the
- * merge kernel writes beside the outputs. Attention runs the fused flash-decoding kernels over
- * sinks, ring and every pool's pages of all KV heads of a layer in one submission, and reads back
- * only the output vectors (and log-sum-exps). The pages of each format pair live in one buffer that
- * grows with them (by a quarter, contents copied on the GPU; gpu/page_slots.ts), so GPU memory follows
- * the bits the policy really spends; every other buffer is allocated once, at creation.
+ * encoded only when complete; with `ropeBase`, a channel-axis key chunk is first turned back to
+ * before RoPE by gpu/unrotate.ts, and its key groups' positions follow the page's value block). The
+ * pair is the policy's one pair, or, for a tiered policy (the online form of a PrecisionPlan), the
+ * tier that the chunk's mean attention while in the window selects, exactly as the CPU cache
+ * (core/cache/mixed_cache.ts) decides: the attention of window tokens is credited on the host from
+ * a copy of their keys and each head's log-sum-exp, which the merge kernel writes beside the
+ * outputs. Attention runs the fused flash-decoding kernels over sinks, ring and every pool's pages
+ * of all KV heads of a layer in one submission, and reads back only the output vectors (and
+ * log-sum-exps). The pages of each format pair live in one buffer that grows with them (by a
+ * quarter, contents copied on the GPU; gpu/page_slots.ts), so GPU memory follows the bits the
+ * policy really spends; every other buffer is allocated once, at creation.
  *
  * Browser compatible.
  *
@@ -971,7 +973,8 @@ export class GpuKVCache implements KVCache {
    * @param kvHead KV head index
    * @param page page index within the pair's pool (pages fill in order)
    * @param pair the pool's format pair (default: the policy's only pair)
-   * @returns the key and value blocks and the valid token count
+   * @returns the key and value blocks, the valid token count and, for keys before RoPE, the key
+   *   groups' positions
    * @throws {ShapeError} for a page that holds no tokens
    * @throws {InvalidValueError} without a pair when the policy has several
    */

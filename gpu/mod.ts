@@ -25,6 +25,7 @@ export * from "./program.ts";
 export * from "./growable_buffer.ts";
 export * from "./wgsl_format.ts";
 export * from "./quantize.ts";
+export * from "./unrotate.ts";
 export * from "./dequantize.ts";
 export * from "./attention.ts";
 export * from "./merge.ts";
