@@ -291,12 +291,13 @@ export class GpuKVCache implements KVCache {
     const slotWords = (l: (typeof layouts)[number]) => l.keyWords + l.valueWords + l.positionWords;
     const most = Math.max(...layouts.map((l) => maxPages * slotWords(l) * 4));
     const stagingBytes = heads * 2 * this.#slots * this.#slotWords * 4;
+    // keys before RoPE: the angle table, a row of d floats per offset and per position
+    const angleBytes = ropeBase === undefined ? 0 : (chunk + shape.maxSeqLen) * d * 4;
     const limit = gpu.device.limits.maxStorageBufferBindingSize;
-    if (most > limit || stagingBytes > limit) {
+    const largest = Math.max(most, stagingBytes, angleBytes);
+    if (largest > limit) {
       throw new DeviceError(
-        `GPU cache may need a ${
-          Math.max(most, stagingBytes)
-        }-byte buffer; the device allows ${limit}`,
+        `GPU cache may need a ${largest}-byte buffer; the device allows ${limit}`,
       );
     }
     this.#gpu = gpu;
@@ -1023,30 +1024,15 @@ export class GpuKVCache implements KVCache {
   }
 
   async #readPage(pool: _Pool, page: number, tokens: number): Promise<GpuPageWords> {
-    const at = pool.at, base = pool.pages[page] * at.slots.slotWords * 4;
-    const keyWords = new Uint32Array(
-      await readBack(this.#gpu, at.slots.buffer, this.#readback, at.keyWords * 4, undefined, base),
-    );
-    const valueWords = new Uint32Array(
-      await readBack(
-        this.#gpu,
-        at.slots.buffer,
-        this.#readback,
-        at.valueWords * 4,
-        undefined,
-        base + at.keyWords * 4,
-      ),
-    );
+    const at = pool.at, slot = pool.pages[page] * at.slots.slotWords;
+    // the slot's key block, value block and key-group positions, one readback each
+    const read = (from: number, words: number) =>
+      readBack(this.#gpu, at.slots.buffer, this.#readback, words * 4, undefined, from * 4);
+    const keyWords = new Uint32Array(await read(slot, at.keyWords));
+    const valueWords = new Uint32Array(await read(slot + at.keyWords, at.valueWords));
     if (at.positionWords === 0) return { keyWords, valueWords, tokens };
     const starts = new Int32Array(
-      await readBack(
-        this.#gpu,
-        at.slots.buffer,
-        this.#readback,
-        at.positionWords * 4,
-        undefined,
-        base + (at.keyWords + at.valueWords) * 4,
-      ),
+      await read(slot + at.keyWords + at.valueWords, at.positionWords),
     );
     return { keyWords, valueWords, tokens, starts };
   }
@@ -1060,8 +1046,9 @@ export class GpuKVCache implements KVCache {
 
   /**
    * Bytes of the working buffers, which hold no cached position: queries, outputs, readback,
-   * quantize jobs, the eviction chunk and the attention runner's items, partials and scratch. Not
-   * part of memory(), as the CPU cache's scratch is not part of its own.
+   * quantize jobs, the eviction chunk (with keys before RoPE also its turned keys and the angle
+   * table) and the attention runner's items, partials and scratch. Not part of memory(), as the
+   * CPU cache's scratch and angle tables are not part of its own.
    */
   get workingBytes(): number {
     return this.#q.size + this.#out.size + this.#readback.size + this.#jobs.byteLength +

@@ -15,36 +15,22 @@ import { rng } from "../_fixtures.ts";
 import { testGpu, threeTierPolicy } from "./_gpu.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 128 };
+/** int4 keys per channel, int8 values per token, no window. */
+const channelKeys = (windowFormat: string, ropeBase?: number) =>
+  uniformPolicy({
+    keyFormat: "int4-g16-channel",
+    valueFormat: "int8-g16-token",
+    sinkTokens: 3,
+    pageTokens: 32,
+    windowFormat,
+    ropeBase,
+  });
 const policies: [string, (windowFormat: string) => CachePolicy][] = [
-  [
-    "three tiers",
-    (windowFormat) => threeTierPolicy(windowFormat, 5),
-  ],
-  [
-    "channel keys, no window",
-    (windowFormat) =>
-      uniformPolicy({
-        keyFormat: "int4-g16-channel",
-        valueFormat: "int8-g16-token",
-        sinkTokens: 3,
-        pageTokens: 32,
-        windowFormat,
-      }),
-  ],
+  ["three tiers", (windowFormat) => threeTierPolicy(windowFormat, 5)],
+  ["channel keys, no window", (windowFormat) => channelKeys(windowFormat)],
   // channel-axis key pages store keys before RoPE (token-axis ones as received)
   ["three tiers, keys before RoPE", (windowFormat) => threeTierPolicy(windowFormat, 5, 10000)],
-  [
-    "channel keys before RoPE, no window",
-    (windowFormat) =>
-      uniformPolicy({
-        keyFormat: "int4-g16-channel",
-        valueFormat: "int8-g16-token",
-        sinkTokens: 3,
-        pageTokens: 32,
-        windowFormat,
-        ropeBase: 500,
-      }),
-  ],
+  ["channel keys before RoPE, no window", (windowFormat) => channelKeys(windowFormat, 500)],
 ];
 
 /** Appends and attends positions [from, to) on every cache; returns the worst output difference. */
