@@ -205,6 +205,10 @@ window kept at ${escapeHtml(a.plan.windowFormat)}${
         ).join(", ")
       })`
       : ""
+  }${
+    a.plan.ropeBase === undefined
+      ? ""
+      : `; channel-axis key pages store keys before RoPE (base ${a.plan.ropeBase})`
   }.</p>
 <h2>Format per layer × position</h2>${_heatmap(a)}
 <h2>Curvature per layer</h2>${

@@ -106,6 +106,9 @@ Deno.test("renderReport() is self-contained with four non-empty charts", async (
   const { result } = await analyzeOnce();
   const html = renderReport(result);
   assert.doesNotMatch(html, /<script|https?:\/\/|<link|@import|src=/i);
+  // kvprec's plans store channel-axis keys before RoPE, with the model's base; the report says so
+  assert.equal(result.plan.ropeBase, 10000);
+  assert.match(html, /store keys before RoPE \(base 10000\)/);
   for (const id of ["heatmap", "curvature", "memory", "frontier"]) {
     const m = html.match(new RegExp(`<svg id="${id}"[^>]*>([\\s\\S]*?)</svg>`));
     assert.ok(m, `svg#${id}`);
