@@ -291,8 +291,10 @@ export class GpuKVCache implements KVCache {
     const slotWords = (l: (typeof layouts)[number]) => l.keyWords + l.valueWords + l.positionWords;
     const most = Math.max(...layouts.map((l) => maxPages * slotWords(l) * 4));
     const stagingBytes = heads * 2 * this.#slots * this.#slotWords * 4;
-    // keys before RoPE: the angle table, a row of d floats per offset and per position
-    const angleBytes = ropeBase === undefined ? 0 : (chunk + shape.maxSeqLen) * d * 4;
+    // keys before RoPE (a channel-axis key format): the angle table, a row of d floats per offset
+    // and per position
+    const turns = layouts.some((l) => l.positionWords > 0);
+    const angleBytes = turns ? (chunk + shape.maxSeqLen) * d * 4 : 0;
     const limit = gpu.device.limits.maxStorageBufferBindingSize;
     const largest = Math.max(most, stagingBytes, angleBytes);
     if (largest > limit) {
@@ -324,7 +326,7 @@ export class GpuKVCache implements KVCache {
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       label: "eviction chunk",
     });
-    if (ropeBase !== undefined) {
+    if (ropeBase !== undefined && turns) {
       const angles = new KeyRope(d, shape.maxSeqLen, chunk, ropeBase).angleRows();
       const buffer = (bytes: number, label: string) =>
         dev.createBuffer({

@@ -121,8 +121,9 @@ export class KeyRope {
 
   // Tokens from..from+count−1 (offsets 0…) of a group at p0: x' = R(±φ) x per pair with cos φ =
   // C0·cτ − S0·sτ, sin φ = S0·cτ + C0·sτ and the turn itself in f32 steps, as the GPU cache's
-  // kernels take them, so that both caches store the same words (the WASM kernel's split of the
-  // same turn between query and keys lands a few f32 ulps away)
+  // kernels take them, so that both caches store the same words where the GPU's compiler does not
+  // fuse the multiply-adds (gpu/NOTES.md, finding 14); the WASM kernel's split of the same turn
+  // between query and keys lands a few f32 ulps away
   #turn(x: Float32Array, from: number, count: number, p0: number, sign: number): void {
     const d = this.#d, half = d / 2;
     const { cos: C, sin: S } = this.#pos, { cos: c, sin: s } = this.#off;

@@ -370,7 +370,9 @@ export class MixedPrecisionKVCache implements KVCache {
       );
     }
     this.evictQuantum = quantum;
-    if (policy.ropeBase !== undefined) {
+    // the angle tables only where some pool stores keys before RoPE (channel-axis keys)
+    const turned = policy.pairs().some((p) => getFormat(p.keyFormat).axis === "channel");
+    if (policy.ropeBase !== undefined && turned) {
       this.#rope = new KeyRope(d, shape.maxSeqLen, quantum, policy.ropeBase);
     }
     this.#tracksScores = policy.pairs().length > 1;

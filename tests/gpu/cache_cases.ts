@@ -202,6 +202,15 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
       }),
     (e: Error) => e instanceof ShapeError && /even head_dim, got 3/.test(e.message),
   );
+  // with no channel-axis key format nothing turns: no angle table is held
+  const held = [];
+  for (const ropeBase of [undefined, 10000]) {
+    const policy = { keyFormat: "int8-g8-token", valueFormat: "fp32", ropeBase };
+    const cache = await createGpuKVCache({ gpu: env.gpu, pipelines: env.pipelines, shape, policy });
+    held.push(cache.workingBytes);
+    cache.destroy();
+  }
+  assert.equal(held[1], held[0]);
 });
 
 Deno.test("GpuKVCache.append() rejects bad input and a lost device without changing state", async () => {

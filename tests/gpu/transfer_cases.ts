@@ -9,6 +9,7 @@ import {
   loadCache,
   MixedPrecisionKVCache,
   saveCache,
+  tieredPolicy,
   uniformPolicy,
 } from "../../mod.ts";
 import { rng } from "../_fixtures.ts";
@@ -39,13 +40,14 @@ async function step(
   from: number,
   to: number,
   seed: number,
+  { nLayers, nKvHeads, nHeads, headDim } = shape,
 ): Promise<number> {
-  const r = rng(seed), kv = shape.nKvHeads * shape.headDim, qd = shape.nHeads * shape.headDim;
+  const r = rng(seed), kv = nKvHeads * headDim, qd = nHeads * headDim;
   const x = (n: number, s = 1) => Float32Array.from({ length: n }, () => s * (2 * r() - 1));
   const outs = caches.map(() => new Float32Array(qd));
   let worst = 0;
   for (let pos = from; pos < to; pos++) {
-    for (let l = 0; l < shape.nLayers; l++) {
+    for (let l = 0; l < nLayers; l++) {
       const k = x(kv, pos % 11 < 3 ? 3 : 1), v = x(kv), q = x(qd, 2);
       for (const c of caches) c.append(l, pos, k, v);
       for (let i = 0; i < caches.length; i++) await caches[i].attend(l, q, outs[i]);
@@ -55,6 +57,29 @@ async function step(
     }
   }
   return worst;
+}
+
+/**
+ * Asserts that the GPU cache holds the CPU cache's page words and key-group positions (keys before
+ * RoPE: turned back in the same f32 steps; llvmpipe, gpu/NOTES.md finding 14); returns the key
+ * formats of the pages that store keys before RoPE.
+ */
+async function samePages(cpu: MixedPrecisionKVCache, gpu: GpuKVCache): Promise<Set<string>> {
+  const preRope = new Set<string>();
+  for (let l = 0; l < cpu.shape.nLayers; l++) {
+    for (let h = 0; h < cpu.shape.nKvHeads; h++) {
+      for (const pool of cpu.segments(l, h).pools) {
+        for (const [i, page] of pool.pages.entries()) {
+          const got = await gpu.readPage(l, h, i, pool.pair);
+          assert.deepEqual(got.keyWords, page.kWords, `keys of ${pool.pair.keyFormat}`);
+          assert.deepEqual(got.valueWords, page.vWords);
+          assert.deepEqual(got.starts, page.starts);
+          if (page.starts) preRope.add(pool.pair.keyFormat);
+        }
+      }
+    }
+  }
+  return preRope;
 }
 
 for (const [name, policy] of policies) {
@@ -71,23 +96,8 @@ for (const [name, policy] of policies) {
       const cpu = new MixedPrecisionKVCache(shape, policy(windowFormat), opts);
       // 61 positions: full and partial pages, tokens waiting in the ring, credited scores
       assert.ok(await step([cpu, gpu], 0, 61, 7) <= 1e-5);
-      // both encode the same words (keys before RoPE: turned back in the same f32 steps), and
-      // record the same key-group positions
-      let preRope = 0;
-      for (let l = 0; l < shape.nLayers; l++) {
-        for (let h = 0; h < shape.nKvHeads; h++) {
-          for (const pool of cpu.segments(l, h).pools) {
-            for (const [i, page] of pool.pages.entries()) {
-              const got = await gpu.readPage(l, h, i, pool.pair);
-              assert.deepEqual(got.keyWords, page.kWords, `keys of ${pool.pair.keyFormat}`);
-              assert.deepEqual(got.valueWords, page.vWords);
-              assert.deepEqual(got.starts, page.starts);
-              if (page.starts) preRope++;
-            }
-          }
-        }
-      }
-      assert.equal(preRope > 0, name.includes("before RoPE"), "pages with keys before RoPE");
+      const preRope = await samePages(cpu, gpu);
+      assert.equal(preRope.size > 0, name.includes("before RoPE"), "pages with keys before RoPE");
       const gpuToCpu = await gpu.toCpu(opts);
       const cpuToGpu = await GpuKVCache.fromCpu(cpu, env.gpu, env.pipelines);
       // the attention credited to the ring's chunks so far moves with them (it decides their tier)
@@ -137,4 +147,35 @@ Deno.test("GpuKVCache.fromCpu() refuses a policy the GPU cache cannot hold as wr
     () => GpuKVCache.fromCpu(cpu, env.gpu),
     /fromCpu: .*keeps sinks, window and tokens awaiting eviction at bf16/,
   );
+});
+
+Deno.test("GpuKVCache stores keys before RoPE as the CPU cache does with key groups shorter than a chunk", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  const long = { ...shape, nLayers: 1, maxSeqLen: 300 };
+  // chunks of 64 tokens (a value tier grouped by 64), key groups of 32, 8 and 16 inside them
+  const policy = tieredPolicy({
+    label: "mixed key groups",
+    tiers: [Array.from({ length: 2 }, () => [
+      { minScore: 0.05, keyFormat: "int4-g32-channel", valueFormat: "int8-g8-channel" },
+      { minScore: 0.025, keyFormat: "int8-g8-channel", valueFormat: "int4-g64-channel" },
+      { minScore: 0, keyFormat: "int2-g16-channel", valueFormat: "fp16" },
+    ])],
+    sinkTokens: 3,
+    recentWindow: 7,
+    pageTokens: 128,
+    windowFormat: "int8-g8-token",
+    ropeBase: 10000,
+  });
+  const chosen = await createKVCache(long, policy, { backend: "gpu", gpu: env.gpu });
+  const gpu = chosen.cache as GpuKVCache;
+  const opts = { backend: "wasm" as const, integerDot: false };
+  const cpu = new MixedPrecisionKVCache(long, policy, opts);
+  assert.ok(await step([cpu, gpu], 0, 280, 9, long) <= 1e-5);
+  assert.equal(gpu.chunk, 64);
+  const preRope = await samePages(cpu, gpu);
+  assert.ok(preRope.size >= 2, `key groups of several sizes: ${[...preRope]}`);
+  const moved = await gpu.toCpu(opts);
+  assert.ok(await step([cpu, gpu, moved], 280, 300, 10, long) <= 1e-5);
+  chosen.destroy();
 });
