@@ -150,7 +150,7 @@ fn k_pair(k_base: u32, v_base: u32, t: u32, i: u32) -> vec2<f32> {
 }
 
 // s_j += q_j · k̂_t over the channels of token tt, each key element decoded once for every head;
-// \`bound\` is head_dim (a constant or the item's)
+// `bound` is head_dim (a constant or the item's)
 function _scoreLoop(v: AttentionVariant, bound: string): string {
   const D = v.headDim, Q = v.queriesPerKv;
   if (v.ropeSpan === undefined) {

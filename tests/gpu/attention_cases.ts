@@ -357,6 +357,23 @@ Deno.test("PagedAttention rejects a split size its kernel cannot take", async ()
       }),
     (e: Error) => e instanceof ShapeError && /need 65792 bytes of workgroup memory/.test(e.message),
   );
+  // pages of one buffer and format pair either all store keys before RoPE or none do
+  const words = gpu.device.createBuffer({ size: 4096, usage: GPUBufferUsage.STORAGE });
+  const ks = getFormat("int8-g32-channel"), vs = getFormat("fp32");
+  const seg = { words, keyFormat: ks, valueFormat: vs, keyBase: 0, valueBase: 0, tokens: 32 };
+  const runner = new PagedAttention(gpu, pipelines);
+  await assert.rejects(
+    () =>
+      runner.encode(gpu.device.createCommandEncoder(), q, q, [{
+        queryOffset: 0,
+        outputOffset: 0,
+        segments: [seg, { ...seg, rope: { angles: words, span: 32 } }],
+      }], { headDim: 8, queriesPerKv: 1, pageTokens: 32 }),
+    (e: Error) =>
+      e instanceof ShapeError && /disagree on whether keys are stored before RoPE/.test(e.message),
+  );
+  runner.destroy();
+  words.destroy();
   q.destroy();
   big.destroy();
 });
