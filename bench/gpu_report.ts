@@ -1,4 +1,5 @@
-// GPU decode attention, FP32 vs INT8 vs INT4 pages, at T ∈ {4096, 32768} in one run: checks each
+// GPU decode attention, FP32 vs INT8 vs INT4 pages (and INT4 with keys stored before RoPE, which the
+// kernel turns forward per token), at T ∈ {4096, 32768} in one run: checks each
 // configuration against decode + attendHead first, then times the fused kernels (REPS attention
 // calls per submission, so Deno's ~11 ms mapAsync round trip is paid once per submission, not per
 // call; the median of ROUNDS submissions) and prints time per call, ratios to FP32 and page bytes
@@ -8,6 +9,7 @@
 // time / GPU time, both measured in this run.
 // Usage: deno run -A bench/gpu_report.ts [--reps 4] [--rounds 5] [--tokens 4096,32768] [--warm-ms 500]
 import { intDotServes } from "../core/cache/int_dot.ts";
+import { KeyRope } from "../core/cache/key_rope.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { uniformPolicy } from "../core/cache/policy.ts";
 import { attendHead } from "../core/model/kv_cache.ts";
@@ -27,10 +29,14 @@ const ROUNDS = Number(flag("--rounds", "5"));
 const WARM_MS = Number(flag("--warm-ms", "500"));
 const TOKENS = flag("--tokens", "4096,32768").split(",").map(Number);
 const D = 128, N_HEADS = 8, N_KV = 2, P = 128, Q = N_HEADS / N_KV;
-const CONFIGS: [string, string, string][] = [
-  ["FP32", "fp32", "fp32"],
-  ["INT8", "int8-g32-channel", "int8-g32-token"],
-  ["INT4", "int4-g32-channel", "int4-g32-token"],
+/** The model's RoPE base for the row whose keys are stored before RoPE. */
+const ROPE_BASE = 10000;
+/** label, key format, value format, and whether keys are stored before RoPE (turned per token). */
+const CONFIGS: [string, string, string, boolean][] = [
+  ["FP32", "fp32", "fp32", false],
+  ["INT8", "int8-g32-channel", "int8-g32-token", false],
+  ["INT4", "int4-g32-channel", "int4-g32-token", false],
+  ["INT4 pre-RoPE", "int4-g32-channel", "int4-g32-token", true],
 ];
 
 /**
@@ -95,10 +101,11 @@ function wasmCache(
   keys: Float32Array[],
   values: Float32Array[],
   T: number,
+  ropeBase?: number,
 ): MixedPrecisionKVCache {
   const cache = new MixedPrecisionKVCache(
     { nLayers: 1, nHeads: N_HEADS, nKvHeads: N_KV, headDim: D, maxSeqLen: T },
-    uniformPolicy({ keyFormat, valueFormat, windowFormat: "fp32", pageTokens: P }),
+    uniformPolicy({ keyFormat, valueFormat, windowFormat: "fp32", pageTokens: P, ropeBase }),
     { backend: "wasm" },
   );
   // one append per token: ~10–20 µs a token on this bench's 2-core host, so T = 131072 fills in
@@ -131,9 +138,11 @@ function checkSamePages(
   let kAt = 0, vAt = 0;
   for (const [i, page] of pages.entries()) {
     const pk = page.kWords, pv = page.vWords;
+    const starts = page.starts ? Uint32Array.from(page.starts) : undefined;
     if (
       !sameWords(pk, kw.subarray(kAt, kAt + pk.length)) ||
-      !sameWords(pv, vw.subarray(vAt, vAt + pv.length))
+      !sameWords(pv, vw.subarray(vAt, vAt + pv.length)) ||
+      (starts && !sameWords(starts, groupStarts(i)))
     ) {
       throw new Error(`${label}: WASM page ${i} of KV head ${h} differs from the GPU's`);
     }
@@ -147,6 +156,11 @@ function checkSamePages(
         `tokens in pages, ${kAt} + ${vAt} words; the GPU reads ${kw.length} + ${vw.length}`,
     );
   }
+}
+
+/** First position of each key group of page i (groups of 32 tokens): what the page records. */
+function groupStarts(page: number): Uint32Array {
+  return Uint32Array.from({ length: P / 32 }, (_, g) => page * P + g * 32);
 }
 
 function sameWords(a: Uint32Array, b: Uint32Array): boolean {
@@ -257,43 +271,58 @@ for (const T of TOKENS) {
   const values = Array.from({ length: N_KV }, () => normals(T * D, next));
   const q = normals(N_HEADS * D, next);
   let fp32Ms = 0, fp32Us = 0;
-  for (const [label, kf, vf] of CONFIGS) {
-    const parts: Uint32Array[] = [];
+  for (const [label, kf, vf, preRope] of CONFIGS) {
+    const kwAll: Uint32Array[] = [], vwAll: Uint32Array[] = [];
     const groups: AttentionGroup[] = [];
     const refK: Float32Array[] = [], refV: Float32Array[] = [];
-    let at = 0;
-    const pool = dev.createBuffer({ size: 16, usage: GPUBufferUsage.STORAGE }); // placeholder
+    // keys before RoPE: turned back in groups of 32 from position 0, as the cache stores them;
+    // the reference turns the decoded ones forward, and each page's group positions follow its
+    // values (the GPU cache's slot layout), so every page is keys, values, positions
+    const rope = preRope ? new KeyRope(D, T, 32, ROPE_BASE) : undefined;
+    const angles = rope
+      ? dev.createBuffer({
+        size: (32 + T) * D * 4,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      })
+      : undefined;
+    if (rope) dev.queue.writeBuffer(angles!, 0, rope.angleRows());
     const kPage = wordsForLength(getFormat(kf), P * D),
-      vPage = wordsForLength(getFormat(vf), P * D);
+      vPage = wordsForLength(getFormat(vf), P * D),
+      slot = kPage + vPage + (rope ? P / 32 : 0);
+    const pages = Math.ceil(T / P);
+    const poolWords = new Uint32Array(N_KV * pages * slot);
     for (let h = 0; h < N_KV; h++) {
-      const kw = packPages(kf, keys[h], T), vw = packPages(vf, values[h], T);
-      refK.push(unpackPages(kf, kw, T));
+      const stored = keys[h].slice();
+      rope?.unrotate(stored, T, 32, 0);
+      const kw = packPages(kf, stored, T), vw = packPages(vf, values[h], T);
+      const k = unpackPages(kf, kw, T);
+      if (rope) rope.rotate(k, T, 32, Int32Array.from({ length: T / 32 }, (_, g) => g * 32));
+      refK.push(k);
       refV.push(unpackPages(vf, vw, T));
-      const kBase = at, vBase = at + kw.length;
-      parts.push(kw, vw);
-      at += kw.length + vw.length;
+      kwAll.push(kw);
+      vwAll.push(vw);
       const segments = [];
-      for (let page = 0; page * P < T; page++) {
+      for (let page = 0; page < pages; page++) {
+        const base = (h * pages + page) * slot;
+        poolWords.set(kw.subarray(page * kPage, (page + 1) * kPage), base);
+        poolWords.set(vw.subarray(page * vPage, (page + 1) * vPage), base + kPage);
+        if (rope) poolWords.set(groupStarts(page), base + kPage + vPage);
         segments.push({
-          words: pool,
+          words: undefined as unknown as GPUBuffer, // the pool buffer, below
           keyFormat: getFormat(kf),
           valueFormat: getFormat(vf),
-          keyBase: kBase + page * kPage,
-          valueBase: vBase + page * vPage,
+          keyBase: base,
+          valueBase: base + kPage,
           tokens: Math.min(P, T - page * P),
+          rope: rope ? { angles: angles!, span: 32 } : undefined,
         });
       }
       groups.push({ queryOffset: h * Q * D, outputOffset: h * Q * D, segments });
     }
-    pool.destroy();
-    const poolBytes = at * 4;
+    const poolBytes = poolWords.byteLength;
     const S = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     const buf = dev.createBuffer({ size: poolBytes, usage: S, label: "bench pool" });
-    let off = 0;
-    for (const p of parts) {
-      dev.queue.writeBuffer(buf, off * 4, p as Uint32Array<ArrayBuffer>);
-      off += p.length;
-    }
+    dev.queue.writeBuffer(buf, 0, poolWords);
     for (const g of groups) for (const s of g.segments) s.words = buf;
     const qBuf = dev.createBuffer({ size: q.byteLength, usage: S });
     dev.queue.writeBuffer(qBuf, 0, q as Float32Array<ArrayBuffer>);
@@ -329,6 +358,7 @@ for (const T of TOKENS) {
     const us = timestamps ? await kernelUs(attention, qBuf, outBuf, groups, dims) : NaN;
     if (label === "FP32") fp32Us = us;
     for (const b of [buf, qBuf, outBuf, rb]) b.destroy();
+    angles?.destroy();
     attention.destroy();
 
     // the WASM CPU attention over the same words: checked against the GPU's output, then timed as
@@ -336,15 +366,14 @@ for (const T of TOKENS) {
     // runs its optimised tier. Both reread a cache that fits the GPU's L2 or the CPU's last-level
     // cache only at small T.
     const setup0 = performance.now();
-    const cache = wasmCache(kf, vf, keys, values, T);
+    const cache = wasmCache(kf, vf, keys, values, T, rope ? ROPE_BASE : undefined);
     const setupMs = performance.now() - setup0;
-    for (let h = 0; h < N_KV; h++) {
-      checkSamePages(cache, h, parts[2 * h], parts[2 * h + 1], T, label);
-    }
+    for (let h = 0; h < N_KV; h++) checkSamePages(cache, h, kwAll[h], vwAll[h], T, label);
     const wasmOut = new Float32Array(N_HEADS * D);
     cache.attend(0, q, wasmOut);
     const wasmErr = worstHeadError(wasmOut, got);
-    const intDot = cache.integerDot && intDotServes(getFormat(kf), getFormat(vf), D, P);
+    // pages with keys before RoPE take the exact path
+    const intDot = cache.integerDot && !rope && intDotServes(getFormat(kf), getFormat(vf), D, P);
     const tolerance = intDot ? WASM_VS_GPU.integerDot : WASM_VS_GPU.exact;
     if (!(wasmErr <= tolerance)) {
       throw new Error(`${label} T=${T}: WASM differs from the GPU by ${wasmErr} > ${tolerance}`);
