@@ -92,7 +92,8 @@ export { getFormat };
 /**
  * Three tiers by the attention a chunk gathered in the window, per layer and KV head of a 2-layer,
  * 2-KV-head, head_dim 16 shape: token-axis int8 keys with fp16 values, then channel-axis int8/int4,
- * then int2 (chunks of 16 tokens; pages of 16).
+ * then int2 (chunks of 16 tokens; pages of 16). With `ropeBase`, the channel-axis tiers store keys
+ * before RoPE.
  */
 export function threeTierPolicy(
   windowFormat: string,
