@@ -3,11 +3,11 @@
  * magic "KVPC", u32 version, u32 JSON length, the JSON description (shape, policy, lengths and every
  * segment's counts), padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
  * blocks sinks-K, sinks-V, window-K, window-V, window scores (one f32 per eviction chunk the ring
- * can hold; none for single-pair policies), and per pool each page's K and V words and the staging
- * buffers (and, for keys stored before RoPE, each page's key group positions, i32), every block
- * followed by its u32 CRC-32. Loading checks the magic, the version, the exact total size (naming
- * expected vs actual bytes) and every checksum (naming the block and byte offset), and builds a new
- * cache, so a failed load changes nothing.
+ * can hold; none for single-pair policies), and per pool each page's K words, V words and, for
+ * keys stored before RoPE, its key groups' first positions (i32), every block followed by its u32
+ * CRC-32. Loading checks the magic, the version, the exact total size (naming expected vs actual
+ * bytes) and every checksum (naming the block and byte offset), and builds a new cache, so a failed
+ * load changes nothing.
  *
  * Browser compatible.
  *
