@@ -94,7 +94,10 @@ export function attentionErrorBound(
   let zHi = 0;
   for (let j = 0; j < n; j++) {
     let s = 0;
-    for (let i = 0; i < d; i++) s = addUp(s, mulUp(Math.abs(q[i]), keyError[j * d + i]));
+    // a zero query entry ignores its key error, an infinite one included (0·∞ would be NaN)
+    for (let i = 0; i < d; i++) {
+      if (q[i] !== 0) s = addUp(s, mulUp(Math.abs(q[i]), keyError[j * d + i]));
+    }
     b[j] = mulUp(s, invSqrtD);
     const aLo = nextDown(alpha[j] * (1 - gamma));
     const aHi = nextUp(alpha[j] * (1 + gamma));
@@ -202,8 +205,10 @@ export function attentionErrorFirstOrder(
       ek += keyError[j * d + i] ** 2;
       ev += valueError[j * d + i] ** 2;
     }
-    // a position with no weight contributes nothing, even with an infinite error bound (0·∞)
-    if (alpha[j] > 0) total += alpha[j] * (Math.sqrt(r) * gain * Math.sqrt(ek) + Math.sqrt(ev));
+    // no weight, a zero query or a value at the output: no contribution, even from an infinite
+    // error bound (0·∞ would be NaN)
+    const keyTerm = r > 0 && gain > 0 ? Math.sqrt(r) * gain * Math.sqrt(ek) : 0;
+    if (alpha[j] > 0) total += alpha[j] * (keyTerm + Math.sqrt(ev));
   }
   return total;
 }

@@ -146,7 +146,9 @@ export function selectFormat(
   let most = candidates[0];
   for (const f of candidates) {
     const p = precisionBits(f);
-    if (p > precisionBits(most)) most = f;
+    // equally precise fallbacks: the cheaper one
+    const q = precisionBits(most);
+    if (p > q || (p === q && f.bitsPerElement < most.bitsPerElement)) most = f;
     if (p >= required) {
       if (
         !best || f.bitsPerElement < best.bitsPerElement ||

@@ -59,11 +59,12 @@ import {
   type KVCacheShape,
 } from "../core/model/kv_cache.ts";
 import type { CachePolicy, FormatPair } from "../core/cache/policy.ts";
+import { type MixedCacheOptions, MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import {
+  type CacheValueLimits,
+  cacheValueLimits,
   checkCacheValues,
-  type MixedCacheOptions,
-  MixedPrecisionKVCache,
-} from "../core/cache/mixed_cache.ts";
+} from "../core/cache/value_limits.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts";
 import type { Codec } from "../codecs/codec.ts";
 import { tsCodec } from "../codecs/ts_codec.ts";
@@ -204,6 +205,8 @@ export class GpuKVCache implements KVCache {
   // cache numbers them), and a host copy of the keys of the newest windowTokens positions, the
   // only ones credited, to compute it from
   readonly #tracksScores: boolean;
+  /** What the policy's formats hold, checked before an append changes anything. */
+  readonly #limits: CacheValueLimits;
   readonly #scores: Float32Array;
   /** Chunk score slots per head: the most eviction chunks the ring holds at once. */
   readonly #chunkSlots: number;
@@ -342,6 +345,11 @@ export class GpuKVCache implements KVCache {
       dev.queue.writeBuffer(this.#rope.angles, 0, angles);
     }
     const qBytes = shape.nHeads * d * 4;
+    this.#limits = cacheValueLimits({
+      windowFormat: this.policy.windowFormat,
+      ropeBase: this.policy.ropeBase,
+      pairs: this.pairs,
+    });
     this.#tracksScores = this.pairs.length > 1;
     // outputs, then one log-sum-exp per query head when window attention is credited
     const outBytes = qBytes + (this.#tracksScores ? shape.nHeads * 4 : 0);
@@ -452,10 +460,10 @@ export class GpuKVCache implements KVCache {
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
     this.#checkIdle("append()");
     checkAppend(this.shape, layer, pos, this.#length[layer], k, v);
-    // as the CPU cache: a value past fp16's range would overflow a header (the GPU cache once
-    // took 1e9 and attended to NaN)
-    checkCacheValues(k, "k");
-    checkCacheValues(v, "v");
+    // as the CPU cache: a value past what a format holds would overflow a header on the GPU,
+    // silently (the GPU cache once took 1e9 and attended to NaN)
+    checkCacheValues(k, "k", this.#limits.key);
+    checkCacheValues(v, "v", this.#limits.value);
     this.#gpu.check("append");
     if (this.#quantize.size === 0) {
       throw new DeviceError("GPU cache kernels not compiled: create it with createGpuKVCache()");

@@ -47,9 +47,9 @@ import { KeyRope } from "./key_rope.ts";
 import { Partial } from "./partial.ts";
 import { type CachePolicy, checkPolicyShape, type FormatPair } from "./policy.ts";
 import { WasmAttention } from "./wasm_attention.ts";
+import { type CacheValueLimits, cacheValueLimits, checkCacheValues } from "./value_limits.ts";
 
-/** Largest magnitude the cache accepts: every stored format's scale and minimum are fp16. */
-export const MAX_CACHE_VALUE = 65504;
+export { checkCacheValues, MAX_CACHE_VALUE, type ValueLimit } from "./value_limits.ts";
 
 /**
  * Tokens of one format pair for one KV head, in pages. Tokens arrive in whole groups (the cache's
@@ -310,6 +310,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #wasm: WasmAttention | undefined;
   /** RoPE's angles when channel-axis key pages store keys before RoPE (policy.ropeBase). */
   readonly #rope: KeyRope | undefined;
+  /** What the policy's formats hold, checked before an append changes anything. */
+  readonly #limits: CacheValueLimits;
   /** Byte offsets of the rope tables in WebAssembly memory (KeyRope.kernelTables). */
   #ropePtr = 0;
   #ropePositionsPtr = 0;
@@ -375,6 +377,11 @@ export class MixedPrecisionKVCache implements KVCache {
     if (policy.ropeBase !== undefined && turned) {
       this.#rope = new KeyRope(d, shape.maxSeqLen, quantum, policy.ropeBase);
     }
+    this.#limits = cacheValueLimits({
+      windowFormat: policy.windowFormat,
+      ropeBase: policy.ropeBase,
+      pairs: policy.pairs(),
+    });
     this.#tracksScores = policy.pairs().length > 1;
     this.#pairKeys = new Set(policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
     this.#ring = policy.recentWindow + quantum;
@@ -439,8 +446,8 @@ export class MixedPrecisionKVCache implements KVCache {
 
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
     checkAppend(this.shape, layer, pos, this.#lengths[layer], k, v);
-    checkCacheValues(k, "k");
-    checkCacheValues(v, "v");
+    checkCacheValues(k, "k", this.#limits.key);
+    checkCacheValues(v, "v", this.#limits.value);
     const evictions = this.#evictions(layer, pos);
     if (this.maxBytes !== undefined) {
       let more = 0;
@@ -660,7 +667,20 @@ export class MixedPrecisionKVCache implements KVCache {
         }
         segK.set(store.sinkK.subarray(0, store.sinkN * sw), at);
         segV.set(store.sinkV.subarray(0, store.sinkN * sw), at);
-        wasm.attendSegment(win, wasm.segKPtr, win, wasm.segVPtr, nf, nf, d, group, true, true);
+        // exact, as the TS reference attends sinks and window whatever integerDot says
+        wasm.attendSegment(
+          win,
+          wasm.segKPtr,
+          win,
+          wasm.segVPtr,
+          nf,
+          nf,
+          d,
+          group,
+          true,
+          true,
+          true,
+        );
         const scores = wasm.scores(nf);
         for (let g = 0; g < group; g++) {
           for (let i = 0; i < store.windowN; i++) {
@@ -954,23 +974,5 @@ export class MixedPrecisionKVCache implements KVCache {
     }
     this.#heads = this.#freshHeads();
     this.#lengths.fill(0);
-  }
-}
-
-/**
- * Throws InvalidValueError naming the first element of x that is not a finite number within
- * ±MAX_CACHE_VALUE (what every cache format's headers can hold); shared with the GPU cache.
- * @param x keys or values
- * @param what their name in the message
- */
-export function checkCacheValues(x: Float32Array, what: string): void {
-  for (let i = 0; i < x.length; i++) {
-    const a = Math.abs(x[i]);
-    if (!(a <= MAX_CACHE_VALUE)) {
-      throw new InvalidValueError(
-        `${what}[${i}] is ${x[i]}, expected a finite number within ±${MAX_CACHE_VALUE}`,
-        i,
-      );
-    }
   }
 }

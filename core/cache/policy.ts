@@ -31,7 +31,7 @@ export interface CachePolicy {
   readonly sinkTokens: number;
   /** The most recent tokens kept in the window format. */
   readonly recentWindow: number;
-  /** Format of sinks and window ("fp32" or "fp16"). */
+  /** Format of sinks and window: fp32, fp16 or a format grouped per token (e.g. int8-g8-token). */
   readonly windowFormat: string;
   /** Tokens per page. */
   readonly pageTokens: number;

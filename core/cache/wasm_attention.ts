@@ -101,7 +101,7 @@ export class WasmAttention {
   outPtr = 0;
   /** Byte offset of the scores (f64, hq × tokens). */
   scorePtr = 0;
-  /** Byte offset of the token-major key run copied per call (sinks, window, staging). */
+  /** Byte offset of the token-major key run copied per call (sinks and window). */
   segKPtr = 0;
   /** Byte offset of the matching value run. */
   segVPtr = 0;
@@ -262,6 +262,8 @@ export class WasmAttention {
    * @param hq query heads sharing this KV head
    * @param scores write the scores (see scores())
    * @param merge merge into the running partials (see clearOut()) instead of overwriting them
+   * @param exact decode every element even when integer dot products are on (the window and
+   *   sinks: the TS reference attends them exactly)
    */
   attendSegment(
     kc: Codec,
@@ -274,6 +276,7 @@ export class WasmAttention {
     hq: number,
     scores = true,
     merge = false,
+    exact = false,
   ): void {
     const k = kc.spec, v = vc.spec;
     this.#k.attendPage(
@@ -299,7 +302,8 @@ export class WasmAttention {
       this.outPtr,
       this.scorePtr,
       this.#kernelPtr,
-      (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0) | this.#flags,
+      (scores ? FLAG_SCORES : 0) | (merge ? FLAG_MERGE : 0) |
+        (exact ? this.#flags & ~FLAG_INTDOT : this.#flags),
       this.#ropePtr,
       this.#ropeSpan,
       this.#positionsPtr,

@@ -109,6 +109,18 @@ Deno.test("attentionErrorBound() is zero for exact caches and tight to first ord
   }
 });
 
+Deno.test("an infinite key error where the query is zero moves no score (was NaN: 0·∞)", () => {
+  // q = [0, 1]: the first channel's key error cannot change a score, infinite or not
+  const q = [0, 1], k = [1, 0.5, -1, 0.25], v = [1, 2, 3, 4], none = [0, 0, 0, 0];
+  const keyError = [Infinity, 0.1, Infinity, 0.1];
+  const bound = attentionErrorBound(q, k, v, 2, 2, keyError, none);
+  const finite = attentionErrorBound(q, k, v, 2, 2, [0, 0.1, 0, 0.1], none);
+  assert.equal(bound, finite);
+  assert.ok(Number.isFinite(bound) && bound > 0);
+  const first = attentionErrorFirstOrder([0, 0], k, v, 2, 2, keyError, none);
+  assert.equal(first, 0, "a zero query: no score moves, first order");
+});
+
 Deno.test("attentionErrorBound() refuses error bounds it cannot honour (was NaN or too small)", () => {
   const q = [1, 0], k = [1, 0, 0, 1], v = [1, 2, 3, 4], e = [0.1, 0.1, 0.1, 0.1];
   const table: [string, () => unknown, unknown, RegExp][] = [

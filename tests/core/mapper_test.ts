@@ -9,6 +9,7 @@ import {
   selectFormat,
 } from "../../core/mapper.ts";
 import { BudgetError, FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { getFormat } from "../../codecs/format.ts";
 import { makeRng } from "./_rng.ts";
 
 const int = (b: number, g: number): MapperFormat => ({
@@ -73,6 +74,11 @@ Deno.test("selectFormat() is monotone: more curvature or smaller ε never gives 
   assert.equal(selectFormat(3.95, FORMATS).format.name, "int5-g8-token");
   const none = selectFormat(40, FORMATS);
   assert.equal(none.format.name, "fp32");
+  // equally precise fallbacks: the cheaper one, whatever the order
+  const wide = getFormat("int8-g8-token"), narrow = getFormat("int8-g128-token");
+  for (const order of [[wide, narrow], [narrow, wide]]) {
+    assert.equal(selectFormat(9, order).format.name, "int8-g128-token");
+  }
   assert.equal(none.meets, false);
 });
 

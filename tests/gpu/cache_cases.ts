@@ -288,6 +288,22 @@ Deno.test("GpuKVCache refuses what the CPU cache refuses, and misuse leaves the 
     (e: Error) => e instanceof InvalidValueError && /k\[6\] is 1000000000/.test(e.message),
   );
   assert.equal(cache.length(0), 0);
+  // keys turned back before RoPE can grow by √2, so such a cache holds less, as the CPU cache does
+  const turned = await createGpuKVCache({
+    gpu,
+    pipelines,
+    shape,
+    policy: { ...policy, keyFormat: "int4-g8-channel", ropeBase: 10000 },
+  });
+  big[6] = -46000;
+  assert.throws(
+    () => turned.append(0, 0, big, normals(8, next)),
+    (e: Error) =>
+      e instanceof InvalidValueError &&
+      /k\[6\] is -46000, .*turned back before RoPE/.test(e.message),
+  );
+  assert.equal(turned.length(0), 0);
+  turned.destroy();
   for (let p = 0; p < 20; p++) {
     const k = normals(8, next), v = normals(8, next);
     cache.append(0, p, k, v);

@@ -378,6 +378,56 @@ Deno.test("MixedPrecisionKVCache rejects bad input and is unchanged after a fail
   );
 });
 
+Deno.test("an append beyond what the policy's formats hold is refused before any head changes", () => {
+  // fp8e4m3 pages hold ±448 and an fp8e5m2 window ±57344; keys turned back before RoPE can grow by
+  // √2, so int channel-axis keys then hold 65504/(√2·1.01). Each refused value sits in KV head 1,
+  // so a check made while encoding (the pages' own) would have changed head 0 already.
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: 8, maxSeqLen: 40 };
+  const cases = [
+    { policy: { keyFormat: "fp8e4m3", valueFormat: "fp16", recentWindow: 0 }, k: 449, v: 0 },
+    { policy: { keyFormat: "fp16", valueFormat: "fp8e4m3", recentWindow: 0 }, k: 0, v: -449 },
+    {
+      policy: { keyFormat: "fp16", valueFormat: "fp16", windowFormat: "fp8e5m2" },
+      k: 0,
+      v: 60000,
+    },
+    {
+      policy: { keyFormat: "int4-g16-channel", valueFormat: "fp16", ropeBase: 10000 },
+      k: -46000,
+      v: 0,
+    },
+  ];
+  for (const backend of ["ts", "wasm"] as const) {
+    for (const { policy, k, v } of cases) {
+      const cache = new MixedPrecisionKVCache(
+        shape,
+        uniformPolicy({ recentWindow: 2, pageTokens: 16, ...policy }),
+        { backend },
+      );
+      const good = () => normals(16, rng(cache.length(0) + 1));
+      for (let pos = 0; pos < 17; pos++) cache.append(0, pos, good(), good());
+      const before = saveCache(cache);
+      const [bk, bv] = [good(), good()];
+      if (k) bk[9] = k;
+      if (v) bv[9] = v;
+      assert.throws(
+        () => cache.append(0, 17, bk, bv),
+        (e: Error) =>
+          e instanceof InvalidValueError && e.index === 9 &&
+          new RegExp(`${k ? "k" : "v"}\\[9\\] is ${k || v}, .*\\(.*format`).test(e.message),
+        `${backend} ${JSON.stringify(policy)}`,
+      );
+      assert.deepEqual(saveCache(cache), before, `${backend}: the refused append changes nothing`);
+      // values within the limit still go in, so the limit is not stricter than it says
+      const fit = Math.sign(k || v) * 440;
+      if (k) bk[9] = fit;
+      else bv[9] = fit;
+      cache.append(0, 17, bk, bv);
+      assert.equal(cache.length(0), 18);
+    }
+  }
+});
+
 Deno.test("attend on a layer with no positions is a ShapeError in every CPU cache, out untouched", () => {
   const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
   const k = normals(8, rng(3)), q = normals(16, rng(4));

@@ -155,6 +155,18 @@ Deno.test("MixedPrecisionKVCache.attend() wasm matches ts across GQA shapes, sin
     const c = pair({ ...shape, maxSeqLen: s.T }, policy);
     drive(c, s.T, 7, 2000 + i, JSON.stringify(s));
   });
+  // an int window of groups of 32 at every length: the integer-dot path serves such pages, but
+  // sinks and window stay exact as in the TS reference (they once took it at 4, 8, ... tokens)
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 32, maxSeqLen: 24 };
+  const policy = () =>
+    uniformPolicy({
+      keyFormat: "int4-g32-token",
+      valueFormat: "int4-g32-token",
+      sinkTokens: 2,
+      recentWindow: 16,
+      windowFormat: "int8-g32-token",
+    });
+  drive(pair(shape, policy), 24, 1, 2100, "int8-g32-token window");
 });
 
 Deno.test("MixedPrecisionKVCache() wasm backend keeps pages in WASM memory and reuses it", () => {
