@@ -1,13 +1,13 @@
 /**
  * Saving and loading a {@linkcode MixedPrecisionKVCache} as bytes. Layout (little-endian):
  * magic "KVPC", u32 version, u32 JSON length, the JSON description (shape, policy, lengths and every
- * segment's counts), padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
+ * segment's counts), zero padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
  * blocks sinks-K, sinks-V, window-K, window-V, window scores (one f32 per eviction chunk the ring
  * can hold; none for single-pair policies), and per pool each page's K words, V words and, for
  * keys stored before RoPE, its key groups' first positions (i32), every block followed by its u32
- * CRC-32. Loading checks the magic, the version, the exact total size (naming expected vs actual
- * bytes) and every checksum (naming the block and byte offset), and builds a new cache, so a failed
- * load changes nothing.
+ * CRC-32. Loading checks the magic, the version, the padding, the exact total size (naming expected
+ * vs actual bytes) and every checksum (naming the block and byte offset), and builds a new cache, so
+ * a failed load changes nothing.
  *
  * Browser compatible.
  *
@@ -32,7 +32,7 @@ import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
 
 const MAGIC = 0x4350564b; // "KVPC" little-endian
 // 2: window scores per eviction chunk (1 kept one per ring slot); 3: key group positions of
-// pre-RoPE key pages (a version 2 file has none and loads as before)
+// pre-RoPE key pages (a version 2 file has none and loads as before, unless its policy has ropeBase)
 const VERSION = 3;
 
 interface HeadJSON {
@@ -197,6 +197,8 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
           const last = i === pool.pages.length - 1;
           const what = `${at}.pools[${p}].pages[${i}]`;
           if (!last && n !== pageTokens) fail(what, n, `${pageTokens} (a full page)`);
+          // a page exists only once an eviction has filled part of it
+          if (n === 0) fail(what, n, "a page with tokens");
           held += count(what, n, pageTokens);
           if (n % cache.evictQuantum !== 0) {
             fail(what, n, `a multiple of the eviction chunk ${cache.evictQuantum}`);
@@ -238,9 +240,10 @@ function checkKeyPositions(
 
 /**
  * Loads a cache saved by {@linkcode saveCache}. Throws {@linkcode CorruptDataError} for a wrong
- * magic or version, truncated or oversized input (expected vs actual bytes) and checksum mismatches
- * (naming the block and its byte offset), and a description whose counts do not fit its shape and
- * policy (naming the field); BudgetError when the cache would exceed `options.maxBytes`.
+ * magic or version, non-zero padding, truncated or oversized input (expected vs actual bytes) and
+ * checksum mismatches (naming the block and its byte offset), a description whose counts do not
+ * fit its shape and policy (naming the field) or whose shape cannot be allocated; BudgetError when
+ * the cache would exceed `options.maxBytes`.
  * @param bytes the serialised cache
  * @param options backend, integerDot, codecs and budget of the new cache (as its constructor's)
  * @returns a new cache equal to the saved one
@@ -277,6 +280,15 @@ export function loadCache(
       12,
     );
   }
+  // the checksum covers the description only: its padding must be the zeros saveCache writes
+  for (let i = 12 + textLength; i < 12 + textPadded; i++) {
+    if (bytes[i] !== 0) {
+      throw new CorruptDataError(
+        `cache description padding byte ${i} is ${bytes[i]}, expected 0`,
+        i,
+      );
+    }
+  }
   let json: CacheJSON;
   try {
     json = JSON.parse(new TextDecoder().decode(text));
@@ -291,7 +303,29 @@ export function loadCache(
       throw new CorruptDataError(`cache description has no ${field}`, 12);
     }
   }
-  const cache = new MixedPrecisionKVCache(json.shape, policyFromJSON(json.policy), options);
+  const policy = policyFromJSON(json.policy);
+  if (version === 2 && policy.ropeBase !== undefined) {
+    // version 2 predates keys stored before RoPE: such a file cannot hold their group positions
+    throw new CorruptDataError(
+      `cache format version 2 with a policy that stores keys before RoPE (ropeBase ` +
+        `${policy.ropeBase}), which version 2 cannot hold; expected version ${VERSION}`,
+      4,
+    );
+  }
+  let cache: MixedPrecisionKVCache;
+  try {
+    cache = new MixedPrecisionKVCache(json.shape, policy, options);
+  } catch (e) {
+    // a shape too large to allocate (a corrupted maxSeqLen, say) is a RangeError of the runtime
+    if (!(e instanceof RangeError)) throw e;
+    throw new CorruptDataError(
+      `cache description's shape ${
+        JSON.stringify(json.shape)
+      } cannot be allocated (${e.message}): ` +
+        `corrupted, or larger than this runtime holds`,
+      12,
+    );
+  }
   checkDescription(json, cache);
   // rebuild pools and pages from the description, then fill every block from the bytes
   for (let l = 0; l < json.shape.nLayers; l++) {

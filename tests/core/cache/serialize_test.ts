@@ -126,6 +126,31 @@ Deno.test("loadCache names a wrong header, size or checksum", () => {
       `length ${length}`,
     );
   }
+  // the description's padding is outside its checksum, so it must be the zeros saveCache wrote
+  for (const pad of ["", "x", "xx", "xxx"]) {
+    const padded = withDescription(bytes, (j) => Object.assign(j, { pad }));
+    const length = new DataView(padded.buffer).getUint32(8, true);
+    if (length % 4 === 0) continue;
+    assert.equal(saveCache(loadCache(padded)).length, bytes.length, "zero padding loads");
+    padded[12 + length] = 7;
+    refused(padded, new RegExp(`padding byte ${12 + length} is 7, expected 0`), "padding");
+  }
+  // version 2 predates keys stored before RoPE, so a file that has them is not version 2
+  const turned = new MixedPrecisionKVCache(
+    { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 40 },
+    uniformPolicy({ keyFormat: "int4-g16-channel", valueFormat: "fp16", ropeBase: 10000 }),
+  );
+  for (let p = 0; p < 30; p++) turned.append(0, p, normals(8, rng(p)), normals(8, rng(p + 50)));
+  const v2 = saveCache(turned);
+  assert.equal(v2[4], 3);
+  v2[4] = 2;
+  refused(v2, /version 2 with a policy that stores keys before RoPE \(ropeBase 10000\)/, "v2");
+  // a shape no runtime can allocate, its checksum intact
+  refused(
+    withDescription(bytes, (j) => j.shape.maxSeqLen = 2 ** 40),
+    /shape .*cannot be allocated/,
+    "huge maxSeqLen",
+  );
   const shorter = bytes.slice();
   shorter[8] ^= 4;
   refused(shorter, /checksum at byte 12 \(or its length at byte 8/, "length off by 4");
@@ -168,6 +193,11 @@ Deno.test("loadCache names a description whose counts do not fit its shape and p
       "a page past capacity",
       (j) => j.heads[0][0].pools[0].pages[1] = 48,
       /pages\[1\] is 48, expected an integer in \[0, 32\]/,
+    ],
+    [
+      "an empty page",
+      (j) => j.heads[0][0].pools[0].pages.push(0),
+      /pages\[2\] is 0, expected a page with tokens/,
     ],
     [
       "a page not in whole chunks",
