@@ -61,7 +61,9 @@ export function chooseIntHeader(
   const mBits = f32ToF16BitsDown(lo);
   if (mBits === 0xfc00) return -1 - _indexOf(x, base, spec.group, lo);
   const m = f16BitsToF32(mBits);
-  const sBits = f32ToF16BitsUp(fround(fround(hi - m) / spec.qmax));
+  // a subnormal range whose quotient underflows to 0 still needs a scale > 0 (FORMAT.md step 3)
+  const range = fround(hi - m);
+  const sBits = f32ToF16BitsUp(fround(range / spec.qmax)) || (range > 0 ? 1 : 0);
   if (sBits === 0x7c00) return -1 - _indexOf(x, base, spec.group, hi);
   return (sBits | (mBits << 16)) >>> 0;
 }

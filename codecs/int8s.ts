@@ -78,7 +78,8 @@ export function symmetricGroupScale(
     if (v - v !== 0) throw nonFiniteError(spec, x, i);
     amax = Math.max(amax, Math.abs(v));
   }
-  const sBits = f32ToF16BitsUp(fround(amax / qmax));
+  // a subnormal amax whose quotient underflows to 0 still needs a scale > 0 (FORMAT.md)
+  const sBits = f32ToF16BitsUp(fround(amax / qmax)) || (amax > 0 ? 1 : 0);
   if (sBits === 0x7c00) {
     let i = base;
     while (Math.abs(x[i]) !== amax) i++;

@@ -247,7 +247,7 @@ export function wgslGroupEncoder(
   }
   let mb = _f16_down(lo);
   let m = unpack2x16float(mb).x;
-  let sb = _f16_up(_div_rn(hi - m, ${spec.qmax}.0));
+  let sb = max(_f16_up(_div_rn(hi - m, ${spec.qmax}.0)), select(0u, 1u, m < hi));
   let s = unpack2x16float(sb).x;
   let inv = select(_div_rn(1.0, s), 0.0, s == 0.0);
   ${D}[out] = sb | (mb << 16u);`;
@@ -301,7 +301,7 @@ function _amaxHeader(D: string, G: number, x: string, fmax: number): string {
   return `
   var amax = 0.0;
   for (var i = 0u; i < ${_u(G)}; i = i + 1u) { amax = max(amax, abs(${x})); }
-  let sb = _f16_up(_div_rn(amax, ${fmax}.0));
+  let sb = max(_f16_up(_div_rn(amax, ${fmax}.0)), select(0u, 1u, amax > 0.0));
   let s = unpack2x16float(sb).x;
   let inv = select(_div_rn(1.0, s), 0.0, s == 0.0);
   ${D}[out] = sb;`;

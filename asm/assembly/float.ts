@@ -322,7 +322,8 @@ export function decodeFp8Scaled(src: usize, dst: usize, n: i32, group: i32, bias
 @inline function _symmetricHeader(x: usize, group: i32, qmax: f32, base: i32, w: usize): i32 {
   const amax = groupAbsMax(x, group);
   if (nonFinite(amax)) return fail(1, base + firstNonFinite(x, group));
-  const sBits = f16Up(amax / qmax);
+  // a subnormal amax whose quotient underflows to 0 still needs a scale > 0 (FORMAT.md)
+  const sBits = f16Up(amax / qmax) | <u32>(amax > 0 && amax / qmax == 0);
   if (sBits == 0x7c00) return fail(2, base + firstAbsEqual(x, group, amax));
   store<u32>(w, sBits);
   return -1;

@@ -150,7 +150,11 @@ export function encodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
       }
       continue;
     }
-    const s16 = f16UpLanes(c4);
+    // a subnormal range whose quotient underflows to 0 still gets the smallest scale (step 3)
+    const s16 = v128.or(
+      f16UpLanes(c4),
+      i32x4.shr_u(v128.and(f32x4.eq(c4, zero), f32x4.gt(hi4, m4)), 31),
+    );
     const s4 = f16ToF32Lanes(s16);
     const inv4 = v128.andnot(f32x4.div(vconst(ONE), s4), f32x4.eq(s4, zero));
     v128.store(SCRATCH, v128.or(s16, i32x4.shl(m16, 16)));
@@ -226,7 +230,9 @@ function encodeGroup(src: usize, dst: usize, g: i32, bits: i32, group: i32): i32
   const mBits = f16Down(lo);
   if (mBits == 0xfc00) return fail(2, base + firstEqual(x, group, lo));
   const m = f16ToF32(mBits);
-  const sBits = f16Up((hi - m) / <f32>qmax);
+  // a subnormal range whose quotient underflows to 0 still needs a scale > 0 (FORMAT.md step 3)
+  const range = hi - m;
+  const sBits = f16Up(range / <f32>qmax) | <u32>(range > 0 && range / <f32>qmax == 0);
   if (sBits == 0x7c00) return fail(2, base + firstEqual(x, group, hi));
   const s = f16ToF32(sBits);
   const inv: f32 = s == 0 ? 0 : <f32>1 / s;

@@ -91,6 +91,13 @@ export const DISTRIBUTIONS: readonly Distribution[] = [
       }),
   },
   {
+    // ranges of a few f32 subnormal steps: range / qmax underflows to 0 (a scale of 0 there once
+    // left a nonzero error with a bound of 0)
+    name: "f32 subnormal ranges",
+    make: (r, n) =>
+      Float32Array.from({ length: n }, () => (r() < 0.3 ? 0 : Math.floor(r() * 64) * 2 ** -149)),
+  },
+  {
     name: "signed zeros",
     make: (r, n) =>
       Float32Array.from({ length: n }, () => {

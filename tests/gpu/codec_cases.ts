@@ -33,6 +33,8 @@ function inputs(spec: FormatSpec, seed: number): Float32Array {
     if (block === 1) x[i] = x[i] * 0.01 + 3;
     else if (block === 2) x[i] *= 100;
     else if (block === 3) x[i] = (Math.floor(next() * 64) - 32) / 4; // coarse grid: many ties
+    // ranges of a few f32 subnormal steps, whose range / qmax underflows (FORMAT.md step 3)
+    else if (block === 4) x[i] = next() < 0.3 ? 0 : Math.floor(next() * 64) * 2 ** -149;
   }
   return spec.kind === "fp8e4m3" && !spec.scaled
     ? x.map((v) => Math.max(-400, Math.min(400, v)))
