@@ -1,10 +1,10 @@
 /**
  * From sensitivity to bits. Two ways:
  *
- * - the precision rule p ≥ log2(c·κ·D²/ε) (κ the curvature, D the diameter of the head's K/V
- *   values, ε the target error, c = 4 by default), mapped to the smallest format (in bits per
- *   element, metadata counted) whose effective precision meets p: {@linkcode requiredBits},
- *   {@linkcode selectFormat};
+ * - the precision rule p ≥ log2(c·κ·D²/ε) (κ the curvature, D the larger of the head's key and
+ *   value diameters, each range with 0 in it: ruleDiameter in plan.ts; ε the target error, c = 4
+ *   by default), mapped to the smallest format (in bits per element, metadata counted) whose
+ *   effective precision meets p: {@linkcode requiredBits}, {@linkcode selectFormat};
  * - a budget: given an average bits-per-element budget, choose a format per item that minimises
  *   the predicted error Σ_i (wK_i·eK(f_i) + wV_i·eV(g_i)), by Lagrangian search over the discrete
  *   formats (each item picks argmin error + λ·bits, λ bisected to the budget), a greedy fill of
@@ -83,7 +83,7 @@ export function precisionBits(format: MapperFormat): number {
 export interface RuleOptions {
   /** Target error ε > 0. */
   epsilon: number;
-  /** Diameter D > 0 of the K/V values. */
+  /** Diameter D > 0 of the quantized keys or values (plan.ts's ruleDiameter for a head). */
   diameter: number;
   /** Safety constant c (default 4). */
   c?: number;

@@ -15,9 +15,9 @@
  *
  * Predicted error (first order, mean over every layer, query head and query): Σ_t
  * r_t·√d·(A^K_t·eK + A^V_t·eV) / queries, with A^K_t = Σ_j α‖v_t − o_j‖‖q_j‖/√d, A^V_t = Σ_j α,
- * eK, eV the per-element errors of the formats (D·2^−p/2 for effective precision p, D the head's
- * range, unless an error model is given) and r_t the optional recency factor
- * 1 + exp(−(T − t − 1)/(T/4)).
+ * eK, eV the per-element errors of the formats (D·2^−p/2 for effective precision p, D the diameter
+ * of the head's keys or values with 0 in it, unless an error model is given) and r_t the optional
+ * recency factor 1 + exp(−(T − t − 1)/(T/4)).
  *
  * Browser compatible.
  *
@@ -37,13 +37,7 @@
  */
 
 import type { Analysis, HeadCalibration } from "./analyzer.ts";
-import {
-  BudgetError,
-  CorruptDataError,
-  FormatError,
-  InvalidValueError,
-  ShapeError,
-} from "./errors.ts";
+import { CorruptDataError, FormatError, InvalidValueError, ShapeError } from "./errors.ts";
 import { getFormat } from "../codecs/format.ts";
 import {
   allocateBudget,
@@ -317,7 +311,9 @@ export function buildPrecisionPlan(
     },
   };
 
-  // 3. The plan on the calibration data.
+  // 3. The plan on the calibration data, through tierFor: the report describes the tiers returned.
+  // Count matching gives each tier the oracle's number of positions, budget-mode ties going to the
+  // cheaper tier, so in budget mode the plan spends at most the oracle's bits, within the budget.
   const planK = new Int16Array(items.length), planV = new Int16Array(items.length);
   let shortfalls = 0;
   for (let i = 0; i < items.length; i++) {
@@ -329,9 +325,6 @@ export function buildPrecisionPlan(
       Math.min(precisionBits(kF[planK[i]]), precisionBits(vF[planV[i]])) < required[i] &&
       Math.min(precisionBits(kF[oracleK[i]]), precisionBits(vF[oracleV[i]])) >= required[i]
     ) shortfalls++;
-  }
-  if (o.mode === "budget") {
-    _trimToBudget(items, planK, planV, problem, o.bitsPerElement, totalElements);
   }
 
   const corr = _correlations(items, analysis);
@@ -572,21 +565,15 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     );
   }
   // Per-head ranges over every calibration sequence.
-  const range = (kind: "key" | "value", l: number, h: number) => {
-    let lo = Infinity, hi = -Infinity;
-    for (const s of analysis.sequences) {
-      const c = s.heads[l][h];
-      const [a, b] = kind === "key" ? c.keyRange : c.valueRange;
-      lo = Math.min(lo, a), hi = Math.max(hi, b);
-    }
-    return Math.max(hi - lo, Math.max(-lo, hi), Number.MIN_VALUE);
-  };
   const ranges = Array.from(
     { length: nLayers },
     (_, l) =>
       Array.from(
         { length: nKvHeads },
-        (_, h) => ({ key: range("key", l, h), value: range("value", l, h) }),
+        (_, h) => ({
+          key: _diameter(analysis, l, h, "key"),
+          value: _diameter(analysis, l, h, "value"),
+        }),
       ),
   );
   // Default error model: the codecs' measured mean bound where calibrated, else range·2^−p/2.
@@ -616,8 +603,50 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     perHead: options.perHead ?? true,
     ropeBase,
     errorModel,
-    diameter: ranges.map((row) => row.map((r) => Math.max(r.key, r.value))),
+    diameter: ranges.map((row, l) => row.map((_, h) => ruleDiameter(analysis, l, h))),
   };
+}
+
+/**
+ * The diameter D of the precision rule p ≥ log2(c·κ·D²/ε) for one (layer, KV head): the one
+ * {@linkcode buildPrecisionPlan} and checkAssignment (verifier.ts) both use. D bounds the range of
+ * the quantity a format quantizes, and keys and values are quantized separately, each over its
+ * own range: so D is the larger of the key and the value diameter, not the diameter of their union
+ * (keys in [−5, −4] and values in [4, 5] give D = 5, not 10). Each range is widened to hold 0,
+ * because float formats err relative to |x|, so D must bound max |x| as well as max − min.
+ *
+ * @param analysis the calibration (every sequence counts)
+ * @param layer layer index
+ * @param head KV head index
+ * @returns D > 0 (Number.MIN_VALUE for all-zero keys and values)
+ * @throws ShapeError when a sequence of the analysis lacks the layer or head
+ *
+ * @example
+ * ```ts
+ * import { ruleDiameter } from "./plan.ts";
+ * import type { Analysis } from "./analyzer.ts";
+ * const head = { keyRange: [-5, -4], valueRange: [4, 5] };
+ * const analysis = { sequences: [{ heads: [[head]] }] } as unknown as Analysis;
+ * if (ruleDiameter(analysis, 0, 0) !== 5) throw new Error("keys and values apart: D is 5");
+ * ```
+ */
+export function ruleDiameter(analysis: Analysis, layer: number, head: number): number {
+  return Math.max(
+    _diameter(analysis, layer, head, "key"),
+    _diameter(analysis, layer, head, "value"),
+  );
+}
+
+/** Diameter of [min, max] ∪ {0} of one (layer, head)'s keys or values over every sequence. */
+function _diameter(analysis: Analysis, layer: number, head: number, kind: "key" | "value") {
+  let lo = Infinity, hi = -Infinity;
+  analysis.sequences.forEach((s, i) => {
+    const c = s.heads?.[layer]?.[head];
+    if (!c) throw new ShapeError(`analysis sequence ${i} has no layer ${layer} head ${head}`);
+    const [a, b] = kind === "key" ? c.keyRange : c.valueRange;
+    lo = Math.min(lo, a), hi = Math.max(hi, b);
+  });
+  return Math.max(hi - lo, -lo, hi, Number.MIN_VALUE);
 }
 
 /** The error model's per-element error, which must be a finite number ≥ 0 (NaN spreads silently). */
@@ -731,16 +760,9 @@ function _fitTiers(
     // (the most demanding one). Budget: the most common oracle pair, bits rounded down so the
     // head spends no more than the oracle gave it.
     if (o.mode === "rule") {
-      let kBest = 0, vBest = 0;
-      for (const i of members) {
-        if (
-          keyBits[oK[i]] > keyBits[kBest] || precisionBits(kF[oK[i]]) > precisionBits(kF[kBest])
-        ) kBest = oK[i];
-        if (
-          valueBits[oV[i]] > valueBits[vBest] || precisionBits(vF[oV[i]]) > precisionBits(vF[vBest])
-        ) vBest = oV[i];
-      }
-      return [tier(kBest, vBest, 0)];
+      return [
+        tier(_mostPrecise(members, oK, kF, keyBits), _mostPrecise(members, oV, vF, valueBits), 0),
+      ];
     }
     let oracleBits = 0;
     for (const i of members) oracleBits += keyBits[oK[i]] + valueBits[oV[i]];
@@ -788,13 +810,38 @@ function _fitTiers(
     }
     const last = items[sorted[end - 1]].score, next = items[sorted[end]].score;
     // Between the tier's lowest score and the next one; on a tie, rule mode rounds the tie up to
-    // this tier (precision first), budget mode leaves it to the next tier (bits first).
-    let minScore = last > next ? (last + next) / 2 : (o.mode === "rule" ? last : _above(last));
+    // this tier (precision first), budget mode leaves it to the next tier (bits first). For
+    // adjacent doubles the midpoint rounds to one of them; were it `next`, the next position would
+    // join this dearer tier, so the cut is then `last`.
+    const mid = (last + next) / 2;
+    let minScore = last > next
+      ? (mid > next ? mid : last)
+      : (o.mode === "rule" ? last : _above(last));
     if (tiers.length > 0) minScore = Math.min(minScore, tiers[tiers.length - 1].minScore);
     tiers.push(tier(k, v, Math.max(minScore, 0)));
     start = end;
   }
   return tiers;
+}
+
+/**
+ * Of the formats the members were given, the most precise (then the cheapest): it meets every
+ * member's requirement. It starts from a member's own format, since a candidate no member uses
+ * (candidate 0, say fp16) would otherwise win whenever it is more precise.
+ */
+function _mostPrecise(
+  members: number[],
+  given: Int16Array,
+  formats: readonly MapperFormat[],
+  bits: Float64Array,
+): number {
+  let best = given[members[0]];
+  for (const i of members) {
+    const f = given[i];
+    const dp = precisionBits(formats[f]) - precisionBits(formats[best]);
+    if (dp > 0 || (dp === 0 && bits[f] < bits[best])) best = f;
+  }
+  return best;
 }
 
 function _above(x: number): number {
@@ -805,33 +852,6 @@ function _cheapest(bits: Float64Array): number {
   let b = 0;
   for (let i = 1; i < bits.length; i++) if (bits[i] < bits[b]) b = i;
   return b;
-}
-
-/** Demotes the lowest-score positions of the dearest tiers if ties pushed the plan over budget. */
-function _trimToBudget(
-  items: _Item[],
-  planK: Int16Array,
-  planV: Int16Array,
-  p: BudgetProblem,
-  budget: number,
-  totalElements: number,
-): void {
-  let bits = p.fixedBits;
-  for (let i = 0; i < items.length; i++) {
-    bits += p.elements[i] * (p.keyBits[planK[i]] + p.valueBits[planV[i]]);
-  }
-  if (bits <= budget * totalElements) return;
-  const k0 = _cheapest(p.keyBits), v0 = _cheapest(p.valueBits);
-  const order = Array.from({ length: items.length }, (_, i) => i).sort((a, b) =>
-    items[a].score - items[b].score
-  );
-  for (const i of order) {
-    if (bits <= budget * totalElements) return;
-    bits -= p.elements[i] *
-      (p.keyBits[planK[i]] - p.keyBits[k0] + p.valueBits[planV[i]] - p.valueBits[v0]);
-    planK[i] = k0, planV[i] = v0;
-  }
-  if (bits > budget * totalElements) throw new BudgetError(`plan cannot meet budget ${budget}`);
 }
 
 function _correlations(items: _Item[], analysis: Analysis) {

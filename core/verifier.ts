@@ -36,7 +36,7 @@ import { checkPerturbation, InvalidValueError, ShapeError } from "./errors.ts";
 import { addUp, mulUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
-import { type Assignment, resolveSensitivity } from "./plan.ts";
+import { type Assignment, resolveSensitivity, ruleDiameter } from "./plan.ts";
 import { quantizeHead } from "./quantize_head.ts";
 import type { RecordingKVCache } from "./recording_cache.ts";
 import type { CalibrationModel } from "./analyzer.ts";
@@ -77,15 +77,16 @@ export interface CheckOptions {
 
 /**
  * Every position of the calibration whose key or value format has less effective precision than
- * p = log2(c·κ·D²/ε) (sinks and window count at the window format).
+ * p = log2(c·κ·D²/ε), D the planner's {@linkcode ruleDiameter} (sinks and window count at the
+ * window format).
  *
  * @param analysis the calibration
  * @param assignment formats per position (e.g. a plan's report.planAssignment)
  * @param options the rule
  * @returns the violations, in sequence, layer, head, position order
  * @throws InvalidValueError for ε ≤ 0 or an unknown sensitivity or aggregate; ShapeError when the
- *   assignment lacks a cell, a cell's key or value does not cover the sequence, or a format index
- *   is not an integer in −1..formats − 1
+ *   analysis or the assignment lacks a cell, a cell's key or value does not cover the sequence, or
+ *   a format index is not an integer in −1..formats − 1
  */
 export function checkAssignment(
   analysis: Analysis,
@@ -100,19 +101,11 @@ export function checkAssignment(
   const window = precisionBits(getFormat(assignment.windowFormat));
   const kBits = assignment.keyFormats.map((f) => precisionBits(getFormat(f)));
   const vBits = assignment.valueFormats.map((f) => precisionBits(getFormat(f)));
-  const diameter: number[][] = [];
-  for (let l = 0; l < nLayers; l++) {
-    diameter.push([]);
-    for (let h = 0; h < nKvHeads; h++) {
-      let lo = Infinity, hi = -Infinity;
-      for (const s of analysis.sequences) {
-        const c = s.heads[l][h];
-        lo = Math.min(lo, c.keyRange[0], c.valueRange[0]);
-        hi = Math.max(hi, c.keyRange[1], c.valueRange[1]);
-      }
-      diameter[l].push(Math.max(hi - lo, -lo, hi, Number.MIN_VALUE));
-    }
-  }
+  // The planner's D: with another one the check flagged the planner's own oracle.
+  const diameter = Array.from(
+    { length: nLayers },
+    (_, l) => Array.from({ length: nKvHeads }, (_, h) => ruleDiameter(analysis, l, h)),
+  );
   const out: RuleViolation[] = [];
   analysis.sequences.forEach((s, si) => {
     for (let l = 0; l < nLayers; l++) {

@@ -29,7 +29,7 @@ import { type CachePolicy, tieredPolicy } from "./policy.ts";
  * @param plan the plan
  * @param label a name for tables and reports (default from the plan's meta: mode and target)
  * @returns the policy
- * @throws CorruptDataError naming the first malformed field of the plan
+ * @throws CorruptDataError naming the first malformed field; FormatError for an unknown format
  */
 export function planPolicy(plan: PrecisionPlan, label?: string): CachePolicy {
   validatePrecisionPlan(plan); // a malformed plan is named here, not a TypeError later

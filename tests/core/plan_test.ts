@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
-import { type Analysis, analyzeHeadGroup } from "../../core/analyzer.ts";
+import { type Analysis, analyzeHeadGroup, type HeadCalibration } from "../../core/analyzer.ts";
+import { planPolicy } from "../../core/cache/plan_policy.ts";
+import { getFormat } from "../../codecs/format.ts";
 import {
   BudgetError,
   CorruptDataError,
@@ -12,6 +14,7 @@ import {
   buildPrecisionPlan,
   type PlanOptions,
   type PrecisionPlan,
+  ruleDiameter,
   tierFor,
   validatePrecisionPlan,
 } from "../../core/plan.ts";
@@ -149,4 +152,212 @@ Deno.test("buildPrecisionPlan() counts a quantized window at its format's bits",
   };
   assert.ok(Math.abs(minimum("fp16") - (12 * 16 + 28 * 6) / 40) < 1e-9, `${minimum("fp16")}`);
   assert.ok(Math.abs(minimum("int8-g8-token") - (12 * 12 + 28 * 6) / 40) < 1e-9);
+});
+
+/** A calibration head of unit weights and curvature whose window-1 scores are `scores`. */
+function _head(scores: number[], keyRange = [-1, 1], valueRange = [-1, 1]): HeadCalibration {
+  const n = scores.length, ones = () => new Float64Array(n).fill(1);
+  return {
+    length: n,
+    group: 1,
+    attentionSum: ones(),
+    attentionMax: ones(),
+    keyGradSum: ones(),
+    keyGradMax: ones(),
+    hessianSum: ones(),
+    curvatureSum: ones(),
+    curvatureMax: ones(),
+    windowScores: { "1": Float64Array.from(scores) },
+    keyRange: keyRange as [number, number],
+    valueRange: valueRange as [number, number],
+    keyAbsMax: Math.max(...keyRange.map(Math.abs)),
+    valueAbsMax: Math.max(...valueRange.map(Math.abs)),
+    sinkMass: 0,
+    recentMass: 0,
+    queryCount: n,
+  };
+}
+
+function _analysis(heads: HeadCalibration[][][], d = 16): Analysis {
+  const n = heads[0][0][0].length;
+  return {
+    version: 1,
+    shape: {
+      nLayers: heads[0].length,
+      nHeads: 1,
+      nKvHeads: heads[0][0].length,
+      headDim: d,
+      maxSeqLen: n,
+    },
+    windows: [1],
+    sinkTokens: 0,
+    recentWindow: 1,
+    sequences: heads.map((h) => ({ length: n, heads: h })),
+  };
+}
+
+Deno.test("ruleDiameter() is the larger of the key and value diameters, each range holding 0", () => {
+  const table: [string, [number, number][][], number][] = [
+    ["keys and values apart, not their union (10)", [[[-5, -4], [4, 5]]], 5],
+    ["a range away from 0 reaches 0 (floats err relative to |x|)", [[[1, 2], [0.5, 1]]], 2],
+    ["a range across 0", [[[-1, 3], [-0.5, 0.5]]], 4],
+    ["values wider than keys", [[[-1, 1], [-3, 2]]], 5],
+    ["every sequence counts", [[[-1, 1], [0, 1]], [[2, 6], [0, 1]]], 7],
+    ["all zero", [[[0, 0], [0, 0]]], Number.MIN_VALUE],
+  ];
+  for (const [label, seqs, want] of table) {
+    const analysis = _analysis(seqs.map(([k, v]) => [[_head([0], k, v)]]));
+    assert.equal(ruleDiameter(analysis, 0, 0), want, label);
+  }
+  assert.throws(
+    () => ruleDiameter(_analysis([[[_head([0])]]]), 0, 1),
+    (e) => e instanceof ShapeError && /sequence 0 has no layer 0 head 1/.test(e.message),
+  );
+});
+
+Deno.test("buildPrecisionPlan() cuts tiers strictly between adjacent-double scores", () => {
+  // (x + x⁺)/2 rounds to x: a cut there put x into the dearer tier, over the budget.
+  const x = 0.5 + 2 ** -52, xUp = x + 2 ** -53;
+  assert.equal((x + xUp) / 2, x);
+  const d = 16, formats = ["int2-g16-token", "int8-g16-token"].map(getFormat); // 4 and 10 bpe
+  const analysis = _analysis([[[_head([xUp, x, 1])]]], d);
+  // budget: the last position at fp16, one decided position with an int8 key, the other all int2
+  const bitsPerElement = (2 * 16 + (10 + 4) + (4 + 4)) / 6;
+  const { plan, report } = buildPrecisionPlan(analysis, {
+    mode: "budget",
+    bitsPerElement,
+    keyFormats: formats,
+    valueFormats: formats,
+    recentWindow: 1,
+    sinkTokens: 0,
+    recency: false,
+  });
+  assert.equal(tierFor(plan, 0, 0, xUp).keyFormat, "int8-g16-token");
+  assert.equal(tierFor(plan, 0, 0, x).keyFormat, "int2-g16-token");
+  assert.deepEqual([...report.planAssignment.sequences[0][0][0].key], [1, 0, -1]);
+  assert.ok(report.plan.bitsPerElement <= bitsPerElement, `${report.plan.bitsPerElement}`);
+});
+
+Deno.test("buildPrecisionPlan() reports the tiers it returns, within budget, on tied scores", () => {
+  const rng = makeRng(11), d = 16, n = 30;
+  const formats = ["int2-g16-token", "int3-g16-token", "int4-g16-token", "int8-g16-token", "fp16"]
+    .map(getFormat);
+  let decided = 0;
+  for (let trial = 0; trial < 8; trial++) {
+    // scores on a coarse grid, some one double apart: ties and adjacent doubles at tier cuts
+    const heads = [0, 1].map(() =>
+      [0, 1].map(() => {
+        const scores: number[] = [];
+        for (let t = 0; t < n; t++) {
+          const s = Math.round(rng() * 3) / 3 + 0.25;
+          scores.push(t > 0 && rng() < 0.3 ? scores[t - 1] + (rng() < 0.5 ? 2 ** -52 : 0) : s);
+        }
+        const h = _head(scores);
+        h.keyGradSum = Float64Array.from(scores, () => rng());
+        h.attentionSum = Float64Array.from(scores, () => rng());
+        return h;
+      })
+    );
+    const analysis = _analysis([heads], d);
+    for (const bitsPerElement of [6, 8, 11]) {
+      for (const perHead of [true, false]) {
+        const label = `trial ${trial} budget ${bitsPerElement} perHead ${perHead}`;
+        const { plan, report } = buildPrecisionPlan(analysis, {
+          mode: "budget",
+          bitsPerElement,
+          keyFormats: formats,
+          valueFormats: formats,
+          recentWindow: 1,
+          sinkTokens: 1,
+          perHead,
+        });
+        let bits = 0;
+        heads.forEach((row, l) =>
+          row.forEach((c, h) => {
+            const cell = report.planAssignment.sequences[0][l][h];
+            for (let t = 0; t < n; t++) {
+              if (t < 1 || t >= n - 1) {
+                bits += 2 * d * 16; // sink and window at fp16
+                continue;
+              }
+              const tier = tierFor(plan, l, h, c.windowScores["1"][t]);
+              assert.equal(formats[cell.key[t]].name, tier.keyFormat, `${label} ${l} ${h} ${t}`);
+              assert.equal(
+                formats[cell.value[t]].name,
+                tier.valueFormat,
+                `${label} ${l} ${h} ${t}`,
+              );
+              bits += d * (getFormat(tier.keyFormat).bitsPerElement +
+                getFormat(tier.valueFormat).bitsPerElement);
+              decided++;
+            }
+          })
+        );
+        const spent = bits / (2 * 2 * n * 2 * d);
+        assert.ok(Math.abs(report.plan.bitsPerElement - spent) < 1e-12, label);
+        assert.ok(spent <= bitsPerElement + 1e-12, `${label}: ${spent}`);
+      }
+    }
+  }
+  assert.ok(decided > 0);
+});
+
+Deno.test("buildPrecisionPlan() without a window gives rule-mode heads the formats their positions use", () => {
+  const d = 16,
+    formats = ["fp16", "int8-g16-token", "int4-g16-token", "int2-g16-token"]
+      .map(getFormat);
+  // p = log2(4·1·2²/10) ≈ 0.68: int2 meets every requirement; candidate 0 (fp16) is the dearest
+  const analysis = _analysis([[[_head(Array(12).fill(0))]]], d);
+  const { plan, report } = buildPrecisionPlan(analysis, {
+    mode: "rule",
+    epsilon: 10,
+    keyFormats: formats,
+    valueFormats: formats,
+    recentWindow: 0,
+    sinkTokens: 0,
+    recency: false,
+  });
+  assert.deepEqual(new Set(report.oracleAssignment.sequences[0][0][0].key), new Set([3]));
+  assert.deepEqual(plan.layers[0].heads[0].tiers, [
+    { minScore: 0, keyFormat: "int2-g16-token", valueFormat: "int2-g16-token" },
+  ]);
+  assert.equal(report.plan.bitsPerElement, report.oracle.bitsPerElement);
+  assert.equal(report.ruleShortfalls, 0);
+});
+
+Deno.test("buildPrecisionPlan() without a window meets the most demanding position of a head", () => {
+  const d = 16,
+    formats = ["fp16", "int8-g16-token", "int4-g16-token", "int2-g16-token"]
+      .map(getFormat);
+  const head = _head(Array(6).fill(0));
+  head.curvatureMax = Float64Array.of(1, 1, 1, 50, 1, 1); // one needs int8: log2(4·50·2²/10) ≈ 6.3
+  const analysis = _analysis([[[head]]], d);
+  const { plan, report } = buildPrecisionPlan(analysis, {
+    mode: "rule",
+    epsilon: 10,
+    keyFormats: formats,
+    valueFormats: formats,
+    recentWindow: 0,
+    sinkTokens: 0,
+    recency: false,
+  });
+  assert.deepEqual([...report.oracleAssignment.sequences[0][0][0].key], [3, 3, 3, 1, 3, 3]);
+  assert.equal(plan.layers[0].heads[0].tiers[0].keyFormat, "int8-g16-token");
+  assert.equal(report.ruleShortfalls, 0);
+});
+
+Deno.test("planPolicy() throws FormatError for a tier format the registry does not know", () => {
+  const plan: PrecisionPlan = {
+    version: 1,
+    sinkTokens: 0,
+    recentWindow: 4,
+    windowFormat: "fp16",
+    layers: [{
+      heads: [{ tiers: [{ minScore: 0, keyFormat: "int9-g8-token", valueFormat: "fp16" }] }],
+    }],
+  };
+  assert.throws(
+    () => planPolicy(plan),
+    (e) => e instanceof FormatError && /unknown format "int9-g8-token"/.test(e.message),
+  );
 });

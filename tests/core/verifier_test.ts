@@ -1,8 +1,15 @@
 import assert from "node:assert/strict";
 import { InvalidValueError, ShapeError } from "../../core/errors.ts";
-import { type Analysis, analyzeHeadGroup, type CalibrationModel } from "../../core/analyzer.ts";
+import {
+  type Analysis,
+  analyzeHeadGroup,
+  type CalibrationModel,
+  type HeadCalibration,
+} from "../../core/analyzer.ts";
 import type { ModelLipschitz, ResidualTrace } from "../../core/layer_lipschitz.ts";
-import type { Assignment } from "../../core/plan.ts";
+import { type Assignment, buildPrecisionPlan, ruleDiameter } from "../../core/plan.ts";
+import { requiredBits } from "../../core/mapper.ts";
+import { getFormat } from "../../codecs/format.ts";
 import { RecordingKVCache } from "../../core/recording_cache.ts";
 import {
   attentionOutputGains,
@@ -178,5 +185,70 @@ Deno.test("composeModelBound() rejects a trace and Lipschitz bounds of different
         new RegExp(`trace of ${t} layers but Lipschitz bounds of ${l}`).test(e.message),
       `${t} ${l}`,
     );
+  }
+});
+
+/** One (layer, KV head) of n positions of curvature 1, keys in [−5, −4] and values in [4, 5]. */
+function _apart(n: number): Analysis {
+  const ones = () => new Float64Array(n).fill(1);
+  const head: HeadCalibration = {
+    length: n,
+    group: 1,
+    attentionSum: ones(),
+    attentionMax: ones(),
+    keyGradSum: ones(),
+    keyGradMax: ones(),
+    hessianSum: ones(),
+    curvatureSum: ones(),
+    curvatureMax: ones(),
+    windowScores: {},
+    keyRange: [-5, -4],
+    valueRange: [4, 5],
+    keyAbsMax: 5,
+    valueAbsMax: 5,
+    sinkMass: 0,
+    recentMass: 0,
+    queryCount: n,
+  };
+  return {
+    version: 1,
+    shape: { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 16, maxSeqLen: n },
+    windows: [],
+    sinkTokens: 0,
+    recentWindow: 0,
+    sequences: [{ length: n, heads: [[head]] }],
+  };
+}
+
+Deno.test("checkAssignment() takes the planner's diameter: it passes the planner's own oracle", () => {
+  const n = 6, analysis = _apart(n);
+  const diameter = ruleDiameter(analysis, 0, 0);
+  assert.equal(diameter, 5); // keys and values are quantized apart; together they would span 10
+  // p = log2(4·1·5²/ε) = 7.5: int8 (log2 255 ≈ 7.99) meets it; with D = 10 it would be 9.5
+  const epsilon = 100 / 2 ** 7.5;
+  const formats = ["int4-g16-token", "int8-g16-token", "fp16"].map(getFormat);
+  const { report } = buildPrecisionPlan(analysis, {
+    mode: "rule",
+    epsilon,
+    keyFormats: formats,
+    valueFormats: formats,
+    recentWindow: 0,
+    sinkTokens: 0,
+    recency: false,
+  });
+  const oracle = report.oracleAssignment;
+  assert.deepEqual([...oracle.sequences[0][0][0].key], Array(n).fill(1));
+  assert.deepEqual([...oracle.sequences[0][0][0].value], Array(n).fill(1));
+  assert.deepEqual(checkAssignment(analysis, oracle, { epsilon, recency: false }), []);
+  // int4 everywhere falls short of that same requirement at every position
+  const int4 = {
+    ...oracle,
+    sequences: [[[{ key: new Int16Array(n), value: new Int16Array(n) }]]],
+  };
+  const short = checkAssignment(analysis, int4, { epsilon, recency: false });
+  assert.equal(short.length, n);
+  for (const v of short) {
+    assert.equal(v.requiredBits, requiredBits(1, { epsilon, diameter }));
+    assert.ok(Math.abs(v.requiredBits - 7.5) < 1e-12, `${v.requiredBits}`);
   }
 });
