@@ -33,7 +33,7 @@ import { attentionErrorBound, attentionErrorFirstOrder } from "./attention_bound
 import { attentionWeights } from "./attention_sensitivity.ts";
 import { getFormat } from "../codecs/format.ts";
 import { checkPerturbation, InvalidValueError, ShapeError } from "./errors.ts";
-import { addUp, mulUp } from "./interval.ts";
+import { addUp, mulUp, sqrtUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
 import { type Assignment, resolveSensitivity, ruleDiameter } from "./plan.ts";
@@ -566,9 +566,10 @@ export function composeModelBound(
       }
     }
     let worst = 0;
-    for (let j = 0; j < n; j++) worst = Math.max(worst, Math.sqrt(sq[j]));
+    // rounded upward like every step above, so the composed bound stays a bound
+    for (let j = 0; j < n; j++) worst = Math.max(worst, sqrtUp(sq[j]));
     const L = lipschitz.layers[l];
-    local.push(mulUp(1 + L.feedForward, mulUp(L.outputNorm, worst)));
+    local.push(mulUp(addUp(1, L.feedForward), mulUp(L.outputNorm, worst)));
   }
   const residual = composeLayerBounds(local, lipschitz.layers.map((x) => x.layer));
   return { local, residual, logits: mulUp(lipschitz.output, residual.at(-1) ?? 0) };
