@@ -183,6 +183,26 @@ function _workgroupThreads(headDim: number): number {
   return Math.min(256, Math.max(64, headDim));
 }
 
+/**
+ * Workgroup memory the workgroup-memory kernel declares: `sc`, Q × max(splitTokens, threads)
+ * floats, and `red`, one float per thread. Compare with the device's
+ * `maxComputeWorkgroupStorageSize` (16384 bytes by default), which 16 query heads of head_dim
+ * ≥ 241 exceed.
+ *
+ * @param headDim elements per head
+ * @param queriesPerKv query heads per KV head
+ * @param splitTokens most tokens per split (default {@linkcode SPLIT_TOKENS})
+ * @returns bytes
+ */
+export function workgroupScoreBytes(
+  headDim: number,
+  queriesPerKv: number,
+  splitTokens: number = SPLIT_TOKENS,
+): number {
+  const threads = _workgroupThreads(headDim);
+  return 4 * (queriesPerKv * Math.max(splitTokens, threads) + threads);
+}
+
 // Workgroup-memory kernel. Scores: one thread per token, all query heads at once. Softmax: the
 // threads split into one team of L = ⌊WG/Q⌋ per head, each reducing max and sum over its tokens
 // and then across the team by a tree in workgroup memory. Values: thread (c, k) accumulates
@@ -364,7 +384,10 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 /** One segment of a page table: a page (or a run of the full-precision window) of one KV head. */
 export interface AttentionSegment {
-  /** Buffer holding the segment's words (the page pool or the fp32 staging buffer). */
+  /**
+   * Buffer holding the segment's words: a page pool, or the GPU cache's staging buffer of sinks
+   * and ring at its window format (fp32, fp16 or a per-token int format).
+   */
   words: GPUBuffer;
   /** Key format. */
   keyFormat: FormatSpec;
@@ -537,8 +560,7 @@ export class PagedAttention {
       throw new ShapeError(`queries per KV head ${Q} out of range [1, ${MAX_QUERIES_PER_KV}]`);
     }
     if (this.scores === "workgroup") {
-      const threads = _workgroupThreads(D);
-      const bytes = 4 * (Q * Math.max(this.splitTokens, threads) + threads);
+      const bytes = workgroupScoreBytes(D, Q, this.splitTokens);
       const limit = this.#gpu.device.limits.maxComputeWorkgroupStorageSize;
       if (bytes > limit) {
         throw new ShapeError(

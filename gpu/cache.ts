@@ -21,7 +21,9 @@
  * of all KV heads of a layer in one submission, and reads back only the output vectors (and
  * log-sum-exps). The pages of each format pair live in one buffer that grows with them (by a
  * quarter, contents copied on the GPU; gpu/page_slots.ts), so GPU memory follows the bits the
- * policy really spends; every other buffer is allocated once, at creation.
+ * policy really spends. The staging, eviction, query, output and readback buffers are allocated
+ * once, at creation; the quantize jobs and the attention runner's items, partials and scratch
+ * grow on demand and are then reused (gpu/growable_buffer.ts).
  *
  * Browser compatible.
  *
@@ -55,6 +57,7 @@ import {
   checkAppend,
   checkAttend,
   checkCacheShape,
+  checkLayer,
   type KVCache,
   type KVCacheShape,
 } from "../core/model/kv_cache.ts";
@@ -75,6 +78,7 @@ import {
   type AttentionSegment,
   MAX_QUERIES_PER_KV,
   PagedAttention,
+  workgroupScoreBytes,
 } from "./attention.ts";
 import { quantizeProgram } from "./quantize.ts";
 import { unrotateProgram } from "./unrotate.ts";
@@ -133,7 +137,13 @@ export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuK
   }
   const pipelines = options.pipelines ?? new PipelineCache(options.gpu);
   const cache = new GpuKVCache(options, pipelines);
-  await cache.ready();
+  try {
+    await cache.ready();
+  } catch (e) {
+    // the caller never gets the cache, so nothing else could free its buffers
+    cache.destroy();
+    throw e;
+  }
   return cache;
 }
 
@@ -365,7 +375,11 @@ export class GpuKVCache implements KVCache {
       GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       "quantize jobs",
     );
-    this.#attention = new PagedAttention(gpu, pipelines);
+    // the workgroup-memory kernel keeps every query head's scores in workgroup memory: 16 heads
+    // of head_dim ≥ 241 exceed the 16 KiB most devices allow, so such a cache takes the storage
+    // form (scores in a scratch buffer; same results to rounding) rather than fail every attend
+    const fits = workgroupScoreBytes(d, perKv) <= dev.limits.maxComputeWorkgroupStorageSize;
+    this.#attention = new PagedAttention(gpu, pipelines, fits ? {} : { scores: "storage" });
     this.#length = new Int32Array(shape.nLayers);
     this.#ringHead = new Int32Array(shape.nLayers);
     this.#recent = new Int32Array(shape.nLayers);
@@ -421,6 +435,8 @@ export class GpuKVCache implements KVCache {
   }
 
   length(layer: number): number {
+    // an Int32Array reads undefined past its end: refused by name, as the CPU cache refuses it
+    checkLayer(this.shape, layer);
     return this.#length[layer];
   }
 
@@ -428,14 +444,17 @@ export class GpuKVCache implements KVCache {
    * Positions of `layer` held in pages (quantized); the rest are sinks and the ring.
    * @param layer layer index
    * @returns positions in pages
+   * @throws {ShapeError} for a layer out of range
    */
   pagedLength(layer: number): number {
+    checkLayer(this.shape, layer);
     return this.#paged[layer];
   }
 
   /**
    * Stored positions per format pair, as the CPU cache's `tokensByFormat` counts them (sinks and
-   * ring as "fp32|fp32" or "fp16|fp16").
+   * ring under the window format twice, e.g. "fp32|fp32", "fp16|fp16" or
+   * "int8-g8-token|int8-g8-token").
    * @returns positions per "keyFormat|valueFormat", summed over layers and KV heads
    */
   tokensByFormat(): Map<string, number> {
@@ -898,6 +917,8 @@ export class GpuKVCache implements KVCache {
    * @param pipelines pipeline cache to share (default: a new one)
    * @returns the GPU cache
    * @throws {FormatError} for a policy the GPU cache cannot hold as written
+   * @throws {ShapeError} for a pool whose pages after the first partial one hold tokens
+   * @throws {CapacityError} for more pages than the shape's maxSeqLen holds
    * @throws {DeviceError} when the device is lost
    */
   static async fromCpu(
@@ -908,33 +929,56 @@ export class GpuKVCache implements KVCache {
     const policy = gpuPolicyFor(cpu.policy);
     if (typeof policy === "string") throw new FormatError(`fromCpu: ${policy}`);
     const cache = await createGpuKVCache({ gpu, shape: cpu.shape, policy, pipelines });
+    try {
+      cache.#restore(cpu);
+    } catch (e) {
+      // the caller never gets the cache, so nothing else could free its buffers
+      cache.destroy();
+      throw e;
+    }
+    return cache;
+  }
+
+  // fromCpu's copy of the CPU cache's sinks, window, scores and pages into this new cache
+  #restore(cpu: MixedPrecisionKVCache): void {
     const { nLayers, nKvHeads } = cpu.shape;
-    const S = cache.policy.sinkTokens, sw = cache.#slotWords, queue = gpu.device.queue;
+    const S = this.policy.sinkTokens, P = this.policy.pageTokens;
+    const sw = this.#slotWords, queue = this.#gpu.device.queue;
     for (let layer = 0; layer < nLayers; layer++) {
       for (let h = 0; h < nKvHeads; h++) {
         const index = layer * nKvHeads + h, seg = cpu.segments(layer, h);
         const scores = cpu.windowScores(layer, h), R = seg.windowK.length / sw;
-        const staged = new Uint32Array(cache.#slots * sw * 2);
-        for (const [words, at] of [[seg.sinkK, 0], [seg.sinkV, cache.#slots * sw]] as const) {
+        const staged = new Uint32Array(this.#slots * sw * 2);
+        for (const [words, at] of [[seg.sinkK, 0], [seg.sinkV, this.#slots * sw]] as const) {
           staged.set(words.subarray(0, seg.sinkN * sw), at);
         }
-        const W = cache.policy.windowTokens, paged = seg.pools.reduce((a, p) => a + p.length, 0);
+        const W = this.policy.windowTokens, paged = seg.pools.reduce((a, p) => a + p.length, 0);
         for (let i = 0; i < seg.windowN; i++) {
           const slot = ((seg.windowStart + i) % R) * sw;
           staged.set(seg.windowK.subarray(slot, slot + sw), (S + i) * sw);
-          staged.set(seg.windowV.subarray(slot, slot + sw), (cache.#slots + S + i) * sw);
-          if (cache.#tracksScores && i >= seg.windowN - W) {
-            cache.#recentKeys.set(
+          staged.set(seg.windowV.subarray(slot, slot + sw), (this.#slots + S + i) * sw);
+          if (this.#tracksScores && i >= seg.windowN - W) {
+            this.#recentKeys.set(
               seg.windowK.subarray(slot, slot + sw),
               (index * W + (paged + i) % W) * sw,
             );
           }
         }
-        if (cache.#tracksScores) cache.#scores.set(scores, index * cache.#chunkSlots);
-        queue.writeBuffer(cache.#staging, cache.#stagingBase(layer, h) * 4, staged);
+        if (this.#tracksScores) this.#scores.set(scores, index * this.#chunkSlots);
+        queue.writeBuffer(this.#staging, this.#stagingBase(layer, h) * 4, staged);
         for (const p of seg.pools) {
-          const pool = cache.#poolFor(index, p.pair), at = pool.at;
+          const pool = this.#poolFor(index, p.pair), at = pool.at;
           for (const page of p.pages) {
+            // the GPU page table puts page i at the pool's tokens i·P onward: an empty page (one
+            // restoreSegments took) gets no slot, the next eviction opens one; a page after a
+            // partial one would be read at the wrong tokens
+            if (page.n === 0) continue;
+            if (pool.tokens % P !== 0) {
+              throw new ShapeError(
+                `fromCpu: layer ${layer}, KV head ${h}: a ${_pairKey(p.pair)} page follows a ` +
+                  `partial page of ${pool.tokens % P} tokens; only the last may be partial`,
+              );
+            }
             // take() may grow the buffer (a submitted copy), so write after it, into the new one
             const slot = at.slots.take();
             pool.pages.push(slot);
@@ -955,12 +999,11 @@ export class GpuKVCache implements KVCache {
             pool.tokens += page.n;
           }
         }
-        cache.#length[layer] = cpu.length(layer);
-        cache.#recent[layer] = seg.windowN;
-        cache.#paged[layer] = paged;
+        this.#length[layer] = cpu.length(layer);
+        this.#recent[layer] = seg.windowN;
+        this.#paged[layer] = paged;
       }
     }
-    return cache;
   }
 
   // a copy of the first `bytes` bytes of a GPU buffer
@@ -1058,21 +1101,30 @@ export class GpuKVCache implements KVCache {
    * Bytes of the working buffers, which hold no cached position: queries, outputs, readback,
    * quantize jobs, the eviction chunk (with keys before RoPE also its turned keys and the angle
    * table) and the attention runner's items, partials and scratch. Not part of memory(), as the
-   * CPU cache's scratch and angle tables are not part of its own.
+   * CPU cache's scratch and angle tables are not part of its own. 0 after destroy().
    */
   get workingBytes(): number {
+    // a destroyed GPUBuffer keeps reporting its size
+    if (this.#destroyed) return 0;
     return this.#q.size + this.#out.size + this.#readback.size + this.#jobs.byteLength +
       this.#attention.byteLength + this.#evictScratch.size +
       (this.#rope ? this.#rope.angles.size + this.#rope.keys.size : 0);
   }
 
   /**
-   * What the cache holds for its positions, counted as the CPU cache counts them: page buffers
-   * (grown capacity included), the staging buffer of sinks and ring, window scores and the host
-   * copy of the recent keys they are credited from. Working buffers: {@linkcode workingBytes}.
-   * @returns bytes, elements and bits per element
+   * What the cache holds for its positions: the page buffers at their allocated size (the unused
+   * slots of a grown buffer included, where the CPU cache counts each page it holds with its
+   * page-table entry), the staging buffer of every head's sinks and ring at the window format,
+   * and, for a tiered policy, the window scores and the host copy of the recent keys they are
+   * credited from (the CPU cache counts its sinks, ring and scores alike but keeps no such copy).
+   * Elements: K and V elements of the positions held. Working buffers: {@linkcode workingBytes}.
+   * @returns bytes, elements and bits per element; all 0 after destroy()
    */
   memory(): CacheMemory {
+    // zero rather than DeviceError: like length() and tokensByFormat(), memory() only reads host
+    // bookkeeping, which destroy() leaves readable; a destroyed cache holds nothing (its
+    // GPUBuffers would go on reporting their sizes)
+    if (this.#destroyed) return { bytes: 0, elements: 0, bitsPerElement: 0 };
     let positions = 0;
     for (const n of this.#length) positions += n;
     const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
@@ -1094,7 +1146,10 @@ export class GpuKVCache implements KVCache {
     for (const at of this.#byPair.values()) at.slots.clear();
   }
 
-  /** Frees the cache's GPU buffers; every later call but destroy() throws DeviceError. */
+  /**
+   * Frees the cache's GPU buffers. Later append, attend, readPage, toCpu and reset throw
+   * DeviceError; memory() and workingBytes report 0; destroy() again does nothing.
+   */
   destroy(): void {
     if (this.#destroyed) return;
     this.#checkIdle("destroy()");

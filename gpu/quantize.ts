@@ -2,8 +2,8 @@
  * Page quantization on the GPU: f32 → packed u32 words (+ fp16 scales) in any format of the
  * table, one invocation per group. A job names a group's source (first element and stride, so one
  * kernel serves token-major rows and channel-major columns) and its destination word; the GPU
- * cache uses it to move tokens from its window (fp32, or fp16 through the "fp16" source) into
- * pages. {@linkcode gpuEncode} encodes a flat array, as the codecs' `encode` does, for tests and
+ * cache uses it to move tokens from its window (fp32; fp16 through the "fp16" source; or a
+ * per-token int format read through its decoder) into pages. {@linkcode gpuEncode} encodes a flat array, as the codecs' `encode` does, for tests and
  * tools.
  *
  * Browser compatible.
@@ -50,8 +50,8 @@ const WG = 64;
 export type QuantizeSource = "f32" | "fp16" | FormatSpec;
 
 /**
- * The quantize kernel for one format. Bindings: 0 `src` (read; array<f32>, or array<u32> of fp16
- * pairs for source "fp16"), 1 `dst: array<u32>` (read_write), 2 `jobs: array<vec4<u32>>` (read;
+ * The quantize kernel for one format. Bindings: 0 `src` (read; array<f32> for source "f32", else
+ * array<u32> of the source format's words), 1 `dst: array<u32>` (read_write), 2 `jobs: array<vec4<u32>>` (read;
  * x = first source element, y = source stride, z = destination word). Dispatch ceil(jobs / 64)
  * workgroups (x, wrapping into y past 65535).
  *

@@ -11,9 +11,14 @@ import { getFormat } from "../../codecs/mod.ts";
 import {
   createGpuKVCache,
   type GpuCachePolicy,
+  GpuDevice,
+  GpuKVCache,
   type GpuUniformPolicy,
+  type PipelineCache,
   requestGpu,
 } from "../../gpu/mod.ts";
+import { MixedPrecisionKVCache } from "../../core/cache/mixed_cache.ts";
+import { uniformPolicy } from "../../core/cache/policy.ts";
 import { loadFixture, normals, rng } from "../_fixtures.ts";
 import { cacheShape } from "../../core/model/transformer.ts";
 import { perplexity } from "../../core/eval/perplexity.ts";
@@ -323,8 +328,21 @@ Deno.test("GpuKVCache refuses what the CPU cache refuses, and misuse leaves the 
   assert.equal((await reading).tokens, 8);
   // a copy over its budget is refused, not returned
   await assert.rejects(() => cache.toCpu({ maxBytes: 64 }), BudgetError);
-  // a destroyed cache refuses every call by name; the device and the other cache carry on
+  // a layer out of range is refused by name, as the CPU cache refuses it (checkLayer)
+  for (const layer of [1, -1, 0.5]) {
+    for (const read of [() => cache.length(layer), () => cache.pagedLength(layer)]) {
+      assert.throws(
+        read,
+        (e: Error) => e instanceof ShapeError && /out of range \[0, 1\)/.test(e.message),
+        `layer ${layer}`,
+      );
+    }
+  }
+  assert.ok(cache.memory().bytes > 0);
   cache.destroy();
+  // its buffers are gone: it holds nothing
+  assert.deepEqual(cache.memory(), { bytes: 0, elements: 0, bitsPerElement: 0 });
+  // a destroyed cache refuses every call by name; the device and the other cache carry on
   assert.throws(() => cache.append(0, 20, normals(8, next), normals(8, next)), /after destroy/);
   await assert.rejects(() => cache.attend(0, normals(32, next), out), /after destroy/);
   await assert.rejects(() => cache.readPage(0, 0, 0), /after destroy/);
@@ -461,4 +479,111 @@ Deno.test("PageSlots grows by copying the slots in use, zeroes new ones, and sto
   assert.equal(env.gpu.lost, false);
   slots.destroy();
   assert.equal(slots.byteLength, 0);
+});
+
+Deno.test("GpuKVCache attends on a hardware adapter whose workgroup memory cannot hold 16 heads of d 256", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const d = 256, shape = { nLayers: 1, nHeads: 16, nKvHeads: 1, headDim: d, maxSeqLen: 24 };
+  // the workgroup kernel keeps 16 heads' scores and a reduction row: 4·(16·256 + 256) bytes
+  const limit = env.gpu.device.limits.maxComputeWorkgroupStorageSize;
+  assert.ok(
+    4 * (16 * d + d) > limit,
+    `the device allows ${limit} bytes: nothing to fall back from`,
+  );
+  // the same device reported as a hardware adapter (as an H100 is): the workgroup kernel's choice
+  const gpu = new GpuDevice(env.gpu.device, { ...env.gpu.info, isFallbackAdapter: false });
+  const policy = {
+    keyFormat: "int8-g32-token",
+    valueFormat: "int4-g32-token",
+    pageTokens: 8,
+    sinkTokens: 1,
+    windowTokens: 4,
+  };
+  const cache = await createGpuKVCache({ gpu, pipelines: env.pipelines, shape, policy });
+  const ref = new CpuPagedReference(shape, policy);
+  const seed = 505, next = rng(seed);
+  const got = new Float32Array(16 * d), want = new Float32Array(16 * d);
+  for (let pos = 0; pos < 20; pos++) {
+    const k = normals(d, next), v = normals(d, next);
+    cache.append(0, pos, k, v);
+    ref.append(0, pos, k, v);
+    if (pos % 6 === 0 || pos === 19) {
+      const q = normals(16 * d, next);
+      await cache.attend(0, q, got);
+      ref.attend(0, q, want);
+      const error = relativeError(got, want);
+      assert.ok(error <= 1e-5, `position ${pos}, seed ${seed}: relative error ${error}`);
+    }
+  }
+  assert.ok(cache.pagedLength(0) > policy.pageTokens, "several pages attended");
+  cache.destroy();
+});
+
+/**
+ * The shared device behind a GpuDevice that records the buffers created through it and which of
+ * them were destroyed (GPUBuffer reports neither).
+ */
+function trackingGpu(gpu: GpuDevice) {
+  const created: GPUBuffer[] = [], destroyed = new Set<GPUBuffer>();
+  const device = new Proxy(gpu.device, {
+    get(target, prop) {
+      if (prop === "createBuffer") {
+        return (descriptor: GPUBufferDescriptor) => {
+          const buffer = target.createBuffer(descriptor), free = buffer.destroy.bind(buffer);
+          buffer.destroy = () => {
+            destroyed.add(buffer);
+            free();
+          };
+          created.push(buffer);
+          return buffer;
+        };
+      }
+      const value = Reflect.get(target, prop, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+  return { gpu: new GpuDevice(device, gpu.info), created, destroyed };
+}
+
+Deno.test("createGpuKVCache() and fromCpu() destroy the buffers they made when they fail", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 16 };
+  const policy = {
+    keyFormat: "int8-g8-token",
+    valueFormat: "int8-g8-token",
+    pageTokens: 4,
+    sinkTokens: 1,
+    windowTokens: 2,
+  };
+  // kernels that fail to compile (as on a device lost meanwhile): the cache is never returned
+  const failing = trackingGpu(env.gpu);
+  const broken = {
+    get: () => Promise.reject(new DeviceError("compilation failed")),
+  } as unknown as PipelineCache;
+  await assert.rejects(
+    () => createGpuKVCache({ gpu: failing.gpu, pipelines: broken, shape, policy }),
+    /compilation failed/,
+  );
+  assert.ok(failing.created.length >= 5, `${failing.created.length} buffers created`);
+  assert.deepEqual(failing.created.filter((b) => !failing.destroyed.has(b)), [], "none left");
+  // a CPU cache whose pages exceed the GPU cache's capacity (5 full pages; 16 positions fit 4)
+  const cpu = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({ ...policy, recentWindow: 2, windowFormat: "fp32" }),
+  );
+  const next = rng(576);
+  for (let pos = 0; pos < 7; pos++) cpu.append(0, pos, normals(8, next), normals(8, next));
+  const seg = cpu.segments(0, 0);
+  for (let i = 0; i < 4; i++) seg.pools[0].newPage().n = 4;
+  cpu.restoreSegments(0, 0, seg);
+  const copying = trackingGpu(env.gpu);
+  await assert.rejects(
+    () => GpuKVCache.fromCpu(cpu, copying.gpu, env.pipelines),
+    CapacityError,
+  );
+  assert.ok(copying.created.length >= 6, "a page buffer was made");
+  assert.deepEqual(copying.created.filter((b) => !copying.destroyed.has(b)), [], "none left");
+  assert.equal(env.gpu.lost, false);
 });

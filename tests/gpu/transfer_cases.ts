@@ -13,7 +13,8 @@ import {
   uniformPolicy,
 } from "../../mod.ts";
 import { rng } from "../_fixtures.ts";
-import { testGpu, threeTierPolicy } from "./_gpu.ts";
+import { relativeError, testGpu, threeTierPolicy } from "./_gpu.ts";
+import { ShapeError } from "../../core/errors.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 128 };
 /** int4 keys per channel, int8 values per token, no window. */
@@ -178,4 +179,63 @@ Deno.test("GpuKVCache stores keys before RoPE as the CPU cache does with key gro
   const moved = await gpu.toCpu(opts);
   assert.ok(await step([cpu, gpu, moved], 280, 300, 10, long) <= 1e-5);
   chosen.destroy();
+});
+
+Deno.test("GpuKVCache.fromCpu() skips an empty last page and goes on as the CPU cache does", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  const small = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 64 };
+  const policy = uniformPolicy({
+    keyFormat: "int8-g8-token",
+    valueFormat: "int8-g8-token",
+    recentWindow: 2,
+    sinkTokens: 1,
+    pageTokens: 4,
+  });
+  const opts = { backend: "wasm" as const, integerDot: false };
+  const seed = 196, r = rng(seed);
+  const x = (n: number) => Float32Array.from({ length: n }, () => 2 * r() - 1);
+  const cpuWith = (pages: number[]) => {
+    const cpu = new MixedPrecisionKVCache(small, policy, opts);
+    // 1 sink, 2 in the window, the rest paged
+    for (let pos = 0; pos < 7; pos++) cpu.append(0, pos, x(8), x(8));
+    const seg = cpu.segments(0, 0);
+    seg.pools[0].pages[0].n = pages[0];
+    for (const n of pages.slice(1)) seg.pools[0].newPage().n = n;
+    cpu.restoreSegments(0, 0, seg);
+    cpu.restoreLengths([3 + pages.reduce((a, n) => a + n, 0)]);
+    return cpu;
+  };
+  // an empty page after a full one: restoreSegments takes it (loadCache no longer does)
+  const cpu = cpuWith([4, 0]);
+  const gpu = await GpuKVCache.fromCpu(cpu, env.gpu, env.pipelines);
+  const got = new Float32Array(16), want = new Float32Array(16);
+  const agree = async (when: string) => {
+    const q = x(16);
+    cpu.attend(0, q, want);
+    await gpu.attend(0, q, got);
+    const error = relativeError(got, want);
+    assert.ok(error <= 1e-5, `${when}, seed ${seed}: relative error ${error}`);
+  };
+  await agree("as copied");
+  for (let pos = 7; pos < 19; pos++) {
+    const k = x(8), v = x(8);
+    cpu.append(0, pos, k, v);
+    gpu.append(0, pos, k, v);
+    await agree(`position ${pos}`);
+  }
+  // the CPU cache filled its empty page; the GPU cache's page i holds the same tokens, i·P onward
+  const pages = cpu.segments(0, 0).pools[0].pages;
+  assert.deepEqual(pages.map((p) => p.n), [4, 4, 4, 4]);
+  for (const [i, page] of pages.entries()) {
+    const read = await gpu.readPage(0, 0, i);
+    assert.deepEqual([read.keyWords, read.valueWords], [page.kWords, page.vWords], `page ${i}`);
+  }
+  assert.deepEqual(gpu.tokensByFormat(), cpu.tokensByFormat());
+  gpu.destroy();
+  // a partial page before a full one would put tokens where the page table does not look
+  await assert.rejects(
+    () => GpuKVCache.fromCpu(cpuWith([2, 4]), env.gpu, env.pipelines),
+    (e: Error) => e instanceof ShapeError && /2 tokens/.test(e.message),
+  );
 });
