@@ -1,7 +1,7 @@
 // The measurement behind one row of `deno task eval`, shared by bench/eval.ts, bench/analyze.ts and
 // the demos so that every tool reports the same figures for the same configuration: perplexity,
 // mean KL and top-1 agreement against the FP32 reference (teacher-forced, compareCache), bits per
-// element held, and greedy-token match over a generated continuation.
+// element held, and the greedy tokens generated before the first one unlike FP32's.
 import {
   type CacheQuality,
   cacheShape,
@@ -40,7 +40,7 @@ export interface EvalSetup {
   tokens: number;
   /** Perplexity of the FP32 reference over the same windows. */
   referencePerplexity: number;
-  /** Seconds of the reference prefill and of the reference greedy decode. */
+  /** Seconds of the reference prefill (batched, every scoring window). */
   prefillSeconds: number;
   /** Seconds of the reference greedy decode. */
   decodeSeconds: number;
@@ -95,7 +95,7 @@ export interface RowResult extends CacheQuality {
   name: string;
   /** Row kind. */
   kind: EvalRow["kind"];
-  /** Share of the greedy continuation equal to the reference's. */
+  /** Share of the greedy continuation generated before its first token unlike the reference's. */
   greedyMatch: number;
   /** Whether the verifier's bound held (kvprec rows), else null. */
   boundHeld: boolean | null;
@@ -109,8 +109,8 @@ export interface RowResult extends CacheQuality {
 export type EvalBackend = "ts" | "wasm" | "gpu";
 
 /**
- * The cache of one row on a backend. The GPU cache keeps sinks and window at fp32 (gpuPolicyFor);
- * another window format there is a clear error.
+ * The cache of one row on a backend. The GPU cache keeps sinks and window in the policy's window
+ * format (gpuPolicyFor); one it cannot hold is a clear error.
  */
 export async function rowCache(
   shape: KVCacheShape,
@@ -121,6 +121,24 @@ export async function rowCache(
   if (backend !== "gpu") return new MixedPrecisionKVCache(shape, row.policy, { backend });
   if (!gpu) throw new Error("backend gpu needs a device");
   return (await createKVCache(shape, row.policy, { backend: "gpu", gpu })).cache;
+}
+
+/**
+ * Tokens of a greedy continuation before its first one unlike the reference's: once the two have
+ * diverged, a token equal to the reference's at the same index is a coincidence, not agreement.
+ * @param ids the continuation
+ * @param reference the reference continuation
+ * @param steps tokens compared at most
+ * @returns the matching prefix length
+ */
+export function matchingPrefix(
+  ids: readonly number[],
+  reference: readonly number[],
+  steps: number,
+): number {
+  let n = 0;
+  while (n < steps && n < ids.length && ids[n] === reference[n]) n++;
+  return n;
 }
 
 /**
@@ -143,7 +161,7 @@ export async function measureRow(
   const t = performance.now();
   const q = await compareCache(model, cache, setup.reference, onProgress);
   const greedy = await generateGreedy(model, cache, setup.prompt, GREEDY_STEPS);
-  const match = greedy.filter((id, i) => id === setup.referenceGreedy[i]).length;
+  const match = matchingPrefix(greedy, setup.referenceGreedy, GREEDY_STEPS);
   (cache as { destroy?: () => void }).destroy?.();
   return {
     name: row.name,

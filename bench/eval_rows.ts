@@ -40,7 +40,8 @@ export interface EvalRow {
 
 /**
  * Baselines. head_dim is 8 on the fixture, so per-token groups are 8 wide (4 metadata bits per
- * element); per-channel groups run along 32–64 tokens of a page.
+ * element, and codes padded to whole words: int2-g8 costs what int4-g8 does); per-channel groups
+ * run along 32–64 tokens of a page.
  */
 export function baselineRows(): EvalRow[] {
   const u = (name: string, keyFormat: string, valueFormat: string, extra = {}) => ({

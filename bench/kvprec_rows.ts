@@ -74,8 +74,8 @@ export function calibrationSequences(
 }
 
 /**
- * The calibration lines: the last `count` lines with at least 2 tokens (held out from the
- * evaluation unless the evaluation uses every line).
+ * The calibration lines: the last `count` lines with at least 2 tokens (the eval scores its first
+ * `--lines` lines, so these are held out only when `--lines` stops before them).
  * @param sequences token ids per line
  * @param count lines wanted
  * @returns the lines
@@ -257,7 +257,8 @@ export function chooseCandidate(candidates: readonly PlanCandidate[]): number {
 /**
  * The plan for a target as the cache measures it: a budget is met in bits the cache really holds
  * (fitPlanToBudget lowers the mapper's budget by the cache's own overhead), measured by running the
- * model over the calibration sequences (never the evaluation text) with the WASM cache.
+ * model over the calibration sequences with the WASM cache (two lines of the evaluation text:
+ * the eval scores all 19 lines, the calibration lines among them, as the README says).
  *
  * @param model the transformer
  * @param analysis the calibration
