@@ -237,8 +237,13 @@ function roundedProducts(
     sm[i % 4] = fr(sm[i % 4] + fr(x[i] * G.min[gi]));
   }
   const rho = fr(U / 32767), inv = U > 0 ? fr(32767 / U) : 0;
-  // |u| ≤ U, so |u·inv| ≤ 32767·(1 + 2⁻²³) and rounds to at most 32767
-  for (let i = 0; i < m; i++) uq[i] = nearestEven(fr(u[i] * inv));
+  // |u| ≤ U, so |u·inv| ≤ 32767·(1 + 2⁻²³) and rounds to at most 32767. Below U ≈ 9.6e-35,
+  // 32767/U overflows f32: u·inv is then ±Inf or NaN, which the kernel's rounding (add 1.5·2²³,
+  // keep the low 16 bits) turns into 0, so the mirror does too (it once returned NaN there)
+  for (let i = 0; i < m; i++) {
+    const y = fr(u[i] * inv);
+    uq[i] = Number.isFinite(y) ? nearestEven(y) : 0;
+  }
   sums.fill(0);
   for (let i = 0; i < m; i++) {
     const y = uq[i], base = group(i) * 32;

@@ -17,7 +17,7 @@
  * @module
  */
 
-import { assertFinite, CapacityError, ShapeError, typeName } from "../errors.ts";
+import { assertFinite, CapacityError, InvalidValueError, ShapeError, typeName } from "../errors.ts";
 import { attention } from "../tensor.ts";
 
 /** Shape of a cache: one slot per layer, KV head and position. */
@@ -144,8 +144,22 @@ export function checkAttend(
   const qDim = shape.nHeads * shape.headDim;
   if (q.length !== qDim) throw new ShapeError(`q has length ${q.length}, expected ${qDim}`);
   if (out.length !== qDim) throw new ShapeError(`out has length ${out.length}, expected ${qDim}`);
-  assertFinite(q, "q");
+  for (let i = 0; i < q.length; i++) {
+    if (!(Math.abs(q[i]) <= MAX_QUERY_VALUE)) {
+      throw new InvalidValueError(
+        `q[${i}] is ${q[i]}, expected a finite number within ±2^64 (f32 scores must not overflow)`,
+        i,
+      );
+    }
+  }
 }
+
+/**
+ * Largest query magnitude an attend accepts: with keys within ±65504 (grown by √2 where a cache
+ * turns them), head_dim ≤ 2^16 keeps every f32 score below 2^97, far from f32's 2^128 (the WASM
+ * kernels' scores once overflowed to Inf and their softmax to NaN for |q| near 1e31).
+ */
+export const MAX_QUERY_VALUE = 2 ** 64;
 
 // JS callers can pass a plain array or another typed array: refused by name rather than failing
 // later as a TypeError or reading float64s as float32s

@@ -251,3 +251,38 @@ Deno.test("loadCache() restores into the wasm backend with integerDot, attending
   b.attend(0, q, y);
   assert.deepEqual(y, x);
 });
+
+Deno.test("integer-dot products too small for 32767/U in f32: the mirror rounds them to 0 as the kernel does", () => {
+  // U below ~9.6e-35 makes 32767/U overflow f32: value weights e^-80 of a page whose top token
+  // has a constant value group (scale 0), and a query of scale 1e-36 on channel-axis keys. The
+  // mirror once returned NaN there while the kernel rounded the products to 0.
+  const d = 32, next = rng(77);
+  const cases = [
+    { keyFormat: "int4-g32-token", pageTokens: 4, gap: 40, qScale: 1 },
+    { keyFormat: "int4-g32-channel", pageTokens: 32, gap: 0, qScale: 1e-36 },
+  ];
+  for (const { keyFormat, pageTokens, gap, qScale } of cases) {
+    const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: d, maxSeqLen: pageTokens };
+    const policy = uniformPolicy({
+      keyFormat,
+      valueFormat: "int4-g32-token",
+      recentWindow: 0,
+      pageTokens,
+    });
+    const [ts, wasm] = (["ts", "wasm"] as const).map((backend) =>
+      new MixedPrecisionKVCache(shape, policy, { backend })
+    );
+    for (let p = 0; p < pageTokens; p++) {
+      const k = gap ? new Float32Array(d).fill(p === 0 ? gap : -gap) : normals(d, next);
+      const v = gap && p === 0 ? new Float32Array(d) : normals(d, next);
+      ts.append(0, p, k, v);
+      wasm.append(0, p, k, v);
+    }
+    const q = normals(d, next).map((x) => gap ? Math.abs(x) + 0.5 : x * qScale);
+    const a = new Float32Array(d), b = new Float32Array(d);
+    ts.attend(0, q, a);
+    wasm.attend(0, q, b);
+    assert.ok(a.every(Number.isFinite), `${keyFormat}: finite`);
+    assert.deepEqual(a, b, `${keyFormat}: mirror and kernel agree bit for bit`);
+  }
+});

@@ -428,6 +428,42 @@ Deno.test("an append beyond what the policy's formats hold is refused before any
   }
 });
 
+Deno.test("attend refuses a query past ±2^64 and stays finite up to it on every backend", () => {
+  // f32 scores of |q| near 1e31 once overflowed to Inf in the WASM kernels, softmax then NaN
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: 32, maxSeqLen: 40 };
+  const next = rng(91);
+  for (const keyFormat of ["fp16", "int4-g32-token", "int4-g32-channel"]) {
+    const caches = (["ts", "wasm"] as const).map((backend) =>
+      new MixedPrecisionKVCache(
+        shape,
+        uniformPolicy({ keyFormat, valueFormat: "int4-g32-token", recentWindow: 2 }),
+        { backend },
+      )
+    );
+    for (let p = 0; p < 40; p++) {
+      const k = normals(32, next).map((x) => x * 60000 / 4), v = normals(32, next);
+      for (const c of caches) c.append(0, p, k, v);
+    }
+    const q = normals(128, next).map((x) => Math.sign(x) * 2 ** 64);
+    const outs = caches.map((c) => {
+      const out = new Float32Array(128);
+      c.attend(0, q, out);
+      return out;
+    });
+    assert.ok(outs.every((o) => o.every(Number.isFinite)), `${keyFormat}: finite at ±2^64`);
+    q[70] = -(2 ** 65);
+    for (const c of caches) {
+      const out = new Float32Array(128).fill(3);
+      assert.throws(
+        () => c.attend(0, q, out),
+        (e: Error) =>
+          e instanceof InvalidValueError && e.index === 70 && /q\[70\] is -3689/.test(e.message),
+      );
+      assert.ok(out.every((x) => x === 3), "a refused query writes nothing");
+    }
+  }
+});
+
 Deno.test("attend on a layer with no positions is a ShapeError in every CPU cache, out untouched", () => {
   const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 4 };
   const k = normals(8, rng(3)), q = normals(16, rng(4));
