@@ -16,7 +16,8 @@
  */
 
 /**
- * A float64 strictly above x and at most two ulps above it (x itself for +Infinity and NaN;
+ * A float64 strictly above x and at most two ulps above it, three in the two smallest normal
+ * binades, where 2⁻¹⁰⁷⁴ is a larger share of an ulp (x itself for +Infinity and NaN;
  * −Number.MAX_VALUE for −Infinity, which an overflowing lower-rounded result stands for: the exact
  * value is finite, so the largest finite float is still a bound on it).
  * Computed as x + (|x|·2⁻⁵² + 2⁻¹⁰⁷⁴): the exact sum is ≥ x + ulp(x), which is representable, so

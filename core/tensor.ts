@@ -162,10 +162,14 @@ export class Rope {
    *
    * @param x one or more heads, head-major
    * @param pos position
-   * @throws ShapeError for a position outside the table (its angles would read as NaN)
+   * @throws ShapeError for a position outside the table (its angles would read as NaN), or a length
+   *   that is not a multiple of headDim (its last pair would read past x as NaN)
    */
   apply(x: Float32Array, pos: number): void {
     const half = this.#half;
+    if (x.length % (2 * half) !== 0) {
+      throw new ShapeError(`RoPE input has length ${x.length}, not a multiple of ${2 * half}`);
+    }
     if (!Number.isInteger(pos) || pos < 0 || (pos + 1) * half > this.#cos.length) {
       throw new ShapeError(`RoPE position ${pos} outside [0, ${this.#cos.length / half})`);
     }
@@ -222,7 +226,8 @@ export function ropeTable(
 }
 
 /**
- * Index of the largest element (the first one on ties).
+ * Index of the largest element, NaN passed over (the first one on ties; the last index when every
+ * element is NaN).
  *
  * @param x values
  * @returns the argmax index
@@ -230,8 +235,9 @@ export function ropeTable(
  */
 export function argmax(x: Float32Array): number {
   if (x.length === 0) throw new ShapeError("argmax of an empty array");
+  // a NaN compares false both ways: it never wins, and a NaN first entry is passed over too
   let best = 0;
-  for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
+  for (let i = 1; i < x.length; i++) if (x[i] > x[best] || x[best] !== x[best]) best = i;
   return best;
 }
 

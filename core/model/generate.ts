@@ -13,7 +13,7 @@
 import { assertFinite, CapacityError, InvalidValueError, ShapeError } from "../errors.ts";
 import { argmax } from "../tensor.ts";
 import type { KVCache } from "./kv_cache.ts";
-import type { Transformer } from "./transformer.ts";
+import { checkCacheFits, type Transformer } from "./transformer.ts";
 
 /**
  * Prefills the prompt, then appends the argmax token `steps` times. The cache is reset first.
@@ -54,6 +54,8 @@ export async function generateGreedy(
         `the cache and model hold ${room}`,
     );
   }
+  // checked before reset(), which would otherwise empty a cache that is then refused
+  checkCacheFits(model.config, cache.shape);
   cache.reset();
   const vocab = model.config.vocabSize;
   const logits = await model.prefill(prompt, 0, cache);

@@ -141,8 +141,9 @@ export class Tokenizer {
   }
 
   /**
-   * Decodes ids to text as run.c prints them: BOS and EOS print nothing, the space after BOS is
-   * dropped, and `<0xNN>` tokens are raw bytes.
+   * Decodes ids to text as run.c decodes them: BOS and EOS print nothing, the space after BOS is
+   * dropped, and `<0xNN>` tokens are raw bytes (kept even where run.c's safe_printf would drop a
+   * non-printable single byte).
    *
    * @param ids token ids
    * @returns the text (invalid UTF-8 becomes U+FFFD)

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { CapacityError, ShapeError } from "../errors.ts";
+import { CapacityError, InvalidValueError, ShapeError } from "../errors.ts";
 import { matmul, matvec, rmsnorm, Rope, siluGate } from "../tensor.ts";
 import type { ModelConfig, ModelWeights } from "./checkpoint.ts";
 import type { KVCache, KVCacheShape } from "./kv_cache.ts";
@@ -37,6 +37,24 @@ export function cacheShape(config: ModelConfig, maxSeqLen: number = config.seqLe
   };
 }
 
+/**
+ * Throws ShapeError when a cache's layers, heads or head dimension differ from the model's.
+ * @param c the model's configuration
+ * @param s the cache's shape
+ */
+export function checkCacheFits(c: ModelConfig, s: KVCacheShape): void {
+  for (
+    const [what, mine, theirs] of [
+      ["layers", c.nLayers, s.nLayers],
+      ["query heads", c.nHeads, s.nHeads],
+      ["KV heads", c.nKvHeads, s.nKvHeads],
+      ["head dimension", c.headDim, s.headDim],
+    ] as const
+  ) {
+    if (mine !== theirs) throw new ShapeError(`cache has ${theirs} ${what}, the model ${mine}`);
+  }
+}
+
 /** A llama2.c-style transformer over loaded weights. */
 export class Transformer {
   /** The model's hyperparameters. */
@@ -53,6 +71,8 @@ export class Transformer {
   readonly #hb: Float32Array;
   readonly #hb2: Float32Array;
   readonly #logits: Float32Array;
+  // forward() keeps its scratch across the cache's await: a second call then would overwrite it
+  #inFlight = false;
 
   /**
    * Creates the instance.
@@ -81,12 +101,29 @@ export class Transformer {
    * @param cache the key/value cache
    * @returns the next-token logits (a buffer reused by the next call)
    * @throws ShapeError for a token or position out of range, or a cache whose shape does not match
-   *   the model or that does not hold pos positions in every layer; CapacityError for a full cache
+   *   the model or that does not hold pos positions in every layer; CapacityError for a full cache;
+   *   InvalidValueError while another forward() of this model is in flight (await each call)
    */
   async forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> {
     const c = this.config, w = this.#w;
     this.#checkToken(token, pos);
     this.#checkCache(cache, pos, 1);
+    if (this.#inFlight) {
+      throw new InvalidValueError(
+        "forward() called while another forward() of this model is in flight: await it first " +
+          "(its scratch buffers are shared)",
+      );
+    }
+    this.#inFlight = true;
+    try {
+      return await this.#forward(token, pos, cache);
+    } finally {
+      this.#inFlight = false;
+    }
+  }
+
+  async #forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> {
+    const c = this.config, w = this.#w;
     const x = this.#x, xb = this.#xb;
     x.set(w.tokenEmbedding.subarray(token * c.dim, (token + 1) * c.dim));
     for (let l = 0; l < c.nLayers; l++) {
@@ -180,16 +217,7 @@ export class Transformer {
    */
   #checkCache(cache: KVCache, startPos: number, n: number): void {
     const c = this.config, s = cache.shape;
-    for (
-      const [what, mine, theirs] of [
-        ["layers", c.nLayers, s.nLayers],
-        ["query heads", c.nHeads, s.nHeads],
-        ["KV heads", c.nKvHeads, s.nKvHeads],
-        ["head dimension", c.headDim, s.headDim],
-      ] as const
-    ) {
-      if (mine !== theirs) throw new ShapeError(`cache has ${theirs} ${what}, the model ${mine}`);
-    }
+    checkCacheFits(c, s);
     for (let l = 0; l < c.nLayers; l++) {
       const held = cache.length(l);
       if (held !== startPos) {

@@ -145,6 +145,8 @@ Deno.test("mapper formats, interval bounds and tensor kernels refuse what they c
   }
   assert.throws(() => softmax(Float32Array.of(1, 2), 3), ShapeError);
   assert.throws(() => argmax(new Float32Array(0)), ShapeError);
+  assert.equal(argmax(Float32Array.of(NaN, 1, 2, NaN)), 2, "NaN passed over, a first one too");
+  assert.throws(() => rope.apply(new Float32Array(3), 0), named(ShapeError, /length 3, not a/));
   assert.throws(
     () => matvec(new Float32Array(2), new Float32Array(3), new Float32Array(5), 2, 3),
     named(ShapeError, /w 5/),

@@ -5,6 +5,7 @@ import {
   Float32KVCache,
   generateGreedy,
   InvalidValueError,
+  type KVCache,
   perplexity,
   ShapeError,
 } from "../../../mod.ts";
@@ -80,6 +81,39 @@ Deno.test("generateGreedy() rejects a bad step count or an empty prompt before r
     (e) => e instanceof ShapeError && /prompt is empty/.test(e.message),
   );
   assert.equal(cache.length(0), 1, "the cache was not reset");
+  // a cache of another shape: refused before reset() empties it
+  const other = new Float32KVCache({ ...cacheShape(model.config, 16), nLayers: 1 });
+  other.append(0, 0, new Float32Array(other.shape.nKvHeads * 8).fill(1), new Float32Array(32));
+  await assert.rejects(
+    () => generateGreedy(model, other, [1, 403], 3),
+    (e) => e instanceof ShapeError && /cache has 1 layers, the model 5/.test(e.message),
+  );
+  assert.equal(other.length(0), 1, "the refused cache keeps its position");
+});
+
+Deno.test("Transformer.forward() refuses a second call while one is in flight", async () => {
+  // forward() keeps one token's scratch across the cache's await; two at once gave wrong logits
+  const { model } = await loadFixture();
+  // a cache whose attend answers later, as the GPU cache's does
+  const slow = (cache: Float32KVCache): KVCache => ({
+    shape: cache.shape,
+    length: (l) => cache.length(l),
+    append: (l, p, k, v) => cache.append(l, p, k, v),
+    attend: (l, q, out) =>
+      new Promise((done) => setTimeout(() => done(cache.attend(l, q, out)), 1)),
+    memory: () => cache.memory(),
+    reset: () => cache.reset(),
+  });
+  const [a, b] = [0, 1].map(() => slow(new Float32KVCache(cacheShape(model.config, 4))));
+  const first = model.forward(403, 0, a);
+  await assert.rejects(
+    () => model.forward(261, 0, b),
+    (e) => e instanceof InvalidValueError && /another forward\(\) .* in flight/.test(e.message),
+  );
+  const logits = (await first).slice();
+  const alone = await model.forward(403, 0, new Float32KVCache(cacheShape(model.config, 4)));
+  assert.deepEqual(logits, alone, "the call in flight was not disturbed");
+  await model.forward(261, 0, b); // and the model is free again
 });
 
 Deno.test("Transformer checks the cache's shape and room before appending to any layer", async () => {
