@@ -105,7 +105,6 @@ export class Transformer {
    *   InvalidValueError while another forward() of this model is in flight (await each call)
    */
   async forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> {
-    const c = this.config, w = this.#w;
     this.#checkToken(token, pos);
     this.#checkCache(cache, pos, 1);
     if (this.#inFlight) {
