@@ -28,7 +28,7 @@
  * @module
  */
 
-import { ShapeError } from "../core/errors.ts";
+import { FormatError, ShapeError } from "../core/errors.ts";
 import type { FormatSpec } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
@@ -382,6 +382,18 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
+// a format per-head pages can hold, and whose channel groups (along tokens) fill whole pages: the
+// kernels address a channel group as pageTokens / group runs of one page
+function _checkPageFormat(spec: FormatSpec, pageTokens: number): void {
+  checkGpuFormat(spec);
+  if (spec.axis === "channel" && pageTokens % spec.group !== 0) {
+    throw new FormatError(
+      `${spec.name} groups ${spec.group} tokens per channel; pages of ${pageTokens} tokens are ` +
+        `not a multiple of it`,
+    );
+  }
+}
+
 /** One segment of a page table: a page (or a run of the full-precision window) of one KV head. */
 export interface AttentionSegment {
   /**
@@ -544,7 +556,8 @@ export class PagedAttention {
    * @param timestampWrites where the pass writes its start and end times (profiling; needs the
    *   device's "timestamp-query" feature)
    * @throws {ShapeError} for an unsupported queries-per-KV count or an empty segment
-   * @throws {FormatError} for a format that cannot live in per-head pages
+   * @throws {FormatError} for a format that cannot live in per-head pages, or channel groups that
+   *   do not divide the page size
    * @throws {DeviceError} when the device is lost
    */
   async encode(
@@ -587,12 +600,12 @@ export class PagedAttention {
       for (const s of g.segments) {
         let byValue = find.get(s.keyFormat);
         if (byValue === undefined) {
-          checkGpuFormat(s.keyFormat);
+          _checkPageFormat(s.keyFormat, dims.pageTokens);
           find.set(s.keyFormat, byValue = new Map());
         }
         let byBuffer = byValue.get(s.valueFormat);
         if (byBuffer === undefined) {
-          checkGpuFormat(s.valueFormat);
+          _checkPageFormat(s.valueFormat, dims.pageTokens);
           byValue.set(s.valueFormat, byBuffer = new Map());
         }
         let d = byBuffer.get(s.words);

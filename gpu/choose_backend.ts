@@ -3,8 +3,8 @@
  * "auto" takes a hardware GPU when the policy runs there unchanged and the cache is large enough
  * to pay for the GPU's readbacks, else WebAssembly, else the TypeScript reference, and says which
  * it chose and why. Choosing never changes what is stored:
- * a policy the GPU cache cannot hold as written (a window format other than fp32 and fp16, a
- * memory budget) stays on the CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
+ * a policy the GPU cache cannot hold as written (a window format other than fp32, fp16 or an int
+ * format grouped per token, a memory budget) stays on the CPU, and a software (fallback) adapter such as llvmpipe or SwiftShader is
  * not preferred over WebAssembly on the same CPU.
  *
  * Browser compatible.
@@ -22,7 +22,7 @@
  * @module
  */
 
-import { DeviceError, FormatError, InvalidValueError } from "../core/errors.ts";
+import { DeviceError, FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
 import type { KVCache, KVCacheShape } from "../core/model/kv_cache.ts";
 import type { CachePolicy } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
@@ -89,6 +89,7 @@ export interface ChosenKVCache {
  * @returns the cache, its backend and the reason for it
  * @throws {InvalidValueError} an unknown backend
  * @throws {FormatError} backend "gpu" with a policy or budget the GPU cache cannot hold
+ * @throws {ShapeError} backend "gpu" with more query heads per KV head than its kernel holds
  * @throws {DeviceError} backend "gpu" without a usable WebGPU device
  */
 export async function createKVCache(
@@ -117,12 +118,16 @@ export async function createKVCache(
     gpuPolicy = `a memory budget of ${options.maxBytes} bytes is set; the GPU cache has none`;
   }
   const perKv = shape.nHeads / shape.nKvHeads;
-  if (typeof gpuPolicy !== "string" && perKv > MAX_QUERIES_PER_KV) {
+  const wide = perKv > MAX_QUERIES_PER_KV;
+  if (typeof gpuPolicy !== "string" && wide) {
     gpuPolicy = `${perKv} query heads per KV head; the GPU attention kernel holds at most ` +
       `${MAX_QUERIES_PER_KV}`;
   }
   if (backend === "gpu") {
-    if (typeof gpuPolicy === "string") throw new FormatError(`backend "gpu": ${gpuPolicy}`);
+    // a shape the kernel cannot hold is a ShapeError, as createGpuKVCache names it
+    if (typeof gpuPolicy === "string") {
+      throw new (wide ? ShapeError : FormatError)(`backend "gpu": ${gpuPolicy}`);
+    }
     const gpu = options.gpu ?? await requestGpu();
     return await _onGpu(shape, gpu, gpuPolicy, gpu !== options.gpu, "gpu: as asked");
   }
@@ -164,6 +169,12 @@ export async function createKVCache(
         why = `the GPU cache failed (${e.message})`;
       }
     }
+  }
+  if (shape.headDim % 4 !== 0) {
+    return cpu(
+      "ts",
+      `ts: ${why}, and the WASM kernels need head_dim a multiple of 4, not ${shape.headDim}`,
+    );
   }
   try {
     await loadWasmCodecs();

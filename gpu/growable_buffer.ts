@@ -1,7 +1,8 @@
 /**
  * A growable GPU buffer that is reused, not reallocated per call: {@linkcode GrowableBuffer.ensure}
  * returns the same buffer until a request exceeds its size, then replaces it with one of twice the
- * needed size, so a decode loop settles into zero allocations after its first steps.
+ * needed size (at most what the device can bind), so a decode loop settles into zero allocations
+ * after its first steps.
  *
  * Browser compatible.
  *
@@ -22,6 +23,8 @@
  * ```
  * @module
  */
+
+import { CapacityError } from "../core/errors.ts";
 
 /** One GPU buffer of fixed usage that grows on demand and is otherwise reused. */
 export class GrowableBuffer {
@@ -48,14 +51,29 @@ export class GrowableBuffer {
   }
 
   /**
-   * A buffer of at least `bytes` bytes (and at least 256).
+   * A buffer of at least `bytes` bytes (and at least 256), never larger than the device binds: a
+   * buffer past maxStorageBufferBindingSize fails validation, which WebGPU reports to no caller,
+   * and the kernel reading it then writes zeros (doubling once crossed that limit silently).
    * @param bytes bytes needed
    * @returns the reused or newly grown buffer
+   * @throws {CapacityError} when `bytes` exceed what the device can allocate or bind
    */
   ensure(bytes: number): GPUBuffer {
     if (this.#buffer === undefined || this.#buffer.size < bytes) {
+      const { maxBufferSize, maxStorageBufferBindingSize } = this.#device.limits;
+      const limit = this.#usage & GPUBufferUsage.STORAGE
+        ? Math.min(maxBufferSize, maxStorageBufferBindingSize)
+        : maxBufferSize;
+      if (bytes > limit) {
+        throw new CapacityError(
+          `${this.#label}: ${bytes} bytes needed, the device allows buffers of ${limit}`,
+        );
+      }
+      const size = Math.min(
+        Math.max(256, Math.ceil(bytes * 2 / 256) * 256),
+        Math.max(Math.ceil(bytes / 4) * 4, Math.floor(limit / 256) * 256),
+      );
       this.#buffer?.destroy();
-      const size = Math.max(256, Math.ceil(bytes * 2 / 256) * 256);
       this.#buffer = this.#device.createBuffer({ size, usage: this.#usage, label: this.#label });
     }
     return this.#buffer;

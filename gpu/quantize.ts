@@ -27,7 +27,7 @@
  * @module
  */
 
-import { assertFinite } from "../core/errors.ts";
+import { InvalidValueError } from "../core/errors.ts";
 import { checkLength, type FormatSpec, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
@@ -97,15 +97,17 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
 
 /**
  * Encodes `x` (length a multiple of the group) on the GPU into the format's words, as the codecs'
- * encode does for a flat array.
+ * encode does for a flat array. Values are checked on the host first, since a header or code the
+ * GPU cannot hold becomes Inf or NaN there unannounced: each must be within the format's
+ * `clampLimit` (for unscaled floats that refuses the last half ulp the codecs round down).
  *
  * @param gpu the device
  * @param pipelines the pipeline cache
  * @param spec the format
- * @param x values (finite)
+ * @param x values (finite, within ±spec.clampLimit)
  * @returns the packed words
  * @throws {ShapeError} when the length does not fit the format
- * @throws {InvalidValueError} at the first non-finite element
+ * @throws {InvalidValueError} at the first non-finite element or one beyond the clamp limit
  * @throws {DeviceError} when the device is lost
  */
 export async function gpuEncode(
@@ -115,7 +117,14 @@ export async function gpuEncode(
   x: Float32Array,
 ): Promise<Uint32Array> {
   checkLength(spec, x.length);
-  assertFinite(x, "x");
+  for (let i = 0; i < x.length; i++) {
+    if (!(Math.abs(x[i]) <= spec.clampLimit)) {
+      throw new InvalidValueError(
+        `x[${i}] is ${x[i]}, expected a finite number within ±${spec.clampLimit} (${spec.name})`,
+        i,
+      );
+    }
+  }
   gpu.check("gpuEncode");
   const nWords = wordsForLength(spec, x.length);
   const groups = x.length / spec.group;

@@ -2,7 +2,7 @@
 // decode every page with the WASM codecs (the CPU production path; bit-identical to the TS reference),
 // then attendHead() over the decoded keys and values — what core/cache's TS path computes.
 import assert from "node:assert/strict";
-import { ShapeError } from "../../core/errors.ts";
+import { FormatError, ShapeError } from "../../core/errors.ts";
 import { attendHead } from "../../core/model/kv_cache.ts";
 import { formatNames, type FormatSpec, getFormat } from "../../codecs/mod.ts";
 import { type AttentionGroup, PagedAttention, readBack, type ScoreMemory } from "../../gpu/mod.ts";
@@ -371,6 +371,18 @@ Deno.test("PagedAttention rejects a split size its kernel cannot take", async ()
       }], { headDim: 8, queriesPerKv: 1, pageTokens: 32 }),
     (e: Error) =>
       e instanceof ShapeError && /disagree on whether keys are stored before RoPE/.test(e.message),
+  );
+  // channel groups of 32 tokens in pages of 48: the kernels would address groups across pages
+  await assert.rejects(
+    () =>
+      runner.encode(gpu.device.createCommandEncoder(), q, q, [{
+        queryOffset: 0,
+        outputOffset: 0,
+        segments: [seg],
+      }], { headDim: 8, queriesPerKv: 1, pageTokens: 48 }),
+    (e: Error) =>
+      e instanceof FormatError &&
+      /int8-g32-channel groups 32 tokens .* pages of 48/.test(e.message),
   );
   runner.destroy();
   words.destroy();

@@ -2,7 +2,7 @@
 // stay on the CPU, saying why), prefers a hardware adapter over WebAssembly but not a software
 // one, and "gpu" attends as the WASM cache does under the same policy.
 import assert from "node:assert/strict";
-import { DeviceError, FormatError, InvalidValueError } from "../../core/errors.ts";
+import { DeviceError, FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
 import {
   type CachePolicy,
   createKVCache,
@@ -72,7 +72,18 @@ Deno.test("createKVCache(auto) keeps policies the GPU cache cannot hold as writt
     many.reason,
     /32 query heads per KV head; the GPU attention kernel holds at most 16/,
   );
-  await assert.rejects(() => createKVCache(wide, ready(), { backend: "gpu" }), FormatError);
+  await assert.rejects(() => createKVCache(wide, ready(), { backend: "gpu" }), ShapeError);
+  // head_dim 6: no WASM kernel, so auto takes the TypeScript cache rather than fail
+  const odd = await createKVCache(
+    { ...shape, headDim: 6 },
+    uniformPolicy({
+      keyFormat: "fp16",
+      valueFormat: "bf16",
+    }),
+  );
+  assert.equal(odd.backend, "ts");
+  assert.match(odd.reason, /WASM kernels need head_dim a multiple of 4, not 6/);
+  odd.destroy();
   for (const b of ["ts", "wasm"] as const) {
     const c = await createKVCache(shape, ready(), { backend: b, integerDot: false });
     assert.equal(c.backend, b);

@@ -123,6 +123,22 @@ Deno.test("gpuEncode() rejects non-finite input and bad lengths with typed error
     () => gpuDecode(env.gpu, env.pipelines, spec, new Uint32Array(4), 32),
     { name: "ShapeError" },
   );
+  // values a header or code cannot hold: refused as the codecs refuse them (they once came back as
+  // Inf or NaN words)
+  for (
+    const [name, value] of [["int8-g32-token", -1e6], ["fp16", 1e5], ["int8s-g32-token", 1e10]]
+  ) {
+    const y = normals(64, rng(4));
+    y[5] = value as number;
+    const f = getFormat(name as string);
+    assert.throws(() => wasmCodec(f.name).encode(y), { name: "InvalidValueError" }, f.name);
+    await assert.rejects(
+      () => gpuEncode(env.gpu, env.pipelines, f, y),
+      (e: Error & { index?: number }) =>
+        e.name === "InvalidValueError" && e.index === 5 && new RegExp(f.name).test(e.message),
+      f.name,
+    );
+  }
 });
 
 Deno.test("_div_rn rounds every quotient an encoder takes to nearest, as f32 division does", async () => {

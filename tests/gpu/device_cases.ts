@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
-import { DeviceError } from "../../core/errors.ts";
+import { CapacityError, DeviceError } from "../../core/errors.ts";
 import { getFormat } from "../../codecs/mod.ts";
 import { gpuDecode, PipelineCache, requestGpu } from "../../gpu/mod.ts";
+import { GrowableBuffer } from "../../gpu/growable_buffer.ts";
 import { testGpu } from "./_gpu.ts";
 
 const cases: [string, GPU | undefined, RegExp][] = [
@@ -47,4 +48,31 @@ Deno.test("GpuDevice.check() throws DeviceError once the device is lost, before 
   );
   await assert.rejects(() => gpuDecode(gpu, pipelines, getFormat("fp16"), words, 2), DeviceError);
   assert.equal(words[0], 0x3c00, "input untouched");
+});
+
+Deno.test("GrowableBuffer grows by doubling up to the device's binding limit, and refuses past it", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  // the real device under small limits: doubling past the binding limit once made a buffer that
+  // failed validation unseen, and the attention kernel reading it wrote zeros
+  const device = env.gpu.device;
+  const limits = { maxBufferSize: 1 << 20, maxStorageBufferBindingSize: 10_000 };
+  const small = new Proxy(device, {
+    get: (d, key) => {
+      if (key === "limits") return limits;
+      const v = Reflect.get(d, key, d);
+      return typeof v === "function" ? v.bind(d) : v;
+    },
+  });
+  const buf = new GrowableBuffer(small, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, "t");
+  assert.equal(buf.ensure(1000).size, 2048, "doubled, to whole 256s");
+  assert.equal(buf.ensure(6000).size, 9984, "capped below the binding limit");
+  assert.equal(buf.ensure(9990).size, 9992, "a request above the last 256 still fits");
+  assert.throws(
+    () => buf.ensure(10_001),
+    (e: Error) =>
+      e instanceof CapacityError && /t: 10001 bytes needed, .* of 10000/.test(e.message),
+  );
+  assert.equal(buf.byteLength, 9992, "a refused request keeps the buffer");
+  buf.destroy();
 });
