@@ -1,0 +1,146 @@
+// Random operation sequences on random caches, TS and WASM side by side: every attend agrees to
+// 1e-6, every refused append changes neither cache (saved bytes equal), a save/load round trip
+// goes on attending as the original, and memory() is the sum of its breakdown. Two bugs a review
+// found break them: an fp8 page refusing a value the up-front check let through, after another
+// head had stored its token, and an int8-g32 window taken by the integer-dot path on WASM only.
+import assert from "node:assert/strict";
+import { getFormat } from "../../../codecs/format.ts";
+import { type CachePolicy, tieredPolicy, uniformPolicy } from "../../../core/cache/policy.ts";
+import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
+import { loadCache, saveCache } from "../../../core/cache/serialize.ts";
+import { cacheValueLimits } from "../../../core/cache/value_limits.ts";
+import { normals, relError, rng } from "../../_fixtures.ts";
+
+const TOKEN_FORMATS = [
+  "fp32",
+  "fp16",
+  "bf16",
+  "fp8e4m3",
+  "int8-g8-token",
+  "int4-g8-token",
+  "int2-g8-token",
+  "int8s-g8-token",
+  "int4-g32-token",
+  "int8-g32-token",
+];
+const CHANNEL_FORMATS = ["int4-g8-channel", "int2-g16-channel", "int8-g32-channel"];
+const WINDOW_FORMATS = ["fp32", "fp16", "int8-g8-token", "int8-g32-token"];
+
+/** One random cache setup: shape and a policy whose formats fit it. */
+function randomSetup(next: () => number) {
+  const pick = <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)];
+  const headDim = pick([8, 16, 32]), nKvHeads = pick([1, 2]), perKv = pick([1, 2, 4]);
+  const fits = (name: string) => {
+    const f = getFormat(name);
+    return f.axis === "channel" || headDim % f.group === 0;
+  };
+  const keys = [...TOKEN_FORMATS, ...CHANNEL_FORMATS].filter(fits);
+  const values = keys;
+  const nTiers = pick([1, 1, 2, 3]);
+  const pairs = Array.from({ length: nTiers }, () => ({
+    keyFormat: pick(keys),
+    valueFormat: pick(values),
+  }));
+  const quantum = Math.max(
+    1,
+    ...pairs.flatMap((p) => [p.keyFormat, p.valueFormat])
+      .map(getFormat).filter((f) => f.axis === "channel").map((f) => f.group),
+  );
+  const window = {
+    sinkTokens: pick([0, 1, 3]),
+    recentWindow: pick([0, 2, 5]),
+    windowFormat: pick(WINDOW_FORMATS.filter(fits)),
+    pageTokens: quantum * pick([1, 2]),
+    ...(next() < 0.4 ? { ropeBase: 10000 } : {}),
+  };
+  const shape = {
+    nLayers: 2,
+    nHeads: nKvHeads * perKv,
+    nKvHeads,
+    headDim,
+    maxSeqLen: 40 + Math.floor(next() * 40),
+  };
+  const policy = (): CachePolicy =>
+    nTiers === 1 ? uniformPolicy({ ...pairs[0], ...window }) : tieredPolicy({
+      label: "random",
+      tiers: Array.from(
+        { length: 2 },
+        () =>
+          Array.from(
+            { length: nKvHeads },
+            () => pairs.map((p, i) => ({ ...p, minScore: i === nTiers - 1 ? 0 : 0.5 / (i + 1) })),
+          ),
+      ),
+      ...window,
+    });
+  return { shape, policy, label: JSON.stringify({ shape, pairs, window }) };
+}
+
+function memoryAddsUp(cache: MixedPrecisionKVCache, label: string): void {
+  const parts = Object.values(cache.memoryBreakdown()).reduce((a, b) => a + b, 0);
+  assert.equal(parts, cache.memory().bytes, `${label}: breakdown sums to memory()`);
+}
+
+Deno.test("random operations on random caches: TS ≡ WASM, refused appends change nothing, round trips go on alike", () => {
+  const worst = [0, 0];
+  for (let seed = 1; seed <= 24; seed++) {
+    const next = rng(seed);
+    const { shape, policy, label } = randomSetup(next);
+    const at = `seed ${seed} ${label}`;
+    let caches = (["ts", "wasm"] as const).map((backend) =>
+      new MixedPrecisionKVCache(shape, policy(), { backend })
+    );
+    const kvDim = shape.nKvHeads * shape.headDim, qDim = shape.nHeads * shape.headDim;
+    const preRope = label.includes("ropeBase") && label.includes("-channel");
+    const T = shape.maxSeqLen - Math.floor(next() * 10);
+    for (let pos = 0; pos < T;) {
+      // unit-scale keys: the kernels' f32 scores round to ~1e-7 of the output here (400 seeds:
+      // at most 5.8e-7); with a fifth of the keys ×4, scores near 10 took it to 2.0e-6 (PAGES.md)
+      const k = normals(kvDim, next), v = normals(kvDim, next);
+      for (let l = 0; l < shape.nLayers; l++) {
+        if (next() < 0.15) {
+          // a refused append: a bad element in a random head, or a position out of order
+          const before = caches.map((c) => saveCache(c));
+          const bad = next() < 0.5 ? k.slice() : v.slice();
+          // NaN, or half again the largest magnitude the policy's formats hold
+          const limits = cacheValueLimits({ ...caches[0].policy, pairs: caches[0].policy.pairs() });
+          const limit = (bad === k ? limits.key : limits.value).limit;
+          bad[Math.floor(next() * kvDim)] = next() < 0.3 ? NaN : -1.5 * limit;
+          const wrongPos = next() < 0.3;
+          for (const c of caches) {
+            assert.throws(() =>
+              wrongPos
+                ? c.append(l, pos + 1, k, v)
+                : c.append(l, pos, bad === k ? bad : k, bad === k ? v : bad)
+            );
+          }
+          caches.forEach((c, i) => assert.deepEqual(saveCache(c), before[i], `${at}: refused`));
+        }
+        for (const c of caches) c.append(l, pos, k, v);
+      }
+      pos++;
+      if (next() < 0.3) {
+        for (let l = 0; l < shape.nLayers; l++) {
+          const q = normals(qDim, next);
+          const [a, b] = caches.map((c) => {
+            const out = new Float32Array(qDim);
+            c.attend(l, q, out);
+            return out;
+          });
+          const err = relError(b, a);
+          assert.ok(err <= 1e-6, `${at}: T=${pos} layer ${l}: TS vs WASM ${err}`);
+          worst[preRope ? 1 : 0] = Math.max(worst[preRope ? 1 : 0], err);
+        }
+      }
+      if (next() < 0.05) {
+        // reload both from their bytes and go on with the copies
+        caches = caches.map((c) => loadCache(saveCache(c), { backend: c.backend }));
+      }
+    }
+    assert.deepEqual(caches[1].tokensByFormat(), caches[0].tokensByFormat(), `${at}: routing`);
+    caches.forEach((c) => memoryAddsUp(c, at));
+  }
+  console.log(
+    `TS vs WASM, worst relative difference: ${worst[0]}, with keys before RoPE ${worst[1]}`,
+  );
+});
