@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { type Analysis, analyzeHeadGroup, type HeadCalibration } from "../../core/analyzer.ts";
+import { type Analysis, analyzeHeadGroup } from "../../core/analyzer.ts";
+import { unitAnalysis, unitHead } from "./_calibration.ts";
 import { planPolicy } from "../../core/cache/plan_policy.ts";
 import { getFormat } from "../../codecs/format.ts";
 import {
@@ -154,48 +155,6 @@ Deno.test("buildPrecisionPlan() counts a quantized window at its format's bits",
   assert.ok(Math.abs(minimum("int8-g8-token") - (12 * 12 + 28 * 6) / 40) < 1e-9);
 });
 
-/** A calibration head of unit weights and curvature whose window-1 scores are `scores`. */
-function _head(scores: number[], keyRange = [-1, 1], valueRange = [-1, 1]): HeadCalibration {
-  const n = scores.length, ones = () => new Float64Array(n).fill(1);
-  return {
-    length: n,
-    group: 1,
-    attentionSum: ones(),
-    attentionMax: ones(),
-    keyGradSum: ones(),
-    keyGradMax: ones(),
-    hessianSum: ones(),
-    curvatureSum: ones(),
-    curvatureMax: ones(),
-    windowScores: { "1": Float64Array.from(scores) },
-    keyRange: keyRange as [number, number],
-    valueRange: valueRange as [number, number],
-    keyAbsMax: Math.max(...keyRange.map(Math.abs)),
-    valueAbsMax: Math.max(...valueRange.map(Math.abs)),
-    sinkMass: 0,
-    recentMass: 0,
-    queryCount: n,
-  };
-}
-
-function _analysis(heads: HeadCalibration[][][], d = 16): Analysis {
-  const n = heads[0][0][0].length;
-  return {
-    version: 1,
-    shape: {
-      nLayers: heads[0].length,
-      nHeads: 1,
-      nKvHeads: heads[0][0].length,
-      headDim: d,
-      maxSeqLen: n,
-    },
-    windows: [1],
-    sinkTokens: 0,
-    recentWindow: 1,
-    sequences: heads.map((h) => ({ length: n, heads: h })),
-  };
-}
-
 Deno.test("ruleDiameter() is the larger of the key and value diameters, each range holding 0", () => {
   const table: [string, [number, number][][], number][] = [
     ["keys and values apart, not their union (10)", [[[-5, -4], [4, 5]]], 5],
@@ -206,11 +165,11 @@ Deno.test("ruleDiameter() is the larger of the key and value diameters, each ran
     ["all zero", [[[0, 0], [0, 0]]], Number.MIN_VALUE],
   ];
   for (const [label, seqs, want] of table) {
-    const analysis = _analysis(seqs.map(([k, v]) => [[_head([0], k, v)]]));
+    const analysis = unitAnalysis(seqs.map(([k, v]) => [[unitHead([0], k, v)]]));
     assert.equal(ruleDiameter(analysis, 0, 0), want, label);
   }
   assert.throws(
-    () => ruleDiameter(_analysis([[[_head([0])]]]), 0, 1),
+    () => ruleDiameter(unitAnalysis([[[unitHead([0])]]]), 0, 1),
     (e) => e instanceof ShapeError && /sequence 0 has no layer 0 head 1/.test(e.message),
   );
 });
@@ -220,7 +179,7 @@ Deno.test("buildPrecisionPlan() cuts tiers strictly between adjacent-double scor
   const x = 0.5 + 2 ** -52, xUp = x + 2 ** -53;
   assert.equal((x + xUp) / 2, x);
   const d = 16, formats = ["int2-g16-token", "int8-g16-token"].map(getFormat); // 4 and 10 bpe
-  const analysis = _analysis([[[_head([xUp, x, 1])]]], d);
+  const analysis = unitAnalysis([[[unitHead([xUp, x, 1])]]], d);
   // budget: the last position at fp16, one decided position with an int8 key, the other all int2
   const bitsPerElement = (2 * 16 + (10 + 4) + (4 + 4)) / 6;
   const { plan, report } = buildPrecisionPlan(analysis, {
@@ -252,13 +211,13 @@ Deno.test("buildPrecisionPlan() reports the tiers it returns, within budget, on 
           const s = Math.round(rng() * 3) / 3 + 0.25;
           scores.push(t > 0 && rng() < 0.3 ? scores[t - 1] + (rng() < 0.5 ? 2 ** -52 : 0) : s);
         }
-        const h = _head(scores);
+        const h = unitHead(scores);
         h.keyGradSum = Float64Array.from(scores, () => rng());
         h.attentionSum = Float64Array.from(scores, () => rng());
         return h;
       })
     );
-    const analysis = _analysis([heads], d);
+    const analysis = unitAnalysis([heads], d);
     for (const bitsPerElement of [6, 8, 11]) {
       for (const perHead of [true, false]) {
         const label = `trial ${trial} budget ${bitsPerElement} perHead ${perHead}`;
@@ -302,48 +261,34 @@ Deno.test("buildPrecisionPlan() reports the tiers it returns, within budget, on 
   assert.ok(decided > 0);
 });
 
-Deno.test("buildPrecisionPlan() without a window gives rule-mode heads the formats their positions use", () => {
-  const d = 16,
-    formats = ["fp16", "int8-g16-token", "int4-g16-token", "int2-g16-token"]
-      .map(getFormat);
-  // p = log2(4·1·2²/10) ≈ 0.68: int2 meets every requirement; candidate 0 (fp16) is the dearest
-  const analysis = _analysis([[[_head(Array(12).fill(0))]]], d);
-  const { plan, report } = buildPrecisionPlan(analysis, {
-    mode: "rule",
-    epsilon: 10,
-    keyFormats: formats,
-    valueFormats: formats,
-    recentWindow: 0,
-    sinkTokens: 0,
-    recency: false,
-  });
-  assert.deepEqual(new Set(report.oracleAssignment.sequences[0][0][0].key), new Set([3]));
-  assert.deepEqual(plan.layers[0].heads[0].tiers, [
-    { minScore: 0, keyFormat: "int2-g16-token", valueFormat: "int2-g16-token" },
-  ]);
-  assert.equal(report.plan.bitsPerElement, report.oracle.bitsPerElement);
-  assert.equal(report.ruleShortfalls, 0);
-});
-
-Deno.test("buildPrecisionPlan() without a window meets the most demanding position of a head", () => {
-  const d = 16,
-    formats = ["fp16", "int8-g16-token", "int4-g16-token", "int2-g16-token"]
-      .map(getFormat);
-  const head = _head(Array(6).fill(0));
-  head.curvatureMax = Float64Array.of(1, 1, 1, 50, 1, 1); // one needs int8: log2(4·50·2²/10) ≈ 6.3
-  const analysis = _analysis([[[head]]], d);
-  const { plan, report } = buildPrecisionPlan(analysis, {
-    mode: "rule",
-    epsilon: 10,
-    keyFormats: formats,
-    valueFormats: formats,
-    recentWindow: 0,
-    sinkTokens: 0,
-    recency: false,
-  });
-  assert.deepEqual([...report.oracleAssignment.sequences[0][0][0].key], [3, 3, 3, 1, 3, 3]);
-  assert.equal(plan.layers[0].heads[0].tiers[0].keyFormat, "int8-g16-token");
-  assert.equal(report.ruleShortfalls, 0);
+Deno.test("buildPrecisionPlan() without a window gives a rule-mode head the formats its positions need", () => {
+  // candidate 0 (fp16) is the dearest: it once stood as the head's tier whenever no position
+  // needed more than candidate 0, since the search started from it
+  const formats = ["fp16", "int8-g16-token", "int4-g16-token", "int2-g16-token"].map(getFormat);
+  const cases: [string, number[], number[], string][] = [
+    // p = log2(4·1·2²/10) ≈ 0.68: int2 meets every requirement
+    ["every position needs int2", [1, 1, 1, 1, 1, 1], [3, 3, 3, 3, 3, 3], "int2-g16-token"],
+    // one position needs int8: log2(4·50·2²/10) ≈ 6.3
+    ["one position needs int8", [1, 1, 1, 50, 1, 1], [3, 3, 3, 1, 3, 3], "int8-g16-token"],
+  ];
+  for (const [label, curvature, oracle, tier] of cases) {
+    const head = unitHead(Array(curvature.length).fill(0));
+    head.curvatureMax = Float64Array.from(curvature);
+    const { plan, report } = buildPrecisionPlan(unitAnalysis([[[head]]]), {
+      mode: "rule",
+      epsilon: 10,
+      keyFormats: formats,
+      valueFormats: formats,
+      recentWindow: 0,
+      sinkTokens: 0,
+      recency: false,
+    });
+    assert.deepEqual([...report.oracleAssignment.sequences[0][0][0].key], oracle, label);
+    assert.deepEqual(plan.layers[0].heads[0].tiers, [
+      { minScore: 0, keyFormat: tier, valueFormat: tier },
+    ], label);
+    assert.equal(report.ruleShortfalls, 0, label);
+  }
 });
 
 Deno.test("planPolicy() throws FormatError for a tier format the registry does not know", () => {

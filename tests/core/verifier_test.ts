@@ -1,11 +1,6 @@
 import assert from "node:assert/strict";
 import { InvalidValueError, ShapeError } from "../../core/errors.ts";
-import {
-  type Analysis,
-  analyzeHeadGroup,
-  type CalibrationModel,
-  type HeadCalibration,
-} from "../../core/analyzer.ts";
+import { type Analysis, analyzeHeadGroup, type CalibrationModel } from "../../core/analyzer.ts";
 import type { ModelLipschitz, ResidualTrace } from "../../core/layer_lipschitz.ts";
 import { type Assignment, buildPrecisionPlan, ruleDiameter } from "../../core/plan.ts";
 import { requiredBits } from "../../core/mapper.ts";
@@ -19,6 +14,7 @@ import {
   verifyHeads,
 } from "../../core/verifier.ts";
 import { makeRng, randomArray } from "./_rng.ts";
+import { unitAnalysis, unitHead } from "./_calibration.ts";
 
 Deno.test("composeLayerBounds() rejects a NaN or negative input error (was NaN or a negative bound)", () => {
   const [e] = composeLayerBounds([0.1], [2], 0.5); // 0.1 + 2·0.5, rounded upwards
@@ -190,34 +186,7 @@ Deno.test("composeModelBound() rejects a trace and Lipschitz bounds of different
 
 /** One (layer, KV head) of n positions of curvature 1, keys in [−5, −4] and values in [4, 5]. */
 function _apart(n: number): Analysis {
-  const ones = () => new Float64Array(n).fill(1);
-  const head: HeadCalibration = {
-    length: n,
-    group: 1,
-    attentionSum: ones(),
-    attentionMax: ones(),
-    keyGradSum: ones(),
-    keyGradMax: ones(),
-    hessianSum: ones(),
-    curvatureSum: ones(),
-    curvatureMax: ones(),
-    windowScores: {},
-    keyRange: [-5, -4],
-    valueRange: [4, 5],
-    keyAbsMax: 5,
-    valueAbsMax: 5,
-    sinkMass: 0,
-    recentMass: 0,
-    queryCount: n,
-  };
-  return {
-    version: 1,
-    shape: { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 16, maxSeqLen: n },
-    windows: [],
-    sinkTokens: 0,
-    recentWindow: 0,
-    sequences: [{ length: n, heads: [[head]] }],
-  };
+  return unitAnalysis([[[unitHead(Array(n).fill(0), [-5, -4], [4, 5])]]]);
 }
 
 Deno.test("checkAssignment() takes the planner's diameter: it passes the planner's own oracle", () => {
