@@ -1,7 +1,7 @@
 // deno task demo: the end-to-end story on the bundled model. Calibrates over several sequence
 // lengths (with progress), shows per layer the curvature and the precision chosen across positions
 // (one character per bucket of positions), measures the plan with the eval harness (the same
-// figures as `deno task eval --eps E --lines N`) and derives recommendations from the numbers.
+// figures as `deno task eval --budget B --lines N`, or `--eps E`) and derives recommendations.
 // Flags as examples/simple_demo.ts; evaluates 3 lines by default to stay under a minute.
 import { pairBits, runAnalysis } from "../bench/analysis_run.ts";
 import { loadAnalyzeInputs } from "../bench/cli_args.ts";

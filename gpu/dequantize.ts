@@ -1,5 +1,5 @@
 /**
- * Dequantization on the GPU: packed words of any format → f32, one invocation per element, with
+ * Dequantization on the GPU: packed words of any format → f32, eight elements per invocation, with
  * the same generated decoder the attention kernel fuses into its dot products. Its output is
  * bit-identical to the codecs' decode (tests check every format).
  *
