@@ -31,8 +31,10 @@ import { checkLength, type FormatSpec, wordsForLength } from "./format.ts";
 export interface EncodeOptions {
   /**
    * Clamp instead of throwing: NaN becomes 0 and values beyond ±`spec.clampLimit` (±Inf
-   * included) become ±`spec.clampLimit`. Default false: such values throw
-   * {@linkcode InvalidValueError} naming the first offending index.
+   * included) become ±`spec.clampLimit`. Default false: a value the format cannot hold throws
+   * {@linkcode InvalidValueError} naming the first offending index. That is not every value past
+   * the clamp limit: int groups hold values a little past ±65504 when their fp16 minimum and
+   * scale do, and unscaled e4m3 rounds up to 464 to its 448.
    */
   readonly clamp?: boolean;
 }
@@ -366,4 +368,16 @@ export abstract class CodecBase implements Codec {
   abstract encodeInto(x: Float32Array, words: Uint32Array, opts?: EncodeOptions): void;
   abstract decodeWords(words: Uint32Array, length: number, out: Float32Array): void;
   abstract errorBound(words: Uint32Array, length: number, out: Float32Array): void;
+}
+
+/**
+ * Whether two views share bytes of one buffer: a decode (or error bound) whose output lies over
+ * its input reads a copy of the words, so it does not overwrite words not yet read.
+ * @param a a view
+ * @param b another view
+ * @returns true when they overlap
+ */
+export function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
+  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength &&
+    b.byteOffset < a.byteOffset + a.byteLength;
 }

@@ -26,6 +26,7 @@ import {
   clampedInput,
   CodecBase,
   type EncodeOptions,
+  overlaps,
 } from "./codec.ts";
 import { decodeFloat, encodeFloat, floatErrorBound } from "./float.ts";
 import { type FormatSpec, getFormat } from "./format.ts";
@@ -111,6 +112,8 @@ export class TsCodec extends CodecBase {
   errorBound(words: Uint32Array, length: number, out: Float32Array): void {
     checkDecodeArgs(this.spec, words, length, out);
     this.#checkHeaders(words, length);
+    // bounds re-read the headers after decoding into out: out over the words needs a copy
+    if (overlaps(words, out)) words = words.slice(0, this.wordsFor(length));
     switch (this.spec.kind) {
       case "int":
         intErrorBound(this.spec, words, out);
@@ -127,12 +130,6 @@ export class TsCodec extends CodecBase {
     if (this.spec.kind === "int") checkIntHeaders(this.spec, words, length);
     else if (this.spec.scaled) checkScaleHeaders(this.spec, words, length);
   }
-}
-
-// whether two views share bytes of one buffer
-function overlaps(a: ArrayBufferView, b: ArrayBufferView): boolean {
-  return a.buffer === b.buffer && a.byteOffset < b.byteOffset + b.byteLength &&
-    b.byteOffset < a.byteOffset + a.byteLength;
 }
 
 const _cache = new Map<string, TsCodec>();

@@ -20,7 +20,7 @@
  * @module
  */
 
-import { CorruptDataError, ShapeError, typeName } from "../core/errors.ts";
+import { CorruptDataError, InvalidValueError, ShapeError, typeName } from "../core/errors.ts";
 import { WASM_BASE64 } from "./_wasm_bytes.ts";
 import {
   checkDecodeArgs,
@@ -28,6 +28,7 @@ import {
   CodecBase,
   type EncodeOptions,
   nonFiniteError,
+  overlaps,
   rangeError,
 } from "./codec.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "./format.ts";
@@ -187,6 +188,9 @@ export class WasmCodec extends CodecBase {
     const nw = checkEncodeArgs(this.spec, x, words);
     const n = x.length, s = this.spec;
     const { kernels: k, arena } = this.#owner;
+    // a decodeView() result lies in the memory this call lays its stages over: read a copy
+    if (x.buffer === k.memory.buffer) x = x.slice();
+    this.#refuseModuleView(words, "words");
     // input goes through an L2-sized chunk; the packed output stays whole in WASM memory and is
     // copied out only when every chunk encoded, so an error writes nothing
     const chunk = Math.min(n, CHUNK);
@@ -262,7 +266,13 @@ export class WasmCodec extends CodecBase {
   decodeWords(words: Uint32Array, length: number, out: Float32Array): void {
     const nw = checkDecodeArgs(this.spec, words, length, out);
     const s = this.spec;
-    const { arena } = this.#owner;
+    const { arena, kernels } = this.#owner;
+    // the chunked paths write out while later words are still to be read: out over the words, or
+    // words in the module's own memory (a view), are read from a copy
+    if (overlaps(words, out) || words.buffer === kernels.memory.buffer) {
+      words = words.slice(0, nw);
+    }
+    this.#refuseModuleView(out, "out");
     const chunk = Math.min(length, CHUNK);
     const chunkWords = (chunk / s.group) * s.wordsPerGroup;
     if (s.scaled) {
@@ -293,8 +303,9 @@ export class WasmCodec extends CodecBase {
 
   /**
    * Decodes into WASM memory and returns a view of the result, with no copy out: for callers that
-   * read the values once (or hand them to another kernel). The view is valid until the next call
-   * on any codec of this module instance; copy it to keep it.
+   * read the values once. The view is valid until the next call on any codec of this module
+   * instance; copy it to keep it. Passed back in, a view is read from a copy (as x of encode or
+   * words of a decode) or refused (as the words of encodeInto or the out of decodeWords).
    *
    * @param words packed words, at least `wordsFor(length)` long
    * @param length element count
@@ -314,7 +325,9 @@ export class WasmCodec extends CodecBase {
         words.length * 4,
       );
     }
-    const { arena } = this.#owner;
+    const { arena, kernels } = this.#owner;
+    // a view into the module's memory would be overwritten, or detached by a grow: read a copy
+    if (words.buffer === kernels.memory.buffer) words = words.slice(0, nw);
     const [src, dst] = arena.layout(4 * nw, 4 * length);
     arena.u32(src, nw).set(nw === words.length ? words : words.subarray(0, nw));
     // int kernels check each header as they go (the output is scratch until returned); the
@@ -326,6 +339,17 @@ export class WasmCodec extends CodecBase {
   }
 
   /** Throws naming the first group header (already copied to src) an encoder cannot write. */
+  // an output view into the module's memory would be written through the stages laid over it,
+  // and detached if the memory grows: refused by name
+  #refuseModuleView(view: ArrayBufferView, what: string): void {
+    if (view.buffer === this.#owner.kernels.memory.buffer) {
+      throw new InvalidValueError(
+        `${what} is a view into this codec module's WebAssembly memory (a decodeView() result), ` +
+          `which the call's own buffers overwrite: pass a copy`,
+      );
+    }
+  }
+
   #checkHeaders(src: number, words: Uint32Array, length: number): void {
     const s = this.spec;
     const bad = this.#owner.kernels.firstBadHeader(

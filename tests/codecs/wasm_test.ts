@@ -240,21 +240,47 @@ Deno.test("WasmCodec.decodeView() returns the decodeWords() values without copyi
   }
 });
 
-Deno.test("decoding in place (out over the words) gives the same values on TS and WASM", async () => {
+Deno.test("decoding and bounding in place (out over the words) give the same values on TS and WASM", async () => {
   await loadWasmCodecs();
   const next = rng(31);
   for (const name of ["fp16", "bf16", "fp8e4m3", "int4-g32-token", "int8s-g16-token", "fp32"]) {
-    const n = 256, x = Float32Array.from({ length: n }, () => 4 * next() - 2);
-    const words = tsCodec(name).encode(x).words;
-    const want = new Float32Array(n);
-    tsCodec(name).decodeWords(words, n, want);
-    for (const codec of [tsCodec(name), wasmCodec(name)]) {
-      // the words at the start of a buffer big enough for the decoded floats
-      const buf = new ArrayBuffer(4 * n);
-      new Uint32Array(buf).set(words);
-      const out = new Float32Array(buf);
-      codec.decodeWords(new Uint32Array(buf, 0, words.length), n, out);
-      assert.deepEqual(out, want, `${name} ${codec.constructor.name}`);
+    // 65536: past the WASM decoder's 16384-element chunks, whose output once overwrote words a
+    // later chunk still had to read
+    for (const n of [256, 65536]) {
+      const x = Float32Array.from({ length: n }, () => 4 * next() - 2);
+      const words = tsCodec(name).encode(x).words;
+      const want = new Float32Array(n), bound = new Float32Array(n);
+      tsCodec(name).decodeWords(words, n, want);
+      tsCodec(name).errorBound(words, n, bound);
+      for (const codec of [tsCodec(name), wasmCodec(name)]) {
+        // the words at the start of a buffer big enough for the decoded floats
+        for (const [what, expected] of [["decodeWords", want], ["errorBound", bound]] as const) {
+          const buf = new ArrayBuffer(4 * n);
+          new Uint32Array(buf).set(words);
+          const out = new Float32Array(buf);
+          codec[what](new Uint32Array(buf, 0, words.length), n, out);
+          assert.deepEqual(out, expected, `${name} n=${n} ${what} ${codec.constructor.name}`);
+        }
+      }
     }
   }
+});
+
+Deno.test("a decodeView() result passed back in is read from a copy, or refused as an output", async () => {
+  await loadWasmCodecs();
+  const n = 65536, r = rng(32), x = Float32Array.from({ length: n }, () => normal(r));
+  const int2 = wasmCodec("int2-g128-token"), fp32 = wasmCodec("fp32");
+  const view = int2.decodeView(int2.encode(x).words, n);
+  const copy = view.slice();
+  // as input: the same words as from a copy (the call lays its own buffers over the view)
+  const words = fp32.encode(copy).words, fromView = fp32.encode(view).words;
+  assert.ok(fromView.every((w, i) => w === words[i]), "encode of a view reads a copy");
+  // as output: refused by name, nothing written
+  const again = int2.decodeView(int2.encode(x).words, n);
+  assert.throws(
+    () => fp32.decodeWords(words, n, again),
+    (e: Error) =>
+      e instanceof InvalidValueError && /out is a view into this codec module/.test(e.message),
+  );
+  assert.ok(again.every((v, i) => v === copy[i]), "the refused output view is unchanged");
 });
