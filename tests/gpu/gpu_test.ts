@@ -11,3 +11,4 @@ import "./cache_cases.ts";
 import "./model_cases.ts";
 import "./choose_backend_cases.ts";
 import "./transfer_cases.ts";
+import "./random_ops_cases.ts";
