@@ -26,6 +26,7 @@ Deno.test("random operations on random caches: TS ≡ WASM, refused appends chan
     );
     const kvDim = shape.nKvHeads * shape.headDim, qDim = shape.nHeads * shape.headDim;
     const preRope = label.includes("ropeBase") && label.includes("-channel");
+    const p = caches[0].policy, limits = cacheValueLimits({ ...p, pairs: p.pairs() });
     const T = shape.maxSeqLen - Math.floor(next() * 10);
     for (let pos = 0; pos < T;) {
       // unit-scale keys: the kernels' f32 scores round to ~1e-7 of the output here (400 seeds:
@@ -35,17 +36,16 @@ Deno.test("random operations on random caches: TS ≡ WASM, refused appends chan
         if (next() < 0.15) {
           // a refused append: a bad element in a random head, or a position out of order
           const before = caches.map((c) => saveCache(c));
-          const bad = next() < 0.5 ? k.slice() : v.slice();
+          const inKeys = next() < 0.5, bad = (inKeys ? k : v).slice();
           // NaN, or half again the largest magnitude the policy's formats hold
-          const limits = cacheValueLimits({ ...caches[0].policy, pairs: caches[0].policy.pairs() });
-          const limit = (bad === k ? limits.key : limits.value).limit;
+          const limit = (inKeys ? limits.key : limits.value).limit;
           bad[Math.floor(next() * kvDim)] = next() < 0.3 ? NaN : -1.5 * limit;
           const wrongPos = next() < 0.3;
           for (const c of caches) {
             assert.throws(() =>
               wrongPos
                 ? c.append(l, pos + 1, k, v)
-                : c.append(l, pos, bad === k ? bad : k, bad === k ? v : bad)
+                : c.append(l, pos, inKeys ? bad : k, inKeys ? v : bad)
             );
           }
           caches.forEach((c, i) => assert.deepEqual(saveCache(c), before[i], `${at}: refused`));
