@@ -1,0 +1,177 @@
+// The library runs where JavaScript runs: mod.ts reaches only the library's own modules, by relative
+// path, and no Deno API; its browser bundle gives Node and headless Chromium (WebAssembly, and
+// WebGPU through Chromium's Dawn and SwiftShader, another WGSL compiler than Deno's) the same bytes
+// and outputs as Deno. Node and Chromium are required under CI=true (.ci/run installs Chromium).
+import assert from "node:assert/strict";
+import { workload, type WorkloadResult } from "./_workload.ts";
+
+const root = new URL("../../", import.meta.url);
+const ci = Deno.env.get("CI") === "true";
+
+function installed(command: string): boolean {
+  try {
+    return new Deno.Command(command, { args: ["--version"], stdout: "null", stderr: "null" })
+      .outputSync().success;
+  } catch {
+    return false;
+  }
+}
+
+async function run(command: string, args: string[], cwd?: string): Promise<string> {
+  const out = await new Deno.Command(command, { args, cwd, stdout: "piped", stderr: "piped" })
+    .output();
+  const text = (b: Uint8Array) => new TextDecoder().decode(b);
+  assert.ok(out.success, `${command} ${args.join(" ")} failed:\n${text(out.stderr)}`);
+  return text(out.stdout);
+}
+
+/** Bundles `entry` for the browser into dir/name (deno bundle, esbuild from the npm registry). */
+async function bundle(entry: string, dir: string, name: string): Promise<string> {
+  const file = `${dir}/${name}`;
+  await run(Deno.execPath(), ["bundle", "--quiet", "--platform", "browser", "-o", file, entry]);
+  return await Deno.readTextFile(file);
+}
+
+Deno.test("mod.ts reaches only the library's own modules, by relative path", async () => {
+  const info = JSON.parse(await run(Deno.execPath(), ["info", "--json", "mod.ts"], root.pathname));
+  const modules: { specifier: string }[] = info.modules;
+  assert.ok(modules.length > 20, `${modules.length} modules`);
+  for (const { specifier } of modules) {
+    assert.ok(specifier.startsWith(root.href), `${specifier} is outside the library`);
+    const path = specifier.slice(root.href.length);
+    assert.match(path, /^(mod\.ts|(core|codecs|gpu)\/.*\.ts)$/, `mod.ts reaches ${path}`);
+    assert.ok(!/^(tests|bench|examples)\//.test(path), `mod.ts reaches ${path}`);
+  }
+  for (
+    const { dependencies = [] } of info.modules as { dependencies?: { specifier: string }[] }[]
+  ) {
+    for (const d of dependencies) assert.match(d.specifier, /^\.\.?\//, `import "${d.specifier}"`);
+  }
+});
+
+Deno.test("the browser bundle of mod.ts uses no Deno API and imports nothing", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    const code = await bundle(new URL("mod.ts", root).pathname, dir, "kvprec.js");
+    assert.ok(code.length > 100_000, `bundle is ${code.length} bytes`);
+    const deno = code.match(/.{0,60}\bDeno\b.{0,60}/);
+    assert.equal(deno, null, `the bundle names Deno: ${deno?.[0]}`);
+    const imports = code.match(/^\s*import\b.*$|\bimport\s*\(|\brequire\s*\(/m);
+    assert.equal(imports, null, `the bundle imports: ${imports?.[0]}`);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+let native: Promise<WorkloadResult> | undefined;
+const nativeResult = () => native ??= workload();
+
+Deno.test({
+  name: "Node runs the bundle to the same bytes and outputs as Deno",
+  ignore: !installed("node") && !ci,
+  async fn() {
+    assert.ok(installed("node"), "CI=true but node is not installed");
+    const dir = await Deno.makeTempDir();
+    try {
+      await bundle(new URL("tests/portability/_workload.ts", root).pathname, dir, "workload.js");
+      await Deno.writeTextFile(
+        `${dir}/run.mjs`,
+        'import { workload } from "./workload.js";\nconsole.log(JSON.stringify(await workload()));\n',
+      );
+      const node: WorkloadResult = JSON.parse(await run("node", ["run.mjs"], dir));
+      const want = await nativeResult();
+      assert.equal(Object.keys(node.codecs).length, Object.keys(want.codecs).length);
+      assert.deepEqual(node, want);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+const chromium = ["chromium", "chromium-browser"].find(installed);
+
+/**
+ * Opens a page that runs the bundled workload in headless Chromium and returns what the page
+ * logged: console messages reach stderr with --enable-logging, and the page's result is one line
+ * marked KVPREC (URI-encoded, so no quoting gets in the way).
+ */
+async function inChromium(bundled: string, dir: string): Promise<WorkloadResult> {
+  assert.ok(!bundled.includes("</script"), "the bundle can be inlined");
+  const page = `${dir}/workload.html`;
+  await Deno.writeTextFile(
+    page,
+    `<!doctype html><script type="module">\n${bundled}\n` +
+      `workload({ gpu: true }).then(
+        (r) => console.log("KVPREC " + encodeURIComponent(JSON.stringify(r))),
+        (e) => console.log("KVPREC-ERROR " + encodeURIComponent(String(e?.stack ?? e))));
+      </script>`,
+  );
+  const child = new Deno.Command(chromium!, {
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--enable-unsafe-webgpu", // WebGPU on Linux is behind this flag; SwiftShader serves it
+      "--enable-logging=stderr",
+      "--v=0",
+      `--user-data-dir=${dir}/profile`,
+      `file://${page}`,
+    ],
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  // headless Chromium stays open after the page finishes: read until the marked line, then stop it
+  const timer = setTimeout(() => child.kill(), 120_000);
+  let log = "";
+  try {
+    const lines = child.stderr.pipeThrough(new TextDecoderStream());
+    for await (const chunk of lines) {
+      log += chunk;
+      const m = log.match(/KVPREC(-ERROR)? (\S+?)"/);
+      if (!m) continue;
+      const text = decodeURIComponent(m[2]);
+      assert.ok(!m[1], `the workload failed in Chromium: ${text}`);
+      return JSON.parse(text);
+    }
+    throw new Error(`Chromium exited without a result:\n${log.slice(-2000)}`);
+  } finally {
+    clearTimeout(timer);
+    try {
+      child.kill();
+    } catch { /* already exited */ }
+    await child.status;
+  }
+}
+
+Deno.test({
+  name: "headless Chromium runs the bundle to the same bytes as Deno, and its WebGPU cache agrees",
+  ignore: !chromium && !ci,
+  async fn() {
+    assert.ok(chromium, "CI=true but chromium is not installed (.ci/run installs it)");
+    const dir = await Deno.makeTempDir();
+    try {
+      const code = await bundle(
+        new URL("tests/portability/_workload.ts", root).pathname,
+        dir,
+        "workload.js",
+      );
+      const got = await inChromium(code, dir);
+      const want = await nativeResult();
+      assert.deepEqual(got.codecs, want.codecs);
+      assert.deepEqual(got.caches, want.caches);
+      assert.ok(got.gpu, "a WebGPU result");
+      assert.equal(Object.keys(got.gpu.caches).length, Object.keys(want.caches).length);
+      for (const [label, c] of Object.entries(got.gpu.caches)) {
+        // the GPU's f32 attention against the exact WASM path, as the GPU tests bound it
+        assert.ok(
+          c.relDiff <= 1e-5,
+          `${label}: GPU output off by ${c.relDiff} (${got.gpu.adapter})`,
+        );
+        assert.ok(c.sameTiers, `${label}: GPU tiers differ (${got.gpu.adapter})`);
+        // SwiftShader, like llvmpipe, does not fuse the quantize kernels' multiply-adds
+        assert.ok(c.sameWords, `${label}: GPU page words differ (${got.gpu.adapter})`);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
