@@ -7,10 +7,13 @@ import {
   createKVCache,
   formatNames,
   getFormat,
+  gpuDecode,
+  gpuEncode,
   type GpuKVCache,
   type KVCacheShape,
   loadCache,
   MixedPrecisionKVCache,
+  PipelineCache,
   requestGpu,
   saveCache,
   tieredPolicy,
@@ -45,6 +48,8 @@ export interface CacheResult {
 export interface GpuResult {
   /** Adapter vendor and architecture. */
   adapter: string;
+  /** Per format: FNV-1a of the GPU's encoding and of its decoding of the WASM words. */
+  codecs: Record<string, { wasm: string; decoded: string }>;
   /**
    * Per cache: largest |GPU − WASM exact| over the largest |WASM|; whether the GPU cache put as many
    * tokens in each format pair, and stored the same page words, as the WASM cache.
@@ -153,6 +158,18 @@ function query(shape: KVCacheShape, seed: number): Float32Array {
   return values(random(seed), shape.nHeads * shape.headDim, 2);
 }
 
+/** One input per format: whole groups, not a multiple of 32 where the format allows it. */
+function codecInputs(): Map<string, Float32Array> {
+  const next = random(1);
+  return new Map(
+    formatNames().map((name) => {
+      const spec = getFormat(name);
+      const n = spec.group > 1 ? spec.group * 7 : 97;
+      return [name, values(next, n, spec.name.startsWith("fp8e4m3") ? 40 : 4)];
+    }),
+  );
+}
+
 /**
  * Runs the workload.
  * @param options gpu: also run each setup on a WebGPU cache (backend "gpu", any adapter)
@@ -160,12 +177,9 @@ function query(shape: KVCacheShape, seed: number): Float32Array {
  */
 export async function workload(options: { gpu?: boolean } = {}): Promise<WorkloadResult> {
   const codecs: WorkloadResult["codecs"] = {};
-  const next = random(1);
-  for (const name of formatNames()) {
-    const spec = getFormat(name);
-    // a length of whole groups and rows, not a multiple of 32 where the format allows it
-    const n = spec.group > 1 ? spec.group * 7 : 97;
-    const x = values(next, n, spec.name.startsWith("fp8e4m3") ? 40 : 4);
+  const inputs = codecInputs();
+  for (const [name, x] of inputs) {
+    const n = x.length;
     const ts = tsCodec(name).encode(x), wasm = wasmCodec(name).encode(x);
     const out = new Float32Array(n);
     wasmCodec(name).decode(wasm, out);
@@ -214,9 +228,17 @@ async function gpuPart(
   const { vendor, architecture, description } = gpu.info;
   const result: GpuResult = {
     adapter: [vendor, architecture, description].join(" ").trim(),
+    codecs: {},
     caches: {},
   };
   try {
+    const pipelines = new PipelineCache(gpu);
+    for (const [name, x] of codecInputs()) {
+      const spec = getFormat(name), wasm = wasmCodec(name).encode(x).words;
+      const words = await gpuEncode(gpu, pipelines, spec, x);
+      const decoded = await gpuDecode(gpu, pipelines, spec, wasm, x.length);
+      result.codecs[name] = { wasm: fnv1a(words), decoded: fnv1a(decoded) };
+    }
     let seed = 100;
     for (const [label, setup] of Object.entries(SETUPS)) {
       seed++;

@@ -159,6 +159,15 @@ Deno.test({
       assert.deepEqual(got.codecs, want.codecs);
       assert.deepEqual(got.caches, want.caches);
       assert.ok(got.gpu, "a WebGPU result");
+      // the GPU codecs encode and decode every format bit for bit as the WASM ones
+      assert.deepEqual(
+        got.gpu.codecs,
+        Object.fromEntries(
+          Object.entries(want.codecs).map((
+            [name, c],
+          ) => [name, { wasm: c.wasm, decoded: c.decoded }]),
+        ),
+      );
       assert.equal(Object.keys(got.gpu.caches).length, Object.keys(want.caches).length);
       for (const [label, c] of Object.entries(got.gpu.caches)) {
         // the GPU's f32 attention against the exact WASM path, as the GPU tests bound it
