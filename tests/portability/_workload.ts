@@ -3,9 +3,14 @@
 // same bytes and outputs. Imports mod.ts only, and nothing Deno-specific, so it bundles like
 // the library does.
 import {
+  buildPrecisionPlan,
   type CachePolicy,
+  cacheShape,
+  calibrate,
   createKVCache,
+  Float32KVCache,
   formatNames,
+  generateGreedy,
   getFormat,
   gpuDecode,
   gpuEncode,
@@ -13,10 +18,15 @@ import {
   type KVCacheShape,
   loadCache,
   MixedPrecisionKVCache,
+  parseCheckpoint,
+  parseTokenizer,
+  perplexity,
   PipelineCache,
+  planPolicy,
   requestGpu,
   saveCache,
   tieredPolicy,
+  Transformer,
   tsCodec,
   uniformPolicy,
   wasmCodec,
@@ -28,8 +38,33 @@ export interface WorkloadResult {
   codecs: Record<string, { ts: string; wasm: string; decoded: string }>;
   /** Per cache: attention output, FNV-1a of the saved bytes, and whether the reloaded copy agrees. */
   caches: Record<string, CacheResult>;
+  /** The real model end to end, when its files are given. */
+  model?: ModelResult;
   /** The WebGPU cache against the WebAssembly one, when asked for and an adapter exists. */
   gpu?: GpuResult;
+}
+
+/** The model's files, as bytes: the workload reads no file itself. */
+export interface ModelFiles {
+  /** llama2.c checkpoint. */
+  checkpoint: Uint8Array;
+  /** llama2.c tokenizer. */
+  tokenizer: Uint8Array;
+  /** Evaluation text. */
+  text: string;
+}
+
+/** What the model part computed. */
+export interface ModelResult {
+  /** Greedy continuation of "Once upon a time" through an FP32 cache. */
+  greedy: number[];
+  /** Perplexity of the first 128 tokens of the text's first line with an FP32 cache. */
+  perplexity: number;
+  /** The plan calibrated on that prefix for an 8-bit budget: FNV-1a of its JSON. */
+  plan: string;
+  /** Perplexity of the same tokens through a WASM cache holding that plan, and its bits. */
+  planPerplexity: number;
+  planBits: number;
 }
 
 /** One CPU cache's figures. */
@@ -175,7 +210,9 @@ function codecInputs(): Map<string, Float32Array> {
  * @param options gpu: also run each setup on a WebGPU cache (backend "gpu", any adapter)
  * @returns what this runtime computed
  */
-export async function workload(options: { gpu?: boolean } = {}): Promise<WorkloadResult> {
+export async function workload(
+  options: { gpu?: boolean; model?: ModelFiles } = {},
+): Promise<WorkloadResult> {
   const codecs: WorkloadResult["codecs"] = {};
   const inputs = codecInputs();
   for (const [name, x] of inputs) {
@@ -216,8 +253,43 @@ export async function workload(options: { gpu?: boolean } = {}): Promise<Workloa
     }
   }
   const result: WorkloadResult = { codecs, caches };
+  if (options.model) result.model = await modelPart(options.model);
   if (options.gpu) result.gpu = await gpuPart(exact, references);
   return result;
+}
+
+/** Calibration, plan and perplexity on the real model: model, analyzer, mapper and cache at once. */
+async function modelPart(files: ModelFiles): Promise<ModelResult> {
+  const model = new Transformer(parseCheckpoint(files.checkpoint));
+  const c = model.config;
+  const tokenizer = parseTokenizer(files.tokenizer, c.vocabSize);
+  const greedy = await generateGreedy(
+    model,
+    new Float32KVCache(cacheShape(c)),
+    tokenizer.encode("Once upon a time"),
+    30,
+  );
+  const line = tokenizer.encode(files.text.split("\n")[0]).slice(0, 128);
+  const fp32 = await perplexity(model, new Float32KVCache(cacheShape(c)), [line]);
+  const analysis = await calibrate(model, cacheShape(c), [line]);
+  const formats = ["int2-g32-channel", "int4-g32-channel", "int8-g32-channel", "fp16"].map(
+    getFormat,
+  );
+  const { plan } = buildPrecisionPlan(analysis, {
+    mode: "budget",
+    bitsPerElement: 8,
+    keyFormats: formats,
+    valueFormats: formats,
+  });
+  const cache = new MixedPrecisionKVCache(cacheShape(c), planPolicy(plan), { backend: "wasm" });
+  const planned = await perplexity(model, cache, [line]);
+  return {
+    greedy,
+    perplexity: fp32.perplexity,
+    plan: fnv1a(new TextEncoder().encode(JSON.stringify(plan))),
+    planPerplexity: planned.perplexity,
+    planBits: cache.memory().bitsPerElement,
+  };
 }
 
 async function gpuPart(
