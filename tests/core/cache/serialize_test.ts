@@ -13,8 +13,11 @@ import {
 import { crc32 } from "../../../core/cache/serialize.ts";
 import { normals, rng } from "../../_fixtures.ts";
 
-/** Two layers of channel-axis keys and token-axis values: sinks, full and partial pages, a ring. */
-function filled(next = rng(21)): MixedPrecisionKVCache {
+/**
+ * Two layers of channel-axis keys and token-axis values: sinks, full and partial pages, a ring;
+ * `turned`: keys stored before RoPE, and an int8 window.
+ */
+function filled(next = rng(21), turned = false): MixedPrecisionKVCache {
   const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 80 };
   const cache = new MixedPrecisionKVCache(
     shape,
@@ -24,6 +27,7 @@ function filled(next = rng(21)): MixedPrecisionKVCache {
       sinkTokens: 2,
       recentWindow: 6,
       pageTokens: 32,
+      ...(turned ? { ropeBase: 10000, windowFormat: "int8-g8-token" } : {}),
     }),
   );
   for (let p = 0; p < 75; p++) {
@@ -258,3 +262,49 @@ Deno.test("a tiered WASM cache saved mid-stream loads and goes on exactly as the
   assert.equal(a.tokensByFormat().size, 3, "both tiers and the window in use");
   assert.deepEqual(saveCache(b), saveCache(a));
 });
+
+for (const turned of [false, true]) {
+  Deno.test(
+    `every single-bit flip and every truncation is refused, or loads the same cache${
+      turned ? " (keys before RoPE, int8 window)" : ""
+    }`,
+    () => {
+      // CRC-32 catches every single-bit error in a checksummed block; header, sizes and padding
+      // are checked by value. The one flip that loads is the version, 3 → 2, of a file without
+      // keys before RoPE, which means the same in both. Any other outcome (another error type, a
+      // different cache) is a hole. Bits 0, 4 and 7 of every byte, to keep the test short.
+      const bytes = saveCache(filled(rng(21), turned));
+      const holes: string[] = [];
+      let loaded = 0;
+      const check = (bad: Uint8Array, what: string) => {
+        let copy;
+        try {
+          copy = loadCache(bad);
+        } catch (e) {
+          if (!(e instanceof CorruptDataError)) holes.push(`${what}: ${(e as Error).name}`);
+          return;
+        }
+        loaded++;
+        const again = saveCache(copy);
+        if (again.length !== bytes.length || again.some((b, i) => b !== bytes[i])) {
+          holes.push(`${what}: loaded another cache`);
+        }
+      };
+      for (let at = 0; at < bytes.length; at++) {
+        for (const bit of [0, 4, 7]) {
+          const bad = bytes.slice();
+          bad[at] ^= 1 << bit;
+          check(bad, `bit ${bit} of byte ${at}`);
+        }
+      }
+      for (let n = 0; n < bytes.length; n++) check(bytes.subarray(0, n), `first ${n} bytes`);
+      assert.deepEqual(
+        holes.slice(0, 10),
+        [],
+        `${holes.length} of ${4 * bytes.length} not refused`,
+      );
+      // version 2 cannot hold keys before RoPE: there the version flip is refused too
+      assert.equal(loaded, turned ? 0 : 1, "only the version flip loads");
+    },
+  );
+}
