@@ -56,10 +56,13 @@ export { TsCodec, tsCodec } from "./ts_codec.ts";
 export {
   loadWasmCodecs,
   loadWasmCodecsSync,
+  useWasmModule,
   wasmBytes,
   WasmCodec,
   wasmCodec,
   WasmCodecs,
+  wasmExportNames,
   type WasmKernels,
+  wasmModuleSync,
 } from "./wasm.ts";
 export { WasmArena } from "./wasm_arena.ts";

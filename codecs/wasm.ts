@@ -125,28 +125,119 @@ export class WasmCodecs {
 }
 
 let _shared: WasmCodecs | undefined;
+let _module: WebAssembly.Module | undefined;
 
 /**
- * Instantiates the embedded module (once; later calls return the same instance).
+ * The names a module's export section lists, read from its bytes (no compilation).
+ * @param bytes a .wasm binary
+ * @returns the export names in order
+ */
+export function wasmExportNames(bytes: Uint8Array): string[] {
+  let at = 8; // magic and version
+  const leb = () => {
+    let v = 0, shift = 0, b;
+    do {
+      b = bytes[at++];
+      v += (b & 0x7f) * 2 ** shift;
+      shift += 7;
+    } while (b & 0x80);
+    return v;
+  };
+  while (at < bytes.length) {
+    const id = bytes[at++], size = leb(), end = at + size;
+    if (id !== 7) {
+      at = end;
+      continue;
+    }
+    const names: string[] = [];
+    for (let n = leb(); n > 0; n--) {
+      const length = leb();
+      names.push(new TextDecoder().decode(bytes.subarray(at, at + length)));
+      at += length + 1; // the name, then its kind
+      leb(); // its index
+    }
+    return names;
+  }
+  return [];
+}
+
+/**
+ * Uses an already compiled kvprec module instead of compiling the embedded bytes, for runtimes
+ * that refuse to compile WebAssembly from bytes (Cloudflare Workers and other edge runtimes
+ * import a .wasm file as a module instead; a page whose Content-Security-Policy lacks
+ * 'wasm-unsafe-eval' refuses both). `deno task bundle` writes the module beside the bundle, as
+ * dist/kvprec.wasm. Codecs and caches created afterwards instantiate it; ones created before keep
+ * their instance.
+ *
+ * @example
+ * ```ts
+ * import { useWasmModule, wasmBytes, wasmCodec } from "./wasm.ts";
+ * // in a Worker: import module from "./kvprec.wasm";
+ * const module = await WebAssembly.compile(wasmBytes());
+ * useWasmModule(module);
+ * if (wasmCodec("fp16").encode(new Float32Array(4).fill(1)).words[0] !== 0x3c003c00) throw 0;
+ * ```
+ * @param module the compiled kvprec.wasm of this version of the library
+ * @throws {InvalidValueError} when it is not a WebAssembly.Module, or its exports differ from
+ *   this version's module (another version's kvprec.wasm, or another module), naming the first
+ *   difference
+ */
+export function useWasmModule(module: WebAssembly.Module): void {
+  if (!(module instanceof WebAssembly.Module)) {
+    throw new InvalidValueError(`module is ${typeName(module)}, expected a WebAssembly.Module`);
+  }
+  const want = wasmExportNames(wasmBytes());
+  const got = WebAssembly.Module.exports(module).map((e) => e.name);
+  const missing = want.find((n) => !got.includes(n)), extra = got.find((n) => !want.includes(n));
+  if (missing !== undefined || extra !== undefined) {
+    throw new InvalidValueError(
+      `the module's exports differ from this kvprec's kvprec.wasm (${
+        missing !== undefined ? `no "${missing}"` : `an extra "${extra}"`
+      }): build it with this version's \`deno task bundle\``,
+    );
+  }
+  if (module !== _module) {
+    _module = module;
+    _shared = undefined;
+  }
+}
+
+/**
+ * The compiled module, compiling the embedded bytes synchronously on first use (after
+ * {@linkcode loadWasmCodecs} or {@linkcode useWasmModule}, without compiling again).
+ *
+ * @returns the module that codecs and caches instantiate
+ */
+export function wasmModuleSync(): WebAssembly.Module {
+  _module ??= new WebAssembly.Module(wasmBytes());
+  return _module;
+}
+
+/**
+ * Compiles and instantiates the embedded module without blocking (once; later calls return the
+ * same instance, and caches created afterwards reuse the compiled module).
  *
  * @returns the codecs
  */
 export async function loadWasmCodecs(): Promise<WasmCodecs> {
   if (_shared === undefined) {
-    const { instance } = await WebAssembly.instantiate(wasmBytes(), {});
+    const module = _module ?? await WebAssembly.compile(wasmBytes());
+    _module ??= module;
+    const instance = await WebAssembly.instantiate(module, {});
     _shared ??= new WasmCodecs(instance);
   }
   return _shared;
 }
 
 /**
- * Instantiates the embedded module synchronously (Deno, servers, workers; browsers may refuse
- * synchronous compilation of large modules on the main thread).
+ * Instantiates the embedded module synchronously (Deno, servers, workers; Chrome before 114
+ * refused synchronous compilation and instantiation of modules over 4 KB on a page's main thread:
+ * there await {@linkcode loadWasmCodecs} first).
  *
  * @returns the codecs (the same instance as {@linkcode loadWasmCodecs})
  */
 export function loadWasmCodecsSync(): WasmCodecs {
-  _shared ??= new WasmCodecs(new WebAssembly.Instance(new WebAssembly.Module(wasmBytes()), {}));
+  _shared ??= new WasmCodecs(new WebAssembly.Instance(wasmModuleSync(), {}));
   return _shared;
 }
 

@@ -22,7 +22,9 @@ export class KvprecError extends Error {
    */
   constructor(message: string, options?: ErrorOptions) {
     super(message, options);
-    this.name = new.target.name;
+    // kvprec's classes carry their name on the prototype (below); a subclass of the caller's
+    // takes its class name
+    if (!Object.hasOwn(new.target.prototype, "name")) this.name = new.target.name;
   }
 }
 
@@ -82,6 +84,20 @@ export class BudgetError extends KvprecError {
 
 /** Appending past a cache's capacity. */
 export class CapacityError extends KvprecError {}
+
+// Names written out, so that they survive a minifying bundler, which renames classes.
+for (
+  const [cls, name] of [
+    [KvprecError, "KvprecError"],
+    [FormatError, "FormatError"],
+    [ShapeError, "ShapeError"],
+    [InvalidValueError, "InvalidValueError"],
+    [CorruptDataError, "CorruptDataError"],
+    [DeviceError, "DeviceError"],
+    [BudgetError, "BudgetError"],
+    [CapacityError, "CapacityError"],
+  ] as const
+) cls.prototype.name = name;
 
 /**
  * What a value is, for an error message: its class name ("Array", "Float64Array"), "null", or its

@@ -22,7 +22,13 @@
  * @module
  */
 
-import { DeviceError, FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
+import {
+  DeviceError,
+  FormatError,
+  InvalidValueError,
+  KvprecError,
+  ShapeError,
+} from "../core/errors.ts";
 import type { KVCache, KVCacheShape } from "../core/model/kv_cache.ts";
 import type { CachePolicy } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
@@ -178,10 +184,13 @@ export async function createKVCache(
   }
   try {
     await loadWasmCodecs();
+    // instantiates the module just compiled; a page's main thread in Chrome before 114 refused
+    // that synchronously, and the cache's own errors are the ts cache's too
+    return cpu("wasm", `wasm: ${why}`);
   } catch (e) {
+    if (e instanceof KvprecError) throw e;
     return cpu("ts", `ts: ${why}, and WebAssembly SIMD did not load (${e})`);
   }
-  return cpu("wasm", `wasm: ${why}`);
 }
 
 async function _onGpu(

@@ -154,8 +154,9 @@ export async function requestGpu(options: RequestGpuOptions = {}): Promise<GpuDe
     description: ai?.description ?? "",
     vendor: ai?.vendor ?? "",
     architecture: ai?.architecture ?? "",
+    // GPUAdapterInfo has it since Chrome 136; before, the adapter itself did
     isFallbackAdapter: (ai as { isFallbackAdapter?: boolean } | undefined)?.isFallbackAdapter ??
-      false,
+      (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter ?? false,
     features: [...adapter.features].sort(),
     limits,
   };

@@ -29,7 +29,7 @@
  */
 
 import type { Codec } from "../../codecs/mod.ts";
-import { wasmBytes } from "../../codecs/wasm.ts";
+import { wasmModuleSync } from "../../codecs/wasm.ts";
 import { CapacityError } from "../errors.ts";
 import { PageArena } from "./page_arena.ts";
 
@@ -82,8 +82,6 @@ export interface WasmAttentionOptions {
   integerDot?: boolean;
 }
 
-let _module: WebAssembly.Module | undefined;
-
 /** One module instance: page arena, scratch, and the attention kernel. */
 export class WasmAttention {
   /** Where the cache's pages live. */
@@ -114,13 +112,13 @@ export class WasmAttention {
   readonly #flags: number;
 
   /**
-   * Instantiates the embedded module (compiled once per process).
+   * Instantiates the module the codecs use (codecs/wasm.ts `wasmModuleSync`: compiled once per
+   * process, or the one given to `useWasmModule`).
    * @param options integer dot products or exact arithmetic
    */
   constructor(options: WasmAttentionOptions = {}) {
     this.#flags = options.integerDot ? FLAG_INTDOT : 0;
-    _module ??= new WebAssembly.Module(wasmBytes());
-    this.#k = new WebAssembly.Instance(_module, {}).exports as unknown as AttentionKernels;
+    this.#k = new WebAssembly.Instance(wasmModuleSync(), {}).exports as unknown as AttentionKernels;
     this.arena = new PageArena(this.#k.memory, this.#k.heapBase());
   }
 

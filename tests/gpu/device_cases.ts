@@ -21,6 +21,30 @@ for (const [name, gpu, message] of cases) {
   });
 }
 
+/** An entry point whose adapter reports `fallback` through adapter.info, the adapter, or neither. */
+function fakeGpu(where: "info" | "adapter" | "neither", fallback: boolean): GPU {
+  const limits = { maxStorageBufferBindingSize: 1 << 27, maxBufferSize: 1 << 28 };
+  const adapter = {
+    info: { description: "fake", vendor: "", architecture: "" },
+    features: new Set<string>(),
+    limits,
+    requestDevice: () => Promise.resolve({ limits, lost: new Promise(() => {}), destroy() {} }),
+  };
+  if (where === "info") Object.assign(adapter.info, { isFallbackAdapter: fallback });
+  if (where === "adapter") Object.assign(adapter, { isFallbackAdapter: fallback });
+  return { requestAdapter: () => Promise.resolve(adapter) } as unknown as GPU;
+}
+
+Deno.test("requestGpu() reads isFallbackAdapter from adapter.info, or the adapter where older", async () => {
+  for (const where of ["info", "adapter"] as const) {
+    for (const fallback of [true, false]) {
+      const { info } = await requestGpu({ gpu: fakeGpu(where, fallback) });
+      assert.equal(info.isFallbackAdapter, fallback, `${where}: ${fallback}`);
+    }
+  }
+  assert.equal((await requestGpu({ gpu: fakeGpu("neither", true) })).info.isFallbackAdapter, false);
+});
+
 Deno.test("requestGpu() reports adapter info, features and limits", async () => {
   const env = await testGpu();
   if (env === undefined) return;

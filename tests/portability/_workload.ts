@@ -29,6 +29,7 @@ import {
   Transformer,
   tsCodec,
   uniformPolicy,
+  useWasmModule,
   wasmCodec,
 } from "../../mod.ts";
 
@@ -206,13 +207,27 @@ function codecInputs(): Map<string, Float32Array> {
 }
 
 /**
+ * Where createKVCache puts a small cache by itself, and why.
+ * @returns the backend and the reason
+ */
+export async function autoBackend(): Promise<{ backend: string; reason: string }> {
+  const setup = Object.values(SETUPS)[0];
+  const { backend, reason, destroy } = await createKVCache(setup.shape, setup.policy());
+  destroy();
+  return { backend, reason };
+}
+
+/**
  * Runs the workload.
- * @param options gpu: also run each setup on a WebGPU cache (backend "gpu", any adapter)
+ * @param options gpu: also run each setup on a WebGPU cache (backend "gpu", any adapter); model:
+ *   the model part; wasmModule: a compiled kvprec.wasm to use (useWasmModule) instead of compiling
+ *   the embedded bytes
  * @returns what this runtime computed
  */
 export async function workload(
-  options: { gpu?: boolean; model?: ModelFiles } = {},
+  options: { gpu?: boolean; model?: ModelFiles; wasmModule?: WebAssembly.Module } = {},
 ): Promise<WorkloadResult> {
+  if (options.wasmModule) useWasmModule(options.wasmModule);
   const codecs: WorkloadResult["codecs"] = {};
   const inputs = codecInputs();
   for (const [name, x] of inputs) {

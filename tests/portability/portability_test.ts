@@ -5,6 +5,7 @@
 import assert from "node:assert/strict";
 import { type ModelFiles, type ModelResult, workload, type WorkloadResult } from "./_workload.ts";
 import { REFERENCE } from "../_fixtures.ts";
+import { wasmBytes } from "../../mod.ts";
 
 const root = new URL("../../", import.meta.url);
 const ci = Deno.env.get("CI") === "true";
@@ -27,9 +28,18 @@ async function run(command: string, args: string[], cwd?: string): Promise<strin
 }
 
 /** Bundles `entry` for the browser into dir/name (deno bundle, esbuild from the npm registry). */
-async function bundle(entry: string, dir: string, name: string): Promise<string> {
+async function bundle(entry: string, dir: string, name: string, flags: string[] = []) {
   const file = `${dir}/${name}`;
-  await run(Deno.execPath(), ["bundle", "--quiet", "--platform", "browser", "-o", file, entry]);
+  await run(Deno.execPath(), [
+    "bundle",
+    "--quiet",
+    "--platform",
+    "browser",
+    ...flags,
+    "-o",
+    file,
+    entry,
+  ]);
   return await Deno.readTextFile(file);
 }
 
@@ -50,15 +60,31 @@ Deno.test("mod.ts reaches only the library's own modules, by relative path", asy
   }
 });
 
-Deno.test("the browser bundle of mod.ts uses no Deno API and imports nothing", async () => {
+Deno.test("deno task bundle: kvprec.js uses no Deno API and imports nothing; kvprec.wasm", async () => {
   const dir = await Deno.makeTempDir();
   try {
-    const code = await bundle(new URL("mod.ts", root).pathname, dir, "kvprec.js");
+    await run(Deno.execPath(), ["run", "-A", "asm/bundle.ts", "--out", dir], root.pathname);
+    const code = await Deno.readTextFile(`${dir}/kvprec.js`);
     assert.ok(code.length > 100_000, `bundle is ${code.length} bytes`);
     const deno = code.match(/.{0,60}\bDeno\b.{0,60}/);
     assert.equal(deno, null, `the bundle names Deno: ${deno?.[0]}`);
     const imports = code.match(/^\s*import\b.*$|\bimport\s*\(|\brequire\s*\(/m);
     assert.equal(imports, null, `the bundle imports: ${imports?.[0]}`);
+    assert.deepEqual(await Deno.readFile(`${dir}/kvprec.wasm`), wasmBytes());
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("error names survive a minifying bundler", async () => {
+  const dir = await Deno.makeTempDir();
+  try {
+    await bundle(new URL("mod.ts", root).pathname, dir, "min.js", ["--minify"]);
+    const m = await import(`file://${dir}/min.js`);
+    const names = Object.keys(m).filter((k) => /^[A-Z]\w*Error$/.test(k));
+    assert.ok(names.length >= 8, names.join());
+    for (const name of names) assert.equal(new m[name]("x").name, name);
+    assert.notEqual(m.ShapeError.name, "ShapeError", "the bundler renamed the classes");
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
@@ -131,7 +157,79 @@ console.log(JSON.stringify(await workload({ model })));
   },
 });
 
+Deno.test({
+  name:
+    "where compiling WebAssembly from bytes is refused (edge runtimes), a given kvprec.wasm runs",
+  ignore: !installed("node") && !ci,
+  async fn() {
+    assert.ok(installed("node"), "CI=true but node is not installed");
+    const dir = await Deno.makeTempDir();
+    try {
+      await bundle(new URL("tests/portability/_workload.ts", root).pathname, dir, "workload.js");
+      await Deno.writeFile(`${dir}/kvprec.wasm`, wasmBytes());
+      // As Cloudflare's workerd does: a .wasm file the runtime compiled may be instantiated, but
+      // WebAssembly.compile, instantiate and new Module refuse bytes.
+      await Deno.writeTextFile(
+        `${dir}/edge.mjs`,
+        `import { readFileSync } from "node:fs";
+const compiled = new WebAssembly.Module(readFileSync(new URL("./kvprec.wasm", import.meta.url)));
+const Real = WebAssembly.Module, instantiate = WebAssembly.instantiate;
+const refused = () => new WebAssembly.CompileError("Wasm code generation disallowed by embedder");
+function Module() { throw refused(); }
+Object.assign(Module, { exports: Real.exports, imports: Real.imports, prototype: Real.prototype });
+Object.defineProperty(Module, Symbol.hasInstance, { value: (x) => x instanceof Real });
+WebAssembly.Module = Module;
+WebAssembly.compile = () => Promise.reject(refused());
+WebAssembly.instantiate = (m, i) => m instanceof Real ? instantiate(m, i) : Promise.reject(refused());
+const { autoBackend, workload } = await import("./workload.js");
+const before = await autoBackend();
+const result = await workload({ wasmModule: compiled });
+console.log(JSON.stringify({ before, result, after: await autoBackend() }));
+`,
+      );
+      const got = JSON.parse(await run("node", ["edge.mjs"], dir));
+      // without the module, createKVCache falls back to TypeScript and says why
+      assert.equal(got.before.backend, "ts");
+      assert.match(got.before.reason, /WebAssembly SIMD did not load .*disallowed by embedder/);
+      const want = await nativeResult();
+      assert.deepEqual(got.result.codecs, want.codecs);
+      assert.deepEqual(got.result.caches, want.caches);
+      assert.equal(got.after.backend, "wasm");
+      // Chrome before 114 on a page's main thread: synchronous compilation and instantiation of
+      // a module over 4 KB refused, asynchronous allowed; the cache is made synchronously
+      await Deno.writeTextFile(
+        `${dir}/old_chrome.mjs`,
+        `const refused = (what) => new RangeError(what + " is disallowed on the main thread, if the buffer size is larger than 4KB. Use WebAssembly.compile, or compile on a worker thread.");
+const { Module, Instance } = WebAssembly;
+WebAssembly.Module = Object.assign(function () { throw refused("WebAssembly.Module"); }, Module);
+WebAssembly.Module.prototype = Module.prototype;
+WebAssembly.Instance = Object.assign(function () { throw refused("WebAssembly.Instance"); }, Instance);
+const { autoBackend } = await import("./workload.js");
+console.log(JSON.stringify(await autoBackend()));
+`,
+      );
+      const old = JSON.parse(await run("node", ["old_chrome.mjs"], dir));
+      assert.equal(old.backend, "ts");
+      assert.match(old.reason, /WebAssembly\.Instance is disallowed on the main thread/);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 const chromium = ["chromium", "chromium-browser"].find(installed);
+
+/** Removes a directory Chromium's helper processes may still be writing to as they exit. */
+async function removeAfterChromium(dir: string): Promise<void> {
+  for (let attempt = 1;; attempt++) {
+    try {
+      return await Deno.remove(dir, { recursive: true });
+    } catch (e) {
+      if (attempt === 20) throw e;
+      await new Promise((r) => setTimeout(r, 250));
+    }
+  }
+}
 
 /**
  * Opens a page that runs the bundled workload in headless Chromium and returns what the page
@@ -232,7 +330,7 @@ Deno.test({
         assert.ok(c.sameWords, `${label}: GPU page words differ (${got.gpu.adapter})`);
       }
     } finally {
-      await Deno.remove(dir, { recursive: true });
+      await removeAfterChromium(dir);
     }
   },
 });
