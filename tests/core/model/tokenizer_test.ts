@@ -1,6 +1,13 @@
 import assert from "node:assert/strict";
-import { BOS, CorruptDataError, parseTokenizer, ShapeError, Tokenizer } from "../../../mod.ts";
-import { fixtureBytes, loadFixture, REFERENCE } from "../../_fixtures.ts";
+import {
+  BOS,
+  CorruptDataError,
+  InvalidValueError,
+  parseTokenizer,
+  ShapeError,
+  Tokenizer,
+} from "../../../mod.ts";
+import { fixtureBytes, loadFixture, REFERENCE, rng } from "../../_fixtures.ts";
 
 Deno.test("Tokenizer.encode() matches llama2.c on the reference prompt", async () => {
   const { tokenizer } = await loadFixture();
@@ -87,4 +94,90 @@ Deno.test("Tokenizer.encode() names text it cannot encode in a small vocabulary 
     () => new Tokenizer([bytes("a"), bytes("b")], new Float32Array(1)),
     (e) => e instanceof ShapeError && /2 pieces but 1 scores/.test(e.message),
   );
+});
+
+const latin1 = (bytes: Uint8Array) => String.fromCharCode(...bytes);
+
+/** run.c's merge loop as the tokenizer had it: rescan every pair after each merge. */
+function quadraticMerge(tok: Tokenizer, tokens: number[], start: number): number[] {
+  const key = (t: number) => latin1(tok.pieces[t]);
+  const ids = new Map<string, number>();
+  tok.pieces.forEach((_, id) => ids.has(key(id)) || ids.set(key(id), id));
+  const out = tokens.slice(), keys = out.map(key);
+  for (;;) {
+    let bestScore = -Infinity, bestId = -1, bestIdx = -1;
+    for (let i = start; i < out.length - 1; i++) {
+      const id = ids.get(keys[i] + keys[i + 1]);
+      if (id !== undefined && tok.scores[id] > bestScore) {
+        [bestScore, bestId, bestIdx] = [tok.scores[id], id, i];
+      }
+    }
+    if (bestIdx < 0) return out;
+    out.splice(bestIdx, 2, bestId);
+    keys.splice(bestIdx, 2, keys[bestIdx] + keys[bestIdx + 1]);
+  }
+}
+
+Deno.test("Tokenizer.encode() merges as run.c's quadratic loop: ties, NaN and −∞ scores, real text", async () => {
+  const next = rng(9);
+  const pick = <T>(xs: readonly T[]) => xs[Math.floor(next() * xs.length)];
+  const enc = new TextEncoder();
+  // small random vocabularies over "abc " with many tied, some NaN and −∞ scores
+  for (let v = 0; v < 40; v++) {
+    const pieces = ["<unk>", "<s>", "</s>", " ", "a", "b", "c"];
+    while (pieces.length < 40) {
+      const p = Array.from({ length: 2 + Math.floor(next() * 4) }, () => pick(["a", "b", "c", " "]))
+        .join("");
+      if (!pieces.includes(p)) pieces.push(p);
+    }
+    const scores = Float32Array.from(pieces, () => pick([0, 1, 1, 2, 2, 3, -1, NaN, -Infinity]));
+    const tok = new Tokenizer(pieces.map((p) => enc.encode(p)), scores);
+    for (let s = 0; s < 25; s++) {
+      const text = Array.from({ length: Math.floor(next() * 60) }, () => pick(["a", "b", "c", " "]))
+        .join("");
+      const unmerged = [BOS, tok.pieces.findIndex((p) => p.length === 1 && p[0] === 32)];
+      for (const ch of text) unmerged.push(pieces.indexOf(ch));
+      const want = text.length ? quadraticMerge(tok, unmerged, 1) : [BOS];
+      assert.deepEqual(tok.encode(text), want, `vocabulary ${v}, text "${text}"`);
+    }
+  }
+  // the fixture's vocabulary on the evaluation text's ASCII lines, from one token per byte
+  const { tokenizer, lines } = await loadFixture();
+  const piece = (text: string) => tokenizer.pieces.findIndex((p) => latin1(p) === text);
+  const hex = (c: string) => c.charCodeAt(0).toString(16).toUpperCase().padStart(2, "0");
+  const byChar = (c: string) => piece(c) >= 0 ? piece(c) : piece(`<0x${hex(c)}>`);
+  let compared = 0;
+  for (const line of lines) {
+    // a prefix: the reference is quadratic in the line's length
+    const text = line.slice(0, 600);
+    if (!/^[\x20-\x7e\r]+$/.test(text)) continue;
+    const unmerged = [BOS, byChar(" "), ...Array.from(text, byChar)];
+    assert.ok(unmerged.every((t) => t >= 0));
+    assert.deepEqual(tokenizer.encode(text), quadraticMerge(tokenizer, unmerged, 1), text);
+    compared++;
+  }
+  assert.ok(compared >= 5, `${compared} lines`);
+});
+
+Deno.test("parseTokenizer() refuses a NaN merge score; encode() refuses text that is not a string", async () => {
+  const bytes = await fixtureBytes("tok512.bin");
+  const { tokenizer } = await loadFixture();
+  // token 403 ("Once") sits after the pieces before it: find its header by walking the file
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  let o = 4;
+  for (let id = 0; id < 403; id++) o += 8 + view.getInt32(o + 4, true);
+  const bad = bytes.slice();
+  new DataView(bad.buffer).setFloat32(o, NaN, true);
+  assert.throws(
+    () => parseTokenizer(bad, 512),
+    (e: Error) =>
+      e instanceof CorruptDataError && /token 403 has a NaN merge score/.test(e.message),
+  );
+  for (const text of [null, 123, {}, undefined]) {
+    assert.throws(
+      () => tokenizer.encode(text as unknown as string),
+      (e: Error) =>
+        e instanceof InvalidValueError && /text is \w+, expected a string/.test(e.message),
+    );
+  }
 });
