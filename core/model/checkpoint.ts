@@ -81,8 +81,8 @@ const HEADER_BYTES = 28;
 
 /**
  * Parses a llama2.c legacy checkpoint. Throws {@linkcode CorruptDataError} for a truncated or
- * oversized file (naming expected vs actual bytes) and {@linkcode ShapeError} for impossible
- * header values.
+ * oversized file (naming expected vs actual bytes) or a NaN or infinite weight (naming the tensor,
+ * layer, index and byte offset), and {@linkcode ShapeError} for impossible header values.
  *
  * @param input the whole checkpoint file (a Uint8Array or an ArrayBuffer)
  * @returns the weights (copied into a fresh, aligned buffer)
@@ -160,6 +160,34 @@ export function parseCheckpoint(input: Uint8Array | ArrayBuffer): ModelWeights {
   const rmsFinal = take(dim);
   take(ropeFloats);
   const classifier = config.sharedClassifier ? tokenEmbedding : take(config.vocabSize * dim);
+  // a NaN or infinite weight turns logits into NaN without a word, or stops a forward pass
+  // midway; one pass over the weights names it instead
+  const tensors: [string, Float32Array[]][] = [
+    ["token_embedding", [tokenEmbedding]],
+    ["rms_att", rmsAtt],
+    ["wq", wq],
+    ["wk", wk],
+    ["wv", wv],
+    ["wo", wo],
+    ["rms_ffn", rmsFfn],
+    ["w1", w1],
+    ["w2", w2],
+    ["w3", w3],
+    ["rms_final", [rmsFinal]],
+    ["classifier", config.sharedClassifier ? [] : [classifier]],
+  ];
+  for (const [name, layers] of tensors) {
+    for (const [l, t] of layers.entries()) {
+      for (let i = 0; i < t.length; i++) {
+        if (Number.isFinite(t[i])) continue;
+        const where = layers.length > 1 ? `${name}[layer ${l}]` : name;
+        throw new CorruptDataError(
+          `checkpoint weight ${where}[${i}] is ${t[i]}`,
+          HEADER_BYTES + t.byteOffset + 4 * i,
+        );
+      }
+    }
+  }
   return {
     config,
     tokenEmbedding,

@@ -102,7 +102,10 @@ export class Transformer {
    * @returns the next-token logits (a buffer reused by the next call)
    * @throws ShapeError for a token or position out of range, or a cache whose shape does not match
    *   the model or that does not hold pos positions in every layer; CapacityError for a full cache;
-   *   InvalidValueError while another forward() of this model is in flight (await each call)
+   *   InvalidValueError while another forward() of this model is in flight (await each call); all
+   *   before anything is appended. An error from the cache itself in a later layer (a budget, a
+   *   K/V value it refuses, memory that cannot grow) leaves the earlier layers holding the
+   *   position: its message then says so, and the cache needs reset() before further use.
    */
   async forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> {
     this.#checkToken(token, pos);
@@ -116,6 +119,8 @@ export class Transformer {
     this.#inFlight = true;
     try {
       return await this.#forward(token, pos, cache);
+    } catch (e) {
+      throw _notePartial(e, cache, this.config.nLayers, pos);
     } finally {
       this.#inFlight = false;
     }
@@ -152,16 +157,29 @@ export class Transformer {
    * @param startPos position of the first token; the cache must hold exactly that many
    * @param cache the key/value cache
    * @returns logits for every token, tokens.length × vocabSize
-   * @throws as {@linkcode Transformer.forward}, before anything is appended
+   * @throws as {@linkcode Transformer.forward}: its own checks before anything is appended; an
+   *   error from the cache midway names the layers and positions it left appended
    */
   async prefill(
     tokens: ArrayLike<number>,
     startPos: number,
     cache: KVCache,
   ): Promise<Float32Array> {
+    for (let i = 0; i < tokens.length; i++) this.#checkToken(tokens[i], startPos + i);
+    this.#checkCache(cache, startPos, tokens.length);
+    try {
+      return await this.#prefill(tokens, startPos, cache);
+    } catch (e) {
+      throw _notePartial(e, cache, this.config.nLayers, startPos);
+    }
+  }
+
+  async #prefill(
+    tokens: ArrayLike<number>,
+    startPos: number,
+    cache: KVCache,
+  ): Promise<Float32Array> {
     const c = this.config, w = this.#w, n = tokens.length;
-    for (let i = 0; i < n; i++) this.#checkToken(tokens[i], startPos + i);
-    this.#checkCache(cache, startPos, n);
     const x = new Float32Array(n * c.dim);
     const xb = new Float32Array(n * c.dim);
     const q = new Float32Array(n * c.dim);
@@ -239,4 +257,21 @@ export class Transformer {
       throw new ShapeError(`position ${pos} out of range [0, ${c.seqLen})`);
     }
   }
+}
+
+/**
+ * A cache error midway through a pass leaves the layers before it appended: adds to the error's
+ * message which layers hold which positions, so the caller knows to reset() the cache.
+ * @param e the error
+ * @param cache the cache
+ * @param nLayers layers of the model
+ * @param from positions the cache held before the pass
+ * @returns the error, its message extended when the cache changed
+ */
+function _notePartial(e: unknown, cache: KVCache, nLayers: number, from: number): unknown {
+  const held = Array.from({ length: nLayers }, (_, l) => cache.length(l));
+  if (!(e instanceof Error) || held.every((n) => n === from)) return e;
+  e.message += ` (the pass stopped midway: layers 0–${nLayers - 1} now hold ${held.join(", ")} ` +
+    `positions, from ${from} before it; reset() the cache before using it again)`;
+  return e;
 }

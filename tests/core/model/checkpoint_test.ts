@@ -71,3 +71,27 @@ Deno.test("parseCheckpoint() rejects impossible header sizes", async () => {
     /truncated/,
   );
 });
+
+Deno.test("parseCheckpoint() names a NaN or infinite weight by tensor, layer, index and offset", async () => {
+  const bytes = await fixtureBytes("stories260K.bin");
+  const { config } = parseCheckpoint(bytes);
+  const { dim, hiddenDim, vocabSize, kvDim } = config;
+  // file order: token_embedding, then per-layer tensors; w2 of layer 3 at its element 7
+  const L = config.nLayers;
+  const before = vocabSize * dim + L * (dim + dim * dim + 2 * kvDim * dim + dim * dim + dim) +
+    L * hiddenDim * dim + 3 * dim * hiddenDim;
+  const cases: [number, number, RegExp][] = [
+    [5, NaN, /weight token_embedding\[5\] is NaN/],
+    [before + 7, Infinity, /weight w2\[layer 3\]\[7\] is Infinity/],
+  ];
+  for (const [index, value, message] of cases) {
+    const bad = bytes.slice();
+    new DataView(bad.buffer).setFloat32(28 + 4 * index, value, true);
+    assert.throws(
+      () => parseCheckpoint(bad),
+      (e: Error) =>
+        e instanceof CorruptDataError && message.test(e.message) &&
+        (e as CorruptDataError).offset === 28 + 4 * index,
+    );
+  }
+});

@@ -1,13 +1,16 @@
 import assert from "node:assert/strict";
 import {
+  BudgetError,
   cacheShape,
   CapacityError,
   Float32KVCache,
   generateGreedy,
   InvalidValueError,
   type KVCache,
+  MixedPrecisionKVCache,
   perplexity,
   ShapeError,
+  uniformPolicy,
 } from "../../../mod.ts";
 import { loadFixture, REFERENCE } from "../../_fixtures.ts";
 
@@ -146,4 +149,32 @@ Deno.test("Transformer checks the cache's shape and room before appending to any
     (e) => e instanceof ShapeError && /layer 0 holds 1 positions, expected 2/.test(e.message),
   );
   assert.equal(small.length(0), 1);
+});
+
+Deno.test("a cache error midway through a pass names the layers it left appended", async () => {
+  const { model } = await loadFixture();
+  const shape = cacheShape(model.config, 64);
+  const policy = uniformPolicy({
+    keyFormat: "int4-g8-token",
+    valueFormat: "int4-g8-token",
+    recentWindow: 4,
+  });
+  // room for the fixed buffers and one page in layer 0 only: layer 1's first page is refused
+  const fixed = new MixedPrecisionKVCache(shape, policy).memory().bytes;
+  for (const pass of ["forward", "prefill"] as const) {
+    const cache = new MixedPrecisionKVCache(shape, policy, { maxBytes: fixed + 2212 });
+    const run = async () => {
+      if (pass === "prefill") return await model.prefill(Array(40).fill(300), 0, cache);
+      for (let p = 0; p < 64; p++) await model.forward(p ? 300 : 1, p, cache);
+    };
+    await assert.rejects(run, (e: Error) => {
+      const m = /layers 0–4 now hold ([\d, ]+) positions, from (\d+) before it; reset\(\)/
+        .exec(e.message);
+      assert.ok(e instanceof BudgetError && m, e.message);
+      const held = m[1].split(", ").map(Number);
+      assert.deepEqual(held, [0, 1, 2, 3, 4].map((l) => cache.length(l)));
+      assert.ok(held.some((n) => n !== Number(m[2])), "some layer was appended");
+      return true;
+    }, pass);
+  }
 });
