@@ -15,7 +15,7 @@
  * @module
  */
 
-import { CapacityError, InvalidValueError, ShapeError } from "../errors.ts";
+import { CapacityError, InvalidValueError, ShapeError, typeName } from "../errors.ts";
 import { matmul, matvec, rmsnorm, Rope, siluGate } from "../tensor.ts";
 import type { ModelConfig, ModelWeights } from "./checkpoint.ts";
 import type { KVCache, KVCacheShape } from "./kv_cache.ts";
@@ -76,9 +76,12 @@ export class Transformer {
 
   /**
    * Creates the instance.
-   * @param weights weights from {@linkcode parseCheckpoint}
+   * @param weights weights from {@linkcode parseCheckpoint}, or built by hand to the same shapes
+   * @throws ShapeError naming a tensor (and layer) whose length does not fit the config, or a
+   *   config that is not a set of positive integers (dim and n_kv_heads dividing as they must)
    */
   constructor(weights: ModelWeights) {
+    _checkWeights(weights);
     this.#w = weights;
     const c = (this.config = weights.config);
     this.#rope = new Rope(c.headDim, c.seqLen);
@@ -274,4 +277,57 @@ function _notePartial(e: unknown, cache: KVCache, nLayers: number, from: number)
   e.message += ` (the pass stopped midway: layers 0–${nLayers - 1} now hold ${held.join(", ")} ` +
     `positions, from ${from} before it; reset() the cache before using it again)`;
   return e;
+}
+
+/** Checks hand-built weights as parseCheckpoint builds them: every tensor of its config's size. */
+function _checkWeights(w: ModelWeights): void {
+  const c = w?.config;
+  if (typeof c !== "object" || c === null) {
+    throw new ShapeError(`weights.config is ${typeName(c)}, expected a ModelConfig`);
+  }
+  for (const k of ["dim", "hiddenDim", "nLayers", "nHeads", "nKvHeads", "vocabSize", "seqLen"]) {
+    const v = (c as unknown as Record<string, unknown>)[k];
+    if (!Number.isSafeInteger(v) || (v as number) <= 0) {
+      throw new ShapeError(`config.${k} is ${v}, expected a positive integer`);
+    }
+  }
+  const headDim = c.dim / c.nHeads;
+  if (c.headDim !== headDim || headDim % 2 !== 0 || c.nHeads % c.nKvHeads !== 0) {
+    throw new ShapeError(
+      `config: dim ${c.dim}, ${c.nHeads} heads, ${c.nKvHeads} KV heads and headDim ${c.headDim} ` +
+        `do not fit (headDim = dim / nHeads, even; nKvHeads divides nHeads)`,
+    );
+  }
+  if (c.kvDim !== c.nKvHeads * headDim) {
+    throw new ShapeError(`config.kvDim is ${c.kvDim}, expected ${c.nKvHeads * headDim}`);
+  }
+  const one = (name: string, t: unknown, n: number) => {
+    if (!(t instanceof Float32Array) || t.length !== n) {
+      const got = t instanceof Float32Array ? `${t.length} floats` : typeName(t);
+      throw new ShapeError(`weights.${name} is ${got}, expected a Float32Array of ${n}`);
+    }
+  };
+  const perLayer = (name: keyof ModelWeights, n: number) => {
+    const ts = w[name];
+    if (!Array.isArray(ts) || ts.length !== c.nLayers) {
+      throw new ShapeError(
+        `weights.${name} has ${Array.isArray(ts) ? ts.length : typeName(ts)} layers, ` +
+          `expected ${c.nLayers}`,
+      );
+    }
+    ts.forEach((t, l) => one(`${name}[${l}]`, t, n));
+  };
+  const { dim, hiddenDim, vocabSize, kvDim } = c;
+  one("tokenEmbedding", w.tokenEmbedding, vocabSize * dim);
+  perLayer("rmsAtt", dim);
+  perLayer("wq", dim * dim);
+  perLayer("wk", kvDim * dim);
+  perLayer("wv", kvDim * dim);
+  perLayer("wo", dim * dim);
+  perLayer("rmsFfn", dim);
+  perLayer("w1", hiddenDim * dim);
+  perLayer("w2", dim * hiddenDim);
+  perLayer("w3", hiddenDim * dim);
+  one("rmsFinal", w.rmsFinal, dim);
+  one("classifier", w.classifier, vocabSize * dim);
 }

@@ -8,8 +8,10 @@ import {
   InvalidValueError,
   type KVCache,
   MixedPrecisionKVCache,
+  type ModelWeights,
   perplexity,
   ShapeError,
+  Transformer,
   uniformPolicy,
 } from "../../../mod.ts";
 import { loadFixture, REFERENCE } from "../../_fixtures.ts";
@@ -177,4 +179,38 @@ Deno.test("a cache error midway through a pass names the layers it left appended
       return true;
     }, pass);
   }
+});
+
+Deno.test("the Transformer constructor names a hand-built tensor or config that does not fit", async () => {
+  const { weights } = await loadFixture();
+  const cases: [string, (w: ModelWeights) => unknown, RegExp][] = [
+    [
+      "short rmsFinal",
+      (w) => w.rmsFinal = w.rmsFinal.subarray(1),
+      /weights\.rmsFinal is 63 floats, expected a Float32Array of 64/,
+    ],
+    ["missing layers", (w) => w.w1 = w.w1.slice(0, 2), /weights\.w1 has 2 layers, expected 5/],
+    [
+      "a Float64Array",
+      (w) => w.wq[3] = new Float64Array(64 * 64) as never,
+      /weights\.wq\[3\] is Float64Array/,
+    ],
+    [
+      "short embedding",
+      (w) => w.tokenEmbedding = w.tokenEmbedding.subarray(0, 640),
+      /tokenEmbedding is 640 floats/,
+    ],
+    ["a bad config", (w) => w.config = { ...w.config, nKvHeads: 3 }, /nKvHeads divides nHeads/],
+    ["no config", (w) => w.config = undefined as never, /weights\.config is undefined/],
+  ];
+  for (const [what, edit, message] of cases) {
+    const w = { ...weights, wq: [...weights.wq] };
+    edit(w);
+    assert.throws(
+      () => new Transformer(w),
+      (e: Error) => e instanceof ShapeError && message.test(e.message),
+      what,
+    );
+  }
+  assert.throws(() => new Transformer(null as never), ShapeError);
 });
