@@ -168,6 +168,9 @@ export class Transformer {
     startPos: number,
     cache: KVCache,
   ): Promise<Float32Array> {
+    if (typeof tokens?.length !== "number") {
+      throw new InvalidValueError(`tokens is ${typeName(tokens)}, expected an array of token ids`);
+    }
     for (let i = 0; i < tokens.length; i++) this.#checkToken(tokens[i], startPos + i);
     this.#checkCache(cache, startPos, tokens.length);
     try {
@@ -236,6 +239,9 @@ export class Transformer {
    * midway through a prefill) would leave the earlier layers appended: check it all first.
    */
   #checkCache(cache: KVCache, startPos: number, n: number): void {
+    if (typeof cache?.append !== "function" || typeof cache.length !== "function") {
+      throw new InvalidValueError(`cache is ${typeName(cache)}, expected a KVCache`);
+    }
     const c = this.config, s = cache.shape;
     checkCacheFits(c, s);
     for (let l = 0; l < c.nLayers; l++) {
@@ -253,11 +259,13 @@ export class Transformer {
 
   #checkToken(token: number, pos: number): void {
     const c = this.config;
+    // a string "3" is named as one, not as if a valid 3 were refused
+    const shown = (v: unknown) => typeof v === "string" ? JSON.stringify(v) : String(v);
     if (!Number.isInteger(token) || token < 0 || token >= c.vocabSize) {
-      throw new ShapeError(`token id ${token} out of range [0, ${c.vocabSize})`);
+      throw new ShapeError(`token id ${shown(token)} out of range [0, ${c.vocabSize})`);
     }
     if (!Number.isInteger(pos) || pos < 0 || pos >= c.seqLen) {
-      throw new ShapeError(`position ${pos} out of range [0, ${c.seqLen})`);
+      throw new ShapeError(`position ${shown(pos)} out of range [0, ${c.seqLen})`);
     }
   }
 }

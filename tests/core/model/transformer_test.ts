@@ -214,3 +214,27 @@ Deno.test("the Transformer constructor names a hand-built tensor or config that 
   }
   assert.throws(() => new Transformer(null as never), ShapeError);
 });
+
+Deno.test("forward and prefill name a missing cache or token list, and a token given as a string", async () => {
+  const { model } = await loadFixture();
+  const cache = new Float32KVCache(cacheShape(model.config));
+  const named = (cls: abstract new (...a: never[]) => Error, re: RegExp) => (e: Error) =>
+    e instanceof cls && re.test(e.message);
+  await assert.rejects(
+    () => model.forward(1, 0, null as never),
+    named(InvalidValueError, /cache is null, expected a KVCache/),
+  );
+  await assert.rejects(
+    () => model.prefill(null as never, 0, cache),
+    named(InvalidValueError, /tokens is null/),
+  );
+  await assert.rejects(
+    () => model.forward("3" as never, 0, cache),
+    named(ShapeError, /token id "3" out of range/),
+  );
+  await assert.rejects(
+    () => model.forward(1, "0" as never, cache),
+    named(ShapeError, /position "0" out of range/),
+  );
+  assert.equal(cache.length(0), 0);
+});
