@@ -372,8 +372,8 @@ export function tierFor(
 
 /**
  * Checks parsed JSON against the PrecisionPlan shape: version 1, non-negative integers for sinks
- * and window, a window format, and per head a non-empty tier list sorted by minScore descending
- * ending at 0, with format names accepted by `isFormat`.
+ * and window, a window format, and per head a non-empty tier list of finite minScores sorted
+ * descending and ending at 0, with format names accepted by `isFormat`.
  *
  * @param value parsed JSON
  * @param isFormat accepts known format names (default: any non-empty string)
@@ -418,11 +418,12 @@ export function validatePrecisionPlan(
         if (typeof tier !== "object" || tier === null) {
           throw bad(`layer ${l} head ${h} tier ${i} is ${tier}, expected an object`);
         }
-        // A string minScore would pass the comparisons below by coercion.
-        if (
-          typeof tier.minScore !== "number" || !(tier.minScore >= 0) || !(tier.minScore <= last)
-        ) {
-          throw bad(`layer ${l} head ${h} tier ${i} minScore ${tier.minScore} not in [0, ${last}]`);
+        // A string minScore would pass the comparisons below by coercion; an Infinity would pass
+        // them and then be refused by the cache policy.
+        const m = tier.minScore;
+        if (typeof m !== "number" || !(m >= 0) || !(m <= last) || m === Infinity) {
+          const range = last === Infinity ? "[0, Infinity)" : `[0, ${last}]`;
+          throw bad(`layer ${l} head ${h} tier ${i} minScore ${m} not in ${range}`);
         }
         last = tier.minScore;
         for (const name of [tier.keyFormat, tier.valueFormat]) {

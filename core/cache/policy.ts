@@ -13,7 +13,8 @@
  * @module
  */
 
-import { InvalidValueError, ShapeError } from "../errors.ts";
+import { getFormat } from "../../codecs/format.ts";
+import { FormatError, InvalidValueError, ShapeError } from "../errors.ts";
 
 /** The formats of one token's key and value. */
 export interface FormatPair {
@@ -70,33 +71,54 @@ export type PolicyJSON =
  *
  * @param json the `options` of a policy
  * @returns the policy
- * @throws InvalidValueError naming the first malformed field
+ * @throws InvalidValueError naming the first malformed field (a field its kind does not have
+ *   included); FormatError naming the field of an unknown format
  */
 export function policyFromJSON(json: PolicyJSON): CachePolicy {
   if (typeof json !== "object" || json === null) {
     throw new InvalidValueError(`policy is ${json}, expected an object with a kind`);
   }
-  if (json.kind === "uniform") {
-    _checkPair(json, "");
-    return uniformPolicy(json);
+  if (json.kind !== "uniform" && json.kind !== "tiered") {
+    throw new InvalidValueError(
+      `unknown policy kind ${JSON.stringify((json as { kind: unknown }).kind)}`,
+    );
   }
-  if (json.kind === "tiered") return tieredPolicy(json);
-  throw new InvalidValueError(
-    `unknown policy kind ${JSON.stringify((json as { kind: unknown }).kind)}`,
-  );
+  // the library records only these (see _own), so anything else is not a policy it wrote
+  const unknown = Object.keys(json).find((k) => !(_KEYS[json.kind] as string[]).includes(k));
+  if (unknown !== undefined) {
+    throw new InvalidValueError(`${json.kind} policy has unknown field ${JSON.stringify(unknown)}`);
+  }
+  return json.kind === "uniform" ? uniformPolicy(json) : tieredPolicy(json);
+}
+
+const _WINDOW_KEYS = ["sinkTokens", "recentWindow", "windowFormat", "pageTokens", "ropeBase"];
+/** The fields of each kind's JSON form. */
+const _KEYS = {
+  uniform: ["kind", ..._WINDOW_KEYS, "keyFormat", "valueFormat", "label"],
+  tiered: ["kind", ..._WINDOW_KEYS, "tiers", "label"],
+};
+
+// a policy's options keep only its kind's fields, so what a cache saves policyFromJSON loads
+function _own<T extends object>(options: T, kind: keyof typeof _KEYS): T {
+  return Object.fromEntries(
+    Object.entries(options).filter(([k]) => k !== "kind" && _KEYS[kind].includes(k)),
+  ) as T;
 }
 
 // tiers from JSON or a caller: every level is checked so a malformed one is named, not a TypeError
 function _checkTiers(tiers: unknown): void {
   if (!Array.isArray(tiers)) throw new InvalidValueError("tiers must be an array of layers");
+  if (tiers.length === 0) throw new InvalidValueError("tiers has no layers");
   tiers.forEach((layer: unknown, l) => {
     if (!Array.isArray(layer)) {
       throw new InvalidValueError(`tiers[${l}] must be an array of KV heads`);
     }
+    if (layer.length === 0) throw new InvalidValueError(`tiers[${l}] has no KV heads`);
     layer.forEach((head: unknown, h) => {
       if (!Array.isArray(head)) {
         throw new InvalidValueError(`tiers[${l}][${h}] must be an array of tiers`);
       }
+      if (head.length === 0) throw new InvalidValueError(`tiers[${l}][${h}] has no tiers`);
       head.forEach((t: Tier, i) => {
         const at = `tiers[${l}][${h}][${i}]`;
         if (typeof t !== "object" || t === null) {
@@ -157,10 +179,12 @@ function windowFields(o: WindowOptions) {
   if (o.ropeBase !== undefined && !(Number.isFinite(o.ropeBase) && o.ropeBase > 0)) {
     throw new InvalidValueError(`ropeBase is ${o.ropeBase}, expected a finite number > 0`);
   }
+  const windowFormat = o.windowFormat ?? "fp16";
+  _checkFormat(windowFormat, "windowFormat");
   return {
     sinkTokens,
     recentWindow,
-    windowFormat: o.windowFormat ?? "fp16",
+    windowFormat,
     pageTokens,
     ...(o.ropeBase === undefined ? {} : { ropeBase: o.ropeBase }),
   };
@@ -172,8 +196,13 @@ function windowFields(o: WindowOptions) {
  *
  * @param options formats and window
  * @returns the policy
+ * @throws InvalidValueError naming the first malformed field; FormatError naming the field of an
+ *   unknown format
  */
 export function uniformPolicy(options: UniformOptions): CachePolicy {
+  _checkPair(options, "");
+  if (options.label !== undefined) _checkLabel(options.label);
+  const window = windowFields(options);
   const pair = { keyFormat: options.keyFormat, valueFormat: options.valueFormat };
   const label = options.label ??
     (pair.keyFormat === pair.valueFormat
@@ -181,10 +210,10 @@ export function uniformPolicy(options: UniformOptions): CachePolicy {
       : `K ${pair.keyFormat} / V ${pair.valueFormat}`);
   return {
     label,
-    ...windowFields(options),
+    ...window,
     formatFor: () => pair,
     pairs: () => [pair],
-    options: { kind: "uniform", ...options },
+    options: { kind: "uniform", ..._own(options, "uniform") },
   };
 }
 
@@ -208,18 +237,26 @@ export interface TieredOptions extends WindowOptions {
  *
  * @param options tiers and window
  * @returns the policy
- * @throws InvalidValueError naming the first malformed tier (or a head without a last tier at 0)
+ * @throws InvalidValueError naming the first malformed tier or field (or a head without a last
+ *   tier at 0); FormatError naming the field of an unknown format
  */
 export function tieredPolicy(options: TieredOptions): CachePolicy {
   _checkTiers(options?.tiers);
+  _checkLabel(options.label);
+  const window = windowFields(options);
   const tiers = options.tiers.map((layer) =>
     layer.map((head) => [...head].sort((a, b) => b.minScore - a.minScore))
   );
   const unique = new Map<string, FormatPair>();
-  for (const layer of tiers) {
-    for (const head of layer) {
-      if (head.length === 0 || head[head.length - 1].minScore > 0) {
-        throw new InvalidValueError("every head needs a last tier with minScore 0");
+  for (const [l, layer] of tiers.entries()) {
+    for (const [h, head] of layer.entries()) {
+      // scores are ≥ 0: below 0 a last tier would still catch every token, contradicting the plan
+      const lowest = head[head.length - 1].minScore;
+      if (lowest !== 0) {
+        throw new InvalidValueError(
+          `layer ${l} head ${h} has lowest minScore ${lowest}; every head needs a last tier with ` +
+            `minScore 0`,
+        );
       }
       for (const t of head) {
         unique.set(`${t.keyFormat}|${t.valueFormat}`, {
@@ -231,14 +268,14 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
   }
   return {
     label: options.label,
-    ...windowFields(options),
+    ...window,
     formatFor(layer, kvHead, score) {
       const head = tiers[layer][kvHead];
       for (const t of head) if (score >= t.minScore) return t;
       return head[head.length - 1];
     },
     pairs: () => [...unique.values()],
-    options: { kind: "tiered", ...options },
+    options: { kind: "tiered", ..._own(options, "tiered") },
   };
 }
 
@@ -272,9 +309,24 @@ export function checkPolicyShape(
 }
 
 function _checkPair(p: Partial<FormatPair>, where: string): void {
-  for (const key of ["keyFormat", "valueFormat"] as const) {
-    if (typeof p?.[key] !== "string") {
-      throw new InvalidValueError(`${where}${key} is ${p?.[key]}, expected a format name`);
-    }
+  for (const key of ["keyFormat", "valueFormat"] as const) _checkFormat(p?.[key], `${where}${key}`);
+}
+
+// an unknown name would otherwise fail only when a cache is built, without naming the field
+function _checkFormat(name: unknown, field: string): void {
+  if (typeof name !== "string") {
+    throw new InvalidValueError(`${field} is ${name}, expected a format name`);
+  }
+  try {
+    getFormat(name);
+  } catch (e) {
+    if (!(e instanceof FormatError)) throw e;
+    throw new FormatError(`${field}: ${e.message}`, { cause: e });
+  }
+}
+
+function _checkLabel(label: unknown): void {
+  if (typeof label !== "string") {
+    throw new InvalidValueError(`label is ${label}, expected a string`);
   }
 }

@@ -1,0 +1,190 @@
+import assert from "node:assert/strict";
+import {
+  CorruptDataError,
+  FormatError,
+  InvalidValueError,
+  loadCache,
+  MixedPrecisionKVCache,
+  planPolicy,
+  policyFromJSON,
+  type PolicyJSON,
+  type PrecisionPlan,
+  saveCache,
+  tieredPolicy,
+  uniformPolicy,
+  validatePrecisionPlan,
+} from "../../../mod.ts";
+import { normals, rng } from "../../_fixtures.ts";
+
+const pair = { keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" };
+const uniform = { kind: "uniform", ...pair };
+const tiered = { kind: "tiered", label: "t", tiers: [[[{ minScore: 0, ...pair }]]] };
+
+/** An error class, to check what was thrown. */
+type ErrorClass = new (...args: never[]) => Error;
+
+/** Asserts that policyFromJSON refuses `json` with `type`, the input left as it was. */
+function refused(json: unknown, type: ErrorClass, message: RegExp): void {
+  const before = JSON.stringify(json);
+  assert.throws(
+    () => policyFromJSON(json as PolicyJSON),
+    (e: Error) => e instanceof type && message.test(e.message),
+    before,
+  );
+  assert.equal(JSON.stringify(json), before, "a refused policy is left unchanged");
+}
+
+Deno.test("policyFromJSON() refuses unknown format names with a FormatError naming the field", () => {
+  refused({ ...uniform, keyFormat: "nope" }, FormatError, /^keyFormat: unknown format "nope"/);
+  refused({ ...uniform, valueFormat: "nope" }, FormatError, /^valueFormat: unknown format "nope"/);
+  refused(
+    { ...uniform, windowFormat: "nope" },
+    FormatError,
+    /^windowFormat: unknown format "nope"/,
+  );
+  refused({ ...tiered, windowFormat: "nope" }, FormatError, /^windowFormat: unknown format "nope"/);
+  const tiers = [[[{ minScore: 0, ...pair }], [
+    { minScore: 1, ...pair },
+    { minScore: 0, ...pair, keyFormat: "nope" },
+  ]]];
+  refused(
+    { ...tiered, tiers },
+    FormatError,
+    /^tiers\[0\]\[1\]\[1\]\.keyFormat: unknown format "nope"/,
+  );
+});
+
+Deno.test("policyFromJSON() refuses fields of the wrong type with an InvalidValueError naming them", () => {
+  refused({ ...uniform, windowFormat: 5 }, InvalidValueError, /^windowFormat is 5, expected a/);
+  refused({ ...uniform, label: 5 }, InvalidValueError, /^label is 5, expected a string/);
+  refused({ ...tiered, label: 5 }, InvalidValueError, /^label is 5, expected a string/);
+  const { label: _, ...unlabelled } = tiered;
+  refused(unlabelled, InvalidValueError, /^label is undefined, expected a string/);
+});
+
+Deno.test("policyFromJSON() refuses a tiered policy without layers, KV heads or tiers", () => {
+  refused({ ...tiered, tiers: [] }, InvalidValueError, /^tiers has no layers/);
+  refused({ ...tiered, tiers: [[]] }, InvalidValueError, /^tiers\[0\] has no KV heads/);
+  refused(
+    { ...tiered, tiers: [[[{ minScore: 0, ...pair }], []]] },
+    InvalidValueError,
+    /^tiers\[0\]\[1\] has no tiers/,
+  );
+});
+
+Deno.test("policyFromJSON() refuses a field its kind does not have, naming it", () => {
+  refused({ ...uniform, extra: 1 }, InvalidValueError, /uniform policy has unknown field "extra"/);
+  refused({ ...tiered, extra: 1 }, InvalidValueError, /tiered policy has unknown field "extra"/);
+  // a field of the other kind is as unknown
+  refused(
+    { ...uniform, tiers: tiered.tiers },
+    InvalidValueError,
+    /uniform policy has unknown field "tiers"/,
+  );
+  refused({ ...tiered, ...pair }, InvalidValueError, /tiered policy has unknown field "keyFormat"/);
+});
+
+Deno.test("a negative last tier is refused, naming its head: the last tier has minScore 0", () => {
+  const tiers = [[[{ minScore: 0, ...pair }], [{ minScore: 1, ...pair }, {
+    minScore: -5,
+    ...pair,
+  }]]];
+  refused({ ...tiered, tiers }, InvalidValueError, /layer 0 head 1 .*minScore -5/);
+  assert.throws(
+    () => tieredPolicy({ label: "t", tiers }),
+    (e: Error) => e instanceof InvalidValueError && /layer 0 head 1 .*minScore -5/.test(e.message),
+  );
+});
+
+Deno.test("uniformPolicy() and tieredPolicy() check formats and label as policyFromJSON does", () => {
+  const cases: [() => unknown, ErrorClass, RegExp][] = [
+    [() => uniformPolicy({} as never), InvalidValueError, /^keyFormat is undefined/],
+    [() => uniformPolicy(undefined as never), InvalidValueError, /^keyFormat is undefined/],
+    [
+      () => uniformPolicy({ keyFormat: "bogus", valueFormat: "fp16" }),
+      FormatError,
+      /^keyFormat: unknown format "bogus"/,
+    ],
+    [
+      () => uniformPolicy({ ...pair, windowFormat: "bogus" }),
+      FormatError,
+      /^windowFormat: unknown format "bogus"/,
+    ],
+    [() => uniformPolicy({ ...pair, label: 5 } as never), InvalidValueError, /^label is 5/],
+    [
+      () => tieredPolicy({ tiers: tiered.tiers } as never),
+      InvalidValueError,
+      /^label is undefined, expected a string/,
+    ],
+    [() => tieredPolicy({ label: "t", tiers: [] }), InvalidValueError, /^tiers has no layers/],
+    [
+      () => tieredPolicy({ label: "t", tiers: [[[{ minScore: 0, ...pair, valueFormat: "x" }]]] }),
+      FormatError,
+      /^tiers\[0\]\[0\]\[0\]\.valueFormat: unknown format "x"/,
+    ],
+  ];
+  for (const [make, type, message] of cases) {
+    assert.throws(
+      make,
+      (e: Error) => e instanceof type && message.test(e.message),
+      String(message),
+    );
+  }
+});
+
+Deno.test("well-formed policies are still accepted, and their options rebuild them", () => {
+  const policies = [
+    policyFromJSON(uniform as PolicyJSON),
+    policyFromJSON({ ...uniform, label: "", windowFormat: "int8-g8-token" } as PolicyJSON),
+    policyFromJSON(tiered as PolicyJSON),
+    // unsorted tiers are sorted; -0 is 0
+    tieredPolicy({
+      label: "t",
+      tiers: [[[{ minScore: -0, ...pair }, { minScore: 2, ...pair, keyFormat: "fp16" }]]],
+      sinkTokens: 1,
+      recentWindow: 4,
+      ropeBase: 10000,
+    }),
+  ];
+  for (const p of policies) {
+    const again = policyFromJSON(JSON.parse(JSON.stringify(p.options)));
+    assert.deepEqual(JSON.stringify(again.options), JSON.stringify(p.options));
+    assert.equal(again.label, p.label);
+  }
+  assert.equal(policies[3].formatFor(0, 0, 3).keyFormat, "fp16");
+  assert.equal(policies[3].formatFor(0, 0, 1).keyFormat, pair.keyFormat);
+});
+
+Deno.test("a policy built with extra option fields records only its own, so its cache loads", () => {
+  const policy = uniformPolicy({ ...pair, recentWindow: 2, note: "mine" } as never);
+  assert.equal("note" in policy.options, false);
+  const cache = new MixedPrecisionKVCache(
+    { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 16 },
+    policy,
+  );
+  for (let p = 0; p < 10; p++) cache.append(0, p, normals(8, rng(p)), normals(8, rng(p + 20)));
+  const bytes = saveCache(cache);
+  assert.deepEqual(saveCache(loadCache(bytes)), bytes);
+});
+
+Deno.test("validatePrecisionPlan() refuses a non-finite minScore with a CorruptDataError", () => {
+  const plan = (minScore: number): PrecisionPlan => ({
+    version: 1,
+    sinkTokens: 0,
+    recentWindow: 4,
+    windowFormat: "fp16",
+    layers: [{ heads: [{ tiers: [{ minScore, ...pair }, { minScore: 0, ...pair }] }] }],
+  });
+  for (const bad of [Infinity, NaN, -Infinity]) {
+    for (const check of [validatePrecisionPlan, planPolicy]) {
+      assert.throws(
+        () => check(plan(bad)),
+        (e: Error) =>
+          e instanceof CorruptDataError &&
+          new RegExp(`layer 0 head 0 tier 0 minScore ${bad} not in`).test(e.message),
+        `${check.name} ${bad}`,
+      );
+    }
+  }
+  assert.equal(planPolicy(plan(1e300)).formatFor(0, 0, 1e300).keyFormat, pair.keyFormat);
+});
