@@ -32,9 +32,11 @@ import {
   ShapeError,
 } from "../errors.ts";
 import {
+  type CacheBuffer,
   type CacheMemory,
   checkAppend,
   checkAttend,
+  checkCacheBytes,
   checkCacheShape,
   checkLayer,
   type KVCache,
@@ -212,6 +214,18 @@ class HeadStore {
   }
 }
 
+/**
+ * Heap a HeadStore's JS objects take besides their buffers (five typed arrays, a Map): about 1.3 KB
+ * measured on Deno 2, rounded up. Counted so that millions of heads are refused like large buffers.
+ */
+const HEAD_OBJECT_BYTES = 2048;
+
+/**
+ * Pages of up to this many tokens are accepted whatever maxSeqLen: the GPU cache's default page
+ * (the CPU default is 32), so default policies fit short caches.
+ */
+const ALWAYS_FITTING_PAGE = 128;
+
 /** Where one KV head's eviction chunk goes (MixedPrecisionKVCache.append). */
 interface Eviction {
   /** "keyFormat|valueFormat" of the pool. */
@@ -284,8 +298,10 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #slotWords: number;
   /** Tokens evicted from the window at once: the largest channel-axis group of the policy. */
   readonly evictQuantum: number;
-  /** Ring slots per head: recentWindow + evictQuantum. */
+  /** Ring slots per head: recentWindow (at most maxSeqLen) + evictQuantum. */
   readonly #ring: number;
+  /** Sink slots per head: sinkTokens, at most maxSeqLen. */
+  readonly #sinks: number;
   /** Whether window scores matter: only a policy with a choice of formats reads them. */
   readonly #tracksScores: boolean;
   /** "keyFormat|valueFormat" of every pair the policy declares: formatFor must choose one. */
@@ -320,10 +336,19 @@ export class MixedPrecisionKVCache implements KVCache {
   #windowScores = new Float64Array(0);
 
   /**
-   * Creates an empty cache; every format the policy can choose is checked now.
+   * Creates an empty cache; every format the policy can choose is checked now, and every size
+   * before anything is allocated. sinkTokens and recentWindow past maxSeqLen are accepted and
+   * allocate maxSeqLen tokens (no more are ever held; such a window never evicts, as before); a
+   * tiered policy's window scores keep one slot per eviction chunk of recentWindow, as the GPU
+   * cache's do, so copies between them match.
    * @param shape the cache's shape
    * @param policy where tokens go
    * @param options codecs and attention backend
+   * @throws {ShapeError} for a dimension that is not a positive integer, or pageTokens over both
+   *   128 and maxSeqLen rounded up to the largest channel group (such a page never fills)
+   * @throws {CapacityError} when a buffer (sinks, window ring, window scores, scratch, RoPE tables,
+   *   one page) would exceed MAX_BUFFER_BYTES, or those allocated now MAX_FIXED_BYTES together
+   * @throws {BudgetError} when maxBytes is below the sinks, window ring and window scores
    */
   constructor(shape: KVCacheShape, policy: CachePolicy, options: MixedCacheOptions = {}) {
     checkCacheShape(shape);
@@ -372,23 +397,32 @@ export class MixedPrecisionKVCache implements KVCache {
       );
     }
     this.evictQuantum = quantum;
+    const M = shape.maxSeqLen, fill = Math.ceil(M / quantum) * quantum;
+    if (policy.pageTokens > Math.max(fill, ALWAYS_FITTING_PAGE)) {
+      throw new ShapeError(
+        `policy ${policy.label}: pageTokens ${policy.pageTokens} is more than maxSeqLen ${M} can ` +
+          `fill (${fill} tokens in groups of ${quantum}); pages of up to ` +
+          `${Math.max(fill, ALWAYS_FITTING_PAGE)} tokens are accepted`,
+      );
+    }
     // the angle tables only where some pool stores keys before RoPE (channel-axis keys)
     const turned = policy.pairs().some((p) => getFormat(p.keyFormat).axis === "channel");
-    if (policy.ropeBase !== undefined && turned) {
-      this.#rope = new KeyRope(d, shape.maxSeqLen, quantum, policy.ropeBase);
-    }
+    const rope = policy.ropeBase !== undefined && turned;
+    this.#tracksScores = policy.pairs().length > 1;
+    this.#pairKeys = new Set(policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
+    this.#sinks = Math.min(policy.sinkTokens, M);
+    this.#ring = Math.min(policy.recentWindow, M) + quantum;
+    this.#chunkSlots = Math.ceil((policy.recentWindow + quantum) / quantum);
+    this.#slotWords = this.#window.wordsFor(d);
+    this.#checkBytes(rope);
+    if (rope) this.#rope = new KeyRope(d, M, quantum, policy.ropeBase!);
     this.#limits = cacheValueLimits({
       windowFormat: policy.windowFormat,
       ropeBase: policy.ropeBase,
       pairs: policy.pairs(),
     });
-    this.#tracksScores = policy.pairs().length > 1;
-    this.#pairKeys = new Set(policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
-    this.#ring = policy.recentWindow + quantum;
-    this.#chunkSlots = Math.ceil(this.#ring / quantum);
     this.#evictK = new Float32Array(quantum * d);
     this.#evictV = new Float32Array(quantum * d);
-    this.#slotWords = this.#window.wordsFor(d);
     this.#heads = this.#freshHeads();
     this.#lengths = new Int32Array(shape.nLayers);
     this.#k = new Float32Array(shape.maxSeqLen * d);
@@ -410,7 +444,45 @@ export class MixedPrecisionKVCache implements KVCache {
       this.#partials = Array.from({ length: hq }, () => new Partial(d));
       this.#windowScores = new Float64Array(hq * this.#ring);
     }
-    const fixed = this.memory().bytes;
+  }
+
+  /**
+   * Refuses, before anything is allocated, buffers the runtime cannot hold (checkCacheBytes) and
+   * fixed buffers over the memory budget.
+   * @param rope whether the RoPE angle tables are needed
+   */
+  #checkBytes(rope: boolean): void {
+    const { nLayers, nHeads, nKvHeads, headDim: d, maxSeqLen: M } = this.shape;
+    const heads = nLayers * nKvHeads, slot = 4 * this.#slotWords, Q = this.evictQuantum;
+    const scoreSlots = this.#tracksScores ? this.#chunkSlots : 0;
+    const buffers: CacheBuffer[] = [
+      { name: "sink buffer", bytes: slot * this.#sinks, count: 2 * heads },
+      { name: "window ring", bytes: slot * this.#ring, count: 2 * heads },
+      { name: "window scores", bytes: 4 * scoreSlots, count: heads },
+      { name: "per-head objects", bytes: HEAD_OBJECT_BYTES, count: heads },
+      { name: "layer lengths", bytes: 4 * nLayers },
+      { name: "attention scratch", bytes: 4 * M * d, count: 2 },
+      { name: "attention scores", bytes: 8 * M },
+      { name: "eviction scratch", bytes: 4 * Q * d, count: 2 },
+    ];
+    // cos and sin of every position; the wasm backend joins them, then copies them to its memory
+    if (rope) buffers.push({ name: "RoPE table", bytes: 2 * M * d, count: 2 });
+    if (rope && this.backend === "wasm") {
+      buffers.push({ name: "RoPE kernel table", bytes: 4 * M * d, count: 2 });
+    }
+    if (this.backend === "wasm") {
+      buffers.push({ name: "wasm window scores", bytes: 8 * (nHeads / nKvHeads) * this.#ring });
+    }
+    // pages come as tokens arrive, but one that can never be allocated is refused now
+    for (const pair of this.policy.pairs()) {
+      for (const f of [pair.keyFormat, pair.valueFormat]) {
+        const bytes = 4 * this.#codecFor(f).wordsFor(this.policy.pageTokens * d);
+        buffers.push({ name: `${f} page`, bytes, count: 0 });
+      }
+    }
+    checkCacheBytes("MixedPrecisionKVCache", this.shape, buffers);
+    // what memory() reports of an empty cache
+    const fixed = heads * (2 * slot * (this.#sinks + this.#ring) + 4 * scoreSlots);
     if (this.maxBytes !== undefined && fixed > this.maxBytes) {
       throw new BudgetError(
         `memory budget ${this.maxBytes} bytes is below the cache's fixed buffers (sinks and window ` +
@@ -422,7 +494,6 @@ export class MixedPrecisionKVCache implements KVCache {
 
   #freshHeads(): HeadStore[][] {
     const { nLayers, nKvHeads } = this.shape;
-    const { sinkTokens } = this.policy;
     return Array.from(
       { length: nLayers },
       () =>
@@ -430,7 +501,7 @@ export class MixedPrecisionKVCache implements KVCache {
           { length: nKvHeads },
           () =>
             new HeadStore(
-              sinkTokens,
+              this.#sinks,
               this.#ring,
               this.#slotWords,
               this.#tracksScores ? this.#chunkSlots : 0,

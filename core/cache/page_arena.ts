@@ -20,6 +20,8 @@
  * @module
  */
 
+import { CapacityError } from "../errors.ts";
+
 const WASM_PAGE = 65536;
 const ALIGN = 16;
 
@@ -53,6 +55,7 @@ export class PageArena {
    * Allocates a zeroed block, growing memory when needed (which detaches existing views).
    * @param bytes size in bytes
    * @returns the block's byte offset
+   * @throws {CapacityError} naming the size when memory cannot grow to hold it; nothing changes
    */
   alloc(bytes: number): number {
     const size = PageArena.blockBytes(bytes);
@@ -62,7 +65,18 @@ export class PageArena {
       return reuse;
     }
     const ptr = this.#top, end = ptr + size, have = this.memory.buffer.byteLength;
-    if (end > have) this.memory.grow(Math.ceil((end - have) / WASM_PAGE));
+    if (end > have) {
+      try {
+        this.memory.grow(Math.ceil((end - have) / WASM_PAGE));
+      } catch (cause) {
+        // past the memory's maximum (4 GiB at most) or what the host grants
+        throw new CapacityError(
+          `no WebAssembly memory for a block of ${size} bytes: it holds ${have} bytes and cannot ` +
+            `grow to ${end} (${cause instanceof Error ? cause.message : String(cause)})`,
+          { cause },
+        );
+      }
+    }
     this.#top = end;
     return ptr; // fresh memory is zero
   }

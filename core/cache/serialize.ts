@@ -25,7 +25,7 @@
  * @module
  */
 
-import { CorruptDataError } from "../errors.ts";
+import { CapacityError, CorruptDataError } from "../errors.ts";
 import type { KVCacheShape } from "../model/kv_cache.ts";
 import { type MixedCacheOptions, MixedPrecisionKVCache } from "./mixed_cache.ts";
 import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
@@ -316,8 +316,9 @@ export function loadCache(
   try {
     cache = new MixedPrecisionKVCache(json.shape, policy, options);
   } catch (e) {
-    // a shape too large to allocate (a corrupted maxSeqLen, say) is a RangeError of the runtime
-    if (!(e instanceof RangeError)) throw e;
+    // a shape too large to allocate (a corrupted maxSeqLen, say): refused by the cache's size
+    // checks, or a RangeError of the runtime
+    if (!(e instanceof RangeError || e instanceof CapacityError)) throw e;
     throw new CorruptDataError(
       `cache description's shape ${
         JSON.stringify(json.shape)

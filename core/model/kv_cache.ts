@@ -200,6 +200,68 @@ export function checkCacheShape(shape: KVCacheShape): void {
 }
 
 /**
+ * Largest single buffer a cache allocates, 2^31 − 1 bytes: a length every engine kvprec runs on
+ * accepts (the limit on larger ArrayBuffers depends on the engine and its build).
+ */
+export const MAX_BUFFER_BYTES = 2 ** 31 - 1;
+
+/**
+ * Largest total a cache allocates when it is created, 4 GiB: what a 32-bit process or a WebAssembly
+ * memory addresses. A mixed cache's tokens live in pages allocated as they arrive, so fixed buffers
+ * past this mean a mistaken shape (millions of layers once filled the JS heap until Deno died of an
+ * out-of-memory no caller can catch).
+ */
+export const MAX_FIXED_BYTES = 2 ** 32;
+
+/** One kind of buffer a cache allocates, for {@linkcode checkCacheBytes}. */
+export interface CacheBuffer {
+  /** What it holds, for the message. */
+  name: string;
+  /** Bytes of one. */
+  bytes: number;
+  /** How many are allocated up front (default 1); 0 for one allocated later, such as a page. */
+  count?: number;
+}
+
+/**
+ * Checks, before a cache allocates anything, that each of its buffers fits
+ * {@linkcode MAX_BUFFER_BYTES} and those allocated up front together {@linkcode MAX_FIXED_BYTES}.
+ *
+ * @param cache the cache's class, for the message
+ * @param shape its shape, for the message
+ * @param buffers every kind of buffer it allocates
+ * @throws {CapacityError} naming the shape, the buffer or total, and the bytes
+ */
+export function checkCacheBytes(
+  cache: string,
+  shape: KVCacheShape,
+  buffers: readonly CacheBuffer[],
+): void {
+  const { nLayers, nHeads, nKvHeads, headDim, maxSeqLen } = shape;
+  const what = `${cache} of shape ${
+    JSON.stringify({ nLayers, nHeads, nKvHeads, headDim, maxSeqLen })
+  }`;
+  let total = 0;
+  for (const { name, bytes, count = 1 } of buffers) {
+    if (bytes > MAX_BUFFER_BYTES) {
+      throw new CapacityError(
+        `${what}: its ${name} would take ${bytes} bytes, over the ${MAX_BUFFER_BYTES} bytes ` +
+          `one buffer may hold`,
+      );
+    }
+    total += bytes * count;
+  }
+  if (total > MAX_FIXED_BYTES) {
+    const parts = buffers.filter((b) => (b.count ?? 1) > 0 && b.bytes > 0)
+      .map((b) => `${b.name} ${b.bytes * (b.count ?? 1)}`).join(", ");
+    throw new CapacityError(
+      `${what} would allocate ${total} bytes up front (${parts}), over the limit of ` +
+        `${MAX_FIXED_BYTES} bytes`,
+    );
+  }
+}
+
+/**
  * Full-precision reference cache: keys and values as float32, laid out
  * [layer][kvHead][position][headDim] so one head's keys are contiguous.
  */
@@ -215,11 +277,20 @@ export class Float32KVCache implements KVCache {
   /**
    * Creates the instance.
    * @param shape the cache's shape; all of maxSeqLen is allocated up front
+   * @throws {ShapeError} for a dimension that is not a positive integer
+   * @throws {CapacityError} when keys or values would exceed {@linkcode MAX_BUFFER_BYTES}, or all
+   *   buffers {@linkcode MAX_FIXED_BYTES}; nothing is allocated
    */
   constructor(shape: KVCacheShape) {
     checkCacheShape(shape);
-    this.shape = { ...shape };
     const size = shape.nLayers * shape.nKvHeads * shape.maxSeqLen * shape.headDim;
+    checkCacheBytes("Float32KVCache", shape, [
+      { name: "keys", bytes: 4 * size },
+      { name: "values", bytes: 4 * size },
+      { name: "attention scores", bytes: 4 * shape.maxSeqLen },
+      { name: "layer lengths", bytes: 4 * shape.nLayers },
+    ]);
+    this.shape = { ...shape };
     this.keys = new Float32Array(size);
     this.values = new Float32Array(size);
     this.#lengths = new Int32Array(shape.nLayers);
