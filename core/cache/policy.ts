@@ -270,7 +270,13 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
     label: options.label,
     ...window,
     formatFor(layer, kvHead, score) {
-      const head = tiers[layer][kvHead];
+      const head = tiers[layer]?.[kvHead];
+      if (head === undefined) {
+        throw new ShapeError(
+          `layer ${layer}, KV head ${kvHead} is outside the tiers (${tiers.length} layers of ` +
+            `${tiers[0].length} KV heads)`,
+        );
+      }
       for (const t of head) if (score >= t.minScore) return t;
       return head[head.length - 1];
     },

@@ -10,6 +10,7 @@ import {
   type PolicyJSON,
   type PrecisionPlan,
   saveCache,
+  ShapeError,
   tieredPolicy,
   uniformPolicy,
   validatePrecisionPlan,
@@ -187,4 +188,17 @@ Deno.test("validatePrecisionPlan() refuses a non-finite minScore with a CorruptD
     }
   }
   assert.equal(planPolicy(plan(1e300)).formatFor(0, 0, 1e300).keyFormat, pair.keyFormat);
+});
+
+Deno.test("a tiered policy's formatFor names a layer or KV head outside its tiers", () => {
+  const pair = { keyFormat: "fp16", valueFormat: "int8-g8-token", minScore: 0 };
+  const p = tieredPolicy({ label: "t", tiers: [[[pair], [pair]]] });
+  assert.equal(p.formatFor(0, 1, 0.5).valueFormat, "int8-g8-token");
+  for (const [l, h] of [[5, 0], [0, 2], [-1, 0]]) {
+    assert.throws(
+      () => p.formatFor(l, h, 1),
+      (e: Error) =>
+        e instanceof ShapeError && /outside the tiers \(1 layers of 2 KV heads\)/.test(e.message),
+    );
+  }
 });
