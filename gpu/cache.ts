@@ -53,9 +53,11 @@
 
 import { DeviceError, FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
 import {
+  type CacheBuffer,
   type CacheMemory,
   checkAppend,
   checkAttend,
+  checkCacheBytes,
   checkCacheShape,
   checkLayer,
   type KVCache,
@@ -127,9 +129,12 @@ export interface GpuPageWords {
  * @throws {FormatError} for an unknown format, one that cannot be paged per head, or a group that
  *   does not divide head_dim or the page (as the CPU cache)
  * @throws {InvalidValueError} for a page size, sink count or window that is not an integer
- * @throws {ShapeError} for a shape or tier table that does not fit, or more than 16 query heads per
- *   KV head
- * @throws {DeviceError} when the device is lost or the pool exceeds its buffer limits
+ * @throws {ShapeError} for a shape or tier table that does not fit, more than 16 query heads per
+ *   KV head, or pageTokens that maxSeqLen can never fill (as the CPU cache)
+ * @throws {CapacityError} for a buffer past what the runtime holds (as the CPU cache); nothing is
+ *   allocated
+ * @throws {DeviceError} when the device is lost, or a buffer (the page pool grown to every
+ *   position) exceeds the device's limits; nothing is allocated
  */
 export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuKVCache> {
   if (options.gpu === undefined) {
@@ -171,6 +176,24 @@ interface _Pool {
 const _pairKey = (p: FormatPair) => `${p.keyFormat}|${p.valueFormat}`;
 const _quantizeKey = (f: FormatSpec, turned: boolean) => `${f.name}${turned ? ":turned" : ""}`;
 
+/**
+ * Pages of up to this many tokens are accepted whatever maxSeqLen: the default page
+ * (cache_policy.ts), as the CPU cache accepts it.
+ */
+const _ALWAYS_FITTING_PAGE = 128;
+
+/**
+ * Heap a head's pool map takes (an empty Map and its array slot: about 200 bytes measured on
+ * Deno 2, rounded up). Counted so that millions of heads are refused like large buffers.
+ */
+const _HEAD_OBJECT_BYTES = 256;
+
+/** A buffer the cache allocates, for #checkBytes: on the GPU when `gpu` says which limit holds. */
+interface _Buffer extends CacheBuffer {
+  /** A storage buffer (the binding size limits it) or the readback buffer (the buffer size). */
+  gpu?: "storage" | "readback";
+}
+
 /** A paged mixed-precision KV cache whose pages live on the GPU. */
 export class GpuKVCache implements KVCache {
   readonly shape: KVCacheShape;
@@ -189,8 +212,14 @@ export class GpuKVCache implements KVCache {
   readonly #windowCodec: Codec;
   /** Words per position of the window format in the staging buffer. */
   readonly #slotWords: number;
+  /** Ring slots per head: windowTokens (at most maxSeqLen) + chunk. */
   readonly #ringSlots: number;
+  /** Sink slots per head: sinkTokens, at most maxSeqLen (no position is ever past it). */
+  readonly #sinks: number;
+  /** Staging slots per head: sinks and ring. */
   readonly #slots: number;
+  /** Host recent-key slots per head: windowTokens, at most maxSeqLen. */
+  readonly #recentSlots: number;
   /** Per format pair: its page layout and the buffer of its pages. */
   readonly #byPair: Map<string, _Pair>;
   readonly #staging: GPUBuffer;
@@ -232,9 +261,17 @@ export class GpuKVCache implements KVCache {
 
   /**
    * Creates the cache and allocates its buffers; prefer {@linkcode createGpuKVCache}, which also
-   * compiles the kernels.
+   * compiles the kernels. Every size is checked before any buffer is created; sinkTokens and
+   * windowTokens past maxSeqLen allocate maxSeqLen tokens, as the CPU cache's do (a tiered
+   * policy's window scores keep one slot per eviction chunk of windowTokens, as there).
    * @param options device, shape and policy
    * @param pipelines pipeline cache
+   * @throws {ShapeError} for pageTokens over both 128 and maxSeqLen rounded up to the chunk (such
+   *   a page never fills)
+   * @throws {CapacityError} when a buffer would exceed MAX_BUFFER_BYTES, or those allocated now
+   *   MAX_FIXED_BYTES together (core/model/kv_cache.ts)
+   * @throws {DeviceError} when a GPU buffer, or a pair's page buffer grown to every position,
+   *   would exceed what the device allows
    */
   constructor(options: GpuKVCacheOptions, pipelines: PipelineCache) {
     const { gpu, shape } = options;
@@ -249,6 +286,8 @@ export class GpuKVCache implements KVCache {
       );
     }
     gpu.check("creating the GPU cache");
+    this.#gpu = gpu;
+    this.#pipelines = pipelines;
     this.shape = { ...shape };
     this.policy = withDefaults(options.policy);
     const { pageTokens: P, sinkTokens: S, windowTokens: W } = this.policy;
@@ -289,12 +328,25 @@ export class GpuKVCache implements KVCache {
       }
     }
     this.chunk = chunk;
-    // as the CPU cache's ring: a chunk may wrap, so eviction gathers it into #evictScratch first
-    this.#ringSlots = W + chunk;
-    this.#slots = S + this.#ringSlots;
+    const M = shape.maxSeqLen, fill = Math.ceil(M / chunk) * chunk;
+    if (P > Math.max(fill, _ALWAYS_FITTING_PAGE)) {
+      throw new ShapeError(
+        `pageTokens ${P} is more than maxSeqLen ${M} can fill (${fill} tokens in groups of ` +
+          `${chunk}); pages of up to ${Math.max(fill, _ALWAYS_FITTING_PAGE)} tokens are accepted`,
+      );
+    }
+    // as the CPU cache's ring: a chunk may wrap, so eviction gathers it into #evictScratch first;
+    // no more than maxSeqLen positions are ever sinks or recent
+    this.#sinks = Math.min(S, M);
+    this.#recentSlots = Math.min(W, M);
+    this.#ringSlots = this.#recentSlots + chunk;
+    this.#slots = this.#sinks + this.#ringSlots;
+    this.#tracksScores = this.pairs.length > 1;
+    // as many score slots as the CPU cache keeps, so that copies between them match
+    this.#chunkSlots = Math.ceil((W + chunk) / chunk);
     const heads = shape.nLayers * shape.nKvHeads;
     // a pair's buffer grows with its pages, up to every position of every head in that pair
-    const maxPages = heads * Math.ceil(shape.maxSeqLen / P);
+    const maxPages = heads * Math.ceil(M / P);
     const layouts = this.pairs.map((pair) => {
       const key = getFormat(pair.keyFormat), value = getFormat(pair.valueFormat);
       const keyWords = wordsForLength(key, P * d), valueWords = wordsForLength(value, P * d);
@@ -302,21 +354,46 @@ export class GpuKVCache implements KVCache {
       return { pair, key, value, keyWords, valueWords, positionWords };
     });
     const slotWords = (l: (typeof layouts)[number]) => l.keyWords + l.valueWords + l.positionWords;
-    const most = Math.max(...layouts.map((l) => maxPages * slotWords(l) * 4));
-    const stagingBytes = heads * 2 * this.#slots * this.#slotWords * 4;
     // keys before RoPE (a channel-axis key format): the angle table, a row of d floats per offset
     // and per position
-    const turns = layouts.some((l) => l.positionWords > 0);
-    const angleBytes = turns ? (chunk + shape.maxSeqLen) * d * 4 : 0;
-    const limit = gpu.device.limits.maxStorageBufferBindingSize;
-    const largest = Math.max(most, stagingBytes, angleBytes);
-    if (largest > limit) {
-      throw new DeviceError(
-        `GPU cache may need a ${largest}-byte buffer; the device allows ${limit}`,
-      );
-    }
-    this.#gpu = gpu;
-    this.#pipelines = pipelines;
+    const turns = ropeBase !== undefined && layouts.some((l) => l.positionWords > 0);
+    const pageWords = Math.max(...layouts.map((l) => Math.max(l.keyWords, l.valueWords)));
+    const sw4 = this.#slotWords * 4, tracked = this.#tracksScores ? heads : 0;
+    const qBytes = shape.nHeads * d * 4;
+    // outputs, then one log-sum-exp per query head when window attention is credited
+    const outBytes = qBytes + (this.#tracksScores ? shape.nHeads * 4 : 0);
+    const stagingBytes = heads * 2 * this.#slots * sw4;
+    const scratchBytes = shape.nKvHeads * 2 * chunk * sw4;
+    const readbackBytes = Math.max(outBytes, pageWords * 4);
+    const angleBytes = turns ? (chunk + M) * d * 4 : 0;
+    const turnedBytes = turns ? shape.nKvHeads * chunk * d * 4 : 0;
+    this.#checkBytes(
+      [
+        { name: "staging buffer (sinks and window ring)", bytes: stagingBytes, gpu: "storage" },
+        { name: "eviction scratch", bytes: scratchBytes, gpu: "storage" },
+        { name: "query buffer", bytes: qBytes, gpu: "storage" },
+        { name: "output buffer", bytes: outBytes, gpu: "storage" },
+        { name: "readback buffer", bytes: readbackBytes, gpu: "readback" },
+        // KeyRope's cos and sin of every position, then its angle rows: on the host, then the GPU
+        { name: "RoPE table", bytes: turns ? 2 * M * d : 0, count: 2 },
+        { name: "RoPE angle rows", bytes: angleBytes },
+        { name: "RoPE angle rows", bytes: angleBytes, gpu: "storage" },
+        { name: "eviction keys before RoPE", bytes: turnedBytes, gpu: "storage" },
+        { name: "layer counters", bytes: 4 * shape.nLayers, count: 4 },
+        { name: "per-head page tables", bytes: _HEAD_OBJECT_BYTES, count: heads },
+        { name: "window scores", bytes: 4 * tracked * this.#chunkSlots },
+        { name: "recent keys", bytes: tracked * this.#recentSlots * sw4 },
+        { name: "decoded recent keys", bytes: 4 * this.#recentSlots * d },
+        { name: "append scratch", bytes: 2 * shape.nKvHeads * sw4 },
+        // pages come as tokens arrive, but one that can never be allocated is refused now
+        ...layouts.map((l) => ({
+          name: `${_pairKey(l.pair)} page`,
+          bytes: slotWords(l) * 4,
+          count: 0,
+        })),
+      ],
+      layouts.map((l) => ({ name: _pairKey(l.pair), bytes: maxPages * slotWords(l) * 4 })),
+    );
     const dev = gpu.device;
     const S_ = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
     this.#byPair = new Map(layouts.map((l) => [_pairKey(l.pair), {
@@ -328,18 +405,17 @@ export class GpuKVCache implements KVCache {
         `kv pages ${_pairKey(l.pair)}`,
       ),
     }]));
-    const pageWords = Math.max(...layouts.map((l) => Math.max(l.keyWords, l.valueWords)));
     this.#staging = dev.createBuffer({
       size: Math.max(16, stagingBytes),
       usage: S_,
       label: `kv ${wf} window`,
     });
     this.#evictScratch = dev.createBuffer({
-      size: Math.max(16, shape.nKvHeads * 2 * chunk * this.#slotWords * 4),
+      size: Math.max(16, scratchBytes),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       label: "eviction chunk",
     });
-    if (ropeBase !== undefined && turns) {
+    if (turns) {
       const angles = new KeyRope(d, shape.maxSeqLen, chunk, ropeBase).angleRows();
       const buffer = (bytes: number, label: string) =>
         dev.createBuffer({
@@ -350,23 +426,19 @@ export class GpuKVCache implements KVCache {
       this.#rope = {
         span: chunk,
         angles: buffer(angles.byteLength, "rope angles"),
-        keys: buffer(shape.nKvHeads * chunk * d * 4, "eviction keys before RoPE"),
+        keys: buffer(turnedBytes, "eviction keys before RoPE"),
       };
       dev.queue.writeBuffer(this.#rope.angles, 0, angles);
     }
-    const qBytes = shape.nHeads * d * 4;
     this.#limits = cacheValueLimits({
       windowFormat: this.policy.windowFormat,
       ropeBase: this.policy.ropeBase,
       pairs: this.pairs,
     });
-    this.#tracksScores = this.pairs.length > 1;
-    // outputs, then one log-sum-exp per query head when window attention is credited
-    const outBytes = qBytes + (this.#tracksScores ? shape.nHeads * 4 : 0);
     this.#q = dev.createBuffer({ size: qBytes, usage: S_, label: "queries" });
     this.#out = dev.createBuffer({ size: outBytes, usage: S_, label: "attention out" });
     this.#readback = dev.createBuffer({
-      size: Math.max(outBytes, pageWords * 4),
+      size: readbackBytes,
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       label: "readback",
     });
@@ -385,11 +457,43 @@ export class GpuKVCache implements KVCache {
     this.#recent = new Int32Array(shape.nLayers);
     this.#paged = new Int32Array(shape.nLayers);
     this.#pools = Array.from({ length: heads }, () => new Map());
-    this.#chunkSlots = Math.ceil((W + chunk) / chunk);
-    this.#scores = new Float32Array(this.#tracksScores ? heads * this.#chunkSlots : 0);
-    this.#recentKeys = new Uint32Array(this.#tracksScores ? heads * W * this.#slotWords : 0);
-    this.#keys = new Float32Array(W * d);
+    this.#scores = new Float32Array(tracked * this.#chunkSlots);
+    this.#recentKeys = new Uint32Array(tracked * this.#recentSlots * this.#slotWords);
+    this.#keys = new Float32Array(this.#recentSlots * d);
     this.#encoded = new Uint32Array(2 * shape.nKvHeads * this.#slotWords);
+  }
+
+  /**
+   * Refuses, before anything is allocated, buffers the runtime cannot hold (checkCacheBytes), then
+   * GPU buffers past the device's limits: a DeviceError, as the limit is this device's
+   * (createKVCache falls back to WebAssembly from it).
+   * @param buffers every buffer allocated now or, with count 0, later: on the host, or on the GPU
+   * @param pools each format pair's page buffer at its largest (grown to every position), which
+   *   only the device limits
+   */
+  #checkBytes(buffers: _Buffer[], pools: { name: string; bytes: number }[]): void {
+    checkCacheBytes("GpuKVCache", this.shape, buffers);
+    const { maxBufferSize, maxStorageBufferBindingSize } = this.#gpu.device.limits;
+    // a storage buffer past the binding size fails validation, which WebGPU reports to no caller
+    const storage = Math.min(maxBufferSize, maxStorageBufferBindingSize);
+    const { nLayers, nHeads, nKvHeads, headDim, maxSeqLen } = this.shape;
+    const what = `GpuKVCache of shape ${
+      JSON.stringify({ nLayers, nHeads, nKvHeads, headDim, maxSeqLen })
+    }`;
+    const onGpu: (_Buffer & { grows: boolean })[] = [
+      ...buffers.filter((b) => b.gpu !== undefined).map((b) => ({ ...b, grows: false })),
+      ...pools.map((p) => ({ name: `${p.name} page pool`, bytes: p.bytes, grows: true })),
+    ];
+    for (const { name, bytes, gpu, grows } of onGpu) {
+      const limit = gpu === "readback" ? maxBufferSize : storage;
+      if (bytes > limit) {
+        throw new DeviceError(
+          `${what}: its ${name} ${grows ? "may grow to" : "would take"} ${bytes} bytes, over ` +
+            `the ${limit} bytes the device allows in one ${gpu === "readback" ? "" : "storage "}` +
+            `buffer`,
+        );
+      }
+    }
   }
 
   /**
@@ -488,7 +592,7 @@ export class GpuKVCache implements KVCache {
       throw new DeviceError("GPU cache kernels not compiled: create it with createGpuKVCache()");
     }
     const { nKvHeads } = this.shape;
-    const S = this.policy.sinkTokens;
+    const S = this.#sinks;
     let slot: number;
     if (pos < S) slot = pos;
     else slot = S + (this.#ringHead[layer] + this.#recent[layer]) % this.#ringSlots;
@@ -539,7 +643,7 @@ export class GpuKVCache implements KVCache {
   // pair its policy chooses for it
   #evict(layer: number): void {
     const { nKvHeads, headDim: d } = this.shape;
-    const P = this.policy.pageTokens, S = this.policy.sinkTokens, C = this.chunk;
+    const P = this.policy.pageTokens, S = this.#sinks, C = this.chunk;
     const head0 = this.#ringHead[layer], sw = this.#slotWords;
     const enc = this.#gpu.device.createCommandEncoder();
     // the chunk of each head's K and V (at most two runs of the ring) into the eviction scratch
@@ -695,8 +799,9 @@ export class GpuKVCache implements KVCache {
   }
 
   // host key slot of ring index i of a layer's KV head: positions after the sinks, mod windowTokens
+  // (at most maxSeqLen: the same slots, since fewer positions follow the sinks)
   #keySlot(layer: number, index: number, i: number): number {
-    const W = this.policy.windowTokens;
+    const W = this.#recentSlots;
     return index * W + (this.#paged[layer] + i) % W;
   }
 
@@ -709,7 +814,7 @@ export class GpuKVCache implements KVCache {
 
   // the page table of one KV head: sinks, the ring's (at most two) runs, every pool's pages
   #segments(layer: number, h: number): AttentionSegment[] {
-    const P = this.policy.pageTokens, S = this.policy.sinkTokens;
+    const P = this.policy.pageTokens, S = this.#sinks;
     const segs: AttentionSegment[] = [];
     const sw = this.#slotWords, sb = this.#stagingBase(layer, h), vOff = this.#slots * sw;
     const full = (slot: number, tokens: number) =>
@@ -868,7 +973,7 @@ export class GpuKVCache implements KVCache {
         );
       }
     }
-    const { nLayers, nKvHeads } = this.shape, S = this.policy.sinkTokens, sw = this.#slotWords;
+    const { nLayers, nKvHeads } = this.shape, S = this.#sinks, sw = this.#slotWords;
     for (let layer = 0; layer < nLayers; layer++) {
       const sinkN = Math.min(this.#length[layer], S), recent = this.#recent[layer];
       for (let h = 0; h < nKvHeads; h++) {
@@ -942,7 +1047,7 @@ export class GpuKVCache implements KVCache {
   // fromCpu's copy of the CPU cache's sinks, window, scores and pages into this new cache
   #restore(cpu: MixedPrecisionKVCache): void {
     const { nLayers, nKvHeads } = cpu.shape;
-    const S = this.policy.sinkTokens, P = this.policy.pageTokens;
+    const S = this.#sinks, P = this.policy.pageTokens;
     const sw = this.#slotWords, queue = this.#gpu.device.queue;
     for (let layer = 0; layer < nLayers; layer++) {
       for (let h = 0; h < nKvHeads; h++) {
@@ -960,7 +1065,7 @@ export class GpuKVCache implements KVCache {
           if (this.#tracksScores && i >= seg.windowN - W) {
             this.#recentKeys.set(
               seg.windowK.subarray(slot, slot + sw),
-              (index * W + (paged + i) % W) * sw,
+              (index * this.#recentSlots + (paged + i) % this.#recentSlots) * sw,
             );
           }
         }

@@ -399,7 +399,9 @@ Deno.test("GpuKVCache with an fp16 window rejects what fp16 cannot hold, changin
     shape,
     policy: { keyFormat: "int8-g8-token", valueFormat: "int8-g8-token", windowFormat: "fp32" },
   });
-  const slots = 4 + 64 + 1; // sinks, then a ring of window + chunk (1) slots
+  // sinks, then a ring of window + chunk (1) slots; the default 4 sinks and 64-token window hold
+  // at most maxSeqLen (4) tokens each, as the CPU cache's do
+  const slots = 4 + 4 + 1;
   // 2 KV heads × K and V × slots × 8 elements × 2 bytes saved
   assert.equal(wide.memory().bytes - cache.memory().bytes, 2 * 2 * slots * 8 * 2);
   const held = cache.memory().bytes, working = cache.workingBytes;

@@ -12,3 +12,4 @@ import "./model_cases.ts";
 import "./choose_backend_cases.ts";
 import "./transfer_cases.ts";
 import "./random_ops_cases.ts";
+import "./huge_shapes_cases.ts";
