@@ -16,8 +16,9 @@
  *
  * m_j = max(e^{b_j}/Zlo − 1, 1 − e^{−b_j}/Zhi); the first sum is also capped at 2·max_j ‖v_j − o‖
  * because Σ_j |α'_j − α_j| ≤ 2. Every step is rounded outward, and the float64 weights and output
- * are widened by a relative margin that covers their own rounding, so the bound holds for the
- * exact real-number attention; a last term 2(√d + 1)·γ·max|v| also covers the float64 evaluation of
+ * are widened by a relative margin that covers their own rounding (the scores' absolute rounding
+ * included, which dominates at large scores), so the bound holds for the exact real-number
+ * attention; a last term 2(√d + 1)·γ·max|v| also covers the float64 evaluation of
  * o and o' by whoever measures the realized error (γ the relative rounding margin below).
  *
  * Browser compatible.
@@ -79,16 +80,27 @@ export function attentionErrorBound(
   const { attention: alpha, output: out } = attend64(q, keys, values, n, d);
   _checkErrors(keyError, n * d, "keyError");
   _checkErrors(valueError, n * d, "valueError");
-  // Relative error of the computed weights (a dot product of d terms, exp, a sum of n terms and a
-  // division), with a generous factor: γ = 4(d + n + 8)·2⁻⁵³.
-  const gamma = 4 * (d + n + 8) * _EPS;
+  const invSqrtD = nextUp(1 / Math.sqrt(d));
+  // Each score's own rounding is absolute, not relative: a dot product of d terms is off by up to
+  // (d + 2)·2⁻⁵³·Σ|q_i k_ji|/√d, and a score off by r moves its weight against the others by a
+  // factor up to e^{2r}. At large scores that outgrows the relative margin below (scores near
+  // 5·10³ broke the bound 1.65× before this term; a fuzzing review found it).
+  let rMax = 0;
+  for (let j = 0; j < n; j++) {
+    let a = 0;
+    for (let i = 0; i < d; i++) a = addUp(a, mulUp(Math.abs(q[i]), Math.abs(keys[j * d + i])));
+    rMax = Math.max(rMax, a);
+  }
+  rMax = mulUp(mulUp((d + 2) * _EPS, rMax), invSqrtD);
+  // Relative error of the computed weights (exp, a sum of n terms and a division, with a generous
+  // factor: 4(d + n + 8)·2⁻⁵³), and the scores' rounding.
+  const gamma = addUp(4 * (d + n + 8) * _EPS, nextUp(expUp(2 * rMax) - 1));
   let vMax = 0;
   for (let j = 0; j < n * d; j++) {
     vMax = Math.max(vMax, Math.abs(values[j]) + Math.abs(valueError[j]));
   }
   // |ô − o| per element ≤ γ·max|v| (weights off by γ relatively, summation error of the same order).
   const outSlack = nextUp(2 * gamma * vMax + Number.MIN_VALUE);
-  const invSqrtD = nextUp(1 / Math.sqrt(d));
   const b = new Float64Array(n);
   let zLo = 0;
   let zHi = 0;

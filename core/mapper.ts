@@ -199,8 +199,9 @@ export interface BudgetAllocation {
 
 /**
  * Chooses a key and a value format per item minimising the predicted error with the average bits
- * per element (fixed storage included) at most `budget`. Never exceeds the budget, and never
- * predicts more error than the best uniform allocation that fits.
+ * per element (fixed storage included) at most `budget`. Never exceeds the budget (one within
+ * 10⁻¹² below the cheapest allocation, as a BudgetError's `minimum` read back may be, is that
+ * allocation), and never predicts more error than the best uniform allocation that fits.
  *
  * @param problem items, weights, error tables and format costs
  * @param budget average bits per element allowed
@@ -208,7 +209,7 @@ export interface BudgetAllocation {
  * @throws BudgetError when even the cheapest formats exceed the budget; InvalidValueError for a
  *   non-finite or non-positive budget, weight, error, bit cost or element count; ShapeError for
  *   arrays of unequal length, a row outside the error tables, or no elements at all; FormatError
- *   for no formats
+ *   for no formats, or more than 32767
  */
 export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAllocation {
   if (!(budget > 0) || !Number.isFinite(budget)) {
@@ -226,17 +227,20 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
   if (!(totalElements > 0)) {
     throw new ShapeError("the problem holds no elements: nothing to allocate bits to");
   }
-  const budgetBits = budget * totalElements;
+  const asked = budget * totalElements;
   const cheapK = _argmin(keyBits), cheapV = _argmin(valueBits);
   let minBits = problem.fixedBits;
   for (let i = 0; i < n; i++) minBits += elements[i] * (keyBits[cheapK] + valueBits[cheapV]);
-  if (minBits > budgetBits * (1 + 1e-12)) {
+  if (minBits > asked * (1 + 1e-12)) {
     throw new BudgetError(
       `budget ${budget} bits per element is below the cheapest allocation, ` +
         `${(minBits / totalElements).toFixed(4)} bits per element`,
       minBits / totalElements,
     );
   }
+  // a budget within the tolerance below the cheapest allocation (the BudgetError's minimum, read
+  // back) is that allocation: searched below it, nothing fits and the fallback overspent
+  const budgetBits = Math.max(asked, minBits);
   const kf = new Int16Array(n), vf = new Int16Array(n);
   const choose = (lambda: number, kOut: Int16Array, vOut: Int16Array): number => {
     let bits = problem.fixedBits;
@@ -378,6 +382,14 @@ function _checkProblem(p: BudgetProblem): void {
   for (const [key, bits] of [["keyBits", p.keyBits], ["valueBits", p.valueBits]] as const) {
     if (bits.length === 0) {
       throw new FormatError(`no ${key === "keyBits" ? "key" : "value"} formats`);
+    }
+    // the allocation's format indices are Int16Array entries
+    if (bits.length > 32767) {
+      throw new FormatError(
+        `${bits.length} ${
+          key === "keyBits" ? "key" : "value"
+        } formats, at most 32767 are supported`,
+      );
     }
     for (let f = 0; f < bits.length; f++) {
       if (!(bits[f] > 0) || bits[f] === Infinity) {

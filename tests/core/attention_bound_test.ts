@@ -169,3 +169,29 @@ Deno.test("attentionErrorBound() refuses error bounds it cannot honour (was NaN 
     );
   }
 });
+
+Deno.test("attentionErrorBound covers the scores' own rounding at large scores", () => {
+  // a key moved by one ulp under scores near 10⁸: the float64 evaluation moves the output more
+  // than a relative weight margin alone covers (the bound was 3.8× too small)
+  const k = [0.5, 0.2, 0.5, 0.2], v = [0, 0, 1, 1], moved = [0.5, 0.2, 0.5, 0.20000000000000004];
+  const eK = [0, 0, 0, 2.7755575615628914e-17], eV = [0, 0, 0, 0];
+  for (const q of [[1e8, 100000004], [1e4, 10001]]) {
+    const bound = attentionErrorBound(q, k, v, 2, 2, eK, eV);
+    const measured = attentionOutputError(q, k, v, moved, v, 2, 2);
+    assert.ok(measured <= bound, `q ${q}: ${measured} > ${bound}`);
+  }
+  // random heads with scores up to ~10⁶ and keys moved by a few ulps
+  const next = makeRng(77);
+  for (let trial = 0; trial < 300; trial++) {
+    const n = 2 + Math.floor(next() * 6), d = 2 + Math.floor(next() * 7);
+    const scale = 10 ** (1 + 5 * next());
+    const q = Array.from({ length: d }, () => (next() - 0.5) * scale);
+    const keys = Array.from({ length: n * d }, () => next() - 0.5);
+    const values = Array.from({ length: n * d }, () => next() - 0.5);
+    const kp = keys.map((x) => x * (1 + (next() - 0.5) * 8e-16));
+    const eK = kp.map((x, i) => Math.abs(x - keys[i]));
+    const bound = attentionErrorBound(q, keys, values, n, d, eK, new Array(n * d).fill(0));
+    const measured = attentionOutputError(q, keys, values, kp, values, n, d);
+    assert.ok(measured <= bound, `trial ${trial}: ${measured} > ${bound}`);
+  }
+});

@@ -251,3 +251,34 @@ Deno.test("allocateBudget() and predictError() reject malformed problems with ty
       /valueFormat\[2\] is 12, expected an integer in \[0, 12\)/.test(e.message),
   );
 });
+
+Deno.test("allocateBudget() takes a budget a hair below the cheapest allocation as that one", () => {
+  // two equally cheap formats (8 bits) of unequal error: below the floor the search found nothing
+  // and the fallback took the first, worse one, over the budget
+  const p: BudgetProblem = {
+    keyWeight: Float64Array.of(1, 1),
+    valueWeight: Float64Array.of(1, 1),
+    row: Int32Array.of(0, 0),
+    elements: Float64Array.of(8, 8),
+    keyError: [Float64Array.of(0.9, 0.1, 0.01)],
+    valueError: [Float64Array.of(0.9, 0.1, 0.01)],
+    keyBits: Float64Array.of(8, 8, 16),
+    valueBits: Float64Array.of(8, 8, 16),
+    fixedBits: 0,
+    fixedElements: 0,
+  };
+  const at = allocateBudget(p, 8);
+  for (const budget of [8 * (1 - 1e-13), 8 * (1 - 1e-15)]) {
+    const got = allocateBudget(p, budget);
+    assert.deepEqual([...got.keyFormat, ...got.valueFormat], [1, 1, 1, 1]);
+    assert.equal(got.predictedError, at.predictedError);
+    assert.equal(got.bitsPerElement, 8);
+  }
+  assert.throws(() => allocateBudget(p, 8 * (1 - 1e-9)), BudgetError);
+  // more formats than the Int16Array of the answer can index
+  const many = { ...p, keyBits: new Float64Array(33000).fill(8) };
+  assert.throws(
+    () => allocateBudget(many, 8),
+    (e: Error) => e instanceof FormatError && /33000 key formats, at most 32767/.test(e.message),
+  );
+});
