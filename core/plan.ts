@@ -39,6 +39,7 @@
 import type { Analysis, HeadCalibration } from "./analyzer.ts";
 import { CorruptDataError, FormatError, InvalidValueError, ShapeError } from "./errors.ts";
 import { getFormat } from "../codecs/format.ts";
+import { isRopeBase, MIN_ROPE_BASE } from "./tensor.ts";
 import {
   allocateBudget,
   type BudgetProblem,
@@ -400,8 +401,8 @@ export function validatePrecisionPlan(
   } catch {
     throw bad(`windowFormat is ${p.windowFormat}`);
   }
-  if (p.ropeBase !== undefined && !(Number.isFinite(p.ropeBase) && p.ropeBase > 0)) {
-    throw bad(`ropeBase is ${show(p.ropeBase)}, expected a finite number > 0`);
+  if (p.ropeBase !== undefined && !isRopeBase(p.ropeBase)) {
+    throw bad(`ropeBase is ${show(p.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
   }
   if (!Array.isArray(p.layers) || p.layers.length === 0) throw bad("no layers");
   p.layers.forEach((layer, l) => {
@@ -542,8 +543,10 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   }
   _windowFormat(windowFormat);
   const ropeBase = options.ropeBase;
-  if (ropeBase !== undefined && !(Number.isFinite(ropeBase) && ropeBase > 0)) {
-    throw new InvalidValueError(`ropeBase is ${ropeBase}, expected a finite number > 0`);
+  if (ropeBase !== undefined && !isRopeBase(ropeBase)) {
+    throw new InvalidValueError(
+      `ropeBase is ${ropeBase}, expected a finite number ≥ ${MIN_ROPE_BASE}`,
+    );
   }
   const { sensitivity, aggregate } = resolveSensitivity(options);
   if (options.mode === "rule") {

@@ -186,6 +186,21 @@ export class Rope {
 }
 
 /**
+ * Smallest RoPE base accepted, 2⁻¹²⁶: below it base^(2i/d) can round to 0 in float32, and the
+ * frequency 1/0 makes every angle NaN.
+ */
+export const MIN_ROPE_BASE = 2 ** -126;
+
+/**
+ * Whether a RoPE base gives finite float32 frequencies at every head dimension.
+ * @param base the base
+ * @returns true for a finite number ≥ {@linkcode MIN_ROPE_BASE}
+ */
+export function isRopeBase(base: unknown): boolean {
+  return typeof base === "number" && Number.isFinite(base) && base >= MIN_ROPE_BASE;
+}
+
+/**
  * The cos and sin of llama2.c's RoPE angles, position-major ([pos · headDim/2 + i]), computed as
  * run.c does (f32 frequency and angle): one formula for the model and for caches that store keys
  * before RoPE (so rotating back and forth uses the model's own values).
@@ -195,7 +210,7 @@ export class Rope {
  * @param base frequency base (10000 in llama2.c)
  * @returns cos and sin, maxPos × headDim/2 each
  * @throws ShapeError for an odd or non-positive headDim, or a maxPos that is not an integer ≥ 0
- * @throws InvalidValueError for a base that is not finite and > 0
+ * @throws InvalidValueError for a base that is not finite and ≥ MIN_ROPE_BASE
  */
 export function ropeTable(
   headDim: number,
@@ -208,8 +223,8 @@ export function ropeTable(
   if (!Number.isInteger(maxPos) || maxPos < 0) {
     throw new ShapeError(`RoPE positions ${maxPos}, expected an integer ≥ 0`);
   }
-  if (!(Number.isFinite(base) && base > 0)) {
-    throw new InvalidValueError(`RoPE base ${base}, expected a finite number > 0`);
+  if (!isRopeBase(base)) {
+    throw new InvalidValueError(`RoPE base ${base}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
   }
   const half = headDim / 2;
   const cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half);

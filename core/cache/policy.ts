@@ -15,6 +15,7 @@
 
 import { getFormat } from "../../codecs/format.ts";
 import { FormatError, InvalidValueError, ShapeError } from "../errors.ts";
+import { isRopeBase, MIN_ROPE_BASE } from "../tensor.ts";
 
 /** The formats of one token's key and value. */
 export interface FormatPair {
@@ -176,8 +177,10 @@ function windowFields(o: WindowOptions) {
   if (!Number.isInteger(pageTokens) || pageTokens <= 0) {
     throw new InvalidValueError(`pageTokens is ${pageTokens}, expected a positive integer`);
   }
-  if (o.ropeBase !== undefined && !(Number.isFinite(o.ropeBase) && o.ropeBase > 0)) {
-    throw new InvalidValueError(`ropeBase is ${o.ropeBase}, expected a finite number > 0`);
+  if (o.ropeBase !== undefined && !isRopeBase(o.ropeBase)) {
+    throw new InvalidValueError(
+      `ropeBase is ${o.ropeBase}, expected a finite number ≥ ${MIN_ROPE_BASE}`,
+    );
   }
   const windowFormat = o.windowFormat ?? "fp16";
   _checkFormat(windowFormat, "windowFormat");

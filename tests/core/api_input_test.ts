@@ -16,7 +16,9 @@ import {
   withEmpiricalGains,
 } from "../../core/layer_lipschitz.ts";
 import { precisionBits, selectFormat } from "../../core/mapper.ts";
-import { argmax, matvec, Rope, softmax } from "../../core/tensor.ts";
+import { argmax, matvec, MIN_ROPE_BASE, Rope, ropeTable, softmax } from "../../core/tensor.ts";
+import { calibrate } from "../../core/analyzer.ts";
+import { uniformPolicy } from "../../core/cache/policy.ts";
 import { generateGreedy } from "../../core/model/generate.ts";
 import { Float32KVCache } from "../../core/model/kv_cache.ts";
 import { cacheShape } from "../../core/model/transformer.ts";
@@ -214,4 +216,28 @@ Deno.test("withEmpiricalGains refuses a NaN or negative gain", () => {
     InvalidValueError,
   );
   assert.equal(withEmpiricalGains(bounds, [{ layer: 2, feedForward: 1.5 }]).layers[0].layer, 2);
+});
+
+Deno.test("a RoPE base too small for float32 frequencies is refused up front, by name", async () => {
+  const tiny = 1e-100;
+  const named = (e: Error) =>
+    e instanceof InvalidValueError && /base 1e-100, expected/i.test(e.message);
+  assert.throws(() => ropeTable(8, 4, tiny), named);
+  assert.ok(ropeTable(8, 4, MIN_ROPE_BASE).cos.every(Number.isFinite));
+  assert.throws(
+    () => uniformPolicy({ keyFormat: "int4-g8-channel", valueFormat: "fp16", ropeBase: tiny }),
+    (e: Error) => e instanceof InvalidValueError && /ropeBase is 1e-100/.test(e.message),
+  );
+  // calibrate refuses it before running the model (a model that counts its forward passes)
+  let steps = 0;
+  const counting = { forward: () => (steps++, Promise.resolve(new Float32Array(4))) };
+  await assert.rejects(
+    () =>
+      calibrate(counting as never, { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8 }, [[1, 2]], {
+        measureFormats: ["int4-g8-channel"],
+        ropeBase: tiny,
+      }),
+    named,
+  );
+  assert.equal(steps, 0);
 });
