@@ -126,14 +126,23 @@ Deno.test("the workload runs the real model: llama2.c's greedy tokens; a calibra
   assert.ok(model.planPerplexity < model.perplexity * 1.01, `${model.planPerplexity}`);
 });
 
+/** Runs `fn` in a temporary directory holding the workload's bundle (workload.js), for Node. */
+async function inNodeDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  assert.ok(installed("node"), "CI=true but node is not installed");
+  const dir = await Deno.makeTempDir();
+  try {
+    await bundle(new URL("tests/portability/_workload.ts", root).pathname, dir, "workload.js");
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
 Deno.test({
   name: "Node runs the bundle to the same bytes and outputs as Deno",
   ignore: !installed("node") && !ci,
   async fn() {
-    assert.ok(installed("node"), "CI=true but node is not installed");
-    const dir = await Deno.makeTempDir();
-    try {
-      await bundle(new URL("tests/portability/_workload.ts", root).pathname, dir, "workload.js");
+    await inNodeDir(async (dir) => {
       const fixtures = new URL("fixtures/", root).pathname;
       await Deno.writeTextFile(
         `${dir}/run.mjs`,
@@ -151,21 +160,16 @@ console.log(JSON.stringify(await workload({ model })));
       assert.deepEqual(node.codecs, want.codecs);
       assert.deepEqual(node.caches, want.caches);
       assertSameModel(node.model, want.model);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
 Deno.test({
   name:
-    "where compiling WebAssembly from bytes is refused (edge runtimes), a given kvprec.wasm runs",
+    "edge runtimes (no compiling from bytes) run a given kvprec.wasm; old Chrome falls back to ts",
   ignore: !installed("node") && !ci,
   async fn() {
-    assert.ok(installed("node"), "CI=true but node is not installed");
-    const dir = await Deno.makeTempDir();
-    try {
-      await bundle(new URL("tests/portability/_workload.ts", root).pathname, dir, "workload.js");
+    await inNodeDir(async (dir) => {
       await Deno.writeFile(`${dir}/kvprec.wasm`, wasmBytes());
       // As Cloudflare's workerd does: a .wasm file the runtime compiled may be instantiated, but
       // WebAssembly.compile, instantiate and new Module refuse bytes.
@@ -211,9 +215,7 @@ console.log(JSON.stringify(await autoBackend()));
       const old = JSON.parse(await run("node", ["old_chrome.mjs"], dir));
       assert.equal(old.backend, "ts");
       assert.match(old.reason, /WebAssembly\.Instance is disallowed on the main thread/);
-    } finally {
-      await Deno.remove(dir, { recursive: true });
-    }
+    });
   },
 });
 
