@@ -33,7 +33,8 @@ import type { FormatSpec } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
 import { GrowableBuffer } from "./growable_buffer.ts";
-import { mergeProgram } from "./merge.ts";
+import { mergeLoopIterations, mergeProgram } from "./merge.ts";
+import { checkLoopLimit } from "./loop_limit.ts";
 import { dispatchSize } from "./_io.ts";
 import { checkGpuFormat, formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
 import { wordsForLength } from "../codecs/format.ts";
@@ -201,6 +202,31 @@ export function workgroupScoreBytes(
 ): number {
   const threads = _workgroupThreads(headDim);
   return 4 * (queriesPerKv * Math.max(splitTokens, threads) + threads);
+}
+
+/**
+ * An upper bound of the loop iterations one invocation of a split kernel runs over a split of
+ * `tokens` tokens (gpu/loop_limit.ts): every loop counted as its trips plus two, per enclosing
+ * trip. The storage kernel's busiest thread scores ⌈n/64⌉ tokens over head_dim channels, runs the
+ * softmax's two passes, and sums ⌈d/64⌉ channels over the tokens; the workgroup kernel the same
+ * over its threads and teams.
+ * @param v the variant (head_dim, queries per KV head, scores and split size)
+ * @param tokens tokens in the split, at most its split size
+ * @returns iterations
+ */
+export function splitLoopIterations(
+  v: Pick<AttentionVariant, "headDim" | "queriesPerKv" | "scores" | "splitTokens">,
+  tokens: number,
+): number {
+  const D = v.headDim, Q = v.queriesPerKv, n = tokens;
+  const loop = (outer: number, inner: number) => outer * (inner + 2) + 2;
+  if (v.scores !== "workgroup") {
+    return loop(Math.ceil(n / WG), D) + (2 * n + 4) + loop(Math.ceil(D / WG), n);
+  }
+  const WGH = _workgroupThreads(D), L = Math.floor(WGH / Q), K = Math.max(1, Math.floor(WGH / D));
+  const reduce = Math.ceil(Math.log2(L)) + 2;
+  const values = K === 1 ? loop(Math.ceil(D / WGH), n) : Math.ceil(n / K) + 2 + Q * (K + 2);
+  return loop(Math.ceil(n / WGH), D) + 2 * (Math.ceil(n / L) + 2 + reduce) + values;
 }
 
 // Workgroup-memory kernel. Scores: one thread per token, all query heads at once. Softmax: the
@@ -538,6 +564,39 @@ export class PagedAttention {
     return mergeProgram(headDim, this.scores === "workgroup");
   }
 
+  /**
+   * Refuses, on a software adapter, attention whose kernels would leave their loops early
+   * (gpu/loop_limit.ts).
+   * @param dims head_dim and queries per KV head
+   * @param tokens most tokens in one split (at most splitTokens)
+   * @param records most splits of one head (the partial records its merge combines)
+   * @throws {DeviceError} when a kernel's loops exceed the adapter's limit
+   */
+  checkLoopLimit(dims: AttentionDims, tokens: number, records: number): void {
+    const { headDim: D, queriesPerKv: Q } = dims;
+    const variant = {
+      headDim: D,
+      queriesPerKv: Q,
+      scores: this.scores,
+      splitTokens: this.splitTokens,
+    };
+    checkLoopLimit(
+      this.#gpu,
+      `attention (${this.scores} kernel) over ${tokens} tokens at head_dim ${D}`,
+      splitLoopIterations(variant, tokens),
+    );
+    // the two-stage merge (encode) combines at most MERGE_CHUNK records an entry, then the chunks
+    const parallel = this.scores === "workgroup";
+    const widest = parallel && records > MERGE_CHUNK
+      ? Math.max(MERGE_CHUNK, Math.ceil(records / MERGE_CHUNK))
+      : records;
+    checkLoopLimit(
+      this.#gpu,
+      `the attention merge of ${records} records at head_dim ${D}`,
+      mergeLoopIterations(D, widest, parallel),
+    );
+  }
+
   /** Bytes held by the runner's reusable buffers. */
   get byteLength(): number {
     return this.#items.byteLength + this.#outs.byteLength + this.#partials.byteLength +
@@ -589,7 +648,7 @@ export class PagedAttention {
     const dispatches: _Dispatch[] = [];
     const find = new Map<FormatSpec, Map<FormatSpec, Map<GPUBuffer, _Dispatch>>>();
     const outs: number[] = [];
-    let records = 0;
+    let records = 0, longest = 0;
     for (const g of groups) {
       let splits = 0;
       for (const s of g.segments) {
@@ -622,6 +681,7 @@ export class PagedAttention {
         }
         for (let tok = 0; tok < s.tokens; tok += this.splitTokens) {
           const n = Math.min(this.splitTokens, s.tokens - tok);
+          longest = Math.max(longest, n);
           d.items.push(g.queryOffset, s.keyBase, s.valueBase, n, tok, records + split, splits, D);
           split++;
         }
@@ -632,6 +692,9 @@ export class PagedAttention {
       }
       records += Q * splits;
     }
+    let widest = 0;
+    for (let i = 1; i < outs.length; i += 4) widest = Math.max(widest, outs[i]);
+    this.checkLoopLimit(dims, longest, widest);
     const device = this.#gpu.device;
     // items of each dispatch start at a 256-byte boundary (storage offset alignment)
     const align = device.limits.minStorageBufferOffsetAlignment / 4;

@@ -367,6 +367,11 @@ export class GpuKVCache implements KVCache {
     const readbackBytes = Math.max(outBytes, pageWords * 4);
     const angleBytes = turns ? (chunk + M) * d * 4 : 0;
     const turnedBytes = turns ? shape.nKvHeads * chunk * d * 4 : 0;
+    // the workgroup-memory kernel keeps every query head's scores in workgroup memory: 16 heads
+    // of head_dim ≥ 241 exceed the 16 KiB most devices allow, so such a cache takes the storage
+    // form (scores in a scratch buffer; same results to rounding) rather than fail every attend
+    const fits = workgroupScoreBytes(d, perKv) <= gpu.device.limits.maxComputeWorkgroupStorageSize;
+    this.#attention = new PagedAttention(gpu, pipelines, fits ? {} : { scores: "storage" });
     this.#checkBytes(
       [
         { name: "staging buffer (sinks and window ring)", bytes: stagingBytes, gpu: "storage" },
@@ -393,6 +398,14 @@ export class GpuKVCache implements KVCache {
         })),
       ],
       layouts.map((l) => ({ name: _pairKey(l.pair), bytes: maxPages * slotWords(l) * 4 })),
+    );
+    // a full cache's page table: each segment (sinks, the ring's two runs, every page, at most
+    // one partly full page per pair) costs its tokens / split, rounded up
+    const split = this.#attention.splitTokens;
+    this.#attention.checkLoopLimit(
+      { headDim: d, queriesPerKv: perKv, pageTokens: P },
+      Math.min(split, M),
+      Math.ceil(M / split) + 3 + Math.ceil(M / P) + this.pairs.length,
     );
     const dev = gpu.device;
     const S_ = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -447,11 +460,6 @@ export class GpuKVCache implements KVCache {
       GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
       "quantize jobs",
     );
-    // the workgroup-memory kernel keeps every query head's scores in workgroup memory: 16 heads
-    // of head_dim ≥ 241 exceed the 16 KiB most devices allow, so such a cache takes the storage
-    // form (scores in a scratch buffer; same results to rounding) rather than fail every attend
-    const fits = workgroupScoreBytes(d, perKv) <= dev.limits.maxComputeWorkgroupStorageSize;
-    this.#attention = new PagedAttention(gpu, pipelines, fits ? {} : { scores: "storage" });
     this.#length = new Int32Array(shape.nLayers);
     this.#ringHead = new Int32Array(shape.nLayers);
     this.#recent = new Int32Array(shape.nLayers);

@@ -67,6 +67,23 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
   };
 }
 
+/**
+ * An upper bound of the loop iterations one invocation of a merge kernel runs over an entry of
+ * `records` records (gpu/loop_limit.ts): every loop counted as its trips plus two, per enclosing
+ * trip.
+ * @param headDim elements per head
+ * @param records records of the entry
+ * @param parallel the workgroup-memory kernel
+ * @returns iterations
+ */
+export function mergeLoopIterations(headDim: number, records: number, parallel = false): number {
+  const loop = (outer: number, inner: number) => outer * (inner + 2) + 2;
+  if (!parallel) return records + 2 + loop(Math.ceil(headDim / MERGE_WORKGROUP), records);
+  const W = PARALLEL_MERGE, K = Math.max(1, Math.floor(W / headDim));
+  const sums = K === 1 ? loop(Math.ceil(headDim / W), records) : Math.ceil(records / K) + 2 + K + 2;
+  return Math.ceil(records / W) + 2 + Math.log2(W) + 2 + sums;
+}
+
 // l = Σ_r e^{m_r − m} l_r and acc = Σ_r e^{m_r − m} acc_r[c] over records first, first + step, …
 // of the entry o (all records when step is 1), where `when` holds
 function _weightedSums(R: number, first: string, step: number, when = "true"): string {

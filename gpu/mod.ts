@@ -22,6 +22,7 @@
 
 export * from "./device.ts";
 export * from "./program.ts";
+export * from "./loop_limit.ts";
 export * from "./growable_buffer.ts";
 export * from "./wgsl_format.ts";
 export * from "./quantize.ts";

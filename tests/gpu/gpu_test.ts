@@ -13,3 +13,4 @@ import "./choose_backend_cases.ts";
 import "./transfer_cases.ts";
 import "./random_ops_cases.ts";
 import "./huge_shapes_cases.ts";
+import "./loop_limit_cases.ts";

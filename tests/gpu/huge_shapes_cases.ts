@@ -272,3 +272,25 @@ Deno.test("a GPU cache past the device's buffer limits names the buffer; createK
   assert.match(chosen.reason, /the GPU cache failed \(GpuKVCache of shape .*page pool/);
   assert.deepEqual(small.created, []);
 });
+
+Deno.test("createGpuKVCache() on a software adapter refuses kernels past its loop limit before any buffer", async () => {
+  const env = await testGpu();
+  if (env === undefined || !env.gpu.info.isFallbackAdapter) return;
+  // llvmpipe leaves loops after 65535 iterations (tests/gpu/loop_limit_cases.ts): attention's grow
+  // with head_dim, the merge's with the records of a long page table
+  await refuses(
+    env.gpu,
+    { ...SHAPE, headDim: 32768, maxSeqLen: 256 },
+    int4(),
+    DeviceError,
+    /attention \(storage kernel\) over 128 tokens at head_dim 32768/,
+    /65535/,
+  );
+  await refuses(
+    env.gpu,
+    { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 4096, maxSeqLen: 16384 },
+    { keyFormat: "int2-g32-token", valueFormat: "int2-g32-token", pageTokens: 16 },
+    DeviceError,
+    /merge of \d+ records at head_dim 4096/,
+  );
+});
