@@ -2,8 +2,10 @@
  * Saving and loading a {@linkcode MixedPrecisionKVCache} as bytes. Layout (little-endian):
  * magic "KVPC", u32 version, u32 JSON length, the JSON description (shape, policy, lengths and every
  * segment's counts), zero padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
- * blocks sinks-K, sinks-V, window-K, window-V, window scores (one f32 per eviction chunk the ring
- * can hold; none for single-pair policies), and per pool each page's K words, V words and, for
+ * blocks sinks-K, sinks-V, window-K, window-V (min(sinkTokens, maxSeqLen) and
+ * min(recentWindow, maxSeqLen) + evictQuantum slots; files saved before that clamp hold
+ * sinkTokens and recentWindow + evictQuantum and still load), window scores (one f32 per eviction
+ * chunk the ring can hold; none for single-pair policies), and per pool each page's K words, V words and, for
  * keys stored before RoPE, its key groups' first positions (i32), every block followed by its u32
  * CRC-32. Loading checks the magic, the version, the padding, the exact total size (naming expected
  * vs actual bytes) and every checksum (naming the block and byte offset), and builds a new cache, so
@@ -161,8 +163,10 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
       ? x as number
       : fail(what, x, `an integer in [0, ${max}]`);
   const { nLayers, nKvHeads, maxSeqLen } = cache.shape;
-  const { sinkTokens, pageTokens } = cache.policy;
-  const ring = cache.policy.recentWindow + cache.evictQuantum;
+  const { pageTokens } = cache.policy;
+  // the slots the cache holds: sinks and window never past maxSeqLen
+  const sinkTokens = Math.min(cache.policy.sinkTokens, maxSeqLen);
+  const ring = Math.min(cache.policy.recentWindow, maxSeqLen) + cache.evictQuantum;
   const declared = new Set(cache.policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
   if (!Array.isArray(json.lengths) || json.lengths.length !== nLayers) {
     fail("lengths", json.lengths, `${nLayers} counts`);
@@ -213,6 +217,26 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
       }
     }
   }
+}
+
+/**
+ * Words of each head's sinks and window blocks in a file saved before sinks and window were
+ * clamped to maxSeqLen (commit 201444f): sinkTokens and recentWindow + evictQuantum slots, against
+ * the cache's own; undefined when the policy's sinks and window fit maxSeqLen (the same layout).
+ * Such a cache never evicted (its window could not fill), so its window starts at slot 0 and the
+ * leading slots of each block are the cache's.
+ */
+function legacyBlockWords(
+  cache: MixedPrecisionKVCache,
+): Map<string, { stored: number; held: number }> | undefined {
+  const { sinkTokens, recentWindow } = cache.policy, M = cache.shape.maxSeqLen;
+  if (sinkTokens <= M && recentWindow <= M) return undefined;
+  const s = cache.segments(0, 0),
+    slot = s.windowK.length / (Math.min(recentWindow, M) +
+      cache.evictQuantum);
+  const sinks = { stored: sinkTokens * slot, held: s.sinkK.length };
+  const ring = { stored: (recentWindow + cache.evictQuantum) * slot, held: s.windowK.length };
+  return new Map([["sinks K", sinks], ["sinks V", sinks], ["window K", ring], ["window V", ring]]);
 }
 
 /**
@@ -351,24 +375,52 @@ export function loadCache(
   for (let l = 0; l < json.shape.nLayers; l++) {
     for (let h = 0; h < json.shape.nKvHeads; h++) blocks.push(...blocksOf(cache, l, h));
   }
-  const expected = 12 + textPadded + 4 + blocks.reduce((a, [, b]) => a + b.byteLength + 4, 0);
+  const total = (stored: number[]) => 12 + textPadded + 4 + stored.reduce((a, b) => a + b + 4, 0);
+  let stored = blocks.map(([, b]) => b.byteLength);
+  let expected = total(stored);
+  // an older layout of the same version: sinks and window blocks of their unclamped sizes
+  const legacy = bytes.length === expected ? undefined : legacyBlockWords(cache);
+  let either = "";
+  if (legacy !== undefined) {
+    const old = blocks.map(([name, b]) => 4 * (legacy.get(name)?.stored ?? b.length));
+    either = `, or ${total(old)} in the layout saved before sinks and window were clamped to ` +
+      `maxSeqLen`;
+    if (bytes.length === total(old)) {
+      const moved = json.heads.flat().findIndex((h) => h.windowStart !== 0);
+      if (moved >= 0) {
+        throw new CorruptDataError(
+          `cache description: heads[${Math.floor(moved / json.shape.nKvHeads)}]` +
+            `[${moved % json.shape.nKvHeads}].windowStart is not 0 in a file whose window blocks ` +
+            `are sized by recentWindow ${cache.policy.recentWindow} past maxSeqLen (its window ` +
+            `never moved)`,
+          12,
+        );
+      }
+      stored = old;
+      expected = total(old);
+      either = "";
+    }
+  }
   if (bytes.length !== expected) {
     throw new CorruptDataError(
-      `cache data is ${bytes.length} bytes, expected ${expected}` +
-        (bytes.length < expected ? " (truncated)" : " (trailing bytes)"),
+      `cache data is ${bytes.length} bytes, expected ${expected}${either}` +
+        (either ? "" : bytes.length < expected ? " (truncated)" : " (trailing bytes)"),
       Math.min(bytes.length, expected),
     );
   }
   let o = 12 + textPadded + 4;
-  for (const [name, block] of blocks) {
-    const src = bytes.subarray(o, o + block.byteLength);
-    if (view.getUint32(o + block.byteLength, true) !== crc32(src)) {
+  blocks.forEach(([name, block], i) => {
+    const src = bytes.subarray(o, o + stored[i]);
+    if (view.getUint32(o + stored[i], true) !== crc32(src)) {
       throw new CorruptDataError(`cache block "${name}" at byte ${o} fails its checksum`, o);
     }
-    new Uint8Array(block.buffer, block.byteOffset, block.byteLength).set(src);
+    // a legacy block's slots past maxSeqLen were never written
+    new Uint8Array(block.buffer, block.byteOffset, block.byteLength).set(
+      src.subarray(0, block.byteLength),
+    );
     if (block instanceof Int32Array) checkKeyPositions(name, block, o, cache);
-    o += block.byteLength + 4;
-  }
+    o += stored[i] + 4;
+  });
   cache.restoreLengths(json.lengths);
   cache.checkBudget("the loaded cache");
   return cache;

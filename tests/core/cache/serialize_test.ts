@@ -308,3 +308,70 @@ for (const turned of [false, true]) {
     },
   );
 }
+
+// Saved by the code before sinks and window were clamped to maxSeqLen (git archive 201444f~1):
+// shape 2 layers × 1 KV head (2 query heads), head_dim 8, maxSeqLen 8, int4-g8-token pages, and
+// k = (8p + i − 20) / 8, v = (i − p) / 4 at position p; window20.kvpc: 3 sinks, recentWindow 20,
+// 8 and 5 positions; sinks12.kvpc: 12 sinks, recentWindow 4, 6 positions in layer 0. Their sinks
+// and window blocks hold sinkTokens and recentWindow + 1 slots, more than maxSeqLen.
+const LEGACY = [
+  { file: "window20.kvpc", sinkTokens: 3, recentWindow: 20, lengths: [8, 5] },
+  { file: "sinks12.kvpc", sinkTokens: 12, recentWindow: 4, lengths: [6, 0] },
+];
+
+Deno.test("caches saved before sinks and window were clamped to maxSeqLen load as the same cache", () => {
+  const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 8 };
+  for (const { file, sinkTokens, recentWindow, lengths } of LEGACY) {
+    const bytes = Deno.readFileSync(new URL(`./legacy/${file}`, import.meta.url));
+    const policy = uniformPolicy({
+      keyFormat: "int4-g8-token",
+      valueFormat: "int4-g8-token",
+      sinkTokens,
+      recentWindow,
+    });
+    const now = new MixedPrecisionKVCache(shape, policy, { backend: "ts" });
+    lengths.forEach((n, l) => {
+      for (let p = 0; p < n; p++) {
+        const k = Float32Array.from({ length: 8 }, (_, i) => (p * 8 + i - 20) / 8);
+        const v = Float32Array.from({ length: 8 }, (_, i) => (i - p) / 4);
+        now.append(l, p, k, v);
+      }
+    });
+    const loaded = loadCache(bytes);
+    assert.ok(bytes.length > saveCache(now).length, `${file}: the old layout is larger`);
+    // the same cache: the same file in today's layout, the same attention
+    assert.deepEqual(saveCache(loaded), saveCache(now), file);
+    const q = normals(16, rng(5)), a = new Float32Array(16), b = new Float32Array(16);
+    for (let l = 0; l < 2; l++) {
+      if (lengths[l] === 0) continue;
+      loaded.attend(l, q, a);
+      now.attend(l, q, b);
+      assert.deepEqual(a, b, `${file} layer ${l}`);
+    }
+    // truncated or flipped, the old layout is refused as any file is
+    refused(
+      bytes.subarray(0, bytes.length - 4),
+      /expected \d+, or \d+ in the layout saved before sinks and window were clamped/,
+      `${file} truncated`,
+    );
+    const flipped = bytes.slice();
+    flipped[bytes.length - 40] ^= 1;
+    refused(flipped, /fails its checksum/, `${file} flipped`);
+  }
+});
+
+Deno.test("a window that moved cannot come from the old layout, and windowStart is checked against the ring held", () => {
+  const bytes = Deno.readFileSync(new URL("./legacy/window20.kvpc", import.meta.url));
+  refused(
+    withDescription(bytes, (j) => j.heads[1][0].windowStart = 3),
+    /heads\[1\]\[0\]\.windowStart is not 0 .* recentWindow 20 past maxSeqLen/,
+    "moved window",
+  );
+  // today's layout: a ring of min(20, 8) + 1 slots, so windowStart 9 is past it (it was accepted)
+  const today = saveCache(loadCache(bytes));
+  refused(
+    withDescription(today, (j) => j.heads[0][0].windowStart = 9),
+    /heads\[0\]\[0\]\.windowStart is 9, expected an integer in \[0, 8\]/,
+    "windowStart past the ring",
+  );
+});
