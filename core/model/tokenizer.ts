@@ -38,9 +38,9 @@ export interface TokenizeOptions {
 
 /** A parsed llama2.c vocabulary with encode and decode. */
 export class Tokenizer {
-  /** Each token's bytes. */
-  readonly pieces: Uint8Array[];
-  /** Each token's merge score. */
+  /** Each token's bytes (copies of the constructor's; encode reads them). */
+  readonly pieces: readonly Uint8Array[];
+  /** Each token's merge score (a copy of the constructor's; encode reads it). */
   readonly scores: Float32Array;
   readonly #ids = new Map<string, number>();
   readonly #byteToken = new Int32Array(256).fill(-1);
@@ -51,14 +51,28 @@ export class Tokenizer {
    * @param pieces token bytes by id
    * @param scores merge scores by id
    * @throws ShapeError when pieces and scores differ in length
+   * @throws InvalidValueError when a piece is not a Uint8Array or scores not a Float32Array
    */
-  constructor(pieces: Uint8Array[], scores: Float32Array) {
+  constructor(pieces: readonly Uint8Array[], scores: Float32Array) {
+    if (!Array.isArray(pieces)) {
+      throw new InvalidValueError(`pieces is ${typeName(pieces)}, expected an array`);
+    }
+    if (!(scores instanceof Float32Array)) {
+      throw new InvalidValueError(`scores is ${typeName(scores)}, expected a Float32Array`);
+    }
     if (pieces.length !== scores.length) {
       throw new ShapeError(`${pieces.length} pieces but ${scores.length} scores`);
     }
-    this.pieces = pieces;
-    this.scores = scores;
-    pieces.forEach((p, id) => {
+    // copies: the id map below is built once, so later changes to the caller's arrays must not
+    // reach encode
+    this.pieces = Object.freeze(pieces.map((p, id) => {
+      if (!(p instanceof Uint8Array)) {
+        throw new InvalidValueError(`pieces[${id}] is ${typeName(p)}, expected a Uint8Array`);
+      }
+      return p.slice();
+    }));
+    this.scores = scores.slice();
+    this.pieces.forEach((p, id) => {
       const key = latin1(p);
       if (!this.#ids.has(key)) this.#ids.set(key, id);
       const m = /^<0x([0-9A-F]{2})>$/.exec(key);

@@ -181,3 +181,36 @@ Deno.test("parseTokenizer() refuses a NaN merge score; encode() refuses text tha
     );
   }
 });
+
+Deno.test("Tokenizer keeps its own copy of pieces and scores; wrong kinds are named", async () => {
+  const { tokenizer } = await loadFixture();
+  const pieces = tokenizer.pieces.map((p) => p.slice()), scores = tokenizer.scores.slice();
+  const own = new Tokenizer(pieces, scores);
+  const text = "Once upon a time, there was a little girl.";
+  const before = own.encode(text);
+  assert.deepEqual(before, tokenizer.encode(text));
+  // the caller's arrays change afterwards: " Once" forgotten, every merge score inverted
+  const once = pieces.findIndex((p) => new TextDecoder().decode(p) === " Once");
+  assert.ok(once > 0);
+  pieces[once] = new Uint8Array([0]);
+  scores.forEach((s, i) => scores[i] = -s);
+  assert.deepEqual(own.encode(text), before);
+  assert.ok(Object.isFrozen(own.pieces));
+  for (
+    const [p, s, message] of [
+      [
+        [new Uint8Array(1), "x"],
+        new Float32Array(2),
+        /pieces\[1\] is string, expected a Uint8Array/,
+      ],
+      [[new Uint8Array(1)], [0], /scores is .*expected a Float32Array/],
+      ["ab", new Float32Array(2), /pieces is string, expected an array/],
+    ] as const
+  ) {
+    assert.throws(
+      () => new Tokenizer(p as unknown as Uint8Array[], s as unknown as Float32Array),
+      (e: Error) => e instanceof InvalidValueError && message.test(e.message),
+      String(message),
+    );
+  }
+});
