@@ -332,6 +332,8 @@ export interface CalibrationModel {
    * @returns the logits
    */
   forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> | Float32Array;
+  /** The model's vocabulary size, when known (a Transformer's): calibrate checks ids against it. */
+  readonly config?: { readonly vocabSize: number };
 }
 
 /** Options of {@linkcode calibrate}. */
@@ -399,9 +401,10 @@ export function analyzeRecording(
  * @param sequences token ids, one array per calibration sequence (each non-empty)
  * @param options window sizes, summary settings and a progress callback
  * @returns the analysis
- * @throws ShapeError on an empty list or an empty sequence, or a window size, sinkTokens or
- *   recentWindow out of range; FormatError for an unknown measured format (all before the model
- *   runs)
+ * @throws ShapeError on an empty list or an empty sequence, a token id that is not an integer
+ *   ≥ 0 (and below model.config.vocabSize where the model has one), or a window size,
+ *   sinkTokens or recentWindow out of range; FormatError for an unknown measured format (all
+ *   before the model runs)
  */
 export async function calibrate(
   model: CalibrationModel,
@@ -410,8 +413,26 @@ export async function calibrate(
   options: CalibrateOptions = {},
 ): Promise<Analysis> {
   if (sequences.length === 0) throw new ShapeError("no calibration sequences");
+  // Every id of every sequence, up front: the model refused a bad one only when it reached it,
+  // after running every sequence before it.
+  const vocab = model.config?.vocabSize;
+  const limit = typeof vocab === "number" && Number.isInteger(vocab) && vocab > 0
+    ? vocab
+    : Infinity;
   sequences.forEach((s, i) => {
+    if (typeof s?.length !== "number") {
+      throw new ShapeError(`calibration sequence ${i} is ${typeName(s)}, expected token ids`);
+    }
     if (s.length === 0) throw new ShapeError(`calibration sequence ${i} is empty`);
+    for (let t = 0; t < s.length; t++) {
+      if (!Number.isInteger(s[t]) || s[t] < 0 || s[t] >= limit) {
+        const shown = typeof s[t] === "string" ? JSON.stringify(s[t]) : String(s[t]);
+        throw new ShapeError(
+          `calibration sequence ${i} position ${t}: token id ${shown} out of range ` +
+            `[0, ${limit === Infinity ? "vocabulary size" : limit})`,
+        );
+      }
+    }
   });
   // Checked here, not only by analyzeHeadGroup and meanErrorBound, which run after every
   // forward pass of the first sequence.

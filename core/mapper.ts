@@ -90,7 +90,8 @@ export interface RuleOptions {
 }
 
 /**
- * The precision rule p = log2(c·κ·D²/ε) (−Infinity when κ = 0: any format will do).
+ * The precision rule p = log2(c·κ·D²/ε) (−Infinity when κ = 0: any format will do; finite for
+ * every other input, even where the product itself overflows or underflows a double).
  *
  * @param curvature κ ≥ 0
  * @param options ε, D and c
@@ -112,7 +113,12 @@ export function requiredBits(curvature: number, options: RuleOptions): number {
   if (!(curvature >= 0) || !Number.isFinite(curvature)) {
     throw new InvalidValueError(`curvature κ is ${curvature}, expected a finite number ≥ 0`);
   }
-  return Math.log2(c * curvature * diameter * diameter / epsilon);
+  // κ = 0 needs no precision. A product that overflowed (κ near 1e200, say) or underflowed, on
+  // the way or at the end, was ±Infinity or lost digits: the sum of logs is right for every input.
+  const cK = c * curvature, cKD = cK * diameter, cKD2 = cKD * diameter, ratio = cKD2 / epsilon;
+  const normal = (x: number) => x >= 2 ** -1022 && x < Infinity;
+  if (curvature === 0 || [cK, cKD, cKD2, ratio].every(normal)) return Math.log2(ratio);
+  return Math.log2(c) + Math.log2(curvature) + 2 * Math.log2(diameter) - Math.log2(epsilon);
 }
 
 /**
@@ -130,9 +136,11 @@ export function selectFormat(
   candidates: readonly MapperFormat[],
 ): { format: MapperFormat; meets: boolean } {
   if (candidates.length === 0) throw new FormatError("no candidate formats");
-  // NaN meets no format and would pass for "the most precise one does not suffice".
-  if (Number.isNaN(required)) {
-    throw new InvalidValueError("required precision is NaN, expected a number of bits");
+  // NaN meets no format and would pass for "the most precise one does not suffice"; a string "3"
+  // was compared by coercion
+  if (typeof required !== "number" || Number.isNaN(required)) {
+    const shown = typeof required === "string" ? JSON.stringify(required) : String(required);
+    throw new InvalidValueError(`required precision is ${shown}, expected a number of bits`);
   }
   for (const f of candidates) {
     // a NaN cost compares false both ways: the format would be chosen and never replaced
@@ -207,9 +215,9 @@ export interface BudgetAllocation {
  * @param budget average bits per element allowed
  * @returns the allocation
  * @throws BudgetError when even the cheapest formats exceed the budget; InvalidValueError for a
- *   non-finite or non-positive budget, weight, error, bit cost or element count; ShapeError for
- *   arrays of unequal length, a row outside the error tables, or no elements at all; FormatError
- *   for no formats, or more than 32767
+ *   non-finite or non-positive budget, weight, error, bit cost or element count, or finite ones
+ *   whose sums overflow (naming the item); ShapeError for arrays of unequal length, a row outside
+ *   the error tables, or no elements at all; FormatError for no formats, or more than 32767
  */
 export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAllocation {
   if (!(budget > 0) || !Number.isFinite(budget)) {
@@ -444,6 +452,40 @@ function _checkProblem(p: BudgetProblem): void {
         }
       }
     });
+  }
+  _checkTotals(p);
+}
+
+/**
+ * Every allocation's predicted error and bits are sums of non-negative terms no larger than those
+ * of the costliest allocation (each item's largest error, the dearest formats): when that one's
+ * sums are finite, so is every sum the search forms. Finite weights and errors near 1e200 made
+ * them Infinity, every cost tied and the allocation came back with an infinite predicted error.
+ */
+function _checkTotals(p: BudgetProblem): void {
+  const largest = (x: Float64Array) => x.reduce((a, b) => Math.max(a, b), 0);
+  const maxKeyError = p.keyError.map(largest), maxValueError = p.valueError.map(largest);
+  const dearest = largest(p.keyBits) + largest(p.valueBits);
+  let error = 0, bits = p.fixedBits, elements = p.fixedElements;
+  for (let i = 0; i < p.keyWeight.length; i++) {
+    const r = p.row[i];
+    error += p.keyWeight[i] * maxKeyError[r] + p.valueWeight[i] * maxValueError[r];
+    if (error === Infinity) {
+      throw new InvalidValueError(
+        `item ${i}: weights ${p.keyWeight[i]}/${p.valueWeight[i]} times row ${r}'s largest ` +
+          `errors ${maxKeyError[r]}/${maxValueError[r]} overflow the predicted error`,
+        i,
+      );
+    }
+    bits += p.elements[i] * dearest;
+    elements += 2 * p.elements[i];
+    if (bits === Infinity || elements === Infinity) {
+      throw new InvalidValueError(
+        `item ${i}: elements[${i}] = ${p.elements[i]} at up to ${dearest} bits per key and ` +
+          "value element overflow the problem's total bits",
+        i,
+      );
+    }
   }
 }
 

@@ -203,15 +203,34 @@ function _windowFormat(name: string): MapperFormat {
 }
 
 /**
+ * Throws FormatError unless the cache can store `name` in pages of one KV head of headDim
+ * elements a token (checkPageFormat's rule): a registry format, not grouped across KV heads, and
+ * one grouped within a token only by a group dividing headDim.
+ */
+function _storable(name: string, headDim: number, what: string): void {
+  const spec = getFormat(name); // FormatError for an unknown name
+  if (spec.axis === "heads") {
+    throw new FormatError(`${what} ${name} groups across KV heads; a cache page holds one`);
+  }
+  if (spec.axis !== "channel" && headDim % spec.group !== 0) {
+    throw new FormatError(
+      `${what} ${name}: head_dim ${headDim} is not a multiple of its group ${spec.group}`,
+    );
+  }
+}
+
+/**
  * Builds a precision plan from a calibration (see the module doc).
  *
  * @param analysis the calibration
  * @param options mode (rule or budget), candidate formats, window, sinks and ablation switches
  * @returns the plan and its report
  * @throws InvalidValueError for ε ≤ 0, c ≤ 0, a bad budget, an unknown mode, sensitivity or
- *   aggregate, or an error model giving a negative or non-finite error; BudgetError for a budget
- *   below the cheapest formats; FormatError for empty candidate lists or an unknown window format;
- *   ShapeError for a window without scores or sinks or window not integers ≥ 0
+ *   aggregate, recency or perHead not a boolean, or an error model giving a negative or non-finite
+ *   error; BudgetError for a budget below the cheapest formats; FormatError for empty candidate
+ *   lists, or a candidate or window format the registry does not know or the cache cannot store
+ *   at the analysis's head_dim; ShapeError for a window without scores or sinks or window not
+ *   integers ≥ 0
  */
 export function buildPrecisionPlan(
   analysis: Analysis,
@@ -351,7 +370,8 @@ export function buildPrecisionPlan(
  * @param head KV head index
  * @param score the attention the token gathered while in the window
  * @returns the tier
- * @throws ShapeError for a layer or head outside the plan; InvalidValueError for a NaN score
+ * @throws ShapeError for a layer or head outside the plan; InvalidValueError for a NaN score or a
+ *   layer, head or score that is not a number
  */
 export function tierFor(
   plan: PrecisionPlan,
@@ -359,6 +379,12 @@ export function tierFor(
   head: number,
   score: number,
 ): PrecisionTier {
+  // a string "0.5" compared by coercion, and undefined fell through to the cheapest tier
+  for (const [name, x] of [["layer", layer], ["head", head], ["score", score]] as const) {
+    if (typeof x !== "number") {
+      throw new InvalidValueError(`${name} is ${_show(x)}, expected a number`);
+    }
+  }
   const heads = plan.layers[layer]?.heads;
   const tiers = heads?.[head]?.tiers;
   if (!tiers) throw new ShapeError(`plan has no layer ${layer} head ${head}`);
@@ -373,8 +399,9 @@ export function tierFor(
 
 /**
  * Checks parsed JSON against the PrecisionPlan shape: version 1, non-negative integers for sinks
- * and window, a window format, and per head a non-empty tier list of finite minScores sorted
- * descending and ending at 0, with format names accepted by `isFormat`.
+ * and window, a window format, layers of as many heads each (no holes in any array), and per head
+ * a non-empty tier list of finite minScores sorted descending and ending at 0, with format names
+ * accepted by `isFormat`.
  *
  * @param value parsed JSON
  * @param isFormat accepts known format names (default: any non-empty string)
@@ -388,12 +415,10 @@ export function validatePrecisionPlan(
   const p = value as PrecisionPlan;
   const bad = (what: string) => new CorruptDataError(`precision plan: ${what}`);
   if (typeof p !== "object" || p === null) throw bad("not an object");
-  // strings quoted: a string "1" must not read as the number 1
-  const show = (x: unknown) => (typeof x === "string" ? JSON.stringify(x) : String(x));
-  if (p.version !== 1) throw bad(`version is ${show(p.version)}, expected 1`);
+  if (p.version !== 1) throw bad(`version is ${_show(p.version)}, expected 1`);
   for (const key of ["sinkTokens", "recentWindow"] as const) {
     if (!Number.isInteger(p[key]) || p[key] < 0) {
-      throw bad(`${key} is ${show(p[key])}, expected an integer ≥ 0`);
+      throw bad(`${key} is ${_show(p[key])}, expected an integer ≥ 0`);
     }
   }
   try {
@@ -402,20 +427,29 @@ export function validatePrecisionPlan(
     throw bad(`windowFormat is ${p.windowFormat}`);
   }
   if (p.ropeBase !== undefined && !isRopeBase(p.ropeBase)) {
-    throw bad(`ropeBase is ${show(p.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
+    throw bad(`ropeBase is ${_show(p.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
   }
   if (!Array.isArray(p.layers) || p.layers.length === 0) throw bad("no layers");
-  p.layers.forEach((layer, l) => {
+  // Indexed loops, not forEach: forEach skips the holes of a sparse array ([, layer]), and a hole
+  // passed every check. Every layer holds the model's KV heads, so all hold as many.
+  for (let l = 0; l < p.layers.length; l++) {
+    const layer = p.layers[l];
     if (!Array.isArray(layer?.heads) || layer.heads.length === 0) {
       throw bad(`layer ${l} has no heads`);
     }
-    layer.heads.forEach((head, h) => {
-      const tiers = head?.tiers;
+    if (layer.heads.length !== p.layers[0].heads.length) {
+      throw bad(
+        `layer ${l} has ${layer.heads.length} heads, layer 0 has ${p.layers[0].heads.length}`,
+      );
+    }
+    for (let h = 0; h < layer.heads.length; h++) {
+      const tiers = layer.heads[h]?.tiers;
       if (!Array.isArray(tiers) || tiers.length === 0) {
         throw bad(`layer ${l} head ${h} has no tiers`);
       }
       let last = Infinity;
-      tiers.forEach((tier, i) => {
+      for (let i = 0; i < tiers.length; i++) {
+        const tier = tiers[i];
         if (typeof tier !== "object" || tier === null) {
           throw bad(`layer ${l} head ${h} tier ${i} is ${tier}, expected an object`);
         }
@@ -432,10 +466,10 @@ export function validatePrecisionPlan(
             throw new FormatError(`layer ${l} head ${h} tier ${i}: unknown format ${name}`);
           }
         }
-      });
+      }
       if (last !== 0) throw bad(`layer ${l} head ${h}: last tier minScore ${last}, expected 0`);
-    });
-  });
+    }
+  }
   return p;
 }
 
@@ -524,6 +558,11 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   if (options.keyFormats.length === 0 || options.valueFormats.length === 0) {
     throw new FormatError("no candidate key or value formats");
   }
+  // a format the cache cannot store at this head_dim was planned for, then refused by the cache
+  const { headDim } = analysis.shape;
+  for (const key of ["keyFormats", "valueFormats"] as const) {
+    options[key].forEach((f, i) => _storable(f?.name, headDim, `${key}[${i}]`));
+  }
   const recentWindow = options.recentWindow ?? 32;
   const sinkTokens = options.sinkTokens ?? 4;
   // A negative or NaN window passed the scores check and read past every array (NaN weights).
@@ -542,6 +581,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     throw new FormatError(`windowFormat is ${windowFormat}, expected a format name`);
   }
   _windowFormat(windowFormat);
+  _storable(windowFormat, headDim, "windowFormat");
   const ropeBase = options.ropeBase;
   if (ropeBase !== undefined && !isRopeBase(ropeBase)) {
     throw new InvalidValueError(
@@ -549,6 +589,13 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     );
   }
   const { sensitivity, aggregate } = resolveSensitivity(options);
+  // a string "false" was truthy
+  for (const key of ["recency", "perHead"] as const) {
+    const x = options[key];
+    if (x !== undefined && typeof x !== "boolean") {
+      throw new InvalidValueError(`${key} is ${_show(x)}, expected true or false`);
+    }
+  }
   if (options.mode === "rule") {
     const e = options.epsilon;
     if (e === undefined || !(e > 0) || !Number.isFinite(e)) {
@@ -639,6 +686,11 @@ export function ruleDiameter(analysis: Analysis, layer: number, head: number): n
     _diameter(analysis, layer, head, "key"),
     _diameter(analysis, layer, head, "value"),
   );
+}
+
+/** A value for a message: strings quoted, so that "1" does not read as the number 1. */
+function _show(x: unknown): string {
+  return typeof x === "string" ? JSON.stringify(x) : String(x);
 }
 
 /** Diameter of [min, max] ∪ {0} of one (layer, head)'s keys or values over every sequence. */

@@ -32,7 +32,7 @@ import type { Analysis } from "./analyzer.ts";
 import { attentionErrorBound, attentionErrorFirstOrder } from "./attention_bound.ts";
 import { attentionWeights } from "./attention_sensitivity.ts";
 import { getFormat } from "../codecs/format.ts";
-import { checkPerturbation, InvalidValueError, ShapeError } from "./errors.ts";
+import { checkPerturbation, InvalidValueError, ShapeError, typeName } from "./errors.ts";
 import { addUp, mulUp, sqrtUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
@@ -84,7 +84,8 @@ export interface CheckOptions {
  * @param assignment formats per position (e.g. a plan's report.planAssignment)
  * @param options the rule
  * @returns the violations, in sequence, layer, head, position order
- * @throws InvalidValueError for ε ≤ 0 or an unknown sensitivity or aggregate; ShapeError when the
+ * @throws InvalidValueError for ε ≤ 0, an unknown sensitivity or aggregate, a recency that is not a
+ *   boolean, or an analysis κ that is not a finite number ≥ 0; ShapeError when the
  *   analysis or the assignment lacks a cell, a cell's key or value does not cover the sequence, or
  *   a format index is not an integer in −1..formats − 1
  */
@@ -95,9 +96,16 @@ export function checkAssignment(
 ): RuleViolation[] {
   const { nLayers, nKvHeads } = analysis.shape;
   const recency = options.recency ?? true;
+  // a string "false" was truthy: the recency factor applied
+  if (typeof recency !== "boolean") {
+    throw new InvalidValueError(`recency is ${_show(recency)}, expected true or false`);
+  }
   const { sensitivity, aggregate } = resolveSensitivity(options);
-  const byAttention = sensitivity === "attention";
   const mean = aggregate === "mean";
+  // the analysis field κ is read from
+  const field = sensitivity === "attention"
+    ? (mean ? "attentionSum" : "attentionMax")
+    : (mean ? "curvatureSum" : "curvatureMax");
   const window = precisionBits(getFormat(assignment.windowFormat));
   const kBits = assignment.keyFormats.map((f) => precisionBits(getFormat(f)));
   const vBits = assignment.valueFormats.map((f) => precisionBits(getFormat(f)));
@@ -115,11 +123,16 @@ export function checkAssignment(
         if (!cell) throw new ShapeError(`assignment lacks sequence ${si} layer ${l} head ${h}`);
         _checkCell(cell, c.length, assignment, si, l, h);
         for (let t = 0; t < c.length; t++) {
-          const count = c.group * (c.length - t);
-          const base = byAttention
-            ? (mean ? c.attentionSum[t] / count : c.attentionMax[t])
-            : (mean ? c.curvatureSum[t] / count : c.curvatureMax[t]);
+          const base = mean ? c[field][t] / (c.group * (c.length - t)) : c[field][t];
           const r = recency ? 1 + Math.exp(-(c.length - t - 1) / (c.length / 4)) : 1;
+          // named here: requiredBits would blame a κ the caller never gave (or one that overflowed)
+          if (!(base * r >= 0 && base * r < Infinity)) {
+            throw new InvalidValueError(
+              `analysis sequence ${si} layer ${l} head ${h}: ${field}[${t}] is ${c[field][t]}, ` +
+                `κ ${base * r}; expected a finite number ≥ 0`,
+              t,
+            );
+          }
           const need = requiredBits(base * r, {
             epsilon: options.epsilon,
             diameter: diameter[l][h],
@@ -182,7 +195,8 @@ export interface HeadVerification {
  * @returns one verification per (layer, KV head)
  * @throws ShapeError for a recording with no position or layers of different lengths, or when the
  *   assignment does not match the cache (a missing cell, a key or value
- *   not covering the cached positions, a format index outside −1..formats − 1)
+ *   not covering the cached positions, a format index outside −1..formats − 1); InvalidValueError
+ *   for a sequence that is not a number, or data too large for a finite bound
  */
 export function verifyHeads(
   cache: RecordingKVCache,
@@ -191,6 +205,10 @@ export function verifyHeads(
 ): HeadVerification[] {
   const { nLayers, nHeads, nKvHeads, headDim: d } = cache.shape;
   const group = nHeads / nKvHeads;
+  // a string "0" indexed the same sequence by coercion
+  if (typeof sequence !== "number") {
+    throw new InvalidValueError(`sequence is ${_show(sequence)}, expected a sequence index`);
+  }
   const n = cache.length(0);
   // no position: every mean would be 0/0
   if (n === 0) throw new ShapeError("the recording holds no position to verify");
@@ -247,6 +265,16 @@ export function verifyHeads(
           let s = 0;
           for (let i = 0; i < d; i++) s += (o2[i] - o1[i]) ** 2;
           const realized = Math.sqrt(s);
+          // keys and queries large enough (finite, near 1e10) overflow the float64 bound to NaN or
+          // Infinity, and `realized > NaN` counted nothing as exceeded
+          if (!(bound < Infinity && realized < Infinity)) {
+            throw new InvalidValueError(
+              `layer ${l} KV head ${h} query head ${h * group + g} position ${j}: the bound is ` +
+                `${bound}, the realized error ${realized}; the keys, values and queries are too ` +
+                "large for a finite float64 bound",
+              j,
+            );
+          }
           res.queries++;
           if (realized > bound) res.exceeded++;
           res.maxBound = Math.max(res.maxBound, bound);
@@ -339,8 +367,8 @@ function _quantize(
  * @param lipschitz per layer: L_l ≥ 0
  * @param inputError error entering the first layer (default 0)
  * @returns E_l for every layer
- * @throws InvalidValueError for negative or non-finite constants or input error; ShapeError for
- *   unequal lengths
+ * @throws InvalidValueError for negative, non-finite or non-number constants or input error, or
+ *   an E_l that overflows; ShapeError for unequal lengths
  */
 export function composeLayerBounds(
   local: readonly (number | ((inputError: number) => number))[],
@@ -352,22 +380,38 @@ export function composeLayerBounds(
       `${local.length} local bounds but ${lipschitz.length} Lipschitz constants`,
     );
   }
-  if (!(inputError >= 0) || inputError === Infinity) {
-    throw new InvalidValueError(`input error is ${inputError}, expected a finite number ≥ 0`);
+  if (typeof inputError !== "number" || !(inputError >= 0) || inputError === Infinity) {
+    throw new InvalidValueError(
+      `input error is ${_show(inputError)}, expected a finite number ≥ 0`,
+    );
   }
   const out: number[] = [];
   let e = inputError;
   for (let l = 0; l < local.length; l++) {
     const L = lipschitz[l];
     const phiL = local[l];
-    const phi = typeof phiL === "number" ? phiL : phiL(e);
-    if (!(L >= 0) || !Number.isFinite(L) || !(phi >= 0) || !Number.isFinite(phi)) {
+    if (typeof phiL !== "number" && typeof phiL !== "function") {
       throw new InvalidValueError(
-        `layer ${l}: Φ = ${phi}, L = ${L}; expected finite numbers ≥ 0`,
+        `local[${l}] is ${_show(phiL)}, expected a number or a function of the input error`,
         l,
       );
     }
+    const phi = typeof phiL === "number" ? phiL : phiL(e);
+    if (!(L >= 0) || !Number.isFinite(L) || !(phi >= 0) || !Number.isFinite(phi)) {
+      throw new InvalidValueError(
+        `layer ${l}: Φ = ${_show(phi)}, L = ${_show(L)}; expected finite numbers ≥ 0`,
+        l,
+      );
+    }
+    const prev = e;
     e = addUp(phi, mulUp(L, e));
+    // finite constants near 1e308 overflowed the bound to Infinity, silently
+    if (e === Infinity) {
+      throw new InvalidValueError(
+        `layer ${l}: E = Φ + L·E_prev = ${phi} + ${L}·${prev} overflows a double`,
+        l,
+      );
+    }
     out.push(e);
   }
   return out;
@@ -415,7 +459,8 @@ export interface GainOptions {
  * Empirical gain G_l = max_j ‖Δlogits_j‖ / η when every position's attention output of layer l
  * (all query heads concatenated) moves by a random vector of norm η: the product L_head·Π L_m of
  * the composition law for an error entering at layer l, measured end to end through the model
- * (the KVCache interface does not expose the residual stream). An estimate, not a bound.
+ * (the KVCache interface does not expose the residual stream). An estimate, not a bound. η is
+ * the norm the float32 outputs actually moved by, which rounding makes slightly off the size asked.
  *
  * @param model the model
  * @param shape cache shape (maxSeqLen ≥ tokens.length)
@@ -423,7 +468,8 @@ export interface GainOptions {
  * @param options perturbation size, trials and seed
  * @returns G_l per layer
  * @throws InvalidValueError for a size not finite and > 0 or trials not an integer ≥ 1 (gains of
- *   NaN or 0 otherwise); ShapeError for no tokens
+ *   NaN or 0 otherwise), a size float32 rounding of the outputs loses (more than half of it), or
+ *   perturbed logits that are not finite; ShapeError for no tokens
  */
 export async function attentionOutputGains(
   model: CalibrationModel,
@@ -432,9 +478,17 @@ export async function attentionOutputGains(
   options: GainOptions = {},
 ): Promise<number[]> {
   const eta = options.size ?? 1e-3, trials = options.trials ?? 3;
+  // a string size passed checkPerturbation's comparisons by coercion
+  if (typeof eta !== "number") {
+    throw new InvalidValueError(`size is ${_show(eta)}, expected a finite number > 0`);
+  }
   checkPerturbation(eta, trials);
+  const seed = options.seed ?? 1;
+  if (typeof seed !== "number") {
+    throw new InvalidValueError(`seed is ${_show(seed)}, expected a number`);
+  }
   if (tokens.length === 0) throw new ShapeError("no tokens to perturb");
-  const uniform = mulberry32(options.seed ?? 1);
+  const uniform = mulberry32(seed);
   const rand = () => uniform() - 0.5;
   const run = async (cache: KVCache) => {
     const logits: Float32Array[] = [];
@@ -455,17 +509,40 @@ export async function attentionOutputGains(
         for (const v of x) s += v * v;
         return x.map((v) => (v * eta) / Math.sqrt(s));
       });
+      // the perturbation as float32 rounding of the outputs let it through: max_j ‖δ_j‖
+      let applied = 0;
       const cache = new _PerturbingCache(new Float32KVCache(shape), l, (pos, out) => {
-        for (let i = 0; i < out.length; i++) out[i] += dirs[pos][i];
+        let s = 0;
+        for (let i = 0; i < out.length; i++) {
+          const before = out[i];
+          out[i] += dirs[pos][i];
+          s += (out[i] - before) ** 2;
+        }
+        applied = Math.max(applied, Math.sqrt(s));
       });
       const moved = await run(cache);
+      // a size far below the outputs' float32 spacing (1e-30) moved nothing: every gain read 0
+      if (!(applied >= eta / 2)) {
+        throw new InvalidValueError(
+          `size is ${eta}, but float32 rounding kept layer ${l}'s attention outputs within ` +
+            `${applied} of the exact ones: too small to measure a gain`,
+        );
+      }
       let worst = 0;
       for (let p = 0; p < tokens.length; p++) {
         let s = 0;
         for (let i = 0; i < moved[p].length; i++) s += (moved[p][i] - exact[p][i]) ** 2;
         worst = Math.max(worst, Math.sqrt(s));
       }
-      best = Math.max(best, worst / eta);
+      // against the perturbation applied, not the one asked for: rounding moved it a little
+      const gain = worst / applied;
+      if (!Number.isFinite(gain)) {
+        throw new InvalidValueError(
+          `size is ${eta}: layer ${l}'s perturbed logits moved by ${worst}, expected a finite ` +
+            "number (is the size too large for the model?)",
+        );
+      }
+      best = Math.max(best, gain);
     }
     gains.push(best);
   }
@@ -508,7 +585,8 @@ export interface ModelBound {
  * @returns Φ_l, E_l and the logits bound
  * @throws ShapeError when the bounds do not cover every layer, head and position, the shape does
  *   not match the trace, or the trace and the Lipschitz bounds hold different numbers of layers;
- *   InvalidValueError for a NaN or negative output bound
+ *   InvalidValueError for a Lipschitz bound (output, or a layer's attention, feedForward, layer or
+ *   outputNorm) that is not a finite number ≥ 0, or a Φ_l, E_l or logits bound that overflows
  */
 export function composeModelBound(
   trace: ResidualTrace,
@@ -518,6 +596,9 @@ export function composeModelBound(
 ): ModelBound {
   const { nHeads, nKvHeads, headDim: d } = shape;
   const n = trace.length, group = nHeads / nKvHeads, dim = nHeads * d, kvDim = nKvHeads * d;
+  if (!Array.isArray(lipschitz?.layers)) {
+    throw new ShapeError(`Lipschitz layers is ${typeName(lipschitz?.layers)}, expected an array`);
+  }
   // More trace layers than bounds gave a bound over the first layers alone; fewer, a TypeError.
   const layers = lipschitz.layers.length;
   if (trace.q.length !== layers || trace.k.length !== layers || trace.v.length !== layers) {
@@ -540,9 +621,7 @@ export function composeModelBound(
       }
     }
   }
-  if (!(Number.isFinite(lipschitz.output) && lipschitz.output >= 0)) {
-    throw new InvalidValueError(`output Lipschitz bound is ${lipschitz.output}, expected ≥ 0`);
-  }
+  _checkLipschitz(lipschitz);
   const local: number[] = [];
   for (let l = 0; l < lipschitz.layers.length; l++) {
     const sq = new Float64Array(n);
@@ -569,8 +648,56 @@ export function composeModelBound(
     // rounded upward like every step above, so the composed bound stays a bound
     for (let j = 0; j < n; j++) worst = Math.max(worst, sqrtUp(sq[j]));
     const L = lipschitz.layers[l];
-    local.push(mulUp(addUp(1, L.feedForward), mulUp(L.outputNorm, worst)));
+    const phi = mulUp(addUp(1, L.feedForward), mulUp(L.outputNorm, worst));
+    // finite factors near 1e308 overflowed Φ to Infinity
+    if (!(phi < Infinity)) {
+      throw new InvalidValueError(
+        `layer ${l}: Φ = (1 + feedForward ${L.feedForward})·outputNorm ${L.outputNorm}·attention ` +
+          `bound ${worst} is ${phi}, expected a finite number`,
+        l,
+      );
+    }
+    local.push(phi);
   }
   const residual = composeLayerBounds(local, lipschitz.layers.map((x) => x.layer));
-  return { local, residual, logits: mulUp(lipschitz.output, residual.at(-1) ?? 0) };
+  const logits = mulUp(lipschitz.output, residual.at(-1) ?? 0);
+  if (logits === Infinity) {
+    throw new InvalidValueError(
+      `logits bound = output ${lipschitz.output} × E ${residual.at(-1)} overflows a double`,
+    );
+  }
+  return { local, residual, logits };
+}
+
+/**
+ * Throws unless every Lipschitz bound is a finite number ≥ 0: composeModelBound read `output`
+ * alone, and a NaN, negative or string A_l, F_l, L_l or ‖W_o‖ became a NaN bound, one too small
+ * or a TypeError (the layer count is checked against the trace by the caller).
+ */
+function _checkLipschitz(lipschitz: ModelLipschitz): void {
+  const finite = (x: unknown) => typeof x === "number" && x >= 0 && x < Infinity;
+  if (!finite(lipschitz.output)) {
+    throw new InvalidValueError(
+      `output Lipschitz bound is ${_show(lipschitz.output)}, expected a finite number ≥ 0`,
+    );
+  }
+  for (let l = 0; l < lipschitz.layers.length; l++) {
+    const layer = lipschitz.layers[l];
+    if (typeof layer !== "object" || layer === null) {
+      throw new ShapeError(`Lipschitz layers[${l}] is ${_show(layer)}, expected an object`);
+    }
+    for (const key of ["attention", "feedForward", "layer", "outputNorm"] as const) {
+      if (!finite(layer[key])) {
+        throw new InvalidValueError(
+          `Lipschitz layers[${l}].${key} is ${_show(layer[key])}, expected a finite number ≥ 0`,
+          l,
+        );
+      }
+    }
+  }
+}
+
+/** A value for a message: strings quoted, so that "1" does not read as the number 1. */
+function _show(x: unknown): string {
+  return typeof x === "string" ? JSON.stringify(x) : String(x);
 }

@@ -18,7 +18,7 @@
  */
 
 import { getFormat } from "../../codecs/mod.ts";
-import { BudgetError } from "../errors.ts";
+import { BudgetError, InvalidValueError } from "../errors.ts";
 import { type PrecisionPlan, validatePrecisionPlan } from "../plan.ts";
 import { type CachePolicy, tieredPolicy } from "./policy.ts";
 
@@ -97,7 +97,9 @@ export interface BudgetFit<P> {
  *   short of a 5.4 target, one try away from it); as many
  *   again at most after it
  * @returns the fitted plan and what was tried
- * @throws BudgetError when no plan can be built at all
+ * @throws BudgetError when no plan can be built at all; InvalidValueError for a target that is not
+ *   a finite number > 0, rounds not an integer ≥ 1, or a measurement that is not a finite number
+ *   ≥ 0 (naming the mapper budget it measured)
  */
 export async function fitPlanToBudget<P>(
   target: number,
@@ -105,6 +107,15 @@ export async function fitPlanToBudget<P>(
   measure: (plan: P) => Promise<number>,
   rounds = 8,
 ): Promise<BudgetFit<P>> {
+  const show = (x: unknown) => typeof x === "string" ? JSON.stringify(x) : String(x);
+  // a NaN target measured nothing as within; rounds NaN, 0 or negative tried nothing and reported
+  // "no plan could be built", and a string "3" compared by coercion
+  if (typeof target !== "number" || !(target > 0) || target === Infinity) {
+    throw new InvalidValueError(`target is ${show(target)}, expected a finite number > 0`);
+  }
+  if (!Number.isInteger(rounds) || rounds < 1) {
+    throw new InvalidValueError(`rounds is ${show(rounds)}, expected an integer ≥ 1`);
+  }
   const tries: BudgetFit<P>["tries"] = [];
   let best: BudgetFit<P> | undefined, cheapest: BudgetFit<P> | undefined;
   // mapper budgets known to measure within (lo, measuring mLo) and over (hi, mHi) the target
@@ -123,6 +134,13 @@ export async function fitPlanToBudget<P>(
       plan = build(b);
     }
     const measuredBits = await measure(plan);
+    // a NaN was never within the target nor over it; a negative one always within
+    if (typeof measuredBits !== "number" || !(measuredBits >= 0) || measuredBits === Infinity) {
+      throw new InvalidValueError(
+        `measure returned ${show(measuredBits)} bits per element for mapper budget ${b}, ` +
+          "expected a finite number ≥ 0",
+      );
+    }
     tries.push({ mapperBudget: b, measuredBits });
     const fit = {
       plan,

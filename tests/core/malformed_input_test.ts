@@ -76,7 +76,8 @@ Deno.test("buildPrecisionPlan and checkAssignment name an analysis, cell or opti
     recentWindow: 8,
     sequences: [{ length: n, heads: [[h]] }],
   } as unknown as Analysis;
-  const formats = ["int2-g8-token", "int4-g8-token", "int8-g8-token", "fp16"].map(getFormat);
+  // grouped along tokens: storable at head_dim 4, which no per-token group (≥ 8) divides
+  const formats = ["int2-g8-channel", "int4-g8-channel", "int8-g8-channel", "fp16"].map(getFormat);
   const options = {
     mode: "budget" as const,
     bitsPerElement: 12,

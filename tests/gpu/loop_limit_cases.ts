@@ -33,7 +33,9 @@ async function attendSegments(
   if (env === undefined) return 0;
   const { gpu, pipelines } = env, device = gpu.device, next = rng(seed);
   const n = tokens.reduce((a, b) => a + b, 0);
-  const k = normals(n * d, next), v = normals(n * d, next), q = new Float32Array(normals(Q * d, next));
+  const k = normals(n * d, next),
+    v = normals(n * d, next),
+    q = new Float32Array(normals(Q * d, next));
   const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
   const buffer = (data: Float32Array<ArrayBuffer>) => {
     const b = device.createBuffer({ size: data.byteLength, usage });
