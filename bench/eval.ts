@@ -4,14 +4,15 @@
 // distributions from the FP32 cache's (teacher-forced), top-1 agreement, and greedy-token match
 // over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
 // on the text's last two lines, as `deno task analyze` does).
-// --backend wasm (default; agrees with the TS reference to 1e-6), ts, or gpu (every row, each
-// followed by the WASM cache's perplexity under the same policy).
-// Usage: deno task eval [--context N] [--lines N] [--json FILE] [--only SUBSTRING] [--backend B]
-//                       [--eps E]... [--budget B]... [--breakdown]
+// --backend wasm (default), ts, or gpu (every row, each followed by the WASM cache's perplexity
+// under the same policy). Single attention calls of the three agree to float rounding (TS and WASM
+// within 1e-6); over a model, a rounding difference in one layer's output now and then moves a
+// later layer's K or V across a code boundary, so perplexities of quantized rows differ by up to
+// about 1e-4 relative (gpu/NOTES.md). Flags: deno task eval --help (bench/eval_args.ts).
 // --breakdown: under each CPU row, where its bits go (codes, scales, WASM padding, page tables,
 // ring, window scores, sinks), summed over the scoring windows as the bits/elem column is.
 import { loadFixture } from "../tests/_fixtures.ts";
-import { type EvalBackend, evalSetup, measureRow } from "./eval_measure.ts";
+import { evalSetup, measureRow } from "./eval_measure.ts";
 import {
   cacheShape,
   type GpuDevice,
@@ -27,35 +28,27 @@ import {
   type PlanRowSpec,
   planRowSpecs,
 } from "./eval_rows.ts";
-import { defaultPlanOptions, kvprecRowName, type PlanTarget } from "./kvprec_rows.ts";
-
-function flag(name: string): string | undefined {
-  const i = Deno.args.indexOf(name);
-  return i >= 0 ? Deno.args[i + 1] : undefined;
-}
-function flags(name: string): string[] {
-  return Deno.args.flatMap((
-    a,
-    i,
-  ) => (a === name && i + 1 < Deno.args.length ? [Deno.args[i + 1]] : []));
-}
+import { defaultPlanOptions, kvprecRowName } from "./kvprec_rows.ts";
+import { EVAL_HELP, type EvalArgs, parseEvalArgs } from "./eval_args.ts";
+import { UsageError } from "./cli_args.ts";
 
 const { model, tokenizer, sequences } = await loadFixture();
-const context = Number(flag("--context") ?? model.config.seqLen);
-const lines = Number(flag("--lines") ?? sequences.length);
-const only = flag("--only");
-const backend = (flag("--backend") ?? "wasm") as EvalBackend;
-if (!["ts", "wasm", "gpu"].includes(backend)) {
-  console.error(`eval: --backend ${backend}: expected ts, wasm or gpu`);
+let args: EvalArgs;
+try {
+  args = parseEvalArgs(Deno.args, model.config.seqLen, sequences.length);
+} catch (e) {
+  if (!(e instanceof UsageError)) throw e;
+  console.error(`eval: ${e.message}`);
   Deno.exit(2);
 }
+if (args.help) {
+  console.log(EVAL_HELP);
+  Deno.exit(0);
+}
+const { context, lines, only, backend, targets } = args;
 const gpu: GpuDevice | undefined = backend === "gpu" ? await requestGpu() : undefined;
-const jsonPath = flag("--json");
+const jsonPath = args.json;
 const seqs = sequences.slice(0, lines);
-const targets: PlanTarget[] = [
-  ...flags("--eps").map((e) => ({ epsilon: Number(e) })),
-  ...flags("--budget").map((b) => ({ budget: Number(b) })),
-];
 
 const setup = await evalSetup(model, tokenizer, seqs, context);
 
@@ -129,7 +122,7 @@ for (const row of rows) {
     `${Math.round(r.greedyMatch * 100)}/100`,
     row.boundHeld === undefined ? "—" : row.boundHeld ? "yes" : "NO",
   ].join(" | "));
-  if (Deno.args.includes("--breakdown") && backend !== "gpu") {
+  if (args.breakdown && backend !== "gpu") {
     console.log(`  ↳ bits by part: ${await bitsByPart(row)}`);
   }
   if (backend === "gpu") {

@@ -183,7 +183,7 @@ function windowFields(o: WindowOptions) {
     );
   }
   const windowFormat = o.windowFormat ?? "fp16";
-  _checkFormat(windowFormat, "windowFormat");
+  _checkFormat(windowFormat, "windowFormat", true);
   return {
     sinkTokens,
     recentWindow,
@@ -321,16 +321,29 @@ function _checkPair(p: Partial<FormatPair>, where: string): void {
   for (const key of ["keyFormat", "valueFormat"] as const) _checkFormat(p?.[key], `${where}${key}`);
 }
 
-// an unknown name would otherwise fail only when a cache is built, without naming the field
-function _checkFormat(name: unknown, field: string): void {
+// an unknown name, or one no cache stores there, would otherwise fail only when a cache is built,
+// without naming the field: pages hold one KV head, and the window holds tokens one at a time
+function _checkFormat(name: unknown, field: string, window = false): void {
   if (typeof name !== "string") {
     throw new InvalidValueError(`${field} is ${name}, expected a format name`);
   }
+  let axis: string;
   try {
-    getFormat(name);
+    axis = getFormat(name).axis;
   } catch (e) {
     if (!(e instanceof FormatError)) throw e;
     throw new FormatError(`${field}: ${e.message}`, { cause: e });
+  }
+  if (axis === "heads") {
+    throw new FormatError(
+      `${field}: ${name} groups across KV heads; a cache holds each KV head apart`,
+    );
+  }
+  if (window && axis === "channel") {
+    throw new FormatError(
+      `${field}: ${name} groups along tokens; the window holds tokens one at a time (fp32, fp16 ` +
+        "or a per-token format)",
+    );
   }
 }
 

@@ -27,7 +27,8 @@
  * @module
  */
 
-import { CapacityError, CorruptDataError } from "../errors.ts";
+import { CapacityError, CorruptDataError, InvalidValueError, typeName } from "../errors.ts";
+import { asBytes } from "../model/bytes.ts";
 import type { KVCacheShape } from "../model/kv_cache.ts";
 import { type MixedCacheOptions, MixedPrecisionKVCache } from "./mixed_cache.ts";
 import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
@@ -95,8 +96,15 @@ function blocksOf(
  * Serialises a cache.
  * @param cache the cache
  * @returns the bytes
+ * @throws {InvalidValueError} for anything but a MixedPrecisionKVCache
  */
 export function saveCache(cache: MixedPrecisionKVCache): Uint8Array {
+  if (!(cache instanceof MixedPrecisionKVCache)) {
+    throw new InvalidValueError(
+      `cache is ${typeName(cache)}, expected a MixedPrecisionKVCache (a GPU cache saves ` +
+        "through saveCache(await gpuCache.toCpu()))",
+    );
+  }
   const { nLayers, nKvHeads } = cache.shape;
   const heads: HeadJSON[][] = [];
   for (let l = 0; l < nLayers; l++) {
@@ -267,15 +275,17 @@ function checkKeyPositions(
  * magic or version, non-zero padding, truncated or oversized input (expected vs actual bytes) and
  * checksum mismatches (naming the block and its byte offset), a description whose counts do not
  * fit its shape and policy (naming the field) or whose shape cannot be allocated; BudgetError when
- * the cache would exceed `options.maxBytes`.
- * @param bytes the serialised cache
+ * the cache would exceed `options.maxBytes`; ShapeError for input that is neither a Uint8Array nor
+ * an ArrayBuffer.
+ * @param input the serialised cache (its bytes, or a buffer of them)
  * @param options backend, integerDot, codecs and budget of the new cache (as its constructor's)
  * @returns a new cache equal to the saved one
  */
 export function loadCache(
-  bytes: Uint8Array,
+  input: Uint8Array | ArrayBuffer,
   options: MixedCacheOptions = {},
 ): MixedPrecisionKVCache {
+  const bytes = asBytes(input, "cache data");
   if (bytes.length < 16) {
     throw new CorruptDataError(`cache data is ${bytes.length} bytes, shorter than its header`, 0);
   }

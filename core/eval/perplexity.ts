@@ -14,7 +14,7 @@
  * @module
  */
 
-import { assertFinite, ShapeError } from "../errors.ts";
+import { assertFinite, InvalidValueError, ShapeError, typeName } from "../errors.ts";
 import type { KVCache } from "../model/kv_cache.ts";
 import type { Transformer } from "../model/transformer.ts";
 
@@ -97,7 +97,8 @@ export interface PerplexityOptions {
  * @param sequences token ids per sequence (each usually starting with BOS)
  * @param options window length and progress
  * @returns tokens scored, mean NLL and perplexity
- * @throws ShapeError when no sequence has two tokens (nothing to score), and as
+ * @throws InvalidValueError when cache is not a KVCache or sequences not arrays of ids;
+ *   ShapeError when no sequence has two tokens (nothing to score), and as
  *   {@linkcode scoringWindows} and {@linkcode Transformer.prefill}
  */
 export async function perplexity(
@@ -106,6 +107,15 @@ export async function perplexity(
   sequences: number[][],
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
+  // named here: plain JavaScript passing them in another order got "reduce is not a function"
+  if (typeof (cache as Partial<KVCache>)?.reset !== "function") {
+    throw new InvalidValueError(`cache is ${typeName(cache)}, expected a KVCache`);
+  }
+  if (!Array.isArray(sequences) || sequences.some((s) => typeof s?.length !== "number")) {
+    throw new InvalidValueError(
+      `sequences is ${typeName(sequences)}, expected an array of token id arrays`,
+    );
+  }
   const context = options.context ?? model.config.seqLen;
   const vocab = model.config.vocabSize;
   const total = sequences.reduce((a, s) => a + Math.max(0, s.length - 1), 0);

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import {
   cacheShape,
   Float32KVCache,
+  InvalidValueError,
   logProbability,
   perplexity,
   scoringWindows,
@@ -47,6 +48,25 @@ Deno.test("perplexity() refuses input with no token to score (was NaN)", async (
       () => perplexity(model, cache, sequences, { context: 8 }),
       (e) => e instanceof ShapeError && /no token to score/.test(e.message),
       JSON.stringify(sequences),
+    );
+  }
+});
+
+Deno.test("perplexity() names a cache or sequences given in the wrong place (was a TypeError)", async () => {
+  const { model } = await loadFixture();
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  const ids = [[1, 403, 2]];
+  const cases: [unknown, unknown, RegExp][] = [
+    [ids, cache, /cache is .*expected a KVCache/],
+    [cache, cache, /sequences is .*expected an array of token id arrays/],
+    [cache, [1, 2, 3], /sequences is .*expected an array of token id arrays/],
+    [undefined, ids, /cache is undefined, expected a KVCache/],
+  ];
+  for (const [c, s, message] of cases) {
+    await assert.rejects(
+      () => perplexity(model, c as Float32KVCache, s as number[][]),
+      (e) => e instanceof InvalidValueError && message.test(e.message),
+      String(message),
     );
   }
 });

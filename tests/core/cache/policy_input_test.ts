@@ -202,3 +202,41 @@ Deno.test("a tiered policy's formatFor names a layer or KV head outside its tier
     );
   }
 });
+
+Deno.test("policies refuse, when built, formats no cache stores where they are asked for", () => {
+  const cases: [() => unknown, RegExp][] = [
+    [
+      () => uniformPolicy({ ...pair, keyFormat: "int8s-g32-heads" }),
+      /^keyFormat: int8s-g32-heads groups across KV heads/,
+    ],
+    [
+      () => uniformPolicy({ ...pair, windowFormat: "int8-g32-channel" }),
+      /^windowFormat: int8-g32-channel groups along tokens; the window holds tokens one at a time/,
+    ],
+    [
+      () => uniformPolicy({ ...pair, windowFormat: "int4-g32-heads" }),
+      /^windowFormat: int4-g32-heads groups across KV heads/,
+    ],
+    [
+      () =>
+        tieredPolicy({
+          label: "t",
+          tiers: [[[{ minScore: 0, ...pair, valueFormat: "int2-g8-heads" }]]],
+        }),
+      /^tiers\[0\]\[0\]\[0\]\.valueFormat: int2-g8-heads groups across KV heads/,
+    ],
+  ];
+  for (const [make, message] of cases) {
+    assert.throws(
+      make,
+      (e: Error) => e instanceof FormatError && message.test(e.message),
+      String(message),
+    );
+  }
+  // channel-axis pages and per-token windows still are
+  uniformPolicy({
+    keyFormat: "int4-g32-channel",
+    valueFormat: "int4-g8-token",
+    windowFormat: "int8-g8-token",
+  });
+});

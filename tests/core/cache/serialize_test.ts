@@ -4,9 +4,12 @@ import assert from "node:assert/strict";
 import {
   BudgetError,
   CorruptDataError,
+  Float32KVCache,
+  InvalidValueError,
   loadCache,
   MixedPrecisionKVCache,
   saveCache,
+  ShapeError,
   tieredPolicy,
   uniformPolicy,
 } from "../../../mod.ts";
@@ -374,4 +377,19 @@ Deno.test("a window that moved cannot come from the old layout, and windowStart 
     /heads\[0\]\[0\]\.windowStart is 9, expected an integer in \[0, 8\]/,
     "windowStart past the ring",
   );
+});
+
+Deno.test("loadCache takes an ArrayBuffer too; saveCache names a cache it cannot save (was a TypeError)", () => {
+  const bytes = saveCache(filled());
+  const copy = bytes.slice().buffer;
+  assert.deepEqual(saveCache(loadCache(copy)), bytes);
+  assert.throws(() => loadCache("KVPC" as unknown as Uint8Array), ShapeError);
+  const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8, maxSeqLen: 8 };
+  for (const cache of [new Float32KVCache(shape), undefined, {}]) {
+    assert.throws(
+      () => saveCache(cache as unknown as MixedPrecisionKVCache),
+      (e: Error) =>
+        e instanceof InvalidValueError && /expected a MixedPrecisionKVCache/.test(e.message),
+    );
+  }
 });
