@@ -111,6 +111,19 @@ export function typeName(v: unknown): string {
 }
 
 /**
+ * A value as an error message shows it: strings quoted (so that "1" does not read as the number
+ * 1), objects and arrays by their type name, bigints with their n, everything else as String().
+ *
+ * @param v any value
+ * @returns the text
+ */
+export function showValue(v: unknown): string {
+  if (typeof v === "string") return JSON.stringify(v);
+  if (typeof v === "bigint") return `${v}n`;
+  return typeof v === "object" && v !== null ? typeName(v) : String(v);
+}
+
+/**
  * Throws {@linkcode InvalidValueError} naming the first non-finite element of `x` (of
  * x[from … from + count) when given).
  *

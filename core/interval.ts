@@ -1,8 +1,13 @@
 /**
  * Outward-rounded float64 arithmetic for bounds whose verdict rounding could flip: every `*Up`
- * result is ≥ the exact real result and every `*Down` result is ≤ it. Basic operations are
- * correctly rounded in IEEE 754, so one ulp outward suffices for them; `Math.exp`, `Math.log` and
- * `Math.sqrt` are given two ulps (V8's fdlibm ports are within one).
+ * result is ≥ the exact real result and every `*Down` result is ≤ it. Basic operations and the
+ * square root are correctly rounded in IEEE 754, so one ulp outward suffices for them (`sqrtUp`;
+ * ECMAScript only asks `Math.sqrt` for an approximation, but engines compute it with the correctly
+ * rounded hardware instruction); `Math.exp`, whose accuracy engines leave to their libm (V8's
+ * fdlibm port is within one ulp), is given two (`expUp`, `expDown`).
+ *
+ * Every function refuses an argument that is not a number (InvalidValueError): JavaScript would
+ * otherwise concatenate strings (`addUp("1", "2")` returned a string) or coerce them.
  *
  * Browser compatible.
  *
@@ -15,6 +20,13 @@
  * @module
  */
 
+import { InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
+
+/** Throws InvalidValueError naming the arguments of op, one of which is not a number. */
+function _notNumbers(op: string, ...args: unknown[]): never {
+  throw new InvalidValueError(`${op}(${args.map(showValue).join(", ")}): expected numbers`);
+}
+
 /**
  * A float64 strictly above x and at most two ulps above it, three in the two smallest normal
  * binades, where 2⁻¹⁰⁷⁴ is a larger share of an ulp (x itself for +Infinity and NaN;
@@ -24,8 +36,10 @@
  * round-to-nearest cannot land below it; cheaper than stepping the bit pattern.
  * @param x a float64
  * @returns a value above x
+ * @throws InvalidValueError for x not a number
  */
 export function nextUp(x: number): number {
+  if (typeof x !== "number") _notNumbers("nextUp", x);
   if (x === -Infinity) return -Number.MAX_VALUE;
   if (x !== x || x === Infinity) return x;
   return x + (Math.abs(x) * 2.220446049250313e-16 + Number.MIN_VALUE);
@@ -36,8 +50,10 @@ export function nextUp(x: number): number {
  * lower bound on an exact value that overflowed).
  * @param x a float64
  * @returns the next representable value towards -Infinity
+ * @throws InvalidValueError for x not a number
  */
 export function nextDown(x: number): number {
+  if (typeof x !== "number") _notNumbers("nextDown", x);
   return -nextUp(-x);
 }
 
@@ -48,6 +64,7 @@ export function nextDown(x: number): number {
  * @returns an upper bound on the exact sum
  */
 export function addUp(a: number, b: number): number {
+  if (typeof a !== "number" || typeof b !== "number") _notNumbers("addUp", a, b);
   return nextUp(a + b);
 }
 
@@ -58,6 +75,7 @@ export function addUp(a: number, b: number): number {
  * @returns an upper bound on the exact difference
  */
 export function subUp(a: number, b: number): number {
+  if (typeof a !== "number" || typeof b !== "number") _notNumbers("subUp", a, b);
   return nextUp(a - b);
 }
 
@@ -68,6 +86,7 @@ export function subUp(a: number, b: number): number {
  * @returns an upper bound on the exact product
  */
 export function mulUp(a: number, b: number): number {
+  if (typeof a !== "number" || typeof b !== "number") _notNumbers("mulUp", a, b);
   return nextUp(a * b);
 }
 
@@ -78,6 +97,7 @@ export function mulUp(a: number, b: number): number {
  * @returns an upper bound on the exact quotient
  */
 export function divUp(a: number, b: number): number {
+  if (typeof a !== "number" || typeof b !== "number") _notNumbers("divUp", a, b);
   return nextUp(a / b);
 }
 
@@ -88,6 +108,7 @@ export function divUp(a: number, b: number): number {
  * @returns a lower bound on the exact quotient
  */
 export function divDown(a: number, b: number): number {
+  if (typeof a !== "number" || typeof b !== "number") _notNumbers("divDown", a, b);
   return nextDown(a / b);
 }
 
@@ -99,6 +120,7 @@ export function divDown(a: number, b: number): number {
  * @returns an upper bound on e^x
  */
 export function expUp(x: number): number {
+  if (typeof x !== "number") _notNumbers("expUp", x);
   return nextUp(nextUp(Math.exp(x)));
 }
 
@@ -108,15 +130,17 @@ export function expUp(x: number): number {
  * @returns a lower bound on e^x
  */
 export function expDown(x: number): number {
+  if (typeof x !== "number") _notNumbers("expDown", x);
   return Math.max(0, nextDown(nextDown(Math.exp(x))));
 }
 
 /**
- * √x rounded towards +Infinity.
+ * √x rounded towards +Infinity: one ulp, as √ is correctly rounded (IEEE 754).
  * @param x a non-negative number
  * @returns an upper bound on √x
  */
 export function sqrtUp(x: number): number {
+  if (typeof x !== "number") _notNumbers("sqrtUp", x);
   return nextUp(Math.sqrt(x));
 }
 
@@ -124,11 +148,33 @@ export function sqrtUp(x: number): number {
  * Euclidean norm of x, rounded towards +Infinity: a sum of squares accumulated upwards, then √.
  * @param x the vector
  * @param offset first element
- * @param length elements
+ * @param length elements (default: to the end of x)
  * @returns an upper bound on ‖x[offset .. offset+length)‖₂
+ * @throws InvalidValueError for x not an array, or an element that is not a number (by index);
+ *   ShapeError for offset or length not an integer ≥ 0, or a range past x's end (was read as NaN,
+ *   or as an empty range with an offset past the end)
  */
-export function normUp(x: ArrayLike<number>, offset = 0, length = x.length - offset): number {
+export function normUp(x: ArrayLike<number>, offset = 0, length?: number): number {
+  if (typeof x !== "object" || x === null || typeof x.length !== "number") {
+    throw new InvalidValueError(`normUp of ${typeName(x)}, expected an array of numbers`);
+  }
+  if (!Number.isInteger(offset) || offset < 0) {
+    throw new ShapeError(`normUp: offset is ${showValue(offset)}, expected an integer ≥ 0`);
+  }
+  if (length !== undefined && (!Number.isInteger(length) || length < 0)) {
+    throw new ShapeError(`normUp: length is ${showValue(length)}, expected an integer ≥ 0`);
+  }
+  const end = length === undefined ? Math.max(offset, x.length) : offset + length;
+  if (end > x.length) {
+    throw new ShapeError(`normUp of x[${offset} .. ${end}): x has ${x.length} elements`);
+  }
   let s = 0;
-  for (let i = 0; i < length; i++) s = addUp(s, mulUp(x[offset + i], x[offset + i]));
+  for (let i = offset; i < end; i++) {
+    const v = x[i];
+    if (typeof v !== "number") {
+      throw new InvalidValueError(`normUp: x[${i}] is ${showValue(v)}, expected a number`, i);
+    }
+    s = addUp(s, mulUp(v, v));
+  }
   return sqrtUp(s);
 }

@@ -37,7 +37,13 @@
  */
 
 import type { Analysis, HeadCalibration } from "./analyzer.ts";
-import { CorruptDataError, FormatError, InvalidValueError, ShapeError } from "./errors.ts";
+import {
+  CorruptDataError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+  showValue,
+} from "./errors.ts";
 import { getFormat } from "../codecs/format.ts";
 import { isRopeBase, MIN_ROPE_BASE } from "./tensor.ts";
 import {
@@ -382,7 +388,7 @@ export function tierFor(
   // a string "0.5" compared by coercion, and undefined fell through to the cheapest tier
   for (const [name, x] of [["layer", layer], ["head", head], ["score", score]] as const) {
     if (typeof x !== "number") {
-      throw new InvalidValueError(`${name} is ${_show(x)}, expected a number`);
+      throw new InvalidValueError(`${name} is ${showValue(x)}, expected a number`);
     }
   }
   const heads = plan.layers[layer]?.heads;
@@ -415,10 +421,10 @@ export function validatePrecisionPlan(
   const p = value as PrecisionPlan;
   const bad = (what: string) => new CorruptDataError(`precision plan: ${what}`);
   if (typeof p !== "object" || p === null) throw bad("not an object");
-  if (p.version !== 1) throw bad(`version is ${_show(p.version)}, expected 1`);
+  if (p.version !== 1) throw bad(`version is ${showValue(p.version)}, expected 1`);
   for (const key of ["sinkTokens", "recentWindow"] as const) {
     if (!Number.isInteger(p[key]) || p[key] < 0) {
-      throw bad(`${key} is ${_show(p[key])}, expected an integer ≥ 0`);
+      throw bad(`${key} is ${showValue(p[key])}, expected an integer ≥ 0`);
     }
   }
   try {
@@ -427,7 +433,7 @@ export function validatePrecisionPlan(
     throw bad(`windowFormat is ${p.windowFormat}`);
   }
   if (p.ropeBase !== undefined && !isRopeBase(p.ropeBase)) {
-    throw bad(`ropeBase is ${_show(p.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
+    throw bad(`ropeBase is ${showValue(p.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
   }
   if (!Array.isArray(p.layers) || p.layers.length === 0) throw bad("no layers");
   // Indexed loops, not forEach: forEach skips the holes of a sparse array ([, layer]), and a hole
@@ -593,7 +599,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   for (const key of ["recency", "perHead"] as const) {
     const x = options[key];
     if (x !== undefined && typeof x !== "boolean") {
-      throw new InvalidValueError(`${key} is ${_show(x)}, expected true or false`);
+      throw new InvalidValueError(`${key} is ${showValue(x)}, expected true or false`);
     }
   }
   if (options.mode === "rule") {
@@ -686,11 +692,6 @@ export function ruleDiameter(analysis: Analysis, layer: number, head: number): n
     _diameter(analysis, layer, head, "key"),
     _diameter(analysis, layer, head, "value"),
   );
-}
-
-/** A value for a message: strings quoted, so that "1" does not read as the number 1. */
-function _show(x: unknown): string {
-  return typeof x === "string" ? JSON.stringify(x) : String(x);
 }
 
 /** Diameter of [min, max] ∪ {0} of one (layer, head)'s keys or values over every sequence. */

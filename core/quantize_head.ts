@@ -21,7 +21,7 @@
 
 import { getFormat } from "../codecs/format.ts";
 import { tsCodec } from "../codecs/ts_codec.ts";
-import { ShapeError } from "./errors.ts";
+import { assertFinite, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
 
 /**
  * Round trip of n tokens × d elements (row-major) through a format.
@@ -32,7 +32,10 @@ import { ShapeError } from "./errors.ts";
  * @param format registered format name
  * @returns decoded values and per-element error bounds, both n × d token-major
  * @throws FormatError for an unknown format; ShapeError when n is not an integer ≥ 0, d not an
- *   integer ≥ 1 or x is shorter than n × d
+ *   integer ≥ 1 or x is shorter than n × d; InvalidValueError for x not a Float32Array (a plain
+ *   array would be rounded to float32, so the bounds would not cover its values), and naming the
+ *   element of x (its index in x, token and element) that is NaN or ±Inf or that the format
+ *   cannot hold
  */
 export function quantizeHead(
   x: Float32Array,
@@ -40,20 +43,41 @@ export function quantizeHead(
   d: number,
   format: string,
 ): { decoded: Float32Array; bound: Float32Array } {
+  // A plain array failed as a TypeError (x.subarray) on the token axis.
+  if (!(x instanceof Float32Array)) {
+    throw new InvalidValueError(`x is ${typeName(x)}, expected a Float32Array`);
+  }
   // A NaN n passed the length check and gave an empty result, a negative one a raw RangeError.
   if (!Number.isInteger(n) || n < 0) {
-    throw new ShapeError(`tokens n is ${n}, expected an integer ≥ 0`);
+    throw new ShapeError(`tokens n is ${showValue(n)}, expected an integer ≥ 0`);
   }
   if (!Number.isInteger(d) || d < 1) {
-    throw new ShapeError(`head dimension d is ${d}, expected an integer ≥ 1`);
+    throw new ShapeError(`head dimension d is ${showValue(d)}, expected an integer ≥ 1`);
   }
   const spec = getFormat(format);
   if (x.length < n * d) throw new ShapeError(`x has ${x.length} elements, expected ${n * d}`);
+  // Here, not in the codec: a channel-axis codec sees a transposed, padded block, so it named an
+  // index of that block (x[41] of 16 elements) and offered a clamp option quantizeHead lacks.
+  assertFinite(x, "x", 0, n * d);
   const decoded = new Float32Array(n * d), bound = new Float32Array(n * d);
   if (n === 0) return { decoded, bound };
   const codec = tsCodec(format);
-  const roundTrip = (flat: Float32Array) => {
-    const block = codec.encode(flat);
+  // flat index of the encoded block → index in x (the padding repeats an element of x)
+  const roundTrip = (flat: Float32Array, source: (i: number) => number) => {
+    let block;
+    try {
+      block = codec.encode(flat);
+    } catch (e) {
+      if (!(e instanceof InvalidValueError && e.index !== undefined)) throw e;
+      const i = source(e.index), t = Math.floor(i / d);
+      // the codec's reason, without its index, value or clamp hint (which name the block)
+      const why = e.message.replace(/^.*? is out of range: /, "")
+        .replace(/ \(or encode with \{clamp: true\}\)$/, "").replace(/^group \d+ /, "its group ");
+      throw new InvalidValueError(
+        `${format}: x[${i}] = ${x[i]} (token ${t}, element ${i - t * d}) cannot be encoded: ${why}`,
+        i,
+      );
+    }
     const y = new Float32Array(flat.length), b = new Float32Array(flat.length);
     codec.decode(block, y);
     codec.errorBound(block.words, flat.length, b);
@@ -66,7 +90,10 @@ export function quantizeHead(
       for (let c = 0; c < d; c++) {
         for (let t = 0; t < g; t++) flat[c * g + t] = x[Math.min(start + t, n - 1) * d + c];
       }
-      const { y, b } = roundTrip(flat);
+      const { y, b } = roundTrip(
+        flat,
+        (f) => Math.min(start + (f % g), n - 1) * d + Math.floor(f / g),
+      );
       for (let t = 0; t < g && start + t < n; t++) {
         for (let c = 0; c < d; c++) {
           decoded[(start + t) * d + c] = y[c * g + t];
@@ -82,7 +109,7 @@ export function quantizeHead(
   const flat = new Float32Array(len);
   flat.set(x.subarray(0, n * d));
   flat.fill(x[n * d - 1], n * d);
-  const { y, b } = roundTrip(flat);
+  const { y, b } = roundTrip(flat, (f) => Math.min(f, n * d - 1));
   decoded.set(y.subarray(0, n * d));
   bound.set(b.subarray(0, n * d));
   return { decoded, bound };
@@ -102,7 +129,7 @@ export function quantizeHead(
  */
 export function meanErrorBound(x: Float32Array, n: number, d: number, format: string): number {
   if (!Number.isInteger(n) || n < 1) {
-    throw new ShapeError(`tokens n is ${n}, expected an integer ≥ 1`);
+    throw new ShapeError(`tokens n is ${showValue(n)}, expected an integer ≥ 1`);
   }
   const { bound } = quantizeHead(x, n, d, format);
   let s = 0;

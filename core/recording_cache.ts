@@ -19,6 +19,8 @@
 import {
   type CacheMemory,
   checkAttend,
+  checkCacheBytes,
+  checkCacheShape,
   checkLayer,
   Float32KVCache,
   type KVCache,
@@ -35,8 +37,27 @@ export class RecordingKVCache implements KVCache {
   /**
    * Creates an empty recording cache.
    * @param shape the cache's shape
+   * @throws {ShapeError} for a dimension that is not a positive integer
+   * @throws {CapacityError} when one layer's queries (nHeads / nKvHeads times a layer's keys), the
+   *   keys or the values would exceed MAX_BUFFER_BYTES, or all of them MAX_FIXED_BYTES; nothing is
+   *   allocated
    */
   constructor(shape: KVCacheShape) {
+    checkCacheShape(shape);
+    // the query buffers are checked with the inner cache's: a shape Float32KVCache accepts can
+    // still need queries too large to allocate (a RangeError, after the inner cache was built)
+    const kvBytes = 4 * shape.nLayers * shape.nKvHeads * shape.maxSeqLen * shape.headDim;
+    checkCacheBytes("RecordingKVCache", shape, [
+      { name: "keys", bytes: kvBytes },
+      { name: "values", bytes: kvBytes },
+      {
+        name: "queries of one layer",
+        bytes: 4 * shape.maxSeqLen * shape.nHeads * shape.headDim,
+        count: shape.nLayers,
+      },
+      { name: "attention scores", bytes: 4 * shape.maxSeqLen },
+      { name: "layer lengths", bytes: 4 * shape.nLayers },
+    ]);
     this.inner = new Float32KVCache(shape);
     this.shape = this.inner.shape;
     const qDim = shape.nHeads * shape.headDim;

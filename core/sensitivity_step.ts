@@ -25,12 +25,23 @@
  * @module
  */
 
-import { InvalidValueError, ShapeError } from "./errors.ts";
+import { CapacityError, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
+import { MAX_BUFFER_BYTES, MAX_FIXED_BYTES } from "./model/kv_cache.ts";
+
+/**
+ * Largest |query element| {@linkcode SensitivityStep.run} takes, 2^128: every finite float32 (the
+ * analyzer's queries), and small enough that with float32 keys and values (|x| < 2^128) no score
+ * (≤ d·2^256), ‖q‖², ‖v − o‖ or product of them overflows float64, whatever d. A float64 query of
+ * 1e300 made the scores infinite and α NaN.
+ */
+export const MAX_STEP_QUERY = 2 ** 128;
 
 /**
  * Step kernel for one (layer, KV head): `group` query heads of dimension `headDim` over at most
- * `capacity` cached positions. Results are overwritten by each {@linkcode SensitivityStep.run};
- * per-head arrays are laid out [head][position] with a stride of `capacity`.
+ * `capacity` cached positions. Results are overwritten by each {@linkcode SensitivityStep.run}:
+ * positions 0..n−1 with the run's values, and positions n..capacity−1 with 0 (a shorter run once
+ * left an earlier run's values there); per-head arrays are laid out [head][position] with a stride
+ * of `capacity`.
  */
 export class SensitivityStep {
   /** Most positions one run may cover. */
@@ -55,6 +66,8 @@ export class SensitivityStep {
   readonly #q: Float64Array;
   // Outputs of a block of four heads, [h][i].
   readonly #o: Float64Array;
+  // Positions the previous run wrote: a shorter run zeroes [n, #written) of every per-position array.
+  #written = 0;
 
   /**
    * Allocates the scratch.
@@ -62,13 +75,24 @@ export class SensitivityStep {
    * @param capacity most positions one run covers (≥ 1)
    * @param headDim head dimension d (≥ 1)
    * @param group query heads per KV head (≥ 1, default 1)
-   * @throws ShapeError on a non-positive or non-integer size
+   * @throws ShapeError on a non-positive or non-integer size; CapacityError, before allocating,
+   *   when an array would pass MAX_BUFFER_BYTES or all of them MAX_FIXED_BYTES (the caches' limits)
    */
   constructor(capacity: number, headDim: number, group = 1) {
     for (const [name, x] of [["capacity", capacity], ["headDim", headDim], ["group", group]]) {
       if (!Number.isInteger(x) || (x as number) < 1) {
-        throw new ShapeError(`${name} ${x}, expected an integer ≥ 1`);
+        throw new ShapeError(`${name} ${showValue(x)}, expected an integer ≥ 1`);
       }
+    }
+    // a huge capacity failed as a RangeError from the allocation
+    const perPosition = 8 * group * capacity, perHead = 8 * group * headDim;
+    const total = 4 * perPosition + perHead + 8 * group + 2 * 32 * headDim;
+    if (Math.max(perPosition, perHead) > MAX_BUFFER_BYTES || total > MAX_FIXED_BYTES) {
+      throw new CapacityError(
+        `SensitivityStep(capacity ${capacity}, headDim ${headDim}, group ${group}) would allocate ` +
+          `${total} bytes (${perPosition} per per-position array, ${perHead} for the outputs), ` +
+          `over the limit of ${MAX_BUFFER_BYTES} bytes per array or ${MAX_FIXED_BYTES} in all`,
+      );
     }
     this.capacity = capacity;
     this.headDim = headDim;
@@ -86,7 +110,8 @@ export class SensitivityStep {
   /**
    * Runs the group's queries (head h at `queries[qOffset + h·d …]`) over positions 0..n−1 of
    * row-major n × d keys and values. Keys and values are not checked for NaN or ±Inf here:
-   * callers check them once per sequence, as analyzeHeadGroup does.
+   * callers check them once per sequence, as analyzeHeadGroup does. Queries are limited to
+   * ±{@linkcode MAX_STEP_QUERY} (2^128), past which float64 queries overflow the scores.
    *
    * @param queries the group's queries, `group · d` consecutive elements from qOffset
    * @param qOffset where head 0's query starts
@@ -94,7 +119,9 @@ export class SensitivityStep {
    * @param values at least n × d values
    * @param n positions, 1 ≤ n ≤ capacity
    * @throws ShapeError when n is out of range, qOffset is not an integer ≥ 0 or an array is too
-   *   short; InvalidValueError (with the index) when one of the group's queries is NaN or ±Inf
+   *   short; InvalidValueError for queries not a Float32Array or Float64Array or keys or values
+   *   not a Float32Array, and (with the index) when one of the group's queries is NaN, ±Inf or
+   *   beyond ±2^128. Nothing is written when it throws.
    */
   run(
     queries: Float32Array | Float64Array,
@@ -104,8 +131,19 @@ export class SensitivityStep {
     n: number,
   ): void {
     const d = this.headDim, group = this.group;
+    // undefined keys were a TypeError reading .length; float64 values near ±1e308 overflow
+    if (!(queries instanceof Float32Array || queries instanceof Float64Array)) {
+      throw new InvalidValueError(
+        `queries is ${typeName(queries)}, expected a Float32Array or Float64Array`,
+      );
+    }
+    for (const [name, x] of [["keys", keys], ["values", values]] as const) {
+      if (!(x instanceof Float32Array)) {
+        throw new InvalidValueError(`${name} is ${typeName(x)}, expected a Float32Array`);
+      }
+    }
     if (!Number.isInteger(n) || n < 1 || n > this.capacity) {
-      throw new ShapeError(`positions ${n}, expected 1..${this.capacity}`);
+      throw new ShapeError(`positions ${showValue(n)}, expected 1..${this.capacity}`);
     }
     if (keys.length < n * d || values.length < n * d) {
       throw new ShapeError(
@@ -114,7 +152,7 @@ export class SensitivityStep {
     }
     // A NaN or fractional offset passed the length check and read undefined: NaN outputs.
     if (!Number.isInteger(qOffset) || qOffset < 0) {
-      throw new ShapeError(`query offset ${qOffset}, expected an integer ≥ 0`);
+      throw new ShapeError(`query offset ${showValue(qOffset)}, expected an integer ≥ 0`);
     }
     if (queries.length < qOffset + group * d) {
       throw new ShapeError(
@@ -125,10 +163,25 @@ export class SensitivityStep {
     // would cost n·d reads per run, a third of a one-head run.
     for (let i = qOffset; i < qOffset + group * d; i++) {
       const x = queries[i];
-      if (x - x !== 0) {
-        throw new InvalidValueError(`queries[${i}] is ${x}, expected a finite number`, i);
+      if (!(Math.abs(x) <= MAX_STEP_QUERY)) {
+        throw new InvalidValueError(
+          x - x !== 0
+            ? `queries[${i}] is ${x}, expected a finite number`
+            : `queries[${i}] is ${x}, expected a finite number within ±2^128 (scores must not ` +
+              `overflow)`,
+          i,
+        );
       }
     }
+    if (n < this.#written) {
+      const cap = this.capacity;
+      for (let h = 0; h < group; h++) {
+        for (const a of [this.attention, this.keyGradNorm, this.hessianTraceNorm, this.curvature]) {
+          a.fill(0, h * cap + n, h * cap + this.#written);
+        }
+      }
+    }
+    this.#written = n;
     for (let h0 = 0; h0 < group; h0 += 4) {
       const heads = Math.min(4, group - h0);
       if (heads === 4) this.#block4(queries, qOffset + h0 * d, keys, values, n, h0);

@@ -15,18 +15,54 @@
  * @module
  */
 
-import { InvalidValueError, ShapeError } from "./errors.ts";
+import { CapacityError, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
+
+// The kernels run inside every forward pass: each checks its sizes once at entry (a few
+// comparisons), never per element.
+
+/** Whether v is a size a kernel can loop to: an integer ≥ min (NaN, 1.5 and "2" are not). */
+function _isSize(v: number, min = 0): boolean {
+  return Number.isInteger(v) && v >= min;
+}
+
+/**
+ * Whether a[0..aLen) and b[0..bLen) share memory: the same array, or typed-array views whose byte
+ * ranges over one buffer intersect. Empty ranges share nothing.
+ */
+function _overlaps(
+  a: ArrayLike<number>,
+  aLen: number,
+  b: ArrayLike<number>,
+  bLen: number,
+): boolean {
+  if (aLen === 0 || bLen === 0) return false;
+  if (a === b) return true;
+  if (!ArrayBuffer.isView(a) || !ArrayBuffer.isView(b) || a.buffer !== b.buffer) return false;
+  const aBytes = aLen * (a as Float32Array).BYTES_PER_ELEMENT;
+  const bBytes = bLen * (b as Float32Array).BYTES_PER_ELEMENT;
+  return a.byteOffset < b.byteOffset + bBytes && b.byteOffset < a.byteOffset + aBytes;
+}
+
+/**
+ * Largest RoPE table allocated, 2^31 − 1 bytes: model/kv_cache.ts's MAX_BUFFER_BYTES, restated
+ * because that module imports this one.
+ */
+const _MAX_TABLE_BYTES = 2 ** 31 - 1;
 
 /**
  * out = W x, with W row-major rows × cols (llama2.c's `matmul(xout, x, w, n=cols, d=rows)`).
  *
- * @param out rows outputs, overwritten
+ * @param out rows outputs, overwritten; must not share memory with x (row r would read the rows
+ *   written before it). x itself is refused; a view overlapping x is not detected here: reading
+ *   each view's .buffer cost 5–8% of the fixture model's forward pass, which calls this per token
+ *   (matmul, called once per batch, does detect it)
  * @param x cols inputs
  * @param w rows × cols weights
  * @param rows output size
  * @param cols input size
- * @throws ShapeError for an array shorter than rows and cols need (reads past it were NaN, writes
- *   past out dropped)
+ * @throws ShapeError for rows or cols not an integer ≥ 0 (NaN or −1 wrote nothing, 1.5 read past a
+ *   row as NaN), an array shorter than rows and cols need (reads past it were NaN, writes past out
+ *   dropped), or an out that is x
  */
 export function matvec(
   out: Float32Array,
@@ -35,10 +71,18 @@ export function matvec(
   rows: number,
   cols: number,
 ): void {
+  if (!_isSize(rows) || !_isSize(cols)) {
+    throw new ShapeError(
+      `matvec of ${showValue(rows)} × ${showValue(cols)}: rows and cols must be integers ≥ 0`,
+    );
+  }
   if (out.length < rows || x.length < cols || w.length < rows * cols) {
     throw new ShapeError(
       `matvec of ${rows} × ${cols}: out has ${out.length}, x ${x.length}, w ${w.length} elements`,
     );
+  }
+  if (out === x && rows > 0 && cols > 0) {
+    throw new ShapeError(`matvec of ${rows} × ${cols}: out must not alias x`);
   }
   for (let r = 0; r < rows; r++) {
     const o = r * cols;
@@ -65,6 +109,8 @@ export function matvec(
  * @param n batch size
  * @param rows output size
  * @param cols input size
+ * @throws ShapeError, before any row is written: for out or x not a typed array, n, rows or cols
+ *   not an integer ≥ 0, an array shorter than they need, or an out that overlaps x
  */
 export function matmul(
   out: Float32Array,
@@ -74,6 +120,28 @@ export function matmul(
   rows: number,
   cols: number,
 ): void {
+  // rows are taken as subarray() views: a plain array failed as a TypeError
+  for (const [name, a] of [["out", out], ["x", x]] as const) {
+    if (typeof a?.subarray !== "function") {
+      throw new ShapeError(`matmul: ${name} must be a Float32Array, got ${typeName(a)}`);
+    }
+  }
+  if (!_isSize(n) || !_isSize(rows) || !_isSize(cols)) {
+    throw new ShapeError(
+      `matmul of ${showValue(n)} × (${showValue(rows)} × ${showValue(cols)}): ` +
+        `n, rows and cols must be integers ≥ 0`,
+    );
+  }
+  // checked whole here: matvec's own check stops at the first short row, the rows before written
+  if (out.length < n * rows || x.length < n * cols || w.length < rows * cols) {
+    throw new ShapeError(
+      `matmul of ${n} × (${rows} × ${cols}): out has ${out.length}, x ${x.length}, ` +
+        `w ${w.length} elements`,
+    );
+  }
+  if (_overlaps(out, n * rows, x, n * cols)) {
+    throw new ShapeError(`matmul of ${n} × (${rows} × ${cols}): out must not alias x`);
+  }
   for (let b = 0; b < n; b++) {
     matvec(
       out.subarray(b * rows, (b + 1) * rows),
@@ -88,12 +156,20 @@ export function matmul(
 /**
  * RMSNorm as llama2.c computes it: out = weight ⊙ x / √(mean(x²) + 1e-5).
  *
- * @param out output, may alias x
+ * @param out output (at least x.length elements), may be x itself but must not overlap it
+ *   otherwise (not checked: see {@linkcode matvec})
  * @param x input
- * @param weight per-element gain
+ * @param weight per-element gain (at least x.length elements)
+ * @throws ShapeError for an out or weight shorter than x (a short weight gave NaN, a short out
+ *   dropped writes)
  */
 export function rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array): void {
   const n = x.length;
+  if (out.length < n || weight.length < n) {
+    throw new ShapeError(
+      `rmsnorm of ${n} elements: out has ${out.length}, weight ${weight.length} elements`,
+    );
+  }
   let ss = 0;
   for (let i = 0; i < n; i++) ss += x[i] * x[i];
   const inv = 1 / Math.sqrt(Math.fround(ss / n + 1e-5));
@@ -105,14 +181,26 @@ export function rmsnorm(out: Float32Array, x: Float32Array, weight: Float32Array
  *
  * @param x values, overwritten by probabilities
  * @param n number of leading elements to use (defaults to all)
- * @throws ShapeError for n not an integer in [1, x.length]
+ * @throws ShapeError for n not an integer in [1, x.length]; InvalidValueError, x unchanged, for a
+ *   NaN, a +Infinity, or every value −Infinity (probabilities NaN: ∞/∞ or 0/0)
  */
 export function softmax(x: Float32Array, n: number = x.length): void {
   if (!Number.isInteger(n) || n < 1 || n > x.length) {
-    throw new ShapeError(`softmax over ${n} of ${x.length} elements`);
+    throw new ShapeError(`softmax over ${showValue(n)} of ${x.length} elements`);
   }
   let max = -Infinity;
-  for (let i = 0; i < n; i++) if (x[i] > max) max = x[i];
+  for (let i = 0; i < n; i++) {
+    const v = x[i];
+    if (v > max) max = v;
+    else if (v !== v) throw new InvalidValueError(`softmax: x[${i}] is NaN`, i);
+  }
+  if (max === Infinity) {
+    const i = x.indexOf(Infinity);
+    throw new InvalidValueError(`softmax: x[${i}] is Infinity, expected a finite maximum`, i);
+  }
+  if (max === -Infinity) {
+    throw new InvalidValueError(`softmax: all ${n} values are -Infinity, expected a finite one`);
+  }
   let sum = 0;
   for (let i = 0; i < n; i++) {
     const e = Math.exp(x[i] - max);
@@ -127,9 +215,13 @@ export function softmax(x: Float32Array, n: number = x.length): void {
  * SwiGLU gate in place: h1 = silu(h1) ⊙ h3, silu(x) = x / (1 + e^{−x}).
  *
  * @param h1 gate input, overwritten
- * @param h3 up-projection
+ * @param h3 up-projection, at least h1.length elements
+ * @throws ShapeError for an h3 shorter than h1 (its missing elements gave NaN)
  */
 export function siluGate(h1: Float32Array, h3: Float32Array): void {
+  if (h3.length < h1.length) {
+    throw new ShapeError(`siluGate: h1 has ${h1.length} elements, h3 ${h3.length}`);
+  }
   for (let i = 0; i < h1.length; i++) {
     const x = h1[i];
     h1[i] = (x / (1 + Math.exp(-x))) * h3[i];
@@ -211,6 +303,8 @@ export function isRopeBase(base: unknown): boolean {
  * @returns cos and sin, maxPos × headDim/2 each
  * @throws ShapeError for an odd or non-positive headDim, or a maxPos that is not an integer ≥ 0
  * @throws InvalidValueError for a base that is not finite and ≥ MIN_ROPE_BASE
+ * @throws CapacityError, before allocating, when a table would exceed 2^31 − 1 bytes (the
+ *   MAX_BUFFER_BYTES of caches)
  */
 export function ropeTable(
   headDim: number,
@@ -218,15 +312,25 @@ export function ropeTable(
   base = 10000,
 ): { cos: Float32Array; sin: Float32Array } {
   if (!Number.isInteger(headDim) || headDim <= 0 || headDim % 2 !== 0) {
-    throw new ShapeError(`RoPE needs an even head dimension ≥ 2, got ${headDim}`);
+    throw new ShapeError(`RoPE needs an even head dimension ≥ 2, got ${showValue(headDim)}`);
   }
   if (!Number.isInteger(maxPos) || maxPos < 0) {
-    throw new ShapeError(`RoPE positions ${maxPos}, expected an integer ≥ 0`);
+    throw new ShapeError(`RoPE positions ${showValue(maxPos)}, expected an integer ≥ 0`);
   }
   if (!isRopeBase(base)) {
-    throw new InvalidValueError(`RoPE base ${base}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
+    throw new InvalidValueError(
+      `RoPE base ${showValue(base)}, expected a finite number ≥ ${MIN_ROPE_BASE}`,
+    );
   }
   const half = headDim / 2;
+  // a huge maxPos failed as a RangeError from the allocation (or ran out of memory)
+  const bytes = 4 * maxPos * half;
+  if (bytes > _MAX_TABLE_BYTES) {
+    throw new CapacityError(
+      `RoPE tables of ${maxPos} positions × ${half} frequencies would take ${bytes} bytes each, ` +
+        `over the ${_MAX_TABLE_BYTES} bytes one buffer may hold`,
+    );
+  }
   const cos = new Float32Array(maxPos * half), sin = new Float32Array(maxPos * half);
   for (let p = 0; p < maxPos; p++) {
     for (let i = 0; i < half; i++) {
@@ -246,9 +350,13 @@ export function ropeTable(
  *
  * @param x values
  * @returns the argmax index
- * @throws ShapeError for an empty array (0 would name an element it does not have)
+ * @throws ShapeError for an empty array (0 would name an element it does not have);
+ *   InvalidValueError for x not an array
  */
 export function argmax(x: Float32Array): number {
+  if (typeof x !== "object" || x === null || typeof x.length !== "number") {
+    throw new InvalidValueError(`argmax of ${typeName(x)}, expected an array of numbers`);
+  }
   if (x.length === 0) throw new ShapeError("argmax of an empty array");
   // a NaN compares false both ways: it never wins, and a NaN first entry is passed over too
   let best = 0;
@@ -269,6 +377,9 @@ export function argmax(x: Float32Array): number {
  * @param weights at least n elements; overwritten with the attention weights α
  * @param out d outputs, overwritten
  * @param qOffset where the query starts in q
+ * @throws ShapeError, out and weights unchanged, for n or d not an integer ≥ 1 (no positions gave
+ *   zeros, d = 0 or NaN left out as it was), qOffset not an integer ≥ 0, or an array shorter than
+ *   they need (reads past it were NaN)
  */
 export function attention(
   q: ArrayLike<number>,
@@ -280,6 +391,24 @@ export function attention(
   out: Float32Array | Float64Array,
   qOffset = 0,
 ): void {
+  if (!_isSize(n, 1) || !_isSize(d, 1) || !_isSize(qOffset)) {
+    throw new ShapeError(
+      `attention of n = ${showValue(n)} positions, d = ${showValue(d)}, qOffset ${
+        showValue(qOffset)
+      }: ` +
+        `expected integers n, d ≥ 1 and qOffset ≥ 0`,
+    );
+  }
+  if (
+    q.length < qOffset + d || keys.length < n * d || values.length < n * d ||
+    weights.length < n || out.length < d
+  ) {
+    throw new ShapeError(
+      `attention over ${n} × ${d}: q has ${q.length} elements (query at ${qOffset}), ` +
+        `keys ${keys.length}, values ${values.length}, weights ${weights.length}, ` +
+        `out ${out.length}`,
+    );
+  }
   const scale = 1 / Math.sqrt(d);
   let max = -Infinity;
   for (let t = 0; t < n; t++) {

@@ -32,7 +32,7 @@ import type { Analysis } from "./analyzer.ts";
 import { attentionErrorBound, attentionErrorFirstOrder } from "./attention_bound.ts";
 import { attentionWeights } from "./attention_sensitivity.ts";
 import { getFormat } from "../codecs/format.ts";
-import { checkPerturbation, InvalidValueError, ShapeError, typeName } from "./errors.ts";
+import { checkPerturbation, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
 import { addUp, mulUp, sqrtUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
@@ -98,7 +98,7 @@ export function checkAssignment(
   const recency = options.recency ?? true;
   // a string "false" was truthy: the recency factor applied
   if (typeof recency !== "boolean") {
-    throw new InvalidValueError(`recency is ${_show(recency)}, expected true or false`);
+    throw new InvalidValueError(`recency is ${showValue(recency)}, expected true or false`);
   }
   const { sensitivity, aggregate } = resolveSensitivity(options);
   const mean = aggregate === "mean";
@@ -207,7 +207,7 @@ export function verifyHeads(
   const group = nHeads / nKvHeads;
   // a string "0" indexed the same sequence by coercion
   if (typeof sequence !== "number") {
-    throw new InvalidValueError(`sequence is ${_show(sequence)}, expected a sequence index`);
+    throw new InvalidValueError(`sequence is ${showValue(sequence)}, expected a sequence index`);
   }
   const n = cache.length(0);
   // no position: every mean would be 0/0
@@ -382,7 +382,7 @@ export function composeLayerBounds(
   }
   if (typeof inputError !== "number" || !(inputError >= 0) || inputError === Infinity) {
     throw new InvalidValueError(
-      `input error is ${_show(inputError)}, expected a finite number ≥ 0`,
+      `input error is ${showValue(inputError)}, expected a finite number ≥ 0`,
     );
   }
   const out: number[] = [];
@@ -392,14 +392,14 @@ export function composeLayerBounds(
     const phiL = local[l];
     if (typeof phiL !== "number" && typeof phiL !== "function") {
       throw new InvalidValueError(
-        `local[${l}] is ${_show(phiL)}, expected a number or a function of the input error`,
+        `local[${l}] is ${showValue(phiL)}, expected a number or a function of the input error`,
         l,
       );
     }
     const phi = typeof phiL === "number" ? phiL : phiL(e);
     if (!(L >= 0) || !Number.isFinite(L) || !(phi >= 0) || !Number.isFinite(phi)) {
       throw new InvalidValueError(
-        `layer ${l}: Φ = ${_show(phi)}, L = ${_show(L)}; expected finite numbers ≥ 0`,
+        `layer ${l}: Φ = ${showValue(phi)}, L = ${showValue(L)}; expected finite numbers ≥ 0`,
         l,
       );
     }
@@ -480,12 +480,12 @@ export async function attentionOutputGains(
   const eta = options.size ?? 1e-3, trials = options.trials ?? 3;
   // a string size passed checkPerturbation's comparisons by coercion
   if (typeof eta !== "number") {
-    throw new InvalidValueError(`size is ${_show(eta)}, expected a finite number > 0`);
+    throw new InvalidValueError(`size is ${showValue(eta)}, expected a finite number > 0`);
   }
   checkPerturbation(eta, trials);
   const seed = options.seed ?? 1;
   if (typeof seed !== "number") {
-    throw new InvalidValueError(`seed is ${_show(seed)}, expected a number`);
+    throw new InvalidValueError(`seed is ${showValue(seed)}, expected a number`);
   }
   if (tokens.length === 0) throw new ShapeError("no tokens to perturb");
   const uniform = mulberry32(seed);
@@ -678,26 +678,21 @@ function _checkLipschitz(lipschitz: ModelLipschitz): void {
   const finite = (x: unknown) => typeof x === "number" && x >= 0 && x < Infinity;
   if (!finite(lipschitz.output)) {
     throw new InvalidValueError(
-      `output Lipschitz bound is ${_show(lipschitz.output)}, expected a finite number ≥ 0`,
+      `output Lipschitz bound is ${showValue(lipschitz.output)}, expected a finite number ≥ 0`,
     );
   }
   for (let l = 0; l < lipschitz.layers.length; l++) {
     const layer = lipschitz.layers[l];
     if (typeof layer !== "object" || layer === null) {
-      throw new ShapeError(`Lipschitz layers[${l}] is ${_show(layer)}, expected an object`);
+      throw new ShapeError(`Lipschitz layers[${l}] is ${showValue(layer)}, expected an object`);
     }
     for (const key of ["attention", "feedForward", "layer", "outputNorm"] as const) {
       if (!finite(layer[key])) {
         throw new InvalidValueError(
-          `Lipschitz layers[${l}].${key} is ${_show(layer[key])}, expected a finite number ≥ 0`,
+          `Lipschitz layers[${l}].${key} is ${showValue(layer[key])}, expected a finite number ≥ 0`,
           l,
         );
       }
     }
   }
-}
-
-/** A value for a message: strings quoted, so that "1" does not read as the number 1. */
-function _show(x: unknown): string {
-  return typeof x === "string" ? JSON.stringify(x) : String(x);
 }

@@ -18,7 +18,7 @@
  */
 
 import { getFormat } from "../../codecs/mod.ts";
-import { BudgetError, InvalidValueError } from "../errors.ts";
+import { BudgetError, InvalidValueError, showValue } from "../errors.ts";
 import { type PrecisionPlan, validatePrecisionPlan } from "../plan.ts";
 import { type CachePolicy, tieredPolicy } from "./policy.ts";
 
@@ -107,14 +107,13 @@ export async function fitPlanToBudget<P>(
   measure: (plan: P) => Promise<number>,
   rounds = 8,
 ): Promise<BudgetFit<P>> {
-  const show = (x: unknown) => typeof x === "string" ? JSON.stringify(x) : String(x);
   // a NaN target measured nothing as within; rounds NaN, 0 or negative tried nothing and reported
   // "no plan could be built", and a string "3" compared by coercion
   if (typeof target !== "number" || !(target > 0) || target === Infinity) {
-    throw new InvalidValueError(`target is ${show(target)}, expected a finite number > 0`);
+    throw new InvalidValueError(`target is ${showValue(target)}, expected a finite number > 0`);
   }
   if (!Number.isInteger(rounds) || rounds < 1) {
-    throw new InvalidValueError(`rounds is ${show(rounds)}, expected an integer ≥ 1`);
+    throw new InvalidValueError(`rounds is ${showValue(rounds)}, expected an integer ≥ 1`);
   }
   const tries: BudgetFit<P>["tries"] = [];
   let best: BudgetFit<P> | undefined, cheapest: BudgetFit<P> | undefined;
@@ -137,7 +136,7 @@ export async function fitPlanToBudget<P>(
     // a NaN was never within the target nor over it; a negative one always within
     if (typeof measuredBits !== "number" || !(measuredBits >= 0) || measuredBits === Infinity) {
       throw new InvalidValueError(
-        `measure returned ${show(measuredBits)} bits per element for mapper budget ${b}, ` +
+        `measure returned ${showValue(measuredBits)} bits per element for mapper budget ${b}, ` +
           "expected a finite number ≥ 0",
       );
     }

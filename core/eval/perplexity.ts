@@ -14,7 +14,14 @@
  * @module
  */
 
-import { assertFinite, InvalidValueError, ShapeError, typeName } from "../errors.ts";
+import {
+  assertFinite,
+  CapacityError,
+  InvalidValueError,
+  ShapeError,
+  showValue,
+  typeName,
+} from "../errors.ts";
 import type { KVCache } from "../model/kv_cache.ts";
 import type { Transformer } from "../model/transformer.ts";
 
@@ -56,9 +63,12 @@ export function scoringWindows(n: number, context: number): ScoringWindow[] {
  * @param logits the logits
  * @param target the token whose log-probability is wanted
  * @returns log softmax(logits)[target]
- * @throws ShapeError for a target outside the logits
+ * @throws ShapeError for a target outside the logits; InvalidValueError for logits not an array
  */
 export function logProbability(logits: Float32Array, target: number): number {
+  if (typeof logits !== "object" || logits === null || typeof logits.length !== "number") {
+    throw new InvalidValueError(`logits is ${typeName(logits)}, expected a Float32Array`);
+  }
   if (!Number.isInteger(target) || target < 0 || target >= logits.length) {
     throw new ShapeError(`target ${target} is outside [0, ${logits.length})`);
   }
@@ -89,17 +99,110 @@ export interface PerplexityOptions {
 }
 
 /**
+ * Checks the arguments of an evaluation over token sequences before any of it runs, so that a
+ * mistake in a late sequence cannot stop it after earlier windows were scored and reported: a model
+ * and a cache of the right kinds, sequences that are arrays of token ids in the model's vocabulary,
+ * and windows that fit both the model's context and the cache. {@linkcode perplexity},
+ * {@linkcode referenceRun} and {@linkcode measureCacheBits} call it first.
+ *
+ * @example
+ * ```ts
+ * import { checkEvalInputs } from "./perplexity.ts";
+ * let refused = false;
+ * try {
+ *   checkEvalInputs(undefined as never, undefined as never, []);
+ * } catch {
+ *   refused = true;
+ * }
+ * if (!refused) throw new Error("no model");
+ * ```
+ *
+ * @param model the transformer
+ * @param cache the cache the windows run through
+ * @param sequences token ids per sequence
+ * @param context window length of the windowed protocol ({@linkcode scoringWindows}); omitted,
+ *   each sequence is prefilled whole
+ * @throws InvalidValueError for a model, cache or sequences of the wrong kind; ShapeError for a
+ *   context that is not an integer ≥ 2, a token id out of range (by sequence and index) or a
+ *   window longer than the model's context; CapacityError for a window longer than the cache holds
+ */
+export function checkEvalInputs(
+  model: Transformer,
+  cache: KVCache,
+  sequences: readonly ArrayLike<number>[],
+  context?: number,
+): void {
+  // named here: plain JavaScript passing them in another order got "reduce is not a function"
+  if (
+    typeof (model as Partial<Transformer>)?.prefill !== "function" ||
+    typeof model.config !== "object" || model.config === null
+  ) {
+    throw new InvalidValueError(`model is ${typeName(model)}, expected a Transformer`);
+  }
+  if (
+    typeof (cache as Partial<KVCache>)?.reset !== "function" ||
+    typeof cache.shape !== "object" || cache.shape === null
+  ) {
+    throw new InvalidValueError(`cache is ${typeName(cache)}, expected a KVCache`);
+  }
+  const bad = Array.isArray(sequences)
+    ? sequences.findIndex((s) =>
+      typeof s !== "object" || s === null || typeof s.length !== "number"
+    )
+    : -2;
+  if (bad !== -1) {
+    throw new InvalidValueError(
+      `sequences is ${typeName(sequences)}, expected an array of token id arrays` +
+        (bad >= 0 ? ` (sequences[${bad}] is ${showValue(sequences[bad])})` : ""),
+    );
+  }
+  if (context !== undefined && (!Number.isInteger(context) || context < 2)) {
+    throw new ShapeError(`context is ${showValue(context)}, expected an integer ≥ 2`);
+  }
+  const { vocabSize, seqLen } = model.config, maxSeqLen = cache.shape.maxSeqLen;
+  for (let s = 0; s < sequences.length; s++) {
+    const seq = sequences[s];
+    for (let i = 0; i < seq.length; i++) {
+      const t = seq[i];
+      if (!Number.isInteger(t) || t < 0 || t >= vocabSize) {
+        throw new ShapeError(
+          `sequences[${s}][${i}] is token id ${showValue(t)}, out of range [0, ${vocabSize})`,
+        );
+      }
+    }
+    // the longest window is the first (a sequence under 2 tokens has none to score)
+    const n = context === undefined
+      ? seq.length
+      : seq.length < 2
+      ? 0
+      : Math.min(context, seq.length);
+    const hint = context === undefined ? "" : " (pass a smaller context)";
+    if (n > seqLen) {
+      throw new ShapeError(
+        `sequences[${s}] needs windows of ${n} positions, the model's context is ${seqLen}${hint}`,
+      );
+    }
+    if (n > maxSeqLen) {
+      throw new CapacityError(
+        `sequences[${s}] needs windows of ${n} positions, the cache holds ${maxSeqLen}${hint}`,
+      );
+    }
+  }
+}
+
+/**
  * Perplexity of a model with a given cache over token sequences. The cache is reset before every
- * window.
+ * window. Every argument is checked before the first window runs ({@linkcode checkEvalInputs}).
  *
  * @param model the transformer
  * @param cache the cache to run attention through
  * @param sequences token ids per sequence (each usually starting with BOS)
  * @param options window length and progress
  * @returns tokens scored, mean NLL and perplexity
- * @throws InvalidValueError when cache is not a KVCache or sequences not arrays of ids;
- *   ShapeError when no sequence has two tokens (nothing to score), and as
- *   {@linkcode scoringWindows} and {@linkcode Transformer.prefill}
+ * @throws InvalidValueError when model is not a Transformer, cache not a KVCache, sequences not
+ *   arrays of ids, or options not an object (onProgress not a function); ShapeError when no
+ *   sequence has two tokens (nothing to score), and as {@linkcode checkEvalInputs} (all before
+ *   the first window) and {@linkcode Transformer.prefill}
  */
 export async function perplexity(
   model: Transformer,
@@ -107,15 +210,15 @@ export async function perplexity(
   sequences: number[][],
   options: PerplexityOptions = {},
 ): Promise<PerplexityResult> {
-  // named here: plain JavaScript passing them in another order got "reduce is not a function"
-  if (typeof (cache as Partial<KVCache>)?.reset !== "function") {
-    throw new InvalidValueError(`cache is ${typeName(cache)}, expected a KVCache`);
+  if (typeof options !== "object" || options === null) {
+    throw new InvalidValueError(`options is ${showValue(options)}, expected an object`);
   }
-  if (!Array.isArray(sequences) || sequences.some((s) => typeof s?.length !== "number")) {
+  if (options.onProgress !== undefined && typeof options.onProgress !== "function") {
     throw new InvalidValueError(
-      `sequences is ${typeName(sequences)}, expected an array of token id arrays`,
+      `options.onProgress is ${showValue(options.onProgress)}, expected a function`,
     );
   }
+  checkEvalInputs(model, cache, sequences, options.context ?? model?.config?.seqLen);
   const context = options.context ?? model.config.seqLen;
   const vocab = model.config.vocabSize;
   const total = sequences.reduce((a, s) => a + Math.max(0, s.length - 1), 0);

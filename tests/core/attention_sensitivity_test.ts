@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import {
+  attend64,
   attentionWeights,
   headSensitivity,
   keyJacobian,
   keySecondDerivative,
 } from "../../core/attention_sensitivity.ts";
-import { ShapeError } from "../../core/errors.ts";
+import { InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { makeRng, randomArray } from "./_rng.ts";
 
 /** Output of the head with key t replaced by k_t + h·u. */
@@ -179,4 +180,145 @@ Deno.test("attention sensitivities reject sizes the arrays do not hold (were NaN
   for (const [what, f, re] of table) {
     assert.throws(f, (e) => e instanceof ShapeError && re.test((e as Error).message), what);
   }
+});
+
+/** A fresh seed per run, printed in every failure message. */
+function freshSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0];
+}
+
+Deno.test("attentionWeights() refuses an output that overflows (was o = Infinity)", () => {
+  const seed = freshSeed(), rng = makeRng(seed);
+  const d = 1 + Math.floor(rng() * 4), i = Math.floor(rng() * d);
+  // keys 0: every α_t = 1/n, and o_i = Σ_t (1/n)·MAX_VALUE rounds past MAX_VALUE for some n
+  let overflowed = 0;
+  for (const n of [11, ...Array.from({ length: 8 }, () => 2 + Math.floor(rng() * 60))]) {
+    const q = randomArray(rng, d), keys = new Float64Array(n * d);
+    const values = Float64Array.from(randomArray(rng, n * d));
+    for (let t = 0; t < n; t++) values[t * d + i] = Number.MAX_VALUE;
+    let sum = 0;
+    for (let t = 0; t < n; t++) sum += (1 / n) * Number.MAX_VALUE;
+    const at = `seed ${seed} n ${n} d ${d} i ${i}`;
+    const table: [string, () => unknown][] = [
+      [
+        "attentionWeights",
+        () => attentionWeights(q, keys, values, n, d, new Float64Array(n), new Float64Array(d)),
+      ],
+      ["headSensitivity", () => headSensitivity(q, keys, values, n, d)],
+    ];
+    for (const [what, f] of table) {
+      if (sum === Infinity) {
+        assert.throws(
+          f,
+          (e) =>
+            e instanceof InvalidValueError && e.index === i &&
+            new RegExp(`output o\\[${i}\\] is Infinity: the weighted sum of values overflows`).test(
+              e.message,
+            ),
+          `${at} ${what}`,
+        );
+      } else if (what === "attentionWeights") f(); // headSensitivity: κ ≈ 1e450 overflows
+    }
+    if (sum === Infinity) overflowed++;
+  }
+  assert.ok(overflowed > 0, `seed ${seed}: n = 11 overflows`);
+});
+
+Deno.test("headSensitivity() scales exactly where ‖q‖² or ‖v − o‖² over- or underflows (were NaN, Infinity or 0)", () => {
+  const seed = freshSeed(), rng = makeRng(seed);
+  const n = 2 + Math.floor(rng() * 30), d = 1 + Math.floor(rng() * 16);
+  const q = Float64Array.from(randomArray(rng, d, 1 + 2 * rng()));
+  const keys = Float64Array.from(randomArray(rng, n * d));
+  const values = Float64Array.from(randomArray(rng, n * d));
+  const base = headSensitivity(q, keys, values, n, d);
+  // q·2^a with keys·2^−a leaves every score, so α, unchanged; values·2^b scale o and v − o:
+  // ‖∂o/∂k‖ scales by 2^(a+b), the Hessian trace by 2^(2a+b), κ by 2^(2a+1.5b)
+  for (const [a, b] of [[600, -800], [-300, 600], [-560, 560], [0, -600], [-200, 700], [0, 0]]) {
+    const s = headSensitivity(
+      q.map((x) => x * 2 ** a),
+      keys.map((x) => x * 2 ** -a),
+      values.map((x) => x * 2 ** b),
+      n,
+      d,
+    );
+    const expect = [
+      ["attention", base.attention, s.attention, 0],
+      ["keyGradNorm", base.keyGradNorm, s.keyGradNorm, a + b],
+      ["hessianTraceNorm", base.hessianTraceNorm, s.hessianTraceNorm, 2 * a + b],
+      ["curvature", base.curvature, s.curvature, 2 * a + 1.5 * b],
+    ] as const;
+    for (const [name, ref, got, e] of expect) {
+      for (let t = 0; t < n; t++) {
+        const want = ref[t] * 2 ** e;
+        assert.ok(
+          Math.abs(got[t] - want) <= 1e-12 * want,
+          `seed ${seed} n ${n} d ${d} (a, b) = (${a}, ${b}) ${name}[${t}]: ${got[t]} vs ${want}`,
+        );
+      }
+    }
+  }
+});
+
+Deno.test("headSensitivity() gives 0 where α_t = 0 or q = 0 and takes v − o past MAX_VALUE in halves (were NaN or Infinity)", () => {
+  const big = [1e200, 1e200, -1e200, -1e200];
+  const zero = headSensitivity([0, 0], [1, 0, 0, 1], big, 2, 2);
+  const far = headSensitivity([1e3, 0], [1, 0, -1, 0], [1e160, 0, -1e160, 0], 2, 2);
+  for (const s of [zero, far]) {
+    for (const x of [s.keyGradNorm, s.hessianTraceNorm, s.curvature]) {
+      assert.deepEqual([...x], [0, 0]);
+    }
+  }
+  // ‖∂o/∂k_t‖ = α_t‖v_t − o‖‖q‖/√d with ‖v_t − o‖ = 2‖v_t/2 − o/2‖, in float64 without overflow
+  // the second: α_1 ≈ e^−368 and v_1 − o ≈ −3e308, so that κ_1 ≈ 1e62 stays finite
+  const cases = [[[1, 0], [1, 0, 0, 1], big], [[1, 0], [0, 0, -520.4, 0], [
+    1.5e308,
+    0,
+    -1.5e308,
+    0,
+  ]]];
+  for (const [q, keys, values] of cases) {
+    const s = headSensitivity(q, keys, values, 2, 2);
+    for (let t = 0; t < 2; t++) {
+      const half = Math.hypot(
+        values[2 * t] / 2 - s.output[0] / 2,
+        values[2 * t + 1] / 2 - s.output[1] / 2,
+      );
+      const a = s.attention[t], qn = Math.hypot(q[0], q[1]);
+      const g = a * half * qn / Math.SQRT2 * 2;
+      const h = a * Math.abs(1 - 2 * a) * half * (qn * qn / 2) * 2;
+      assert.ok(
+        Math.abs(s.keyGradNorm[t] - g) <= 1e-14 * g,
+        `${values} t ${t}: ${s.keyGradNorm[t]} vs ${g}`,
+      );
+      assert.ok(Math.abs(s.hessianTraceNorm[t] - h) <= 1e-14 * h, `${values} t ${t} hessian`);
+      // o rounds v_0 − o to 0 in the second case: κ_0 = 0, as ‖∂o/∂k_0‖
+      const k = a * g * Math.sqrt(h);
+      assert.ok(Math.abs(s.curvature[t] - k) <= 1e-13 * k, `${values} t ${t} κ ${s.curvature[t]}`);
+    }
+  }
+});
+
+Deno.test("headSensitivity() and keyJacobian() refuse a result past the float64 range and never return NaN", () => {
+  // ‖∂o/∂k_0‖ ≈ 0.67 · 1e300 · 1e300 / √2
+  assert.throws(
+    () => headSensitivity([1e300, 0], [1e-300, 0, 0, 1e-300], [1e300, 0, -1e300, 0], 2, 2),
+    (e) =>
+      e instanceof InvalidValueError && e.index === 0 &&
+      /keyGradNorm of position 0 exceeds the float64 range/.test(e.message),
+  );
+  // v_1 − o overflows float64; the entries are finite, or 0 where q[c] = 0 (were -Infinity, NaN)
+  const values = [1.5e308, 0, -1.5e308, 0];
+  const jac = keyJacobian([1, 0], [1, 0, 0, 1], values, 2, 2, 1);
+  const s = attend64([1, 0], [1, 0, 0, 1], values, 2, 2);
+  const want = s.attention[1] / Math.SQRT2 * (values[2] / 2 - s.output[0] / 2) * 2;
+  assert.ok(Math.abs(jac[0] - want) <= 1e-14 * Math.abs(want), `${jac[0]} vs ${want}`);
+  assert.ok([jac[1], jac[2], jac[3]].every((x) => x === 0), `${jac}`);
+  assert.throws(
+    () => keyJacobian([1e300, 0], [1e-300, 0, 0, 1e-300], [1e300, 0, -1e300, 0], 2, 2, 0),
+    (e) =>
+      e instanceof InvalidValueError && e.index === 0 && /∂o\/∂k_t entry \(0, 0\)/.test(e.message),
+  );
+  // α(1 − 2α) = 0: 0 whatever (q·u)² (an overflowing (q·u)² gave 0·∞ = NaN)
+  const second = keySecondDerivative([0, 0], [1, 0, 0, 1], [1, 2, 3, 4], 2, 2, 0, [1e200, 1e200]);
+  assert.ok(second.every((x) => x === 0), `${second}`);
 });

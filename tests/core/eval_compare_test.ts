@@ -6,11 +6,13 @@ import {
   Float32KVCache,
   InvalidValueError,
   klDivergence,
+  logProbability,
   measureCacheBits,
   MixedPrecisionKVCache,
   referenceRun,
   ShapeError,
   signTest,
+  Transformer,
   uniformPolicy,
 } from "../../mod.ts";
 import { loadFixture } from "../_fixtures.ts";
@@ -117,6 +119,150 @@ Deno.test("compareCache() and measureCacheBits() refuse input with nothing to me
       () => measureCacheBits(model, cache, sequences),
       (e) => e instanceof ShapeError && /no tokens to measure/.test(e.message),
       JSON.stringify(sequences),
+    );
+  }
+});
+
+Deno.test("compareCache(), referenceRun() and measureCacheBits() name arguments of the wrong kind (were TypeErrors)", async () => {
+  const { model } = await loadFixture();
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  const ids = [[1, 403, 407]];
+  const reference = await referenceRun(model, cache, ids, 8);
+  const never = <T>(v: unknown) => v as T;
+  const calls: [string, () => Promise<unknown>, RegExp][] = [
+    [
+      "compareCache swapped",
+      () => compareCache(model, never(reference), never(cache)),
+      /^cache is Object, expected a KVCache$/,
+    ],
+    [
+      "compareCache no reference",
+      () => compareCache(model, cache, never(undefined)),
+      /^reference is undefined, expected a ReferenceRun/,
+    ],
+    [
+      "compareCache no model",
+      () => compareCache(never(undefined), cache, reference),
+      /^model is undefined, expected a Transformer$/,
+    ],
+    [
+      "compareCache bad window",
+      () => compareCache(model, cache, { context: 8, windows: [never(null)] }),
+      /^reference window 0 is null, expected \{ tokens, logits \}$/,
+    ],
+    [
+      "referenceRun no sequences",
+      () => referenceRun(model, cache, never(undefined), 8),
+      /^sequences is undefined, expected an array of token id arrays$/,
+    ],
+    [
+      "referenceRun swapped",
+      () => referenceRun(model, cache, never(8), never(ids)),
+      /^sequences is number, expected an array of token id arrays$/,
+    ],
+    [
+      "referenceRun no cache",
+      () => referenceRun(model, never(undefined), ids, 8),
+      /^cache is undefined, expected a KVCache$/,
+    ],
+    [
+      "measureCacheBits no sequences",
+      () => measureCacheBits(model, cache, never(undefined)),
+      /^sequences is undefined, expected an array of token id arrays$/,
+    ],
+    [
+      "measureCacheBits no cache",
+      () => measureCacheBits(model, never(undefined), ids),
+      /^cache is undefined, expected a KVCache$/,
+    ],
+  ];
+  for (const [what, call, message] of calls) {
+    await assert.rejects(
+      call,
+      (e) => e instanceof InvalidValueError && message.test(e.message),
+      what,
+    );
+  }
+  // with no sequence, no scoringWindows() call checked it: the run came back with context undefined
+  await assert.rejects(
+    () => referenceRun(model, cache, [], never(undefined)),
+    (e) =>
+      e instanceof ShapeError && /^context is undefined, expected an integer ≥ 2$/.test(e.message),
+  );
+});
+
+Deno.test("compareCache() checks every window's tokens before scoring any", async () => {
+  const { model } = await loadFixture();
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  const good = await referenceRun(model, cache, [[1, 403, 407]], 8);
+  const bad = { tokens: [1, 9999], logits: new Float32Array(2 * model.config.vocabSize) };
+  let progress = 0;
+  await assert.rejects(
+    () =>
+      compareCache(model, cache, { context: 8, windows: [...good.windows, bad] }, () => progress++),
+    (e) =>
+      e instanceof ShapeError &&
+      /^reference window 1 token 1 is id 9999, out of range \[0, 512\)$/.test(e.message),
+  );
+  assert.equal(progress, 0, "no window scored");
+});
+
+Deno.test("referenceRun() refuses a NaN logit when produced, naming sequence and position", async () => {
+  const { weights } = await loadFixture();
+  const classifier = weights.classifier.slice();
+  classifier.fill(NaN, 7 * weights.config.dim, 8 * weights.config.dim); // logit 7 of every position
+  const model = new Transformer({ ...weights, classifier });
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  await assert.rejects(
+    () => referenceRun(model, cache, [[1, 403], [1, 403, 407, 261]], 8),
+    (e) =>
+      e instanceof InvalidValueError &&
+      /^reference logit 7 of sequences\[0\] at position 0 \(window from 0\) is NaN/.test(e.message),
+  );
+});
+
+Deno.test("klDivergence(), logProbability() and signTest() name what is not an array or not a number", () => {
+  const never = <T>(v: unknown) => v as T;
+  const p = Float32Array.of(1, 2);
+  const throwsNamed = (
+    f: () => unknown,
+    cls: new (message: string, ...rest: never[]) => Error,
+    re: RegExp,
+    what: string,
+  ) => assert.throws(f, (e) => e instanceof cls && re.test((e as Error).message), what);
+  throwsNamed(
+    () => klDivergence(never(undefined), p),
+    InvalidValueError,
+    /^p is undefined/,
+    "kl p",
+  );
+  throwsNamed(() => klDivergence(p, never(null)), InvalidValueError, /^q is null/, "kl q");
+  // two empty logit vectors compared nothing: 0 read as "identical"
+  throwsNamed(
+    () => klDivergence(new Float32Array(0), new Float32Array(0)),
+    ShapeError,
+    /logits of 0 tokens, expected at least one/,
+    "kl empty",
+  );
+  throwsNamed(
+    () => logProbability(never(undefined), 0),
+    InvalidValueError,
+    /^logits is undefined, expected a Float32Array$/,
+    "logProbability",
+  );
+  throwsNamed(() => signTest(never(undefined), [1]), InvalidValueError, /^a is undefined/, "a");
+  throwsNamed(() => signTest([1], never("1")), InvalidValueError, /^b is string/, "b");
+  const figures: [unknown[], unknown[], RegExp, number][] = [
+    [[undefined, 1], [2, 1], /^paired figure a\[0\] is undefined, expected a number$/, 0], // was 2 ties
+    [["10", 1], ["9", 1], /^paired figure a\[0\] is "10", expected a number$/, 0], // compared as text
+    [[1, 2], [1, "2"], /^paired figure b\[1\] is "2"/, 1],
+    [[1, NaN], [1, 2], /^paired figure a\[1\] is NaN/, 1],
+  ];
+  for (const [a, b, re, index] of figures) {
+    assert.throws(
+      () => signTest(never(a), never(b)),
+      (e) => e instanceof InvalidValueError && e.index === index && re.test(e.message),
+      String(re),
     );
   }
 });

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import {
   cacheShape,
+  CapacityError,
   Float32KVCache,
   InvalidValueError,
   logProbability,
@@ -70,3 +71,80 @@ Deno.test("perplexity() names a cache or sequences given in the wrong place (was
     );
   }
 });
+
+Deno.test("perplexity() names null options, a missing model and a bad onProgress (were TypeErrors)", async () => {
+  const { model } = await loadFixture();
+  const cache = new Float32KVCache(cacheShape(model.config, 16));
+  const ids = [[1, 403, 2]];
+  const cases: [() => Promise<unknown>, RegExp][] = [
+    [() => perplexity(model, cache, ids, never(null)), /^options is null, expected an object$/],
+    [() => perplexity(model, cache, ids, never(8)), /^options is 8, expected an object$/],
+    [
+      () => perplexity(never(undefined), cache, ids),
+      /^model is undefined, expected a Transformer$/,
+    ],
+    [() => perplexity(never(cache), never(model), ids), /^model is Float32KVCache, expected a/],
+    [
+      () => perplexity(model, cache, ids, { onProgress: never("log") }),
+      /^options.onProgress is "log", expected a function$/,
+    ],
+    [
+      () => perplexity(model, cache, [[1, 2], never(3)]),
+      /^sequences is Array, expected an array of token id arrays \(sequences\[1\] is 3\)$/,
+    ],
+  ];
+  for (const [call, message] of cases) {
+    await assert.rejects(
+      call,
+      (e) => e instanceof InvalidValueError && message.test(e.message),
+      String(message),
+    );
+  }
+});
+
+Deno.test("perplexity() checks every window fits and every token id before scoring any", async () => {
+  const { model, sequences } = await loadFixture();
+  const long = sequences.flat().slice(0, 600); // over the model's 512 positions
+  const short = [1, 403, 407];
+  const cases: [number[][], number | undefined, number, typeof ShapeError, RegExp][] = [
+    // was ShapeError("position 512 …") from prefill, after the short sequence was scored
+    [
+      [short, long],
+      1000,
+      1024,
+      ShapeError,
+      /^sequences\[1\] needs windows of 600 positions, the model's context is 512 \(pass a smaller context\)$/,
+    ],
+    // the cache, not the model, is too small: CapacityError, as prefill threw it
+    [
+      [short, long],
+      64,
+      16,
+      CapacityError,
+      /^sequences\[1\] needs windows of 64 positions, the cache holds 16/,
+    ],
+    [
+      [short, [1, 2, 9999]],
+      8,
+      16,
+      ShapeError,
+      /^sequences\[1\]\[2\] is token id 9999, out of range/,
+    ],
+    [[short, [1, 2, never("3")]], 8, 16, ShapeError, /^sequences\[1\]\[2\] is token id "3"/],
+    [[short], never("8"), 16, ShapeError, /^context is "8", expected an integer ≥ 2$/],
+  ];
+  for (const [seqs, context, maxSeqLen, cls, message] of cases) {
+    const cache = new Float32KVCache(cacheShape(model.config, maxSeqLen));
+    let progress = 0;
+    await assert.rejects(
+      () => perplexity(model, cache, seqs, { context, onProgress: () => progress++ }),
+      (e) => e instanceof cls && message.test((e as Error).message),
+      String(message),
+    );
+    assert.equal(progress, 0, `${message}: nothing scored or reported`);
+  }
+});
+
+function never<T>(v: unknown): T {
+  return v as T;
+}

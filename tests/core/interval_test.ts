@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { InvalidValueError, ShapeError } from "../../core/errors.ts";
 import {
   addUp,
   divDown,
@@ -9,6 +10,8 @@ import {
   nextDown,
   nextUp,
   normUp,
+  sqrtUp,
+  subUp,
 } from "../../core/interval.ts";
 import { makeRng } from "./_rng.ts";
 
@@ -58,4 +61,48 @@ Deno.test("addUp()/mulUp()/divUp()/expUp() bound the exact result from above, *D
     assert.ok(expUp(x) > Math.exp(x) && expDown(x) < Math.exp(x));
   }
   assert.ok(normUp([3, 4]) >= 5 && normUp([3, 4]) < 5 + 1e-14);
+});
+
+Deno.test("interval functions refuse an argument that is not a number (strings were concatenated)", () => {
+  const never = <T>(v: unknown) => v as T;
+  const s = never<number>("1");
+  const cases: [string, () => number, RegExp][] = [
+    ["nextUp", () => nextUp(s), /^nextUp\("1"\): expected numbers$/], // was "12.22…e-16"
+    ["nextDown", () => nextDown(s), /^nextDown\("1"\)/], // was coerced to a number
+    ["addUp", () => addUp(s, never("2")), /^addUp\("1", "2"\): expected numbers$/], // was "122.66…"
+    ["subUp", () => subUp(1, never(null)), /^subUp\(1, null\)/],
+    ["mulUp", () => mulUp(never("2"), 3), /^mulUp\("2", 3\)/], // was 6, coerced
+    ["divUp", () => divUp(1, never(undefined)), /^divUp\(1, undefined\)/],
+    ["divDown", () => divDown(never([4]), 2), /^divDown\(Array, 2\)/],
+    ["expUp", () => expUp(s), /^expUp\("1"\)/],
+    ["expDown", () => expDown(never(1n)), /^expDown\(1n\)/],
+    ["sqrtUp", () => sqrtUp(never("4")), /^sqrtUp\("4"\)/],
+  ];
+  for (const [what, call, re] of cases) {
+    assert.throws(call, (e) => e instanceof InvalidValueError && re.test(e.message), what);
+  }
+});
+
+Deno.test("normUp() refuses a range past x, bad offsets and non-arrays (were NaN or a tiny bound)", () => {
+  const never = <T>(v: unknown) => v as T;
+  const cases: [() => number, typeof ShapeError | typeof InvalidValueError, RegExp][] = [
+    [() => normUp([1, 2], 0, 5), ShapeError, /^normUp of x\[0 \.\. 5\): x has 2 elements$/], // NaN
+    [() => normUp([1, 2], 5), ShapeError, /^normUp of x\[5 \.\. 5\): x has 2 elements$/], // 5e-324
+    [() => normUp([1, 2], -1), ShapeError, /^normUp: offset is -1, expected an integer ≥ 0$/],
+    [() => normUp([1, 2], 0.5), ShapeError, /^normUp: offset is 0\.5/],
+    [() => normUp([1, 2], 0, NaN), ShapeError, /^normUp: length is NaN/],
+    [() => normUp([1, 2], 0, never("2")), ShapeError, /^normUp: length is "2"/],
+    [() => normUp(never(undefined)), InvalidValueError, /^normUp of undefined, expected an array/],
+    [
+      () => normUp(never([3, "4"])),
+      InvalidValueError,
+      /^normUp: x\[1\] is "4", expected a number$/,
+    ],
+  ];
+  for (const [call, cls, re] of cases) {
+    assert.throws(call, (e) => e instanceof cls && re.test((e as Error).message), String(re));
+  }
+  // unchanged on valid ranges, an empty one included
+  assert.ok(normUp([0, 3, 4, 9], 1, 2) >= 5 && normUp([0, 3, 4, 9], 1, 2) < 5 + 1e-14);
+  assert.ok(normUp([1, 2], 2) <= Number.MIN_VALUE);
 });

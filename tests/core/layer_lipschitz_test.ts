@@ -164,3 +164,85 @@ Deno.test("empiricalLayerGains() rejects a size not > 0 or trials not ≥ 1 befo
     );
   }
 });
+
+/** A fresh seed per run, printed in every failure message. */
+function freshSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0];
+}
+
+Deno.test("spectralNormUpper() bounds matrices of huge and tiny elements (was a bound of 0)", () => {
+  const seed = freshSeed(), rng = makeRng(seed);
+  const rows = 2 + Math.floor(rng() * 8), cols = 2 + Math.floor(rng() * 8);
+  const a = Float64Array.from(randomArray(rng, rows * cols));
+  const lower = powerNorm(new Float32Array(a), rows, cols);
+  const base = spectralNormUpper(a, rows, cols);
+  // A·2^k is exact for these k (no element leaves the normal range), and ‖A·2^k‖ = ‖A‖·2^k; the
+  // old Gram matrix overflowed past k ≈ 250 and underflowed below k ≈ −270.
+  const ks = [-1000, -600, -300, 260, 300, 490];
+  for (let i = 0; i < 6; i++) ks.push(Math.floor(-1000 + rng() * 1490));
+  for (const k of ks) {
+    const s = 2 ** k, scaled = a.map((x) => x * s);
+    const upper = spectralNormUpper(scaled, rows, cols);
+    const at = `seed ${seed} ${rows}×${cols} k ${k}: ${upper} vs ${base}·2^k`;
+    assert.ok(upper >= lower * s * (1 - 1e-9), at);
+    assert.ok(Math.abs(upper / s - base) <= 1e-12 * base, at);
+  }
+  // The reviewer's cases: diag(3s, s) is 3s, a 1×1 matrix its element.
+  for (let e = -170; e <= 149.5; e += 0.25) {
+    const s = 10 ** e, upper = spectralNormUpper([3 * s, 0, 0, s], 2, 2);
+    assert.ok(upper >= 3 * s && upper <= 3 * s * (1 + 1e-8), `diag(3s, s), s = 1e${e}: ${upper}`);
+  }
+  for (const x of [1e100, -1e-90, 1e150, Number.MIN_VALUE, 3 * Number.MIN_VALUE, 2 ** -1022]) {
+    const upper = spectralNormUpper([x], 1, 1);
+    assert.ok(
+      upper >= Math.abs(x) && upper <= Math.abs(x) * (1 + 1e-8) + 2 * Number.MIN_VALUE,
+      `${x}: ${upper}`,
+    );
+  }
+  assert.ok(spectralNormUpper([1e80, 0, 0, 1e80], 2, 2) >= 1e80);
+  // 0 only for a zero block
+  assert.equal(spectralNormUpper(new Float64Array(6), 2, 3), 0);
+  assert.ok(spectralNormUpper([0, 0, Number.MIN_VALUE, 0], 2, 2) >= Number.MIN_VALUE);
+});
+
+Deno.test("spectralNormUpper() refuses more than 64 squarings (1e9 hung)", () => {
+  const a = [3, 0, 0, 1];
+  assert.ok(spectralNormUpper(a, 2, 2, 64) >= 3);
+  for (const p of [65, 2000]) {
+    assert.throws(
+      () => spectralNormUpper(a, 2, 2, p),
+      (e) =>
+        e instanceof ShapeError &&
+        new RegExp(`squarings is ${p}, expected at most 64`).test(e.message),
+      String(p),
+    );
+  }
+});
+
+Deno.test("withEmpiricalGains() keeps layer = (1 + A)(1 + F) when a layer gain is below its feed-forward gain", () => {
+  const seed = freshSeed(), rng = makeRng(seed);
+  // both orders of G and G_ffn, around and below 1, then random ones
+  const gains = [
+    { layer: 3.239, feedForward: 3.266 },
+    { layer: 1.5, feedForward: 2 },
+    { layer: 0.5, feedForward: 0.7 },
+    { layer: 4, feedForward: 2 },
+    ...Array.from({ length: 12 }, () => ({ layer: 4 * rng(), feedForward: 4 * rng() })),
+  ];
+  const bounds = {
+    layers: gains.map(() => ({ attention: 9, feedForward: 9, layer: 100, outputNorm: 2 })),
+    output: 7,
+  };
+  const est = withEmpiricalGains(bounds, gains);
+  assert.equal(est.output, 7);
+  est.layers.forEach((x, l) => {
+    const at = `seed ${seed} layer ${l} ${JSON.stringify(gains[l])} → ${JSON.stringify(x)}`;
+    assert.ok(x.attention >= 0 && x.feedForward >= 0, at);
+    assert.equal(x.feedForward, Math.max(0, gains[l].feedForward - 1), at);
+    assert.ok(x.layer >= gains[l].layer, at);
+    assert.ok(Math.abs((1 + x.attention) * (1 + x.feedForward) - x.layer) <= 1e-12 * x.layer, at);
+    assert.equal(x.outputNorm, 2, at);
+  });
+  assert.equal(est.layers[1].layer, 2);
+  assert.equal(est.layers[3].layer, 4);
+});

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { FormatError, ShapeError } from "../../core/errors.ts";
+import { FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { meanErrorBound, quantizeHead } from "../../core/quantize_head.ts";
 import { makeRng, randomArray } from "./_rng.ts";
 
@@ -47,4 +47,34 @@ Deno.test("meanErrorBound() rejects no tokens (was NaN)", () => {
       String(n),
     );
   }
+});
+
+Deno.test("quantizeHead() names the element of x that is not finite or out of range, on both axes (was an index of the encoded block)", () => {
+  const seed = crypto.getRandomValues(new Uint32Array(1))[0], rng = makeRng(seed);
+  const formats = ["int4-g8-channel", "int8-g8-channel", "int4-g8-token", "int8s-g8-token", "fp16"];
+  // ±1e8: beyond fp16, and every int group's fp16 scale (max 65504) can step at most 255·65504
+  for (const bad of [NaN, Infinity, -Infinity, 1e8, -1e8]) {
+    for (const format of formats) {
+      const n = 1 + Math.floor(rng() * 20), d = 1 + Math.floor(rng() * 12);
+      const x = randomArray(rng, n * d + Math.floor(rng() * 3));
+      const j = Math.floor(rng() * n * d), t = Math.floor(j / d);
+      x[j] = bad;
+      const at = `seed ${seed} ${format} n ${n} d ${d} x[${j}] = ${bad}`;
+      assert.throws(
+        () => quantizeHead(x, n, d, format),
+        (e) =>
+          e instanceof InvalidValueError && e.index === j &&
+          e.message.includes(`x[${j}]`) && !/clamp/.test(e.message) &&
+          (Number.isFinite(bad) ? e.message.includes(`(token ${t}, element ${j - t * d})`) : true),
+        at,
+      );
+    }
+  }
+  // the reviewer's case: 16 elements, the NaN at 13 was reported at 41
+  const x = new Float32Array(16);
+  x[13] = NaN;
+  assert.throws(
+    () => quantizeHead(x, 2, 8, "int4-g8-channel"),
+    (e) => e instanceof InvalidValueError && e.index === 13 && /x\[13\] is NaN/.test(e.message),
+  );
 });

@@ -140,3 +140,91 @@ Deno.test("SensitivityStep.run() rejects a NaN or fractional query offset and no
   step.run(q, 3, keys, values, n);
   assert.ok(step.output.every(Number.isFinite));
 });
+
+/** A fresh seed per run, printed in every failure message. */
+function freshSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0];
+}
+
+Deno.test("SensitivityStep.run() refuses float64 queries past ±2^128 and stays finite up to it (was NaN α)", () => {
+  const seed = freshSeed(), rng = makeRng(seed);
+  const st = new SensitivityStep(2, 2, 1);
+  const before = st.attention.slice();
+  assert.throws(
+    () =>
+      st.run(
+        new Float64Array([1e300, 0]),
+        0,
+        new Float32Array([1e38, 0, 0, 1]),
+        new Float32Array(4),
+        2,
+      ),
+    (e) =>
+      e instanceof InvalidValueError && e.index === 0 &&
+      /queries\[0\] is 1e\+300, expected a finite number within ±2\^128/.test(e.message),
+  );
+  assert.deepEqual(st.attention, before, "nothing written");
+  // At the limit, with float32 keys and values at ±MAX: every result finite.
+  const d = 1 + Math.floor(rng() * 64),
+    n = 1 + Math.floor(rng() * 40),
+    group = 1 + Math.floor(rng() * 6);
+  const f32max = 3.4028234663852886e38;
+  const sign = () => (rng() < 0.5 ? -1 : 1);
+  const queries = Float64Array.from(
+    { length: group * d },
+    () => sign() * 2 ** 128 * (rng() < 0.5 ? 1 : rng()),
+  );
+  const keys = Float32Array.from(
+    { length: n * d },
+    () => sign() * f32max * (rng() < 0.5 ? 1 : rng()),
+  );
+  const values = Float32Array.from(
+    { length: n * d },
+    () => sign() * f32max * (rng() < 0.5 ? 1 : rng()),
+  );
+  const step = new SensitivityStep(n, d, group);
+  step.run(queries, 0, keys, values, n);
+  for (
+    const name of ["attention", "keyGradNorm", "hessianTraceNorm", "curvature", "output"] as const
+  ) {
+    assert.ok(
+      step[name].every(Number.isFinite),
+      `seed ${seed} d ${d} n ${n} group ${group}: ${name}`,
+    );
+  }
+  const over = queries.slice();
+  const j = Math.floor(rng() * group * d);
+  over[j] = (rng() < 0.5 ? -1 : 1) * 2 ** 128 * (1 + 2 ** -52);
+  assert.throws(
+    () => step.run(over, 0, keys, values, n),
+    (e) => e instanceof InvalidValueError && e.index === j,
+    `seed ${seed} j ${j}`,
+  );
+});
+
+Deno.test("SensitivityStep.run() zeroes positions a longer earlier run left past n", () => {
+  const seed = freshSeed(), rng = makeRng(seed);
+  const d = 1 + Math.floor(rng() * 16), group = 1 + Math.floor(rng() * 6);
+  const cap = 4 + Math.floor(rng() * 40), n = 1 + Math.floor(rng() * (cap - 1));
+  const queries = randomArray(rng, group * d, 2);
+  const keys = randomArray(rng, cap * d), values = randomArray(rng, cap * d);
+  const step = new SensitivityStep(cap, d, group);
+  step.run(queries, 0, keys, values, cap);
+  step.run(queries, 0, keys, values, n);
+  const fresh = new SensitivityStep(cap, d, group);
+  fresh.run(queries, 0, keys, values, n);
+  for (
+    const name of ["attention", "keyGradNorm", "hessianTraceNorm", "curvature", "output"] as const
+  ) {
+    assert.deepEqual(
+      step[name],
+      fresh[name],
+      `seed ${seed} cap ${cap} n ${n} group ${group}: ${name}`,
+    );
+  }
+  for (let h = 0; h < group; h++) {
+    for (let t = n; t < cap; t++) {
+      assert.equal(step.attention[h * cap + t], 0, `seed ${seed} h ${h} t ${t}`);
+    }
+  }
+});
