@@ -12,6 +12,37 @@ import { type PlanTarget, SENSITIVITIES, type Sensitivity } from "./kvprec_rows.
 /** A bad flag, value or input file: printed as one line, exit code 2. */
 export class UsageError extends Error {}
 
+/**
+ * Splits command-line arguments into flags with values (`--flag value` or `--flag=value`, in
+ * order, repeats kept) and switches (`--help`/`-h` as "--help", and the given ones).
+ * @param args command-line arguments
+ * @param valued flags that take a value
+ * @param switches flags that take none, besides --help
+ * @returns the flags and the switches seen
+ * @throws UsageError for an unknown flag or a flag without its value
+ */
+export function readFlags(
+  args: string[],
+  valued: readonly string[],
+  switches: readonly string[] = [],
+): { values: [string, string][]; switches: Set<string> } {
+  const values: [string, string][] = [], seen = new Set<string>();
+  for (let i = 0; i < args.length; i++) {
+    let a = args[i], v: string | undefined;
+    if (a === "--help" || a === "-h" || switches.includes(a)) {
+      seen.add(a === "-h" ? "--help" : a);
+      continue;
+    }
+    const eq = a.indexOf("=");
+    if (a.startsWith("--") && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
+    if (!valued.includes(a)) throw new UsageError(`unknown flag ${a} (see --help)`);
+    v ??= args[++i];
+    if (v === undefined || v === "") throw new UsageError(`${a} needs a value`);
+    values.push([a, v]);
+  }
+  return { values, switches: seen };
+}
+
 /** Parsed options of the analyze command. */
 export interface AnalyzeArgs {
   /** llama2.c checkpoint path. */
@@ -78,7 +109,6 @@ const _BACKENDS = ["ts", "wasm", "auto"];
  */
 export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
   const values = new Map<string, string>();
-  let help = false;
   const known = [
     "--model",
     "--tokenizer",
@@ -92,19 +122,9 @@ export function parseAnalyzeArgs(args: string[]): AnalyzeArgs {
     "--context",
     "--sensitivity",
   ];
-  for (let i = 0; i < args.length; i++) {
-    let a = args[i], v: string | undefined;
-    if (a === "--help" || a === "-h") {
-      help = true;
-      continue;
-    }
-    const eq = a.indexOf("=");
-    if (a.startsWith("--") && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
-    if (!known.includes(a)) throw new UsageError(`unknown flag ${a} (see --help)`);
-    v ??= args[++i];
-    if (v === undefined || v === "") throw new UsageError(`${a} needs a value`);
-    values.set(a, v);
-  }
+  const read = readFlags(args, known);
+  for (const [a, v] of read.values) values.set(a, v);
+  const help = read.switches.has("--help");
   const num = (flag: string, def: number, integer: boolean): number => {
     const s = values.get(flag);
     if (s === undefined) return def;

@@ -1,7 +1,7 @@
 // Argument parsing of `deno task eval`, kept apart from the script so tests can call it. A bad
 // flag or value is a UsageError naming it (one line, exit code 2) before the model loads; unknown
 // flags are refused, so a typo does not start the 20-minute full run.
-import { UsageError } from "./cli_args.ts";
+import { readFlags, UsageError } from "./cli_args.ts";
 import type { EvalBackend } from "./eval_measure.ts";
 import type { PlanTarget } from "./kvprec_rows.ts";
 
@@ -60,22 +60,9 @@ const _BACKENDS = ["wasm", "ts", "gpu"];
 export function parseEvalArgs(args: string[], seqLen: number, available: number): EvalArgs {
   const values = new Map<string, string>();
   const targets: PlanTarget[] = [];
-  let help = false, breakdown = false;
-  for (let i = 0; i < args.length; i++) {
-    let a = args[i], v: string | undefined;
-    if (a === "--help" || a === "-h") {
-      help = true;
-      continue;
-    }
-    if (a === "--breakdown") {
-      breakdown = true;
-      continue;
-    }
-    const eq = a.indexOf("=");
-    if (a.startsWith("--") && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
-    if (!_VALUED.includes(a)) throw new UsageError(`unknown flag ${a} (see --help)`);
-    v ??= args[++i];
-    if (v === undefined || v === "") throw new UsageError(`${a} needs a value`);
+  const read = readFlags(args, _VALUED, ["--breakdown"]);
+  const help = read.switches.has("--help"), breakdown = read.switches.has("--breakdown");
+  for (const [a, v] of read.values) {
     if (a === "--eps" || a === "--budget") {
       const x = Number(v);
       if (!(x > 0) || !Number.isFinite(x)) {
