@@ -1,10 +1,12 @@
 /**
  * Writes the library for browsers, Node and edge runtimes: one ES module with the WebAssembly
- * embedded (kvprec.js, `deno bundle --platform browser mod.ts`), and the same WebAssembly as a file
- * (kvprec.wasm), for runtimes that refuse to compile WebAssembly from bytes and import a .wasm file
- * as a compiled module instead (give it to `useWasmModule`).
+ * embedded (kvprec.js, `deno bundle --platform browser mod.ts`), and the same WebAssembly as files,
+ * for runtimes that refuse to compile WebAssembly from bytes and import a .wasm file as a compiled
+ * module instead (give it to `useWasmModule`): kvprec.wasm (v128 SIMD, every engine) and
+ * kvprec-relaxed.wasm (relaxed SIMD: the same bits, faster integer-dot attention where the engine
+ * validates it).
  *
- *     deno task bundle               # dist/kvprec.js and dist/kvprec.wasm
+ *     deno task bundle               # dist/kvprec.js, dist/kvprec.wasm, dist/kvprec-relaxed.wasm
  *     deno task bundle --out DIR     # into DIR
  *
  * @module
@@ -22,5 +24,6 @@ const bundled = await new Deno.Command(Deno.execPath(), {
   cwd: ROOT.pathname,
 }).output();
 if (!bundled.success) Deno.exit(bundled.code || 1);
-await Deno.writeFile(`${out}/kvprec.wasm`, wasmBytes());
-console.log(`${out}/kvprec.js, ${out}/kvprec.wasm`);
+await Deno.writeFile(`${out}/kvprec.wasm`, wasmBytes("simd"));
+await Deno.writeFile(`${out}/kvprec-relaxed.wasm`, wasmBytes("relaxed-simd"));
+console.log(`${out}/kvprec.js, ${out}/kvprec.wasm, ${out}/kvprec-relaxed.wasm`);

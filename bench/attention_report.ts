@@ -27,7 +27,13 @@
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import type { CachePolicy, FormatPair } from "../core/cache/policy.ts";
 import { uniformPolicy } from "../core/cache/policy.ts";
-import { wasmCodec } from "../codecs/mod.ts";
+import {
+  useWasmModule,
+  wasmBytes,
+  wasmCodec,
+  type WasmVariant,
+  wasmVariant,
+} from "../codecs/mod.ts";
 import { mulberry32 } from "../core/mulberry32.ts";
 
 function arg(name: string, fallback: string): string {
@@ -78,9 +84,16 @@ function uniform(keyFormat: string, valueFormat = keyFormat): CachePolicy {
 
 /**
  * integerDot: the WASM cache's integer-dot-product path (core/cache/int_dot.ts, the library's
- * default); the other rows set integerDot: false, the exact fused path.
+ * default); the other rows set integerDot: false, the exact fused path. build "simd": the cache
+ * runs the module's v128 SIMD build (what engines without relaxed SIMD load, as Safari), where every
+ * other row runs the build this engine loads (wasmVariant()).
  */
-const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[] = [
+const CASES: {
+  name: string;
+  policy: () => CachePolicy;
+  integerDot?: boolean;
+  build?: WasmVariant;
+}[] = [
   { name: "fp32", policy: () => uniform("fp32") },
   {
     name: "int8-g32",
@@ -101,6 +114,12 @@ const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[]
     policy: () => uniform("int4-g32-token"),
     integerDot: true,
   },
+  {
+    name: "int4 int-dot v128",
+    policy: () => uniform("int4-g32-token"),
+    integerDot: true,
+    build: "simd",
+  },
   { name: "mixed int-dot", policy: mixedPolicy, integerDot: true },
   { name: "kivi-4", policy: kiviPolicy },
   // keys stored before RoPE (policy.ropeBase): the kernel rotates each decoded key group forward
@@ -120,6 +139,23 @@ const CASES: { name: string; policy: () => CachePolicy; integerDot?: boolean }[]
 const AGREEMENT = { exact: 1e-6, integerDot: 1e-3 };
 /** The rows the ≤ 0.8 target is judged on: INT4 exact and INT4 with integer dot products. */
 const TARGET_ROWS = ["int4-g32", "int4 int-dot"];
+
+/** A WASM cache of case c: the module of c.build when it names one (caches keep their instance). */
+function wasmCache(
+  c: typeof CASES[number],
+  shape: ConstructorParameters<typeof MixedPrecisionKVCache>[0],
+): MixedPrecisionKVCache {
+  const options = { backend: "wasm" as const, integerDot: c.integerDot === true };
+  if (c.build === undefined || c.build === wasmVariant()) {
+    return new MixedPrecisionKVCache(shape, c.policy(), options);
+  }
+  useWasmModule(new WebAssembly.Module(wasmBytes(c.build)));
+  try {
+    return new MixedPrecisionKVCache(shape, c.policy(), options);
+  } finally {
+    useWasmModule(new WebAssembly.Module(wasmBytes()));
+  }
+}
 
 const random = mulberry32(12345);
 /** Uniform on [−1, 1). */
@@ -224,10 +260,7 @@ for (const d of DIMS) {
     for (const c of CASES) {
       const shape = { nLayers: 1, nHeads: N_HEADS, nKvHeads: N_KV, headDim: d, maxSeqLen: T };
       const ts = new MixedPrecisionKVCache(shape, c.policy(), { integerDot: false });
-      const wasm = new MixedPrecisionKVCache(shape, c.policy(), {
-        backend: "wasm",
-        integerDot: c.integerDot === true,
-      });
+      const wasm = wasmCache(c, shape);
       fill([ts, wasm], 1, T, d);
       const q = Float32Array.from({ length: N_HEADS * d }, () => 2 * rand());
       const a = new Float32Array(N_HEADS * d), b = new Float32Array(N_HEADS * d);
@@ -329,10 +362,7 @@ if (TIME_STEP) {
           headDim: d,
           maxSeqLen: T,
         };
-        const cache = new MixedPrecisionKVCache(shape, c.policy(), {
-          backend: "wasm",
-          integerDot: c.integerDot === true,
-        });
+        const cache = wasmCache(c, shape);
         fill([cache], layers, T, d);
         const qs = Array.from(
           { length: layers },

@@ -64,5 +64,7 @@ export {
   wasmExportNames,
   type WasmKernels,
   wasmModuleSync,
+  type WasmVariant,
+  wasmVariant,
 } from "./wasm.ts";
 export { WasmArena } from "./wasm_arena.ts";

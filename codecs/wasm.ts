@@ -20,8 +20,14 @@
  * @module
  */
 
-import { CorruptDataError, InvalidValueError, ShapeError, typeName } from "../core/errors.ts";
-import { WASM_BASE64 } from "./_wasm_bytes.ts";
+import {
+  CorruptDataError,
+  InvalidValueError,
+  ShapeError,
+  showValue,
+  typeName,
+} from "../core/errors.ts";
+import { WASM_BASE64, WASM_RELAXED_BASE64 } from "./_wasm_bytes.ts";
 import {
   checkDecodeArgs,
   checkEncodeArgs,
@@ -78,12 +84,42 @@ export interface WasmKernels {
 }
 
 /**
+ * The two builds of the embedded module: v128 SIMD, which every engine with WebAssembly SIMD runs,
+ * and the same sources with relaxed SIMD, whose integer-dot key pass multiplies 16 codes per
+ * instruction (asm/assembly/int_dot.ts). Both give the same bits for every export.
+ */
+export type WasmVariant = "simd" | "relaxed-simd";
+
+let _variant: WasmVariant | undefined;
+
+/**
+ * The build this engine runs: relaxed SIMD where it validates (V8, as in Deno, Node and Chrome;
+ * Firefox from 146), else v128 SIMD (Safari). Decided once.
+ *
+ * @returns the variant that {@linkcode wasmBytes} gives by default
+ */
+export function wasmVariant(): WasmVariant {
+  _variant ??= WebAssembly.validate(decodeBase64(WASM_RELAXED_BASE64)) ? "relaxed-simd" : "simd";
+  return _variant;
+}
+
+/**
  * The embedded module's bytes (decoded from base64 on each call).
  *
+ * @param variant which build: by default the one this engine runs ({@linkcode wasmVariant})
  * @returns the .wasm bytes
+ * @throws {InvalidValueError} for a variant other than "simd" or "relaxed-simd"
  */
-export function wasmBytes(): Uint8Array<ArrayBuffer> {
-  const s = atob(WASM_BASE64);
+export function wasmBytes(variant: WasmVariant = wasmVariant()): Uint8Array<ArrayBuffer> {
+  if (variant === "simd") return decodeBase64(WASM_BASE64);
+  if (variant === "relaxed-simd") return decodeBase64(WASM_RELAXED_BASE64);
+  throw new InvalidValueError(
+    `variant is ${showValue(variant)}, expected "simd" or "relaxed-simd"`,
+  );
+}
+
+function decodeBase64(b64: string): Uint8Array<ArrayBuffer> {
+  const s = atob(b64);
   const out = new Uint8Array(s.length);
   for (let i = 0; i < s.length; i++) out[i] = s.charCodeAt(i);
   return out;
@@ -165,9 +201,10 @@ export function wasmExportNames(bytes: Uint8Array): string[] {
  * Uses an already compiled kvprec module instead of compiling the embedded bytes, for runtimes
  * that refuse to compile WebAssembly from bytes (Cloudflare Workers and other edge runtimes
  * import a .wasm file as a module instead; a page whose Content-Security-Policy lacks
- * 'wasm-unsafe-eval' refuses both). `deno task bundle` writes the module beside the bundle, as
- * dist/kvprec.wasm. Codecs and caches created afterwards instantiate it; ones created before keep
- * their instance.
+ * 'wasm-unsafe-eval' refuses both). `deno task bundle` writes both builds beside the bundle, as
+ * dist/kvprec.wasm (v128 SIMD, for every engine) and dist/kvprec-relaxed.wasm (relaxed SIMD, for
+ * engines that validate it: faster integer-dot attention, the same bits). Codecs and caches created
+ * afterwards instantiate it; ones created before keep their instance.
  *
  * @example
  * ```ts
@@ -177,7 +214,7 @@ export function wasmExportNames(bytes: Uint8Array): string[] {
  * useWasmModule(module);
  * if (wasmCodec("fp16").encode(new Float32Array(4).fill(1)).words[0] !== 0x3c003c00) throw 0;
  * ```
- * @param module the compiled kvprec.wasm of this version of the library
+ * @param module the compiled kvprec.wasm or kvprec-relaxed.wasm of this version of the library
  * @throws {InvalidValueError} when it is not a WebAssembly.Module, or its exports differ from
  *   this version's module (another version's kvprec.wasm, or another module), naming the first
  *   difference
@@ -186,7 +223,7 @@ export function useWasmModule(module: WebAssembly.Module): void {
   if (!(module instanceof WebAssembly.Module)) {
     throw new InvalidValueError(`module is ${typeName(module)}, expected a WebAssembly.Module`);
   }
-  const want = wasmExportNames(wasmBytes());
+  const want = wasmExportNames(wasmBytes("simd")); // both builds export the same names
   const got = WebAssembly.Module.exports(module).map((e) => e.name);
   const missing = want.find((n) => !got.includes(n)), extra = got.find((n) => !want.includes(n));
   if (missing !== undefined || extra !== undefined) {

@@ -369,7 +369,7 @@ export function attendPage(
   const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 &&
     cap <= 256 && ropePtr == 0;
   // keys and values both or neither: the rounded weights then depend only on integer-path
-  // scores, which core/cache/int_dot.ts reproduces bit for bit. Keys token-axis (i16 query) or
+  // scores, which core/cache/int_dot.ts reproduces bit for bit. Keys token-axis (integer query) or
   // channel-axis (i16 q·s per channel and token group); values token-axis.
   const intV = intShape && intDotFormat(vKind, vBits, vG, vChannel);
   const intKeys = intV && intDotFormat(kKind, kBits, kG, kChannel);
@@ -383,8 +383,11 @@ export function attendPage(
   if (intKeys) {
     const qi4 = qPtr + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
     const qi2 = qi8 + (<usize>(hq * d) << 1);
-    const qv = qi2 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
-    intScores(kPtr, kBits, n, d, hq, kBits == 4 ? qi4 : kBits == 8 ? qi8 : qi2, qv, sig, sc, work);
+    const qv16 = qi2 + (<usize>(hq * d) << 1), sig16 = qv16 + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
+    const qv8 = sig16 + (<usize>hq << 2), sig8 = qv8 + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
+    // int2 and int4 codes meet the query rounded to ±127, int8 codes the one rounded to ±32767
+    if (kBits == 8) intScores(kPtr, 8, n, d, hq, qi8, qv16, sig16, sc, work);
+    else intScores(kPtr, kBits, n, d, hq, kBits == 4 ? qi4 : qi2, qv8, sig8, sc, work);
   } else if (intKeysChannel) {
     intScoresChannel(kPtr, kBits, n, cap, d, hq, qPtr, sc, work);
   } else if (kChannel != 0) {

@@ -1,11 +1,13 @@
 // Integer-dot-product attention for token-axis asymmetric int2/int4/int8 pages with groups of 32
-// (core/cache/PAGES.md, "Integer dot products"). Keys: the query is rounded to i16 (one scale σ per
-// head, core/cache/int_dot.ts roundQuery) and i32x4.dot_i16x8_s multiplies 8 codes widened only to
-// i16 per instruction; each group's scale and minimum enter once per group. Values: per page, head
-// and group the products w·s of softmax weight and token scale are rounded to i16 (one scale ρ per
+// (core/cache/PAGES.md, "Integer dot products"). Keys: the query is rounded to integers (one scale
+// σ per head, core/cache/int_dot.ts roundQuery): to ±127 for int2 and int4 codes, to ±32767 for
+// int8. Built with relaxed SIMD (RELAXED below), an int2/int4 group meets the i8 query in
+// i16x8.relaxed_dot_i8x16_i7x16_s, 16 codes per instruction (codes < 128 keep it deterministic);
+// without it, and for int8, i32x4.dot_i16x8_s multiplies 8 codes widened to i16. Both builds give
+// the same bits. Each group's scale and minimum enter once per group. Values: per page, head and
+// group the products w·s of softmax weight and token scale are rounded to i16 (one scale ρ per
 // head and group) and accumulated against two tokens' codes per dot_i16x8_s in i32 registers.
 // core/cache/int_dot.ts mirrors every rounding step here; keep the two in step.
-
 import {
   MAGIC_1P5_2P23,
   MAGIC_2P23,
@@ -15,6 +17,9 @@ import {
 } from "./consts";
 import { headerPair } from "./int_group";
 import { hsum } from "./lanes";
+
+/** Whether this build has relaxed SIMD (asm/build.ts builds the module with and without it). */
+const RELAXED: bool = ASC_FEATURE_RELAXED_SIMD;
 
 /** Whether a format is served here: asymmetric int (kind 0), 2, 4 or 8 bits, groups of 32, token axis. */
 // @ts-ignore: decorator
@@ -158,7 +163,8 @@ export function intScores(
 ): void {
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3, n4 = (n + 3) & ~3;
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
-  const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2, rowB = <usize>n4 << 2;
+  const i8q = RELAXED && b != 8; // the query as i8 against int2/int4 codes
+  const qB = <usize>d << (i8q ? 0 : 1), qvB = <usize>gpt4 << 2, nB = <usize>n << 2, rowB = <usize>n4 << 2;
   const S = work, M = S + <usize>gpt4 * rowB; // as intValues lays them out
   const qvT = M + <usize>gpt4 * rowB; // [gpt][4] f32: qv of four heads, heads in lanes
   _headerRows(kPtr, n, n4, gpt, groupBytes, tokB, S, M, rowB);
@@ -182,64 +188,86 @@ export function intScores(
       let a0 = f32x4.splat(0), a1 = f32x4.splat(0);
       for (let g = 0; g < gpt; g++) {
         const p0 = k0 + <usize>g * groupBytes + 4, p1 = k1 + <usize>g * groupBytes + 4;
-        const q = qh + (<usize>g << 6);
         const v0 = _codeBytes(p0, b), v1 = _codeBytes(p1, b);
-        // the four i16 code vectors of each token, one at a time, against four heads' queries
-        let c0 = i16x8.extend_low_i8x16_u(_codesLo(v0, b, mask));
-        let c1 = i16x8.extend_low_i8x16_u(_codesLo(v1, b, mask));
-        let x = v128.load(q);
-        let i00 = i32x4.dot_i16x8_s(c0, x), i01 = i32x4.dot_i16x8_s(c1, x);
-        x = v128.load(q + qB);
-        let i10 = i32x4.dot_i16x8_s(c0, x), i11 = i32x4.dot_i16x8_s(c1, x);
-        x = v128.load(q + 2 * qB);
-        let i20 = i32x4.dot_i16x8_s(c0, x), i21 = i32x4.dot_i16x8_s(c1, x);
-        x = v128.load(q + 3 * qB);
-        let i30 = i32x4.dot_i16x8_s(c0, x), i31 = i32x4.dot_i16x8_s(c1, x);
-        c0 = i16x8.extend_high_i8x16_u(_codesLo(v0, b, mask));
-        c1 = i16x8.extend_high_i8x16_u(_codesLo(v1, b, mask));
-        x = v128.load(q, 16);
-        i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
-        i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + qB, 16);
-        i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
-        i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + 2 * qB, 16);
-        i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
-        i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + 3 * qB, 16);
-        i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
-        i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
-        c0 = i16x8.extend_low_i8x16_u(_codesHi(v0, p0, b, mask));
-        c1 = i16x8.extend_low_i8x16_u(_codesHi(v1, p1, b, mask));
-        x = v128.load(q, 32);
-        i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
-        i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + qB, 32);
-        i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
-        i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + 2 * qB, 32);
-        i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
-        i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + 3 * qB, 32);
-        i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
-        i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
-        c0 = i16x8.extend_high_i8x16_u(_codesHi(v0, p0, b, mask));
-        c1 = i16x8.extend_high_i8x16_u(_codesHi(v1, p1, b, mask));
-        x = v128.load(q, 48);
-        i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
-        i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + qB, 48);
-        i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
-        i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + 2 * qB, 48);
-        i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
-        i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
-        x = v128.load(q + 3 * qB, 48);
-        i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
-        i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
-        // each head's group sum (exact) in its lane, to f32, times the token's group scale
-        const r0 = f32x4.convert_i32x4_s(_hsum4i(i00, i10, i20, i30));
-        const r1 = f32x4.convert_i32x4_s(_hsum4i(i01, i11, i21, i31));
+        let r0: v128, r1: v128;
+        if (i8q) {
+          // 16 codes per relaxed dot: the low and high halves of each token's group, four heads
+          const q = qh + (<usize>g << 5);
+          const l0 = _codesLo(v0, b, mask), h0 = _codesHi(v0, p0, b, mask);
+          const l1 = _codesLo(v1, b, mask), h1 = _codesHi(v1, p1, b, mask);
+          let x = v128.load(q), y = v128.load(q, 16);
+          const s00 = _dot8(x, y, l0, h0), s01 = _dot8(x, y, l1, h1);
+          x = v128.load(q + qB);
+          y = v128.load(q + qB, 16);
+          const s10 = _dot8(x, y, l0, h0), s11 = _dot8(x, y, l1, h1);
+          x = v128.load(q + 2 * qB);
+          y = v128.load(q + 2 * qB, 16);
+          const s20 = _dot8(x, y, l0, h0), s21 = _dot8(x, y, l1, h1);
+          x = v128.load(q + 3 * qB);
+          y = v128.load(q + 3 * qB, 16);
+          const s30 = _dot8(x, y, l0, h0), s31 = _dot8(x, y, l1, h1);
+          r0 = f32x4.convert_i32x4_s(_hsum4s(s00, s10, s20, s30));
+          r1 = f32x4.convert_i32x4_s(_hsum4s(s01, s11, s21, s31));
+        } else {
+          const q = qh + (<usize>g << 6);
+          const v0 = _codeBytes(p0, b), v1 = _codeBytes(p1, b);
+          // the four i16 code vectors of each token, one at a time, against four heads' queries
+          let c0 = i16x8.extend_low_i8x16_u(_codesLo(v0, b, mask));
+          let c1 = i16x8.extend_low_i8x16_u(_codesLo(v1, b, mask));
+          let x = v128.load(q);
+          let i00 = i32x4.dot_i16x8_s(c0, x), i01 = i32x4.dot_i16x8_s(c1, x);
+          x = v128.load(q + qB);
+          let i10 = i32x4.dot_i16x8_s(c0, x), i11 = i32x4.dot_i16x8_s(c1, x);
+          x = v128.load(q + 2 * qB);
+          let i20 = i32x4.dot_i16x8_s(c0, x), i21 = i32x4.dot_i16x8_s(c1, x);
+          x = v128.load(q + 3 * qB);
+          let i30 = i32x4.dot_i16x8_s(c0, x), i31 = i32x4.dot_i16x8_s(c1, x);
+          c0 = i16x8.extend_high_i8x16_u(_codesLo(v0, b, mask));
+          c1 = i16x8.extend_high_i8x16_u(_codesLo(v1, b, mask));
+          x = v128.load(q, 16);
+          i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
+          i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + qB, 16);
+          i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
+          i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + 2 * qB, 16);
+          i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
+          i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + 3 * qB, 16);
+          i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
+          i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
+          c0 = i16x8.extend_low_i8x16_u(_codesHi(v0, p0, b, mask));
+          c1 = i16x8.extend_low_i8x16_u(_codesHi(v1, p1, b, mask));
+          x = v128.load(q, 32);
+          i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
+          i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + qB, 32);
+          i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
+          i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + 2 * qB, 32);
+          i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
+          i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + 3 * qB, 32);
+          i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
+          i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
+          c0 = i16x8.extend_high_i8x16_u(_codesHi(v0, p0, b, mask));
+          c1 = i16x8.extend_high_i8x16_u(_codesHi(v1, p1, b, mask));
+          x = v128.load(q, 48);
+          i00 = i32x4.add(i00, i32x4.dot_i16x8_s(c0, x));
+          i01 = i32x4.add(i01, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + qB, 48);
+          i10 = i32x4.add(i10, i32x4.dot_i16x8_s(c0, x));
+          i11 = i32x4.add(i11, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + 2 * qB, 48);
+          i20 = i32x4.add(i20, i32x4.dot_i16x8_s(c0, x));
+          i21 = i32x4.add(i21, i32x4.dot_i16x8_s(c1, x));
+          x = v128.load(q + 3 * qB, 48);
+          i30 = i32x4.add(i30, i32x4.dot_i16x8_s(c0, x));
+          i31 = i32x4.add(i31, i32x4.dot_i16x8_s(c1, x));
+          // each head's group sum (exact) in its lane, to f32, times the token's group scale
+          r0 = f32x4.convert_i32x4_s(_hsum4i(i00, i10, i20, i30));
+          r1 = f32x4.convert_i32x4_s(_hsum4i(i01, i11, i21, i31));
+        }
         a0 = f32x4.add(a0, f32x4.mul(r0, v128.load32_splat(st + <usize>g * rowB)));
         a1 = f32x4.add(a1, f32x4.mul(r1, v128.load32_splat(st + <usize>g * rowB + 4)));
       }
@@ -280,32 +308,43 @@ export function intScores(
       const k1 = k0 + min(tokB, last), k2 = k0 + min(2 * tokB, last), k3 = k0 + min(3 * tokB, last);
       let a = f32x4.splat(0);
       for (let g = 0; g < gpt; g++) {
-        const go = <usize>g * groupBytes + 4, q = qh + (<usize>g << 6);
+        const go = <usize>g * groupBytes + 4, q = qh + (<usize>g << (i8q ? 5 : 6));
         const p0 = k0 + go, p1 = k1 + go, p2 = k2 + go, p3 = k3 + go;
         const v0 = _codeBytes(p0, b), v1 = _codeBytes(p1, b);
         const v2 = _codeBytes(p2, b), v3 = _codeBytes(p3, b);
-        let x = v128.load(q);
-        let i0 = i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 0), x);
-        let i1 = i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 0), x);
-        let i2 = i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 0), x);
-        let i3 = i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 0), x);
-        x = v128.load(q, 16);
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 1), x));
-        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 1), x));
-        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 1), x));
-        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 1), x));
-        x = v128.load(q, 32);
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 2), x));
-        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 2), x));
-        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 2), x));
-        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 2), x));
-        x = v128.load(q, 48);
-        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 3), x));
-        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 3), x));
-        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 3), x));
-        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 3), x));
-        // the four tokens' group sums in lanes, times their scales (a row of S)
-        const r = f32x4.convert_i32x4_s(_hsum4i(i0, i1, i2, i3));
+        let r: v128;
+        if (i8q) {
+          const x = v128.load(q), y = v128.load(q, 16);
+          r = f32x4.convert_i32x4_s(_hsum4s(
+            _dot8(x, y, _codesLo(v0, b, mask), _codesHi(v0, p0, b, mask)),
+            _dot8(x, y, _codesLo(v1, b, mask), _codesHi(v1, p1, b, mask)),
+            _dot8(x, y, _codesLo(v2, b, mask), _codesHi(v2, p2, b, mask)),
+            _dot8(x, y, _codesLo(v3, b, mask), _codesHi(v3, p3, b, mask)),
+          ));
+        } else {
+          let x = v128.load(q);
+          let i0 = i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 0), x);
+          let i1 = i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 0), x);
+          let i2 = i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 0), x);
+          let i3 = i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 0), x);
+          x = v128.load(q, 16);
+          i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 1), x));
+          i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 1), x));
+          i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 1), x));
+          i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 1), x));
+          x = v128.load(q, 32);
+          i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 2), x));
+          i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 2), x));
+          i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 2), x));
+          i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 2), x));
+          x = v128.load(q, 48);
+          i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 3), x));
+          i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 3), x));
+          i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 3), x));
+          i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 3), x));
+          // the four tokens' group sums in lanes, times their scales (a row of S)
+          r = f32x4.convert_i32x4_s(_hsum4i(i0, i1, i2, i3));
+        }
         a = f32x4.add(a, f32x4.mul(r, v128.load(S + <usize>g * rowB + (<usize>t << 2))));
       }
       let m = f32x4.mul(v128.load(M + (<usize>t << 2)), v128.load32_splat(qvh));
@@ -332,6 +371,25 @@ export function intScores(
   const ab = i32x4.add(i32x4.shuffle(a, b, 0, 2, 4, 6), i32x4.shuffle(a, b, 1, 3, 5, 7));
   const cd = i32x4.add(i32x4.shuffle(c, d, 0, 2, 4, 6), i32x4.shuffle(c, d, 1, 3, 5, 7));
   return i32x4.add(i32x4.shuffle(ab, cd, 0, 2, 4, 6), i32x4.shuffle(ab, cd, 1, 3, 5, 7));
+}
+
+// Σ of 32 products of an i8 query group (x: the 16 lanes of the low codes, y: of the high ones)
+// and a group's codes lo, hi (< 128, so the relaxed dot is exact on every engine), as eight i16
+// lanes of at most 2·2·127·15 = 7,620 in magnitude (int4; int2 less).
+// @ts-ignore: decorator
+@inline function _dot8(x: v128, y: v128, lo: v128, hi: v128): v128 {
+  return i16x8.add(i16x8.relaxed_dot_i8x16_i7x16_s(x, lo), i16x8.relaxed_dot_i8x16_i7x16_s(y, hi));
+}
+
+// _hsum4i for four _dot8 results: two rounds of pair sums stay in i16 (at most 4·7,620 = 30,480),
+// the last pair is widened to i32 by extadd: [Σ a, Σ b, Σ c, Σ d], exact.
+// @ts-ignore: decorator
+@inline function _hsum4s(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i16x8.add(i32x4.shuffle(a, b, 0, 2, 4, 6), i32x4.shuffle(a, b, 1, 3, 5, 7));
+  const cd = i16x8.add(i32x4.shuffle(c, d, 0, 2, 4, 6), i32x4.shuffle(c, d, 1, 3, 5, 7));
+  return i32x4.extadd_pairwise_i16x8_s(
+    i16x8.add(i32x4.shuffle(ab, cd, 0, 2, 4, 6), i32x4.shuffle(ab, cd, 1, 3, 5, 7)),
+  );
 }
 
 /** Bytes of scratch intScores and intValues need beyond attendPage's own. */
@@ -668,23 +726,26 @@ export function intValues(
 
 /** Bytes of the integer query block that follows the f32 query (see intQuery). */
 export function intQueryBytes(d: i32, hq: i32): i32 {
-  return 6 * hq * d + 4 * hq * (((d >> 5) + 3) & ~3) + 4 * hq;
+  return 6 * hq * d + 8 * hq * (((d >> 5) + 3) & ~3) + 8 * hq;
 }
 
 /**
  * Rounds hq query heads (f32 at q, hq × d, d a multiple of 32) for intScores into the block at
- * q + 4·hq·d: σ_h = f32(max|q_h| / 32767), q̂ = nearest(f32(q/σ_h)) as i16 three times, in int4
- * lane order (per group of 32: even codes 0–14, 16–30, then odd 1–15, 17–31), in int8 (natural)
- * order and in int2 order (codes 0, 4, …, 28, then 1, 5, …, 29, 2, 6, …, 30, 3, 7, …, 31), then qv (Σ_{i∈g} q_i in f64, / σ_h, to f32; gpt4 per head, zero past gpt), then σ. A zero head
- * gets σ = 0 and q̂ = qv = 0.
+ * q + 4·hq·d, hq × d i16 slots each: qi4, in int4 lane order (per group of 32: even codes 0–14,
+ * 16–30, then odd 1–15, 17–31); qi8, natural order; qi2, in int2 order (codes 0, 4, …, 28, then 1,
+ * 5, …, 29, 2, 6, …, 30, 3, 7, …, 31); then qv16 (hq × gpt4 f32), σ16 (hq f32), qv8, σ8. int8
+ * order: σ16 = f32(max|q_h| / 32767); int4 and int2 orders: σ8 = f32(max|q_h| / 127), stored as
+ * i8 (d bytes a head) in a relaxed-SIMD build, as i16 otherwise. q̂ = nearest(f32(q/σ)), qv = Σ_{i∈g}
+ * q_i in f64, / σ, to f32 (zero past gpt). A zero head gets σ = 0 and q̂ = qv = 0.
  */
 export function intQuery(q: usize, hq: i32, d: i32): void {
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
   const qi4 = q + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
   const qi2 = qi8 + (<usize>(hq * d) << 1);
-  const qv = qi2 + (<usize>(hq * d) << 1), sig = qv + (<usize>(hq * gpt4) << 2);
+  const qv16 = qi2 + (<usize>(hq * d) << 1), sig16 = qv16 + (<usize>(hq * gpt4) << 2);
+  const qv8 = sig16 + (<usize>hq << 2), sig8 = qv8 + (<usize>(hq * gpt4) << 2);
   memory.fill(qi4, 0, <usize>(hq * d) * 6); // every order: a zero head stays zero
-  memory.fill(qv, 0, <usize>(hq * gpt4) << 2);
+  memory.fill(qv16, 0, (<usize>(hq * gpt4) << 3) + (<usize>hq << 2));
   for (let h = 0; h < hq; h++) {
     const qh = q + (<usize>(h * d) << 2);
     let mv = f32x4.splat(0);
@@ -693,39 +754,74 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
       max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
       max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
     );
-    const s: f32 = mx / <f32>32767;
-    store<f32>(sig + (<usize>h << 2), s);
-    if (!(s > 0)) continue;
-    const sv = f32x4.splat(s);
+    const s16: f32 = mx / <f32>32767, s8: f32 = mx / <f32>127;
+    store<f32>(sig16 + (<usize>h << 2), s16);
+    store<f32>(sig8 + (<usize>h << 2), s8);
     for (let g = 0; g < gpt; g++) {
       const x = qh + (<usize>g << 7);
+      let sum: f64 = 0;
+      for (let j = 0; j < 32; j++) sum += <f64>load<f32>(x + (<usize>j << 2));
+      const at = <usize>(h * gpt4 + g) << 2;
+      if (s16 > 0) {
+        const o8 = qi8 + (<usize>(h * d + (g << 5)) << 1), sv = f32x4.splat(s16);
+        v128.store(o8, _round8(x, sv));
+        v128.store(o8, _round8(x + 32, sv), 16);
+        v128.store(o8, _round8(x + 64, sv), 32);
+        v128.store(o8, _round8(x + 96, sv), 48);
+        store<f32>(qv16 + at, <f32>(sum / <f64>s16));
+      }
+      if (!(s8 > 0)) continue;
+      store<f32>(qv8 + at, <f32>(sum / <f64>s8));
+      const sv = f32x4.splat(s8);
       const n0 = _round8(x, sv), n1 = _round8(x + 32, sv);
       const n2 = _round8(x + 64, sv), n3 = _round8(x + 96, sv);
-      const o8 = qi8 + (<usize>(h * d + (g << 5)) << 1);
-      v128.store(o8, n0);
-      v128.store(o8, n1, 16);
-      v128.store(o8, n2, 32);
-      v128.store(o8, n3, 48);
       // int4 order: even codes 0–14, 16–30, then odd 1–15, 17–31
-      const o4 = qi4 + (<usize>(h * d + (g << 5)) << 1);
-      v128.store(o4, i8x16.shuffle(n0, n1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29));
-      v128.store(o4, i8x16.shuffle(n2, n3, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29), 16);
-      v128.store(o4, i8x16.shuffle(n0, n1, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 32);
-      v128.store(o4, i8x16.shuffle(n2, n3, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31), 48);
+      _storeQuery(
+        qi4, h, d, g,
+        i8x16.shuffle(n0, n1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
+        i8x16.shuffle(n2, n3, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
+        i8x16.shuffle(n0, n1, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31),
+        i8x16.shuffle(n2, n3, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31),
+      );
       // int2 order: codes 4k, then 4k + 1, 4k + 2, 4k + 3 (k = 0 … 7)
-      const o2 = qi2 + (<usize>(h * d + (g << 5)) << 1);
       const a01 = i16x8.shuffle(n0, n1, 0, 4, 8, 12, 1, 5, 9, 13);
       const a23 = i16x8.shuffle(n2, n3, 0, 4, 8, 12, 1, 5, 9, 13);
       const b01 = i16x8.shuffle(n0, n1, 2, 6, 10, 14, 3, 7, 11, 15);
       const b23 = i16x8.shuffle(n2, n3, 2, 6, 10, 14, 3, 7, 11, 15);
-      v128.store(o2, i16x8.shuffle(a01, a23, 0, 1, 2, 3, 8, 9, 10, 11));
-      v128.store(o2, i16x8.shuffle(a01, a23, 4, 5, 6, 7, 12, 13, 14, 15), 16);
-      v128.store(o2, i16x8.shuffle(b01, b23, 0, 1, 2, 3, 8, 9, 10, 11), 32);
-      v128.store(o2, i16x8.shuffle(b01, b23, 4, 5, 6, 7, 12, 13, 14, 15), 48);
-      let sum: f64 = 0;
-      for (let j = 0; j < 32; j++) sum += <f64>load<f32>(x + (<usize>j << 2));
-      store<f32>(qv + (<usize>(h * gpt4 + g) << 2), <f32>(sum / <f64>s));
+      _storeQuery(
+        qi2, h, d, g,
+        i16x8.shuffle(a01, a23, 0, 1, 2, 3, 8, 9, 10, 11),
+        i16x8.shuffle(a01, a23, 4, 5, 6, 7, 12, 13, 14, 15),
+        i16x8.shuffle(b01, b23, 0, 1, 2, 3, 8, 9, 10, 11),
+        i16x8.shuffle(b01, b23, 4, 5, 6, 7, 12, 13, 14, 15),
+      );
     }
+  }
+}
+
+// One group's 32 rounded query elements (|q̂| ≤ 127, as four i16 vectors in lane order) into the
+// slot at base: as i8, d bytes a head, where the key loop takes them in relaxed dots; else as i16.
+// @ts-ignore: decorator
+@inline function _storeQuery(
+  base: usize,
+  h: i32,
+  d: i32,
+  g: i32,
+  a: v128,
+  b: v128,
+  c: v128,
+  e: v128,
+): void {
+  if (RELAXED) {
+    const o = base + <usize>(h * d + (g << 5));
+    v128.store(o, i8x16.narrow_i16x8_s(a, b));
+    v128.store(o, i8x16.narrow_i16x8_s(c, e), 16);
+  } else {
+    const o = base + (<usize>(h * d + (g << 5)) << 1);
+    v128.store(o, a);
+    v128.store(o, b, 16);
+    v128.store(o, c, 32);
+    v128.store(o, e, 48);
   }
 }
 

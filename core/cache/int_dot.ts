@@ -6,8 +6,9 @@
  * (int4/int8 also along channels), values along tokens; {@linkcode intDotServes} says which.
  *
  * The arithmetic differs from exact attention over decoded values in two roundings, both far below
- * the 4-bit quantization error: for token-axis keys the query to i16 (|q − σq̂| ≤ σ/2, σ =
- * max|q|/32767), for channel-axis keys the products q·s of query and key scale per channel and token
+ * the quantization error of the codes: for token-axis keys the query to integers (|q − σq̂| ≤ σ/2,
+ * σ = max|q|/127 against int2 and int4 codes, which the relaxed-SIMD build multiplies as i8, and
+ * max|q|/32767 against int8 codes), for channel-axis keys the products q·s of query and key scale per channel and token
  * group (|u − ρû| ≤ ρ/2), and for values the products w·s of softmax weight and value scale per head
  * and group.
  * {@linkcode intDotErrorBound} bounds their effect on the page's output.
@@ -59,7 +60,7 @@ function nearestEven(x: number): number {
 
 /** The rounded query of one head: σ, q̂ (natural order) and per group Σq/σ. */
 export interface RoundedQuery {
-  /** The head's scale: f32(max|q| / 32767), 0 for a zero head. */
+  /** The head's scale: f32(max|q| / limit), 0 for a zero head. */
   sigma: number;
   /** q̂ = nearest(f32(q/σ)) per element, natural order. */
   qi: Int16Array;
@@ -67,12 +68,20 @@ export interface RoundedQuery {
   qv: Float32Array;
 }
 
-/** σ = f32(max|q| / 32767), q̂ = nearest(f32(q/σ)), qv_g = f32(Σ_{i∈g} q_i / σ) (sum in f64). */
-export function roundQuery(q: Float32Array): RoundedQuery {
+/** The query's integer range against codes of `bits` bits: i8 for int2 and int4, i16 for int8. */
+export function queryLimit(bits: number): number {
+  return bits === 8 ? 32767 : 127;
+}
+
+/**
+ * σ = f32(max|q| / limit), q̂ = nearest(f32(q/σ)), qv_g = f32(Σ_{i∈g} q_i / σ) (sum in f64), as
+ * asm/assembly/int_dot.ts intQuery.
+ */
+export function roundQuery(q: Float32Array, limit: number): RoundedQuery {
   const d = q.length;
   let mx = 0;
   for (let i = 0; i < d; i++) mx = Math.max(mx, Math.abs(q[i]));
-  const sigma = fr(mx / 32767);
+  const sigma = fr(mx / limit);
   const qi = new Int16Array(d), qv = new Float32Array(d / 32);
   for (let g = 0; g < d / 32; g++) {
     let sum = 0;
@@ -178,7 +187,9 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
   const V = decodeGroups(page.v, vSpec, n * gpt);
   for (let h = 0; h < hq; h++) {
     const qh = q.subarray(h * d, (h + 1) * d);
-    const score = kSpec.axis === "channel" ? channelScores(K, page, qh) : tokenScores(K, n, qh);
+    const score = kSpec.axis === "channel"
+      ? channelScores(K, page, qh)
+      : tokenScores(K, n, qh, kSpec.bits);
     // 2. softmax weights
     let m32 = -Infinity;
     for (let t = 0; t < n; t++) m32 = Math.max(m32, score[t]);
@@ -257,9 +268,9 @@ function roundedProducts(
  * (exact, so the kernel's lane order does not matter), its f32 times s added in group order, then
  * the minimum terms μ_g·qv_g (summed in group order), and σ scales the total.
  */
-function tokenScores(K: Groups, n: number, q: Float32Array): Float32Array {
+function tokenScores(K: Groups, n: number, q: Float32Array, bits: number): Float32Array {
   const gpt = q.length / 32;
-  const { sigma, qi, qv } = roundQuery(q);
+  const { sigma, qi, qv } = roundQuery(q, queryLimit(bits));
   const score = new Float32Array(n);
   for (let t = 0; t < n; t++) {
     let a = 0;
@@ -323,7 +334,7 @@ export function intDotErrorBound(page: IntDotPage, q: Float32Array, weights: Flo
       }
     }
   } else {
-    const { sigma } = roundQuery(q);
+    const { sigma } = roundQuery(q, queryLimit(kSpec.bits));
     for (let t = 0; t < n; t++) {
       let s = 0;
       for (let g = 0; g < gpt; g++) {

@@ -30,7 +30,7 @@
 
 import type { Codec } from "../../codecs/mod.ts";
 import { wasmModuleSync } from "../../codecs/wasm.ts";
-import { CapacityError } from "../errors.ts";
+import { CapacityError, InvalidValueError, typeName } from "../errors.ts";
 import { PageArena } from "./page_arena.ts";
 
 interface AttentionKernels {
@@ -80,6 +80,11 @@ export interface WasmAttentionOptions {
    * core/cache/int_dot.ts): faster, and within intDotErrorBound of exact attention. Default false.
    */
   integerDot?: boolean;
+  /**
+   * The compiled module to instantiate (either build of wasmBytes, codecs/wasm.ts). Default: the
+   * one the codecs use.
+   */
+  module?: WebAssembly.Module;
 }
 
 /** One module instance: page arena, scratch, and the attention kernel. */
@@ -114,11 +119,16 @@ export class WasmAttention {
   /**
    * Instantiates the module the codecs use (codecs/wasm.ts `wasmModuleSync`: compiled once per
    * process, or the one given to `useWasmModule`).
-   * @param options integer dot products or exact arithmetic
+   * @param options integer dot products or exact arithmetic, and the module
+   * @throws {InvalidValueError} when `module` is not a WebAssembly.Module
    */
   constructor(options: WasmAttentionOptions = {}) {
     this.#flags = options.integerDot ? FLAG_INTDOT : 0;
-    this.#k = new WebAssembly.Instance(wasmModuleSync(), {}).exports as unknown as AttentionKernels;
+    const module = options.module ?? wasmModuleSync();
+    if (!(module instanceof WebAssembly.Module)) {
+      throw new InvalidValueError(`module is ${typeName(module)}, expected a WebAssembly.Module`);
+    }
+    this.#k = new WebAssembly.Instance(module, {}).exports as unknown as AttentionKernels;
     this.arena = new PageArena(this.#k.memory, this.#k.heapBase());
   }
 

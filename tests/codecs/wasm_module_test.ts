@@ -9,6 +9,7 @@ import {
   wasmCodec,
   wasmExportNames,
   wasmModuleSync,
+  wasmVariant,
 } from "../../codecs/wasm.ts";
 import { InvalidValueError } from "../../core/errors.ts";
 import { MixedPrecisionKVCache } from "../../core/cache/mixed_cache.ts";
@@ -36,6 +37,27 @@ Deno.test("wasmExportNames reads the export section as the engine does", () => {
   ]);
 });
 
+Deno.test("two builds: Deno runs the relaxed-SIMD one; both export the same names", () => {
+  assert.equal(wasmVariant(), "relaxed-simd"); // V8 validates relaxed SIMD
+  assert.deepEqual(wasmBytes(), wasmBytes("relaxed-simd"));
+  const simd = wasmBytes("simd"), relaxed = wasmBytes("relaxed-simd");
+  assert.notDeepEqual(simd, relaxed);
+  assert.deepEqual(wasmExportNames(simd), wasmExportNames(relaxed));
+  for (const v of ["relaxed", "", 1, null]) {
+    assert.throws(
+      () => wasmBytes(v as "simd"),
+      (e: Error) =>
+        e instanceof InvalidValueError && /variant is .*expected "simd"/.test(e.message),
+    );
+  }
+  // relaxed SIMD's opcodes (0xfd 0x80–0x93 0x02) appear in the relaxed build only
+  const relaxedOps = (b: Uint8Array) =>
+    b.filter((x, i) => x === 0xfd && b[i + 2] === 0x02 && b[i + 1] >= 0x80 && b[i + 1] <= 0x93)
+      .length;
+  assert.equal(relaxedOps(simd), 0);
+  assert.ok(relaxedOps(relaxed) > 0);
+});
+
 Deno.test("useWasmModule refuses what is not this kvprec's module, and changes nothing", () => {
   const before = wasmModuleSync(), codecs = loadWasmCodecsSync();
   const refused = (m: unknown, re: RegExp) =>
@@ -55,7 +77,7 @@ Deno.test("a module given to useWasmModule serves the codecs and caches created 
   const next = rng(5);
   const x = Float32Array.from({ length: 256 }, () => normal(next));
   const want = wasmCodec("int4-g32-token").encode(x).words;
-  const module = await WebAssembly.compile(wasmBytes());
+  const module = await WebAssembly.compile(wasmBytes("simd")); // the build other engines get
   useWasmModule(module);
   try {
     assert.equal(wasmModuleSync(), module);
