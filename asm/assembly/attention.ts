@@ -385,9 +385,11 @@ export function attendPage(
     const qi2 = qi8 + (<usize>(hq * d) << 1);
     const qv16 = qi2 + (<usize>(hq * d) << 1), sig16 = qv16 + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
     const qv8 = sig16 + (<usize>hq << 2), sig8 = qv8 + (<usize>(hq * (((d >> 5) + 3) & ~3)) << 2);
+    const qb4 = sig8 + (<usize>hq << 2), qb2 = qb4 + <usize>(hq * d);
     // int2 and int4 codes meet the query rounded to ±127, int8 codes the one rounded to ±32767
-    if (kBits == 8) intScores(kPtr, 8, n, d, hq, qi8, qv16, sig16, sc, work);
-    else intScores(kPtr, kBits, n, d, hq, kBits == 4 ? qi4 : qi2, qv8, sig8, sc, work);
+    if (kBits == 8) intScores(kPtr, 8, n, d, hq, qi8, 0, qv16, sig16, sc, work);
+    else if (kBits == 4) intScores(kPtr, 4, n, d, hq, qi4, qb4, qv8, sig8, sc, work);
+    else intScores(kPtr, 2, n, d, hq, qi2, qb2, qv8, sig8, sc, work);
   } else if (intKeysChannel) {
     intScoresChannel(kPtr, kBits, n, cap, d, hq, qPtr, sc, work);
   } else if (kChannel != 0) {

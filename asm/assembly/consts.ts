@@ -68,4 +68,5 @@ export const F16_MAX = memory.data<f32>([65504, 65504, 65504, 65504], 16);
 export const F16_MAX_NEG = memory.data<f32>([-65504, -65504, -65504, -65504], 16);
 export const U32_00007BFF = memory.data<u32>([0x00007bff, 0x00007bff, 0x00007bff, 0x00007bff], 16);
 export const U32_0F0F0F0F = memory.data<u32>([0x0f0f0f0f, 0x0f0f0f0f, 0x0f0f0f0f, 0x0f0f0f0f], 16);
+export const U32_03030303 = memory.data<u32>([0x03030303, 0x03030303, 0x03030303, 0x03030303], 16);
 export const U32_00030003 = memory.data<u32>([0x00030003, 0x00030003, 0x00030003, 0x00030003], 16);

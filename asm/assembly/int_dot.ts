@@ -12,6 +12,7 @@ import {
   MAGIC_1P5_2P23,
   MAGIC_2P23,
   U32_000F000F,
+  U32_03030303,
   U32_0F0F0F0F,
   vconst,
 } from "./consts";
@@ -79,7 +80,9 @@ const RELAXED: bool = ASC_FEATURE_RELAXED_SIMD;
 // Mask of one code in a byte for _codesLo/_codesHi and the value gathers.
 // @ts-ignore: decorator
 @inline function _codeMask(b: i32): v128 {
-  return i8x16.splat(b == 2 ? 3 : 0x0f);
+  // from memory: a splat of a literal becomes a v128.const that V8 rebuilds at every use, which
+  // cost the relaxed one-head key loop a fifth of its time (consts.ts)
+  return vconst(b == 2 ? U32_03030303 : U32_0F0F0F0F);
 }
 
 
@@ -124,7 +127,8 @@ const RELAXED: bool = ASC_FEATURE_RELAXED_SIMD;
  * Raw scores q_h·k_t (not yet /√d) of n tokens for hq heads into sc (f32 [hq][n]): per token and
  * group the integer sum Σ_{i∈g} q̂_i·code_i (exact in i32), its f32 times s_g added in group order,
  * then the minimum terms Σ_g μ_g·qv_g (in group order) added and the sum scaled by σ_h. qi: hq × d
- * i16 query in roundQuery's lane order; qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h, zero past gpt); sig:
+ * i16 query in roundQuery's lane order; qb: the same as i8 (relaxed build, int2/int4 codes; the
+ * four-head loop's relaxed dots take it); qv: hq × gpt4 f32 (Σ_{i∈g} q_i / σ_h, zero past gpt); sig:
  * hq f32; work: intDotScratchBytes of scratch. Two tokens and four heads at a time, so that each
  * loaded query vector serves two tokens (every load costs a bounds check where the runtime does
  * not trap out-of-bounds accesses, as Deno: PAGES.md), and the four heads' sums land in the lanes
@@ -137,15 +141,16 @@ export function intScores(
   d: i32,
   hq: i32,
   qi: usize,
+  qb: usize,
   qv: usize,
   sig: usize,
   sc: usize,
   work: usize,
 ): void {
   // one copy per width: b a constant inside the loops, which use every vector register
-  if (b == 4) _intScores(kPtr, 4, n, d, hq, qi, qv, sig, sc, work);
-  else if (b == 8) _intScores(kPtr, 8, n, d, hq, qi, qv, sig, sc, work);
-  else _intScores(kPtr, 2, n, d, hq, qi, qv, sig, sc, work);
+  if (b == 4) _intScores(kPtr, 4, n, d, hq, qi, qb, qv, sig, sc, work);
+  else if (b == 8) _intScores(kPtr, 8, n, d, hq, qi, qb, qv, sig, sc, work);
+  else _intScores(kPtr, 2, n, d, hq, qi, qb, qv, sig, sc, work);
 }
 
 // @ts-ignore: decorator
@@ -156,6 +161,7 @@ export function intScores(
   d: i32,
   hq: i32,
   qi: usize,
+  qb: usize,
   qv: usize,
   sig: usize,
   sc: usize,
@@ -163,15 +169,17 @@ export function intScores(
 ): void {
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3, n4 = (n + 3) & ~3;
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
-  const i8q = RELAXED && b != 8; // the query as i8 against int2/int4 codes
-  const qB = <usize>d << (i8q ? 0 : 1), qvB = <usize>gpt4 << 2, nB = <usize>n << 2, rowB = <usize>n4 << 2;
+  // the four-head loop takes the i8 copy of the query (qb) in relaxed dots against int2/int4
+  // codes; the one-head loop, where relaxed dots measured slower, the i16 one (qi) in both builds
+  const i8q = RELAXED && b != 8;
+  const qB = <usize>d << 1, qvB = <usize>gpt4 << 2, nB = <usize>n << 2, rowB = <usize>n4 << 2;
   const S = work, M = S + <usize>gpt4 * rowB; // as intValues lays them out
   const qvT = M + <usize>gpt4 * rowB; // [gpt][4] f32: qv of four heads, heads in lanes
   _headerRows(kPtr, n, n4, gpt, groupBytes, tokB, S, M, rowB);
   const mask = _codeMask(b);
   let h = 0;
   for (; h + 4 <= hq; h += 4) {
-    const qh = qi + <usize>h * qB;
+    const qh = i8q ? qb + <usize>h * d : qi + <usize>h * qB;
     for (let g = 0; g < gpt; g++) {
       const o = qv + <usize>h * qvB + (<usize>g << 2);
       let x = v128.load32_zero(o);
@@ -197,20 +205,19 @@ export function intScores(
           const l1 = _codesLo(v1, b, mask), h1 = _codesHi(v1, p1, b, mask);
           let x = v128.load(q), y = v128.load(q, 16);
           const s00 = _dot8(x, y, l0, h0), s01 = _dot8(x, y, l1, h1);
-          x = v128.load(q + qB);
-          y = v128.load(q + qB, 16);
+          x = v128.load(q + d);
+          y = v128.load(q + d, 16);
           const s10 = _dot8(x, y, l0, h0), s11 = _dot8(x, y, l1, h1);
-          x = v128.load(q + 2 * qB);
-          y = v128.load(q + 2 * qB, 16);
+          x = v128.load(q + 2 * d);
+          y = v128.load(q + 2 * d, 16);
           const s20 = _dot8(x, y, l0, h0), s21 = _dot8(x, y, l1, h1);
-          x = v128.load(q + 3 * qB);
-          y = v128.load(q + 3 * qB, 16);
+          x = v128.load(q + 3 * d);
+          y = v128.load(q + 3 * d, 16);
           const s30 = _dot8(x, y, l0, h0), s31 = _dot8(x, y, l1, h1);
           r0 = f32x4.convert_i32x4_s(_hsum4s(s00, s10, s20, s30));
           r1 = f32x4.convert_i32x4_s(_hsum4s(s01, s11, s21, s31));
         } else {
           const q = qh + (<usize>g << 6);
-          const v0 = _codeBytes(p0, b), v1 = _codeBytes(p1, b);
           // the four i16 code vectors of each token, one at a time, against four heads' queries
           let c0 = i16x8.extend_low_i8x16_u(_codesLo(v0, b, mask));
           let c1 = i16x8.extend_low_i8x16_u(_codesLo(v1, b, mask));
@@ -308,43 +315,32 @@ export function intScores(
       const k1 = k0 + min(tokB, last), k2 = k0 + min(2 * tokB, last), k3 = k0 + min(3 * tokB, last);
       let a = f32x4.splat(0);
       for (let g = 0; g < gpt; g++) {
-        const go = <usize>g * groupBytes + 4, q = qh + (<usize>g << (i8q ? 5 : 6));
+        const go = <usize>g * groupBytes + 4, q = qh + (<usize>g << 6);
         const p0 = k0 + go, p1 = k1 + go, p2 = k2 + go, p3 = k3 + go;
         const v0 = _codeBytes(p0, b), v1 = _codeBytes(p1, b);
         const v2 = _codeBytes(p2, b), v3 = _codeBytes(p3, b);
-        let r: v128;
-        if (i8q) {
-          const x = v128.load(q), y = v128.load(q, 16);
-          r = f32x4.convert_i32x4_s(_hsum4s(
-            _dot8(x, y, _codesLo(v0, b, mask), _codesHi(v0, p0, b, mask)),
-            _dot8(x, y, _codesLo(v1, b, mask), _codesHi(v1, p1, b, mask)),
-            _dot8(x, y, _codesLo(v2, b, mask), _codesHi(v2, p2, b, mask)),
-            _dot8(x, y, _codesLo(v3, b, mask), _codesHi(v3, p3, b, mask)),
-          ));
-        } else {
-          let x = v128.load(q);
-          let i0 = i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 0), x);
-          let i1 = i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 0), x);
-          let i2 = i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 0), x);
-          let i3 = i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 0), x);
-          x = v128.load(q, 16);
-          i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 1), x));
-          i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 1), x));
-          i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 1), x));
-          i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 1), x));
-          x = v128.load(q, 32);
-          i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 2), x));
-          i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 2), x));
-          i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 2), x));
-          i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 2), x));
-          x = v128.load(q, 48);
-          i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 3), x));
-          i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 3), x));
-          i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 3), x));
-          i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 3), x));
-          // the four tokens' group sums in lanes, times their scales (a row of S)
-          r = f32x4.convert_i32x4_s(_hsum4i(i0, i1, i2, i3));
-        }
+        let x = v128.load(q);
+        let i0 = i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 0), x);
+        let i1 = i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 0), x);
+        let i2 = i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 0), x);
+        let i3 = i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 0), x);
+        x = v128.load(q, 16);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 1), x));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 1), x));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 1), x));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 1), x));
+        x = v128.load(q, 32);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 2), x));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 2), x));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 2), x));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 2), x));
+        x = v128.load(q, 48);
+        i0 = i32x4.add(i0, i32x4.dot_i16x8_s(_codes16(v0, p0, b, mask, 3), x));
+        i1 = i32x4.add(i1, i32x4.dot_i16x8_s(_codes16(v1, p1, b, mask, 3), x));
+        i2 = i32x4.add(i2, i32x4.dot_i16x8_s(_codes16(v2, p2, b, mask, 3), x));
+        i3 = i32x4.add(i3, i32x4.dot_i16x8_s(_codes16(v3, p3, b, mask, 3), x));
+        // the four tokens' group sums in lanes, times their scales (a row of S)
+        const r = f32x4.convert_i32x4_s(_hsum4i(i0, i1, i2, i3));
         a = f32x4.add(a, f32x4.mul(r, v128.load(S + <usize>g * rowB + (<usize>t << 2))));
       }
       let m = f32x4.mul(v128.load(M + (<usize>t << 2)), v128.load32_splat(qvh));
@@ -726,17 +722,18 @@ export function intValues(
 
 /** Bytes of the integer query block that follows the f32 query (see intQuery). */
 export function intQueryBytes(d: i32, hq: i32): i32 {
-  return 6 * hq * d + 8 * hq * (((d >> 5) + 3) & ~3) + 8 * hq;
+  return 8 * hq * d + 8 * hq * (((d >> 5) + 3) & ~3) + 8 * hq;
 }
 
 /**
  * Rounds hq query heads (f32 at q, hq × d, d a multiple of 32) for intScores into the block at
  * q + 4·hq·d, hq × d i16 slots each: qi4, in int4 lane order (per group of 32: even codes 0–14,
  * 16–30, then odd 1–15, 17–31); qi8, natural order; qi2, in int2 order (codes 0, 4, …, 28, then 1,
- * 5, …, 29, 2, 6, …, 30, 3, 7, …, 31); then qv16 (hq × gpt4 f32), σ16 (hq f32), qv8, σ8. int8
- * order: σ16 = f32(max|q_h| / 32767); int4 and int2 orders: σ8 = f32(max|q_h| / 127), stored as
- * i8 (d bytes a head) in a relaxed-SIMD build, as i16 otherwise. q̂ = nearest(f32(q/σ)), qv = Σ_{i∈g}
- * q_i in f64, / σ, to f32 (zero past gpt). A zero head gets σ = 0 and q̂ = qv = 0.
+ * 5, …, 29, 2, 6, …, 30, 3, 7, …, 31); then qv16 (hq × gpt4 f32), σ16 (hq f32), qv8, σ8; then
+ * qb4 and qb2, hq × d bytes each: the int4 and int2 orders as i8 (relaxed-SIMD build only). int8
+ * order: σ16 = f32(max|q_h| / 32767); int4 and int2 orders: σ8 = f32(max|q_h| / 127). q̂ =
+ * nearest(f32(q/σ)), qv = Σ_{i∈g} q_i in f64, / σ, to f32 (zero past gpt). A zero head gets σ = 0
+ * and q̂ = qv = 0.
  */
 export function intQuery(q: usize, hq: i32, d: i32): void {
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
@@ -744,7 +741,9 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
   const qi2 = qi8 + (<usize>(hq * d) << 1);
   const qv16 = qi2 + (<usize>(hq * d) << 1), sig16 = qv16 + (<usize>(hq * gpt4) << 2);
   const qv8 = sig16 + (<usize>hq << 2), sig8 = qv8 + (<usize>(hq * gpt4) << 2);
+  const qb4 = sig8 + (<usize>hq << 2), qb2 = qb4 + <usize>(hq * d);
   memory.fill(qi4, 0, <usize>(hq * d) * 6); // every order: a zero head stays zero
+  if (RELAXED) memory.fill(qb4, 0, <usize>(hq * d) << 1);
   memory.fill(qv16, 0, (<usize>(hq * gpt4) << 3) + (<usize>hq << 2));
   for (let h = 0; h < hq; h++) {
     const qh = q + (<usize>(h * d) << 2);
@@ -777,7 +776,7 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
       const n2 = _round8(x + 64, sv), n3 = _round8(x + 96, sv);
       // int4 order: even codes 0–14, 16–30, then odd 1–15, 17–31
       _storeQuery(
-        qi4, h, d, g,
+        qi4, qb4, h, d, g,
         i8x16.shuffle(n0, n1, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
         i8x16.shuffle(n2, n3, 0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29),
         i8x16.shuffle(n0, n1, 2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31),
@@ -789,7 +788,7 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
       const b01 = i16x8.shuffle(n0, n1, 2, 6, 10, 14, 3, 7, 11, 15);
       const b23 = i16x8.shuffle(n2, n3, 2, 6, 10, 14, 3, 7, 11, 15);
       _storeQuery(
-        qi2, h, d, g,
+        qi2, qb2, h, d, g,
         i16x8.shuffle(a01, a23, 0, 1, 2, 3, 8, 9, 10, 11),
         i16x8.shuffle(a01, a23, 4, 5, 6, 7, 12, 13, 14, 15),
         i16x8.shuffle(b01, b23, 0, 1, 2, 3, 8, 9, 10, 11),
@@ -799,11 +798,13 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
   }
 }
 
-// One group's 32 rounded query elements (|q̂| ≤ 127, as four i16 vectors in lane order) into the
-// slot at base: as i8, d bytes a head, where the key loop takes them in relaxed dots; else as i16.
+// One group's 32 rounded query elements (|q̂| ≤ 127, four i16 vectors in lane order) into the i16
+// slot at base and, in the relaxed build, as i8 into the slot at bytes (d bytes a head), where the
+// four-head key loop takes them in relaxed dots.
 // @ts-ignore: decorator
 @inline function _storeQuery(
   base: usize,
+  bytes: usize,
   h: i32,
   d: i32,
   g: i32,
@@ -812,16 +813,15 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
   c: v128,
   e: v128,
 ): void {
+  const o = base + (<usize>(h * d + (g << 5)) << 1);
+  v128.store(o, a);
+  v128.store(o, b, 16);
+  v128.store(o, c, 32);
+  v128.store(o, e, 48);
   if (RELAXED) {
-    const o = base + <usize>(h * d + (g << 5));
-    v128.store(o, i8x16.narrow_i16x8_s(a, b));
-    v128.store(o, i8x16.narrow_i16x8_s(c, e), 16);
-  } else {
-    const o = base + (<usize>(h * d + (g << 5)) << 1);
-    v128.store(o, a);
-    v128.store(o, b, 16);
-    v128.store(o, c, 32);
-    v128.store(o, e, 48);
+    const o8 = bytes + <usize>(h * d + (g << 5));
+    v128.store(o8, i8x16.narrow_i16x8_s(a, b));
+    v128.store(o8, i8x16.narrow_i16x8_s(c, e), 16);
   }
 }
 
