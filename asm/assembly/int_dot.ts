@@ -1,10 +1,10 @@
 // Integer-dot-product attention for token-axis asymmetric int2/int4/int8 pages with groups of 32
 // (core/cache/PAGES.md, "Integer dot products"). Keys: the query is rounded to integers (one scale
 // σ per head, core/cache/int_dot.ts roundQuery): to ±127 for int2 and int4 codes, to ±32767 for
-// int8. Built with relaxed SIMD (RELAXED below), an int2/int4 group meets the i8 query in
-// i16x8.relaxed_dot_i8x16_i7x16_s, 16 codes per instruction (codes < 128 keep it deterministic);
-// without it, and for int8, i32x4.dot_i16x8_s multiplies 8 codes widened to i16. Both builds give
-// the same bits. Each group's scale and minimum enter once per group. Values: per page, head and
+// int8. Built with relaxed SIMD (RELAXED below), the loop over four heads meets int2/int4 groups
+// with an i8 copy of the query in i16x8.relaxed_dot_i8x16_i7x16_s, 16 codes per instruction (codes
+// < 128 keep it deterministic); elsewhere, and for int8, i32x4.dot_i16x8_s multiplies 8 codes
+// widened to i16. Both builds give the same bits. Each group's scale and minimum enter once per group. Values: per page, head and
 // group the products w·s of softmax weight and token scale are rounded to i16 (one scale ρ per
 // head and group) and accumulated against two tokens' codes per dot_i16x8_s in i32 registers.
 // core/cache/int_dot.ts mirrors every rounding step here; keep the two in step.
