@@ -21,7 +21,10 @@ import { encodeBase64 } from "./_base64.ts";
 const ROOT = new URL("../", import.meta.url);
 const ENTRY = "asm/assembly/index.ts";
 const TARGET = "codecs/_wasm_bytes.ts";
-/** Compiler flags of the plain-SIMD module; changing them changes the bytes, so they are part of the build's identity. */
+/**
+ * Compiler flags of the plain-SIMD module; changing them changes the bytes, so they are part of the
+ * build's identity.
+ */
 export const ASC_FLAGS = [
   "--runtime",
   "stub",

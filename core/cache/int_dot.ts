@@ -5,12 +5,12 @@
  * weight and rounded product. It serves int2/int4/int8 pages with groups of 32: keys along tokens
  * (int4/int8 also along channels), values along tokens; {@linkcode intDotServes} says which.
  *
- * The arithmetic differs from exact attention over decoded values in two roundings, both far below
- * the quantization error of the codes: for token-axis keys the query to integers (|q − σq̂| ≤ σ/2,
- * σ = max|q|/127 against int2 and int4 codes, which the relaxed-SIMD build multiplies as i8, and
- * max|q|/32767 against int8 codes), for channel-axis keys the products q·s of query and key scale per channel and token
- * group (|u − ρû| ≤ ρ/2), and for values the products w·s of softmax weight and value scale per head
- * and group.
+ * The arithmetic differs from exact attention over decoded values in two roundings, both small
+ * beside the quantization error of the codes (PAGES.md, "Error"): for token-axis keys the query to
+ * integers (|q − σq̂| ≤ σ/2, σ = max|q|/127 against int2 and int4 codes, which the relaxed-SIMD
+ * build multiplies as i8, and max|q|/32767 against int8 codes), for channel-axis keys the products
+ * q·s of query and key scale per channel and token group (|u − ρû| ≤ ρ/2), and for values the
+ * products w·s of softmax weight and value scale per head and group.
  * {@linkcode intDotErrorBound} bounds their effect on the page's output.
  *
  * @example
