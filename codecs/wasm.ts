@@ -198,6 +198,29 @@ export function wasmExportNames(bytes: Uint8Array): string[] {
 }
 
 /**
+ * Checks that `module` is a compiled kvprec module of this version (either build).
+ *
+ * @param module what to check
+ * @throws {InvalidValueError} when it is not a WebAssembly.Module, or its exports differ from this
+ *   version's module, naming the first difference
+ */
+export function checkWasmModule(module: WebAssembly.Module): void {
+  if (!(module instanceof WebAssembly.Module)) {
+    throw new InvalidValueError(`module is ${typeName(module)}, expected a WebAssembly.Module`);
+  }
+  const want = wasmExportNames(wasmBytes("simd")); // both builds export the same names
+  const got = WebAssembly.Module.exports(module).map((e) => e.name);
+  const missing = want.find((n) => !got.includes(n)), extra = got.find((n) => !want.includes(n));
+  if (missing !== undefined || extra !== undefined) {
+    throw new InvalidValueError(
+      `the module's exports differ from this kvprec's kvprec.wasm (${
+        missing !== undefined ? `no "${missing}"` : `an extra "${extra}"`
+      }): build it with this version's \`deno task bundle\``,
+    );
+  }
+}
+
+/**
  * Uses an already compiled kvprec module instead of compiling the embedded bytes, for runtimes
  * that refuse to compile WebAssembly from bytes (Cloudflare Workers and other edge runtimes
  * import a .wasm file as a module instead; a page whose Content-Security-Policy lacks
@@ -220,19 +243,7 @@ export function wasmExportNames(bytes: Uint8Array): string[] {
  *   difference
  */
 export function useWasmModule(module: WebAssembly.Module): void {
-  if (!(module instanceof WebAssembly.Module)) {
-    throw new InvalidValueError(`module is ${typeName(module)}, expected a WebAssembly.Module`);
-  }
-  const want = wasmExportNames(wasmBytes("simd")); // both builds export the same names
-  const got = WebAssembly.Module.exports(module).map((e) => e.name);
-  const missing = want.find((n) => !got.includes(n)), extra = got.find((n) => !want.includes(n));
-  if (missing !== undefined || extra !== undefined) {
-    throw new InvalidValueError(
-      `the module's exports differ from this kvprec's kvprec.wasm (${
-        missing !== undefined ? `no "${missing}"` : `an extra "${extra}"`
-      }): build it with this version's \`deno task bundle\``,
-    );
-  }
+  checkWasmModule(module);
   if (module !== _module) {
     _module = module;
     _shared = undefined;

@@ -68,5 +68,10 @@ export const F16_MAX = memory.data<f32>([65504, 65504, 65504, 65504], 16);
 export const F16_MAX_NEG = memory.data<f32>([-65504, -65504, -65504, -65504], 16);
 export const U32_00007BFF = memory.data<u32>([0x00007bff, 0x00007bff, 0x00007bff, 0x00007bff], 16);
 export const U32_0F0F0F0F = memory.data<u32>([0x0f0f0f0f, 0x0f0f0f0f, 0x0f0f0f0f, 0x0f0f0f0f], 16);
+// query clamps of intQuery (int_dot.ts), as i16 lanes
+export const I16_127 = memory.data<u32>([0x007f007f, 0x007f007f, 0x007f007f, 0x007f007f], 16);
+export const I16_M127 = memory.data<u32>([0xff81ff81, 0xff81ff81, 0xff81ff81, 0xff81ff81], 16);
+export const I16_32767 = memory.data<u32>([0x7fff7fff, 0x7fff7fff, 0x7fff7fff, 0x7fff7fff], 16);
+export const I16_M32767 = memory.data<u32>([0x80018001, 0x80018001, 0x80018001, 0x80018001], 16);
 export const U32_03030303 = memory.data<u32>([0x03030303, 0x03030303, 0x03030303, 0x03030303], 16);
 export const U32_00030003 = memory.data<u32>([0x00030003, 0x00030003, 0x00030003, 0x00030003], 16);

@@ -12,6 +12,10 @@ import {
   MAGIC_1P5_2P23,
   MAGIC_2P23,
   U32_000F000F,
+  I16_127,
+  I16_32767,
+  I16_M127,
+  I16_M32767,
   U32_03030303,
   U32_0F0F0F0F,
   vconst,
@@ -763,17 +767,19 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
       const at = <usize>(h * gpt4 + g) << 2;
       if (s16 > 0) {
         const o8 = qi8 + (<usize>(h * d + (g << 5)) << 1), sv = f32x4.splat(s16);
-        v128.store(o8, _round8(x, sv));
-        v128.store(o8, _round8(x + 32, sv), 16);
-        v128.store(o8, _round8(x + 64, sv), 32);
-        v128.store(o8, _round8(x + 96, sv), 48);
+        const lo = vconst(I16_M32767), hi = vconst(I16_32767);
+        v128.store(o8, _round8(x, sv, lo, hi));
+        v128.store(o8, _round8(x + 32, sv, lo, hi), 16);
+        v128.store(o8, _round8(x + 64, sv, lo, hi), 32);
+        v128.store(o8, _round8(x + 96, sv, lo, hi), 48);
         store<f32>(qv16 + at, <f32>(sum / <f64>s16));
       }
       if (!(s8 > 0)) continue;
       store<f32>(qv8 + at, <f32>(sum / <f64>s8));
       const sv = f32x4.splat(s8);
-      const n0 = _round8(x, sv), n1 = _round8(x + 32, sv);
-      const n2 = _round8(x + 64, sv), n3 = _round8(x + 96, sv);
+      const lo = vconst(I16_M127), hi = vconst(I16_127);
+      const n0 = _round8(x, sv, lo, hi), n1 = _round8(x + 32, sv, lo, hi);
+      const n2 = _round8(x + 64, sv, lo, hi), n3 = _round8(x + 96, sv, lo, hi);
       // int4 order: even codes 0–14, 16–30, then odd 1–15, 17–31
       _storeQuery(
         qi4, qb4, h, d, g,
@@ -825,12 +831,13 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
   }
 }
 
-// q̂ = nearest(f32(q/σ)) of 8 floats at x, as i16 (|q/σ| ≤ 32767).
+// q̂ = nearest(f32(q/σ)) of 8 floats at x, as i16 clamped to [lo, hi] (±limit: |q/σ| ≤ limit but
+// where σ is subnormal, whose few bits let q/σ exceed it; core/cache/int_dot.ts clamps alike).
 // @ts-ignore: decorator
-@inline function _round8(x: usize, sv: v128): v128 {
+@inline function _round8(x: usize, sv: v128, lo: v128, hi: v128): v128 {
   const a = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.div(v128.load(x), sv)));
   const b = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.div(v128.load(x, 16), sv)));
-  return i16x8.narrow_i32x4_s(a, b);
+  return i16x8.min_s(i16x8.max_s(i16x8.narrow_i32x4_s(a, b), lo), hi);
 }
 
 /** Bytes of scratch intScoresChannel needs (beyond attendPage's and intDotScratchBytes). */

@@ -74,8 +74,8 @@ export function queryLimit(bits: number): number {
 }
 
 /**
- * σ = f32(max|q| / limit), q̂ = nearest(f32(q/σ)), qv_g = f32(Σ_{i∈g} q_i / σ) (sum in f64), as
- * asm/assembly/int_dot.ts intQuery.
+ * σ = f32(max|q| / limit), q̂ = nearest(f32(q/σ)) clamped to ±limit, qv_g = f32(Σ_{i∈g} q_i / σ)
+ * (sum in f64), as asm/assembly/int_dot.ts intQuery.
  */
 export function roundQuery(q: Float32Array, limit: number): RoundedQuery {
   const d = q.length;
@@ -88,7 +88,10 @@ export function roundQuery(q: Float32Array, limit: number): RoundedQuery {
     for (let j = 0; j < 32; j++) {
       const x = q[g * 32 + j];
       sum += x;
-      qi[g * 32 + j] = sigma > 0 ? nearestEven(fr(x / sigma)) : 0;
+      // clamped: where σ is subnormal its few bits can put q/σ past the limit (the kernel clamps)
+      qi[g * 32 + j] = sigma > 0
+        ? Math.min(Math.max(nearestEven(fr(x / sigma)), -limit), limit)
+        : 0;
     }
     qv[g] = sigma > 0 ? fr(sum / sigma) : 0;
   }

@@ -29,8 +29,8 @@
  */
 
 import type { Codec } from "../../codecs/mod.ts";
-import { wasmModuleSync } from "../../codecs/wasm.ts";
-import { CapacityError, InvalidValueError, typeName } from "../errors.ts";
+import { checkWasmModule, wasmModuleSync } from "../../codecs/wasm.ts";
+import { CapacityError } from "../errors.ts";
 import { PageArena } from "./page_arena.ts";
 
 interface AttentionKernels {
@@ -120,14 +120,13 @@ export class WasmAttention {
    * Instantiates the module the codecs use (codecs/wasm.ts `wasmModuleSync`: compiled once per
    * process, or the one given to `useWasmModule`).
    * @param options integer dot products or exact arithmetic, and the module
-   * @throws {InvalidValueError} when `module` is not a WebAssembly.Module
+   * @throws {InvalidValueError} when `module` is not this version's kvprec module (codecs/wasm.ts
+   *   checkWasmModule)
    */
   constructor(options: WasmAttentionOptions = {}) {
     this.#flags = options.integerDot ? FLAG_INTDOT : 0;
     const module = options.module ?? wasmModuleSync();
-    if (!(module instanceof WebAssembly.Module)) {
-      throw new InvalidValueError(`module is ${typeName(module)}, expected a WebAssembly.Module`);
-    }
+    if (options.module !== undefined) checkWasmModule(module);
     this.#k = new WebAssembly.Instance(module, {}).exports as unknown as AttentionKernels;
     this.arena = new PageArena(this.#k.memory, this.#k.heapBase());
   }

@@ -12,6 +12,7 @@ import {
   wasmVariant,
 } from "../../codecs/wasm.ts";
 import { InvalidValueError } from "../../core/errors.ts";
+import { WasmAttention } from "../../core/cache/wasm_attention.ts";
 import { MixedPrecisionKVCache } from "../../core/cache/mixed_cache.ts";
 import { uniformPolicy } from "../../core/cache/policy.ts";
 import { normal, rng } from "./_inputs.ts";
@@ -69,6 +70,11 @@ Deno.test("useWasmModule refuses what is not this kvprec's module, and changes n
   refused(undefined, /module is undefined/);
   refused(moduleExporting("memory"), /exports differ .*\(no "/);
   refused(moduleExporting("somethingElse"), /exports differ/);
+  // a WasmAttention given a module checks it the same way
+  assert.throws(
+    () => new WasmAttention({ module: moduleExporting("memory") }),
+    (e: Error) => e instanceof InvalidValueError && /exports differ .*\(no "/.test(e.message),
+  );
   assert.equal(wasmModuleSync(), before);
   assert.equal(loadWasmCodecsSync(), codecs);
 });

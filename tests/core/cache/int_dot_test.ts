@@ -114,6 +114,33 @@ Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit, in 
   assert.equal(cases, 198);
 });
 
+Deno.test("heads whose query scale σ is subnormal: q̂ clamped alike in both builds and the mirror", () => {
+  // max|q| near 1e-42 makes σ = max/127 subnormal and q/σ can exceed 127 (a review found the
+  // relaxed build's i8 copy clipped it while the v128 build and the mirror did not); near 1e-37 the
+  // same happens to the int8 query's σ = max/32767 (the mirror's Int16Array had wrapped it)
+  const next = rng(77);
+  const scales = [1, 1e-42, 143 * 2 ** -149, 1e-37, 3e-39];
+  for (const [d, hq] of [[32, 4], [128, 5]]) {
+    for (const kf of FORMATS) {
+      const n = 37, cap = 64;
+      const k = tokens(cap, d, next), v = tokens(cap, d, next);
+      const q = normals(hq * d, next).map((x, i) => x * scales[Math.floor(i / d) % scales.length]);
+      for (const [build, module] of Object.entries(BUILDS)) {
+        const { out, K, V } = kernel(true, kf, "int4-g32-token", k, v, q, n, cap, d, module);
+        const ref = intDotPartials(
+          { kSpec: K.spec, k: K.words, vSpec: V.spec, v: V.words, n, d, cap },
+          q,
+        );
+        for (let i = 0; i < out.length; i++) {
+          const at = `${build}: ${kf} d=${d} hq=${hq} output ${i}`;
+          if (i % (d + 2) === 1) assert.ok(Math.abs(out[i] - ref[i]) <= 1e-12 * ref[i], at);
+          else assert.equal(out[i], ref[i], at);
+        }
+      }
+    }
+  }
+});
+
 Deno.test("integer-dot attention stays within intDotErrorBound of exact attention", () => {
   const next = rng(72);
   let worstRatio = 0, sawError = false;
