@@ -16,6 +16,8 @@
  * @module
  */
 
+import { FormatError, InvalidValueError } from "../core/errors.ts";
+
 const _f32 = new Float32Array(1);
 const _u32 = new Uint32Array(_f32.buffer);
 
@@ -95,8 +97,10 @@ export function f16BitsToF32Bits(h: number): number {
  *
  * @param h 16-bit pattern
  * @returns the value
+ * @throws InvalidValueError for h not an integer in [0, 0xffff]
  */
 export function f16BitsToF32(h: number): number {
+  _checkPattern(h, 0xffff, "fp16");
   return bitsToF32(f16BitsToF32Bits(h));
 }
 
@@ -148,13 +152,31 @@ export function f32ToBf16Bits(v: number): number {
  *
  * @param h 16-bit pattern
  * @returns the value
+ * @throws InvalidValueError for h not an integer in [0, 0xffff]
  */
 export function bf16BitsToF32(h: number): number {
+  _checkPattern(h, 0xffff, "bf16");
   return bitsToF32((h << 16) >>> 0);
 }
 
 /** The two fp8 encodings. */
 export type Fp8Kind = "e4m3" | "e5m2";
+
+// a bit pattern out of range once decoded its low bits silently (0x13c00 as fp16 1.0)
+function _checkPattern(bits: number, max: number, what: string): void {
+  if (!(Number.isInteger(bits) && bits >= 0 && bits <= max)) {
+    throw new InvalidValueError(
+      `${bits} is not a ${what} bit pattern: expected an integer in [0, 0x${max.toString(16)}]`,
+    );
+  }
+}
+
+// an unknown kind once read as e5m2
+function _checkFp8Kind(kind: string): void {
+  if (kind !== "e4m3" && kind !== "e5m2") {
+    throw new FormatError(`fp8 kind ${JSON.stringify(kind)}: expected "e4m3" or "e5m2"`);
+  }
+}
 
 /**
  * Converts to fp8 bits, round to nearest even. e4m3 (OCP) saturates to ±448 and maps NaN to
@@ -163,6 +185,7 @@ export type Fp8Kind = "e4m3" | "e5m2";
  * @param v a number (rounded to f32 first)
  * @param kind `e4m3` or `e5m2`
  * @returns the 8-bit pattern
+ * @throws FormatError for a kind other than `e4m3` or `e5m2`
  */
 export function f32ToFp8Bits(v: number, kind: Fp8Kind): number {
   const bits = f32Bits(v);
@@ -174,6 +197,7 @@ export function f32ToFp8Bits(v: number, kind: Fp8Kind): number {
     const c = _roundMagnitude(a, 7, 3);
     return sign | (c > 0x7e ? 0x7e : c);
   }
+  _checkFp8Kind(kind);
   if (a > 0x7f800000) return sign | 0x7e;
   if (a === 0x7f800000) return sign | 0x7c;
   const c = _roundMagnitude(a, 15, 2);
@@ -186,8 +210,11 @@ export function f32ToFp8Bits(v: number, kind: Fp8Kind): number {
  * @param c 8-bit pattern
  * @param kind `e4m3` or `e5m2`
  * @returns the value (NaN for the NaN patterns, ±Inf for e5m2's Inf)
+ * @throws FormatError for an unknown kind, InvalidValueError for c not an integer in [0, 0xff]
  */
 export function fp8BitsToF32(c: number, kind: Fp8Kind): number {
+  _checkFp8Kind(kind);
+  _checkPattern(c, 0xff, `fp8 ${kind}`);
   const neg = (c & 0x80) !== 0;
   const man = kind === "e4m3" ? 3 : 2;
   const bias = kind === "e4m3" ? 7 : 15;

@@ -127,9 +127,21 @@ export class TsCodec extends CodecBase {
   }
 
   #checkHeaders(words: Uint32Array, length: number): void {
-    if (this.spec.kind === "int") checkIntHeaders(this.spec, words, length);
-    else if (this.spec.scaled) checkScaleHeaders(this.spec, words, length);
+    checkGroupHeaders(this.spec, words, length);
   }
+}
+
+/**
+ * Throws {@linkcode CorruptDataError} at the first group header no encoder writes (FORMAT.md,
+ * "Input checks"); the WASM codec calls it for the message when its kernel finds one.
+ *
+ * @param spec the format
+ * @param words packed words (at least `wordsForLength(spec, length)`)
+ * @param length element count
+ */
+export function checkGroupHeaders(spec: FormatSpec, words: Uint32Array, length: number): void {
+  if (spec.kind === "int") checkIntHeaders(spec, words, length);
+  else if (spec.scaled) checkScaleHeaders(spec, words, length);
 }
 
 const _cache = new Map<string, TsCodec>();

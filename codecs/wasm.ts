@@ -10,7 +10,7 @@
  * @example
  * ```ts
  * import { loadWasmCodecs } from "./wasm.ts";
- * import { tsCodec } from "./ts_codec.ts";
+ * import { checkGroupHeaders, tsCodec } from "./ts_codec.ts";
  * const wasm = await loadWasmCodecs();
  * const x = Float32Array.from({ length: 64 }, (_, i) => Math.sin(i));
  * const a = wasm.codec("int4-g32-token").encode(x).words;
@@ -38,7 +38,7 @@ import {
   rangeError,
 } from "./codec.ts";
 import { type FormatSpec, getFormat, wordsForLength } from "./format.ts";
-import { tsCodec } from "./ts_codec.ts";
+import { checkGroupHeaders, tsCodec } from "./ts_codec.ts";
 import { WasmArena } from "./wasm_arena.ts";
 
 /**
@@ -342,6 +342,8 @@ export class WasmCodec extends CodecBase {
       if (clamp) k.clampInPlace(src, len, s.clampLimit);
       const bad = this.#encodeKernel(src, dst + 4 * (off / s.group) * s.wordsPerGroup, len);
       if (bad >= 0) {
+        // the kernel says where; the reference says why, in the words every back end uses
+        tsCodec(s.name).encodeInto(x, new Uint32Array(nw), opts);
         throw k.lastErrorKind() === 1
           ? nonFiniteError(s, x, off + bad)
           : rangeError(s, x, off + bad, `the ${s.name} encoding of its group cannot hold it`);
@@ -512,7 +514,12 @@ export class WasmCodec extends CodecBase {
   }
 }
 
+/**
+ * The error of the first bad group header, which the kernel found at group g: the reference's
+ * (checkGroupHeaders), so both back ends say the same; a generic one should they ever disagree.
+ */
 function _headerError(s: FormatSpec, words: Uint32Array, g: number): CorruptDataError {
+  checkGroupHeaders(s, words, (g + 1) * s.group);
   const h = words[g * s.wordsPerGroup];
   return new CorruptDataError(
     `${s.name}: group ${g} header 0x${h.toString(16).padStart(8, "0")} is not one an encoder ` +

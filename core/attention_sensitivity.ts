@@ -57,8 +57,8 @@ export interface HeadSensitivity {
  * @param values n × d values
  * @param n positions
  * @param d head dimension
- * @param weights α, at least n elements, overwritten
- * @param out o, length d, overwritten
+ * @param weights α, at least n elements, overwritten (left as it was when the call throws)
+ * @param out o, length d, overwritten (left as it was when the call throws)
  * @param qOffset where the query starts in q
  * @throws ShapeError for n or d not an integer ≥ 1, or an array shorter than they need;
  *   InvalidValueError for an argument that is not an array, or when a NaN or infinite input (or
@@ -89,25 +89,34 @@ export function attentionWeights(
   assertFinite(q, "q", qOffset, d);
   assertFinite(keys, "keys", 0, n * d);
   assertFinite(values, "values", 0, n * d);
-  attention(q, keys, values, n, d, weights, out, qOffset);
+  // computed in scratch and copied once checked, so that a refused input leaves both untouched
+  if (_alpha.length < n) _alpha = new Float64Array(n);
+  if (_o.length < d) _o = new Float64Array(d);
+  const alpha = _alpha.subarray(0, n), o = _o.subarray(0, d);
+  attention(q, keys, values, n, d, alpha, o, qOffset);
   for (let t = 0; t < n; t++) {
-    if (!Number.isFinite(weights[t])) {
+    if (!Number.isFinite(alpha[t])) {
       throw new InvalidValueError(
-        `attention weight of position ${t} is ${weights[t]}: scores q·k/√d out of range`,
+        `attention weight of position ${t} is ${alpha[t]}: scores q·k/√d out of range`,
         t,
       );
     }
   }
   // finite weights and values still overflow Σ α_t v_t when values come near ±Number.MAX_VALUE
   for (let i = 0; i < d; i++) {
-    if (!Number.isFinite(out[i])) {
+    if (!Number.isFinite(o[i])) {
       throw new InvalidValueError(
-        `output o[${i}] is ${out[i]}: the weighted sum of values overflows float64`,
+        `output o[${i}] is ${o[i]}: the weighted sum of values overflows float64`,
         i,
       );
     }
   }
+  weights.set(alpha);
+  out.set(o);
 }
+
+/** attentionWeights' scratch, grown to the largest call. */
+let _alpha = new Float64Array(0), _o = new Float64Array(0);
 
 /**
  * Sizes every function here shares. Reads past an array give undefined, which the arithmetic turns

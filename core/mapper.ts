@@ -439,7 +439,9 @@ function _checkProblem(p: BudgetProblem): void {
         );
       }
     }
-    table.forEach((errors, r) => {
+    // an index loop: forEach skips the holes of a sparse table, which then failed as a TypeError
+    for (let r = 0; r < table.length; r++) {
+      const errors = table[r];
       if (errors?.length !== formats) {
         throw new ShapeError(`${key}[${r}] has ${errors?.length} formats, expected ${formats}`);
       }
@@ -451,7 +453,7 @@ function _checkProblem(p: BudgetProblem): void {
           );
         }
       }
-    });
+    }
   }
   _checkTotals(p);
 }

@@ -546,6 +546,34 @@ type _Resolved = Required<Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c" |
   diameter: number[][];
 };
 
+/**
+ * Every head's scores of the window: a head without them once planned every position as score 0
+ * (the cheapest tier), and an infinite score made a tier no policy accepts.
+ */
+function _checkWindowScores(analysis: Analysis, window: number): void {
+  analysis.sequences.forEach((seq, si) =>
+    seq.heads.forEach((row, l) =>
+      row.forEach((c, h) => {
+        const at = `analysis sequence ${si} layer ${l} KV head ${h}`;
+        const scores = c.windowScores?.[String(window)];
+        if (scores === undefined || !(scores.length >= c.length)) {
+          throw new ShapeError(
+            `${at}: window ${window} has ${scores?.length ?? "no"} scores, expected ${c.length}`,
+          );
+        }
+        for (let t = 0; t < c.length; t++) {
+          if (!(scores[t] >= 0 && scores[t] < Infinity)) {
+            throw new InvalidValueError(
+              `${at}: window ${window} score of position ${t} is ${scores[t]}, expected a ` +
+                `finite number ≥ 0`,
+            );
+          }
+        }
+      })
+    )
+  );
+}
+
 function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   const { nLayers, nKvHeads } = analysis.shape;
   if (analysis.sequences.length === 0) {
@@ -582,6 +610,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
       `window ${recentWindow} has no scores; analysis windows: ${analysis.windows}`,
     );
   }
+  if (recentWindow > 0) _checkWindowScores(analysis, recentWindow);
   const windowFormat = options.windowFormat ?? "fp16";
   if (typeof windowFormat !== "string") {
     throw new FormatError(`windowFormat is ${windowFormat}, expected a format name`);

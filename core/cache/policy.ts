@@ -247,8 +247,9 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
   _checkTiers(options?.tiers);
   _checkLabel(options.label);
   const window = windowFields(options);
-  const tiers = options.tiers.map((layer) =>
-    layer.map((head) => [...head].sort((a, b) => b.minScore - a.minScore))
+  // copies: a caller's later change to its tiers once set the choices and the saved options apart
+  const tiers = _copyTiers(options.tiers).map((layer) =>
+    layer.map((head) => head.sort((a, b) => b.minScore - a.minScore))
   );
   const unique = new Map<string, FormatPair>();
   for (const [l, layer] of tiers.entries()) {
@@ -284,8 +285,19 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
       return head[head.length - 1];
     },
     pairs: () => [...unique.values()],
-    options: { kind: "tiered", ..._own(options, "tiered") },
+    options: {
+      kind: "tiered",
+      ..._own({ ...options, tiers: _copyTiers(options.tiers) }, "tiered"),
+    },
   };
+}
+
+function _copyTiers(tiers: Tier[][][]): Tier[][][] {
+  return tiers.map((layer) =>
+    layer.map((head) =>
+      head.map(({ minScore, keyFormat, valueFormat }) => ({ minScore, keyFormat, valueFormat }))
+    )
+  );
 }
 
 /**

@@ -14,6 +14,7 @@ import {
   type Fp8Kind,
   halfUlp,
 } from "../../codecs/float_bits.ts";
+import { FormatError, InvalidValueError } from "../../core/errors.ts";
 import { rng } from "./_inputs.ts";
 
 const hasF16 = typeof (Math as { f16round?: unknown }).f16round === "function" &&
@@ -220,4 +221,25 @@ Deno.test("halfUlp() is half the grid spacing, the subnormal spacing below the m
   assert.equal(halfUlp(448, 7, 3), 16);
   assert.equal(halfUlp(2 ** -9, 7, 3), 2 ** -10);
   assert.equal(halfUlp(0, 127, 7), 2 ** -134);
+});
+
+Deno.test("the bit-pattern decoders and f32ToFp8Bits() refuse patterns and kinds they do not know", () => {
+  // out-of-range bits once decoded their low half silently (0x13c00 as fp16 1.0), and an unknown
+  // fp8 kind was read as e5m2
+  for (const bad of [0x13c00, -1, 1.5, NaN, 0x10000]) {
+    assert.throws(() => f16BitsToF32(bad), InvalidValueError, `fp16 ${bad}`);
+    assert.throws(() => bf16BitsToF32(bad), InvalidValueError, `bf16 ${bad}`);
+  }
+  for (const bad of [0x138, -1, 0.5, 256]) {
+    assert.throws(() => fp8BitsToF32(bad, "e4m3"), InvalidValueError, `e4m3 ${bad}`);
+  }
+  for (const kind of ["e4m4", "", "E4M3"]) {
+    assert.throws(() => fp8BitsToF32(0x38, kind as Fp8Kind), FormatError, kind);
+    assert.throws(() => f32ToFp8Bits(1, kind as Fp8Kind), FormatError, kind);
+  }
+  // the edges of the accepted range still decode
+  assert.equal(f16BitsToF32(0xffff), NaN);
+  assert.equal(bf16BitsToF32(0), 0);
+  assert.equal(fp8BitsToF32(0xff, "e5m2"), NaN);
+  assert.equal(f32ToFp8Bits(1, "e4m3"), 0x38);
 });

@@ -101,7 +101,7 @@ Deno.test("verifyHeads names an empty or ragged recording; measureCacheBits skip
 
 Deno.test("attention sensitivities name a NaN or infinite input instead of returning NaN", () => {
   const q = [1, 0], k = [1, 0, 0, 1], v = [1, 2, 3, 4];
-  const w = new Float64Array(2), o = new Float64Array(2);
+  const w = Float64Array.of(0.25, 0.75), o = Float64Array.of(7, 8);
   assert.throws(
     () => attentionWeights(q, [1, 0, NaN, 1], v, 2, 2, w, o),
     named(InvalidValueError, /keys\[2\] is NaN/),
@@ -114,6 +114,10 @@ Deno.test("attention sensitivities name a NaN or infinite input instead of retur
     () => attentionWeights([1e200, 0], [1e200, 0, 0, 1], v, 2, 2, w, o),
     named(InvalidValueError, /out of range/),
   );
+  // scores that overflowed once left NaN in the caller's weights and output
+  assert.deepEqual([...w, ...o], [0.25, 0.75, 7, 8], "a refused call writes nothing");
+  attentionWeights(q, k, v, 2, 2, w, o);
+  assert.ok(Math.abs(w[0] + w[1] - 1) < 1e-15 && w[0] > w[1], `weights ${w}`);
   assert.throws(
     () => keySecondDerivative(q, k, v, 2, 2, 0, [NaN, 1]),
     named(InvalidValueError, /u\[0\] is NaN/),

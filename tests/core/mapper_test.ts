@@ -195,6 +195,13 @@ Deno.test("allocateBudget() and predictError() reject malformed problems with ty
       /keyError\[1\] has 2 formats, expected 12/,
     ],
     [
+      // a sparse table's hole: forEach skipped it and the search failed as a TypeError
+      "hole in an error table",
+      (q) => delete (q.keyError as Float64Array[])[0],
+      ShapeError,
+      /keyError\[0\] has undefined formats, expected 12/,
+    ],
+    [
       "NaN error",
       (q) => (q.valueError[0][3] = NaN),
       InvalidValueError,

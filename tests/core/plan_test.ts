@@ -306,3 +306,45 @@ Deno.test("planPolicy() throws FormatError for a tier format the registry does n
     (e) => e instanceof FormatError && /unknown format "int9-g8-token"/.test(e.message),
   );
 });
+
+Deno.test("buildPrecisionPlan() names a head whose window scores are missing, short or not finite", () => {
+  // a head without them was planned as score 0 everywhere (the cheapest tier), and an infinite
+  // score made a tier that validatePrecisionPlan and planPolicy refuse
+  const formats = ["int2-g16-token", "int8-g16-token"].map(getFormat);
+  const options = {
+    mode: "budget" as const,
+    bitsPerElement: 9,
+    keyFormats: formats,
+    valueFormats: formats,
+    sinkTokens: 0,
+    recentWindow: 1,
+  };
+  const cases: [
+    (h: ReturnType<typeof unitHead>) => void,
+    abstract new (...a: never[]) => Error,
+    RegExp,
+  ][] = [
+    [(h) => (h.windowScores = {}), ShapeError, /window 1 has no scores, expected 8/],
+    [(h) => (h.windowScores["1"] = new Float64Array(3)), ShapeError, /has 3 scores, expected 8/],
+    [(h) => (h.windowScores["1"][0] = Infinity), InvalidValueError, /position 0 is Infinity/],
+    [(h) => (h.windowScores["1"][5] = NaN), InvalidValueError, /position 5 is NaN/],
+    [(h) => (h.windowScores["1"][2] = -1), InvalidValueError, /position 2 is -1/],
+  ];
+  for (const [spoil, type, message] of cases) {
+    const h = unitHead([5, 4, 3, 2, 1, 0.5, 0.2, 0.1]);
+    spoil(h);
+    assert.throws(
+      () => buildPrecisionPlan(unitAnalysis([[[h]]]), options),
+      (e: Error) =>
+        e instanceof type && /sequence 0 layer 0 KV head 0/.test(e.message) &&
+        message.test(e.message),
+      String(message),
+    );
+  }
+  // the unspoilt head plans
+  const plan = buildPrecisionPlan(
+    unitAnalysis([[[unitHead([5, 4, 3, 2, 1, 0.5, 0.2, 0.1])]]]),
+    options,
+  );
+  assert.ok(plan.plan.layers[0].heads[0].tiers.length > 0);
+});

@@ -240,3 +240,20 @@ Deno.test("policies refuse, when built, formats no cache stores where they are a
     windowFormat: "int8-g8-token",
   });
 });
+
+Deno.test("tieredPolicy() keeps its own copy of the tiers it was given", () => {
+  // it once kept the caller's objects: a later change moved its choices and its saved options
+  const tiers = [[[
+    { minScore: 0.5, keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" },
+    { minScore: 0, keyFormat: "int2-g32-token", valueFormat: "int2-g32-token" },
+  ]]];
+  const policy = tieredPolicy({ label: "t", tiers });
+  const saved = JSON.stringify(policy.options);
+  tiers[0][0][0].minScore = 2;
+  tiers[0][0][1].keyFormat = "int4-g32-token";
+  tiers[0][0].push({ minScore: 1, keyFormat: "fp16", valueFormat: "fp16" });
+  assert.equal(policy.formatFor(0, 0, 1).keyFormat, "int8-g32-token");
+  assert.equal(policy.formatFor(0, 0, 0.1).keyFormat, "int2-g32-token");
+  assert.equal(JSON.stringify(policy.options), saved);
+  assert.deepEqual(policy.pairs().map((p) => p.keyFormat), ["int8-g32-token", "int2-g32-token"]);
+});
