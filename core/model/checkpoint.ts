@@ -20,7 +20,8 @@
  * @module
  */
 
-import { CorruptDataError, ShapeError } from "../errors.ts";
+import { CorruptDataError, FormatError, ShapeError } from "../errors.ts";
+import { ropeTable } from "../tensor.ts";
 import { asBytes } from "./bytes.ts";
 
 /** Hyperparameters of a llama-style model. */
@@ -82,7 +83,8 @@ const HEADER_BYTES = 28;
 /**
  * Parses a llama2.c legacy checkpoint. Throws {@linkcode CorruptDataError} for a truncated or
  * oversized file (naming expected vs actual bytes) or a NaN or infinite weight (naming the tensor,
- * layer, index and byte offset), and {@linkcode ShapeError} for impossible header values.
+ * layer, index and byte offset), {@linkcode ShapeError} for impossible header values, and
+ * {@linkcode FormatError} for RoPE tables other than the base-10000 RoPE the forward pass computes.
  *
  * @param input the whole checkpoint file (a Uint8Array or an ArrayBuffer)
  * @returns the weights (copied into a fresh, aligned buffer)
@@ -158,7 +160,7 @@ export function parseCheckpoint(input: Uint8Array | ArrayBuffer): ModelWeights {
   const w2 = perLayer(dim * hiddenDim);
   const w3 = perLayer(hiddenDim * dim);
   const rmsFinal = take(dim);
-  take(ropeFloats);
+  const rope = take(ropeFloats);
   const classifier = config.sharedClassifier ? tokenEmbedding : take(config.vocabSize * dim);
   // a NaN or infinite weight turns logits into NaN without a word, or stops a forward pass
   // midway; one pass over the weights names it instead
@@ -188,6 +190,7 @@ export function parseCheckpoint(input: Uint8Array | ArrayBuffer): ModelWeights {
       }
     }
   }
+  _checkRope(rope, config);
   return {
     config,
     tokenEmbedding,
@@ -203,6 +206,44 @@ export function parseCheckpoint(input: Uint8Array | ArrayBuffer): ModelWeights {
     rmsFinal,
     classifier,
   };
+}
+
+/**
+ * Largest difference from base-10000 RoPE the legacy tables may show at position p: llama2.c's
+ * exporter and run.c both compute the angle p·freq in f32, each within half an ulp (p·2^-24 rad),
+ * so 1e-3 + p·2^-21 leaves room to spare; another base or a scaled RoPE differs by more than 1e-3
+ * already at position 1, pair 1.
+ */
+function _ropeTolerance(p: number): number {
+  return 1e-3 + p * 2 ** -21;
+}
+
+/**
+ * The legacy file's freq_cis_real / freq_cis_imag tables must be base-10000 RoPE, which the forward
+ * pass computes (as run.c does, which ignores them too): a checkpoint carrying another RoPE was
+ * once run with the wrong one without a word.
+ */
+function _checkRope(rope: Float32Array, c: ModelConfig): void {
+  const half = c.headDim / 2, n = c.seqLen * half;
+  const { cos, sin } = ropeTable(c.headDim, c.seqLen);
+  for (
+    const [name, table, mine, at] of [
+      ["freq_cis_real", rope.subarray(0, n), cos, 0],
+      ["freq_cis_imag", rope.subarray(n), sin, n],
+    ] as const
+  ) {
+    for (let i = 0; i < n; i++) {
+      const diff = Math.abs(table[i] - mine[i]);
+      if (!(diff <= _ropeTolerance(Math.floor(i / half)))) {
+        throw new FormatError(
+          `checkpoint ${name} at position ${Math.floor(i / half)}, pair ${i % half} is ` +
+            `${table[i]}, base-10000 RoPE gives ${mine[i]} (byte offset ` +
+            `${HEADER_BYTES + rope.byteOffset + 4 * (at + i)}): the forward pass computes ` +
+            `base-10000 RoPE, as llama2.c's run.c does, and cannot run this checkpoint's`,
+        );
+      }
+    }
+  }
 }
 
 function weightSizes(c: ModelConfig): [string, number][] {

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { CorruptDataError, parseCheckpoint, ShapeError } from "../../../mod.ts";
+import { CorruptDataError, FormatError, parseCheckpoint, ShapeError } from "../../../mod.ts";
+import { ropeTable } from "../../../core/tensor.ts";
 import { fixtureBytes } from "../../_fixtures.ts";
 
 function withHeader(bytes: Uint8Array, header: number[]): Uint8Array {
@@ -94,4 +95,39 @@ Deno.test("parseCheckpoint() names a NaN or infinite weight by tensor, layer, in
         (e as CorruptDataError).offset === 28 + 4 * index,
     );
   }
+});
+
+Deno.test("parseCheckpoint() refuses legacy RoPE tables other than the base-10000 RoPE it computes", async () => {
+  // the tables were skipped unread: a checkpoint exported with another base ran with base 10000
+  const bytes = await fixtureBytes("stories260K.bin");
+  const { config } = parseCheckpoint(bytes);
+  const { seqLen, headDim } = config;
+  const half = headDim / 2, n = seqLen * half;
+  const at = bytes.length - 8 * n; // the shared classifier: the tables end the file
+  const view = new DataView(bytes.buffer, bytes.byteOffset);
+  // the file's own tables are base-10000 RoPE to f32 rounding
+  const other = ropeTable(headDim, seqLen, 500000);
+  for (const [table, offset, name] of [[other.cos, 0, "real"], [other.sin, n, "imag"]] as const) {
+    const bad = bytes.slice();
+    const badView = new DataView(bad.buffer);
+    for (let i = 0; i < n; i++) badView.setFloat32(at + 4 * (offset + i), table[i], true);
+    assert.throws(
+      () => parseCheckpoint(bad),
+      (e: Error) =>
+        e instanceof FormatError &&
+        new RegExp(
+          `freq_cis_${name} at position 1, pair 1 .*byte offset ${at + 4 * (offset + half + 1)}`,
+        )
+          .test(e.message),
+      name,
+    );
+  }
+  // a table one f32 step off everywhere still loads
+  const nudged = bytes.slice();
+  const nudgedView = new DataView(nudged.buffer);
+  for (let i = 0; i < 2 * n; i++) {
+    const x = view.getFloat32(at + 4 * i, true);
+    nudgedView.setFloat32(at + 4 * i, x + Math.abs(x) * 2 ** -23, true);
+  }
+  assert.equal(parseCheckpoint(nudged).config.seqLen, seqLen);
 });
