@@ -128,7 +128,7 @@ export async function runAnalysis(inputs: AnalysisInputs): Promise<AnalysisResul
   const { model, tokenizer, target, context } = inputs;
   const c = model.config;
   let t0 = performance.now();
-  const calSeqs = calibrationSequences(inputs.calibration);
+  const calSeqs = calibrationSequences(inputs.calibration, c.seqLen);
   const analysis = await calibrateModel(
     model,
     calSeqs,

@@ -14,19 +14,24 @@ export class UsageError extends Error {}
 
 /**
  * Splits command-line arguments into flags with values (`--flag value` or `--flag=value`, in
- * order, repeats kept) and switches (`--help`/`-h` as "--help", and the given ones).
+ * order) and switches (`--help`/`-h` as "--help", and the given ones).
  * @param args command-line arguments
  * @param valued flags that take a value
  * @param switches flags that take none, besides --help
+ * @param repeatable valued flags that may come more than once (each value kept, in order)
  * @returns the flags and the switches seen
- * @throws UsageError for an unknown flag or a flag without its value
+ * @throws UsageError for an unknown flag, a flag without its value (the next argument a flag:
+ *   `--json --breakdown` once wrote the JSON to a file named "--breakdown"), or a repeat of a flag
+ *   not repeatable (the last one once won without a word)
  */
 export function readFlags(
   args: string[],
   valued: readonly string[],
   switches: readonly string[] = [],
+  repeatable: readonly string[] = [],
 ): { values: [string, string][]; switches: Set<string> } {
   const values: [string, string][] = [], seen = new Set<string>();
+  const isFlag = (x: string) => x.startsWith("--") || x === "-h";
   for (let i = 0; i < args.length; i++) {
     let a = args[i], v: string | undefined;
     if (a === "--help" || a === "-h" || switches.includes(a)) {
@@ -36,8 +41,19 @@ export function readFlags(
     const eq = a.indexOf("=");
     if (a.startsWith("--") && eq > 0) [a, v] = [a.slice(0, eq), a.slice(eq + 1)];
     if (!valued.includes(a)) throw new UsageError(`unknown flag ${a} (see --help)`);
-    v ??= args[++i];
+    if (v === undefined) {
+      const next = args[i + 1];
+      if (next !== undefined && isFlag(next)) {
+        throw new UsageError(
+          `${a} needs a value, not the flag ${next} (${a}=VALUE for one like it)`,
+        );
+      }
+      v = args[++i];
+    }
     if (v === undefined || v === "") throw new UsageError(`${a} needs a value`);
+    if (!repeatable.includes(a) && values.some(([b]) => b === a)) {
+      throw new UsageError(`${a} is given twice: once is enough`);
+    }
     values.push([a, v]);
   }
   return { values, switches: seen };

@@ -60,7 +60,7 @@ const _BACKENDS = ["wasm", "ts", "gpu"];
 export function parseEvalArgs(args: string[], seqLen: number, available: number): EvalArgs {
   const values = new Map<string, string>();
   const targets: PlanTarget[] = [];
-  const read = readFlags(args, _VALUED, ["--breakdown"]);
+  const read = readFlags(args, _VALUED, ["--breakdown"], ["--eps", "--budget"]);
   const help = read.switches.has("--help"), breakdown = read.switches.has("--breakdown");
   for (const [a, v] of read.values) {
     if (a === "--eps" || a === "--budget") {

@@ -166,7 +166,7 @@ export async function planRows(
   onProgress?: (p: CalibrationProgress) => void,
 ): Promise<EvalRow[]> {
   if (specs.length === 0) return [];
-  const calibration = calibrationSequences(calibrationLines(sequences));
+  const calibration = calibrationSequences(calibrationLines(sequences), model.config.seqLen);
   const analysis = await calibrateModel(model, calibration, onProgress);
   // the verifier checks each plan's assignment on the first calibration sequence, recorded once
   const recording = new RecordingKVCache({

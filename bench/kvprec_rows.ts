@@ -49,14 +49,17 @@ export const MODEL_ROPE_BASE = 10000;
 export type PlanTarget = { epsilon: number } | { budget: number };
 
 /**
- * Calibration sequences: the prefixes of each line at every length in `lengths` (a length longer
- * than the line uses the whole line once; lines with fewer than 2 tokens are skipped).
+ * Calibration sequences: the prefixes of each line at every length in `lengths` no longer than the
+ * model's context (a length longer than the line uses the whole line once; lines with fewer than 2
+ * tokens are skipped).
  * @param lines token ids per calibration line
+ * @param context the model's context, seq_len: a longer prefix failed calibration past it
  * @param lengths prefix lengths
  * @returns the sequences, shortest first per line
  */
 export function calibrationSequences(
   lines: number[][],
+  context: number,
   lengths: readonly number[] = CALIBRATION_LENGTHS,
 ): number[][] {
   const out: number[][] = [];
@@ -64,7 +67,7 @@ export function calibrationSequences(
     if (line.length < 2) continue;
     const seen = new Set<number>();
     for (const n of lengths) {
-      const m = Math.min(n, line.length);
+      const m = Math.min(n, context, line.length);
       if (seen.has(m)) continue;
       seen.add(m);
       out.push(line.slice(0, m));

@@ -245,6 +245,10 @@ export function wgslGroupEncoder(
     if (_lt(v, lo)) { lo = v; }
     if (_lt(hi, v)) { hi = v; }
   }
+  // FORMAT.md step 1, lo + 0 and hi + 0: a −0 extreme becomes +0 (by its bits, which no compiler
+  // folds away as it may fold an addition of 0)
+  lo = bitcast<f32>(select(bitcast<u32>(lo), 0u, bitcast<u32>(lo) == 0x80000000u));
+  hi = bitcast<f32>(select(bitcast<u32>(hi), 0u, bitcast<u32>(hi) == 0x80000000u));
   let mb = _f16_down(lo);
   let m = unpack2x16float(mb).x;
   let sb = max(_f16_up(_div_rn(hi - m, ${spec.qmax}.0)), select(0u, 1u, m < hi));

@@ -231,14 +231,25 @@ export function decodeRun(
 /**
  * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: two f32 row/group buffers,
  * f32 scores/weights for hq × cap tokens, f32 accumulators for hq × d, the queries turned for
- * keys stored before RoPE (hq × d f32), and work: the integer
- * paths' scratch or one channel-axis key group decoded (d × G ≤ d × cap f32).
+ * keys stored before RoPE (hq × d f32), work: the integer paths' scratch or one channel-axis key
+ * group decoded (d × G ≤ d × cap f32), and the f64 sums of the token-axis value pass (hq × d).
  */
 export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const row = max(d, 128);
-  return (2 * row + 4 * hq + hq * cap + 2 * hq * d) * 4 + 64 +
-    max(max(intDotScratchBytes(d, cap, hq), intChannelScratchBytes(d, cap, hq)), d * cap * 4);
+  return (2 * row + 4 * hq + hq * cap + 2 * hq * d) * 4 + 64 + _workBytes(d, cap, hq) +
+    hq * d * 8;
 }
+
+/** Bytes of attendPage's work area. */
+function _workBytes(d: i32, cap: i32, hq: i32): i32 {
+  return max(max(intDotScratchBytes(d, cap, hq), intChannelScratchBytes(d, cap, hq)), d * cap * 4);
+}
+
+/**
+ * Tokens the exact token-axis value pass sums in f32 before it adds them into f64: one f32 sum
+ * over a 512-token page, or a window of thousands, drifted past 1e-6 of the f64 reference.
+ */
+const VALUE_CHUNK: i32 = 128;
 
 /** attendPage flag: write the f64 scores q_h·k_t/√d to scorePtr. */
 const FLAG_SCORES: i32 = 1;
@@ -490,8 +501,10 @@ export function attendPage(
   for (let h = 0; h < hq; h++) {
     const row0 = sc + <usize>h * nBytes;
     if (flags & FLAG_SCORES) {
+      // the f32 product the softmax takes, as m32 below: the top score then credits exactly e^0
+      // (an f64 product differed from m32 by |s|·2^-24, and e^{s−m} overflowed for large queries)
       for (let t = 0; t < n; t++) {
-        const s = <f64>load<f32>(row0 + (<usize>t << 2)) * inv;
+        const s = <f64>(load<f32>(row0 + (<usize>t << 2)) * inv32);
         store<f64>(scorePtr + (<usize>(h * n + t) << 3), s);
       }
     }
@@ -537,7 +550,9 @@ export function attendPage(
     store<f64>(stats + (<usize>h << 4) + 8, l);
   }
 
-  // 3. acc_h = Σ_t w_{h,t} v_t
+  // 3. acc_h = Σ_t w_{h,t} v_t (f32 at acc; the exact token-axis pass in f64 at acc64)
+  const acc64 = work + <usize>_workBytes(d, cap, hq);
+  let sumsF64 = false;
   if (intValuesOn) {
     intValues(vPtr, vBits, n, cap, d, hq, sc, acc, work);
   } else {
@@ -563,33 +578,44 @@ export function attendPage(
         }
       }
     } else {
+      // VALUE_CHUNK tokens at a time in f32, each chunk's sums added into acc64
       const tokenBytes = <usize>(vKind == KIND_FP32 ? d : (d / vG) * vWpg) << 2;
-      let t = 0;
-      if (blocked) {
-        for (; t + 2 <= n; t += 2) {
-          let v0 = vPtr + <usize>t * tokenBytes, v1 = v0 + tokenBytes;
+      memory.fill(acc64, 0, <usize>(hq * d) << 3);
+      for (let t0 = 0; t0 < n; t0 += VALUE_CHUNK) {
+        const t1 = min(n, t0 + VALUE_CHUNK);
+        if (t0 > 0) memory.fill(acc, 0, <usize>(hq * d) << 2);
+        let t = t0;
+        if (blocked) {
+          for (; t + 2 <= t1; t += 2) {
+            let v0 = vPtr + <usize>t * tokenBytes, v1 = v0 + tokenBytes;
+            if (vKind != KIND_FP32) {
+              decodeRun(vKind, vBits, vG, vWpg, vScaled, v0, d, row);
+              decodeRun(vKind, vBits, vG, vWpg, vScaled, v1, d, row1);
+              v0 = row;
+              v1 = row1;
+            }
+            for (let h = 0; h < hq; h += 4) {
+              const w = sc + <usize>h * nBytes + (<usize>t << 2);
+              _axpy4x2(acc + <usize>h * dBytes, dBytes, w, nBytes, v0, v1, d);
+            }
+          }
+        }
+        for (; t < t1; t++) {
+          let v = vPtr + <usize>t * tokenBytes;
           if (vKind != KIND_FP32) {
-            decodeRun(vKind, vBits, vG, vWpg, vScaled, v0, d, row);
-            decodeRun(vKind, vBits, vG, vWpg, vScaled, v1, d, row1);
-            v0 = row;
-            v1 = row1;
+            decodeRun(vKind, vBits, vG, vWpg, vScaled, v, d, row);
+            v = row;
           }
-          for (let h = 0; h < hq; h += 4) {
-            const w = sc + <usize>h * nBytes + (<usize>t << 2);
-            _axpy4x2(acc + <usize>h * dBytes, dBytes, w, nBytes, v0, v1, d);
+          for (let h = 0; h < hq; h++) {
+            _axpy(acc + <usize>h * dBytes, load<f32>(sc + (<usize>(h * n + t) << 2)), v, d);
           }
         }
-      }
-      for (; t < n; t++) {
-        let v = vPtr + <usize>t * tokenBytes;
-        if (vKind != KIND_FP32) {
-          decodeRun(vKind, vBits, vG, vWpg, vScaled, v, d, row);
-          v = row;
-        }
-        for (let h = 0; h < hq; h++) {
-          _axpy(acc + <usize>h * dBytes, load<f32>(sc + (<usize>(h * n + t) << 2)), v, d);
+        for (let i = 0; i < hq * d; i++) {
+          const a = acc64 + (<usize>i << 3);
+          store<f64>(a, load<f64>(a) + <f64>load<f32>(acc + (<usize>i << 2)));
         }
       }
+      sumsF64 = true;
     }
   }
 
@@ -599,11 +625,13 @@ export function attendPage(
     const a = acc + <usize>h * dBytes;
     const mp = load<f64>(stats + (<usize>h << 4)), lp = load<f64>(stats + (<usize>h << 4) + 8);
     const lo = load<f64>(o + 8);
+    const a64 = acc64 + (<usize>(h * d) << 3);
     if ((flags & FLAG_MERGE) == 0 || lo == 0) {
       store<f64>(o, mp);
       store<f64>(o + 8, lp);
       for (let i = 0; i < d; i++) {
-        store<f64>(o + 16 + (<usize>i << 3), <f64>load<f32>(a + (<usize>i << 2)));
+        const x = sumsF64 ? load<f64>(a64 + (<usize>i << 3)) : <f64>load<f32>(a + (<usize>i << 2));
+        store<f64>(o + 16 + (<usize>i << 3), x);
       }
       continue;
     }
@@ -615,7 +643,9 @@ export function attendPage(
     const ev = f64x2.splat(ea), fv = f64x2.splat(eb);
     for (let i = 0; i < d; i += 2) {
       const po = o + 16 + (<usize>i << 3);
-      const x = f64x2.promote_low_f32x4(v128.load64_zero(a + (<usize>i << 2)));
+      const x = sumsF64
+        ? v128.load(a64 + (<usize>i << 3))
+        : f64x2.promote_low_f32x4(v128.load64_zero(a + (<usize>i << 2)));
       v128.store(po, f64x2.add(f64x2.mul(v128.load(po), ev), f64x2.mul(x, fv)));
     }
   }

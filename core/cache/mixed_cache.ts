@@ -724,7 +724,10 @@ export class MixedPrecisionKVCache implements KVCache {
     for (let kv = 0; kv < nKvHeads; kv++) {
       const store = this.#heads[layer][kv];
       const nf = store.windowN + store.sinkN;
-      wasm.reserve(d, Math.max(P, nf), group, Math.max(nf, 1) * sw);
+      // scratch for the most sinks and window a head can hold, reserved once: reserving for nf
+      // grew it at every append while the window filled
+      const most = this.#sinks + R;
+      wasm.reserve(d, Math.max(P, most), group, Math.max(most, 1) * sw);
       wasm.q().set(q.subarray(kv * group * d, (kv + 1) * group * d));
       wasm.prepareQuery();
       wasm.clearOut();

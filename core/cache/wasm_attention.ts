@@ -144,6 +144,12 @@ export class WasmAttention {
     if (d === this.#d && hq === this.#hq && tokens <= this.#tokens && segWords <= this.#segWords) {
       return;
     }
+    // at least double what grows: the freed block waits in a free list of its exact size, which a
+    // run of slightly larger requests (a window filling) never asks for again
+    if (d === this.#d && hq === this.#hq) {
+      if (tokens > this.#tokens) tokens = Math.max(tokens, 2 * this.#tokens);
+      if (segWords > this.#segWords) segWords = Math.max(segWords, 2 * this.#segWords);
+    }
     tokens = Math.max(tokens, this.#tokens);
     segWords = Math.max(segWords, this.#segWords);
     const sizes = [

@@ -224,6 +224,8 @@ function _ropeTolerance(p: number): number {
  * once run with the wrong one without a word.
  */
 function _checkRope(rope: Float32Array, c: ModelConfig): void {
+  // zeros are no RoPE at all (cos 0 is 1): a writer that leaves the tables empty, as run.c reads them
+  if (rope.every((x) => x === 0)) return;
   const half = c.headDim / 2, n = c.seqLen * half;
   const { cos, sin } = ropeTable(c.headDim, c.seqLen);
   for (

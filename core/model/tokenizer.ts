@@ -28,6 +28,15 @@ export const BOS = 1;
 /** End-of-sequence token id. */
 export const EOS = 2;
 
+/** run.c's merge search starts at best_score = −1e10: a pair scoring no more is never merged. */
+const MIN_MERGE_SCORE = -1e10;
+
+/**
+ * A byte piece as run.c's decode reads it, sscanf("<0x%02hhx>"): one or two hex digits of either
+ * case after "<0x", whatever follows them.
+ */
+const _BYTE_PIECE = /^<0x([0-9A-Fa-f]{1,2})/;
+
 /** Options of {@linkcode Tokenizer.encode}. */
 export interface TokenizeOptions {
   /** Prepend BOS (default true). */
@@ -43,7 +52,6 @@ export class Tokenizer {
   /** Each token's merge score (a copy of the constructor's; encode reads it). */
   readonly scores: Float32Array;
   readonly #ids = new Map<string, number>();
-  readonly #byteToken = new Int32Array(256).fill(-1);
 
   /**
 
@@ -75,8 +83,6 @@ export class Tokenizer {
     this.pieces.forEach((p, id) => {
       const key = latin1(p);
       if (!this.#ids.has(key)) this.#ids.set(key, id);
-      const m = /^<0x([0-9A-F]{2})>$/.exec(key);
-      if (m) this.#byteToken[parseInt(m[1], 16)] = id;
     });
   }
 
@@ -120,8 +126,7 @@ export class Tokenizer {
       if (id !== undefined) tokens.push(id);
       else {
         for (let j = i; j < end; j++) {
-          const b = this.#byteToken[bytes[j]];
-          const id = b >= 0 ? b : bytes[j] + 3; // run.c's fallback: byte + 3
+          const id = bytes[j] + 3; // run.c's fallback, whatever the vocabulary names its bytes
           // A vocabulary without <0xNN> tokens and under 259 ids has no piece for the fallback.
           if (id >= n) {
             throw new ShapeError(
@@ -157,8 +162,9 @@ export class Tokenizer {
       const j = next[i];
       if (j < 0) return;
       const id = this.#ids.get(keys[i] + keys[j]);
-      // run.c takes a pair only when its score beats −∞ strictly (never a NaN score)
-      if (id !== undefined && this.scores[id] > -Infinity) {
+      // run.c takes a pair only when its score beats its search's start, −1e10, strictly (never
+      // a NaN score)
+      if (id !== undefined && this.scores[id] > MIN_MERGE_SCORE) {
         heap.push({
           score: this.scores[id],
           left: i,
@@ -210,7 +216,7 @@ export class Tokenizer {
         continue;
       }
       let piece = this.pieces[id];
-      const m = /^<0x([0-9A-F]{2})>$/.exec(latin1(piece));
+      const m = _BYTE_PIECE.exec(latin1(piece));
       if (m) piece = Uint8Array.of(parseInt(m[1], 16));
       else if (prev === BOS && piece[0] === 0x20) piece = piece.subarray(1);
       for (const b of piece) out.push(b);

@@ -43,6 +43,11 @@ Deno.test("parseAnalyzeArgs() rejects bad flags and values with one line naming 
     [["--context", "1"], /--context is 1/],
     [["--frobnicate"], /unknown flag --frobnicate/],
     [["--model"], /--model needs a value/],
+    // a value-taking flag once swallowed the next flag, and a repeat silently kept the last value
+    [["--out", "--help"], /--out needs a value, not the flag --help/],
+    [["--model", "-h"], /--model needs a value, not the flag -h/],
+    [["--eps", "0.1", "--eps", "0.3"], /--eps is given twice/],
+    [["--lines", "3", "--lines=7"], /--lines is given twice/],
   ];
   for (const [args, re] of cases) {
     assert.throws(() => parseAnalyzeArgs(args), (e: Error) => {

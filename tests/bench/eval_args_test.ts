@@ -46,6 +46,9 @@ Deno.test("parseEvalArgs() names an unknown flag, a missing value and every valu
     [["--eps", "-1"], /--eps is "-1"/],
     [["--eps", "Infinity"], /--eps is "Infinity"/],
     [["--backend", "cuda"], /--backend is "cuda", expected wasm, ts or gpu/],
+    [["--json", "--breakdown"], /--json needs a value, not the flag --breakdown/],
+    [["--only", "--help"], /--only needs a value, not the flag --help/],
+    [["--lines", "3", "--lines", "7"], /--lines is given twice/],
   ];
   for (const [args, message] of cases) {
     assert.throws(

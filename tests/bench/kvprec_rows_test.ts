@@ -24,7 +24,7 @@ import { loadFixture } from "../_fixtures.ts";
 
 Deno.test("a budget plan keeps the sensitivity and window format with the lowest calibration KL; fixed ones are kept", async () => {
   const { model, sequences } = await loadFixture();
-  const calibration = calibrationSequences([sequences.at(-1)!], [96, 192]);
+  const calibration = calibrationSequences([sequences.at(-1)!], model.config.seqLen, [96, 192]);
   const line = calibration.at(-1)!;
   const analysis = await calibrateModel(model, calibration);
   const options = { sinkTokens: 2, recentWindow: 8 };
@@ -83,4 +83,15 @@ Deno.test("a budget keeps the lowest-KL candidate within it, else the cheapest; 
   assert.equal(chooseCandidate([c("fp16", 1e-4, 4.6, false), c("int8", 5e-2, 4.3, false)]), 1);
   assert.equal(chooseCandidate([c("x", 5e-2, 4.3, false), c("y", 4e-2, 4.3, false)]), 1);
   assert.equal(chooseCandidate([c("only", 1, 9, false)]), 0);
+});
+
+Deno.test("calibrationSequences() keeps every prefix within the model's context", () => {
+  // prefixes of 512 tokens once reached calibration with a model of seq_len 256 and failed there
+  const line = Array.from({ length: 600 }, (_, i) => 3 + (i % 400));
+  const lengths = (context: number) =>
+    calibrationSequences([line, [1, 5, 6], [7]], context).map((s) => s.length);
+  assert.deepEqual(lengths(512), [128, 256, 512, 3]);
+  assert.deepEqual(lengths(256), [128, 256, 3]);
+  assert.deepEqual(lengths(200), [128, 200, 3]);
+  assert.deepEqual(lengths(2), [2, 2]);
 });

@@ -103,6 +103,33 @@ Deno.test("gpuEncode() is bit-identical to the WASM encode for every format", as
   assert.equal(slips, 0, `codes one step off: ${JSON.stringify(Object.fromEntries(where))}`);
 });
 
+Deno.test("gpuEncode() writes +0 for a group's −0 extreme, as the WASM encode does", async () => {
+  // FORMAT.md step 1 takes lo + 0 and hi + 0; the WGSL kept −0, and its minimum's fp16 bits
+  // were 0x8000 where TS and WASM write 0: the same values, different page words
+  const env = await testGpu();
+  if (env === undefined) return;
+  const next = rng(61);
+  for (const name of formatNames()) {
+    const spec = getFormat(name);
+    if (spec.kind === "fp32") continue;
+    const G = spec.group;
+    // a group whose minimum is −0, one whose maximum is −0, one of −0 only, one of ±0
+    const x = new Float32Array(4 * G);
+    for (let i = 0; i < G; i++) x[i] = i === 0 ? -0 : next();
+    for (let i = 0; i < G; i++) x[G + i] = i === 0 ? -0 : -next();
+    x.fill(-0, 2 * G, 3 * G);
+    for (let i = 0; i < G; i++) x[3 * G + i] = i % 2 ? -0 : 0;
+    const want = wasmCodec(name).encode(x).words;
+    const got = await gpuEncode(env.gpu, env.pipelines, spec, x);
+    const i = got.findIndex((w, k) => w !== want[k]);
+    assert.equal(
+      i,
+      -1,
+      `${name} word ${i}: 0x${got[i]?.toString(16)} vs 0x${want[i]?.toString(16)}`,
+    );
+  }
+});
+
 Deno.test("gpuEncode() rejects non-finite input and bad lengths with typed errors", async () => {
   const env = await testGpu();
   if (env === undefined) return;

@@ -206,3 +206,102 @@ Deno.test("MixedPrecisionKVCache() wasm backend rejects a head_dim that is not a
     );
   }
 });
+
+Deno.test("a WASM cache attended at every step keeps its memory while a long window fills", () => {
+  // each attend() once reserved scratch for the window's current length: the block freed at each
+  // step went to a free list of its exact size, never asked for again, and memory grew with the
+  // square of the window (290 MiB for a 1024-token window, no memory left at 4096)
+  const d = 64, W = 1024;
+  const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: d, maxSeqLen: W + 64 };
+  const policy = uniformPolicy({
+    keyFormat: "int4-g32-token",
+    valueFormat: "int4-g32-token",
+    recentWindow: W,
+    pageTokens: 32,
+  });
+  const next = rng(77);
+  const sizes = [false, true].map((attendEachStep) => {
+    const cache = new MixedPrecisionKVCache(shape, policy, { backend: "wasm" });
+    const q = normals(4 * d, next), out = new Float32Array(4 * d);
+    for (let pos = 0; pos < W + 33; pos++) {
+      cache.append(0, pos, normals(d, next), normals(d, next));
+      if (attendEachStep) cache.attend(0, q, out);
+    }
+    cache.attend(0, q, out);
+    return cache.segments(0, 0).pools[0].pages[0].kWords.buffer.byteLength;
+  });
+  assert.ok(
+    sizes[1] <= 2 * sizes[0],
+    `memory ${sizes[1]} bytes attending every step, ${sizes[0]} once`,
+  );
+});
+
+Deno.test("the WASM exact path stays within 1e-6 of the TS reference over long pages and windows", () => {
+  // one f32 sum of the values over a 512-token page, or a window of thousands, once drifted to
+  // 1.4e-6 (page) and 2.7e-6 (window) of the f64 reference; the kernel now adds f32 sums of 128
+  // tokens into f64
+  const d = 64, H = 4;
+  const next = rng(83);
+  for (const [pageTokens, recentWindow, T] of [[512, 0, 512], [32, 4096, 4096]]) {
+    const shape = { nLayers: 1, nHeads: H, nKvHeads: 1, headDim: d, maxSeqLen: T };
+    const policy = uniformPolicy({
+      keyFormat: "fp16",
+      valueFormat: "fp16",
+      recentWindow,
+      pageTokens,
+    });
+    for (let trial = 0; trial < 3; trial++) {
+      const [ts, wasm] = (["ts", "wasm"] as const).map((backend) =>
+        new MixedPrecisionKVCache(shape, policy, { backend, integerDot: false })
+      );
+      // unit keys spread attention over many tokens; values in [0.5, 1.5] do not cancel
+      for (let pos = 0; pos < T; pos++) {
+        const k = Float32Array.from({ length: d }, () => next() * 2 - 1);
+        const v = Float32Array.from({ length: d }, () => 0.5 + next());
+        ts.append(0, pos, k, v);
+        wasm.append(0, pos, k, v);
+      }
+      const q = Float32Array.from({ length: H * d }, () => next() * 2 - 1);
+      const a = new Float32Array(H * d), b = new Float32Array(H * d);
+      ts.attend(0, q, a);
+      wasm.attend(0, q, b);
+      let worst = 0;
+      for (let i = 0; i < a.length; i++) {
+        worst = Math.max(worst, Math.abs(a[i] - b[i]) / Math.abs(a[i]));
+      }
+      assert.ok(worst <= 1e-6, `pages of ${pageTokens}, window ${recentWindow}: ${worst}`);
+    }
+  }
+});
+
+Deno.test("WASM window scores credit the top token exactly 1 however large the query", () => {
+  // scores were f64(f32 dot)·(1/√d) while the softmax's max was f32(f32 dot · f32(1/√d)): e^{s−m}
+  // of the top token was 1.06 at |q| = 1e6 and Infinity from 1e9, which moved tokens to other tiers
+  const d = 8;
+  const policy = tieredPolicy({
+    label: "t",
+    recentWindow: 4,
+    pageTokens: 8,
+    tiers: [[[
+      { minScore: 0.5, keyFormat: "fp16", valueFormat: "fp16" },
+      { minScore: 0, keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" },
+    ]]],
+  });
+  for (const scale of [1, 1e6, 1e9, 2 ** 64]) {
+    for (const backend of ["ts", "wasm"] as const) {
+      const cache = new MixedPrecisionKVCache(
+        { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: d, maxSeqLen: 16 },
+        policy,
+        { backend },
+      );
+      cache.append(
+        0,
+        0,
+        Float32Array.from({ length: d }, (_, i) => 0.3 + 0.1 * i),
+        new Float32Array(d).fill(1),
+      );
+      cache.attend(0, new Float32Array(d).fill(scale), new Float32Array(d));
+      assert.equal(cache.windowScores(0, 0)[0], 1, `${backend} |q| ${scale}`);
+    }
+  }
+});

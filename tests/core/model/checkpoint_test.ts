@@ -130,4 +130,8 @@ Deno.test("parseCheckpoint() refuses legacy RoPE tables other than the base-1000
     nudgedView.setFloat32(at + 4 * i, x + Math.abs(x) * 2 ** -23, true);
   }
   assert.equal(parseCheckpoint(nudged).config.seqLen, seqLen);
+  // tables left as zeros are no RoPE to honour: loaded, as run.c loads them
+  const zeros = bytes.slice();
+  zeros.fill(0, at);
+  assert.equal(parseCheckpoint(zeros).config.seqLen, seqLen);
 });

@@ -96,6 +96,31 @@ Deno.test("Tokenizer.encode() names text it cannot encode in a small vocabulary 
   );
 });
 
+Deno.test("Tokenizer follows run.c at the edges: merge scores ≤ −1e10, byte fallback ids, byte pieces in lower case", () => {
+  const bytes = (s: string) => new TextEncoder().encode(s);
+  const hex = (b: number, lower: boolean) => {
+    const h = b.toString(16).padStart(2, "0");
+    return lower ? h : h.toUpperCase();
+  };
+  for (const lower of [false, true]) {
+    const pieces = ["<unk>", "\n<s>\n", "\n</s>\n"];
+    for (let b = 0; b < 256; b++) pieces.push(`<0x${hex(b, lower)}>`);
+    pieces.push(" ", "a", "b", "ab", " ab"); // 259 … 263
+    const scores = Float32Array.from(pieces, (p) => p === "ab" ? -1e10 : p === " ab" ? 5 : 0);
+    const t = new Tokenizer(pieces.map(bytes), scores);
+    // run.c's search starts at −1e10 and needs a score strictly above it: "ab" never merges
+    // (kvprec once merged anything above −∞), so neither does " ab"
+    assert.deepEqual(t.encode("ab"), [1, 259, 260, 261], `lower ${lower}`);
+    scores[262] = Math.fround(-9.9e9);
+    const merged = new Tokenizer(pieces.map(bytes), scores);
+    assert.deepEqual(merged.encode("ab"), [1, 263], "just above −1e10 merges");
+    // a byte with no piece of its own falls back to byte + 3, as run.c does; decode reads the
+    // byte pieces in either case, as run.c's sscanf("<0x%02hhx>") does (upper case only, once)
+    assert.deepEqual(t.encode("a\n"), [1, 259, 260, 13]);
+    assert.equal(t.decode([1, 259, 260, 13]), "a\n", `lower ${lower}`);
+  }
+});
+
 const latin1 = (bytes: Uint8Array) => String.fromCharCode(...bytes);
 
 /** run.c's merge loop as the tokenizer had it: rescan every pair after each merge. */
