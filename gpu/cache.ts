@@ -80,6 +80,7 @@ import {
   type AttentionSegment,
   MAX_QUERIES_PER_KV,
   PagedAttention,
+  SPLIT_TOKENS,
   workgroupScoreBytes,
 } from "./attention.ts";
 import { quantizeProgram } from "./quantize.ts";
@@ -372,6 +373,15 @@ export class GpuKVCache implements KVCache {
     // form (scores in a scratch buffer; same results to rounding) rather than fail every attend
     const fits = workgroupScoreBytes(d, perKv) <= gpu.device.limits.maxComputeWorkgroupStorageSize;
     this.#attention = new PagedAttention(gpu, pipelines, fits ? {} : { scores: "storage" });
+    // a full cache's page table: each segment (sinks, the ring's two runs, every page, at most
+    // one partly full page per pair) costs its tokens / split, rounded up; each split of each
+    // query head leaves a partial (d + 2 f32), and the storage form keeps its scores too
+    const split = this.#attention.splitTokens;
+    const splits = Math.ceil(M / split) + 3 + Math.ceil(M / P) + this.pairs.length;
+    const partialBytes = shape.nHeads * splits * (d + 2) * 4;
+    const scoreBytes = this.#attention.scores === "storage"
+      ? shape.nHeads * splits * SPLIT_TOKENS * 4
+      : 0;
     this.#checkBytes(
       [
         { name: "staging buffer (sinks and window ring)", bytes: stagingBytes, gpu: "storage" },
@@ -397,15 +407,21 @@ export class GpuKVCache implements KVCache {
           count: 0,
         })),
       ],
-      layouts.map((l) => ({ name: _pairKey(l.pair), bytes: maxPages * slotWords(l) * 4 })),
+      [
+        ...layouts.map((l) => ({
+          name: `${_pairKey(l.pair)} page pool`,
+          bytes: maxPages * slotWords(l) * 4,
+        })),
+        // the attention runner's grow with the page table: checked for a full cache here, where
+        // an attend would have failed past some length
+        { name: "attention partials", bytes: partialBytes },
+        { name: "attention scores", bytes: scoreBytes },
+      ],
     );
-    // a full cache's page table: each segment (sinks, the ring's two runs, every page, at most
-    // one partly full page per pair) costs its tokens / split, rounded up
-    const split = this.#attention.splitTokens;
     this.#attention.checkLoopLimit(
       { headDim: d, queriesPerKv: perKv, pageTokens: P },
       Math.min(split, M),
-      Math.ceil(M / split) + 3 + Math.ceil(M / P) + this.pairs.length,
+      splits,
     );
     const dev = gpu.device;
     const S_ = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC;
@@ -476,10 +492,11 @@ export class GpuKVCache implements KVCache {
    * GPU buffers past the device's limits: a DeviceError, as the limit is this device's
    * (createKVCache falls back to WebAssembly from it).
    * @param buffers every buffer allocated now or, with count 0, later: on the host, or on the GPU
-   * @param pools each format pair's page buffer at its largest (grown to every position), which
-   *   only the device limits
+   * @param growing GPU buffers that grow with the cache, at their largest (every position held):
+   *   each format pair's page pool and the attention runner's partials and scores, which only the
+   *   device limits
    */
-  #checkBytes(buffers: _Buffer[], pools: { name: string; bytes: number }[]): void {
+  #checkBytes(buffers: _Buffer[], growing: { name: string; bytes: number }[]): void {
     checkCacheBytes("GpuKVCache", this.shape, buffers);
     const { maxBufferSize, maxStorageBufferBindingSize } = this.#gpu.device.limits;
     // a storage buffer past the binding size fails validation, which WebGPU reports to no caller
@@ -490,7 +507,7 @@ export class GpuKVCache implements KVCache {
     }`;
     const onGpu: (_Buffer & { grows: boolean })[] = [
       ...buffers.filter((b) => b.gpu !== undefined).map((b) => ({ ...b, grows: false })),
-      ...pools.map((p) => ({ name: `${p.name} page pool`, bytes: p.bytes, grows: true })),
+      ...growing.map((p) => ({ ...p, grows: true })),
     ];
     for (const { name, bytes, gpu, grows } of onGpu) {
       const limit = gpu === "readback" ? maxBufferSize : storage;
@@ -871,6 +888,9 @@ export class GpuKVCache implements KVCache {
       const Q = nHeads / nKvHeads;
       const dev = this.#gpu.device;
       dev.queue.writeBuffer(this.#q, 0, q.buffer as ArrayBuffer, q.byteOffset, q.byteLength);
+      // the window credit after the readback reads this copy: q may be out itself, or reused by
+      // the caller while the call is in flight (it once credited from what q held by then)
+      const query = this.#tracksScores ? q.slice() : q;
       const groups: AttentionGroup[] = [];
       for (let h = 0; h < nKvHeads; h++) {
         groups.push({
@@ -891,7 +911,7 @@ export class GpuKVCache implements KVCache {
         await readBack(this.#gpu, this.#out, this.#readback, bytes, enc),
       );
       out.set(result.subarray(0, nHeads * d));
-      if (this.#tracksScores) this.#credit(layer, q, result.subarray(nHeads * d));
+      if (this.#tracksScores) this.#credit(layer, query, result.subarray(nHeads * d));
     } finally {
       this.#busy = undefined;
     }

@@ -27,6 +27,7 @@
 
 import { ShapeError } from "../core/errors.ts";
 import { type FormatSpec, wordsForLength } from "../codecs/format.ts";
+import { checkGroupHeaders } from "../codecs/ts_codec.ts";
 import type { GpuDevice } from "./device.ts";
 import type { GpuProgram, PipelineCache } from "./program.ts";
 import { formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
@@ -80,6 +81,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) 
  * @param length element count, a multiple of the group
  * @returns the decoded values
  * @throws {ShapeError} when the words are too few or the length does not fit
+ * @throws {CorruptDataError} at the first group header no encoder writes (as the TS and WASM
+ *   decoders)
  * @throws {DeviceError} when the device is lost
  */
 export async function gpuDecode(
@@ -95,6 +98,9 @@ export async function gpuDecode(
       `${spec.name}: ${length} elements need ${need} words, got ${words.length}`,
     );
   }
+  // the kernel decodes what it is given: a header no encoder writes is named here, as the TS and
+  // WASM decoders name it (it once came back as Infinity and NaN)
+  checkGroupHeaders(spec, words, length);
   gpu.check("gpuDecode");
   const device = gpu.device;
   const pipeline = await pipelines.get(dequantizeProgram(spec));

@@ -321,3 +321,35 @@ Deno.test("createKVCache(auto) without WebGPU chooses WASM and says WebGPU is mi
   }
   assert.ok(navigator.gpu !== undefined || Deno.env.get("CI") !== "true", "navigator.gpu restored");
 });
+
+Deno.test("GpuKVCache.attend() credits the window from the query it was given, whatever q holds later", async () => {
+  // the credit after the readback read q again: with out === q it credited the outputs, and a q
+  // reused while the call was in flight credited the new contents; tiers then left the CPU's
+  const env = await testGpu();
+  if (!env) return;
+  for (const mode of ["out is q", "q reused in flight"]) {
+    const chosen = await createKVCache(shape, tiered("fp32"), { backend: "gpu", gpu: env.gpu });
+    const gpu = chosen.cache as GpuKVCache;
+    const cpu = new MixedPrecisionKVCache(shape, tiered("fp32"), {
+      backend: "wasm",
+      integerDot: false,
+    });
+    const r = rng(93), kv = shape.nKvHeads * shape.headDim, qd = shape.nHeads * shape.headDim;
+    const x = (n: number, s = 1) => Float32Array.from({ length: n }, () => s * (2 * r() - 1));
+    for (let pos = 0; pos < 60; pos++) {
+      for (let l = 0; l < shape.nLayers; l++) {
+        const k = x(kv, pos % 11 < 3 ? 3 : 1), v = x(kv);
+        gpu.append(l, pos, k, v);
+        cpu.append(l, pos, k, v);
+        const q = x(qd, 2), c = new Float32Array(qd);
+        cpu.attend(l, q, c);
+        const g = mode === "out is q" ? q : new Float32Array(qd);
+        const pending = gpu.attend(l, q, g);
+        if (mode === "q reused in flight") q.fill(0);
+        await pending;
+      }
+    }
+    assert.deepEqual(gpu.tokensByFormat(), cpu.tokensByFormat(), mode);
+    chosen.destroy();
+  }
+});

@@ -11,6 +11,7 @@ import {
   gpuEncode,
   WGSL_CODEC_HELPERS,
 } from "../../gpu/mod.ts";
+import { CorruptDataError } from "../../core/errors.ts";
 import { normals, rng } from "../_fixtures.ts";
 import { testGpu } from "./_gpu.ts";
 
@@ -126,6 +127,38 @@ Deno.test("gpuEncode() writes +0 for a group's −0 extreme, as the WASM encode 
       i,
       -1,
       `${name} word ${i}: 0x${got[i]?.toString(16)} vs 0x${want[i]?.toString(16)}`,
+    );
+  }
+});
+
+Deno.test("gpuDecode() names a group header no encoder writes, as the WASM decoder does", async () => {
+  // the kernel decoded it: an infinite scale or NaN minimum came back as Infinity and NaN
+  const env = await testGpu();
+  if (env === undefined) return;
+  for (
+    const [name, bad] of [
+      ["int8-g8-token", 0x7c00],
+      ["int4-g32-token", 0x7e00_3c00],
+      ["int8s-g16-token", 0x7e00],
+      ["fp8e4m3-g8-token", 0xbc00],
+    ] as const
+  ) {
+    const spec = getFormat(name);
+    const words = wasmCodec(name).encode(normals(4 * spec.group, rng(5))).words;
+    words[2 * spec.wordsPerGroup] = bad;
+    let message = "";
+    assert.throws(
+      () => wasmCodec(name).decodeWords(words, 4 * spec.group, new Float32Array(4 * spec.group)),
+      (e: Error) => {
+        message = e.message;
+        return true;
+      },
+    );
+    await assert.rejects(
+      () => gpuDecode(env.gpu, env.pipelines, spec, words, 4 * spec.group),
+      (e: Error) =>
+        e instanceof CorruptDataError && e.message === message && /group 2/.test(message),
+      name,
     );
   }
 });

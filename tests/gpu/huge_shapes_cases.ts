@@ -273,6 +273,34 @@ Deno.test("a GPU cache past the device's buffer limits names the buffer; createK
   assert.deepEqual(small.created, []);
 });
 
+Deno.test("createGpuKVCache() counts the attention runner's partials among the buffers it checks", async () => {
+  // they grow with the page table, and were checked only at an attend: appends were accepted
+  // until every attend failed with a CapacityError (16 query heads of d = 256 over 70,000 tokens in
+  // pages of 8 on llvmpipe's 128 MiB bindings), which createKVCache could not fall back from
+  const env = await testGpu();
+  if (env === undefined) return;
+  const shape = { nLayers: 1, nHeads: 16, nKvHeads: 1, headDim: 256, maxSeqLen: 4096 };
+  const policy = {
+    keyFormat: "int8-g8-token",
+    valueFormat: "int8-g8-token",
+    pageTokens: 8,
+    sinkTokens: 0,
+    windowTokens: 0,
+  };
+  // 16 × (4096 / 128 + 3 + 4096 / 8 + 1) splits × 258 f32: 9.0 MB of partials; pages fit in 8 MiB
+  const small = countingGpu(env.gpu, { maxStorageBufferBindingSize: 8 << 20 });
+  await assert.rejects(
+    () => createGpuKVCache({ gpu: small.gpu, shape, policy }),
+    (e: Error) =>
+      e instanceof DeviceError &&
+      /attention partials may grow to \d+ bytes, over the 8388608/.test(e.message),
+  );
+  assert.deepEqual(small.created, []);
+  const roomy = countingGpu(env.gpu, { maxStorageBufferBindingSize: 16 << 20 });
+  const cache = await createGpuKVCache({ gpu: roomy.gpu, shape, policy });
+  cache.destroy();
+});
+
 Deno.test("createGpuKVCache() on a software adapter refuses kernels past its loop limit before any buffer", async () => {
   const env = await testGpu();
   if (env === undefined || !env.gpu.info.isFallbackAdapter) return;
