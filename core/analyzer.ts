@@ -332,8 +332,11 @@ export interface CalibrationModel {
    * @returns the logits
    */
   forward(token: number, pos: number, cache: KVCache): Promise<Float32Array> | Float32Array;
-  /** The model's vocabulary size, when known (a Transformer's): calibrate checks ids against it. */
-  readonly config?: { readonly vocabSize: number };
+  /**
+   * The model's vocabulary size and context, when known (a Transformer's): calibrate checks ids
+   * and sequence lengths against them.
+   */
+  readonly config?: { readonly vocabSize: number; readonly seqLen?: number };
 }
 
 /** Options of {@linkcode calibrate}. */
@@ -401,7 +404,8 @@ export function analyzeRecording(
  * @param sequences token ids, one array per calibration sequence (each non-empty)
  * @param options window sizes, summary settings and a progress callback
  * @returns the analysis
- * @throws ShapeError on an empty list or an empty sequence, a token id that is not an integer
+ * @throws ShapeError on an empty list or an empty sequence, a sequence longer than
+ *   model.config.seqLen where the model has one, a token id that is not an integer
  *   ≥ 0 (and below model.config.vocabSize where the model has one), or a window size,
  *   sinkTokens or recentWindow out of range; FormatError for an unknown measured format (all
  *   before the model runs)
@@ -419,11 +423,20 @@ export async function calibrate(
   const limit = typeof vocab === "number" && Number.isInteger(vocab) && vocab > 0
     ? vocab
     : Infinity;
+  const seqLen = model.config?.seqLen;
+  const context = typeof seqLen === "number" && Number.isInteger(seqLen) && seqLen > 0
+    ? seqLen
+    : Infinity;
   sequences.forEach((s, i) => {
     if (typeof s?.length !== "number") {
       throw new ShapeError(`calibration sequence ${i} is ${typeName(s)}, expected token ids`);
     }
     if (s.length === 0) throw new ShapeError(`calibration sequence ${i} is empty`);
+    if (s.length > context) {
+      throw new ShapeError(
+        `calibration sequence ${i} has ${s.length} tokens, past the model's context of ${context}`,
+      );
+    }
     for (let t = 0; t < s.length; t++) {
       if (!Number.isInteger(s[t]) || s[t] < 0 || s[t] >= limit) {
         const shown = typeof s[t] === "string" ? JSON.stringify(s[t]) : String(s[t]);
@@ -583,6 +596,8 @@ export function analysisToJSON(
       sinkMass: c.sinkMass,
       recentMass: c.recentMass,
       queryCount: c.queryCount,
+      keyAbsMax: c.keyAbsMax,
+      valueAbsMax: c.valueAbsMax,
     };
     if (positions) {
       for (

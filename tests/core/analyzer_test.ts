@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
-import { analyzeHeadGroup, calibrate, summarizeAnalysis } from "../../core/analyzer.ts";
+import {
+  analysisToJSON,
+  analyzeHeadGroup,
+  calibrate,
+  summarizeAnalysis,
+} from "../../core/analyzer.ts";
 import { headSensitivity } from "../../core/attention_sensitivity.ts";
 import { FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
 import type { KVCache } from "../../core/model/kv_cache.ts";
@@ -195,4 +200,45 @@ Deno.test("calibrate() rejects bad summary options and formats before running th
     );
   }
   assert.equal(calls, 0);
+});
+
+Deno.test("calibrate() refuses a sequence past the model's context before running the model", async () => {
+  // the model refused position seqLen only when it reached it, after every earlier sequence ran
+  const inner = new FakeModel(2, 4, 2, 4);
+  let calls = 0;
+  const model = {
+    forward: (
+      token: number,
+      pos: number,
+      cache: KVCache,
+    ) => (calls++, inner.forward(token, pos, cache)),
+    config: { vocabSize: 16, seqLen: 8 },
+  };
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 4 };
+  await assert.rejects(
+    () => calibrate(model, shape, [[1, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9]]),
+    (e) =>
+      e instanceof ShapeError &&
+      /calibration sequence 1 has 9 tokens, past the model's context of 8/.test(e.message),
+  );
+  assert.equal(calls, 0);
+  // a sequence of exactly seqLen tokens runs
+  const analysis = await calibrate(model, shape, [[1, 2, 3, 4, 5, 6, 7, 8]]);
+  assert.equal(analysis.sequences[0].length, 8);
+});
+
+Deno.test("analysisToJSON() keeps every field of a head, its key and value magnitudes included", async () => {
+  const model = new FakeModel(2, 4, 2, 4);
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 4 };
+  const analysis = await calibrate(model, shape, [[1, 2, 3, 4]]);
+  const head = analysis.sequences[0].heads[1][0];
+  const json = JSON.parse(JSON.stringify(analysisToJSON(analysis))) as {
+    sequences: { heads: Record<string, unknown>[][] }[];
+  };
+  const plain = json.sequences[0].heads[1][0];
+  // every scalar field of the head, not only those once listed (keyAbsMax, valueAbsMax were lost)
+  for (const [k, v] of Object.entries(head)) {
+    if (typeof v === "number") assert.equal(plain[k], v, k);
+  }
+  assert.ok(head.keyAbsMax > 0 && head.valueAbsMax > 0);
 });
