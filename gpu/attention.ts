@@ -474,6 +474,8 @@ interface _Dispatch {
   program: GpuProgram;
   words: GPUBuffer;
   angles: GPUBuffer | undefined;
+  /** The RoPE span its program bakes in. */
+  span: number | undefined;
   items: number[];
 }
 
@@ -614,7 +616,9 @@ export class PagedAttention {
    * @param dims head_dim, queries per KV head and page size
    * @param timestampWrites where the pass writes its start and end times (profiling; needs the
    *   device's "timestamp-query" feature)
-   * @throws {ShapeError} for an unsupported queries-per-KV count or an empty segment
+   * @throws {ShapeError} for an unsupported queries-per-KV count, a head_dim or page size that is
+   *   not an integer ≥ 1, a segment whose tokens are not an integer ≥ 1 (at most a page for
+   *   channel-axis formats), or segments of one buffer and format pair with different RoPE
    * @throws {FormatError} for a format that cannot live in per-head pages, or channel groups that
    *   do not divide the page size
    * @throws {DeviceError} when the device is lost
@@ -630,6 +634,12 @@ export class PagedAttention {
     const { headDim: D, queriesPerKv: Q } = dims;
     if (!Number.isInteger(Q) || Q < 1 || Q > MAX_QUERIES_PER_KV) {
       throw new ShapeError(`queries per KV head ${Q} out of range [1, ${MAX_QUERIES_PER_KV}]`);
+    }
+    // a head_dim of 0 compiled 1/√0 into the shader, a failure createKVCache took for the device's
+    for (const [name, x] of [["head_dim", D], ["pageTokens", dims.pageTokens]] as const) {
+      if (!Number.isInteger(x) || x < 1) {
+        throw new ShapeError(`${name} ${x}, expected an integer ≥ 1`);
+      }
     }
     if (this.scores === "workgroup") {
       const bytes = workgroupScoreBytes(D, Q, this.splitTokens);
@@ -652,7 +662,18 @@ export class PagedAttention {
     for (const g of groups) {
       let splits = 0;
       for (const s of g.segments) {
-        if (!(s.tokens >= 1)) throw new ShapeError(`segment with ${s.tokens} tokens`);
+        // 1.5 tokens stored n = 1 and could leave a tail split of none
+        if (!Number.isInteger(s.tokens) || s.tokens < 1) {
+          throw new ShapeError(`segment with ${s.tokens} tokens`);
+        }
+        // a channel-axis page holds element c·P + t: past P tokens it read the next channel
+        const channel = s.keyFormat.axis === "channel" || s.valueFormat.axis === "channel";
+        if (channel && s.tokens > dims.pageTokens) {
+          throw new ShapeError(
+            `segment of ${s.tokens} tokens in a page of ${dims.pageTokens} ` +
+              `(${s.keyFormat.name}/${s.valueFormat.name}, channel-axis)`,
+          );
+        }
         splits += Math.ceil(s.tokens / this.splitTokens);
       }
       let split = 0;
@@ -671,12 +692,14 @@ export class PagedAttention {
         if (d === undefined) {
           const program = this.program(s.keyFormat, s.valueFormat, dims, s.rope?.span);
           const angles = s.rope?.angles;
-          byBuffer.set(s.words, d = { program, words: s.words, angles, items: [] });
+          const span = s.rope?.span;
+          byBuffer.set(s.words, d = { program, words: s.words, angles, span, items: [] });
           dispatches.push(d);
-        } else if (d.angles !== s.rope?.angles) {
+        } else if (d.angles !== s.rope?.angles || d.span !== s.rope?.span) {
+          // one program per dispatch: a second span was once computed with the first one's
           throw new ShapeError(
             `segments of one buffer in ${s.keyFormat.name}/${s.valueFormat.name} disagree on ` +
-              `whether keys are stored before RoPE`,
+              `whether keys are stored before RoPE, or on its angle table or span`,
           );
         }
         for (let tok = 0; tok < s.tokens; tok += this.splitTokens) {

@@ -515,7 +515,9 @@ export function attendPage(
       max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
     );
     for (let t = n4; t < n; t++) m32 = max(m32, load<f32>(row0 + (<usize>t << 2)));
-    m32 *= inv32; // scaling by a positive constant keeps the argmax
+    // scaling by a positive constant keeps the argmax; + 0 makes a −0 max +0 (the lane max keeps
+    // whichever zero came first; core/cache/int_dot.ts takes +0 too)
+    m32 = m32 * inv32 + <f32>0;
     const mvs = f32x4.splat(m32);
     let l0 = f64x2.splat(0), l1 = f64x2.splat(0);
     for (let t = 0; t < n4; t += 4) {

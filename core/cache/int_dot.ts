@@ -196,7 +196,8 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
     // 2. softmax weights
     let m32 = -Infinity;
     for (let t = 0; t < n; t++) m32 = Math.max(m32, score[t]);
-    m32 = fr(m32 * inv32);
+    // + 0: a −0 max is +0, as in the kernel, whose lane max keeps whichever zero came first
+    m32 = fr(m32 * inv32) + 0;
     let l = 0;
     for (let t = 0; t < n; t++) {
       w[t] = expF32(fr(fr(score[t] * inv32) - m32));
@@ -309,9 +310,12 @@ function channelScores(K: Groups, page: IntDotPage, q: Float32Array): Float32Arr
 
 /**
  * A bound on |integer path − exact attention| for one head's output over a page, from the two
- * roundings: each score moves by at most δ = (step/2)·Σ_i |x̂_i − μ| / √d (plus f32 rounding), which
- * moves the softmax output by at most (e^{2δ} − 1)·max|v̂|; each value channel by at most
- * (ρ_g/2)·Σ_t code_{t,c} / Σ_t w_t. Returns the sum, with 1e-6·max|v̂| for the f32 arithmetic.
+ * roundings: each score moves by at most δ = (step/2)·Σ_i |x̂_i − μ| / √d, plus the f32 rounding of
+ * its sums (each of its r roundings moves it by at most 2⁻²⁴ of Σ_i |q_i|·(|x̂_i − μ| + 2|μ|) / √d,
+ * r = 4·d/32 + 8 for token-axis keys, d/4 + 8 for channel-axis keys, whose minimum terms sum in four
+ * lanes: keys with a large common offset μ once passed a bound that left it out), which moves the
+ * softmax output by at most (e^{2δ} − 1)·max|v̂|; each value channel by at most (ρ_g/2)·Σ_t
+ * code_{t,c} / Σ_t w_t. Returns the sum, with 1e-6·max|v̂| for the value pass's f32 arithmetic.
  * @param page the page
  * @param q one query head, length d
  * @param weights the exact softmax weights e^{s_t − max s} of the page's n tokens
@@ -323,28 +327,41 @@ export function intDotErrorBound(page: IntDotPage, q: Float32Array, weights: Flo
   // largest score change: (rounding step / 2) · Σ_i s·code_i, the step σ (token-axis keys, per
   // element of q) or ρ_j (channel-axis keys, per channel product q·s)
   let delta = 0;
+  const ulp = 2 ** -24, rootD = Math.sqrt(d);
   if (kSpec.axis === "channel") {
-    const perChannel = cap / 32;
+    const perChannel = cap / 32, rounds = d / 4 + 8;
     for (let j = 0; j < n / 32; j++) {
       let U = 0;
       for (let c = 0; c < d; c++) {
         U = Math.max(U, Math.abs(q[c] * header(k, (c * perChannel + j) * kG)[0]));
       }
       for (let i = 0; i < 32; i++) {
-        let codes = 0;
-        for (let c = 0; c < d; c++) codes += code(k, (c * perChannel + j) * kG, kSpec.bits, i);
-        delta = Math.max(delta, (U / 32767 / 2) * codes / Math.sqrt(d));
+        let codes = 0, magnitude = 0;
+        for (let c = 0; c < d; c++) {
+          const at = (c * perChannel + j) * kG, [sc, mu] = header(k, at);
+          const x = code(k, at, kSpec.bits, i);
+          codes += x;
+          // the rounded product û·ρ is within ρ/2 of q·s
+          magnitude += (Math.abs(q[c] * sc) + U / 32767 / 2) * x + 2 * Math.abs(q[c] * mu);
+        }
+        delta = Math.max(delta, ((U / 32767 / 2) * codes + rounds * ulp * magnitude) / rootD);
       }
     }
   } else {
     const { sigma } = roundQuery(q, queryLimit(kSpec.bits));
+    const rounds = 4 * gpt + 8;
     for (let t = 0; t < n; t++) {
-      let s = 0;
+      let s = 0, magnitude = 0;
       for (let g = 0; g < gpt; g++) {
-        const at = (t * gpt + g) * kG, [sc] = header(k, at);
-        for (let j = 0; j < 32; j++) s += sc * code(k, at, kSpec.bits, j);
+        const at = (t * gpt + g) * kG, [sc, mu] = header(k, at);
+        for (let j = 0; j < 32; j++) {
+          const x = sc * code(k, at, kSpec.bits, j);
+          s += x;
+          // q̂·σ is within σ/2 of q
+          magnitude += (Math.abs(q[g * 32 + j]) + sigma / 2) * (x + 2 * Math.abs(mu));
+        }
       }
-      delta = Math.max(delta, (sigma / 2) * s / Math.sqrt(d));
+      delta = Math.max(delta, ((sigma / 2) * s + rounds * ulp * magnitude) / rootD);
     }
   }
   let vmax = 0;

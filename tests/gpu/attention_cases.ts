@@ -384,6 +384,33 @@ Deno.test("PagedAttention rejects a split size its kernel cannot take", async ()
       e instanceof FormatError &&
       /int8-g32-channel groups 32 tokens .* pages of 48/.test(e.message),
   );
+  // accepted once, and computed wrong: a channel-axis segment longer than its page (it read the
+  // next channel's tokens), a second RoPE span (computed with the first's), fractional tokens and
+  // a head_dim of 0 (1/√0 compiled into the shader: a failure taken for the device's)
+  const encode = (
+    segments: (typeof seg)[],
+    dims = { headDim: 8, queriesPerKv: 1, pageTokens: 32 },
+  ) =>
+    runner.encode(gpu.device.createCommandEncoder(), q, q, [{
+      queryOffset: 0,
+      outputOffset: 0,
+      segments,
+    }], dims);
+  const rope = (span: number) => ({ ...seg, rope: { angles: words, span } });
+  for (
+    const [segments, dims, message] of [
+      [[{ ...seg, tokens: 200 }], undefined, /segment of 200 tokens in a page of 32/],
+      [[rope(32), rope(8)], undefined, /disagree .* angle table or span/],
+      [[{ ...seg, keyFormat: vs, tokens: 1.5 }], undefined, /segment with 1.5 tokens/],
+      [[{ ...seg, keyFormat: vs }], { headDim: 0, queriesPerKv: 1, pageTokens: 32 }, /head_dim 0/],
+    ] as const
+  ) {
+    await assert.rejects(
+      () => encode(segments as never, dims),
+      (e: Error) => e instanceof ShapeError && message.test(e.message),
+      String(message),
+    );
+  }
   runner.destroy();
   words.destroy();
   q.destroy();
