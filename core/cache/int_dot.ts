@@ -315,7 +315,8 @@ function channelScores(K: Groups, page: IntDotPage, q: Float32Array): Float32Arr
  * r = 4·d/32 + 8 for token-axis keys, d/4 + 8 for channel-axis keys, whose minimum terms sum in four
  * lanes: keys with a large common offset μ once passed a bound that left it out), which moves the
  * softmax output by at most (e^{2δ} − 1)·max|v̂|; each value channel by at most (ρ_g/2)·Σ_t
- * code_{t,c} / Σ_t w_t. Returns the sum, with 1e-6·max|v̂| for the value pass's f32 arithmetic.
+ * code_{t,c} / Σ_t w_t, times e^{4δ} as the kernel's weights are its own. Returns the sum, with
+ * 1e-6·max|v̂| for the value pass's f32 arithmetic.
  * @param page the page
  * @param q one query head, length d
  * @param weights the exact softmax weights e^{s_t − max s} of the page's n tokens
@@ -382,5 +383,7 @@ export function intDotErrorBound(page: IntDotPage, q: Float32Array, weights: Flo
     }
     valueErr = Math.max(valueErr, (U / 32767 / 2) * codes * n / l);
   }
-  return (Math.exp(2 * delta) - 1) * vmax + valueErr + 1e-6 * vmax;
+  // the kernel rounds its own weights, within e^{±2δ} of the exact ones: its ρ_g / Σ_t w_t within
+  // e^{4δ} of the one measured above
+  return (Math.exp(2 * delta) - 1) * vmax + valueErr * Math.exp(4 * delta) + 1e-6 * vmax;
 }
