@@ -417,7 +417,9 @@ export function attention(
     for (let i = 0; i < d; i++) s += q[qOffset + i] * keys[o + i];
     s *= scale;
     weights[t] = s;
-    if (s > max) max = s;
+    // the max of the scores as stored: a Float32Array rounds them, and e^{stored − unrounded max}
+    // of a score near 1e10 overflowed (one position gave Infinity, not its value)
+    if (weights[t] > max) max = weights[t];
   }
   let sum = 0;
   for (let t = 0; t < n; t++) {

@@ -284,3 +284,21 @@ Deno.test("RecordingKVCache refuses queries too large to allocate with CapacityE
   });
   assert.equal(small.queries(1).length, 16);
 });
+
+Deno.test("attention() into f32 weights takes the max of the scores as stored", () => {
+  // the max came from the unrounded f64 scores: e^{f32(s) − s} of a score near 1e10 overflowed,
+  // so one cached position (whose weight must be 1) gave Infinity, 0 or NaN
+  for (const magnitude of [1e4, 1e5, 3e5, 1e6]) {
+    const q = Float32Array.of(magnitude, magnitude / 7);
+    const keys = Float32Array.of(magnitude, magnitude / 3);
+    const out = new Float32Array(2), weights = new Float32Array(1);
+    attention(q, keys, Float32Array.of(1, 2), 1, 2, weights, out);
+    assert.deepEqual([...weights, ...out], [1, 1, 2], `|q|, |k| ~ ${magnitude}`);
+  }
+  // two positions: the f32 and f64 weight arrays pick the same token
+  const q = Float32Array.of(1e6, 1e6 / 7), keys = Float32Array.of(1e6, 1e6 / 3, 1e6, 1e6 / 3 + 1);
+  const values = Float32Array.of(1, 2, 3, 4);
+  const w32 = new Float32Array(2), o32 = new Float32Array(2);
+  attention(q, keys, values, 2, 2, w32, o32);
+  assert.deepEqual([...w32, ...o32], [0, 1, 3, 4]);
+});
