@@ -46,6 +46,24 @@ if (args.help) {
   Deno.exit(0);
 }
 const { context, lines, only, backend, targets } = args;
+const matches = (name: string) => !only || name.includes(only);
+const allSpecs: PlanRowSpec[] = [
+  ...planRowSpecs(),
+  ...targets.map((target) => ({
+    name: kvprecRowName(target),
+    kind: "kvprec" as const,
+    target,
+    options: defaultPlanOptions(target),
+  })),
+];
+const rows: EvalRow[] = baselineRows().filter((r) => matches(r.name));
+const specs = allSpecs.filter((s) => matches(s.name));
+// a mistyped --only ran the FP32 reference and printed an empty table
+if (rows.length === 0 && specs.length === 0) {
+  const names = [...baselineRows().map((r) => r.name), ...allSpecs.map((s) => s.name)];
+  console.error(`eval: --only ${JSON.stringify(only)} matches no row; rows: ${names.join("; ")}`);
+  Deno.exit(2);
+}
 const gpu: GpuDevice | undefined = backend === "gpu" ? await requestGpu() : undefined;
 const jsonPath = args.json;
 const seqs = sequences.slice(0, lines);
@@ -68,17 +86,6 @@ console.log(
 );
 console.log();
 
-const matches = (name: string) => !only || name.includes(only);
-const rows: EvalRow[] = baselineRows().filter((r) => matches(r.name));
-const specs: PlanRowSpec[] = [
-  ...planRowSpecs(),
-  ...targets.map((target) => ({
-    name: kvprecRowName(target),
-    kind: "kvprec" as const,
-    target,
-    options: defaultPlanOptions(target),
-  })),
-].filter((s) => matches(s.name));
 rows.push(...(await planRows(model, sequences, specs)));
 const header = [
   "configuration",
