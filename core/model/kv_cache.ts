@@ -109,8 +109,10 @@ export function checkAppend(
   if (k.length !== kvDim) throw new ShapeError(`k has length ${k.length}, expected ${kvDim}`);
   if (v.length !== kvDim) throw new ShapeError(`v has length ${v.length}, expected ${kvDim}`);
   if (pos !== length) {
+    // a string "0" read as "position 0 … out of order: expected 0"
+    const shown = typeof pos === "number" ? String(pos) : `${JSON.stringify(pos)} (${typeof pos})`;
     throw new ShapeError(
-      `position ${pos} appended to layer ${layer} out of order: expected ${length}`,
+      `position ${shown} appended to layer ${layer} out of order: expected ${length}`,
     );
   }
   if (length >= shape.maxSeqLen) {

@@ -45,6 +45,11 @@ Deno.test("Float32KVCache.append() rejects bad input and changes nothing", () =>
   const v = Float32Array.of(1, 2, 3, 4);
   assert.throws(() => cache.append(0, 0, new Float32Array(3), v), ShapeError);
   assert.throws(() => cache.append(0, 1, v, v), /out of order: expected 0/);
+  // a position of the wrong type is named as what it is, not as the number it prints as
+  assert.throws(
+    () => cache.append(0, "0" as unknown as number, v, v),
+    /position "0" \(string\) appended to layer 0 out of order: expected 0/,
+  );
   assert.throws(() => cache.append(1, 0, v, v), /layer 1 out of range/);
   assert.equal(cache.length(0), 0);
   cache.append(0, 0, v, v);
