@@ -174,16 +174,21 @@ Deno.test("analyzeHeadGroup() rejects summary settings and a query offset out of
   }
 });
 
-Deno.test("calibrate() rejects bad summary options and formats before running the model (was after every forward pass)", async () => {
+/** A FakeModel of 2 layers, 4 heads over 2 KV heads, head_dim 4, counting its forward calls. */
+function countingModel(config?: { vocabSize: number; seqLen: number }) {
   const inner = new FakeModel(2, 4, 2, 4);
-  let calls = 0;
   const model = {
-    forward: (
-      token: number,
-      pos: number,
-      cache: KVCache,
-    ) => (calls++, inner.forward(token, pos, cache)),
+    calls: 0,
+    forward: (token: number, pos: number, cache: KVCache) => (
+      model.calls++, inner.forward(token, pos, cache)
+    ),
+    config,
   };
+  return model;
+}
+
+Deno.test("calibrate() rejects bad summary options and formats before running the model (was after every forward pass)", async () => {
+  const model = countingModel();
   const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 4 };
   const table: [Record<string, unknown>, unknown, RegExp][] = [
     [{ windows: [0] }, ShapeError, /window size 0, expected an integer ≥ 1/],
@@ -199,21 +204,12 @@ Deno.test("calibrate() rejects bad summary options and formats before running th
       JSON.stringify(options),
     );
   }
-  assert.equal(calls, 0);
+  assert.equal(model.calls, 0);
 });
 
 Deno.test("calibrate() refuses a sequence past the model's context before running the model", async () => {
   // the model refused position seqLen only when it reached it, after every earlier sequence ran
-  const inner = new FakeModel(2, 4, 2, 4);
-  let calls = 0;
-  const model = {
-    forward: (
-      token: number,
-      pos: number,
-      cache: KVCache,
-    ) => (calls++, inner.forward(token, pos, cache)),
-    config: { vocabSize: 16, seqLen: 8 },
-  };
+  const model = countingModel({ vocabSize: 16, seqLen: 8 });
   const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 4 };
   await assert.rejects(
     () => calibrate(model, shape, [[1, 2, 3], [1, 2, 3, 4, 5, 6, 7, 8, 9]]),
@@ -221,7 +217,7 @@ Deno.test("calibrate() refuses a sequence past the model's context before runnin
       e instanceof ShapeError &&
       /calibration sequence 1 has 9 tokens, past the model's context of 8/.test(e.message),
   );
-  assert.equal(calls, 0);
+  assert.equal(model.calls, 0);
   // a sequence of exactly seqLen tokens runs
   const analysis = await calibrate(model, shape, [[1, 2, 3, 4, 5, 6, 7, 8]]);
   assert.equal(analysis.sequences[0].length, 8);
