@@ -10,7 +10,7 @@
  * @example
  * ```ts
  * import { loadWasmCodecs } from "./wasm.ts";
- * import { checkGroupHeaders, tsCodec } from "./ts_codec.ts";
+ * import { tsCodec } from "./ts_codec.ts";
  * const wasm = await loadWasmCodecs();
  * const x = Float32Array.from({ length: 64 }, (_, i) => Math.sin(i));
  * const a = wasm.codec("int4-g32-token").encode(x).words;

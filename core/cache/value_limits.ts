@@ -34,7 +34,8 @@ const TURN_GROWTH = Math.SQRT2 * 1.01;
  * How far a grouped window format's rounding can carry a decoded element past its group's largest
  * input magnitude, as a factor: the fp16 minimum rounds down and the fp16 scale up, by under 2^-10
  * each, so the top code decodes at most 2^-10 of the group's span (≤ 2·limit) past its input.
- * 2^-8 holds twice that (FORMAT.md, "Headers").
+ * 2^-8 holds twice that (codecs/FORMAT.md, "Integer formats"; int8s and scaled fp8 round only
+ * their scale up).
  */
 const GROUPED_WINDOW_GROWTH = 1 + 2 ** -8;
 
