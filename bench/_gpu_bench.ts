@@ -1,5 +1,5 @@
 /**
- * Shared by the GPU benchmarks: reading `--name value` flags, printing a table, and busy work that holds a hardware
+ * Shared by the GPU benchmarks: printing a table, and busy work that holds a hardware
  * GPU at its working clock. An H100 idling between submissions sat at 345 MHz of 1,980 and timed
  * the same kernel 3–4× slower (gpu/NOTES.md, finding 9); a software adapter has no clock to hold,
  * so there the busy work is skipped.
@@ -8,17 +8,6 @@
  */
 
 import type { GpuDevice } from "../gpu/mod.ts";
-
-/**
- * The value after `--name` in the command line, or `fallback`.
- * @param name the flag, e.g. "--reps"
- * @param fallback its default
- * @returns the value
- */
-export function flag(name: string, fallback: string): string {
-  const i = Deno.args.indexOf(name);
-  return i >= 0 ? Deno.args[i + 1] : fallback;
-}
 
 /**
  * Prints a Markdown table with padded columns.

@@ -37,22 +37,25 @@ import {
   wasmVariant,
 } from "../codecs/mod.ts";
 import { mulberry32 } from "../core/mulberry32.ts";
+import { reportFlags } from "./report_flags.ts";
 
-function arg(name: string, fallback: string): string {
-  const i = Deno.args.indexOf(`--${name}`);
-  return i >= 0 ? Deno.args[i + 1] : fallback;
-}
-
-const N_HEADS = Number(arg("heads", "8"));
-const N_KV = Number(arg("kv-heads", "2"));
-const TS = arg("T", "512,4096,32768").split(",").map(Number);
-const DIMS = arg("d", "64,128").split(",").map(Number);
+const flags = reportFlags(
+  "attention_report",
+  "deno run -A bench/attention_report.ts [--heads 8] [--kv-heads 2] [--T 512,4096,32768] " +
+    "[--d 64,128] [--page 128] [--no-ts] [--no-step]",
+  ["--heads", "--kv-heads", "--T", "--d", "--page"],
+  ["--no-ts", "--no-step"],
+);
+const N_HEADS = flags.size("--heads", "8");
+const N_KV = flags.size("--kv-heads", "2");
+const TS = flags.sizes("--T", "512,4096,32768");
+const DIMS = flags.sizes("--d", "64,128");
 /** Tokens per page of every case (--page; the library default is 32). */
-const PAGE = Number(arg("page", "128"));
+const PAGE = flags.size("--page", "128");
 /** --no-ts skips timing the TS reference (it still checks agreement): quicker WASM iterations. */
-const TIME_TS = !Deno.args.includes("--no-ts");
+const TIME_TS = !flags.has("--no-ts");
 /** --no-step skips the decode-step (DRAM) regime. */
-const TIME_STEP = !Deno.args.includes("--no-step");
+const TIME_STEP = !flags.has("--no-step");
 /** The FP32 cache a decode step reads at least: far above any last-level cache. */
 const STEP_BYTES = 256 * 2 ** 20;
 

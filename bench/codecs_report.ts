@@ -14,6 +14,10 @@ import { getFormat } from "../codecs/format.ts";
 import { tsCodec } from "../codecs/ts_codec.ts";
 import { loadWasmCodecsSync, wasmCodec } from "../codecs/wasm.ts";
 import { BENCH_FORMATS, BENCH_LENGTH, benchInput, checkAgreement } from "./_codecs_cases.ts";
+import { reportFlags } from "./report_flags.ts";
+
+// no flags but --help (it once ran the report for any flag)
+reportFlags("codecs_report", "deno run -A bench/codecs_report.ts (no flags)", []);
 
 /** Fastest of `reps` runs of fn after one warm-up (the least disturbed by other load). */
 function timeIt(fn: () => void, reps: number): number {

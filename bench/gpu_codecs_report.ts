@@ -24,10 +24,16 @@ import {
   requestGpu,
 } from "../gpu/mod.ts";
 import { BENCH_FORMATS, BENCH_LENGTH, benchInput } from "./_codecs_cases.ts";
-import { ClockHolder, flag, printTable } from "./_gpu_bench.ts";
+import { ClockHolder, printTable } from "./_gpu_bench.ts";
+import { reportFlags } from "./report_flags.ts";
 
-const REPS = Number(flag("--reps", "8"));
-const ROUNDS = Number(flag("--rounds", "5"));
+const flags = reportFlags(
+  "gpu_codecs_report",
+  "deno run -A bench/gpu_codecs_report.ts [--reps 8] [--rounds 5]",
+  ["--reps", "--rounds"],
+);
+const REPS = flags.size("--reps", "8");
+const ROUNDS = flags.size("--rounds", "5");
 const WG = 64;
 
 const gpu = await requestGpu();

@@ -22,12 +22,18 @@ import {
   requestGpu,
 } from "../gpu/mod.ts";
 import { normals, rng } from "../tests/_fixtures.ts";
-import { ClockHolder, flag, printTable } from "./_gpu_bench.ts";
+import { ClockHolder, printTable } from "./_gpu_bench.ts";
+import { reportFlags } from "./report_flags.ts";
 
-const REPS = Number(flag("--reps", "4"));
-const ROUNDS = Number(flag("--rounds", "5"));
-const WARM_MS = Number(flag("--warm-ms", "500"));
-const TOKENS = flag("--tokens", "4096,32768").split(",").map(Number);
+const flags = reportFlags(
+  "gpu_report",
+  "deno run -A bench/gpu_report.ts [--reps 4] [--rounds 5] [--tokens 4096,32768] [--warm-ms 500]",
+  ["--reps", "--rounds", "--tokens", "--warm-ms"],
+);
+const REPS = flags.size("--reps", "4");
+const ROUNDS = flags.size("--rounds", "5");
+const WARM_MS = flags.size("--warm-ms", "500", 0);
+const TOKENS = flags.sizes("--tokens", "4096,32768");
 const D = 128, N_HEADS = 8, N_KV = 2, P = 128, Q = N_HEADS / N_KV;
 /** The model's RoPE base for the row whose keys are stored before RoPE. */
 const ROPE_BASE = 10000;

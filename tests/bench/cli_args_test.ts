@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { parseAnalyzeArgs, UsageError } from "../../bench/cli_args.ts";
+import { parseReportFlags } from "../../bench/report_flags.ts";
 
 Deno.test("parseAnalyzeArgs() reads every flag, both spellings", () => {
   const cases: [string[], Partial<ReturnType<typeof parseAnalyzeArgs>>][] = [
@@ -56,5 +57,34 @@ Deno.test("parseAnalyzeArgs() rejects bad flags and values with one line naming 
       assert.ok(!e.message.includes("\n"));
       return true;
     });
+  }
+});
+
+Deno.test("parseReportFlags() refuses unknown flags, repeats and sizes that are not positive integers", () => {
+  // the report scripts once read `--name value` wherever it stood and ignored the rest: a
+  // mistyped --t 512 ran every shape
+  const valued = ["--T", "--reps"], switches = ["--no-ts"];
+  const f = parseReportFlags(["--T", "512,4096", "--no-ts", "--reps=3"], valued, switches);
+  assert.deepEqual(f.sizes("--T", "1"), [512, 4096]);
+  assert.equal(f.size("--reps", "8"), 3);
+  assert.equal(f.size("--warm", "0", 0), 0);
+  assert.ok(f.has("--no-ts") && !f.help);
+  const cases: [string[], RegExp, (g: ReturnType<typeof parseReportFlags>) => unknown][] = [
+    [["--t", "512"], /unknown flag --t/, () => 0],
+    [["--T", "512", "--T", "64"], /--T is given twice/, () => 0],
+    [
+      ["--T", "512,abc"],
+      /--T is "512,abc", expected positive integers/,
+      (g) => g.sizes("--T", "1"),
+    ],
+    [["--reps", "0"], /--reps is "0", expected an integer ≥ 1/, (g) => g.size("--reps", "1")],
+    [["--reps", "2,3"], /--reps is "2,3"/, (g) => g.size("--reps", "1")],
+  ];
+  for (const [args, message, read] of cases) {
+    assert.throws(
+      () => read(parseReportFlags(args, valued, switches)),
+      (e: Error) => e instanceof UsageError && message.test(e.message),
+      args.join(" "),
+    );
   }
 });
