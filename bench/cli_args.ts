@@ -275,5 +275,15 @@ export async function loadAnalyzeInputs(args: AnalyzeArgs): Promise<AnalyzeInput
       `--context is ${args.context}, the model's sequence length is ${model.config.seqLen}`,
     );
   }
+  // as eval refuses more lines than the text has (analyze once took fewer without a word)
+  for (
+    const [flag, n] of [["--lines", args.lines], ["--calib-lines", args.calibrationLines]] as const
+  ) {
+    if (n > sequences.length) {
+      throw new UsageError(
+        `${flag} is ${n}, the text has ${sequences.length} lines of at least two tokens`,
+      );
+    }
+  }
   return { model, tokenizer, sequences };
 }

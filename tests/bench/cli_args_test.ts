@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { parseAnalyzeArgs, UsageError } from "../../bench/cli_args.ts";
+import { loadAnalyzeInputs, parseAnalyzeArgs, UsageError } from "../../bench/cli_args.ts";
 import { parseReportFlags } from "../../bench/report_flags.ts";
 
 Deno.test("parseAnalyzeArgs() reads every flag, both spellings", () => {
@@ -87,4 +87,18 @@ Deno.test("parseReportFlags() refuses unknown flags, repeats and sizes that are 
       args.join(" "),
     );
   }
+});
+
+Deno.test("loadAnalyzeInputs() refuses more --lines or --calib-lines than the text has", async () => {
+  // eval refused them; analyze took the lines there were without a word
+  for (const extra of [["--lines", "20"], ["--calib-lines", "20"]]) {
+    await assert.rejects(
+      () => loadAnalyzeInputs(parseAnalyzeArgs(extra)),
+      (e: Error) =>
+        e instanceof UsageError &&
+        new RegExp(`^${extra[0]} is 20, the text has 19 lines`).test(e.message),
+    );
+  }
+  const { sequences } = await loadAnalyzeInputs(parseAnalyzeArgs(["--lines", "19"]));
+  assert.equal(sequences.length, 19);
 });
