@@ -30,6 +30,7 @@ export * from "./core/cache/int_dot.ts";
 export * from "./core/cache/serialize.ts";
 export * from "./core/eval/compare.ts";
 export * from "./core/cache/plan_policy.ts";
+export * from "./core/cache/stored_assignment.ts";
 export * from "./core/analyzer.ts";
 export * from "./core/mapper.ts";
 export * from "./core/plan.ts";

@@ -3,6 +3,7 @@
 import type { CalibrationProgress } from "../core/analyzer.ts";
 import { RecordingKVCache } from "../core/recording_cache.ts";
 import { verifyHeads } from "../core/verifier.ts";
+import { storedAssignment } from "../core/cache/stored_assignment.ts";
 import type { PrecisionPlan } from "../core/plan.ts";
 import {
   calibrateModel,
@@ -177,11 +178,14 @@ export async function planRows(
   const rows: EvalRow[] = [];
   for (const s of specs) {
     const fitted = await kvprecFittedPlan(model, analysis, calibration, s.target, s.options);
-    const checks = verifyHeads(recording, fitted.report.planAssignment, 0);
+    const policy = planPolicy(fitted.plan, s.name);
+    // what a cache with the plan stores of that sequence: chunk-wise tiers, window rounding and
+    // keys before RoPE, not the plan's per-position assignment (report.planAssignment)
+    const checks = verifyHeads(recording, storedAssignment(recording, policy), 0);
     rows.push({
       name: s.name,
       kind: s.kind,
-      policy: planPolicy(fitted.plan, s.name),
+      policy,
       plan: fitted.plan,
       fitted,
       boundHeld: checks.every((c) => c.exceeded === 0),

@@ -29,6 +29,7 @@ import { assertFinite, InvalidValueError, ShapeError, typeName } from "./errors.
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { KeyRope } from "./cache/key_rope.ts";
 import { meanErrorBound } from "./quantize_head.ts";
+import { checkStorableFormat } from "./plan.ts";
 import { RecordingKVCache } from "./recording_cache.ts";
 import { SensitivityStep } from "./sensitivity_step.ts";
 
@@ -407,7 +408,8 @@ export function analyzeRecording(
  * @throws ShapeError on an empty list or an empty sequence, a sequence longer than
  *   model.config.seqLen where the model has one, a token id that is not an integer
  *   ≥ 0 (and below model.config.vocabSize where the model has one), or a window size,
- *   sinkTokens or recentWindow out of range; FormatError for an unknown measured format (all
+ *   sinkTokens or recentWindow out of range; FormatError for a measured format that is unknown or
+ *   that no cache stores (grouped across KV heads, or by a group not dividing head_dim) (all
  *   before the model runs)
  */
 export async function calibrate(
@@ -450,7 +452,9 @@ export async function calibrate(
   // Checked here, not only by analyzeHeadGroup and meanErrorBound, which run after every
   // forward pass of the first sequence.
   const settings = _analyzeSettings(options);
-  for (const f of options.measureFormats ?? []) getFormat(f);
+  (options.measureFormats ?? []).forEach((f, i) =>
+    checkStorableFormat(f, shape.headDim, `measureFormats[${i}]`)
+  );
   const maxSeqLen = Math.max(...sequences.map((s) => s.length));
   const full: KVCacheShape = { ...shape, maxSeqLen };
   const cache = new RecordingKVCache(full);

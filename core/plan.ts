@@ -162,6 +162,11 @@ export interface Assignment {
   windowFormat: string;
   /** Per sequence, [layer][kvHead]: format index per position (−1: window format). */
   sequences: { key: Int16Array; value: Int16Array }[][][];
+  /**
+   * The model's RoPE base when channel-axis key formats store keys before RoPE (the plan's
+   * ropeBase); absent: keys stored as received.
+   */
+  ropeBase?: number;
 }
 
 /** What {@linkcode buildPrecisionPlan} reports besides the plan. */
@@ -198,7 +203,12 @@ interface _Item {
 }
 
 // The window's format as the mapper sees it: bits and kind from the codecs' table.
-function _windowFormat(name: string): MapperFormat {
+/**
+ * Throws FormatError unless `name` can hold the window: a format not grouped along tokens.
+ * @param name format name
+ * @returns its spec
+ */
+export function checkWindowFormat(name: string): MapperFormat {
   const spec = getFormat(name); // FormatError for an unknown name
   if (spec.axis === "channel") {
     throw new FormatError(
@@ -211,9 +221,15 @@ function _windowFormat(name: string): MapperFormat {
 /**
  * Throws FormatError unless the cache can store `name` in pages of one KV head of headDim
  * elements a token (checkPageFormat's rule): a registry format, not grouped across KV heads, and
- * one grouped within a token only by a group dividing headDim.
+ * one grouped within a token only by a group dividing headDim. What the planner, the verifier and
+ * calibrate's measured formats accept, so none models a format no cache stores.
+ *
+ * @param name format name
+ * @param headDim elements per token of one KV head
+ * @param what the field, for the message
+ * @throws FormatError naming the field and why
  */
-function _storable(name: string, headDim: number, what: string): void {
+export function checkStorableFormat(name: string, headDim: number, what: string): void {
   const spec = getFormat(name); // FormatError for an unknown name
   if (spec.axis === "heads") {
     throw new FormatError(`${what} ${name} groups across KV heads; a cache page holds one`);
@@ -428,7 +444,7 @@ export function validatePrecisionPlan(
     }
   }
   try {
-    _windowFormat(p.windowFormat);
+    checkWindowFormat(p.windowFormat);
   } catch {
     throw bad(`windowFormat is ${p.windowFormat}`);
   }
@@ -595,7 +611,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   // a format the cache cannot store at this head_dim was planned for, then refused by the cache
   const { headDim } = analysis.shape;
   for (const key of ["keyFormats", "valueFormats"] as const) {
-    options[key].forEach((f, i) => _storable(f?.name, headDim, `${key}[${i}]`));
+    options[key].forEach((f, i) => checkStorableFormat(f?.name, headDim, `${key}[${i}]`));
   }
   const recentWindow = options.recentWindow ?? 32;
   const sinkTokens = options.sinkTokens ?? 4;
@@ -615,8 +631,8 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   if (typeof windowFormat !== "string") {
     throw new FormatError(`windowFormat is ${windowFormat}, expected a format name`);
   }
-  _windowFormat(windowFormat);
-  _storable(windowFormat, headDim, "windowFormat");
+  checkWindowFormat(windowFormat);
+  checkStorableFormat(windowFormat, headDim, "windowFormat");
   const ropeBase = options.ropeBase;
   if (ropeBase !== undefined && !isRopeBase(ropeBase)) {
     throw new InvalidValueError(
@@ -805,7 +821,7 @@ function _items(analysis: Analysis, o: _Resolved): _Item[] {
 function _fixedStorage(analysis: Analysis, o: _Resolved) {
   const { headDim: d } = analysis.shape;
   const q = _queries(analysis);
-  const wf = _windowFormat(o.windowFormat);
+  const wf = checkWindowFormat(o.windowFormat);
   let elements = 0, error = 0;
   for (const s of analysis.sequences) {
     s.heads.forEach((row, l) =>
@@ -982,5 +998,6 @@ function _assignment(
     valueFormats: o.valueFormats.map((f) => f.name),
     windowFormat: o.windowFormat,
     sequences,
+    ...(o.ropeBase === undefined ? {} : { ropeBase: o.ropeBase }),
   };
 }

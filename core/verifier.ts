@@ -5,8 +5,9 @@
  * - {@linkcode checkAssignment}: every position whose format gives less precision than the rule
  *   requires, with layer, head, position, required and given bits.
  * - {@linkcode verifyHeads}: quantizes every (layer, KV head) of a recorded sequence with the real
- *   codecs as the assignment says, and for every query head and query compares the rigorous bound
- *   of attention_bound.ts with the realized error (both in float64, the bound outward-rounded).
+ *   codecs as the assignment says and as a cache stores it ({@linkcode storedHead}), and for every
+ *   query head and query compares the rigorous bound of attention_bound.ts with the realized error
+ *   (both in float64, the bound outward-rounded).
  * - {@linkcode composeLayerBounds}: the composition law Φ_{g∘f}(ε) ≤ Φ_g(Φ_f(ε)) + L_g·Φ_f(ε)
  *   unrolled over layers: E_l = Φ_l(E_{l−1}) + L_l·E_{l−1}.
  * - {@linkcode attentionOutputGains}: empirical gains from each layer's attention output to the
@@ -36,12 +37,20 @@ import { checkPerturbation, InvalidValueError, ShapeError, showValue, typeName }
 import { addUp, mulUp, sqrtUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
-import { type Assignment, resolveSensitivity, ruleDiameter } from "./plan.ts";
+import {
+  type Assignment,
+  checkStorableFormat,
+  checkWindowFormat,
+  resolveSensitivity,
+  ruleDiameter,
+} from "./plan.ts";
 import { quantizeHead } from "./quantize_head.ts";
 import type { RecordingKVCache } from "./recording_cache.ts";
 import type { CalibrationModel } from "./analyzer.ts";
 import type { ModelLipschitz, ResidualTrace } from "./layer_lipschitz.ts";
 import { mulberry32 } from "./mulberry32.ts";
+import { KeyRope } from "./cache/key_rope.ts";
+import { isRopeBase, MIN_ROPE_BASE } from "./tensor.ts";
 
 /** A position whose format is less precise than the rule requires. */
 export interface RuleViolation {
@@ -121,7 +130,7 @@ export function checkAssignment(
         const c = s.heads[l][h];
         const cell = assignment.sequences[si]?.[l]?.[h];
         if (!cell) throw new ShapeError(`assignment lacks sequence ${si} layer ${l} head ${h}`);
-        _checkCell(cell, c.length, assignment, si, l, h);
+        _checkCell(cell, c.length, assignment, `assignment sequence ${si} layer ${l} head ${h}`);
         for (let t = 0; t < c.length; t++) {
           const base = mean ? c[field][t] / (c.group * (c.length - t)) : c[field][t];
           const r = recency ? 1 + Math.exp(-(c.length - t - 1) / (c.length / 4)) : 1;
@@ -185,9 +194,13 @@ export interface HeadVerification {
 }
 
 /**
- * Quantizes every (layer, KV head) of a recorded sequence with the real codecs as `formats`
- * says (per position a format index, −1 for the window format) and, for every query head and
- * query position j, compares the rigorous bound over positions 0..j with the realized error.
+ * Quantizes every (layer, KV head) of a recorded sequence with the real codecs as the assignment
+ * says (per position a format index, −1 for the window format), stored as a cache stores them
+ * ({@linkcode storedHead}: through the window format first, pools by (key, value) pair, keys before
+ * RoPE with assignment.ropeBase), and for every query head and query position j compares the
+ * rigorous bound over positions 0..j with the realized error. Every query sees the positions in
+ * the formats the assignment gives them; core/cache/stored_assignment.ts reads the assignment a
+ * cache ends with.
  *
  * @param cache a recording cache holding one sequence
  * @param assignment formats: `sequences[sequence]` is used
@@ -217,6 +230,8 @@ export function verifyHeads(
       throw new ShapeError(`layer ${l} holds ${cache.length(l)} positions, layer 0 ${n}`);
     }
   }
+  _checkFormats(assignment, d);
+  const rope = _keyRope(assignment, n, d);
   const out: HeadVerification[] = [];
   for (let l = 0; l < nLayers; l++) {
     const queries = cache.queries(l);
@@ -227,17 +242,9 @@ export function verifyHeads(
           `assignment of sequence ${sequence} does not cover layer ${l} head ${h}`,
         );
       }
-      _checkCell(cell, n, assignment, sequence, l, h);
+      _checkCell(cell, n, assignment, `assignment sequence ${sequence} layer ${l} head ${h}`);
       const keys = cache.keys(l, h), values = cache.values(l, h);
-      const k = _quantize(keys, n, d, cell.key, assignment.keyFormats, assignment.windowFormat);
-      const v = _quantize(
-        values,
-        n,
-        d,
-        cell.value,
-        assignment.valueFormats,
-        assignment.windowFormat,
-      );
+      const { k, v } = _stored(keys, values, n, d, cell, assignment, rope);
       const res: HeadVerification = {
         layer: l,
         head: h,
@@ -304,11 +311,8 @@ function _checkCell(
   cell: { key: Int16Array; value: Int16Array },
   n: number,
   assignment: Assignment,
-  sequence: number,
-  layer: number,
-  head: number,
+  at: string,
 ): void {
-  const at = `assignment sequence ${sequence} layer ${layer} head ${head}`;
   if (cell.key.length !== n || cell.value.length !== n) {
     throw new ShapeError(
       `${at}: key has ${cell.key.length} positions, value ${cell.value.length}, expected ${n}`,
@@ -330,32 +334,219 @@ function _checkCell(
   }
 }
 
-function _quantize(
-  x: Float32Array,
+/** Throws FormatError for an assignment format no cache stores (as the planner refuses it). */
+function _checkFormats(assignment: Assignment, d: number): void {
+  checkWindowFormat(assignment.windowFormat);
+  checkStorableFormat(assignment.windowFormat, d, "assignment windowFormat");
+  for (const key of ["keyFormats", "valueFormats"] as const) {
+    assignment[key].forEach((f, i) => checkStorableFormat(f, d, `assignment ${key}[${i}]`));
+  }
+}
+
+/** The angles channel-axis keys turn by when the assignment stores them before RoPE. */
+function _keyRope(assignment: Assignment, n: number, d: number): KeyRope | undefined {
+  const base = assignment.ropeBase;
+  if (base === undefined) return undefined;
+  if (!isRopeBase(base)) {
+    throw new InvalidValueError(
+      `assignment ropeBase is ${showValue(base)}, expected a finite number ≥ ${MIN_ROPE_BASE}`,
+    );
+  }
+  const groups = assignment.keyFormats.map(getFormat).filter((f) => f.axis === "channel")
+    .map((f) => f.group);
+  if (groups.length === 0) return undefined;
+  if (d % 2 !== 0) throw new ShapeError(`keys stored before RoPE need an even head_dim, got ${d}`);
+  return new KeyRope(d, n, Math.max(...groups), base);
+}
+
+/** f32 unit roundoff, and the absolute slack of an f32 operation that lands among subnormals. */
+const _U32 = 2 ** -24, _TINY32 = 2 ** -147;
+
+/**
+ * One (layer, KV head) as a cache stores it under an assignment (core/cache/PAGES.md), the model
+ * {@linkcode verifyHeads} checks:
+ *
+ * - every position goes through the window format first: sinks and ring hold it so, and an
+ *   evicted token is decoded from the ring before its page encodes it (an int8 window's rounding
+ *   stays in a paged token);
+ * - paged positions then go through their pool's formats, the tokens of one (key, value) pair
+ *   together in arrival order as a pool's pages hold them (a channel group spans those tokens);
+ * - with assignment.ropeBase, channel-axis keys are turned back before RoPE, encoded, decoded and
+ *   turned forward in f32 steps as the cache's KeyRope does: a group of consecutive positions as
+ *   one group at its first position (as the cache's eviction turns it), otherwise each token by its
+ *   own position.
+ *
+ * @param keys n × d keys as the cache receives them (after RoPE)
+ * @param values n × d values
+ * @param n positions
+ * @param d head dimension
+ * @param cell format index per position (−1: the window format)
+ * @param assignment the formats, window format and ropeBase
+ * @returns decoded keys and values, and float64 bounds on |decoded − received| per element
+ * @throws InvalidValueError naming an element a format cannot hold, or a ropeBase that is not a
+ *   RoPE base; ShapeError for a cell not covering n positions, a format index outside
+ *   −1..formats − 1, arrays shorter than n × d, or an odd d with keys stored before RoPE;
+ *   FormatError for a format no cache stores there
+ */
+export function storedHead(
+  keys: Float32Array,
+  values: Float32Array,
   n: number,
   d: number,
-  formatIndex: Int16Array,
-  names: string[],
-  windowFormat: string,
-): { decoded: Float32Array; bound: Float32Array } {
-  const decoded = new Float32Array(n * d), bound = new Float32Array(n * d);
-  const byFormat = new Map<number, number[]>();
-  for (let t = 0; t < n; t++) {
-    if (!byFormat.has(formatIndex[t])) byFormat.set(formatIndex[t], []);
-    byFormat.get(formatIndex[t])!.push(t);
+  cell: { key: Int16Array; value: Int16Array },
+  assignment: Assignment,
+): { k: StoredElements; v: StoredElements } {
+  _checkFormats(assignment, d);
+  _checkCell(cell, n, assignment, "cell");
+  if (!(keys instanceof Float32Array) || !(values instanceof Float32Array)) {
+    throw new InvalidValueError(
+      `keys are ${typeName(keys)}, values ${typeName(values)}; expected Float32Arrays`,
+    );
   }
-  // Tokens of one format are stored together in arrival order, as the cache's page pools do.
-  for (const [f, positions] of byFormat) {
-    const name = f < 0 ? windowFormat : names[f];
-    const packed = new Float32Array(positions.length * d);
-    positions.forEach((t, i) => packed.set(x.subarray(t * d, (t + 1) * d), i * d));
-    const r = quantizeHead(packed, positions.length, d, name);
-    positions.forEach((t, i) => {
-      decoded.set(r.decoded.subarray(i * d, (i + 1) * d), t * d);
-      bound.set(r.bound.subarray(i * d, (i + 1) * d), t * d);
-    });
+  if (keys.length < n * d || values.length < n * d) {
+    throw new ShapeError(
+      `keys have ${keys.length} elements, values ${values.length}, expected ${n * d}`,
+    );
+  }
+  return _stored(keys, values, n, d, cell, assignment, _keyRope(assignment, n, d));
+}
+
+/** Decoded elements and bounds on their error (float64), as {@linkcode storedHead} gives them. */
+export interface StoredElements {
+  /** n × d decoded elements, token-major. */
+  decoded: Float32Array;
+  /** n × d bounds on |decoded − received|. */
+  bound: Float64Array;
+}
+
+function _stored(
+  keys: Float32Array,
+  values: Float32Array,
+  n: number,
+  d: number,
+  cell: { key: Int16Array; value: Int16Array },
+  assignment: Assignment,
+  rope: KeyRope | undefined,
+): { k: StoredElements; v: StoredElements } {
+  const win = assignment.windowFormat;
+  const k = _throughWindow(keys, n, d, win), v = _throughWindow(values, n, d, win);
+  const pools = new Map<string, number[]>();
+  for (let t = 0; t < n; t++) {
+    const ki = cell.key[t], vi = cell.value[t];
+    if (ki < 0 && vi < 0) continue;
+    const pair = `${ki}|${vi}`;
+    if (!pools.has(pair)) pools.set(pair, []);
+    pools.get(pair)!.push(t);
+  }
+  for (const [pair, positions] of pools) {
+    const [ki, vi] = pair.split("|").map(Number);
+    if (ki >= 0) {
+      const f = assignment.keyFormats[ki];
+      const turned = rope !== undefined && getFormat(f).axis === "channel";
+      _page(k, positions, d, f, turned ? { rope, group: getFormat(f).group } : undefined);
+    }
+    if (vi >= 0) _page(v, positions, d, assignment.valueFormats[vi], undefined);
+  }
+  return { k, v };
+}
+
+/** Every token through the window format, one token at a time as the ring's slots hold them. */
+function _throughWindow(x: Float32Array, n: number, d: number, format: string): StoredElements {
+  const decoded = new Float32Array(n * d), bound = new Float64Array(n * d);
+  for (let t = 0; t < n; t++) {
+    const r = quantizeHead(x.subarray(t * d, (t + 1) * d), 1, d, format);
+    decoded.set(r.decoded, t * d);
+    bound.set(r.bound, t * d);
   }
   return { decoded, bound };
+}
+
+/**
+ * Encodes the window-decoded tokens at `positions` into a page format, in place in s: the decoded
+ * values replace them and the page's bounds add to the window's. With `turn`, keys are turned
+ * back before RoPE first and forward after; the bound adds the turn's own f32 rounding (measured
+ * on the unquantized keys) and the quantization error carried through the turn.
+ */
+function _page(
+  s: StoredElements,
+  positions: number[],
+  d: number,
+  format: string,
+  turn: { rope: KeyRope; group: number } | undefined,
+): void {
+  const m = positions.length;
+  const packed = new Float32Array(m * d);
+  positions.forEach((t, i) => packed.set(s.decoded.subarray(t * d, (t + 1) * d), i * d));
+  // what turns together: a group of consecutive positions from its first (offsets τ), as the
+  // cache's eviction turns it; otherwise each token by its own position
+  const units: { from: number; count: number; p0: number }[] = [];
+  if (turn) {
+    const G = turn.group;
+    for (let from = 0; from < m; from += G) {
+      const count = Math.min(G, m - from);
+      if (positions[from + count - 1] - positions[from] === count - 1) {
+        units.push({ from, count, p0: positions[from] });
+      } else {
+        for (let i = from; i < from + count; i++) {
+          units.push({ from: i, count: 1, p0: positions[i] });
+        }
+      }
+    }
+    for (const u of units) {
+      turn.rope.unrotate(
+        packed.subarray(u.from * d, (u.from + u.count) * d),
+        u.count,
+        u.count,
+        u.p0,
+      );
+    }
+  }
+  const r = quantizeHead(packed, m, d, format);
+  if (!turn) {
+    positions.forEach((t, i) => {
+      for (let c = 0; c < d; c++) {
+        s.decoded[t * d + c] = r.decoded[i * d + c];
+        s.bound[t * d + c] += r.bound[i * d + c];
+      }
+    });
+    return;
+  }
+  const { rope } = turn;
+  const exact = packed.slice(); // turned forward without quantization: the turn's own rounding
+  for (const u of units) {
+    for (const x of [exact, r.decoded]) {
+      rope.rotate(
+        x.subarray(u.from * d, (u.from + u.count) * d),
+        u.count,
+        u.count,
+        Int32Array.of(u.p0),
+      );
+    }
+  }
+  for (const u of units) {
+    for (let i = u.from; i < u.from + u.count; i++) {
+      const t = positions[i];
+      for (let c = 0; c < d; c += 2) {
+        const { cos, sin } = rope.turnOf(u.p0, i - u.from, c / 2);
+        const ca = Math.abs(cos), sa = Math.abs(sin);
+        const a = Math.abs(packed[i * d + c]), b = Math.abs(packed[i * d + c + 1]);
+        const ea = r.bound[i * d + c], eb = r.bound[i * d + c + 1];
+        // |fl(fl(a·c) ∓ fl(b·s)) − (a·c ∓ b·s)| ≤ (2 + u)·u·(|a·c| + |b·s|), for the turn of the
+        // quantized and of the exact key, |a'| ≤ |a| + ea
+        const roundA = (2 + _U32) * _U32 * (ca * (2 * a + ea) + sa * (2 * b + eb)) + 3 * _TINY32;
+        const roundB = (2 + _U32) * _U32 * (sa * (2 * a + ea) + ca * (2 * b + eb)) + 3 * _TINY32;
+        const w = s.decoded, o = t * d + c;
+        const eA = ca * ea + sa * eb + roundA + Math.abs(exact[i * d + c] - w[o]);
+        const eB = sa * ea + ca * eb + roundB + Math.abs(exact[i * d + c + 1] - w[o + 1]);
+        // the few float64 operations above round by ≪ 1e-12 of the sum
+        s.bound[o] = (s.bound[o] + eA) * (1 + 1e-12);
+        s.bound[o + 1] = (s.bound[o + 1] + eB) * (1 + 1e-12);
+      }
+    }
+  }
+  positions.forEach((t, i) => {
+    s.decoded.set(r.decoded.subarray(i * d, (i + 1) * d), t * d);
+  });
 }
 
 /**

@@ -71,12 +71,33 @@ export class KeyRope {
   /**
    * Turns the decoded keys of a page forward, in place.
    * @param x n × d keys, token-major
-   * @param n tokens (a multiple of group)
+   * @param n tokens (a last group may be partial, as the verifier's are)
    * @param group tokens per channel group (≤ span)
    * @param starts first position of each group
    */
   rotate(x: Float32Array, n: number, group: number, starts: Int32Array): void {
-    for (let g = 0; g * group < n; g++) this.#turn(x, g * group, group, starts[g], 1);
+    for (let g = 0; g * group < n; g++) {
+      this.#turn(x, g * group, Math.min(group, n - g * group), starts[g], 1);
+    }
+  }
+
+  /**
+   * The forward turn's cos and sin for pair i of the token at offset t of a group at p0, as
+   * {@linkcode rotate} computes them in f32 (the verifier bounds a turned key error with them).
+   * @param p0 first position of the group
+   * @param t offset in the group (< span)
+   * @param i channel pair (< d / 2)
+   * @returns cos φ and sin φ
+   */
+  turnOf(p0: number, t: number, i: number): { cos: number; sin: number } {
+    const half = this.#d / 2;
+    const { cos: C, sin: S } = this.#pos, { cos: c, sin: s } = this.#off;
+    const C0 = C[p0 * half + i], S0 = S[p0 * half + i];
+    const ct = c[t * half + i], st = s[t * half + i];
+    return {
+      cos: Math.fround(Math.fround(C0 * ct) - Math.fround(S0 * st)),
+      sin: Math.fround(Math.fround(S0 * ct) + Math.fround(C0 * st)),
+    };
   }
 
   /**

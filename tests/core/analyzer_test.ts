@@ -195,7 +195,18 @@ Deno.test("calibrate() rejects bad summary options and formats before running th
     [{ windows: [4, 2.5] }, ShapeError, /window size 2.5/],
     [{ sinkTokens: NaN }, ShapeError, /sinkTokens is NaN, expected an integer ≥ 0/],
     [{ recentWindow: -1 }, ShapeError, /recentWindow is -1, expected an integer ≥ 0/],
-    [{ measureFormats: ["int8-g8-token", "int3"] }, FormatError, /unknown format "int3"/],
+    [{ measureFormats: ["int8-g32-channel", "int3"] }, FormatError, /unknown format "int3"/],
+    // no cache stores these: measured, they fed a planner that refuses them
+    [
+      { measureFormats: ["fp16", "int4-g8-heads"] },
+      FormatError,
+      /measureFormats\[1\] int4-g8-heads groups across KV heads/,
+    ],
+    [
+      { measureFormats: ["int8-g8-token"] },
+      FormatError,
+      /measureFormats\[0\] int8-g8-token: head_dim 4 is not a multiple of its group 8/,
+    ],
   ];
   for (const [options, cls, re] of table) {
     await assert.rejects(

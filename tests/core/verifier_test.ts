@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
 import { type Analysis, analyzeHeadGroup, type CalibrationModel } from "../../core/analyzer.ts";
 import type { ModelLipschitz, ResidualTrace } from "../../core/layer_lipschitz.ts";
 import { type Assignment, buildPrecisionPlan, ruleDiameter } from "../../core/plan.ts";
@@ -11,6 +11,7 @@ import {
   checkAssignment,
   composeLayerBounds,
   composeModelBound,
+  storedHead,
   verifyHeads,
 } from "../../core/verifier.ts";
 import { makeRng, randomArray } from "./_rng.ts";
@@ -98,6 +99,72 @@ function _assignment(
     sequences: [[cells]],
   };
 }
+
+Deno.test("verifyHeads() and storedHead() refuse formats no cache stores (were modelled anyway)", () => {
+  const { cache } = _recorded(6);
+  const base = _assignment(6, () => {});
+  const table: [Partial<Assignment>, RegExp][] = [
+    [
+      { keyFormats: ["int8-g8-token", "int4-g8-heads"] },
+      /keyFormats\[1\] int4-g8-heads groups across KV heads/,
+    ],
+    [
+      { valueFormats: ["int8-g16-token"] },
+      /valueFormats\[0\] int8-g16-token: head_dim 8 is not a multiple of its group 16/,
+    ],
+    [{ windowFormat: "int8-g32-channel" }, /windowFormat int8-g32-channel groups along tokens/],
+  ];
+  for (const [change, re] of table) {
+    const a = { ...base, ...change };
+    assert.throws(
+      () => verifyHeads(cache, a),
+      (e) => e instanceof FormatError && re.test(e.message),
+      re.source,
+    );
+    const cell = a.sequences[0][0][0];
+    assert.throws(
+      () => storedHead(cache.keys(0, 0), cache.values(0, 0), 6, 8, cell, a),
+      (e) => e instanceof FormatError && re.test(e.message),
+      re.source,
+    );
+  }
+  assert.throws(
+    () => verifyHeads(cache, { ...base, ropeBase: -1 }),
+    (e) => e instanceof InvalidValueError && /ropeBase is -1/.test(e.message),
+  );
+});
+
+Deno.test("storedHead() names a short cell, an index out of range and arrays that are not Float32Arrays", () => {
+  const { cache } = _recorded(6);
+  const a = _assignment(6, () => {}), k = cache.keys(0, 0), v = cache.values(0, 0);
+  const cell = a.sequences[0][0][0];
+  assert.equal(storedHead(k, v, 6, 8, cell, a).k.decoded.length, 48);
+  const table: [() => unknown, unknown, RegExp][] = [
+    [
+      () => storedHead(k, v, 7, 8, cell, a),
+      ShapeError,
+      /cell: key has 6 positions, value 6, expected 7/,
+    ],
+    [
+      () => storedHead(k, v, 6, 8, { key: cell.key.map(() => 2), value: cell.value }, a),
+      ShapeError,
+      /cell position 0: key format index 2, expected -1\.\.1/,
+    ],
+    [
+      () => storedHead([...k] as never, v, 6, 8, cell, a),
+      InvalidValueError,
+      /keys are Array, values Float32Array/,
+    ],
+    [() => storedHead(k, v.subarray(0, 40), 6, 8, cell, a), ShapeError, /values 40, expected 48/],
+  ];
+  for (const [call, cls, re] of table) {
+    assert.throws(
+      call,
+      (e) => e instanceof (cls as typeof Error) && re.test((e as Error).message),
+      re.source,
+    );
+  }
+});
 
 const _badCells: [string, (c: { key: Int16Array; value: Int16Array }) => void, RegExp][] = [
   [

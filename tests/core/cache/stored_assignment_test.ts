@@ -1,0 +1,212 @@
+// The verifier's model of what a cache stores (storedHead) against the cache itself, on the
+// assignment a replay reads from the cache (storedAssignment): keys before RoPE, an int8 window
+// whose rounding stays in paged tokens, and chunk-wise tier decisions.
+import assert from "node:assert/strict";
+import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
+import { type CachePolicy, tieredPolicy } from "../../../core/cache/policy.ts";
+import { storedAssignment } from "../../../core/cache/stored_assignment.ts";
+import { ShapeError } from "../../../core/errors.ts";
+import { RecordingKVCache } from "../../../core/recording_cache.ts";
+import { ropeTable } from "../../../core/tensor.ts";
+import { storedHead, verifyHeads } from "../../../core/verifier.ts";
+import { normals, rng } from "../../_fixtures.ts";
+
+const SHAPE = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8 };
+const N = 150, BASE = 10000, SINKS = 4, WINDOW = 16;
+
+function policy(windowFormat: string, ropeBase: number | undefined): CachePolicy {
+  const head = () => [
+    { minScore: 0.15, keyFormat: "int4-g32-channel", valueFormat: "int4-g32-channel" },
+    { minScore: 0, keyFormat: "int2-g32-channel", valueFormat: "int2-g32-channel" },
+  ];
+  return tieredPolicy({
+    label: "two tiers",
+    sinkTokens: SINKS,
+    recentWindow: WINDOW,
+    windowFormat,
+    pageTokens: 32,
+    tiers: Array.from({ length: SHAPE.nLayers }, () => [head(), head()]),
+    ...(ropeBase === undefined ? {} : { ropeBase }),
+  });
+}
+
+/** A sequence whose keys hold steady per channel before RoPE, recorded with random queries. */
+function recording(seed: number): RecordingKVCache {
+  const next = rng(seed), { nLayers, nHeads, nKvHeads, headDim: d } = SHAPE;
+  const rec = new RecordingKVCache({ ...SHAPE, maxSeqLen: N });
+  const { cos, sin } = ropeTable(d, N, BASE);
+  const offsets = Array.from({ length: nLayers }, () => normals(nKvHeads * d, next));
+  const out = new Float32Array(nHeads * d);
+  for (let t = 0; t < N; t++) {
+    for (let l = 0; l < nLayers; l++) {
+      const k = offsets[l].map((o) => 2 * o + 0.2 * normals(1, next)[0]);
+      for (let h = 0; h < nKvHeads; h++) {
+        for (let i = 0; i < d / 2; i++) {
+          const a = k[h * d + 2 * i], b = k[h * d + 2 * i + 1];
+          const c = cos[t * (d / 2) + i], s = sin[t * (d / 2) + i];
+          k[h * d + 2 * i] = a * c - b * s;
+          k[h * d + 2 * i + 1] = a * s + b * c;
+        }
+      }
+      rec.append(l, t, k, normals(nKvHeads * d, next));
+      rec.attend(l, normals(nHeads * d, next).map((x) => 2 * x), out);
+    }
+  }
+  return rec;
+}
+
+/** The same sequence in a cache, attended in the model's order (as storedAssignment replays it). */
+function replayed(rec: RecordingKVCache, p: CachePolicy): MixedPrecisionKVCache {
+  const { nLayers, nHeads, nKvHeads, headDim: d } = SHAPE;
+  const cache = new MixedPrecisionKVCache({ ...SHAPE, maxSeqLen: N }, p, { integerDot: false });
+  const k = new Float32Array(nKvHeads * d), v = new Float32Array(nKvHeads * d);
+  const out = new Float32Array(nHeads * d);
+  for (let t = 0; t < N; t++) {
+    for (let l = 0; l < nLayers; l++) {
+      for (let h = 0; h < nKvHeads; h++) {
+        k.set(rec.keys(l, h).subarray(t * d, (t + 1) * d), h * d);
+        v.set(rec.values(l, h).subarray(t * d, (t + 1) * d), h * d);
+      }
+      cache.append(l, t, k, v);
+      cache.attend(l, rec.queries(l).subarray(t * nHeads * d, (t + 1) * nHeads * d), out);
+    }
+  }
+  return cache;
+}
+
+/** Attention of one query head in float64 over n × d keys and values. */
+function attend64(q: ArrayLike<number>, K: ArrayLike<number>, V: ArrayLike<number>, d: number) {
+  const n = K.length / d, s = new Float64Array(n);
+  for (let j = 0; j < n; j++) {
+    for (let i = 0; i < d; i++) s[j] += q[i] * K[j * d + i];
+    s[j] /= Math.sqrt(d);
+  }
+  const m = Math.max(...s), out = new Float64Array(d);
+  let z = 0;
+  for (let j = 0; j < n; j++) {
+    const w = Math.exp(s[j] - m);
+    z += w;
+    for (let i = 0; i < d; i++) out[i] += w * V[j * d + i];
+  }
+  return out.map((x) => x / z);
+}
+
+Deno.test("storedAssignment reads sinks, chunks and ring as the cache holds them", () => {
+  const rec = recording(1), p = policy("int8-g8-token", BASE);
+  const a = storedAssignment(rec, p, { integerDot: false });
+  const cache = replayed(rec, p);
+  assert.equal(a.ropeBase, BASE);
+  assert.equal(a.windowFormat, "int8-g8-token");
+  const paged = new Map<string, number>();
+  for (let l = 0; l < SHAPE.nLayers; l++) {
+    for (let h = 0; h < SHAPE.nKvHeads; h++) {
+      const { key, value } = a.sequences[0][l][h];
+      assert.deepEqual(
+        [...key],
+        [...value].map((f) => f < 0 ? f : a.keyFormats.indexOf(a.valueFormats[f])),
+      );
+      for (let t = 0; t < SINKS; t++) assert.equal(key[t], -1, "a sink is in the window format");
+      // whole chunks of one format from the first position after the sinks, then the ring
+      let t = SINKS;
+      while (t < N && key[t] >= 0) {
+        assert.ok(key.subarray(t, t + 32).every((f) => f === key[t]), `chunk at ${t}`);
+        const pair = `${a.keyFormats[key[t]]}|${a.valueFormats[value[t]]}`;
+        paged.set(pair, (paged.get(pair) ?? 0) + 32);
+        t += 32;
+      }
+      assert.ok(key.subarray(t).every((f) => f === -1), "the rest is in the ring");
+      assert.ok(N - t >= WINDOW && N - t < WINDOW + 32, `${N - t} tokens in the ring`);
+    }
+  }
+  // the cache's own count per pair, and both tiers in use (else this would test one pool)
+  const byFormat = cache.tokensByFormat();
+  for (const [pair, count] of paged) assert.equal(byFormat.get(pair), count, pair);
+  assert.equal(paged.size, 2, `tiers used: ${[...paged.keys()]}`);
+});
+
+Deno.test("storedHead decodes what the cache attends over: keys before RoPE, an int8 window", () => {
+  const rec = recording(2), p = policy("int8-g8-token", BASE);
+  const a = storedAssignment(rec, p, { integerDot: false });
+  const cache = replayed(rec, p);
+  const { nHeads, nKvHeads, headDim: d } = SHAPE, group = nHeads / nKvHeads;
+  const next = rng(3);
+  // the model's output against the cache's for fresh queries, and the same with a model that
+  // leaves out one stage of the storage (its distance shows the comparison can tell them apart)
+  const gap = (assignment: typeof a) => {
+    let worst = 0;
+    for (let l = 0; l < SHAPE.nLayers; l++) {
+      const q = normals(nHeads * d, next).map((x) => 2 * x), out = new Float32Array(nHeads * d);
+      cache.attend(l, q, out);
+      for (let h = 0; h < nKvHeads; h++) {
+        const cell = assignment.sequences[0][l][h];
+        const { k, v } = storedHead(rec.keys(l, h), rec.values(l, h), N, d, cell, assignment);
+        for (let g = 0; g < group; g++) {
+          const qh = (h * group + g) * d;
+          const o = attend64(q.subarray(qh, qh + d), k.decoded, v.decoded, d);
+          for (let i = 0; i < d; i++) worst = Math.max(worst, Math.abs(o[i] - out[qh + i]));
+        }
+      }
+    }
+    return worst;
+  };
+  const faithful = gap(a);
+  assert.ok(faithful < 2e-6, `model vs cache ${faithful}`);
+  const { ropeBase: _, ...afterRope } = a;
+  const noRope = gap(afterRope);
+  assert.ok(noRope > 100 * faithful && noRope > 1e-3, `keys after RoPE: ${noRope}`);
+  const noWindow = gap({ ...a, windowFormat: "fp32" });
+  assert.ok(noWindow > 100 * faithful, `window rounding left out: ${noWindow}`);
+});
+
+Deno.test("storedHead's bounds cover every element, keys turned before RoPE included", () => {
+  const rec = recording(4);
+  for (const windowFormat of ["fp32", "fp16", "int8-g8-token"]) {
+    const a = storedAssignment(rec, policy(windowFormat, BASE), { integerDot: false });
+    for (let l = 0; l < SHAPE.nLayers; l++) {
+      for (let h = 0; h < SHAPE.nKvHeads; h++) {
+        const keys = rec.keys(l, h), values = rec.values(l, h), d = SHAPE.headDim;
+        const { k, v } = storedHead(keys, values, N, d, a.sequences[0][l][h], a);
+        for (const [x, s] of [[keys, k], [values, v]] as const) {
+          let slack = Infinity;
+          for (let i = 0; i < N * d; i++) {
+            const e = Math.abs(s.decoded[i] - x[i]);
+            assert.ok(e <= s.bound[i], `${windowFormat} element ${i}: error ${e} > ${s.bound[i]}`);
+            if (e > 0) slack = Math.min(slack, s.bound[i] / e);
+          }
+          assert.ok(slack < Infinity, "something was rounded");
+        }
+      }
+    }
+  }
+});
+
+Deno.test("verifyHeads holds on the stored assignment of keys before RoPE", () => {
+  const rec = recording(5);
+  const a = storedAssignment(rec, policy("int8-g8-token", BASE), { integerDot: false });
+  const checks = verifyHeads(rec, a, 0);
+  assert.equal(checks.length, SHAPE.nLayers * SHAPE.nKvHeads);
+  for (const c of checks) {
+    assert.equal(c.exceeded, 0, `layer ${c.layer} head ${c.head}`);
+    assert.equal(c.queries, N * (SHAPE.nHeads / SHAPE.nKvHeads));
+    // a bound that means something: within 100× of the error it covers
+    assert.ok(
+      c.maxRealized > 0 && c.maxBound < 100 * c.maxRealized,
+      `${c.maxBound} ${c.maxRealized}`,
+    );
+  }
+});
+
+Deno.test("storedAssignment names an empty or ragged recording", () => {
+  const p = policy("fp16", BASE);
+  const empty = new RecordingKVCache({ ...SHAPE, maxSeqLen: 4 });
+  assert.throws(
+    () => storedAssignment(empty, p),
+    (e) => e instanceof ShapeError && /no position/.test(e.message),
+  );
+  const x = new Float32Array(SHAPE.nKvHeads * SHAPE.headDim).fill(0.5);
+  empty.append(0, 0, x, x);
+  assert.throws(
+    () => storedAssignment(empty, p),
+    (e) => e instanceof ShapeError && /layer 1 holds 0/.test(e.message),
+  );
+});
