@@ -95,6 +95,9 @@ export function attentionErrorBound(
   // Relative error of the computed weights (exp, a sum of n terms and a division, with a generous
   // factor: 4(d + n + 8)·2⁻⁵³), and the scores' rounding.
   const gamma = addUp(4 * (d + n + 8) * _EPS, nextUp(expUp(2 * rMax) - 1));
+  // scores so large their rounding alone can move every weight: no finite bound (and a weight that
+  // underflowed to 0 then read 0·(1 − ∞) = NaN, which every `realized > bound` check passed)
+  if (!(gamma < Infinity)) return Infinity;
   let vMax = 0;
   for (let j = 0; j < n * d; j++) {
     vMax = Math.max(vMax, Math.abs(values[j]) + Math.abs(valueError[j]));

@@ -206,10 +206,14 @@ export interface BudgetAllocation {
 }
 
 /**
- * Chooses a key and a value format per item minimising the predicted error with the average bits
- * per element (fixed storage included) at most `budget`. Never exceeds the budget (one within
- * 10⁻¹² below the cheapest allocation, as a BudgetError's `minimum` read back may be, is that
- * allocation), and never predicts more error than the best uniform allocation that fits.
+ * Chooses a key and a value format per item to minimise the predicted error with the average bits
+ * per element (fixed storage included) at most `budget`: the Lagrangian relaxation's choice, then a
+ * greedy fill of the bits it leaves. Not an exact knapsack: on small problems (10–30 items, five
+ * formats) its error was 1.0% above the exact optimum on average and 16% at worst
+ * (tests/core/mapper_test.ts); the more items, the less the relaxation leaves. Never exceeds the
+ * budget (one within 10⁻¹² below the cheapest allocation, as a BudgetError's `minimum` read back
+ * may be, is that allocation), and never predicts more error than the best uniform allocation that
+ * fits.
  *
  * @param problem items, weights, error tables and format costs
  * @param budget average bits per element allowed
@@ -274,31 +278,7 @@ export function allocateBudget(problem: BudgetProblem, budget: number): BudgetAl
       if (hi / Math.max(lo, Number.MIN_VALUE) < 1 + 1e-9) break;
     }
     choose(hi, kf, vf);
-    // Greedy fill: upgrades towards the λ = lo choice, best error saved per bit first.
-    const kLo = new Int16Array(n), vLo = new Int16Array(n);
-    choose(lo, kLo, vLo);
-    let bits = _bits(problem, kf, vf);
-    const moves: { i: number; key: boolean; to: number; dBits: number; gain: number }[] = [];
-    for (let i = 0; i < n; i++) {
-      const r = row[i], e = elements[i];
-      if (kLo[i] !== kf[i]) {
-        const dBits = e * (keyBits[kLo[i]] - keyBits[kf[i]]);
-        const gain = keyWeight[i] * (keyError[r][kf[i]] - keyError[r][kLo[i]]);
-        moves.push({ i, key: true, to: kLo[i], dBits, gain });
-      }
-      if (vLo[i] !== vf[i]) {
-        const dBits = e * (valueBits[vLo[i]] - valueBits[vf[i]]);
-        const gain = valueWeight[i] * (valueError[r][vf[i]] - valueError[r][vLo[i]]);
-        moves.push({ i, key: false, to: vLo[i], dBits, gain });
-      }
-    }
-    moves.sort((a, b) => b.gain / b.dBits - a.gain / a.dBits);
-    for (const m of moves) {
-      if (m.gain <= 0 || bits + m.dBits > budgetBits) continue;
-      bits += m.dBits;
-      if (m.key) kf[m.i] = m.to;
-      else vf[m.i] = m.to;
-    }
+    _fill(problem, kf, vf, budgetBits);
   }
   let result: BudgetAllocation = {
     keyFormat: kf,
@@ -488,6 +468,48 @@ function _checkTotals(p: BudgetProblem): void {
         i,
       );
     }
+  }
+}
+
+/**
+ * Greedy fill of the bits the Lagrangian choice leaves: in passes, the upgrades (one item's key or
+ * value to any format of less predicted error) that save the most error per bit and still fit, one
+ * per item side and pass, until none fits. Upgrading only towards the next λ's choice left most of
+ * a small problem's budget unspent when that one move did not fit (2.7× the optimal error on two
+ * items at 4.1 b).
+ */
+function _fill(p: BudgetProblem, kf: Int16Array, vf: Int16Array, budgetBits: number): void {
+  const n = kf.length;
+  let bits = _bits(p, kf, vf);
+  const sides = [
+    { formats: kf, weight: p.keyWeight, error: p.keyError, cost: p.keyBits },
+    { formats: vf, weight: p.valueWeight, error: p.valueError, cost: p.valueBits },
+  ];
+  for (let pass = 0; pass < 4 * p.keyBits.length + 4 * p.valueBits.length; pass++) {
+    const moves: { side: number; i: number; to: number; dBits: number; perBit: number }[] = [];
+    sides.forEach((s, side) => {
+      for (let i = 0; i < n; i++) {
+        const from = s.formats[i], err = s.error[p.row[i]], e = p.elements[i];
+        for (let to = 0; to < s.cost.length; to++) {
+          const gain = s.weight[i] * (err[from] - err[to]), dBits = e * (s.cost[to] - s.cost[from]);
+          // only what fits now: the Lagrangian choice leaves little, so few moves are sorted
+          if (gain > 0 && bits + dBits <= budgetBits) {
+            moves.push({ side, i, to, dBits, perBit: dBits > 0 ? gain / dBits : Infinity });
+          }
+        }
+      }
+    });
+    moves.sort((a, b) => b.perBit - a.perBit);
+    const moved = new Uint8Array(2 * n);
+    let any = false;
+    for (const m of moves) {
+      if (moved[m.side * n + m.i] || bits + m.dBits > budgetBits) continue;
+      sides[m.side].formats[m.i] = m.to;
+      bits += m.dBits;
+      moved[m.side * n + m.i] = 1;
+      any = true;
+    }
+    if (!any) return;
   }
 }
 

@@ -195,3 +195,25 @@ Deno.test("attentionErrorBound covers the scores' own rounding at large scores",
     assert.ok(measured <= bound, `trial ${trial}: ${measured} > ${bound}`);
   }
 });
+
+Deno.test("attentionErrorBound() is Infinity, not NaN, when the scores' rounding is unbounded", () => {
+  // γ overflowed to ∞, and a weight that underflowed to 0 read 0·(1 − ∞) = NaN: every
+  // `realized > bound` check passed
+  const cases: [number[], number[], number, number][] = [
+    [[1.1e9], [1e9, 0.9e9], 2, 1],
+    [[1e154, 1e154], [1.5e154, -1.5e154, -1, 0], 2, 2],
+  ];
+  for (const [q, keys, n, d] of cases) {
+    const values = Array.from({ length: n * d }, (_, i) => i + 1);
+    const b = attentionErrorBound(
+      q,
+      keys,
+      values,
+      n,
+      d,
+      new Array(n * d).fill(0),
+      new Array(n * d).fill(0.1),
+    );
+    assert.equal(b, Infinity);
+  }
+});
