@@ -30,7 +30,7 @@ import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { KeyRope } from "./cache/key_rope.ts";
 import { meanErrorBound } from "./quantize_head.ts";
 import { checkStorableFormat } from "./plan.ts";
-import { RecordingKVCache } from "./recording_cache.ts";
+import { checkRecorded, RecordingKVCache } from "./recording_cache.ts";
 import { SensitivityStep } from "./sensitivity_step.ts";
 
 /** Per-position statistics of one (layer, KV head) over one sequence. */
@@ -363,6 +363,9 @@ export interface CalibrateOptions extends AnalyzeOptions {
  * @param options window sizes and summary settings
  * @param onLayer called after each layer
  * @returns the sequence's statistics
+ * @throws ShapeError for layers of different lengths or a position without its recorded query
+ *   (attend not called after its append: its query read as zeros, or as the sequence's before a
+ *   reset)
  */
 export function analyzeRecording(
   cache: RecordingKVCache,
@@ -372,11 +375,9 @@ export function analyzeRecording(
   const { nLayers, nHeads, nKvHeads, headDim } = cache.shape;
   const group = nHeads / nKvHeads;
   const length = cache.length(0);
+  checkRecorded(cache, length);
   const heads: HeadCalibration[][] = [];
   for (let l = 0; l < nLayers; l++) {
-    if (cache.length(l) !== length) {
-      throw new ShapeError(`layer ${l} holds ${cache.length(l)} positions, layer 0 ${length}`);
-    }
     const row: HeadCalibration[] = [];
     for (let kh = 0; kh < nKvHeads; kh++) {
       row.push(analyzeHeadGroup({

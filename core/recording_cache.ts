@@ -26,6 +26,7 @@ import {
   type KVCache,
   type KVCacheShape,
 } from "./model/kv_cache.ts";
+import { ShapeError } from "./errors.ts";
 
 /** A float32 cache that records the queries of every attend call. */
 export class RecordingKVCache implements KVCache {
@@ -33,6 +34,8 @@ export class RecordingKVCache implements KVCache {
   /** The underlying float32 cache: keys and values, [layer][kvHead][position][headDim]. */
   readonly inner: Float32KVCache;
   readonly #queries: Float32Array[];
+  /** Per layer, 1 where a position's query was recorded since the last reset. */
+  readonly #queried: Uint8Array[];
 
   /**
    * Creates an empty recording cache.
@@ -57,6 +60,7 @@ export class RecordingKVCache implements KVCache {
       },
       { name: "attention scores", bytes: 4 * shape.maxSeqLen },
       { name: "layer lengths", bytes: 4 * shape.nLayers },
+      { name: "query marks of one layer", bytes: shape.maxSeqLen, count: shape.nLayers },
     ]);
     this.inner = new Float32KVCache(shape);
     this.shape = this.inner.shape;
@@ -65,6 +69,7 @@ export class RecordingKVCache implements KVCache {
       { length: shape.nLayers },
       () => new Float32Array(shape.maxSeqLen * qDim),
     );
+    this.#queried = Array.from({ length: shape.nLayers }, () => new Uint8Array(shape.maxSeqLen));
   }
 
   length(layer: number): number {
@@ -79,11 +84,26 @@ export class RecordingKVCache implements KVCache {
     checkAttend(this.shape, layer, this.inner.length(layer), q, out);
     const pos = this.inner.length(layer) - 1;
     this.#queries[layer].set(q, pos * q.length);
+    this.#queried[layer][pos] = 1;
     this.inner.attend(layer, q, out);
   }
 
   /**
-   * Recorded queries of one layer, [position][nHeads][headDim]; valid for positions < length(layer).
+   * The first position of a layer whose query was not recorded: an append with no attend after
+   * it, whose slot in {@linkcode queries} holds zeros or a query of the sequence before a reset.
+   * @param layer layer index
+   * @returns that position, or length(layer) when every held position has its query
+   */
+  firstUnqueried(layer: number): number {
+    checkLayer(this.shape, layer);
+    const n = this.inner.length(layer), marks = this.#queried[layer];
+    for (let p = 0; p < n; p++) if (!marks[p]) return p;
+    return n;
+  }
+
+  /**
+   * Recorded queries of one layer, [position][nHeads][headDim]; valid for positions <
+   * {@linkcode firstUnqueried}(layer).
    * @param layer layer index
    * @returns a view of the recorded queries
    */
@@ -118,6 +138,7 @@ export class RecordingKVCache implements KVCache {
     const m = this.inner.memory();
     let qBytes = 0;
     for (const q of this.#queries) qBytes += q.byteLength;
+    for (const m of this.#queried) qBytes += m.byteLength;
     return {
       ...m,
       bytes: m.bytes + qBytes,
@@ -127,5 +148,28 @@ export class RecordingKVCache implements KVCache {
 
   reset(): void {
     this.inner.reset();
+    for (const m of this.#queried) m.fill(0);
+  }
+}
+
+/**
+ * Throws ShapeError unless every layer holds n positions, each with its recorded query: what the
+ * verifier, the analyzer and a replay read.
+ * @param cache the recording
+ * @param n positions expected in every layer
+ */
+export function checkRecorded(cache: RecordingKVCache, n: number): void {
+  for (let l = 0; l < cache.shape.nLayers; l++) {
+    if (cache.length(l) !== n) {
+      throw new ShapeError(`layer ${l} holds ${cache.length(l)} positions, layer 0 ${n}`);
+    }
+  }
+  for (let l = 0; l < cache.shape.nLayers; l++) {
+    const p = cache.firstUnqueried(l);
+    if (p < n) {
+      throw new ShapeError(
+        `layer ${l} position ${p} has no recorded query: attend was not called after its append`,
+      );
+    }
   }
 }

@@ -33,7 +33,14 @@ import type { Analysis } from "./analyzer.ts";
 import { attentionErrorBound, attentionErrorFirstOrder } from "./attention_bound.ts";
 import { attentionWeights } from "./attention_sensitivity.ts";
 import { getFormat } from "../codecs/format.ts";
-import { checkPerturbation, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
+import {
+  assertFinite,
+  checkPerturbation,
+  InvalidValueError,
+  ShapeError,
+  showValue,
+  typeName,
+} from "./errors.ts";
 import { addUp, mulUp, sqrtUp } from "./interval.ts";
 import { precisionBits, requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
@@ -45,7 +52,7 @@ import {
   ruleDiameter,
 } from "./plan.ts";
 import { quantizeHead } from "./quantize_head.ts";
-import type { RecordingKVCache } from "./recording_cache.ts";
+import { checkRecorded, type RecordingKVCache } from "./recording_cache.ts";
 import type { CalibrationModel } from "./analyzer.ts";
 import type { ModelLipschitz, ResidualTrace } from "./layer_lipschitz.ts";
 import { mulberry32 } from "./mulberry32.ts";
@@ -206,10 +213,11 @@ export interface HeadVerification {
  * @param assignment formats: `sequences[sequence]` is used
  * @param sequence which sequence of the assignment the cache holds
  * @returns one verification per (layer, KV head)
- * @throws ShapeError for a recording with no position or layers of different lengths, or when the
- *   assignment does not match the cache (a missing cell, a key or value
- *   not covering the cached positions, a format index outside −1..formats − 1); InvalidValueError
- *   for a sequence that is not a number, or data too large for a finite bound
+ * @throws ShapeError for a recording with no position, layers of different lengths or a position
+ *   without its recorded query, or when the assignment does not match the cache (a missing cell,
+ *   a key or value not covering the cached positions, a format index outside −1..formats − 1);
+ *   InvalidValueError for a sequence that is not a number, or data too large for a finite bound;
+ *   FormatError for a format no cache stores there
  */
 export function verifyHeads(
   cache: RecordingKVCache,
@@ -225,10 +233,12 @@ export function verifyHeads(
   const n = cache.length(0);
   // no position: every mean would be 0/0
   if (n === 0) throw new ShapeError("the recording holds no position to verify");
-  for (let l = 1; l < nLayers; l++) {
-    if (cache.length(l) !== n) {
-      throw new ShapeError(`layer ${l} holds ${cache.length(l)} positions, layer 0 ${n}`);
-    }
+  checkRecorded(cache, n);
+  _checkAssignmentFields(assignment);
+  if (!Array.isArray(assignment.sequences)) {
+    throw new InvalidValueError(
+      `assignment sequences is ${typeName(assignment.sequences)}, expected an array`,
+    );
   }
   _checkFormats(assignment, d);
   const rope = _keyRope(assignment, n, d);
@@ -334,6 +344,25 @@ function _checkCell(
   }
 }
 
+/** Throws InvalidValueError for an assignment whose format lists are not arrays of names. */
+function _checkAssignmentFields(assignment: Assignment): void {
+  if (typeof assignment !== "object" || assignment === null) {
+    throw new InvalidValueError(`assignment is ${typeName(assignment)}, expected an Assignment`);
+  }
+  for (const key of ["keyFormats", "valueFormats"] as const) {
+    if (!Array.isArray(assignment[key])) {
+      throw new InvalidValueError(
+        `assignment ${key} is ${typeName(assignment[key])}, expected an array of format names`,
+      );
+    }
+  }
+  if (typeof assignment.windowFormat !== "string") {
+    throw new InvalidValueError(
+      `assignment windowFormat is ${typeName(assignment.windowFormat)}, expected a format name`,
+    );
+  }
+}
+
 /** Throws FormatError for an assignment format no cache stores (as the planner refuses it). */
 function _checkFormats(assignment: Assignment, d: number): void {
   checkWindowFormat(assignment.windowFormat);
@@ -396,7 +425,17 @@ export function storedHead(
   cell: { key: Int16Array; value: Int16Array },
   assignment: Assignment,
 ): { k: StoredElements; v: StoredElements } {
+  if (!Number.isInteger(n) || n < 0) {
+    throw new ShapeError(`positions n is ${showValue(n)}, expected an integer ≥ 0`);
+  }
+  if (!Number.isInteger(d) || d < 1) {
+    throw new ShapeError(`head dimension d is ${showValue(d)}, expected an integer ≥ 1`);
+  }
+  _checkAssignmentFields(assignment);
   _checkFormats(assignment, d);
+  if (!(cell?.key instanceof Int16Array && cell.value instanceof Int16Array)) {
+    throw new InvalidValueError(`cell is ${typeName(cell)}, expected { key, value } Int16Arrays`);
+  }
   _checkCell(cell, n, assignment, "cell");
   if (!(keys instanceof Float32Array) || !(values instanceof Float32Array)) {
     throw new InvalidValueError(
@@ -429,7 +468,10 @@ function _stored(
   rope: KeyRope | undefined,
 ): { k: StoredElements; v: StoredElements } {
   const win = assignment.windowFormat;
-  const k = _throughWindow(keys, n, d, win), v = _throughWindow(values, n, d, win);
+  assertFinite(keys, "keys", 0, n * d);
+  assertFinite(values, "values", 0, n * d);
+  const k = _throughWindow(keys, n, d, win, "keys");
+  const v = _throughWindow(values, n, d, win, "values");
   const pools = new Map<string, number[]>();
   for (let t = 0; t < n; t++) {
     const ki = cell.key[t], vi = cell.value[t];
@@ -443,18 +485,60 @@ function _stored(
     if (ki >= 0) {
       const f = assignment.keyFormats[ki];
       const turned = rope !== undefined && getFormat(f).axis === "channel";
-      _page(k, positions, d, f, turned ? { rope, group: getFormat(f).group } : undefined);
+      const turn = turned ? { rope, group: getFormat(f).group } : undefined;
+      _page(k, positions, d, f, turn, { x: keys, what: "keys" });
     }
-    if (vi >= 0) _page(v, positions, d, assignment.valueFormats[vi], undefined);
+    if (vi >= 0) {
+      _page(v, positions, d, assignment.valueFormats[vi], undefined, { x: values, what: "values" });
+    }
   }
   return { k, v };
 }
 
+/**
+ * Runs a round trip; an element it cannot encode is named by its index in the received keys or
+ * values, not in the slice or the packed pool the codec saw (x[4] for position 12's element 4).
+ */
+function _encodable<T>(
+  roundTrip: () => T,
+  sourceIndex: (i: number) => number,
+  x: Float32Array,
+  d: number,
+  what: string,
+  place: string,
+): T {
+  try {
+    return roundTrip();
+  } catch (e) {
+    if (!(e instanceof InvalidValueError && e.index !== undefined)) throw e;
+    const i = sourceIndex(e.index), t = Math.floor(i / d);
+    const why = e.message.replace(/^.*? cannot be encoded: /, "");
+    throw new InvalidValueError(
+      `${what}[${i}] = ${x[i]} (position ${t}, element ${i - t * d}) cannot be stored ${place}: ` +
+        why,
+      i,
+    );
+  }
+}
+
 /** Every token through the window format, one token at a time as the ring's slots hold them. */
-function _throughWindow(x: Float32Array, n: number, d: number, format: string): StoredElements {
+function _throughWindow(
+  x: Float32Array,
+  n: number,
+  d: number,
+  format: string,
+  what: string,
+): StoredElements {
   const decoded = new Float32Array(n * d), bound = new Float64Array(n * d);
   for (let t = 0; t < n; t++) {
-    const r = quantizeHead(x.subarray(t * d, (t + 1) * d), 1, d, format);
+    const r = _encodable(
+      () => quantizeHead(x.subarray(t * d, (t + 1) * d), 1, d, format),
+      (i) => t * d + i,
+      x,
+      d,
+      what,
+      `in the window format ${format}`,
+    );
     decoded.set(r.decoded, t * d);
     bound.set(r.bound, t * d);
   }
@@ -473,6 +557,7 @@ function _page(
   d: number,
   format: string,
   turn: { rope: KeyRope; group: number } | undefined,
+  source: { x: Float32Array; what: string },
 ): void {
   const m = positions.length;
   const packed = new Float32Array(m * d);
@@ -501,7 +586,14 @@ function _page(
       );
     }
   }
-  const r = quantizeHead(packed, m, d, format);
+  const r = _encodable(
+    () => quantizeHead(packed, m, d, format),
+    (i) => positions[Math.floor(i / d)] * d + i % d,
+    source.x,
+    d,
+    source.what,
+    `in the page format ${format}${turn ? " (turned back before RoPE)" : ""}`,
+  );
   if (!turn) {
     positions.forEach((t, i) => {
       for (let c = 0; c < d; c++) {

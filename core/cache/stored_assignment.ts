@@ -37,9 +37,9 @@
  * @module
  */
 
-import { ShapeError } from "../errors.ts";
+import { InvalidValueError, ShapeError, typeName } from "../errors.ts";
 import type { Assignment } from "../plan.ts";
-import type { RecordingKVCache } from "../recording_cache.ts";
+import { checkRecorded, RecordingKVCache } from "../recording_cache.ts";
 import { type MixedCacheOptions, MixedPrecisionKVCache } from "./mixed_cache.ts";
 import type { CachePolicy } from "./policy.ts";
 
@@ -51,35 +51,33 @@ import type { CachePolicy } from "./policy.ts";
  * @param policy the cache policy
  * @param options the cache's options (backend and integerDot move window scores, hence tiers)
  * @returns an assignment of one sequence; ropeBase is the policy's
- * @throws ShapeError for a recording with no position, layers of different lengths, or an attend
- *   missing for a position; the cache's own errors for a policy or data it refuses
+ * @throws InvalidValueError for a recording that is not a RecordingKVCache or a policy that is not
+ *   a CachePolicy; ShapeError for a recording with no position, layers of different lengths, or a
+ *   position without its recorded query (no attend after its append); the cache's own errors for
+ *   a policy or data it refuses
  */
 export function storedAssignment(
   recording: RecordingKVCache,
   policy: CachePolicy,
   options: Omit<MixedCacheOptions, "maxBytes"> = {},
 ): Assignment {
+  if (!(recording instanceof RecordingKVCache)) {
+    throw new InvalidValueError(`recording is ${typeName(recording)}, expected a RecordingKVCache`);
+  }
+  if (typeof policy?.formatFor !== "function" || typeof policy.pairs !== "function") {
+    throw new InvalidValueError(`policy is ${typeName(policy)}, expected a CachePolicy`);
+  }
   const { nLayers, nHeads, nKvHeads, headDim: d } = recording.shape;
   const n = recording.length(0);
   if (n === 0) throw new ShapeError("the recording holds no position to replay");
-  for (let l = 1; l < nLayers; l++) {
-    if (recording.length(l) !== n) {
-      throw new ShapeError(`layer ${l} holds ${recording.length(l)} positions, layer 0 ${n}`);
-    }
-  }
+  checkRecorded(recording, n);
   const queries = Array.from({ length: nLayers }, (_, l) => recording.queries(l));
-  for (let l = 0; l < nLayers; l++) {
-    if (queries[l].length < n * nHeads * d) {
-      throw new ShapeError(
-        `layer ${l} recorded ${queries[l].length / (nHeads * d)} queries for ${n} positions`,
-      );
-    }
-  }
   const keys = (l: number) => Array.from({ length: nKvHeads }, (_, h) => recording.keys(l, h));
   const values = (l: number) => Array.from({ length: nKvHeads }, (_, h) => recording.values(l, h));
   const K = Array.from({ length: nLayers }, (_, l) => keys(l));
   const V = Array.from({ length: nLayers }, (_, l) => values(l));
-  const cache = new MixedPrecisionKVCache({ ...recording.shape, maxSeqLen: n }, policy, options);
+  // the recording's own maxSeqLen: a page the cache accepts at that length is refused at n
+  const cache = new MixedPrecisionKVCache(recording.shape, policy, options ?? {});
 
   const keyFormats: string[] = [], valueFormats: string[] = [];
   const indexOf = (list: string[], f: string) => {

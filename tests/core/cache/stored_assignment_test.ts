@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
 import { type CachePolicy, tieredPolicy } from "../../../core/cache/policy.ts";
 import { storedAssignment } from "../../../core/cache/stored_assignment.ts";
-import { ShapeError } from "../../../core/errors.ts";
+import { InvalidValueError, ShapeError } from "../../../core/errors.ts";
 import { RecordingKVCache } from "../../../core/recording_cache.ts";
 import { ropeTable } from "../../../core/tensor.ts";
 import { storedHead, verifyHeads } from "../../../core/verifier.ts";
@@ -209,4 +209,94 @@ Deno.test("storedAssignment names an empty or ragged recording", () => {
     () => storedAssignment(empty, p),
     (e) => e instanceof ShapeError && /layer 1 holds 0/.test(e.message),
   );
+});
+
+Deno.test("a position appended with no attend after it is named, not read as a zero query", async () => {
+  // its query slot held zeros, or the query of the sequence before a reset: verified and analyzed
+  // as if it were a real one
+  const { analyzeRecording } = await import("../../../core/analyzer.ts");
+  const rec = recording(6);
+  assert.equal(rec.firstUnqueried(0), N);
+  const stale = (e: unknown) =>
+    e instanceof ShapeError && /layer 0 position 0 has no recorded query/.test(e.message);
+  rec.reset();
+  const x = new Float32Array(SHAPE.nKvHeads * SHAPE.headDim).fill(0.5);
+  for (let l = 0; l < SHAPE.nLayers; l++) rec.append(l, 0, x, x);
+  assert.equal(rec.firstUnqueried(0), 0);
+  const a = storedAssignment(recording(7), policy("fp16", BASE));
+  assert.throws(() => storedAssignment(rec, policy("fp16", BASE)), stale);
+  assert.throws(() => verifyHeads(rec, { ...a, sequences: [] }), stale);
+  assert.throws(() => analyzeRecording(rec), stale);
+});
+
+Deno.test("storedAssignment replays at the recording's maxSeqLen: a page the cache takes there is taken", () => {
+  // replayed at the sequence's length, pages of 256 tokens were refused for 150 positions
+  const rec = recording(8), big = new RecordingKVCache({ ...SHAPE, maxSeqLen: 512 });
+  const out = new Float32Array(SHAPE.nHeads * SHAPE.headDim);
+  for (let t = 0; t < N; t++) {
+    for (let l = 0; l < SHAPE.nLayers; l++) {
+      const k = new Float32Array(SHAPE.nKvHeads * SHAPE.headDim), v = k.slice();
+      for (let h = 0; h < SHAPE.nKvHeads; h++) {
+        k.set(rec.keys(l, h).subarray(t * 8, t * 8 + 8), h * 8);
+        v.set(rec.values(l, h).subarray(t * 8, t * 8 + 8), h * 8);
+      }
+      big.append(l, t, k, v);
+      big.attend(l, rec.queries(l).subarray(t * 32, t * 32 + 32), out);
+    }
+  }
+  const p = tieredPolicy(
+    { ...policy("fp16", BASE).options, label: "pages of 256", pageTokens: 256 } as never,
+  );
+  const a = storedAssignment(big, p);
+  const paged = a.sequences[0][0][0].key.filter((f) => f >= 0).length;
+  assert.ok(paged >= 96, `${paged} positions paged`);
+});
+
+Deno.test("storedHead names the received element a format cannot hold, and refuses malformed arguments", () => {
+  const rec = recording(9), a = storedAssignment(rec, policy("fp16", BASE));
+  const cell = a.sequences[0][0][0], d = SHAPE.headDim;
+  const keys = rec.keys(0, 0).slice();
+  keys[100] = 1e6; // position 12, element 4: past fp16 in the window
+  assert.throws(
+    () => storedHead(keys, rec.values(0, 0), N, d, cell, a),
+    (e) =>
+      e instanceof InvalidValueError && e.index === 100 &&
+      /keys\[100\] = 1000000 \(position 12, element 4\) cannot be stored in the window format fp16/
+        .test(e.message),
+  );
+  const table: [() => unknown, unknown, RegExp][] = [
+    [() => storedHead(keys, keys, N, -8, cell, a), ShapeError, /head dimension d is -8/],
+    [
+      () => storedHead(keys, keys, N, d, undefined as never, a),
+      InvalidValueError,
+      /cell is undefined/,
+    ],
+    [
+      () => storedHead(keys, keys, N, d, cell, undefined as never),
+      InvalidValueError,
+      /assignment is undefined/,
+    ],
+    [
+      () => storedHead(keys, keys, N, d, cell, { ...a, keyFormats: undefined } as never),
+      InvalidValueError,
+      /assignment keyFormats is undefined/,
+    ],
+    [
+      () => storedAssignment(rec, undefined as never),
+      InvalidValueError,
+      /policy is undefined, expected a CachePolicy/,
+    ],
+    [
+      () => storedAssignment(undefined as never, policy("fp16", BASE)),
+      InvalidValueError,
+      /recording is undefined/,
+    ],
+  ];
+  for (const [call, cls, re] of table) {
+    assert.throws(
+      call,
+      (e) => e instanceof (cls as typeof Error) && re.test((e as Error).message),
+      re.source,
+    );
+  }
 });
