@@ -33,8 +33,9 @@ export interface EncodeOptions {
    * Clamp instead of throwing: NaN becomes 0 and values beyond ±`spec.clampLimit` (±Inf
    * included) become ±`spec.clampLimit`. Default false: a value the format cannot hold throws
    * {@linkcode InvalidValueError} naming the first offending index. That is not every value past
-   * the clamp limit: int groups hold values a little past ±65504 when their fp16 minimum and
-   * scale do, and unscaled e4m3 rounds up to 464 to its 448.
+   * the clamp limit: an int group holds values up to about 65504·(qmax + 1) above its minimum when
+   * its fp16 minimum and scale do (int8 accepts 1.6e7), and unscaled e4m3 rounds up to 464 to its
+   * 448.
    */
   readonly clamp?: boolean;
 }

@@ -1,13 +1,22 @@
 /**
  * Saving and loading a {@linkcode MixedPrecisionKVCache} as bytes. Layout (little-endian):
- * magic "KVPC", u32 version, u32 JSON length, the JSON description (shape, policy, lengths and every
- * segment's counts), zero padding to 4 bytes, u32 CRC-32 of the JSON; then per layer and KV head the
- * blocks sinks-K, sinks-V, window-K, window-V (min(sinkTokens, maxSeqLen) and
- * min(recentWindow, maxSeqLen) + evictQuantum slots; files saved before that clamp hold
- * sinkTokens and recentWindow + evictQuantum and still load), window scores (one f32 per eviction
- * chunk the ring can hold; none for single-pair policies), and per pool each page's K words, V words and, for
- * keys stored before RoPE, its key groups' first positions (i32), every block followed by its u32
- * CRC-32. Loading checks the magic, the version, the padding, the exact total size (naming expected
+ * magic "KVPC", u32 version, u32 JSON length, the JSON description, zero padding to 4 bytes, u32
+ * CRC-32 of the JSON; then per layer and KV head (layer-major) the blocks:
+ *
+ * - sinks-K, sinks-V: min(sinkTokens, maxSeqLen) slots each;
+ * - window-K, window-V, the ring: min(recentWindow, maxSeqLen) + evictQuantum slots each (files
+ *   saved before that clamp hold recentWindow + evictQuantum and still load). A slot is
+ *   wordsFor(windowFormat, headDim) u32 words; ring slot (windowStart + i) mod slots holds the
+ *   i-th oldest of its windowN tokens, and a slot a token left keeps its old words;
+ * - window scores: ⌈(recentWindow + evictQuantum) / evictQuantum⌉ f32, unclamped (the GPU cache
+ *   numbers chunks so; core/cache/PAGES.md); none for single-pair policies;
+ * - per pool, per page: its K words, its V words (core/cache/PAGES.md) and, for keys stored before
+ *   RoPE, its key groups' first positions (i32, pageTokens / key group of them);
+ *
+ * every block followed by its u32 CRC-32. The JSON holds `shape`, `policy` (policyFromJSON's form),
+ * the layers' `lengths` and `heads[layer][kvHead]`: `sinkN`, `windowN`, `windowStart` (the ring
+ * slot of the oldest window token) and `pools`, each `{ pair: { keyFormat, valueFormat }, pages:
+ * [valid tokens of each page] }` in the order their blocks follow. Loading checks the magic, the version, the padding, the exact total size (naming expected
  * vs actual bytes) and every checksum (naming the block and byte offset), and builds a new cache, so
  * a failed load changes nothing.
  *
