@@ -17,6 +17,7 @@ import { parseTokenizer } from "../core/model/tokenizer.ts";
 import { cacheShape, Transformer } from "../core/model/transformer.ts";
 import { buildPrecisionPlan } from "../core/plan.ts";
 import { planPolicy } from "../core/cache/plan_policy.ts";
+import { storedAssignment } from "../core/cache/stored_assignment.ts";
 import { RecordingKVCache } from "../core/recording_cache.ts";
 import { attentionOutputGains, composeLayerBounds, verifyHeads } from "../core/verifier.ts";
 
@@ -72,7 +73,6 @@ const rows: [string, Parameters<typeof buildPrecisionPlan>[1]][] = [
 const shape = cacheShape(w.config, heldOut.length);
 const rec = new RecordingKVCache(shape);
 for (let p = 0; p < heldOut.length; p++) await model.forward(heldOut[p], p, rec);
-const held = await calibrate(model, w.config, [heldOut], { windows: [16] });
 const gains = await attentionOutputGains(model, shape, heldOut, { trials: 1 });
 console.log(
   `\noutput gains G_l (attention output → logits): ${gains.map((g) => g.toFixed(1)).join(" ")}`,
@@ -83,29 +83,9 @@ console.log(
 );
 for (const [label, options] of rows) {
   const { plan, report } = buildPrecisionPlan(analysis, options);
-  // The plan on the held-out window: its tiers applied to that window's observed scores.
-  const { report: heldReport } = buildPrecisionPlan(held, { ...options, windowFormat: "fp16" });
-  const tiersAssign = heldReport.planAssignment;
-  // Re-map the held-out positions with the calibration plan's tiers.
-  const c16 = held.sequences[0];
-  for (let l = 0; l < w.config.nLayers; l++) {
-    for (let h = 0; h < w.config.nKvHeads; h++) {
-      const cell = tiersAssign.sequences[0][l][h];
-      const score = c16.heads[l][h].windowScores["16"];
-      for (let t = 0; t < cell.key.length; t++) {
-        if (cell.key[t] < 0) continue;
-        let tier = plan.layers[l].heads[h].tiers.at(-1)!;
-        for (const x of plan.layers[l].heads[h].tiers) {
-          if (score[t] >= x.minScore) {
-            tier = x;
-            break;
-          }
-        }
-        cell.key[t] = names.indexOf(tier.keyFormat);
-        cell.value[t] = names.indexOf(tier.valueFormat);
-      }
-    }
-  }
+  // The plan on the held-out window: where a cache with it stores each position (its tiers on
+  // the scores that cache observes, chunk by chunk).
+  const tiersAssign = storedAssignment(rec, planPolicy(plan, label));
   const v = verifyHeads(rec, tiersAssign, 0);
   const exceeded = v.reduce((a, x) => a + x.exceeded, 0);
   const maxB = Math.max(...v.map((x) => x.maxBound)),
