@@ -220,6 +220,9 @@ class HeadStore {
  */
 const HEAD_OBJECT_BYTES = 2048;
 
+/** Heap a Partial takes besides its f64 sums (an object and a typed array header), rounded up. */
+const PARTIAL_OBJECT_BYTES = 256;
+
 /**
  * Pages of up to this many tokens are accepted whatever maxSeqLen: the GPU cache's default page
  * (the CPU default is 32), so default policies fit short caches.
@@ -471,7 +474,10 @@ export class MixedPrecisionKVCache implements KVCache {
       buffers.push({ name: "RoPE kernel table", bytes: 4 * M * d, count: 2 });
     }
     if (this.backend === "wasm") {
-      buffers.push({ name: "wasm window scores", bytes: 8 * (nHeads / nKvHeads) * this.#ring });
+      const hq = nHeads / nKvHeads;
+      buffers.push({ name: "wasm window scores", bytes: 8 * hq * this.#ring });
+      // one partial softmax per query head of a group: its f64 sums and the object around them
+      buffers.push({ name: "query-head partials", bytes: 8 * d + PARTIAL_OBJECT_BYTES, count: hq });
     }
     // pages come as tokens arrive, but one that can never be allocated is refused now
     for (const pair of this.policy.pairs()) {

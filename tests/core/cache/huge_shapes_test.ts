@@ -192,3 +192,13 @@ Deno.test("PageArena.alloc() past what its memory can grow to is a CapacityError
   assert.equal(arena.memory.buffer.byteLength, 65536, "memory did not grow");
   assert.equal(arena.alloc(64), a + 64, "the next block follows the last one");
 });
+
+Deno.test("a wasm cache counts its query-head partials: millions of query heads are refused before any is made", () => {
+  // 2^22 query heads over one KV head took 4 GiB of f64 partials and 24 s, then reported 512 bytes
+  const shape = { nLayers: 1, nHeads: 2 ** 22, nKvHeads: 1, headDim: 128, maxSeqLen: 16 };
+  const policy = uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" });
+  assert.throws(
+    () => new MixedPrecisionKVCache(shape, policy, { backend: "wasm" }),
+    (e) => e instanceof CapacityError && /query-head partials \d+/.test(e.message),
+  );
+});
