@@ -72,10 +72,12 @@ export function storedAssignment(
   if (n === 0) throw new ShapeError("the recording holds no position to replay");
   checkRecorded(recording, n);
   const queries = Array.from({ length: nLayers }, (_, l) => recording.queries(l));
-  const keys = (l: number) => Array.from({ length: nKvHeads }, (_, h) => recording.keys(l, h));
-  const values = (l: number) => Array.from({ length: nKvHeads }, (_, h) => recording.values(l, h));
-  const K = Array.from({ length: nLayers }, (_, l) => keys(l));
-  const V = Array.from({ length: nLayers }, (_, l) => values(l));
+  const perHead = (read: (l: number, h: number) => Float32Array) =>
+    Array.from(
+      { length: nLayers },
+      (_, l) => Array.from({ length: nKvHeads }, (_, h) => read(l, h)),
+    );
+  const K = perHead((l, h) => recording.keys(l, h)), V = perHead((l, h) => recording.values(l, h));
   // the recording's own maxSeqLen: a page the cache accepts at that length is refused at n
   const cache = new MixedPrecisionKVCache(recording.shape, policy, options ?? {});
 
