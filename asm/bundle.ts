@@ -22,8 +22,13 @@ await Deno.mkdir(out, { recursive: true });
 const bundled = await new Deno.Command(Deno.execPath(), {
   args: ["bundle", "--quiet", "--platform", "browser", "-o", `${out}/kvprec.js`, "mod.ts"],
   cwd: ROOT.pathname,
+  stdout: "inherit",
+  stderr: "inherit", // the bundler's reason: captured, a failure exited 1 without a word
 }).output();
-if (!bundled.success) Deno.exit(bundled.code || 1);
+if (!bundled.success) {
+  console.error(`deno bundle failed (exit code ${bundled.code}) writing ${out}/kvprec.js`);
+  Deno.exit(bundled.code || 1);
+}
 await Deno.writeFile(`${out}/kvprec.wasm`, wasmBytes("simd"));
 await Deno.writeFile(`${out}/kvprec-relaxed.wasm`, wasmBytes("relaxed-simd"));
 console.log(`${out}/kvprec.js, ${out}/kvprec.wasm, ${out}/kvprec-relaxed.wasm`);

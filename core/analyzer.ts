@@ -25,7 +25,7 @@
  */
 
 import { getFormat } from "../codecs/format.ts";
-import { assertFinite, InvalidValueError, ShapeError, typeName } from "./errors.ts";
+import { assertFinite, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { KeyRope } from "./cache/key_rope.ts";
 import { meanErrorBound } from "./quantize_head.ts";
@@ -453,6 +453,12 @@ export async function calibrate(
   // Checked here, not only by analyzeHeadGroup and meanErrorBound, which run after every
   // forward pass of the first sequence.
   const settings = _analyzeSettings(options);
+  // a single name ("fp16") failed as "forEach is not a function"
+  if (options.measureFormats !== undefined && !Array.isArray(options.measureFormats)) {
+    throw new InvalidValueError(
+      `measureFormats is ${showValue(options.measureFormats)}, expected an array of format names`,
+    );
+  }
   (options.measureFormats ?? []).forEach((f, i) =>
     checkStorableFormat(f, shape.headDim, `measureFormats[${i}]`)
   );

@@ -124,6 +124,40 @@ export function showValue(v: unknown): string {
 }
 
 /**
+ * Checks an options argument: undefined (no options) or an object every field of which is known. A
+ * misspelt field (`integerdot`, `minGPUElements`) was otherwise dropped without a word, and the
+ * call went on with the default.
+ *
+ * @example
+ * ```ts
+ * import { checkOptionFields, InvalidValueError } from "./errors.ts";
+ * try {
+ *   checkOptionFields({ integerdot: false }, ["integerDot"], "cache options");
+ *   throw new Error("unreachable");
+ * } catch (e) {
+ *   if (!(e instanceof InvalidValueError)) throw e;
+ * }
+ * ```
+ * @param options the argument
+ * @param known its fields
+ * @param what what the options are for, as the message names them ("cache options")
+ * @throws InvalidValueError for options that are neither undefined nor a non-array object, or
+ *   naming the first unknown field with the known ones
+ */
+export function checkOptionFields(options: unknown, known: readonly string[], what: string): void {
+  if (options === undefined) return;
+  if (typeof options !== "object" || options === null || Array.isArray(options)) {
+    throw new InvalidValueError(`${what} are ${showValue(options)}, expected an object`);
+  }
+  const unknown = Object.keys(options).find((k) => !known.includes(k));
+  if (unknown !== undefined) {
+    throw new InvalidValueError(
+      `${what} have unknown field ${JSON.stringify(unknown)}; the fields are ${known.join(", ")}`,
+    );
+  }
+}
+
+/**
  * Throws {@linkcode InvalidValueError} naming the first non-finite element of `x` (of
  * x[from … from + count) when given).
  *

@@ -419,16 +419,28 @@ export function tierFor(
   return tiers[tiers.length - 1];
 }
 
+/** The fields of a {@linkcode PrecisionPlan}. */
+const _PLAN_FIELDS = [
+  "version",
+  "sinkTokens",
+  "recentWindow",
+  "windowFormat",
+  "ropeBase",
+  "layers",
+  "meta",
+];
+
 /**
  * Checks parsed JSON against the PrecisionPlan shape: version 1, non-negative integers for sinks
  * and window, a window format, layers of as many heads each (no holes in any array), and per head
  * a non-empty tier list of finite minScores sorted descending and ending at 0, with format names
- * accepted by `isFormat`.
+ * accepted by `isFormat`; no field a plan does not have (`meta` holds anything else).
  *
  * @param value parsed JSON
  * @param isFormat accepts known format names (default: any non-empty string)
  * @returns the value, typed
- * @throws CorruptDataError naming the first offending field; FormatError for an unknown format
+ * @throws CorruptDataError naming the first offending, missing or unknown field; FormatError for a
+ *   format `isFormat` refuses
  */
 export function validatePrecisionPlan(
   value: unknown,
@@ -436,7 +448,19 @@ export function validatePrecisionPlan(
 ): PrecisionPlan {
   const p = value as PrecisionPlan;
   const bad = (what: string) => new CorruptDataError(`precision plan: ${what}`);
-  if (typeof p !== "object" || p === null) throw bad("not an object");
+  // A misspelt field (ropebase) was ignored: the cache then stored keys after RoPE, without a word.
+  const onlyFields = (o: object, fields: readonly string[], where: string) => {
+    const unknown = Object.keys(o).find((k) => !fields.includes(k));
+    if (unknown !== undefined) {
+      throw bad(
+        `${where}has unknown field ${JSON.stringify(unknown)}; its fields are ${fields.join(", ")}`,
+      );
+    }
+  };
+  if (typeof p !== "object" || p === null || Array.isArray(p)) {
+    throw bad(`${showValue(p)}, expected an object (a plan read from JSON: parse it first)`);
+  }
+  onlyFields(p, _PLAN_FIELDS, "");
   if (p.version !== 1) throw bad(`version is ${showValue(p.version)}, expected 1`);
   for (const key of ["sinkTokens", "recentWindow"] as const) {
     if (!Number.isInteger(p[key]) || p[key] < 0) {
@@ -445,8 +469,9 @@ export function validatePrecisionPlan(
   }
   try {
     checkWindowFormat(p.windowFormat);
-  } catch {
-    throw bad(`windowFormat is ${p.windowFormat}`);
+  } catch (e) {
+    // the reason (unknown, or grouped along tokens) was dropped
+    throw bad(`windowFormat is ${showValue(p.windowFormat)}: ${(e as Error).message}`);
   }
   if (p.ropeBase !== undefined && !isRopeBase(p.ropeBase)) {
     throw bad(`ropeBase is ${showValue(p.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`);
@@ -459,6 +484,7 @@ export function validatePrecisionPlan(
     if (!Array.isArray(layer?.heads) || layer.heads.length === 0) {
       throw bad(`layer ${l} has no heads`);
     }
+    onlyFields(layer, ["heads"], `layer ${l} `);
     if (layer.heads.length !== p.layers[0].heads.length) {
       throw bad(
         `layer ${l} has ${layer.heads.length} heads, layer 0 has ${p.layers[0].heads.length}`,
@@ -469,23 +495,34 @@ export function validatePrecisionPlan(
       if (!Array.isArray(tiers) || tiers.length === 0) {
         throw bad(`layer ${l} head ${h} has no tiers`);
       }
+      onlyFields(layer.heads[h], ["tiers"], `layer ${l} head ${h} `);
       let last = Infinity;
       for (let i = 0; i < tiers.length; i++) {
-        const tier = tiers[i];
+        const tier = tiers[i], at = `layer ${l} head ${h} tier ${i}`;
         if (typeof tier !== "object" || tier === null) {
-          throw bad(`layer ${l} head ${h} tier ${i} is ${tier}, expected an object`);
+          throw bad(`${at} is ${showValue(tier)}, expected an object`);
         }
+        onlyFields(tier, ["minScore", "keyFormat", "valueFormat"], `${at} `);
         // A string minScore would pass the comparisons below by coercion; an Infinity would pass
         // them and then be refused by the cache policy.
         const m = tier.minScore;
-        if (typeof m !== "number" || !(m >= 0) || !(m <= last) || m === Infinity) {
-          const range = last === Infinity ? "[0, Infinity)" : `[0, ${last}]`;
-          throw bad(`layer ${l} head ${h} tier ${i} minScore ${m} not in ${range}`);
+        if (typeof m !== "number" || !(m >= 0) || m === Infinity) {
+          throw bad(`${at} minScore is ${showValue(m)}, expected a finite number ≥ 0`);
+        }
+        if (!(m <= last)) {
+          throw bad(
+            `${at} minScore ${m} is above tier ${
+              i - 1
+            }'s ${last}: a head's tiers go by minScore, ` +
+              "highest first",
+          );
         }
         last = tier.minScore;
-        for (const name of [tier.keyFormat, tier.valueFormat]) {
+        for (const key of ["keyFormat", "valueFormat"] as const) {
+          const name = tier[key];
+          if (name === undefined) throw bad(`${at} has no ${key}`);
           if (typeof name !== "string" || !isFormat(name)) {
-            throw new FormatError(`layer ${l} head ${h} tier ${i}: unknown format ${name}`);
+            throw new FormatError(`${at}: ${key} ${showValue(name)} is not a known format`);
           }
         }
       }
@@ -591,6 +628,18 @@ function _checkWindowScores(analysis: Analysis, window: number): void {
 }
 
 function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
+  // a missing one read `shape` of undefined, a TypeError
+  if (
+    typeof analysis !== "object" || analysis === null || typeof analysis.shape !== "object" ||
+    !Array.isArray(analysis.sequences)
+  ) {
+    throw new InvalidValueError(
+      `analysis is ${showValue(analysis)}, expected an Analysis (from calibrate)`,
+    );
+  }
+  if (typeof options !== "object" || options === null) {
+    throw new InvalidValueError(`plan options are ${showValue(options)}, expected an object`);
+  }
   const { nLayers, nKvHeads } = analysis.shape;
   if (analysis.sequences.length === 0) {
     throw new ShapeError("the analysis holds no calibration sequences: nothing to plan from");

@@ -23,13 +23,15 @@
  */
 
 import {
+  checkOptionFields,
   DeviceError,
   FormatError,
   InvalidValueError,
   KvprecError,
   ShapeError,
+  showValue,
 } from "../core/errors.ts";
-import type { KVCache, KVCacheShape } from "../core/model/kv_cache.ts";
+import { checkCacheShape, type KVCache, type KVCacheShape } from "../core/model/kv_cache.ts";
 import type { CachePolicy } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { loadWasmCodecs } from "../codecs/wasm.ts";
@@ -60,6 +62,9 @@ export interface CreateKVCacheOptions {
    */
   minGpuElements?: number;
 }
+
+/** The fields of {@linkcode CreateKVCacheOptions}. */
+const CREATE_OPTIONS = ["backend", "gpu", "integerDot", "maxBytes", "minGpuElements"];
 
 /**
  * Default of {@linkcode CreateKVCacheOptions.minGpuElements}: 2^24 K/V elements a layer. Each GPU
@@ -93,7 +98,8 @@ export interface ChosenKVCache {
  * @param policy where tokens go
  * @param options backend, device and CPU-cache options
  * @returns the cache, its backend and the reason for it
- * @throws {InvalidValueError} an unknown backend
+ * @throws {InvalidValueError} an unknown backend, an options field createKVCache does not have, or
+ *   a minGpuElements that is not a finite number ≥ 0
  * @throws {FormatError} backend "gpu" with a policy or budget the GPU cache cannot hold
  * @throws {ShapeError} backend "gpu" with more query heads per KV head than its kernel holds
  * @throws {DeviceError} backend "gpu" without a usable WebGPU device
@@ -103,6 +109,15 @@ export async function createKVCache(
   policy: CachePolicy,
   options: CreateKVCacheOptions = {},
 ): Promise<ChosenKVCache> {
+  checkCacheShape(shape); // a missing one read `nHeads` of undefined below, a TypeError
+  checkOptionFields(options, CREATE_OPTIONS, "createKVCache options");
+  const least = options.minGpuElements ?? MIN_GPU_ELEMENTS;
+  // a NaN or negative threshold sent every cache to the GPU, or none, without a word
+  if (!(least >= 0) || !Number.isFinite(least)) {
+    throw new InvalidValueError(
+      `minGpuElements is ${showValue(options.minGpuElements)}, expected a finite number ≥ 0`,
+    );
+  }
   const backend = options.backend ?? "auto";
   const cpu = (b: "ts" | "wasm", reason: string): ChosenKVCache => ({
     cache: new MixedPrecisionKVCache(shape, policy, {
@@ -116,7 +131,9 @@ export async function createKVCache(
   });
   if (backend === "ts" || backend === "wasm") return cpu(backend, `${backend}: as asked`);
   if (backend !== "gpu" && backend !== "auto") {
-    throw new InvalidValueError(`backend "${backend}", expected "auto", "gpu", "wasm" or "ts"`);
+    throw new InvalidValueError(
+      `backend ${showValue(backend)}, expected "auto", "gpu", "wasm" or "ts"`,
+    );
   }
 
   let gpuPolicy = gpuPolicyFor(policy);
@@ -141,7 +158,6 @@ export async function createKVCache(
   // auto
   let why: string;
   const elements = 2 * shape.maxSeqLen * shape.nKvHeads * shape.headDim;
-  const least = options.minGpuElements ?? MIN_GPU_ELEMENTS;
   if (typeof gpuPolicy === "string") {
     why = gpuPolicy;
   } else if (elements < least) {

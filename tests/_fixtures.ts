@@ -1,4 +1,5 @@
 // Loads the bundled fixture model, tokenizer and evaluation text for tests and benches.
+import assert from "node:assert/strict";
 import {
   type ModelWeights,
   parseCheckpoint,
@@ -75,4 +76,19 @@ export function relError(a: ArrayLike<number>, b: ArrayLike<number>): number {
     mag = Math.max(mag, Math.abs(b[i]));
   }
   return err / mag;
+}
+
+/**
+ * Asserts that `run` throws an instance of `type` whose message matches `message` (node's
+ * assert.throws takes a class or a pattern, not both).
+ * @param run the call
+ * @param type the error class
+ * @param message pattern of its message
+ */
+export function throwsLike(
+  run: () => unknown,
+  type: new (...args: never[]) => Error,
+  message: RegExp,
+): void {
+  assert.throws(run, (e: Error) => e instanceof type && message.test(e.message), message.source);
 }

@@ -27,9 +27,11 @@ import { type Codec, getFormat, tsCodec } from "../../codecs/mod.ts";
 import {
   BudgetError,
   CapacityError,
+  checkOptionFields,
   FormatError,
   InvalidValueError,
   ShapeError,
+  showValue,
 } from "../errors.ts";
 import {
   type CacheBuffer,
@@ -289,6 +291,9 @@ export interface MixedCacheOptions {
   maxBytes?: number;
 }
 
+/** The fields of {@linkcode MixedCacheOptions}. */
+const MIXED_CACHE_OPTIONS = ["codecFor", "backend", "integerDot", "maxBytes"];
+
 /**
  * A paged mixed-precision KV cache driven by a {@linkcode CachePolicy}.
  */
@@ -356,19 +361,30 @@ export class MixedPrecisionKVCache implements KVCache {
   constructor(shape: KVCacheShape, policy: CachePolicy, options: MixedCacheOptions = {}) {
     checkCacheShape(shape);
     checkPolicyShape(policy, shape);
+    checkOptionFields(options, MIXED_CACHE_OPTIONS, "MixedPrecisionKVCache options");
     this.shape = { ...shape };
     this.policy = policy;
     this.backend = options.backend ?? "ts";
     this.maxBytes = options.maxBytes;
     if (this.maxBytes !== undefined && !(this.maxBytes > 0)) {
       throw new InvalidValueError(
-        `maxBytes is ${this.maxBytes}, expected a positive number of bytes`,
+        `maxBytes is ${showValue(this.maxBytes)}, expected a positive number of bytes`,
       );
     }
     if (this.backend !== "ts" && this.backend !== "wasm") {
-      throw new InvalidValueError(`backend ${this.backend}: expected "ts" or "wasm"`);
+      throw new InvalidValueError(`backend ${showValue(this.backend)}: expected "ts" or "wasm"`);
     }
     this.integerDot = options.integerDot ?? true;
+    if (typeof this.integerDot !== "boolean") {
+      throw new InvalidValueError(
+        `integerDot is ${showValue(this.integerDot)}, expected a boolean`,
+      );
+    }
+    if (options.codecFor !== undefined && typeof options.codecFor !== "function") {
+      throw new InvalidValueError(
+        `codecFor is ${showValue(options.codecFor)}, expected a function of a format name`,
+      );
+    }
     if (this.backend === "wasm" && shape.headDim % 4 !== 0) {
       throw new ShapeError(
         `backend wasm needs head_dim a multiple of 4, got ${shape.headDim}`,

@@ -32,7 +32,9 @@ import { type CachePolicy, tieredPolicy } from "./policy.ts";
  * @throws CorruptDataError naming the first malformed field; FormatError for an unknown format
  */
 export function planPolicy(plan: PrecisionPlan, label?: string): CachePolicy {
-  validatePrecisionPlan(plan); // a malformed plan is named here, not a TypeError later
+  // a malformed plan, or an unknown format, is named here by layer, head and tier; getFormat below
+  // named the format alone
+  validatePrecisionPlan(plan, isFormatName);
   label ??= planLabel(plan);
   const tiers = plan.layers.map((l) => l.heads.map((h) => h.tiers));
   let pageTokens = 32;
@@ -63,6 +65,16 @@ function planLabel(plan: PrecisionPlan): string {
   if (m.mode === "budget") return `plan ${m.bitsPerElement} bpe`;
   return "plan";
 }
+
+// the names getFormat accepts
+const isFormatName = (name: string) => {
+  try {
+    getFormat(name);
+    return true;
+  } catch {
+    return false;
+  }
+};
 
 /** Result of {@linkcode fitPlanToBudget}. */
 export interface BudgetFit<P> {

@@ -14,7 +14,13 @@
  */
 
 import { getFormat } from "../../codecs/format.ts";
-import { FormatError, InvalidValueError, ShapeError } from "../errors.ts";
+import {
+  checkOptionFields,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+  showValue,
+} from "../errors.ts";
 import { isRopeBase, MIN_ROPE_BASE } from "../tensor.ts";
 
 /** The formats of one token's key and value. */
@@ -84,11 +90,7 @@ export function policyFromJSON(json: PolicyJSON): CachePolicy {
       `unknown policy kind ${JSON.stringify((json as { kind: unknown }).kind)}`,
     );
   }
-  // the library records only these (see _own), so anything else is not a policy it wrote
-  const unknown = Object.keys(json).find((k) => !(_KEYS[json.kind] as string[]).includes(k));
-  if (unknown !== undefined) {
-    throw new InvalidValueError(`${json.kind} policy has unknown field ${JSON.stringify(unknown)}`);
-  }
+  // the constructors refuse a field their kind does not have
   return json.kind === "uniform" ? uniformPolicy(json) : tieredPolicy(json);
 }
 
@@ -104,6 +106,17 @@ function _own<T extends object>(options: T, kind: keyof typeof _KEYS): T {
   return Object.fromEntries(
     Object.entries(options).filter(([k]) => k !== "kind" && _KEYS[kind].includes(k)),
   ) as T;
+}
+
+function _checkFields(options: unknown, kind: keyof typeof _KEYS): void {
+  if (options === undefined) {
+    throw new InvalidValueError(`${kind} policy options are undefined, expected an object`);
+  }
+  checkOptionFields(options, _KEYS[kind], `${kind} policy options`);
+  const k = (options as { kind?: unknown }).kind;
+  if (k !== undefined && k !== kind) {
+    throw new InvalidValueError(`${kind} policy options have kind ${showValue(k)}`);
+  }
 }
 
 // tiers from JSON or a caller: every level is checked so a malformed one is named, not a TypeError
@@ -124,14 +137,16 @@ function _checkTiers(tiers: unknown): void {
         const at = `tiers[${l}][${h}][${i}]`;
         if (typeof t !== "object" || t === null) {
           throw new InvalidValueError(
-            `${at} is ${t}, expected { minScore, keyFormat, valueFormat }`,
+            `${at} is ${showValue(t)}, expected { minScore, keyFormat, valueFormat }`,
           );
         }
         _checkPair(t, `${at}.`);
         // a NaN would sort anywhere and match no score: the tier would silently never be used
         if (!Number.isFinite(t.minScore)) {
           throw new InvalidValueError(
-            `layer ${l} head ${h} tier ${i} has minScore ${t.minScore}, expected a finite number`,
+            `layer ${l} head ${h} tier ${i} has minScore ${
+              showValue(t.minScore)
+            }, expected a finite number`,
           );
         }
       });
@@ -171,15 +186,17 @@ function windowFields(o: WindowOptions) {
   const pageTokens = o.pageTokens ?? 32;
   for (const [name, v] of [["sinkTokens", sinkTokens], ["recentWindow", recentWindow]] as const) {
     if (!Number.isInteger(v) || v < 0) {
-      throw new InvalidValueError(`${name} is ${v}, expected an integer ≥ 0`);
+      throw new InvalidValueError(`${name} is ${showValue(v)}, expected an integer ≥ 0`);
     }
   }
   if (!Number.isInteger(pageTokens) || pageTokens <= 0) {
-    throw new InvalidValueError(`pageTokens is ${pageTokens}, expected a positive integer`);
+    throw new InvalidValueError(
+      `pageTokens is ${showValue(pageTokens)}, expected a positive integer`,
+    );
   }
   if (o.ropeBase !== undefined && !isRopeBase(o.ropeBase)) {
     throw new InvalidValueError(
-      `ropeBase is ${o.ropeBase}, expected a finite number ≥ ${MIN_ROPE_BASE}`,
+      `ropeBase is ${showValue(o.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`,
     );
   }
   const windowFormat = o.windowFormat ?? "fp16";
@@ -199,10 +216,11 @@ function windowFields(o: WindowOptions) {
  *
  * @param options formats and window
  * @returns the policy
- * @throws InvalidValueError naming the first malformed field; FormatError naming the field of an
- *   unknown format
+ * @throws InvalidValueError naming the first malformed field, or a field a uniform policy does not
+ *   have; FormatError naming the field of an unknown format
  */
 export function uniformPolicy(options: UniformOptions): CachePolicy {
+  _checkFields(options, "uniform");
   _checkPair(options, "");
   if (options.label !== undefined) _checkLabel(options.label);
   const window = windowFields(options);
@@ -241,10 +259,12 @@ export interface TieredOptions extends WindowOptions {
  * @param options tiers and window
  * @returns the policy
  * @throws InvalidValueError naming the first malformed tier or field (or a head without a last
- *   tier at 0); FormatError naming the field of an unknown format
+ *   tier at 0, or a field a tiered policy does not have); FormatError naming the field of an
+ *   unknown format
  */
 export function tieredPolicy(options: TieredOptions): CachePolicy {
-  _checkTiers(options?.tiers);
+  _checkFields(options, "tiered");
+  _checkTiers(options.tiers);
   _checkLabel(options.label);
   const window = windowFields(options);
   // copies: a caller's later change to its tiers once set the choices and the saved options apart
@@ -306,12 +326,24 @@ function _copyTiers(tiers: Tier[][][]): Tier[][][] {
  *
  * @param policy the policy
  * @param shape the cache's layers and KV heads
- * @throws {ShapeError} naming the first mismatch
+ * @throws {ShapeError} naming the first mismatch; {InvalidValueError} for something that is not a
+ *   policy
  */
 export function checkPolicyShape(
   policy: CachePolicy,
   shape: { nLayers: number; nKvHeads: number },
 ): void {
+  // a cache built without one read `policy.options` of undefined, a TypeError
+  const p = policy as Partial<CachePolicy> | null | undefined;
+  if (
+    typeof p !== "object" || p === null || typeof p.formatFor !== "function" ||
+    typeof p.pairs !== "function" || typeof p.options !== "object"
+  ) {
+    throw new InvalidValueError(
+      `policy is ${showValue(policy)}, expected a CachePolicy (uniformPolicy, tieredPolicy or ` +
+        "planPolicy)",
+    );
+  }
   if (policy.options.kind !== "tiered") return;
   const { tiers } = policy.options;
   if (tiers.length !== shape.nLayers) {
@@ -337,7 +369,7 @@ function _checkPair(p: Partial<FormatPair>, where: string): void {
 // without naming the field: pages hold one KV head, and the window holds tokens one at a time
 function _checkFormat(name: unknown, field: string, window = false): void {
   if (typeof name !== "string") {
-    throw new InvalidValueError(`${field} is ${name}, expected a format name`);
+    throw new InvalidValueError(`${field} is ${showValue(name)}, expected a format name`);
   }
   let axis: string;
   try {
@@ -361,6 +393,6 @@ function _checkFormat(name: unknown, field: string, window = false): void {
 
 function _checkLabel(label: unknown): void {
   if (typeof label !== "string") {
-    throw new InvalidValueError(`label is ${label}, expected a string`);
+    throw new InvalidValueError(`label is ${showValue(label)}, expected a string`);
   }
 }

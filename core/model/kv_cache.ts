@@ -17,7 +17,14 @@
  * @module
  */
 
-import { assertFinite, CapacityError, InvalidValueError, ShapeError, typeName } from "../errors.ts";
+import {
+  assertFinite,
+  CapacityError,
+  InvalidValueError,
+  ShapeError,
+  showValue,
+  typeName,
+} from "../errors.ts";
 import { attention } from "../tensor.ts";
 
 /** Shape of a cache: one slot per layer, KV head and position. */
@@ -190,10 +197,18 @@ export function checkLayer(shape: KVCacheShape, layer: number): void {
  * @param shape the shape to check
  */
 export function checkCacheShape(shape: KVCacheShape): void {
+  if (typeof shape !== "object" || shape === null) {
+    throw new ShapeError(
+      `cache shape is ${showValue(shape)}, expected { nLayers, nHeads, nKvHeads, headDim, ` +
+        "maxSeqLen }",
+    );
+  }
   for (const key of ["nLayers", "nHeads", "nKvHeads", "headDim", "maxSeqLen"] as const) {
     const value = shape[key];
     if (!Number.isInteger(value) || value <= 0) {
-      throw new ShapeError(`cache shape ${key} is ${value}, expected a positive integer`);
+      throw new ShapeError(
+        `cache shape ${key} is ${showValue(value)}, expected a positive integer`,
+      );
     }
   }
   if (shape.nHeads % shape.nKvHeads !== 0) {

@@ -15,7 +15,7 @@
  * @module
  */
 
-import { CapacityError, InvalidValueError, ShapeError, typeName } from "../errors.ts";
+import { CapacityError, InvalidValueError, ShapeError, showValue, typeName } from "../errors.ts";
 import { matmul, matvec, rmsnorm, Rope, siluGate } from "../tensor.ts";
 import type { ModelConfig, ModelWeights } from "./checkpoint.ts";
 import type { KVCache, KVCacheShape } from "./kv_cache.ts";
@@ -27,7 +27,12 @@ import type { KVCache, KVCacheShape } from "./kv_cache.ts";
  * @param maxSeqLen positions per layer (defaults to the model's context)
  * @returns the shape for a {@linkcode KVCache}
  */
-export function cacheShape(config: ModelConfig, maxSeqLen: number = config.seqLen): KVCacheShape {
+export function cacheShape(config: ModelConfig, maxSeqLen?: number): KVCacheShape {
+  // a missing config read `seqLen` of undefined, a TypeError
+  if (typeof config !== "object" || config === null) {
+    throw new InvalidValueError(`config is ${showValue(config)}, expected a model's ModelConfig`);
+  }
+  maxSeqLen ??= config.seqLen;
   return {
     nLayers: config.nLayers,
     nHeads: config.nHeads,

@@ -6,17 +6,22 @@ import {
   type Analysis,
   analyzeHeadGroup,
   buildPrecisionPlan,
+  cacheShape,
+  calibrate,
   checkAssignment,
+  createKVCache,
   getFormat,
   InvalidValueError,
   ShapeError,
   tierFor,
   tsCodec,
+  uniformPolicy,
   validatePrecisionPlan,
   wasmCodec,
 } from "../../mod.ts";
 import { loadWasmCodecs } from "../../codecs/wasm.ts";
 import { mulberry32 } from "../../core/mulberry32.ts";
+import { throwsLike } from "../_fixtures.ts";
 
 const n = 40, d = 4;
 const next = mulberry32(17);
@@ -140,5 +145,32 @@ Deno.test("plans and codecs name a head without tiers, strings posing as numbers
   assert.throws(
     () => wasmCodec("fp16").decodeView(null as never, 0),
     /words must be a Uint32Array/,
+  );
+});
+
+Deno.test("a missing or wrong-kind argument is named, not a TypeError from deep inside", async () => {
+  throwsLike(
+    () => buildPrecisionPlan(undefined as never, {} as never),
+    InvalidValueError,
+    /^analysis is undefined, expected an Analysis/,
+  );
+  throwsLike(() => cacheShape(undefined as never), InvalidValueError, /^config is undefined/);
+  const model = {
+    config: { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, seqLen: 16, vocabSize: 8 },
+    forward: () => {},
+  };
+  await assert.rejects(
+    () =>
+      calibrate(model as never, { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8 }, [[1, 2]], {
+        measureFormats: "fp16" as never,
+      }),
+    (e: Error) =>
+      e instanceof InvalidValueError &&
+      /^measureFormats is "fp16", expected an array/.test(e.message),
+  );
+  const policy = uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" });
+  await assert.rejects(
+    () => createKVCache(undefined as never, policy, { backend: "ts" }),
+    (e: Error) => e instanceof ShapeError && /^cache shape is undefined/.test(e.message),
   );
 });

@@ -15,6 +15,7 @@ import {
   buildPrecisionPlan,
   type PlanOptions,
   type PrecisionPlan,
+  type PrecisionTier,
   ruleDiameter,
   tierFor,
   validatePrecisionPlan,
@@ -109,7 +110,37 @@ Deno.test("validatePrecisionPlan() names a missing or non-numeric tier instead o
     [(p) => ((p.layers[1].heads[0].tiers as unknown[])[0] = null), /layer 1 head 0 tier 0 is null/],
     [
       (p) => ((p.layers[0].heads[0].tiers[0] as unknown as { minScore: string }).minScore = "0.5"),
-      /layer 0 head 0 tier 0 minScore 0.5 not in/,
+      /layer 0 head 0 tier 0 minScore is "0\.5", expected a finite number ≥ 0/,
+    ],
+    // each read as "unknown format undefined", or "not in [0, 0]" for tiers out of order
+    [
+      (p) => delete (p.layers[1].heads[0].tiers[0] as Partial<PrecisionTier>).valueFormat,
+      /layer 1 head 0 tier 0 has no valueFormat/,
+    ],
+    [
+      (p) => p.layers[0].heads[0].tiers.reverse(),
+      /layer 0 head 0 tier 1 minScore [0-9.e+-]+ is above tier 0's 0: a head's tiers go by minScore, highest first/,
+    ],
+    // a misspelt field was ignored: ropebase left keys after RoPE without a word
+    [
+      (p) => ((p as unknown as Record<string, number>).ropebase = 10000),
+      /^precision plan: has unknown field "ropebase"; its fields are .*ropeBase/,
+    ],
+    [
+      (p) => ((p.layers[0] as unknown as Record<string, number>).head = 1),
+      /layer 0 has unknown field "head"/,
+    ],
+    [
+      (p) => ((p.layers[0].heads[0] as unknown as Record<string, number>).tier = 1),
+      /layer 0 head 0 has unknown field "tier"/,
+    ],
+    [
+      (p) => ((p.layers[0].heads[0].tiers[0] as unknown as Record<string, number>).minscore = 1),
+      /layer 0 head 0 tier 0 has unknown field "minscore"/,
+    ],
+    [
+      (p) => (p.windowFormat = "int8-g32-channel"),
+      /windowFormat is "int8-g32-channel": .*along tokens/,
     ],
   ];
   for (const [spoil, re] of table) {
@@ -303,7 +334,9 @@ Deno.test("planPolicy() throws FormatError for a tier format the registry does n
   };
   assert.throws(
     () => planPolicy(plan),
-    (e) => e instanceof FormatError && /unknown format "int9-g8-token"/.test(e.message),
+    (e) =>
+      e instanceof FormatError &&
+      /^layer 0 head 0 tier 0: keyFormat "int9-g8-token" is not a known format/.test(e.message),
   );
 });
 

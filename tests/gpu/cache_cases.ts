@@ -557,7 +557,7 @@ Deno.test("createGpuKVCache() and fromCpu() destroy the buffers they made when t
     valueFormat: "int8-g8-token",
     pageTokens: 4,
     sinkTokens: 1,
-    windowTokens: 2,
+    recentWindow: 2,
   };
   // kernels that fail to compile (as on a device lost meanwhile): the cache is never returned
   const failing = trackingGpu(env.gpu);

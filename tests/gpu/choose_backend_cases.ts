@@ -95,6 +95,22 @@ Deno.test("createKVCache(auto) keeps policies the GPU cache cannot hold as writt
     () => createKVCache(shape, ready(), { backend: "cuda" as "gpu" }),
     (e: Error) => e instanceof InvalidValueError && /backend "cuda"/.test(e.message),
   );
+  // a misspelt or meaningless option was dropped and the default used without a word
+  const bad: [object, RegExp][] = [
+    [{ minGPUElements: 0 }, /unknown field "minGPUElements"; the fields are .*minGpuElements/],
+    [{ minGpuElements: NaN }, /^minGpuElements is NaN, expected a finite number ≥ 0/],
+    [{ minGpuElements: -5 }, /^minGpuElements is -5/],
+    [{ minGpuElements: "0" }, /^minGpuElements is "0"/],
+    [{ backend: "wasm", integerDot: "no" }, /^integerDot is "no", expected a boolean/],
+    [null as unknown as object, /^createKVCache options are null, expected an object/],
+  ];
+  for (const [options, message] of bad) {
+    await assert.rejects(
+      () => createKVCache(shape, ready(), options),
+      (e: Error) => e instanceof InvalidValueError && message.test(e.message),
+      message.source,
+    );
+  }
 });
 
 Deno.test("gpuPolicyFor() carries formats, pages, sinks and window over unchanged", () => {

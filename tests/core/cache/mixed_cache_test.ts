@@ -19,7 +19,7 @@ import {
   uniformPolicy,
   wasmCodec,
 } from "../../../mod.ts";
-import { loadFixture, normals, rng } from "../../_fixtures.ts";
+import { loadFixture, normals, rng, throwsLike } from "../../_fixtures.ts";
 
 const FORMATS = [
   "fp32",
@@ -736,4 +736,49 @@ Deno.test("MixedPrecisionKVCache keeps to a memory budget and is unchanged by th
     assert.equal(pos, 2 + 4 + 32 + 32 - 1, `${backend}: refused at the second eviction`);
     assert.match(refused.message, /exceed the memory budget/);
   }
+});
+
+Deno.test("new MixedPrecisionKVCache() names a missing policy, a misspelt option and a bad value", () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 16 };
+  const policy = uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" });
+  const cases: [() => unknown, new (...args: never[]) => Error, RegExp][] = [
+    // each read a field of undefined: a TypeError deep inside
+    [
+      () => new MixedPrecisionKVCache(shape, undefined as never),
+      InvalidValueError,
+      /^policy is undefined, expected a CachePolicy/,
+    ],
+    [
+      () => new MixedPrecisionKVCache(undefined as never, policy),
+      ShapeError,
+      /^cache shape is undefined/,
+    ],
+    [
+      () => new MixedPrecisionKVCache(shape, policy, null as never),
+      InvalidValueError,
+      /options are null/,
+    ],
+    // dropped without a word: the cache then ran with integer dot products
+    [
+      () => new MixedPrecisionKVCache(shape, policy, { integerdot: false } as never),
+      InvalidValueError,
+      /unknown field "integerdot"; the fields are .*integerDot/,
+    ],
+    [
+      () => new MixedPrecisionKVCache(shape, policy, { integerDot: "no" } as never),
+      InvalidValueError,
+      /^integerDot is "no", expected a boolean/,
+    ],
+    [
+      () => new MixedPrecisionKVCache(shape, policy, { codecFor: "wasm" } as never),
+      InvalidValueError,
+      /^codecFor is "wasm"/,
+    ],
+    [
+      () => new MixedPrecisionKVCache({ ...shape, headDim: "8" } as never, policy),
+      ShapeError,
+      /^cache shape headDim is "8"/,
+    ],
+  ];
+  for (const [build, cls, message] of cases) throwsLike(build, cls, message);
 });
