@@ -38,6 +38,7 @@
 
 import type { Analysis, HeadCalibration } from "./analyzer.ts";
 import {
+  BudgetError,
   CorruptDataError,
   FormatError,
   InvalidValueError,
@@ -313,7 +314,23 @@ export function buildPrecisionPlan(
       oracleV[i] = vF.indexOf(selectFormat(required[i], vF).format);
     }
   } else {
-    const a = allocateBudget(problem, o.bitsPerElement);
+    let a;
+    try {
+      a = allocateBudget(problem, o.bitsPerElement);
+    } catch (e) {
+      // "below the cheapest allocation" pointed at the budget, when what costs the bits is a
+      // calibration whose positions mostly sit in the sinks and window
+      if (!(e instanceof BudgetError) || !(fixed.elements > 0)) throw e;
+      const share = fixed.elements / totalElements;
+      throw new BudgetError(
+        `${e.message}: ${(100 * share).toFixed(1)}% of the calibration's elements sit in the ` +
+          `sinks (${o.sinkTokens}) and recent window (${o.recentWindow}) at ${o.windowFormat}` +
+          (share > 0.5
+            ? "; calibrate on longer sequences, or plan with fewer sinks or a shorter window"
+            : ""),
+        e.minimum,
+      );
+    }
     oracleK = a.keyFormat;
     oracleV = a.valueFormat;
   }

@@ -184,6 +184,21 @@ Deno.test("buildPrecisionPlan() counts a quantized window at its format's bits",
   };
   assert.ok(Math.abs(minimum("fp16") - (12 * 16 + 28 * 6) / 40) < 1e-9, `${minimum("fp16")}`);
   assert.ok(Math.abs(minimum("int8-g8-token") - (12 * 12 + 28 * 6) / 40) < 1e-9);
+  // the error names what costs the bits: 12 of 40 positions sit in sinks and window (no advice at
+  // 30%); with 20 sinks it is 28 of 40, and the message says how to lower it
+  assert.throws(
+    () => build("fp16", 1),
+    (e: Error) =>
+      e instanceof BudgetError &&
+      /: 30\.0% of the calibration's elements sit in the sinks \(4\) and recent window \(8\) at fp16$/
+        .test(e.message),
+  );
+  assert.throws(
+    () => buildPrecisionPlan(analysis, { ...BASE, bitsPerElement: 1, sinkTokens: 20 }),
+    (e: Error) =>
+      e instanceof BudgetError &&
+      /: 70\.0% of .* sinks \(20\).*; calibrate on longer sequences/.test(e.message),
+  );
 });
 
 Deno.test("ruleDiameter() is the larger of the key and value diameters, each range holding 0", () => {
