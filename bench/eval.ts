@@ -5,7 +5,7 @@
 // over 100 generated tokens. --eps / --budget add the kvprec plan row for that target (calibrated
 // on the text's last two lines, as `deno task analyze` does).
 // --backend wasm (default), ts, or gpu (every row, each followed by the WASM cache's perplexity
-// under the same policy). Single attention calls of the three agree to float rounding (TS and WASM
+// and bits under the same policy; the bits column is then the GPU cache's own memory()). Single attention calls of the three agree to float rounding (TS and WASM
 // within 1e-6); over a model, a rounding difference in one layer's output now and then moves a
 // later layer's K or V across a code boundary, so perplexities of quantized rows differ by up to
 // about 1e-4 relative (gpu/NOTES.md). Flags: deno task eval --help (bench/eval_args.ts).
@@ -136,9 +136,13 @@ for (const row of rows) {
     // the same policy on the WASM cache
     const w = await measureRow(model, row, setup, undefined, "wasm");
     const rel = Math.abs(r.perplexity - w.perplexity) / w.perplexity;
+    // bits differ by design: the GPU cache counts its page buffers at their allocated size (grown
+    // in steps) and keeps its page lists on the host; the CPU cache counts each page it holds with
+    // a page-table entry (gpu/cache.ts memory())
     console.log(
       `  ↳ WASM, same policy: perplexity ${w.perplexity.toFixed(6)}, ` +
-        `GPU ${r.perplexity.toFixed(6)}, relative difference ${rel.toExponential(2)}`,
+        `GPU ${r.perplexity.toFixed(6)}, relative difference ${rel.toExponential(2)}; ` +
+        `bits/elem WASM ${w.bitsPerElement.toFixed(3)}, GPU ${r.bitsPerElement.toFixed(3)}`,
     );
   }
 }

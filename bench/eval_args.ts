@@ -38,7 +38,8 @@ whether the verifier's bound held. The full run takes about 20 minutes on 2 core
   --lines N          evaluation lines, the text's first N (default all 19)
   --context N        scoring window in tokens, 2 … the model's sequence length (default 512)
   --backend NAME     wasm | ts | gpu (default wasm; gpu runs every row on WebGPU and the WASM
-                     cache beside it, printing both perplexities)
+                     cache beside it, printing both perplexities and both caches' bits: the GPU
+                     counts its page buffers as allocated, without the CPU's page tables)
   --eps E            add a kvprec precision-rule row at ε = E > 0 (repeatable)
   --budget B         add a kvprec budget row at B > 0 bits per element (repeatable)
   --json FILE        also write the table as JSON

@@ -19,7 +19,7 @@
  * @module
  */
 
-import { FormatError, InvalidValueError } from "../core/errors.ts";
+import { checkOptionFields, FormatError, InvalidValueError } from "../core/errors.ts";
 import { getFormat } from "../codecs/format.ts";
 import {
   type CachePolicy,
@@ -82,6 +82,19 @@ export interface GpuRopePolicy {
 /** Which formats the cache stores and how many positions stay at full precision. */
 export type GpuCachePolicy = (GpuUniformPolicy | GpuTieredPolicy) & GpuRopePolicy;
 
+/** The fields of a {@linkcode GpuCachePolicy}. */
+const GPU_POLICY_FIELDS = [
+  "pageTokens",
+  "sinkTokens",
+  "windowTokens",
+  "windowFormat",
+  "keyFormat",
+  "valueFormat",
+  "tiers",
+  "ropeBase",
+  "recentWindow", // refused below with the GPU name
+];
+
 /** A GPU policy with every window field filled in. */
 export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
 
@@ -91,11 +104,19 @@ export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
  * @param p the policy
  * @returns the policy with every window field set
  * @throws {InvalidValueError} for a page size, sink count or window that is not a (positive)
- *   integer
+ *   integer, or a field a GPU policy does not have
  * @throws {FormatError} for a window format other than fp32, fp16 or an int format grouped per
  *   token
  */
 export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
+  // a misspelt field was dropped without a word; the CPU policy's recentWindow is windowTokens here
+  checkOptionFields(p, GPU_POLICY_FIELDS, "GPU cache policy");
+  if (p === undefined) throw new InvalidValueError("GPU cache policy is undefined");
+  if ("recentWindow" in p) {
+    throw new InvalidValueError(
+      "GPU cache policy has recentWindow, the CPU policy's name: the GPU policy calls it windowTokens",
+    );
+  }
   const policy = {
     ...p,
     pageTokens: p.pageTokens ?? 128,

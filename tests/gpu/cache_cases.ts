@@ -216,6 +216,23 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
     cache.destroy();
   }
   assert.equal(held[1], held[0]);
+  // a misspelt field was dropped without a word, and the CPU policy's name for the window with it
+  const misspelt: [object, RegExp][] = [
+    [{ keyFormat: "fp32", valueFormat: "fp32", windowtokens: 8 }, /unknown field "windowtokens"/],
+    [{ keyFormat: "fp32", valueFormat: "fp32", recentWindow: 8 }, /calls it windowTokens/],
+  ];
+  for (const [policy, message] of misspelt) {
+    await assert.rejects(
+      () =>
+        createGpuKVCache({
+          gpu: env.gpu,
+          pipelines: env.pipelines,
+          shape,
+          policy: policy as GpuCachePolicy,
+        }),
+      (e: Error) => e instanceof InvalidValueError && message.test(e.message),
+    );
+  }
 });
 
 Deno.test("GpuKVCache.append() rejects bad input and a lost device without changing state", async () => {
@@ -557,7 +574,7 @@ Deno.test("createGpuKVCache() and fromCpu() destroy the buffers they made when t
     valueFormat: "int8-g8-token",
     pageTokens: 4,
     sinkTokens: 1,
-    recentWindow: 2,
+    windowTokens: 2,
   };
   // kernels that fail to compile (as on a device lost meanwhile): the cache is never returned
   const failing = trackingGpu(env.gpu);
@@ -573,7 +590,14 @@ Deno.test("createGpuKVCache() and fromCpu() destroy the buffers they made when t
   // a CPU cache whose pages exceed the GPU cache's capacity (5 full pages; 16 positions fit 4)
   const cpu = new MixedPrecisionKVCache(
     shape,
-    uniformPolicy({ ...policy, recentWindow: 2, windowFormat: "fp32" }),
+    uniformPolicy({
+      keyFormat: policy.keyFormat,
+      valueFormat: policy.valueFormat,
+      pageTokens: policy.pageTokens,
+      sinkTokens: policy.sinkTokens,
+      recentWindow: 2,
+      windowFormat: "fp32",
+    }),
   );
   const next = rng(576);
   for (let pos = 0; pos < 7; pos++) cpu.append(0, pos, normals(8, next), normals(8, next));
