@@ -25,7 +25,14 @@
  */
 
 import { getFormat } from "../codecs/format.ts";
-import { assertFinite, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
+import {
+  assertFinite,
+  checkOptionFields,
+  InvalidValueError,
+  ShapeError,
+  showValue,
+  typeName,
+} from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { KeyRope } from "./cache/key_rope.ts";
 import { meanErrorBound } from "./quantize_head.ts";
@@ -246,6 +253,9 @@ export function analyzeHeadGroup(
 function _analyzeSettings(
   options: AnalyzeOptions,
 ): { windows: number[]; sinkTokens: number; recentWindow: number } {
+  // calibrate hands its own options on, so the fields are CalibrateOptions': a misspelt one
+  // (measureformats, sinktokens) was dropped and its default used without a word
+  checkOptionFields(options, _CALIBRATE_FIELDS, "analysis options");
   const windows = [...(options.windows ?? DEFAULT_WINDOWS)];
   const sinkTokens = options.sinkTokens ?? 4;
   const recentWindow = options.recentWindow ?? 32;
@@ -355,6 +365,16 @@ export interface CalibrateOptions extends AnalyzeOptions {
   /** Called after each token and each analyzed layer. */
   onProgress?: (progress: CalibrationProgress) => void;
 }
+
+/** The fields of {@linkcode CalibrateOptions} (and of AnalyzeOptions, a part of them). */
+const _CALIBRATE_FIELDS: Record<keyof CalibrateOptions, true> = {
+  windows: true,
+  sinkTokens: true,
+  recentWindow: true,
+  measureFormats: true,
+  ropeBase: true,
+  onProgress: true,
+};
 
 /**
  * Analyzes a recording cache after a forward pass: every layer and KV head.

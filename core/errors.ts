@@ -139,20 +139,27 @@ export function showValue(v: unknown): string {
  * }
  * ```
  * @param options the argument
- * @param known its fields
+ * @param known its fields: names, or a `Record<keyof Options, true>` (which the compiler checks
+ *   against the interface both ways)
  * @param what what the options are for, as the message names them ("cache options")
  * @throws InvalidValueError for options that are neither undefined nor a non-array object, or
  *   naming the first unknown field with the known ones
  */
-export function checkOptionFields(options: unknown, known: readonly string[], what: string): void {
+export function checkOptionFields(
+  options: unknown,
+  known: readonly string[] | Readonly<Record<string, true>>,
+  what: string,
+): void {
   if (options === undefined) return;
+  // a Record<keyof Options, true> lists every field once, checked by the compiler both ways
+  const names = Array.isArray(known) ? known : Object.keys(known);
   if (typeof options !== "object" || options === null || Array.isArray(options)) {
     throw new InvalidValueError(`${what} are ${showValue(options)}, expected an object`);
   }
-  const unknown = Object.keys(options).find((k) => !known.includes(k));
+  const unknown = Object.keys(options).find((k) => !names.includes(k));
   if (unknown !== undefined) {
     throw new InvalidValueError(
-      `${what} have unknown field ${JSON.stringify(unknown)}; the fields are ${known.join(", ")}`,
+      `${what} have unknown field ${JSON.stringify(unknown)}; the fields are ${names.join(", ")}`,
     );
   }
 }

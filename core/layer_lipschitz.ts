@@ -37,6 +37,7 @@
 
 import {
   assertFinite,
+  checkOptionFields,
   checkPerturbation,
   InvalidValueError,
   ShapeError,
@@ -229,6 +230,7 @@ export function empiricalLayerGains(
   if (typeof options !== "object" || options === null) {
     throw new InvalidValueError(`options is ${showValue(options)}, expected an object`);
   }
+  checkOptionFields(options, { size: true, trials: true, seed: true }, "gain options");
   const rel = options.size ?? 1e-3, trials = options.trials ?? 4;
   checkPerturbation(rel, trials);
   checkTrace(w, trace);

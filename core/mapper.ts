@@ -33,7 +33,13 @@
  * @module
  */
 
-import { BudgetError, FormatError, InvalidValueError, ShapeError } from "./errors.ts";
+import {
+  BudgetError,
+  checkOptionFields,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+} from "./errors.ts";
 
 /** What the mapper needs to know of a storage format (codecs' FormatSpec satisfies it). */
 export interface MapperFormat {
@@ -89,6 +95,8 @@ export interface RuleOptions {
   c?: number;
 }
 
+const _RULE_OPTIONS: Record<keyof RuleOptions, true> = { epsilon: true, diameter: true, c: true };
+
 /**
  * The precision rule p = log2(c·κ·D²/ε) (−Infinity when κ = 0: any format will do; finite for
  * every other input, even where the product itself overflows or underflows a double).
@@ -99,6 +107,7 @@ export interface RuleOptions {
  * @throws InvalidValueError for ε ≤ 0, D ≤ 0, c ≤ 0, κ < 0 or any non-finite input
  */
 export function requiredBits(curvature: number, options: RuleOptions): number {
+  checkOptionFields(options, _RULE_OPTIONS, "rule options");
   const { epsilon, diameter } = options;
   const c = options.c ?? 4;
   if (!(epsilon > 0) || !Number.isFinite(epsilon)) {

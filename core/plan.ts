@@ -39,6 +39,7 @@
 import type { Analysis, HeadCalibration } from "./analyzer.ts";
 import {
   BudgetError,
+  checkOptionFields,
   CorruptDataError,
   FormatError,
   InvalidValueError,
@@ -436,6 +437,25 @@ export function tierFor(
   return tiers[tiers.length - 1];
 }
 
+/** The fields of {@linkcode PlanOptions}. */
+const _PLAN_OPTIONS: Record<keyof PlanOptions, true> = {
+  mode: true,
+  epsilon: true,
+  c: true,
+  bitsPerElement: true,
+  keyFormats: true,
+  valueFormats: true,
+  sinkTokens: true,
+  recentWindow: true,
+  windowFormat: true,
+  recency: true,
+  ropeBase: true,
+  sensitivity: true,
+  aggregate: true,
+  perHead: true,
+  errorModel: true,
+};
+
 /** The fields of a {@linkcode PrecisionPlan}. */
 const _PLAN_FIELDS = [
   "version",
@@ -654,9 +674,9 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
       `analysis is ${showValue(analysis)}, expected an Analysis (from calibrate)`,
     );
   }
-  if (typeof options !== "object" || options === null) {
-    throw new InvalidValueError(`plan options are ${showValue(options)}, expected an object`);
-  }
+  if (options === undefined) throw new InvalidValueError("plan options are undefined");
+  // a misspelt windowformat or ropebase was dropped, and the plan made without it
+  checkOptionFields(options, _PLAN_OPTIONS, "plan options");
   const { nLayers, nKvHeads } = analysis.shape;
   if (analysis.sequences.length === 0) {
     throw new ShapeError("the analysis holds no calibration sequences: nothing to plan from");

@@ -35,6 +35,7 @@ import { attentionWeights } from "./attention_sensitivity.ts";
 import { getFormat } from "../codecs/format.ts";
 import {
   assertFinite,
+  checkOptionFields,
   checkPerturbation,
   InvalidValueError,
   ShapeError,
@@ -77,6 +78,15 @@ export interface RuleViolation {
   valueBits: number;
 }
 
+// the fields of CheckOptions
+const _CHECK_OPTIONS: Record<keyof CheckOptions, true> = {
+  epsilon: true,
+  c: true,
+  recency: true,
+  sensitivity: true,
+  aggregate: true,
+};
+
 /** Options of {@linkcode checkAssignment}: the rule as the planner applied it. */
 export interface CheckOptions {
   /** Target error ε > 0. */
@@ -110,6 +120,7 @@ export function checkAssignment(
   assignment: Assignment,
   options: CheckOptions,
 ): RuleViolation[] {
+  checkOptionFields(options, _CHECK_OPTIONS, "checkAssignment options");
   const { nLayers, nKvHeads } = analysis.shape;
   const recency = options.recency ?? true;
   // a string "false" was truthy: the recency factor applied
@@ -760,6 +771,7 @@ export async function attentionOutputGains(
   tokens: number[],
   options: GainOptions = {},
 ): Promise<number[]> {
+  checkOptionFields(options, { size: true, trials: true, seed: true }, "gain options");
   const eta = options.size ?? 1e-3, trials = options.trials ?? 3;
   // a string size passed checkPerturbation's comparisons by coercion
   if (typeof eta !== "number") {

@@ -51,7 +51,13 @@
  * @module
  */
 
-import { DeviceError, FormatError, InvalidValueError, ShapeError } from "../core/errors.ts";
+import {
+  checkOptionFields,
+  DeviceError,
+  FormatError,
+  InvalidValueError,
+  ShapeError,
+} from "../core/errors.ts";
 import {
   type CacheBuffer,
   type CacheMemory,
@@ -138,6 +144,15 @@ export interface GpuPageWords {
  *   position) exceeds the device's limits; nothing is allocated
  */
 export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuKVCache> {
+  if (options === undefined) throw new InvalidValueError("createGpuKVCache options are undefined");
+  checkOptionFields(
+    options,
+    { gpu: true, shape: true, policy: true, pipelines: true } satisfies Record<
+      keyof GpuKVCacheOptions,
+      true
+    >,
+    "createGpuKVCache options",
+  );
   if (options.gpu === undefined) {
     throw new InvalidValueError("options.gpu is undefined, expected a GpuDevice from requestGpu()");
   }

@@ -64,7 +64,13 @@ export interface CreateKVCacheOptions {
 }
 
 /** The fields of {@linkcode CreateKVCacheOptions}. */
-const CREATE_OPTIONS = ["backend", "gpu", "integerDot", "maxBytes", "minGpuElements"];
+const CREATE_OPTIONS: Record<keyof CreateKVCacheOptions, true> = {
+  backend: true,
+  gpu: true,
+  integerDot: true,
+  maxBytes: true,
+  minGpuElements: true,
+};
 
 /**
  * Default of {@linkcode CreateKVCacheOptions.minGpuElements}: 2^24 K/V elements a layer. Each GPU

@@ -22,7 +22,7 @@
  * @module
  */
 
-import { DeviceError } from "../core/errors.ts";
+import { checkOptionFields, DeviceError } from "../core/errors.ts";
 
 /** What the adapter is and what the device was created with. */
 export interface GpuAdapterReport {
@@ -123,6 +123,7 @@ export class GpuDevice {
  * @throws {DeviceError} when WebGPU is missing, no adapter is available, or device creation fails
  */
 export async function requestGpu(options: RequestGpuOptions = {}): Promise<GpuDevice> {
+  checkOptionFields(options, { gpu: true, powerPreference: true }, "requestGpu options");
   const gpu = options.gpu ?? (globalThis.navigator as { gpu?: GPU } | undefined)?.gpu;
   if (gpu === undefined) {
     throw new DeviceError("WebGPU is not available: navigator.gpu is undefined");

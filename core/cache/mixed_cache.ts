@@ -292,7 +292,12 @@ export interface MixedCacheOptions {
 }
 
 /** The fields of {@linkcode MixedCacheOptions}. */
-const MIXED_CACHE_OPTIONS = ["codecFor", "backend", "integerDot", "maxBytes"];
+const MIXED_CACHE_OPTIONS: Record<keyof MixedCacheOptions, true> = {
+  codecFor: true,
+  backend: true,
+  integerDot: true,
+  maxBytes: true,
+};
 
 /**
  * A paged mixed-precision KV cache driven by a {@linkcode CachePolicy}.

@@ -17,6 +17,7 @@
 import {
   assertFinite,
   CapacityError,
+  checkOptionFields,
   InvalidValueError,
   ShapeError,
   showValue,
@@ -213,6 +214,7 @@ export async function perplexity(
   if (typeof options !== "object" || options === null) {
     throw new InvalidValueError(`options is ${showValue(options)}, expected an object`);
   }
+  checkOptionFields(options, { context: true, onProgress: true }, "perplexity options");
   if (options.onProgress !== undefined && typeof options.onProgress !== "function") {
     throw new InvalidValueError(
       `options.onProgress is ${showValue(options.onProgress)}, expected a function`,

@@ -12,6 +12,7 @@ import {
   createKVCache,
   getFormat,
   InvalidValueError,
+  requiredBits,
   ShapeError,
   tierFor,
   tsCodec,
@@ -172,5 +173,81 @@ Deno.test("a missing or wrong-kind argument is named, not a TypeError from deep 
   await assert.rejects(
     () => createKVCache(undefined as never, policy, { backend: "ts" }),
     (e: Error) => e instanceof ShapeError && /^cache shape is undefined/.test(e.message),
+  );
+});
+
+Deno.test("options objects refuse a field they do not have, naming it (a typo was dropped)", async () => {
+  const formats = ["int4-g8-token", "fp16"].map(getFormat);
+  const rng = mulberry32(5);
+  const head = () =>
+    analyzeHeadGroup({
+      queries: Float32Array.from({ length: 40 * 8 }, () => rng() - 0.5),
+      keys: Float32Array.from({ length: 40 * 8 }, () => rng() - 0.5),
+      values: Float32Array.from({ length: 40 * 8 }, () => rng() - 0.5),
+      length: 40,
+      headDim: 8,
+    }, { windows: [8] });
+  const analysis: Analysis = {
+    version: 1,
+    shape: { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8, maxSeqLen: 40 },
+    windows: [8],
+    sinkTokens: 4,
+    recentWindow: 8,
+    sequences: [{ length: 40, heads: [[head()]] }],
+  };
+  const plan = {
+    mode: "budget" as const,
+    bitsPerElement: 12,
+    keyFormats: formats,
+    valueFormats: formats,
+    recentWindow: 8,
+  };
+  assert.ok(buildPrecisionPlan(analysis, plan).plan);
+  const cases: [() => unknown, RegExp][] = [
+    [
+      () => buildPrecisionPlan(analysis, { ...plan, windowformat: "int8-g8-token" } as never),
+      /^plan options have unknown field "windowformat"; the fields are .*windowFormat/,
+    ],
+    [
+      () =>
+        analyzeHeadGroup({
+          queries: new Float32Array(8),
+          keys: new Float32Array(8),
+          values: new Float32Array(8),
+          length: 1,
+          headDim: 8,
+        }, { window: [4] } as never),
+      /^analysis options have unknown field "window"/,
+    ],
+    [
+      () =>
+        checkAssignment(
+          analysis,
+          { sequences: [] } as never,
+          { epsilon: 1, recencey: false } as never,
+        ),
+      /^checkAssignment options have unknown field "recencey"/,
+    ],
+    [
+      () => requiredBits(1, { epsilon: 1, diameter: 1, C: 4 } as never),
+      /^rule options have unknown field "C"/,
+    ],
+  ];
+  for (const [run, message] of cases) throwsLike(run, InvalidValueError, message);
+  const model = {
+    config: { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, seqLen: 16, vocabSize: 8 },
+    forward: () => {},
+  };
+  await assert.rejects(
+    () =>
+      calibrate(
+        model as never,
+        { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8 },
+        [[1, 2]],
+        { measureformats: ["fp16"] } as never,
+      ),
+    (e: Error) =>
+      e instanceof InvalidValueError &&
+      /^analysis options have unknown field "measureformats"/.test(e.message),
   );
 });
