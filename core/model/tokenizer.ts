@@ -20,7 +20,13 @@
  * @module
  */
 
-import { CorruptDataError, InvalidValueError, ShapeError, typeName } from "../errors.ts";
+import {
+  checkOptionFields,
+  CorruptDataError,
+  InvalidValueError,
+  ShapeError,
+  typeName,
+} from "../errors.ts";
 import { asBytes } from "./bytes.ts";
 
 /** Beginning-of-sequence token id in llama2.c vocabularies. */
@@ -104,6 +110,7 @@ export class Tokenizer {
     if (typeof text !== "string") {
       throw new InvalidValueError(`text is ${typeName(text)}, expected a string`);
     }
+    checkOptionFields(options, { bos: true, eos: true }, "encode options");
     const { bos = true, eos = false } = options;
     const n = this.pieces.length;
     for (const [name, id, on] of [["BOS", BOS, bos], ["EOS", EOS, eos]] as const) {

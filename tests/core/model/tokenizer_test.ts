@@ -239,3 +239,14 @@ Deno.test("Tokenizer keeps its own copy of pieces and scores; wrong kinds are na
     );
   }
 });
+
+Deno.test("Tokenizer.encode() names an option it does not have (a misspelt one was dropped)", async () => {
+  const { tokenizer } = await loadFixture();
+  assert.throws(
+    () => tokenizer.encode("Once", { BOS: false } as never),
+    (e: Error) =>
+      e instanceof InvalidValueError &&
+      /^encode options have unknown field "BOS"; the fields are bos, eos/.test(e.message),
+  );
+  assert.equal(tokenizer.encode("Once", { bos: false })[0] !== 1, true);
+});
