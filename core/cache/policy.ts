@@ -376,7 +376,12 @@ function _checkFormat(name: unknown, field: string, window = false): void {
     axis = getFormat(name).axis;
   } catch (e) {
     if (!(e instanceof FormatError)) throw e;
-    throw new FormatError(`${field}: ${e.message}`, { cause: e });
+    // the codecs' examples include formats grouped across KV heads, which no cache stores
+    throw new FormatError(
+      `${field}: unknown format ${showValue(name)}; a cache stores e.g. int4-g32-channel, ` +
+        "int8-g8-token, fp16, bf16, fp32, fp8e4m3 (codecs/FORMAT.md)",
+      { cause: e },
+    );
   }
   if (axis === "heads") {
     throw new FormatError(

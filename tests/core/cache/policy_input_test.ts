@@ -33,7 +33,11 @@ function refused(json: unknown, type: ErrorClass, message: RegExp): void {
 }
 
 Deno.test("policyFromJSON() refuses unknown format names with a FormatError naming the field", () => {
-  refused({ ...uniform, keyFormat: "nope" }, FormatError, /^keyFormat: unknown format "nope"/);
+  refused(
+    { ...uniform, keyFormat: "nope" },
+    FormatError,
+    /^keyFormat: unknown format "nope"; a cache stores e\.g\. int4-g32-channel, int8-g8-token, fp16/,
+  );
   refused({ ...uniform, valueFormat: "nope" }, FormatError, /^valueFormat: unknown format "nope"/);
   refused(
     { ...uniform, windowFormat: "nope" },
