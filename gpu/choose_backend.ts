@@ -32,7 +32,7 @@ import {
   showValue,
 } from "../core/errors.ts";
 import { checkCacheShape, type KVCache, type KVCacheShape } from "../core/model/kv_cache.ts";
-import type { CachePolicy } from "../core/cache/policy.ts";
+import { type CachePolicy, checkPolicyShape } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { loadWasmCodecs } from "../codecs/wasm.ts";
 import { type GpuDevice, requestGpu } from "./device.ts";
@@ -116,6 +116,7 @@ export async function createKVCache(
   options: CreateKVCacheOptions = {},
 ): Promise<ChosenKVCache> {
   checkCacheShape(shape); // a missing one read `nHeads` of undefined below, a TypeError
+  checkPolicyShape(policy, shape); // a missing policy read `options` of undefined on "auto"
   checkOptionFields(options, CREATE_OPTIONS, "createKVCache options");
   const least = options.minGpuElements ?? MIN_GPU_ELEMENTS;
   // a NaN or negative threshold sent every cache to the GPU, or none, without a word

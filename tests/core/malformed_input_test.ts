@@ -251,3 +251,16 @@ Deno.test("options objects refuse a field they do not have, naming it (a typo wa
       /^analysis options have unknown field "measureformats"/.test(e.message),
   );
 });
+
+Deno.test("a missing policy or options object is named on every backend (auto read a field of undefined)", async () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 16 };
+  await assert.rejects(
+    () => createKVCache(shape, undefined as never),
+    (e: Error) => e instanceof InvalidValueError && /^policy is undefined/.test(e.message),
+  );
+  throwsLike(
+    () => requiredBits(1, undefined as never),
+    InvalidValueError,
+    /^rule options are undefined/,
+  );
+});
