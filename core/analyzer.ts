@@ -253,9 +253,8 @@ export function analyzeHeadGroup(
 function _analyzeSettings(
   options: AnalyzeOptions,
 ): { windows: number[]; sinkTokens: number; recentWindow: number } {
-  // calibrate hands its own options on, so the fields are CalibrateOptions': a misspelt one
-  // (measureformats, sinktokens) was dropped and its default used without a word
-  checkOptionFields(options, _CALIBRATE_FIELDS, "analysis options");
+  // a misspelt field (sinktokens, window) was dropped and its default used without a word
+  checkOptionFields(options, _ANALYZE_FIELDS, "analysis options");
   const windows = [...(options.windows ?? DEFAULT_WINDOWS)];
   const sinkTokens = options.sinkTokens ?? 4;
   const recentWindow = options.recentWindow ?? 32;
@@ -366,11 +365,16 @@ export interface CalibrateOptions extends AnalyzeOptions {
   onProgress?: (progress: CalibrationProgress) => void;
 }
 
-/** The fields of {@linkcode CalibrateOptions} (and of AnalyzeOptions, a part of them). */
-const _CALIBRATE_FIELDS: Record<keyof CalibrateOptions, true> = {
+/** The fields of {@linkcode AnalyzeOptions}. */
+const _ANALYZE_FIELDS: Record<keyof AnalyzeOptions, true> = {
   windows: true,
   sinkTokens: true,
   recentWindow: true,
+};
+
+/** The fields of {@linkcode CalibrateOptions}. */
+const _CALIBRATE_FIELDS: Record<keyof CalibrateOptions, true> = {
+  ..._ANALYZE_FIELDS,
   measureFormats: true,
   ropeBase: true,
   onProgress: true,
@@ -472,7 +476,9 @@ export async function calibrate(
   });
   // Checked here, not only by analyzeHeadGroup and meanErrorBound, which run after every
   // forward pass of the first sequence.
-  const settings = _analyzeSettings(options);
+  checkOptionFields(options, _CALIBRATE_FIELDS, "calibrate options");
+  const { windows, sinkTokens, recentWindow } = options;
+  const settings = _analyzeSettings({ windows, sinkTokens, recentWindow });
   // a single name ("fp16") failed as "forEach is not a function"
   if (options.measureFormats !== undefined && !Array.isArray(options.measureFormats)) {
     throw new InvalidValueError(
@@ -511,7 +517,7 @@ export async function calibrate(
       await model.forward(seq[pos], pos, cache);
       options.onProgress?.({ phase: "forward", sequence: si, done: ++done, total });
     }
-    out.push(analyzeRecording(cache, options, () => {
+    out.push(analyzeRecording(cache, settings, () => {
       options.onProgress?.({ phase: "analyze", sequence: si, done: ++done, total });
     }));
     for (const [f, e] of Object.entries(formatErrors)) {

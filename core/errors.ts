@@ -124,7 +124,8 @@ export function showValue(v: unknown): string {
 }
 
 /**
- * Checks an options argument: undefined (no options) or an object every field of which is known. A
+ * Checks an options argument: an object every field of which is known (optional options arrive as
+ * their parameter's default, so undefined here is a missing required argument). A
  * misspelt field (`integerdot`, `minGPUElements`) was otherwise dropped without a word, and the
  * call went on with the default.
  *
@@ -142,7 +143,7 @@ export function showValue(v: unknown): string {
  * @param known its fields: names, or a `Record<keyof Options, true>` (which the compiler checks
  *   against the interface both ways)
  * @param what what the options are for, as the message names them ("cache options")
- * @throws InvalidValueError for options that are neither undefined nor a non-array object, or
+ * @throws InvalidValueError for options that are not a non-array object, or
  *   naming the first unknown field with the known ones
  */
 export function checkOptionFields(
@@ -150,7 +151,6 @@ export function checkOptionFields(
   known: readonly string[] | Readonly<Record<string, true>>,
   what: string,
 ): void {
-  if (options === undefined) return;
   // a Record<keyof Options, true> lists every field once, checked by the compiler both ways
   const names = Array.isArray(known) ? known : Object.keys(known);
   if (typeof options !== "object" || options === null || Array.isArray(options)) {

@@ -107,7 +107,6 @@ const _RULE_OPTIONS: Record<keyof RuleOptions, true> = { epsilon: true, diameter
  * @throws InvalidValueError for ε ≤ 0, D ≤ 0, c ≤ 0, κ < 0 or any non-finite input
  */
 export function requiredBits(curvature: number, options: RuleOptions): number {
-  if (options === undefined) throw new InvalidValueError("rule options are undefined");
   checkOptionFields(options, _RULE_OPTIONS, "rule options");
   const { epsilon, diameter } = options;
   const c = options.c ?? 4;

@@ -547,11 +547,9 @@ export function validatePrecisionPlan(
           throw bad(`${at} minScore is ${showValue(m)}, expected a finite number ≥ 0`);
         }
         if (!(m <= last)) {
+          const above = `tier ${i - 1}'s ${last}`;
           throw bad(
-            `${at} minScore ${m} is above tier ${
-              i - 1
-            }'s ${last}: a head's tiers go by minScore, ` +
-              "highest first",
+            `${at} minScore ${m} is above ${above}: a head's tiers go by minScore, highest first`,
           );
         }
         last = tier.minScore;
@@ -674,7 +672,6 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
       `analysis is ${showValue(analysis)}, expected an Analysis (from calibrate)`,
     );
   }
-  if (options === undefined) throw new InvalidValueError("plan options are undefined");
   // a misspelt windowformat or ropebase was dropped, and the plan made without it
   checkOptionFields(options, _PLAN_OPTIONS, "plan options");
   const { nLayers, nKvHeads } = analysis.shape;

@@ -120,7 +120,6 @@ export function checkAssignment(
   assignment: Assignment,
   options: CheckOptions,
 ): RuleViolation[] {
-  if (options === undefined) throw new InvalidValueError("checkAssignment options are undefined");
   checkOptionFields(options, _CHECK_OPTIONS, "checkAssignment options");
   const { nLayers, nKvHeads } = analysis.shape;
   const recency = options.recency ?? true;

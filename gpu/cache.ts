@@ -144,7 +144,6 @@ export interface GpuPageWords {
  *   position) exceeds the device's limits; nothing is allocated
  */
 export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuKVCache> {
-  if (options === undefined) throw new InvalidValueError("createGpuKVCache options are undefined");
   checkOptionFields(
     options,
     { gpu: true, shape: true, policy: true, pipelines: true } satisfies Record<

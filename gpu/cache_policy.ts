@@ -92,7 +92,6 @@ const GPU_POLICY_FIELDS = [
   "valueFormat",
   "tiers",
   "ropeBase",
-  "recentWindow", // refused below with the GPU name
 ];
 
 /** A GPU policy with every window field filled in. */
@@ -110,13 +109,12 @@ export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
  */
 export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
   // a misspelt field was dropped without a word; the CPU policy's recentWindow is windowTokens here
-  checkOptionFields(p, GPU_POLICY_FIELDS, "GPU cache policy");
-  if (p === undefined) throw new InvalidValueError("GPU cache policy is undefined");
-  if ("recentWindow" in p) {
+  if (typeof p === "object" && p !== null && "recentWindow" in p) {
     throw new InvalidValueError(
       "GPU cache policy has recentWindow, the CPU policy's name: the GPU policy calls it windowTokens",
     );
   }
+  checkOptionFields(p, GPU_POLICY_FIELDS, "GPU cache policy");
   const policy = {
     ...p,
     pageTokens: p.pageTokens ?? 128,

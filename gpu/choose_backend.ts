@@ -105,7 +105,7 @@ export interface ChosenKVCache {
  * @param options backend, device and CPU-cache options
  * @returns the cache, its backend and the reason for it
  * @throws {InvalidValueError} an unknown backend, an options field createKVCache does not have, or
- *   a minGpuElements that is not a finite number ≥ 0
+ *   a minGpuElements that is not a number ≥ 0
  * @throws {FormatError} backend "gpu" with a policy or budget the GPU cache cannot hold
  * @throws {ShapeError} backend "gpu" with more query heads per KV head than its kernel holds
  * @throws {DeviceError} backend "gpu" without a usable WebGPU device
@@ -119,10 +119,11 @@ export async function createKVCache(
   checkPolicyShape(policy, shape); // a missing policy read `options` of undefined on "auto"
   checkOptionFields(options, CREATE_OPTIONS, "createKVCache options");
   const least = options.minGpuElements ?? MIN_GPU_ELEMENTS;
-  // a NaN or negative threshold sent every cache to the GPU, or none, without a word
-  if (!(least >= 0) || !Number.isFinite(least)) {
+  // a NaN or negative threshold sent every cache to the GPU, or none, without a word (Infinity
+  // keeps "auto" off the GPU)
+  if (typeof least !== "number" || !(least >= 0)) {
     throw new InvalidValueError(
-      `minGpuElements is ${showValue(options.minGpuElements)}, expected a finite number ≥ 0`,
+      `minGpuElements is ${showValue(options.minGpuElements)}, expected a number ≥ 0`,
     );
   }
   const backend = options.backend ?? "auto";

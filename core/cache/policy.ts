@@ -109,9 +109,6 @@ function _own<T extends object>(options: T, kind: keyof typeof _KEYS): T {
 }
 
 function _checkFields(options: unknown, kind: keyof typeof _KEYS): void {
-  if (options === undefined) {
-    throw new InvalidValueError(`${kind} policy options are undefined, expected an object`);
-  }
   checkOptionFields(options, _KEYS[kind], `${kind} policy options`);
   const k = (options as { kind?: unknown }).kind;
   if (k !== undefined && k !== kind) {

@@ -248,7 +248,7 @@ Deno.test("options objects refuse a field they do not have, naming it (a typo wa
       ),
     (e: Error) =>
       e instanceof InvalidValueError &&
-      /^analysis options have unknown field "measureformats"/.test(e.message),
+      /^calibrate options have unknown field "measureformats"/.test(e.message),
   );
 });
 
@@ -262,5 +262,17 @@ Deno.test("a missing policy or options object is named on every backend (auto re
     () => requiredBits(1, undefined as never),
     InvalidValueError,
     /^rule options are undefined/,
+  );
+});
+
+Deno.test("analyzeHeadGroup() refuses calibrate-only fields it would ignore", () => {
+  const x = Float32Array.from({ length: 8 }, (_, i) => i / 8);
+  throwsLike(
+    () =>
+      analyzeHeadGroup({ queries: x, keys: x, values: x, length: 1, headDim: 8 }, {
+        measureFormats: ["fp16"],
+      } as never),
+    InvalidValueError,
+    /^analysis options have unknown field "measureFormats"; the fields are windows, sinkTokens, recentWindow$/,
   );
 });
