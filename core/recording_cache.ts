@@ -58,7 +58,7 @@ export class RecordingKVCache implements KVCache {
         bytes: 4 * shape.maxSeqLen * shape.nHeads * shape.headDim,
         count: shape.nLayers,
       },
-      { name: "attention scores", bytes: 4 * shape.maxSeqLen },
+      { name: "attention scores", bytes: 8 * shape.maxSeqLen },
       { name: "layer lengths", bytes: 4 * shape.nLayers },
       { name: "query marks of one layer", bytes: shape.maxSeqLen, count: shape.nLayers },
     ]);

@@ -57,6 +57,7 @@ import {
   FormatError,
   InvalidValueError,
   ShapeError,
+  typeName,
 } from "../core/errors.ts";
 import {
   type CacheBuffer,
@@ -1063,6 +1064,7 @@ export class GpuKVCache implements KVCache {
    * @param gpu the device
    * @param pipelines pipeline cache to share (default: a new one)
    * @returns the GPU cache
+   * @throws {InvalidValueError} for anything but a MixedPrecisionKVCache
    * @throws {FormatError} for a policy the GPU cache cannot hold as written
    * @throws {ShapeError} for a pool whose pages after the first partial one hold tokens
    * @throws {CapacityError} for more pages than the shape's maxSeqLen holds
@@ -1073,6 +1075,11 @@ export class GpuKVCache implements KVCache {
     gpu: GpuDevice,
     pipelines?: PipelineCache,
   ): Promise<GpuKVCache> {
+    if (!(cpu instanceof MixedPrecisionKVCache)) {
+      throw new InvalidValueError(
+        `fromCpu: cache is ${typeName(cpu)}, expected a MixedPrecisionKVCache`,
+      );
+    }
     const policy = gpuPolicyFor(cpu.policy);
     if (typeof policy === "string") throw new FormatError(`fromCpu: ${policy}`);
     const cache = await createGpuKVCache({ gpu, shape: cpu.shape, policy, pipelines });

@@ -40,6 +40,7 @@ import {
   checkAttend,
   checkCacheBytes,
   checkCacheShape,
+  checkHead,
   checkLayer,
   type KVCache,
   type KVCacheShape,
@@ -217,10 +218,12 @@ class HeadStore {
 }
 
 /**
- * Heap a HeadStore's JS objects take besides their buffers (five typed arrays, a Map): about 1.3 KB
- * measured on Deno 2, rounded up. Counted so that millions of heads are refused like large buffers.
+ * Heap one KV head takes besides the buffers counted on their own (its HeadStore's typed arrays and
+ * Map, partials, pools): resident memory grew by 2.5 KB per head for a uniform policy and 3.1 KB
+ * for a tiered one storing keys before RoPE (Deno 2.9, 200k–300k heads), rounded up. Counted so
+ * that millions of heads are refused like large buffers.
  */
-const HEAD_OBJECT_BYTES = 2048;
+const HEAD_OBJECT_BYTES = 4096;
 
 /** Heap a Partial takes besides its f64 sums (an object and a typed array header), rounded up. */
 const PARTIAL_OBJECT_BYTES = 256;
@@ -898,6 +901,7 @@ export class MixedPrecisionKVCache implements KVCache {
    * @param layer layer index
    * @param kvHead KV head index
    * @returns sinks and window as encoded words, and the pools
+   * @throws {ShapeError} for a layer or KV head out of range
    */
   segments(layer: number, kvHead: number): {
     sinkK: Uint32Array;
@@ -909,6 +913,7 @@ export class MixedPrecisionKVCache implements KVCache {
     windowStart: number;
     pools: PagePool[];
   } {
+    checkHead(this.shape, layer, kvHead);
     const s = this.#heads[layer][kvHead];
     return {
       sinkK: s.sinkK,
@@ -928,12 +933,14 @@ export class MixedPrecisionKVCache implements KVCache {
    * @param layer layer index
    * @param kvHead KV head index
    * @param state sinks, window and pools as {@linkcode segments} returns them
+   * @throws {ShapeError} for a layer or KV head out of range
    */
   restoreSegments(
     layer: number,
     kvHead: number,
     state: ReturnType<MixedPrecisionKVCache["segments"]>,
   ): void {
+    checkHead(this.shape, layer, kvHead);
     const s = this.#heads[layer][kvHead];
     for (const pool of s.pools.values()) {
       if (!state.pools.includes(pool)) pool.release();
@@ -982,8 +989,10 @@ export class MixedPrecisionKVCache implements KVCache {
    * @param layer layer index
    * @param kvHead KV head index
    * @returns the live score array
+   * @throws {ShapeError} for a layer or KV head out of range
    */
   windowScores(layer: number, kvHead: number): Float32Array {
+    checkHead(this.shape, layer, kvHead);
     return this.#heads[layer][kvHead].windowScore;
   }
 

@@ -163,18 +163,49 @@ export function saveCache(cache: MixedPrecisionKVCache): Uint8Array {
   return out;
 }
 
+function descriptionError(what: string, got: unknown, expected: string): never {
+  // a corrupted array can hold millions of entries: the message shows its start
+  const shown = JSON.stringify(got) ?? String(got);
+  throw new CorruptDataError(
+    `cache description: ${what} is ${
+      shown.length > 80 ? `${shown.slice(0, 80)}… (${shown.length} characters)` : shown
+    }, expected ${expected}`,
+    12,
+  );
+}
+
+/**
+ * Checks, before a cache of the description's shape is built, that its per-layer and per-head
+ * arrays have the shape's lengths: the cache's buffers scale with nLayers × nKvHeads, the
+ * description's arrays with the file, so a short file claiming millions of layers is refused
+ * before it allocates (a 264-byte one once built 4.4 GB for 18 s first). A shape whose counts are
+ * not positive integers is left to the cache's constructor, which names them.
+ */
+function checkDescriptionArrays(json: CacheJSON): void {
+  const { nLayers, nKvHeads } = json.shape;
+  if (!_isCount(nLayers) || !_isCount(nKvHeads)) return;
+  if (!Array.isArray(json.lengths) || json.lengths.length !== nLayers) {
+    descriptionError("lengths", json.lengths, `${nLayers} counts`);
+  }
+  if (!Array.isArray(json.heads) || json.heads.length !== nLayers) {
+    descriptionError("heads", json.heads, `${nLayers} layers`);
+  }
+  json.heads.forEach((layer, l) => {
+    if (!Array.isArray(layer) || layer.length !== nKvHeads) {
+      descriptionError(`heads[${l}]`, layer, `${nKvHeads} KV heads`);
+    }
+  });
+}
+
+const _isCount = (x: unknown): x is number => Number.isInteger(x) && (x as number) > 0;
+
 /**
  * Checks the description's counts against the cache its shape and policy built, so that a file
  * whose checksums hold but whose description is wrong (hand-edited, or written by a buggy saver)
  * is refused by name instead of loading into an inconsistent cache.
  */
 function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
-  const fail = (what: string, got: unknown, expected: string): never => {
-    throw new CorruptDataError(
-      `cache description: ${what} is ${JSON.stringify(got)}, expected ${expected}`,
-      12,
-    );
-  };
+  const fail = descriptionError;
   const count = (what: string, x: unknown, max: number): number =>
     Number.isInteger(x) && (x as number) >= 0 && (x as number) <= max
       ? x as number
@@ -185,18 +216,9 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
   const sinkTokens = Math.min(cache.policy.sinkTokens, maxSeqLen);
   const ring = Math.min(cache.policy.recentWindow, maxSeqLen) + cache.evictQuantum;
   const declared = new Set(cache.policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
-  if (!Array.isArray(json.lengths) || json.lengths.length !== nLayers) {
-    fail("lengths", json.lengths, `${nLayers} counts`);
-  }
-  if (!Array.isArray(json.heads) || json.heads.length !== nLayers) {
-    fail("heads", json.heads, `${nLayers} layers`);
-  }
   for (let l = 0; l < nLayers; l++) {
     const length = count(`lengths[${l}]`, json.lengths[l], maxSeqLen);
     const layer = json.heads[l];
-    if (!Array.isArray(layer) || layer.length !== nKvHeads) {
-      fail(`heads[${l}]`, layer, `${nKvHeads} KV heads`);
-    }
     for (let h = 0; h < nKvHeads; h++) {
       const at = `heads[${l}][${h}]`, head = layer[h];
       if (typeof head !== "object" || head === null) fail(at, head, "an object");
@@ -355,6 +377,7 @@ export function loadCache(
       4,
     );
   }
+  checkDescriptionArrays(json);
   let cache: MixedPrecisionKVCache;
   try {
     cache = new MixedPrecisionKVCache(json.shape, policy, options);

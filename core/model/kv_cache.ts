@@ -117,7 +117,7 @@ export function checkAppend(
   if (v.length !== kvDim) throw new ShapeError(`v has length ${v.length}, expected ${kvDim}`);
   if (pos !== length) {
     // a string "0" read as "position 0 … out of order: expected 0"
-    const shown = typeof pos === "number" ? String(pos) : `${JSON.stringify(pos)} (${typeof pos})`;
+    const shown = typeof pos === "number" ? String(pos) : `${showValue(pos)} (${typeof pos})`;
     throw new ShapeError(
       `position ${shown} appended to layer ${layer} out of order: expected ${length}`,
     );
@@ -187,7 +187,22 @@ function checkF32(x: Float32Array, what: string): void {
  */
 export function checkLayer(shape: KVCacheShape, layer: number): void {
   if (!Number.isInteger(layer) || layer < 0 || layer >= shape.nLayers) {
-    throw new ShapeError(`layer ${layer} out of range [0, ${shape.nLayers})`);
+    throw new ShapeError(`layer ${showValue(layer)} out of range [0, ${shape.nLayers})`);
+  }
+}
+
+/**
+ * Throws ShapeError unless `layer` is an integer in [0, nLayers) and `kvHead` one in
+ * [0, nKvHeads).
+ *
+ * @param shape the cache's shape
+ * @param layer layer index
+ * @param kvHead KV head index
+ */
+export function checkHead(shape: KVCacheShape, layer: number, kvHead: number): void {
+  checkLayer(shape, layer);
+  if (!Number.isInteger(kvHead) || kvHead < 0 || kvHead >= shape.nKvHeads) {
+    throw new ShapeError(`KV head ${showValue(kvHead)} out of range [0, ${shape.nKvHeads})`);
   }
 }
 
@@ -289,7 +304,8 @@ export class Float32KVCache implements KVCache {
   /** Values, same layout as keys. */
   readonly values: Float32Array;
   readonly #lengths: Int32Array;
-  #scores: Float32Array;
+  // float64: a score past f32's 3.4e38 (finite keys near it) became Infinity and softmax NaN
+  #scores: Float64Array;
 
   /**
    * Creates the instance.
@@ -304,14 +320,14 @@ export class Float32KVCache implements KVCache {
     checkCacheBytes("Float32KVCache", shape, [
       { name: "keys", bytes: 4 * size },
       { name: "values", bytes: 4 * size },
-      { name: "attention scores", bytes: 4 * shape.maxSeqLen },
+      { name: "attention scores", bytes: 8 * shape.maxSeqLen },
       { name: "layer lengths", bytes: 4 * shape.nLayers },
     ]);
     this.shape = { ...shape };
     this.keys = new Float32Array(size);
     this.values = new Float32Array(size);
     this.#lengths = new Int32Array(shape.nLayers);
-    this.#scores = new Float32Array(shape.maxSeqLen);
+    this.#scores = new Float64Array(shape.maxSeqLen);
   }
 
   length(layer: number): number {
@@ -327,11 +343,8 @@ export class Float32KVCache implements KVCache {
    * @throws ShapeError for a layer or KV head out of range (the offset would name another head)
    */
   headOffset(layer: number, kvHead: number): number {
-    checkLayer(this.shape, layer);
+    checkHead(this.shape, layer, kvHead);
     const { nKvHeads, maxSeqLen, headDim } = this.shape;
-    if (!Number.isInteger(kvHead) || kvHead < 0 || kvHead >= nKvHeads) {
-      throw new ShapeError(`KV head ${kvHead} out of range [0, ${nKvHeads})`);
-    }
     return ((layer * nKvHeads) + kvHead) * maxSeqLen * headDim;
   }
 
@@ -391,7 +404,8 @@ export class Float32KVCache implements KVCache {
  * @param values n × d values
  * @param n positions
  * @param d head dimension
- * @param scores at least n elements; overwritten with the attention weights
+ * @param scores at least n elements; overwritten with the attention weights (a Float32Array
+ *   stores scores past 3.4e38 as infinities, and the output becomes NaN)
  * @param out output, length d, overwritten
  */
 export function attendHead(
@@ -400,7 +414,7 @@ export function attendHead(
   values: Float32Array,
   n: number,
   d: number,
-  scores: Float32Array,
+  scores: Float32Array | Float64Array,
   out: Float32Array,
 ): void {
   attention(q, keys, values, n, d, scores, out);

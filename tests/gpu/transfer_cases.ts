@@ -4,6 +4,7 @@ import assert from "node:assert/strict";
 import {
   type CachePolicy,
   createKVCache,
+  Float32KVCache,
   GpuKVCache,
   type KVCache,
   loadCache,
@@ -14,7 +15,7 @@ import {
 } from "../../mod.ts";
 import { rng } from "../_fixtures.ts";
 import { relativeError, testGpu, threeTierPolicy } from "./_gpu.ts";
-import { ShapeError } from "../../core/errors.ts";
+import { InvalidValueError, ShapeError } from "../../core/errors.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 128 };
 /** int4 keys per channel, int8 values per token, no window. */
@@ -143,6 +144,17 @@ for (const [name, policy] of policies) {
 Deno.test("GpuKVCache.fromCpu() refuses a policy the GPU cache cannot hold as written", async () => {
   const env = await testGpu();
   if (!env) return;
+  // anything but a mixed cache was a TypeError reading its policy
+  for (
+    const [cache, name] of [[undefined, "undefined"], [new Float32KVCache(shape), "Float32KVCache"]]
+  ) {
+    await assert.rejects(
+      () => GpuKVCache.fromCpu(cache as never, env.gpu),
+      (e: Error) =>
+        e instanceof InvalidValueError &&
+        e.message === `fromCpu: cache is ${name}, expected a MixedPrecisionKVCache`,
+    );
+  }
   const cpu = new MixedPrecisionKVCache(shape, policies[1][1]("bf16"));
   await assert.rejects(
     () => GpuKVCache.fromCpu(cpu, env.gpu),

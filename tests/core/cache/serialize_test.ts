@@ -217,6 +217,18 @@ Deno.test("loadCache names a description whose counts do not fit its shape and p
       /heads\[0\]\[0\]: sinks \+ window \+ pages is 75, expected lengths\[0\] = 74/,
     ],
     ["no shape", (j) => delete j.shape, /has no shape/],
+    // refused before a cache of that shape is built: 3M layers was "cannot be allocated" (and
+    // 1.9M were built, 4.4 GB for 18 s, before the lengths were compared)
+    [
+      "millions of layers claimed",
+      (j) => j.shape.nLayers = 3_000_000,
+      /lengths is \[\d+,\d+\], expected 3000000 counts/,
+    ],
+    [
+      "millions of KV heads claimed",
+      (j) => j.shape.nKvHeads = j.shape.nHeads = 3_000_000,
+      /heads\[0\] is \[\{.{60,}… \(\d+ characters\), expected 3000000 KV heads/,
+    ],
   ];
   for (const [label, edit, message] of cases) refused(withDescription(bytes, edit), message, label);
   const notJson = bytes.slice();

@@ -1,6 +1,14 @@
 import assert from "node:assert/strict";
-import { attendHead, CapacityError, Float32KVCache, ShapeError } from "../../../mod.ts";
-import { normals, rng } from "../../_fixtures.ts";
+import {
+  attendHead,
+  CapacityError,
+  Float32KVCache,
+  MixedPrecisionKVCache,
+  RecordingKVCache,
+  ShapeError,
+  uniformPolicy,
+} from "../../../mod.ts";
+import { normals, rng, throwsLike } from "../../_fixtures.ts";
 
 Deno.test("Float32KVCache.attend() equals a direct softmax-weighted sum with GQA", () => {
   const next = rng(7);
@@ -68,4 +76,64 @@ Deno.test("attendHead() is stable for large scores", () => {
   const out = new Float32Array(2);
   attendHead(q, keys, values, 2, 2, new Float32Array(2), out);
   assert.ok(Number.isFinite(out[0]) && out[0] > 0.99);
+});
+
+Deno.test("Float32KVCache and RecordingKVCache attend over keys near the f32 limit without NaN", () => {
+  // scores past f32's 3.4e38 were stored as ±Infinity, and softmax gave e^{Inf − Inf} = NaN
+  const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 4, maxSeqLen: 4 };
+  for (const cache of [new Float32KVCache(shape), new RecordingKVCache(shape)]) {
+    cache.append(0, 0, Float32Array.of(1e30, 0, 0, 0), Float32Array.of(1, 2, 3, 4));
+    cache.append(0, 1, Float32Array.of(-1e30, 0, 0, 0), Float32Array.of(5, 6, 7, 8));
+    const out = new Float32Array(4);
+    cache.attend(0, Float32Array.of(1e10, 0, 0, 0), out);
+    assert.deepEqual([...out], [1, 2, 3, 4], cache.constructor.name);
+    cache.attend(0, Float32Array.of(-1e10, 0, 0, 0), out);
+    assert.deepEqual([...out], [5, 6, 7, 8], cache.constructor.name);
+    // the largest finite f32 key with an ordinary query: one score of 6.8e38 dominates
+    cache.append(0, 2, Float32Array.of(3.4e38, 0, 0, 0), Float32Array.of(-1, -2, -3, -4));
+    cache.attend(0, Float32Array.of(4, 0, 0, 0), out);
+    assert.deepEqual([...out], [-1, -2, -3, -4], cache.constructor.name);
+  }
+});
+
+Deno.test("a layer, KV head or position of the wrong type is a ShapeError that names it", () => {
+  // the message itself threw a TypeError: JSON.stringify(0n), or a Symbol in a template
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 16 };
+  const format = "int8-g8-token";
+  const mixed = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({ keyFormat: format, valueFormat: format }),
+  );
+  const kv = normals(16, rng(3));
+  const f32 = new Float32KVCache(shape), recording = new RecordingKVCache(shape);
+  for (const cache of [f32, recording, mixed]) {
+    const name = cache.constructor.name;
+    throwsLike(
+      () => cache.append(0, 0n as unknown as number, kv, kv),
+      ShapeError,
+      /position 0n \(bigint\) appended to layer 0 out of order: expected 0/,
+    );
+    throwsLike(
+      () => cache.append(Symbol("l") as unknown as number, 0, kv, kv),
+      ShapeError,
+      /layer Symbol\(l\) out of range \[0, 2\)/,
+    );
+    throwsLike(() => cache.length(Symbol() as unknown as number), ShapeError, /layer Symbol\(\)/);
+    assert.equal(cache.length(0), 0, name);
+  }
+  // the mixed cache's per-head accessors, which serialisation uses and mod.ts exports
+  const segments = mixed.segments(0, 0);
+  const wrong: [() => unknown, RegExp][] = [
+    [() => mixed.segments(0, 2), /KV head 2 out of range \[0, 2\)/],
+    [() => mixed.segments(2, 0), /layer 2 out of range \[0, 2\)/],
+    [() => mixed.segments(-1, 0), /layer -1 out of range/],
+    [() => mixed.segments(0, 0.5), /KV head 0.5 out of range/],
+    [() => mixed.segments(0, "1" as unknown as number), /KV head "1" out of range/],
+    [() => mixed.windowScores(0, 2), /KV head 2 out of range/],
+    [() => mixed.windowScores(5, 0), /layer 5 out of range/],
+    [() => mixed.restoreSegments(0, 7, segments), /KV head 7 out of range/],
+    [() => f32.headOffset(0, Symbol() as unknown as number), /KV head Symbol\(\)/],
+    [() => recording.keys(0, -1), /KV head -1 out of range/],
+  ];
+  for (const [run, message] of wrong) throwsLike(run, ShapeError, message);
 });
