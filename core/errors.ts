@@ -75,9 +75,10 @@ export class BudgetError extends KvprecError {
    * Creates the error.
    * @param message what was asked and what is possible
    * @param minimum the smallest budget that can be met, if known
+   * @param options standard error options (a cause)
    */
-  constructor(message: string, minimum?: number) {
-    super(message);
+  constructor(message: string, minimum?: number, options?: ErrorOptions) {
+    super(message, options);
     this.minimum = minimum;
   }
 }

@@ -47,6 +47,7 @@ import {
   showValue,
 } from "./errors.ts";
 import { getFormat } from "../codecs/format.ts";
+import { cacheFormatSpec } from "./cache/policy.ts";
 import { isRopeBase, MIN_ROPE_BASE } from "./tensor.ts";
 import {
   allocateBudget,
@@ -211,7 +212,7 @@ interface _Item {
  * @returns its spec
  */
 export function checkWindowFormat(name: string): MapperFormat {
-  const spec = getFormat(name); // FormatError for an unknown name
+  const spec = cacheFormatSpec(name, "windowFormat");
   if (spec.axis === "channel") {
     throw new FormatError(
       `windowFormat ${name} groups along tokens; the window holds whole tokens`,
@@ -232,7 +233,7 @@ export function checkWindowFormat(name: string): MapperFormat {
  * @throws FormatError naming the field and why
  */
 export function checkStorableFormat(name: string, headDim: number, what: string): void {
-  const spec = getFormat(name); // FormatError for an unknown name
+  const spec = cacheFormatSpec(name, what);
   if (spec.axis === "heads") {
     throw new FormatError(`${what} ${name} groups across KV heads; a cache page holds one`);
   }
@@ -330,6 +331,7 @@ export function buildPrecisionPlan(
             ? "; calibrate on longer sequences, or plan with fewer sinks or a shorter window"
             : ""),
         e.minimum,
+        { cause: e },
       );
     }
     oracleK = a.keyFormat;
@@ -497,8 +499,9 @@ export function validatePrecisionPlan(
   if (typeof p !== "object" || p === null || Array.isArray(p)) {
     throw bad(`${showValue(p)}, expected an object (a plan read from JSON: parse it first)`);
   }
-  onlyFields(p, _PLAN_FIELDS, "");
+  // the version first: a later version's fields are unknown to this one
   if (p.version !== 1) throw bad(`version is ${showValue(p.version)}, expected 1`);
+  onlyFields(p, _PLAN_FIELDS, "");
   for (const key of ["sinkTokens", "recentWindow"] as const) {
     if (!Number.isInteger(p[key]) || p[key] < 0) {
       throw bad(`${key} is ${showValue(p[key])}, expected an integer ≥ 0`);
@@ -507,8 +510,9 @@ export function validatePrecisionPlan(
   try {
     checkWindowFormat(p.windowFormat);
   } catch (e) {
-    // the reason (unknown, or grouped along tokens) was dropped
-    throw bad(`windowFormat is ${showValue(p.windowFormat)}: ${(e as Error).message}`);
+    // the reason (unknown, or grouped along tokens) was dropped; it names the field
+    if (!(e instanceof FormatError)) throw e;
+    throw bad(e.message);
   }
   if (p.ropeBase !== undefined && !isRopeBase(p.ropeBase)) {
     throw bad(`ropeBase is ${showValue(p.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`);

@@ -13,7 +13,7 @@
  * @module
  */
 
-import { getFormat } from "../../codecs/format.ts";
+import { type FormatSpec, getFormat } from "../../codecs/format.ts";
 import {
   checkOptionFields,
   FormatError,
@@ -116,6 +116,12 @@ function _checkFields(options: unknown, kind: keyof typeof _KEYS): void {
   }
 }
 
+const _TIER_FIELDS: Record<keyof Tier, true> = {
+  minScore: true,
+  keyFormat: true,
+  valueFormat: true,
+};
+
 // tiers from JSON or a caller: every level is checked so a malformed one is named, not a TypeError
 function _checkTiers(tiers: unknown): void {
   if (!Array.isArray(tiers)) throw new InvalidValueError("tiers must be an array of layers");
@@ -137,6 +143,7 @@ function _checkTiers(tiers: unknown): void {
             `${at} is ${showValue(t)}, expected { minScore, keyFormat, valueFormat }`,
           );
         }
+        checkOptionFields(t, _TIER_FIELDS, at);
         _checkPair(t, `${at}.`);
         // a NaN would sort anywhere and match no score: the tier would silently never be used
         if (!Number.isFinite(t.minScore)) {
@@ -362,24 +369,35 @@ function _checkPair(p: Partial<FormatPair>, where: string): void {
   for (const key of ["keyFormat", "valueFormat"] as const) _checkFormat(p?.[key], `${where}${key}`);
 }
 
-// an unknown name, or one no cache stores there, would otherwise fail only when a cache is built,
-// without naming the field: pages hold one KV head, and the window holds tokens one at a time
-function _checkFormat(name: unknown, field: string, window = false): void {
-  if (typeof name !== "string") {
-    throw new InvalidValueError(`${field} is ${showValue(name)}, expected a format name`);
-  }
-  let axis: string;
+/**
+ * The registry's spec of a format a cache is asked to store.
+ *
+ * @param name format name
+ * @param field what names it, for the message ("keyFormat", "windowFormat")
+ * @returns the spec
+ * @throws FormatError for an unknown name, suggesting formats a cache stores (the codecs' own
+ *   examples include one grouped across KV heads, which no cache stores)
+ */
+export function cacheFormatSpec(name: string, field: string): FormatSpec {
   try {
-    axis = getFormat(name).axis;
+    return getFormat(name);
   } catch (e) {
     if (!(e instanceof FormatError)) throw e;
-    // the codecs' examples include formats grouped across KV heads, which no cache stores
     throw new FormatError(
       `${field}: unknown format ${showValue(name)}; a cache stores e.g. int4-g32-channel, ` +
         "int8-g8-token, fp16, bf16, fp32, fp8e4m3 (codecs/FORMAT.md)",
       { cause: e },
     );
   }
+}
+
+// an unknown name, or one no cache stores there, would otherwise fail only when a cache is built,
+// without naming the field: pages hold one KV head, and the window holds tokens one at a time
+function _checkFormat(name: unknown, field: string, window = false): void {
+  if (typeof name !== "string") {
+    throw new InvalidValueError(`${field} is ${showValue(name)}, expected a format name`);
+  }
+  const axis = cacheFormatSpec(name, field).axis;
   if (axis === "heads") {
     throw new FormatError(
       `${field}: ${name} groups across KV heads; a cache holds each KV head apart`,

@@ -132,6 +132,11 @@ Deno.test("plans and codecs name a head without tiers, strings posing as numbers
     () => validatePrecisionPlan({ ...plan, version: "1" }),
     /version is "1", expected 1/,
   );
+  // a later version's new field is its version's problem, not an unknown field of version 1
+  assert.throws(
+    () => validatePrecisionPlan({ ...plan, version: 2, keyGroups: [] }),
+    /precision plan: version is 2, expected 1$/,
+  );
   assert.throws(
     () => validatePrecisionPlan({ ...plan, recentWindow: "4" }),
     /recentWindow is "4", expected an integer ≥ 0/,

@@ -512,6 +512,12 @@ Deno.test("tiered policies: a non-finite minScore or tiers that do not match the
     [[[null]], /tiers\[0\]\[0\] must be an array of tiers/],
     [[[[null]]], /tiers\[0\]\[0\]\[0\] is null/],
     [[[[{ minScore: 0, keyFormat: "fp16" }]]], /tiers\[0\]\[0\]\[0\]\.valueFormat is undefined/],
+    // a misspelt field was dropped: "minscore" left minScore undefined (NaN, refused), but
+    // "keyformat" beside keyFormat, say, passed without a word
+    [
+      [[[{ minScore: 0, ...fp16, keyformat: "int2-g8-token" }]]],
+      /tiers\[0\]\[0\]\[0\] have unknown field "keyformat"; the fields are minScore, keyFormat, valueFormat/,
+    ],
   ];
   for (const [tiers, message] of malformed) {
     assert.throws(
