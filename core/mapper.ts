@@ -1,10 +1,11 @@
 /**
  * From sensitivity to bits. Two ways:
  *
- * - the precision rule p ≥ log2(c·κ·D²/ε) (κ the curvature, D the larger of the head's key and
- *   value diameters, each range with 0 in it: ruleDiameter in plan.ts; ε the target error, c = 4
- *   by default), mapped to the smallest format (in bits per element, metadata counted) whose
- *   effective precision meets p: {@linkcode requiredBits}, {@linkcode selectFormat};
+ * - the precision rule p ≥ log2(c·κ·D²/ε) (κ a key's curvature and a value's attention: plan.ts;
+ *   D the larger of the head's key and value diameters, each range with 0 in it: ruleDiameter in
+ *   plan.ts; ε the target error, c = 4 by default), mapped to the smallest format (in bits per
+ *   element, metadata counted) whose effective precision meets p: {@linkcode requiredBits},
+ *   {@linkcode selectFormat};
  * - a budget: given an average bits-per-element budget, choose a format per item that minimises
  *   the predicted error Σ_i (wK_i·eK(f_i) + wV_i·eV(g_i)), by Lagrangian search over the discrete
  *   formats (each item picks argmin error + λ·bits, λ bisected to the budget), a greedy fill of

@@ -133,8 +133,11 @@ export interface PlanOptions {
    */
   ropeBase?: number;
   /**
-   * "curvature" (default: the analyzer's gradient and curvature measures) or "attention"
-   * (attention alone). Which ranks positions better depends on the model: kvprecFittedPlan
+   * "curvature" (default: the analyzer's gradient and curvature measures rank keys) or "attention"
+   * (attention alone). Values go by attention either way: the output is linear in a value,
+   * ∂o/∂v_t = α_t·I, so its error reaches the output whole, while a key's curvature tends to 0 for a
+   * position taking nearly all the attention (v_t ≈ o): the rule's κ of a value is its attention,
+   * and the budget's value weight its summed attention. Which ranks positions better depends on the model: kvprecFittedPlan
    * (bench/kvprec_rows.ts, behind `deno task analyze` and `deno task eval`) fits a budget plan with
    * each and keeps the one with the lower KL on the calibration lines.
    */
@@ -200,7 +203,10 @@ interface _Item {
   head: number;
   t: number;
   score: number;
+  /** The rule's κ of the key: curvature, or attention with sensitivity "attention". */
   kappa: number;
+  /** The rule's κ of the value: attention (∂o/∂v_t = α_t·I, whatever the key's curvature). */
+  kappaV: number;
   wK: number;
   wV: number;
 }
@@ -301,19 +307,17 @@ export function buildPrecisionPlan(
 
   // 1. The oracle.
   let oracleK: Int16Array, oracleV: Int16Array;
-  const required = new Float64Array(items.length);
+  const requiredK = new Float64Array(items.length), requiredV = new Float64Array(items.length);
   if (o.mode === "rule") {
     oracleK = new Int16Array(items.length);
     oracleV = new Int16Array(items.length);
     for (let i = 0; i < items.length; i++) {
       const it = items[i];
-      required[i] = requiredBits(it.kappa, {
-        epsilon: o.epsilon,
-        diameter: o.diameter[it.layer][it.head],
-        c: o.c,
-      });
-      oracleK[i] = kF.indexOf(selectFormat(required[i], kF).format);
-      oracleV[i] = vF.indexOf(selectFormat(required[i], vF).format);
+      const rule = { epsilon: o.epsilon, diameter: o.diameter[it.layer][it.head], c: o.c };
+      requiredK[i] = requiredBits(it.kappa, rule);
+      requiredV[i] = requiredBits(it.kappaV, rule);
+      oracleK[i] = kF.indexOf(selectFormat(requiredK[i], kF).format);
+      oracleV[i] = vF.indexOf(selectFormat(requiredV[i], vF).format);
     }
   } else {
     let a;
@@ -382,11 +386,11 @@ export function buildPrecisionPlan(
     const tier = tierFor(plan, items[i].layer, items[i].head, items[i].score);
     planK[i] = kF.findIndex((f) => f.name === tier.keyFormat);
     planV[i] = vF.findIndex((f) => f.name === tier.valueFormat);
-    if (
-      o.mode === "rule" &&
-      Math.min(precisionBits(kF[planK[i]]), precisionBits(vF[planV[i]])) < required[i] &&
-      Math.min(precisionBits(kF[oracleK[i]]), precisionBits(vF[oracleV[i]])) >= required[i]
-    ) shortfalls++;
+    const meets = (k: number, v: number) =>
+      precisionBits(kF[k]) >= requiredK[i] && precisionBits(vF[v]) >= requiredV[i];
+    if (o.mode === "rule" && !meets(planK[i], planV[i]) && meets(oracleK[i], oracleV[i])) {
+      shortfalls++;
+    }
   }
 
   const corr = _correlations(items, analysis);
@@ -885,17 +889,17 @@ function _items(analysis: Analysis, o: _Resolved): _Item[] {
       row.forEach((c, h) => {
         const scores = o.recentWindow > 0 ? c.windowScores[String(o.recentWindow)] : undefined;
         for (let t = o.sinkTokens; t < c.length - o.recentWindow; t++) {
-          const count = c.group * (c.length - t);
-          const base = o.sensitivity === "attention"
-            ? (o.aggregate === "max" ? c.attentionMax[t] : c.attentionSum[t] / count)
-            : (o.aggregate === "max" ? c.curvatureMax[t] : c.curvatureSum[t] / count);
+          const count = c.group * (c.length - t), r = _recency(o, t, c.length);
+          const attention = o.aggregate === "max" ? c.attentionMax[t] : c.attentionSum[t] / count;
+          const curvature = o.aggregate === "max" ? c.curvatureMax[t] : c.curvatureSum[t] / count;
           items.push({
             seq: si,
             layer: l,
             head: h,
             t,
             score: scores ? scores[t] : 0,
-            kappa: base * _recency(o, t, c.length),
+            kappa: (o.sensitivity === "attention" ? attention : curvature) * r,
+            kappaV: attention * r,
             ..._weights(c, t, o, d, q),
           });
         }

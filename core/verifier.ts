@@ -70,8 +70,10 @@ export interface RuleViolation {
   head: number;
   /** Position. */
   position: number;
-  /** Bits the rule requires. */
-  requiredBits: number;
+  /** Bits the rule requires of the key (from its curvature, or attention). */
+  requiredKeyBits: number;
+  /** Bits the rule requires of the value (from its attention: ∂o/∂v_t = α_t·I). */
+  requiredValueBits: number;
   /** Effective bits of the key format given. */
   keyBits: number;
   /** Effective bits of the value format given. */
@@ -104,7 +106,10 @@ export interface CheckOptions {
 /**
  * Every position of the calibration whose key or value format has less effective precision than
  * p = log2(c·κ·D²/ε), D the planner's {@linkcode ruleDiameter} (sinks and window count at the
- * window format).
+ * window format), κ of a key its curvature (or attention, with sensitivity "attention") and κ of a
+ * value its attention α: the output is linear in the value, ∂o/∂v_t = α_t·I, so a value's error
+ * reaches it whole however small the curvature (a position taking nearly all the attention has
+ * v_t ≈ o and curvature near 0).
  *
  * @param analysis the calibration
  * @param assignment formats per position (e.g. a plan's report.planAssignment)
@@ -129,9 +134,10 @@ export function checkAssignment(
   }
   const { sensitivity, aggregate } = resolveSensitivity(options);
   const mean = aggregate === "mean";
-  // the analysis field κ is read from
-  const field = sensitivity === "attention"
-    ? (mean ? "attentionSum" : "attentionMax")
+  // the analysis fields κ is read from
+  const valueField = mean ? "attentionSum" : "attentionMax";
+  const keyField = sensitivity === "attention"
+    ? valueField
     : (mean ? "curvatureSum" : "curvatureMax");
   const window = precisionBits(getFormat(assignment.windowFormat));
   const kBits = assignment.keyFormats.map((f) => precisionBits(getFormat(f)));
@@ -150,30 +156,35 @@ export function checkAssignment(
         if (!cell) throw new ShapeError(`assignment lacks sequence ${si} layer ${l} head ${h}`);
         _checkCell(cell, c.length, assignment, `assignment sequence ${si} layer ${l} head ${h}`);
         for (let t = 0; t < c.length; t++) {
-          const base = mean ? c[field][t] / (c.group * (c.length - t)) : c[field][t];
           const r = recency ? 1 + Math.exp(-(c.length - t - 1) / (c.length / 4)) : 1;
-          // named here: requiredBits would blame a κ the caller never gave (or one that overflowed)
-          if (!(base * r >= 0 && base * r < Infinity)) {
-            throw new InvalidValueError(
-              `analysis sequence ${si} layer ${l} head ${h}: ${field}[${t}] is ${c[field][t]}, ` +
-                `κ ${base * r}; expected a finite number ≥ 0`,
-              t,
-            );
-          }
-          const need = requiredBits(base * r, {
-            epsilon: options.epsilon,
-            diameter: diameter[l][h],
-            c: options.c,
-          });
+          const need = (field: typeof keyField) => {
+            const kappa = r * (mean ? c[field][t] / (c.group * (c.length - t)) : c[field][t]);
+            // named here: requiredBits would blame a κ the caller never gave (or one that
+            // overflowed)
+            if (!(kappa >= 0 && kappa < Infinity)) {
+              throw new InvalidValueError(
+                `analysis sequence ${si} layer ${l} head ${h}: ${field}[${t}] is ` +
+                  `${c[field][t]}, κ ${kappa}; expected a finite number ≥ 0`,
+                t,
+              );
+            }
+            return requiredBits(kappa, {
+              epsilon: options.epsilon,
+              diameter: diameter[l][h],
+              c: options.c,
+            });
+          };
+          const needK = need(keyField), needV = need(valueField);
           const kb = cell.key[t] < 0 ? window : kBits[cell.key[t]];
           const vb = cell.value[t] < 0 ? window : vBits[cell.value[t]];
-          if (Math.min(kb, vb) < need) {
+          if (kb < needK || vb < needV) {
             out.push({
               sequence: si,
               layer: l,
               head: h,
               position: t,
-              requiredBits: need,
+              requiredKeyBits: needK,
+              requiredValueBits: needV,
               keyBits: kb,
               valueBits: vb,
             });

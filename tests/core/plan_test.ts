@@ -342,8 +342,9 @@ Deno.test("buildPrecisionPlan() without a window gives a rule-mode head the form
       recency: false,
     });
     assert.deepEqual([...report.oracleAssignment.sequences[0][0][0].key], oracle, label);
+    // values go by attention, 1 at every position: int2 meets log2(4·1·2²/10) for all
     assert.deepEqual(plan.layers[0].heads[0].tiers, [
-      { minScore: 0, keyFormat: tier, valueFormat: tier },
+      { minScore: 0, keyFormat: tier, valueFormat: "int2-g16-token" },
     ], label);
     assert.equal(report.ruleShortfalls, 0, label);
   }

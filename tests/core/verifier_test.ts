@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
 import { FormatError, InvalidValueError, ShapeError } from "../../core/errors.ts";
-import { type Analysis, analyzeHeadGroup, type CalibrationModel } from "../../core/analyzer.ts";
+import {
+  type Analysis,
+  analyzeHeadGroup,
+  analyzeRecording,
+  type CalibrationModel,
+} from "../../core/analyzer.ts";
 import type { ModelLipschitz, ResidualTrace } from "../../core/layer_lipschitz.ts";
 import { type Assignment, buildPrecisionPlan, ruleDiameter } from "../../core/plan.ts";
-import { requiredBits } from "../../core/mapper.ts";
+import { precisionBits, requiredBits } from "../../core/mapper.ts";
 import { getFormat } from "../../codecs/format.ts";
 import { RecordingKVCache } from "../../core/recording_cache.ts";
 import {
@@ -284,7 +289,62 @@ Deno.test("checkAssignment() takes the planner's diameter: it passes the planner
   const short = checkAssignment(analysis, int4, { epsilon, recency: false });
   assert.equal(short.length, n);
   for (const v of short) {
-    assert.equal(v.requiredBits, requiredBits(1, { epsilon, diameter }));
-    assert.ok(Math.abs(v.requiredBits - 7.5) < 1e-12, `${v.requiredBits}`);
+    // curvature and attention are 1: keys and values need the same
+    assert.equal(v.requiredKeyBits, requiredBits(1, { epsilon, diameter }));
+    assert.equal(v.requiredValueBits, v.requiredKeyBits);
+    assert.ok(Math.abs(v.requiredKeyBits - 7.5) < 1e-12, `${v.requiredKeyBits}`);
   }
+});
+
+Deno.test("the precision rule gives a position that takes almost all the attention a precise value", () => {
+  // Its curvature tends to 0 with v_t − o as α_t → 1, but ∂o/∂v_t = α_t·I passes its value's
+  // error to the output whole: the rule asked for −0.26 bits, stored the value at int4, checked
+  // clean, and the head output missed ε = 0.01 by 9.7× (a review's reproduction).
+  const d = 8, n = 24, dominant = 5, epsilon = 0.01;
+  const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: d, maxSeqLen: n };
+  const recording = new RecordingKVCache(shape), next = makeRng(3), out = new Float32Array(d);
+  for (let t = 0; t < n; t++) {
+    const k = randomArray(next, d, 0.1);
+    if (t === dominant) k[0] = 4;
+    recording.append(0, t, k, randomArray(next, d, 1));
+    recording.attend(0, Float32Array.from({ length: d }, (_, i) => (i === 0 ? 8 : 0)), out);
+  }
+  const sequence = analyzeRecording(recording, { windows: [4] });
+  const analysis: Analysis = {
+    version: 1,
+    shape,
+    windows: [4],
+    sinkTokens: 0,
+    recentWindow: 0,
+    sequences: [sequence],
+  };
+  const head = sequence.heads[0][0];
+  assert.ok(head.attentionMax[dominant] > 0.999, `α ${head.attentionMax[dominant]}`);
+  const names = ["int2-g8-token", "int4-g8-token", "int8-g8-token", "fp16", "fp32"];
+  const { report } = buildPrecisionPlan(analysis, {
+    mode: "rule",
+    epsilon,
+    keyFormats: names.map(getFormat),
+    valueFormats: names.map(getFormat),
+    sinkTokens: 0,
+    recentWindow: 0,
+  });
+  const oracle = report.oracleAssignment, cell = oracle.sequences[0][0][0];
+  // the value's requirement comes from its attention, the key's from its curvature
+  const r = 1 + Math.exp(-(n - dominant - 1) / (n / 4));
+  const diameter = ruleDiameter(analysis, 0, 0);
+  const needV = requiredBits(head.attentionMax[dominant] * r, { epsilon, diameter });
+  const valueFormat = getFormat(oracle.valueFormats[cell.value[dominant]]);
+  assert.ok(precisionBits(valueFormat) >= needV, `${valueFormat.name} for ${needV} bits`);
+  assert.deepEqual(checkAssignment(analysis, oracle, { epsilon }), []);
+  const [verified] = verifyHeads(recording, oracle);
+  assert.ok(verified.maxRealized <= epsilon, `realized ${verified.maxRealized}`);
+  // the same assignment with that value at int4 is a violation, by its value
+  const coarse = structuredClone(oracle);
+  coarse.sequences[0][0][0].value[dominant] = names.indexOf("int4-g8-token");
+  const [violation] = checkAssignment(analysis, coarse, { epsilon });
+  assert.equal(violation.position, dominant);
+  assert.equal(violation.requiredValueBits, needV);
+  assert.ok(violation.valueBits < violation.requiredValueBits);
+  assert.ok(violation.keyBits >= violation.requiredKeyBits);
 });
