@@ -27,6 +27,7 @@
 
 import { CapacityError, InvalidValueError, ShapeError, showValue, typeName } from "./errors.ts";
 import { MAX_BUFFER_BYTES, MAX_FIXED_BYTES } from "./model/kv_cache.ts";
+import { DOMINANT_WEIGHT, dominantDeviation } from "./attention_sensitivity.ts";
 
 /**
  * Largest |query element| {@linkcode SensitivityStep.run} takes, 2^128: every finite float32 (the
@@ -66,6 +67,8 @@ export class SensitivityStep {
   readonly #q: Float64Array;
   // Outputs of a block of four heads, [h][i].
   readonly #o: Float64Array;
+  // v_t − o of a position taking nearly all the attention, formed without cancellation.
+  readonly #deviation: Float64Array;
   // Positions the previous run wrote: a shorter run zeroes [n, #written) of every per-position array.
   #written = 0;
 
@@ -86,7 +89,7 @@ export class SensitivityStep {
     }
     // a huge capacity failed as a RangeError from the allocation
     const perPosition = 8 * group * capacity, perHead = 8 * group * headDim;
-    const total = 4 * perPosition + perHead + 8 * group + 2 * 32 * headDim;
+    const total = 4 * perPosition + perHead + 8 * group + 2 * 32 * headDim + 8 * headDim;
     if (Math.max(perPosition, perHead) > MAX_BUFFER_BYTES || total > MAX_FIXED_BYTES) {
       throw new CapacityError(
         `SensitivityStep(capacity ${capacity}, headDim ${headDim}, group ${group}) would allocate ` +
@@ -105,6 +108,12 @@ export class SensitivityStep {
     this.queryNormSq = new Float64Array(group);
     this.#q = new Float64Array(4 * headDim);
     this.#o = new Float64Array(4 * headDim);
+    this.#deviation = new Float64Array(headDim);
+  }
+
+  // ‖v_t − o‖ for head weights at `base` (see _spreadOf)
+  #spread(direct: number, values: Float32Array, base: number, m: number, t: number): number {
+    return _spreadOf(direct, values, this.attention, base, m, t, this.headDim, this.#deviation);
   }
 
   /**
@@ -244,7 +253,7 @@ export class SensitivityStep {
         const e = values[vb + i] - out[i];
         r += e * e;
       }
-      const spread = Math.sqrt(r);
+      const spread = this.#spread(Math.sqrt(r), values, base, m, t);
       const g = a * spread * gradScale;
       const hess = a * Math.abs(1 - 2 * a) * spread * hessScale;
       kg[base + t] = g;
@@ -357,10 +366,10 @@ export class SensitivityStep {
         r2 += e2 * e2;
         r3 += e3 * e3;
       }
-      _terms(att, kg, hs, cv, b0 + t, Math.sqrt(r0), g0s, h0s);
-      _terms(att, kg, hs, cv, b1 + t, Math.sqrt(r1), g1s, h1s);
-      _terms(att, kg, hs, cv, b2 + t, Math.sqrt(r2), g2s, h2s);
-      _terms(att, kg, hs, cv, b3 + t, Math.sqrt(r3), g3s, h3s);
+      _terms(att, kg, hs, cv, b0 + t, this.#spread(Math.sqrt(r0), values, b0, m, t), g0s, h0s);
+      _terms(att, kg, hs, cv, b1 + t, this.#spread(Math.sqrt(r1), values, b1, m, t), g1s, h1s);
+      _terms(att, kg, hs, cv, b2 + t, this.#spread(Math.sqrt(r2), values, b2, m, t), g2s, h2s);
+      _terms(att, kg, hs, cv, b3 + t, this.#spread(Math.sqrt(r3), values, b3, m, t), g3s, h3s);
     }
     this.output.set(o.subarray(0, 4 * d), h0 * d);
     const qn = this.queryNormSq;
@@ -369,6 +378,28 @@ export class SensitivityStep {
     qn[h0 + 2] = qq2;
     qn[h0 + 3] = qq3;
   }
+}
+
+/**
+ * ‖v_t − o‖ of the head whose weights start at `base`: `direct` (from v_t − o), or for a position
+ * taking nearly all the attention the norm of {@linkcode dominantDeviation}, which keeps the
+ * precision the direct difference cancels away (and which headSensitivity uses alike).
+ */
+function _spreadOf(
+  direct: number,
+  values: Float32Array,
+  att: Float64Array,
+  base: number,
+  m: number,
+  t: number,
+  d: number,
+  deviation: Float64Array,
+): number {
+  if (!(att[base + t] > DOMINANT_WEIGHT)) return direct;
+  if (!dominantDeviation(values, att, base, m, d, t, deviation)) return direct;
+  let r = 0;
+  for (let i = 0; i < d; i++) r += deviation[i] * deviation[i];
+  return Math.sqrt(r);
 }
 
 /** g = α‖v − o‖‖q‖/√d, hess = α|1 − 2α|‖v − o‖‖q‖²/d, κ = α·g·√hess at index x. */

@@ -228,3 +228,25 @@ Deno.test("SensitivityStep.run() zeroes positions a longer earlier run left past
     }
   }
 });
+
+Deno.test("SensitivityStep.run() keeps the precision of a position taking nearly all the attention", () => {
+  // v_t − o cancelled as α_t → 1 (0 from a score gap of 40 on); two positions, gap y, closed form
+  // ‖∂o/∂k_0‖ = α_0·α_1‖v_0 − v_1‖‖q‖/√d, in the one-head loop and the four-head block
+  const d = 2, n = 2;
+  const keys = Float32Array.of(1, 0, 0, 0), values = Float32Array.of(1, 2, 3, -1);
+  for (const group of [1, 4]) {
+    const step = new SensitivityStep(n, d, group);
+    for (const x of [20, 40, 80, 200]) {
+      const queries = new Float32Array(group * d).map((_, i) => (i % d === 0 ? x : 0));
+      step.run(queries, 0, keys, values, n);
+      const y = x * (1 / Math.sqrt(d));
+      const a1 = Math.exp(-y) / (1 + Math.exp(-y)), a0 = 1 / (1 + Math.exp(-y));
+      const want = a0 * a1 * Math.sqrt(13) * x / Math.sqrt(d);
+      for (let h = 0; h < group; h++) {
+        const got = step.keyGradNorm[h * step.capacity];
+        assert.ok(relClose(got, want, 1e-12), `group ${group} head ${h} gap ${y}: ${got} ${want}`);
+        assert.ok(relClose(step.keyGradNorm[h * step.capacity + 1], want, 1e-12));
+      }
+    }
+  }
+});
