@@ -3,7 +3,8 @@
  * arena's base (16-byte aligned, with 16 bytes of slack after each region for SIMD loads that
  * read past the end), growing memory only when a call needs more than any call before. Nothing
  * is kept between calls, so many calls cannot leak, and memory never exceeds the largest single
- * layout. Reused by the codecs and, later, the fused attention kernels.
+ * layout. Used by the WASM codecs (the attention kernels keep pages in PageArena and their own
+ * scratch).
  *
  * Browser compatible.
  *

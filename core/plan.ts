@@ -15,8 +15,10 @@
  *
  * Predicted error (first order, mean over every layer, query head and query): Σ_t
  * r_t·√d·(A^K_t·eK + A^V_t·eV) / queries, with A^K_t = Σ_j α‖v_t − o_j‖‖q_j‖/√d, A^V_t = Σ_j α,
- * eK, eV the per-element errors of the formats (D·2^−p/2 for effective precision p, D the diameter
- * of the head's keys or values with 0 in it, unless an error model is given) and r_t the optional
+ * eK, eV the per-element errors of the formats (unless an error model is given: the mean error
+ * bound calibrate measured for the format, `measureFormats`, on keys before RoPE where the plan
+ * stores them so; else D·2^−p/2 for effective precision p, D the diameter of the head's keys or
+ * values with 0 in it) and r_t the optional
  * recency factor 1 + exp(−(T − t − 1)/(T/4)).
  *
  * Browser compatible.
@@ -146,7 +148,10 @@ export interface PlanOptions {
   aggregate?: "max" | "mean";
   /** Separate tiers per KV head (default true) or one set per layer. */
   perHead?: boolean;
-  /** Per-element format errors (default: range·2^−p/2). */
+  /**
+   * Per-element format errors (default: the mean bound calibrate measured for the format, on keys
+   * before RoPE with ropeBase, where it was given `measureFormats`; else range·2^−p/2).
+   */
   errorModel?: ErrorModel;
 }
 

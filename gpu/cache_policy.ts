@@ -29,13 +29,13 @@ import {
   uniformPolicy,
 } from "../core/cache/policy.ts";
 
-/** How many positions stay at full precision, and the page size. */
+/** How many positions stay at the window format, and the page size. */
 export interface GpuWindowPolicy {
   /** Tokens per page P (default 128); a multiple of every channel-axis group. */
   pageTokens?: number;
-  /** First positions kept at full precision forever (attention sinks; default 4). */
+  /** First positions kept at the window format forever (attention sinks; default 4). */
   sinkTokens?: number;
-  /** Most recent positions kept at full precision (default 64). */
+  /** Most recent positions kept at the window format (default 64). */
   windowTokens?: number;
   /**
    * Storage of sinks, window and the positions awaiting eviction: "fp32" (default), "fp16" (the CPU
@@ -79,7 +79,7 @@ export interface GpuRopePolicy {
   ropeBase?: number;
 }
 
-/** Which formats the cache stores and how many positions stay at full precision. */
+/** Which formats the cache stores and how many positions stay at the window format. */
 export type GpuCachePolicy = (GpuUniformPolicy | GpuTieredPolicy) & GpuRopePolicy;
 
 /** The fields of a {@linkcode GpuCachePolicy}. */

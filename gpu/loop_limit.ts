@@ -27,8 +27,8 @@ export const SOFTWARE_LOOP_LIMIT = 65535;
 
 /**
  * Throws when a kernel would run more loop iterations per invocation than a software adapter
- * completes. A DeviceError, as the limit is the adapter's: createKVCache falls back to
- * WebAssembly from it.
+ * completes. A DeviceError, as the limit is the adapter's (createKVCache's "auto" never puts a cache
+ * on a software adapter; `backend: "gpu"` reports this error).
  * @param gpu the device
  * @param kernel the kernel and the shape that sets its loops, named in the message
  * @param iterations an upper bound of the loop iterations of its busiest invocation

@@ -279,9 +279,12 @@ export interface MixedCacheOptions {
    * token-axis values with integer dot products (the query, or query·scale, and the weight·scale
    * products rounded to i16; core/cache/int_dot.ts, which also bounds the difference from exact
    * attention): the fast path of the wasm backend, mirrored bit for bit by the ts backend.
-   * `intDotServes` says which pages; the others stay exact. Default true: the rounding moves outputs by ~5e-5 of their largest entry,
-   * far below the 4-bit quantization error, and the exact fused path is 1.5–1.7× slower than FP32
-   * where the integer path ties or beats it (core/cache/PAGES.md). false attends every page exactly.
+   * `intDotServes` says which pages; the others stay exact. Default true: the rounding moves outputs
+   * by about 5e-5 of their largest entry with int8 or channel-axis keys, and with int2/int4 keys per
+   * token, whose query is rounded to 8 bits, by 2–3e-3 (core/cache/PAGES.md) and up to 2.7e-2 on
+   * random data at d = 128 where int4 itself moves them by 0.33: an order of magnitude below the
+   * quantization error. The exact fused path is 1.5–1.7× slower than FP32 where the integer path
+   * ties or beats it (core/cache/PAGES.md). false attends every page exactly.
    * The same default on both backends keeps ts and wasm within 1e-6 of each other; the ts mirror
    * is the reference, not a fast path (1.7–2.1× the exact TS time at d = 64 and 128).
    */
@@ -360,8 +363,13 @@ export class MixedPrecisionKVCache implements KVCache {
    * @param shape the cache's shape
    * @param policy where tokens go
    * @param options codecs and attention backend
-   * @throws {ShapeError} for a dimension that is not a positive integer, or pageTokens over both
-   *   128 and maxSeqLen rounded up to the largest channel group (such a page never fills)
+   * @throws {ShapeError} for a dimension that is not a positive integer, pageTokens over both
+   *   128 and maxSeqLen rounded up to the largest channel group (such a page never fills), the wasm
+   *   backend with a head_dim not a multiple of 4, or ropeBase with an odd head_dim
+   * @throws {FormatError} for a format whose group does not divide head_dim, or pageTokens not a
+   *   multiple of a channel-axis group
+   * @throws {InvalidValueError} for a missing policy, an unknown option, maxBytes ≤ 0, an unknown
+   *   backend, a non-boolean integerDot or a codecFor that is not a function
    * @throws {CapacityError} when a buffer (sinks, window ring, window scores, scratch, RoPE tables,
    *   one page) would exceed MAX_BUFFER_BYTES, or those allocated now MAX_FIXED_BYTES together
    * @throws {BudgetError} when maxBytes is below the sinks, window ring and window scores

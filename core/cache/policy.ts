@@ -1,6 +1,6 @@
 /**
- * Cache policies: which tokens stay at full precision (sinks, recent window) and which format pair a
- * token gets when it leaves the window, from the attention it accumulated there.
+ * Cache policies: which tokens stay at the window format (sinks, recent window) and which format
+ * pair a token gets when it leaves the window, from the attention it accumulated there.
  *
  * Browser compatible.
  *
@@ -221,7 +221,8 @@ function windowFields(o: WindowOptions) {
  * @param options formats and window
  * @returns the policy
  * @throws InvalidValueError naming the first malformed field, or a field a uniform policy does not
- *   have; FormatError naming the field of an unknown format
+ *   have; FormatError naming the field of an unknown format, or of one a cache cannot store there
+ *   (grouped across KV heads, or a window format grouped along tokens)
  */
 export function uniformPolicy(options: UniformOptions): CachePolicy {
   _checkFields(options, "uniform");
@@ -264,7 +265,7 @@ export interface TieredOptions extends WindowOptions {
  * @returns the policy
  * @throws InvalidValueError naming the first malformed tier or field (or a head without a last
  *   tier at 0, or a field a tiered policy does not have); FormatError naming the field of an
- *   unknown format
+ *   unknown format, or of one a cache cannot store there
  */
 export function tieredPolicy(options: TieredOptions): CachePolicy {
   _checkFields(options, "tiered");
@@ -373,12 +374,12 @@ function _checkPair(p: Partial<FormatPair>, where: string): void {
  * The registry's spec of a format a cache is asked to store.
  *
  * @param name format name
- * @param field what names it, for the message ("keyFormat", "windowFormat")
+ * @param field what names it, for the message ("keyFormat", "windowFormat"; default "format")
  * @returns the spec
  * @throws FormatError for an unknown name, suggesting formats a cache stores (the codecs' own
  *   examples include one grouped across KV heads, which no cache stores)
  */
-export function cacheFormatSpec(name: string, field: string): FormatSpec {
+export function cacheFormatSpec(name: string, field = "format"): FormatSpec {
   try {
     return getFormat(name);
   } catch (e) {

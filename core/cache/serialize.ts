@@ -9,7 +9,8 @@
  *   wordsFor(windowFormat, headDim) u32 words; ring slot (windowStart + i) mod slots holds the
  *   i-th oldest of its windowN tokens, and a slot a token left keeps its old words;
  * - window scores: ⌈(recentWindow + evictQuantum) / evictQuantum⌉ f32, unclamped (the GPU cache
- *   numbers chunks so; core/cache/PAGES.md); none for single-pair policies;
+ *   numbers chunks so; core/cache/PAGES.md); an empty block (0 floats, still followed by its
+ *   checksum) for single-pair policies;
  * - per pool, per page: its K words, its V words (core/cache/PAGES.md) and, for keys stored before
  *   RoPE, its key groups' first positions (i32, pageTokens / key group of them);
  *

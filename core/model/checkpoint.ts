@@ -2,7 +2,8 @@
  * Loader for llama2.c checkpoints (the legacy format of run.c): a header of 7 int32
  * (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size, seq_len; a negative vocab_size means
  * the classifier is stored separately), then float32 weights in run.c's order. Legacy RoPE tables
- * after the layer weights are skipped; RoPE is recomputed.
+ * after the layer weights are checked against the base-10000 RoPE the forward pass recomputes
+ * (FormatError otherwise; all-zero tables pass).
  *
  * Browser compatible.
  *
