@@ -132,6 +132,15 @@ for (const row of rows) {
   if (args.breakdown && backend !== "gpu") {
     console.log(`  ↳ bits by part: ${await bitsByPart(row)}`);
   }
+  const epsilon = row.plan?.meta?.epsilon;
+  if (typeof epsilon === "number" && row.maxHeadError !== undefined) {
+    // what the rule promises: every head's output within ε
+    console.log(
+      `  ↳ largest head-output error on calibration line 1: ${
+        row.maxHeadError.toExponential(2)
+      } = ${(row.maxHeadError / epsilon).toExponential(2)} ε`,
+    );
+  }
   if (backend === "gpu") {
     // the same policy on the WASM cache
     const w = await measureRow(model, row, setup, undefined, "wasm");

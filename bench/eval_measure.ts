@@ -99,6 +99,8 @@ export interface RowResult extends CacheQuality {
   greedyMatch: number;
   /** Whether the verifier's bound held (kvprec rows), else null. */
   boundHeld: boolean | null;
+  /** kvprec rows: the largest head-output error on the first calibration line, else null. */
+  maxHeadError: number | null;
   /** kvprec rows: what ranked positions for bits ("curvature" or "attention"), else null. */
   sensitivity: string | null;
   /** Seconds this row took. */
@@ -169,6 +171,7 @@ export async function measureRow(
     ...q,
     greedyMatch: match / GREEDY_STEPS,
     boundHeld: row.boundHeld ?? null,
+    maxHeadError: row.maxHeadError ?? null,
     sensitivity: (row.plan?.meta?.sensitivity as string | undefined) ?? null,
     seconds: (performance.now() - t) / 1000,
   };

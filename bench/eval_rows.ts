@@ -37,6 +37,11 @@ export interface EvalRow {
   fitted?: FittedPlan;
   /** Whether the verifier's bound held for this configuration (kvprec rows). */
   boundHeld?: boolean;
+  /**
+   * The largest head-output error the verifier measured on the first calibration line, the tokens
+   * stored as the cache stores them (kvprec rows): what a rule row's ε promises to bound.
+   */
+  maxHeadError?: number;
 }
 
 /**
@@ -189,6 +194,7 @@ export async function planRows(
       plan: fitted.plan,
       fitted,
       boundHeld: checks.every((c) => c.exceeded === 0),
+      maxHeadError: Math.max(...checks.map((c) => c.maxRealized)),
     });
   }
   return rows;
