@@ -22,10 +22,11 @@ import {
   EXP_P5,
   F32_SIGN_ODD,
   ONE,
+  U32_0F0F0F0F,
   vconst,
 } from "./consts";
 import { f16ToF32 } from "./f16";
-import { decodeIntGroup } from "./int_group";
+import { affine, decodeIntGroup, fastIntGroup, headerMinima, headerScales } from "./int_group";
 import { hsum, hsum4 } from "./lanes";
 import {
   intChannelScratchBytes,
@@ -182,25 +183,27 @@ export function decodeRun(
   return f32x4.mul(y, i32x4.shl(i32x4.add(t, vconst(I32_127)), 23));
 }
 
+// One token row's four channels (pairs 2i, 2i+1 and 2i+2, 2i+3) turned forward by offset τ:
+// cs holds (cos φ_i, cos φ_i, cos φ_i+1, cos φ_i+1) and sn (−sin φ_i, sin φ_i, −sin φ_i+1, sin φ_i+1)
+// (the offsets' table, core/cache/key_rope.ts kernelTables), so x' = x·c + y·(−s) = x·c − y·s and
+// y' = y·c + x·s, the same f32 roundings as turning channel rows.
+// @ts-ignore: decorator
+@inline function _turn(v: v128, cs: v128, sn: v128): v128 {
+  return f32x4.add(f32x4.mul(v, cs), f32x4.mul(i32x4.shuffle(v, v, 1, 0, 3, 2), sn));
+}
+
 /**
- * Turns a decoded channel-axis key group forward by the offsets' angles: rows ([d][G] f32, tokens
- * in lanes) of channel pairs (2i, 2i+1) turn by the angle of offset τ in the group, read from the
- * pair-major table at rope (cos [i][span], then sin; core/cache/key_rope.ts; a few KiB that stay in
- * the first-level cache): x' = x·c − y·s, y' = x·s + y·c.
+ * Turns a decoded channel-axis key group forward in place: tile holds G token rows of d f32; row
+ * τ turns by the angles of offset τ, read from the token-major table at rope (row τ: d cosines,
+ * then d signed sines; a few KiB that stay in cache).
  */
 // @ts-ignore: decorator
-@inline function _ropeRows(work: usize, G: i32, d: i32, rope: usize, span: i32): void {
-  const gBytes = <usize>G << 2, half = d >> 1;
-  const sinAt = rope + (<usize>(half * span) << 2);
-  for (let i = 0; i < half; i++) {
-    const x = work + <usize>(2 * i) * gBytes, y = x + gBytes;
-    const at = <usize>(i * span) << 2;
-    const cr = rope + at, sr = sinAt + at;
-    for (let t: usize = 0; t < gBytes; t += 16) {
-      const c = v128.load(cr + t), s = v128.load(sr + t);
-      const a = v128.load(x + t), b = v128.load(y + t);
-      v128.store(x + t, f32x4.sub(f32x4.mul(a, c), f32x4.mul(b, s)));
-      v128.store(y + t, f32x4.add(f32x4.mul(a, s), f32x4.mul(b, c)));
+@inline function _ropeTile(tile: usize, G: i32, d: i32, rope: usize): void {
+  const dBytes = <usize>d << 2;
+  for (let t = 0; t < G; t++) {
+    const row = tile + <usize>t * dBytes, cr = rope + <usize>t * 2 * dBytes;
+    for (let c: usize = 0; c < dBytes; c += 16) {
+      v128.store(row + c, _turn(v128.load(row + c), v128.load(cr + c), v128.load(cr + dBytes + c)));
     }
   }
 }
@@ -232,7 +235,8 @@ export function decodeRun(
  * Bytes of scratch `attendPage` needs for up to `cap` tokens per call: two f32 row/group buffers,
  * f32 scores/weights for hq × cap tokens, f32 accumulators for hq × d, the queries turned for
  * keys stored before RoPE (hq × d f32), work: the integer paths' scratch or one channel-axis key
- * group decoded (d × G ≤ d × cap f32), and the f64 sums of the token-axis value pass (hq × d).
+ * group decoded as channel rows and as token rows (2 × d × G ≤ 2 × d × cap f32), and the f64 sums
+ * of the token-axis value pass (hq × d).
  */
 export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
   const row = max(d, 128);
@@ -242,7 +246,8 @@ export function attendScratchBytes(d: i32, cap: i32, hq: i32): i32 {
 
 /** Bytes of attendPage's work area. */
 function _workBytes(d: i32, cap: i32, hq: i32): i32 {
-  return max(max(intDotScratchBytes(d, cap, hq), intChannelScratchBytes(d, cap, hq)), d * cap * 4);
+  // a channel-axis key group decoded (d × G ≤ d × cap f32) and its transposed tile
+  return max(max(intDotScratchBytes(d, cap, hq), intChannelScratchBytes(d, cap, hq)), 2 * d * cap * 4);
 }
 
 /**
@@ -331,6 +336,180 @@ const FLAG_INTDOT: i32 = 4;
   }
 }
 
+// The 16 codes (bytes) of each of four channels' rows a, b, c, d, byte i of a row holding token
+// t0 + step·i, decoded and stored as token rows of tile (channels c0 … c0 + 3; scales s, minima m
+// per channel in lanes), turned forward when rope ≠ 0: the bytes are transposed first (two rounds of
+// interleaves give each token's four codes in one i32 lane group), so a vector of four tokens'
+// codes costs four shuffles where transposing the decoded f32 cost sixteen.
+// @ts-ignore: decorator
+@inline function _tokens16(
+  a: v128,
+  b: v128,
+  c: v128,
+  e: v128,
+  s: v128,
+  m: v128,
+  row: usize,
+  rowStep: usize,
+  turn: bool,
+  rope: usize,
+  ropeStep: usize,
+  dBytes: usize,
+): void {
+  const ab0 = i8x16.shuffle(a, b, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const ab1 = i8x16.shuffle(a, b, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  const ce0 = i8x16.shuffle(c, e, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+  const ce1 = i8x16.shuffle(c, e, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+  _tokens4(i16x8.shuffle(ab0, ce0, 0, 8, 1, 9, 2, 10, 3, 11), s, m, row, rowStep, turn, rope, ropeStep, dBytes);
+  _tokens4(i16x8.shuffle(ab0, ce0, 4, 12, 5, 13, 6, 14, 7, 15), s, m, row + 4 * rowStep, rowStep, turn, rope + 4 * ropeStep, ropeStep, dBytes);
+  _tokens4(i16x8.shuffle(ab1, ce1, 0, 8, 1, 9, 2, 10, 3, 11), s, m, row + 8 * rowStep, rowStep, turn, rope + 8 * ropeStep, ropeStep, dBytes);
+  _tokens4(i16x8.shuffle(ab1, ce1, 4, 12, 5, 13, 6, 14, 7, 15), s, m, row + 12 * rowStep, rowStep, turn, rope + 12 * ropeStep, ropeStep, dBytes);
+}
+
+// Four tokens' four codes (bytes 4k … 4k + 3: token k), decoded, turned and stored.
+// @ts-ignore: decorator
+@inline function _tokens4(
+  q: v128,
+  s: v128,
+  m: v128,
+  row: usize,
+  rowStep: usize,
+  turn: bool,
+  rope: usize,
+  ropeStep: usize,
+  dBytes: usize,
+): void {
+  const lo = i16x8.extend_low_i8x16_u(q), hi = i16x8.extend_high_i8x16_u(q);
+  let x0 = affine(i32x4.extend_low_i16x8_u(lo), s, m);
+  let x1 = affine(i32x4.extend_high_i16x8_u(lo), s, m);
+  let x2 = affine(i32x4.extend_low_i16x8_u(hi), s, m);
+  let x3 = affine(i32x4.extend_high_i16x8_u(hi), s, m);
+  if (turn) {
+    x0 = _turn(x0, v128.load(rope), v128.load(rope + dBytes));
+    x1 = _turn(x1, v128.load(rope + ropeStep), v128.load(rope + ropeStep + dBytes));
+    x2 = _turn(x2, v128.load(rope + 2 * ropeStep), v128.load(rope + 2 * ropeStep + dBytes));
+    x3 = _turn(x3, v128.load(rope + 3 * ropeStep), v128.load(rope + 3 * ropeStep + dBytes));
+  }
+  v128.store(row, x0);
+  v128.store(row + rowStep, x1);
+  v128.store(row + 2 * rowStep, x2);
+  v128.store(row + 3 * rowStep, x3);
+}
+
+/**
+ * Decodes group g of every channel of a channel-major int4 or int8 key block (fastIntGroup shapes:
+ * G codes in whole 16-byte chunks after each group's header word) straight into token rows
+ * (tile: [G][d] f32), four channels at a time, turning each row forward by its offset when
+ * rope ≠ 0 (the token-major table, _ropeTile). Every element is FORMAT.md's f32(f32(code·s) + m),
+ * as decodeIntGroup gives it.
+ */
+// @ts-ignore: decorator
+@inline function _decodeChannelTile(
+  kPtr: usize,
+  b: i32,
+  G: i32,
+  wpg: i32,
+  perChannel: i32,
+  g: i32,
+  d: i32,
+  tile: usize,
+  turn: bool,
+  rope: usize,
+): void {
+  const dBytes = <usize>d << 2, stride = <usize>(perChannel * wpg) << 2;
+  const chunks = (wpg - 1) >> 2;
+  const mask = vconst(U32_0F0F0F0F);
+  // b = 4: byte i of a chunk holds tokens 2i (low nibble) and 2i + 1 (high); b = 8: token i
+  const tokStep: usize = b == 4 ? 2 : 1;
+  const rowStep = tokStep * dBytes, ropeStep = tokStep * 2 * dBytes;
+  for (let c = 0; c < d; c += 4) {
+    const p0 = kPtr + (<usize>(g * wpg) << 2) + <usize>c * stride;
+    let h = i32x4.splat(load<i32>(p0));
+    h = i32x4.replace_lane(h, 1, load<i32>(p0 + stride));
+    h = i32x4.replace_lane(h, 2, load<i32>(p0 + 2 * stride));
+    h = i32x4.replace_lane(h, 3, load<i32>(p0 + 3 * stride));
+    const s = headerScales(h), m = headerMinima(h);
+    const out = tile + (<usize>c << 2), rc = rope + (<usize>c << 2);
+    for (let j = 0; j < chunks; j++) {
+      const at = p0 + 4 + (<usize>j << 4);
+      const v0 = v128.load(at), v1 = v128.load(at + stride);
+      const v2 = v128.load(at + 2 * stride), v3 = v128.load(at + 3 * stride);
+      if (b == 4) {
+        const t0 = <usize>(j << 5);
+        const row = out + t0 * dBytes, rp = rc + t0 * 2 * dBytes;
+        _tokens16(
+          v128.and(v0, mask), v128.and(v1, mask), v128.and(v2, mask), v128.and(v3, mask),
+          s, m, row, rowStep, turn, rp, ropeStep, dBytes,
+        );
+        _tokens16(
+          v128.and(i16x8.shr_u(v0, 4), mask), v128.and(i16x8.shr_u(v1, 4), mask),
+          v128.and(i16x8.shr_u(v2, 4), mask), v128.and(i16x8.shr_u(v3, 4), mask),
+          s, m, row + dBytes, rowStep, turn, rp + 2 * dBytes, ropeStep, dBytes,
+        );
+      } else {
+        const t0 = <usize>(j << 4);
+        _tokens16(
+          v0, v1, v2, v3, s, m, out + t0 * dBytes, rowStep, turn, rc + t0 * 2 * dBytes, ropeStep,
+          dBytes,
+        );
+      }
+    }
+  }
+}
+
+// Transposes rows ([d][G] f32, channel rows of G tokens) into tile ([G][d], token rows of d
+// channels) in blocks of 4 × 4 (d and G multiples of 4): unpack pairs of rows, then pairs of pairs.
+// @ts-ignore: decorator
+@inline function _transposeRows(rows: usize, G: i32, d: i32, tile: usize): void {
+  const gBytes = <usize>G << 2, dBytes = <usize>d << 2;
+  for (let c = 0; c < d; c += 4) {
+    const r = rows + <usize>c * gBytes;
+    const o = tile + (<usize>c << 2);
+    for (let t: usize = 0; t < gBytes; t += 16) {
+      const r0 = v128.load(r + t), r1 = v128.load(r + gBytes + t);
+      const r2 = v128.load(r + 2 * gBytes + t), r3 = v128.load(r + 3 * gBytes + t);
+      const t0 = i32x4.shuffle(r0, r1, 0, 4, 1, 5), t1 = i32x4.shuffle(r0, r1, 2, 6, 3, 7);
+      const t2 = i32x4.shuffle(r2, r3, 0, 4, 1, 5), t3 = i32x4.shuffle(r2, r3, 2, 6, 3, 7);
+      const at = o + (t >> 2) * dBytes; // t counts bytes, so t / 4 is the first token
+      v128.store(at, i64x2.shuffle(t0, t2, 0, 2));
+      v128.store(at + dBytes, i64x2.shuffle(t0, t2, 1, 3));
+      v128.store(at + 2 * dBytes, i64x2.shuffle(t1, t3, 0, 2));
+      v128.store(at + 3 * dBytes, i64x2.shuffle(t1, t3, 1, 3));
+    }
+  }
+}
+
+// Scores of n token rows (f32, d each, at keys) for hq query heads at q, stored at dst + 4·t with
+// heads nB bytes apart: the token axis's loops (four heads and two tokens per pass when hq is a
+// multiple of 4, else one head and token at a time).
+// @ts-ignore: decorator
+@inline function _scoreRows(
+  q: usize,
+  keys: usize,
+  n: i32,
+  d: i32,
+  hq: i32,
+  dst: usize,
+  nB: usize,
+): void {
+  const dBytes = <usize>d << 2;
+  let t = 0;
+  if ((hq & 3) == 0) {
+    for (; t + 2 <= n; t += 2) {
+      const k0 = keys + <usize>t * dBytes;
+      for (let h = 0; h < hq; h += 4) {
+        _score4x2(q + <usize>h * dBytes, dBytes, k0, k0 + dBytes, d, dst + <usize>h * nB + (<usize>t << 2), nB);
+      }
+    }
+  }
+  for (; t < n; t++) {
+    const k = keys + <usize>t * dBytes;
+    for (let h = 0; h < hq; h++) {
+      store<f32>(dst + <usize>h * nB + (<usize>t << 2), _dot(q + <usize>h * dBytes, k, d));
+    }
+  }
+}
+
 /**
  * One flash-decoding partial per query head over `n` tokens of one page (or one token-major run).
  *
@@ -404,64 +583,47 @@ export function attendPage(
   } else if (intKeysChannel) {
     intScoresChannel(kPtr, kBits, n, cap, d, hq, qPtr, sc, work);
   } else if (kChannel != 0) {
-    // one token group at a time: its d channel rows decoded into work ([d][G] f32), then per head
-    // and four tokens Σ_c q_c·k̂_{c,t} in eight accumulators over c mod 8 (a running f32 sum over all
-    // d channels had lost up to 1.6e-6 of the output against the f64 reference at d = 128)
+    // one token group at a time: its d channel rows decoded into work ([d][G] f32), turned forward
+    // for keys stored before RoPE, then transposed into tile ([G][d], token rows), which the token
+    // axis's score loops read as they read FP32 keys: four heads per loaded chunk, two tokens at a
+    // time, so each key vector serves four heads and each query vector two tokens. (Scoring the
+    // channel rows in place, four tokens in lanes and eight sums over c mod 8 per head, loaded each
+    // key vector once per head, twice the loads per multiply-add of FP32's loop; one running sum per
+    // head over all d channels had lost up to 1.6e-6 of the output against the f64 reference.)
     const groups = n / kG, perChannel = cap / kG, gBytes = <usize>kG << 2;
+    const tile = work + <usize>(d * kG) * 4;
+    // int4 and int8 groups in whole 16-byte chunks: decoded, turned and transposed in registers
+    const fusedChannel = kKind == KIND_INT && (kBits == 4 || kBits == 8) && fastIntGroup(kBits, kG);
     for (let g = 0; g < groups; g++) {
-      for (let c = 0; c < d; c++) {
-        decodeRun(
-          kKind,
-          kBits,
-          kG,
-          kWpg,
-          kScaled,
-          kPtr + (<usize>((c * perChannel + g) * kWpg) << 2),
-          kG,
-          work + <usize>c * gBytes,
-        );
-      }
       // keys before RoPE: q·R(p0 + τ)k̂ = (R(−p0)q)·(R(τ)k̂), the query turned by the group's start
       // angle (hq·d products) and the keys by their offset (a table that stays in cache)
       let qs = qPtr;
       if (ropePtr != 0) {
         const p0 = load<i32>(startsPtr + (<usize>g << 2));
         _ropeQuery(qPtr, rq, hq, d, positionsPtr + (<usize>(p0 * d) << 2));
-        _ropeRows(work, kG, d, ropePtr, ropeSpan);
         qs = rq;
       }
-      for (let h = 0; h < hq; h++) {
-        const qh = qs + <usize>h * dBytes;
-        const dst = sc + (<usize>(h * n + g * kG) << 2);
-        for (let t = 0; t < kG; t += 4) {
-          let a0 = f32x4.splat(0), a1 = f32x4.splat(0), a2 = f32x4.splat(0), a3 = f32x4.splat(0);
-          let a4 = f32x4.splat(0), a5 = f32x4.splat(0), a6 = f32x4.splat(0), a7 = f32x4.splat(0);
-          let k = work + (<usize>t << 2);
-          let c = 0;
-          for (; c + 8 <= d; c += 8) {
-            const qc = qh + (<usize>c << 2);
-            a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(qc), v128.load(k)));
-            a1 = f32x4.add(a1, f32x4.mul(v128.load32_splat(qc, 4), v128.load(k + gBytes)));
-            a2 = f32x4.add(a2, f32x4.mul(v128.load32_splat(qc, 8), v128.load(k + 2 * gBytes)));
-            a3 = f32x4.add(a3, f32x4.mul(v128.load32_splat(qc, 12), v128.load(k + 3 * gBytes)));
-            a4 = f32x4.add(a4, f32x4.mul(v128.load32_splat(qc, 16), v128.load(k + 4 * gBytes)));
-            a5 = f32x4.add(a5, f32x4.mul(v128.load32_splat(qc, 20), v128.load(k + 5 * gBytes)));
-            a6 = f32x4.add(a6, f32x4.mul(v128.load32_splat(qc, 24), v128.load(k + 6 * gBytes)));
-            a7 = f32x4.add(a7, f32x4.mul(v128.load32_splat(qc, 28), v128.load(k + 7 * gBytes)));
-            k += 8 * gBytes;
-          }
-          if (c < d) {
-            const qc = qh + (<usize>c << 2);
-            a0 = f32x4.add(a0, f32x4.mul(v128.load32_splat(qc), v128.load(k)));
-            a1 = f32x4.add(a1, f32x4.mul(v128.load32_splat(qc, 4), v128.load(k + gBytes)));
-            a2 = f32x4.add(a2, f32x4.mul(v128.load32_splat(qc, 8), v128.load(k + 2 * gBytes)));
-            a3 = f32x4.add(a3, f32x4.mul(v128.load32_splat(qc, 12), v128.load(k + 3 * gBytes)));
-          }
-          a0 = f32x4.add(f32x4.add(a0, a4), f32x4.add(a1, a5));
-          a2 = f32x4.add(f32x4.add(a2, a6), f32x4.add(a3, a7));
-          v128.store(dst + (<usize>t << 2), f32x4.add(a0, a2));
+      if (fusedChannel) {
+        // the turn as a constant in each inlined copy, so the copy without it has no branch
+        if (ropePtr != 0) _decodeChannelTile(kPtr, kBits, kG, kWpg, perChannel, g, d, tile, true, ropePtr);
+        else _decodeChannelTile(kPtr, kBits, kG, kWpg, perChannel, g, d, tile, false, 0);
+      } else {
+        for (let c = 0; c < d; c++) {
+          decodeRun(
+            kKind,
+            kBits,
+            kG,
+            kWpg,
+            kScaled,
+            kPtr + (<usize>((c * perChannel + g) * kWpg) << 2),
+            kG,
+            work + <usize>c * gBytes,
+          );
         }
+        _transposeRows(work, kG, d, tile);
+        if (ropePtr != 0) _ropeTile(tile, kG, d, ropePtr);
       }
+      _scoreRows(qs, tile, kG, d, hq, sc + (<usize>(g * kG) << 2), nBytes);
     }
   } else {
     const tokenBytes = <usize>(kKind == KIND_FP32 ? d : (d / kG) * kWpg) << 2;

@@ -24,20 +24,22 @@ import { f16ToF32 } from "./f16";
   return ((codeWords & 3) == 0 && (b == 8 || b == 4)) || (b == 2 && G >= 16);
 }
 
-// x̂ = f32(f32(c·s) + m) for four u32 codes.
+// x̂ = f32(f32(c·s) + m) for four codes (each below 2^31, at most 255 here). The signed conversion
+// gives the same floats as the unsigned one and is one cvtdq2ps on x86, where V8 lowers
+// f32x4.convert_i32x4_u to about eight instructions (no unsigned conversion before AVX-512).
 // @ts-ignore: decorator
-@inline function _affine(codes: v128, s: v128, m: v128): v128 {
-  return f32x4.add(f32x4.mul(f32x4.convert_i32x4_u(codes), s), m);
+@inline export function affine(codes: v128, s: v128, m: v128): v128 {
+  return f32x4.add(f32x4.mul(f32x4.convert_i32x4_s(codes), s), m);
 }
 
 // Stores 16 decoded values from 16 u8 codes (bytes of c).
 // @ts-ignore: decorator
 @inline function _store16(dst: usize, c: v128, s: v128, m: v128): void {
   const lo = i16x8.extend_low_i8x16_u(c), hi = i16x8.extend_high_i8x16_u(c);
-  v128.store(dst, _affine(i32x4.extend_low_i16x8_u(lo), s, m));
-  v128.store(dst + 16, _affine(i32x4.extend_high_i16x8_u(lo), s, m));
-  v128.store(dst + 32, _affine(i32x4.extend_low_i16x8_u(hi), s, m));
-  v128.store(dst + 48, _affine(i32x4.extend_high_i16x8_u(hi), s, m));
+  v128.store(dst, affine(i32x4.extend_low_i16x8_u(lo), s, m));
+  v128.store(dst + 16, affine(i32x4.extend_high_i16x8_u(lo), s, m));
+  v128.store(dst + 32, affine(i32x4.extend_low_i16x8_u(hi), s, m));
+  v128.store(dst + 48, affine(i32x4.extend_high_i16x8_u(hi), s, m));
 }
 
 // Decodes one asymmetric int group of G codes (b bits, header word first) into dst. The SIMD
@@ -86,10 +88,10 @@ import { f16ToF32 } from "./f16";
       const a = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_low_i8x16_u(bytes), mul), 6), three);
       const c = v128.and(i16x8.shr_u(i16x8.mul(i16x8.extend_high_i8x16_u(bytes), mul), 6), three);
       const out = dst + (<usize>w << 6);
-      v128.store(out, _affine(i32x4.extend_low_i16x8_u(a), s, m));
-      v128.store(out + 16, _affine(i32x4.extend_high_i16x8_u(a), s, m));
-      v128.store(out + 32, _affine(i32x4.extend_low_i16x8_u(c), s, m));
-      v128.store(out + 48, _affine(i32x4.extend_high_i16x8_u(c), s, m));
+      v128.store(out, affine(i32x4.extend_low_i16x8_u(a), s, m));
+      v128.store(out + 16, affine(i32x4.extend_high_i16x8_u(a), s, m));
+      v128.store(out + 32, affine(i32x4.extend_low_i16x8_u(c), s, m));
+      v128.store(out + 48, affine(i32x4.extend_high_i16x8_u(c), s, m));
     }
     return;
   }

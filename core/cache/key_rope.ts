@@ -101,18 +101,23 @@ export class KeyRope {
   }
 
   /**
-   * The tables as the WASM kernel reads them: the offsets' cos then sin, each pair-major
-   * [i · span + τ] (four consecutive offsets are one vector load); then the positions' cos and sin
+   * The tables as the WASM kernel reads them: the offsets' token-major, row τ of 2d floats: d
+   * cosines, each pair's twice ([τ · 2d + 2i] and [+ 1]: cos φ), then d signed sines
+   * ([τ · 2d + d + 2i]: −sin φ, [+ 1]: sin φ), so a vector of a key's four channels turns by two
+   * loads of its row (asm/assembly/attention.ts `_turn`); then the positions' cos and sin
    * interleaved per position, [p · d + i] cos and [p · d + d/2 + i] sin (a group reads one row).
-   * @returns the offset table (d × span floats) and the position table (maxPos × d floats)
+   * @returns the offset table (2d × span floats) and the position table (maxPos × d floats)
    */
   kernelTables(): { offsets: Float32Array; positions: Float32Array } {
-    const half = this.#d / 2, S = this.span, P = this.#pos.cos.length / half;
-    const offsets = new Float32Array(2 * half * S);
+    const d = this.#d, half = d / 2, S = this.span, P = this.#pos.cos.length / half;
+    const offsets = new Float32Array(2 * d * S);
     for (let t = 0; t < S; t++) {
       for (let i = 0; i < half; i++) {
-        offsets[i * S + t] = this.#off.cos[t * half + i];
-        offsets[(half + i) * S + t] = this.#off.sin[t * half + i];
+        const c = this.#off.cos[t * half + i], s = this.#off.sin[t * half + i];
+        offsets[t * 2 * d + 2 * i] = c;
+        offsets[t * 2 * d + 2 * i + 1] = c;
+        offsets[t * 2 * d + d + 2 * i] = -s;
+        offsets[t * 2 * d + d + 2 * i + 1] = s;
       }
     }
     const positions = new Float32Array(2 * half * P);

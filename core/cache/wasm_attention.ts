@@ -211,7 +211,7 @@ export class WasmAttention {
    * Keys of the next attendSegment calls are stored before RoPE (core/cache/key_rope.ts): the
    * kernel turns each decoded key group forward. `setRope(0)` turns it off.
    * @param offsets byte offset of the offsets' table (KeyRope.kernelTables), 0: off
-   * @param span offsets per row of that table (at least the key format's group)
+   * @param span offsets the table holds (at least the key format's group; its rows are token-major)
    * @param positions byte offset of the positions' table
    * @param starts first position of each key group of the page (at most the reserved tokens)
    */
