@@ -128,6 +128,28 @@ export function decodeRun(
   }
 }
 
+// decodeRun for one token row, with int4 and int8 groups in whole 16-byte chunks (the formats the
+// page-attention loops meet most) decoded inline, without a call and its format dispatch per row.
+// @ts-ignore: decorator
+@inline function _decodeRow(
+  kind: i32,
+  b: i32,
+  G: i32,
+  wpg: i32,
+  scaled: i32,
+  src: usize,
+  n: i32,
+  dst: usize,
+): void {
+  if (kind == KIND_INT && (b == 4 || b == 8) && fastIntGroup(b, G)) {
+    for (let g = 0; g < n; g += G) {
+      decodeIntGroup(src + (<usize>((g / G) * wpg) << 2), G, b, wpg - 1, dst + (<usize>g << 2));
+    }
+  } else {
+    decodeRun(kind, b, G, wpg, scaled, src, n, dst);
+  }
+}
+
 // Σ a[i]·b[i] over n (multiple of 4) f32 elements, four lanes then a fixed-order lane sum.
 // @ts-ignore: decorator
 @inline function _dot(a: usize, b: usize, n: i32): f32 {
@@ -632,8 +654,8 @@ export function attendPage(
       for (; t + 2 <= n; t += 2) {
         let k0 = kPtr + <usize>t * tokenBytes, k1 = k0 + tokenBytes;
         if (kKind != KIND_FP32) {
-          decodeRun(kKind, kBits, kG, kWpg, kScaled, k0, d, row);
-          decodeRun(kKind, kBits, kG, kWpg, kScaled, k1, d, row1);
+          _decodeRow(kKind, kBits, kG, kWpg, kScaled, k0, d, row);
+          _decodeRow(kKind, kBits, kG, kWpg, kScaled, k1, d, row1);
           k0 = row;
           k1 = row1;
         }
@@ -645,7 +667,7 @@ export function attendPage(
     for (; t < n; t++) {
       let k = kPtr + <usize>t * tokenBytes;
       if (kKind != KIND_FP32) {
-        decodeRun(kKind, kBits, kG, kWpg, kScaled, k, d, row);
+        _decodeRow(kKind, kBits, kG, kWpg, kScaled, k, d, row);
         k = row;
       }
       for (let h = 0; h < hq; h++) {
@@ -753,8 +775,8 @@ export function attendPage(
           for (; t + 2 <= t1; t += 2) {
             let v0 = vPtr + <usize>t * tokenBytes, v1 = v0 + tokenBytes;
             if (vKind != KIND_FP32) {
-              decodeRun(vKind, vBits, vG, vWpg, vScaled, v0, d, row);
-              decodeRun(vKind, vBits, vG, vWpg, vScaled, v1, d, row1);
+              _decodeRow(vKind, vBits, vG, vWpg, vScaled, v0, d, row);
+              _decodeRow(vKind, vBits, vG, vWpg, vScaled, v1, d, row1);
               v0 = row;
               v1 = row1;
             }
@@ -767,7 +789,7 @@ export function attendPage(
         for (; t < t1; t++) {
           let v = vPtr + <usize>t * tokenBytes;
           if (vKind != KIND_FP32) {
-            decodeRun(vKind, vBits, vG, vWpg, vScaled, v, d, row);
+            _decodeRow(vKind, vBits, vG, vWpg, vScaled, v, d, row);
             v = row;
           }
           for (let h = 0; h < hq; h++) {
