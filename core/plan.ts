@@ -18,8 +18,7 @@
  * eK, eV the per-element errors of the formats (unless an error model is given: the mean error
  * bound calibrate measured for the format, `measureFormats`, on keys before RoPE where the plan
  * stores them so; else D·2^−p/2 for effective precision p, D the diameter of the head's keys or
- * values with 0 in it) and r_t the optional
- * recency factor 1 + exp(−(T − t − 1)/(T/4)).
+ * values with 0 in it) and r_t the optional recency factor 1 + exp(−(T − t − 1)/(T/4)).
  *
  * Browser compatible.
  *
@@ -139,9 +138,10 @@ export interface PlanOptions {
    * (attention alone). Values go by attention either way: the output is linear in a value,
    * ∂o/∂v_t = α_t·I, so its error reaches the output whole, while a key's curvature tends to 0 for a
    * position taking nearly all the attention (v_t ≈ o): the rule's κ of a value is its attention,
-   * and the budget's value weight its summed attention. Which ranks positions better depends on the model: kvprecFittedPlan
-   * (bench/kvprec_rows.ts, behind `deno task analyze` and `deno task eval`) fits a budget plan with
-   * each and keeps the one with the lower KL on the calibration lines.
+   * and the budget's value weight its summed attention. Which ranks positions better depends on
+   * the model: kvprecFittedPlan (bench/kvprec_rows.ts, behind `deno task analyze` and
+   * `deno task eval`) fits a budget plan with each and keeps the one with the lower KL on the
+   * calibration lines.
    */
   sensitivity?: "curvature" | "attention";
   /** Rule mode: κ over queries as "max" (default) or "mean". */
