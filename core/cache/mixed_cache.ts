@@ -286,8 +286,10 @@ export interface MixedCacheOptions {
    * quantization error. In a decode step the exact fused path takes 1.5–1.7× FP32's time at
    * d = 64 and 1.0–1.2× at d = 128, the integer path 0.7–0.8× and 0.5× (README, "Measured
    * figures"). false attends every page exactly.
-   * The same default on both backends keeps ts and wasm within 1e-6 of each other; the ts mirror
-   * is the reference, not a fast path (1.7–2.1× the exact TS time at d = 64 and 128).
+   * The same default on both backends keeps ts and wasm within 1e-6 of each other on scores of
+   * order 1 (the WASM kernels' scores are f32, so the difference grows with the scores' spread:
+   * core/cache/PAGES.md); the ts mirror is the reference, not a fast path (1.7–2.1× the exact TS
+   * time at d = 64 and 128).
    */
   integerDot?: boolean;
   /**
