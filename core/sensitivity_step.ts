@@ -111,9 +111,16 @@ export class SensitivityStep {
     this.#deviation = new Float64Array(headDim);
   }
 
-  // ‖v_t − o‖ for head weights at `base` (see _spreadOf)
+  // ‖v_t − o‖ of the head whose weights start at `base`: `direct`, or for a position taking nearly
+  // all the attention the norm of dominantDeviation, which keeps the precision the direct
+  // difference cancels away (as headSensitivity does)
   #spread(direct: number, values: Float32Array, base: number, m: number, t: number): number {
-    return _spreadOf(direct, values, this.attention, base, m, t, this.headDim, this.#deviation);
+    const d = this.headDim, dev = this.#deviation;
+    if (!(this.attention[base + t] > DOMINANT_WEIGHT)) return direct;
+    if (!dominantDeviation(values, this.attention, base, m, d, t, dev)) return direct;
+    let r = 0;
+    for (let i = 0; i < d; i++) r += dev[i] * dev[i];
+    return Math.sqrt(r);
   }
 
   /**
@@ -378,28 +385,6 @@ export class SensitivityStep {
     qn[h0 + 2] = qq2;
     qn[h0 + 3] = qq3;
   }
-}
-
-/**
- * ‖v_t − o‖ of the head whose weights start at `base`: `direct` (from v_t − o), or for a position
- * taking nearly all the attention the norm of {@linkcode dominantDeviation}, which keeps the
- * precision the direct difference cancels away (and which headSensitivity uses alike).
- */
-function _spreadOf(
-  direct: number,
-  values: Float32Array,
-  att: Float64Array,
-  base: number,
-  m: number,
-  t: number,
-  d: number,
-  deviation: Float64Array,
-): number {
-  if (!(att[base + t] > DOMINANT_WEIGHT)) return direct;
-  if (!dominantDeviation(values, att, base, m, d, t, deviation)) return direct;
-  let r = 0;
-  for (let i = 0; i < d; i++) r += deviation[i] * deviation[i];
-  return Math.sqrt(r);
 }
 
 /** g = α‖v − o‖‖q‖/√d, hess = α|1 − 2α|‖v − o‖‖q‖²/d, κ = α·g·√hess at index x. */
