@@ -153,6 +153,7 @@ export async function runAnalysis(inputs: AnalysisInputs): Promise<AnalysisResul
           ...options,
           recentWindow: w,
           windowFormat: plan.windowFormat,
+          stagingFormat: plan.stagingFormat,
         }).report;
         return [{ recentWindow: w, ...r.plan }];
       } catch {
@@ -250,7 +251,7 @@ export function layerFigures(
   summaries: { meanCurvature: number; maxCurvature: number; sinkShare: number }[],
 ): LayerFigures[] {
   const { nLayers, nKvHeads, headDim } = cache.shape;
-  const win = cache.policy.windowFormat;
+  const win = cache.policy.windowFormat, staging = cache.policy.stagingFormat;
   return Array.from({ length: nLayers }, (_, l) => {
     let bytes = 0;
     const tokens: Record<string, number> = {};
@@ -258,8 +259,10 @@ export function layerFigures(
     for (let h = 0; h < nKvHeads; h++) {
       const s = cache.segments(l, h);
       bytes += s.sinkK.byteLength + s.sinkV.byteLength + s.windowK.byteLength +
-        s.windowV.byteLength + cache.windowScores(l, h).byteLength;
-      add(`${win}|${win}`, s.sinkN + s.windowN);
+        s.windowV.byteLength + s.stageK.byteLength + s.stageV.byteLength +
+        cache.windowScores(l, h).byteLength;
+      add(`${win}|${win}`, s.sinkN + s.windowN - s.stageN);
+      add(`${staging}|${staging}`, s.stageN);
       for (const p of s.pools) {
         bytes += p.bytes;
         add(`${p.pair.keyFormat}|${p.pair.valueFormat}`, p.length);

@@ -28,7 +28,7 @@ import {
   type PlanRowSpec,
   planRowSpecs,
 } from "./eval_rows.ts";
-import { defaultPlanOptions, kvprecRowName } from "./kvprec_rows.ts";
+import { defaultPlanOptions, kvprecRowName, windowChoiceName } from "./kvprec_rows.ts";
 import { EVAL_HELP, type EvalArgs, parseEvalArgs } from "./eval_args.ts";
 import { UsageError } from "./cli_args.ts";
 
@@ -115,7 +115,9 @@ for (const row of rows) {
     (row.fitted?.withinBudget === false ? " [below the cache's floor: cheapest plan]" : "") +
     (row.fitted?.candidates
       ? ` [${row.plan?.meta?.sensitivity}${
-        row.plan?.windowFormat === "fp16" ? "" : `, ${row.plan?.windowFormat} window`
+        row.plan && windowChoiceName(row.plan) !== "fp16"
+          ? `, ${windowChoiceName(row.plan)} window`
+          : ""
       }]`
       : "");
   console.log([
@@ -189,10 +191,14 @@ if (chosen.length > 0) {
   );
   for (const r of chosen) {
     const c = r.fitted!.candidates!.map((x) =>
-      `${x.sensitivity}/${x.windowFormat} ${x.meanKl.toExponential(2)} (${x.bits.toFixed(2)} b)`
+      `${x.sensitivity}/${windowChoiceName(x)} ${x.meanKl.toExponential(2)} (${
+        x.bits.toFixed(2)
+      } b)`
     );
     console.log(
-      `  ${r.name}: ${c.join(", ")} → ${r.plan?.meta?.sensitivity}/${r.plan?.windowFormat}`,
+      `  ${r.name}: ${c.join(", ")} → ${r.plan?.meta?.sensitivity}/${
+        r.plan ? windowChoiceName(r.plan) : ""
+      }`,
     );
   }
 }

@@ -115,16 +115,37 @@ export function calibrateModel(
   );
 }
 
+/** Storage of sinks and window, and of the tokens awaiting eviction when not the window's. */
+export interface WindowChoice {
+  /** Sinks and recent window (and the tokens awaiting eviction, unless stagingFormat is set). */
+  readonly windowFormat: string;
+  /** Tokens awaiting eviction, when apart from the window. */
+  readonly stagingFormat?: string;
+}
+
 /**
- * Formats of sinks, window and the tokens awaiting eviction that a budget target chooses between:
- * fp16, or int8 per token in groups of 8 (12 bits with each group's fp16 scale and minimum). On the
- * fixture (`deno task eval --only "kvprec budget"` with each forced) int8 frees about 0.4 b of the
- * eviction ring for codes and lowers mean KL at 5.4 b from 9.1e-3 to 4.0e-3, while at 8.4 b its own
- * error (KL 9.2e-4) outweighs what the bits buy (fp16: 6.4e-5): so a budget fits both and keeps
- * the one with the lower KL on the calibration lines. Narrower windows lose at 5.4 b: int6-g8-token
+ * Storage a budget target chooses between: everything at fp16; everything at int8 per token in
+ * groups of 8 (12 bits with each group's fp16 scale and minimum); or sinks and recent window at
+ * fp16 and the tokens awaiting eviction at int8. On the fixture (`deno task eval --only "kvprec
+ * budget"` with each forced) an int8 ring frees about 0.4 b of the eviction ring for codes and
+ * lowers mean KL at 5.4 b from 9.1e-3 to 4.0e-3, while at 8.4 b its own error (KL 9.2e-4)
+ * outweighs what the bits buy (fp16: 6.4e-5); most of that error is the recent window's (README,
+ * "How a budget is fitted"), which the third keeps at fp16. A budget fits each and keeps the one
+ * with the lowest KL on the calibration lines. Narrower windows lose at 5.4 b: int6-g8-token
  * 2.0e-2, int4-g8-token 0.39.
  */
-export const WINDOW_FORMATS: readonly string[] = ["fp16", "int8-g8-token"];
+export const WINDOW_CHOICES: readonly WindowChoice[] = [
+  { windowFormat: "fp16" },
+  { windowFormat: "int8-g8-token" },
+  { windowFormat: "fp16", stagingFormat: "int8-g8-token" },
+];
+
+/** "fp16", or "fp16 + int8-g8-token staging": how the eval names a window choice. */
+export function windowChoiceName(c: WindowChoice): string {
+  return c.stagingFormat === undefined || c.stagingFormat === c.windowFormat
+    ? c.windowFormat
+    : `${c.windowFormat} + ${c.stagingFormat} staging`;
+}
 
 /** Window, sinks and ablation switches of a kvprec plan. */
 export interface KvprecOptions {
@@ -142,10 +163,12 @@ export interface KvprecOptions {
   sensitivity?: Sensitivity;
   /**
    * Storage of sinks, window and tokens awaiting eviction. Unset: a budget target fits a plan with
-   * each of WINDOW_FORMATS (that the head dimension can group) and keeps the lower calibration KL;
-   * the precision rule uses fp16.
+   * each of WINDOW_CHOICES (that the head dimension can group) and keeps the lowest calibration
+   * KL; the precision rule uses fp16.
    */
   windowFormat?: string;
+  /** With windowFormat: storage of the tokens awaiting eviction, if not the window's. */
+  stagingFormat?: string;
   /**
    * Store channel-axis keys before RoPE (the plan's ropeBase, MODEL_ROPE_BASE): default true;
    * false is the "keys after RoPE" ablation.
@@ -193,6 +216,7 @@ export function kvprecPlan(
     sinkTokens: o.sinkTokens ?? SINK_TOKENS,
     recentWindow: o.recentWindow ?? RECENT_WINDOW,
     windowFormat: o.windowFormat ?? "fp16",
+    ...(o.stagingFormat === undefined ? {} : { stagingFormat: o.stagingFormat }),
     recency: o.recency ?? true,
     sensitivity: o.sensitivity ?? "curvature",
     ropeBase: o.preRopeKeys ?? true ? MODEL_ROPE_BASE : undefined,
@@ -223,6 +247,8 @@ export interface PlanCandidate {
   sensitivity: Sensitivity;
   /** Storage of sinks, window and tokens awaiting eviction. */
   windowFormat: string;
+  /** Storage of the tokens awaiting eviction, when not the window's. */
+  stagingFormat?: string;
   /** Mean KL against the FP32 cache on the calibration lines. */
   meanKl: number;
   /** Bits per element the cache held there. */
@@ -307,11 +333,13 @@ export async function kvprecFittedPlan(
   // lines; deno task eval's 19 lines include these 2, as they include the calibration itself)
   const d = model.config.headDim;
   const sensitivities = options.sensitivity ? [options.sensitivity] : SENSITIVITIES;
-  const windowFormats = options.windowFormat
-    ? [options.windowFormat]
-    : WINDOW_FORMATS.filter((f) => d % getFormat(f).group === 0);
-  if (sensitivities.length * windowFormats.length === 1) {
-    return await fitTo({ ...options, windowFormat: windowFormats[0] });
+  const choices: WindowChoice[] = options.windowFormat
+    ? [{ windowFormat: options.windowFormat, stagingFormat: options.stagingFormat }]
+    : WINDOW_CHOICES.filter((c) =>
+      [c.windowFormat, c.stagingFormat ?? c.windowFormat].every((f) => d % getFormat(f).group === 0)
+    );
+  if (sensitivities.length * choices.length === 1) {
+    return await fitTo({ ...options, ...choices[0] });
   }
   const reference = await referenceRun(
     model,
@@ -320,9 +348,9 @@ export async function kvprecFittedPlan(
     model.config.seqLen,
   );
   const fits: FittedPlan[] = [], candidates: PlanCandidate[] = [];
-  for (const windowFormat of windowFormats) {
+  for (const choice of choices) {
     for (const sensitivity of sensitivities) {
-      const fitted = await fitTo({ ...options, sensitivity, windowFormat });
+      const fitted = await fitTo({ ...options, sensitivity, ...choice });
       const cache = new MixedPrecisionKVCache(shape, planPolicy(fitted.plan, "fit"), {
         backend: "wasm",
       });
@@ -330,7 +358,7 @@ export async function kvprecFittedPlan(
       fits.push(fitted);
       candidates.push({
         sensitivity,
-        windowFormat,
+        ...choice,
         meanKl,
         bits: fitted.calibrationBits,
         withinBudget: fitted.withinBudget!,

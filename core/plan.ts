@@ -84,6 +84,12 @@ export interface PrecisionPlan {
    */
   windowFormat: string;
   /**
+   * Storage of the tokens awaiting eviction when not windowFormat (the cache policy's
+   * stagingFormat): the mapper does not count them (like the rest of the eviction ring);
+   * fitPlanToBudget measures the cache that holds them.
+   */
+  stagingFormat?: string;
+  /**
    * The model's RoPE base when channel-axis key pages store keys before RoPE
    * (the cache policy's ropeBase); absent: keys are stored as received.
    */
@@ -125,6 +131,11 @@ export interface PlanOptions {
    * within a token (e.g. "int8-g8-token"), whose bits and measured error the mapper counts.
    */
   windowFormat?: string;
+  /**
+   * Storage of the tokens awaiting eviction, apart from the window (the plan's stagingFormat; the
+   * mapper does not count them). Default: the window format.
+   */
+  stagingFormat?: string;
   /** Multiply sensitivities by the recency factor (default true). */
   recency?: boolean;
   /**
@@ -171,7 +182,16 @@ export interface Assignment {
   valueFormats: string[];
   /** Storage of sinks and window. */
   windowFormat: string;
-  /** Per sequence, [layer][kvHead]: format index per position (−1: window format). */
+  /**
+   * Where the cache stages tokens awaiting eviction apart from the window (the policy's
+   * stagingFormat): every position not at −1 passed through it after the window format, and −2
+   * marks one still waiting there. Absent: tokens go from the window format to their page.
+   */
+  stagingFormat?: string;
+  /**
+   * Per sequence, [layer][kvHead]: format index per position (−1: window format, −2: waiting in
+   * the staging format).
+   */
   sequences: { key: Int16Array; value: Int16Array }[][][];
   /**
    * The model's RoPE base when channel-axis key formats store keys before RoPE (the plan's
@@ -222,11 +242,11 @@ interface _Item {
  * @param name format name
  * @returns its spec
  */
-export function checkWindowFormat(name: string): MapperFormat {
-  const spec = cacheFormatSpec(name, "windowFormat");
+export function checkWindowFormat(name: string, field = "windowFormat"): MapperFormat {
+  const spec = cacheFormatSpec(name, field);
   if (spec.axis === "channel") {
     throw new FormatError(
-      `windowFormat ${name} groups along tokens; the window holds whole tokens`,
+      `${field} ${name} groups along tokens; the window holds whole tokens`,
     );
   }
   return spec;
@@ -370,6 +390,9 @@ export function buildPrecisionPlan(
     sinkTokens: o.sinkTokens,
     recentWindow: o.recentWindow,
     windowFormat: o.windowFormat,
+    ...(o.stagingFormat === undefined || o.stagingFormat === o.windowFormat
+      ? {}
+      : { stagingFormat: o.stagingFormat }),
     ...(o.ropeBase === undefined ? {} : { ropeBase: o.ropeBase }),
     layers,
     meta: {
@@ -459,6 +482,7 @@ const _PLAN_OPTIONS: Record<keyof PlanOptions, true> = {
   sinkTokens: true,
   recentWindow: true,
   windowFormat: true,
+  stagingFormat: true,
   recency: true,
   ropeBase: true,
   sensitivity: true,
@@ -473,6 +497,7 @@ const _PLAN_FIELDS = [
   "sinkTokens",
   "recentWindow",
   "windowFormat",
+  "stagingFormat",
   "ropeBase",
   "layers",
   "meta",
@@ -518,6 +543,7 @@ export function validatePrecisionPlan(
   }
   try {
     checkWindowFormat(p.windowFormat);
+    if (p.stagingFormat !== undefined) checkWindowFormat(p.stagingFormat, "stagingFormat");
   } catch (e) {
     // the reason (unknown, or grouped along tokens) was dropped; it names the field
     if (!(e instanceof FormatError)) throw e;
@@ -639,13 +665,18 @@ export function resolveSensitivity(
   return { sensitivity, aggregate };
 }
 
-type _Resolved = Required<Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c" | "ropeBase">> & {
-  ropeBase: number | undefined;
-  epsilon: number;
-  bitsPerElement: number;
-  c: number;
-  diameter: number[][];
-};
+type _Resolved =
+  & Required<
+    Omit<PlanOptions, "epsilon" | "bitsPerElement" | "c" | "ropeBase" | "stagingFormat">
+  >
+  & {
+    ropeBase: number | undefined;
+    stagingFormat: string | undefined;
+    epsilon: number;
+    bitsPerElement: number;
+    c: number;
+    diameter: number[][];
+  };
 
 /**
  * Every head's scores of the window: a head without them once planned every position as score 0
@@ -729,6 +760,14 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   }
   checkWindowFormat(windowFormat);
   checkStorableFormat(windowFormat, headDim, "windowFormat");
+  const stagingFormat = options.stagingFormat;
+  if (stagingFormat !== undefined) {
+    if (typeof stagingFormat !== "string") {
+      throw new FormatError(`stagingFormat is ${stagingFormat}, expected a format name`);
+    }
+    checkWindowFormat(stagingFormat, "stagingFormat");
+    checkStorableFormat(stagingFormat, headDim, "stagingFormat");
+  }
   const ropeBase = options.ropeBase;
   if (ropeBase !== undefined && !isRopeBase(ropeBase)) {
     throw new InvalidValueError(
@@ -795,6 +834,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     sinkTokens,
     recentWindow,
     windowFormat,
+    stagingFormat,
     recency: options.recency ?? true,
     sensitivity,
     aggregate,

@@ -140,6 +140,12 @@ export function checkAssignment(
     ? valueField
     : (mean ? "curvatureSum" : "curvatureMax");
   const window = precisionBits(getFormat(assignment.windowFormat));
+  // a token that passed through the staging format keeps no more precision than it has
+  const staged = assignment.stagingFormat === undefined
+    ? Infinity
+    : precisionBits(getFormat(assignment.stagingFormat));
+  const bits = (b: number[], i: number) =>
+    i === -1 ? window : Math.min(i === -2 ? window : b[i], staged);
   const kBits = assignment.keyFormats.map((f) => precisionBits(getFormat(f)));
   const vBits = assignment.valueFormats.map((f) => precisionBits(getFormat(f)));
   // The planner's D: with another one the check flagged the planner's own oracle.
@@ -175,8 +181,7 @@ export function checkAssignment(
             });
           };
           const needK = need(keyField), needV = need(valueField);
-          const kb = cell.key[t] < 0 ? window : kBits[cell.key[t]];
-          const vb = cell.value[t] < 0 ? window : vBits[cell.value[t]];
+          const kb = bits(kBits, cell.key[t]), vb = bits(vBits, cell.value[t]);
           if (kb < needK || vb < needV) {
             out.push({
               sequence: si,
@@ -336,8 +341,9 @@ export function verifyHeads(
 
 /**
  * Throws ShapeError unless the cell's key and value indices cover n positions and each lies in
- * −1..formats − 1. An index past the formats looked up no bits, so checkAssignment compared NaN
- * and skipped the position; a short value cell was never looked at.
+ * −1..formats − 1 (−2..formats − 1 with a staging format). An index past the formats looked up no
+ * bits, so checkAssignment compared NaN and skipped the position; a short value cell was never
+ * looked at.
  */
 function _checkCell(
   cell: { key: Int16Array; value: Int16Array },
@@ -354,12 +360,14 @@ function _checkCell(
     ["key", cell.key, assignment.keyFormats.length],
     ["value", cell.value, assignment.valueFormats.length],
   ] as const;
+  const lowest = assignment.stagingFormat === undefined ? -1 : -2;
   for (const [axis, index, formats] of axes) {
     for (let t = 0; t < n; t++) {
-      if (!Number.isInteger(index[t]) || index[t] < -1 || index[t] >= formats) {
+      if (!Number.isInteger(index[t]) || index[t] < lowest || index[t] >= formats) {
         throw new ShapeError(
-          `${at} position ${t}: ${axis} format index ${index[t]}, expected -1..${formats - 1} ` +
-            `(-1: the window format)`,
+          `${at} position ${t}: ${axis} format index ${index[t]}, expected ` +
+            `${lowest}..${formats - 1} (-1: the window format` +
+            `${lowest === -2 ? ", -2: the staging format" : ""})`,
         );
       }
     }
@@ -378,10 +386,13 @@ function _checkAssignmentFields(assignment: Assignment): void {
       );
     }
   }
-  if (typeof assignment.windowFormat !== "string") {
-    throw new InvalidValueError(
-      `assignment windowFormat is ${typeName(assignment.windowFormat)}, expected a format name`,
-    );
+  for (const key of ["windowFormat", "stagingFormat"] as const) {
+    if (key === "stagingFormat" && assignment[key] === undefined) continue;
+    if (typeof assignment[key] !== "string") {
+      throw new InvalidValueError(
+        `assignment ${key} is ${typeName(assignment[key])}, expected a format name`,
+      );
+    }
   }
 }
 
@@ -389,6 +400,10 @@ function _checkAssignmentFields(assignment: Assignment): void {
 function _checkFormats(assignment: Assignment, d: number): void {
   checkWindowFormat(assignment.windowFormat);
   checkStorableFormat(assignment.windowFormat, d, "assignment windowFormat");
+  if (assignment.stagingFormat !== undefined) {
+    checkWindowFormat(assignment.stagingFormat, "stagingFormat");
+    checkStorableFormat(assignment.stagingFormat, d, "assignment stagingFormat");
+  }
   for (const key of ["keyFormats", "valueFormats"] as const) {
     assignment[key].forEach((f, i) => checkStorableFormat(f, d, `assignment ${key}[${i}]`));
   }
@@ -494,6 +509,14 @@ function _stored(
   assertFinite(values, "values", 0, n * d);
   const k = _throughWindow(keys, n, d, win, "keys");
   const v = _throughWindow(values, n, d, win, "values");
+  const staging = assignment.stagingFormat;
+  if (staging !== undefined) {
+    // every token past sinks and recent window waited in the staging format before its page
+    const passed = (index: Int16Array) =>
+      Array.from({ length: n }, (_, t) => t).filter((t) => index[t] !== -1);
+    _throughStaging(k, passed(cell.key), d, staging, { x: keys, what: "keys" });
+    _throughStaging(v, passed(cell.value), d, staging, { x: values, what: "values" });
+  }
   const pools = new Map<string, number[]>();
   for (let t = 0; t < n; t++) {
     const ki = cell.key[t], vi = cell.value[t];
@@ -565,6 +588,31 @@ function _throughWindow(
     bound.set(r.bound, t * d);
   }
   return { decoded, bound };
+}
+
+/**
+ * Re-encodes the window-decoded tokens at `positions` in the staging format, one token at a time
+ * as the staging slots hold them, in place in s: the staging bounds add to the window's.
+ */
+function _throughStaging(
+  s: StoredElements,
+  positions: number[],
+  d: number,
+  format: string,
+  source: { x: Float32Array; what: string },
+): void {
+  for (const t of positions) {
+    const r = _encodable(
+      () => quantizeHead(s.decoded.subarray(t * d, (t + 1) * d), 1, d, format),
+      (i) => t * d + i,
+      source.x,
+      d,
+      source.what,
+      `in the staging format ${format}`,
+    );
+    s.decoded.set(r.decoded, t * d);
+    for (let i = 0; i < d; i++) s.bound[t * d + i] += r.bound[i];
+  }
 }
 
 /**

@@ -177,6 +177,12 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
     return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
       `${windowFormat}; ${why}`;
   }
+  // the GPU cache keeps its ring in one format
+  const staging = policy.stagingFormat ?? windowFormat;
+  if (staging !== windowFormat) {
+    return `policy "${policy.label}" stages tokens awaiting eviction at ${staging}, apart from ` +
+      `its ${windowFormat} window; the GPU cache holds its whole ring in the window format`;
+  }
   const window = {
     windowFormat,
     pageTokens: policy.pageTokens,

@@ -189,7 +189,9 @@ function channelGroup(codec: Codec): number {
 
 /**
  * Per layer and KV head: sinks, the window ring and the pools. The ring holds the recent window
- * plus up to quantum − 1 older tokens waiting to be evicted together as one group.
+ * plus up to quantum − 1 older tokens waiting to be evicted together as one group. With a staging
+ * format of its own, the waiting tokens leave windowK/V (then a ring of the recent window alone)
+ * for stageK/V in the order they arrived, re-encoded in that format.
  */
 class HeadStore {
   readonly sinkK: Uint32Array;
@@ -197,22 +199,34 @@ class HeadStore {
   sinkN = 0;
   readonly windowK: Uint32Array;
   readonly windowV: Uint32Array;
+  readonly stageK: Uint32Array;
+  readonly stageV: Uint32Array;
   /**
    * Attention accumulated by each eviction chunk in the ring (mean over the group's query heads,
    * summed over its tokens): the chunk's tier needs only the sum, so one float per chunk.
    */
   readonly windowScore: Float32Array;
+  /** Slot of windowK/V holding the oldest of its tokens. */
   windowStart = 0;
+  /** Tokens in the ring: staged (the oldest) and in windowK/V. */
   windowN = 0;
   /** Tokens moved to pages (whole chunks); numbers the ring's chunks. */
   paged = 0;
   readonly pools = new Map<string, PagePool>();
 
-  constructor(sinks: number, ringSlots: number, slotWords: number, scoreSlots: number) {
+  constructor(
+    sinks: number,
+    ringSlots: number,
+    slotWords: number,
+    stageWords: number,
+    scoreSlots: number,
+  ) {
     this.sinkK = new Uint32Array(sinks * slotWords);
     this.sinkV = new Uint32Array(sinks * slotWords);
     this.windowK = new Uint32Array(ringSlots * slotWords);
     this.windowV = new Uint32Array(ringSlots * slotWords);
+    this.stageK = new Uint32Array(stageWords);
+    this.stageV = new Uint32Array(stageWords);
     this.windowScore = new Float32Array(scoreSlots);
   }
 }
@@ -318,9 +332,15 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #codecFor: (format: string) => Codec;
   readonly #window: Codec;
   readonly #slotWords: number;
+  /** Codec of the tokens waiting for eviction when the policy gives them their own format. */
+  readonly #staging: Codec | undefined;
+  /** Words of one staged token. */
+  readonly #stageWords: number;
+  /** Slots of windowK/V: the whole ring, or the recent window alone when tokens are staged apart. */
+  readonly #windowSlots: number;
   /** Tokens evicted from the window at once: the largest channel-axis group of the policy. */
   readonly evictQuantum: number;
-  /** Ring slots per head: recentWindow (at most maxSeqLen) + evictQuantum. */
+  /** Ring tokens per head: recentWindow (at most maxSeqLen) + evictQuantum. */
   readonly #ring: number;
   /** Sink slots per head: sinkTokens, at most maxSeqLen. */
   readonly #sinks: number;
@@ -415,11 +435,16 @@ export class MixedPrecisionKVCache implements KVCache {
       throw new ShapeError(`ropeBase needs an even head_dim, got ${d}`);
     }
     this.#window = this.#codecFor(policy.windowFormat);
-    checkPageFormat(this.#window, policy.pageTokens, d);
-    if (this.#window.spec.axis === "channel") {
-      throw new InvalidValueError(
-        `window format ${policy.windowFormat} must not group along tokens`,
-      );
+    const staging = policy.stagingFormat ?? policy.windowFormat;
+    this.#staging = staging === policy.windowFormat ? undefined : this.#codecFor(staging);
+    for (const [codec, what] of [[this.#window, "window"], [this.#staging, "staging"]] as const) {
+      if (codec === undefined) continue;
+      checkPageFormat(codec, policy.pageTokens, d);
+      if (codec.spec.axis === "channel") {
+        throw new InvalidValueError(
+          `${what} format ${codec.spec.name} must not group along tokens`,
+        );
+      }
     }
     let quantum = 1;
     for (const pair of policy.pairs()) {
@@ -450,12 +475,15 @@ export class MixedPrecisionKVCache implements KVCache {
     this.#pairKeys = new Set(policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
     this.#sinks = Math.min(policy.sinkTokens, M);
     this.#ring = Math.min(policy.recentWindow, M) + quantum;
+    this.#windowSlots = this.#staging ? Math.min(policy.recentWindow, M) : this.#ring;
     this.#chunkSlots = Math.ceil((policy.recentWindow + quantum) / quantum);
     this.#slotWords = this.#window.wordsFor(d);
+    this.#stageWords = this.#staging ? this.#staging.wordsFor(d) : 0;
     this.#checkBytes(rope);
     if (rope) this.#rope = new KeyRope(d, M, quantum, policy.ropeBase!);
     this.#limits = cacheValueLimits({
       windowFormat: policy.windowFormat,
+      stagingFormat: staging,
       ropeBase: policy.ropeBase,
       pairs: policy.pairs(),
     });
@@ -493,9 +521,11 @@ export class MixedPrecisionKVCache implements KVCache {
     const { nLayers, nHeads, nKvHeads, headDim: d, maxSeqLen: M } = this.shape;
     const heads = nLayers * nKvHeads, slot = 4 * this.#slotWords, Q = this.evictQuantum;
     const scoreSlots = this.#tracksScores ? this.#chunkSlots : 0;
+    const staged = this.#staging ? 4 * this.#stageWords * Q : 0;
     const buffers: CacheBuffer[] = [
       { name: "sink buffer", bytes: slot * this.#sinks, count: 2 * heads },
-      { name: "window ring", bytes: slot * this.#ring, count: 2 * heads },
+      { name: "window ring", bytes: slot * this.#windowSlots, count: 2 * heads },
+      { name: "staging buffer", bytes: staged, count: 2 * heads },
       { name: "window scores", bytes: 4 * scoreSlots, count: heads },
       { name: "per-head objects", bytes: HEAD_OBJECT_BYTES, count: heads },
       { name: "layer lengths", bytes: 4 * nLayers },
@@ -523,7 +553,8 @@ export class MixedPrecisionKVCache implements KVCache {
     }
     checkCacheBytes("MixedPrecisionKVCache", this.shape, buffers);
     // what memory() reports of an empty cache
-    const fixed = heads * (2 * slot * (this.#sinks + this.#ring) + 4 * scoreSlots);
+    const fixed = heads *
+      (2 * slot * (this.#sinks + this.#windowSlots) + 2 * staged + 4 * scoreSlots);
     if (this.maxBytes !== undefined && fixed > this.maxBytes) {
       throw new BudgetError(
         `memory budget ${this.maxBytes} bytes is below the cache's fixed buffers (sinks and window ` +
@@ -543,8 +574,9 @@ export class MixedPrecisionKVCache implements KVCache {
           () =>
             new HeadStore(
               this.#sinks,
-              this.#ring,
+              this.#windowSlots,
               this.#slotWords,
+              this.#staging ? this.evictQuantum * this.#stageWords : 0,
               this.#tracksScores ? this.#chunkSlots : 0,
             ),
         ),
@@ -584,9 +616,7 @@ export class MixedPrecisionKVCache implements KVCache {
         store.sinkN++;
         continue;
       }
-      const slot = (store.windowStart + store.windowN) % R;
-      this.#window.encodeInto(kh, store.windowK.subarray(slot * sw));
-      this.#window.encodeInto(vh, store.windowV.subarray(slot * sw));
+      this.#push(store, kh, vh);
       // the first token of a chunk takes its score slot over from the chunk evicted before it
       if (this.#tracksScores && store.windowN % this.evictQuantum === 0) {
         store.windowScore[this.#chunkSlot(store, store.windowN)] = 0;
@@ -594,6 +624,57 @@ export class MixedPrecisionKVCache implements KVCache {
       if (++store.windowN === R) this.#evict(store, evictions[h]!, pages[h]);
     }
     this.#lengths[layer] = pos + 1;
+  }
+
+  /** Tokens of the ring in the staging buffer: its oldest windowN − windowSlots, if staged apart. */
+  #stagedCount(store: HeadStore): number {
+    return this.#staging ? Math.max(0, store.windowN - this.#windowSlots) : 0;
+  }
+
+  /**
+   * Adds a token at the newest end of the ring (the caller counts it). With a staging format, a
+   * full recent window first hands its oldest token to the staging buffer, re-encoded.
+   */
+  #push(store: HeadStore, k: Float32Array, v: Float32Array): void {
+    const sw = this.#slotWords, W = this.#windowSlots, staging = this.#staging;
+    let held = store.windowN;
+    if (staging) {
+      const staged = this.#stagedCount(store), at = staged * this.#stageWords;
+      held -= staged;
+      if (held === W && W === 0) {
+        staging.encodeInto(k, store.stageK.subarray(at));
+        staging.encodeInto(v, store.stageV.subarray(at));
+        return;
+      }
+      if (held === W) {
+        // the eviction scratch is free here: an eviction decodes into it only after this push
+        const d = this.shape.headDim, slot = store.windowStart * sw;
+        const tk = this.#evictK.subarray(0, d), tv = this.#evictV.subarray(0, d);
+        this.#window.decodeWords(store.windowK.subarray(slot), d, tk);
+        this.#window.decodeWords(store.windowV.subarray(slot), d, tv);
+        staging.encodeInto(tk, store.stageK.subarray(at));
+        staging.encodeInto(tv, store.stageV.subarray(at));
+        store.windowStart = (store.windowStart + 1) % W;
+        held--;
+      }
+    }
+    const slot = ((store.windowStart + held) % W) * sw;
+    this.#window.encodeInto(k, store.windowK.subarray(slot));
+    this.#window.encodeInto(v, store.windowV.subarray(slot));
+  }
+
+  /** Decodes the ring's i-th oldest token into k and v (d floats each). */
+  #decodeRingToken(store: HeadStore, i: number, k: Float32Array, v: Float32Array): void {
+    const d = this.shape.headDim, staged = this.#stagedCount(store);
+    if (i < staged) {
+      const at = i * this.#stageWords;
+      this.#staging!.decodeWords(store.stageK.subarray(at), d, k.subarray(0, d));
+      this.#staging!.decodeWords(store.stageV.subarray(at), d, v.subarray(0, d));
+      return;
+    }
+    const slot = ((store.windowStart + i - staged) % this.#windowSlots) * this.#slotWords;
+    this.#window.decodeWords(store.windowK.subarray(slot), d, k.subarray(0, d));
+    this.#window.decodeWords(store.windowV.subarray(slot), d, v.subarray(0, d));
   }
 
   /**
@@ -655,25 +736,16 @@ export class MixedPrecisionKVCache implements KVCache {
    * (the ring itself) exists per head.
    */
   #evict(store: HeadStore, to: Eviction, fresh: Page | undefined): void {
-    const Q = this.evictQuantum, R = this.#ring, d = this.shape.headDim, sw = this.#slotWords;
+    const Q = this.evictQuantum, d = this.shape.headDim;
     for (let i = 0; i < Q; i++) {
-      const slot = (store.windowStart + i) % R;
-      this.#window.decodeWords(
-        store.windowK.subarray(slot * sw),
-        d,
-        this.#evictK.subarray(i * d, (i + 1) * d),
-      );
-      this.#window.decodeWords(
-        store.windowV.subarray(slot * sw),
-        d,
-        this.#evictV.subarray(i * d, (i + 1) * d),
-      );
+      this.#decodeRingToken(store, i, this.#evictK.subarray(i * d), this.#evictV.subarray(i * d));
     }
     const pos = this.policy.sinkTokens + store.paged;
     if (to.pool.preRope) this.#rope!.unrotate(this.#evictK, Q, to.pool.keyGroup, pos);
     if (!to.held) store.pools.set(to.key, to.pool);
     to.pool.write(this.#evictK, this.#evictV, Q, fresh, pos);
-    store.windowStart = (store.windowStart + Q) % R;
+    // staged tokens leave their own buffer; otherwise the oldest Q slots of the ring free up
+    if (!this.#staging) store.windowStart = (store.windowStart + Q) % this.#windowSlots;
     store.windowN -= Q;
     store.paged += Q;
   }
@@ -761,22 +833,32 @@ export class MixedPrecisionKVCache implements KVCache {
   #attendWasm(wasm: WasmAttention, layer: number, q: Float32Array, out: Float32Array): void {
     const { nHeads, nKvHeads, headDim: d } = this.shape;
     const group = nHeads / nKvHeads, R = this.#ring, sw = this.#slotWords;
-    const P = this.policy.pageTokens, win = this.#window;
+    const P = this.policy.pageTokens, win = this.#window, W = this.#windowSlots;
+    // scratch for the most sinks and window a head can hold, reserved once: reserving for the
+    // tokens held grew it at every append while the window filled
+    const most = this.#sinks + R;
+    const words = Math.max((this.#sinks + W) * sw, this.evictQuantum * this.#stageWords, sw);
     for (let kv = 0; kv < nKvHeads; kv++) {
       const store = this.#heads[layer][kv];
-      const nf = store.windowN + store.sinkN;
-      // scratch for the most sinks and window a head can hold, reserved once: reserving for nf
-      // grew it at every append while the window filled
-      const most = this.#sinks + R;
-      wasm.reserve(d, Math.max(P, most), group, Math.max(most, 1) * sw);
+      const staged = this.#stagedCount(store), held = store.windowN - staged;
+      const nf = held + store.sinkN;
+      wasm.reserve(d, Math.max(P, most), group, words);
       wasm.q().set(q.subarray(kv * group * d, (kv + 1) * group * d));
       wasm.prepareQuery();
       wasm.clearOut();
+      if (staged > 0) {
+        // staged tokens are older than the recent window: no score of theirs is credited
+        const n = staged * this.#stageWords, st = this.#staging!;
+        wasm.segK().set(store.stageK.subarray(0, n));
+        wasm.segV().set(store.stageV.subarray(0, n));
+        const [kp, vp] = [wasm.segKPtr, wasm.segVPtr];
+        wasm.attendSegment(st, kp, st, vp, staged, staged, d, group, false, true, true);
+      }
       if (nf > 0) {
         const segK = wasm.segK(), segV = wasm.segV();
         let at = 0;
-        for (let i = 0; i < store.windowN; i++, at += sw) {
-          const slot = ((store.windowStart + i) % R) * sw;
+        for (let i = 0; i < held; i++, at += sw) {
+          const slot = ((store.windowStart + i) % W) * sw;
           segK.set(store.windowK.subarray(slot, slot + sw), at);
           segV.set(store.windowV.subarray(slot, slot + sw), at);
         }
@@ -798,8 +880,8 @@ export class MixedPrecisionKVCache implements KVCache {
         );
         const scores = wasm.scores(nf);
         for (let g = 0; g < group; g++) {
-          for (let i = 0; i < store.windowN; i++) {
-            this.#windowScores[g * R + i] = scores[g * nf + i];
+          for (let i = 0; i < held; i++) {
+            this.#windowScores[g * R + staged + i] = scores[g * nf + i];
           }
         }
       }
@@ -859,20 +941,10 @@ export class MixedPrecisionKVCache implements KVCache {
 
   /** Decodes window ring, sinks and pages of one head into #k/#v; returns the count. */
   #gather(store: HeadStore): number {
-    const d = this.shape.headDim, sw = this.#slotWords, R = this.#ring;
+    const d = this.shape.headDim;
     let n = 0;
-    for (let i = 0; i < store.windowN; i++, n++) {
-      const slot = (store.windowStart + i) % R;
-      this.#window.decodeWords(
-        store.windowK.subarray(slot * sw),
-        d,
-        this.#k.subarray(n * d, (n + 1) * d),
-      );
-      this.#window.decodeWords(
-        store.windowV.subarray(slot * sw),
-        d,
-        this.#v.subarray(n * d, (n + 1) * d),
-      );
+    for (; n < store.windowN; n++) {
+      this.#decodeRingToken(store, n, this.#k.subarray(n * d), this.#v.subarray(n * d));
     }
     if (store.sinkN > 0) {
       this.#window.decodeWords(
@@ -920,6 +992,10 @@ export class MixedPrecisionKVCache implements KVCache {
     sinkN: number;
     windowK: Uint32Array;
     windowV: Uint32Array;
+    stageK: Uint32Array;
+    stageV: Uint32Array;
+    /** Of the windowN ring tokens, the oldest stageN wait in stageK/V (read-only: derived). */
+    stageN: number;
     windowN: number;
     windowStart: number;
     pools: PagePool[];
@@ -932,6 +1008,9 @@ export class MixedPrecisionKVCache implements KVCache {
       sinkN: s.sinkN,
       windowK: s.windowK,
       windowV: s.windowV,
+      stageK: s.stageK,
+      stageV: s.stageV,
+      stageN: this.#stagedCount(s),
       windowN: s.windowN,
       windowStart: s.windowStart,
       pools: [...s.pools.values()],
@@ -961,6 +1040,8 @@ export class MixedPrecisionKVCache implements KVCache {
     s.sinkN = state.sinkN;
     s.windowK.set(state.windowK);
     s.windowV.set(state.windowV);
+    s.stageK.set(state.stageK);
+    s.stageV.set(state.stageV);
     s.windowN = state.windowN;
     s.windowStart = state.windowStart;
     s.pools.clear();
@@ -1057,7 +1138,8 @@ export class MixedPrecisionKVCache implements KVCache {
     for (const layer of this.#heads) {
       for (const s of layer) {
         b.sinks += s.sinkK.byteLength + s.sinkV.byteLength;
-        b.ring += s.windowK.byteLength + s.windowV.byteLength;
+        b.ring += s.windowK.byteLength + s.windowV.byteLength + s.stageK.byteLength +
+          s.stageV.byteLength;
         b.windowScores += s.windowScore.byteLength;
         for (const pool of s.pools.values()) {
           for (const page of pool.pages) {
@@ -1078,7 +1160,7 @@ export class MixedPrecisionKVCache implements KVCache {
     for (const layer of this.#heads) {
       for (const s of layer) {
         bytes += s.sinkK.byteLength + s.sinkV.byteLength + s.windowK.byteLength +
-          s.windowV.byteLength +
+          s.windowV.byteLength + s.stageK.byteLength + s.stageV.byteLength +
           s.windowScore.byteLength;
         for (const pool of s.pools.values()) bytes += pool.bytes;
       }

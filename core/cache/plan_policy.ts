@@ -53,6 +53,7 @@ export function planPolicy(plan: PrecisionPlan, label?: string): CachePolicy {
     sinkTokens: plan.sinkTokens,
     recentWindow: plan.recentWindow,
     windowFormat: plan.windowFormat,
+    ...(plan.stagingFormat === undefined ? {} : { stagingFormat: plan.stagingFormat }),
     pageTokens,
     tiers,
     ropeBase: plan.ropeBase,

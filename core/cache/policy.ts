@@ -41,6 +41,13 @@ export interface CachePolicy {
   readonly recentWindow: number;
   /** Format of sinks and window: fp32, fp16 or a format grouped per token (e.g. int8-g8-token). */
   readonly windowFormat: string;
+  /**
+   * Format of the tokens past the recent window that wait in the ring until a whole eviction chunk
+   * leaves for the pages (a channel group of keys needs all its tokens): windowFormat unless set.
+   * They are re-quantized for the pages anyway and no longer the newest, so a narrower format than
+   * the window's saves ring bytes at little cost.
+   */
+  readonly stagingFormat: string;
   /** Tokens per page. */
   readonly pageTokens: number;
   /**
@@ -94,7 +101,14 @@ export function policyFromJSON(json: PolicyJSON): CachePolicy {
   return json.kind === "uniform" ? uniformPolicy(json) : tieredPolicy(json);
 }
 
-const _WINDOW_KEYS = ["sinkTokens", "recentWindow", "windowFormat", "pageTokens", "ropeBase"];
+const _WINDOW_KEYS = [
+  "sinkTokens",
+  "recentWindow",
+  "windowFormat",
+  "stagingFormat",
+  "pageTokens",
+  "ropeBase",
+];
 /** The fields of each kind's JSON form. */
 const _KEYS = {
   uniform: ["kind", ..._WINDOW_KEYS, "keyFormat", "valueFormat", "label"],
@@ -166,6 +180,11 @@ export interface WindowOptions {
   recentWindow?: number;
   /** Format of sinks and window (default "fp16"). */
   windowFormat?: string;
+  /**
+   * Format of the tokens waiting in the ring for a whole eviction chunk (default windowFormat;
+   * see {@linkcode CachePolicy.stagingFormat}).
+   */
+  stagingFormat?: string;
   /** Tokens per page (default 32). */
   pageTokens?: number;
   /**
@@ -205,10 +224,13 @@ function windowFields(o: WindowOptions) {
   }
   const windowFormat = o.windowFormat ?? "fp16";
   _checkFormat(windowFormat, "windowFormat", true);
+  const stagingFormat = o.stagingFormat ?? windowFormat;
+  _checkFormat(stagingFormat, "stagingFormat", true);
   return {
     sinkTokens,
     recentWindow,
     windowFormat,
+    stagingFormat,
     pageTokens,
     ...(o.ropeBase === undefined ? {} : { ropeBase: o.ropeBase }),
   };

@@ -8,6 +8,11 @@
  *   saved before that clamp hold recentWindow + evictQuantum and still load). A slot is
  *   wordsFor(windowFormat, headDim) u32 words; ring slot (windowStart + i) mod slots holds the
  *   i-th oldest of its windowN tokens, and a slot a token left keeps its old words;
+ * - with a stagingFormat other than the windowFormat (version 4): the window blocks hold the
+ *   recent window alone, min(recentWindow, maxSeqLen) slots, and staging-K, staging-V follow them:
+ *   evictQuantum slots of wordsFor(stagingFormat, headDim) words, slot i holding the i-th oldest
+ *   of the windowN − min(recentWindow, maxSeqLen) oldest ring tokens (if more than 0), the window
+ *   ring then the rest;
  * - window scores: ⌈(recentWindow + evictQuantum) / evictQuantum⌉ f32, unclamped (the GPU cache
  *   numbers chunks so; core/cache/PAGES.md); an empty block (0 floats, still followed by its
  *   checksum) for single-pair policies;
@@ -46,7 +51,9 @@ import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
 const MAGIC = 0x4350564b; // "KVPC" little-endian
 // 2: window scores per eviction chunk (1 kept one per ring slot); 3: key group positions of
 // pre-RoPE key pages (a version 2 file has none and loads as before, unless its policy has ropeBase)
-const VERSION = 3;
+// 4: a staging format apart from the window format (staging blocks; files without one are laid
+// out as in version 3)
+const VERSION = 4;
 
 interface HeadJSON {
   sinkN: number;
@@ -91,8 +98,9 @@ function blocksOf(
     ["sinks V", s.sinkV],
     ["window K", s.windowK],
     ["window V", s.windowV],
-    ["window scores", cache.windowScores(layer, kv)],
   ];
+  if (s.stageK.length > 0) blocks.push(["staging K", s.stageK], ["staging V", s.stageV]);
+  blocks.push(["window scores", cache.windowScores(layer, kv)]);
   s.pools.forEach((pool, p) => {
     pool.pages.forEach((page, i) => {
       blocks.push([`pool ${p} page ${i} K`, page.kWords], [`pool ${p} page ${i} V`, page.vWords]);
@@ -215,7 +223,10 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
   const { pageTokens } = cache.policy;
   // the slots the cache holds: sinks and window never past maxSeqLen
   const sinkTokens = Math.min(cache.policy.sinkTokens, maxSeqLen);
-  const ring = Math.min(cache.policy.recentWindow, maxSeqLen) + cache.evictQuantum;
+  const recent = Math.min(cache.policy.recentWindow, maxSeqLen);
+  const ring = recent + cache.evictQuantum;
+  // slots of the window blocks: the recent window alone when tokens are staged apart
+  const windowSlots = cache.policy.stagingFormat === cache.policy.windowFormat ? ring : recent;
   const declared = new Set(cache.policy.pairs().map((p) => `${p.keyFormat}|${p.valueFormat}`));
   for (let l = 0; l < nLayers; l++) {
     const length = count(`lengths[${l}]`, json.lengths[l], maxSeqLen);
@@ -225,7 +236,7 @@ function checkDescription(json: CacheJSON, cache: MixedPrecisionKVCache): void {
       if (typeof head !== "object" || head === null) fail(at, head, "an object");
       const sinkN = count(`${at}.sinkN`, head.sinkN, sinkTokens);
       const windowN = count(`${at}.windowN`, head.windowN, ring - 1);
-      count(`${at}.windowStart`, head.windowStart, ring - 1);
+      count(`${at}.windowStart`, head.windowStart, Math.max(windowSlots - 1, 0));
       if (!Array.isArray(head.pools)) fail(`${at}.pools`, head.pools, "an array");
       let held = sinkN + windowN;
       const seen = new Set<string>();
@@ -326,8 +337,8 @@ export function loadCache(
     throw new CorruptDataError("cache data does not start with magic KVPC", 0);
   }
   const version = view.getUint32(4, true);
-  if (version !== VERSION && version !== 2) {
-    throw new CorruptDataError(`cache format version ${version}, expected 2 or ${VERSION}`, 4);
+  if (version < 2 || version > VERSION) {
+    throw new CorruptDataError(`cache format version ${version}, expected 2 to ${VERSION}`, 4);
   }
   const textLength = view.getUint32(8, true);
   // plain arithmetic: a corrupted length near 2^32 must not wrap around in 32-bit operators
@@ -375,6 +386,13 @@ export function loadCache(
     throw new CorruptDataError(
       `cache format version 2 with a policy that stores keys before RoPE (ropeBase ` +
         `${policy.ropeBase}), which version 2 cannot hold; expected version ${VERSION}`,
+      4,
+    );
+  }
+  if (version < 4 && policy.stagingFormat !== policy.windowFormat) {
+    throw new CorruptDataError(
+      `cache format version ${version} with a staging format (${policy.stagingFormat}) other ` +
+        `than the window format, which version ${version} cannot hold; expected version ${VERSION}`,
       4,
     );
   }

@@ -7,7 +7,9 @@
  * {@linkcode MixedPrecisionKVCache} in the model's order (per position, every layer's append and
  * then its attend with the recorded queries) and reads which pool each evicted chunk went to, so
  * `verifyHeads(recording, storedAssignment(recording, policy))` checks what the cache holds once
- * the sequence is in. Sinks and the tokens still in the ring keep index −1 (the window format).
+ * the sequence is in. Sinks and the tokens still in the ring keep index −1 (the window format);
+ * with a staging format of the policy's own, the ring's tokens waiting in it take −2, and the
+ * assignment's stagingFormat says every other position passed through it.
  *
  * Browser compatible.
  *
@@ -123,10 +125,23 @@ export function storedAssignment(
       cache.attend(l, queries[l].subarray(t * nHeads * d, (t + 1) * nHeads * d), out);
     }
   }
+  const staging = policy.stagingFormat ?? policy.windowFormat;
+  if (staging !== policy.windowFormat) {
+    // the ring's oldest tokens past the recent window wait in the staging format
+    const recent = Math.min(policy.recentWindow, recording.shape.maxSeqLen);
+    for (let l = 0; l < nLayers; l++) {
+      for (let h = 0; h < nKvHeads; h++) {
+        const ringN = cache.segments(l, h).windowN, staged = Math.max(0, ringN - recent);
+        cells[l][h].key.fill(-2, n - ringN, n - ringN + staged);
+        cells[l][h].value.fill(-2, n - ringN, n - ringN + staged);
+      }
+    }
+  }
   return {
     keyFormats,
     valueFormats,
     windowFormat: policy.windowFormat,
+    ...(staging === policy.windowFormat ? {} : { stagingFormat: staging }),
     sequences: [cells],
     ...(policy.ropeBase === undefined ? {} : { ropeBase: policy.ropeBase }),
   };

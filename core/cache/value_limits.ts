@@ -103,15 +103,19 @@ export interface CacheValueLimits {
 
 /**
  * The limits a policy's formats impose: each format's clamp limit (capped at MAX_CACHE_VALUE),
- * over the window format and every pair, for channel-axis keys stored before RoPE the limit
- * shrunk by the turn's growth, and each pair's limit shrunk to what the window's rounding keeps
- * within it.
+ * over the window format, the staging format and every pair, for channel-axis keys stored before
+ * RoPE the limit shrunk by the turn's growth, and each later format's limit shrunk to what the
+ * roundings before it (window, then staging) keep within it.
  *
- * @param policy window format, format pairs and RoPE base of a cache policy (formats valid)
+ * @param policy window and staging formats (staging: the window's unless set), format pairs and
+ *   RoPE base of a cache policy (formats valid)
  * @returns key and value limits
  */
 export function cacheValueLimits(
-  policy: Pick<CachePolicy, "windowFormat" | "ropeBase"> & { pairs: readonly FormatPair[] },
+  policy: Pick<CachePolicy, "windowFormat" | "ropeBase"> & {
+    stagingFormat?: string;
+    pairs: readonly FormatPair[];
+  },
 ): CacheValueLimits {
   let key: ValueLimit = { limit: MAX_CACHE_VALUE, reason: "fp16 group headers" };
   let value = key;
@@ -120,12 +124,26 @@ export function cacheValueLimits(
   const window = getFormat(policy.windowFormat);
   key = tighter(key, window.clampLimit, `window format ${window.name}`);
   value = tighter(value, window.clampLimit, `window format ${window.name}`);
-  // a page's limit, and the window's rounding on the way there
-  const page = (now: ValueLimit, limit: number, reason: string) => {
+  // a later format's limit, and the window's rounding on the way there
+  const afterWindow = (now: ValueLimit, limit: number, reason: string) => {
     const input = _windowInput(window, limit);
     return input < limit
       ? tighter(now, input, `${reason}, after window format ${window.name}'s rounding`)
       : tighter(now, limit, reason);
+  };
+  const sf = policy.stagingFormat ?? policy.windowFormat;
+  const staging = sf === window.name ? undefined : getFormat(sf);
+  if (staging) {
+    key = afterWindow(key, staging.clampLimit, `staging format ${staging.name}`);
+    value = afterWindow(value, staging.clampLimit, `staging format ${staging.name}`);
+  }
+  // a page's limit, through the staging format's rounding when tokens wait in one
+  const page = (now: ValueLimit, limit: number, reason: string) => {
+    if (!staging) return afterWindow(now, limit, reason);
+    const input = _windowInput(staging, limit);
+    return input < limit
+      ? afterWindow(now, input, `${reason}, after staging format ${staging.name}'s rounding`)
+      : afterWindow(now, limit, reason);
   };
   for (const pair of policy.pairs) {
     const k = getFormat(pair.keyFormat), v = getFormat(pair.valueFormat);

@@ -10,7 +10,8 @@ import {
   type PlanCandidate,
   planPolicy,
   SENSITIVITIES,
-  WINDOW_FORMATS,
+  WINDOW_CHOICES,
+  windowChoiceName,
 } from "../../bench/kvprec_rows.ts";
 import {
   cacheShape,
@@ -32,14 +33,15 @@ Deno.test("a budget plan keeps the sensitivity and window format with the lowest
 
   const candidates = fitted.candidates!;
   assert.deepEqual(
-    candidates.map((c) => `${c.windowFormat} ${c.sensitivity}`),
-    WINDOW_FORMATS.flatMap((w) => SENSITIVITIES.map((s) => `${w} ${s}`)),
+    candidates.map((c) => `${windowChoiceName(c)} ${c.sensitivity}`),
+    WINDOW_CHOICES.flatMap((w) => SENSITIVITIES.map((s) => `${windowChoiceName(w)} ${s}`)),
   );
   // 6.5 b is above every candidate's floor on these lines: all fit, so the lowest KL wins
   for (const c of candidates) assert.equal(c.withinBudget, true);
   const best = candidates.reduce((a, b) => (b.meanKl < a.meanKl ? b : a));
   assert.equal(fitted.plan.meta?.sensitivity, best.sensitivity);
   assert.equal(fitted.plan.windowFormat, best.windowFormat);
+  assert.equal(fitted.plan.stagingFormat, best.stagingFormat);
   // each window format's bits are its own: the int8 window frees bits the fit gives to codes
   for (const c of candidates) assert.ok(c.bits <= 6.5 + 1e-9, `${c.windowFormat} ${c.bits} b`);
   assert.equal(fitted.calibrationBits, best.bits);

@@ -19,7 +19,8 @@ const WINDOW_FORMATS = ["fp32", "fp16", "int8-g8-token", "int8-g32-token"];
 
 /**
  * One random cache setup: a shape and a policy whose formats fit it (uniform or up to three tiers,
- * window format, sinks, window, page size and sometimes keys before RoPE).
+ * window format, sometimes a staging format, sinks, window, page size and sometimes keys before
+ * RoPE).
  * @param next random numbers in [0, 1)
  * @returns the shape, a policy factory and a label naming both
  */
@@ -46,6 +47,8 @@ export function randomSetup(next: () => number) {
     sinkTokens: pick([0, 1, 3]),
     recentWindow: pick([0, 2, 5]),
     windowFormat: pick(WINDOW_FORMATS.filter(fits)),
+    // tokens awaiting eviction in a format of their own, a third of the time
+    ...(next() < 0.33 ? { stagingFormat: pick(WINDOW_FORMATS.filter(fits)) } : {}),
     pageTokens: quantum * pick([1, 2]),
     ...(next() < 0.4 ? { ropeBase: 10000 } : {}),
   };

@@ -85,7 +85,10 @@ Deno.test("MixedPrecisionKVCache with fp32 pages equals Float32KVCache across pa
 Deno.test("MixedPrecisionKVCache.attend() equals attention over individually decoded tokens, every format", () => {
   const next = rng(12);
   const d = 8;
-  for (const format of FORMATS) {
+  const cases = FORMATS.flatMap((format) =>
+    [undefined, "int8-g8-token"].map((staging) => ({ format, staging }))
+  );
+  for (const { format, staging } of cases) {
     const codec = tsCodec(format);
     for (const T of [1, 7, 33, 100]) {
       const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: d, maxSeqLen: 128 };
@@ -97,6 +100,7 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
           recentWindow: 3,
           pageTokens: 64,
           windowFormat: "fp16",
+          ...(staging ? { stagingFormat: staging } : {}),
         }),
       );
       const ks: Float32Array[] = [], vs: Float32Array[] = [];
@@ -109,17 +113,22 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
       // what the cache should hold: window tokens at fp16, the rest decoded from `format`
       const seg = cache.segments(0, 0);
       // tokens pass through the fp16 window before they are evicted to a page
-      const viaWindow = (x: Float32Array) => {
+      const via = (name: string) => (x: Float32Array) => {
         const y = new Float32Array(d);
-        tsCodec("fp16").decode(tsCodec("fp16").encode(x), y);
+        tsCodec(name).decode(tsCodec(name).encode(x), y);
         return y;
       };
+      const viaWindow = via("fp16");
+      // with a staging format, tokens past the newest 3 of the ring pass through it too, on
+      // their way to a page or while they wait for one
+      const recentFrom = T - Math.min(3, seg.windowN);
+      const viaRing = (x: Float32Array, p: number) =>
+        staging && p < recentFrom ? via(staging)(viaWindow(x)) : viaWindow(x);
       const stored = (raw: Float32Array[], p: number) => {
-        const x = raw.map(viaWindow);
+        const x = raw.map(viaRing);
         // the ring holds the window and the tokens waiting to be evicted as one group
-        const inWindow = p >= T - seg.windowN;
-        const c = inWindow ? tsCodec("fp16") : codec;
-        if (!inWindow && codec.spec.axis === "channel") {
+        if (p >= T - seg.windowN) return x[p];
+        if (codec.spec.axis === "channel") {
           // channel groups: decode the group of G tokens containing p along each channel
           const G = codec.spec.group, g0 = Math.floor(p / G) * G, out = new Float32Array(d);
           for (let ch = 0; ch < d; ch++) {
@@ -131,7 +140,7 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
           return out;
         }
         const dec = new Float32Array(d);
-        c.decode(c.encode(x[p]), dec);
+        codec.decode(codec.encode(x[p]), dec);
         return dec;
       };
       const K = ks.map((_, p) => stored(ks, p)), V = vs.map((_, p) => stored(vs, p));
@@ -143,7 +152,7 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
         for (let i = 0; i < d; i++) {
           assert.ok(
             Math.abs(out[h * d + i] - want[i]) <= 1e-6 * (1 + Math.abs(want[i])),
-            `${format} T=${T}: ${out[h * d + i]} vs ${want[i]}`,
+            `${format} (staging ${staging}) T=${T}: ${out[h * d + i]} vs ${want[i]}`,
           );
         }
       }
@@ -217,6 +226,27 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   tiered.append(0, 0, normals(16, next), normals(16, next));
   assert.equal(tiered.memoryBreakdown().windowScores, 2 * 2 * 4);
   assert.equal(tiered.memory().bytes, 2 * (sinks + ring) + 2 * 2 * 4);
+  // tokens staged apart: the window ring keeps its 8 recent slots at fp16 and 32 staging slots
+  // hold int8-g8-token (2 code words + 1 header word per token), whatever they hold now
+  const staged = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({
+      keyFormat: "int4-g32-channel",
+      valueFormat: "int4-g8-token",
+      sinkTokens: 4,
+      recentWindow: 8,
+      pageTokens: 64,
+      windowFormat: "fp16",
+      stagingFormat: "int8-g8-token",
+    }),
+  );
+  for (let p = 0; p < 150; p++) staged.append(0, p, normals(16, next), normals(16, next));
+  const stagedRing = 2 * (8 * 16 + 32 * 12); // K and V
+  assert.equal(staged.memoryBreakdown().ring, 2 * stagedRing);
+  assert.equal(staged.memory().bytes, expected - 2 * ring + 2 * stagedRing);
+  const s1 = staged.segments(0, 1);
+  assert.equal(s1.windowN, 18);
+  assert.equal(s1.stageK.length, 32 * 3);
 });
 
 Deno.test("an append whose eviction cannot be placed fails before any KV head changes", () => {
@@ -395,6 +425,12 @@ Deno.test("an append beyond what the policy's formats hold is refused before any
       policy: { keyFormat: "int4-g16-channel", valueFormat: "fp16", ropeBase: 10000 },
       k: -46000,
       v: 0,
+    },
+    // tokens waiting for eviction in fp8e4m3: the window holds 449, their staging does not
+    {
+      policy: { keyFormat: "int4-g16-channel", valueFormat: "fp16", stagingFormat: "fp8e4m3" },
+      k: 0,
+      v: 449,
     },
   ];
   for (const backend of ["ts", "wasm"] as const) {

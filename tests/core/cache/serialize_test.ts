@@ -149,9 +149,26 @@ Deno.test("loadCache names a wrong header, size or checksum", () => {
   );
   for (let p = 0; p < 30; p++) turned.append(0, p, normals(8, rng(p)), normals(8, rng(p + 50)));
   const v2 = saveCache(turned);
-  assert.equal(v2[4], 3);
+  assert.equal(v2[4], 4);
   v2[4] = 2;
   refused(v2, /version 2 with a policy that stores keys before RoPE \(ropeBase 10000\)/, "v2");
+  // nor is a file with a staging format version 3 (the same layout as 4 otherwise)
+  const staged = new MixedPrecisionKVCache(
+    { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 40 },
+    uniformPolicy({
+      keyFormat: "int4-g16-channel",
+      valueFormat: "fp16",
+      recentWindow: 4,
+      stagingFormat: "int8-g8-token",
+    }),
+  );
+  for (let p = 0; p < 30; p++) staged.append(0, p, normals(8, rng(p)), normals(8, rng(p + 50)));
+  const v3 = saveCache(staged);
+  v3[4] = 3;
+  refused(v3, /version 3 with a staging format \(int8-g8-token\)/, "v3");
+  const v4 = saveCache(turned);
+  v4[4] = 3;
+  assert.equal(saveCache(loadCache(v4)).length, v4.length, "version 3 without staging loads");
   // a shape no runtime can allocate, its checksum intact
   refused(
     withDescription(bytes, (j) => j.shape.maxSeqLen = 2 ** 40),
@@ -285,9 +302,10 @@ for (const turned of [false, true]) {
     }`,
     () => {
       // CRC-32 catches every single-bit error in a checksummed block; header, sizes and padding
-      // are checked by value. The one flip that loads is the version, 3 → 2, of a file without
-      // keys before RoPE, which means the same in both. Any other outcome (another error type, a
-      // different cache) is a hole. Bits 0, 4 and 7 of every byte, to keep the test short.
+      // are checked by value. Version 4 flips to 5, 20 or 132 in these bits, none of them a
+      // version (bit 0 once turned 3 into 2, which loaded). Any outcome other than a
+      // CorruptDataError (another error type, a different cache) is a hole. Bits 0, 4 and 7 of
+      // every byte, to keep the test short.
       const bytes = saveCache(filled(rng(21), turned));
       const holes: string[] = [];
       let loaded = 0;
@@ -318,8 +336,7 @@ for (const turned of [false, true]) {
         [],
         `${holes.length} of ${4 * bytes.length} not refused`,
       );
-      // version 2 cannot hold keys before RoPE: there the version flip is refused too
-      assert.equal(loaded, turned ? 0 : 1, "only the version flip loads");
+      assert.equal(loaded, 0, "no flip loads");
     },
   );
 }

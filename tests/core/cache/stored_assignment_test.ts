@@ -14,7 +14,11 @@ import { normals, rng } from "../../_fixtures.ts";
 const SHAPE = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8 };
 const N = 150, BASE = 10000, SINKS = 4, WINDOW = 16;
 
-function policy(windowFormat: string, ropeBase: number | undefined): CachePolicy {
+function policy(
+  windowFormat: string,
+  ropeBase: number | undefined,
+  stagingFormat?: string,
+): CachePolicy {
   const head = () => [
     { minScore: 0.15, keyFormat: "int4-g32-channel", valueFormat: "int4-g32-channel" },
     { minScore: 0, keyFormat: "int2-g32-channel", valueFormat: "int2-g32-channel" },
@@ -24,6 +28,7 @@ function policy(windowFormat: string, ropeBase: number | undefined): CachePolicy
     sinkTokens: SINKS,
     recentWindow: WINDOW,
     windowFormat,
+    ...(stagingFormat === undefined ? {} : { stagingFormat }),
     pageTokens: 32,
     tiers: Array.from({ length: SHAPE.nLayers }, () => [head(), head()]),
     ...(ropeBase === undefined ? {} : { ropeBase }),
@@ -124,6 +129,69 @@ Deno.test("storedAssignment reads sinks, chunks and ring as the cache holds them
   assert.equal(paged.size, 2, `tiers used: ${[...paged.keys()]}`);
 });
 
+/**
+ * The largest difference between the cache's output and attention in float64 over what
+ * storedHead says the cache holds under `assignment`, for fresh queries.
+ */
+function modelGap(
+  rec: RecordingKVCache,
+  cache: MixedPrecisionKVCache,
+  next: () => number,
+): (assignment: ReturnType<typeof storedAssignment>) => number {
+  const { nHeads, nKvHeads, headDim: d } = SHAPE, group = nHeads / nKvHeads;
+  return (assignment) => {
+    let worst = 0;
+    for (let l = 0; l < SHAPE.nLayers; l++) {
+      const q = normals(nHeads * d, next).map((x) => 2 * x), out = new Float32Array(nHeads * d);
+      cache.attend(l, q, out);
+      for (let h = 0; h < nKvHeads; h++) {
+        const cell = assignment.sequences[0][l][h];
+        const { k, v } = storedHead(rec.keys(l, h), rec.values(l, h), N, d, cell, assignment);
+        for (let g = 0; g < group; g++) {
+          const qh = (h * group + g) * d;
+          const o = attend64(q.subarray(qh, qh + d), k.decoded, v.decoded, d);
+          for (let i = 0; i < d; i++) worst = Math.max(worst, Math.abs(o[i] - out[qh + i]));
+        }
+      }
+    }
+    return worst;
+  };
+}
+
+Deno.test("storedHead models tokens staged apart: an fp16 window, int8 while awaiting eviction", () => {
+  const rec = recording(6), p = policy("fp16", BASE, "int8-g8-token");
+  const a = storedAssignment(rec, p, { integerDot: false });
+  assert.equal(a.stagingFormat, "int8-g8-token");
+  // 150 − 4 sinks = 146 through a ring of 16 + 32: 128 paged (all staged on the way), 16 recent
+  // and 2 waiting in the staging format
+  for (const row of a.sequences[0]) {
+    for (const { key } of row) {
+      assert.deepEqual([...key.subarray(N - 18, N - 16)], [-2, -2]);
+      assert.equal(key.filter((f) => f === -2).length, 2);
+      assert.deepEqual([...key.subarray(N - 16)], new Array(16).fill(-1), "the recent window");
+    }
+  }
+  const gap = modelGap(rec, replayed(rec, p), rng(7));
+  const faithful = gap(a);
+  assert.ok(faithful < 2e-6, `model vs cache ${faithful}`);
+  // the same assignment without the staging hop: tokens straight from fp16 to their page
+  const { stagingFormat: _, ...direct } = a;
+  const unstaged = {
+    ...direct,
+    sequences: a.sequences.map((s) =>
+      s.map((row) =>
+        row.map((c) => ({
+          key: c.key.map((f) => Math.max(f, -1)),
+          value: c.value.map((f) => Math.max(f, -1)),
+        }))
+      )
+    ),
+  };
+  const noStaging = gap(unstaged);
+  assert.ok(noStaging > 100 * faithful, `staging left out: ${noStaging}`);
+  for (const c of verifyHeads(rec, a, 0)) assert.equal(c.exceeded, 0, `${c.layer}/${c.head}`);
+});
+
 Deno.test("storedHead decodes what the cache attends over: keys before RoPE, an int8 window", () => {
   const rec = recording(2), p = policy("int8-g8-token", BASE);
   const a = storedAssignment(rec, p, { integerDot: false });
@@ -160,8 +228,10 @@ Deno.test("storedHead decodes what the cache attends over: keys before RoPE, an 
 
 Deno.test("storedHead's bounds cover every element, keys turned before RoPE included", () => {
   const rec = recording(4);
-  for (const windowFormat of ["fp32", "fp16", "int8-g8-token"]) {
-    const a = storedAssignment(rec, policy(windowFormat, BASE), { integerDot: false });
+  for (
+    const [windowFormat, staging] of [["fp32"], ["fp16"], ["int8-g8-token"], ["fp16", "fp8e4m3"]]
+  ) {
+    const a = storedAssignment(rec, policy(windowFormat, BASE, staging), { integerDot: false });
     for (let l = 0; l < SHAPE.nLayers; l++) {
       for (let h = 0; h < SHAPE.nKvHeads; h++) {
         const keys = rec.keys(l, h), values = rec.values(l, h), d = SHAPE.headDim;
