@@ -163,15 +163,15 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
 Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffers", () => {
   const next = rng(13);
   const shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: 8, maxSeqLen: 200 };
-  const policy = uniformPolicy({
+  const options = {
     keyFormat: "int4-g32-channel",
     valueFormat: "int4-g8-token",
     sinkTokens: 4,
     recentWindow: 8,
     pageTokens: 64,
     windowFormat: "fp16",
-  });
-  const cache = new MixedPrecisionKVCache(shape, policy);
+  };
+  const cache = new MixedPrecisionKVCache(shape, uniformPolicy(options));
   for (let p = 0; p < 150; p++) cache.append(0, p, normals(16, next), normals(16, next));
   // 150 = 4 sinks + 146 through the ring of 8 + 32 slots: groups of 32 leave whenever the ring
   // fills, so 4 groups (128 tokens = 2 full pages of 64) are paged and 18 tokens wait in the ring
@@ -230,15 +230,7 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   // hold int8-g8-token (2 code words + 1 header word per token), whatever they hold now
   const staged = new MixedPrecisionKVCache(
     shape,
-    uniformPolicy({
-      keyFormat: "int4-g32-channel",
-      valueFormat: "int4-g8-token",
-      sinkTokens: 4,
-      recentWindow: 8,
-      pageTokens: 64,
-      windowFormat: "fp16",
-      stagingFormat: "int8-g8-token",
-    }),
+    uniformPolicy({ ...options, stagingFormat: "int8-g8-token" }),
   );
   for (let p = 0; p < 150; p++) staged.append(0, p, normals(16, next), normals(16, next));
   const stagedRing = 2 * (8 * 16 + 32 * 12); // K and V

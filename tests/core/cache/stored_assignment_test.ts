@@ -195,28 +195,9 @@ Deno.test("storedHead models tokens staged apart: an fp16 window, int8 while awa
 Deno.test("storedHead decodes what the cache attends over: keys before RoPE, an int8 window", () => {
   const rec = recording(2), p = policy("int8-g8-token", BASE);
   const a = storedAssignment(rec, p, { integerDot: false });
-  const cache = replayed(rec, p);
-  const { nHeads, nKvHeads, headDim: d } = SHAPE, group = nHeads / nKvHeads;
-  const next = rng(3);
   // the model's output against the cache's for fresh queries, and the same with a model that
   // leaves out one stage of the storage (its distance shows the comparison can tell them apart)
-  const gap = (assignment: typeof a) => {
-    let worst = 0;
-    for (let l = 0; l < SHAPE.nLayers; l++) {
-      const q = normals(nHeads * d, next).map((x) => 2 * x), out = new Float32Array(nHeads * d);
-      cache.attend(l, q, out);
-      for (let h = 0; h < nKvHeads; h++) {
-        const cell = assignment.sequences[0][l][h];
-        const { k, v } = storedHead(rec.keys(l, h), rec.values(l, h), N, d, cell, assignment);
-        for (let g = 0; g < group; g++) {
-          const qh = (h * group + g) * d;
-          const o = attend64(q.subarray(qh, qh + d), k.decoded, v.decoded, d);
-          for (let i = 0; i < d; i++) worst = Math.max(worst, Math.abs(o[i] - out[qh + i]));
-        }
-      }
-    }
-    return worst;
-  };
+  const gap = modelGap(rec, replayed(rec, p), rng(3));
   const faithful = gap(a);
   assert.ok(faithful < 2e-6, `model vs cache ${faithful}`);
   const { ropeBase: _, ...afterRope } = a;
