@@ -8,7 +8,11 @@
  * default; or a per-token int format such as int8-g8-token, a budget plan's choice: encoded on the
  * host as the CPU cache encodes it, read by the kernels through the format's decoder and by the
  * quantize kernel as its source), and older positions in pages of `pageTokens` tokens in
- * one pool buffer. After each append, while at least `windowTokens + chunk` recent positions are
+ * one pool buffer. With a staging format of its own (the CPU policy's stagingFormat), the ring
+ * holds the recent window alone, and a position leaving it waits for its chunk in a buffer of
+ * chunk slots at that format: re-encoded on the host as the CPU cache re-encodes it (window words
+ * decoded, then encoded; each window slot's staging words are kept on the host, ready to go),
+ * attended through that format's decoder and read by the quantize kernel as its source. After each append, while at least `windowTokens + chunk` recent positions are
  * held, the oldest `chunk` of them are quantized on the GPU into the open page of their format
  * pair (chunk = the largest channel-axis group of every format, else 1, so channel groups are
  * encoded only when complete; with `ropeBase`, a channel-axis key chunk is first turned back to
@@ -228,7 +232,18 @@ export class GpuKVCache implements KVCache {
   readonly #windowCodec: Codec;
   /** Words per position of the window format in the staging buffer. */
   readonly #slotWords: number;
-  /** Ring slots per head: windowTokens (at most maxSeqLen) + chunk. */
+  /**
+   * The policy's staging format when it differs from the window format, and its codec: the
+   * ring's tokens past the recent window then wait for eviction in #stagedWords, re-encoded.
+   */
+  readonly #stage: FormatSpec | undefined;
+  readonly #stageCodec: Codec | undefined;
+  /** Words per position of the staging format (0 without one). */
+  readonly #stageWords: number;
+  /**
+   * Ring slots per head in the staging buffer: windowTokens (at most maxSeqLen) + chunk, or the
+   * recent window alone when a staging format holds the tokens awaiting eviction.
+   */
   readonly #ringSlots: number;
   /** Sink slots per head: sinkTokens, at most maxSeqLen (no position is ever past it). */
   readonly #sinks: number;
@@ -239,6 +254,17 @@ export class GpuKVCache implements KVCache {
   /** Per format pair: its page layout and the buffer of its pages. */
   readonly #byPair: Map<string, _Pair>;
   readonly #staging: GPUBuffer;
+  /**
+   * With a staging format: per head, chunk slots of keys then of values in that format, slot i
+   * holding the i-th oldest token past the recent window (filled in order, emptied by eviction).
+   */
+  readonly #stagedWords: GPUBuffer | undefined;
+  /**
+   * With a staging format: per head, keys then values of each ring slot's token re-encoded in it
+   * (window words decoded, then encoded, as the CPU cache does when the token leaves the window),
+   * copied to #stagedWords when the token does. Host memory.
+   */
+  readonly #stageNext: Uint32Array<ArrayBuffer>;
   /** One layer's chunk of every KV head's keys and values, contiguous, for the quantize jobs. */
   readonly #evictScratch: GPUBuffer;
   /** Keys before RoPE: the angle table (KeyRope.angleRows) and a chunk's keys turned back. */
@@ -271,6 +297,9 @@ export class GpuKVCache implements KVCache {
   readonly #keys: Float32Array;
   /** Host scratch: one position's keys and values of every KV head in the window format. */
   readonly #encoded: Uint32Array<ArrayBuffer>;
+  /** Host scratch: the same in the staging format, and decoded from the window format. */
+  readonly #stageEncoded: Uint32Array<ArrayBuffer>;
+  readonly #decoded: Float32Array;
   /** The async call in flight ("attend()", "toCpu()"): it reads the cache across awaits. */
   #busy: string | undefined;
   #destroyed = false;
@@ -320,6 +349,15 @@ export class GpuKVCache implements KVCache {
     }
     this.#windowCodec = tsCodec(wf);
     this.#slotWords = wordsForLength(this.#window, d);
+    const sf = this.policy.stagingFormat;
+    this.#stage = sf === wf ? undefined : getFormat(sf);
+    if (this.#stage && d % this.#stage.group !== 0) {
+      throw new FormatError(
+        `a ${sf} staging format holds groups of ${this.#stage.group}; headDim ${d} is not a multiple`,
+      );
+    }
+    this.#stageCodec = this.#stage ? tsCodec(sf) : undefined;
+    this.#stageWords = this.#stage ? wordsForLength(this.#stage, d) : 0;
     const ropeBase = this.policy.ropeBase;
     if (ropeBase !== undefined && d % 2 !== 0) {
       throw new ShapeError(`ropeBase needs an even head_dim, got ${d}`);
@@ -355,7 +393,7 @@ export class GpuKVCache implements KVCache {
     // no more than maxSeqLen positions are ever sinks or recent
     this.#sinks = Math.min(S, M);
     this.#recentSlots = Math.min(W, M);
-    this.#ringSlots = this.#recentSlots + chunk;
+    this.#ringSlots = this.#recentSlots + (this.#stage ? 0 : chunk);
     this.#slots = this.#sinks + this.#ringSlots;
     this.#tracksScores = this.pairs.length > 1;
     // as many score slots as the CPU cache keeps, so that copies between them match
@@ -379,7 +417,11 @@ export class GpuKVCache implements KVCache {
     // outputs, then one log-sum-exp per query head when window attention is credited
     const outBytes = qBytes + (this.#tracksScores ? shape.nHeads * 4 : 0);
     const stagingBytes = heads * 2 * this.#slots * sw4;
-    const scratchBytes = shape.nKvHeads * 2 * chunk * sw4;
+    const ssw4 = this.#stageWords * 4;
+    const stagedBytes = heads * 2 * chunk * ssw4;
+    const stageNextBytes = heads * 2 * this.#ringSlots * ssw4;
+    // the chunk in its source format: staging words if staged apart, else window words
+    const scratchBytes = shape.nKvHeads * 2 * chunk * (this.#stage ? ssw4 : sw4);
     const readbackBytes = Math.max(outBytes, pageWords * 4);
     const angleBytes = turns ? (chunk + M) * d * 4 : 0;
     const turnedBytes = turns ? shape.nKvHeads * chunk * d * 4 : 0;
@@ -388,11 +430,13 @@ export class GpuKVCache implements KVCache {
     // form (scores in a scratch buffer; same results to rounding) rather than fail every attend
     const fits = workgroupScoreBytes(d, perKv) <= gpu.device.limits.maxComputeWorkgroupStorageSize;
     this.#attention = new PagedAttention(gpu, pipelines, fits ? {} : { scores: "storage" });
-    // a full cache's page table: each segment (sinks, the ring's two runs, every page, at most
-    // one partly full page per pair) costs its tokens / split, rounded up; each split of each
-    // query head leaves a partial (d + 2 f32), and the storage form keeps its scores too
+    // a full cache's page table: each segment (sinks, the staged tokens, the ring's two runs,
+    // every page, at most one partly full page per pair) costs its tokens / split, rounded up;
+    // each split of each query head leaves a partial (d + 2 f32), and the storage form keeps its
+    // scores too
     const split = this.#attention.splitTokens;
-    const splits = Math.ceil(M / split) + 3 + Math.ceil(M / P) + this.pairs.length;
+    const splits = Math.ceil(M / split) + 3 + (this.#stage ? 1 : 0) + Math.ceil(M / P) +
+      this.pairs.length;
     const partialBytes = shape.nHeads * splits * (d + 2) * 4;
     const scoreBytes = this.#attention.scores === "storage"
       ? shape.nHeads * splits * SPLIT_TOKENS * 4
@@ -400,6 +444,8 @@ export class GpuKVCache implements KVCache {
     this.#checkBytes(
       [
         { name: "staging buffer (sinks and window ring)", bytes: stagingBytes, gpu: "storage" },
+        { name: "staged tokens awaiting eviction", bytes: stagedBytes, gpu: "storage" },
+        { name: "window tokens in the staging format", bytes: stageNextBytes },
         { name: "eviction scratch", bytes: scratchBytes, gpu: "storage" },
         { name: "query buffer", bytes: qBytes, gpu: "storage" },
         { name: "output buffer", bytes: outBytes, gpu: "storage" },
@@ -414,7 +460,7 @@ export class GpuKVCache implements KVCache {
         { name: "window scores", bytes: 4 * tracked * this.#chunkSlots },
         { name: "recent keys", bytes: tracked * this.#recentSlots * sw4 },
         { name: "decoded recent keys", bytes: 4 * this.#recentSlots * d },
-        { name: "append scratch", bytes: 2 * shape.nKvHeads * sw4 },
+        { name: "append scratch", bytes: 2 * shape.nKvHeads * (sw4 + ssw4 + 4 * d) },
         // pages come as tokens arrive, but one that can never be allocated is refused now
         ...layouts.map((l) => ({
           name: `${_pairKey(l.pair)} page`,
@@ -454,6 +500,13 @@ export class GpuKVCache implements KVCache {
       usage: S_,
       label: `kv ${wf} window`,
     });
+    this.#stagedWords = this.#stage
+      ? dev.createBuffer({
+        size: Math.max(16, stagedBytes),
+        usage: S_,
+        label: `kv ${sf} staged tokens`,
+      })
+      : undefined;
     this.#evictScratch = dev.createBuffer({
       size: Math.max(16, scratchBytes),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
@@ -476,6 +529,7 @@ export class GpuKVCache implements KVCache {
     }
     this.#limits = cacheValueLimits({
       windowFormat: this.policy.windowFormat,
+      stagingFormat: this.policy.stagingFormat,
       ropeBase: this.policy.ropeBase,
       pairs: this.pairs,
     });
@@ -500,6 +554,9 @@ export class GpuKVCache implements KVCache {
     this.#recentKeys = new Uint32Array(tracked * this.#recentSlots * this.#slotWords);
     this.#keys = new Float32Array(this.#recentSlots * d);
     this.#encoded = new Uint32Array(2 * shape.nKvHeads * this.#slotWords);
+    this.#stageNext = new Uint32Array(stageNextBytes / 4);
+    this.#stageEncoded = new Uint32Array(2 * shape.nKvHeads * this.#stageWords);
+    this.#decoded = new Float32Array(this.#stage ? 2 * shape.nKvHeads * d : 0);
   }
 
   /**
@@ -558,19 +615,28 @@ export class GpuKVCache implements KVCache {
         this.#pipelines.get(this.#attention.program(at.key, at.value, dims, this.#ropeSpan(at)))
       ),
       this.#pipelines.get(this.#attention.program(this.#window, this.#window, dims)),
+      ...(this.#stage
+        ? [this.#pipelines.get(this.#attention.program(this.#stage, this.#stage, dims))]
+        : []),
       this.#pipelines.get(this.#attention.mergeProgram(headDim)),
     ]);
     this.#quantize = new Map(quantize.map((q, i) => [_quantizeKey(q.f, q.turned), compiled[i]]));
     if (this.#rope) {
       this.#unrotate = await this.#pipelines.get(
-        unrotateProgram(this.#window, headDim, this.#rope.span),
+        unrotateProgram(this.#evictSource, headDim, this.#rope.span),
       );
     }
   }
 
-  // the quantize kernel reading this cache's staging buffer, or the turned-back keys as f32
+  // the format an evicted chunk is read in: the staging format's, or the window's
+  get #evictSource(): FormatSpec {
+    return this.#stage ?? this.#window;
+  }
+
+  // the quantize kernel reading the eviction chunk, or the turned-back keys as f32
   #quantizeProgram(spec: FormatSpec, turned: boolean) {
-    return quantizeProgram(spec, turned || this.#window.kind === "fp32" ? "f32" : this.#window);
+    const source = this.#evictSource;
+    return quantizeProgram(spec, turned || source.kind === "fp32" ? "f32" : source);
   }
 
   // the angle table's offset rows for a pair whose pages store keys before RoPE
@@ -620,6 +686,21 @@ export class GpuKVCache implements KVCache {
     return (layer * this.shape.nKvHeads + head) * 2 * this.#slots * this.#slotWords;
   }
 
+  // word offset of (layer, head) in #stagedWords: chunk slots of keys, then of values
+  #stagedBase(layer: number, head: number): number {
+    return (layer * this.shape.nKvHeads + head) * 2 * this.chunk * this.#stageWords;
+  }
+
+  // word offset of ring slot r's keys (values: ring slots later) of a KV head in #stageNext
+  #stageNextAt(index: number, r: number): number {
+    return (index * 2 * this.#ringSlots + r) * this.#stageWords;
+  }
+
+  // tokens of a layer's ring held in the staging format: the oldest recent − ring slots, if apart
+  #stagedCount(layer: number): number {
+    return this.#stage ? Math.max(0, this.#recent[layer] - this.#ringSlots) : 0;
+  }
+
   append(layer: number, pos: number, k: Float32Array, v: Float32Array): void {
     this.#checkIdle("append()");
     checkAppend(this.shape, layer, pos, this.#length[layer], k, v);
@@ -631,11 +712,14 @@ export class GpuKVCache implements KVCache {
     if (this.#quantize.size === 0) {
       throw new DeviceError("GPU cache kernels not compiled: create it with createGpuKVCache()");
     }
-    const { nKvHeads } = this.shape;
-    const S = this.#sinks;
-    let slot: number;
-    if (pos < S) slot = pos;
-    else slot = S + (this.#ringHead[layer] + this.#recent[layer]) % this.#ringSlots;
+    const { nKvHeads, headDim: d } = this.shape;
+    const S = this.#sinks, R = this.#ringSlots, staged = this.#stagedCount(layer);
+    // ring tokens in the window format; the new one goes after the newest of them (with a staging
+    // format and a full recent window, into the slot its oldest token leaves for the staging
+    // buffer: that token's staging words are copied out first)
+    const held = this.#recent[layer] - staged;
+    const leaves = pos >= S && this.#stage !== undefined && held === R;
+    const slot = pos < S ? pos : S + (R === 0 ? 0 : (this.#ringHead[layer] + held) % R);
     // encoded for every head before anything is written: a value fp16 cannot hold changes nothing
     const sw = this.#slotWords, words = this.#encoded;
     if (this.#window.kind === "fp32") {
@@ -645,13 +729,59 @@ export class GpuKVCache implements KVCache {
       this.#windowCodec.encodeInto(k, words.subarray(0, nKvHeads * sw));
       this.#windowCodec.encodeInto(v, words.subarray(nKvHeads * sw));
     }
+    const ssw = this.#stageWords, stageWords = this.#stageEncoded;
+    if (this.#stage && pos >= S) {
+      // as the CPU cache: the token's staging words are its window words decoded and re-encoded,
+      // or, with no recent window, its values encoded directly
+      const codec = this.#stageCodec!, n = nKvHeads * d;
+      let kf = k, vf = v;
+      if (R > 0) {
+        kf = this.#decoded.subarray(0, n);
+        vf = this.#decoded.subarray(n);
+        this.#windowCodec.decodeWords(words.subarray(0, nKvHeads * sw), n, kf);
+        this.#windowCodec.decodeWords(words.subarray(nKvHeads * sw), n, vf);
+      }
+      codec.encodeInto(kf, stageWords.subarray(0, nKvHeads * ssw));
+      codec.encodeInto(vf, stageWords.subarray(nKvHeads * ssw));
+    }
     const queue = this.#gpu.device.queue;
     for (let h = 0; h < nKvHeads; h++) {
-      const base = (this.#stagingBase(layer, h) + slot * sw) * 4;
-      queue.writeBuffer(this.#staging, base, words, h * sw, sw);
-      queue.writeBuffer(this.#staging, base + this.#slots * sw * 4, words, (nKvHeads + h) * sw, sw);
+      const index = layer * nKvHeads + h;
+      if (leaves) {
+        // the oldest recent token (ring slot ringHead, or the new one without a recent window)
+        // joins the staged ones, as the staged-th
+        const to = (this.#stagedBase(layer, h) + staged * ssw) * 4;
+        const vTo = to + this.chunk * ssw * 4;
+        if (R === 0) {
+          queue.writeBuffer(this.#stagedWords!, to, stageWords, h * ssw, ssw);
+          queue.writeBuffer(this.#stagedWords!, vTo, stageWords, (nKvHeads + h) * ssw, ssw);
+        } else {
+          const from = this.#stageNextAt(index, this.#ringHead[layer]);
+          queue.writeBuffer(this.#stagedWords!, to, this.#stageNext, from, ssw);
+          queue.writeBuffer(this.#stagedWords!, vTo, this.#stageNext, from + R * ssw, ssw);
+        }
+      }
+      if (!leaves || R > 0) {
+        const base = (this.#stagingBase(layer, h) + slot * sw) * 4;
+        queue.writeBuffer(this.#staging, base, words, h * sw, sw);
+        queue.writeBuffer(
+          this.#staging,
+          base + this.#slots * sw * 4,
+          words,
+          (nKvHeads + h) * sw,
+          sw,
+        );
+      }
+      if (this.#stage && pos >= S && R > 0) {
+        const at = this.#stageNextAt(index, slot - S);
+        this.#stageNext.set(stageWords.subarray(h * ssw, (h + 1) * ssw), at);
+        this.#stageNext.set(
+          stageWords.subarray((nKvHeads + h) * ssw, (nKvHeads + h + 1) * ssw),
+          at + R * ssw,
+        );
+      }
       if (this.#tracksScores && pos >= S) {
-        const index = layer * nKvHeads + h, i = this.#recent[layer];
+        const i = this.#recent[layer];
         // a chunk's first token takes its score slot over from the chunk evicted before it
         if (i % this.chunk === 0) this.#scores[this.#chunkSlot(layer, index, i)] = 0;
         // the keys as stored, to credit their attention from while they are recent
@@ -663,6 +793,7 @@ export class GpuKVCache implements KVCache {
         }
       }
     }
+    if (leaves && R > 0) this.#ringHead[layer] = (this.#ringHead[layer] + 1) % R;
     if (pos >= S) this.#recent[layer]++;
     this.#length[layer] = pos + 1;
     if (this.#recent[layer] - this.policy.windowTokens >= this.chunk) this.#evict(layer);
@@ -684,10 +815,13 @@ export class GpuKVCache implements KVCache {
   #evict(layer: number): void {
     const { nKvHeads, headDim: d } = this.shape;
     const P = this.policy.pageTokens, S = this.#sinks, C = this.chunk;
-    const head0 = this.#ringHead[layer], sw = this.#slotWords;
+    const head0 = this.#ringHead[layer], stage = this.#stage;
+    // words per token of the chunk: staging words when staged apart, else window words
+    const sw = stage ? this.#stageWords : this.#slotWords;
     const enc = this.#gpu.device.createCommandEncoder();
-    // the chunk of each head's K and V (at most two runs of the ring) into the eviction scratch
-    const firstRun = Math.min(C, this.#ringSlots - head0);
+    // the chunk of each head's K and V (at most two runs of the ring, or the staged tokens in
+    // order) into the eviction scratch
+    const firstRun = stage ? C : Math.min(C, this.#ringSlots - head0);
     // one dispatch per format, pair buffer and source (the staging words, or keys turned back)
     type Run = { spec: FormatSpec; at: _Pair; turned: boolean; words: number[] };
     const jobs = new Map<string, Run>();
@@ -710,16 +844,19 @@ export class GpuKVCache implements KVCache {
       const page = pool.pages[pool.pages.length - 1] * at.slots.slotWords;
       const t0 = pool.tokens % P;
       for (const [which, f] of [[0, at.key], [1, at.value]] as const) {
-        const from = this.#stagingBase(layer, h) + (which * this.#slots + S) * sw;
+        const from = stage
+          ? this.#stagedBase(layer, h) + which * C * sw
+          : this.#stagingBase(layer, h) + (which * this.#slots + S + head0) * sw;
         const to = (h * 2 + which) * C * sw;
         enc.copyBufferToBuffer(
-          this.#staging,
-          (from + head0 * sw) * 4,
+          stage ? this.#stagedWords! : this.#staging,
+          from * 4,
           this.#evictScratch,
           to * 4,
           firstRun * sw * 4,
         );
         if (firstRun < C) {
+          const from = this.#stagingBase(layer, h) + (which * this.#slots + S) * sw;
           enc.copyBufferToBuffer(
             this.#staging,
             from * 4,
@@ -730,7 +867,7 @@ export class GpuKVCache implements KVCache {
         }
         // in elements of the scratch: positions are d elements apart
         const turned = which === 0 && at.positionWords > 0;
-        const src = turned ? h * C * d : to * (d / sw);
+        const src = turned ? h * C * d : (h * 2 + which) * C * d;
         const dst = page + which * at.keyWords;
         if (turned) {
           // token i turns back by its position; its key group's first position goes to the page
@@ -816,7 +953,7 @@ export class GpuKVCache implements KVCache {
     };
     if (unrotate.length > 0) {
       const rope = this.#rope!, { headDim } = this.shape;
-      const size = unrotateProgram(this.#window, headDim, rope.span).workgroupSize;
+      const size = unrotateProgram(this.#evictSource, headDim, rope.span).workgroupSize;
       dispatch(this.#unrotate!, size, [this.#evictScratch, rope.keys], 0, unrotate.length / 4, [
         rope.angles,
       ]);
@@ -833,7 +970,8 @@ export class GpuKVCache implements KVCache {
     }
     pass.end();
     dev.queue.submit([enc.finish()]);
-    this.#ringHead[layer] = (head0 + C) % this.#ringSlots;
+    // staged tokens leave their own buffer; otherwise the ring's oldest chunk frees its slots
+    if (!stage) this.#ringHead[layer] = (head0 + C) % this.#ringSlots;
     this.#recent[layer] -= C;
     this.#paged[layer] += C;
   }
@@ -868,7 +1006,20 @@ export class GpuKVCache implements KVCache {
       });
     const sinks = Math.min(this.#length[layer], S);
     if (sinks > 0) full(0, sinks);
-    const head = this.#ringHead[layer], recent = this.#recent[layer];
+    // the ring's oldest tokens, staged in a format of their own (never credited: not recent)
+    const staged = this.#stagedCount(layer);
+    if (staged > 0) {
+      const base = this.#stagedBase(layer, h);
+      segs.push({
+        words: this.#stagedWords!,
+        keyFormat: this.#stage!,
+        valueFormat: this.#stage!,
+        keyBase: base,
+        valueBase: base + this.chunk * this.#stageWords,
+        tokens: staged,
+      });
+    }
+    const head = this.#ringHead[layer], recent = this.#recent[layer] - staged;
     const first = Math.min(recent, this.#ringSlots - head);
     if (first > 0) full(S + head, first);
     if (recent > first) full(S, recent - first);
@@ -1007,6 +1158,9 @@ export class GpuKVCache implements KVCache {
   async #copyToCpu(options: MixedCacheOptions): Promise<MixedPrecisionKVCache> {
     const cpu = new MixedPrecisionKVCache(this.shape, this.cpuPolicy(), options);
     const staging = await this.#download(this.#staging, this.#staging.size);
+    const stagedWords = this.#stagedWords
+      ? await this.#download(this.#stagedWords, this.#stagedWords.size)
+      : undefined;
     const pairs = new Map<_Pair, Uint32Array>();
     for (const at of this.#byPair.values()) {
       if (at.slots.used > 0) {
@@ -1019,6 +1173,7 @@ export class GpuKVCache implements KVCache {
     const { nLayers, nKvHeads } = this.shape, S = this.#sinks, sw = this.#slotWords;
     for (let layer = 0; layer < nLayers; layer++) {
       const sinkN = Math.min(this.#length[layer], S), recent = this.#recent[layer];
+      const staged = this.#stagedCount(layer), ssw = this.#stageWords;
       for (let h = 0; h < nKvHeads; h++) {
         const index = layer * nKvHeads + h, base = this.#stagingBase(layer, h);
         const seg = cpu.segments(layer, h), scores = cpu.windowScores(layer, h);
@@ -1027,7 +1182,13 @@ export class GpuKVCache implements KVCache {
         ) {
           words.set(staging.subarray(at, at + sinkN * sw));
         }
-        for (let i = 0; i < recent; i++) {
+        // staged tokens word for word: the CPU cache's staging slot i is the i-th oldest, as here
+        if (staged > 0) {
+          const sb = this.#stagedBase(layer, h), vb = sb + this.chunk * ssw;
+          seg.stageK.set(stagedWords!.subarray(sb, sb + staged * ssw));
+          seg.stageV.set(stagedWords!.subarray(vb, vb + staged * ssw));
+        }
+        for (let i = 0; i < recent - staged; i++) {
           const r = (this.#ringHead[layer] + i) % this.#ringSlots, slot = S + r;
           seg.windowK.set(staging.subarray(base + slot * sw, base + (slot + 1) * sw), i * sw);
           const v = base + (this.#slots + slot) * sw;
@@ -1103,14 +1264,23 @@ export class GpuKVCache implements KVCache {
         const index = layer * nKvHeads + h, seg = cpu.segments(layer, h);
         const scores = cpu.windowScores(layer, h), R = seg.windowK.length / sw;
         const staged = new Uint32Array(this.#slots * sw * 2);
+        // the CPU cache's staged tokens, word for word, in the same slots
+        const stageN = seg.stageN, ssw = this.#stageWords;
+        if (this.#stagedWords) {
+          const C = this.chunk, words = new Uint32Array(2 * C * ssw);
+          words.set(seg.stageK.subarray(0, stageN * ssw));
+          words.set(seg.stageV.subarray(0, stageN * ssw), C * ssw);
+          queue.writeBuffer(this.#stagedWords, this.#stagedBase(layer, h) * 4, words);
+        }
         for (const [words, at] of [[seg.sinkK, 0], [seg.sinkV, this.#slots * sw]] as const) {
           staged.set(words.subarray(0, seg.sinkN * sw), at);
         }
         const W = this.policy.windowTokens, paged = seg.pools.reduce((a, p) => a + p.length, 0);
-        for (let i = 0; i < seg.windowN; i++) {
-          const slot = ((seg.windowStart + i) % R) * sw;
-          staged.set(seg.windowK.subarray(slot, slot + sw), (S + i) * sw);
-          staged.set(seg.windowV.subarray(slot, slot + sw), (this.#slots + S + i) * sw);
+        for (let i = stageN; i < seg.windowN; i++) {
+          const slot = ((seg.windowStart + i - stageN) % R) * sw, r = i - stageN;
+          staged.set(seg.windowK.subarray(slot, slot + sw), (S + r) * sw);
+          staged.set(seg.windowV.subarray(slot, slot + sw), (this.#slots + S + r) * sw);
+          if (this.#stage) this.#restageWindow(index, r, seg.windowK, seg.windowV, slot);
           if (this.#tracksScores && i >= seg.windowN - W) {
             this.#recentKeys.set(
               seg.windowK.subarray(slot, slot + sw),
@@ -1157,6 +1327,17 @@ export class GpuKVCache implements KVCache {
         this.#recent[layer] = seg.windowN;
         this.#paged[layer] = paged;
       }
+    }
+  }
+
+  // #stageNext of ring slot r of a KV head: the window words at `from` decoded, then encoded in
+  // the staging format, as the CPU cache does when the token leaves the window
+  #restageWindow(index: number, r: number, kw: Uint32Array, vw: Uint32Array, from: number): void {
+    const d = this.shape.headDim, sw = this.#slotWords, ssw = this.#stageWords;
+    const at = this.#stageNextAt(index, r), x = this.#decoded.subarray(0, d);
+    for (const [words, to] of [[kw, at], [vw, at + this.#ringSlots * ssw]] as const) {
+      this.#windowCodec.decodeWords(words.subarray(from, from + sw), d, x);
+      this.#stageCodec!.encodeInto(x, this.#stageNext.subarray(to, to + ssw));
     }
   }
 
@@ -1269,8 +1450,10 @@ export class GpuKVCache implements KVCache {
    * What the cache holds for its positions: the page buffers at their allocated size (the unused
    * slots of a grown buffer included, where the CPU cache counts each page it holds with its
    * page-table entry), the staging buffer of every head's sinks and ring at the window format,
-   * and, for a tiered policy, the window scores and the host copy of the recent keys they are
-   * credited from (the CPU cache counts its sinks, ring and scores alike but keeps no such copy).
+   * with a staging format the staged tokens' slots and the host copy of the window's tokens in
+   * that format, and, for a tiered policy, the window scores and the host copy of the recent keys
+   * they are credited from (the CPU cache counts its sinks, ring, staged tokens and scores alike
+   * but keeps neither copy).
    * Elements: K and V elements of the positions held. Working buffers: {@linkcode workingBytes}.
    * @returns bytes, elements and bits per element; all 0 after destroy()
    */
@@ -1282,8 +1465,8 @@ export class GpuKVCache implements KVCache {
     let positions = 0;
     for (const n of this.#length) positions += n;
     const elements = positions * this.shape.nKvHeads * this.shape.headDim * 2;
-    const bytes = this.pageBytes + this.#staging.size + this.#scores.byteLength +
-      this.#recentKeys.byteLength;
+    const bytes = this.pageBytes + this.#staging.size + (this.#stagedWords?.size ?? 0) +
+      this.#stageNext.byteLength + this.#scores.byteLength + this.#recentKeys.byteLength;
     return { bytes, elements, bitsPerElement: elements === 0 ? 0 : (8 * bytes) / elements };
   }
 
@@ -1311,6 +1494,7 @@ export class GpuKVCache implements KVCache {
     for (const b of [this.#staging, this.#evictScratch, this.#q, this.#out, this.#readback]) {
       b.destroy();
     }
+    this.#stagedWords?.destroy();
     this.#rope?.angles.destroy();
     this.#rope?.keys.destroy();
     for (const at of this.#byPair.values()) at.slots.destroy();

@@ -38,12 +38,19 @@ export interface GpuWindowPolicy {
   /** Most recent positions kept at the window format (default 64). */
   windowTokens?: number;
   /**
-   * Storage of sinks, window and the positions awaiting eviction: "fp32" (default), "fp16" (the CPU
-   * cache's default), or an asymmetric int format grouped per token such as "int8-g8-token" (a
-   * budget plan's choice at tight budgets). Values are encoded on the host as the CPU cache
+   * Storage of sinks, window and (unless stagingFormat holds them) the positions awaiting
+   * eviction: "fp32" (default), "fp16" (the CPU cache's default), or an asymmetric int format
+   * grouped per token such as "int8-g8-token" (a budget plan's choice at tight budgets). Values are encoded on the host as the CPU cache
    * encodes them, and the kernels read them through the format's decoder.
    */
   windowFormat?: string;
+  /**
+   * Storage of the positions past the window that wait in the ring for a whole eviction chunk
+   * (the CPU policy's stagingFormat): one of the window formats; windowFormat unless set. A token
+   * leaving the window is decoded from its window words and re-encoded in it on the host, as the
+   * CPU cache does.
+   */
+  stagingFormat?: string;
 }
 
 /** One format pair for every paged position. */
@@ -88,6 +95,7 @@ const GPU_POLICY_FIELDS = [
   "sinkTokens",
   "windowTokens",
   "windowFormat",
+  "stagingFormat",
   "keyFormat",
   "valueFormat",
   "tiers",
@@ -98,14 +106,15 @@ const GPU_POLICY_FIELDS = [
 export type ResolvedGpuPolicy = GpuCachePolicy & Required<GpuWindowPolicy>;
 
 /**
- * Fills in the window defaults (pages of 128, 4 sinks, a window of 64 at fp32) and checks them.
+ * Fills in the window defaults (pages of 128, 4 sinks, a window of 64 at fp32, staging at the
+ * window format) and checks them.
  *
  * @param p the policy
  * @returns the policy with every window field set
  * @throws {InvalidValueError} for a page size, sink count or window that is not a (positive)
  *   integer, or a field a GPU policy does not have
- * @throws {FormatError} for a window format other than fp32, fp16 or an int format grouped per
- *   token
+ * @throws {FormatError} for a window or staging format other than fp32, fp16 or an int format
+ *   grouped per token
  */
 export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
   // a misspelt field was dropped without a word; the CPU policy's recentWindow is windowTokens here
@@ -121,6 +130,7 @@ export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
     sinkTokens: p.sinkTokens ?? 4,
     windowTokens: p.windowTokens ?? 64,
     windowFormat: p.windowFormat ?? "fp32",
+    stagingFormat: p.stagingFormat ?? p.windowFormat ?? "fp32",
   };
   for (const k of ["pageTokens", "sinkTokens", "windowTokens"] as const) {
     const v = policy[k];
@@ -132,12 +142,18 @@ export function withDefaults(p: GpuCachePolicy): ResolvedGpuPolicy {
       );
     }
   }
-  const why = _windowUnfit(policy.windowFormat);
-  if (why) throw new FormatError(`window format ${policy.windowFormat}: ${why}`);
+  for (const k of ["windowFormat", "stagingFormat"] as const) {
+    const why = _windowUnfit(policy[k]);
+    if (why) {
+      throw new FormatError(
+        `${k === "windowFormat" ? "window" : "staging"} format ${policy[k]}: ${why}`,
+      );
+    }
+  }
   return policy;
 }
 
-// Why the GPU cache cannot keep sinks, window and ring in a format, or "" when it can: fp32, fp16,
+// Why the GPU cache cannot keep sinks, window and ring (or the ring's staged tokens) in a format, or "" when it can: fp32, fp16,
 // or an asymmetric int format grouped per token (decoded on the GPU as the CPU decodes it, so the
 // GPU's eviction re-encodes what the CPU cache's would: word for word on llvmpipe; gpu/NOTES.md on
 // compilers that fuse the decoder's multiply-add)
@@ -156,8 +172,8 @@ function _windowUnfit(name: string): string {
 
 /**
  * The GPU cache's policy for a CPU cache policy that it stores exactly as written, or why it
- * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction at fp32, fp16 or an
- * int format grouped per token. Uniform and tiered policies (PrecisionPlans) both run there, with
+ * cannot: the GPU cache keeps sinks, window and the tokens awaiting eviction (in a staging format
+ * of their own or not) at fp32, fp16 or an int format grouped per token. Uniform and tiered policies (PrecisionPlans) both run there, with
  * keys as received or before RoPE.
  *
  * @param policy the policy
@@ -169,22 +185,22 @@ export function gpuPolicyFor(policy: CachePolicy): GpuCachePolicy | string {
     return `policy "${policy.label}" is of kind ${(o as { kind: string }).kind}, which the GPU ` +
       `cache does not know`;
   }
-  // the window format also holds the tokens waiting for a whole channel group, so it matters even
-  // without sinks and window
+  // the window format also holds the tokens waiting for a whole channel group (unless a staging
+  // format does), so it matters even without sinks and window
   const windowFormat = policy.windowFormat;
   const why = _windowUnfit(windowFormat);
   if (why) {
     return `policy "${policy.label}" keeps sinks, window and tokens awaiting eviction at ` +
       `${windowFormat}; ${why}`;
   }
-  // the GPU cache keeps its ring in one format
-  const staging = policy.stagingFormat ?? windowFormat;
-  if (staging !== windowFormat) {
-    return `policy "${policy.label}" stages tokens awaiting eviction at ${staging}, apart from ` +
-      `its ${windowFormat} window; the GPU cache holds its whole ring in the window format`;
+  const stagingFormat = policy.stagingFormat ?? windowFormat;
+  const unfit = _windowUnfit(stagingFormat);
+  if (unfit) {
+    return `policy "${policy.label}" stages tokens awaiting eviction at ${stagingFormat}; ${unfit}`;
   }
   const window = {
     windowFormat,
+    ...(stagingFormat === windowFormat ? {} : { stagingFormat }),
     pageTokens: policy.pageTokens,
     sinkTokens: policy.sinkTokens,
     windowTokens: policy.recentWindow,
@@ -213,6 +229,7 @@ export function cpuPolicyOf(
     sinkTokens: p.sinkTokens,
     recentWindow: p.windowTokens,
     windowFormat: p.windowFormat,
+    stagingFormat: p.stagingFormat,
     pageTokens: p.pageTokens,
     ...(p.ropeBase === undefined ? {} : { ropeBase: p.ropeBase }),
   };

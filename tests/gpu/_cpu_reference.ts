@@ -19,7 +19,7 @@ export class CpuPagedReference implements KVCache {
   readonly #values: Float32Array[][];
   readonly #length: Int32Array;
   readonly #paged: Int32Array;
-  readonly #policy: Required<Omit<GpuUniformPolicy, "tiers" | "windowFormat">>;
+  readonly #policy: Required<Omit<GpuUniformPolicy, "tiers" | "windowFormat" | "stagingFormat">>;
   readonly #chunk: number;
 
   constructor(shape: KVCacheShape, policy: GpuUniformPolicy) {

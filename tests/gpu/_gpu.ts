@@ -99,6 +99,7 @@ export function threeTierPolicy(
   windowFormat: string,
   recentWindow: number,
   ropeBase?: number,
+  stagingFormat?: string,
 ): CachePolicy {
   return tieredPolicy({
     label: "three tiers",
@@ -112,6 +113,7 @@ export function threeTierPolicy(
     recentWindow,
     pageTokens: 16,
     windowFormat,
+    stagingFormat,
     ropeBase,
   });
 }

@@ -8,6 +8,7 @@ import {
   ShapeError,
 } from "../../core/errors.ts";
 import { getFormat } from "../../codecs/mod.ts";
+import { wordsForLength } from "../../codecs/format.ts";
 import {
   createGpuKVCache,
   type GpuCachePolicy,
@@ -182,6 +183,7 @@ Deno.test("createGpuKVCache() rejects formats and shapes it cannot page", async 
     [{ keyFormat: "int4-g32-channel", valueFormat: "fp32", pageTokens: 48 }, FormatError],
     [{ keyFormat: "fp32", valueFormat: "fp32", windowTokens: -1 }, InvalidValueError],
     [{ keyFormat: "fp32", valueFormat: "fp32", windowFormat: "bf16" as "fp16" }, FormatError],
+    [{ keyFormat: "fp32", valueFormat: "fp32", stagingFormat: "bf16" }, FormatError],
     // tiered: one table per layer and KV head, whose last tier takes every score, of pageable formats
     [{ tiers: [[tier("int8-g8-token")], [tier("int8-g8-token")]] }, ShapeError],
     [{ tiers: [[[{ ...tier("int8-g8-token")[0], minScore: 0.5 }]]] }, InvalidValueError],
@@ -378,6 +380,40 @@ Deno.test("GpuKVCache refuses what the CPU cache refuses, and misuse leaves the 
     () => createGpuKVCache({ gpu, pipelines, shape: { ...shape, nHeads: 32 }, policy }),
     (e: Error) => e instanceof ShapeError && /32 query heads per KV head/.test(e.message),
   );
+});
+
+Deno.test("GpuKVCache with a staging format holds as many bytes as the CPU cache, plus the window's staged copies", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 64 };
+  const heads = 4, d = 16, window = 8;
+  const policy = (stagingFormat?: string) =>
+    uniformPolicy({
+      keyFormat: "int8-g16-channel",
+      valueFormat: "int8-g8-token",
+      sinkTokens: 2,
+      recentWindow: window,
+      pageTokens: 16,
+      windowFormat: "fp16",
+      stagingFormat,
+    });
+  const bytes = [];
+  for (const stagingFormat of [undefined, "int8-g8-token"]) {
+    const cpu = new MixedPrecisionKVCache(shape, policy(stagingFormat));
+    const gpu = await GpuKVCache.fromCpu(cpu, env.gpu, env.pipelines);
+    // empty: sinks, window ring and staged slots (chunks of 16) as the CPU cache counts them; the
+    // GPU cache also keeps each window slot's token in the staging format on the host, ready to
+    // move when it leaves the window
+    const copies = stagingFormat
+      ? heads * 2 * window * wordsForLength(getFormat(stagingFormat), d) * 4
+      : 0;
+    assert.equal(gpu.memory().bytes, cpu.memory().bytes + copies, stagingFormat);
+    bytes.push(cpu.memory().bytes);
+    gpu.destroy();
+  }
+  // the 16 tokens awaiting eviction at int8-g8-token instead of fp16
+  const fp16 = 8, int8 = wordsForLength(getFormat("int8-g8-token"), d);
+  assert.equal(bytes[0] - bytes[1], heads * 2 * 16 * (fp16 - int8) * 4);
 });
 
 Deno.test("GpuKVCache with an fp16 window rejects what fp16 cannot hold, changing nothing", async () => {

@@ -16,6 +16,7 @@ import {
 } from "../../mod.ts";
 import { rng } from "../_fixtures.ts";
 import { testGpu, threeTierPolicy } from "./_gpu.ts";
+import { cpuPolicyOf, withDefaults } from "../../gpu/cache_policy.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 96 };
 const ready = (windowFormat = "fp32") =>
@@ -27,7 +28,8 @@ const ready = (windowFormat = "fp32") =>
     windowFormat,
   });
 // three tiers by the attention a chunk gathered in the window, per layer and KV head
-const tiered = (windowFormat = "fp32") => threeTierPolicy(windowFormat, 4);
+const tiered = (windowFormat = "fp32", stagingFormat?: string) =>
+  threeTierPolicy(windowFormat, 4, undefined, stagingFormat);
 const notReady: [string, CachePolicy, RegExp][] = [
   [
     "a tiered policy with a bf16 window",
@@ -43,6 +45,11 @@ const notReady: [string, CachePolicy, RegExp][] = [
       windowFormat: "bf16",
     }),
     /tokens awaiting eviction at bf16/,
+  ],
+  [
+    "an fp16 window staging tokens at bf16",
+    tiered("fp16", "bf16"),
+    /stages tokens awaiting eviction at bf16; the GPU cache keeps them at fp32, fp16 or an int format grouped per token/,
   ],
 ];
 
@@ -130,6 +137,13 @@ Deno.test("gpuPolicyFor() carries formats, pages, sinks and window over unchange
     sinkTokens: 2,
     windowTokens: 4,
   });
+  // a staging format of its own goes over, and back through cpuPolicyOf
+  const staged = gpuPolicyFor(tiered("fp16", "int8-g8-token"));
+  assert.ok(typeof staged !== "string");
+  assert.equal(staged.stagingFormat, "int8-g8-token");
+  const back = cpuPolicyOf(withDefaults(staged), shape);
+  assert.deepEqual([back.windowFormat, back.stagingFormat], ["fp16", "int8-g8-token"]);
+  assert.equal(withDefaults({ ...staged, stagingFormat: undefined }).stagingFormat, "fp16");
 });
 
 /** Appends the same fresh random K/V to a cache (T tokens, every layer) and attends layer 1. */
@@ -199,17 +213,25 @@ Deno.test("createKVCache(gpu) attends as the WASM cache does under the same poli
   assert.equal(env.gpu.lost, false);
 });
 
-for (const windowFormat of ["fp32", "fp16", "int8-g8-token"]) {
-  Deno.test(`createKVCache(gpu) runs a tiered policy as the WASM cache does: same tiers, same outputs (${windowFormat} window)`, async () => {
+for (
+  const [windowFormat, stagingFormat] of [
+    ["fp32"],
+    ["fp16"],
+    ["int8-g8-token"],
+    ["fp16", "int8-g8-token"],
+  ] as [string, string?][]
+) {
+  const ring = `${windowFormat} window${stagingFormat ? `, ${stagingFormat} staging` : ""}`;
+  Deno.test(`createKVCache(gpu) runs a tiered policy as the WASM cache does: same tiers, same outputs (${ring})`, async () => {
     const env = await testGpu();
     if (!env) return;
-    const chosen = await createKVCache(shape, tiered(windowFormat), {
+    const chosen = await createKVCache(shape, tiered(windowFormat, stagingFormat), {
       backend: "gpu",
       gpu: env.gpu,
     });
     assert.equal(chosen.backend, "gpu", chosen.reason);
     const gpu = chosen.cache as GpuKVCache;
-    const cpu = new MixedPrecisionKVCache(shape, tiered(windowFormat), {
+    const cpu = new MixedPrecisionKVCache(shape, tiered(windowFormat, stagingFormat), {
       backend: "wasm",
       integerDot: false,
     });

@@ -11,13 +11,16 @@ import { relativeError, testGpu } from "./_gpu.ts";
 Deno.test("random setups on the GPU: outputs and routing as the WASM cache's, refused appends change nothing", async () => {
   const env = await testGpu();
   if (env === undefined) return;
-  let tried = 0, worst = 0;
-  for (let seed = 1; tried < 6; seed++) {
+  let tried = 0, staged = 0, worst = 0;
+  // at least 3 setups with a staging format of their own (a third of them draw one)
+  for (let seed = 1; tried < 6 || staged < 3; seed++) {
     const next = rng(1000 + seed);
     const { shape, policy, label } = randomSetup(next);
     const onGpu = gpuPolicyFor(policy());
     if (typeof onGpu === "string") continue; // a window format it cannot hold
     tried++;
+    const stages = policy().stagingFormat !== policy().windowFormat;
+    if (stages) staged++;
     const cpu = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm" });
     const gpu = await createGpuKVCache({ ...env, shape, policy: onGpu });
     const caches: KVCache[] = [cpu, gpu];
@@ -44,7 +47,28 @@ Deno.test("random setups on the GPU: outputs and routing as the WASM cache's, re
       }
     }
     assert.deepEqual(gpu.tokensByFormat(), cpu.tokensByFormat(), `seed ${seed} ${label}: routing`);
+    if (stages) {
+      // the staged tokens and the pages evicted from them, word for word
+      const back = await gpu.toCpu();
+      for (let l = 0; l < shape.nLayers; l++) {
+        for (let h = 0; h < shape.nKvHeads; h++) {
+          const want = cpu.segments(l, h), got = back.segments(l, h);
+          assert.equal(got.stageN, want.stageN, `seed ${seed} ${label}: staged tokens`);
+          const n = want.stageN * (want.stageK.length / cpu.evictQuantum);
+          assert.deepEqual(got.stageK.subarray(0, n), want.stageK.subarray(0, n), label);
+          assert.deepEqual(got.stageV.subarray(0, n), want.stageV.subarray(0, n), label);
+          assert.deepEqual(
+            got.pools.map((p) => p.pages.map((page) => [page.kWords, page.vWords])),
+            want.pools.map((p) => p.pages.map((page) => [page.kWords, page.vWords])),
+            `seed ${seed} ${label}: pages`,
+          );
+        }
+      }
+    }
     gpu.destroy();
   }
-  console.log(`GPU vs WASM over ${tried} random setups: worst relative difference ${worst}`);
+  console.log(
+    `GPU vs WASM over ${tried} random setups (${staged} with a staging format): worst relative ` +
+      `difference ${worst}`,
+  );
 });

@@ -16,25 +16,62 @@ import {
 import { rng } from "../_fixtures.ts";
 import { relativeError, testGpu, threeTierPolicy } from "./_gpu.ts";
 import { InvalidValueError, ShapeError } from "../../core/errors.ts";
+import { getFormat, wordsForLength } from "../../codecs/format.ts";
 
 const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 16, maxSeqLen: 128 };
 /** int4 keys per channel, int8 values per token, no window. */
-const channelKeys = (windowFormat: string, ropeBase?: number) =>
+const channelKeys = (windowFormat: string, ropeBase?: number, stagingFormat?: string) =>
   uniformPolicy({
     keyFormat: "int4-g16-channel",
     valueFormat: "int8-g16-token",
     sinkTokens: 3,
     pageTokens: 32,
     windowFormat,
+    stagingFormat,
     ropeBase,
   });
-const policies: [string, (windowFormat: string) => CachePolicy][] = [
-  ["three tiers", (windowFormat) => threeTierPolicy(windowFormat, 5)],
-  ["channel keys, no window", (windowFormat) => channelKeys(windowFormat)],
+const policies: [string, (windowFormat: string, stagingFormat?: string) => CachePolicy][] = [
+  ["three tiers", (w, s) => threeTierPolicy(w, 5, undefined, s)],
+  ["channel keys, no window", (w, s) => channelKeys(w, undefined, s)],
   // channel-axis key pages store keys before RoPE (token-axis ones as received)
-  ["three tiers, keys before RoPE", (windowFormat) => threeTierPolicy(windowFormat, 5, 10000)],
-  ["channel keys before RoPE, no window", (windowFormat) => channelKeys(windowFormat, 500)],
+  ["three tiers, keys before RoPE", (w, s) => threeTierPolicy(w, 5, 10000, s)],
+  ["channel keys before RoPE, no window", (w, s) => channelKeys(w, 500, s)],
 ];
+/** Window formats, and staging formats of their own (tokens awaiting eviction re-encoded). */
+const RINGS: [string, string?][] = [
+  ["fp32"],
+  ["fp16"],
+  ["int8-g8-token"],
+  ["fp16", "int8-g8-token"],
+  ["fp32", "fp16"],
+];
+
+/**
+ * Asserts that two CPU caches hold the same ring: staged tokens and the recent window's tokens,
+ * oldest first, word for word (the slots they sit in may differ).
+ */
+function sameRing(got: MixedPrecisionKVCache, want: MixedPrecisionKVCache, what: string): void {
+  const { nLayers, nKvHeads, headDim } = want.shape;
+  const sw = wordsForLength(getFormat(want.policy.windowFormat), headDim);
+  const ssw = wordsForLength(getFormat(want.policy.stagingFormat), headDim);
+  const ring = (s: ReturnType<MixedPrecisionKVCache["segments"]>) => {
+    const R = s.windowK.length / sw, tokens: Uint32Array[] = [];
+    for (let i = 0; i < s.stageN; i++) {
+      tokens.push(s.stageK.subarray(i * ssw, (i + 1) * ssw));
+      tokens.push(s.stageV.subarray(i * ssw, (i + 1) * ssw));
+    }
+    for (let i = 0; i < s.windowN - s.stageN; i++) {
+      const at = ((s.windowStart + i) % R) * sw;
+      tokens.push(s.windowK.subarray(at, at + sw), s.windowV.subarray(at, at + sw));
+    }
+    return { staged: s.stageN, tokens };
+  };
+  for (let l = 0; l < nLayers; l++) {
+    for (let h = 0; h < nKvHeads; h++) {
+      assert.deepEqual(ring(got.segments(l, h)), ring(want.segments(l, h)), `${what}: ${l}, ${h}`);
+    }
+  }
+}
 
 /** Appends and attends positions [from, to) on every cache; returns the worst output difference. */
 async function step(
@@ -85,17 +122,19 @@ async function samePages(cpu: MixedPrecisionKVCache, gpu: GpuKVCache): Promise<S
 }
 
 for (const [name, policy] of policies) {
-  for (const windowFormat of ["fp32", "fp16", "int8-g8-token"]) {
-    Deno.test(`GpuKVCache.toCpu() / fromCpu() move the cache as stored: ${name}, ${windowFormat} window`, async () => {
+  for (const [windowFormat, stagingFormat] of RINGS) {
+    const ring = `${windowFormat} window${stagingFormat ? `, ${stagingFormat} staging` : ""}`;
+    Deno.test(`GpuKVCache.toCpu() / fromCpu() move the cache as stored: ${name}, ${ring}`, async () => {
       const env = await testGpu();
       if (!env) return;
-      const chosen = await createKVCache(shape, policy(windowFormat), {
+      const chosen = await createKVCache(shape, policy(windowFormat, stagingFormat), {
         backend: "gpu",
         gpu: env.gpu,
       });
+      assert.equal(chosen.backend, "gpu", chosen.reason);
       const gpu = chosen.cache as GpuKVCache;
       const opts = { backend: "wasm" as const, integerDot: false };
-      const cpu = new MixedPrecisionKVCache(shape, policy(windowFormat), opts);
+      const cpu = new MixedPrecisionKVCache(shape, policy(windowFormat, stagingFormat), opts);
       // 61 positions: full and partial pages, tokens waiting in the ring, credited scores
       assert.ok(await step([cpu, gpu], 0, 61, 7) <= 1e-5);
       const preRope = await samePages(cpu, gpu);
@@ -104,6 +143,11 @@ for (const [name, policy] of policies) {
       const cpuToGpu = await GpuKVCache.fromCpu(cpu, env.gpu, env.pipelines);
       // the attention credited to the ring's chunks so far moves with them (it decides their tier)
       const back = await cpuToGpu.toCpu(opts);
+      // the ring word for word, staged tokens included (61 positions: 2 or 3 sinks, 16-token
+      // chunks, so some wait staged)
+      sameRing(gpuToCpu, cpu, "GPU to CPU");
+      sameRing(back, cpu, "CPU to GPU to CPU");
+      if (stagingFormat) assert.ok(cpu.segments(0, 0).stageN > 0, "tokens staged");
       for (let l = 0; l < shape.nLayers; l++) {
         for (let h = 0; h < shape.nKvHeads; h++) {
           const want = cpu.windowScores(l, h), moved = gpuToCpu.windowScores(l, h);
@@ -159,6 +203,11 @@ Deno.test("GpuKVCache.fromCpu() refuses a policy the GPU cache cannot hold as wr
   await assert.rejects(
     () => GpuKVCache.fromCpu(cpu, env.gpu),
     /fromCpu: .*keeps sinks, window and tokens awaiting eviction at bf16/,
+  );
+  const staged = new MixedPrecisionKVCache(shape, policies[0][1]("fp16", "bf16"));
+  await assert.rejects(
+    () => GpuKVCache.fromCpu(staged, env.gpu),
+    /fromCpu: .*stages tokens awaiting eviction at bf16; the GPU cache keeps them at fp32, fp16/,
   );
 });
 
