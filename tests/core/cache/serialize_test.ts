@@ -18,9 +18,14 @@ import { normals, rng } from "../../_fixtures.ts";
 
 /**
  * Two layers of channel-axis keys and token-axis values: sinks, full and partial pages, a ring;
- * `turned`: keys stored before RoPE, and an int8 window.
+ * `turned`: keys stored before RoPE, and an int8 window; `staged`: keys before RoPE, an fp16 window
+ * and the tokens awaiting eviction in int8 (3 of them staged at the end).
  */
-function filled(next = rng(21), turned = false): MixedPrecisionKVCache {
+function filled(
+  next = rng(21),
+  turned = false,
+  staged = false,
+): MixedPrecisionKVCache {
   const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 80 };
   const cache = new MixedPrecisionKVCache(
     shape,
@@ -31,6 +36,7 @@ function filled(next = rng(21), turned = false): MixedPrecisionKVCache {
       recentWindow: 6,
       pageTokens: 32,
       ...(turned ? { ropeBase: 10000, windowFormat: "int8-g8-token" } : {}),
+      ...(staged ? { ropeBase: 10000, stagingFormat: "int8-g8-token" } : {}),
     }),
   );
   for (let p = 0; p < 75; p++) {
@@ -295,10 +301,14 @@ Deno.test("a tiered WASM cache saved mid-stream loads and goes on exactly as the
   assert.deepEqual(saveCache(b), saveCache(a));
 });
 
-for (const turned of [false, true]) {
+for (const [turned, staged] of [[false, false], [true, false], [false, true]]) {
   Deno.test(
     `every single-bit flip and every truncation is refused, or loads the same cache${
-      turned ? " (keys before RoPE, int8 window)" : ""
+      turned
+        ? " (keys before RoPE, int8 window)"
+        : staged
+        ? " (keys before RoPE, int8 staging)"
+        : ""
     }`,
     () => {
       // CRC-32 catches every single-bit error in a checksummed block; header, sizes and padding
@@ -306,7 +316,9 @@ for (const turned of [false, true]) {
       // version (bit 0 once turned 3 into 2, which loaded). Any outcome other than a
       // CorruptDataError (another error type, a different cache) is a hole. Bits 0, 4 and 7 of
       // every byte, to keep the test short.
-      const bytes = saveCache(filled(rng(21), turned));
+      const cache = filled(rng(21), turned, staged);
+      if (staged) assert.equal(cache.segments(1, 1).stageN, 3, "tokens staged when saved");
+      const bytes = saveCache(cache);
       const holes: string[] = [];
       let loaded = 0;
       const check = (bad: Uint8Array, what: string) => {
