@@ -3,6 +3,7 @@
 // breakdown and the quality-vs-bits frontier of the eval rows.
 import type { AnalysisResult } from "./analysis_run.ts";
 import { pairBits } from "./analysis_run.ts";
+import { windowChoiceName } from "./kvprec_rows.ts";
 
 /** Escapes text for HTML. */
 export function escapeHtml(s: string): string {
@@ -198,10 +199,14 @@ perplexity ${fmt(kv.perplexity, 4)}${
 Predicted on the calibration data: ${fmt(a.predicted.plan.bitsPerElement)} bits per element.
 Positions ranked by ${escapeHtml(String(a.plan.meta?.sensitivity ?? "curvature"))}, sinks and
 window kept at ${escapeHtml(a.plan.windowFormat)}${
+    a.plan.stagingFormat && a.plan.stagingFormat !== a.plan.windowFormat
+      ? `, tokens awaiting eviction at ${escapeHtml(a.plan.stagingFormat)}`
+      : ""
+  }${
     a.sensitivities
       ? ` (mean KL on the calibration lines: ${
         a.sensitivities.map((c) =>
-          `${escapeHtml(`${c.sensitivity}/${c.windowFormat}`)} ${c.meanKl.toExponential(2)}`
+          `${escapeHtml(`${c.sensitivity}/${windowChoiceName(c)}`)} ${c.meanKl.toExponential(2)}`
         ).join(", ")
       })`
       : ""
