@@ -281,6 +281,8 @@ function legacyBlockWords(
   cache: MixedPrecisionKVCache,
 ): Map<string, { stored: number; held: number }> | undefined {
   const { sinkTokens, recentWindow } = cache.policy, M = cache.shape.maxSeqLen;
+  // such files predate staging formats (version 4), so a policy with one has no legacy layout
+  if (cache.policy.stagingFormat !== cache.policy.windowFormat) return undefined;
   if (sinkTokens <= M && recentWindow <= M) return undefined;
   const s = cache.segments(0, 0),
     slot = s.windowK.length / (Math.min(recentWindow, M) +

@@ -434,3 +434,26 @@ Deno.test("loadCache takes an ArrayBuffer too; saveCache names a cache it cannot
     );
   }
 });
+
+Deno.test("a staged cache whose window outgrows maxSeqLen is never read in the pre-clamp layout", () => {
+  // the layout saved before sinks and window were clamped (recentWindow past maxSeqLen) predates
+  // staging formats: a wrong-sized file with one is truncated or trailing, not a legacy layout
+  const cache = new MixedPrecisionKVCache(
+    { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 8 },
+    uniformPolicy({
+      keyFormat: "int4-g8-token",
+      valueFormat: "int4-g8-token",
+      sinkTokens: 12,
+      recentWindow: 20,
+      stagingFormat: "int8-g8-token",
+    }),
+  );
+  for (let p = 0; p < 6; p++) cache.append(0, p, normals(8, rng(p)), normals(8, rng(p + 9)));
+  const bytes = saveCache(cache);
+  assert.deepEqual(saveCache(loadCache(bytes)), bytes);
+  assert.throws(
+    () => loadCache(bytes.subarray(0, bytes.length - 8)),
+    (e: Error) =>
+      e instanceof CorruptDataError && e.message.includes(`expected ${bytes.length} (truncated)`),
+  );
+});
