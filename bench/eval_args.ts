@@ -1,6 +1,6 @@
 // Argument parsing of `deno task eval`, kept apart from the script so tests can call it. A bad
 // flag or value is a UsageError naming it (one line, exit code 2) before the model loads; unknown
-// flags are refused, so a typo does not start the 20-minute full run.
+// flags are refused, so a typo does not start the 10-minute full run.
 import { readFlags, UsageError } from "./cli_args.ts";
 import type { EvalBackend } from "./eval_measure.ts";
 import type { PlanTarget } from "./kvprec_rows.ts";
@@ -31,7 +31,7 @@ export const EVAL_HELP = `deno task eval [flags]
 The quality table of kvprec on the fixture model and text: one row per cache configuration
 (uniform baselines, kvprec plans at the rule's ε and at budgets, ablations) with bits per element
 (every byte held), perplexity, mean KL and top-1 agreement against the FP32 cache, greedy match and
-whether the verifier's bound held. The full run takes about 20 minutes on 2 cores; --only and
+whether the verifier's bound held. The full run takes about 10 minutes on 2 cores; --only and
 --lines make it shorter.
 
   --only TEXT        only rows whose name contains TEXT (e.g. "INT4 per channel", "kvprec budget")

@@ -1,5 +1,5 @@
 // deno task eval refuses a bad flag or value by name before the model loads (a typo used to start
-// the 20-minute full run; --lines 0 ended in a stack trace after loading).
+// the 10-minute full run; --lines 0 ended in a stack trace after loading).
 import assert from "node:assert/strict";
 import { UsageError } from "../../bench/cli_args.ts";
 import { EVAL_HELP, parseEvalArgs } from "../../bench/eval_args.ts";
