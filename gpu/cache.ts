@@ -731,16 +731,12 @@ export class GpuKVCache implements KVCache {
     }
     const ssw = this.#stageWords, stageWords = this.#stageEncoded;
     if (this.#stage && pos >= S) {
-      // as the CPU cache: the token's staging words are its window words decoded and re-encoded,
-      // or, with no recent window, its values encoded directly
+      // as the CPU cache: the token's staging words are its window words decoded and re-encoded
+      // (with no recent window too: every staged token passed through the window format)
       const codec = this.#stageCodec!, n = nKvHeads * d;
-      let kf = k, vf = v;
-      if (R > 0) {
-        kf = this.#decoded.subarray(0, n);
-        vf = this.#decoded.subarray(n);
-        this.#windowCodec.decodeWords(words.subarray(0, nKvHeads * sw), n, kf);
-        this.#windowCodec.decodeWords(words.subarray(nKvHeads * sw), n, vf);
-      }
+      const kf = this.#decoded.subarray(0, n), vf = this.#decoded.subarray(n);
+      this.#windowCodec.decodeWords(words.subarray(0, nKvHeads * sw), n, kf);
+      this.#windowCodec.decodeWords(words.subarray(nKvHeads * sw), n, vf);
       codec.encodeInto(kf, stageWords.subarray(0, nKvHeads * ssw));
       codec.encodeInto(vf, stageWords.subarray(nKvHeads * ssw));
     }
@@ -1289,7 +1285,11 @@ export class GpuKVCache implements KVCache {
           }
         }
         if (this.#tracksScores) this.#scores.set(scores, index * this.#chunkSlots);
-        queue.writeBuffer(this.#staging, this.#stagingBase(layer, h) * 4, staged);
+        // a ring of no slots (no sinks, no recent window, tokens staged apart) writes nothing: a
+        // zero-length writeBuffer panics Deno 2.9's WebGPU, killing the process
+        if (staged.length > 0) {
+          queue.writeBuffer(this.#staging, this.#stagingBase(layer, h) * 4, staged);
+        }
         for (const p of seg.pools) {
           const pool = this.#poolFor(index, p.pair), at = pool.at;
           for (const page of p.pages) {

@@ -336,6 +336,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #staging: Codec | undefined;
   /** Words of one staged token. */
   readonly #stageWords: number;
+  /** Scratch: one token's K and V in the window format, on its way to staging. */
+  readonly #windowWords: Uint32Array;
   /** Slots of windowK/V: the whole ring, or the recent window alone when tokens are staged apart. */
   readonly #windowSlots: number;
   /** Tokens evicted from the window at once: the largest channel-axis group of the policy. */
@@ -479,6 +481,7 @@ export class MixedPrecisionKVCache implements KVCache {
     this.#chunkSlots = Math.ceil((policy.recentWindow + quantum) / quantum);
     this.#slotWords = this.#window.wordsFor(d);
     this.#stageWords = this.#staging ? this.#staging.wordsFor(d) : 0;
+    this.#windowWords = new Uint32Array(this.#staging ? 2 * this.#slotWords : 0);
     this.#checkBytes(rope);
     if (rope) this.#rope = new KeyRope(d, M, quantum, policy.ropeBase!);
     this.#limits = cacheValueLimits({
@@ -641,19 +644,21 @@ export class MixedPrecisionKVCache implements KVCache {
     if (staging) {
       const staged = this.#stagedCount(store), at = staged * this.#stageWords;
       held -= staged;
-      if (held === W && W === 0) {
-        staging.encodeInto(k, store.stageK.subarray(at));
-        staging.encodeInto(v, store.stageV.subarray(at));
-        return;
-      }
       if (held === W) {
-        // the eviction scratch is free here: an eviction decodes into it only after this push
+        // the window's oldest token (with no recent window, the new one, through the window
+        // format as every other token) goes to staging as the window holds it: its window words
+        // decoded, then encoded in the staging format. The eviction scratch is free here: an
+        // eviction decodes into it only after this push.
         const d = this.shape.headDim, slot = store.windowStart * sw;
         const tk = this.#evictK.subarray(0, d), tv = this.#evictV.subarray(0, d);
-        this.#window.decodeWords(store.windowK.subarray(slot), d, tk);
-        this.#window.decodeWords(store.windowV.subarray(slot), d, tv);
+        const [wk, wv] = W === 0
+          ? [this.#tokenWords(k, 0), this.#tokenWords(v, sw)]
+          : [store.windowK.subarray(slot), store.windowV.subarray(slot)];
+        this.#window.decodeWords(wk, d, tk);
+        this.#window.decodeWords(wv, d, tv);
         staging.encodeInto(tk, store.stageK.subarray(at));
         staging.encodeInto(tv, store.stageV.subarray(at));
+        if (W === 0) return;
         store.windowStart = (store.windowStart + 1) % W;
         held--;
       }
@@ -661,6 +666,13 @@ export class MixedPrecisionKVCache implements KVCache {
     const slot = ((store.windowStart + held) % W) * sw;
     this.#window.encodeInto(k, store.windowK.subarray(slot));
     this.#window.encodeInto(v, store.windowV.subarray(slot));
+  }
+
+  /** One token's words in the window format, in a scratch at word `at` (K at 0, V at sw). */
+  #tokenWords(x: Float32Array, at: number): Uint32Array {
+    const words = this.#windowWords.subarray(at, at + this.#slotWords);
+    this.#window.encodeInto(x, words);
+    return words;
   }
 
   /** Decodes the ring's i-th oldest token into k and v (d floats each). */

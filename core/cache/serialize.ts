@@ -51,8 +51,8 @@ import { type FormatPair, policyFromJSON, type PolicyJSON } from "./policy.ts";
 const MAGIC = 0x4350564b; // "KVPC" little-endian
 // 2: window scores per eviction chunk (1 kept one per ring slot); 3: key group positions of
 // pre-RoPE key pages (a version 2 file has none and loads as before, unless its policy has ropeBase)
-// 4: a staging format apart from the window format (staging blocks; files without one are laid
-// out as in version 3)
+// 4: a staging format apart from the window format (staging blocks; files without one are still
+// written as version 3, their layout unchanged)
 const VERSION = 4;
 
 interface HeadJSON {
@@ -156,7 +156,10 @@ export function saveCache(cache: MixedPrecisionKVCache): Uint8Array {
   const out = new Uint8Array(size);
   const view = new DataView(out.buffer);
   view.setUint32(0, MAGIC, true);
-  view.setUint32(4, VERSION, true);
+  // a file without staged tokens apart keeps version 3's layout and number, so readers of
+  // version 3 still load it
+  const staged = cache.policy.stagingFormat !== cache.policy.windowFormat;
+  view.setUint32(4, staged ? VERSION : 3, true);
   view.setUint32(8, text.length, true);
   out.set(text, 12);
   let o = 12 + textPadded;

@@ -300,3 +300,36 @@ Deno.test("GpuKVCache.fromCpu() skips an empty last page and goes on as the CPU 
     (e: Error) => e instanceof ShapeError && /2 tokens/.test(e.message),
   );
 });
+
+Deno.test("GpuKVCache.fromCpu() takes a staged cache without sinks or recent window (a ring of no slots)", async () => {
+  const env = await testGpu();
+  if (!env) return;
+  // its ring buffer has no slots: a zero-length write to it once killed the process
+  const small = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 16 };
+  const policy = uniformPolicy({
+    keyFormat: "int4-g8-channel",
+    valueFormat: "fp16",
+    windowFormat: "int4-g8-token",
+    stagingFormat: "fp16",
+    pageTokens: 8,
+  });
+  const r = rng(77), x = (n: number) => Float32Array.from({ length: n }, () => 2 * r() - 1);
+  const cpu = new MixedPrecisionKVCache(small, policy, { backend: "wasm", integerDot: false });
+  for (let pos = 0; pos < 10; pos++) cpu.append(0, pos, x(8), x(8));
+  assert.equal(cpu.segments(0, 0).stageN, 2, "2 tokens staged");
+  const gpu = await GpuKVCache.fromCpu(cpu, env.gpu, env.pipelines);
+  const back = await gpu.toCpu({ backend: "wasm", integerDot: false });
+  // the same words (the policies' JSON differs: the GPU's names its zero sinks and window)
+  const [was, now] = [cpu, back].map((c) => c.segments(0, 0));
+  // the staged tokens' words (slots a token left keep old words on the CPU, zeros on the copy)
+  const held = (x: Uint32Array) => x.subarray(0, 2 * (x.length / 8)); // 2 of 8 slots
+  assert.equal(now.stageN, was.stageN);
+  assert.deepEqual([held(now.stageK), held(now.stageV)], [held(was.stageK), held(was.stageV)]);
+  assert.deepEqual(now.pools[0].pages[0].kWords, was.pools[0].pages[0].kWords);
+  assert.deepEqual(now.pools[0].pages[0].vWords, was.pools[0].pages[0].vWords);
+  const q = x(16), want = new Float32Array(16), got = new Float32Array(16);
+  cpu.attend(0, q, want);
+  await gpu.attend(0, q, got);
+  assert.ok(relativeError(got, want) <= 1e-5, `${relativeError(got, want)}`);
+  gpu.destroy();
+});

@@ -160,6 +160,32 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
   }
 });
 
+Deno.test("with no recent window a staged token passes through the window format first", () => {
+  // as a token leaving a recent window does, and as the verifier models it: int4 then fp16
+  const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8, maxSeqLen: 16 };
+  // keys in channel groups of 8, so a token waits in staging for seven more
+  const policy = uniformPolicy({
+    keyFormat: "int4-g8-channel",
+    valueFormat: "fp32",
+    pageTokens: 8,
+    windowFormat: "int4-g8-token",
+    stagingFormat: "fp16",
+  });
+  const v = normals(8, rng(31)), k = normals(8, rng(32));
+  const want = new Float32Array(8), int4 = new Float32Array(8);
+  tsCodec("int4-g8-token").decode(tsCodec("int4-g8-token").encode(v), int4);
+  tsCodec("fp16").decode(tsCodec("fp16").encode(int4), want);
+  for (const backend of ["ts", "wasm"] as const) {
+    const cache = new MixedPrecisionKVCache(shape, policy, { backend });
+    cache.append(0, 0, k, v);
+    assert.equal(cache.segments(0, 0).stageN, 1);
+    // one token: attention returns its value as stored
+    const out = new Float32Array(8);
+    cache.attend(0, normals(8, rng(33)), out);
+    assert.deepEqual(out, want, backend);
+  }
+});
+
 Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffers", () => {
   const next = rng(13);
   const shape = { nLayers: 1, nHeads: 2, nKvHeads: 2, headDim: 8, maxSeqLen: 200 };

@@ -18,6 +18,7 @@ function policy(
   windowFormat: string,
   ropeBase: number | undefined,
   stagingFormat?: string,
+  recentWindow = WINDOW,
 ): CachePolicy {
   const head = () => [
     { minScore: 0.15, keyFormat: "int4-g32-channel", valueFormat: "int4-g32-channel" },
@@ -26,7 +27,7 @@ function policy(
   return tieredPolicy({
     label: "two tiers",
     sinkTokens: SINKS,
-    recentWindow: WINDOW,
+    recentWindow,
     windowFormat,
     ...(stagingFormat === undefined ? {} : { stagingFormat }),
     pageTokens: 32,
@@ -190,6 +191,11 @@ Deno.test("storedHead models tokens staged apart: an fp16 window, int8 while awa
   const noStaging = gap(unstaged);
   assert.ok(noStaging > 100 * faithful, `staging left out: ${noStaging}`);
   for (const c of verifyHeads(rec, a, 0)) assert.equal(c.exceeded, 0, `${c.layer}/${c.head}`);
+  // with no recent window every token is staged as it comes, through the window format first
+  const none = policy("int8-g8-token", BASE, "fp16", 0);
+  const b = storedAssignment(rec, none, { integerDot: false });
+  const noWindow = modelGap(rec, replayed(rec, none), rng(8))(b);
+  assert.ok(noWindow < 2e-6, `no recent window: model vs cache ${noWindow}`);
 });
 
 Deno.test("storedHead decodes what the cache attends over: keys before RoPE, an int8 window", () => {
