@@ -12,8 +12,9 @@
  * holds the recent window alone, and a position leaving it waits for its chunk in a buffer of
  * chunk slots at that format: re-encoded on the host as the CPU cache re-encodes it (window words
  * decoded, then encoded; each window slot's staging words are kept on the host, ready to go),
- * attended through that format's decoder and read by the quantize kernel as its source. After each append, while at least `windowTokens + chunk` recent positions are
- * held, the oldest `chunk` of them are quantized on the GPU into the open page of their format
+ * attended through that format's decoder and read by the quantize kernel as its source. After
+ * each append, while at least `windowTokens + chunk` recent positions are held, the oldest `chunk`
+ * of them are quantized on the GPU into the open page of their format
  * pair (chunk = the largest channel-axis group of every format, else 1, so channel groups are
  * encoded only when complete; with `ropeBase`, a channel-axis key chunk is first turned back to
  * before RoPE by gpu/unrotate.ts, and its key groups' positions follow the page's value block). The
