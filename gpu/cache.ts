@@ -665,17 +665,20 @@ export class GpuKVCache implements KVCache {
   /**
    * Stored positions per format pair, as the CPU cache's `tokensByFormat` counts them (sinks and
    * ring under the window format twice, e.g. "fp32|fp32", "fp16|fp16" or
-   * "int8-g8-token|int8-g8-token").
+   * "int8-g8-token|int8-g8-token"; tokens staged apart under the staging format).
    * @returns positions per "keyFormat|valueFormat", summed over layers and KV heads
    */
   tokensByFormat(): Map<string, number> {
     const counts = new Map<string, number>();
     const add = (key: string, n: number) => counts.set(key, (counts.get(key) ?? 0) + n);
     const { nLayers, nKvHeads } = this.shape;
+    const win = this.#window.name, staging = this.#stage?.name;
     for (let layer = 0; layer < nLayers; layer++) {
-      const full = this.#length[layer] - this.#paged[layer];
+      const staged = this.#stagedCount(layer);
+      const full = this.#length[layer] - this.#paged[layer] - staged;
       for (let h = 0; h < nKvHeads; h++) {
-        add(`${this.#window.name}|${this.#window.name}`, full);
+        add(`${win}|${win}`, full);
+        if (staging && staged > 0) add(`${staging}|${staging}`, staged);
         for (const [key, pool] of this.#pools[layer * nKvHeads + h]) add(key, pool.tokens);
       }
     }

@@ -1117,15 +1117,19 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 
   /**
-   * Share of stored tokens (sinks and window counted as the window format) per format pair label.
+   * Share of stored tokens per format pair label: sinks and window counted as the window format
+   * twice (e.g. "fp16|fp16"), tokens waiting in a staging format of their own as that format.
    * @returns tokens per "keyFormat|valueFormat" key, summed over layers and heads
    */
   tokensByFormat(): Map<string, number> {
     const counts = new Map<string, number>();
     const add = (key: string, n: number) => counts.set(key, (counts.get(key) ?? 0) + n);
+    const win = this.policy.windowFormat, staging = this.policy.stagingFormat ?? win;
     for (const layer of this.#heads) {
       for (const s of layer) {
-        add(`${this.policy.windowFormat}|${this.policy.windowFormat}`, s.sinkN + s.windowN);
+        const staged = this.#stagedCount(s);
+        add(`${win}|${win}`, s.sinkN + s.windowN - staged);
+        if (staged > 0) add(`${staging}|${staging}`, staged);
         for (const [key, pool] of s.pools) add(key, pool.length);
       }
     }

@@ -265,6 +265,15 @@ Deno.test("MixedPrecisionKVCache.memory() counts exactly the bytes in its buffer
   const s1 = staged.segments(0, 1);
   assert.equal(s1.windowN, 18);
   assert.equal(s1.stageK.length, 32 * 3);
+  // per head 4 sinks and 8 recent at fp16, the 10 older ring tokens staged at int8, 128 paged
+  assert.deepEqual(
+    staged.tokensByFormat(),
+    new Map([
+      ["fp16|fp16", 2 * 12],
+      ["int8-g8-token|int8-g8-token", 2 * 10],
+      ["int4-g32-channel|int4-g8-token", 2 * 128],
+    ]),
+  );
 });
 
 Deno.test("an append whose eviction cannot be placed fails before any KV head changes", () => {
