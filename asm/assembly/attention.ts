@@ -26,6 +26,7 @@ import {
   vconst,
 } from "./consts";
 import { f16ToF32 } from "./f16";
+import { decodeHalf } from "./float";
 import { affine, decodeIntGroup, fastIntGroup, headerMinima, headerScales } from "./int_group";
 import { hsum, hsum4 } from "./lanes";
 import {
@@ -110,18 +111,10 @@ export function decodeRun(
     }
     return;
   }
-  if (kind == KIND_FP16) {
-    for (let i = 0; i < n; i += 2) {
-      const w = load<u32>(src + (<usize>i << 1));
-      store<f32>(dst + (<usize>i << 2), f16ToF32(w & 0xffff));
-      store<f32>(dst + (<usize>i << 2) + 4, f16ToF32(w >>> 16));
-    }
-  } else if (kind == KIND_BF16) {
-    for (let i = 0; i < n; i += 2) {
-      const w = load<u32>(src + (<usize>i << 1));
-      store<u32>(dst + (<usize>i << 2), w << 16);
-      store<u32>(dst + (<usize>i << 2) + 4, w & 0xffff0000);
-    }
+  if (kind == KIND_FP16 || kind == KIND_BF16) {
+    // eight lanes at a time (the codec's kernel): one f16ToF32 per element had made fp16 pages
+    // attend 6–11× slower than FP32 ones
+    decodeHalf(src, dst, n, kind == KIND_BF16);
   } else {
     const e4 = kind == KIND_FP8E4M3;
     for (let i = 0; i < n; i++) store<f32>(dst + (<usize>i << 2), _fp8(<u32>load<u8>(src + i), e4));
@@ -165,6 +158,34 @@ export function decodeRun(
     s0 = f32x4.add(s0, f32x4.mul(v128.load(a + o), v128.load(b + o)));
   }
   return hsum(f32x4.add(s0, s1));
+}
+
+// q·k over d (multiple of 4) f32 elements as _score4x2 sums each head and token: one running sum
+// per lane over the chunks in order, then the fixed-order lane sum, so a score is the same f32
+// whichever loop takes it (core/cache/kernel_score.ts is the reference's copy of these steps).
+// @ts-ignore: decorator
+@inline function _scoreDot(q: usize, k: usize, d: i32): f32 {
+  let s = f32x4.splat(0);
+  for (let i = 0; i < d; i += 4) {
+    const o = <usize>i << 2;
+    s = f32x4.add(s, f32x4.mul(v128.load(q + o), v128.load(k + o)));
+  }
+  return hsum(s);
+}
+
+// _scoreDot of two tokens k0, k1 for one head, stored at dst and dst + 4: two independent chains
+// (one head's loop, where _score4x2's four heads do not apply).
+// @ts-ignore: decorator
+@inline function _score1x2(q: usize, k0: usize, k1: usize, d: i32, dst: usize): void {
+  let a = f32x4.splat(0), b = f32x4.splat(0);
+  for (let i = 0; i < d; i += 4) {
+    const o = <usize>i << 2;
+    const qv = v128.load(q + o);
+    a = f32x4.add(a, f32x4.mul(qv, v128.load(k0 + o)));
+    b = f32x4.add(b, f32x4.mul(qv, v128.load(k1 + o)));
+  }
+  store<f32>(dst, hsum(a));
+  store<f32>(dst + 4, hsum(b));
 }
 
 // acc[0..n) += w · x[0..n) (n multiple of 4).
@@ -502,8 +523,8 @@ const FLAG_INTDOT: i32 = 4;
 }
 
 // Scores of n token rows (f32, d each, at keys) for hq query heads at q, stored at dst + 4·t with
-// heads nB bytes apart: the token axis's loops (four heads and two tokens per pass when hq is a
-// multiple of 4, else one head and token at a time).
+// heads nB bytes apart: the token axis's loops (two tokens per pass, four heads at a time when hq
+// is a multiple of 4, else one; a last odd token alone). Every loop sums a score in one order.
 // @ts-ignore: decorator
 @inline function _scoreRows(
   q: usize,
@@ -516,18 +537,20 @@ const FLAG_INTDOT: i32 = 4;
 ): void {
   const dBytes = <usize>d << 2;
   let t = 0;
-  if ((hq & 3) == 0) {
-    for (; t + 2 <= n; t += 2) {
-      const k0 = keys + <usize>t * dBytes;
+  for (; t + 2 <= n; t += 2) {
+    const k0 = keys + <usize>t * dBytes, at = dst + (<usize>t << 2);
+    if ((hq & 3) == 0) {
       for (let h = 0; h < hq; h += 4) {
-        _score4x2(q + <usize>h * dBytes, dBytes, k0, k0 + dBytes, d, dst + <usize>h * nB + (<usize>t << 2), nB);
+        _score4x2(q + <usize>h * dBytes, dBytes, k0, k0 + dBytes, d, at + <usize>h * nB, nB);
       }
+    } else {
+      for (let h = 0; h < hq; h++) _score1x2(q + <usize>h * dBytes, k0, k0 + dBytes, d, at + <usize>h * nB);
     }
   }
   for (; t < n; t++) {
     const k = keys + <usize>t * dBytes;
     for (let h = 0; h < hq; h++) {
-      store<f32>(dst + <usize>h * nB + (<usize>t << 2), _dot(q + <usize>h * dBytes, k, d));
+      store<f32>(dst + <usize>h * nB + (<usize>t << 2), _scoreDot(q + <usize>h * dBytes, k, d));
     }
   }
 }
@@ -650,18 +673,21 @@ export function attendPage(
   } else {
     const tokenBytes = <usize>(kKind == KIND_FP32 ? d : (d / kG) * kWpg) << 2;
     let t = 0;
-    if (blocked) {
-      for (; t + 2 <= n; t += 2) {
-        let k0 = kPtr + <usize>t * tokenBytes, k1 = k0 + tokenBytes;
-        if (kKind != KIND_FP32) {
-          _decodeRow(kKind, kBits, kG, kWpg, kScaled, k0, d, row);
-          _decodeRow(kKind, kBits, kG, kWpg, kScaled, k1, d, row1);
-          k0 = row;
-          k1 = row1;
-        }
+    for (; t + 2 <= n; t += 2) {
+      let k0 = kPtr + <usize>t * tokenBytes, k1 = k0 + tokenBytes;
+      if (kKind != KIND_FP32) {
+        _decodeRow(kKind, kBits, kG, kWpg, kScaled, k0, d, row);
+        _decodeRow(kKind, kBits, kG, kWpg, kScaled, k1, d, row1);
+        k0 = row;
+        k1 = row1;
+      }
+      const at = sc + (<usize>t << 2);
+      if (blocked) {
         for (let h = 0; h < hq; h += 4) {
-          _score4x2(qPtr + <usize>h * dBytes, dBytes, k0, k1, d, sc + <usize>h * nBytes + (<usize>t << 2), nBytes);
+          _score4x2(qPtr + <usize>h * dBytes, dBytes, k0, k1, d, at + <usize>h * nBytes, nBytes);
         }
+      } else {
+        for (let h = 0; h < hq; h++) _score1x2(qPtr + <usize>h * dBytes, k0, k1, d, at + <usize>h * nBytes);
       }
     }
     for (; t < n; t++) {
@@ -671,7 +697,7 @@ export function attendPage(
         k = row;
       }
       for (let h = 0; h < hq; h++) {
-        store<f32>(sc + (<usize>(h * n + t) << 2), _dot(qPtr + <usize>h * dBytes, k, d));
+        store<f32>(sc + (<usize>(h * n + t) << 2), _scoreDot(qPtr + <usize>h * dBytes, k, d));
       }
     }
   }

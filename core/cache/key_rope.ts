@@ -82,6 +82,38 @@ export class KeyRope {
   }
 
   /**
+   * Turns the decoded keys of a page forward by their offset in their group only, as the WASM
+   * kernel does (the query takes the group's start: {@linkcode turnQueryBack}), in place.
+   * @param x n × d keys, token-major
+   * @param n tokens
+   * @param group tokens per channel group (≤ span)
+   */
+  rotateByOffset(x: Float32Array, n: number, group: number): void {
+    for (let g = 0; g * group < n; g++) {
+      // offset angles are the positions' first rows, whose start turn is cos 1, sin 0 exactly
+      this.#turn(x, g * group, Math.min(group, n - g * group), 0, 1);
+    }
+  }
+
+  /**
+   * One query head turned back by a group's start angle in the WASM kernel's f32 steps
+   * (asm/assembly/attention.ts `_ropeQuery`): a' = a·C0 + b·S0, b' = b·C0 − a·S0 per pair.
+   * @param q the query head, d elements from qAt
+   * @param qAt offset of the head in q
+   * @param out d elements: the turned query
+   * @param p0 the group's first position
+   */
+  turnQueryBack(q: ArrayLike<number>, qAt: number, out: Float32Array, p0: number): void {
+    const half = this.#d / 2, { cos: C, sin: S } = this.#pos;
+    for (let i = 0; i < half; i++) {
+      const c = C[p0 * half + i], s = S[p0 * half + i];
+      const a = q[qAt + 2 * i], b = q[qAt + 2 * i + 1];
+      out[2 * i] = Math.fround(a * c) + Math.fround(b * s);
+      out[2 * i + 1] = Math.fround(b * c) - Math.fround(a * s);
+    }
+  }
+
+  /**
    * The forward turn's cos and sin for pair i of the token at offset t of a group at p0, as
    * {@linkcode rotate} computes them in f32 (the verifier bounds a turned key error with them).
    * @param p0 first position of the group

@@ -49,6 +49,7 @@ import { checkPageFormat, Page, PAGE_TABLE_ENTRY_BYTES } from "./page.ts";
 import type { PageArena } from "./page_arena.ts";
 import { intDotPartials, intDotServes } from "./int_dot.ts";
 import { KeyRope } from "./key_rope.ts";
+import { kernelScale, kernelScore } from "./kernel_score.ts";
 import { Partial } from "./partial.ts";
 import { type CachePolicy, checkPolicyShape, type FormatPair } from "./policy.ts";
 import { WasmAttention } from "./wasm_attention.ts";
@@ -283,8 +284,8 @@ export interface MixedCacheOptions {
   /** Codec lookup by format name (default: the TypeScript reference codecs). */
   codecFor?: (format: string) => Codec;
   /**
-   * Attention backend. `ts` (default): the reference, decoding every segment to f32 and one exact
-   * softmax. `wasm`: pages live in WebAssembly memory and fused-dequant SIMD kernels attend each
+   * Attention backend. `ts` (default): the reference, decoding every segment to f32, scoring in
+   * the WASM kernels' f32 steps (core/cache/kernel_score.ts) and taking one softmax in f64. `wasm`: pages live in WebAssembly memory and fused-dequant SIMD kernels attend each
    * page in place, merging flash-decoding partials (head_dim must be a multiple of 4).
    */
   backend?: "ts" | "wasm";
@@ -300,9 +301,8 @@ export interface MixedCacheOptions {
    * quantization error. In a decode step the exact fused path takes 1.35–1.73× FP32's time
    * at d = 64 and 0.97–1.18× at d = 128, the integer path 0.70–0.93× and 0.43–0.61× (README,
    * "Measured figures"). false attends every page exactly.
-   * The same default on both backends keeps ts and wasm within 1e-6 of each other on scores of
-   * order 1 (the WASM kernels' scores are f32, so the difference grows with the scores' spread:
-   * core/cache/PAGES.md); the ts mirror is the reference, not a fast path (1.7–2.1× the exact TS
+   * The same default on both backends keeps ts and wasm within 1e-6 of each other, scores of any
+   * size included (core/cache/PAGES.md); the ts mirror is the reference, not a fast path (1.7–2.1× the exact TS
    * time at d = 64 and 128).
    */
   integerDot?: boolean;
@@ -360,6 +360,10 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #k: Float32Array;
   readonly #v: Float32Array;
   readonly #scores: Float64Array;
+  /** Per gathered token: the start of its group when its key turned by its offset only, else −1. */
+  readonly #turnStart: Int32Array;
+  /** A query head turned back by a group's start (KeyRope.turnQueryBack). */
+  readonly #turnedQuery: Float32Array;
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
@@ -497,6 +501,8 @@ export class MixedPrecisionKVCache implements KVCache {
     this.#k = new Float32Array(shape.maxSeqLen * d);
     this.#v = new Float32Array(shape.maxSeqLen * d);
     this.#scores = new Float64Array(shape.maxSeqLen);
+    this.#turnStart = new Int32Array(rope ? shape.maxSeqLen : 0);
+    this.#turnedQuery = new Float32Array(d);
     this.#partial = new Partial(d);
     this.#segment = new Partial(d);
     if (this.backend === "wasm") {
@@ -534,6 +540,7 @@ export class MixedPrecisionKVCache implements KVCache {
       { name: "layer lengths", bytes: 4 * nLayers },
       { name: "attention scratch", bytes: 4 * M * d, count: 2 },
       { name: "attention scores", bytes: 8 * M },
+      { name: "group starts", bytes: rope ? 4 * M : 0 },
       { name: "eviction scratch", bytes: 4 * Q * d, count: 2 },
     ];
     // cos and sin of every position; the wasm backend joins them, then copies them to its memory
@@ -769,8 +776,8 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 
   /**
-   * The TypeScript reference attention: decode each segment to float32, then exact softmax over
-   * the union. Window tokens come first so their scores can be credited back to their slots.
+   * The TypeScript reference attention: decode each segment to float32, score as the WASM kernels
+   * do (#score), then one f64 softmax over the union. Window tokens come first so their scores can be credited back to their slots.
    */
   attend(layer: number, q: Float32Array, out: Float32Array): void {
     checkAttend(this.shape, layer, this.#lengths[layer], q, out);
@@ -801,7 +808,8 @@ export class MixedPrecisionKVCache implements KVCache {
         const h = kv * group + g;
         const partial = this.#partial;
         partial.reset();
-        partial.addBlock(q.subarray(h * d, (h + 1) * d), this.#k, this.#v, n, this.#scores);
+        this.#score(q, h * d, n);
+        partial.addBlock(this.#scores, this.#v, n);
         for (const o of intPages) {
           const seg = this.#segment, at = g * (d + 2);
           seg.m = o[at];
@@ -951,7 +959,28 @@ export class MixedPrecisionKVCache implements KVCache {
     }
   }
 
-  /** Decodes window ring, sinks and pages of one head into #k/#v; returns the count. */
+  /**
+   * #scores[0..n) for the query head at q[qAt..]: the WASM kernels' f32 steps (kernel_score.ts), a
+   * key turned by its offset in its group meeting the query turned back by the group's start.
+   */
+  #score(q: Float32Array, qAt: number, n: number): void {
+    const d = this.shape.headDim, scale = kernelScale(d), turned = this.#turnedQuery;
+    let p0 = -1;
+    for (let t = 0; t < n; t++) {
+      const start = this.#rope ? this.#turnStart[t] : -1;
+      if (start < 0) {
+        this.#scores[t] = kernelScore(q, qAt, this.#k, t * d, d, scale);
+        continue;
+      }
+      if (start !== p0) this.#rope!.turnQueryBack(q, qAt, turned, p0 = start);
+      this.#scores[t] = kernelScore(turned, 0, this.#k, t * d, d, scale);
+    }
+  }
+
+  /**
+   * Decodes window ring, sinks and pages of one head into #k/#v; returns the count. Keys stored
+   * before RoPE turn by their offset in their group, and #turnStart records the group's start.
+   */
   #gather(store: HeadStore): number {
     const d = this.shape.headDim;
     let n = 0;
@@ -971,17 +1000,17 @@ export class MixedPrecisionKVCache implements KVCache {
       );
       n += store.sinkN;
     }
+    if (this.#rope) this.#turnStart.fill(-1, 0, n);
     for (const pool of store.pools.values()) {
       if (this.#intDotPool(pool)) continue;
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
-        if (page.starts) {
-          this.#rope!.rotate(
-            this.#k.subarray(n * d),
-            page.n,
-            page.keyCodec.spec.group,
-            page.starts,
-          );
+        if (this.#rope) {
+          const G = page.keyCodec.spec.group;
+          if (page.starts) this.#rope.rotateByOffset(this.#k.subarray(n * d), page.n, G);
+          for (let t = 0; t < page.n; t++) {
+            this.#turnStart[n + t] = page.starts ? page.starts[Math.floor(t / G)] : -1;
+          }
         }
         page.decodeValues(this.#v.subarray(n * d));
         n += page.n;

@@ -61,31 +61,16 @@ export class Partial {
   }
 
   /**
-   * Adds n tokens stored token-major (float32 n × d): scores first, then one rescale, so exp runs
-   * once per token. Writes the raw scores to `scores` (the cache tracks attention from them).
-   * @param q query, length d
-   * @param keys n × d keys
-   * @param values n × d values
+   * Adds n tokens by their scores (core/cache/kernel_score.ts computes them as the WASM kernels
+   * do): one max, one rescale, then exp once per token.
+   * @param scores the n scores q·k/√d
+   * @param values n × d values, token-major
    * @param n tokens
-   * @param scores destination of the n scores q·k/√d
    */
-  addBlock(
-    q: Float32Array,
-    keys: Float32Array,
-    values: Float32Array,
-    n: number,
-    scores: Float64Array,
-  ): void {
+  addBlock(scores: ArrayLike<number>, values: Float32Array, n: number): void {
     const d = this.acc.length;
-    const scale = 1 / Math.sqrt(d);
     let m = this.m;
-    for (let t = 0; t < n; t++) {
-      let s = 0;
-      for (let i = 0; i < d; i++) s += q[i] * keys[t * d + i];
-      s *= scale;
-      scores[t] = s;
-      if (s > m) m = s;
-    }
+    for (let t = 0; t < n; t++) if (scores[t] > m) m = scores[t];
     if (m > this.m && this.l > 0) {
       const c = Math.exp(this.m - m);
       this.l *= c;

@@ -298,3 +298,30 @@ Deno.test("ropeBase: bad values and shapes are named; the GPU cache's policy kee
   rope.rotate(y, 6, 3, Int32Array.of(5, 8));
   assert.ok(relError(y, x) < 1e-6);
 });
+
+Deno.test("KeyRope: a query turned back by the group's start meets keys turned by their offset as the full turn does", () => {
+  // the reference's copy of the WASM kernel's split (turnQueryBack, rotateByOffset) against the
+  // full turn R(p0 + τ) of rotate(): q·R(p0)R(τ)k = (R(−p0)q)·(R(τ)k), up to f32 rounding
+  const d = 16, G = 32, next = rng(515);
+  const rope = new KeyRope(d, 400, G, BASE);
+  const starts = Int32Array.of(96, 352);
+  const keys = normals(2 * G * d, next), q = normals(d, next);
+  const full = keys.slice(), split = keys.slice();
+  rope.rotate(full, 2 * G, G, starts);
+  rope.rotateByOffset(split, 2 * G, G);
+  const turned = new Float32Array(d);
+  let worst = 0, moved = 0;
+  for (let t = 0; t < 2 * G; t++) {
+    rope.turnQueryBack(q, 0, turned, starts[Math.floor(t / G)]);
+    let a = 0, b = 0, plain = 0;
+    for (let i = 0; i < d; i++) {
+      a += q[i] * full[t * d + i];
+      b += turned[i] * split[t * d + i];
+      plain += q[i] * split[t * d + i];
+    }
+    worst = Math.max(worst, Math.abs(a - b));
+    moved = Math.max(moved, Math.abs(a - plain));
+  }
+  assert.ok(worst < 1e-5, `split vs full turn: ${worst}`);
+  assert.ok(moved > 0.1, `without the query's turn the scores move: ${moved}`);
+});

@@ -42,13 +42,15 @@ function drive(
   every: number | readonly number[],
   seed: number,
   label: string,
+  keyOffset = 0,
 ): void {
   const { nLayers, nHeads, nKvHeads, headDim: d } = c.ts.shape;
   const next = rng(seed);
   const outTs = new Float32Array(nHeads * d), outWasm = new Float32Array(nHeads * d);
   for (let p = 0; p < T; p++) {
     for (let l = 0; l < nLayers; l++) {
-      const k = normals(nKvHeads * d, next), v = normals(nKvHeads * d, next);
+      const k = normals(nKvHeads * d, next).map((x) => x + keyOffset);
+      const v = normals(nKvHeads * d, next);
       c.ts.append(l, p, k, v);
       c.wasm.append(l, p, k, v);
       const due = typeof every === "number" ? (p + 1) % every === 0 : every.includes(p + 1);
@@ -126,6 +128,38 @@ Deno.test("MixedPrecisionKVCache.attend() wasm matches ts for every storable for
       );
     }
   }
+});
+
+Deno.test("wasm matches ts to 1e-6 at scores in the hundreds, for every format, keys before RoPE too", () => {
+  // keys of 40 + N(0, 1) give scores of ±40·Σq/√d, hundreds, where one f32 ulp of a score is
+  // ~1e-5: the TS reference scores as the kernels do (core/cache/kernel_score.ts), so the two
+  // agree there too. With f64 scores in the reference they differed by 1e-5 … 2e-4 (the fixture
+  // model's scores reach 237: tests/core/cache/real_model_agreement_test.ts), and with the
+  // kernels' one-head loop summing d = 128 in two chains instead of one, by the same.
+  const names = formatNames().filter((n) => getFormat(n).axis !== "heads");
+  names.forEach((keyFormat, i) => {
+    const valueFormat = names[(i * 5 + 1) % names.length];
+    const hq = [4, 1, 6][i % 3], integerDot = i % 2 === 1;
+    const preRope = getFormat(keyFormat).axis === "channel" && i % 4 < 2;
+    const shape = { nLayers: 1, nHeads: 2 * hq, nKvHeads: 2, headDim: 128, maxSeqLen: 300 };
+    const c = pair(
+      shape,
+      () =>
+        uniformPolicy({
+          keyFormat,
+          valueFormat,
+          pageTokens: 128,
+          windowFormat: "fp16",
+          sinkTokens: 1,
+          recentWindow: 3,
+          ...(preRope ? { ropeBase: 10000 } : {}),
+        }),
+      integerDot,
+    );
+    const label =
+      `${keyFormat}|${valueFormat} hq=${hq} integerDot=${integerDot} preRope=${preRope}`;
+    drive(c, 300, [1, 33, 130, 257, 300], 2000 + i, label, 40);
+  });
 });
 
 Deno.test("MixedPrecisionKVCache.attend() wasm matches ts across GQA shapes, sinks and windows", () => {
