@@ -27,7 +27,14 @@ import {
   nonFinite,
 } from "./f16";
 import { fail } from "./errors";
-import { decodeIntGroup, decodeWideCodes, fastIntGroup, finiteMinima, finiteScales } from "./int_group";
+import {
+  chunkTables,
+  decodeIntGroup,
+  decodeWideCodes,
+  fastIntGroup,
+  finiteMinima,
+  finiteScales,
+} from "./int_group";
 
 /** Index of the first non-finite element of src[0..n), or −1. */
 export function firstNonFinite(src: usize, n: i32): i32 {
@@ -309,23 +316,6 @@ function encodeGroup(src: usize, dst: usize, g: i32, bits: i32, group: i32): i32
   return <u32>i32x4.extract_lane(b, 0);
 }
 
-// Per-lane byte selectors, masks and 2^−offset multipliers of codes 0..7 for each width b: code
-// k lives in bytes ⌊k·b/8⌋, ⌊k·b/8⌋+1 at bit offset k·b mod 8 (8 codes span exactly b bytes).
-const TABLES = memory.data(96);
-
-function buildTables(bits: i32): void {
-  for (let k = 0; k < 8; k++) {
-    const byte = (k * bits) >> 3, off = (k * bits) & 7;
-    const sw = TABLES + (<usize>k << 2);
-    store<u8>(sw, <u8>byte);
-    store<u8>(sw, <u8>(off + bits > 8 ? byte + 1 : 16), 1);
-    store<u8>(sw, 16, 2);
-    store<u8>(sw, 16, 3);
-    store<u32>(TABLES + 32 + (<usize>k << 2), <u32>((1 << bits) - 1) << off);
-    store<f32>(TABLES + 64 + (<usize>k << 2), reinterpret<f32>(<u32>(127 - off) << 23)); // 2^−off
-  }
-}
-
 /**
  * Decodes n elements from words at src into f32 at dst. Reads up to 15 bytes past the last
  * group. Returns −1, or the index of the first group with a corrupt header (errorKind 3).
@@ -370,10 +360,10 @@ export function decodeInt(src: usize, dst: usize, n: i32, bits: i32, group: i32)
     }
     return -1;
   }
-  buildTables(bits);
-  const sw0 = v128.load(TABLES), sw1 = v128.load(TABLES, 16);
-  const mk0 = v128.load(TABLES, 32), mk1 = v128.load(TABLES, 48);
-  const p0 = v128.load(TABLES, 64), p1 = v128.load(TABLES, 80);
+  const t = chunkTables(bits);
+  const sw0 = v128.load(t), sw1 = v128.load(t, 16);
+  const mk0 = v128.load(t, 32), mk1 = v128.load(t, 48);
+  const p0 = v128.load(t, 64), p1 = v128.load(t, 80);
   for (let base = 0, g = 0; base < n; base += group, g++) {
     const w = src + (<usize>(g * wpg) << 2);
     const h = load<u32>(w);
