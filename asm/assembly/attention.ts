@@ -26,7 +26,7 @@ import {
   vconst,
 } from "./consts";
 import { f16ToF32 } from "./f16";
-import { decodeHalf } from "./float";
+import { decodeHalf, fp8ToF32Lanes, SW0, SW1 } from "./float";
 import { affine, decodeIntGroup, fastIntGroup, headerMinima, headerScales } from "./int_group";
 import { hsum, hsum4 } from "./lanes";
 import {
@@ -47,18 +47,6 @@ const KIND_FP32: i32 = 4;
 const KIND_FP8E4M3: i32 = 5;
 const KIND_FP8E5M2: i32 = 6;
 
-// f32 value of an fp8 code (e4m3 when e4m3, else e5m2 = high byte of an fp16).
-// @ts-ignore: decorator
-@inline function _fp8(c: u32, e4m3: bool): f32 {
-  if (!e4m3) return f16ToF32(c << 8);
-  const sign = (c & 0x80) << 24;
-  const e = (c >>> 3) & 15;
-  const m = c & 7;
-  if (e == 15 && m == 7) return reinterpret<f32>(sign | 0x7fc00000);
-  if (e != 0) return reinterpret<f32>(sign | ((e + 120) << 23) | (m << 20));
-  return reinterpret<f32>(sign | reinterpret<u32>(<f32>m * 0.001953125)); // m·2^−9
-}
-
 // Decodes one group of G elements (scaled kinds) or one word's worth of an unscaled kind.
 // @ts-ignore: decorator
 @inline function _decodeGroup(
@@ -72,16 +60,23 @@ const KIND_FP8E5M2: i32 = 6;
   if (kind == KIND_INT) {
     decodeIntGroup(src, G, b, codeWords, dst);
   } else if (kind == KIND_INT8S) {
-    const sc = f16ToF32(load<u32>(src) & 0xffff);
-    for (let i = 0; i < G; i++) {
-      const c = <i32>load<i8>(src + 4 + <usize>i);
-      store<f32>(dst + (<usize>i << 2), <f32>c * sc);
+    // eight codes per step, as the codec kernel (float.ts decodeInt8s): code k into the top byte
+    // of lane k, q·2^24 as an i32, times s·2^−24 (exact); 8-byte loads stay inside the group
+    const s = f32x4.splat(f16ToF32(load<u32>(src) & 0xffff) * 5.9604644775390625e-8);
+    const sw0 = i8x16(16, 16, 16, 0, 16, 16, 16, 1, 16, 16, 16, 2, 16, 16, 16, 3);
+    const sw1 = i8x16(16, 16, 16, 4, 16, 16, 16, 5, 16, 16, 16, 6, 16, 16, 16, 7);
+    for (let i = 0; i < G; i += 8) {
+      const v = v128.load64_zero(src + 4 + <usize>i);
+      v128.store(dst + (<usize>i << 2), f32x4.mul(f32x4.convert_i32x4_s(i8x16.swizzle(v, sw0)), s));
+      v128.store(dst + (<usize>i << 2), f32x4.mul(f32x4.convert_i32x4_s(i8x16.swizzle(v, sw1)), s), 16);
     }
   } else if (kind == KIND_FP8E4M3 || kind == KIND_FP8E5M2) {
-    const e4 = kind == KIND_FP8E4M3;
-    const sc = f16ToF32(load<u32>(src) & 0xffff);
-    for (let i = 0; i < G; i++) {
-      store<f32>(dst + (<usize>i << 2), _fp8(<u32>load<u8>(src + 4 + <usize>i), e4) * sc);
+    const bias = kind == KIND_FP8E4M3 ? 7 : 15;
+    const s = f32x4.splat(f16ToF32(load<u32>(src) & 0xffff));
+    for (let i = 0; i < G; i += 8) {
+      const v = v128.load64_zero(src + 4 + <usize>i);
+      v128.store(dst + (<usize>i << 2), f32x4.mul(fp8ToF32Lanes(v, SW0, bias), s));
+      v128.store(dst + (<usize>i << 2), f32x4.mul(fp8ToF32Lanes(v, SW1, bias), s), 16);
     }
   }
 }
@@ -116,8 +111,11 @@ export function decodeRun(
     // attend 6–11× slower than FP32 ones
     decodeHalf(src, dst, n, kind == KIND_BF16);
   } else {
-    const e4 = kind == KIND_FP8E4M3;
-    for (let i = 0; i < n; i++) store<f32>(dst + (<usize>i << 2), _fp8(<u32>load<u8>(src + i), e4));
+    // four codes (one word) per step: the codec's lanes, loads inside the run
+    const bias = kind == KIND_FP8E4M3 ? 7 : 15;
+    for (let i = 0; i < n; i += 4) {
+      v128.store(dst + (<usize>i << 2), fp8ToF32Lanes(v128.load32_zero(src + <usize>i), SW0, bias));
+    }
   }
 }
 
@@ -500,6 +498,69 @@ const FLAG_INTDOT: i32 = 4;
   }
 }
 
+// Channel group g of a channel-major block (d channel rows of perChannel groups) decoded into tile
+// as G token rows of d f32, turned forward by each token's offset when rope ≠ 0 (keys before RoPE):
+// int4 and int8 groups in whole 16-byte chunks decoded, turned and transposed in registers, other
+// formats decoded channel by channel into work ([d][G] f32), then transposed.
+// @ts-ignore: decorator
+@inline function _channelTile(
+  ptr: usize,
+  kind: i32,
+  b: i32,
+  G: i32,
+  wpg: i32,
+  scaled: i32,
+  perChannel: i32,
+  g: i32,
+  d: i32,
+  work: usize,
+  tile: usize,
+  rope: usize,
+): void {
+  if (kind == KIND_INT && (b == 4 || b == 8) && fastIntGroup(b, G)) {
+    // the turn as a constant in each inlined copy, so the copy without it has no branch
+    if (rope != 0) _decodeChannelTile(ptr, b, G, wpg, perChannel, g, d, tile, true, rope);
+    else _decodeChannelTile(ptr, b, G, wpg, perChannel, g, d, tile, false, 0);
+    return;
+  }
+  const gBytes = <usize>G << 2;
+  for (let c = 0; c < d; c++) {
+    decodeRun(kind, b, G, wpg, scaled, ptr + (<usize>((c * perChannel + g) * wpg) << 2), G, work + <usize>c * gBytes);
+  }
+  _transposeRows(work, G, d, tile);
+  if (rope != 0) _ropeTile(tile, G, d, rope);
+}
+
+// acc_h += Σ_t w_{h,t} v_t over n decoded value rows (d f32 each, at rows) for hq heads (acc rows
+// dB bytes apart, weights at w + 4·t with heads nB bytes apart): two tokens and four heads per pass
+// when the heads come in fours, else one token and head at a time.
+// @ts-ignore: decorator
+@inline function _axpyRows(
+  acc: usize,
+  rows: usize,
+  n: i32,
+  d: i32,
+  hq: i32,
+  w: usize,
+  nB: usize,
+): void {
+  const dB = <usize>d << 2;
+  let t = 0;
+  if ((hq & 3) == 0) {
+    for (; t + 2 <= n; t += 2) {
+      const v0 = rows + <usize>t * dB;
+      for (let h = 0; h < hq; h += 4) {
+        _axpy4x2(acc + <usize>h * dB, dB, w + <usize>h * nB + (<usize>t << 2), nB, v0, v0 + dB, d);
+      }
+    }
+  }
+  for (; t < n; t++) {
+    for (let h = 0; h < hq; h++) {
+      _axpy(acc + <usize>h * dB, load<f32>(w + <usize>h * nB + (<usize>t << 2)), rows + <usize>t * dB, d);
+    }
+  }
+}
+
 // Transposes rows ([d][G] f32, channel rows of G tokens) into tile ([G][d], token rows of d
 // channels) in blocks of 4 × 4 (d and G multiples of 4): unpack pairs of rows, then pairs of pairs.
 // @ts-ignore: decorator
@@ -635,10 +696,8 @@ export function attendPage(
     // channel rows in place, four tokens in lanes and eight sums over c mod 8 per head, loaded each
     // key vector once per head, twice the loads per multiply-add of FP32's loop; one running sum per
     // head over all d channels had lost up to 1.6e-6 of the output against the f64 reference.)
-    const groups = n / kG, perChannel = cap / kG, gBytes = <usize>kG << 2;
+    const groups = n / kG, perChannel = cap / kG;
     const tile = work + <usize>(d * kG) * 4;
-    // int4 and int8 groups in whole 16-byte chunks: decoded, turned and transposed in registers
-    const fusedChannel = kKind == KIND_INT && (kBits == 4 || kBits == 8) && fastIntGroup(kBits, kG);
     for (let g = 0; g < groups; g++) {
       // keys before RoPE: q·R(p0 + τ)k̂ = (R(−p0)q)·(R(τ)k̂), the query turned by the group's start
       // angle (hq·d products) and the keys by their offset (a table that stays in cache)
@@ -648,26 +707,7 @@ export function attendPage(
         _ropeQuery(qPtr, rq, hq, d, positionsPtr + (<usize>(p0 * d) << 2));
         qs = rq;
       }
-      if (fusedChannel) {
-        // the turn as a constant in each inlined copy, so the copy without it has no branch
-        if (ropePtr != 0) _decodeChannelTile(kPtr, kBits, kG, kWpg, perChannel, g, d, tile, true, ropePtr);
-        else _decodeChannelTile(kPtr, kBits, kG, kWpg, perChannel, g, d, tile, false, 0);
-      } else {
-        for (let c = 0; c < d; c++) {
-          decodeRun(
-            kKind,
-            kBits,
-            kG,
-            kWpg,
-            kScaled,
-            kPtr + (<usize>((c * perChannel + g) * kWpg) << 2),
-            kG,
-            work + <usize>c * gBytes,
-          );
-        }
-        _transposeRows(work, kG, d, tile);
-        if (ropePtr != 0) _ropeTile(tile, kG, d, ropePtr);
-      }
+      _channelTile(kPtr, kKind, kBits, kG, kWpg, kScaled, perChannel, g, d, work, tile, ropePtr);
       _scoreRows(qs, tile, kG, d, hq, sc + (<usize>(g * kG) << 2), nBytes);
     }
   } else {
@@ -783,34 +823,23 @@ export function attendPage(
   if (intValuesOn) {
     intValues(vPtr, vBits, n, cap, d, hq, sc, acc, work);
   } else {
+    // VALUE_CHUNK tokens at a time in f32, each chunk's sums added into acc64
+    const tokenBytes = <usize>(vKind == KIND_FP32 ? d : (d / vG) * vWpg) << 2;
+    const vTile = work + <usize>(d * vG) * 4;
     memory.fill(acc, 0, <usize>(hq * d) << 2);
-    if (vChannel != 0) {
-      const groups = n / vG, perChannel = cap / vG;
-      for (let c = 0; c < d; c++) {
-        for (let g = 0; g < groups; g++) {
-          decodeRun(
-            vKind,
-            vBits,
-            vG,
-            vWpg,
-            vScaled,
-            vPtr + (<usize>((c * perChannel + g) * vWpg) << 2),
-            vG,
-            row,
-          );
-          for (let h = 0; h < hq; h++) {
-            const a = acc + (<usize>(h * d + c) << 2);
-            store<f32>(a, load<f32>(a) + _dot(sc + (<usize>(h * n + g * vG) << 2), row, vG));
-          }
+    memory.fill(acc64, 0, <usize>(hq * d) << 3);
+    for (let t0 = 0; t0 < n; t0 += VALUE_CHUNK) {
+      const t1 = min(n, t0 + VALUE_CHUNK);
+      if (t0 > 0) memory.fill(acc, 0, <usize>(hq * d) << 2);
+      if (vChannel != 0) {
+        // one token group at a time decoded into token rows (VALUE_CHUNK is a multiple of every
+        // group), summed as FP32 rows are: one G-token dot per channel and head had made channel-
+        // axis values attend 2–3× slower than FP32 ones
+        for (let t = t0; t < t1; t += vG) {
+          _channelTile(vPtr, vKind, vBits, vG, vWpg, vScaled, cap / vG, t / vG, d, work, vTile, 0);
+          _axpyRows(acc, vTile, vG, d, hq, sc + (<usize>t << 2), nBytes);
         }
-      }
-    } else {
-      // VALUE_CHUNK tokens at a time in f32, each chunk's sums added into acc64
-      const tokenBytes = <usize>(vKind == KIND_FP32 ? d : (d / vG) * vWpg) << 2;
-      memory.fill(acc64, 0, <usize>(hq * d) << 3);
-      for (let t0 = 0; t0 < n; t0 += VALUE_CHUNK) {
-        const t1 = min(n, t0 + VALUE_CHUNK);
-        if (t0 > 0) memory.fill(acc, 0, <usize>(hq * d) << 2);
+      } else {
         let t = t0;
         if (blocked) {
           for (; t + 2 <= t1; t += 2) {
@@ -837,13 +866,13 @@ export function attendPage(
             _axpy(acc + <usize>h * dBytes, load<f32>(sc + (<usize>(h * n + t) << 2)), v, d);
           }
         }
-        for (let i = 0; i < hq * d; i++) {
-          const a = acc64 + (<usize>i << 3);
-          store<f64>(a, load<f64>(a) + <f64>load<f32>(acc + (<usize>i << 2)));
-        }
       }
-      sumsF64 = true;
+      for (let i = 0; i < hq * d; i++) {
+        const a = acc64 + (<usize>i << 3);
+        store<f64>(a, load<f64>(a) + <f64>load<f32>(acc + (<usize>i << 2)));
+      }
     }
+    sumsF64 = true;
   }
 
   // 4. write or log-sum-exp merge the partials (f64, as core/cache/partial.ts merge())

@@ -247,7 +247,7 @@ export function encodeFp8(src: usize, dst: usize, n: i32, bias: i32): i32 {
 
 // f32 lanes of 4 fp8 codes taken from bytes of v by swizzle selector sw
 // @ts-ignore: decorator
-@inline function fp8ToF32Lanes(v: v128, sw: v128, bias: i32): v128 {
+@inline export function fp8ToF32Lanes(v: v128, sw: v128, bias: i32): v128 {
   const c = i8x16.swizzle(v, sw); // code in the low byte of each lane
   if (bias == 15) return f16ToF32Lanes(i32x4.shl(c, 8)); // e5m2 is the high byte of an fp16
   const em = v128.and(c, vconst(I32_127)); // 0x7f: the e4m3 code's magnitude bits
@@ -256,8 +256,8 @@ export function encodeFp8(src: usize, dst: usize, n: i32, bias: i32): i32 {
   return v128.or(r, i32x4.shl(v128.and(c, vconst(U32_00000080)), 24));
 }
 
-const SW0 = i8x16(0, 16, 16, 16, 1, 16, 16, 16, 2, 16, 16, 16, 3, 16, 16, 16);
-const SW1 = i8x16(4, 16, 16, 16, 5, 16, 16, 16, 6, 16, 16, 16, 7, 16, 16, 16);
+export const SW0 = i8x16(0, 16, 16, 16, 1, 16, 16, 16, 2, 16, 16, 16, 3, 16, 16, 16);
+export const SW1 = i8x16(4, 16, 16, 16, 5, 16, 16, 16, 6, 16, 16, 16, 7, 16, 16, 16);
 const SW2 = i8x16(8, 16, 16, 16, 9, 16, 16, 16, 10, 16, 16, 16, 11, 16, 16, 16);
 const SW3 = i8x16(12, 16, 16, 16, 13, 16, 16, 16, 14, 16, 16, 16, 15, 16, 16, 16);
 
