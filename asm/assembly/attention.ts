@@ -27,7 +27,14 @@ import {
 } from "./consts";
 import { f16ToF32 } from "./f16";
 import { decodeHalf, fp8ToF32Lanes, SW0, SW1 } from "./float";
-import { affine, decodeIntGroup, fastIntGroup, headerMinima, headerScales } from "./int_group";
+import {
+  affine,
+  chunkTables,
+  decodeIntGroup,
+  fastIntGroup,
+  headerMinima,
+  headerScales,
+} from "./int_group";
 import { hsum, hsum4 } from "./lanes";
 import {
   intChannelScratchBytes,
@@ -498,6 +505,97 @@ const FLAG_INTDOT: i32 = 4;
   }
 }
 
+// Four channels' decoded codes of four tokens (a, b, c, e: one channel each, tokens in lanes, exact
+// f32 codes) transposed into the tokens' rows, scaled (s, m: the channels' scales and minima in
+// lanes; f32(f32(q·s) + m)), turned forward when turn, and stored.
+// @ts-ignore: decorator
+@inline function _rows4(
+  a: v128,
+  b: v128,
+  c: v128,
+  e: v128,
+  s: v128,
+  m: v128,
+  row: usize,
+  dBytes: usize,
+  turn: bool,
+  rope: usize,
+): void {
+  const t0 = i32x4.shuffle(a, b, 0, 4, 1, 5), t1 = i32x4.shuffle(a, b, 2, 6, 3, 7);
+  const t2 = i32x4.shuffle(c, e, 0, 4, 1, 5), t3 = i32x4.shuffle(c, e, 2, 6, 3, 7);
+  let x0 = f32x4.add(f32x4.mul(i64x2.shuffle(t0, t2, 0, 2), s), m);
+  let x1 = f32x4.add(f32x4.mul(i64x2.shuffle(t0, t2, 1, 3), s), m);
+  let x2 = f32x4.add(f32x4.mul(i64x2.shuffle(t1, t3, 0, 2), s), m);
+  let x3 = f32x4.add(f32x4.mul(i64x2.shuffle(t1, t3, 1, 3), s), m);
+  if (turn) {
+    const r = <usize>2 * dBytes;
+    x0 = _turn(x0, v128.load(rope), v128.load(rope + dBytes));
+    x1 = _turn(x1, v128.load(rope + r), v128.load(rope + r + dBytes));
+    x2 = _turn(x2, v128.load(rope + 2 * r), v128.load(rope + 2 * r + dBytes));
+    x3 = _turn(x3, v128.load(rope + 3 * r), v128.load(rope + 3 * r + dBytes));
+  }
+  v128.store(row, x0);
+  v128.store(row + dBytes, x1);
+  v128.store(row + 2 * dBytes, x2);
+  v128.store(row + 3 * dBytes, x3);
+}
+
+/**
+ * Decodes group g of every channel of a channel-major int block of any width b whose groups take
+ * eight-code steps (G a multiple of 8, at least 12 code bytes: decodeIntCodes' windows) straight
+ * into token rows (tile: [G][d] f32), four channels at a time, turning each row forward by its
+ * offset when turn. Every element is FORMAT.md's f32(f32(code·s) + m), as decodeIntGroup gives it.
+ */
+// @ts-ignore: decorator
+@inline function _decodeChannelTileBits(
+  ptr: usize,
+  b: i32,
+  G: i32,
+  wpg: i32,
+  perChannel: i32,
+  g: i32,
+  d: i32,
+  tile: usize,
+  turn: bool,
+  rope: usize,
+): void {
+  const dBytes = <usize>d << 2, stride = <usize>(perChannel * wpg) << 2;
+  const codeBytes = (wpg - 1) << 2;
+  const tb = chunkTables(b);
+  const sw0 = v128.load(tb), sw1 = v128.load(tb, 16);
+  const mk0 = v128.load(tb, 32), mk1 = v128.load(tb, 48);
+  const p0 = v128.load(tb, 64), p1 = v128.load(tb, 80);
+  for (let c = 0; c < d; c += 4) {
+    const h0 = ptr + (<usize>(g * wpg) << 2) + <usize>c * stride;
+    let h = i32x4.splat(load<i32>(h0));
+    h = i32x4.replace_lane(h, 1, load<i32>(h0 + stride));
+    h = i32x4.replace_lane(h, 2, load<i32>(h0 + 2 * stride));
+    h = i32x4.replace_lane(h, 3, load<i32>(h0 + 3 * stride));
+    const s = headerScales(h), m = headerMinima(h);
+    const out = tile + (<usize>c << 2), rc = rope + (<usize>c << 2);
+    for (let i = 0, kb = 0; i < G; i += 8, kb += b) {
+      const from = min(kb, codeBytes - 16); // ≥ −4: at most the header's bytes
+      const shift = i8x16.splat(<i8>(kb - from));
+      const x0 = i8x16.add(sw0, shift), x1 = i8x16.add(sw1, shift);
+      const at = h0 + <usize>(from + 4);
+      const v0 = v128.load(at), v1 = v128.load(at + stride);
+      const v2 = v128.load(at + 2 * stride), v3 = v128.load(at + 3 * stride);
+      // the codes of tokens i … i + 3 and i + 4 … i + 7 as exact f32 (q·2^off · 2^−off)
+      const lo0 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v0, x0), mk0)), p0);
+      const lo1 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v1, x0), mk0)), p0);
+      const lo2 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v2, x0), mk0)), p0);
+      const lo3 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v3, x0), mk0)), p0);
+      const hi0 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v0, x1), mk1)), p1);
+      const hi1 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v1, x1), mk1)), p1);
+      const hi2 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v2, x1), mk1)), p1);
+      const hi3 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v3, x1), mk1)), p1);
+      const row = out + <usize>i * dBytes, rp = rc + <usize>i * 2 * dBytes;
+      _rows4(lo0, lo1, lo2, lo3, s, m, row, dBytes, turn, rp);
+      _rows4(hi0, hi1, hi2, hi3, s, m, row + 4 * dBytes, dBytes, turn, rp + 8 * dBytes);
+    }
+  }
+}
+
 // Channel group g of a channel-major block (d channel rows of perChannel groups) decoded into tile
 // as G token rows of d f32, turned forward by each token's offset when rope ≠ 0 (keys before RoPE):
 // int4 and int8 groups in whole 16-byte chunks decoded, turned and transposed in registers, other
@@ -521,6 +619,11 @@ const FLAG_INTDOT: i32 = 4;
     // the turn as a constant in each inlined copy, so the copy without it has no branch
     if (rope != 0) _decodeChannelTile(ptr, b, G, wpg, perChannel, g, d, tile, true, rope);
     else _decodeChannelTile(ptr, b, G, wpg, perChannel, g, d, tile, false, 0);
+    return;
+  }
+  if (kind == KIND_INT && (G & 7) == 0 && wpg >= 4) {
+    if (rope != 0) _decodeChannelTileBits(ptr, b, G, wpg, perChannel, g, d, tile, true, rope);
+    else _decodeChannelTileBits(ptr, b, G, wpg, perChannel, g, d, tile, false, 0);
     return;
   }
   const gBytes = <usize>G << 2;

@@ -26,6 +26,7 @@
 
 import type { FormatSpec } from "../../codecs/mod.ts";
 import { f16BitsToF32 } from "../../codecs/float_bits.ts";
+import { expF32, nearestEven } from "./kernel_score.ts";
 
 const fr = Math.fround;
 
@@ -50,12 +51,6 @@ export function intDotServes(
   if (d % 32 !== 0 || cap % 4 !== 0 || cap > 256) return false;
   if (kSpec.axis === "token") return true;
   return kSpec.axis === "channel" && kSpec.bits !== 2 && d <= 256 && cap % 32 === 0;
-}
-
-/** Rounds half to even, as f32x4.nearest. */
-function nearestEven(x: number): number {
-  const r = Math.round(x);
-  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
 }
 
 /** The rounded query of one head: σ, q̂ (natural order) and per group Σq/σ. */
@@ -96,27 +91,6 @@ export function roundQuery(q: Float32Array, limit: number): RoundedQuery {
     qv[g] = sigma > 0 ? fr(sum / sigma) : 0;
   }
   return { sigma, qi, qv };
-}
-
-/** The Cephes expf polynomial after its leading term, as f32. */
-const EXP_COEFFICIENTS = [
-  1.3981999507e-3,
-  8.3334519073e-3,
-  4.1665795894e-2,
-  1.6666665459e-1,
-  5.0000001201e-1,
-]
-  .map(fr);
-
-/** e^x per f32 lane exactly as attention.ts _expv (Cephes expf, clamped at −87). */
-export function expF32(x: number): number {
-  x = Math.max(fr(x), -87);
-  const k = nearestEven(fr(x * fr(1.44269504088896341)));
-  const r = fr(fr(x - fr(k * 0.693359375)) - fr(k * fr(-2.12194440e-4)));
-  let y = fr(1.9875691500e-4);
-  for (const c of EXP_COEFFICIENTS) y = fr(fr(y * r) + c);
-  y = fr(fr(fr(y * fr(r * r)) + r) + 1);
-  return fr(y * 2 ** k);
 }
 
 /** Group header: scale and minimum (fp16 low and high half). */

@@ -62,3 +62,30 @@ export function kernelScore(
   if (i + 2 < d) l2 = fr(l2 + fr(q[qAt + i + 2] * k[kAt + i + 2]));
   return fr(fr(fr(l0 + l1) + fr(l2 + l3)) * scale);
 }
+
+/** Rounds half to even, as f32x4.nearest. */
+export function nearestEven(x: number): number {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** The Cephes expf polynomial after its leading term, as f32. */
+const EXP_COEFFICIENTS = [
+  1.3981999507e-3,
+  8.3334519073e-3,
+  4.1665795894e-2,
+  1.6666665459e-1,
+  5.0000001201e-1,
+]
+  .map(fr);
+
+/** e^x per f32 lane exactly as attention.ts _expv (Cephes expf, clamped at −87). */
+export function expF32(x: number): number {
+  x = Math.max(fr(x), -87);
+  const k = nearestEven(fr(x * fr(1.44269504088896341)));
+  const r = fr(fr(x - fr(k * 0.693359375)) - fr(k * fr(-2.12194440e-4)));
+  let y = fr(1.9875691500e-4);
+  for (const c of EXP_COEFFICIENTS) y = fr(fr(y * r) + c);
+  y = fr(fr(fr(y * fr(r * r)) + r) + 1);
+  return fr(y * 2 ** k);
+}

@@ -364,6 +364,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #turnStart: Int32Array;
   /** A query head turned back by a group's start (KeyRope.turnQueryBack). */
   readonly #turnedQuery: Float32Array;
+  /** Where each segment the WASM backend attends in one kernel call ends among gathered tokens. */
+  readonly #segmentEnds: number[] = [];
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
@@ -809,7 +811,11 @@ export class MixedPrecisionKVCache implements KVCache {
         const partial = this.#partial;
         partial.reset();
         this.#score(q, h * d, n);
-        partial.addBlock(this.#scores, this.#v, n);
+        let from = 0;
+        for (const end of this.#segmentEnds) {
+          partial.addBlock(this.#scores, this.#v, from, end, group % 4 === 0);
+          from = end;
+        }
         for (const o of intPages) {
           const seg = this.#segment, at = g * (d + 2);
           seg.m = o[at];
@@ -980,13 +986,18 @@ export class MixedPrecisionKVCache implements KVCache {
   /**
    * Decodes window ring, sinks and pages of one head into #k/#v; returns the count. Keys stored
    * before RoPE turn by their offset in their group, and #turnStart records the group's start.
+   * #segmentEnds splits the tokens as the WASM backend's kernel calls do: staged tokens, recent
+   * window with sinks, then each page.
    */
   #gather(store: HeadStore): number {
-    const d = this.shape.headDim;
+    const d = this.shape.headDim, ends = this.#segmentEnds;
+    ends.length = 0;
     let n = 0;
     for (; n < store.windowN; n++) {
       this.#decodeRingToken(store, n, this.#k.subarray(n * d), this.#v.subarray(n * d));
     }
+    const staged = this.#stagedCount(store);
+    if (staged > 0) ends.push(staged);
     if (store.sinkN > 0) {
       this.#window.decodeWords(
         store.sinkK,
@@ -1000,6 +1011,7 @@ export class MixedPrecisionKVCache implements KVCache {
       );
       n += store.sinkN;
     }
+    if (n > staged) ends.push(n);
     if (this.#rope) this.#turnStart.fill(-1, 0, n);
     for (const pool of store.pools.values()) {
       if (this.#intDotPool(pool)) continue;
@@ -1014,6 +1026,7 @@ export class MixedPrecisionKVCache implements KVCache {
         }
         page.decodeValues(this.#v.subarray(n * d));
         n += page.n;
+        ends.push(n);
       }
     }
     return n;

@@ -19,6 +19,11 @@
  * @module
  */
 
+import { expF32 } from "./kernel_score.ts";
+
+/** Tokens the kernel sums values over in f32 before adding into f64 (attention.ts VALUE_CHUNK). */
+export const VALUE_CHUNK = 128;
+
 /** Running (max, sum, weighted sum) of one query head over a set of tokens. */
 export class Partial {
   /** Running max of the scores seen. */
@@ -27,6 +32,10 @@ export class Partial {
   l: number = 0;
   /** Σ e^{s − m} v, length d. */
   readonly acc: Float64Array;
+  /** A segment's weighted sum, before it merges in. */
+  readonly #block: Float64Array;
+  /** A run's f32 sums (addBlock). */
+  readonly #run: Float32Array;
 
   /**
    * Creates an empty partial (m = −∞, l = 0, acc = 0).
@@ -34,6 +43,8 @@ export class Partial {
    */
   constructor(d: number) {
     this.acc = new Float64Array(d);
+    this.#block = new Float64Array(d);
+    this.#run = new Float32Array(d);
   }
 
   /** Empties the partial for reuse. */
@@ -61,27 +72,55 @@ export class Partial {
   }
 
   /**
-   * Adds n tokens by their scores (core/cache/kernel_score.ts computes them as the WASM kernels
-   * do): one max, one rescale, then exp once per token.
-   * @param scores the n scores q·k/√d
-   * @param values n × d values, token-major
-   * @param n tokens
+   * Adds the tokens from..to−1 as one WASM kernel call attends a segment (core/cache/PAGES.md),
+   * in the kernel's f32 steps: the segment's own max m, weights e^{s−m} by the kernel's exp
+   * (kernel_score.ts expF32), Σ w·v in f32 over runs of VALUE_CHUNK tokens (two tokens per step,
+   * w₀v₀ + w₁v₁ added together, when the kernel takes tokens in pairs), each run's sums then added
+   * in f64; l in f64. Then a log-sum-exp merge into this partial. So a segment's sums are the
+   * kernel's to the last bit, given scores computed as the kernel computes them.
+   * @param scores scores q·k/√d (kernelScore), indexed by token
+   * @param values token-major values, d each, indexed by token
+   * @param from first token of the segment
+   * @param to one past its last token
+   * @param pairs the kernel adds values two tokens at a time (query heads per KV head a multiple
+   *   of 4)
    */
-  addBlock(scores: ArrayLike<number>, values: Float32Array, n: number): void {
-    const d = this.acc.length;
-    let m = this.m;
-    for (let t = 0; t < n; t++) if (scores[t] > m) m = scores[t];
-    if (m > this.m && this.l > 0) {
-      const c = Math.exp(this.m - m);
-      this.l *= c;
-      for (let i = 0; i < d; i++) this.acc[i] *= c;
+  addBlock(
+    scores: ArrayLike<number>,
+    values: Float32Array,
+    from: number,
+    to: number,
+    pairs: boolean,
+  ): void {
+    if (to <= from) return;
+    const d = this.acc.length, acc = this.#block, run = this.#run, fr = Math.fround;
+    let m = -Infinity;
+    for (let t = from; t < to; t++) if (scores[t] > m) m = scores[t];
+    m += 0; // a −0 max is +0, as in the kernel
+    let l = 0;
+    acc.fill(0);
+    for (let r0 = from; r0 < to; r0 += VALUE_CHUNK) {
+      const r1 = Math.min(to, r0 + VALUE_CHUNK);
+      run.fill(0);
+      let t = r0;
+      if (pairs) {
+        for (; t + 2 <= r1; t += 2) {
+          const w0 = expF32(scores[t] - m), w1 = expF32(scores[t + 1] - m);
+          l += w0 + w1;
+          const a = t * d, b = a + d;
+          for (let i = 0; i < d; i++) {
+            run[i] = fr(run[i] + fr(fr(w0 * values[a + i]) + fr(w1 * values[b + i])));
+          }
+        }
+      }
+      for (; t < r1; t++) {
+        const w = expF32(scores[t] - m);
+        l += w;
+        for (let i = 0; i < d; i++) run[i] = fr(run[i] + fr(w * values[t * d + i]));
+      }
+      for (let i = 0; i < d; i++) acc[i] += run[i];
     }
-    this.m = m;
-    for (let t = 0; t < n; t++) {
-      const w = Math.exp(scores[t] - m);
-      this.l += w;
-      for (let i = 0; i < d; i++) this.acc[i] += w * values[t * d + i];
-    }
+    this.#mergeSums(m, l, acc);
   }
 
   /**
@@ -89,17 +128,22 @@ export class Partial {
    * @param o the other partial
    */
   merge(o: Partial): void {
-    if (o.l === 0) return;
+    this.#mergeSums(o.m, o.l, o.acc);
+  }
+
+  // (m, l, acc) of another token set merged in: the larger side's factor is e^0 = 1 exactly
+  #mergeSums(m0: number, l0: number, acc0: Float64Array): void {
+    if (l0 === 0) return;
     if (this.l === 0) {
-      this.m = o.m;
-      this.l = o.l;
-      this.acc.set(o.acc);
+      this.m = m0;
+      this.l = l0;
+      this.acc.set(acc0);
       return;
     }
-    const m = Math.max(this.m, o.m);
-    const a = Math.exp(this.m - m), b = Math.exp(o.m - m);
-    this.l = this.l * a + o.l * b;
-    for (let i = 0; i < this.acc.length; i++) this.acc[i] = this.acc[i] * a + o.acc[i] * b;
+    const m = Math.max(this.m, m0);
+    const a = Math.exp(this.m - m), b = Math.exp(m0 - m);
+    this.l = this.l * a + l0 * b;
+    for (let i = 0; i < this.acc.length; i++) this.acc[i] = this.acc[i] * a + acc0[i] * b;
     this.m = m;
   }
 
