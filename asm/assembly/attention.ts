@@ -542,7 +542,8 @@ const FLAG_INTDOT: i32 = 4;
 
 /**
  * Decodes group g of every channel of a channel-major int block of any width b whose groups take
- * eight-code steps (G a multiple of 8, at least 12 code bytes: decodeIntCodes' windows) straight
+ * eight-code steps (G a multiple of 8; at least 12 code bytes, decodeIntCodes' windows, or b = 2,
+ * a word per step) straight
  * into token rows (tile: [G][d] f32), four channels at a time, turning each row forward by its
  * offset when turn. Every element is FORMAT.md's f32(f32(code·s) + m), as decodeIntGroup gives it.
  */
@@ -574,12 +575,24 @@ const FLAG_INTDOT: i32 = 4;
     const s = headerScales(h), m = headerMinima(h);
     const out = tile + (<usize>c << 2), rc = rope + (<usize>c << 2);
     for (let i = 0, kb = 0; i < G; i += 8, kb += b) {
-      const from = min(kb, codeBytes - 16); // ≥ −4: at most the header's bytes
+      // int2: the word holding the eight codes' two bytes (codes never straddle); wider codes: 16
+      // bytes ending at the group's last code byte at the latest (≥ 12 code bytes, so from ≥ −4)
+      const from = b == 2 ? kb & ~3 : min(kb, codeBytes - 16);
       const shift = i8x16.splat(<i8>(kb - from));
       const x0 = i8x16.add(sw0, shift), x1 = i8x16.add(sw1, shift);
       const at = h0 + <usize>(from + 4);
-      const v0 = v128.load(at), v1 = v128.load(at + stride);
-      const v2 = v128.load(at + 2 * stride), v3 = v128.load(at + 3 * stride);
+      let v0: v128, v1: v128, v2: v128, v3: v128;
+      if (b == 2) {
+        v0 = v128.load32_zero(at);
+        v1 = v128.load32_zero(at + stride);
+        v2 = v128.load32_zero(at + 2 * stride);
+        v3 = v128.load32_zero(at + 3 * stride);
+      } else {
+        v0 = v128.load(at);
+        v1 = v128.load(at + stride);
+        v2 = v128.load(at + 2 * stride);
+        v3 = v128.load(at + 3 * stride);
+      }
       // the codes of tokens i … i + 3 and i + 4 … i + 7 as exact f32 (q·2^off · 2^−off)
       const lo0 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v0, x0), mk0)), p0);
       const lo1 = f32x4.mul(f32x4.convert_i32x4_s(v128.and(i8x16.swizzle(v1, x0), mk0)), p0);
@@ -621,7 +634,7 @@ const FLAG_INTDOT: i32 = 4;
     else _decodeChannelTile(ptr, b, G, wpg, perChannel, g, d, tile, false, 0);
     return;
   }
-  if (kind == KIND_INT && (G & 7) == 0 && wpg >= 4) {
+  if (kind == KIND_INT && (G & 7) == 0 && (wpg >= 4 || b == 2)) {
     if (rope != 0) _decodeChannelTileBits(ptr, b, G, wpg, perChannel, g, d, tile, true, rope);
     else _decodeChannelTileBits(ptr, b, G, wpg, perChannel, g, d, tile, false, 0);
     return;
