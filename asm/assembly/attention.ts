@@ -432,6 +432,24 @@ const FLAG_INTDOT: i32 = 4;
   let x1 = affine(i32x4.extend_high_i16x8_u(lo), s, m);
   let x2 = affine(i32x4.extend_low_i16x8_u(hi), s, m);
   let x3 = affine(i32x4.extend_high_i16x8_u(hi), s, m);
+  _turnStore4(x0, x1, x2, x3, row, rowStep, turn, rope, ropeStep, dBytes);
+}
+
+// Four decoded token rows' four channels turned forward when turn (their offsets' rows of the
+// table at rope, ropeStep bytes apart) and stored rowStep bytes apart.
+// @ts-ignore: decorator
+@inline function _turnStore4(
+  x0: v128,
+  x1: v128,
+  x2: v128,
+  x3: v128,
+  row: usize,
+  rowStep: usize,
+  turn: bool,
+  rope: usize,
+  ropeStep: usize,
+  dBytes: usize,
+): void {
   if (turn) {
     x0 = _turn(x0, v128.load(rope), v128.load(rope + dBytes));
     x1 = _turn(x1, v128.load(rope + ropeStep), v128.load(rope + ropeStep + dBytes));
@@ -523,29 +541,19 @@ const FLAG_INTDOT: i32 = 4;
 ): void {
   const t0 = i32x4.shuffle(a, b, 0, 4, 1, 5), t1 = i32x4.shuffle(a, b, 2, 6, 3, 7);
   const t2 = i32x4.shuffle(c, e, 0, 4, 1, 5), t3 = i32x4.shuffle(c, e, 2, 6, 3, 7);
-  let x0 = f32x4.add(f32x4.mul(i64x2.shuffle(t0, t2, 0, 2), s), m);
-  let x1 = f32x4.add(f32x4.mul(i64x2.shuffle(t0, t2, 1, 3), s), m);
-  let x2 = f32x4.add(f32x4.mul(i64x2.shuffle(t1, t3, 0, 2), s), m);
-  let x3 = f32x4.add(f32x4.mul(i64x2.shuffle(t1, t3, 1, 3), s), m);
-  if (turn) {
-    const r = <usize>2 * dBytes;
-    x0 = _turn(x0, v128.load(rope), v128.load(rope + dBytes));
-    x1 = _turn(x1, v128.load(rope + r), v128.load(rope + r + dBytes));
-    x2 = _turn(x2, v128.load(rope + 2 * r), v128.load(rope + 2 * r + dBytes));
-    x3 = _turn(x3, v128.load(rope + 3 * r), v128.load(rope + 3 * r + dBytes));
-  }
-  v128.store(row, x0);
-  v128.store(row + dBytes, x1);
-  v128.store(row + 2 * dBytes, x2);
-  v128.store(row + 3 * dBytes, x3);
+  const x0 = f32x4.add(f32x4.mul(i64x2.shuffle(t0, t2, 0, 2), s), m);
+  const x1 = f32x4.add(f32x4.mul(i64x2.shuffle(t0, t2, 1, 3), s), m);
+  const x2 = f32x4.add(f32x4.mul(i64x2.shuffle(t1, t3, 0, 2), s), m);
+  const x3 = f32x4.add(f32x4.mul(i64x2.shuffle(t1, t3, 1, 3), s), m);
+  _turnStore4(x0, x1, x2, x3, row, dBytes, turn, rope, 2 * dBytes, dBytes);
 }
 
 /**
  * Decodes group g of every channel of a channel-major int block of any width b whose groups take
  * eight-code steps (G a multiple of 8; at least 12 code bytes, decodeIntCodes' windows, or b = 2,
- * a word per step) straight
- * into token rows (tile: [G][d] f32), four channels at a time, turning each row forward by its
- * offset when turn. Every element is FORMAT.md's f32(f32(code·s) + m), as decodeIntGroup gives it.
+ * a word per step) straight into token rows (tile: [G][d] f32), four channels at a time, turning
+ * each row forward by its offset when turn. Every element is FORMAT.md's f32(f32(code·s) + m), as
+ * decodeIntGroup gives it.
  */
 // @ts-ignore: decorator
 @inline function _decodeChannelTileBits(

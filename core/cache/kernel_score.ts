@@ -1,12 +1,14 @@
 /**
- * Attention scores as the WASM kernels compute them (asm/assembly/attention.ts `_score4x2`,
- * `_scoreDot`): q·k in f32, four lanes (lane j takes elements i ≡ j mod 4, chunk after chunk),
- * the lanes summed as (l0 + l1) + (l2 + l3), then times f32(1/√d). The TypeScript reference scores
- * tokens this way so that it and the kernels agree to the last bit of every score: a score of the
- * fixture model reaches 237, where one f32 ulp is 1.5e-5, and an f64 reference had differed from
- * the kernels by up to 1.6e-5 of the attention output on the fixture (the f32 score's own rounding,
- * which no f32 kernel avoids). Exact attention in f64 stays with the FP32 foundation cache
- * (core/model/kv_cache.ts), against which the quality figures are measured.
+ * The WASM attention kernels' f32 arithmetic, for the TypeScript reference to take the same steps
+ * (asm/assembly/attention.ts): scores q·k in f32, four lanes (lane j takes elements i ≡ j mod 4,
+ * chunk after chunk), the lanes summed as (l0 + l1) + (l2 + l3), then times f32(1/√d)
+ * (`_score4x2`, `_score1x2`, `_scoreDot`); and the softmax weights' Cephes exp (`_expv`), which
+ * core/cache/partial.ts and core/cache/int_dot.ts use. With them the reference and the kernels
+ * agree to the last bit of every score and weight: a score of the fixture model reaches 237, where
+ * one f32 ulp is 1.5e-5, and an f64 reference had differed from the kernels by up to 1.6e-5 of the
+ * attention output (the f32 score's own rounding, which no f32 kernel avoids). Exact attention in
+ * f64 stays with the FP32 foundation cache (core/model/kv_cache.ts), against which the quality
+ * figures are measured.
  *
  * Browser compatible.
  *

@@ -6,6 +6,7 @@ import { saveCache } from "../../../core/cache/serialize.ts";
 import { ShapeError } from "../../../core/errors.ts";
 import type { KVCacheShape } from "../../../core/model/kv_cache.ts";
 import { normals, rng } from "../../_fixtures.ts";
+import { headRelError } from "../../../bench/backend_agreement.ts";
 
 const TOLERANCE = 1e-6;
 
@@ -15,20 +16,6 @@ function pair(shape: KVCacheShape, policy: () => CachePolicy, integerDot = true)
     ts: new MixedPrecisionKVCache(shape, policy(), { integerDot }),
     wasm: new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot }),
   };
-}
-
-/** Largest |a − b| over a query head's output, relative to that head's largest |b|. */
-function relError(a: Float32Array, b: Float32Array, d: number): number {
-  let worst = 0;
-  for (let h = 0; h < a.length / d; h++) {
-    let err = 0, mag = 0;
-    for (let i = h * d; i < (h + 1) * d; i++) {
-      err = Math.max(err, Math.abs(a[i] - b[i]));
-      mag = Math.max(mag, Math.abs(b[i]));
-    }
-    worst = Math.max(worst, err / mag);
-  }
-  return worst;
 }
 
 /**
@@ -58,7 +45,7 @@ function drive(
       const q = normals(nHeads * d, next);
       c.ts.attend(l, q, outTs);
       c.wasm.attend(l, q, outWasm);
-      const err = relError(outWasm, outTs, d);
+      const err = headRelError(outWasm, outTs, d);
       assert.ok(err <= TOLERANCE, `${label} T=${p + 1} layer ${l}: relative error ${err}`);
       for (let h = 0; h < nKvHeads; h++) {
         const a = c.ts.windowScores(l, h), b = c.wasm.windowScores(l, h);
