@@ -299,8 +299,8 @@ export interface MixedCacheOptions {
    * by about 5e-5 of their largest entry with int8 or channel-axis keys, and with int2/int4 keys per
    * token, whose query is rounded to 8 bits, by 2–3e-3 (core/cache/PAGES.md) and up to 2.7e-2 on
    * random data at d = 128 where int4 itself moves them by 0.33: an order of magnitude below the
-   * quantization error. In a decode step the exact fused path takes 1.35–1.73× FP32's time
-   * at d = 64 and 0.97–1.18× at d = 128, the integer path 0.70–0.93× and 0.43–0.61× (README,
+   * quantization error. In a decode step the exact fused path takes 1.25–1.73× FP32's time
+   * at d = 64 and 0.81–1.18× at d = 128, the integer path 0.70–0.93× and 0.43–0.61× (README,
    * "Measured figures"). false attends every page exactly.
    * The same default on both backends keeps ts and wasm within 1e-6 of each other, scores of any
    * size included (core/cache/PAGES.md); the ts mirror is the reference, not a fast path (1.7–2.1× the exact TS
