@@ -303,8 +303,7 @@ export interface MixedCacheOptions {
    * at d = 64 and 0.81–1.18× at d = 128, the integer path 0.70–0.93× and 0.43–0.61× (README,
    * "Measured figures"). false attends every page exactly.
    * The same default on both backends keeps ts and wasm within 1e-6 of each other, scores of any
-   * size included (core/cache/PAGES.md); the ts mirror is the reference, not a fast path (1.7–2.1× the exact TS
-   * time at d = 64 and 128).
+   * size included (core/cache/PAGES.md); the ts backend is the reference, not a fast path.
    */
   integerDot?: boolean;
   /**
