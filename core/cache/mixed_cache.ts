@@ -286,8 +286,9 @@ export interface MixedCacheOptions {
   /**
    * Attention backend. `ts` (default): the reference, decoding every segment to f32 and attending
    * it in the WASM kernels' f32 steps (core/cache/kernel_score.ts, Partial.addBlock), so both
-   * backends give the same outputs. `wasm`: pages live in WebAssembly memory and fused-dequant SIMD kernels attend each
-   * page in place, merging flash-decoding partials (head_dim must be a multiple of 4).
+   * backends give the same outputs. `wasm`: pages live in WebAssembly memory and fused-dequant
+   * SIMD kernels attend each page in place, merging flash-decoding partials (head_dim must be a
+   * multiple of 4).
    */
   backend?: "ts" | "wasm";
   /**
@@ -779,7 +780,8 @@ export class MixedPrecisionKVCache implements KVCache {
 
   /**
    * The TypeScript reference attention: decode each segment to float32, score as the WASM kernels
-   * do (#score), then a softmax per kernel call's segment (Partial.addBlock) merged by log-sum-exp. Window tokens come first so their scores can be credited back to their slots.
+   * do (#score), then a softmax per kernel call's segment (Partial.addBlock) merged by
+   * log-sum-exp. Window tokens come first so their scores can be credited back to their slots.
    */
   attend(layer: number, q: Float32Array, out: Float32Array): void {
     checkAttend(this.shape, layer, this.#lengths[layer], q, out);

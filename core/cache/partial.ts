@@ -22,7 +22,7 @@
 import { expF32 } from "./kernel_score.ts";
 
 /** Tokens the kernel sums values over in f32 before adding into f64 (attention.ts VALUE_CHUNK). */
-export const VALUE_CHUNK = 128;
+const VALUE_CHUNK = 128;
 
 /** Running (max, sum, weighted sum) of one query head over a set of tokens. */
 export class Partial {
