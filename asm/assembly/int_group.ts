@@ -61,10 +61,11 @@ import { f16ToF32 } from "./f16";
   decodeIntCodes(src + 4, G, b, codeWords, dst, sc, mn);
 }
 
-// Tables of the eight-code steps of decodeIntCodes and int.ts decodeInt for b = 1 … 8 bits, 96 bytes each, built on first use:
-// code k of eight lives in bytes ⌊k·b/8⌋, ⌊k·b/8⌋ + 1 at bit offset off = k·b mod 8 (eight codes
-// span exactly b bytes): two swizzle vectors (lane k takes the first byte and, when code k
-// straddles, the next; index 16 zeroes a byte), two masks qmax << off and two vectors of 2^−off.
+// Tables of the eight-code steps of decodeIntCodes, int.ts decodeInt and attention.ts's channel
+// tiles for b = 1 … 8 bits, 96 bytes each, built on first use. Code k of eight lives in bytes
+// ⌊k·b/8⌋, ⌊k·b/8⌋ + 1 at bit offset off = k·b mod 8 (eight codes span exactly b bytes): two
+// swizzle vectors (lane k takes the first byte and, when code k straddles, the next; index 16
+// zeroes a byte), two masks qmax << off and two vectors of 2^−off.
 const CHUNK_TABLES = memory.data(96 * 9, 16);
 let chunkTablesBuilt: u32 = 0;
 
