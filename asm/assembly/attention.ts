@@ -649,7 +649,8 @@ const FLAG_INTDOT: i32 = 4;
   }
   const gBytes = <usize>G << 2;
   for (let c = 0; c < d; c++) {
-    decodeRun(kind, b, G, wpg, scaled, ptr + (<usize>((c * perChannel + g) * wpg) << 2), G, work + <usize>c * gBytes);
+    const src = ptr + (<usize>((c * perChannel + g) * wpg) << 2);
+    decodeRun(kind, b, G, wpg, scaled, src, G, work + <usize>c * gBytes);
   }
   _transposeRows(work, G, d, tile);
   if (rope != 0) _ropeTile(tile, G, d, rope);
