@@ -23,6 +23,7 @@ export * from "./core/eval/perplexity.ts";
 export * from "./core/model/generate.ts";
 export * from "./codecs/mod.ts";
 export * from "./core/cache/partial.ts";
+export * from "./core/cache/kernel_score.ts";
 export * from "./core/cache/page.ts";
 export * from "./core/cache/policy.ts";
 export * from "./core/cache/mixed_cache.ts";

@@ -240,8 +240,16 @@ class HeadStore {
  */
 const HEAD_OBJECT_BYTES = 4096;
 
-/** Heap a Partial takes besides its f64 sums (an object and a typed array header), rounded up. */
+/** Heap a Partial takes besides its sums (an object and typed array headers), rounded up. */
 const PARTIAL_OBJECT_BYTES = 256;
+
+/**
+ * Bytes of one Partial of head dimension d: its sums and a segment's (f64), a run's f32 sums, seven
+ * f64 lane sums of l, and the object around them.
+ */
+function partialBytes(d: number): number {
+  return 8 * d + 8 * d + 4 * d + 56 + PARTIAL_OBJECT_BYTES;
+}
 
 /**
  * Pages of up to this many tokens are accepted whatever maxSeqLen: the GPU cache's default page
@@ -544,6 +552,8 @@ export class MixedPrecisionKVCache implements KVCache {
       { name: "attention scratch", bytes: 4 * M * d, count: 2 },
       { name: "attention scores", bytes: 8 * M },
       { name: "group starts", bytes: rope ? 4 * M : 0 },
+      { name: "reference partials", bytes: partialBytes(d), count: 2 },
+      { name: "turned query", bytes: 4 * d },
       { name: "eviction scratch", bytes: 4 * Q * d, count: 2 },
     ];
     // cos and sin of every position; the wasm backend joins them, then copies them to its memory
@@ -554,8 +564,8 @@ export class MixedPrecisionKVCache implements KVCache {
     if (this.backend === "wasm") {
       const hq = nHeads / nKvHeads;
       buffers.push({ name: "wasm window scores", bytes: 8 * hq * this.#ring });
-      // one partial softmax per query head of a group: its f64 sums and the object around them
-      buffers.push({ name: "query-head partials", bytes: 8 * d + PARTIAL_OBJECT_BYTES, count: hq });
+      // one partial softmax per query head of a group: its sums and the object around them
+      buffers.push({ name: "query-head partials", bytes: partialBytes(d), count: hq });
     }
     // pages come as tokens arrive, but one that can never be allocated is refused now
     for (const pair of this.policy.pairs()) {

@@ -36,6 +36,8 @@ export class Partial {
   readonly #block: Float64Array;
   /** A run's f32 sums (addBlock). */
   readonly #run: Float32Array;
+  /** addBlock's four f64 lane sums of l and its last (up to three) weights. */
+  readonly #lanes = new Float64Array(7);
 
   /**
    * Creates an empty partial (m = −∞, l = 0, acc = 0).
@@ -97,7 +99,12 @@ export class Partial {
     let m = -Infinity;
     for (let t = from; t < to; t++) if (scores[t] > m) m = scores[t];
     m += 0; // a −0 max is +0, as in the kernel
-    let l = 0;
+    // l in the kernel's order (attention.ts step 2): weights of whole quads of the segment summed in
+    // four f64 lanes by their index mod 4, the lanes as (l₀ + l₂) + (l₁ + l₃), then the last one to
+    // three weights one by one (a sequential f64 sum had differed in the last bit when weights
+    // span more than 2^29, moving an output by up to 4.8e-8)
+    const lanes = this.#lanes, quads = from + ((to - from) & ~3);
+    lanes.fill(0);
     acc.fill(0);
     for (let r0 = from; r0 < to; r0 += VALUE_CHUNK) {
       const r1 = Math.min(to, r0 + VALUE_CHUNK);
@@ -106,7 +113,8 @@ export class Partial {
       if (pairs) {
         for (; t + 2 <= r1; t += 2) {
           const w0 = expF32(scores[t] - m), w1 = expF32(scores[t + 1] - m);
-          l += w0 + w1;
+          if (t < quads) lanes[(t - from) & 3] += w0, lanes[(t + 1 - from) & 3] += w1;
+          else lanes[4 + t - quads] = w0, lanes[5 + t - quads] = w1;
           const a = t * d, b = a + d;
           for (let i = 0; i < d; i++) {
             run[i] = fr(run[i] + fr(fr(w0 * values[a + i]) + fr(w1 * values[b + i])));
@@ -115,11 +123,14 @@ export class Partial {
       }
       for (; t < r1; t++) {
         const w = expF32(scores[t] - m);
-        l += w;
+        if (t < quads) lanes[(t - from) & 3] += w;
+        else lanes[4 + t - quads] = w;
         for (let i = 0; i < d; i++) run[i] = fr(run[i] + fr(w * values[t * d + i]));
       }
       for (let i = 0; i < d; i++) acc[i] += run[i];
     }
+    let l = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
+    for (let t = quads; t < to; t++) l += lanes[4 + t - quads];
     this.#mergeSums(m, l, acc);
   }
 
