@@ -463,6 +463,15 @@ const FLAG_INTDOT: i32 = 4;
   v128.store(row + 3 * rowStep, x3);
 }
 
+// The header words of four channel rows' groups (at p, stride bytes apart) in the lanes of a vector.
+// @ts-ignore: decorator
+@inline function _headers4(p: usize, stride: usize): v128 {
+  let h = i32x4.splat(load<i32>(p));
+  h = i32x4.replace_lane(h, 1, load<i32>(p + stride));
+  h = i32x4.replace_lane(h, 2, load<i32>(p + 2 * stride));
+  return i32x4.replace_lane(h, 3, load<i32>(p + 3 * stride));
+}
+
 /**
  * Decodes group g of every channel of a channel-major int4 or int8 key block (fastIntGroup shapes:
  * G codes in whole 16-byte chunks after each group's header word) straight into token rows
@@ -491,10 +500,7 @@ const FLAG_INTDOT: i32 = 4;
   const rowStep = tokStep * dBytes, ropeStep = tokStep * 2 * dBytes;
   for (let c = 0; c < d; c += 4) {
     const p0 = kPtr + (<usize>(g * wpg) << 2) + <usize>c * stride;
-    let h = i32x4.splat(load<i32>(p0));
-    h = i32x4.replace_lane(h, 1, load<i32>(p0 + stride));
-    h = i32x4.replace_lane(h, 2, load<i32>(p0 + 2 * stride));
-    h = i32x4.replace_lane(h, 3, load<i32>(p0 + 3 * stride));
+    const h = _headers4(p0, stride);
     const s = headerScales(h), m = headerMinima(h);
     const out = tile + (<usize>c << 2), rc = rope + (<usize>c << 2);
     for (let j = 0; j < chunks; j++) {
@@ -577,10 +583,7 @@ const FLAG_INTDOT: i32 = 4;
   const p0 = v128.load(tb, 64), p1 = v128.load(tb, 80);
   for (let c = 0; c < d; c += 4) {
     const h0 = ptr + (<usize>(g * wpg) << 2) + <usize>c * stride;
-    let h = i32x4.splat(load<i32>(h0));
-    h = i32x4.replace_lane(h, 1, load<i32>(h0 + stride));
-    h = i32x4.replace_lane(h, 2, load<i32>(h0 + 2 * stride));
-    h = i32x4.replace_lane(h, 3, load<i32>(h0 + 3 * stride));
+    const h = _headers4(h0, stride);
     const s = headerScales(h), m = headerMinima(h);
     const out = tile + (<usize>c << 2), rc = rope + (<usize>c << 2);
     for (let i = 0, kb = 0; i < G; i += 8, kb += b) {
