@@ -77,6 +77,34 @@ function mixedPolicy(): CachePolicy {
   };
 }
 
+/**
+ * Pages cycle through the kinds of tiers kvprec's budget plans choose (core/plan.ts): fp16 keys with
+ * int8 values, then int4, int3 and int2 keys per channel stored before RoPE with int4 / int3 values,
+ * a page at a time: what such a plan costs, on the exact path its keys before RoPE take.
+ */
+function planLikePolicy(): CachePolicy {
+  const tiers: FormatPair[] = [
+    { keyFormat: "fp16", valueFormat: "int8-g32-token" },
+    { keyFormat: "int4-g32-channel", valueFormat: "int4-g32-channel" },
+    { keyFormat: "int3-g32-channel", valueFormat: "int4-g32-token" },
+    { keyFormat: "int2-g32-channel", valueFormat: "int3-g32-channel" },
+  ];
+  const base = uniformPolicy({
+    keyFormat: "int4-g32-channel",
+    valueFormat: "int4-g32-channel",
+    pageTokens: PAGE,
+    ropeBase: 10000,
+  });
+  // one call per eviction chunk of 32 tokens (the channel groups), per KV head
+  let count = 0;
+  return {
+    ...base,
+    label: "plan-like",
+    formatFor: () => tiers[Math.floor(count++ / ((PAGE / 32) * N_KV)) % tiers.length],
+    pairs: () => tiers,
+  };
+}
+
 /** KIVI-style: keys int4 per channel (groups of 32 tokens), values int4 per token. */
 function kiviPolicy(): CachePolicy {
   return uniform("int4-g32-channel", "int4-g32-token");
@@ -142,6 +170,7 @@ const CASES: {
       }),
   },
   { name: "kivi-4 int-dot", policy: kiviPolicy, integerDot: true },
+  { name: "plan-like tiers", policy: planLikePolicy, integerDot: true },
 ];
 /** Agreement of WASM and TS (exact rows: exact TS; int-dot rows: TS with integerDot, its mirror). */
 const AGREEMENT = 1e-6;
