@@ -300,8 +300,9 @@ function _workBytes(d: i32, cap: i32, hq: i32): i32 {
 
 /**
  * Tokens the exact value pass sums in f32 before it adds them into f64: one f32 sum over a
- * 512-token page, or a window of thousands, drifted past 1e-6 of f64 attention. core/cache/partial.ts
- * mirrors it; every channel group (at most 128 tokens, codecs/format.ts) divides it.
+ * 512-token page, or a window of thousands, drifted past 1e-6 of f64 attention.
+ * core/cache/partial.ts mirrors it; every channel group (at most 128 tokens, codecs/format.ts)
+ * divides it.
  */
 const VALUE_CHUNK: i32 = 128;
 
