@@ -67,31 +67,42 @@ function drive(
   }
 }
 
+/**
+ * Both backends for format pair i of every storable format at d = 128 (every token-axis group)
+ * with 128-token pages (every channel-axis group), a sink and a 3-token window: query heads per
+ * KV head in turn 4 (heads in fours, tokens in pairs), 1, and 6 (a block of four and two over).
+ */
+function formatCase(
+  keyFormat: string,
+  valueFormat: string,
+  i: number,
+  options: { windowFormat: string; integerDot: boolean; ropeBase?: number },
+) {
+  const hq = [4, 1, 6][i % 3];
+  const shape = { nLayers: 1, nHeads: 2 * hq, nKvHeads: 2, headDim: 128, maxSeqLen: 300 };
+  const { integerDot, ...window } = options;
+  const policy = () =>
+    uniformPolicy({
+      keyFormat,
+      valueFormat,
+      pageTokens: 128,
+      sinkTokens: 1,
+      recentWindow: 3,
+      ...window,
+    });
+  return { c: pair(shape, policy, integerDot), hq };
+}
+
 Deno.test("MixedPrecisionKVCache.attend() wasm matches ts for every storable format", () => {
-  // d = 128 admits every token-axis group; 128-token pages every channel-axis group. Attends at
-  // T = 1 (window and sink only), 5, 33, a full page, a page and a bit, two pages and one token,
-  // and 300 (two full pages, a partial page, staged channel groups). Query heads per KV head in
-  // turn 4 (heads in fours, tokens in pairs), 1, and 6 (a block of four and two left over); the
-  // exact kernels and the integer path (where it serves the pair) in turn.
+  // Attends at T = 1 (window and sink only), 5, 33, a full page, a page and a bit, two pages and
+  // one token, and 300 (two full pages, a partial page, staged channel groups); the exact kernels
+  // and the integer path (where it serves the pair) in turn.
   const names = formatNames().filter((n) => getFormat(n).axis !== "heads");
   const lengths = [1, 5, 33, 128, 130, 257, 300];
   names.forEach((keyFormat, i) => {
     const valueFormat = names[(i * 7 + 3) % names.length];
-    const hq = [4, 1, 6][i % 3], integerDot = i % 2 === 0;
-    const shape = { nLayers: 1, nHeads: 2 * hq, nKvHeads: 2, headDim: 128, maxSeqLen: 300 };
-    const c = pair(
-      shape,
-      () =>
-        uniformPolicy({
-          keyFormat,
-          valueFormat,
-          pageTokens: 128,
-          windowFormat: "fp32",
-          sinkTokens: 1,
-          recentWindow: 3,
-        }),
-      integerDot,
-    );
+    const integerDot = i % 2 === 0;
+    const { c, hq } = formatCase(keyFormat, valueFormat, i, { windowFormat: "fp32", integerDot });
     drive(
       c,
       300,
@@ -127,23 +138,13 @@ Deno.test("wasm matches ts to 1e-6 at scores in the hundreds, for every format, 
   const names = formatNames().filter((n) => getFormat(n).axis !== "heads");
   names.forEach((keyFormat, i) => {
     const valueFormat = names[(i * 5 + 1) % names.length];
-    const hq = [4, 1, 6][i % 3], integerDot = i % 2 === 1;
+    const integerDot = i % 2 === 1;
     const preRope = getFormat(keyFormat).axis === "channel" && i % 4 < 2;
-    const shape = { nLayers: 1, nHeads: 2 * hq, nKvHeads: 2, headDim: 128, maxSeqLen: 300 };
-    const c = pair(
-      shape,
-      () =>
-        uniformPolicy({
-          keyFormat,
-          valueFormat,
-          pageTokens: 128,
-          windowFormat: "fp16",
-          sinkTokens: 1,
-          recentWindow: 3,
-          ...(preRope ? { ropeBase: 10000 } : {}),
-        }),
+    const { c, hq } = formatCase(keyFormat, valueFormat, i, {
+      windowFormat: "fp16",
       integerDot,
-    );
+      ...(preRope ? { ropeBase: 10000 } : {}),
+    });
     const label =
       `${keyFormat}|${valueFormat} hq=${hq} integerDot=${integerDot} preRope=${preRope}`;
     drive(c, 300, [1, 33, 130, 257, 300], 2000 + i, label, 40);
