@@ -178,7 +178,10 @@ export interface WindowOptions {
   sinkTokens?: number;
   /** Recent tokens kept at the window format (default 0). */
   recentWindow?: number;
-  /** Format of sinks and window (default "fp16"). */
+  /**
+   * Format of sinks and window. Default "fp16", or "fp32" when a page format is fp32: every token
+   * passes the window on its way to a page, so an fp16 window would round fp32 pages' tokens.
+   */
   windowFormat?: string;
   /**
    * Format of the tokens waiting in the ring for a whole eviction chunk (default windowFormat;
@@ -204,7 +207,12 @@ export interface UniformOptions extends WindowOptions {
   label?: string;
 }
 
-function windowFields(o: WindowOptions) {
+/** The window format a policy of these page pairs gets by default (WindowOptions.windowFormat). */
+export function defaultWindowFormat(pairs: readonly FormatPair[]): string {
+  return pairs.some((p) => p.keyFormat === "fp32" || p.valueFormat === "fp32") ? "fp32" : "fp16";
+}
+
+function windowFields(o: WindowOptions, pairs: readonly FormatPair[]) {
   const sinkTokens = o.sinkTokens ?? 0, recentWindow = o.recentWindow ?? 0;
   const pageTokens = o.pageTokens ?? 32;
   for (const [name, v] of [["sinkTokens", sinkTokens], ["recentWindow", recentWindow]] as const) {
@@ -222,7 +230,7 @@ function windowFields(o: WindowOptions) {
       `ropeBase is ${showValue(o.ropeBase)}, expected a finite number ≥ ${MIN_ROPE_BASE}`,
     );
   }
-  const windowFormat = o.windowFormat ?? "fp16";
+  const windowFormat = o.windowFormat ?? defaultWindowFormat(pairs);
   _checkFormat(windowFormat, "windowFormat", true);
   const stagingFormat = o.stagingFormat ?? windowFormat;
   _checkFormat(stagingFormat, "stagingFormat", true);
@@ -250,8 +258,8 @@ export function uniformPolicy(options: UniformOptions): CachePolicy {
   _checkFields(options, "uniform");
   _checkPair(options, "");
   if (options.label !== undefined) _checkLabel(options.label);
-  const window = windowFields(options);
   const pair = { keyFormat: options.keyFormat, valueFormat: options.valueFormat };
+  const window = windowFields(options, [pair]);
   const label = options.label ??
     (pair.keyFormat === pair.valueFormat
       ? pair.keyFormat
@@ -261,7 +269,8 @@ export function uniformPolicy(options: UniformOptions): CachePolicy {
     ...window,
     formatFor: () => pair,
     pairs: () => [pair],
-    options: { kind: "uniform", ..._own(options, "uniform") },
+    // the window format resolved: a saved cache's layout must not follow a later default
+    options: { kind: "uniform", ..._own(options, "uniform"), windowFormat: window.windowFormat },
   };
 }
 
@@ -293,7 +302,6 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
   _checkFields(options, "tiered");
   _checkTiers(options.tiers);
   _checkLabel(options.label);
-  const window = windowFields(options);
   // copies: a caller's later change to its tiers once set the choices and the saved options apart
   const tiers = _copyTiers(options.tiers).map((layer) =>
     layer.map((head) => head.sort((a, b) => b.minScore - a.minScore))
@@ -317,6 +325,7 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
       }
     }
   }
+  const window = windowFields(options, [...unique.values()]);
   return {
     label: options.label,
     ...window,
@@ -335,6 +344,7 @@ export function tieredPolicy(options: TieredOptions): CachePolicy {
     options: {
       kind: "tiered",
       ..._own({ ...options, tiers: _copyTiers(options.tiers) }, "tiered"),
+      windowFormat: window.windowFormat,
     },
   };
 }

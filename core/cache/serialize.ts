@@ -385,7 +385,11 @@ export function loadCache(
       throw new CorruptDataError(`cache description has no ${field}`, 12);
     }
   }
-  const policy = policyFromJSON(json.policy);
+  // files saved before policies recorded their window format resolved had the fp16 default, which
+  // fp32 pages now change (WindowOptions.windowFormat)
+  const policy = policyFromJSON(
+    "windowFormat" in json.policy ? json.policy : { ...json.policy, windowFormat: "fp16" },
+  );
   if (version === 2 && policy.ropeBase !== undefined) {
     // version 2 predates keys stored before RoPE: such a file cannot hold their group positions
     throw new CorruptDataError(

@@ -62,9 +62,8 @@ Deno.test("MixedPrecisionKVCache with fp32 pages equals Float32KVCache across pa
       valueFormat: "fp32",
       sinkTokens: 2,
       recentWindow: 5,
-      windowFormat: "fp32",
       pageTokens: 16,
-    }),
+    }), // the window format defaults to fp32 with fp32 pages
   );
   const a = new Float32Array(48), b = new Float32Array(48);
   for (let p = 0; p < 70; p++) {
@@ -158,6 +157,41 @@ Deno.test("MixedPrecisionKVCache.attend() equals attention over individually dec
       }
     }
   }
+});
+
+Deno.test("fp32 pages get an fp32 window by default: no token is rounded to fp16 on its way", () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 8 };
+  const k = normals(8, rng(41)), v = normals(8, rng(42));
+  const tiers = [[[
+    { minScore: 1, keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" },
+    { minScore: 0, keyFormat: "fp32", valueFormat: "fp32" }, // no window: every token's tier
+  ]]];
+  const policies = [
+    uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32" }),
+    uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "fp32", pageTokens: 1 }),
+    tieredPolicy({ label: "fp32 tier", tiers }),
+  ];
+  for (const policy of policies) {
+    assert.equal(policy.windowFormat, "fp32", policy.label);
+    // saved resolved, so a cache file's layout never follows a later default
+    assert.equal(policy.options.windowFormat, "fp32", policy.label);
+    for (const backend of ["ts", "wasm"] as const) {
+      const cache = new MixedPrecisionKVCache(shape, policy, { backend });
+      cache.append(0, 0, k, v);
+      // one token: attention returns its value as stored, here v itself
+      const out = new Float32Array(16);
+      cache.attend(0, normals(16, rng(43)), out);
+      assert.deepEqual(out, Float32Array.from([...v, ...v]), `${policy.label} ${backend}`);
+    }
+  }
+  // pages no more precise than fp16 keep the fp16 window
+  const int4 = uniformPolicy({ keyFormat: "int4-g8-token", valueFormat: "fp16" });
+  assert.equal(int4.windowFormat, "fp16");
+  assert.equal(
+    uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32", windowFormat: "fp16" })
+      .windowFormat,
+    "fp16",
+  );
 });
 
 Deno.test("with no recent window a staged token passes through the window format first", () => {

@@ -406,6 +406,31 @@ Deno.test("caches saved before sinks and window were clamped to maxSeqLen load a
   }
 });
 
+Deno.test("a file saved before policies recorded their window format loads with the fp16 it had", () => {
+  // fp32 pages now default to an fp32 window; such a file's window blocks hold fp16 words
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 40 };
+  const policy = uniformPolicy({
+    keyFormat: "fp32",
+    valueFormat: "fp32",
+    sinkTokens: 2,
+    recentWindow: 4,
+    pageTokens: 8,
+    windowFormat: "fp16",
+  });
+  const cache = new MixedPrecisionKVCache(shape, policy);
+  const next = rng(52);
+  for (let p = 0; p < 30; p++) cache.append(0, p, normals(8, next), normals(8, next));
+  const old = withDescription(saveCache(cache), (j) => delete j.policy.windowFormat);
+  const loaded = loadCache(old);
+  assert.equal(loaded.policy.windowFormat, "fp16");
+  const q = normals(16, next), a = new Float32Array(16), b = new Float32Array(16);
+  cache.attend(0, q, a);
+  loaded.attend(0, q, b);
+  assert.deepEqual(b, a);
+  // saved again, the format is written out
+  assert.deepEqual(saveCache(loaded), saveCache(cache));
+});
+
 Deno.test("a window that moved cannot come from the old layout, and windowStart is checked against the ring held", () => {
   const bytes = Deno.readFileSync(new URL("./legacy/window20.kvpc", import.meta.url));
   refused(
