@@ -20,18 +20,19 @@ const flags = reportFlags(
   "deno run -A bench/agreement_report.ts [--lines 3]",
   ["--lines"],
 );
-const LINES = flags.size("--lines", "3");
+const text = new TextDecoder().decode(
+  await Deno.readFile("fixtures/tinystories_valid_excerpt.txt"),
+);
+const lines = text.split("\n").filter((l) => l.trim().length > 0);
+const LINES = flags.size("--lines", "3", 1, lines.length);
 const weights = parseCheckpoint(await Deno.readFile("fixtures/stories260K.bin"));
 const model = new Transformer(weights);
 const tokenizer = parseTokenizer(
   await Deno.readFile("fixtures/tok512.bin"),
   weights.config.vocabSize,
 );
-const text = new TextDecoder().decode(
-  await Deno.readFile("fixtures/tinystories_valid_excerpt.txt"),
-);
 const shape = cacheShape(weights.config);
-const sequences = text.split("\n").filter((l) => l.trim().length > 0).slice(0, LINES)
+const sequences = lines.slice(0, LINES)
   .map((l) => tokenizer.encode(l, { bos: true }).slice(0, shape.maxSeqLen));
 console.log(
   `fixture model, ${sequences.length} lines (${sequences.reduce((n, s) => n + s.length, 0)} ` +

@@ -49,7 +49,8 @@ const flags = reportFlags(
 const N_HEADS = flags.size("--heads", "8");
 const N_KV = flags.size("--kv-heads", "2");
 const TS = flags.sizes("--T", "512,4096,32768");
-const DIMS = flags.sizes("--d", "64,128");
+/** Multiples of 32: every case's formats group 32 channels. */
+const DIMS = flags.sizes("--d", "64,128", 32);
 /** Tokens per page of every case (--page; the library default is 32). */
 const PAGE = flags.size("--page", "128");
 /** --no-ts skips timing the TS reference (it still checks agreement): quicker WASM iterations. */

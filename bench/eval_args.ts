@@ -4,6 +4,7 @@
 import { readFlags, UsageError } from "./cli_args.ts";
 import type { EvalBackend } from "./eval_measure.ts";
 import type { PlanTarget } from "./kvprec_rows.ts";
+import { decimal } from "./report_flags.ts";
 
 /** Parsed options of the eval command. */
 export interface EvalArgs {
@@ -77,8 +78,8 @@ export function parseEvalArgs(args: string[], seqLen: number, available: number)
   const integer = (flag: string, def: number, lo: number, hi: number): number => {
     const s = values.get(flag);
     if (s === undefined) return def;
-    const n = Number(s);
-    if (!Number.isInteger(n) || n < lo || n > hi) {
+    const n = decimal(s);
+    if (!(n >= lo && n <= hi)) {
       throw new UsageError(
         `${flag} is ${JSON.stringify(s)}, expected an integer in [${lo}, ${hi}]`,
       );

@@ -14,10 +14,10 @@ export interface ReportFlags {
   help: boolean;
   /** The value of a valued flag, or `fallback`. */
   value(name: string, fallback: string): string;
-  /** Positive integers from a comma-separated valued flag, or from `fallback`. */
-  sizes(name: string, fallback: string): number[];
-  /** One integer ≥ min (default 1) from a valued flag, or from `fallback`. */
-  size(name: string, fallback: string, min?: number): number;
+  /** Positive integers (multiples of multipleOf) from a comma-separated valued flag, or `fallback`. */
+  sizes(name: string, fallback: string, multipleOf?: number): number[];
+  /** One integer in [min, max] (default 1, no limit) from a valued flag, or from `fallback`. */
+  size(name: string, fallback: string, min?: number, max?: number): number;
   /** Whether a switch was given. */
   has(name: string): boolean;
 }
@@ -42,23 +42,34 @@ export function parseReportFlags(
   return {
     help: read.switches.has("--help"),
     value,
-    sizes(name, fallback) {
+    sizes(name, fallback, multipleOf = 1) {
       const text = value(name, fallback);
-      const sizes = text.split(",").map(Number);
-      if (!sizes.every((x) => Number.isInteger(x) && x > 0)) {
-        throw new UsageError(`${name} is ${JSON.stringify(text)}, expected positive integers`);
+      const sizes = text.split(",").map(decimal);
+      if (!sizes.every((x) => x > 0 && x % multipleOf === 0)) {
+        throw new UsageError(
+          `${name} is ${JSON.stringify(text)}, expected positive integers` +
+            (multipleOf > 1 ? ` that are multiples of ${multipleOf}` : ""),
+        );
       }
       return sizes;
     },
-    size(name, fallback, min = 1) {
-      const text = value(name, fallback), x = Number(text);
-      if (!Number.isInteger(x) || x < min) {
-        throw new UsageError(`${name} is ${JSON.stringify(text)}, expected an integer ≥ ${min}`);
+    size(name, fallback, min = 1, max = Infinity) {
+      const text = value(name, fallback), x = decimal(text);
+      if (!(x >= min && x <= max)) {
+        throw new UsageError(
+          `${name} is ${JSON.stringify(text)}, expected an integer ` +
+            (max < Infinity ? `in [${min}, ${max}]` : `≥ ${min}`),
+        );
       }
       return x;
     },
     has: (name) => read.switches.has(name),
   };
+}
+
+/** A decimal integer, NaN for anything else: Number() took "0x2", " 2" and "1e3". */
+export function decimal(text: string): number {
+  return /^[0-9]+$/.test(text) ? Number(text) : NaN;
 }
 
 /**

@@ -18,10 +18,12 @@
  */
 
 import {
+  checkOptionFields,
   CorruptDataError,
   FormatError,
   InvalidValueError,
   ShapeError,
+  showValue,
   typeName,
 } from "../core/errors.ts";
 import { f16BitsToF32 } from "./float_bits.ts";
@@ -145,6 +147,27 @@ export function checkEncodeArgs(spec: FormatSpec, x: Float32Array, words: Uint32
     );
   }
   return n;
+}
+
+/**
+ * The `clamp` of encode options, checked: a misspelt field or a clamp that is not a boolean (a
+ * string "yes", a 1) had been read as false without a word.
+ *
+ * @param spec the format, for the message
+ * @param opts the options given
+ * @returns whether to clamp
+ * @throws InvalidValueError for options that are not an object, a field other than clamp, or a
+ *   clamp that is not true or false
+ */
+export function encodeClamp(spec: FormatSpec, opts: EncodeOptions | undefined): boolean {
+  if (opts === undefined) return false;
+  checkOptionFields(opts, ["clamp"], `${spec.name}: encode options`);
+  if (opts.clamp !== undefined && typeof opts.clamp !== "boolean") {
+    throw new InvalidValueError(
+      `${spec.name}: clamp is ${showValue(opts.clamp)}, expected true or false`,
+    );
+  }
+  return opts.clamp === true;
 }
 
 /**

@@ -25,6 +25,7 @@ import {
   checkEncodeArgs,
   clampedInput,
   CodecBase,
+  encodeClamp,
   type EncodeOptions,
   overlaps,
 } from "./codec.ts";
@@ -61,7 +62,7 @@ export class TsCodec extends CodecBase {
    */
   encodeInto(x: Float32Array, words: Uint32Array, opts?: EncodeOptions): void {
     const n = checkEncodeArgs(this.spec, x, words);
-    const input = clampedInput(x, this.spec.clampLimit, opts?.clamp === true);
+    const input = clampedInput(x, this.spec.clampLimit, encodeClamp(this.spec, opts));
     // encode into scratch so that an error part-way leaves `words` untouched
     const scratch = new Uint32Array(n);
     switch (this.spec.kind) {

@@ -32,6 +32,7 @@ import {
   checkDecodeArgs,
   checkEncodeArgs,
   CodecBase,
+  encodeClamp,
   type EncodeOptions,
   nonFiniteError,
   overlaps,
@@ -335,7 +336,7 @@ export class WasmCodec extends CodecBase {
     const chunk = Math.min(n, CHUNK);
     const [src, dst] = arena.layout(4 * chunk, 4 * nw);
     const stage = arena.f32(src, chunk);
-    const clamp = opts?.clamp === true;
+    const clamp = encodeClamp(s, opts);
     for (let off = 0; off < n; off += chunk) {
       const len = Math.min(chunk, n - off);
       stage.set(len === n ? x : x.subarray(off, off + len));

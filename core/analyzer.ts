@@ -489,7 +489,9 @@ export async function calibrate(
     checkStorableFormat(f, shape.headDim, `measureFormats[${i}]`)
   );
   const maxSeqLen = Math.max(...sequences.map((s) => s.length));
-  const full: KVCacheShape = { ...shape, maxSeqLen };
+  // the shape's own fields: callers pass a model's config, whose other fields a cache refuses
+  const { nLayers, nHeads, nKvHeads, headDim } = shape;
+  const full: KVCacheShape = { nLayers, nHeads, nKvHeads, headDim, maxSeqLen };
   const cache = new RecordingKVCache(full);
   const total = sequences.reduce((a, s) => a + s.length + shape.nLayers, 0);
   let done = 0;

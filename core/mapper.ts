@@ -14,7 +14,9 @@
  *
  * A format's effective precision is −log2(2·r) where r is its worst-case per-element error relative
  * to the data's range: log2(2^b − 1) for b-bit integers, log2(127) for int8s, and the mantissa
- * width for floats (10 for fp16, 23 for fp32, 3 for e4m3, 2 for e5m2, 7 for bf16).
+ * width for floats (10 for fp16, 23 for fp32, 3 for e4m3, 2 for e5m2, 7 for bf16). The planner
+ * credits a format with more where the calibration measured it on a head (plan.ts rulePrecision:
+ * group scales follow the data, which spans less than the head's whole range).
  *
  * Browser compatible.
  *
@@ -137,6 +139,8 @@ export function requiredBits(curvature: number, options: RuleOptions): number {
  *
  * @param required required precision in bits
  * @param candidates formats to choose from (non-empty)
+ * @param precision each candidate's precision (default precisionBits; the planner's rule credits
+ *   measured errors, plan.ts rulePrecision)
  * @returns the chosen format and whether it meets the requirement
  * @throws FormatError for an empty candidate list; InvalidValueError for a NaN requirement or a
  *   candidate whose bitsPerElement is not a finite number > 0
@@ -144,6 +148,7 @@ export function requiredBits(curvature: number, options: RuleOptions): number {
 export function selectFormat(
   required: number,
   candidates: readonly MapperFormat[],
+  precision: (format: MapperFormat) => number = precisionBits,
 ): { format: MapperFormat; meets: boolean } {
   if (candidates.length === 0) throw new FormatError("no candidate formats");
   // NaN meets no format and would pass for "the most precise one does not suffice"; a string "3"
@@ -163,14 +168,14 @@ export function selectFormat(
   let best: MapperFormat | undefined;
   let most = candidates[0];
   for (const f of candidates) {
-    const p = precisionBits(f);
+    const p = precision(f);
     // equally precise fallbacks: the cheaper one
-    const q = precisionBits(most);
+    const q = precision(most);
     if (p > q || (p === q && f.bitsPerElement < most.bitsPerElement)) most = f;
     if (p >= required) {
       if (
         !best || f.bitsPerElement < best.bitsPerElement ||
-        (f.bitsPerElement === best.bitsPerElement && p > precisionBits(best))
+        (f.bitsPerElement === best.bitsPerElement && p > precision(best))
       ) best = f;
     }
   }

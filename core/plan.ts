@@ -330,7 +330,18 @@ export function buildPrecisionPlan(
     };
   };
 
-  // 1. The oracle.
+  // 1. The oracle. Rule mode credits each format with its precision on the head's own data.
+  const credited = (kind: "key" | "value", F: readonly MapperFormat[]) => {
+    const cells = new Map<number, number[]>();
+    return (l: number, h: number) => {
+      const at = l * nKvHeads + h;
+      if (!cells.has(at)) {
+        cells.set(at, F.map((f) => rulePrecision(analysis, l, h, kind, f, o.ropeBase)));
+      }
+      return cells.get(at)!;
+    };
+  };
+  const precisionK = credited("key", kF), precisionV = credited("value", vF);
   let oracleK: Int16Array, oracleV: Int16Array;
   const requiredK = new Float64Array(items.length), requiredV = new Float64Array(items.length);
   if (o.mode === "rule") {
@@ -341,8 +352,9 @@ export function buildPrecisionPlan(
       const rule = { epsilon: o.epsilon, diameter: o.diameter[it.layer][it.head], c: o.c };
       requiredK[i] = requiredBits(it.kappa, rule);
       requiredV[i] = requiredBits(it.kappaV, rule);
-      oracleK[i] = kF.indexOf(selectFormat(requiredK[i], kF).format);
-      oracleV[i] = vF.indexOf(selectFormat(requiredV[i], vF).format);
+      const [pK, pV] = [precisionK(it.layer, it.head), precisionV(it.layer, it.head)];
+      oracleK[i] = kF.indexOf(selectFormat(requiredK[i], kF, (f) => pK[kF.indexOf(f)]).format);
+      oracleV[i] = vF.indexOf(selectFormat(requiredV[i], vF, (f) => pV[vF.indexOf(f)]).format);
     }
   } else {
     let a;
@@ -414,8 +426,9 @@ export function buildPrecisionPlan(
     const tier = tierFor(plan, items[i].layer, items[i].head, items[i].score);
     planK[i] = kF.findIndex((f) => f.name === tier.keyFormat);
     planV[i] = vF.findIndex((f) => f.name === tier.valueFormat);
+    const { layer: l, head: h } = items[i];
     const meets = (k: number, v: number) =>
-      precisionBits(kF[k]) >= requiredK[i] && precisionBits(vF[v]) >= requiredV[i];
+      precisionK(l, h)[k] >= requiredK[i] && precisionV(l, h)[v] >= requiredV[i];
     if (o.mode === "rule" && !meets(planK[i], planV[i]) && meets(oracleK[i], oracleV[i])) {
       shortfalls++;
     }
@@ -785,20 +798,36 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
   if (options.mode === "rule") {
     const e = options.epsilon;
     if (e === undefined || !(e > 0) || !Number.isFinite(e)) {
-      throw new InvalidValueError(`target error ε is ${e}, expected a finite number > 0`);
+      throw new InvalidValueError(
+        `target error ε is ${showValue(e)}, expected a finite number > 0`,
+      );
     }
     const c = options.c ?? 4;
     if (!(c > 0) || !Number.isFinite(c)) {
-      throw new InvalidValueError(`constant c is ${c}, expected a finite number > 0`);
+      throw new InvalidValueError(`constant c is ${showValue(c)}, expected a finite number > 0`);
     }
   } else if (options.mode === "budget") {
     const b = options.bitsPerElement;
     if (b === undefined || !(b > 0) || !Number.isFinite(b)) {
-      throw new InvalidValueError(`budget is ${b} bits per element, expected a finite number > 0`);
+      throw new InvalidValueError(
+        `budget is ${showValue(b)} bits per element, expected a finite number > 0`,
+      );
     }
   } else {
     throw new InvalidValueError(
       `mode ${(options as PlanOptions).mode}, expected "rule" or "budget"`,
+    );
+  }
+  // a setting of the other mode had been ignored without a word
+  const foreign = options.mode === "rule" ? ["bitsPerElement"] : ["epsilon", "c"];
+  const stray = foreign.find((k) =>
+    (options as unknown as Record<string, unknown>)[k] !== undefined
+  );
+  if (stray !== undefined) {
+    throw new InvalidValueError(
+      `${stray} is set, but mode "${options.mode}" does not use it (` +
+        (options.mode === "rule" ? "bitsPerElement is the budget's" : "ε and c are the rule's") +
+        ")",
     );
   }
   // Per-head ranges over every calibration sequence.
@@ -843,6 +872,39 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     errorModel,
     diameter: ranges.map((row, l) => row.map((_, h) => ruleDiameter(analysis, l, h))),
   };
+}
+
+/**
+ * The precision p the rule credits a format with on one (layer, KV head)'s keys or values. Where
+ * the calibration measured the format there (analysis.formatErrors; keys stored before RoPE, with
+ * ropeBase and a channel-axis format, read its preRopeKey errors), p = log2(D / 2δ̄), δ̄ the measured
+ * mean per-element error bound and D the head's {@linkcode ruleDiameter}: the precision a format
+ * erring by δ̄ over the whole range D would have. Group scales follow the data, so an int8 group
+ * spanning a tenth of D errs ten times less than precisionBits' worst case over D assumes; the
+ * rule then picks the cheapest format that meets it on this head. Elsewhere precisionBits(f).
+ *
+ * @param analysis the calibration
+ * @param layer layer index
+ * @param head KV head index
+ * @param kind keys or values
+ * @param format the format
+ * @param ropeBase the plan's RoPE base, when channel-axis keys are stored before RoPE
+ * @returns bits of precision (Infinity for a format that measured no error)
+ */
+export function rulePrecision(
+  analysis: Analysis,
+  layer: number,
+  head: number,
+  kind: "key" | "value",
+  format: MapperFormat,
+  ropeBase?: number,
+): number {
+  const errors = analysis.formatErrors?.[format.name];
+  const beforeRope = kind === "key" && ropeBase !== undefined && errors?.preRopeKey !== undefined &&
+    getFormat(format.name).axis === "channel";
+  const mean = (beforeRope ? errors!.preRopeKey : errors?.[kind])?.[layer]?.[head];
+  if (mean === undefined) return precisionBits(format);
+  return Math.log2(ruleDiameter(analysis, layer, head) / (2 * mean));
 }
 
 /**
@@ -896,9 +958,10 @@ function _errorOf(
   f: MapperFormat,
 ): number {
   const e = o.errorModel(layer, head, kind, f);
-  if (!(e >= 0) || e === Infinity) {
+  // a string "1" compared as a number
+  if (typeof e !== "number" || !(e >= 0) || e === Infinity) {
     throw new InvalidValueError(
-      `error model gives ${e} for layer ${layer} head ${head} ${kind} ${f.name}, ` +
+      `error model gives ${showValue(e)} for layer ${layer} head ${head} ${kind} ${f.name}, ` +
         "expected a finite number ≥ 0",
     );
   }

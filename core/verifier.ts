@@ -43,7 +43,7 @@ import {
   typeName,
 } from "./errors.ts";
 import { addUp, mulUp, sqrtUp } from "./interval.ts";
-import { precisionBits, requiredBits } from "./mapper.ts";
+import { requiredBits } from "./mapper.ts";
 import { Float32KVCache, type KVCache, type KVCacheShape } from "./model/kv_cache.ts";
 import {
   type Assignment,
@@ -51,6 +51,7 @@ import {
   checkWindowFormat,
   resolveSensitivity,
   ruleDiameter,
+  rulePrecision,
 } from "./plan.ts";
 import { quantizeHead } from "./quantize_head.ts";
 import { checkRecorded, type RecordingKVCache } from "./recording_cache.ts";
@@ -104,8 +105,9 @@ export interface CheckOptions {
 }
 
 /**
- * Every position of the calibration whose key or value format has less effective precision than
- * p = log2(c·κ·D²/ε), D the planner's {@linkcode ruleDiameter} (sinks and window count at the
+ * Every position of the calibration whose key or value format has less effective precision (the
+ * planner's {@linkcode rulePrecision}: measured on the head where the calibration measured the
+ * format) than p = log2(c·κ·D²/ε), D the planner's {@linkcode ruleDiameter} (sinks and window count at the
  * window format), κ of a key its curvature (or attention, with sensitivity "attention") and κ of a
  * value its attention α: the output is linear in the value, ∂o/∂v_t = α_t·I, so a value's error
  * reaches it whole however small the curvature (a position taking nearly all the attention has
@@ -139,25 +141,38 @@ export function checkAssignment(
   const keyField = sensitivity === "attention"
     ? valueField
     : (mean ? "curvatureSum" : "curvatureMax");
-  const window = precisionBits(getFormat(assignment.windowFormat));
-  // a token that passed through the staging format keeps no more precision than it has
-  const staged = assignment.stagingFormat === undefined
-    ? Infinity
-    : precisionBits(getFormat(assignment.stagingFormat));
-  const bits = (b: number[], i: number) =>
-    i === -1 ? window : Math.min(i === -2 ? window : b[i], staged);
-  const kBits = assignment.keyFormats.map((f) => precisionBits(getFormat(f)));
-  const vBits = assignment.valueFormats.map((f) => precisionBits(getFormat(f)));
+  // each format's precision on each head's keys and values, as the planner credits it
+  const credit = (l: number, h: number, kind: "key" | "value", name: string) =>
+    rulePrecision(analysis, l, h, kind, getFormat(name), assignment.ropeBase);
+  const precisions = (l: number, h: number, kind: "key" | "value") => {
+    const window = credit(l, h, kind, assignment.windowFormat);
+    // a token that passed through the staging format keeps no more precision than it has
+    const staged = assignment.stagingFormat === undefined
+      ? Infinity
+      : credit(l, h, kind, assignment.stagingFormat);
+    const pages = (kind === "key" ? assignment.keyFormats : assignment.valueFormats)
+      .map((f) => credit(l, h, kind, f));
+    return (i: number) => i === -1 ? window : Math.min(i === -2 ? window : pages[i], staged);
+  };
   // The planner's D: with another one the check flagged the planner's own oracle.
   const diameter = Array.from(
     { length: nLayers },
     (_, l) => Array.from({ length: nKvHeads }, (_, h) => ruleDiameter(analysis, l, h)),
+  );
+  const credited = Array.from(
+    { length: nLayers },
+    (_, l) =>
+      Array.from(
+        { length: nKvHeads },
+        (_, h) => ({ kBits: precisions(l, h, "key"), vBits: precisions(l, h, "value") }),
+      ),
   );
   const out: RuleViolation[] = [];
   analysis.sequences.forEach((s, si) => {
     for (let l = 0; l < nLayers; l++) {
       for (let h = 0; h < nKvHeads; h++) {
         const c = s.heads[l][h];
+        const { kBits, vBits } = credited[l][h];
         const cell = assignment.sequences[si]?.[l]?.[h];
         if (!cell) throw new ShapeError(`assignment lacks sequence ${si} layer ${l} head ${h}`);
         _checkCell(cell, c.length, assignment, `assignment sequence ${si} layer ${l} head ${h}`);
@@ -181,7 +196,7 @@ export function checkAssignment(
             });
           };
           const needK = need(keyField), needV = need(valueField);
-          const kb = bits(kBits, cell.key[t]), vb = bits(vBits, cell.value[t]);
+          const kb = kBits(cell.key[t]), vb = vBits(cell.value[t]);
           if (kb < needK || vb < needV) {
             out.push({
               sequence: si,

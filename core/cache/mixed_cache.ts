@@ -28,6 +28,7 @@ import {
   BudgetError,
   CapacityError,
   checkOptionFields,
+  CorruptDataError,
   FormatError,
   InvalidValueError,
   ShapeError,
@@ -1119,11 +1120,95 @@ export class MixedPrecisionKVCache implements KVCache {
   }
 
   /**
-   * Sets the positions held per layer (deserialisation).
+   * Sets the positions held per layer (deserialisation), once restoreSegments has put them there.
    * @param lengths positions per layer
+   * @throws {ShapeError} when there is not one length per layer, or a layer's KV heads do not
+   *   each hold its length in sinks, window and pages (nothing is changed)
    */
   restoreLengths(lengths: ArrayLike<number>): void {
+    const { nLayers, nKvHeads } = this.shape;
+    if (lengths.length !== nLayers) {
+      throw new ShapeError(
+        `lengths has ${lengths.length} entries, expected ${nLayers} (one a layer)`,
+      );
+    }
+    for (let l = 0; l < nLayers; l++) {
+      for (let h = 0; h < nKvHeads; h++) {
+        const s = this.#heads[l][h], held = s.sinkN + s.windowN + s.paged;
+        if (lengths[l] !== held) {
+          throw new ShapeError(
+            `lengths[${l}] is ${
+              showValue(lengths[l])
+            }, but layer ${l} KV head ${h} holds ${held} ` +
+              `positions in sinks, window and pages`,
+          );
+        }
+      }
+    }
     this.#lengths.set(lengths);
+  }
+
+  /**
+   * Decodes every stored key and value and throws at the first that is not finite, or whose group
+   * header its codec refuses, or at a window score that is not a finite number ≥ 0: what bytes
+   * whose checksums hold can still carry (loadCache), and what appends never store.
+   * @throws {CorruptDataError} naming layer, KV head, segment, token and element
+   */
+  checkStoredFinite(): void {
+    const { nLayers, nKvHeads, headDim: d } = this.shape;
+    const k = this.#k, v = this.#v;
+    for (let l = 0; l < nLayers; l++) {
+      for (let h = 0; h < nKvHeads; h++) {
+        const store = this.#heads[l][h];
+        const check = (what: string, n: number, decode: () => void) => {
+          const at = `layer ${l} KV head ${h}: ${what}`;
+          try {
+            decode();
+          } catch (e) {
+            if (e instanceof CorruptDataError) throw new CorruptDataError(`${at}: ${e.message}`);
+            throw e;
+          }
+          for (const [x, name] of [[k, "key"], [v, "value"]] as const) {
+            for (let i = 0; i < n * d; i++) {
+              if (!Number.isFinite(x[i])) {
+                throw new CorruptDataError(
+                  `${at}: ${name} of token ${Math.floor(i / d)}, element ${i % d}, decodes to ${
+                    x[i]
+                  }`,
+                );
+              }
+            }
+          }
+        };
+        check("window", store.windowN, () => {
+          for (let t = 0; t < store.windowN; t++) {
+            this.#decodeRingToken(store, t, k.subarray(t * d), v.subarray(t * d));
+          }
+        });
+        check("sinks", store.sinkN, () => {
+          this.#window.decodeWords(store.sinkK, store.sinkN * d, k.subarray(0, store.sinkN * d));
+          this.#window.decodeWords(store.sinkV, store.sinkN * d, v.subarray(0, store.sinkN * d));
+        });
+        for (const [key, pool] of store.pools) {
+          pool.pages.forEach((page, p) => {
+            check(`page ${p} of pool ${key}`, page.n, () => {
+              page.decodeKeys(k);
+              page.decodeValues(v);
+            });
+          });
+        }
+        // a NaN score would match no tier, a negative one only the last
+        const bad = store.windowScore.findIndex((x) => !(x >= 0 && x < Infinity));
+        if (bad >= 0) {
+          throw new CorruptDataError(
+            `layer ${l} KV head ${h}: window score ${bad} is ${
+              store.windowScore[bad]
+            }, expected a ` +
+              `finite number ≥ 0`,
+          );
+        }
+      }
+    }
   }
 
   /**

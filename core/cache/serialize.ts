@@ -492,6 +492,7 @@ export function loadCache(
     o += stored[i] + 4;
   });
   cache.restoreLengths(json.lengths);
+  cache.checkStoredFinite();
   cache.checkBudget("the loaded cache");
   return cache;
 }

@@ -210,6 +210,8 @@ export function checkHead(shape: KVCacheShape, layer: number, kvHead: number): v
  * Checks that a shape is usable: positive integers, and heads divisible for grouped-query attention.
  *
  * @param shape the shape to check
+ * @throws {ShapeError} naming the first field that is not a positive integer, heads that do not
+ *   divide, or a field a shape does not have
  */
 export function checkCacheShape(shape: KVCacheShape): void {
   if (typeof shape !== "object" || shape === null) {
@@ -218,7 +220,17 @@ export function checkCacheShape(shape: KVCacheShape): void {
         "maxSeqLen }",
     );
   }
-  for (const key of ["nLayers", "nHeads", "nKvHeads", "headDim", "maxSeqLen"] as const) {
+  const fields = ["nLayers", "nHeads", "nKvHeads", "headDim", "maxSeqLen"] as const;
+  // a misspelt field, or one that belongs elsewhere (a policy's ropeBase), was dropped in silence
+  const unknown = Object.keys(shape).find((k) => !(fields as readonly string[]).includes(k));
+  if (unknown !== undefined) {
+    throw new ShapeError(
+      `cache shape has unknown field ${JSON.stringify(unknown)}; the fields are ${
+        fields.join(", ")
+      }`,
+    );
+  }
+  for (const key of fields) {
     const value = shape[key];
     if (!Number.isInteger(value) || value <= 0) {
       throw new ShapeError(

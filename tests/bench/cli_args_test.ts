@@ -79,6 +79,20 @@ Deno.test("parseReportFlags() refuses unknown flags, repeats and sizes that are 
     ],
     [["--reps", "0"], /--reps is "0", expected an integer ≥ 1/, (g) => g.size("--reps", "1")],
     [["--reps", "2,3"], /--reps is "2,3"/, (g) => g.size("--reps", "1")],
+    // Number() read these as 2, 2 and 1000
+    [["--reps", "0x2"], /--reps is "0x2"/, (g) => g.size("--reps", "1")],
+    [["--reps", " 2"], /--reps is " 2"/, (g) => g.size("--reps", "1")],
+    [["--T", "1e3"], /--T is "1e3"/, (g) => g.sizes("--T", "1")],
+    [
+      ["--reps", "20"],
+      /--reps is "20", expected an integer in \[1, 19\]/,
+      (g) => g.size("--reps", "1", 1, 19),
+    ],
+    [
+      ["--T", "64,7"],
+      /--T is "64,7", expected positive integers that are multiples of 32/,
+      (g) => g.sizes("--T", "1", 32),
+    ],
   ];
   for (const [args, message, read] of cases) {
     assert.throws(

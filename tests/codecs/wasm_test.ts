@@ -156,6 +156,29 @@ Deno.test("WasmCodec reports the same typed errors as TsCodec and writes nothing
   assert.ok(out.every((v) => v === 3), "nothing written");
 });
 
+Deno.test("encode options are checked on both codecs: a misspelt field or a clamp not boolean is named", () => {
+  const r = rng(81), x = Float32Array.from({ length: 16 }, () => normal(r));
+  for (const c of [tsCodec("int4-g8-token"), wasmCodec("int4-g8-token")]) {
+    const words = new Uint32Array(c.wordsFor(16)).fill(0xdeadbeef);
+    const bad: [unknown, RegExp][] = [
+      [{ clmap: true }, /encode options have unknown field "clmap"; the fields are clamp/],
+      [{ clamp: "yes" }, /int4-g8-token: clamp is "yes", expected true or false/],
+      [{ clamp: 1 }, /clamp is 1, expected true or false/],
+      [null, /encode options are null, expected an object/],
+    ];
+    for (const [opts, message] of bad) {
+      assert.throws(
+        () => c.encode(x, opts as never),
+        (e: Error) => e instanceof InvalidValueError && message.test(e.message),
+        String(opts),
+      );
+      assert.throws(() => c.encodeInto(x, words, opts as never), InvalidValueError);
+      assert.ok(words.every((w) => w === 0xdeadbeef), "nothing written");
+    }
+    assert.deepEqual(c.encode(x, { clamp: false }).words, c.encode(x).words);
+  }
+});
+
 Deno.test("a bad header in any of four groups checked together is named like the TS reference", () => {
   // the WASM header checks (the int decoder's and firstBadHeader's) take four groups at a time,
   // then a tail one by one: every lane and the tail must name the group and byte offset TS names

@@ -83,6 +83,15 @@ Deno.test("buildPrecisionPlan() rejects out-of-range options with typed errors n
     [{ aggregate: "median" }, InvalidValueError, /aggregate is median, expected "max" or "mean"/],
     [{ c: NaN, mode: "rule", epsilon: 1 }, InvalidValueError, /constant c is NaN/],
     [{ c: -1, mode: "rule", epsilon: 1 }, InvalidValueError, /constant c is -1/],
+    // a setting of the other mode is refused, not ignored
+    [
+      { mode: "rule", epsilon: 1 },
+      InvalidValueError,
+      /bitsPerElement is set, but mode "rule" does not use it/,
+    ],
+    [{ epsilon: 1 }, InvalidValueError, /epsilon is set, but mode "budget" does not use it/],
+    [{ bitsPerElement: "6" }, InvalidValueError, /^budget is "6" bits per element/],
+    [{ errorModel: () => "1" }, InvalidValueError, /error model gives "1" for layer 0/],
     [
       { errorModel: (l: number) => (l === 1 ? NaN : 0.1) },
       InvalidValueError,

@@ -10,7 +10,13 @@ import { BudgetError, InvalidValueError } from "../../core/errors.ts";
 import { parseCheckpoint } from "../../core/model/checkpoint.ts";
 import { parseTokenizer } from "../../core/model/tokenizer.ts";
 import { cacheShape, Transformer } from "../../core/model/transformer.ts";
-import { buildPrecisionPlan, validatePrecisionPlan } from "../../core/plan.ts";
+import {
+  buildPrecisionPlan,
+  ruleDiameter,
+  rulePrecision,
+  validatePrecisionPlan,
+} from "../../core/plan.ts";
+import { precisionBits } from "../../core/mapper.ts";
 import { planPolicy } from "../../core/cache/plan_policy.ts";
 import { RecordingKVCache } from "../../core/recording_cache.ts";
 import { checkAssignment, verifyHeads } from "../../core/verifier.ts";
@@ -161,6 +167,57 @@ Deno.test("buildPrecisionPlan() meets budgets on the fixture and rejects bad inp
     BudgetError,
   );
   assert.ok(summarizeAnalysis(analysis).layers.every((l) => l.sinkShare > 0 && l.recentShare > 0));
+});
+
+Deno.test("the rule credits each format with its precision measured on the head's own data", () => {
+  const nominal = { ...analysis, formatErrors: undefined };
+  const options = {
+    mode: "rule" as const,
+    keyFormats: FORMATS,
+    valueFormats: FORMATS,
+    recentWindow: 8,
+    ropeBase: 10000,
+  };
+  for (const [l, h] of [[0, 0], [2, 1], [4, 3]]) {
+    const D = ruleDiameter(analysis, l, h);
+    for (const f of FORMATS) {
+      // p = log2(D / 2δ̄): the measured mean error bound, keys of channel formats before RoPE
+      const errors = analysis.formatErrors![f.name];
+      const key = f.name.includes("channel") ? errors.preRopeKey! : errors.key;
+      assert.equal(
+        rulePrecision(analysis, l, h, "key", f, 10000),
+        Math.log2(D / (2 * key[l][h])),
+      );
+      assert.equal(
+        rulePrecision(analysis, l, h, "value", f),
+        Math.log2(D / (2 * errors.value[l][h])),
+      );
+      // group scales follow the data: never less than the worst case over the head's range
+      assert.ok(rulePrecision(analysis, l, h, "value", f) >= precisionBits(f), f.name);
+      assert.equal(rulePrecision(nominal, l, h, "value", f), precisionBits(f));
+    }
+  }
+  for (const epsilon of [10, 1]) {
+    const measured = buildPrecisionPlan(analysis, { ...options, epsilon }).report;
+    const worst = buildPrecisionPlan(nominal, { ...options, epsilon }).report;
+    assert.ok(
+      measured.oracle.bitsPerElement < worst.oracle.bitsPerElement,
+      `ε ${epsilon}: ${measured.oracle.bitsPerElement} vs ${worst.oracle.bitsPerElement} bits`,
+    );
+    // the verifier credits the same precisions: the oracle falls short only at positions the
+    // window holds, or where no candidate would do
+    const a = measured.oracleAssignment;
+    const v = checkAssignment(analysis, a, { epsilon });
+    for (const x of v) {
+      const best = (kind: "key" | "value") =>
+        Math.max(...FORMATS.map((f) => rulePrecision(analysis, x.layer, x.head, kind, f, 10000)));
+      assert.ok(
+        a.sequences[x.sequence][x.layer][x.head].key[x.position] < 0 ||
+          x.requiredKeyBits > best("key") || x.requiredValueBits > best("value"),
+        JSON.stringify(x),
+      );
+    }
+  }
 });
 
 Deno.test("calibrate() measures channel-axis key errors before RoPE; plans with ropeBase use them", () => {

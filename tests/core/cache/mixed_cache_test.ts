@@ -194,6 +194,23 @@ Deno.test("fp32 pages get an fp32 window by default: no token is rounded to fp16
   );
 });
 
+Deno.test("restoreLengths() refuses lengths its segments do not hold, changing nothing", () => {
+  const shape = { nLayers: 2, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 40 };
+  const cache = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" }),
+  );
+  const next = rng(71);
+  for (let p = 0; p < 5; p++) cache.append(0, p, normals(8, next), normals(8, next));
+  for (const bad of [[NaN, 0], [5, 40], [5], [4, 0]]) {
+    assert.throws(() => cache.restoreLengths(bad), ShapeError, JSON.stringify(bad));
+    assert.deepEqual([cache.length(0), cache.length(1)], [5, 0]);
+  }
+  cache.restoreLengths([5, 0]);
+  cache.append(0, 5, normals(8, next), normals(8, next));
+  assert.equal(cache.length(0), 6);
+});
+
 Deno.test("with no recent window a staged token passes through the window format first", () => {
   // as a token leaving a recent window does, and as the verifier models it: int4 then fp16
   const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8, maxSeqLen: 16 };

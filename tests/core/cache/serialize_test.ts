@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import {
   BudgetError,
+  type CachePolicy,
   CorruptDataError,
   Float32KVCache,
   InvalidValueError,
@@ -80,6 +81,57 @@ Deno.test("saveCache()/loadCache() round-trip exactly and detect corruption", ()
   );
   assert.equal(loadCache(bytes, { maxBytes: held }).memory().bytes, held);
 });
+
+Deno.test("loadCache() refuses stored values that decode to NaN or ±Inf though every checksum holds", () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 40 };
+  const window = { sinkTokens: 2, recentWindow: 4 };
+  const uniform = (f: string) => uniformPolicy({ keyFormat: f, valueFormat: f, ...window });
+  const tiers = [[[
+    { minScore: 0.5, keyFormat: "fp16", valueFormat: "fp16" },
+    { minScore: 0, keyFormat: "int4-g8-token", valueFormat: "int4-g8-token" },
+  ]]];
+  const tiered = tieredPolicy({ label: "two tiers", tiers, ...window });
+  const corruptions: [string, CachePolicy, (c: MixedPrecisionKVCache) => void, RegExp][] = [
+    [
+      "an int4 group header of infinite scale",
+      uniform("int4-g8-token"),
+      (c) => pageOf(c).kWords[0] = 0x7c007c00,
+      /layer 0 KV head 0: page 0 of pool int4-g8-token\|int4-g8-token: .*non-finite/,
+    ],
+    [
+      "an fp16 NaN",
+      uniform("fp16"),
+      (c) => pageOf(c).vWords[1] = 0x7e000000,
+      /page 0 of pool fp16\|fp16: value of token 0, element 3, decodes to NaN/,
+    ],
+    [
+      "an fp16 sink of +Inf",
+      uniform("fp16"),
+      (c) => c.segments(0, 0).sinkK[0] = 0x7c00,
+      /sinks: key of token 0, element 0, decodes to Infinity/,
+    ],
+    ["a NaN window score", tiered, (c) => c.windowScores(0, 0)[0] = NaN, /window score 0 is NaN/],
+  ];
+  for (const backend of ["ts", "wasm"] as const) {
+    for (const [what, policy, corrupt, message] of corruptions) {
+      const cache = new MixedPrecisionKVCache(shape, policy, { backend });
+      const next = rng(61);
+      for (let p = 0; p < 30; p++) cache.append(0, p, normals(8, next), normals(8, next));
+      loadCache(saveCache(cache), { backend }); // sound before
+      corrupt(cache);
+      assert.throws(
+        () => loadCache(saveCache(cache), { backend }),
+        (e: Error) => e instanceof CorruptDataError && message.test(e.message),
+        `${backend}: ${what}`,
+      );
+    }
+  }
+});
+
+/** The first page of layer 0, KV head 0. */
+function pageOf(cache: MixedPrecisionKVCache) {
+  return cache.segments(0, 0).pools[0].pages[0];
+}
 
 // the edits reach into any field of the description, some to make it malformed
 // deno-lint-ignore no-explicit-any

@@ -96,6 +96,24 @@ Deno.test("Float32KVCache and RecordingKVCache attend over keys near the f32 lim
   }
 });
 
+Deno.test("a cache shape with a field it does not have is refused by every cache, naming it", () => {
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 8 };
+  const policy = uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" });
+  // a policy's ropeBase on the shape had left keys stored after RoPE without a word
+  for (const extra of [{ ropeBase: 10000 }, { maxseqlen: 1 }]) {
+    const bad = { ...shape, ...extra };
+    const field = JSON.stringify(Object.keys(extra)[0]);
+    const make = [
+      () => new Float32KVCache(bad),
+      () => new RecordingKVCache(bad),
+      () => new MixedPrecisionKVCache(bad, policy),
+    ];
+    for (const run of make) {
+      throwsLike(run, ShapeError, new RegExp(`cache shape has unknown field ${field}; the fields`));
+    }
+  }
+});
+
 Deno.test("a layer, KV head or position of the wrong type is a ShapeError that names it", () => {
   // the message itself threw a TypeError: JSON.stringify(0n), or a Symbol in a template
   const shape = { nLayers: 2, nHeads: 4, nKvHeads: 2, headDim: 8, maxSeqLen: 16 };
