@@ -15,7 +15,7 @@
  * @module
  */
 
-import { FormatError, ShapeError } from "../core/errors.ts";
+import { FormatError, ShapeError, showValue } from "../core/errors.ts";
 
 /**
  * How a format stores one element.
@@ -173,7 +173,9 @@ export function getFormat(name: string): FormatSpec {
   const s = _TABLE.get(name);
   if (s === undefined) {
     throw new FormatError(
-      `unknown format "${name}"; expected e.g. int4-g32-token, int8s-g32-heads, fp16, bf16, ` +
+      `unknown format ${
+        typeof name === "string" ? `"${name}"` : showValue(name)
+      }; expected e.g. int4-g32-token, int8s-g32-heads, fp16, bf16, ` +
         `fp32, fp8e4m3, fp8e5m2-g16-channel`,
     );
   }

@@ -42,6 +42,7 @@ import {
   FormatError,
   InvalidValueError,
   ShapeError,
+  showValue,
 } from "./errors.ts";
 
 /** What the mapper needs to know of a storage format (codecs' FormatSpec satisfies it). */
@@ -114,16 +115,22 @@ export function requiredBits(curvature: number, options: RuleOptions): number {
   const { epsilon, diameter } = options;
   const c = options.c ?? 4;
   if (!(epsilon > 0) || !Number.isFinite(epsilon)) {
-    throw new InvalidValueError(`target error ε is ${epsilon}, expected a finite number > 0`);
+    throw new InvalidValueError(
+      `target error ε is ${showValue(epsilon)}, expected a finite number > 0`,
+    );
   }
   if (!(diameter > 0) || !Number.isFinite(diameter)) {
-    throw new InvalidValueError(`diameter D is ${diameter}, expected a finite number > 0`);
+    throw new InvalidValueError(
+      `diameter D is ${showValue(diameter)}, expected a finite number > 0`,
+    );
   }
   if (!(c > 0) || !Number.isFinite(c)) {
-    throw new InvalidValueError(`constant c is ${c}, expected a finite number > 0`);
+    throw new InvalidValueError(`constant c is ${showValue(c)}, expected a finite number > 0`);
   }
   if (!(curvature >= 0) || !Number.isFinite(curvature)) {
-    throw new InvalidValueError(`curvature κ is ${curvature}, expected a finite number ≥ 0`);
+    throw new InvalidValueError(
+      `curvature κ is ${showValue(curvature)}, expected a finite number ≥ 0`,
+    );
   }
   // κ = 0 needs no precision. A product that overflowed (κ near 1e200, say) or underflowed, on
   // the way or at the end, was ±Infinity or lost digits: the sum of logs is right for every input.

@@ -57,6 +57,8 @@ Deno.test("getFormat() throws FormatError naming an unknown format", () => {
       (e: Error) => e instanceof FormatError && e.message.includes(`"${bad}"`),
     );
   }
+  // a number is named as one, not quoted as if it were a name
+  assert.throws(() => getFormat(5 as never), /FormatError: unknown format 5; expected e\.g\./);
 });
 
 Deno.test("wordsForLength() counts whole groups and rejects lengths off the group", () => {

@@ -389,6 +389,15 @@ Deno.test("tierFor(), selectFormat(), plans and the verifier refuse strings posi
     () => selectFormat("3" as never, formats),
     named(InvalidValueError, /required precision is "3", expected a number of bits/),
   );
+  // the message shows a string as one ("2", not 2)
+  assert.throws(
+    () => requiredBits("2" as never, { epsilon: 1, diameter: 1 }),
+    named(InvalidValueError, /curvature κ is "2", expected a finite number ≥ 0/),
+  );
+  assert.throws(
+    () => requiredBits(1, { epsilon: "1" as never, diameter: 1 }),
+    named(InvalidValueError, /target error ε is "1", expected/),
+  );
   const analysis = unitAnalysis([[[unitHead([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])]]]);
   const options = {
     mode: "budget" as const,
