@@ -69,7 +69,8 @@ export function parseReportFlags(
 
 /** A decimal integer, NaN for anything else: Number() took "0x2", " 2" and "1e3". */
 export function decimal(text: string): number {
-  return /^[0-9]+$/.test(text) ? Number(text) : NaN;
+  const n = /^[0-9]+$/.test(text) ? Number(text) : NaN;
+  return Number.isSafeInteger(n) ? n : NaN;
 }
 
 /**

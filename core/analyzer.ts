@@ -35,8 +35,8 @@ import {
 } from "./errors.ts";
 import type { KVCache, KVCacheShape } from "./model/kv_cache.ts";
 import { KeyRope } from "./cache/key_rope.ts";
-import { meanErrorBound } from "./quantize_head.ts";
-import { checkStorableFormat } from "./plan.ts";
+import { errorBoundStats } from "./quantize_head.ts";
+import { checkAnalysis, checkStorableFormat } from "./plan.ts";
 import { checkRecorded, RecordingKVCache } from "./recording_cache.ts";
 import { SensitivityStep } from "./sensitivity_step.ts";
 
@@ -313,11 +313,29 @@ export interface Analysis {
   /** Per calibration sequence. */
   sequences: SequenceCalibration[];
   /**
-   * Measured mean per-element error bound of each format, [layer][kvHead], averaged over the
-   * sequences' positions (present when calibrate was given measureFormats); preRopeKey: of
-   * channel-axis formats on the keys rotated back before RoPE (calibrate's ropeBase).
+   * Measured per-element error bounds of each format, [layer][kvHead] (present when calibrate was
+   * given measureFormats): key, value and preRopeKey (channel-axis formats on the keys rotated
+   * back before RoPE, calibrate's ropeBase) the mean over the sequences' positions, the planner's
+   * error model; keyMax, valueMax and preRopeKeyMax the largest over them, what the precision rule
+   * credits (analyses saved before they were measured lack them).
    */
-  formatErrors?: Record<string, { key: number[][]; value: number[][]; preRopeKey?: number[][] }>;
+  formatErrors?: Record<string, FormatErrors>;
+}
+
+/** One format's measured error bounds per [layer][kvHead] (Analysis.formatErrors). */
+export interface FormatErrors {
+  /** Mean per-element bound on the keys as received. */
+  key: number[][];
+  /** Mean per-element bound on the values. */
+  value: number[][];
+  /** Mean on the keys rotated back before RoPE (channel-axis formats, with ropeBase). */
+  preRopeKey?: number[][];
+  /** Largest per-element bound on the keys as received. */
+  keyMax?: number[][];
+  /** Largest on the values. */
+  valueMax?: number[][];
+  /** Largest on the keys rotated back before RoPE. */
+  preRopeKeyMax?: number[][];
 }
 
 /** Progress of a calibration, for a progress bar. */
@@ -443,6 +461,11 @@ export async function calibrate(
   sequences: number[][],
   options: CalibrateOptions = {},
 ): Promise<Analysis> {
+  if (!Array.isArray(sequences)) {
+    throw new InvalidValueError(
+      `sequences is ${showValue(sequences)}, expected an array of token id arrays`,
+    );
+  }
   if (sequences.length === 0) throw new ShapeError("no calibration sequences");
   // Every id of every sequence, up front: the model refused a bad one only when it reached it,
   // after running every sequence before it.
@@ -509,6 +532,9 @@ export async function calibrate(
       key: zeros(),
       value: zeros(),
       ...(rope && getFormat(f).axis === "channel" ? { preRopeKey: zeros() } : {}),
+      keyMax: zeros(),
+      valueMax: zeros(),
+      ...(rope && getFormat(f).axis === "channel" ? { preRopeKeyMax: zeros() } : {}),
     };
   }
   const positions = sequences.reduce((a, s) => a + s.length, 0);
@@ -526,15 +552,20 @@ export async function calibrate(
       for (let l = 0; l < shape.nLayers; l++) {
         for (let h = 0; h < shape.nKvHeads; h++) {
           const w = seq.length / positions;
-          e.key[l][h] += w * meanErrorBound(cache.keys(l, h), seq.length, shape.headDim, f);
-          e.value[l][h] += w * meanErrorBound(cache.values(l, h), seq.length, shape.headDim, f);
+          const add = (mean: number[][], max: number[][], x: Float32Array) => {
+            const b = errorBoundStats(x, seq.length, shape.headDim, f);
+            mean[l][h] += w * b.mean;
+            max[l][h] = Math.max(max[l][h], b.max);
+          };
+          add(e.key, e.keyMax!, cache.keys(l, h));
+          add(e.value, e.valueMax!, cache.values(l, h));
           if (e.preRopeKey) {
-            // Groups from position 0, as meanErrorBound forms them (values and keys after RoPE
+            // Groups from position 0, as errorBoundStats forms them (values and keys after RoPE
             // too). The cache's groups start after the sinks: on the fixture (2 sinks, a
             // 512-token line) that moves these means by at most 1.8% per head.
             const k = cache.keys(l, h).slice(0, seq.length * shape.headDim);
             rope!.unrotate(k, seq.length, getFormat(f).group, 0);
-            e.preRopeKey[l][h] += w * meanErrorBound(k, seq.length, shape.headDim, f);
+            add(e.preRopeKey, e.preRopeKeyMax!, k);
           }
         }
       }
@@ -554,10 +585,13 @@ export async function calibrate(
  *
  * @param analysis the analysis
  * @returns per-head summaries and per-layer summaries (head = -1)
+ * @throws as {@linkcode checkAnalysis} for an analysis that does not hold what its shape names
  */
 export function summarizeAnalysis(
   analysis: Analysis,
 ): { heads: HeadSummary[]; layers: HeadSummary[] } {
+  // no sequences had given NaN summaries, a missing layer a TypeError
+  checkAnalysis(analysis);
   const { nLayers, nKvHeads } = analysis.shape;
   const heads: HeadSummary[] = [];
   const layers: HeadSummary[] = [];

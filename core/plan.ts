@@ -719,32 +719,109 @@ function _checkWindowScores(analysis: Analysis, window: number): void {
   );
 }
 
-function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
-  // a missing one read `shape` of undefined, a TypeError
+/**
+ * Checks that an analysis holds what its shape names: an object with a shape, at least one
+ * sequence, every sequence every (layer, KV head), and measured format errors (if any) a finite
+ * number ≥ 0 for each of them. What reads it indexes them all: a missing one was a TypeError, an
+ * empty list NaN summaries, and a truncated error table mixed measured and estimated errors.
+ *
+ * @param analysis what was given as an analysis
+ * @throws {InvalidValueError} for something that is not an analysis, or a measured error that is
+ *   not a finite number ≥ 0; {@linkcode ShapeError} for no sequences, or a sequence or error table
+ *   that does not cover the shape
+ */
+export function checkAnalysis(analysis: Analysis): void {
   if (
     typeof analysis !== "object" || analysis === null || typeof analysis.shape !== "object" ||
-    !Array.isArray(analysis.sequences)
+    analysis.shape === null || !Array.isArray(analysis.sequences)
   ) {
     throw new InvalidValueError(
       `analysis is ${showValue(analysis)}, expected an Analysis (from calibrate)`,
     );
   }
-  // a misspelt windowformat or ropebase was dropped, and the plan made without it
-  checkOptionFields(options, _PLAN_OPTIONS, "plan options");
   const { nLayers, nKvHeads } = analysis.shape;
   if (analysis.sequences.length === 0) {
-    throw new ShapeError("the analysis holds no calibration sequences: nothing to plan from");
+    throw new ShapeError("the analysis holds no calibration sequences");
   }
-  // every sequence must hold every (layer, KV head) the shape names: the ranges and weights below
-  // index them all (a missing one was a TypeError)
+  const covers = (rows: unknown) =>
+    Array.isArray(rows) && rows.length === nLayers &&
+    rows.every((l) => Array.isArray(l) && l.length === nKvHeads);
+  if (
+    !Array.isArray(analysis.windows) || !analysis.windows.every((w) => Number.isInteger(w) && w > 0)
+  ) {
+    // a string "8" passed windows.includes(8)
+    throw new InvalidValueError(
+      `analysis windows is ${showValue(analysis.windows)}, expected an array of positive integers`,
+    );
+  }
   analysis.sequences.forEach((seq, i) => {
-    if (seq.heads?.length !== nLayers || seq.heads.some((l) => l?.length !== nKvHeads)) {
+    if (!covers(seq?.heads)) {
       throw new ShapeError(
         `analysis sequence ${i} does not hold ${nLayers} layers of ${nKvHeads} KV heads, as ` +
           `its shape says`,
       );
     }
+    seq.heads.forEach((row, l) =>
+      row.forEach((c, h) => {
+        const at = `analysis sequence ${i} layer ${l} KV head ${h}`;
+        if (
+          !Number.isInteger(c?.length) || c.length < 1 || !Number.isInteger(c.group) || c.group < 1
+        ) {
+          throw new ShapeError(
+            `${at}: length ${showValue(c?.length)} and group ${showValue(c?.group)}, expected ` +
+              `positive integers`,
+          );
+        }
+        for (const key of ["keyRange", "valueRange"] as const) {
+          const r = c[key] as unknown;
+          // a NaN range was a TypeError in the rule's diameter, an inverted one a wrong D
+          if (!Array.isArray(r) || r.length !== 2 || !(r[0] <= r[1]) || !r.every(Number.isFinite)) {
+            throw new InvalidValueError(
+              `${at}: ${key} is ${showValue(r)}, expected [lo, hi] with finite lo ≤ hi`,
+            );
+          }
+        }
+      })
+    );
   });
+  for (const [name, errors] of Object.entries(analysis.formatErrors ?? {})) {
+    for (const [field, rows] of Object.entries(errors ?? {})) {
+      const at = `analysis formatErrors["${name}"].${field}`;
+      if (!covers(rows)) {
+        throw new ShapeError(`${at} does not cover ${nLayers} layers of ${nKvHeads} KV heads`);
+      }
+      (rows as number[][]).forEach((row, l) =>
+        row.forEach((x, h) => {
+          if (typeof x !== "number" || !(x >= 0 && x < Infinity)) {
+            throw new InvalidValueError(
+              `${at}[${l}][${h}] is ${showValue(x)}, expected a finite number ≥ 0`,
+            );
+          }
+        })
+      );
+    }
+  }
+}
+
+function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
+  checkAnalysis(analysis);
+  // a misspelt windowformat or ropebase was dropped, and the plan made without it
+  checkOptionFields(options, _PLAN_OPTIONS, "plan options");
+  const { nLayers, nKvHeads } = analysis.shape;
+  for (const key of ["keyFormats", "valueFormats"] as const) {
+    const list = options[key] as unknown;
+    if (!Array.isArray(list)) {
+      throw new FormatError(`${key} is ${showValue(list)}, expected an array of FormatSpecs`);
+    }
+    list.forEach((f, i) => {
+      // names in place of specs read every field as undefined ("unknown format undefined")
+      if (typeof f !== "object" || f === null) {
+        throw new FormatError(
+          `${key}[${i}] is ${showValue(f)}, expected a FormatSpec (getFormat(name))`,
+        );
+      }
+    });
+  }
   if (options.keyFormats.length === 0 || options.valueFormats.length === 0) {
     throw new FormatError("no candidate key or value formats");
   }
@@ -819,14 +896,14 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     );
   }
   // a setting of the other mode had been ignored without a word
-  const foreign = options.mode === "rule" ? ["bitsPerElement"] : ["epsilon", "c"];
+  const foreign = options.mode === "rule" ? ["bitsPerElement"] : ["epsilon", "c", "aggregate"];
   const stray = foreign.find((k) =>
     (options as unknown as Record<string, unknown>)[k] !== undefined
   );
   if (stray !== undefined) {
     throw new InvalidValueError(
       `${stray} is set, but mode "${options.mode}" does not use it (` +
-        (options.mode === "rule" ? "bitsPerElement is the budget's" : "ε and c are the rule's") +
+        (options.mode === "rule" ? "bitsPerElement is the budget's" : `${stray} is the rule's`) +
         ")",
     );
   }
@@ -876,12 +953,14 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
 
 /**
  * The precision p the rule credits a format with on one (layer, KV head)'s keys or values. Where
- * the calibration measured the format there (analysis.formatErrors; keys stored before RoPE, with
- * ropeBase and a channel-axis format, read its preRopeKey errors), p = log2(D / 2δ̄), δ̄ the measured
- * mean per-element error bound and D the head's {@linkcode ruleDiameter}: the precision a format
- * erring by δ̄ over the whole range D would have. Group scales follow the data, so an int8 group
- * spanning a tenth of D errs ten times less than precisionBits' worst case over D assumes; the
- * rule then picks the cheapest format that meets it on this head. Elsewhere precisionBits(f).
+ * the calibration measured the format there (analysis.formatErrors keyMax / valueMax; keys stored
+ * before RoPE, with ropeBase and a channel-axis format, preRopeKeyMax), p = log2(D / 2δ), δ the
+ * largest per-element error bound the format had on any element of that head's calibration data
+ * and D the head's {@linkcode ruleDiameter}: the precision of a format erring by δ over the whole
+ * range D. Group scales follow the data, so an int8 group spanning a tenth of D errs ten times less
+ * than precisionBits' worst case over D assumes; the rule then picks the cheapest format that
+ * meets it on this head. Elsewhere (a format not measured, an analysis saved before the largest
+ * bounds were) precisionBits(f). A bound over the calibration's elements, not over every input.
  *
  * @param analysis the calibration
  * @param layer layer index
@@ -890,6 +969,8 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
  * @param format the format
  * @param ropeBase the plan's RoPE base, when channel-axis keys are stored before RoPE
  * @returns bits of precision (Infinity for a format that measured no error)
+ * @throws {InvalidValueError} for a measured bound that is not a finite number ≥ 0 (a NaN saved
+ *   to JSON comes back null, which read as 0 had credited infinite precision)
  */
 export function rulePrecision(
   analysis: Analysis,
@@ -900,11 +981,22 @@ export function rulePrecision(
   ropeBase?: number,
 ): number {
   const errors = analysis.formatErrors?.[format.name];
-  const beforeRope = kind === "key" && ropeBase !== undefined && errors?.preRopeKey !== undefined &&
+  if (errors === undefined) return precisionBits(format);
+  // keys stored before RoPE err as measured there, or get the worst case
+  const beforeRope = kind === "key" && ropeBase !== undefined &&
     getFormat(format.name).axis === "channel";
-  const mean = (beforeRope ? errors!.preRopeKey : errors?.[kind])?.[layer]?.[head];
-  if (mean === undefined) return precisionBits(format);
-  return Math.log2(ruleDiameter(analysis, layer, head) / (2 * mean));
+  const field = beforeRope ? "preRopeKeyMax" : kind === "key" ? "keyMax" : "valueMax";
+  const row = errors[field];
+  if (row === undefined) return precisionBits(format);
+  const max = row[layer]?.[head];
+  if (typeof max !== "number" || !(max >= 0 && max < Infinity)) {
+    throw new InvalidValueError(
+      `analysis formatErrors["${format.name}"].${field}[${layer}][${head}] is ${
+        showValue(max)
+      }, expected a finite number ≥ 0`,
+    );
+  }
+  return Math.log2(ruleDiameter(analysis, layer, head) / (2 * max));
 }
 
 /**

@@ -128,11 +128,35 @@ export function quantizeHead(
  *   {@linkcode quantizeHead}; FormatError for an unknown format
  */
 export function meanErrorBound(x: Float32Array, n: number, d: number, format: string): number {
+  return errorBoundStats(x, n, d, format).mean;
+}
+
+/**
+ * Mean and largest per-element error bound of a format on one head's data (one quantization):
+ * the mean is the planner's error model, the largest what the precision rule credits a format
+ * with (plan.ts rulePrecision), a bound on every element it measured.
+ *
+ * @param x n × d values
+ * @param n tokens
+ * @param d head dimension
+ * @param format format name
+ * @returns mean and max of the codec's per-element bounds
+ * @throws as {@linkcode meanErrorBound}
+ */
+export function errorBoundStats(
+  x: Float32Array,
+  n: number,
+  d: number,
+  format: string,
+): { mean: number; max: number } {
   if (!Number.isInteger(n) || n < 1) {
     throw new ShapeError(`tokens n is ${showValue(n)}, expected an integer ≥ 1`);
   }
   const { bound } = quantizeHead(x, n, d, format);
-  let s = 0;
-  for (let i = 0; i < n * d; i++) s += bound[i];
-  return s / (n * d);
+  let s = 0, max = 0;
+  for (let i = 0; i < n * d; i++) {
+    s += bound[i];
+    max = Math.max(max, bound[i]);
+  }
+  return { mean: s / (n * d), max };
 }

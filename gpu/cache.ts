@@ -86,7 +86,7 @@ import { type FormatSpec, getFormat, wordsForLength } from "../codecs/format.ts"
 import type { Codec } from "../codecs/codec.ts";
 import { tsCodec } from "../codecs/ts_codec.ts";
 import type { GpuDevice } from "./device.ts";
-import { PipelineCache } from "./program.ts";
+import { checkGpuArgs, PipelineCache } from "./program.ts";
 import {
   type AttentionGroup,
   type AttentionSegment,
@@ -158,9 +158,7 @@ export async function createGpuKVCache(options: GpuKVCacheOptions): Promise<GpuK
     >,
     "createGpuKVCache options",
   );
-  if (options.gpu === undefined) {
-    throw new InvalidValueError("options.gpu is undefined, expected a GpuDevice from requestGpu()");
-  }
+  checkGpuArgs(options.gpu, options.pipelines, "options.gpu");
   const pipelines = options.pipelines ?? new PipelineCache(options.gpu);
   const cache = new GpuKVCache(options, pipelines);
   try {
@@ -1241,6 +1239,7 @@ export class GpuKVCache implements KVCache {
         `fromCpu: cache is ${typeName(cpu)}, expected a MixedPrecisionKVCache`,
       );
     }
+    checkGpuArgs(gpu, pipelines, "fromCpu: gpu");
     const policy = gpuPolicyFor(cpu.policy);
     if (typeof policy === "string") throw new FormatError(`fromCpu: ${policy}`);
     const cache = await createGpuKVCache({ gpu, shape: cpu.shape, policy, pipelines });

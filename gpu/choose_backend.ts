@@ -36,6 +36,7 @@ import { type CachePolicy, checkPolicyShape } from "../core/cache/policy.ts";
 import { MixedPrecisionKVCache } from "../core/cache/mixed_cache.ts";
 import { loadWasmCodecs } from "../codecs/wasm.ts";
 import { type GpuDevice, requestGpu } from "./device.ts";
+import { checkGpuArgs } from "./program.ts";
 import { createGpuKVCache } from "./cache.ts";
 import { type GpuCachePolicy, gpuPolicyFor } from "./cache_policy.ts";
 import { MAX_QUERIES_PER_KV } from "./attention.ts";
@@ -126,6 +127,8 @@ export async function createKVCache(
       `minGpuElements is ${showValue(options.minGpuElements)}, expected a number ≥ 0`,
     );
   }
+  // a device given must be one, whichever backend the call ends on
+  if (options.gpu !== undefined) checkGpuArgs(options.gpu, undefined, "options.gpu");
   const backend = options.backend ?? "auto";
   const cpu = (b: "ts" | "wasm", reason: string): ChosenKVCache => ({
     cache: new MixedPrecisionKVCache(shape, policy, {

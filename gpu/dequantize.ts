@@ -25,11 +25,11 @@
  * @module
  */
 
-import { ShapeError } from "../core/errors.ts";
+import { ShapeError, typeName } from "../core/errors.ts";
 import { type FormatSpec, wordsForLength } from "../codecs/format.ts";
 import { checkGroupHeaders } from "../codecs/ts_codec.ts";
 import type { GpuDevice } from "./device.ts";
-import type { GpuProgram, PipelineCache } from "./program.ts";
+import { checkGpuArgs, checkSpec, type GpuProgram, type PipelineCache } from "./program.ts";
 import { formatShaderKey, WGSL_CODEC_HELPERS, wgslDecoder } from "./wgsl_format.ts";
 import { bufferFrom, computeAndRead } from "./_io.ts";
 
@@ -92,6 +92,11 @@ export async function gpuDecode(
   words: Uint32Array,
   length: number,
 ): Promise<Float32Array> {
+  checkGpuArgs(gpu, pipelines);
+  checkSpec(spec);
+  if (!(words instanceof Uint32Array)) {
+    throw new ShapeError(`${spec.name}: words must be a Uint32Array, got ${typeName(words)}`);
+  }
   const need = wordsForLength(spec, length);
   if (words.length < need) {
     throw new ShapeError(

@@ -29,8 +29,9 @@
  * @module
  */
 
-import { DeviceError } from "../core/errors.ts";
-import type { GpuDevice } from "./device.ts";
+import { DeviceError, InvalidValueError, showValue } from "../core/errors.ts";
+import { GpuDevice } from "./device.ts";
+import { getFormat } from "../codecs/format.ts";
 
 /** One compute-kernel variant. */
 export interface GpuProgram {
@@ -56,6 +57,11 @@ export class PipelineCache {
    */
   constructor(gpu: GpuDevice) {
     this.#gpu = gpu;
+  }
+
+  /** The device its pipelines are compiled for. */
+  get gpu(): GpuDevice {
+    return this.#gpu;
   }
 
   /** Number of distinct pipelines compiled or being compiled. */
@@ -100,5 +106,57 @@ export class PipelineCache {
         { cause: e },
       );
     }
+  }
+}
+
+/**
+ * Throws unless `gpu` is a GpuDevice and `pipelines`, when given, a PipelineCache of that device: a
+ * raw GPUDevice failed later as a TypeError, and another device's pipelines bound in silence,
+ * leaving every output zero behind the device's validation errors.
+ *
+ * @param gpu what was given as the device
+ * @param pipelines what was given as its pipeline cache (undefined: none)
+ * @param where the option or argument names, for the message
+ * @throws {InvalidValueError} naming what was given
+ */
+export function checkGpuArgs(gpu: unknown, pipelines?: unknown, where = "gpu"): void {
+  if (!(gpu instanceof GpuDevice)) {
+    throw new InvalidValueError(
+      `${where} is ${showValue(gpu)}, expected a GpuDevice from requestGpu()`,
+    );
+  }
+  if (pipelines === undefined) return;
+  if (!(pipelines instanceof PipelineCache)) {
+    throw new InvalidValueError(
+      `pipelines is ${showValue(pipelines)}, expected a PipelineCache of the same device`,
+    );
+  }
+  if (pipelines.gpu !== gpu) {
+    throw new InvalidValueError(
+      "pipelines were compiled for another device than the one given: a pipeline binds only on " +
+        "its own device",
+    );
+  }
+}
+
+/**
+ * Throws unless `spec` is a registry format's spec (getFormat(name)): a name passed in its place
+ * read every field as undefined ("group size undefined").
+ *
+ * @param spec what was given as the format
+ * @throws {InvalidValueError} naming it
+ */
+export function checkSpec(spec: unknown): void {
+  const name = (spec as { name?: unknown } | null)?.name;
+  let known = false;
+  try {
+    known = typeof name === "string" && getFormat(name) === spec;
+  } catch {
+    // an unknown name: not a registry spec
+  }
+  if (!known) {
+    throw new InvalidValueError(
+      `format is ${showValue(spec)}, expected a FormatSpec from getFormat(name)`,
+    );
   }
 }

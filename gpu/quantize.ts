@@ -28,9 +28,10 @@
  */
 
 import { InvalidValueError } from "../core/errors.ts";
-import { checkLength, type FormatSpec, wordsForLength } from "../codecs/format.ts";
+import { type FormatSpec, wordsForLength } from "../codecs/format.ts";
 import type { GpuDevice } from "./device.ts";
-import type { GpuProgram, PipelineCache } from "./program.ts";
+import { checkGpuArgs, checkSpec, type GpuProgram, type PipelineCache } from "./program.ts";
+import { checkInput } from "../codecs/codec.ts";
 import {
   formatShaderKey,
   WGSL_CODEC_HELPERS,
@@ -116,7 +117,10 @@ export async function gpuEncode(
   spec: FormatSpec,
   x: Float32Array,
 ): Promise<Uint32Array> {
-  checkLength(spec, x.length);
+  checkGpuArgs(gpu, pipelines);
+  checkSpec(spec);
+  // a Float64Array's bytes were read as f32 words, and decoded to garbage
+  checkInput(spec, x);
   for (let i = 0; i < x.length; i++) {
     if (!(Math.abs(x[i]) <= spec.clampLimit)) {
       throw new InvalidValueError(

@@ -1180,7 +1180,7 @@ export class MixedPrecisionKVCache implements KVCache {
             }
           }
         };
-        check("window", store.windowN, () => {
+        check("window or staged tokens", store.windowN, () => {
           for (let t = 0; t < store.windowN; t++) {
             this.#decodeRingToken(store, t, k.subarray(t * d), v.subarray(t * d));
           }

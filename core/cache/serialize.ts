@@ -388,7 +388,7 @@ export function loadCache(
   // files saved before policies recorded their window format resolved had the fp16 default, which
   // fp32 pages now change (WindowOptions.windowFormat)
   const policy = policyFromJSON(
-    "windowFormat" in json.policy ? json.policy : { ...json.policy, windowFormat: "fp16" },
+    json.policy.windowFormat == null ? { ...json.policy, windowFormat: "fp16" } : json.policy,
   );
   if (version === 2 && policy.ropeBase !== undefined) {
     // version 2 predates keys stored before RoPE: such a file cannot hold their group positions
@@ -408,7 +408,14 @@ export function loadCache(
   checkDescriptionArrays(json);
   let cache: MixedPrecisionKVCache;
   try {
-    cache = new MixedPrecisionKVCache(json.shape, policy, options);
+    // the shape's own fields: files saved before shapes refused others (a model config's dim,
+    // say) held them, and load as they did
+    const { nLayers, nHeads, nKvHeads, headDim, maxSeqLen } = json.shape;
+    cache = new MixedPrecisionKVCache(
+      { nLayers, nHeads, nKvHeads, headDim, maxSeqLen },
+      policy,
+      options,
+    );
   } catch (e) {
     // a shape too large to allocate (a corrupted maxSeqLen, say): refused by the cache's size
     // checks, or a RangeError of the runtime

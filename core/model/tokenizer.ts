@@ -25,6 +25,7 @@ import {
   CorruptDataError,
   InvalidValueError,
   ShapeError,
+  showValue,
   typeName,
 } from "../errors.ts";
 import { asBytes } from "./bytes.ts";
@@ -207,8 +208,13 @@ export class Tokenizer {
    *
    * @param ids token ids
    * @returns the text (invalid UTF-8 becomes U+FFFD)
+   * @throws {ShapeError} for ids that are not an array (one id alone decoded to "" in silence) or
+   *   an id out of the vocabulary
    */
   decode(ids: ArrayLike<number>): string {
+    if (!Array.isArray(ids) && !ArrayBuffer.isView(ids)) {
+      throw new ShapeError(`ids is ${showValue(ids)}, expected an array of token ids`);
+    }
     const out: number[] = [];
     let prev = -1;
     for (let i = 0; i < ids.length; i++) {

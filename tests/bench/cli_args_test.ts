@@ -83,6 +83,7 @@ Deno.test("parseReportFlags() refuses unknown flags, repeats and sizes that are 
     [["--reps", "0x2"], /--reps is "0x2"/, (g) => g.size("--reps", "1")],
     [["--reps", " 2"], /--reps is " 2"/, (g) => g.size("--reps", "1")],
     [["--T", "1e3"], /--T is "1e3"/, (g) => g.sizes("--T", "1")],
+    [["--reps", "99999999999999999999"], /--reps is "9+"/, (g) => g.size("--reps", "1")],
     [
       ["--reps", "20"],
       /--reps is "20", expected an integer in \[1, 19\]/,

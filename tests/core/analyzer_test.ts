@@ -147,6 +147,12 @@ Deno.test("calibrate() analyzes every layer and head of each sequence and report
     assert.ok(s.maxCurvature >= s.meanCurvature);
   }
   await assert.rejects(() => calibrate(model, shape, []), ShapeError);
+  // a string had failed as a TypeError (sequences.forEach is not a function)
+  await assert.rejects(
+    () => calibrate(model, shape, "abc" as never),
+    (e: Error) =>
+      e instanceof InvalidValueError && /sequences is "abc", expected an array/.test(e.message),
+  );
   await assert.rejects(() => calibrate(model, shape, [[1], []]), ShapeError);
 });
 

@@ -10,10 +10,12 @@ import {
   calibrate,
   checkAssignment,
   createKVCache,
+  FormatError,
   getFormat,
   InvalidValueError,
   requiredBits,
   ShapeError,
+  summarizeAnalysis,
   tierFor,
   tsCodec,
   uniformPolicy,
@@ -117,6 +119,59 @@ Deno.test("buildPrecisionPlan and checkAssignment name an analysis, cell or opti
       (e: Error) => e instanceof InvalidValueError && /bogus/.test(e.message),
     );
   }
+  // summaries read what plans read: no sequences gave NaN, a layer past them a TypeError
+  assert.ok(summarizeAnalysis(analysis).heads.length === 1);
+  assert.throws(() => summarizeAnalysis({ ...analysis, sequences: [] }), ShapeError);
+  assert.throws(() => summarizeAnalysis(wider), /does not hold 1 layers of 2 KV heads/);
+  assert.throws(() => summarizeAnalysis(null as never), InvalidValueError);
+  // a truncated or NaN error table had mixed measured and estimated errors in silence
+  const measured = { key: [[0.1]], value: [[0.1]], keyMax: [[0.2]], valueMax: [[0.2]] };
+  const withErrors = (e: object) => ({
+    ...analysis,
+    formatErrors: { fp16: { ...measured, ...e } },
+  });
+  assert.ok(buildPrecisionPlan(withErrors({}), options));
+  assert.throws(
+    () => buildPrecisionPlan(withErrors({ value: [] }), options),
+    (e: Error) =>
+      e instanceof ShapeError &&
+      /formatErrors\["fp16"\]\.value does not cover 1 layers of 1 KV heads/.test(e.message),
+  );
+  assert.throws(
+    () => summarizeAnalysis(withErrors({ keyMax: [[NaN]] })),
+    (e: Error) =>
+      e instanceof InvalidValueError && /fp16"\]\.keyMax\[0\]\[0\] is NaN/.test(e.message),
+  );
+  // an inverted or NaN range had changed the rule's D or thrown a TypeError; windows "8" passed
+  // windows.includes(8)
+  const cellWith = (edit: object) => ({
+    ...analysis,
+    sequences: [{ length: n, heads: [[{ ...h, ...edit }]] }],
+  });
+  for (const keyRange of [[5, -5], NaN]) {
+    assert.throws(
+      () => buildPrecisionPlan(cellWith({ keyRange }) as never, options),
+      (e: Error) =>
+        e instanceof InvalidValueError && /keyRange is .*expected \[lo, hi\]/.test(e.message),
+    );
+  }
+  assert.throws(() => summarizeAnalysis(cellWith({ group: 0 }) as never), ShapeError);
+  assert.throws(
+    () => buildPrecisionPlan({ ...analysis, windows: "8" as never }, options),
+    (e: Error) => e instanceof InvalidValueError && /windows is "8"/.test(e.message),
+  );
+  // names where specs belong, or none, were TypeErrors or "unknown format undefined"
+  assert.throws(
+    () => buildPrecisionPlan(analysis, { ...options, keyFormats: undefined as never }),
+    (e: Error) =>
+      e instanceof FormatError && /keyFormats is undefined, expected an array/.test(e.message),
+  );
+  assert.throws(
+    () => buildPrecisionPlan(analysis, { ...options, valueFormats: ["fp16"] as never }),
+    (e: Error) =>
+      e instanceof FormatError &&
+      /valueFormats\[0\] is "fp16", expected a FormatSpec/.test(e.message),
+  );
 });
 
 Deno.test("plans and codecs name a head without tiers, strings posing as numbers, and a missing block", async () => {

@@ -181,22 +181,47 @@ Deno.test("the rule credits each format with its precision measured on the head'
   for (const [l, h] of [[0, 0], [2, 1], [4, 3]]) {
     const D = ruleDiameter(analysis, l, h);
     for (const f of FORMATS) {
-      // p = log2(D / 2δ̄): the measured mean error bound, keys of channel formats before RoPE
+      // p = log2(D / 2δ): the largest measured error bound, keys of channel formats before RoPE
       const errors = analysis.formatErrors![f.name];
-      const key = f.name.includes("channel") ? errors.preRopeKey! : errors.key;
+      const key = f.name.includes("channel") ? errors.preRopeKeyMax! : errors.keyMax!;
       assert.equal(
         rulePrecision(analysis, l, h, "key", f, 10000),
         Math.log2(D / (2 * key[l][h])),
       );
       assert.equal(
         rulePrecision(analysis, l, h, "value", f),
-        Math.log2(D / (2 * errors.value[l][h])),
+        Math.log2(D / (2 * errors.valueMax![l][h])),
       );
+      // the largest bound is at least the mean, and the codecs' bound holds it: precision the
+      // mean would credit is never less
+      assert.ok(errors.valueMax![l][h] >= errors.value[l][h], f.name);
       // group scales follow the data: never less than the worst case over the head's range
       assert.ok(rulePrecision(analysis, l, h, "value", f) >= precisionBits(f), f.name);
       assert.equal(rulePrecision(nominal, l, h, "value", f), precisionBits(f));
     }
   }
+  const f = FORMATS[2], errors = analysis.formatErrors![f.name];
+  // an analysis saved before the largest bounds were measured: the worst case
+  const older = {
+    ...analysis,
+    formatErrors: { [f.name]: { key: errors.key, value: errors.value } },
+  };
+  assert.equal(rulePrecision(older, 0, 0, "value", f), precisionBits(f));
+  // a NaN saved to JSON comes back null: refused, not read as 0 (infinite precision)
+  const nulled = errors.valueMax!.map((row) => row.map(() => null as unknown as number));
+  assert.throws(
+    () =>
+      rulePrecision(
+        { ...analysis, formatErrors: { [f.name]: { ...errors, valueMax: nulled } } },
+        1,
+        0,
+        "value",
+        f,
+      ),
+    (e: Error) =>
+      e instanceof InvalidValueError &&
+      e.message.includes(`formatErrors["${f.name}"].valueMax[1][0] is null`),
+  );
   for (const epsilon of [10, 1]) {
     const measured = buildPrecisionPlan(analysis, { ...options, epsilon }).report;
     const worst = buildPrecisionPlan(nominal, { ...options, epsilon }).report;

@@ -11,8 +11,11 @@ import { getFormat } from "../../codecs/mod.ts";
 import { wordsForLength } from "../../codecs/format.ts";
 import {
   createGpuKVCache,
+  createKVCache,
   type GpuCachePolicy,
+  gpuDecode,
   GpuDevice,
+  gpuEncode,
   GpuKVCache,
   type GpuUniformPolicy,
   type PipelineCache,
@@ -651,4 +654,79 @@ Deno.test("createGpuKVCache() and fromCpu() destroy the buffers they made when t
   assert.ok(copying.created.length >= 6, "a page buffer was made");
   assert.deepEqual(copying.created.filter((b) => !copying.destroyed.has(b)), [], "none left");
   assert.equal(env.gpu.lost, false);
+});
+
+Deno.test("GPU entry points refuse what is not a GpuDevice, another device's pipelines, a format name and a Float64Array", async () => {
+  const env = await testGpu();
+  if (env === undefined) return;
+  const shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: 8, maxSeqLen: 64 };
+  const policy: GpuUniformPolicy = {
+    keyFormat: "fp16",
+    valueFormat: "fp16",
+    pageTokens: 8,
+    windowTokens: 2,
+    sinkTokens: 0,
+  };
+  const fp16 = getFormat("fp16"), x = normals(8, rng(91));
+  // another device's pipelines had bound in silence: every output 0 behind validation errors
+  const other = await requestGpu();
+  try {
+    await assert.rejects(
+      () => createGpuKVCache({ gpu: other, pipelines: env.pipelines, shape, policy }),
+      (e: Error) => e instanceof InvalidValueError && /compiled for another device/.test(e.message),
+    );
+    await assert.rejects(
+      () => gpuEncode(other, env.pipelines, fp16, x),
+      (e: Error) => e instanceof InvalidValueError && /another device/.test(e.message),
+    );
+  } finally {
+    other.destroy();
+  }
+  const cpu = new MixedPrecisionKVCache(
+    shape,
+    uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" }),
+  );
+  const notDevices: [unknown, RegExp][] = [
+    [null, /is null, expected a GpuDevice from requestGpu\(\)/],
+    [{}, /is Object, expected a GpuDevice/],
+    [env.gpu.device, /is GPUDevice, expected a GpuDevice/],
+  ];
+  for (const [gpu, message] of notDevices) {
+    const refused = (e: Error) => e instanceof InvalidValueError && message.test(e.message);
+    await assert.rejects(() => createGpuKVCache({ gpu: gpu as never, shape, policy }), refused);
+    await assert.rejects(() => GpuKVCache.fromCpu(cpu, gpu as never), refused);
+    await assert.rejects(
+      () => gpuDecode(gpu as never, env.pipelines, fp16, new Uint32Array(4), 8),
+      refused,
+    );
+    // whichever backend the call would end on
+    await assert.rejects(
+      () =>
+        createKVCache(shape, uniformPolicy({ keyFormat: "fp16", valueFormat: "fp16" }), {
+          gpu: gpu as never,
+        }),
+      refused,
+    );
+  }
+  await assert.rejects(
+    () => createGpuKVCache({ gpu: env.gpu, pipelines: {} as never, shape, policy }),
+    (e: Error) =>
+      e instanceof InvalidValueError &&
+      /pipelines is Object, expected a PipelineCache/.test(e.message),
+  );
+  // a Float64Array's bytes had been read as f32 words; a name read every field as undefined
+  await assert.rejects(
+    () => gpuEncode(env.gpu, env.pipelines, fp16, Float64Array.from(x) as never),
+    (e: Error) => e instanceof ShapeError && /Float32Array, got Float64Array/.test(e.message),
+  );
+  await assert.rejects(
+    () => gpuEncode(env.gpu, env.pipelines, "fp16" as never, x),
+    (e: Error) =>
+      e instanceof InvalidValueError && /format is "fp16", expected a FormatSpec/.test(e.message),
+  );
+  await assert.rejects(
+    () => gpuDecode(env.gpu, env.pipelines, fp16, [1, 2, 3, 4] as never, 8),
+    (e: Error) =>
+      e instanceof ShapeError && /words must be a Uint32Array, got Array/.test(e.message),
+  );
 });

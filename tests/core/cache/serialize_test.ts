@@ -481,6 +481,17 @@ Deno.test("a file saved before policies recorded their window format loads with 
   assert.deepEqual(b, a);
   // saved again, the format is written out
   assert.deepEqual(saveCache(loaded), saveCache(cache));
+  // a null window format is the one such a file had too
+  const nulled = loadCache(withDescription(saveCache(cache), (j) => j.policy.windowFormat = null));
+  assert.equal(nulled.policy.windowFormat, "fp16");
+});
+
+Deno.test("a file whose shape holds other fields (saved before shapes refused them) loads as before", () => {
+  // the cache kept { ...shape }: a model config's dim and vocabSize went into the file
+  const cache = filled();
+  const bytes = withDescription(saveCache(cache), (j) => Object.assign(j.shape, { dim: 64 }));
+  const loaded = loadCache(bytes);
+  assert.deepEqual(saveCache(loaded), saveCache(cache));
 });
 
 Deno.test("a window that moved cannot come from the old layout, and windowStart is checked against the ring held", () => {

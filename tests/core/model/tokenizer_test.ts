@@ -40,6 +40,14 @@ Deno.test("Tokenizer round-trips non-ASCII text through byte fallback", async ()
     assert.equal(tokenizer.decode(tokenizer.encode(text)), text);
   }
   assert.throws(() => tokenizer.decode([1, 600]), ShapeError);
+  // one id alone, not in an array, had decoded to "" without a word; null was a TypeError
+  for (const bad of [400, null, "ab"]) {
+    assert.throws(
+      () => tokenizer.decode(bad as never),
+      (e: Error) => e instanceof ShapeError && /expected an array of token ids/.test(e.message),
+    );
+  }
+  assert.equal(tokenizer.decode(Int32Array.of(1, 400)), tokenizer.decode([1, 400]));
 });
 
 Deno.test("parseTokenizer() names where a short file ends", async () => {
