@@ -126,12 +126,13 @@ export function checkGpuArgs(gpu: unknown, pipelines?: unknown, where = "gpu"): 
     );
   }
   if (pipelines === undefined) return;
-  if (!(pipelines instanceof PipelineCache)) {
+  if (typeof (pipelines as { get?: unknown } | null)?.get !== "function") {
     throw new InvalidValueError(
       `pipelines is ${showValue(pipelines)}, expected a PipelineCache of the same device`,
     );
   }
-  if (pipelines.gpu !== gpu) {
+  // pipelines bind on the GPUDevice they were compiled on, whichever GpuDevice wraps it
+  if (pipelines instanceof PipelineCache && pipelines.gpu.device !== gpu.device) {
     throw new InvalidValueError(
       "pipelines were compiled for another device than the one given: a pipeline binds only on " +
         "its own device",

@@ -18,7 +18,7 @@ import {
   gpuEncode,
   GpuKVCache,
   type GpuUniformPolicy,
-  type PipelineCache,
+  PipelineCache,
   requestGpu,
 } from "../../gpu/mod.ts";
 import { MixedPrecisionKVCache } from "../../core/cache/mixed_cache.ts";
@@ -648,7 +648,7 @@ Deno.test("createGpuKVCache() and fromCpu() destroy the buffers they made when t
   cpu.restoreSegments(0, 0, seg);
   const copying = trackingGpu(env.gpu);
   await assert.rejects(
-    () => GpuKVCache.fromCpu(cpu, copying.gpu, env.pipelines),
+    () => GpuKVCache.fromCpu(cpu, copying.gpu, new PipelineCache(copying.gpu)),
     CapacityError,
   );
   assert.ok(copying.created.length >= 6, "a page buffer was made");
