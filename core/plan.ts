@@ -720,8 +720,9 @@ function _checkWindowScores(analysis: Analysis, window: number): void {
 }
 
 /**
- * Checks that an analysis holds what its shape names: an object with a shape, at least one
- * sequence, every sequence every (layer, KV head), and measured format errors (if any) a finite
+ * Checks that an analysis holds what its shape names: an object with a shape, windows of positive
+ * integers, at least one sequence, every sequence every (layer, KV head) with a positive length and
+ * group and finite key and value ranges lo ≤ hi, and measured format errors (if any) a finite
  * number ≥ 0 for each of them. What reads it indexes them all: a missing one was a TypeError, an
  * empty list NaN summaries, and a truncated error table mixed measured and estimated errors.
  *
