@@ -791,17 +791,18 @@ export function attendPage(
   const acc = sc + (<usize>(hq * n) << 2); // f32 [hq][d]
   const dBytes = <usize>d << 2, nBytes = <usize>n << 2;
   const blocked = (hq & 3) == 0; // four heads share each loaded key/value chunk
-  // channel keys stored before RoPE (ropePtr ≠ 0) are turned forward after decoding: exact path
-  const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 &&
-    cap <= 256 && ropePtr == 0;
-  // keys and values both or neither: the rounded weights then depend only on integer-path
-  // scores, which core/cache/int_dot.ts reproduces bit for bit. Keys token-axis (integer query) or
-  // channel-axis (i16 q·s per channel and token group); values token-axis.
+  const intShape = (flags & FLAG_INTDOT) != 0 && (d & 31) == 0 && (cap & 3) == 0 && cap <= 256;
+  // Values token-axis int2/4/8 g32 take integer sums whenever served, whatever the keys' path: the
+  // weights are the f32 softmax of step 2 either way, which core/cache (int_dot.ts and the exact
+  // scores of kernel_score.ts) reproduces bit for bit. Keys take the integer path only with such
+  // values, token-axis (integer query) or channel-axis (i16 q·s per channel and token group), and
+  // not when stored before RoPE (ropePtr ≠ 0: turned forward after decoding, the exact path).
   const intV = intShape && intDotFormat(vKind, vBits, vG, vChannel);
-  const intKeys = intV && intDotFormat(kKind, kBits, kG, kChannel);
-  const intKeysChannel = intV && kChannel != 0 && kBits != 2 && intDotFormat(kKind, kBits, kG, 0) &&
+  const intK = intV && ropePtr == 0;
+  const intKeys = intK && intDotFormat(kKind, kBits, kG, kChannel);
+  const intKeysChannel = intK && kChannel != 0 && kBits != 2 && intDotFormat(kKind, kBits, kG, 0) &&
     d <= 256 && (n & 31) == 0 && (cap & 31) == 0;
-  const intValuesOn = intKeys || intKeysChannel;
+  const intValuesOn = intV;
   const rq = acc + (<usize>(hq * d) << 2); // f32 [hq][d]: queries turned back by a group's start
   const work = rq + (<usize>(hq * d) << 2); // intDotScratchBytes
 

@@ -177,18 +177,59 @@ export function intDotPartials(page: IntDotPage, q: Float32Array): Float64Array 
       w[t] = expF32(fr(fr(score[t] * inv32) - m32));
       l += w[t];
     }
-    // 3. values: per group û_t = nearest(w_t·s_t·32767/max), integer sums, ·ρ + Σ w·μ
     const o = h * (d + 2);
     out[o] = m32;
     out[o + 1] = l;
-    for (let g = 0; g < gpt; g++) {
-      const { rho, offset } = roundedProducts(w, n, (t) => t * gpt + g, V, scratch);
-      for (let c = 0; c < 32; c++) {
-        out[o + 2 + g * 32 + c] = fr(fr(fr(scratch.sums[c]) * rho) + offset);
-      }
-    }
+    valueSums(w, n, gpt, V, scratch, out, o + 2);
   }
   return out;
+}
+
+/** 3. values: per group û_t = nearest(w_t·s_t·32767/max), integer sums, ·ρ + Σ w·μ (f32). */
+function valueSums(
+  w: Float32Array,
+  n: number,
+  gpt: number,
+  V: Groups,
+  scratch: ProductScratch,
+  out: Float64Array,
+  at: number,
+): void {
+  for (let g = 0; g < gpt; g++) {
+    const { rho, offset } = roundedProducts(w, n, (t) => t * gpt + g, V, scratch);
+    for (let c = 0; c < 32; c++) out[at + g * 32 + c] = fr(fr(fr(scratch.sums[c]) * rho) + offset);
+  }
+}
+
+/**
+ * Whether the kernel sums a page's values with integers whatever its keys' path (integerDot on):
+ * int2/int4/int8 g32 values along tokens, head_dim a multiple of 32, cap a multiple of 4 and ≤ 256.
+ */
+export function intValuesServe(vSpec: FormatSpec, d: number, cap: number): boolean {
+  return int32Group(vSpec) && vSpec.axis === "token" && d % 32 === 0 && cap % 4 === 0 &&
+    cap <= 256;
+}
+
+/**
+ * The kernel's value sums of one page whose keys took the exact path, for one head: Σ_t w_t·v_t
+ * with w·s rounded to i16 per group, as attendPage's integer value pass (f32 per channel).
+ * @param w the head's f32 softmax weights of the page's tokens (kernel step 2)
+ * @param n tokens
+ * @param vSpec value format (intValuesServe)
+ * @param v value words, token-major
+ * @param d head dimension
+ * @param out destination of the d sums
+ */
+export function intValueSums(
+  w: Float32Array,
+  n: number,
+  vSpec: FormatSpec,
+  v: Uint32Array,
+  d: number,
+  out: Float64Array,
+): void {
+  const gpt = d / 32;
+  valueSums(w, n, gpt, decodeGroups(v, vSpec, n * gpt), productScratch(n), out, 0);
 }
 
 /** Scratch of {@linkcode roundedProducts} for up to m items. */

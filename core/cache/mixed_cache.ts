@@ -48,7 +48,7 @@ import {
 } from "../model/kv_cache.ts";
 import { checkPageFormat, Page, PAGE_TABLE_ENTRY_BYTES } from "./page.ts";
 import type { PageArena } from "./page_arena.ts";
-import { intDotPartials, intDotServes } from "./int_dot.ts";
+import { intDotPartials, intDotServes, intValuesServe, intValueSums } from "./int_dot.ts";
 import { KeyRope } from "./key_rope.ts";
 import { kernelScale, kernelScore } from "./kernel_score.ts";
 import { Partial } from "./partial.ts";
@@ -376,6 +376,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #turnedQuery: Float32Array;
   /** Where each segment the WASM backend attends in one kernel call ends among gathered tokens. */
   readonly #segmentEnds: number[] = [];
+  /** Per segment of #segmentEnds: the page whose values the kernel sums with integers, if any. */
+  readonly #segmentIntValues: (Page | undefined)[] = [];
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
@@ -825,10 +827,19 @@ export class MixedPrecisionKVCache implements KVCache {
         partial.reset();
         this.#score(q, h * d, n);
         let from = 0;
-        for (const end of this.#segmentEnds) {
-          partial.addBlock(this.#scores, this.#v, from, end, group % 4 === 0);
+        this.#segmentEnds.forEach((end, i) => {
+          const page = this.#segmentIntValues[i];
+          if (page) {
+            const spec = page.valueCodec.spec;
+            partial.addWeighted(
+              this.#scores,
+              from,
+              end,
+              (w, sums) => intValueSums(w, end - from, spec, page.vWords, d, sums),
+            );
+          } else partial.addBlock(this.#scores, this.#v, from, end, group % 4 === 0);
           from = end;
-        }
+        });
         for (const o of intPages) {
           const seg = this.#segment, at = g * (d + 2);
           seg.m = o[at];
@@ -1003,14 +1014,15 @@ export class MixedPrecisionKVCache implements KVCache {
    * window with sinks, then each page.
    */
   #gather(store: HeadStore): number {
-    const d = this.shape.headDim, ends = this.#segmentEnds;
+    const d = this.shape.headDim, ends = this.#segmentEnds, intValues = this.#segmentIntValues;
     ends.length = 0;
+    intValues.length = 0;
     let n = 0;
     for (; n < store.windowN; n++) {
       this.#decodeRingToken(store, n, this.#k.subarray(n * d), this.#v.subarray(n * d));
     }
     const staged = this.#stagedCount(store);
-    if (staged > 0) ends.push(staged);
+    if (staged > 0) ends.push(staged), intValues.push(undefined);
     if (store.sinkN > 0) {
       this.#window.decodeWords(
         store.sinkK,
@@ -1024,10 +1036,13 @@ export class MixedPrecisionKVCache implements KVCache {
       );
       n += store.sinkN;
     }
-    if (n > staged) ends.push(n);
+    if (n > staged) ends.push(n), intValues.push(undefined);
     if (this.#rope) this.#turnStart.fill(-1, 0, n);
     for (const pool of store.pools.values()) {
       if (this.#intDotPool(pool)) continue;
+      // keys on the exact path, values summed with integers (attention.ts step 3)
+      const integerValues = this.integerDot &&
+        intValuesServe(getFormat(pool.pair.valueFormat), d, this.policy.pageTokens);
       for (const page of pool.pages) {
         page.decodeKeys(this.#k.subarray(n * d));
         if (this.#rope) {
@@ -1037,9 +1052,10 @@ export class MixedPrecisionKVCache implements KVCache {
             this.#turnStart[n + t] = page.starts ? page.starts[Math.floor(t / G)] : -1;
           }
         }
-        page.decodeValues(this.#v.subarray(n * d));
+        if (!integerValues) page.decodeValues(this.#v.subarray(n * d));
         n += page.n;
         ends.push(n);
+        intValues.push(integerValues ? page : undefined);
       }
     }
     return n;

@@ -36,8 +36,10 @@ export class Partial {
   readonly #block: Float64Array;
   /** A run's f32 sums (addBlock). */
   readonly #run: Float32Array;
-  /** addBlock's four f64 lane sums of l and its last (up to three) weights. */
+  /** The four f64 lane sums of l and the last (up to three) weights of a segment. */
   readonly #lanes = new Float64Array(7);
+  /** A segment's f32 weights (grows to the longest segment). */
+  #w = new Float32Array(0);
 
   /**
    * Creates an empty partial (m = −∞, l = 0, acc = 0).
@@ -96,15 +98,7 @@ export class Partial {
   ): void {
     if (to <= from) return;
     const d = this.acc.length, acc = this.#block, run = this.#run, fr = Math.fround;
-    let m = -Infinity;
-    for (let t = from; t < to; t++) if (scores[t] > m) m = scores[t];
-    m += 0; // a −0 max is +0, as in the kernel
-    // l in the kernel's order (attention.ts step 2): weights of whole quads of the segment summed in
-    // four f64 lanes by their index mod 4, the lanes as (l₀ + l₂) + (l₁ + l₃), then the last one to
-    // three weights one by one (a sequential f64 sum had differed in the last bit when weights
-    // span more than 2^29, moving an output by up to 4.8e-8)
-    const lanes = this.#lanes, quads = from + ((to - from) & ~3);
-    lanes.fill(0);
+    const { m, l } = this.#weights(scores, from, to), w = this.#w;
     acc.fill(0);
     for (let r0 = from; r0 < to; r0 += VALUE_CHUNK) {
       const r1 = Math.min(to, r0 + VALUE_CHUNK);
@@ -112,9 +106,7 @@ export class Partial {
       let t = r0;
       if (pairs) {
         for (; t + 2 <= r1; t += 2) {
-          const w0 = expF32(scores[t] - m), w1 = expF32(scores[t + 1] - m);
-          if (t < quads) lanes[(t - from) & 3] += w0, lanes[(t + 1 - from) & 3] += w1;
-          else lanes[4 + t - quads] = w0, lanes[5 + t - quads] = w1;
+          const w0 = w[t - from], w1 = w[t + 1 - from];
           const a = t * d, b = a + d;
           for (let i = 0; i < d; i++) {
             run[i] = fr(run[i] + fr(fr(w0 * values[a + i]) + fr(w1 * values[b + i])));
@@ -122,16 +114,57 @@ export class Partial {
         }
       }
       for (; t < r1; t++) {
-        const w = expF32(scores[t] - m);
-        if (t < quads) lanes[(t - from) & 3] += w;
-        else lanes[4 + t - quads] = w;
-        for (let i = 0; i < d; i++) run[i] = fr(run[i] + fr(w * values[t * d + i]));
+        const wt = w[t - from];
+        for (let i = 0; i < d; i++) run[i] = fr(run[i] + fr(wt * values[t * d + i]));
       }
       for (let i = 0; i < d; i++) acc[i] += run[i];
     }
+    this.#mergeSums(m, l, acc);
+  }
+
+  /**
+   * Adds the tokens from..to−1 as one kernel call attends a segment whose values it sums with
+   * integers (core/cache/int_dot.ts intValueSums: a page whose keys took the exact path): m, the
+   * f32 weights and l as addBlock takes them, the value sums from `sums`.
+   * @param scores scores q·k/√d (kernelScore), indexed by token
+   * @param from first token of the segment
+   * @param to one past its last token
+   * @param sums writes Σ w·v (d values) given the segment's weights
+   */
+  addWeighted(
+    scores: ArrayLike<number>,
+    from: number,
+    to: number,
+    sums: (w: Float32Array, out: Float64Array) => void,
+  ): void {
+    if (to <= from) return;
+    const { m, l } = this.#weights(scores, from, to);
+    sums(this.#w.subarray(0, to - from), this.#block);
+    this.#mergeSums(m, l, this.#block);
+  }
+
+  /**
+   * The segment's max m and its weights e^{s−m} by the kernel's exp into #w (index t − from), and
+   * l = Σ w in the kernel's order (attention.ts step 2): weights of whole quads of the segment
+   * summed in four f64 lanes by their index mod 4, the lanes as (l₀ + l₂) + (l₁ + l₃), then the last
+   * one to three weights one by one (a sequential f64 sum had differed in the last bit when weights
+   * span more than 2^29, moving an output by up to 4.8e-8).
+   */
+  #weights(scores: ArrayLike<number>, from: number, to: number): { m: number; l: number } {
+    if (this.#w.length < to - from) this.#w = new Float32Array(2 * (to - from));
+    const w = this.#w, lanes = this.#lanes, quads = from + ((to - from) & ~3);
+    let m = -Infinity;
+    for (let t = from; t < to; t++) if (scores[t] > m) m = scores[t];
+    m += 0; // a −0 max is +0, as in the kernel
+    lanes.fill(0);
+    for (let t = from; t < to; t++) {
+      const wt = w[t - from] = expF32(scores[t] - m);
+      if (t < quads) lanes[(t - from) & 3] += wt;
+      else lanes[4 + t - quads] = wt;
+    }
     let l = (lanes[0] + lanes[2]) + (lanes[1] + lanes[3]);
     for (let t = quads; t < to; t++) l += lanes[4 + t - quads];
-    this.#mergeSums(m, l, acc);
+    return { m, l };
   }
 
   /**

@@ -210,7 +210,6 @@ Deno.test("the integer flag leaves formats and shapes it does not serve bit-iden
       ["fp16", "fp16", 64, 4],
       ["int4-g32-channel", "fp16", 64, 4],
       ["int2-g32-token", "int4-g64-token", 64, 4],
-      ["int2-g32-channel", "int4-g32-token", 64, 4],
       ["int4-g32-token", "fp16", 64, 4],
       ["int4-g32-token", "int4-g32-channel", 64, 4],
       ["int4-g32-token", "int8-g32-token", 36, 4],
@@ -294,6 +293,59 @@ Deno.test("MixedPrecisionKVCache integerDot (the default): ts and wasm agree to 
   assert.ok(intExact > 1e-7, `integerDot vs exact: ${intExact}`);
   assert.ok(intErr <= 1.02 * exactErr, `vs FP32: integerDot ${intErr}, exact ${exactErr}`);
   console.log(`vs FP32: integerDot ${intErr.toFixed(4)}, exact ${exactErr.toFixed(4)}`);
+});
+
+Deno.test("pages whose keys take the exact path sum served values with integers, ts and wasm to the bit", () => {
+  // keys fp16, int2 per channel (not served), int4 per channel before RoPE (turned per token);
+  // values int4 / int8 along tokens (served): the kernel's integer value pass, mirrored by
+  // Partial.addWeighted and int_dot.ts intValueSums
+  const next = rng(77);
+  const shape = { nLayers: 1, nHeads: 8, nKvHeads: 2, headDim: 64, maxSeqLen: 400 };
+  for (
+    const [keyFormat, valueFormat, ropeBase] of [
+      ["fp16", "int8-g32-token", undefined],
+      ["int2-g32-channel", "int4-g32-token", undefined],
+      ["int4-g32-channel", "int4-g32-token", 10000],
+      ["int3-g32-channel", "int8-g32-token", 10000],
+    ] as [string, string, number | undefined][]
+  ) {
+    const policy = () =>
+      uniformPolicy({
+        keyFormat,
+        valueFormat,
+        sinkTokens: 2,
+        recentWindow: 8,
+        pageTokens: 64,
+        ...(ropeBase === undefined ? {} : { ropeBase }),
+      });
+    // keys on the exact path: not served, or stored before RoPE
+    const served = intDotServes(getFormat(keyFormat), getFormat(valueFormat), 64, 64);
+    assert.ok(!served || ropeBase !== undefined, `${keyFormat}/${valueFormat}`);
+    const ts = new MixedPrecisionKVCache(shape, policy(), { integerDot: true });
+    const wasm = new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot: true });
+    const exact = new MixedPrecisionKVCache(shape, policy(), {
+      backend: "wasm",
+      integerDot: false,
+    });
+    const kv = shape.nKvHeads * shape.headDim, q = new Float32Array(shape.nHeads * shape.headDim);
+    const [a, b, c] = [0, 1, 2].map(() => new Float32Array(q.length));
+    let checked = 0;
+    for (let t = 0; t < 330; t++) {
+      const k = tokens(1, kv, next), v = tokens(1, kv, next);
+      for (const cache of [ts, wasm, exact]) cache.append(0, t, k, v);
+      if (t % 55 !== 54) continue;
+      q.set(normals(q.length, next));
+      ts.attend(0, q, a);
+      wasm.attend(0, q, b);
+      exact.attend(0, q, c);
+      assert.deepEqual(a, b, `${keyFormat}/${valueFormat} at ${t + 1} tokens`);
+      // the integer pass ran (its rounding moves the output), within what it may move it by
+      const moved = relError(b, c);
+      assert.ok(moved > 0 && moved < 1e-3, `${keyFormat}/${valueFormat}: ${moved}`);
+      checked++;
+    }
+    assert.equal(checked, 6);
+  }
 });
 
 Deno.test("the query rounded to ±127 keeps each token-axis int format's error vs FP32", () => {
