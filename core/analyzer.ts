@@ -551,21 +551,32 @@ export async function calibrate(
     for (const [f, e] of Object.entries(formatErrors)) {
       for (let l = 0; l < shape.nLayers; l++) {
         for (let h = 0; h < shape.nKvHeads; h++) {
-          const w = seq.length / positions;
-          const add = (mean: number[][], max: number[][], x: Float32Array) => {
-            const b = errorBoundStats(x, seq.length, shape.headDim, f);
+          const w = seq.length / positions, d = shape.headDim, n = seq.length;
+          const { axis, group: G } = getFormat(f);
+          // Means with groups from position 0, as errorBoundStats forms them. The cache's channel
+          // groups start after the sinks: on the fixture (2 sinks, a 512-token line) that moves
+          // the means by at most 1.8% per head, the largest bound by up to 15%, so the largest is
+          // also taken with groups from the calibration's sinkTokens (keys before RoPE turned
+          // back from there).
+          const s = settings.sinkTokens;
+          const shifted = axis === "channel" && s % G !== 0 && s < n;
+          const add = (mean: number[][], max: number[][], x: Float32Array, from = x) => {
+            const b = errorBoundStats(x, n, d, f);
             mean[l][h] += w * b.mean;
             max[l][h] = Math.max(max[l][h], b.max);
+            if (shifted) {
+              max[l][h] = Math.max(max[l][h], errorBoundStats(from, n - s, d, f).max);
+            }
           };
-          add(e.key, e.keyMax!, cache.keys(l, h));
-          add(e.value, e.valueMax!, cache.values(l, h));
+          const turned = (pos: number) => {
+            const k = cache.keys(l, h).slice(pos * d, n * d);
+            rope!.unrotate(k, n - pos, G, pos);
+            return k;
+          };
+          add(e.key, e.keyMax!, cache.keys(l, h), cache.keys(l, h).subarray(s * d));
+          add(e.value, e.valueMax!, cache.values(l, h), cache.values(l, h).subarray(s * d));
           if (e.preRopeKey) {
-            // Groups from position 0, as errorBoundStats forms them (values and keys after RoPE
-            // too). The cache's groups start after the sinks: on the fixture (2 sinks, a
-            // 512-token line) that moves these means by at most 1.8% per head.
-            const k = cache.keys(l, h).slice(0, seq.length * shape.headDim);
-            rope!.unrotate(k, seq.length, getFormat(f).group, 0);
-            add(e.preRopeKey, e.preRopeKeyMax!, k);
+            add(e.preRopeKey, e.preRopeKeyMax!, turned(0), shifted ? turned(s) : undefined);
           }
         }
       }

@@ -155,7 +155,7 @@ export interface PlanOptions {
    * calibration lines.
    */
   sensitivity?: "curvature" | "attention";
-  /** Rule mode: κ over queries as "max" (default) or "mean". */
+  /** κ over queries as "max" (default) or "mean": the rule's requirement, the report's correlations. */
   aggregate?: "max" | "mean";
   /** Separate tiers per KV head (default true) or one set per layer. */
   perHead?: boolean;
@@ -786,7 +786,13 @@ export function checkAnalysis(analysis: Analysis): void {
     );
   });
   for (const [name, errors] of Object.entries(analysis.formatErrors ?? {})) {
-    for (const [field, rows] of Object.entries(errors ?? {})) {
+    if (typeof errors !== "object" || errors === null) {
+      throw new InvalidValueError(
+        `analysis formatErrors["${name}"] is ${showValue(errors)}, expected an object of tables`,
+      );
+    }
+    for (const [field, rows] of Object.entries(errors)) {
+      if (rows === undefined) continue; // an optional table left out
       const at = `analysis formatErrors["${name}"].${field}`;
       if (!covers(rows)) {
         throw new ShapeError(`${at} does not cover ${nLayers} layers of ${nKvHeads} KV heads`);
@@ -897,7 +903,7 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
     );
   }
   // a setting of the other mode had been ignored without a word
-  const foreign = options.mode === "rule" ? ["bitsPerElement"] : ["epsilon", "c", "aggregate"];
+  const foreign = options.mode === "rule" ? ["bitsPerElement"] : ["epsilon", "c"];
   const stray = foreign.find((k) =>
     (options as unknown as Record<string, unknown>)[k] !== undefined
   );
@@ -955,10 +961,11 @@ function _resolve(analysis: Analysis, options: PlanOptions): _Resolved {
 /**
  * The precision p the rule credits a format with on one (layer, KV head)'s keys or values. Where
  * the calibration measured the format there (analysis.formatErrors keyMax / valueMax; keys stored
- * before RoPE, with ropeBase and a channel-axis format, preRopeKeyMax), p = log2(D / 2δ), δ the
- * largest per-element error bound the format had on any element of that head's calibration data
- * and D the head's {@linkcode ruleDiameter}: the precision of a format erring by δ over the whole
- * range D. Group scales follow the data, so an int8 group spanning a tenth of D errs ten times less
+ * before RoPE, with ropeBase and a channel-axis format, preRopeKeyMax, and δ √2 times it since the
+ * key turns forward after decoding), p = log2(D / 2δ), δ the largest per-element error bound the
+ * format had on any element of that head's calibration data (its channel groups aligned from
+ * position 0 and from the calibration's sinks) and D the head's {@linkcode ruleDiameter}: the
+ * precision of a format erring by δ over the whole range D. Group scales follow the data, so an int8 group spanning a tenth of D errs ten times less
  * than precisionBits' worst case over D assumes; the rule then picks the cheapest format that
  * meets it on this head. Elsewhere (a format not measured, an analysis saved before the largest
  * bounds were) precisionBits(f). A bound over the calibration's elements, not over every input.
@@ -997,7 +1004,9 @@ export function rulePrecision(
       }, expected a finite number ≥ 0`,
     );
   }
-  return Math.log2(ruleDiameter(analysis, layer, head) / (2 * max));
+  // a key stored before RoPE is turned forward after decoding: an element of the turned key mixes
+  // two errors of its pair, |cos|·e_a + |sin|·e_b ≤ √2·δ (the verifier's turned bound)
+  return Math.log2(ruleDiameter(analysis, layer, head) / (2 * (beforeRope ? Math.SQRT2 : 1) * max));
 }
 
 /**

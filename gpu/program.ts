@@ -30,7 +30,7 @@
  */
 
 import { DeviceError, InvalidValueError, showValue } from "../core/errors.ts";
-import { GpuDevice } from "./device.ts";
+import type { GpuDevice } from "./device.ts";
 import { getFormat } from "../codecs/format.ts";
 
 /** One compute-kernel variant. */
@@ -120,9 +120,18 @@ export class PipelineCache {
  * @throws {InvalidValueError} naming what was given
  */
 export function checkGpuArgs(gpu: unknown, pipelines?: unknown, where = "gpu"): void {
-  if (!(gpu instanceof GpuDevice)) {
+  // by shape, not instanceof: a GpuDevice from another copy of kvprec (the bundle beside the
+  // source, two versions in one dependency graph) serves as well
+  const g = gpu as Partial<GpuDevice> | null;
+  if (
+    typeof g !== "object" || g === null || typeof g.check !== "function" ||
+    typeof g.device?.createBuffer !== "function"
+  ) {
     throw new InvalidValueError(
-      `${where} is ${showValue(gpu)}, expected a GpuDevice from requestGpu()`,
+      `${where} is ${showValue(gpu)}, expected a GpuDevice from requestGpu()` +
+        (typeof (gpu as GPUDevice | null)?.createBuffer === "function"
+          ? " (a GPUDevice is wrapped by requestGpu)"
+          : ""),
     );
   }
   if (pipelines === undefined) return;
@@ -132,7 +141,7 @@ export function checkGpuArgs(gpu: unknown, pipelines?: unknown, where = "gpu"): 
     );
   }
   // pipelines bind on the GPUDevice they were compiled on, whichever GpuDevice wraps it
-  if (pipelines instanceof PipelineCache && pipelines.gpu.device !== gpu.device) {
+  if (pipelines instanceof PipelineCache && pipelines.gpu.device !== (gpu as GpuDevice).device) {
     throw new InvalidValueError(
       "pipelines were compiled for another device than the one given: a pipeline binds only on " +
         "its own device",
@@ -148,10 +157,15 @@ export function checkGpuArgs(gpu: unknown, pipelines?: unknown, where = "gpu"): 
  * @throws {InvalidValueError} naming it
  */
 export function checkSpec(spec: unknown): void {
-  const name = (spec as { name?: unknown } | null)?.name;
+  const s = spec as Record<string, unknown> | null;
   let known = false;
   try {
-    known = typeof name === "string" && getFormat(name) === spec;
+    // the registry's spec or one equal to it field by field (from another copy of kvprec)
+    const f = typeof s?.name === "string"
+      ? getFormat(s.name) as unknown as Record<string, unknown>
+      : undefined;
+    known = f !== undefined &&
+      Object.keys(f).every((k) => typeof f[k] === "object" || f[k] === s![k]);
   } catch {
     // an unknown name: not a registry spec
   }

@@ -137,6 +137,14 @@ Deno.test("buildPrecisionPlan and checkAssignment name an analysis, cell or opti
       e instanceof ShapeError &&
       /formatErrors\["fp16"\]\.value does not cover 1 layers of 1 KV heads/.test(e.message),
   );
+  // a null entry had passed and thrown a TypeError in the rule; an optional table left undefined
+  // is absent
+  assert.throws(
+    () => buildPrecisionPlan({ ...analysis, formatErrors: { fp16: null as never } }, options),
+    (e: Error) =>
+      e instanceof InvalidValueError && /formatErrors\["fp16"\] is null/.test(e.message),
+  );
+  assert.ok(buildPrecisionPlan(withErrors({ keyMax: undefined }), options));
   assert.throws(
     () => summarizeAnalysis(withErrors({ keyMax: [[NaN]] })),
     (e: Error) =>

@@ -90,7 +90,6 @@ Deno.test("buildPrecisionPlan() rejects out-of-range options with typed errors n
       /bitsPerElement is set, but mode "rule" does not use it/,
     ],
     [{ epsilon: 1 }, InvalidValueError, /epsilon is set, but mode "budget" does not use it/],
-    [{ aggregate: "mean" }, InvalidValueError, /aggregate is set, but mode "budget" does not/],
     [{ bitsPerElement: "6" }, InvalidValueError, /^budget is "6" bits per element/],
     [{ errorModel: () => "1" }, InvalidValueError, /error model gives "1" for layer 0/],
     [

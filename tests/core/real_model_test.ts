@@ -17,6 +17,7 @@ import {
   validatePrecisionPlan,
 } from "../../core/plan.ts";
 import { precisionBits } from "../../core/mapper.ts";
+import { errorBoundStats } from "../../core/quantize_head.ts";
 import { planPolicy } from "../../core/cache/plan_policy.ts";
 import { RecordingKVCache } from "../../core/recording_cache.ts";
 import { checkAssignment, verifyHeads } from "../../core/verifier.ts";
@@ -169,7 +170,7 @@ Deno.test("buildPrecisionPlan() meets budgets on the fixture and rejects bad inp
   assert.ok(summarizeAnalysis(analysis).layers.every((l) => l.sinkShare > 0 && l.recentShare > 0));
 });
 
-Deno.test("the rule credits each format with its precision measured on the head's own data", () => {
+Deno.test("the rule credits each format with its precision measured on the head's own data", async () => {
   const nominal = { ...analysis, formatErrors: undefined };
   const options = {
     mode: "rule" as const,
@@ -181,13 +182,12 @@ Deno.test("the rule credits each format with its precision measured on the head'
   for (const [l, h] of [[0, 0], [2, 1], [4, 3]]) {
     const D = ruleDiameter(analysis, l, h);
     for (const f of FORMATS) {
-      // p = log2(D / 2δ): the largest measured error bound, keys of channel formats before RoPE
+      // p = log2(D / 2δ): the largest measured error bound; keys of channel formats before RoPE,
+      // √2 times it, since they turn forward after decoding
       const errors = analysis.formatErrors![f.name];
-      const key = f.name.includes("channel") ? errors.preRopeKeyMax! : errors.keyMax!;
-      assert.equal(
-        rulePrecision(analysis, l, h, "key", f, 10000),
-        Math.log2(D / (2 * key[l][h])),
-      );
+      const channel = f.name.includes("channel");
+      const key = channel ? Math.SQRT2 * errors.preRopeKeyMax![l][h] : errors.keyMax![l][h];
+      assert.equal(rulePrecision(analysis, l, h, "key", f, 10000), Math.log2(D / (2 * key)));
       assert.equal(
         rulePrecision(analysis, l, h, "value", f),
         Math.log2(D / (2 * errors.valueMax![l][h])),
@@ -198,6 +198,26 @@ Deno.test("the rule credits each format with its precision measured on the head'
       // group scales follow the data: never less than the worst case over the head's range
       assert.ok(rulePrecision(analysis, l, h, "value", f) >= precisionBits(f), f.name);
       assert.equal(rulePrecision(nominal, l, h, "value", f), precisionBits(f));
+    }
+  }
+  // the largest bounds cover the cache's channel groups, which start after the 4 sinks
+  const rec = new RecordingKVCache(cacheShape(weights.config, seqs[0].length));
+  for (let p = 0; p < seqs[0].length; p++) await model.forward(seqs[0][p], p, rec);
+  const d = weights.config.headDim, n = seqs[0].length;
+  const { nLayers, nKvHeads } = analysis.shape;
+  for (const name of NAMES.filter((x) => x.includes("channel"))) {
+    const e = analysis.formatErrors![name];
+    for (let l = 0; l < nLayers; l++) {
+      for (let h = 0; h < nKvHeads; h++) {
+        const pairs: [Float32Array, number[][]][] = [
+          [rec.keys(l, h), e.keyMax!],
+          [rec.values(l, h), e.valueMax!],
+        ];
+        for (const [x, max] of pairs) {
+          const after = errorBoundStats(x.subarray(4 * d), n - 4, d, name).max;
+          assert.ok(after <= max[l][h], `${name} layer ${l} head ${h}`);
+        }
+      }
     }
   }
   const f = FORMATS[2], errors = analysis.formatErrors![f.name];

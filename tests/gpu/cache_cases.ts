@@ -689,7 +689,10 @@ Deno.test("GPU entry points refuse what is not a GpuDevice, another device's pip
   const notDevices: [unknown, RegExp][] = [
     [null, /is null, expected a GpuDevice from requestGpu\(\)/],
     [{}, /is Object, expected a GpuDevice/],
-    [env.gpu.device, /is GPUDevice, expected a GpuDevice/],
+    [
+      env.gpu.device,
+      /is GPUDevice, expected a GpuDevice .*\(a GPUDevice is wrapped by requestGpu\)/,
+    ],
   ];
   for (const [gpu, message] of notDevices) {
     const refused = (e: Error) => e instanceof InvalidValueError && message.test(e.message);
@@ -718,6 +721,16 @@ Deno.test("GPU entry points refuse what is not a GpuDevice, another device's pip
   await assert.rejects(
     () => gpuEncode(env.gpu, env.pipelines, fp16, Float64Array.from(x) as never),
     (e: Error) => e instanceof ShapeError && /Float32Array, got Float64Array/.test(e.message),
+  );
+  // a spec equal to the registry's field by field (another copy of kvprec) serves
+  assert.deepEqual(
+    await gpuEncode(env.gpu, env.pipelines, { ...fp16 }, x),
+    await gpuEncode(env.gpu, env.pipelines, fp16, x),
+  );
+  await assert.rejects(
+    () => gpuEncode(env.gpu, env.pipelines, { ...fp16, group: 16 }, x),
+    (e: Error) =>
+      e instanceof InvalidValueError && /format is Object, expected a FormatSpec/.test(e.message),
   );
   await assert.rejects(
     () => gpuEncode(env.gpu, env.pipelines, "fp16" as never, x),
