@@ -126,7 +126,7 @@ export function planRowSpecs(): PlanRowSpec[] {
     // ε whose rows fall between INT8 per token and FP16 (README: the other ε measured)
     spec("kvprec rule ε=10", "kvprec", { epsilon: 10 }),
     spec("kvprec rule ε=5", "kvprec", { epsilon: 5 }),
-    spec("kvprec rule ε=2", "kvprec", { epsilon: 2 }),
+    spec("kvprec rule ε=3", "kvprec", { epsilon: 3 }),
     spec("kvprec budget 4.0", "kvprec", { budget: 4.0 }, W),
     spec("kvprec budget 3.0", "kvprec", { budget: 3.0 }, W),
     spec("kvprec budget 2.5", "kvprec", { budget: 2.5 }, W),
