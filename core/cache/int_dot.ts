@@ -211,25 +211,38 @@ export function intValuesServe(vSpec: FormatSpec, d: number, cap: number): boole
 }
 
 /**
- * The kernel's value sums of one page whose keys took the exact path, for one head: Σ_t w_t·v_t
- * with w·s rounded to i16 per group, as attendPage's integer value pass (f32 per channel).
- * @param w the head's f32 softmax weights of the page's tokens (kernel step 2)
- * @param n tokens
- * @param vSpec value format (intValuesServe)
- * @param v value words, token-major
- * @param d head dimension
- * @param out destination of the d sums
+ * One page's values as the kernel's integer value pass reads them, for a page whose keys took the
+ * exact path: decoded once (per attend call), then summed per query head with {@linkcode sums}.
  */
-export function intValueSums(
-  w: Float32Array,
-  n: number,
-  vSpec: FormatSpec,
-  v: Uint32Array,
-  d: number,
-  out: Float64Array,
-): void {
-  const gpt = d / 32;
-  valueSums(w, n, gpt, decodeGroups(v, vSpec, n * gpt), productScratch(n), out, 0);
+export class IntValues {
+  readonly #n: number;
+  readonly #gpt: number;
+  readonly #groups: Groups;
+  readonly #scratch: ProductScratch;
+
+  /**
+   * Decodes a page's value codes, scales and minima.
+   * @param vSpec value format (intValuesServe)
+   * @param v value words, token-major
+   * @param n tokens
+   * @param d head dimension
+   */
+  constructor(vSpec: FormatSpec, v: Uint32Array, n: number, d: number) {
+    this.#n = n;
+    this.#gpt = d / 32;
+    this.#groups = decodeGroups(v, vSpec, n * this.#gpt);
+    this.#scratch = productScratch(n);
+  }
+
+  /**
+   * The kernel's value sums for one head: Σ_t w_t·v_t with w·s rounded to i16 per group, as
+   * attendPage's integer value pass (f32 per channel).
+   * @param w the head's f32 softmax weights of the page's tokens (kernel step 2)
+   * @param out destination of the d sums
+   */
+  sums(w: Float32Array, out: Float64Array): void {
+    valueSums(w, this.#n, this.#gpt, this.#groups, this.#scratch, out, 0);
+  }
 }
 
 /** Scratch of {@linkcode roundedProducts} for up to m items. */

@@ -48,7 +48,7 @@ import {
 } from "../model/kv_cache.ts";
 import { checkPageFormat, Page, PAGE_TABLE_ENTRY_BYTES } from "./page.ts";
 import type { PageArena } from "./page_arena.ts";
-import { intDotPartials, intDotServes, intValuesServe, intValueSums } from "./int_dot.ts";
+import { intDotPartials, intDotServes, IntValues, intValuesServe } from "./int_dot.ts";
 import { KeyRope } from "./key_rope.ts";
 import { kernelScale, kernelScore } from "./kernel_score.ts";
 import { Partial } from "./partial.ts";
@@ -305,7 +305,9 @@ export interface MixedCacheOptions {
    * token-axis values with integer dot products (the query, or query·scale, and the weight·scale
    * products rounded to i16; core/cache/int_dot.ts, which also bounds the difference from exact
    * attention): the fast path of the wasm backend, mirrored bit for bit by the ts backend.
-   * `intDotServes` says which pages; the others stay exact. Default true: the rounding moves outputs
+   * `intDotServes` says which pages; on other pages served values (`intValuesServe`) are still
+   * summed with integers beside exactly scored keys, and the rest stay exact. Default true: the
+   * rounding moves outputs
    * by about 5e-5 of their largest entry with int8 or channel-axis keys, and with int2/int4 keys per
    * token, whose query is rounded to 8 bits, by 2–3e-3 (core/cache/PAGES.md) and up to 2.7e-2 on
    * random data at d = 128 where int4 itself moves them by 0.33: an order of magnitude below the
@@ -378,6 +380,11 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #segmentEnds: number[] = [];
   /** Per segment of #segmentEnds: the page whose values the kernel sums with integers, if any. */
   readonly #segmentIntValues: (Page | undefined)[] = [];
+  /**
+   * Per segment of #segmentEnds: a page the integer path attends whole (no gathered tokens), so
+   * that partials merge in the kernel calls' order, pool by pool.
+   */
+  readonly #segmentIntPages: (Page | undefined)[] = [];
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
@@ -808,8 +815,16 @@ export class MixedPrecisionKVCache implements KVCache {
       const store = this.#heads[layer][kv];
       const n = this.#gather(store);
       const qGroup = q.subarray(kv * group * d, (kv + 1) * group * d);
-      const intPages = this.integerDot
-        ? this.#intPages(store).map((p) =>
+      // each page's value codes decoded once per call, not once per query head
+      const valueGroups = new Map<Page, IntValues>();
+      for (const p of this.#segmentIntValues) {
+        if (p) valueGroups.set(p, new IntValues(p.valueCodec.spec, p.vWords, p.n, d));
+      }
+      const intPages = new Map<Page, Float64Array>();
+      for (const p of this.#segmentIntPages) {
+        if (!p) continue;
+        intPages.set(
+          p,
           intDotPartials({
             kSpec: p.keyCodec.spec,
             k: p.kWords,
@@ -818,9 +833,9 @@ export class MixedPrecisionKVCache implements KVCache {
             n: p.n,
             d,
             cap: p.capacity,
-          }, qGroup)
-        )
-        : [];
+          }, qGroup),
+        );
+      }
       for (let g = 0; g < group; g++) {
         const h = kv * group + g;
         const partial = this.#partial;
@@ -828,39 +843,23 @@ export class MixedPrecisionKVCache implements KVCache {
         this.#score(q, h * d, n);
         let from = 0;
         this.#segmentEnds.forEach((end, i) => {
-          const page = this.#segmentIntValues[i];
-          if (page) {
-            const spec = page.valueCodec.spec;
-            partial.addWeighted(
-              this.#scores,
-              from,
-              end,
-              (w, sums) => intValueSums(w, end - from, spec, page.vWords, d, sums),
-            );
+          const page = this.#segmentIntValues[i], whole = this.#segmentIntPages[i];
+          if (whole) {
+            const o = intPages.get(whole)!, seg = this.#segment, at = g * (d + 2);
+            seg.m = o[at];
+            seg.l = o[at + 1];
+            seg.acc.set(o.subarray(at + 2, at + 2 + d));
+            partial.merge(seg);
+          } else if (page) {
+            const groups = valueGroups.get(page)!;
+            partial.addWeighted(this.#scores, from, end, (w, sums) => groups.sums(w, sums));
           } else partial.addBlock(this.#scores, this.#v, from, end, group % 4 === 0);
           from = end;
         });
-        for (const o of intPages) {
-          const seg = this.#segment, at = g * (d + 2);
-          seg.m = o[at];
-          seg.l = o[at + 1];
-          seg.acc.set(o.subarray(at + 2, at + 2 + d));
-          partial.merge(seg);
-        }
         partial.finish(out.subarray(h * d, (h + 1) * d));
         this.#creditWindow(store, partial, group);
       }
     }
-  }
-
-  /** Pages the integer-dot path attends (integerDot on, both formats served). */
-  #intPages(store: HeadStore): Page[] {
-    const pages: Page[] = [];
-    for (const pool of store.pools.values()) {
-      if (!this.#intDotPool(pool)) continue;
-      for (const page of pool.pages) if (page.n > 0) pages.push(page);
-    }
-    return pages;
   }
 
   /** Whether integerDot applies to a pool (its formats; keys before RoPE turn after decoding). */
@@ -1015,14 +1014,16 @@ export class MixedPrecisionKVCache implements KVCache {
    */
   #gather(store: HeadStore): number {
     const d = this.shape.headDim, ends = this.#segmentEnds, intValues = this.#segmentIntValues;
+    const intPages = this.#segmentIntPages;
     ends.length = 0;
     intValues.length = 0;
+    intPages.length = 0;
     let n = 0;
     for (; n < store.windowN; n++) {
       this.#decodeRingToken(store, n, this.#k.subarray(n * d), this.#v.subarray(n * d));
     }
     const staged = this.#stagedCount(store);
-    if (staged > 0) ends.push(staged), intValues.push(undefined);
+    if (staged > 0) ends.push(staged), intValues.push(undefined), intPages.push(undefined);
     if (store.sinkN > 0) {
       this.#window.decodeWords(
         store.sinkK,
@@ -1036,10 +1037,16 @@ export class MixedPrecisionKVCache implements KVCache {
       );
       n += store.sinkN;
     }
-    if (n > staged) ends.push(n), intValues.push(undefined);
+    if (n > staged) ends.push(n), intValues.push(undefined), intPages.push(undefined);
     if (this.#rope) this.#turnStart.fill(-1, 0, n);
     for (const pool of store.pools.values()) {
-      if (this.#intDotPool(pool)) continue;
+      if (this.#intDotPool(pool)) {
+        // attended whole by the integer path: a step of no gathered tokens, in pool order
+        for (const page of pool.pages) {
+          if (page.n > 0) ends.push(n), intValues.push(undefined), intPages.push(page);
+        }
+        continue;
+      }
       // keys on the exact path, values summed with integers (attention.ts step 3)
       const integerValues = this.integerDot &&
         intValuesServe(getFormat(pool.pair.valueFormat), d, this.policy.pageTokens);
@@ -1056,6 +1063,7 @@ export class MixedPrecisionKVCache implements KVCache {
         n += page.n;
         ends.push(n);
         intValues.push(integerValues ? page : undefined);
+        intPages.push(undefined);
       }
     }
     return n;

@@ -124,7 +124,7 @@ export class Partial {
 
   /**
    * Adds the tokens from..to−1 as one kernel call attends a segment whose values it sums with
-   * integers (core/cache/int_dot.ts intValueSums: a page whose keys took the exact path): m, the
+   * integers (core/cache/int_dot.ts IntValues: a page whose keys took the exact path): m, the
    * f32 weights and l as addBlock takes them, the value sums from `sums`.
    * @param scores scores q·k/√d (kernelScore), indexed by token
    * @param from first token of the segment

@@ -348,6 +348,33 @@ Deno.test("pages whose keys take the exact path sum served values with integers,
   }
 });
 
+Deno.test("partials merge in the kernel calls' order, integer pages among the others", () => {
+  // an int8 page, then fp32 pages: the TS backend had merged integer pages last, and the f64 sums
+  // of +1024, −1024 and 1e-14 then cancelled to 0 where the kernel's order kept 3.3e-15
+  const d = 32, shape = { nLayers: 1, nHeads: 1, nKvHeads: 1, headDim: d, maxSeqLen: 12 };
+  const pairs = [
+    { keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" },
+    { keyFormat: "fp32", valueFormat: "fp32" },
+  ];
+  const policy = () => {
+    let count = 0;
+    const base = uniformPolicy({ keyFormat: "fp32", valueFormat: "fp32", pageTokens: 4 });
+    return { ...base, formatFor: () => pairs[count++ < 4 ? 0 : 1], pairs: () => pairs };
+  };
+  const [ts, wasm] = [
+    new MixedPrecisionKVCache(shape, policy(), { integerDot: true }),
+    new MixedPrecisionKVCache(shape, policy(), { backend: "wasm", integerDot: true }),
+  ];
+  for (let t = 0; t < 12; t++) {
+    const v = new Float32Array(d).fill(t < 4 ? 1024 : t < 8 ? -1024 : 1e-14);
+    for (const cache of [ts, wasm]) cache.append(0, t, new Float32Array(d), v);
+  }
+  const q = new Float32Array(d).fill(0.5), a = new Float32Array(d), b = new Float32Array(d);
+  ts.attend(0, q, a);
+  wasm.attend(0, q, b);
+  assert.deepEqual(a, b);
+});
+
 Deno.test("the query rounded to ±127 keeps each token-axis int format's error vs FP32", () => {
   // per format, caches alike but for the path: FP32, exact (integerDot: false), integer path; keys
   // with ×20 channels, where the query's rounding error is amplified most
