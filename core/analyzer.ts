@@ -560,23 +560,22 @@ export async function calibrate(
           // back from there).
           const s = settings.sinkTokens;
           const shifted = axis === "channel" && s % G !== 0 && s < n;
-          const add = (mean: number[][], max: number[][], x: Float32Array, from = x) => {
-            const b = errorBoundStats(x, n, d, f);
+          // from(p): the head's data from position p on (n − p tokens)
+          const add = (mean: number[][], max: number[][], from: (p: number) => Float32Array) => {
+            const b = errorBoundStats(from(0), n, d, f);
             mean[l][h] += w * b.mean;
             max[l][h] = Math.max(max[l][h], b.max);
-            if (shifted) {
-              max[l][h] = Math.max(max[l][h], errorBoundStats(from, n - s, d, f).max);
-            }
+            if (shifted) max[l][h] = Math.max(max[l][h], errorBoundStats(from(s), n - s, d, f).max);
           };
-          const turned = (pos: number) => {
-            const k = cache.keys(l, h).slice(pos * d, n * d);
-            rope!.unrotate(k, n - pos, G, pos);
-            return k;
-          };
-          add(e.key, e.keyMax!, cache.keys(l, h), cache.keys(l, h).subarray(s * d));
-          add(e.value, e.valueMax!, cache.values(l, h), cache.values(l, h).subarray(s * d));
+          const keys = cache.keys(l, h), values = cache.values(l, h);
+          add(e.key, e.keyMax!, (p) => keys.subarray(p * d));
+          add(e.value, e.valueMax!, (p) => values.subarray(p * d));
           if (e.preRopeKey) {
-            add(e.preRopeKey, e.preRopeKeyMax!, turned(0), shifted ? turned(s) : undefined);
+            add(e.preRopeKey, e.preRopeKeyMax!, (p) => {
+              const k = keys.slice(p * d, n * d);
+              rope!.unrotate(k, n - p, G, p);
+              return k;
+            });
           }
         }
       }

@@ -335,6 +335,15 @@ const MIXED_CACHE_OPTIONS: Record<keyof MixedCacheOptions, true> = {
 };
 
 /**
+ * One kernel call of the WASM backend over a head's gathered tokens (ending at `end`), as the TS
+ * reference replays it: exact, values summed with integers beside exact scores, or a page the
+ * integer path attends whole (no gathered tokens).
+ */
+type Step =
+  | { kind: "exact"; end: number }
+  | { kind: "integer values" | "integer page"; end: number; page: Page };
+
+/**
  * A paged mixed-precision KV cache driven by a {@linkcode CachePolicy}.
  */
 export class MixedPrecisionKVCache implements KVCache {
@@ -376,15 +385,8 @@ export class MixedPrecisionKVCache implements KVCache {
   readonly #turnStart: Int32Array;
   /** A query head turned back by a group's start (KeyRope.turnQueryBack). */
   readonly #turnedQuery: Float32Array;
-  /** Where each segment the WASM backend attends in one kernel call ends among gathered tokens. */
-  readonly #segmentEnds: number[] = [];
-  /** Per segment of #segmentEnds: the page whose values the kernel sums with integers, if any. */
-  readonly #segmentIntValues: (Page | undefined)[] = [];
-  /**
-   * Per segment of #segmentEnds: a page the integer path attends whole (no gathered tokens), so
-   * that partials merge in the kernel calls' order, pool by pool.
-   */
-  readonly #segmentIntPages: (Page | undefined)[] = [];
+  /** The WASM backend's kernel calls over the gathered tokens, in its order (#gather). */
+  readonly #steps: Step[] = [];
   readonly #partial: Partial;
   /** The attention backend in use. */
   readonly backend: "ts" | "wasm";
@@ -817,12 +819,14 @@ export class MixedPrecisionKVCache implements KVCache {
       const qGroup = q.subarray(kv * group * d, (kv + 1) * group * d);
       // each page's value codes decoded once per call, not once per query head
       const valueGroups = new Map<Page, IntValues>();
-      for (const p of this.#segmentIntValues) {
-        if (p) valueGroups.set(p, new IntValues(p.valueCodec.spec, p.vWords, p.n, d));
-      }
       const intPages = new Map<Page, Float64Array>();
-      for (const p of this.#segmentIntPages) {
-        if (!p) continue;
+      for (const step of this.#steps) {
+        if (step.kind === "exact") continue;
+        const p = step.page;
+        if (step.kind === "integer values") {
+          valueGroups.set(p, new IntValues(p.valueCodec.spec, p.vWords, p.n, d));
+          continue;
+        }
         intPages.set(
           p,
           intDotPartials({
@@ -842,20 +846,20 @@ export class MixedPrecisionKVCache implements KVCache {
         partial.reset();
         this.#score(q, h * d, n);
         let from = 0;
-        this.#segmentEnds.forEach((end, i) => {
-          const page = this.#segmentIntValues[i], whole = this.#segmentIntPages[i];
-          if (whole) {
-            const o = intPages.get(whole)!, seg = this.#segment, at = g * (d + 2);
+        for (const step of this.#steps) {
+          const end = step.end;
+          if (step.kind === "integer page") {
+            const o = intPages.get(step.page)!, seg = this.#segment, at = g * (d + 2);
             seg.m = o[at];
             seg.l = o[at + 1];
             seg.acc.set(o.subarray(at + 2, at + 2 + d));
             partial.merge(seg);
-          } else if (page) {
-            const groups = valueGroups.get(page)!;
-            partial.addWeighted(this.#scores, from, end, (w, sums) => groups.sums(w, sums));
+          } else if (step.kind === "integer values") {
+            const values = valueGroups.get(step.page)!;
+            partial.addWeighted(this.#scores, from, end, (w, sums) => values.sums(w, sums));
           } else partial.addBlock(this.#scores, this.#v, from, end, group % 4 === 0);
           from = end;
-        });
+        }
         partial.finish(out.subarray(h * d, (h + 1) * d));
         this.#creditWindow(store, partial, group);
       }
@@ -1009,21 +1013,19 @@ export class MixedPrecisionKVCache implements KVCache {
   /**
    * Decodes window ring, sinks and pages of one head into #k/#v; returns the count. Keys stored
    * before RoPE turn by their offset in their group, and #turnStart records the group's start.
-   * #segmentEnds splits the tokens as the WASM backend's kernel calls do: staged tokens, recent
-   * window with sinks, then each page.
+   * #steps splits the tokens as the WASM backend's kernel calls do: staged tokens, recent window
+   * with sinks, then each page in pool order (a page the integer path attends whole holds no
+   * gathered tokens).
    */
   #gather(store: HeadStore): number {
-    const d = this.shape.headDim, ends = this.#segmentEnds, intValues = this.#segmentIntValues;
-    const intPages = this.#segmentIntPages;
-    ends.length = 0;
-    intValues.length = 0;
-    intPages.length = 0;
+    const d = this.shape.headDim, steps = this.#steps;
+    steps.length = 0;
     let n = 0;
     for (; n < store.windowN; n++) {
       this.#decodeRingToken(store, n, this.#k.subarray(n * d), this.#v.subarray(n * d));
     }
     const staged = this.#stagedCount(store);
-    if (staged > 0) ends.push(staged), intValues.push(undefined), intPages.push(undefined);
+    if (staged > 0) steps.push({ kind: "exact", end: staged });
     if (store.sinkN > 0) {
       this.#window.decodeWords(
         store.sinkK,
@@ -1037,13 +1039,12 @@ export class MixedPrecisionKVCache implements KVCache {
       );
       n += store.sinkN;
     }
-    if (n > staged) ends.push(n), intValues.push(undefined), intPages.push(undefined);
+    if (n > staged) steps.push({ kind: "exact", end: n });
     if (this.#rope) this.#turnStart.fill(-1, 0, n);
     for (const pool of store.pools.values()) {
       if (this.#intDotPool(pool)) {
-        // attended whole by the integer path: a step of no gathered tokens, in pool order
         for (const page of pool.pages) {
-          if (page.n > 0) ends.push(n), intValues.push(undefined), intPages.push(page);
+          if (page.n > 0) steps.push({ kind: "integer page", end: n, page });
         }
         continue;
       }
@@ -1061,9 +1062,9 @@ export class MixedPrecisionKVCache implements KVCache {
         }
         if (!integerValues) page.decodeValues(this.#v.subarray(n * d));
         n += page.n;
-        ends.push(n);
-        intValues.push(integerValues ? page : undefined);
-        intPages.push(undefined);
+        steps.push(
+          integerValues ? { kind: "integer values", end: n, page } : { kind: "exact", end: n },
+        );
       }
     }
     return n;
