@@ -22,6 +22,8 @@ export const F32_SIGN = memory.data<u32>([0x80000000, 0x80000000, 0x80000000, 0x
 export const F32_SIGN_ODD = memory.data<u32>([0, 0x80000000, 0, 0x80000000], 16);
 /** 2^112: rebiases an fp16 exponent moved into f32 position. */
 export const F16_REBIAS = memory.data<f32>([5.192296858534828e33, 5.192296858534828e33, 5.192296858534828e33, 5.192296858534828e33], 16);
+// sign and fifteen magnitude bits of a sign-extended fp16 shifted left by 13 (attention's finite decode)
+export const F16_SIGNED_MAG = memory.data<u32>([0x8fffe000, 0x8fffe000, 0x8fffe000, 0x8fffe000], 16);
 
 // f16Lanes / f16ToF32Lanes (f16.ts)
 export const F32_MAG = memory.data<u32>([0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff], 16);

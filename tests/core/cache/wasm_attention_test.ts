@@ -337,3 +337,46 @@ Deno.test("WASM window scores credit the top token exactly 1 however large the q
     }
   }
 });
+
+Deno.test("every finite fp16 value comes back exactly from a WASM page or window of one token", () => {
+  // one token: weight 1, so the output is its value as the kernel decodes it. The kernel decodes
+  // fp16 rows assuming finite halves (asm/assembly/attention.ts _finiteHalfRow); this runs all
+  // 63,488 of them, subnormals and both zeros included, through a page and through the window
+  const d = 64, shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: d, maxSeqLen: 8 };
+  const finite: number[] = [];
+  for (let h = 0; h < 0x10000; h++) if ((h & 0x7c00) !== 0x7c00) finite.push(h);
+  assert.equal(finite.length, 63488);
+  const random = rng(7);
+  const k = new Float32Array(d), v = new Float32Array(d), q = new Float32Array(2 * d);
+  const out = new Float32Array(2 * d);
+  for (const window of [0, 4]) {
+    const cache = new MixedPrecisionKVCache(
+      shape,
+      uniformPolicy({
+        keyFormat: "fp16",
+        valueFormat: "fp16",
+        recentWindow: window,
+        pageTokens: 8,
+      }),
+      { backend: "wasm" },
+    );
+    for (let at = 0; at < finite.length; at += d) {
+      for (let i = 0; i < d; i++) {
+        v[i] = f16BitsToF32(finite[(at + i) % finite.length]);
+        k[i] = f16BitsToF32(finite[Math.floor(random() * finite.length)]);
+      }
+      for (let i = 0; i < 2 * d; i++) q[i] = random() - 0.5;
+      cache.reset();
+      cache.append(0, 0, k, v);
+      cache.attend(0, q, out);
+      for (let i = 0; i < 2 * d; i++) {
+        if (out[i] !== v[i % d]) {
+          assert.fail(
+            `window ${window}: half 0x${finite[(at + i % d) % finite.length].toString(16)} ` +
+              `came back as ${out[i]}, expected ${v[i % d]}`,
+          );
+        }
+      }
+    }
+  }
+});
