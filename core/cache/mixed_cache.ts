@@ -909,15 +909,22 @@ export class MixedPrecisionKVCache implements KVCache {
       }
       if (nf > 0) {
         const segK = wasm.segK(), segV = wasm.segV();
-        let at = 0;
-        for (let i = 0; i < held; i++, at += sw) {
-          const slot = ((store.windowStart + i) % W) * sw;
-          segK.set(store.windowK.subarray(slot, slot + sw), at);
-          segV.set(store.windowV.subarray(slot, slot + sw), at);
+        // the ring's tokens in window order: at most two runs of slots (one copy each, where a copy
+        // per slot had cost a uniform INT4 cache with a 128-token window a fifth of its attend time)
+        const first = store.windowStart * sw, end = Math.min(store.windowStart + held, W) * sw;
+        segK.set(store.windowK.subarray(first, end));
+        segV.set(store.windowV.subarray(first, end));
+        let at = end - first;
+        if (at < held * sw) {
+          segK.set(store.windowK.subarray(0, held * sw - at), at);
+          segV.set(store.windowV.subarray(0, held * sw - at), at);
+          at = held * sw;
         }
         segK.set(store.sinkK.subarray(0, store.sinkN * sw), at);
         segV.set(store.sinkV.subarray(0, store.sinkN * sw), at);
-        // exact, as the TS reference attends sinks and window whatever integerDot says
+        // exact, as the TS reference attends sinks and window whatever integerDot says; scores only
+        // where a policy routes chunks by them
+        const credit = this.#tracksScores;
         wasm.attendSegment(
           win,
           wasm.segKPtr,
@@ -927,14 +934,16 @@ export class MixedPrecisionKVCache implements KVCache {
           nf,
           d,
           group,
-          true,
+          credit,
           true,
           true,
         );
-        const scores = wasm.scores(nf);
-        for (let g = 0; g < group; g++) {
-          for (let i = 0; i < held; i++) {
-            this.#windowScores[g * R + staged + i] = scores[g * nf + i];
+        if (credit) {
+          const scores = wasm.scores(nf);
+          for (let g = 0; g < group; g++) {
+            for (let i = 0; i < held; i++) {
+              this.#windowScores[g * R + staged + i] = scores[g * nf + i];
+            }
           }
         }
       }
