@@ -24,6 +24,15 @@ export const F32_SIGN_ODD = memory.data<u32>([0, 0x80000000, 0, 0x80000000], 16)
 export const F16_REBIAS = memory.data<f32>([5.192296858534828e33, 5.192296858534828e33, 5.192296858534828e33, 5.192296858534828e33], 16);
 // sign and fifteen magnitude bits of a sign-extended fp16 shifted left by 13 (attention's finite decode)
 export const F16_SIGNED_MAG = memory.data<u32>([0x8fffe000, 0x8fffe000, 0x8fffe000, 0x8fffe000], 16);
+// the same for fp8 codes sign-extended to i32 and shifted left by 20 (e4m3) or 21 (e5m2)
+export const E4M3_SIGNED_MAG = memory.data<u32>([0x87f00000, 0x87f00000, 0x87f00000, 0x87f00000], 16);
+export const E4M3_MAG = memory.data<u32>([0x07f00000, 0x07f00000, 0x07f00000, 0x07f00000], 16);
+export const E4M3_EXP = memory.data<u32>([0x07800000, 0x07800000, 0x07800000, 0x07800000], 16);
+// e4m3's exponent bias moved to f32's (120 << 23), the step to a subnormal's 2^-6 (1 << 23), 2^-6
+export const E4M3_REBIAS = memory.data<u32>([0x3c000000, 0x3c000000, 0x3c000000, 0x3c000000], 16);
+export const F32_EXP_ONE = memory.data<u32>([0x00800000, 0x00800000, 0x00800000, 0x00800000], 16);
+export const F32_2PM6 = memory.data<u32>([0x3c800000, 0x3c800000, 0x3c800000, 0x3c800000], 16);
+export const E5M2_SIGNED_MAG = memory.data<u32>([0x8fe00000, 0x8fe00000, 0x8fe00000, 0x8fe00000], 16);
 
 // f16Lanes / f16ToF32Lanes (f16.ts)
 export const F32_MAG = memory.data<u32>([0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff], 16);

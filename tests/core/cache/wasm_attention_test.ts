@@ -7,7 +7,12 @@ import { ShapeError } from "../../../core/errors.ts";
 import type { KVCacheShape } from "../../../core/model/kv_cache.ts";
 import { normals, rng } from "../../_fixtures.ts";
 import { headRelError } from "../../../bench/backend_agreement.ts";
-import { f16BitsToF32, f32ToF16Bits } from "../../../codecs/float_bits.ts";
+import {
+  bf16BitsToF32,
+  f16BitsToF32,
+  f32ToF16Bits,
+  fp8BitsToF32,
+} from "../../../codecs/float_bits.ts";
 
 const TOLERANCE = 1e-6;
 
@@ -338,14 +343,13 @@ Deno.test("WASM window scores credit the top token exactly 1 however large the q
   }
 });
 
-Deno.test("every finite fp16 value comes back exactly from a WASM page or window of one token", () => {
-  // one token: weight 1, so the output is its value as the kernel decodes it. The kernel decodes
-  // fp16 rows assuming finite halves (asm/assembly/attention.ts _finiteHalfRow); this runs all
-  // 63,488 of them, subnormals and both zeros included, through a page and through the window
+/**
+ * Runs every finite value of an unscaled float format through a WASM page (and a window of that
+ * format) holding one token: weight 1, so the output is the token's value as the kernel decodes it
+ * (asm/assembly/attention.ts decodes these rows assuming finite values: _finiteHalfRow, _finiteFp8).
+ */
+function everyValueBack(format: string, values: number[]): void {
   const d = 64, shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: d, maxSeqLen: 8 };
-  const finite: number[] = [];
-  for (let h = 0; h < 0x10000; h++) if ((h & 0x7c00) !== 0x7c00) finite.push(h);
-  assert.equal(finite.length, 63488);
   const random = rng(7);
   const k = new Float32Array(d), v = new Float32Array(d), q = new Float32Array(2 * d);
   const out = new Float32Array(2 * d);
@@ -353,17 +357,18 @@ Deno.test("every finite fp16 value comes back exactly from a WASM page or window
     const cache = new MixedPrecisionKVCache(
       shape,
       uniformPolicy({
-        keyFormat: "fp16",
-        valueFormat: "fp16",
+        keyFormat: format,
+        valueFormat: format,
+        windowFormat: format,
         recentWindow: window,
         pageTokens: 8,
       }),
       { backend: "wasm" },
     );
-    for (let at = 0; at < finite.length; at += d) {
+    for (let at = 0; at < values.length; at += d) {
       for (let i = 0; i < d; i++) {
-        v[i] = f16BitsToF32(finite[(at + i) % finite.length]);
-        k[i] = f16BitsToF32(finite[Math.floor(random() * finite.length)]);
+        v[i] = values[(at + i) % values.length];
+        k[i] = values[Math.floor(random() * values.length)];
       }
       for (let i = 0; i < 2 * d; i++) q[i] = random() - 0.5;
       cache.reset();
@@ -371,12 +376,29 @@ Deno.test("every finite fp16 value comes back exactly from a WASM page or window
       cache.attend(0, q, out);
       for (let i = 0; i < 2 * d; i++) {
         if (out[i] !== v[i % d]) {
-          assert.fail(
-            `window ${window}: half 0x${finite[(at + i % d) % finite.length].toString(16)} ` +
-              `came back as ${out[i]}, expected ${v[i % d]}`,
-          );
+          assert.fail(`${format}, window ${window}: ${v[i % d]} came back as ${out[i]}`);
         }
       }
     }
   }
+}
+
+Deno.test("every finite fp16, bf16 and fp8 value comes back exactly from a WASM page or window", () => {
+  const fp16: number[] = [], bf16: number[] = [], e4m3: number[] = [], e5m2: number[] = [];
+  for (let h = 0; h < 0x10000; h++) {
+    if ((h & 0x7c00) !== 0x7c00) fp16.push(f16BitsToF32(h));
+    // bf16 within fp16 headers' range, which every value stored beside them keeps to
+    const b = bf16BitsToF32(h);
+    if (Math.abs(b) <= 65280) bf16.push(b);
+  }
+  for (let c = 0; c < 256; c++) {
+    if ((c & 0x7f) !== 0x7f) e4m3.push(fp8BitsToF32(c, "e4m3"));
+    if ((c & 0x7c) !== 0x7c) e5m2.push(fp8BitsToF32(c, "e5m2"));
+  }
+  // subnormals and both zeros included
+  assert.deepEqual([fp16.length, e4m3.length, e5m2.length], [63488, 254, 248]);
+  everyValueBack("fp16", fp16);
+  everyValueBack("bf16", bf16);
+  everyValueBack("fp8e4m3", e4m3);
+  everyValueBack("fp8e5m2", e5m2);
 });
