@@ -193,7 +193,11 @@ export function decodeRun(
   n: i32,
   dst: usize,
 ): void {
-  if ((kind == KIND_FP16 || kind == KIND_BF16) && (n & 7) == 0) {
+  if (kind == KIND_INT && (b == 4 || b == 8) && fastIntGroup(b, G)) {
+    for (let g = 0; g < n; g += G) {
+      decodeIntGroup(src + (<usize>((g / G) * wpg) << 2), G, b, wpg - 1, dst + (<usize>g << 2));
+    }
+  } else if ((kind == KIND_FP16 || kind == KIND_BF16) && (n & 7) == 0) {
     if (kind == KIND_FP16) _finiteHalfRow(src, n, dst, false);
     else _finiteHalfRow(src, n, dst, true);
   } else if (scaled == 0 && (kind == KIND_FP8E4M3 || kind == KIND_FP8E5M2) && (n & 15) == 0) {
@@ -203,10 +207,6 @@ export function decodeRun(
     // int8s and scaled fp8 groups inline (decodeRun's call and dispatch per row cost them 10%)
     for (let g = 0; g < n; g += G) {
       _decodeGroup(kind, b, G, wpg - 1, src + (<usize>((g / G) * wpg) << 2), dst + (<usize>g << 2));
-    }
-  } else if (kind == KIND_INT && (b == 4 || b == 8) && fastIntGroup(b, G)) {
-    for (let g = 0; g < n; g += G) {
-      decodeIntGroup(src + (<usize>((g / G) * wpg) << 2), G, b, wpg - 1, dst + (<usize>g << 2));
     }
   } else {
     decodeRun(kind, b, G, wpg, scaled, src, n, dst);
