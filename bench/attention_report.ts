@@ -1,7 +1,7 @@
 /**
  * Decode-attention benchmark over the mixed-precision cache: one query step against T cached
- * tokens, FP32 vs INT8 vs INT4 vs a mixed int8/int4/int2 page mix vs KIVI-style INT4 (keys per
- * channel), TS reference vs fused WASM, all in one run. Each case first checks that the two
+ * tokens, FP32 vs FP16 and FP8 vs INT8 vs INT4 vs a mixed int8/int4/int2 page mix vs KIVI-style
+ * INT4 (keys per channel), TS reference vs fused WASM, all in one run. Each case first checks that the two
  * backends agree (relative error ≤ 1e-6), then times both and prints a table with the ratios the
  * targets are stated in (INT4 WASM / FP32 WASM ≤ 0.8; each "/FP32" ratio times the case and FP32
  * call by call in turn, so that a drift of the machine's speed does not decide a verdict).
@@ -131,6 +131,9 @@ const CASES: {
   sameAs?: string;
 }[] = [
   { name: "fp32", policy: () => uniform("fp32") },
+  // the common float baselines (and fp16 the default window format): exact path, decoded inline
+  { name: "fp16", policy: () => uniform("fp16") },
+  { name: "fp8e4m3", policy: () => uniform("fp8e4m3") },
   {
     name: "int8-g32",
     policy: () => uniform("int8-g32-token"),
@@ -209,9 +212,25 @@ const random = mulberry32(12345);
 /** Uniform on [−1, 1). */
 const rand = () => 2 * random() - 1;
 
+/**
+ * Calls each f in turn for about WARM_MS (at least once each) before anything is timed. V8 runs a
+ * module's functions first as baseline code and compiles the optimised code in the background
+ * after enough calls; the samples below (at most a few hundred calls, 20–30 ms at T = 512) had
+ * otherwise caught the baseline code: with one warm-up call the v128 build's INT4 row read 1.54–1.62
+ * × FP32 where it runs at 0.86 (`--v8-flags=--no-liftoff`), and the first row's "WASM ms" 3–4×
+ * its steady time.
+ */
+function warm(...fs: (() => void)[]): void {
+  const start = performance.now();
+  do {
+    for (const f of fs) f();
+  } while (performance.now() - start < WARM_MS);
+}
+const WARM_MS = 250;
+
 /** Median ms per call, running for about budgetMs (at least minIters calls). */
 function time(f: () => void, budgetMs: number, minIters: number): number {
-  f();
+  warm(f);
   const samples: number[] = [];
   const start = performance.now();
   while (samples.length < minIters || performance.now() - start < budgetMs) {
@@ -236,8 +255,7 @@ function ratioToFp32(
   budgetMs: number,
   minPairs: number,
 ): number {
-  run();
-  fp32();
+  warm(run, fp32);
   const a: number[] = [], b: number[] = [];
   const start = performance.now();
   while (a.length < minPairs || performance.now() - start < budgetMs) {

@@ -203,11 +203,6 @@ export function decodeRun(
   } else if (scaled == 0 && (kind == KIND_FP8E4M3 || kind == KIND_FP8E5M2) && (n & 15) == 0) {
     if (kind == KIND_FP8E4M3) _finiteFp8Row(src, n, dst, 7);
     else _finiteFp8Row(src, n, dst, 15);
-  } else if (scaled != 0 && kind != KIND_INT) {
-    // int8s and scaled fp8 groups inline (decodeRun's call and dispatch per row cost them 10%)
-    for (let g = 0; g < n; g += G) {
-      _decodeGroup(kind, b, G, wpg - 1, src + (<usize>((g / G) * wpg) << 2), dst + (<usize>g << 2));
-    }
   } else {
     decodeRun(kind, b, G, wpg, scaled, src, n, dst);
   }
