@@ -144,9 +144,11 @@ const KIND_FP8E5M2: i32 = 6;
 
 /**
  * Decodes `n` elements (a multiple of the group) of a flat encoded run at `src` into f32 at `dst`.
- * `scaled` formats have a header word per group; unscaled fp16/bf16/fp8 have none.
+ * `scaled` formats have a header word per group; unscaled fp16/bf16/fp8 have none. The attention's
+ * own decoder, not the codecs' (int8s and scaled fp8 groups assume finite codes, as pages hold;
+ * the module no longer exports it).
  */
-export function decodeRun(
+function decodeRun(
   kind: i32,
   b: i32,
   G: i32,

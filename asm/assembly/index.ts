@@ -1,7 +1,7 @@
 // The kvprec WebAssembly module: one module, several source files. Kernels take byte pointers
 // into linear memory that the host (codecs/wasm.ts) manages as a growable arena above heapBase().
 
-export { attendPage, attendScratchBytes, decodeRun } from "./attention";
+export { attendPage, attendScratchBytes } from "./attention";
 export { intQuery, intQueryBytes } from "./int_dot";
 export { lastErrorKind } from "./errors";
 export { clampInPlace, decodeInt, encodeInt, firstBadHeader } from "./int";

@@ -1081,7 +1081,9 @@ export class MixedPrecisionKVCache implements KVCache {
 
   /**
    * Visits every stored segment of one layer and KV head (for the fused backends, serialisation
-   * and the tests).
+   * and the tests). The arrays are the cache's own: read them, do not write them (the WASM kernels
+   * decode fp16, bf16 and fp8 words as the finite values encode wrote; a hand-written infinity
+   * reads as a large finite number there and as Infinity in the TS reference).
    * @param layer layer index
    * @param kvHead KV head index
    * @returns sinks and window as encoded words, and the pools

@@ -402,3 +402,57 @@ Deno.test("every finite fp16, bf16 and fp8 value comes back exactly from a WASM 
   everyValueBack("fp8e4m3", e4m3);
   everyValueBack("fp8e5m2", e5m2);
 });
+
+Deno.test("every code of int8s and scaled fp8 groups attends alike in TS and WASM, subnormal scales too", () => {
+  // each group's first element sets its scale s (fmax·s), the others are codes·s: every finite
+  // code meets the kernel's group decoders (asm/assembly/attention.ts _decodeGroup, _finiteFp8)
+  const d = 32, G = 16;
+  for (const format of ["fp8e4m3-g16-token", "fp8e5m2-g16-token", "int8s-g16-token"]) {
+    const kind = format.startsWith("fp8e4m3") ? "e4m3" : format.startsWith("fp8e5m2") ? "e5m2" : "";
+    const fmax = kind === "e4m3" ? 448 : kind === "e5m2" ? 57344 : 127;
+    const codes: number[] = [];
+    if (kind === "") { for (let q = -127; q <= 127; q++) codes.push(q); }
+    else {
+      for (let c = 0; c < 256; c++) {
+        if (kind === "e4m3" ? (c & 0x7f) !== 0x7f : (c & 0x7c) !== 0x7c) {
+          codes.push(fp8BitsToF32(c, kind));
+        }
+      }
+    }
+    for (const s of [2 ** -24, 3 * 2 ** -24, 2 ** -15, 0.5, 1.5, 146]) {
+      if (fmax * s > 65504) continue;
+      for (const keyFormat of [format, format.replace("token", "channel")]) {
+        const shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: d, maxSeqLen: 32 };
+        const policy = () =>
+          uniformPolicy({ keyFormat, valueFormat: format, pageTokens: 16, recentWindow: 0 });
+        const c = pair(shape, policy, false);
+        const a = new Float32Array(4 * d), b = new Float32Array(4 * d);
+        for (let at = 0; at < codes.length; at += 32 * (G - 1)) {
+          c.ts.reset();
+          c.wasm.reset();
+          for (let t = 0; t < 32; t++) {
+            const x = new Float32Array(d);
+            for (let g = 0; g < d / G; g++) {
+              x[g * G] = fmax * s;
+              for (let i = 1; i < G; i++) {
+                x[g * G + i] = Math.fround(
+                  codes[(at + (t * 2 + g) * (G - 1) + i - 1) % codes.length] * s,
+                );
+              }
+            }
+            c.ts.append(0, t, x, x);
+            c.wasm.append(0, t, x, x);
+          }
+          const q = Float32Array.from({ length: 4 * d }, (_, i) => Math.sin(7 * i) / (fmax * s));
+          c.ts.attend(0, q, a);
+          c.wasm.attend(0, q, b);
+          for (let i = 0; i < a.length; i++) {
+            if (!Object.is(a[i], b[i])) {
+              assert.fail(`${keyFormat}/${format} at s = ${s}: output ${i} ${b[i]}, TS ${a[i]}`);
+            }
+          }
+        }
+      }
+    }
+  }
+});
