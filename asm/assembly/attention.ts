@@ -440,6 +440,57 @@ const FLAG_INTDOT: i32 = 4;
   v128.store64_lane(dst + 3 * nB, hi, 1);
 }
 
+// Four halves of v (its low four when `high` is false) as f32: _finiteHalfRow's steps in registers.
+// @ts-ignore: decorator
+@inline function _halves4(v: v128, high: bool, brain: bool): v128 {
+  const x = high ? i32x4.extend_high_i16x8_s(v) : i32x4.extend_low_i16x8_s(v);
+  if (brain) return i32x4.shl(x, 16);
+  return f32x4.mul(v128.and(i32x4.shl(x, 13), vconst(F16_SIGNED_MAG)), vconst(F16_REBIAS));
+}
+
+// _score4x2 for keys stored as fp16 (bf16 when `brain`) halves at k0, k1 (d a multiple of 8): each
+// row's eight halves converted in registers as they are scored, in _score4x2's order (chunk i, then
+// i + 4), so the scores are the same floats; the decoded row's store and reload are gone.
+// @ts-ignore: decorator
+@inline function _score4x2Half(
+  q: usize,
+  dB: usize,
+  k0: usize,
+  k1: usize,
+  d: i32,
+  dst: usize,
+  nB: usize,
+  brain: bool,
+): void {
+  let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
+  let a2 = f32x4.splat(0), b2 = f32x4.splat(0), a3 = f32x4.splat(0), b3 = f32x4.splat(0);
+  for (let i = 0; i < d; i += 8) {
+    const r0 = v128.load(k0 + (<usize>i << 1)), r1 = v128.load(k1 + (<usize>i << 1));
+    for (let part = 0; part < 2; part++) {
+      const o = <usize>(i + 4 * part) << 2;
+      const x = _halves4(r0, part == 1, brain), y = _halves4(r1, part == 1, brain);
+      let qv = v128.load(q + o);
+      a0 = f32x4.add(a0, f32x4.mul(qv, x));
+      b0 = f32x4.add(b0, f32x4.mul(qv, y));
+      qv = v128.load(q + dB + o);
+      a1 = f32x4.add(a1, f32x4.mul(qv, x));
+      b1 = f32x4.add(b1, f32x4.mul(qv, y));
+      qv = v128.load(q + 2 * dB + o);
+      a2 = f32x4.add(a2, f32x4.mul(qv, x));
+      b2 = f32x4.add(b2, f32x4.mul(qv, y));
+      qv = v128.load(q + 3 * dB + o);
+      a3 = f32x4.add(a3, f32x4.mul(qv, x));
+      b3 = f32x4.add(b3, f32x4.mul(qv, y));
+    }
+  }
+  const x = hsum4(a0, a1, a2, a3), y = hsum4(b0, b1, b2, b3);
+  const lo = i32x4.shuffle(x, y, 0, 4, 1, 5), hi = i32x4.shuffle(x, y, 2, 6, 3, 7);
+  v128.store64_lane(dst, lo, 0);
+  v128.store64_lane(dst + nB, lo, 1);
+  v128.store64_lane(dst + 2 * nB, hi, 0);
+  v128.store64_lane(dst + 3 * nB, hi, 1);
+}
+
 // acc_h += w_h,0·v0 + w_h,1·v1 for four heads (acc rows dB bytes apart, weights at w, w + 4 with
 // heads nB bytes apart). Each value chunk is loaded once for four heads.
 // @ts-ignore: decorator
@@ -927,9 +978,20 @@ export function attendPage(
     }
   } else {
     const tokenBytes = <usize>(kKind == KIND_FP32 ? d : (d / kG) * kWpg) << 2;
+    // fp16 / bf16 keys in fours of heads: each half row converted in registers as it is scored
+    const halfKeys = (kKind == KIND_FP16 || kKind == KIND_BF16) && blocked && (d & 7) == 0;
     let t = 0;
     for (; t + 2 <= n; t += 2) {
       let k0 = kPtr + <usize>t * tokenBytes, k1 = k0 + tokenBytes;
+      if (halfKeys) {
+        const at = sc + (<usize>t << 2);
+        for (let h = 0; h < hq; h += 4) {
+          const qh = qPtr + <usize>h * dBytes, dst = at + <usize>h * nBytes;
+          if (kKind == KIND_FP16) _score4x2Half(qh, dBytes, k0, k1, d, dst, nBytes, false);
+          else _score4x2Half(qh, dBytes, k0, k1, d, dst, nBytes, true);
+        }
+        continue;
+      }
       if (kKind != KIND_FP32) {
         _decodeRow(kKind, kBits, kG, kWpg, kScaled, k0, d, row);
         _decodeRow(kKind, kBits, kG, kWpg, kScaled, k1, d, row1);

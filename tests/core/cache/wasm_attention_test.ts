@@ -456,3 +456,59 @@ Deno.test("every code of int8s and scaled fp8 groups attends alike in TS and WAS
     }
   }
 });
+
+Deno.test("every finite fp16 and bf16 key scores alike in TS and WASM, four query heads per KV head", () => {
+  // keys move the scores (a one-token cache would hide them): three tokens per call, every finite
+  // half as some key element, scored by the fused half-row loop (asm/assembly/attention.ts
+  // _score4x2Half) against the TS reference's f32 steps
+  const d = 64, T = 3, shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: d, maxSeqLen: 8 };
+  const random = rng(11);
+  for (const format of ["fp16", "bf16"]) {
+    const values: number[] = [];
+    for (let h = 0; h < 0x10000; h++) {
+      const x = format === "fp16" ? f16BitsToF32(h) : bf16BitsToF32(h);
+      if (Number.isFinite(x) && Math.abs(x) <= 65280) values.push(x);
+    }
+    for (const window of [0, 4]) {
+      const c = pair(
+        shape,
+        () =>
+          uniformPolicy({
+            keyFormat: format,
+            valueFormat: format,
+            windowFormat: format,
+            recentWindow: window,
+            pageTokens: 8,
+          }),
+        false,
+      );
+      const a = new Float32Array(4 * d), b = new Float32Array(4 * d);
+      const q = new Float32Array(4 * d), v = new Float32Array(d);
+      for (let at = 0; at < values.length; at += T * d) {
+        c.ts.reset();
+        c.wasm.reset();
+        for (let t = 0; t < T; t++) {
+          const k = Float32Array.from(
+            { length: d },
+            (_, i) => values[(at + t * d + i) % values.length],
+          );
+          for (let i = 0; i < d; i++) v[i] = random() - 0.5;
+          c.ts.append(0, t, k, v);
+          c.wasm.append(0, t, k, v);
+        }
+        // scores of order one: q scaled by the keys' largest element
+        const top = Math.max(...values.slice(at, at + T * d).map(Math.abs), 1e-12);
+        for (let i = 0; i < q.length; i++) q[i] = Math.fround((random() - 0.5) / top);
+        c.ts.attend(0, q, a);
+        c.wasm.attend(0, q, b);
+        for (let i = 0; i < a.length; i++) {
+          if (!Object.is(a[i], b[i])) {
+            assert.fail(
+              `${format}, window ${window}, keys from ${at}: output ${i} ${b[i]}, TS ${a[i]}`,
+            );
+          }
+        }
+      }
+    }
+  }
+});
