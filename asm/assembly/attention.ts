@@ -401,8 +401,10 @@ const FLAG_MERGE: i32 = 2;
  */
 const FLAG_INTDOT: i32 = 4;
 
-// Scores of tokens k0, k1 (f32 rows of d) for the four query heads at q (rows dB bytes apart),
-// stored at dst (+4 for k1), heads nB bytes apart. Each key chunk is loaded once for four heads.
+// Scores of tokens k0, k1 (rows of d: f32, or fp16 / bf16 halves when `rows` says so) for the four
+// query heads at q (rows dB bytes apart), stored at dst (+4 for k1), heads nB bytes apart. Each key
+// chunk is loaded once for four heads; half rows are converted in registers as they are scored
+// (the same f32 values as _finiteHalfRow's, without its store and reload).
 // @ts-ignore: decorator
 @inline function _score4x2(
   q: usize,
@@ -412,12 +414,13 @@ const FLAG_INTDOT: i32 = 4;
   d: i32,
   dst: usize,
   nB: usize,
+  rows: i32 = ROWS_F32,
 ): void {
   let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
   let a2 = f32x4.splat(0), b2 = f32x4.splat(0), a3 = f32x4.splat(0), b3 = f32x4.splat(0);
   for (let i = 0; i < d; i += 4) {
     const o = <usize>i << 2;
-    const x = v128.load(k0 + o), y = v128.load(k1 + o);
+    const x = _keyChunk(k0, i, rows), y = _keyChunk(k1, i, rows);
     let qv = v128.load(q + o);
     a0 = f32x4.add(a0, f32x4.mul(qv, x));
     b0 = f32x4.add(b0, f32x4.mul(qv, y));
@@ -440,55 +443,16 @@ const FLAG_INTDOT: i32 = 4;
   v128.store64_lane(dst + 3 * nB, hi, 1);
 }
 
-// Four halves of v (its low four when `high` is false) as f32: _finiteHalfRow's steps in registers.
-// @ts-ignore: decorator
-@inline function _halves4(v: v128, high: bool, brain: bool): v128 {
-  const x = high ? i32x4.extend_high_i16x8_s(v) : i32x4.extend_low_i16x8_s(v);
-  if (brain) return i32x4.shl(x, 16);
-  return f32x4.mul(v128.and(i32x4.shl(x, 13), vconst(F16_SIGNED_MAG)), vconst(F16_REBIAS));
-}
+/** What _score4x2's key rows hold: f32, fp16 or bf16 elements. */
+const ROWS_F32: i32 = 0, ROWS_FP16: i32 = 1, ROWS_BF16: i32 = 2;
 
-// _score4x2 for keys stored as fp16 (bf16 when `brain`) halves at k0, k1 (d a multiple of 8): each
-// row's eight halves converted in registers as they are scored, in _score4x2's order (chunk i, then
-// i + 4), so the scores are the same floats; the decoded row's store and reload are gone.
+// Elements i … i + 3 of a key row as f32 (fp16 finite: _finiteHalfRow's steps).
 // @ts-ignore: decorator
-@inline function _score4x2Half(
-  q: usize,
-  dB: usize,
-  k0: usize,
-  k1: usize,
-  d: i32,
-  dst: usize,
-  nB: usize,
-  brain: bool,
-): void {
-  let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
-  let a2 = f32x4.splat(0), b2 = f32x4.splat(0), a3 = f32x4.splat(0), b3 = f32x4.splat(0);
-  for (let i = 0; i < d; i += 8) {
-    const r0 = v128.load(k0 + (<usize>i << 1)), r1 = v128.load(k1 + (<usize>i << 1));
-    for (let part = 0; part < 2; part++) {
-      const o = <usize>(i + 4 * part) << 2;
-      const x = _halves4(r0, part == 1, brain), y = _halves4(r1, part == 1, brain);
-      let qv = v128.load(q + o);
-      a0 = f32x4.add(a0, f32x4.mul(qv, x));
-      b0 = f32x4.add(b0, f32x4.mul(qv, y));
-      qv = v128.load(q + dB + o);
-      a1 = f32x4.add(a1, f32x4.mul(qv, x));
-      b1 = f32x4.add(b1, f32x4.mul(qv, y));
-      qv = v128.load(q + 2 * dB + o);
-      a2 = f32x4.add(a2, f32x4.mul(qv, x));
-      b2 = f32x4.add(b2, f32x4.mul(qv, y));
-      qv = v128.load(q + 3 * dB + o);
-      a3 = f32x4.add(a3, f32x4.mul(qv, x));
-      b3 = f32x4.add(b3, f32x4.mul(qv, y));
-    }
-  }
-  const x = hsum4(a0, a1, a2, a3), y = hsum4(b0, b1, b2, b3);
-  const lo = i32x4.shuffle(x, y, 0, 4, 1, 5), hi = i32x4.shuffle(x, y, 2, 6, 3, 7);
-  v128.store64_lane(dst, lo, 0);
-  v128.store64_lane(dst + nB, lo, 1);
-  v128.store64_lane(dst + 2 * nB, hi, 0);
-  v128.store64_lane(dst + 3 * nB, hi, 1);
+@inline function _keyChunk(k: usize, i: i32, rows: i32): v128 {
+  if (rows == ROWS_F32) return v128.load(k + (<usize>i << 2));
+  const h = i32x4.extend_low_i16x8_s(v128.load64_zero(k + (<usize>i << 1)));
+  if (rows == ROWS_BF16) return i32x4.shl(h, 16);
+  return f32x4.mul(v128.and(i32x4.shl(h, 13), vconst(F16_SIGNED_MAG)), vconst(F16_REBIAS));
 }
 
 // acc_h += w_h,0·v0 + w_h,1·v1 for four heads (acc rows dB bytes apart, weights at w, w + 4 with
@@ -979,7 +943,7 @@ export function attendPage(
   } else {
     const tokenBytes = <usize>(kKind == KIND_FP32 ? d : (d / kG) * kWpg) << 2;
     // fp16 / bf16 keys in fours of heads: each half row converted in registers as it is scored
-    const halfKeys = (kKind == KIND_FP16 || kKind == KIND_BF16) && blocked && (d & 7) == 0;
+    const halfKeys = (kKind == KIND_FP16 || kKind == KIND_BF16) && blocked;
     let t = 0;
     for (; t + 2 <= n; t += 2) {
       let k0 = kPtr + <usize>t * tokenBytes, k1 = k0 + tokenBytes;
@@ -987,8 +951,8 @@ export function attendPage(
         const at = sc + (<usize>t << 2);
         for (let h = 0; h < hq; h += 4) {
           const qh = qPtr + <usize>h * dBytes, dst = at + <usize>h * nBytes;
-          if (kKind == KIND_FP16) _score4x2Half(qh, dBytes, k0, k1, d, dst, nBytes, false);
-          else _score4x2Half(qh, dBytes, k0, k1, d, dst, nBytes, true);
+          if (kKind == KIND_FP16) _score4x2(qh, dBytes, k0, k1, d, dst, nBytes, ROWS_FP16);
+          else _score4x2(qh, dBytes, k0, k1, d, dst, nBytes, ROWS_BF16);
         }
         continue;
       }

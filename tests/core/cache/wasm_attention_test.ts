@@ -460,7 +460,7 @@ Deno.test("every code of int8s and scaled fp8 groups attends alike in TS and WAS
 Deno.test("every finite fp16 and bf16 key scores alike in TS and WASM, four query heads per KV head", () => {
   // keys move the scores (a one-token cache would hide them): three tokens per call, every finite
   // half as some key element, scored by the fused half-row loop (asm/assembly/attention.ts
-  // _score4x2Half) against the TS reference's f32 steps
+  // _score4x2 with half rows) against the TS reference's f32 steps
   const d = 64, T = 3, shape = { nLayers: 1, nHeads: 4, nKvHeads: 1, headDim: d, maxSeqLen: 8 };
   const random = rng(11);
   for (const format of ["fp16", "bf16"]) {
