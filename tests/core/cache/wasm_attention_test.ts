@@ -343,6 +343,17 @@ Deno.test("WASM window scores credit the top token exactly 1 however large the q
   }
 });
 
+/** Pages of 8 tokens and a window (of `window` tokens) all in one format. */
+function allIn(format: string, window: number): CachePolicy {
+  return uniformPolicy({
+    keyFormat: format,
+    valueFormat: format,
+    windowFormat: format,
+    recentWindow: window,
+    pageTokens: 8,
+  });
+}
+
 /**
  * Runs every finite value of an unscaled float format through a WASM page (and a window of that
  * format) holding one token: weight 1, so the output is the token's value as the kernel decodes it
@@ -354,17 +365,7 @@ function everyValueBack(format: string, values: number[]): void {
   const k = new Float32Array(d), v = new Float32Array(d), q = new Float32Array(2 * d);
   const out = new Float32Array(2 * d);
   for (const window of [0, 4]) {
-    const cache = new MixedPrecisionKVCache(
-      shape,
-      uniformPolicy({
-        keyFormat: format,
-        valueFormat: format,
-        windowFormat: format,
-        recentWindow: window,
-        pageTokens: 8,
-      }),
-      { backend: "wasm" },
-    );
+    const cache = new MixedPrecisionKVCache(shape, allIn(format, window), { backend: "wasm" });
     for (let at = 0; at < values.length; at += d) {
       for (let i = 0; i < d; i++) {
         v[i] = values[(at + i) % values.length];
@@ -470,18 +471,7 @@ Deno.test("every finite fp16 and bf16 key scores alike in TS and WASM, four quer
       if (Number.isFinite(x) && Math.abs(x) <= 65280) values.push(x);
     }
     for (const window of [0, 4]) {
-      const c = pair(
-        shape,
-        () =>
-          uniformPolicy({
-            keyFormat: format,
-            valueFormat: format,
-            windowFormat: format,
-            recentWindow: window,
-            pageTokens: 8,
-          }),
-        false,
-      );
+      const c = pair(shape, () => allIn(format, window), false);
       const a = new Float32Array(4 * d), b = new Float32Array(4 * d);
       const q = new Float32Array(4 * d), v = new Float32Array(d);
       for (let at = 0; at < values.length; at += T * d) {
