@@ -60,22 +60,36 @@ const TIME_STEP = !flags.has("--no-step");
 /** The FP32 cache a decode step reads at least: far above any last-level cache. */
 const STEP_BYTES = 256 * 2 ** 20;
 
+/**
+ * A policy whose pages cycle through `tiers` in arrival order, `calls` formatFor calls (one per
+ * eviction, per KV head) per tier, on top of `base`.
+ */
+function cycling(
+  label: string,
+  base: CachePolicy,
+  tiers: FormatPair[],
+  calls: number,
+): CachePolicy {
+  const distinct = tiers.filter((t, i) =>
+    tiers.findIndex((u) => u.keyFormat === t.keyFormat && u.valueFormat === t.valueFormat) === i
+  );
+  let count = 0;
+  return {
+    ...base,
+    label,
+    formatFor: () => tiers[Math.floor(count++ / calls) % tiers.length],
+    pairs: () => distinct,
+  };
+}
+
 /** Pages cycle int8, int4, int4, int2 (by arrival, a page at a time): a tiered-like mix. */
 function mixedPolicy(): CachePolicy {
-  const tiers: FormatPair[] = [
+  return cycling("mixed", uniform("fp32"), [
     { keyFormat: "int8-g32-token", valueFormat: "int8-g32-token" },
     { keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" },
     { keyFormat: "int4-g32-token", valueFormat: "int4-g32-token" },
     { keyFormat: "int2-g32-token", valueFormat: "int2-g32-token" },
-  ];
-  const base = uniform("fp32");
-  let count = 0;
-  return {
-    ...base,
-    label: "mixed",
-    formatFor: () => tiers[Math.floor(count++ / (PAGE * N_KV)) % tiers.length],
-    pairs: () => tiers.slice(0, 2).concat(tiers[3]),
-  };
+  ], PAGE * N_KV);
 }
 
 /**
@@ -84,12 +98,6 @@ function mixedPolicy(): CachePolicy {
  * a page at a time: what such a plan costs, on the exact path its keys before RoPE take.
  */
 function planLikePolicy(): CachePolicy {
-  const tiers: FormatPair[] = [
-    { keyFormat: "fp16", valueFormat: "int8-g32-token" },
-    { keyFormat: "int4-g32-channel", valueFormat: "int4-g32-channel" },
-    { keyFormat: "int3-g32-channel", valueFormat: "int4-g32-token" },
-    { keyFormat: "int2-g32-channel", valueFormat: "int3-g32-channel" },
-  ];
   const base = uniformPolicy({
     keyFormat: "int4-g32-channel",
     valueFormat: "int4-g32-channel",
@@ -97,13 +105,12 @@ function planLikePolicy(): CachePolicy {
     ropeBase: 10000,
   });
   // one call per eviction chunk of 32 tokens (the channel groups), per KV head
-  let count = 0;
-  return {
-    ...base,
-    label: "plan-like",
-    formatFor: () => tiers[Math.floor(count++ / ((PAGE / 32) * N_KV)) % tiers.length],
-    pairs: () => tiers,
-  };
+  return cycling("plan-like", base, [
+    { keyFormat: "fp16", valueFormat: "int8-g32-token" },
+    { keyFormat: "int4-g32-channel", valueFormat: "int4-g32-channel" },
+    { keyFormat: "int3-g32-channel", valueFormat: "int4-g32-token" },
+    { keyFormat: "int2-g32-channel", valueFormat: "int3-g32-channel" },
+  ], (PAGE / 32) * N_KV);
 }
 
 /** KIVI-style: keys int4 per channel (groups of 32 tokens), values int4 per token. */
