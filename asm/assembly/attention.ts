@@ -65,6 +65,16 @@ const KIND_FP32: i32 = 4;
 const KIND_FP8E4M3: i32 = 5;
 const KIND_FP8E5M2: i32 = 6;
 
+// Row kinds of the inline row loops (_score4x2, _keyChunk, _finiteHalfRow, _finiteFp8Row), as
+// types: each instantiation is its own code. Passed as literal arguments, the fp16 and bf16 copies
+// of a loop became one loop that tested the kind at every chunk (Binaryen merges inlined copies
+// that differ only in a local's first value; int_dot.ts intScores).
+class F32Rows {}
+class Fp16Rows {}
+class Bf16Rows {}
+class E4m3Rows {}
+class E5m2Rows {}
+
 // Decodes one group of G elements (scaled kinds) or one word's worth of an unscaled kind.
 // @ts-ignore: decorator
 @inline function _decodeGroup(
@@ -129,9 +139,11 @@ const KIND_FP8E5M2: i32 = 6;
   return v128.or(x, v128.and(c, vconst(F32_SIGN)));
 }
 
-// n (a multiple of 16) unscaled fp8 codes at src as f32 at dst (finite codes: _finiteFp8).
+// n (a multiple of 16) unscaled fp8 codes of kind R (E4m3Rows, E5m2Rows) at src as f32 at dst
+// (finite codes: _finiteFp8).
 // @ts-ignore: decorator
-@inline function _finiteFp8Row(src: usize, n: i32, dst: usize, bias: i32): void {
+@inline function _finiteFp8Row<R>(src: usize, n: i32, dst: usize): void {
+  const bias: i32 = idof<R>() == idof<E4m3Rows>() ? 7 : 15;
   for (let i = 0; i < n; i += 16) {
     const v = v128.load(src + <usize>i), p = dst + (<usize>i << 2);
     const a = i16x8.extend_low_i8x16_s(v), b = i16x8.extend_high_i8x16_s(v);
@@ -200,27 +212,28 @@ function decodeRun(
       decodeIntGroup(src + (<usize>((g / G) * wpg) << 2), G, b, wpg - 1, dst + (<usize>g << 2));
     }
   } else if ((kind == KIND_FP16 || kind == KIND_BF16) && (n & 7) == 0) {
-    if (kind == KIND_FP16) _finiteHalfRow(src, n, dst, false);
-    else _finiteHalfRow(src, n, dst, true);
+    if (kind == KIND_FP16) _finiteHalfRow<Fp16Rows>(src, n, dst);
+    else _finiteHalfRow<Bf16Rows>(src, n, dst);
   } else if (scaled == 0 && (kind == KIND_FP8E4M3 || kind == KIND_FP8E5M2) && (n & 15) == 0) {
-    if (kind == KIND_FP8E4M3) _finiteFp8Row(src, n, dst, 7);
-    else _finiteFp8Row(src, n, dst, 15);
+    if (kind == KIND_FP8E4M3) _finiteFp8Row<E4m3Rows>(src, n, dst);
+    else _finiteFp8Row<E5m2Rows>(src, n, dst);
   } else {
     decodeRun(kind, b, G, wpg, scaled, src, n, dst);
   }
 }
 
-// n (a multiple of 8) fp16 (bf16 when `brain`) halves at src as f32 at dst, inline in the row loops.
+// n (a multiple of 8) halves of kind R (Fp16Rows, Bf16Rows) at src as f32 at dst, inline in the
+// row loops.
 // fp16 for finite halves only: a page never holds an infinite or NaN half (encode refuses them,
 // loadCache checks), so the sign-extended half shifted into place and multiplied by 2^112 is the
 // value, subnormals included (4 steps per 4 lanes, where the codec's decodeHalf, which keeps
 // infinities and NaN payloads, takes 11). bf16 is the high half of its f32.
 // @ts-ignore: decorator
-@inline function _finiteHalfRow(src: usize, n: i32, dst: usize, brain: bool): void {
+@inline function _finiteHalfRow<R>(src: usize, n: i32, dst: usize): void {
   const mag = vconst(F16_SIGNED_MAG), rebias = vconst(F16_REBIAS);
   for (let i = 0; i < n; i += 8) {
     const v = v128.load(src + (<usize>i << 1)), p = dst + (<usize>i << 2);
-    if (brain) {
+    if (idof<R>() == idof<Bf16Rows>()) {
       v128.store(p, i32x4.shl(i32x4.extend_low_i16x8_u(v), 16));
       v128.store(p, i32x4.shl(i32x4.extend_high_i16x8_u(v), 16), 16);
     } else {
@@ -401,12 +414,12 @@ const FLAG_MERGE: i32 = 2;
  */
 const FLAG_INTDOT: i32 = 4;
 
-// Scores of tokens k0, k1 (rows of d: f32, or fp16 / bf16 halves when `rows` says so) for the four
-// query heads at q (rows dB bytes apart), stored at dst (+4 for k1), heads nB bytes apart. Each key
-// chunk is loaded once for four heads; half rows are converted in registers as they are scored
+// Scores of tokens k0, k1 (rows of d elements of kind R: F32Rows, Fp16Rows or Bf16Rows) for the
+// four query heads at q (rows dB bytes apart), stored at dst (+4 for k1), heads nB bytes apart. Each
+// key chunk is loaded once for four heads; half rows are converted in registers as they are scored
 // (the same f32 values as _finiteHalfRow's, without its store and reload).
 // @ts-ignore: decorator
-@inline function _score4x2(
+@inline function _score4x2<R>(
   q: usize,
   dB: usize,
   k0: usize,
@@ -414,13 +427,12 @@ const FLAG_INTDOT: i32 = 4;
   d: i32,
   dst: usize,
   nB: usize,
-  rows: i32 = ROWS_F32,
 ): void {
   let a0 = f32x4.splat(0), b0 = f32x4.splat(0), a1 = f32x4.splat(0), b1 = f32x4.splat(0);
   let a2 = f32x4.splat(0), b2 = f32x4.splat(0), a3 = f32x4.splat(0), b3 = f32x4.splat(0);
   for (let i = 0; i < d; i += 4) {
     const o = <usize>i << 2;
-    const x = _keyChunk(k0, i, rows), y = _keyChunk(k1, i, rows);
+    const x = _keyChunk<R>(k0, i), y = _keyChunk<R>(k1, i);
     let qv = v128.load(q + o);
     a0 = f32x4.add(a0, f32x4.mul(qv, x));
     b0 = f32x4.add(b0, f32x4.mul(qv, y));
@@ -443,15 +455,12 @@ const FLAG_INTDOT: i32 = 4;
   v128.store64_lane(dst + 3 * nB, hi, 1);
 }
 
-/** What _score4x2's key rows hold: f32, fp16 or bf16 elements. */
-const ROWS_F32: i32 = 0, ROWS_FP16: i32 = 1, ROWS_BF16: i32 = 2;
-
-// Elements i … i + 3 of a key row as f32 (fp16 finite: _finiteHalfRow's steps).
+// Elements i … i + 3 of a key row of kind R as f32 (fp16 finite: _finiteHalfRow's steps).
 // @ts-ignore: decorator
-@inline function _keyChunk(k: usize, i: i32, rows: i32): v128 {
-  if (rows == ROWS_F32) return v128.load(k + (<usize>i << 2));
+@inline function _keyChunk<R>(k: usize, i: i32): v128 {
+  if (idof<R>() == idof<F32Rows>()) return v128.load(k + (<usize>i << 2));
   const h = i32x4.extend_low_i16x8_s(v128.load64_zero(k + (<usize>i << 1)));
-  if (rows == ROWS_BF16) return i32x4.shl(h, 16);
+  if (idof<R>() == idof<Bf16Rows>()) return i32x4.shl(h, 16);
   return f32x4.mul(v128.and(i32x4.shl(h, 13), vconst(F16_SIGNED_MAG)), vconst(F16_REBIAS));
 }
 
@@ -831,7 +840,7 @@ const ROWS_F32: i32 = 0, ROWS_FP16: i32 = 1, ROWS_BF16: i32 = 2;
     const k0 = keys + <usize>t * dBytes, at = dst + (<usize>t << 2);
     if ((hq & 3) == 0) {
       for (let h = 0; h < hq; h += 4) {
-        _score4x2(q + <usize>h * dBytes, dBytes, k0, k0 + dBytes, d, at + <usize>h * nB, nB);
+        _score4x2<F32Rows>(q + <usize>h * dBytes, dBytes, k0, k0 + dBytes, d, at + <usize>h * nB, nB);
       }
     } else {
       for (let h = 0; h < hq; h++) _score1x2(q + <usize>h * dBytes, k0, k0 + dBytes, d, at + <usize>h * nB);
@@ -951,8 +960,8 @@ export function attendPage(
         const at = sc + (<usize>t << 2);
         for (let h = 0; h < hq; h += 4) {
           const qh = qPtr + <usize>h * dBytes, dst = at + <usize>h * nBytes;
-          if (kKind == KIND_FP16) _score4x2(qh, dBytes, k0, k1, d, dst, nBytes, ROWS_FP16);
-          else _score4x2(qh, dBytes, k0, k1, d, dst, nBytes, ROWS_BF16);
+          if (kKind == KIND_FP16) _score4x2<Fp16Rows>(qh, dBytes, k0, k1, d, dst, nBytes);
+          else _score4x2<Bf16Rows>(qh, dBytes, k0, k1, d, dst, nBytes);
         }
         continue;
       }
@@ -965,7 +974,7 @@ export function attendPage(
       const at = sc + (<usize>t << 2);
       if (blocked) {
         for (let h = 0; h < hq; h += 4) {
-          _score4x2(qPtr + <usize>h * dBytes, dBytes, k0, k1, d, at + <usize>h * nBytes, nBytes);
+          _score4x2<F32Rows>(qPtr + <usize>h * dBytes, dBytes, k0, k1, d, at + <usize>h * nBytes, nBytes);
         }
       } else {
         for (let h = 0; h < hq; h++) _score1x2(qPtr + <usize>h * dBytes, k0, k1, d, at + <usize>h * nBytes);

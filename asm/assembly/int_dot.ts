@@ -151,16 +151,19 @@ export function intScores(
   sc: usize,
   work: usize,
 ): void {
-  // one copy per width: b a constant inside the loops, which use every vector register
-  if (b == 4) _intScores(kPtr, 4, n, d, hq, qi, qb, qv, sig, sc, work);
-  else if (b == 8) _intScores(kPtr, 8, n, d, hq, qi, qb, qv, sig, sc, work);
-  else _intScores(kPtr, 2, n, d, hq, qi, qb, qv, sig, sc, work);
+  // one copy per width, b a constant inside the loops, which use every vector register. The
+  // width is a type argument (sizeof), not a literal argument: three inlined copies that differ
+  // only in the value their b local starts with were merged by Binaryen into one body that tests b
+  // at run time in the hot loop (int4 keys 7% slower end to end, d = 64, T = 512)
+  if (b == 4) _intScores<u16>(kPtr, n, d, hq, qi, qb, qv, sig, sc, work);
+  else if (b == 8) _intScores<u32>(kPtr, n, d, hq, qi, qb, qv, sig, sc, work);
+  else _intScores<u8>(kPtr, n, d, hq, qi, qb, qv, sig, sc, work);
 }
 
+// B: u8, u16 or u32 for int2, int4 or int8 (b = 2·sizeof<B>())
 // @ts-ignore: decorator
-@inline function _intScores(
+@inline function _intScores<B>(
   kPtr: usize,
-  b: i32,
   n: i32,
   d: i32,
   hq: i32,
@@ -171,6 +174,7 @@ export function intScores(
   sc: usize,
   work: usize,
 ): void {
+  const b: i32 = 2 * sizeof<B>();
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3, n4 = (n + 3) & ~3;
   const groupBytes = <usize>(1 + b) << 2, tokB = <usize>gpt * groupBytes;
   // the four-head loop takes the i8 copy of the query (qb) in relaxed dots against int2/int4
@@ -751,8 +755,13 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
   memory.fill(qv16, 0, (<usize>(hq * gpt4) << 3) + (<usize>hq << 2));
   for (let h = 0; h < hq; h++) {
     const qh = q + (<usize>(h * d) << 2);
-    let mv = f32x4.splat(0);
-    for (let i = 0; i < d; i += 4) mv = f32x4.max(mv, f32x4.abs(v128.load(qh + (<usize>i << 2))));
+    // two chains of pmax (maxps: the query is finite, attend checks it; max over |q| in any order)
+    let mv = f32x4.splat(0), mw = f32x4.splat(0);
+    for (let i = 0; i < d; i += 8) {
+      mv = f32x4.pmax(mv, f32x4.abs(v128.load(qh + (<usize>i << 2))));
+      mw = f32x4.pmax(mw, f32x4.abs(v128.load(qh + (<usize>i << 2), 16)));
+    }
+    mv = f32x4.pmax(mv, mw);
     const mx = max(
       max(f32x4.extract_lane(mv, 0), f32x4.extract_lane(mv, 1)),
       max(f32x4.extract_lane(mv, 2), f32x4.extract_lane(mv, 3)),
@@ -762,8 +771,7 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
     store<f32>(sig8 + (<usize>h << 2), s8);
     for (let g = 0; g < gpt; g++) {
       const x = qh + (<usize>g << 7);
-      let sum: f64 = 0;
-      for (let j = 0; j < 32; j++) sum += <f64>load<f32>(x + (<usize>j << 2));
+      const sum = _groupSum(x);
       const at = <usize>(h * gpt4 + g) << 2;
       if (s16 > 0) {
         const o8 = qi8 + (<usize>(h * d + (g << 5)) << 1), sv = f32x4.splat(s16);
@@ -829,6 +837,23 @@ export function intQuery(q: usize, hq: i32, d: i32): void {
     v128.store(o8, i8x16.narrow_i16x8_s(a, b));
     v128.store(o8, i8x16.narrow_i16x8_s(c, e), 16);
   }
+}
+
+// Σ of the 32 floats at x in f64, in core/cache/int_dot.ts groupSum's order: eight chains (element
+// j into chain j mod 8, two chains per f64x2), then chains k, k + 2, k + 4, k + 6 pairwise and the
+// two lanes. One chain of 32 dependent adds had cost intQuery most of its time.
+// @ts-ignore: decorator
+@inline function _groupSum(x: usize): f64 {
+  let a = f64x2.splat(0), b = f64x2.splat(0), c = f64x2.splat(0), e = f64x2.splat(0);
+  for (let j = 0; j < 32; j += 8) {
+    const lo = v128.load(x + (<usize>j << 2)), hi = v128.load(x + (<usize>j << 2), 16);
+    a = f64x2.add(a, f64x2.promote_low_f32x4(lo));
+    b = f64x2.add(b, f64x2.promote_low_f32x4(i64x2.shuffle(lo, lo, 1, 0)));
+    c = f64x2.add(c, f64x2.promote_low_f32x4(hi));
+    e = f64x2.add(e, f64x2.promote_low_f32x4(i64x2.shuffle(hi, hi, 1, 0)));
+  }
+  const s = f64x2.add(f64x2.add(a, b), f64x2.add(c, e));
+  return f64x2.extract_lane(s, 0) + f64x2.extract_lane(s, 1);
 }
 
 // q̂ = nearest(f32(q/σ)) of 8 floats at x, as i16 clamped to [lo, hi] (±limit: |q/σ| ≤ limit but

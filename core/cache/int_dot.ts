@@ -70,7 +70,7 @@ export function queryLimit(bits: number): number {
 
 /**
  * σ = f32(max|q| / limit), q̂ = nearest(f32(q/σ)) clamped to ±limit, qv_g = f32(Σ_{i∈g} q_i / σ)
- * (sum in f64), as asm/assembly/int_dot.ts intQuery.
+ * (sum in f64, groupSum's order), as asm/assembly/int_dot.ts intQuery.
  */
 export function roundQuery(q: Float32Array, limit: number): RoundedQuery {
   const d = q.length;
@@ -79,10 +79,9 @@ export function roundQuery(q: Float32Array, limit: number): RoundedQuery {
   const sigma = fr(mx / limit);
   const qi = new Int16Array(d), qv = new Float32Array(d / 32);
   for (let g = 0; g < d / 32; g++) {
-    let sum = 0;
+    const sum = groupSum(q, g * 32);
     for (let j = 0; j < 32; j++) {
       const x = q[g * 32 + j];
-      sum += x;
       // clamped: where σ is subnormal its few bits can put q/σ past the limit (the kernel clamps)
       qi[g * 32 + j] = sigma > 0
         ? Math.min(Math.max(nearestEven(fr(x / sigma)), -limit), limit)
@@ -91,6 +90,16 @@ export function roundQuery(q: Float32Array, limit: number): RoundedQuery {
     qv[g] = sigma > 0 ? fr(sum / sigma) : 0;
   }
   return { sigma, qi, qv };
+}
+
+/**
+ * Σ of q[at … at + 32) in f64 in the kernel's order (intQuery's _groupSum): element j into chain
+ * j mod 8, chain k = Σ in order; then ((c0 + c2) + (c4 + c6)) + ((c1 + c3) + (c5 + c7)).
+ */
+function groupSum(q: Float32Array, at: number): number {
+  const c = [0, 0, 0, 0, 0, 0, 0, 0];
+  for (let j = 0; j < 32; j++) c[j % 8] += q[at + j];
+  return ((c[0] + c[2]) + (c[4] + c[6])) + ((c[1] + c[3]) + (c[5] + c[7]));
 }
 
 /** Group header: scale and minimum (fp16 low and high half). */

@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import { getFormat, tsCodec, wasmBytes, wordsForLength } from "../../../codecs/mod.ts";
-import { intDotErrorBound, intDotPartials, intDotServes } from "../../../core/cache/int_dot.ts";
+import {
+  intDotErrorBound,
+  intDotPartials,
+  intDotServes,
+  roundQuery,
+} from "../../../core/cache/int_dot.ts";
 import { MixedPrecisionKVCache } from "../../../core/cache/mixed_cache.ts";
 import { uniformPolicy } from "../../../core/cache/policy.ts";
 import { loadCache, saveCache } from "../../../core/cache/serialize.ts";
@@ -112,6 +117,49 @@ Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit, in 
     }
   }
   assert.equal(cases, 198);
+});
+
+Deno.test("query group sums: the kernel adds in the mirror's order, where the order decides qv", () => {
+  // each group: +B, 30 elements near 2^-8, −B (B = 2^40). Adding a small element to ±B in f64
+  // rounds it to B's ulp (2^-12), so the group sum, and qv = Σq/σ in f32, depends on the order
+  // the additions take; intQuery's block (its doc: after the f32 query, hq × d i16 slots three
+  // times, then qv16, σ16, qv8, σ8) is read back and compared with roundQuery
+  const next = rng(79);
+  const d = 64, hq = 4, gpt = d / 32, gpt4 = 4;
+  const q = new Float32Array(hq * d);
+  for (let i = 0; i < q.length; i++) {
+    const j = i % 32;
+    q[i] = j === 0 ? 2 ** 40 : j === 31 ? -(2 ** 40) : (next() + 0.5) * 2 ** -8;
+  }
+  const sequential = (limit: number, h: number, g: number) => {
+    let sum = 0, mx = 0;
+    for (let i = 0; i < d; i++) mx = Math.max(mx, Math.abs(q[h * d + i]));
+    for (let j = 0; j < 32; j++) sum += q[h * d + g * 32 + j];
+    return Math.fround(sum / Math.fround(mx / limit));
+  };
+  let orderMatters = 0;
+  for (const [build, module] of Object.entries(BUILDS)) {
+    const wa = new WasmAttention({ integerDot: true, module });
+    wa.reserve(d, 32, hq);
+    wa.q().set(q);
+    wa.prepareQuery();
+    const qv16 = wa.qPtr + 4 * hq * d + 3 * 2 * hq * d, qv8 = qv16 + 4 * hq * gpt4 + 4 * hq;
+    for (const [limit, at] of [[32767, qv16], [127, qv8]]) {
+      const kernelQv = new Float32Array(wa.arena.memory.buffer, at, hq * gpt4);
+      for (let h = 0; h < hq; h++) {
+        const ref = roundQuery(q.subarray(h * d, (h + 1) * d), limit);
+        for (let g = 0; g < gpt; g++) {
+          assert.equal(
+            kernelQv[h * gpt4 + g],
+            ref.qv[g],
+            `${build}: limit ${limit} head ${h} group ${g}`,
+          );
+          if (sequential(limit, h, g) !== ref.qv[g]) orderMatters++;
+        }
+      }
+    }
+  }
+  assert.ok(orderMatters > 0, "the data does not tell the orders apart");
 });
 
 Deno.test("heads whose query scale σ is subnormal: q̂ clamped alike in both builds and the mirror", () => {
