@@ -891,6 +891,24 @@ export function intScoresChannel(
   sc: usize,
   work: usize,
 ): void {
+  // one copy per width, b a constant in the loops (a type argument: see intScores)
+  if (b == 4) _intScoresChannel<u16>(kPtr, n, cap, d, hq, q, sc, work);
+  else _intScoresChannel<u32>(kPtr, n, cap, d, hq, q, sc, work);
+}
+
+// B: u16 or u32 for int4 or int8 (b = 2·sizeof<B>())
+// @ts-ignore: decorator
+@inline function _intScoresChannel<B>(
+  kPtr: usize,
+  n: i32,
+  cap: i32,
+  d: i32,
+  hq: i32,
+  q: usize,
+  sc: usize,
+  work: usize,
+): void {
+  const b: i32 = 2 * sizeof<B>();
   const groups = n >> 5, perChannel = cap >> 5;
   const groupBytes = <usize>(1 + b) << 2, chanB = <usize>perChannel * groupBytes;
   const dB = <usize>d << 2, nB = <usize>n << 2, pairB = <usize>d << 1;
@@ -932,52 +950,88 @@ export function intScoresChannel(
   }
   // 3. per pair of heads, group and half group (16 tokens): Σ_c û_c·code_{c,t} over channel pairs,
   //    each pair's codes decoded once for both heads (the last head of an odd count alone)
-  const mask = vconst(U32_0F0F0F0F);
   for (let h = 0; h < hq; h += 2) {
-    const two = h + 1 < hq;
     for (let j = 0; j < groups; j++) {
       const pr = pairs + <usize>(h * groups + j) * pairB;
-      const pr2 = two ? pr + <usize>groups * pairB : pr;
       for (let half = 0; half < 2; half++) {
-        // int4: a0..a3 = tokens (0,2,4,6), (8,…,14), (1,3,5,7), (9,…,15) of the half;
-        // int8: tokens 0–3, 4–7, 8–11, 12–15; b0..b3 the same for head h + 1
-        let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
-        let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
-        let p = kPtr + <usize>j * groupBytes + 4 + (<usize>half << (b == 4 ? 3 : 4));
-        for (let c = 0; c < d; c += 2) {
-          const u = v128.load32_splat(pr + (<usize>c << 1));
-          const u2 = v128.load32_splat(pr2 + (<usize>c << 1));
-          let lo: v128, hi: v128;
-          if (b == 4) {
-            let v = v128.load64_zero(p);
-            v = i64x2.replace_lane(v, 1, load<i64>(p + chanB));
-            const e = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
-            lo = v128.and(e, mask);
-            hi = v128.and(i16x8.shr_u(e, 4), mask);
-          } else {
-            const v = v128.load(p), w = v128.load(p + chanB);
-            lo = i8x16.shuffle(v, w, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-            hi = i8x16.shuffle(v, w, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-          }
-          let x = i16x8.extend_low_i8x16_u(lo);
-          a0 = i32x4.add(a0, i32x4.dot_i16x8_s(x, u));
-          if (two) b0 = i32x4.add(b0, i32x4.dot_i16x8_s(x, u2));
-          x = i16x8.extend_high_i8x16_u(lo);
-          a1 = i32x4.add(a1, i32x4.dot_i16x8_s(x, u));
-          if (two) b1 = i32x4.add(b1, i32x4.dot_i16x8_s(x, u2));
-          x = i16x8.extend_low_i8x16_u(hi);
-          a2 = i32x4.add(a2, i32x4.dot_i16x8_s(x, u));
-          if (two) b2 = i32x4.add(b2, i32x4.dot_i16x8_s(x, u2));
-          x = i16x8.extend_high_i8x16_u(hi);
-          a3 = i32x4.add(a3, i32x4.dot_i16x8_s(x, u));
-          if (two) b3 = i32x4.add(b3, i32x4.dot_i16x8_s(x, u2));
-          p += 2 * chanB;
+        // the pair's loop and the lone last head's as their own copies (no test per channel pair)
+        if (h + 1 < hq) {
+          const pr2 = pr + <usize>groups * pairB;
+          _channelHalf<B, HeadPair>(
+            kPtr, chanB, groupBytes, pr, pr2, d, h, j, half, sc, nB, rho, mt, groups,
+          );
+        } else {
+          _channelHalf<B, OneHead>(
+            kPtr, chanB, groupBytes, pr, pr, d, h, j, half, sc, nB, rho, mt, groups,
+          );
         }
-        _channelScores(sc, nB, rho, mt, groups, b, h, j, half, a0, a1, a2, a3);
-        if (two) _channelScores(sc, nB, rho, mt, groups, b, h + 1, j, half, b0, b1, b2, b3);
       }
     }
   }
+}
+
+// Whether _channelHalf scores heads h and h + 1 (HeadPair) or h alone (OneHead).
+class HeadPair {}
+class OneHead {}
+
+// Scores of half `half` (16 tokens) of token group j for head h (and h + 1 when H is HeadPair,
+// its packed products at pr2): Σ_c û_c·code_{c,t} over channel pairs, each pair's codes decoded
+// once for both heads. int4: a0..a3 = tokens (0,2,4,6), (8,…,14), (1,3,5,7), (9,…,15) of the
+// half; int8: tokens 0–3, 4–7, 8–11, 12–15; b0..b3 the same for head h + 1.
+// @ts-ignore: decorator
+@inline function _channelHalf<B, H>(
+  kPtr: usize,
+  chanB: usize,
+  groupBytes: usize,
+  pr: usize,
+  pr2: usize,
+  d: i32,
+  h: i32,
+  j: i32,
+  half: i32,
+  sc: usize,
+  nB: usize,
+  rho: usize,
+  mt: usize,
+  groups: i32,
+): void {
+  const b: i32 = 2 * sizeof<B>();
+  const two: bool = idof<H>() == idof<HeadPair>();
+  const mask = vconst(U32_0F0F0F0F);
+  let a0 = i32x4.splat(0), a1 = i32x4.splat(0), a2 = i32x4.splat(0), a3 = i32x4.splat(0);
+  let b0 = i32x4.splat(0), b1 = i32x4.splat(0), b2 = i32x4.splat(0), b3 = i32x4.splat(0);
+  let p = kPtr + <usize>j * groupBytes + 4 + (<usize>half << (b == 4 ? 3 : 4));
+  for (let c = 0; c < d; c += 2) {
+    const u = v128.load32_splat(pr + (<usize>c << 1));
+    const u2 = two ? v128.load32_splat(pr2 + (<usize>c << 1)) : u;
+    let lo: v128, hi: v128;
+    if (b == 4) {
+      let v = v128.load64_zero(p);
+      v = i64x2.replace_lane(v, 1, load<i64>(p + chanB));
+      const e = i8x16.shuffle(v, v, 0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15);
+      lo = v128.and(e, mask);
+      hi = v128.and(i16x8.shr_u(e, 4), mask);
+    } else {
+      const v = v128.load(p), w = v128.load(p + chanB);
+      lo = i8x16.shuffle(v, w, 0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+      hi = i8x16.shuffle(v, w, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    }
+    let x = i16x8.extend_low_i8x16_u(lo);
+    a0 = i32x4.add(a0, i32x4.dot_i16x8_s(x, u));
+    if (two) b0 = i32x4.add(b0, i32x4.dot_i16x8_s(x, u2));
+    x = i16x8.extend_high_i8x16_u(lo);
+    a1 = i32x4.add(a1, i32x4.dot_i16x8_s(x, u));
+    if (two) b1 = i32x4.add(b1, i32x4.dot_i16x8_s(x, u2));
+    x = i16x8.extend_low_i8x16_u(hi);
+    a2 = i32x4.add(a2, i32x4.dot_i16x8_s(x, u));
+    if (two) b2 = i32x4.add(b2, i32x4.dot_i16x8_s(x, u2));
+    x = i16x8.extend_high_i8x16_u(hi);
+    a3 = i32x4.add(a3, i32x4.dot_i16x8_s(x, u));
+    if (two) b3 = i32x4.add(b3, i32x4.dot_i16x8_s(x, u2));
+    p += 2 * chanB;
+  }
+  _channelScores(sc, nB, rho, mt, groups, b, h, j, half, a0, a1, a2, a3);
+  if (two) _channelScores(sc, nB, rho, mt, groups, b, h + 1, j, half, b0, b1, b2, b3);
 }
 
 // Scores of 16 tokens (half `half` of token group j) of head h from their i32 sums:
