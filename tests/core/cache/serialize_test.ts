@@ -6,6 +6,7 @@ import {
   type CachePolicy,
   CorruptDataError,
   Float32KVCache,
+  getFormat,
   InvalidValueError,
   loadCache,
   MixedPrecisionKVCache,
@@ -110,6 +111,12 @@ Deno.test("loadCache() refuses stored values that decode to NaN or ±Inf though 
       (c) => c.segments(0, 0).sinkK[0] = 0x7c00,
       /sinks: key of token 0, element 0, decodes to Infinity/,
     ],
+    [
+      "an fp16 window token of -Inf in an int4 cache",
+      uniform("int4-g8-token"),
+      (c) => c.segments(0, 0).windowV[0] = 0xfc00,
+      /window or staged tokens: value of token \d+, element 0, decodes to -Infinity/,
+    ],
     ["a NaN window score", tiered, (c) => c.windowScores(0, 0)[0] = NaN, /window score 0 is NaN/],
   ];
   for (const backend of ["ts", "wasm"] as const) {
@@ -124,6 +131,45 @@ Deno.test("loadCache() refuses stored values that decode to NaN or ±Inf though 
         (e: Error) => e instanceof CorruptDataError && message.test(e.message),
         `${backend}: ${what}`,
       );
+    }
+  }
+});
+
+Deno.test("int and int8s pages decode finite whatever their codes, under the largest headers a load accepts", () => {
+  // loadCache skips scanning these formats' decoded elements (mixed_cache.ts decodesFinite): with
+  // the largest finite fp16 scale and minimum of either sign and random code bits, every element
+  // still decodes finite, in both backends
+  const shape = { nLayers: 1, nHeads: 2, nKvHeads: 1, headDim: 8, maxSeqLen: 64 };
+  const next = rng(67);
+  for (const f of ["int2-g8-token", "int4-g8-token", "int8-g8-token", "int8s-g8-token"]) {
+    for (const backend of ["ts", "wasm"] as const) {
+      const cache = new MixedPrecisionKVCache(
+        shape,
+        uniformPolicy({ keyFormat: f, valueFormat: f }),
+        {
+          backend,
+        },
+      );
+      for (let p = 0; p < 50; p++) cache.append(0, p, normals(8, next), normals(8, next));
+      const page = pageOf(cache), wpg = getFormat(f).wordsPerGroup;
+      for (const words of [page.kWords, page.vWords]) {
+        for (let i = 0; i < words.length; i++) {
+          // headers: scale 65504 (0x7bff), minimum ±65504; int8s keeps its high half zero
+          const min = i % (2 * wpg) === 0 ? 0xfbff : 0x7bff;
+          words[i] = i % wpg !== 0
+            ? Math.floor(next() * 2 ** 32) >>> 0
+            : f.startsWith("int8s")
+            ? 0x7bff
+            : (0x7bff | (min << 16)) >>> 0;
+        }
+      }
+      const loaded = loadCache(saveCache(cache), { backend });
+      const k = new Float32Array(page.n * 8), v = new Float32Array(page.n * 8);
+      pageOf(loaded).decodeKeys(k);
+      pageOf(loaded).decodeValues(v);
+      const big = [...k, ...v].reduce((a, x) => Math.max(a, Math.abs(x)), 0);
+      assert.ok([...k, ...v].every(Number.isFinite), `${backend} ${f}`);
+      assert.ok(big > 2e5, `${backend} ${f}: the headers took effect (largest ${big})`);
     }
   }
 });
