@@ -840,7 +840,8 @@ const FLAG_INTDOT: i32 = 4;
     const k0 = keys + <usize>t * dBytes, at = dst + (<usize>t << 2);
     if ((hq & 3) == 0) {
       for (let h = 0; h < hq; h += 4) {
-        _score4x2<F32Rows>(q + <usize>h * dBytes, dBytes, k0, k0 + dBytes, d, at + <usize>h * nB, nB);
+        const qh = q + <usize>h * dBytes;
+        _score4x2<F32Rows>(qh, dBytes, k0, k0 + dBytes, d, at + <usize>h * nB, nB);
       }
     } else {
       for (let h = 0; h < hq; h++) _score1x2(q + <usize>h * dBytes, k0, k0 + dBytes, d, at + <usize>h * nB);
@@ -974,7 +975,8 @@ export function attendPage(
       const at = sc + (<usize>t << 2);
       if (blocked) {
         for (let h = 0; h < hq; h += 4) {
-          _score4x2<F32Rows>(qPtr + <usize>h * dBytes, dBytes, k0, k1, d, at + <usize>h * nBytes, nBytes);
+          const qh = qPtr + <usize>h * dBytes;
+          _score4x2<F32Rows>(qh, dBytes, k0, k1, d, at + <usize>h * nBytes, nBytes);
         }
       } else {
         for (let h = 0; h < hq; h++) _score1x2(qPtr + <usize>h * dBytes, k0, k1, d, at + <usize>h * nBytes);

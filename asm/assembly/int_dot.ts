@@ -420,9 +420,9 @@ export function intValues(
   acc: usize,
   work: usize,
 ): void {
-  // one copy per width, b a constant inside the loops (a type argument: see intScores); int4 and
-  // int8 measured 1–2% faster so (4% with one query head per KV head), int2 the same as one copy
-  // that reads b
+  // one copy per width, b a constant inside the loops (a type argument: see intScores). Against
+  // one copy that reads b, int4 and int8 measured 1–2% faster (4% with one query head per KV
+  // head), int2 the same
   if (b == 4) _intValues<u16>(vPtr, n, cap, d, hq, w, acc, work);
   else if (b == 8) _intValues<u32>(vPtr, n, cap, d, hq, w, acc, work);
   else _intValues<u8>(vPtr, n, cap, d, hq, w, acc, work);
@@ -746,6 +746,9 @@ export function intQueryBytes(d: i32, hq: i32): i32 {
  * and q̂ = qv = 0.
  */
 export function intQuery(q: usize, hq: i32, d: i32): void {
+  // the block is read only where d is a multiple of 32 (attendPage's intShape); the loops below
+  // step by 8 and 32 and would read past a head of any other d
+  if (d & 31) return;
   const gpt = d >> 5, gpt4 = (gpt + 3) & ~3;
   const qi4 = q + (<usize>(hq * d) << 2), qi8 = qi4 + (<usize>(hq * d) << 1);
   const qi2 = qi8 + (<usize>(hq * d) << 1);

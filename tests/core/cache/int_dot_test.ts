@@ -119,7 +119,7 @@ Deno.test("integer-dot WASM kernel equals its TypeScript mirror bit for bit, in 
   assert.equal(cases, 198);
 });
 
-Deno.test("query group sums: the kernel adds in the mirror's order, where the order decides qv", () => {
+Deno.test("roundQuery() sums each group in intQuery's order, where the order decides qv", () => {
   // each group: +B, 30 elements near 2^-8, −B (B = 2^40). Adding a small element to ±B in f64
   // rounds it to B's ulp (2^-12), so the group sum, and qv = Σq/σ in f32, depends on the order
   // the additions take; intQuery's block (its doc: after the f32 query, hq × d i16 slots three
