@@ -1378,7 +1378,7 @@ export class MixedPrecisionKVCache implements KVCache {
 /**
  * Whether every element a codec decodes from words its decode accepts is finite: int and int8s
  * give f32(q·s) + m with |q| ≤ 255 and a finite fp16 scale and minimum (their decode refuses any
- * other header), below 2^25 in magnitude. Float formats can hold an infinite or NaN code.
+ * other header), below 2^24 in magnitude. Float formats can hold an infinite or NaN code.
  */
 function decodesFinite(codec: Codec): boolean {
   return codec.spec.kind === "int" || codec.spec.kind === "int8s";
